@@ -1,0 +1,359 @@
+"""Load and validate ``matrix.yaml``: the list of supported engine releases, one image each.
+
+The file keeps shared settings as data (CUDA stacks, bands of releases sharing a requirement and a
+torch); :func:`load_matrix` expands it into one :class:`Entry` per release. Every problem is reported
+as ``FILE:LINE: what is wrong; how to fix it`` because this file is edited by hand and a traceback
+from deep inside the build would not say which line to change.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
+
+from rollout_matrix.errors import UserError
+
+SCHEMA = 1
+DEFAULT_MATRIX = "matrix.yaml"
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
+_CUDA_RE = re.compile(r"^\d+\.\d+$")
+_PYTHON_RE = re.compile(r"^3\.\d+$")
+_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}:\d{2}Z)?$")
+
+
+class MatrixError(UserError):
+    """A problem in matrix.yaml, located by file and line."""
+
+
+@dataclass(frozen=True)
+class Stack:
+    """A CUDA stack: the base image family every release on that CUDA builds on."""
+
+    name: str
+    cuda: str
+    base_image: str
+    python: str
+    torch_index: str | None = None
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One supported engine release, fully expanded: everything its image build needs."""
+
+    engine: str
+    package: str
+    version: str
+    requirement: str
+    torch: str | None
+    stack: Stack
+    pins: tuple[tuple[str, str], ...] = ()
+    extra_requirements: tuple[str, ...] = ()
+    test_requirements: tuple[str, ...] = ()
+    exclude_newer: str | None = None
+    line: int = 0
+
+    @property
+    def name(self) -> str:
+        """The session / CLI name, e.g. ``sglang-0.5.2``."""
+        return f"{self.engine}-{self.version}"
+
+    @property
+    def readable_tag(self) -> str:
+        """A tag people can read, e.g. ``sglang-0.5.2-cu128``."""
+        return f"{self.name}-{self.stack.name}"
+
+    @property
+    def cuda(self) -> str:
+        return self.stack.cuda
+
+    @property
+    def python(self) -> str:
+        return self.stack.python
+
+    def requirements(self) -> list[str]:
+        """What the image installs, in order: torch first so the engine cannot pick another one."""
+        reqs = [f"torch=={self.torch}"] if self.torch else []
+        reqs.append(self.requirement)
+        reqs.extend(self.extra_requirements)
+        reqs.extend(self.test_requirements)
+        return reqs
+
+    def expected_versions(self) -> dict[str, str]:
+        """What a built image must report: engine, torch, torch's CUDA and every pinned package."""
+        expected = {canonicalize_name(self.package): self.version}
+        if self.torch:
+            expected["torch"] = self.torch
+            expected["torch.cuda"] = self.cuda
+        expected.update(dict(self.pins))
+        return expected
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-able view: used by ``list --json`` and as part of the content hash."""
+        return {
+            "name": self.name,
+            "engine": self.engine,
+            "package": self.package,
+            "version": self.version,
+            "requirement": self.requirement,
+            "torch": self.torch,
+            "cuda": self.cuda,
+            "stack": self.stack.name,
+            "base_image": self.stack.base_image,
+            "python": self.python,
+            "torch_index": self.stack.torch_index,
+            "pins": dict(self.pins),
+            "extra_requirements": list(self.extra_requirements),
+            "test_requirements": list(self.test_requirements),
+            "exclude_newer": self.exclude_newer,
+            "readable_tag": self.readable_tag,
+        }
+
+    def digest(self) -> str:
+        """A stable hash of this entry's settings (not of the file's layout or comments)."""
+        blob = json.dumps(self.as_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+@dataclass
+class Matrix:
+    """The expanded matrix: entries in file order, keyed by name."""
+
+    path: Path
+    repository: str
+    entries: dict[str, Entry] = field(default_factory=dict)
+    stacks: dict[str, Stack] = field(default_factory=dict)
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(self.entries.values())
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def get(self, name: str) -> Entry:
+        """The entry called ``name``; an unknown name fails with the nearest known ones."""
+        try:
+            return self.entries[name]
+        except KeyError:
+            near = difflib.get_close_matches(name, list(self.entries), n=3, cutoff=0.6)
+            hint = f"did you mean {', '.join(near)}?" if near else "run `rollout-matrix list` for the names"
+            raise UserError(f"unknown matrix entry {name!r} in {self.path}; {hint}") from None
+
+    def select(self, names: list[str]) -> list[Entry]:
+        """Entries by name; ``all`` selects every entry."""
+        if names == ["all"]:
+            return list(self)
+        return [self.get(n) for n in names]
+
+
+# -- YAML with line numbers ---------------------------------------------------------------------------
+
+
+class _Ctx:
+    """Carries the file name so every error can say ``file:line``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, node: yaml.Node | None, message: str) -> MatrixError:
+        line = node.start_mark.line + 1 if node is not None else 1
+        return MatrixError(f"{self.path}:{line}: {message}")
+
+    def mapping(self, node: yaml.Node, what: str) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+        if not isinstance(node, yaml.MappingNode):
+            raise self.fail(node, f"{what} must be a mapping (key: value lines)")
+        out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode):
+                raise self.fail(key, f"{what}: keys must be plain strings")
+            if key.value in out:
+                raise self.fail(key, f"{what}: duplicate key {key.value!r}; remove one of them")
+            out[key.value] = (key, value)
+        return out
+
+    def keys(self, items: dict[str, tuple[yaml.Node, yaml.Node]], what: str, required: set[str],
+             optional: set[str], node: yaml.Node) -> None:
+        allowed = required | optional
+        for name, (key, _) in items.items():
+            if name not in allowed:
+                near = difflib.get_close_matches(name, sorted(allowed), n=1)
+                hint = f"did you mean {near[0]!r}?" if near else f"allowed keys: {', '.join(sorted(allowed))}"
+                raise self.fail(key, f"{what}: unknown key {name!r}; {hint}")
+        for name in sorted(required - set(items)):
+            raise self.fail(node, f"{what}: missing key {name!r}; add it")
+
+    def string(self, node: yaml.Node, what: str, pattern: re.Pattern[str] | None = None,
+               example: str = "") -> str:
+        if not isinstance(node, yaml.ScalarNode) or node.tag.endswith((":null", ":bool")):
+            raise self.fail(node, f"{what} must be a string{f' like {example!r}' if example else ''}")
+        if node.tag.endswith((":float", ":int")) and node.style is None:
+            raise self.fail(node, f"{what} must be quoted (YAML reads {node.value} as a number): "
+                                  f"write \"{node.value}\"")
+        value = str(node.value)
+        if pattern is not None and not pattern.match(value):
+            raise self.fail(node, f"{what} {value!r} is not valid{f'; expected something like {example!r}' if example else ''}")
+        return value
+
+    def version(self, node: yaml.Node, what: str) -> str:
+        value = self.string(node, what, example="0.5.2")
+        try:
+            parsed = Version(value)
+        except InvalidVersion:
+            raise self.fail(node, f"{what} {value!r} is not a PEP 440 version; write e.g. \"0.5.2.post1\"") from None
+        if str(parsed) != value:
+            raise self.fail(node, f"{what} {value!r} is not in normal form; write {str(parsed)!r}")
+        return value
+
+    def string_list(self, node: yaml.Node, what: str) -> list[str]:
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.fail(node, f"{what} must be a list of requirement strings")
+        out = []
+        for item in node.value:
+            req = self.string(item, f"{what} item")
+            try:
+                Requirement(req)
+            except InvalidRequirement as exc:
+                raise self.fail(item, f"{what}: {req!r} is not a valid requirement ({exc})") from None
+            out.append(req)
+        return out
+
+
+def load_matrix(path: str | os.PathLike[str] | None = None) -> Matrix:
+    """Read, validate and expand a matrix file (default: ``matrix.yaml`` of the checkout)."""
+    matrix_path = Path(path or os.environ.get("ROLLOUT_MATRIX_FILE") or _default_path())
+    try:
+        text = matrix_path.read_text()
+    except FileNotFoundError:
+        raise UserError(f"{matrix_path}: no such file; run from the checkout or pass --matrix PATH") from None
+    ctx = _Ctx(matrix_path)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        raise MatrixError(f"{matrix_path}:{line}: not valid YAML: {exc.problem}; fix the syntax") from None
+    if root is None:
+        raise MatrixError(f"{matrix_path}:1: the file is empty; see the README for the format")
+    top = ctx.mapping(root, "the top level")
+    ctx.keys(top, "the top level", {"schema", "stacks", "engines"}, {"repository", "test_requirements"}, root)
+
+    schema_node = top["schema"][1]
+    if schema_node.value != str(SCHEMA):
+        raise ctx.fail(schema_node, f"schema {schema_node.value} is not supported; this tool reads schema {SCHEMA}")
+    repository = "rollout-matrix"
+    if "repository" in top:
+        repository = ctx.string(top["repository"][1], "repository", example="ghcr.io/OWNER/rollout-matrix")
+    test_reqs = ctx.string_list(top["test_requirements"][1], "test_requirements") if "test_requirements" in top else []
+
+    stacks = _load_stacks(ctx, top["stacks"][1])
+    matrix = Matrix(path=matrix_path, repository=repository, stacks=stacks)
+    for engine_name, (engine_key, engine_node) in ctx.mapping(top["engines"][1], "engines").items():
+        if not _NAME_RE.match(engine_name):
+            raise ctx.fail(engine_key, f"engine name {engine_name!r} must be lower-case letters, digits, - or _")
+        for entry in _load_engine(ctx, engine_name, engine_node, stacks, tuple(test_reqs)):
+            if entry.name in matrix.entries:
+                first = matrix.entries[entry.name].line
+                raise ctx.fail(None if not entry.line else _LineNode(entry.line),
+                               f"release {entry.name} is listed twice (first at line {first}); keep one")
+            matrix.entries[entry.name] = entry
+    if not matrix.entries:
+        raise ctx.fail(top["engines"][1], "no releases listed; add at least one under engines")
+    return matrix
+
+
+class _LineNode(yaml.Node):
+    """A stand-in node that only carries a line number (for errors about already-expanded entries)."""
+
+    def __init__(self, line: int) -> None:
+        mark = yaml.Mark("", 0, line - 1, 0, None, None)
+        super().__init__("", "", mark, mark)
+
+
+def _default_path() -> Path:
+    """matrix.yaml of the checkout this package lives in (src layout), else of the working directory."""
+    here = Path(__file__).resolve().parents[2] / DEFAULT_MATRIX
+    return here if here.exists() else Path(DEFAULT_MATRIX)
+
+
+def _load_stacks(ctx: _Ctx, node: yaml.Node) -> dict[str, Stack]:
+    stacks: dict[str, Stack] = {}
+    for name, (_key, value) in ctx.mapping(node, "stacks").items():
+        what = f"stacks.{name}"
+        items = ctx.mapping(value, what)
+        ctx.keys(items, what, {"cuda", "base_image", "python"}, {"torch_index"}, value)
+        stacks[name] = Stack(
+            name=name,
+            cuda=ctx.string(items["cuda"][1], f"{what}.cuda", _CUDA_RE, "12.8"),
+            base_image=ctx.string(items["base_image"][1], f"{what}.base_image",
+                                  example="nvidia/cuda:12.8.1-cudnn-devel-ubuntu22.04"),
+            python=ctx.string(items["python"][1], f"{what}.python", _PYTHON_RE, "3.10"),
+            torch_index=ctx.string(items["torch_index"][1], f"{what}.torch_index") if "torch_index" in items else None,
+        )
+    return stacks
+
+
+def _load_engine(ctx: _Ctx, engine: str, node: yaml.Node, stacks: dict[str, Stack],
+                 test_reqs: tuple[str, ...]) -> Iterator[Entry]:
+    what = f"engines.{engine}"
+    items = ctx.mapping(node, what)
+    ctx.keys(items, what, {"package", "requirement", "bands"}, set(), node)
+    package = ctx.string(items["package"][1], f"{what}.package")
+    template_node = items["requirement"][1]
+    template = ctx.string(template_node, f"{what}.requirement", example=f"{package}=={{version}}")
+    if "{version}" not in template:
+        raise ctx.fail(template_node, f"{what}.requirement must contain {{version}}, e.g. \"{package}=={{version}}\"")
+    bands = items["bands"][1]
+    if not isinstance(bands, yaml.SequenceNode) or not bands.value:
+        raise ctx.fail(bands, f"{what}.bands must be a non-empty list of bands")
+    for index, band in enumerate(bands.value):
+        band_what = f"{what}.bands[{index}]"
+        b = ctx.mapping(band, band_what)
+        ctx.keys(b, band_what, {"stack", "releases"}, {"torch", "extra_requirements"}, band)
+        stack_node = b["stack"][1]
+        stack_name = ctx.string(stack_node, f"{band_what}.stack")
+        if stack_name not in stacks:
+            raise ctx.fail(stack_node, f"{band_what}.stack {stack_name!r} is not defined under stacks "
+                                       f"(known: {', '.join(stacks)})")
+        torch = ctx.version(b["torch"][1], f"{band_what}.torch") if "torch" in b else None
+        extra = tuple(ctx.string_list(b["extra_requirements"][1], f"{band_what}.extra_requirements")) \
+            if "extra_requirements" in b else ()
+        for version, (vkey, pins_node) in ctx.mapping(b["releases"][1], f"{band_what}.releases").items():
+            version = ctx.version(vkey, f"{band_what}.releases key")
+            pins: dict[str, str] = {}
+            exclude_newer = None
+            if not (isinstance(pins_node, yaml.ScalarNode) and pins_node.tag.endswith(":null")):
+                for pkg, (pkey, pval) in ctx.mapping(pins_node, f"{engine} {version}").items():
+                    if pkg == "exclude_newer":  # lock resolution date override, not a package
+                        exclude_newer = ctx.string(pval, f"{engine} {version}: exclude_newer",
+                                                   _DATE_RE, "2025-05-03T00:00:00Z")
+                        continue
+                    pins[canonicalize_name(pkg)] = ctx.version(pval, f"{engine} {version}: {pkey.value}")
+            requirement = template.format(version=version)
+            try:
+                Requirement(requirement)
+            except InvalidRequirement as exc:
+                raise ctx.fail(template_node, f"{what}.requirement gives {requirement!r}: {exc}") from None
+            yield Entry(
+                engine=engine,
+                package=package,
+                version=version,
+                requirement=requirement,
+                torch=torch,
+                stack=stacks[stack_name],
+                pins=tuple(sorted(pins.items())),
+                extra_requirements=extra,
+                test_requirements=test_reqs,
+                exclude_newer=exclude_newer,
+                line=vkey.start_mark.line + 1,
+            )
