@@ -1,0 +1,140 @@
+"""Build one entry's image through the Docker SDK, check it, and only then tag it.
+
+Order matters for "no half-tagged images": the build produces an untagged image, the version check
+runs on its id, and only a checked image gets its two tags (rolled back together if tagging fails).
+A failed build or check leaves no tag behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import docker.errors
+
+from rollout_matrix.docker_api import client, image_exists, registry_has, short_error
+from rollout_matrix.errors import UserError
+from rollout_matrix.plan import BuildPlan
+from rollout_matrix.progress import Reporter
+from rollout_matrix.verify import check_image
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    plan: BuildPlan
+    image_id: str | None
+    skipped: str | None  # None when built; else where the content tag was found ("local", "registry")
+    seconds: float
+    size_bytes: int | None = None
+
+
+def has_registry(repository: str) -> bool:
+    """Whether a repository names a registry host (``host:port/x``, ``ghcr.io/x``) rather than a local name."""
+    first = repository.split("/", 1)[0]
+    return "/" in repository and ("." in first or ":" in first or first == "localhost")
+
+
+def find_existing(plan: BuildPlan) -> str | None:
+    """Where the content tag already exists: ``local``, ``registry`` or None."""
+    if image_exists(plan.content_ref):
+        return "local"
+    if has_registry(plan.repository) and registry_has(plan.content_ref):
+        return "registry"
+    return None
+
+
+def ensure_base(plan: BuildPlan, reporter: Reporter) -> None:
+    """The base image must be local or pullable; say which option fixes it if neither."""
+    if image_exists(plan.base_image):
+        return
+    reporter.line(f"base image {plan.base_image} is not local; pulling it")
+    try:
+        client().images.pull(plan.base_image)
+    except docker.errors.DockerException as exc:
+        raise UserError(
+            f"base image {plan.base_image} is neither local nor pullable ({short_error(exc)}); "
+            "pull or import it first, or pass --base-image IMAGE / --registry-mirror HOST"
+        ) from None
+
+
+def build(plan: BuildPlan, reporter: Reporter, *, force: bool = False) -> BuildResult:
+    """Build ``plan`` unless its content tag exists (locally or in the registry) and ``force`` is off."""
+    start = reporter.elapsed()
+    if not force:
+        where = find_existing(plan)
+        if where:
+            reporter.line(f"up to date: {plan.content_ref} exists ({where}); not building")
+            if where == "local":
+                _tag(client().images.get(plan.content_ref).id, [plan.readable_ref])
+            return BuildResult(plan, None, where, reporter.elapsed() - start)
+
+    ensure_base(plan, reporter)
+    reporter.line(f"building {plan.entry.name} on {plan.base_image} (Python {plan.python}, "
+                  f"{'locked' if plan.options.locked else 'UNLOCKED'}, {plan.options.installer}) "
+                  f"-> {plan.content_ref}")
+    image_id = _run_build(plan, reporter)
+    try:
+        reporter.line("checking the versions the image reports")
+        reported = check_image(image_id, plan.entry.name, plan.entry.expected_versions())
+        reporter.line("versions ok: " + ", ".join(f"{k} {v}" for k, v in sorted(reported.items())))
+        _tag(image_id, list(plan.refs))
+    except BaseException:
+        _remove(image_id)
+        raise
+    size = client().images.get(image_id).attrs.get("Size")
+    seconds = reporter.elapsed() - start
+    reporter.line(f"built {plan.content_ref} and {plan.readable_ref} in {seconds:.0f}s"
+                  + (f", {size / 1e9:.2f} GB" if size else ""))
+    return BuildResult(plan, image_id, None, seconds, size)
+
+
+def _run_build(plan: BuildPlan, reporter: Reporter) -> str:
+    image_id: str | None = None
+    log_tail: list[str] = []
+    try:
+        stream = client().api.build(
+            fileobj=plan.context(), custom_context=True, buildargs=plan.buildargs(), labels=plan.labels(),
+            rm=True, forcerm=True, pull=False, decode=True,
+        )
+        for chunk in stream:
+            if "stream" in chunk:
+                text = chunk["stream"]
+                reporter.raw(text)
+                log_tail = (log_tail + text.splitlines())[-20:]
+            if "error" in chunk:
+                detail = str(chunk.get("error", "")).strip()
+                raise UserError(f"build of {plan.entry.name} failed: {detail.splitlines()[-1] if detail else '?'} "
+                                "(full log above); nothing was tagged")
+            aux = chunk.get("aux")
+            if isinstance(aux, dict) and aux.get("ID"):
+                image_id = aux["ID"]
+    except docker.errors.APIError as exc:
+        raise UserError(f"build of {plan.entry.name} failed: {short_error(exc)}; nothing was tagged") from None
+    if not image_id:
+        raise UserError(f"build of {plan.entry.name} ended without an image id; last output:\n" + "\n".join(log_tail))
+    return image_id
+
+
+def _tag(image_id: str, refs: list[str]) -> None:
+    """Tag all of ``refs`` or none of them."""
+    api = client().api
+    done: list[str] = []
+    try:
+        for ref in refs:
+            repo, tag = ref.rsplit(":", 1)
+            api.tag(image_id, repo, tag, force=True)
+            done.append(ref)
+    except docker.errors.APIError as exc:
+        for ref in done:
+            _untag(ref)
+        raise UserError(f"could not tag {image_id[:19]} as {refs}: {short_error(exc)}") from None
+
+
+def _untag(ref: str) -> None:
+    with contextlib.suppress(docker.errors.APIError):
+        client().images.remove(ref, noprune=False)
+
+
+def _remove(image_id: str) -> None:
+    with contextlib.suppress(docker.errors.APIError):
+        client().images.remove(image_id, force=True)

@@ -1,0 +1,205 @@
+"""The ``rollout-matrix`` command: list, build, push, pull and test the matrix images.
+
+Every subcommand is a thin layer over the Python API the nox sessions use too; user errors are
+printed as one line (``rollout-matrix: error: ...``) with exit code 2, Ctrl-C exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rollout_matrix.errors import UserError
+from rollout_matrix.matrix import Matrix, load_matrix
+from rollout_matrix.options import BuildOptions
+from rollout_matrix.progress import Reporter
+
+Handler = Callable[[argparse.Namespace, Matrix], int]
+
+
+def _site_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("site options (each also read from ROLLOUT_MATRIX_<NAME>)")
+    g.add_argument("--repository", help="image repository, e.g. ghcr.io/OWNER/rollout-matrix (default: matrix.yaml's)")
+    g.add_argument("--base-image", help="use this base image instead of the stack's CUDA image (air-gapped sites, tests)")
+    g.add_argument("--python", help="the Python version of --base-image, e.g. 3.11 (default: the stack's)")
+    g.add_argument("--registry-mirror", help="pull base images through this registry host, e.g. mirror.local:5000")
+    g.add_argument("--extra-ca-cert", help="a PEM CA bundle the build must trust (corporate proxies)")
+    g.add_argument("--index-url", help="package index mirror (no credentials: they would stay in the image history)")
+    g.add_argument("--installer", choices=["uv", "pip"], help="installer used inside the build (default uv)")
+    g.add_argument("--no-lock", dest="locked", action="store_const", const=False,
+                   help="resolve requirements at build time instead of installing the committed lock")
+
+
+def _options(args: argparse.Namespace) -> BuildOptions:
+    return BuildOptions.from_env(
+        repository=args.repository, base_image=args.base_image, python=args.python,
+        registry_mirror=args.registry_mirror, extra_ca_cert=args.extra_ca_cert, index_url=args.index_url,
+        installer=args.installer, locked=args.locked,
+    )
+
+
+def cmd_list(args: argparse.Namespace, matrix: Matrix) -> int:
+    from rollout_matrix.plan import plan_build
+
+    options = _options(args)
+    rows = []
+    for entry in matrix:
+        row = entry.as_dict()
+        try:
+            plan = plan_build(matrix, entry, options)
+            row["content_tag"] = plan.content_ref
+            row["readable_ref"] = plan.readable_ref
+        except UserError as exc:
+            row["content_tag"] = None
+            row["problem"] = str(exc)
+        rows.append(row)
+    if args.missing:
+        from rollout_matrix.build import find_existing
+
+        rows = [r for r in rows if r["content_tag"] is None
+                or not find_existing(plan_build(matrix, matrix.get(r["name"]), options))]
+    if args.json:
+        print(json.dumps(rows, indent=None if args.compact else 2))
+        return 0
+    header = ("entry", "torch", "cuda", "python", "base image", "image tag")
+    table = [header] + [(r["name"], r["torch"] or "-", r["cuda"], r["python"], r["base_image"],
+                         (r["content_tag"] or "(no lock)").split(":", 1)[-1]) for r in rows]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print(f"{len(rows)} entries")
+    return 0
+
+
+def cmd_build(args: argparse.Namespace, matrix: Matrix) -> int:
+    from rollout_matrix.build import build
+    from rollout_matrix.plan import plan_build
+    from rollout_matrix.registry import push
+
+    options = _options(args)
+    entries = matrix.select(args.entries)
+    plans = [plan_build(matrix, e, options) for e in entries]  # all inputs checked before any build
+    for plan in plans:
+        reporter = Reporter(plan.entry.name)
+        result = build(plan, reporter, force=args.force)
+        if args.push and result.skipped != "registry":
+            push(plan, reporter)
+    return 0
+
+
+def cmd_push(args: argparse.Namespace, matrix: Matrix) -> int:
+    from rollout_matrix.plan import plan_build
+    from rollout_matrix.registry import push
+
+    options = _options(args)
+    for entry in matrix.select(args.entries):
+        digest = push(plan_build(matrix, entry, options), Reporter(entry.name))
+        print(f"{entry.name} {digest}")
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace, matrix: Matrix) -> int:
+    from rollout_matrix.plan import plan_build
+    from rollout_matrix.registry import pull
+
+    options = _options(args)
+    for entry in matrix.select(args.entries):
+        pull(plan_build(matrix, entry, options), Reporter(entry.name))
+    return 0
+
+
+def cmd_test(args: argparse.Namespace, matrix: Matrix) -> int:
+    from rollout_matrix.plan import plan_build
+    from rollout_matrix.session import run_session
+    from rollout_matrix.testrun import run_tests
+
+    options = _options(args)
+    entry = matrix.get(args.entry)
+    reporter = Reporter(entry.name)
+    results = Path(args.results) if args.results else None
+    if args.no_build:
+        plan = plan_build(matrix, entry, options)
+        run = run_tests(plan, matrix.path.parent, results or matrix.path.parent / "results", reporter,
+                        args.pytest_args)
+    else:
+        run = run_session(matrix, entry, options, reporter, args.pytest_args, results)
+    return run.exit_code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rollout-matrix", description=__doc__.splitlines()[0])
+    parser.add_argument("--matrix", help="path to matrix.yaml (default: the checkout's; env ROLLOUT_MATRIX_FILE)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("list", help="the expanded matrix as a table (or --json)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--compact", action="store_true", help="with --json: one line (for $GITHUB_OUTPUT)")
+    p.add_argument("--missing", action="store_true",
+                   help="only entries whose content tag is neither local nor in the registry")
+    _site_options(p)
+    p.set_defaults(handler=cmd_list)
+
+    p = sub.add_parser("build", help="build (or skip, if its content tag exists), check and tag images")
+    p.add_argument("entries", nargs="+", metavar="ENTRY", help="entry names (see `list`), or `all`")
+    p.add_argument("--force", action="store_true", help="build even if the content tag exists")
+    p.add_argument("--push", action="store_true", help="push each image after building it")
+    _site_options(p)
+    p.set_defaults(handler=cmd_build)
+
+    p = sub.add_parser("push", help="push built images to --repository's registry")
+    p.add_argument("entries", nargs="+", metavar="ENTRY")
+    _site_options(p)
+    p.set_defaults(handler=cmd_push)
+
+    p = sub.add_parser("pull", help="pull images by content tag from --repository's registry")
+    p.add_argument("entries", nargs="+", metavar="ENTRY")
+    _site_options(p)
+    p.set_defaults(handler=cmd_pull)
+
+    p = sub.add_parser("test", help="run tests/engine inside an entry's image (pull or build it first)",
+                       description="Arguments after -- go to pytest inside the container.")
+    p.add_argument("entry", metavar="ENTRY")
+    p.add_argument("--results", help="where results/<entry>/junit.xml and run.json go (default: ./results)")
+    p.add_argument("--no-build", action="store_true", help="fail instead of pulling or building a missing image")
+    _site_options(p)
+    p.set_defaults(handler=cmd_test)
+
+    _register_optional(sub)
+    return parser
+
+
+def _register_optional(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Subcommands whose modules live beside this one (lock, drift, report), registered by those modules."""
+    for module in ("rollout_matrix.lock_cli", "rollout_matrix.report_cli"):
+        try:
+            mod = __import__(module, fromlist=["register"])
+        except ImportError:
+            continue
+        mod.register(sub, _site_options)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pytest_args: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, pytest_args = argv[:cut], argv[cut + 1:]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.pytest_args = pytest_args
+    try:
+        matrix = load_matrix(args.matrix)
+        return int(args.handler(args, matrix))
+    except UserError as exc:
+        print(f"rollout-matrix: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rollout-matrix: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

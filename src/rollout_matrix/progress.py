@@ -1,0 +1,68 @@
+"""Progress output for long work (builds, pushes, pulls, test runs).
+
+Plain lines with elapsed time when stdout is not a terminal (CI logs, nox), a rich live bar for
+layer transfers when it is. Everything goes to stdout; errors are raised, not printed here.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+
+class Reporter:
+    """Prints ``[entry +12.3s] message`` lines; one per build step or transfer milestone."""
+
+    def __init__(self, prefix: str = "", stream: Any = None) -> None:
+        self.prefix = prefix
+        self.stream = stream or sys.stdout
+        self.start = time.monotonic()
+
+    def child(self, prefix: str) -> Reporter:
+        r = Reporter(prefix, self.stream)
+        r.start = self.start
+        return r
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def line(self, message: str) -> None:
+        tag = f"[{self.prefix} +{self.elapsed():.1f}s] " if self.prefix else f"[+{self.elapsed():.1f}s] "
+        for text in message.rstrip("\n").splitlines() or [""]:
+            self.stream.write(tag + text + "\n")
+        self.stream.flush()
+
+    def raw(self, text: str) -> None:
+        """Output produced elsewhere (a build step, pytest in a container), passed through as is."""
+        self.stream.write(text)
+        self.stream.flush()
+
+
+def transfer_progress(events: Iterable[Mapping[str, Any]], reporter: Reporter, verb: str) -> Iterator[Mapping[str, Any]]:
+    """Summarise a push/pull event stream as progress lines while passing every event on.
+
+    The engine sends one event per layer per chunk; printing all of them floods CI logs, so this
+    prints when a layer finishes and, at most every 5 s, the total bytes moved so far.
+    """
+    layers: dict[str, tuple[int, int]] = {}
+    done: set[str] = set()
+    last = 0.0
+    for event in events:
+        layer = event.get("id")
+        detail = event.get("progressDetail") or {}
+        status = str(event.get("status", ""))
+        if layer and detail.get("total"):
+            layers[layer] = (int(detail.get("current", 0)), int(detail["total"]))
+        if layer and status in ("Pushed", "Layer already exists", "Pull complete", "Already exists",
+                                "Mounted from") and layer not in done:
+            done.add(layer)
+            reporter.line(f"{verb}: layer {layer} {status.lower()}")
+        now = time.monotonic()
+        if layers and now - last > 5:
+            last = now
+            cur = sum(c for c, _ in layers.values())
+            tot = sum(t for _, t in layers.values())
+            reporter.line(f"{verb}: {cur / 1e6:,.0f} / {tot / 1e6:,.0f} MB in {len(layers)} active layers")
+        yield event
