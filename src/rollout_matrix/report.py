@@ -21,7 +21,7 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ STATUSES = (PASSED, FAILED, ERROR, NO_TESTS, ALL_SKIPPED, NOT_RUN)
 UNKNOWN = "?"
 NONE = "—"  # an empty cell: nothing to show (a release never run has no counts)
 PYTEST_NO_TESTS = 5  # pytest's exit code when it collected nothing
+MATRIX_NAME = "matrix.yaml"
 
 
 class JUnitError(ValueError):
@@ -168,12 +169,14 @@ class ReportSummary:
 
 
 def _parse_time(value: str | None) -> datetime | None:
+    """An ISO 8601 time in UTC (a time without zone is taken as UTC, as CI runners keep it)."""
     if not value:
         return None
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
+    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
 
 
 def _read_run(path: Path) -> tuple[dict[str, Any] | None, str | None]:
@@ -246,7 +249,8 @@ def build_row(entry: Entry, folder: Path | None, band_of: Callable[[Entry], str 
         status = NOT_RUN
     elif not has_junit:
         status = ERROR
-        notes.append(f"no {JUNIT}: the tests did not get to report (exit code {run.get('exit_code', UNKNOWN)})")
+        code = run.get("exit_code", UNKNOWN)
+        notes.append(f"no {JUNIT}: the tests did not get to report (exit code {code})")
     else:
         try:
             counts = parse_junit(junit)  # type: ignore[arg-type]
@@ -301,21 +305,23 @@ def collect(matrix: Matrix, results_dir: Path) -> tuple[list[Row], list[str]]:
 
 COLUMNS = ("Release", "Status", "Shim band", "Image tag", "Digest", "torch", "CUDA",
            "Passed", "Failed", "Errors", "Skipped", "Runner", "Date")
+NUMBER_COLUMNS = ("Passed", "Failed", "Errors", "Skipped")
+LEGEND = (f"<b>{NOT_RUN}</b>: no results for that release in this report, so nothing is known about it; "
+          f"<b>{ERROR}</b>: it ran but left no usable results; <b>CPU only</b>: GPU tests were skipped.")
 
 
 def _numbers(row: Row) -> tuple[str, str, str, str]:
+    """Passed, failed, errors, skipped as shown; dashes when there is no JUnit file to count."""
     c = row.counts
     if c is None:
-        return (NONE,) * 4  # type: ignore[return-value]
+        return NONE, NONE, NONE, NONE
     return str(c.passed), str(c.failures), str(c.errors), str(c.skipped)
 
 
 def _latest(rows: Iterable[Row]) -> str | None:
+    """When the newest run finished: the report's date, taken from its inputs so output is reproducible."""
     times = [t for t in (_parse_time(r.finished) for r in rows) if t is not None]
-    if not times:
-        return None
-    latest = max(times, key=lambda t: t.timestamp() if t.tzinfo else t.replace(tzinfo=None).timestamp())
-    return latest.strftime("%Y-%m-%d %H:%M UTC" if latest.tzinfo else "%Y-%m-%d %H:%M")
+    return max(times).strftime("%Y-%m-%d %H:%M UTC") if times else None
 
 
 def _summary_text(summary: ReportSummary) -> str:
@@ -342,11 +348,10 @@ def render_markdown(summary: ReportSummary) -> str:
         "",
         f"**{_summary_text(summary)}**" + (f" Latest run: {latest}." if latest else ""),
         "",
-        f"*{NOT_RUN}*: no results for that release in this report, so nothing is known about it; "
-        f"*{ERROR}*: it ran but left no usable results; *CPU only*: GPU tests were skipped.",
+        LEGEND.replace("<b>", "*").replace("</b>", "*"),
         "",
         "| " + " | ".join(COLUMNS) + " |",
-        "|" + "|".join("---:" if c in ("Passed", "Failed", "Errors", "Skipped") else "---" for c in COLUMNS) + "|",
+        "|" + "|".join("---:" if c in NUMBER_COLUMNS else "---" for c in COLUMNS) + "|",
     ]
     for r in rows:
         digest = f"`{r.short_digest}`" + (" (local)" if r.digest_is_local else "") if r.digest else NONE
@@ -367,9 +372,6 @@ def render_markdown(summary: ReportSummary) -> str:
         out += ["", f"Results for releases not in {MATRIX_NAME} were ignored: "
                 + ", ".join(f"`{_md(u)}`" for u in summary.unknown) + "."]
     return "\n".join(out) + "\n"
-
-
-MATRIX_NAME = "matrix.yaml"
 
 
 def _css() -> str:
@@ -427,8 +429,7 @@ def render_html(summary: ReportSummary) -> str:
         f'<p id="summary">{e(_summary_text(summary))}'
         + (f' Latest run: <time>{e(latest)}</time>.' if latest else "") + "</p>",
         f'<ul class="badges">{badges}</ul>',
-        f'<p class="legend"><b>{NOT_RUN}</b>: no results for that release in this report, so nothing is known '
-        f"about it; <b>{ERROR}</b>: it ran but left no usable results; <b>CPU only</b>: GPU tests were skipped.</p>",
+        f'<p class="legend">{LEGEND}</p>',
         '<div class="scroll">',
         f'<table id="compatibility"><thead><tr>{head}</tr></thead>',
         "<tbody>",
@@ -471,7 +472,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``report`` subcommand's options (shared by the CLI and ``python -m rollout_matrix.report``)."""
     parser.add_argument("--results", help="directory of <entry>/junit.xml + run.json (default: results/ "
                                           "next to matrix.yaml)")
-    parser.add_argument("--out", help="where compatibility.md and .html go (default: docs/ next to matrix.yaml)")
+    parser.add_argument("--out", help="where compatibility.md and .html go "
+                                      "(default: docs/ next to matrix.yaml)")
 
 
 def run_report(args: argparse.Namespace, matrix: Matrix) -> int:
@@ -494,7 +496,8 @@ def register(sub: argparse._SubParsersAction, site_options: Callable[..., None] 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m rollout_matrix.report``: the same as ``rollout-matrix report``."""
-    parser = argparse.ArgumentParser(prog="python -m rollout_matrix.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m rollout_matrix.report",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--matrix", help="path to matrix.yaml (default: the checkout's)")
     add_arguments(parser)
     args = parser.parse_args(argv)
