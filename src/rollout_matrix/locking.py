@@ -51,10 +51,11 @@ INDEX_URL = "https://pypi.org/simple"
 #: at least, so resolving for 2_35 picks what pip there would pick (2_28 could miss a 2_3x-only wheel
 #: and fall back to an sdist or an older release).
 PLATFORM = "x86_64-manylinux_2_35"
-#: Added to the release's first upload so the release's own files (wheels upload over minutes to
-#: hours) and companion packages uploaded in the same release run are inside the cut-off. Anything
-#: later needs an explicit ``exclude_newer`` for that release in matrix.yaml.
-RELEASE_MARGIN = timedelta(days=1)
+#: Added to the release's first upload so all of the release's own files are inside the cut-off (every
+#: release in matrix.yaml uploaded its files within 4 minutes). Kept short on purpose: a 24 h margin
+#: already let in aiohttp 3.12.0 (sglang 0.4.6.post5) and hf-xet 1.1.10 (sglang 0.5.2), released the
+#: day after. A pin uploaded later than this needs ``exclude_newer`` for its release in matrix.yaml.
+RELEASE_MARGIN = timedelta(hours=1)
 LOCKS_SUBDIR = Path("docker") / "locks"
 
 _PYTHON_RE = re.compile(r"^3\.\d{1,2}$")
@@ -383,7 +384,7 @@ def compile_requirements(requirements: list[str], python: str, exclude_newer: st
         proc = subprocess.run(cmd, input="\n".join(requirements) + "\n", capture_output=True, text=True,
                               env=uv_environment(), cwd=cwd)
     if proc.returncode != 0:
-        detail = " ".join(line.strip() for line in proc.stderr.splitlines()
+        detail = " ".join(line.strip().removeprefix("error: ") for line in proc.stderr.splitlines()
                           if line.strip() and not line.startswith("warning:"))
         raise UserError(f"uv could not resolve {', '.join(requirements)} for Python {python}"
                         f"{f' as of {exclude_newer}' if exclude_newer else ''}: {detail[:1500]}")
@@ -484,6 +485,9 @@ def lock_entry(entry: Entry, python: str | None = None, locks_dir: Path | None =
         result.ok = True
     except UserError as exc:
         result.error = str(exc)
+        if "No solution found" in result.error:
+            result.error += (f"; if a required version is not on PyPI the entry cannot be locked; if it was "
+                             f"uploaded after the release, set exclude_newer for {entry.name} in matrix.yaml")
     result.seconds = time.monotonic() - start
     return result
 
@@ -521,7 +525,8 @@ def lock_entries(entries: Iterable[Entry], python: str | None = None,
 def check_lock(entry: Entry, python: str | None = None, locks_dir: Path | None = None) -> list[str]:
     """Problems of one entry's lock: missing, unreadable, stale (inputs changed) or contradicting pins."""
     path = lock_path(entry, python, locks_dir)
-    fix = f"run `rollout-matrix lock {entry.name}{f' --python {python}' if python else ''}`"
+    other_python = f" --python {python}" if python and python != entry.python else ""
+    fix = f"run `rollout-matrix lock {entry.name}{other_python}`"
     if not path.is_file():
         return [f"{entry.name}: lock {path} is missing; {fix}"]
     try:
