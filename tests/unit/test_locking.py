@@ -1,0 +1,228 @@
+"""Lock paths, header round trip, staleness and content checks: real files in tmp_path, no network."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from rollout_matrix.drift import Change, diff_versions
+from rollout_matrix.errors import UserError
+from rollout_matrix.locking import (
+    PLATFORM,
+    LockHeader,
+    check_locks,
+    content_problems,
+    exclude_newer_source,
+    format_time,
+    inputs_hash,
+    lock_path,
+    locks_dir_for,
+    normalize_date,
+    parse_pins,
+    read_lock,
+    release_cutoff,
+    render_lock,
+)
+from rollout_matrix.matrix import Matrix, load_matrix
+
+MATRIX = """\
+schema: 1
+test_requirements:
+  - pytest==8.3.5
+stacks:
+  cu128:
+    cuda: "12.8"
+    base_image: nvidia/cuda:12.8.1-cudnn-devel-ubuntu22.04
+    python: "3.10"
+engines:
+  demo:
+    package: demo-engine
+    requirement: "demo-engine[srt]=={version}"
+    bands:
+      - torch: "2.8.0"
+        stack: cu128
+        releases:
+          "1.0.0": {demo-kernel: "0.3.5"}
+          "1.0.1": {demo-kernel: "0.3.5", exclude_newer: "2025-09-13"}
+"""
+
+BODY = """\
+demo-engine==1.0.0 \\
+    --hash=sha256:aaaa \\
+    --hash=sha256:bbbb
+    # via -r -
+demo-kernel==0.3.5 \\
+    --hash=sha256:cccc
+    # via demo-engine
+nvidia-cuda-runtime-cu12==12.8.90 \\
+    --hash=sha256:dddd
+    # via torch
+Pytest==8.3.5 \\
+    --hash=sha256:eeee
+torch==2.8.0 \\
+    --hash=sha256:ffff
+    # via
+    #   -r -
+    #   demo-engine
+"""
+
+
+@pytest.fixture
+def matrix(tmp_path: Path) -> Matrix:
+    path = tmp_path / "matrix.yaml"
+    path.write_text(MATRIX)
+    return load_matrix(path)
+
+
+def write_lock(matrix: Matrix, name: str, body: str = BODY, python: str | None = None,
+               **overrides: str) -> Path:
+    """A lock as lock_entry writes it, without running uv."""
+    entry = matrix.get(name)
+    python = python or entry.python
+    fields = dict(entry=entry.name, python=python, platform=PLATFORM, exclude_newer="2025-09-12T00:00:00Z",
+                  exclude_newer_source=exclude_newer_source(entry), requirements=tuple(entry.requirements()),
+                  uv_version="0.0.0", inputs_hash=inputs_hash(entry, python))
+    fields.update(overrides)
+    path = lock_path(entry, python, locks_dir_for(matrix))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_lock(LockHeader(**fields), body))
+    return path
+
+
+def test_lock_path_names_entry_and_python(matrix: Matrix) -> None:
+    entry = matrix.get("demo-1.0.0")
+    base = locks_dir_for(matrix)
+    assert base == matrix.path.parent / "docker" / "locks"
+    assert lock_path(entry, locks_dir=base) == base / "demo-1.0.0-py3.10.txt"
+    assert lock_path(entry, "3.11", base) == base / "demo-1.0.0-py3.11.txt"
+
+
+@pytest.mark.parametrize("bad", ["3", "python3.11", "3.11.2", "4.0", ""])
+def test_bad_python_is_a_user_error(matrix: Matrix, bad: str) -> None:
+    with pytest.raises(UserError, match=r"MAJOR\.MINOR"):
+        lock_path(matrix.get("demo-1.0.0"), bad or "x", locks_dir_for(matrix))
+
+
+def test_header_round_trip(matrix: Matrix) -> None:
+    path = write_lock(matrix, "demo-1.0.0")
+    lock = read_lock(path)
+    assert lock.header.entry == "demo-1.0.0"
+    assert lock.header.python == "3.10"
+    assert lock.header.platform == PLATFORM
+    assert lock.header.requirements == ("torch==2.8.0", "demo-engine[srt]==1.0.0", "pytest==8.3.5")
+    assert lock.header.inputs_hash == inputs_hash(matrix.get("demo-1.0.0"))
+    assert lock.versions == {"demo-engine": "1.0.0", "demo-kernel": "0.3.5", "nvidia-cuda-runtime-cu12": "12.8.90",
+                             "pytest": "8.3.5", "torch": "2.8.0"}
+    assert lock.hashes["demo-engine"] == ("sha256:aaaa", "sha256:bbbb")
+
+
+def test_not_a_lock(tmp_path: Path) -> None:
+    path = tmp_path / "x-py3.10.txt"
+    path.write_text("# some comment\n" + BODY)
+    with pytest.raises(UserError, match="not a rollout-matrix lock"):
+        read_lock(path)
+    with pytest.raises(UserError, match="no such lock"):
+        read_lock(tmp_path / "missing.txt")
+
+
+@pytest.mark.parametrize("line", [
+    "demo @ file:///opt/wheels/demo-1.0-py3-none-any.whl",
+    "-e ./src",
+    "requests",
+    "idna==3.4 ; python_version < '3.11'",
+    "--find-links /opt/wheels",
+])
+def test_pins_reject_anything_but_index_pins(line: str) -> None:
+    with pytest.raises(UserError, match="unexpected line"):
+        parse_pins(BODY + line + "\n")
+
+
+def test_inputs_hash_follows_resolution_inputs_only(tmp_path: Path, matrix: Matrix) -> None:
+    entry = matrix.get("demo-1.0.0")
+    same_inputs = MATRIX.replace("ubuntu22.04", "ubuntu24.04").replace('demo-kernel: "0.3.5"}', 'demo-kernel: "0.3.6"}')
+    changed = MATRIX.replace("pytest==8.3.5", "pytest==8.4.0")
+    (tmp_path / "a.yaml").write_text(same_inputs)
+    (tmp_path / "b.yaml").write_text(changed)
+    assert inputs_hash(load_matrix(tmp_path / "a.yaml").get("demo-1.0.0")) == inputs_hash(entry)
+    assert inputs_hash(load_matrix(tmp_path / "b.yaml").get("demo-1.0.0")) != inputs_hash(entry)
+    assert inputs_hash(entry, "3.11") != inputs_hash(entry)
+
+
+def test_exclude_newer_override_is_an_input(matrix: Matrix) -> None:
+    assert exclude_newer_source(matrix.get("demo-1.0.1")) == "matrix.yaml exclude_newer 2025-09-13T00:00:00Z"
+    assert "first upload of demo-engine==1.0.0" in exclude_newer_source(matrix.get("demo-1.0.0"))
+
+
+def test_dates() -> None:
+    assert normalize_date("2025-05-03") == "2025-05-03T00:00:00Z"
+    assert normalize_date("2025-05-03T10:00:00Z") == "2025-05-03T10:00:00Z"
+    first = datetime(2025, 5, 2, 22, 31, 2, 230828, tzinfo=timezone.utc)
+    later = first + timedelta(days=30)  # a wheel added weeks later must not move the date
+    assert format_time(release_cutoff([later, first], timedelta(hours=1))) == "2025-05-02T23:31:02Z"
+
+
+def test_check_locks_fresh(matrix: Matrix) -> None:
+    write_lock(matrix, "demo-1.0.0")
+    write_lock(matrix, "demo-1.0.1", BODY.replace("demo-engine==1.0.0", "demo-engine==1.0.1"))
+    assert check_locks(matrix) == []
+
+
+def test_check_locks_missing_and_orphan(matrix: Matrix) -> None:
+    write_lock(matrix, "demo-1.0.0")
+    orphan = locks_dir_for(matrix) / "demo-0.9.0-py3.10.txt"
+    orphan.write_text(BODY)
+    problems = check_locks(matrix)
+    assert len(problems) == 2
+    assert problems[0].startswith("demo-1.0.1: lock ") and "is missing" in problems[0]
+    assert "rollout-matrix lock demo-1.0.1" in problems[0]
+    assert problems[1].startswith(str(orphan)) and "belongs to no entry" in problems[1]
+    # A selection checks only those entries, and no orphans.
+    assert check_locks(matrix, [matrix.get("demo-1.0.0")]) == []
+
+
+def test_check_locks_stale_after_matrix_edit(matrix: Matrix) -> None:
+    write_lock(matrix, "demo-1.0.0")
+    write_lock(matrix, "demo-1.0.1", BODY.replace("demo-engine==1.0.0", "demo-engine==1.0.1"))
+    matrix.path.write_text(MATRIX.replace('exclude_newer: "2025-09-13"', 'exclude_newer: "2025-09-14"'))
+    problems = check_locks(load_matrix(matrix.path))
+    assert len(problems) == 1
+    assert problems[0].startswith("demo-1.0.1: lock demo-1.0.1-py3.10.txt is stale")
+
+
+def test_check_locks_covers_other_pythons(matrix: Matrix) -> None:
+    write_lock(matrix, "demo-1.0.0")
+    write_lock(matrix, "demo-1.0.1", BODY.replace("demo-engine==1.0.0", "demo-engine==1.0.1"))
+    write_lock(matrix, "demo-1.0.0", python="3.11", inputs_hash="sha256:old")
+    problems = check_locks(matrix)
+    assert problems == [problems[0]] and "demo-1.0.0-py3.11.txt is stale" in problems[0]
+    assert "--python 3.11" in problems[0]
+    # Asking for a Python whose lock is absent names it.
+    assert "is missing" in check_locks(matrix, [matrix.get("demo-1.0.1")], python="3.11")[0]
+
+
+def test_check_locks_pins_against_content(matrix: Matrix) -> None:
+    write_lock(matrix, "demo-1.0.0", BODY.replace("demo-kernel==0.3.5", "demo-kernel==0.3.4"))
+    problems = check_locks(matrix, [matrix.get("demo-1.0.0")])
+    assert problems == ["demo-1.0.0: demo-kernel is 0.3.4 in the lock but matrix.yaml expects 0.3.5; "
+                        "fix matrix.yaml or run `rollout-matrix lock demo-1.0.0`"]
+
+
+def test_content_problems_cuda_of_torch(matrix: Matrix) -> None:
+    entry = matrix.get("demo-1.0.0")
+    versions, _ = parse_pins(BODY)
+    assert content_problems(entry, versions) == []
+    versions["nvidia-cuda-runtime-cu12"] = "12.6.77"
+    assert content_problems(entry, versions) == [
+        "torch brings CUDA 12.6 (nvidia-cuda-runtime) but the stack is CUDA 12.8"]
+    del versions["nvidia-cuda-runtime-cu12"]
+    versions["nvidia-cuda-runtime"] = "12.8.90"  # CUDA 13-era wheels drop the -cuXX suffix
+    assert content_problems(entry, versions) == []
+
+
+def test_diff_versions() -> None:
+    changes = diff_versions({"a": "1.0", "b": "2.0", "c": "1"}, {"a": "1.0", "b": "1.9", "d": "3"})
+    assert [str(c) for c in changes] == ["b: 2.0 -> 1.9 (downgraded)", "c: 1 -> - (removed)",
+                                         "d: - -> 3 (added)"]
+    assert Change("x", "1.0", "2.0").kind == "upgraded"
