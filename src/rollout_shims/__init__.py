@@ -1,0 +1,29 @@
+"""rollout_shims: one rollout-engine API over SGLang 0.4.4 – 0.5.2 and vLLM 0.8.5 / 0.22.
+
+``import rollout_shims`` is light on purpose (packaging and pyyaml only): detection reads package
+metadata, and the engines (and torch) are imported only inside :func:`create_engine`.
+"""
+
+from rollout_shims.api import Completion, EngineInfo, RolloutEngine, SamplingParams
+from rollout_shims.config import RolloutConfig, SGLangConfig, VLLMConfig
+from rollout_shims.detect import FORCE_ENV, Detection, detect
+from rollout_shims.errors import ConfigError, EngineNotFoundError, UnsupportedEngineError, UnsupportedFeatureError
+from rollout_shims.factory import create_engine
+
+__all__ = [
+    "FORCE_ENV",
+    "Completion",
+    "ConfigError",
+    "Detection",
+    "EngineInfo",
+    "EngineNotFoundError",
+    "RolloutConfig",
+    "RolloutEngine",
+    "SGLangConfig",
+    "SamplingParams",
+    "UnsupportedEngineError",
+    "UnsupportedFeatureError",
+    "VLLMConfig",
+    "create_engine",
+    "detect",
+]

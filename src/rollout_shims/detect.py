@@ -1,0 +1,123 @@
+"""Find the installed engine release and the shim that serves it, without importing the engine.
+
+Why metadata and not ``import sglang``: importing an engine pulls in torch and CUDA libraries
+(SGLang's kernels even need ``libcuda.so.1`` at import time), which is slow, fails on CPU hosts and
+would make ``import rollout_shims`` heavy. ``importlib.metadata`` reads the installed
+``*.dist-info/METADATA`` only.
+
+Versions are compared with :mod:`packaging` on the public version (``0.5.2+cu126`` is 0.5.2), never
+as strings (verl compared ``"0.5.10" >= "0.5.6"`` as text) and with exact band edges (RLinf's
+``<= 0.5.2rc2`` refused the stock 0.5.2 it documented).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib import metadata
+
+from packaging.version import InvalidVersion, Version
+
+from rollout_shims.bands import ENGINE_PACKAGES, Band, band_for_shim, load_bands, shim_names, supported_ranges
+from rollout_shims.errors import EngineNotFoundError, UnsupportedEngineError
+
+FORCE_ENV = "ROLLOUT_SHIMS_FORCE_SHIM"
+"""Environment variable naming a shim to use even outside its band (at the user's risk)."""
+
+
+@dataclass(frozen=True)
+class Detection:
+    """What was found: the engine, its installed version string and the shim that serves it."""
+
+    engine: str
+    version: str
+    shim: str
+    band: Band
+    forced: bool = False
+
+    @property
+    def release(self) -> str:
+        """The public version (local part dropped), e.g. ``0.5.2`` for ``0.5.2+cu126``."""
+        return Version(self.version).public
+
+
+def installed_versions() -> dict[str, str]:
+    """Engine name -> installed version string, for each engine whose metadata is found."""
+    found = {}
+    for engine, dist in ENGINE_PACKAGES.items():
+        try:
+            found[engine] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def detect(backend: str | None = None, *, force_shim: str | None = None) -> Detection:
+    """Return the engine to use and its shim.
+
+    ``backend`` (``rollout.rollout_backend``) picks the engine; it may be omitted when exactly
+    one engine is installed. ``force_shim`` (``rollout.force_shim``) or the environment variable
+    ``ROLLOUT_SHIMS_FORCE_SHIM`` names a shim to use regardless of the version, for users who
+    accept the risk of running an untested release.
+    """
+    installed = installed_versions()
+    engine = _pick_engine(installed, backend)
+    raw = installed[engine]
+    forced = force_shim or os.environ.get(FORCE_ENV) or None
+    if forced:
+        return _forced(engine, raw, forced)
+    try:
+        version = Version(raw)
+    except InvalidVersion as exc:
+        raise UnsupportedEngineError(_refusal(engine, raw, "is not a valid version")) from exc
+    if version.is_prerelease:
+        raise UnsupportedEngineError(_refusal(engine, raw, "is a pre-release (rc/dev builds are never supported)"))
+    for band in load_bands():
+        if band.engine == engine and band.contains(version):
+            return Detection(engine=engine, version=raw, shim=band.shim, band=band)
+    raise UnsupportedEngineError(_refusal(engine, raw, "is outside the supported ranges"))
+
+
+def _pick_engine(installed: dict[str, str], backend: str | None) -> str:
+    found = ", ".join(f"{e} {v}" for e, v in installed.items()) or "none"
+    if backend is not None:
+        if backend not in ENGINE_PACKAGES:
+            raise EngineNotFoundError(f"unknown backend {backend!r}; expected one of {', '.join(ENGINE_PACKAGES)}")
+        if backend not in installed:
+            raise EngineNotFoundError(
+                f"rollout_backend is {backend!r} but the {ENGINE_PACKAGES[backend]!r} package is not installed "
+                f"(installed engines: {found}); install it or set rollout.rollout_backend"
+            )
+        return backend
+    if not installed:
+        raise EngineNotFoundError(
+            "no rollout engine is installed: neither 'sglang' nor 'vllm' package metadata was found "
+            f"in this Python environment. Supported: {supported_ranges()}"
+        )
+    if len(installed) > 1:
+        raise EngineNotFoundError(
+            f"both engines are installed ({found}); choose one with rollout.rollout_backend (sglang|vllm)"
+        )
+    return next(iter(installed))
+
+
+def _forced(engine: str, raw: str, name: str) -> Detection:
+    try:
+        band = band_for_shim(name)
+    except KeyError:
+        raise UnsupportedEngineError(
+            f"{FORCE_ENV}/force_shim names unknown shim {name!r}; known shims: {', '.join(shim_names())}"
+        ) from None
+    if band.engine != engine:
+        raise UnsupportedEngineError(
+            f"forced shim {name!r} is for {band.engine}, but the engine in use is {engine} {raw}"
+        )
+    return Detection(engine=engine, version=raw, shim=name, band=band, forced=True)
+
+
+def _refusal(engine: str, raw: str, why: str) -> str:
+    return (
+        f"{ENGINE_PACKAGES[engine]} {raw} {why}. Supported: {supported_ranges(engine)}. "
+        f"To run a shim on it anyway, at your own risk, set {FORCE_ENV}=<shim> or rollout.force_shim "
+        f"(shims: {', '.join(b.shim for b in load_bands() if b.engine == engine)})."
+    )

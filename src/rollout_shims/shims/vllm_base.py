@@ -1,0 +1,228 @@
+"""What vLLM 0.8.5 and 0.22 share, behind the common API. vLLM is imported inside methods only.
+
+The engine runs in the caller's process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): the model is then
+reachable for ``update_weights`` without serialising tensors, and on the H200 test machine vLLM
+0.22's start-up hung for minutes with the engine core in a separate process (shared/gpu/README.md).
+Environment variables are decided here, explicitly, before vLLM is imported, because vLLM reads
+them at start-up and otherwise guesses (V0/V1, sampler) differently per machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import os
+from importlib import metadata
+from typing import Any, ClassVar
+
+from packaging.specifiers import SpecifierSet
+from packaging.version import InvalidVersion, Version
+
+from rollout_shims.api import Completion, EngineInfo, RolloutEngine, SamplingParams
+from rollout_shims.config import RolloutConfig
+from rollout_shims.detect import Detection
+from rollout_shims.errors import UnsupportedFeatureError
+from rollout_shims.mapping import VLLM_ARGS, VLLM_FIXED, engine_kwargs
+from rollout_shims.symbols import Symbol, problems
+
+LLM_PY = "vllm/entrypoints/llm.py"
+FLASHINFER_DISTS = ("flashinfer-python", "flashinfer")
+FINISH_REASONS = {"stop": "stop", "length": "length", "abort": "abort"}
+
+
+def _sym(path: str, qualname: str, *params: str) -> Symbol:
+    return Symbol(dist="vllm", path=path, qualname=qualname, params=params)
+
+
+def load_weights_in_worker(worker: Any, weights: list[tuple[str, Any]]) -> bool:
+    """Run by ``collective_rpc`` in every vLLM worker: the model's own loader maps HF names onto
+    vLLM's fused/sharded parameters, so each TP rank takes its shard of the full tensors."""
+    worker.model_runner.model.load_weights(weights)
+    return True
+
+
+def flashinfer_version() -> Version | None:
+    """The installed FlashInfer version from metadata (None when absent or unparsable)."""
+    for dist in FLASHINFER_DISTS:
+        try:
+            return Version(metadata.version(dist))
+        except (metadata.PackageNotFoundError, InvalidVersion):
+            continue
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Attention:
+    """How one ``rollout.vllm.attention_backend`` value is applied in a release."""
+
+    env: dict[str, str]
+    args: dict[str, Any]
+    logprob_semantics: str
+
+
+RAW = "raw: log_softmax(logits) before temperature, penalties and top-k/top-p"
+
+
+class VLLMEngine(RolloutEngine):
+    """vLLM's offline ``LLM`` behind the common API (shared behaviour of all bands)."""
+
+    ATTENTION: ClassVar[dict[str, Attention]] = {}
+    FLASHINFER_SAMPLER_WORKS: ClassVar[SpecifierSet] = SpecifierSet()
+    """FlashInfer versions whose sampler API this vLLM release calls correctly."""
+    SYMBOLS: ClassVar[tuple[Symbol, ...]] = (
+        _sym(LLM_PY, "LLM.__init__", "model", "skip_tokenizer_init", "tensor_parallel_size", "**"),
+        _sym(LLM_PY, "LLM.generate", "prompts", "sampling_params", "use_tqdm"),
+        _sym(LLM_PY, "LLM.sleep", "level"),
+        _sym(LLM_PY, "LLM.wake_up", "tags"),
+        _sym(LLM_PY, "LLM.collective_rpc", "method", "args"),
+        _sym(LLM_PY, "LLM.reset_prefix_cache"),
+        _sym("vllm/sampling_params.py", "SamplingParams"),
+        _sym("vllm/inputs/__init__.py", "TokensPrompt"),
+        _sym("vllm/model_executor/models/qwen2.py", "Qwen2ForCausalLM.load_weights", "weights"),
+    )
+
+    def __init__(self, config: RolloutConfig, detection: Detection) -> None:
+        attention = self.attention(config)
+        info = EngineInfo(
+            backend="vllm", release=detection.release, shim=detection.shim, forced=detection.forced,
+            group_name=config.group_name, model_arch=config.model_arch,
+            tensor_parallel_size=config.tensor_parallel_size, logprob_semantics=attention.logprob_semantics,
+        )
+        super().__init__(config, info)
+        self.preflight()
+        env = self.environment(config)
+        os.environ.update(env)
+        kwargs = self.engine_kwargs(config, detection.release)
+        from vllm import LLM
+
+        self._llm = LLM(**kwargs)
+        self.info.details.update(env=env, v1=type(self._llm.llm_engine).__module__.startswith("vllm.v1"))
+
+    # ----- arguments and environment (no GPU needed) ------------------------------------------
+    @classmethod
+    def attention(cls, config: RolloutConfig) -> Attention:
+        name = config.vllm.attention_backend
+        if name not in cls.ATTENTION:
+            raise UnsupportedFeatureError(
+                f"rollout.vllm.attention_backend {name!r} is not available in this vLLM release "
+                f"(available: {', '.join(cls.ATTENTION)})"
+            )
+        return cls.ATTENTION[name]
+
+    @classmethod
+    def flashinfer_sampler(cls, config: RolloutConfig) -> bool:
+        """The config asks for it, FlashInfer is installed, and its version is one this release
+        calls correctly; otherwise the sampler is forced off (PyTorch sampling)."""
+        found = flashinfer_version()
+        return bool(
+            config.vllm.enable_flash_infer_sampler
+            and found is not None
+            and cls.FLASHINFER_SAMPLER_WORKS.contains(found, prereleases=True)
+        )
+
+    @classmethod
+    def environment(cls, config: RolloutConfig) -> dict[str, str]:
+        """Every vLLM environment variable the shim sets, decided from the config."""
+        env = {
+            "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+            "VLLM_USE_FLASHINFER_SAMPLER": "1" if cls.flashinfer_sampler(config) else "0",
+            # Without it vLLM probes the network for its own address; the GPU machines are offline.
+            "VLLM_HOST_IP": os.environ.get("VLLM_HOST_IP", "127.0.0.1"),
+        }
+        env.update(cls.attention(config).env)
+        return env
+
+    @classmethod
+    def compilation_config(cls, config: RolloutConfig) -> dict[str, Any]:
+        """CUDA-graph sizes for ``cuda_graph_max_bs`` (release specific)."""
+        raise NotImplementedError
+
+    @classmethod
+    def engine_kwargs(cls, config: RolloutConfig, release: str) -> dict[str, Any]:
+        """``LLM``/``EngineArgs`` keywords for this config, checked against this release."""
+        from vllm.engine.arg_utils import EngineArgs
+
+        accepted = {f.name for f in dataclasses.fields(EngineArgs)}
+        kwargs = engine_kwargs(VLLM_ARGS, VLLM_FIXED, config, accepted, release)
+        kwargs.update(cls.attention(config).args)
+        if not config.enforce_eager:
+            kwargs["compilation_config"] = cls.compilation_config(config)
+        return kwargs
+
+    @classmethod
+    def build_arguments(cls, config: RolloutConfig, release: str) -> Any:
+        """The release's own ``EngineArgs`` for this config (what ``LLM(**kw)`` builds)."""
+        from vllm.engine.arg_utils import EngineArgs
+
+        return EngineArgs(**cls.engine_kwargs(config, release))
+
+    @classmethod
+    def preflight(cls) -> None:
+        found = problems(cls.SYMBOLS)
+        if found:
+            raise UnsupportedFeatureError("installed vLLM does not match the shim:\n" + "\n".join(found))
+
+    # ----- the API ----------------------------------------------------------------------------
+    def _generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
+        from vllm import SamplingParams as VLLMSamplingParams
+        from vllm.inputs import TokensPrompt
+
+        sp = VLLMSamplingParams(
+            n=1, max_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
+            top_k=params.top_k, stop_token_ids=list(params.stop_token_ids), ignore_eos=params.ignore_eos,
+            logprobs=0 if params.logprobs else None, seed=params.seed, detokenize=self.config.detokenize,
+        )
+        outs = self._llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], sp, use_tqdm=False)
+        return [self._completion(o.outputs[0], params) for o in outs]
+
+    def _completion(self, out: Any, params: SamplingParams) -> Completion:
+        ids = [int(t) for t in out.token_ids]
+        logprobs = None
+        if params.logprobs:
+            # logprobs=0 asks for the sampled token only: one {token_id: Logprob} per step.
+            logprobs = [float(step[tok].logprob) for tok, step in zip(ids, out.logprobs, strict=True)]
+        return Completion(
+            token_ids=ids, logprobs=logprobs,
+            finish_reason=FINISH_REASONS.get(str(out.finish_reason), "abort"),  # type: ignore[arg-type]
+            text=out.text if self.config.detokenize else None,
+        )
+
+    def _update_weights(self, named_tensors: list[tuple[str, Any]]) -> None:
+        if self.config.tensor_parallel_size * self.config.pipeline_parallel_size > 1:
+            # Worker processes get the arguments pickled: hand them CPU tensors.
+            named_tensors = [(n, t.detach().cpu()) for n, t in named_tensors]
+        self._llm.collective_rpc(load_weights_in_worker, args=(named_tensors,))
+        self._flush_cache()
+
+    def _offload(self) -> None:
+        # Level 1 keeps a CPU copy of the weights, so onload() restores identical outputs.
+        self._llm.sleep(level=1)
+
+    def _onload(self) -> None:
+        self._llm.wake_up()
+
+    def _flush_cache(self) -> None:
+        if self._llm.reset_prefix_cache() is False:
+            raise RuntimeError("vLLM did not reset the prefix cache (requests still running?)")
+
+    def _shutdown(self) -> None:
+        llm = self.__dict__.pop("_llm", None)
+        if llm is not None:
+            core = getattr(llm.llm_engine, "engine_core", None)
+            if core is not None and hasattr(core, "shutdown"):
+                core.shutdown()
+            del llm
+        gc.collect()
+        try:
+            from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+
+            destroy_model_parallel()
+            destroy_distributed_environment()
+        except Exception:  # best effort: lets a later engine initialise torch.distributed again
+            pass
+        try:
+            import torch
+
+            torch.cuda.empty_cache()
+        except Exception:
+            pass
