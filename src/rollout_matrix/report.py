@@ -365,13 +365,17 @@ def render_markdown(summary: ReportSummary) -> str:
         out += [f"- `{_md(r.entry)}`: {_md('; '.join(r.notes))}" for r in noted]
     pinned = [r for r in rows if r.digest and not r.digest_is_local]
     if pinned:
-        out += ["", "## Images tested", "", "Pull exactly what was tested by digest:", "", "```"]
-        out += [r.digest for r in pinned]
-        out.append("```")
+        out += ["", "## Images tested", "", "Pull exactly what was tested by its digest:", ""]
+        out += [f"- `{_md(r.entry)}`: `{_md(r.digest)}`" for r in pinned]
     if summary.unknown:
         out += ["", f"Results for releases not in {MATRIX_NAME} were ignored: "
                 + ", ".join(f"`{_md(u)}`" for u in summary.unknown) + "."]
     return "\n".join(out) + "\n"
+
+
+def _num_class(kind: str, shown: str) -> str:
+    """A number cell's classes; ``bad`` marks a non-zero failure/error count so it stands out."""
+    return f"num bad {kind}" if shown not in ("0", NONE) else f"num {kind}"
 
 
 def _css() -> str:
@@ -405,8 +409,10 @@ def render_html(summary: ReportSummary) -> str:
             f'<td class="image" title="{e(r.image)}"><code>{e(r.tag)}</code></td>'
             f"{digest_cell}"
             f'<td class="torch">{e(r.torch)}</td><td class="cuda">{e(r.cuda)}</td>'
-            f'<td class="num passed">{nums[0]}</td><td class="num failed">{nums[1]}</td>'
-            f'<td class="num errors">{nums[2]}</td><td class="num skipped">{nums[3]}</td>'
+            f'<td class="num passed">{nums[0]}</td>'
+            f'<td class="{_num_class("failed", nums[1])}">{nums[1]}</td>'
+            f'<td class="{_num_class("errors", nums[2])}">{nums[2]}</td>'
+            f'<td class="num skipped">{nums[3]}</td>'
             f'<td class="runner">{e(r.runner)}</td>'
             f'<td class="date" title="{e(r.finished or "")}">{e(r.date)}</td></tr>'
         )
