@@ -199,13 +199,20 @@ def _band_lookup() -> Callable[[Entry], str | None]:
     rollout_shims, since it only labels rows.
     """
     try:
-        from rollout_shims.bands import band_for  # type: ignore[import-not-found]
+        from rollout_shims import bands
     except Exception:
         return lambda entry: None
 
     def lookup(entry: Entry) -> str | None:
         try:
-            shim = band_for(entry.engine, entry.version).shim
+            if hasattr(bands, "band_for"):
+                shim = bands.band_for(entry.engine, entry.version).shim
+            else:  # the table itself: the band of this engine that contains the release
+                from packaging.version import Version
+
+                version = Version(entry.version)
+                shim = next((b.shim for b in bands.load_bands()
+                             if b.engine == entry.engine and b.contains(version)), None)
         except Exception:
             return None
         return str(shim) if shim else None

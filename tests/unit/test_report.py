@@ -241,19 +241,44 @@ def test_shim_band_from_run_json_then_band_table_then_unknown(tmp_path, matrix, 
     run["shim"] = "vllm-v0"
     (results / PASSING / "run.json").write_text(json.dumps(run))
 
-    monkeypatch.setitem(sys.modules, "rollout_shims.bands", None)  # rollout_shims absent: import fails
+    def install_shims(bands: types.ModuleType | None) -> None:
+        package = None
+        if bands is not None:
+            package = types.ModuleType("rollout_shims")
+            package.bands = bands  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, "rollout_shims", package)  # None: the import fails
+        monkeypatch.setitem(sys.modules, "rollout_shims.bands", bands)
+
+    install_shims(None)  # rollout_shims absent
     rows = {r.entry: r for r in write_report(matrix, results, tmp_path / "a").rows}
     assert rows[PASSING].band == "vllm-v0"
     assert rows[FAILING].band == "?"
     assert rows["vllm-0.22.0"].band == "?"
 
-    fake = types.ModuleType("rollout_shims.bands")
-    fake.band_for = lambda engine, version: types.SimpleNamespace(shim=f"{engine}-band")  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "rollout_shims.bands", fake)
+    with_lookup = types.ModuleType("rollout_shims.bands")
+    with_lookup.band_for = lambda engine, version: types.SimpleNamespace(shim=f"{engine}-band")  # type: ignore[attr-defined]
+    install_shims(with_lookup)
     rows = {r.entry: r for r in write_report(matrix, results, tmp_path / "b").rows}
     assert rows[PASSING].band == "vllm-v0"  # what the run used wins
     assert rows[FAILING].band == "sglang-band"
     assert rows["vllm-0.22.0"].band == "vllm-band"  # not run, still labelled
+
+    table_only = types.ModuleType("rollout_shims.bands")
+    table_only.load_bands = lambda: (  # type: ignore[attr-defined]
+        types.SimpleNamespace(engine="vllm", shim="vllm-new", contains=lambda v: v.release >= (0, 10)),
+        types.SimpleNamespace(engine="vllm", shim="vllm-old", contains=lambda v: v.release < (0, 10)),
+    )
+    install_shims(table_only)
+    rows = {r.entry: r for r in write_report(matrix, results, tmp_path / "c").rows}
+    assert rows["vllm-0.22.0"].band == "vllm-new"
+    assert rows["vllm-0.8.5"].band == "vllm-old"
+    assert rows["sglang-0.4.4"].band == "?"  # no band of that engine in the table
+
+    broken = types.ModuleType("rollout_shims.bands")
+    broken.band_for = lambda engine, version: 1 / 0  # type: ignore[attr-defined]
+    install_shims(broken)
+    rows = {r.entry: r for r in write_report(matrix, results, tmp_path / "d").rows}
+    assert rows["vllm-0.22.0"].band == "?"  # a failing lookup only loses the label
 
 
 def test_local_image_id_when_never_pushed_and_gpu_column(tmp_path, matrix, junits):
