@@ -1,0 +1,104 @@
+"""Fixtures for tests against the real Docker engine, the local registry and the Debian base image.
+
+`.ci/services.sh` starts all three. Without a Docker engine these tests skip and say so, unless
+ROLLOUT_MATRIX_REQUIRE_DOCKER=1 (set by .ci/run), where a missing engine is a failure: CI must not
+go green by skipping the very tests that prove the build matrix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+TEST_BASE = os.environ.get("ROLLOUT_MATRIX_TEST_BASE", "rollout-matrix-test/debian:bookworm")
+TEST_REGISTRY = os.environ.get("ROLLOUT_MATRIX_TEST_REGISTRY", "127.0.0.1:5000")
+CA_BUNDLE = os.environ.get("ROLLOUT_MATRIX_TEST_CA", "/etc/ssl/certs/ca-certificates.crt")
+REQUIRE = os.environ.get("ROLLOUT_MATRIX_REQUIRE_DOCKER") == "1"
+
+
+def _missing(reason: str) -> None:
+    if REQUIRE:
+        pytest.fail(f"{reason} (ROLLOUT_MATRIX_REQUIRE_DOCKER=1; run `bash .ci/services.sh`)")
+    pytest.skip(f"{reason}; run `bash .ci/services.sh` to start it")
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    import docker
+
+    try:
+        client = docker.from_env(version="auto")
+        client.ping()
+    except Exception as exc:
+        _missing(f"no Docker engine reachable ({type(exc).__name__})")
+    return client
+
+
+@pytest.fixture(scope="session")
+def test_base(docker_client) -> str:
+    import docker.errors
+
+    try:
+        docker_client.images.get(TEST_BASE)
+    except docker.errors.ImageNotFound:
+        _missing(f"the Debian test base image {TEST_BASE} is not built")
+    return TEST_BASE
+
+
+@pytest.fixture(scope="session")
+def registry() -> str:
+    try:
+        urllib.request.urlopen(f"http://{TEST_REGISTRY}/v2/", timeout=5).read()
+    except OSError as exc:
+        _missing(f"no registry at {TEST_REGISTRY} ({exc})")
+    return TEST_REGISTRY
+
+
+def write_fixture_checkout(path: Path, *, repository: str, base: str, releases: dict[str, dict[str, str]],
+                           extra_requirements: list[str] | None = None) -> Path:
+    """A checkout with the project's real docker/ files and a small matrix whose 'engine' is a tiny
+    PyPI package: the same build path as a real engine, in seconds instead of minutes."""
+    shutil.copytree(ROOT / "docker", path / "docker", ignore=shutil.ignore_patterns("locks"))
+    band: dict[str, object] = {"stack": "deb", "releases": releases}
+    if extra_requirements:
+        band["extra_requirements"] = extra_requirements
+    matrix = {
+        "schema": 1,
+        "repository": repository,
+        "test_requirements": ["pytest==8.3.5"],
+        "stacks": {"deb": {"cuda": "0.0", "base_image": base, "python": "3.11"}},
+        "engines": {"six": {"package": "six", "requirement": "six=={version}", "bands": [band]}},
+    }
+    (path / "matrix.yaml").write_text(yaml.safe_dump(matrix, sort_keys=False))
+    return path / "matrix.yaml"
+
+
+@pytest.fixture
+def unique_repo(registry) -> str:
+    """A fresh repository name per test, so tests never see each other's tags."""
+    return f"{registry}/rm-test-{uuid.uuid4().hex[:8]}"
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: int = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "rollout_matrix.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=ROOT)
+
+
+@pytest.fixture
+def cleanup_images(docker_client):
+    """Collects refs created by a test and removes them afterwards (disk is limited)."""
+    refs: list[str] = []
+    yield refs
+    for ref in refs:
+        with contextlib.suppress(Exception):
+            docker_client.images.remove(ref, force=True)
