@@ -141,7 +141,7 @@ def plan_build(matrix: Matrix, entry: Entry, options: BuildOptions) -> BuildPlan
     if options.locked:
         from rollout_matrix.locking import lock_path
 
-        lock_file = lock_path(entry, python)
+        lock_file = lock_path(entry, python, docker_dir / "locks")
         if not lock_file.is_file():
             raise UserError(
                 f"no lock for {entry.name} on Python {python} ({lock_file}); run "

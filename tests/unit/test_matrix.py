@@ -1,0 +1,133 @@
+"""matrix.yaml: the real file expands to every supported release; bad files fail at file:line."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rollout_matrix.errors import UserError
+from rollout_matrix.matrix import MatrixError, load_matrix
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SGLANG = (
+    ["0.4.4"] + [f"0.4.4.post{i}" for i in range(1, 5)]
+    + ["0.4.5"] + [f"0.4.5.post{i}" for i in range(1, 4)]
+    + ["0.4.6"] + [f"0.4.6.post{i}" for i in range(1, 6)]
+    + ["0.4.7", "0.4.7.post1", "0.4.8", "0.4.8.post1"]
+    + ["0.4.9"] + [f"0.4.9.post{i}" for i in range(1, 7)]
+    + ["0.4.10", "0.4.10.post1", "0.4.10.post2"]
+    + ["0.5.1"] + [f"0.5.1.post{i}" for i in range(1, 4)]
+    + ["0.5.2"]
+)
+TORCH_CUDA = {"2.5.1": "12.4", "2.6.0": "12.4", "2.7.1": "12.6", "2.8.0": "12.8", "2.11.0": "13.0"}
+
+
+def test_real_matrix_lists_every_supported_release():
+    matrix = load_matrix(ROOT / "matrix.yaml")
+    names = [e.name for e in matrix]
+    assert len(SGLANG) == 34
+    assert names == [f"sglang-{v}" for v in SGLANG] + ["vllm-0.8.5", "vllm-0.8.5.post1", "vllm-0.22.0"]
+    for entry in matrix:
+        assert entry.cuda == TORCH_CUDA[entry.torch], entry.name
+        assert entry.stack.base_image.startswith(f"nvidia/cuda:{entry.cuda}."), entry.name
+        assert re.fullmatch(r"3\.\d+", entry.python)
+        expected = entry.expected_versions()
+        assert expected[entry.package] == entry.version
+        assert expected["torch"] == entry.torch and expected["torch.cuda"] == entry.cuda
+    sg = matrix.get("sglang-0.5.2")
+    assert sg.requirement == "sglang[srt]==0.5.2" and sg.torch == "2.8.0" and sg.python == "3.10"
+    assert sg.expected_versions()["sgl-kernel"] == "0.3.9.post2"
+    assert sg.expected_versions()["flashinfer-python"] == "0.3.1"
+    assert sg.readable_tag == "sglang-0.5.2-cu128"
+    assert matrix.get("sglang-0.4.6.post5").torch == "2.6.0"
+    assert matrix.get("vllm-0.8.5.post1").torch == "2.6.0"
+
+
+def test_unknown_entry_suggests_the_nearest():
+    matrix = load_matrix(ROOT / "matrix.yaml")
+    with pytest.raises(UserError, match=r"unknown matrix entry 'sglang-0\.4\.11'.*did you mean .*sglang-0\.4\.1"):
+        matrix.get("sglang-0.4.11")
+
+
+GOOD = """\
+schema: 1
+stacks:
+  cu124:
+    cuda: "12.4"
+    base_image: nvidia/cuda:12.4.1-cudnn-devel-ubuntu22.04
+    python: "3.10"
+engines:
+  vllm:
+    package: vllm
+    requirement: "vllm=={version}"
+    bands:
+      - torch: "2.6.0"
+        stack: cu124
+        releases:
+          "0.8.5": {}
+"""
+
+
+def _load(tmp_path: Path, text: str):
+    path = tmp_path / "matrix.yaml"
+    path.write_text(text)
+    return load_matrix(path)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "message"),
+    [
+        ('    cuda: "12.4"', "    cuda: 12.4", 4, 'must be quoted (YAML reads 12.4 as a number): write "12.4"'),
+        ("      - torch: \"2.6.0\"", "      - torch: \"2.6.00\"", 12, "is not in normal form; write '2.6.0'"),
+        ("        stack: cu124", "        stack: cu999", 13, "stack 'cu999' is not defined under stacks (known: cu124)"),
+        ("    package: vllm", "    packge: vllm", 9, "unknown key 'packge'; did you mean 'package'?"),
+        ('          "0.8.5": {}', '          "0.8.5": {}\n          "0.8.5": {}', 16, "duplicate key '0.8.5'"),
+        ('    requirement: "vllm=={version}"', '    requirement: "vllm==0.8.5"', 10, "must contain {version}"),
+        ('          "0.8.5": {}', '          "0.8.5": {torch: "two"}', 15, "is not a PEP 440 version"),
+        ("schema: 1", "schema: 2", 1, "schema 2 is not supported"),
+        ('    python: "3.10"', '    python: "python3"', 6, "is not valid; expected something like '3.10'"),
+        ("    base_image: nvidia/cuda:12.4.1-cudnn-devel-ubuntu22.04\n", "", 4, "stacks.cu124: missing key 'base_image'; add it"),
+        ("      - torch", "      -  torch: [\n      - torch", 13, "not valid YAML"),
+    ],
+)
+def test_bad_matrix_names_file_line_and_fix(tmp_path, old, new, line, message):
+    assert old in GOOD
+    with pytest.raises(MatrixError) as err:
+        _load(tmp_path, GOOD.replace(old, new, 1))
+    text = str(err.value)
+    assert text.startswith(f"{tmp_path / 'matrix.yaml'}:{line}: "), text
+    assert message in text
+    assert "\n" not in text
+
+
+def test_good_fixture_loads(tmp_path):
+    matrix = _load(tmp_path, GOOD)
+    assert [e.name for e in matrix] == ["vllm-0.8.5"]
+
+
+def test_cli_reports_malformed_matrix_in_one_line(tmp_path):
+    path = tmp_path / "matrix.yaml"
+    path.write_text(GOOD.replace("    cuda: \"12.4\"", "    cuda: 12.4"))
+    proc = subprocess.run([sys.executable, "-m", "rollout_matrix.cli", "--matrix", str(path), "list"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"rollout-matrix: error: {path}:4: stacks.cu124.cuda must be quoted "
+                                   '(YAML reads 12.4 as a number): write "12.4"')
+
+
+def test_cli_list_json_covers_the_matrix():
+    import json
+
+    proc = subprocess.run([sys.executable, "-m", "rollout_matrix.cli", "list", "--json"], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert len(rows) == len(load_matrix(ROOT / "matrix.yaml"))
+    row = next(r for r in rows if r["name"] == "vllm-0.8.5.post1")
+    assert row["content_tag"].startswith("rollout-matrix:vllm-0.8.5.post1-cu124-")
+    assert row["torch"] == "2.6.0" and row["cuda"] == "12.4"
