@@ -129,6 +129,38 @@ def cmd_test(args: argparse.Namespace, matrix: Matrix) -> int:
     return run.exit_code
 
 
+def cmd_lock(args: argparse.Namespace, matrix: Matrix) -> int:
+    from rollout_matrix.locking import check_locks, lock_entries, locks_dir_for
+
+    entries = matrix.select(args.entries) if args.entries else None
+    if args.check:
+        problems = check_locks(matrix, entries, args.python, locks_dir_for(matrix))
+        for line in problems:
+            print(line, file=sys.stderr)
+        if problems:
+            raise UserError(f"{len(problems)} lock problem(s) above; run `rollout-matrix lock` for the entries named")
+        print(f"locks fresh for {len(entries) if entries else len(matrix)} entries")
+        return 0
+    reporter = Reporter("lock")
+    results = lock_entries(entries if entries is not None else list(matrix), args.python,
+                           progress=lambda r: reporter.line(r.summary()), locks_dir=locks_dir_for(matrix),
+                           jobs=args.jobs)
+    reporter.line(f"{len(results)} locks written")
+    return 0
+
+
+def cmd_drift(args: argparse.Namespace, matrix: Matrix) -> int:
+    from rollout_matrix.drift import drift
+    from rollout_matrix.locking import locks_dir_for
+
+    entry = matrix.get(args.entry)
+    changes = drift(entry, args.python, locks_dir_for(matrix))
+    for change in changes:
+        print(change)
+    print(f"{entry.name}: {len(changes)} package(s) differ between the lock and an unlocked resolution today")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rollout-matrix", description=__doc__.splitlines()[0])
     parser.add_argument("--matrix", help="path to matrix.yaml (default: the checkout's; env ROLLOUT_MATRIX_FILE)")
@@ -167,18 +199,22 @@ def build_parser() -> argparse.ArgumentParser:
     _site_options(p)
     p.set_defaults(handler=cmd_test)
 
-    _register_optional(sub)
+    p = sub.add_parser("lock", help="write (or --check) the per-release lock files, resolved as of each release date")
+    p.add_argument("entries", nargs="*", metavar="ENTRY", help="entries to lock (default: all)")
+    p.add_argument("--check", action="store_true", help="fail if a lock is missing or stale against matrix.yaml")
+    p.add_argument("--python", help="lock for this Python (e.g. 3.11 for a Debian 12 base); default: the stack's")
+    p.add_argument("--jobs", type=int, default=2, help="resolutions at a time (default 2)")
+    p.set_defaults(handler=cmd_lock)
+
+    p = sub.add_parser("drift", help="packages an unlocked install of ENTRY would get today, against its lock")
+    p.add_argument("entry", metavar="ENTRY")
+    p.add_argument("--python", help="the lock's Python (default: the stack's)")
+    p.set_defaults(handler=cmd_drift)
+
+    from rollout_matrix.report import register as register_report
+
+    register_report(sub, _site_options)
     return parser
-
-
-def _register_optional(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Subcommands whose modules live beside this one (lock, drift, report), registered by those modules."""
-    for module in ("rollout_matrix.lock_cli", "rollout_matrix.report_cli"):
-        try:
-            mod = __import__(module, fromlist=["register"])
-        except ImportError:
-            continue
-        mod.register(sub, _site_options)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

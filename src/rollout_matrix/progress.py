@@ -6,10 +6,13 @@ layer transfers when it is. Everything goes to stdout; errors are raised, not pr
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class Reporter:
@@ -35,7 +38,13 @@ class Reporter:
         self.stream.flush()
 
     def raw(self, text: str) -> None:
-        """Output produced elsewhere (a build step, pytest in a container), passed through as is."""
+        """Output produced elsewhere (a build step, pytest in a container), passed through.
+
+        The engine colours a build's stderr with terminal escapes; they are dropped when the output
+        is not a terminal, where they only clutter logs.
+        """
+        if not getattr(self.stream, "isatty", lambda: False)():
+            text = _ANSI.sub("", text)
         self.stream.write(text)
         self.stream.flush()
 
