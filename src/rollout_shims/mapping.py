@@ -66,9 +66,12 @@ SGLANG_ARGS: tuple[ArgRule, ...] = (
     ArgRule("sglang.use_torch_compile", "enable_torch_compile"),
     ArgRule("sglang.torch_compile_max_bs", "torch_compile_max_bs"),
 )
-SGLANG_FIXED: dict[str, Any] = {"enable_memory_saver": True}
-"""Always passed: offload()/onload() use release/resume_memory_occupation, which only free memory
-when the memory saver is on (otherwise SGLang just warns and does nothing)."""
+SGLANG_FIXED: dict[str, Any] = {"enable_memory_saver": True, "device": "cuda"}
+"""Always passed. ``enable_memory_saver``: offload()/onload() use release/resume_memory_occupation,
+which only free memory when the memory saver is on (the shim turns it off, and offload() refuses,
+when torch_memory_saver is missing: it is the ``torch_memory_saver`` extra, not part of ``srt``).
+``device``: the shims target CUDA GPUs; naming it also lets ``ServerArgs`` be built on a CPU host
+(0.5.x otherwise probes for an accelerator and raises)."""
 
 
 def _executor(value: str, cfg: RolloutConfig) -> str:

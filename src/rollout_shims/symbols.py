@@ -24,6 +24,9 @@ class Symbol:
     path: str
     qualname: str
     params: tuple[str, ...] = ()
+    feature: str | None = None
+    """None: the shim cannot work without it. Otherwise the name of the one API feature that is
+    unavailable when the symbol is missing (e.g. ``offload`` needs torch_memory_saver)."""
 
     def __str__(self) -> str:
         return f"{self.path}::{self.qualname}({', '.join(self.params)})"
@@ -74,6 +77,10 @@ def _accepted(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
 
 def problem(symbol: Symbol) -> str | None:
     """Why ``symbol`` is not as the shim expects, or None when it is."""
+    try:
+        metadata.distribution(symbol.dist)
+    except metadata.PackageNotFoundError:
+        return f"{symbol}: the {symbol.dist!r} distribution is not installed"
     tree = _tree(symbol.dist, symbol.path)
     if tree is None:
         return f"{symbol}: file not found in the installed {symbol.dist!r} distribution"
@@ -96,3 +103,17 @@ def problem(symbol: Symbol) -> str | None:
 def problems(symbols: tuple[Symbol, ...] | list[Symbol]) -> list[str]:
     """Every symbol that is missing or has a different signature."""
     return [p for p in (problem(s) for s in symbols) if p]
+
+
+def required_problems(symbols: tuple[Symbol, ...] | list[Symbol]) -> list[str]:
+    """Problems with the symbols the shim cannot work without."""
+    return problems([s for s in symbols if s.feature is None])
+
+
+def unavailable_features(symbols: tuple[Symbol, ...] | list[Symbol]) -> dict[str, list[str]]:
+    """Optional feature -> the problems that make it unavailable (empty when all is there)."""
+    out: dict[str, list[str]] = {}
+    for s in symbols:
+        if s.feature is not None and (p := problem(s)):
+            out.setdefault(s.feature, []).append(p)
+    return out

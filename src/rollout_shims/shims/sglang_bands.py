@@ -56,7 +56,7 @@ class SGLang0453(SGLang048):
         tuple(s for s in SGLang048.SYMBOLS if s.dist != "torch_memory_saver"),
         _sym(ENGINE_PY, "Engine.release_memory_occupation"),
         _sym(ENGINE_PY, "Engine.resume_memory_occupation"),
-        _sym(TMS_PY, "TorchMemorySaver", dist="torch_memory_saver"),
+        _sym(TMS_PY, "TorchMemorySaver", dist="torch_memory_saver", feature="offload"),
     )
 
 

@@ -19,7 +19,7 @@ from rollout_shims.detect import Detection
 from rollout_shims.errors import UnsupportedFeatureError
 from rollout_shims.mapping import SGLANG_ARGS, SGLANG_FIXED, engine_kwargs
 from rollout_shims.processes import OwnedProcesses
-from rollout_shims.symbols import Symbol, problems
+from rollout_shims.symbols import Symbol, required_problems, unavailable_features
 
 log = logging.getLogger("rollout_shims")
 
@@ -30,8 +30,8 @@ FINISH_REASONS = {"stop": "stop", "length": "length", "abort": "abort"}
 """SGLang ``meta_info["finish_reason"]["type"]`` -> Completion.finish_reason."""
 
 
-def _sym(path: str, qualname: str, *params: str, dist: str = "sglang") -> Symbol:
-    return Symbol(dist=dist, path=path, qualname=qualname, params=params)
+def _sym(path: str, qualname: str, *params: str, dist: str = "sglang", feature: str | None = None) -> Symbol:
+    return Symbol(dist=dist, path=path, qualname=qualname, params=params, feature=feature)
 
 
 class SGLangEngine(RolloutEngine):
@@ -50,7 +50,7 @@ class SGLangEngine(RolloutEngine):
         _sym(ENGINE_PY, "Engine.shutdown"),
         _sym("sglang/srt/server_args.py", "ServerArgs"),
         # 0.4.8+ adapters use the module singleton with tagged pause/resume (torch_memory_saver>=0.0.8)
-        _sym(TMS_PY, "torch_memory_saver", dist="torch_memory_saver"),
+        _sym(TMS_PY, "torch_memory_saver", dist="torch_memory_saver", feature="offload"),
     )
     OUTPUT_IDS_WITH_TEXT: ClassVar[bool] = True
     """Whether results carry ``output_ids`` also when a tokenizer is loaded (0.5.1+)."""
@@ -88,7 +88,10 @@ class SGLangEngine(RolloutEngine):
         from sglang.srt.server_args import ServerArgs
 
         accepted = {f.name for f in dataclasses.fields(ServerArgs)}
-        return engine_kwargs(SGLANG_ARGS, SGLANG_FIXED, config, accepted, release)
+        kwargs = engine_kwargs(SGLANG_ARGS, SGLANG_FIXED, config, accepted, release)
+        if "offload" in unavailable_features(cls.SYMBOLS):
+            kwargs["enable_memory_saver"] = False
+        return kwargs
 
     @classmethod
     def build_arguments(cls, config: RolloutConfig, release: str) -> Any:
@@ -103,9 +106,11 @@ class SGLangEngine(RolloutEngine):
     def preflight(cls) -> None:
         """Fail before launching processes when an engine symbol the shim uses is not as expected
         (e.g. a torch_memory_saver whose API does not match what this SGLang release calls)."""
-        found = problems(cls.SYMBOLS)
+        found = required_problems(cls.SYMBOLS)
         if found:
             raise UnsupportedFeatureError("installed SGLang does not match the shim:\n" + "\n".join(found))
+        for feature, why in unavailable_features(cls.SYMBOLS).items():
+            log.warning("%s() is unavailable with this install: %s", feature, "; ".join(why))
 
     # ----- the API ----------------------------------------------------------------------------
     def _sampling_params(self, params: SamplingParams) -> dict[str, Any]:
@@ -159,6 +164,12 @@ class SGLangEngine(RolloutEngine):
             raise RuntimeError(f"SGLang refused the weights: {result[1] if len(result) > 1 else result}")
 
     def _offload(self) -> None:
+        why = unavailable_features(self.SYMBOLS).get("offload")
+        if why:
+            raise UnsupportedFeatureError(
+                "offload() needs torch_memory_saver in the API this SGLang release calls "
+                "(install sglang[srt,torch_memory_saver]): " + "; ".join(why)
+            )
         self._engine.release_memory_occupation()
 
     def _onload(self) -> None:

@@ -23,7 +23,7 @@ from rollout_shims.config import RolloutConfig
 from rollout_shims.detect import Detection
 from rollout_shims.errors import UnsupportedFeatureError
 from rollout_shims.mapping import VLLM_ARGS, VLLM_FIXED, engine_kwargs
-from rollout_shims.symbols import Symbol, problems
+from rollout_shims.symbols import Symbol, required_problems
 
 LLM_PY = "vllm/entrypoints/llm.py"
 FLASHINFER_DISTS = ("flashinfer-python", "flashinfer")
@@ -158,7 +158,7 @@ class VLLMEngine(RolloutEngine):
 
     @classmethod
     def preflight(cls) -> None:
-        found = problems(cls.SYMBOLS)
+        found = required_problems(cls.SYMBOLS)
         if found:
             raise UnsupportedFeatureError("installed vLLM does not match the shim:\n" + "\n".join(found))
 

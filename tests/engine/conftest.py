@@ -1,0 +1,83 @@
+"""Fixtures for the engine suite, which runs inside every matrix image and wherever an engine is.
+
+Inside an image the checkout is mounted read-only at /workspace with PYTHONPATH=/workspace/src, and
+the host tool sets ROLLOUT_MATRIX_ENTRY (e.g. ``sglang-0.5.2``): detection must then find exactly
+that engine and release. Nothing here writes into the checkout (pytest's tmp_path is under /tmp).
+Without any engine installed the whole suite is skipped, saying so.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from rollout_shims.detect import Detection, detect, installed_versions
+from rollout_shims.shims import shim_class
+
+ENTRY_ENV = "ROLLOUT_MATRIX_ENTRY"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped, with the reason, without one)")
+
+
+def expected_entry() -> tuple[str, str] | None:
+    """(engine, version) from ROLLOUT_MATRIX_ENTRY, or None when it is not set."""
+    entry = os.environ.get(ENTRY_ENV)
+    if not entry:
+        return None
+    engine, _, version = entry.partition("-")
+    return engine, version
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if installed_versions():
+        return
+    skip = pytest.mark.skip(reason="no rollout engine installed: neither 'sglang' nor 'vllm' package metadata found")
+    for item in items:
+        if "tests/engine" in str(item.path).replace(os.sep, "/"):
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def entry() -> tuple[str, str] | None:
+    """(engine, version) the matrix expects in this image, or None outside the matrix."""
+    return expected_entry()
+
+
+@pytest.fixture(scope="session")
+def backend() -> str:
+    """The engine under test: the entry's, else the only one installed, else sglang."""
+    entry = expected_entry()
+    if entry:
+        return entry[0]
+    found = installed_versions()
+    return next(iter(found)) if len(found) == 1 else "sglang"
+
+
+@pytest.fixture(scope="session")
+def detection(backend: str) -> Detection:
+    return detect(backend)
+
+
+@pytest.fixture(scope="session")
+def shim(detection: Detection) -> type:
+    return shim_class(detection.shim)
+
+
+@pytest.fixture(scope="session")
+def cuda_devices() -> int:
+    """Number of visible CUDA devices (0 when torch or a GPU is missing)."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@pytest.fixture
+def gpu(cuda_devices: int) -> int:
+    if cuda_devices == 0:
+        pytest.skip("no CUDA GPU visible (torch.cuda.is_available() is false)")
+    return cuda_devices

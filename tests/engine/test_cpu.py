@@ -1,0 +1,171 @@
+"""Engine checks that need no GPU: detection, the engine symbols the shim uses, and the config
+turned into the installed release's own argument object."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib
+import inspect
+import json
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from packaging.version import Version
+
+from rollout_shims import RolloutConfig, UnsupportedFeatureError
+from rollout_shims.symbols import problems, unavailable_features
+
+QWEN2_CONFIG = {
+    "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 1024, "hidden_size": 256,
+    "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+    "max_position_embeddings": 2048, "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "hidden_act": "silu",
+    "torch_dtype": "bfloat16", "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
+}
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    """A model directory with only config.json: enough for argument objects, no weights needed."""
+    (tmp_path / "config.json").write_text(json.dumps(QWEN2_CONFIG))
+    return tmp_path
+
+
+def make_config(model_dir: Path, backend: str, **over: object) -> RolloutConfig:
+    base = {
+        "model_dir": str(model_dir), "rollout_backend": backend, "gpu_memory_utilization": 0.6,
+        "max_running_requests": 32, "cuda_graph_max_bs": 64, "enforce_eager": True,
+        "sglang": {"attention_backend": "triton", "decode_log_interval": 1000, "use_torch_compile": True,
+                   "torch_compile_max_bs": 8},
+        "vllm": {"enable_chunked_prefill": False, "enable_prefix_caching": False},
+    }
+    base.update(over)
+    return RolloutConfig.from_dict(base)
+
+
+def test_detection_finds_the_installed_release(detection, entry) -> None:
+    assert not detection.forced
+    installed = metadata.version(detection.engine)
+    assert detection.version == installed
+    assert detection.band.contains(Version(installed))
+    if entry is not None:
+        assert (detection.engine, detection.release) == entry
+
+
+def test_every_engine_symbol_the_shim_uses_exists(shim) -> None:
+    assert shim.SYMBOLS, "a shim must declare the engine symbols it uses"
+    assert problems(shim.SYMBOLS) == []
+
+
+def test_imports_that_work_without_a_gpu_agree_with_the_source(detection, shim) -> None:
+    """Import what imports on a CPU host and compare the live signatures with the ast check."""
+    if detection.engine == "vllm":
+        from vllm import LLM, SamplingParams  # noqa: F401
+        from vllm.inputs import TokensPrompt  # noqa: F401
+
+        for name in ("generate", "sleep", "wake_up", "collective_rpc", "reset_prefix_cache"):
+            params = set(inspect.signature(getattr(LLM, name)).parameters)
+            wanted = next(s for s in shim.SYMBOLS if s.qualname == f"LLM.{name}").params
+            assert set(wanted) <= params, (name, wanted, params)
+        return
+    from sglang.srt.server_args import ServerArgs  # noqa: F401
+
+    try:
+        engine_module = importlib.import_module("sglang.srt.entrypoints.engine")
+    except (ImportError, OSError) as exc:
+        if "libcuda" in str(exc):
+            pytest.skip(f"sglang.srt.entrypoints.engine needs the NVIDIA driver to import ({exc}); "
+                        "its symbols were checked with ast instead")
+        raise
+    for sym in shim.SYMBOLS:
+        if sym.path.endswith("entrypoints/engine.py") and "." in sym.qualname:
+            cls, meth = sym.qualname.split(".")
+            params = set(inspect.signature(getattr(getattr(engine_module, cls), meth)).parameters)
+            assert {p for p in sym.params if p != "**"} <= params, sym
+
+
+def test_config_maps_onto_this_releases_argument_object(detection, shim, model_dir: Path) -> None:
+    cfg = make_config(model_dir, detection.engine)
+    args = shim.build_arguments(cfg, detection.release)
+    if detection.engine == "sglang":
+        expected = {
+            "model_path": str(model_dir), "mem_fraction_static": 0.6, "tp_size": 1, "max_running_requests": 32,
+            "cuda_graph_max_bs": 32, "disable_cuda_graph": True, "skip_tokenizer_init": True,
+            "load_format": "dummy", "attention_backend": "triton", "device": "cuda",
+            # on only when torch_memory_saver is installed (test_every_engine_symbol... fails otherwise)
+            "enable_memory_saver": "offload" not in unavailable_features(shim.SYMBOLS),
+            "decode_log_interval": 1000, "enable_torch_compile": True, "torch_compile_max_bs": 8,
+            "log_level": "info",
+        }
+    else:
+        expected = {
+            "model": str(model_dir), "gpu_memory_utilization": 0.6, "tensor_parallel_size": 1,
+            "pipeline_parallel_size": 1, "max_num_seqs": 32, "enforce_eager": True, "skip_tokenizer_init": True,
+            "load_format": "dummy", "enable_sleep_mode": True, "distributed_executor_backend": "uni",
+            "enable_chunked_prefill": False, "enable_prefix_caching": False, "disable_log_stats": False,
+        }
+    actual = {k: getattr(args, k) for k in expected}
+    assert actual == expected
+
+
+def test_cuda_graph_settings_reach_the_argument_object(detection, shim, model_dir: Path) -> None:
+    cfg = make_config(model_dir, detection.engine, enforce_eager=False, validate_weight=True, detokenize=True)
+    args = shim.build_arguments(cfg, detection.release)
+    assert args.load_format == "auto"
+    assert args.skip_tokenizer_init is False
+    if detection.engine == "sglang":
+        assert (args.disable_cuda_graph, args.cuda_graph_max_bs) == (False, 32)
+        return
+    cc = args.compilation_config
+    get = cc.get if isinstance(cc, dict) else lambda k: getattr(cc, k)
+    if Version(detection.release) < Version("0.9"):
+        assert get("cudagraph_capture_sizes") == [1, 2, 4, 8, 16, 24, 32]
+    else:
+        assert get("max_cudagraph_capture_size") == 32
+
+
+def test_pipeline_parallel_needs_a_release_that_has_it(detection, shim, model_dir: Path) -> None:
+    cfg = make_config(model_dir, detection.engine, pipeline_parallel_size=2, tensor_parallel_size=2)
+    if detection.engine == "sglang" and Version(detection.release) < Version("0.4.6.post2"):
+        with pytest.raises(UnsupportedFeatureError, match="pp_size"):
+            shim.engine_kwargs(cfg, detection.release)
+    else:
+        key = "pp_size" if detection.engine == "sglang" else "pipeline_parallel_size"
+        assert shim.engine_kwargs(cfg, detection.release)[key] == 2
+
+
+def _vllm_env_names() -> set[str]:
+    path = Path(str(metadata.distribution("vllm").locate_file("vllm/envs.py")))
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        target = getattr(node, "target", None) or (node.targets[0] if isinstance(node, ast.Assign) else None)
+        if isinstance(target, ast.Name) and target.id == "environment_variables" and isinstance(node.value, ast.Dict):
+            return {k.value for k in node.value.keys if isinstance(k, ast.Constant)}
+    raise AssertionError("vllm/envs.py has no environment_variables table")
+
+
+def test_vllm_environment_names_exist_in_this_release(detection, shim, model_dir: Path) -> None:
+    if detection.engine != "vllm":
+        pytest.skip("vLLM-only: SGLang shims set no environment variables")
+    known = _vllm_env_names()
+    for backend in shim.ATTENTION:
+        env = shim.environment(make_config(model_dir, "vllm", vllm={"attention_backend": backend}))
+        assert set(env) <= known, set(env) - known
+        assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+        from rollout_shims.shims.vllm_base import flashinfer_version
+
+        fi = flashinfer_version()
+        usable = fi is not None and shim.FLASHINFER_SAMPLER_WORKS.contains(fi, prereleases=True)
+        assert env["VLLM_USE_FLASHINFER_SAMPLER"] == ("1" if usable else "0")
+
+
+def test_engine_args_field_names_are_real(detection, shim, model_dir: Path) -> None:
+    """Every keyword the shim passes is a field of this release's argument dataclass."""
+    if detection.engine == "sglang":
+        from sglang.srt.server_args import ServerArgs as Args
+    else:
+        from vllm.engine.arg_utils import EngineArgs as Args
+    names = {f.name for f in dataclasses.fields(Args)}
+    kwargs = shim.engine_kwargs(make_config(model_dir, detection.engine, enforce_eager=False), detection.release)
+    assert set(kwargs) <= names, set(kwargs) - names

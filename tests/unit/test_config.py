@@ -1,0 +1,190 @@
+"""The ``rollout:`` section: defaults, the RLinf example, and every error path (all reported at once)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rollout_shims import ConfigError, RolloutConfig
+
+RLINF_EXAMPLE = """
+rollout:
+    group_name: "RolloutGroup"
+    gpu_memory_utilization: 0.55
+    model_dir: /model/path
+    model_arch: qwen2.5
+    enforce_eager: False
+    distributed_executor_backend: mp
+    disable_log_stats: False
+    detokenize: False
+    padding: null
+    eos: null
+    rollout_backend: sglang
+    sglang:
+        attention_backend: triton
+        decode_log_interval: 500000
+        use_torch_compile: False
+        torch_compile_max_bs: 128
+    vllm:
+        attention_backend: FLASH_ATTN
+        enable_chunked_prefill: True
+        enable_prefix_caching: True
+        enable_flash_infer_sampler: True
+    tensor_parallel_size: 1
+    pipeline_parallel_size: 1
+    validate_weight: False
+    validate_save_dir: null
+    print_outputs: False
+    max_running_requests: 64
+    cuda_graph_max_bs: 128
+"""
+
+DEFAULTS = {
+    "model_dir": "/model/path", "group_name": "RolloutGroup", "gpu_memory_utilization": 0.55,
+    "model_arch": "qwen2.5", "enforce_eager": False, "distributed_executor_backend": "mp",
+    "disable_log_stats": False, "detokenize": False, "padding": None, "eos": None, "rollout_backend": "sglang",
+    "sglang": {"attention_backend": "triton", "decode_log_interval": 500000, "use_torch_compile": False,
+               "torch_compile_max_bs": 128},
+    "vllm": {"attention_backend": "FLASH_ATTN", "enable_chunked_prefill": True, "enable_prefix_caching": True,
+             "enable_flash_infer_sampler": True},
+    "tensor_parallel_size": 1, "pipeline_parallel_size": 1, "validate_weight": False, "validate_save_dir": None,
+    "print_outputs": False, "max_running_requests": 64, "cuda_graph_max_bs": 128, "force_shim": None,
+}
+
+
+def problems(section: object) -> list[str]:
+    with pytest.raises(ConfigError) as err:
+        RolloutConfig.from_dict(section)
+    assert isinstance(err.value, ValueError)
+    assert str(err.value).splitlines() == err.value.problems
+    return err.value.problems
+
+
+def test_defaults_from_the_only_required_key() -> None:
+    assert RolloutConfig.from_dict({"model_dir": "/model/path"}).to_dict() == DEFAULTS
+
+
+def test_rlinf_example_section_parses_to_the_defaults(tmp_path: Path) -> None:
+    assert RolloutConfig.from_yaml(RLINF_EXAMPLE).to_dict() == DEFAULTS
+    f = tmp_path / "run.yaml"
+    f.write_text(RLINF_EXAMPLE)
+    assert RolloutConfig.from_file(f) == RolloutConfig.from_yaml(RLINF_EXAMPLE)
+
+
+def test_values_are_kept() -> None:
+    cfg = RolloutConfig.from_dict({
+        "model_dir": "/m", "gpu_memory_utilization": 1, "padding": 0, "eos": 151643, "rollout_backend": "vllm",
+        "distributed_executor_backend": "ray", "sglang": {"attention_backend": "flashinfer"},
+        "vllm": {"attention_backend": "XFORMERS", "enable_prefix_caching": False},
+        "validate_weight": True, "validate_save_dir": "/tmp/v", "tensor_parallel_size": 2,
+    })
+    assert cfg.gpu_memory_utilization == 1 and cfg.padding == 0 and cfg.eos == 151643
+    assert cfg.sglang.attention_backend == "flashinfer" and cfg.sglang.decode_log_interval == 500000
+    assert cfg.vllm.attention_backend == "XFORMERS" and cfg.vllm.enable_prefix_caching is False
+    assert cfg.tensor_parallel_size == 2 and cfg.validate_save_dir == "/tmp/v"
+
+
+def test_the_style_of_the_brief() -> None:
+    assert problems({"model_dir": "/m", "sglang": {"attention_backend": "flashinfr"}}) == [
+        "rollout.sglang.attention_backend: 'flashinfr' is not one of flashinfer, triton"
+    ]
+
+
+@pytest.mark.parametrize(("section", "expected"), [
+    ({}, "rollout.model_dir: required key is missing"),
+    (None, "rollout.model_dir: required key is missing"),
+    ({"model_dir": ""}, "rollout.model_dir: an empty string is not allowed"),
+    ({"model_dir": 3}, "rollout.model_dir: 3 is not a string"),
+    ({"model_dir": "/m", "model_dri": 1}, "rollout.model_dri: unknown key; did you mean 'model_dir'?"),
+    ({"model_dir": "/m", "zzz": 1}, "rollout.zzz: unknown key; known keys: model_dir, group_name"),
+    ({"model_dir": "/m", "sglang": {"attention_bakend": "triton"}},
+     "rollout.sglang.attention_bakend: unknown key; did you mean 'attention_backend'?"),
+    ({"model_dir": "/m", "gpu_memory_utilization": 0}, "rollout.gpu_memory_utilization: 0 is not > 0"),
+    ({"model_dir": "/m", "gpu_memory_utilization": -0.1}, "rollout.gpu_memory_utilization: -0.1 is not > 0"),
+    ({"model_dir": "/m", "gpu_memory_utilization": 1.5}, "rollout.gpu_memory_utilization: 1.5 is not <= 1"),
+    ({"model_dir": "/m", "gpu_memory_utilization": "0.5"},
+     "rollout.gpu_memory_utilization: '0.5' is not a number"),
+    ({"model_dir": "/m", "gpu_memory_utilization": True},
+     "rollout.gpu_memory_utilization: True is not a number"),
+    ({"model_dir": "/m", "gpu_memory_utilization": None},
+     "rollout.gpu_memory_utilization: null is not a number"),
+    ({"model_dir": "/m", "tensor_parallel_size": 0}, "rollout.tensor_parallel_size: 0 is not >= 1"),
+    ({"model_dir": "/m", "tensor_parallel_size": "two"}, "rollout.tensor_parallel_size: 'two' is not an integer"),
+    ({"model_dir": "/m", "tensor_parallel_size": 2.0}, "rollout.tensor_parallel_size: 2.0 is not an integer"),
+    ({"model_dir": "/m", "pipeline_parallel_size": True},
+     "rollout.pipeline_parallel_size: True is not an integer"),
+    ({"model_dir": "/m", "max_running_requests": -1}, "rollout.max_running_requests: -1 is not >= 1"),
+    ({"model_dir": "/m", "cuda_graph_max_bs": 0}, "rollout.cuda_graph_max_bs: 0 is not >= 1"),
+    ({"model_dir": "/m", "enforce_eager": "yes"}, "rollout.enforce_eager: 'yes' is not a boolean (true or false)"),
+    ({"model_dir": "/m", "detokenize": 1}, "rollout.detokenize: 1 is not a boolean (true or false)"),
+    ({"model_dir": "/m", "padding": "pad"}, "rollout.padding: 'pad' is not an integer or null"),
+    ({"model_dir": "/m", "eos": -2}, "rollout.eos: -2 is not >= 0"),
+    ({"model_dir": "/m", "validate_save_dir": 5}, "rollout.validate_save_dir: 5 is not a string or null"),
+    ({"model_dir": "/m", "distributed_executor_backend": "uni"},
+     "rollout.distributed_executor_backend: 'uni' is not one of ray, mp"),
+    ({"model_dir": "/m", "rollout_backend": "SGLang"}, "rollout.rollout_backend: 'SGLang' is not one of sglang, vllm"),
+    ({"model_dir": "/m", "vllm": {"attention_backend": "FLASHINFER"}},
+     "rollout.vllm.attention_backend: 'FLASHINFER' is not one of FLASH_ATTN, XFORMERS"),
+    ({"model_dir": "/m", "sglang": {"decode_log_interval": 0}}, "rollout.sglang.decode_log_interval: 0 is not >= 1"),
+    ({"model_dir": "/m", "sglang": {"torch_compile_max_bs": "128"}},
+     "rollout.sglang.torch_compile_max_bs: '128' is not an integer"),
+    ({"model_dir": "/m", "sglang": {"use_torch_compile": "False"}},
+     "rollout.sglang.use_torch_compile: 'False' is not a boolean (true or false)"),
+    ({"model_dir": "/m", "vllm": {"enable_chunked_prefill": None}},
+     "rollout.vllm.enable_chunked_prefill: null is not a boolean (true or false)"),
+    ({"model_dir": "/m", "vllm": ["FLASH_ATTN"]}, "rollout.vllm: expected a mapping, got ['FLASH_ATTN']"),
+    (["model_dir"], "rollout: expected a mapping, got ['model_dir']"),
+    ({"model_dir": "/m", "validate_save_dir": "/tmp/x"},
+     "rollout.validate_save_dir: is set but validate_weight is false "
+     "(the directory only receives the result of the weight validation run)"),
+    ({"model_dir": "/m", "distributed_executor_backend": "ray"},
+     "rollout.distributed_executor_backend: 'ray' needs rollout_backend vllm "
+     "(SGLang always starts its own worker processes)"),
+    ({"model_dir": "/m", "force_shim": "sglang-0.6"},
+     "rollout.force_shim: 'sglang-0.6' is not one of sglang-0.4.4, sglang-0.4.5.post3, sglang-0.4.8, "
+     "sglang-0.5.1, vllm-0.8.5, vllm-0.22"),
+])
+def test_each_error_path(section: object, expected: str) -> None:
+    found = problems(section)
+    assert len(found) == 1, found
+    assert found[0].startswith(expected), found
+
+
+def test_every_problem_is_reported_at_once_one_per_line() -> None:
+    found = problems({
+        "gpu_memory_utilization": 2, "tensor_parallel_size": "1", "sglang": {"attention_backend": "fa3", "x": 1},
+        "vllm": {"enable_flash_infer_sampler": "no"}, "unknwn": 1,
+    })
+    assert found == [
+        "rollout.unknwn: unknown key; known keys: " + ", ".join(DEFAULTS),
+        "rollout.model_dir: required key is missing",
+        "rollout.gpu_memory_utilization: 2 is not <= 1",
+        "rollout.sglang.x: unknown key; known keys: attention_backend, decode_log_interval, use_torch_compile, "
+        "torch_compile_max_bs",
+        "rollout.sglang.attention_backend: 'fa3' is not one of flashinfer, triton",
+        "rollout.vllm.enable_flash_infer_sampler: 'no' is not a boolean (true or false)",
+        "rollout.tensor_parallel_size: '1' is not an integer",
+    ]
+
+
+def test_cross_field_rules_are_reported_together() -> None:
+    found = problems({"model_dir": "/m", "validate_save_dir": "/v", "distributed_executor_backend": "ray"})
+    assert [p.split(":")[0] for p in found] == ["rollout.validate_save_dir", "rollout.distributed_executor_backend"]
+
+
+def test_yaml_errors() -> None:
+    with pytest.raises(ConfigError, match=r"^rollout: the YAML does not parse"):
+        RolloutConfig.from_yaml("rollout: [unclosed")
+    with pytest.raises(ConfigError, match=r"^rollout: section is missing"):
+        RolloutConfig.from_yaml("actor:\n  lr: 1\n")
+    with pytest.raises(ConfigError, match=r"^rollout: section is missing"):
+        RolloutConfig.from_yaml("- a list\n")
+    with pytest.raises(ConfigError, match=r"^rollout.model_dir: required key is missing$"):
+        RolloutConfig.from_yaml("rollout:\n")
+
+
+def test_config_is_immutable() -> None:
+    cfg = RolloutConfig.from_dict({"model_dir": "/m"})
+    with pytest.raises(AttributeError):
+        cfg.model_dir = "/other"  # type: ignore[misc]

@@ -1,0 +1,213 @@
+"""Detection against package metadata written by the test (real importlib.metadata, no mocks).
+
+Each case writes ``<name>-<version>.dist-info/METADATA`` into a fresh directory put first on
+``sys.path``: exactly what ``pip install`` leaves behind, minus the code. The host venv has neither
+engine installed, which ``test_host_has_no_engine`` asserts so these tests cannot pass by accident.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from packaging.version import Version
+
+from rollout_matrix import load_matrix
+from rollout_shims import FORCE_ENV, EngineNotFoundError, UnsupportedEngineError, detect
+from rollout_shims.bands import load_bands
+from rollout_shims.shims import SHIMS
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+# Written by hand from the band boundaries read in the wheels (docs/shims.md), NOT computed from
+# bands.yaml: a wrong edge in the table must make this test fail.
+EXPECTED: dict[tuple[str, str], str] = {
+    **{("sglang", v): "sglang-0.4.4" for v in (
+        "0.4.4", "0.4.4.post1", "0.4.4.post2", "0.4.4.post3", "0.4.4.post4",
+        "0.4.5", "0.4.5.post1", "0.4.5.post2")},
+    **{("sglang", v): "sglang-0.4.5.post3" for v in (
+        "0.4.5.post3", "0.4.6", "0.4.6.post1", "0.4.6.post2", "0.4.6.post3", "0.4.6.post4", "0.4.6.post5",
+        "0.4.7", "0.4.7.post1")},
+    **{("sglang", v): "sglang-0.4.8" for v in (
+        "0.4.8", "0.4.8.post1", "0.4.9", "0.4.9.post1", "0.4.9.post2", "0.4.9.post3", "0.4.9.post4",
+        "0.4.9.post5", "0.4.9.post6", "0.4.10", "0.4.10.post1", "0.4.10.post2")},
+    **{("sglang", v): "sglang-0.5.1" for v in ("0.5.1", "0.5.1.post1", "0.5.1.post2", "0.5.1.post3", "0.5.2")},
+    ("vllm", "0.8.5"): "vllm-0.8.5",
+    ("vllm", "0.8.5.post1"): "vllm-0.8.5",
+    ("vllm", "0.22.0"): "vllm-0.22",
+}
+
+REFUSED = [
+    ("sglang", "0.4.3"), ("sglang", "0.4.3.post4"), ("sglang", "0.4.4rc1"), ("sglang", "0.4.4.dev5"),
+    ("sglang", "0.4.11"), ("sglang", "0.5.0"), ("sglang", "0.5.0rc2"), ("sglang", "0.5.2rc2"),
+    ("sglang", "0.5.2.dev0"), ("sglang", "0.5.2.post1.dev1"), ("sglang", "0.5.3"), ("sglang", "0.5.3rc0"),
+    ("sglang", "1.0.0"), ("vllm", "0.8.4"), ("vllm", "0.8.5rc1"), ("vllm", "0.8.5.dev3"), ("vllm", "0.8.6"),
+    ("vllm", "0.9.0"), ("vllm", "0.21.0"), ("vllm", "0.22.0rc1"), ("vllm", "0.23.0"),
+]
+
+
+def install_metadata(root: Path, name: str, version: str) -> None:
+    """What pip leaves for an installed distribution, without its code."""
+    info = root / f"{name}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A fresh site directory first on sys.path; returns a function installing metadata into it."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv(FORCE_ENV, raising=False)
+
+    def install(name: str, version: str) -> None:
+        install_metadata(tmp_path, name, version)
+
+    return install
+
+
+def test_host_has_no_engine() -> None:
+    for dist in ("sglang", "vllm"):
+        with pytest.raises(metadata.PackageNotFoundError):
+            metadata.version(dist)
+
+
+def test_hand_written_table_covers_the_matrix() -> None:
+    entries = {(e.engine, e.version) for e in load_matrix()}
+    assert len(entries) == 37
+    assert entries == set(EXPECTED)
+
+
+@pytest.mark.parametrize(("engine", "version"), sorted(EXPECTED, key=lambda k: (k[0], Version(k[1]))))
+def test_every_matrix_release_gets_its_shim(site, engine: str, version: str) -> None:
+    site(engine, version)
+    found = detect()
+    assert (found.engine, found.version, found.shim, found.forced) == (engine, version, EXPECTED[engine, version], False)
+    assert found.release == version
+    assert found.band.shim == found.shim
+
+
+@pytest.mark.parametrize(("engine", "version", "shim"), [
+    ("sglang", "0.5.2+cu126", "sglang-0.5.1"),
+    ("sglang", "0.4.6.post5+cu124", "sglang-0.4.5.post3"),
+    ("sglang", "0.4.5.post3+local.1", "sglang-0.4.5.post3"),
+    ("sglang", "0.4.5.post2+cu124", "sglang-0.4.4"),
+    ("vllm", "0.8.5.post1+cu124", "vllm-0.8.5"),
+    ("vllm", "0.22.1", "vllm-0.22"),
+])
+def test_local_versions_and_later_patch_releases(site, engine: str, version: str, shim: str) -> None:
+    site(engine, version)
+    found = detect()
+    assert found.shim == shim
+    assert found.release == Version(version).public
+
+
+def test_rlinf_and_verl_comparison_bugs_are_absent(site) -> None:
+    # RLinf v0.1 guarded with `<= 0.5.2rc2`, which refuses the stock 0.5.2 it documented.
+    site("sglang", "0.5.2")
+    assert detect().shim == "sglang-0.5.1"
+
+
+def test_string_order_is_not_version_order(site) -> None:
+    # verl compared versions as strings: "0.4.10" < "0.4.8" as text.
+    site("sglang", "0.4.10")
+    assert detect().shim == "sglang-0.4.8"
+
+
+@pytest.mark.parametrize(("engine", "version"), REFUSED)
+def test_refused_versions_name_the_ranges_and_the_override(site, engine: str, version: str) -> None:
+    site(engine, version)
+    with pytest.raises(UnsupportedEngineError) as err:
+        detect()
+    message = str(err.value)
+    assert f"{engine} {version}" in message
+    assert FORCE_ENV in message and "force_shim" in message
+    for band in load_bands():
+        if band.engine == engine:
+            assert band.text in message and band.shim in message
+
+
+def test_prerelease_of_a_supported_final_is_called_a_prerelease(site) -> None:
+    site("sglang", "0.5.2rc2")
+    with pytest.raises(UnsupportedEngineError, match="pre-release"):
+        detect()
+
+
+def test_force_by_environment(site, monkeypatch: pytest.MonkeyPatch) -> None:
+    site("sglang", "0.5.3")
+    monkeypatch.setenv(FORCE_ENV, "sglang-0.5.1")
+    found = detect()
+    assert (found.shim, found.forced, found.version) == ("sglang-0.5.1", True, "0.5.3")
+
+
+def test_force_by_argument_beats_nothing_and_works_on_prereleases(site) -> None:
+    site("vllm", "0.9.0rc1")
+    found = detect(force_shim="vllm-0.8.5")
+    assert (found.shim, found.forced) == ("vllm-0.8.5", True)
+
+
+def test_force_of_unknown_or_foreign_shim_fails(site, monkeypatch: pytest.MonkeyPatch) -> None:
+    site("sglang", "0.5.3")
+    with pytest.raises(UnsupportedEngineError, match="unknown shim 'sglang-9'"):
+        detect(force_shim="sglang-9")
+    monkeypatch.setenv(FORCE_ENV, "vllm-0.8.5")
+    with pytest.raises(UnsupportedEngineError, match="is for vllm"):
+        detect()
+
+
+def test_both_installed_backend_picks(site) -> None:
+    site("sglang", "0.4.6.post5")
+    site("vllm", "0.8.5")
+    assert detect("sglang").shim == "sglang-0.4.5.post3"
+    assert detect("vllm").shim == "vllm-0.8.5"
+    with pytest.raises(EngineNotFoundError, match="both engines are installed"):
+        detect()
+
+
+def test_requested_backend_not_installed(site) -> None:
+    site("vllm", "0.8.5")
+    with pytest.raises(EngineNotFoundError, match=r"'sglang' package is not installed.*vllm 0.8.5"):
+        detect("sglang")
+    with pytest.raises(EngineNotFoundError, match="unknown backend"):
+        detect("trtllm")
+
+
+def test_neither_installed(site) -> None:
+    with pytest.raises(EngineNotFoundError, match="no rollout engine is installed"):
+        detect()
+
+
+def test_invalid_version_string_is_refused(site) -> None:
+    site("vllm", "not.a.version")
+    with pytest.raises(UnsupportedEngineError, match="not a valid version"):
+        detect()
+
+
+def test_bands_do_not_overlap_and_name_registered_shims() -> None:
+    bands = load_bands()
+    assert {b.shim for b in bands} == set(SHIMS)
+    probes = {(b.engine, s.version) for b in bands for s in b.versions} | set(EXPECTED)
+    for engine, text in probes:
+        v = Version(text)
+        for variant in (v, Version(f"{v.public}.post9") if not v.is_postrelease else v):
+            holders = [b.shim for b in bands if b.engine == engine and b.contains(variant)]
+            assert len(holders) <= 1, (engine, variant, holders)
+    for a, b in itertools.combinations(bands, 2):
+        assert a.shim != b.shim
+
+
+def test_detect_in_a_fresh_interpreter_imports_no_engine_and_no_torch(tmp_path: Path) -> None:
+    install_metadata(tmp_path, "sglang", "0.5.2")
+    code = (
+        "import rollout_shims, sys; d = rollout_shims.detect(); print(d.shim);"
+        "heavy = [m for m in ('torch', 'sglang', 'vllm') if m in sys.modules]; assert not heavy, heavy"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(SRC)])}
+    env.pop(FORCE_ENV, None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "sglang-0.5.1"
