@@ -19,16 +19,15 @@ import nox
 ROOT = Path(__file__).parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from rollout_shims.bands import band_for  # noqa: E402  (a data table: importing it loads no engine)
-
 from rollout_matrix.matrix import Entry, load_matrix  # noqa: E402
+from rollout_matrix.shim_band import shim_for  # noqa: E402
 
 nox.options.sessions = ["lint", "unit"]
 nox.options.error_on_external_run = True
 
 
 def _release_session(entry: Entry) -> None:
-    band = band_for(entry.engine, entry.version).shim
+    band = shim_for(entry) or "no-shim"
 
     @nox.session(name=entry.name, python=False, tags=[entry.engine, band, "gpu"], default=False)
     def release(session: nox.Session) -> None:
@@ -45,8 +44,7 @@ def _release_session(entry: Entry) -> None:
         if run.exit_code not in (0, 5):  # 5: pytest collected nothing (e.g. -k matched no test)
             session.error(f"tests/engine failed in {entry.name} (pytest exit {run.exit_code}); see {run.junit}")
 
-    release.__doc__ = (f"{entry.requirement} + torch {entry.torch} (CUDA {entry.cuda}): "
-                       f"pull or build its image, run tests/engine in it [shim {band}]")
+    release.__doc__ = f"tests/engine in the {entry.requirement} image (torch {entry.torch}, CUDA {entry.cuda})"
 
 
 for _entry in load_matrix(ROOT / "matrix.yaml"):

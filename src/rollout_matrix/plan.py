@@ -90,9 +90,10 @@ class BuildPlan:
 
     def labels(self) -> dict[str, str]:
         e = self.entry
+        torch = f" with torch {e.torch} (CUDA {e.cuda})" if e.torch else ""
         labels = {
             "org.opencontainers.image.title": f"rollout-matrix {e.name}",
-            "org.opencontainers.image.description": f"{e.requirement}" + (f" with torch {e.torch} (CUDA {e.cuda})" if e.torch else ""),
+            "org.opencontainers.image.description": f"{e.requirement}{torch}",
             "org.opencontainers.image.version": e.version,
             "org.opencontainers.image.created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "org.opencontainers.image.base.name": self.base_image,

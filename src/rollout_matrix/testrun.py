@@ -140,15 +140,9 @@ def run_tests(plan: BuildPlan, checkout: Path, results_root: Path, reporter: Rep
 
 
 def _shim_name(plan: BuildPlan) -> str | None:
-    """The shim band rollout_shims picks for this release (None if the band table says none)."""
-    try:
-        from rollout_shims.bands import band_for
-    except ImportError:
-        return None
-    try:
-        return band_for(plan.entry.engine, plan.entry.version).shim
-    except Exception:
-        return None
+    from rollout_matrix.shim_band import shim_for
+
+    return shim_for(plan.entry)
 
 
 def leftover_containers() -> list[str]:

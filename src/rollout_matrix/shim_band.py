@@ -1,0 +1,22 @@
+"""Which rollout_shims band serves a matrix entry: the shim library's own band table, read as data.
+
+The matrix does not repeat the band boundaries; it asks the table the runtime uses, so a session's
+`shim` tag and the report's band column can never disagree with what detection picks.
+"""
+
+from __future__ import annotations
+
+from packaging.version import Version
+
+from rollout_matrix.matrix import Entry
+
+
+def shim_for(entry: Entry) -> str | None:
+    """The shim name for ``entry``'s engine and release, or None when no band covers it."""
+    from rollout_shims.bands import load_bands  # a yaml table: loads no engine, no torch
+
+    version = Version(entry.version)
+    for band in load_bands():
+        if band.engine == entry.engine and band.contains(version):
+            return band.shim
+    return None
