@@ -193,26 +193,19 @@ def _read_run(path: Path) -> tuple[dict[str, Any] | None, str | None]:
 
 
 def _band_lookup() -> Callable[[Entry], str | None]:
-    """The shim band of a release from rollout_shims' band table, when that package is installed.
+    """The shim band of a release, from rollout_shims' band table (via :mod:`rollout_matrix.shim_band`).
 
-    Imported lazily and guarded: the report must work (showing "?") with an older or absent
-    rollout_shims, since it only labels rows.
+    Guarded: the report must still work (showing "?") when rollout_shims is absent or broken, since
+    the band only labels rows; a run's own ``shim`` field in run.json takes precedence anyway.
     """
     try:
-        from rollout_shims import bands
+        from rollout_matrix.shim_band import shim_for
     except Exception:
         return lambda entry: None
 
     def lookup(entry: Entry) -> str | None:
         try:
-            if hasattr(bands, "band_for"):
-                shim = bands.band_for(entry.engine, entry.version).shim
-            else:  # the table itself: the band of this engine that contains the release
-                from packaging.version import Version
-
-                version = Version(entry.version)
-                shim = next((b.shim for b in bands.load_bands()
-                             if b.engine == entry.engine and b.contains(version)), None)
+            shim = shim_for(entry)
         except Exception:
             return None
         return str(shim) if shim else None

@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -241,42 +240,29 @@ def test_shim_band_from_run_json_then_band_table_then_unknown(tmp_path, matrix, 
     run["shim"] = "vllm-v0"
     (results / PASSING / "run.json").write_text(json.dumps(run))
 
-    def install_shims(bands: types.ModuleType | None) -> None:
-        package = None
-        if bands is not None:
-            package = types.ModuleType("rollout_shims")
-            package.bands = bands  # type: ignore[attr-defined]
-        monkeypatch.setitem(sys.modules, "rollout_shims", package)  # None: the import fails
-        monkeypatch.setitem(sys.modules, "rollout_shims.bands", bands)
+    from rollout_matrix import shim_band
 
-    install_shims(None)  # rollout_shims absent
+    real = {r.entry: r.band for r in write_report(matrix, results, tmp_path / "real").rows}
+    assert real[PASSING] == "vllm-v0"  # what the run used wins
+    for entry in matrix:  # the others: rollout_shims' own table, the same answer the nox tags give
+        if entry.name != PASSING:
+            assert real[entry.name] == (shim_band.shim_for(entry) or "?")
+    assert real["vllm-0.22.0"] not in ("", "?")
+
+    monkeypatch.setitem(sys.modules, "rollout_shims", None)  # rollout_shims absent: its import fails
+    monkeypatch.setitem(sys.modules, "rollout_shims.bands", None)
     rows = {r.entry: r for r in write_report(matrix, results, tmp_path / "a").rows}
     assert rows[PASSING].band == "vllm-v0"
     assert rows[FAILING].band == "?"
     assert rows["vllm-0.22.0"].band == "?"
 
-    with_lookup = types.ModuleType("rollout_shims.bands")
-    with_lookup.band_for = lambda engine, version: types.SimpleNamespace(shim=f"{engine}-band")  # type: ignore[attr-defined]
-    install_shims(with_lookup)
+    monkeypatch.setattr(shim_band, "shim_for", lambda entry: f"{entry.engine}-band")
     rows = {r.entry: r for r in write_report(matrix, results, tmp_path / "b").rows}
-    assert rows[PASSING].band == "vllm-v0"  # what the run used wins
+    assert rows[PASSING].band == "vllm-v0"
     assert rows[FAILING].band == "sglang-band"
     assert rows["vllm-0.22.0"].band == "vllm-band"  # not run, still labelled
 
-    table_only = types.ModuleType("rollout_shims.bands")
-    table_only.load_bands = lambda: (  # type: ignore[attr-defined]
-        types.SimpleNamespace(engine="vllm", shim="vllm-new", contains=lambda v: v.release >= (0, 10)),
-        types.SimpleNamespace(engine="vllm", shim="vllm-old", contains=lambda v: v.release < (0, 10)),
-    )
-    install_shims(table_only)
-    rows = {r.entry: r for r in write_report(matrix, results, tmp_path / "c").rows}
-    assert rows["vllm-0.22.0"].band == "vllm-new"
-    assert rows["vllm-0.8.5"].band == "vllm-old"
-    assert rows["sglang-0.4.4"].band == "?"  # no band of that engine in the table
-
-    broken = types.ModuleType("rollout_shims.bands")
-    broken.band_for = lambda engine, version: 1 / 0  # type: ignore[attr-defined]
-    install_shims(broken)
+    monkeypatch.setattr(shim_band, "shim_for", lambda entry: 1 / 0)
     rows = {r.entry: r for r in write_report(matrix, results, tmp_path / "d").rows}
     assert rows["vllm-0.22.0"].band == "?"  # a failing lookup only loses the label
 
@@ -366,10 +352,8 @@ def test_register_adds_the_report_subcommand(tmp_path, matrix, junits, capsys):
 
 
 def test_cli_report_subcommand(tmp_path, junits):
-    cli = pytest.importorskip("rollout_matrix.cli")
-    parser = cli.build_parser()
-    if "report" not in parser._subparsers._group_actions[0].choices:  # type: ignore[union-attr]
-        pytest.skip("`rollout-matrix report` is not wired into the CLI yet")
+    from rollout_matrix import cli
+
     results = results_with(tmp_path, junits, {"sglang-0.5.2": "mixed"})
     code = cli.main(["--matrix", str(REPO / "matrix.yaml"), "report", "--results", str(results),
                      "--out", str(tmp_path / "docs")])
