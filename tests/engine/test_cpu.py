@@ -58,7 +58,7 @@ def test_every_engine_symbol_the_shim_uses_exists(shim) -> None:
     assert problems(shim.SYMBOLS) == []
 
 
-def test_imports_that_work_without_a_gpu_agree_with_the_source(detection, shim) -> None:
+def test_imports_that_work_without_a_gpu_agree_with_the_source(detection, shim, cuda_devices) -> None:
     """Import what imports on a CPU host and compare the live signatures with the ast check."""
     if detection.engine == "vllm":
         from vllm import LLM, SamplingParams  # noqa: F401
@@ -73,9 +73,13 @@ def test_imports_that_work_without_a_gpu_agree_with_the_source(detection, shim) 
 
     try:
         engine_module = importlib.import_module("sglang.srt.entrypoints.engine")
-    except (ImportError, OSError) as exc:
-        if "libcuda" in str(exc):
-            pytest.skip(f"sglang.srt.entrypoints.engine needs the NVIDIA driver to import ({exc}); "
+    except Exception as exc:
+        # On a CPU host SGLang's engine module cannot import: sgl_kernel links libcuda.so.1, and
+        # 0.4.5.post3 - 0.4.9 take a non-CUDA branch that imports vllm._custom_ops, 0.4.10 has triton
+        # look for a GPU driver at import time ("0 active drivers"). With a GPU
+        # visible the import must work.
+        if cuda_devices == 0:
+            pytest.skip(f"sglang.srt.entrypoints.engine does not import without a GPU ({exc}); "
                         "its symbols were checked with ast instead")
         raise
     for sym in shim.SYMBOLS:
