@@ -51,11 +51,6 @@ INDEX_URL = "https://pypi.org/simple"
 #: at least, so resolving for 2_35 picks what pip there would pick (2_28 could miss a 2_3x-only wheel
 #: and fall back to an sdist or an older release).
 PLATFORM = "x86_64-manylinux_2_35"
-#: Added to the release's first upload so all of the release's own files are inside the cut-off (every
-#: release in matrix.yaml uploaded its files within 4 minutes). Kept short on purpose: a 24 h margin
-#: already let in aiohttp 3.12.0 (sglang 0.4.6.post5) and hf-xet 1.1.10 (sglang 0.5.2), released the
-#: day after. A pin uploaded later than this needs ``exclude_newer`` for its release in matrix.yaml.
-RELEASE_MARGIN = timedelta(hours=1)
 LOCKS_SUBDIR = Path("docker") / "locks"
 
 _PYTHON_RE = re.compile(r"^3\.\d{1,2}$")
@@ -115,11 +110,13 @@ def normalize_date(value: str) -> str:
 
 
 def exclude_newer_source(entry: Entry) -> str:
-    """What decides the lock's cut-off date, spelled so that it can be hashed without network access."""
+    """What decides the lock's cut-off dates, spelled so that it can be hashed without network access."""
+    release = f"{canonicalize_name(entry.package)}=={entry.version}"
     if entry.exclude_newer:
-        return f"matrix.yaml exclude_newer {normalize_date(entry.exclude_newer)}"
-    hours = int(RELEASE_MARGIN.total_seconds() // 3600)
-    return f"first upload of {canonicalize_name(entry.package)}=={entry.version} + {hours}h"
+        date = f"matrix.yaml exclude_newer {normalize_date(entry.exclude_newer)}"
+    else:
+        date = f"first upload of {release}"
+    return f"{date}; {canonicalize_name(entry.package)} itself: last upload of {release}"
 
 
 def lock_inputs(entry: Entry, python: str | None = None) -> dict[str, object]:
@@ -153,6 +150,7 @@ class LockHeader:
     python: str
     platform: str
     exclude_newer: str
+    exclude_newer_package: str
     exclude_newer_source: str
     requirements: tuple[str, ...]
     uv_version: str
@@ -171,6 +169,7 @@ class LockHeader:
             f"# platform: {self.platform}",
             f"# index-url: {self.index_url}",
             f"# exclude-newer: {self.exclude_newer}",
+            f"# exclude-newer-package: {self.exclude_newer_package}",
             f"# exclude-newer-source: {self.exclude_newer_source}",
             f"# uv: {self.uv_version}",
             f"# inputs-hash: {self.inputs_hash}",
@@ -195,6 +194,7 @@ _HEADER_KEYS = {
     "platform": "platform",
     "index-url": "index_url",
     "exclude-newer": "exclude_newer",
+    "exclude-newer-package": "exclude_newer_package",
     "exclude-newer-source": "exclude_newer_source",
     "uv": "uv_version",
     "inputs-hash": "inputs_hash",
@@ -309,29 +309,50 @@ def _parse_time(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(timezone.utc)
 
 
-def format_time(moment: datetime) -> str:
-    """RFC 3339 in UTC with whole seconds, the form uv and the header use."""
-    return moment.astimezone(timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+def format_time(moment: datetime, round_up: bool = False) -> str:
+    """RFC 3339 in UTC with whole seconds, the form uv and the header use (``round_up``: include it)."""
+    moment = moment.astimezone(timezone.utc)
+    if round_up and moment.microsecond:
+        moment += timedelta(seconds=1)
+    return moment.replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def release_cutoff(times: list[datetime], margin: timedelta = RELEASE_MARGIN) -> datetime:
-    """The resolution date for a release uploaded at ``times``: its first upload plus ``margin``.
+@dataclass(frozen=True)
+class Cutoff:
+    """The dates a lock is resolved as of.
 
-    The first upload, not the last: files added to a release later (a wheel for a new Python, weeks
-    on) must not drag the date forward.
+    ``everything``: no file uploaded after it is considered; the release's first upload (or the
+    matrix.yaml override). Its first upload, not its last: files added to a release weeks later (a
+    wheel for a new Python) must not drag the date forward, and no margin: anything released after the
+    engine is, by construction, not what it was tested with.
+    ``engine``: the engine package's own files are allowed up to the release's last upload, because
+    one release uploads its files over minutes (vLLM 0.22.0: the x86_64 wheel a minute after the
+    aarch64 one) and the version is pinned exactly anyway.
     """
-    return min(times) + margin
+
+    everything: str
+    engine_package: str
+    engine: str
+
+    @property
+    def packages(self) -> dict[str, str]:
+        return {self.engine_package: self.engine}
 
 
-def exclude_newer_for(entry: Entry, index_url: str = INDEX_URL) -> str:
-    """The ``--exclude-newer`` value for ``entry``: its override, else its release date from the index."""
-    if entry.exclude_newer:
-        return normalize_date(entry.exclude_newer)
+def release_cutoff(package: str, times: list[datetime], override: str | None = None) -> Cutoff:
+    """The :class:`Cutoff` for a release whose files were uploaded at ``times``."""
+    everything = normalize_date(override) if override else format_time(min(times))
+    engine = max(format_time(max(times), round_up=True), everything)
+    return Cutoff(everything=everything, engine_package=canonicalize_name(package), engine=engine)
+
+
+def cutoff_for(entry: Entry, index_url: str = INDEX_URL) -> Cutoff:
+    """The dates ``entry`` is locked as of, from the index (and its matrix.yaml override)."""
     times = upload_times(entry.package, entry.version, index_url)
     if not times:
         raise UserError(f"{entry.package}=={entry.version} has no files on {index_url}; check the version "
-                        f"in matrix.yaml or set exclude_newer for {entry.name}")
-    return format_time(release_cutoff(times))
+                        f"in matrix.yaml")
+    return release_cutoff(entry.package, times, entry.exclude_newer)
 
 
 # -- uv -----------------------------------------------------------------------------------------------
@@ -368,7 +389,8 @@ def uv_environment() -> dict[str, str]:
 
 
 def compile_requirements(requirements: list[str], python: str, exclude_newer: str | None,
-                         hashes: bool = True, uv: str | None = None) -> str:
+                         hashes: bool = True, uv: str | None = None,
+                         exclude_newer_packages: dict[str, str] | None = None) -> str:
     """``uv pip compile`` the requirements for ``python`` on :data:`PLATFORM` against PyPI only.
 
     ``exclude_newer=None`` resolves as of now (what :mod:`rollout_matrix.drift` compares against).
@@ -380,6 +402,8 @@ def compile_requirements(requirements: list[str], python: str, exclude_newer: st
         cmd.append("--generate-hashes")
     if exclude_newer:
         cmd += ["--exclude-newer", exclude_newer]
+        for package, date in (exclude_newer_packages or {}).items():
+            cmd += ["--exclude-newer-package", f"{package}={date}"]
     with tempfile.TemporaryDirectory(prefix="rollout-matrix-lock-") as cwd:  # no project config to find
         proc = subprocess.run(cmd, input="\n".join(requirements) + "\n", capture_output=True, text=True,
                               env=uv_environment(), cwd=cwd)
@@ -461,15 +485,18 @@ def lock_entry(entry: Entry, python: str | None = None, locks_dir: Path | None =
     result = LockResult(entry=entry.name, python=python, path=path, ok=False, seconds=0.0)
     try:
         uv = uv or uv_binary()
-        result.exclude_newer = exclude_newer_for(entry)
-        body = compile_requirements(entry.requirements(), python, result.exclude_newer, uv=uv)
+        cutoff = cutoff_for(entry)
+        result.exclude_newer = cutoff.everything
+        body = compile_requirements(entry.requirements(), python, cutoff.everything, uv=uv,
+                                    exclude_newer_packages=cutoff.packages)
         versions, _ = parse_pins(body, f"uv output for {entry.name}")
         problems = content_problems(entry, versions)
         if problems:
             raise UserError(f"the resolution contradicts matrix.yaml: {'; '.join(problems)}; fix the pins "
                             f"of {entry.name} or set its exclude_newer")
         header = LockHeader(
-            entry=entry.name, python=python, platform=PLATFORM, exclude_newer=result.exclude_newer,
+            entry=entry.name, python=python, platform=PLATFORM, exclude_newer=cutoff.everything,
+            exclude_newer_package=f"{cutoff.engine_package}={cutoff.engine}",
             exclude_newer_source=exclude_newer_source(entry), requirements=tuple(entry.requirements()),
             uv_version=uv_version(uv), inputs_hash=inputs_hash(entry, python),
         )

@@ -6,13 +6,24 @@ requests 2.31.0 was first uploaded 2023-05-22; as of then its newest urllib3 was
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from rollout_matrix.drift import drift
-from rollout_matrix.locking import check_locks, lock_entries, lock_path, locks_dir_for, read_lock
+from rollout_matrix.locking import (
+    check_locks,
+    lock_entries,
+    lock_entry,
+    lock_path,
+    locks_dir_for,
+    read_lock,
+    uv_binary,
+    uv_environment,
+)
 from rollout_matrix.matrix import Matrix, load_matrix
 
 pytestmark = pytest.mark.slow
@@ -63,7 +74,8 @@ def test_lock_is_complete_hashed_and_as_of_the_release(locked: Matrix) -> None:
     path = lock_path(entry, locks_dir=locks_dir_for(locked))
     assert path.name == "tiny-2.31.0-py3.11.txt"
     lock = read_lock(path)
-    assert lock.header.exclude_newer == "2023-05-22T16:12:42Z"  # first upload 15:12:42 UTC + 1 h
+    assert lock.header.exclude_newer == "2023-05-22T15:12:42Z"  # first upload: 15:12:42.3 UTC
+    assert lock.header.exclude_newer_package == "requests=2023-05-22T15:12:45Z"  # sdist: 15:12:44.2
     assert lock.header.python == "3.11"
     assert lock.versions == {"requests": "2.31.0", "urllib3": "2.0.2", "certifi": "2023.5.7",
                              "charset-normalizer": "3.1.0", "idna": "3.4"}
@@ -101,3 +113,21 @@ def test_drift_shows_what_an_unlocked_install_changes(locked: Matrix) -> None:
     assert changes["urllib3"].locked == "2.0.2"
     assert changes["urllib3"].kind == "upgraded"
     assert "requests" not in changes
+
+
+def test_lock_installs_with_require_hashes(locked: Matrix, tmp_path: Path) -> None:
+    """What the image does with a lock, in a venv of this interpreter: exactly the locked versions."""
+    entry = locked.get("tiny-2.31.0")
+    python = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    path = lock_path(entry, python, locks_dir_for(locked))
+    if not path.exists():
+        assert lock_entry(entry, python, locks_dir_for(locked)).ok
+    uv, env, venv = uv_binary(), uv_environment(), tmp_path / "venv"
+    subprocess.run([uv, "venv", "--no-config", "-q", "--python", sys.executable, str(venv)], env=env, check=True)
+    subprocess.run([uv, "pip", "install", "--no-config", "-q", "--python", str(venv / "bin" / "python"),
+                    "--index-url", "https://pypi.org/simple", "--require-hashes", "--no-deps", "-r", str(path)],
+                   env=env, check=True)
+    freeze = subprocess.run([uv, "pip", "freeze", "--no-config", "--python", str(venv / "bin" / "python")],
+                            env=env, check=True, capture_output=True, text=True).stdout
+    installed = dict(line.split("==") for line in freeze.split())
+    assert installed == read_lock(path).versions

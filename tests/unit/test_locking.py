@@ -82,6 +82,7 @@ def write_lock(matrix: Matrix, name: str, body: str = BODY, python: str | None =
     entry = matrix.get(name)
     python = python or entry.python
     fields = dict(entry=entry.name, python=python, platform=PLATFORM, exclude_newer="2025-09-12T00:00:00Z",
+                  exclude_newer_package="demo-engine=2025-09-12T00:00:05Z",
                   exclude_newer_source=exclude_newer_source(entry), requirements=tuple(entry.requirements()),
                   uv_version="0.0.0", inputs_hash=inputs_hash(entry, python))
     fields.update(overrides)
@@ -151,16 +152,24 @@ def test_inputs_hash_follows_resolution_inputs_only(tmp_path: Path, matrix: Matr
 
 
 def test_exclude_newer_override_is_an_input(matrix: Matrix) -> None:
-    assert exclude_newer_source(matrix.get("demo-1.0.1")) == "matrix.yaml exclude_newer 2025-09-13T00:00:00Z"
-    assert "first upload of demo-engine==1.0.0" in exclude_newer_source(matrix.get("demo-1.0.0"))
+    assert exclude_newer_source(matrix.get("demo-1.0.1")) == (
+        "matrix.yaml exclude_newer 2025-09-13T00:00:00Z; demo-engine itself: last upload of demo-engine==1.0.1")
+    assert exclude_newer_source(matrix.get("demo-1.0.0")).startswith("first upload of demo-engine==1.0.0;")
 
 
 def test_dates() -> None:
     assert normalize_date("2025-05-03") == "2025-05-03T00:00:00Z"
     assert normalize_date("2025-05-03T10:00:00Z") == "2025-05-03T10:00:00Z"
     first = datetime(2025, 5, 2, 22, 31, 2, 230828, tzinfo=timezone.utc)
-    later = first + timedelta(days=30)  # a wheel added weeks later must not move the date
-    assert format_time(release_cutoff([later, first], timedelta(hours=1))) == "2025-05-02T23:31:02Z"
+    wheel = first + timedelta(seconds=61)  # the release's other file, a minute later
+    cutoff = release_cutoff("Demo_Engine", [wheel, first])
+    assert cutoff.everything == "2025-05-02T22:31:02Z"  # the first upload, no margin
+    assert cutoff.packages == {"demo-engine": "2025-05-02T22:32:04Z"}  # its own files: up to the last one
+    assert format_time(first) == "2025-05-02T22:31:02Z"
+    # An override moves the date for everything; the engine's files stay in.
+    assert release_cutoff("demo", [first, wheel], "2025-05-01").everything == "2025-05-01T00:00:00Z"
+    assert release_cutoff("demo", [first, wheel], "2025-05-01").engine == "2025-05-02T22:32:04Z"
+    assert release_cutoff("demo", [first, wheel], "2025-06-01").engine == "2025-06-01T00:00:00Z"
 
 
 def test_check_locks_fresh(matrix: Matrix) -> None:
