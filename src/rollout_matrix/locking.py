@@ -407,6 +407,9 @@ def compile_requirements(requirements: list[str], python: str, exclude_newer: st
     with tempfile.TemporaryDirectory(prefix="rollout-matrix-lock-") as cwd:  # no project config to find
         proc = subprocess.run(cmd, input="\n".join(requirements) + "\n", capture_output=True, text=True,
                               env=uv_environment(), cwd=cwd)
+    if proc.returncode != 0 and "unexpected argument '--exclude-newer-package'" in proc.stderr:
+        raise UserError(f"uv {uv_version(cmd[0])} is too old for locks (no --exclude-newer-package); "
+                        f"upgrade it: pip install -U uv")
     if proc.returncode != 0:
         detail = " ".join(line.strip().removeprefix("error: ") for line in proc.stderr.splitlines()
                           if line.strip() and not line.startswith("warning:"))
