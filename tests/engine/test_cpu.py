@@ -173,3 +173,40 @@ def test_engine_args_field_names_are_real(detection, shim, model_dir: Path) -> N
     names = {f.name for f in dataclasses.fields(Args)}
     kwargs = shim.engine_kwargs(make_config(model_dir, detection.engine, enforce_eager=False), detection.release)
     assert set(kwargs) <= names, set(kwargs) - names
+
+
+def test_shutdown_stops_only_the_processes_started_after_watching() -> None:
+    """OwnedProcesses (what SGLang shims use instead of Engine.shutdown's kill_process_tree):
+    real child processes, one started before the "engine", two after (one with a grandchild)."""
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from rollout_shims.processes import OwnedProcesses
+
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+    parent = [sys.executable, "-c",
+              "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']);"
+              "time.sleep(120)"]
+    unrelated = subprocess.Popen(sleeper)
+    try:
+        owned = OwnedProcesses.start_watching()
+        engine_children = [subprocess.Popen(sleeper), subprocess.Popen(parent)]
+        owned.capture()
+        assert owned.pids == sorted(p.pid for p in engine_children)
+        for _ in range(100):  # wait for the grandchild to exist
+            grandchildren = psutil.Process(engine_children[1].pid).children()
+            if grandchildren:
+                break
+            time.sleep(0.05)
+        assert grandchildren
+        owned.stop(timeout=5)
+        assert all(p.wait(timeout=10) is not None for p in engine_children)
+        assert not any(g.is_running() and g.status() != psutil.STATUS_ZOMBIE for g in grandchildren)
+        assert unrelated.poll() is None, "a process the engine did not start was stopped"
+        assert owned.pids == []
+    finally:
+        unrelated.kill()
+        unrelated.wait()

@@ -50,13 +50,17 @@ def engine(model_dir: Path, backend: str):
     import torch
 
     free, total = torch.cuda.mem_get_info()
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
     eng = create_engine({
         "model_dir": str(model_dir), "rollout_backend": backend, "validate_weight": True,
         "gpu_memory_utilization": 0.4, "enforce_eager": True, "max_running_requests": 16,
     })
     eng.baseline_used = total - free  # type: ignore[attr-defined]
+    eng.bystander = bystander  # type: ignore[attr-defined]
     yield eng
     eng.shutdown()
+    bystander.kill()
+    bystander.wait()
 
 
 def prompts() -> list[list[int]]:
@@ -212,3 +216,11 @@ def test_tensor_parallel_2(model_dir: Path, backend: str, cuda_devices: int, eng
             check_teacher_forced(reference, prompt, Completion(ids, lps, "length"))
     finally:
         engine.onload()
+
+
+def test_shutdown_spares_processes_the_engine_did_not_start(engine) -> None:
+    """Runs last: SGLang's own Engine.shutdown would SIGKILL the bystander started before it."""
+    engine.shutdown()
+    assert engine.bystander.poll() is None
+    with pytest.raises(RuntimeError, match="shut down"):
+        engine.generate(prompts(), GREEDY)

@@ -1,0 +1,209 @@
+"""The engine-independent half of the API (RolloutEngine) and the result parsers of the shims.
+
+``EchoEngine`` is a tiny engine written for the test (it "generates" the reversed prompt), so the
+shared behaviour is exercised for real. The result parsers get result dicts shaped exactly as the
+SGLang TokenizerManager / vLLM RequestOutput produce them (see docs/shims.md, "Results").
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from rollout_shims import Completion, EngineInfo, RolloutConfig, SamplingParams, UnsupportedFeatureError
+from rollout_shims.api import VALIDATION_PROMPTS, RolloutEngine
+from rollout_shims.shims.sglang_bands import SGLang044, SGLang048, SGLang051
+from rollout_shims.shims.vllm_bands import VLLM085
+
+
+class EchoEngine(RolloutEngine):
+    """Returns the prompt reversed (capped at max_new_tokens) and records every call."""
+
+    def __init__(self, config: RolloutConfig) -> None:
+        super().__init__(config, EngineInfo("echo", "0", "echo", False, config.group_name, config.model_arch,
+                                             config.tensor_parallel_size, "none"))
+        self.calls: list[tuple[str, Any]] = []
+
+    def _generate(self, prompts, params):
+        self.calls.append(("generate", (prompts, params)))
+        return [Completion(list(reversed(p))[: params.max_new_tokens],
+                           [-1.0] * min(len(p), params.max_new_tokens) if params.logprobs else None, "length")
+                for p in prompts]
+
+    def _update_weights(self, named_tensors):
+        self.calls.append(("update", named_tensors))
+
+    def _offload(self):
+        self.calls.append(("offload", None))
+
+    def _onload(self):
+        self.calls.append(("onload", None))
+
+    def _flush_cache(self):
+        self.calls.append(("flush", None))
+
+    def _shutdown(self):
+        self.calls.append(("shutdown", None))
+
+
+def cfg(**over: object) -> RolloutConfig:
+    return RolloutConfig.from_dict({"model_dir": "/m", **over})
+
+
+def test_sampling_params_validation_reports_all_problems() -> None:
+    with pytest.raises(ValueError) as err:
+        SamplingParams(max_new_tokens=0, temperature=-1, top_p=0, top_k=0)
+    assert str(err.value).splitlines() == [
+        "max_new_tokens: 0 is not >= 1", "temperature: -1 is not >= 0", "top_p: 0 is not in (0, 1]",
+        "top_k: 0 is neither -1 (off) nor >= 1",
+    ]
+    assert SamplingParams(stop_token_ids=[5, 6]).stop_token_ids == (5, 6)
+
+
+def test_padding_is_stripped_from_both_ends_only() -> None:
+    eng = EchoEngine(cfg(padding=0))
+    out = eng.generate([[0, 0, 5, 0, 6, 0], [7]], SamplingParams(max_new_tokens=8))
+    assert [c.token_ids for c in out] == [[6, 0, 5], [7]]
+    with pytest.raises(ValueError, match="empty"):
+        eng.generate([[0, 0]], SamplingParams())
+
+
+def test_prompts_are_untouched_without_padding() -> None:
+    eng = EchoEngine(cfg())
+    assert eng.generate([[0, 1, 0]], SamplingParams())[0].token_ids == [0, 1, 0]
+
+
+def test_eos_is_added_to_stop_tokens_unless_ignored() -> None:
+    eng = EchoEngine(cfg(eos=2))
+    eng.generate([[1]], SamplingParams(stop_token_ids=[9]))
+    eng.generate([[1]], SamplingParams(stop_token_ids=[2]))
+    eng.generate([[1]], SamplingParams(ignore_eos=True))
+    seen = [call[1][1].stop_token_ids for call in eng.calls]
+    assert seen == [(9, 2), (2,), ()]
+
+
+def test_offload_state_guards_the_api() -> None:
+    eng = EchoEngine(cfg())
+    eng.offload()
+    eng.offload()
+    for call in (lambda: eng.generate([[1]], SamplingParams()), lambda: eng.update_weights([]), eng.flush_cache):
+        with pytest.raises(RuntimeError, match="offloaded; call onload"):
+            call()
+    eng.onload()
+    eng.onload()
+    eng.update_weights(iter([("w", 1)]))
+    eng.flush_cache()
+    assert [c[0] for c in eng.calls] == ["offload", "onload", "update", "flush"]
+    assert eng.calls[2][1] == [("w", 1)]
+
+
+def test_shutdown_once_and_context_manager() -> None:
+    with EchoEngine(cfg()) as eng:
+        eng.generate([[1]], SamplingParams())
+    eng.shutdown()
+    assert [c[0] for c in eng.calls] == ["generate", "shutdown"]
+    with pytest.raises(RuntimeError, match="shut down"):
+        eng.generate([[1]], SamplingParams())
+    with pytest.raises(RuntimeError, match="shut down"):
+        eng.onload()
+
+
+def test_validation_run_writes_its_result(tmp_path: Path) -> None:
+    eng = EchoEngine(cfg(validate_weight=True, validate_save_dir=str(tmp_path / "v"), group_name="G"))
+    out = eng.run_validation()
+    assert len(out) == len(VALIDATION_PROMPTS)
+    params = eng.calls[0][1][1]
+    assert (params.temperature, params.max_new_tokens, params.logprobs) == (0.0, 32, True)
+    data = json.loads((tmp_path / "v" / "validation-echo-0.json").read_text())
+    assert data["info"]["group_name"] == "G"
+    assert data["completions"][0]["token_ids"] == [4, 3, 2, 1]
+
+
+def test_print_outputs_logs_each_completion(caplog: pytest.LogCaptureFixture) -> None:
+    eng = EchoEngine(cfg(print_outputs=True, group_name="RG"))
+    with caplog.at_level("INFO", logger="rollout_shims"):
+        eng.generate([[1, 2], [3]], SamplingParams())
+    assert [r.getMessage().startswith("[RG] prompt=") for r in caplog.records] == [True, True]
+
+
+# ----- SGLang result parsing ----------------------------------------------------------------------
+def sglang(cls: type, **over: object):
+    """A shim instance without a running engine: only the parsers are used."""
+    eng = cls.__new__(cls)
+    eng.config = cfg(**over)
+    return eng
+
+
+META = {"finish_reason": {"type": "stop", "matched": 2}, "prompt_tokens": 3, "completion_tokens": 3,
+        "output_token_logprobs": [(-0.5, 11, None), (-0.25, 12, None), (-0.125, 2, None)]}
+
+
+def test_sglang_token_ids_and_logprobs() -> None:
+    out = {"output_ids": [11, 12, 2], "meta_info": META}
+    c = sglang(SGLang051)._completion(out, SamplingParams(logprobs=True))
+    assert c == Completion([11, 12, 2], [-0.5, -0.25, -0.125], "stop", None)
+    c = sglang(SGLang051)._completion(out, SamplingParams())
+    assert c.logprobs is None
+
+
+def test_sglang_before_051_takes_ids_from_logprobs_when_detokenizing() -> None:
+    out = {"text": "abc", "meta_info": META}  # what 0.4.x returns with a tokenizer: no output_ids
+    eng = sglang(SGLang048, detokenize=True)
+    assert eng._needs_logprobs(SamplingParams()) is True
+    c = eng._completion(out, SamplingParams())
+    assert (c.token_ids, c.logprobs, c.text) == ([11, 12, 2], None, "abc")
+    assert sglang(SGLang051, detokenize=True)._needs_logprobs(SamplingParams()) is False
+    assert sglang(SGLang048)._needs_logprobs(SamplingParams()) is False
+
+
+@pytest.mark.parametrize(("finish", "expected"), [
+    ({"type": "length", "length": 3}, "length"), ({"type": "abort", "message": "x"}, "abort"),
+    ({"type": "stop", "matched": "</s>"}, "stop"), (None, "abort"),
+])
+def test_sglang_finish_reasons(finish, expected) -> None:
+    out = {"output_ids": [1], "meta_info": {**META, "finish_reason": finish}}
+    assert sglang(SGLang051)._completion(out, SamplingParams()).finish_reason == expected
+
+
+def test_sglang_refuses_a_per_request_seed() -> None:
+    with pytest.raises(UnsupportedFeatureError, match="per-request seed"):
+        sglang(SGLang051)._sampling_params(SamplingParams(seed=1))
+    sp = sglang(SGLang051)._sampling_params(SamplingParams(temperature=0, top_k=5, stop_token_ids=[3]))
+    assert sp == {"max_new_tokens": 128, "temperature": 0, "top_p": 1.0, "top_k": 5, "ignore_eos": False,
+                  "stop_token_ids": [3]}
+
+
+def test_sglang_044_flushes_through_the_tokenizer_manager() -> None:
+    eng = sglang(SGLang044)
+    flushed = []
+    eng._engine = SimpleNamespace(tokenizer_manager=SimpleNamespace(flush_cache=lambda: flushed.append(1)))
+    eng._flush_cache()
+    assert flushed == [1]
+    assert not any(s.qualname == "Engine.flush_cache" for s in SGLang044.SYMBOLS)
+    assert any(s.qualname == "Engine.flush_cache" for s in SGLang048.SYMBOLS)
+
+
+def test_memory_saver_symbols_follow_the_band() -> None:
+    def tms(cls):
+        return [s.qualname for s in cls.SYMBOLS if s.dist == "torch_memory_saver"]
+
+    assert tms(SGLang051) == tms(SGLang048) == ["torch_memory_saver"]
+    assert tms(SGLang044) == ["TorchMemorySaver"]
+    tags = {cls: next(s.params for s in cls.SYMBOLS if s.qualname == "Engine.release_memory_occupation")
+            for cls in (SGLang051, SGLang048, SGLang044)}
+    assert tags == {SGLang051: ("tags",), SGLang048: ("tags",), SGLang044: ()}
+
+
+# ----- vLLM result parsing -----------------------------------------------------------------------
+def test_vllm_completion_reads_the_sampled_tokens_logprob() -> None:
+    eng = VLLM085.__new__(VLLM085)
+    eng.config = cfg()
+    step = [{7: SimpleNamespace(logprob=-0.5)}, {9: SimpleNamespace(logprob=-1.5)}]
+    out = SimpleNamespace(token_ids=(7, 9), logprobs=step, finish_reason="length", text="")
+    assert eng._completion(out, SamplingParams(logprobs=True)) == Completion([7, 9], [-0.5, -1.5], "length", None)
+    out.finish_reason = None
+    assert eng._completion(out, SamplingParams()).finish_reason == "abort"

@@ -1,0 +1,181 @@
+"""Where config keys go: coverage of every key, the rule tables, and the vLLM environment decisions.
+
+FlashInfer presence is real package metadata written by the test into a directory on sys.path.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rollout_shims import RolloutConfig, UnsupportedFeatureError
+from rollout_shims.api import RolloutEngine
+from rollout_shims.config import describe_keys
+from rollout_shims.mapping import (
+    SGLANG_ARGS,
+    SGLANG_FIXED,
+    SHIM_KEYS,
+    VLLM_ARGS,
+    VLLM_FIXED,
+    VLLM_RELEASE_SPECIFIC,
+    ArgRule,
+    config_default,
+    engine_kwargs,
+)
+from rollout_shims.shims import SHIMS, shim_class
+from rollout_shims.shims.vllm_bands import VLLM022, VLLM085
+
+ROOT = Path(__file__).resolve().parents[2]
+ALL_KEYS = {key for key, _, _ in describe_keys()}
+
+
+def cfg(**over: object) -> RolloutConfig:
+    return RolloutConfig.from_dict({"model_dir": "/m", **over})
+
+
+def test_every_key_is_mapped_or_used_by_the_shim() -> None:
+    sglang = {r.key for r in SGLANG_ARGS}
+    vllm = {r.key for r in VLLM_ARGS} | set(VLLM_RELEASE_SPECIFIC)
+    assert ALL_KEYS - (sglang | vllm | set(SHIM_KEYS)) == set()
+    # and for each engine separately: a key is mapped for it or the shim says what it does with it
+    assert ALL_KEYS - (sglang | set(SHIM_KEYS)) == set()
+    assert ALL_KEYS - (vllm | set(SHIM_KEYS)) == set()
+
+
+def test_tables_name_only_real_keys() -> None:
+    named = {r.key for r in (*SGLANG_ARGS, *VLLM_ARGS)} | set(VLLM_RELEASE_SPECIFIC) | set(SHIM_KEYS)
+    assert named - ALL_KEYS == set()
+
+
+def test_docs_describe_every_key() -> None:
+    docs = (ROOT / "docs" / "shims.md").read_text(encoding="utf-8")
+    missing = [k for k in sorted(ALL_KEYS) if f"`{k}`" not in docs]
+    assert missing == []
+
+
+def test_sglang_rules() -> None:
+    accepted = {r.target for r in SGLANG_ARGS} | set(SGLANG_FIXED)
+    kw = engine_kwargs(SGLANG_ARGS, SGLANG_FIXED, cfg(
+        cuda_graph_max_bs=256, max_running_requests=48, detokenize=True, disable_log_stats=True,
+        validate_weight=True, enforce_eager=True, sglang={"use_torch_compile": True},
+    ), accepted, "0.5.2")
+    assert kw == {
+        "model_path": "/m", "mem_fraction_static": 0.55, "disable_cuda_graph": True, "log_level": "error",
+        "skip_tokenizer_init": False, "tp_size": 1, "pp_size": 1, "max_running_requests": 48,
+        "cuda_graph_max_bs": 48, "load_format": "auto", "attention_backend": "triton",
+        "decode_log_interval": 500000, "enable_torch_compile": True, "torch_compile_max_bs": 128,
+        "enable_memory_saver": True, "device": "cuda",
+    }
+
+
+def test_vllm_rules_single_worker_runs_in_process() -> None:
+    accepted = {r.target for r in VLLM_ARGS} | set(VLLM_FIXED)
+    kw = engine_kwargs(VLLM_ARGS, VLLM_FIXED, cfg(), accepted, "0.8.5")
+    assert kw["distributed_executor_backend"] == "uni"
+    assert kw["load_format"] == "dummy" and kw["skip_tokenizer_init"] is True and kw["enable_sleep_mode"] is True
+    kw = engine_kwargs(VLLM_ARGS, VLLM_FIXED, cfg(tensor_parallel_size=2, rollout_backend="vllm",
+                                                  distributed_executor_backend="ray"), accepted, "0.8.5")
+    assert (kw["distributed_executor_backend"], kw["tensor_parallel_size"], kw["max_num_seqs"]) == ("ray", 2, 64)
+
+
+def test_absent_engine_argument_at_default_is_left_out_otherwise_refused() -> None:
+    accepted = {r.target for r in SGLANG_ARGS} - {"pp_size"} | set(SGLANG_FIXED)
+    assert "pp_size" not in engine_kwargs(SGLANG_ARGS, SGLANG_FIXED, cfg(), accepted, "0.4.4")
+    lacks = r"release 0\.4\.4 lacks .*pipeline_parallel_size=2 needs engine argument 'pp_size'"
+    with pytest.raises(UnsupportedFeatureError, match=lacks):
+        engine_kwargs(SGLANG_ARGS, SGLANG_FIXED, cfg(pipeline_parallel_size=2), accepted, "0.4.4")
+    with pytest.raises(UnsupportedFeatureError, match="the shim needs engine argument 'enable_memory_saver'"):
+        engine_kwargs(SGLANG_ARGS, SGLANG_FIXED, cfg(), accepted - {"enable_memory_saver"}, "0.4.4")
+
+
+def test_config_default_reads_nested_keys() -> None:
+    assert config_default("sglang.attention_backend") == "triton"
+    assert config_default("vllm.enable_flash_infer_sampler") is True
+    assert config_default("model_dir") is None
+    assert ArgRule("a", "b").transform(3, cfg()) == 3
+
+
+@pytest.fixture
+def flashinfer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Install FlashInfer *metadata* of a given version (or none) on sys.path."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def install(version: str) -> None:
+        info = tmp_path / f"flashinfer_python-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: flashinfer-python\nVersion: {version}\n")
+
+    return install
+
+
+@pytest.mark.parametrize(("version", "v085", "v022"), [
+    ("0.2.2.post1", "1", "0"),   # old API: what 0.8.5 calls; 0.22 needs >= 0.2.3
+    ("0.2.3", "0", "1"),         # 0.8.5 switches it off itself ("0.2.3" >= "0.2.3")
+    ("0.2.14.post1", "0", "1"),  # "0.2.14.post1" < "0.2.3" as strings: 0.8.5 would call the old API and break
+    ("0.3.1", "0", "1"),
+])
+def test_flashinfer_sampler_is_forced_off_where_that_release_breaks(flashinfer, version, v085, v022) -> None:
+    flashinfer(version)
+    assert VLLM085.environment(cfg())["VLLM_USE_FLASHINFER_SAMPLER"] == v085
+    assert VLLM022.environment(cfg())["VLLM_USE_FLASHINFER_SAMPLER"] == v022
+    off = cfg(vllm={"enable_flash_infer_sampler": False})
+    assert VLLM085.environment(off)["VLLM_USE_FLASHINFER_SAMPLER"] == "0"
+    assert VLLM022.environment(off)["VLLM_USE_FLASHINFER_SAMPLER"] == "0"
+
+
+def test_flashinfer_missing_forces_the_sampler_off(flashinfer) -> None:
+    assert VLLM085.environment(cfg())["VLLM_USE_FLASHINFER_SAMPLER"] == "0"
+    assert VLLM022.environment(cfg())["VLLM_USE_FLASHINFER_SAMPLER"] == "0"
+
+
+def test_vllm_085_picks_v1_or_v0_explicitly() -> None:
+    env = VLLM085.environment(cfg())
+    assert (env["VLLM_USE_V1"], env["VLLM_ATTENTION_BACKEND"], env["VLLM_ENABLE_V1_MULTIPROCESSING"]) == (
+        "1", "FLASH_ATTN", "0")
+    env = VLLM085.environment(cfg(vllm={"attention_backend": "XFORMERS"}))
+    assert (env["VLLM_USE_V1"], env["VLLM_ATTENTION_BACKEND"]) == ("0", "XFORMERS")
+    assert VLLM085.attention(cfg(vllm={"attention_backend": "XFORMERS"})).logprob_semantics.startswith("processed")
+
+
+def test_vllm_022_has_no_v0_and_no_xformers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VLLM_HOST_IP", raising=False)
+    env = VLLM022.environment(cfg())
+    assert "VLLM_USE_V1" not in env and "VLLM_ATTENTION_BACKEND" not in env
+    assert env["VLLM_HOST_IP"] == "127.0.0.1"
+    assert VLLM022.attention(cfg()).args == {"attention_backend": "FLASH_ATTN"}
+    with pytest.raises(UnsupportedFeatureError, match=r"'XFORMERS' is not available.*available: FLASH_ATTN"):
+        VLLM022.environment(cfg(vllm={"attention_backend": "XFORMERS"}))
+
+
+def test_an_existing_host_ip_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLM_HOST_IP", "10.0.0.7")
+    assert VLLM085.environment(cfg())["VLLM_HOST_IP"] == "10.0.0.7"
+
+
+def test_cuda_graph_sizes_per_release() -> None:
+    assert VLLM085.compilation_config(cfg(cuda_graph_max_bs=20)) == {"cudagraph_capture_sizes": [1, 2, 4, 8, 16]}
+    assert VLLM085.compilation_config(cfg(cuda_graph_max_bs=512, max_running_requests=64))[
+        "cudagraph_capture_sizes"][-1] == 64
+    assert VLLM022.compilation_config(cfg(cuda_graph_max_bs=20)) == {"max_cudagraph_capture_size": 20}
+    assert VLLM022.compilation_config(cfg(cuda_graph_max_bs=500)) == {"max_cudagraph_capture_size": 64}
+
+
+def test_every_shim_is_an_engine_class_with_symbols() -> None:
+    for name in SHIMS:
+        cls = shim_class(name)
+        assert issubclass(cls, RolloutEngine), name
+        assert cls.SYMBOLS, name
+
+
+def test_importing_every_shim_imports_no_engine_and_no_torch() -> None:
+    code = (
+        "import sys; from rollout_shims.shims import SHIMS, shim_class; [shim_class(n) for n in SHIMS];"
+        "heavy = [m for m in ('torch', 'sglang', 'vllm', 'psutil') if m in sys.modules]; assert not heavy, heavy"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
