@@ -2,6 +2,8 @@
 # Runs inside `docker build` (see Dockerfile) in two phases:
 #   install.sh system    distro Python, compiler, CA certificates, an empty venv at /opt/venv
 #   install.sh packages  the requirements (the entry's lock) into that venv
+# /opt/venv is made without pip or setuptools, so it holds exactly the lock; the installer (uv, or
+# pip for the benchmark) lives in a throwaway venv that is removed in the same step.
 # Build arguments arrive as environment variables: PYTHON_VERSION, INSTALLER, UV_VERSION, LOCKED,
 # PIP_INDEX_URL.
 set -eu
@@ -23,31 +25,37 @@ system() {
          "pass --python $have (and lock for it) or use a base image with Python $PYTHON_VERSION" >&2
     exit 2
   fi
-  python3 -m venv /opt/venv
+  python3 -m venv --without-pip /opt/venv
 }
 
 packages() {
   hashes=""
   [ "$LOCKED" = 1 ] && hashes="--require-hashes --no-deps"
   echo "[install] $INSTALLER into /opt/venv from $PIP_INDEX_URL (locked=$LOCKED)"
+  tools=/opt/rollout-matrix/tools
+  python3 -m venv "$tools"
   case "$INSTALLER" in
     uv)
-      /opt/venv/bin/pip install -q --no-cache-dir --index-url "$PIP_INDEX_URL" "uv==$UV_VERSION"
+      "$tools/bin/pip" install -q --no-cache-dir --index-url "$PIP_INDEX_URL" "uv==$UV_VERSION"
       # shellcheck disable=SC2086
-      /opt/venv/bin/uv pip install --python /opt/venv/bin/python --no-cache --index-url "$PIP_INDEX_URL" \
+      "$tools/bin/uv" pip install --python /opt/venv/bin/python --no-cache --index-url "$PIP_INDEX_URL" \
         $hashes -r "$req"
-      /opt/venv/bin/pip uninstall -q -y uv
       ;;
     pip)
+      # pip's --python (installing into another environment) needs pip >= 22.3; Ubuntu 22.04 has 22.0.
+      "$tools/bin/pip" install -q --no-cache-dir --index-url "$PIP_INDEX_URL" "pip==24.3.1"
       # shellcheck disable=SC2086
-      /opt/venv/bin/pip install -q --no-cache-dir --index-url "$PIP_INDEX_URL" $hashes -r "$req"
+      "$tools/bin/pip" --python /opt/venv/bin/python install -q --no-cache-dir --index-url "$PIP_INDEX_URL" \
+        $hashes -r "$req"
       ;;
     *)
       echo "[install] error: INSTALLER must be uv or pip, not $INSTALLER" >&2
       exit 2
       ;;
   esac
-  echo "[install] done: $(/opt/venv/bin/python -m pip list --format=freeze 2>/dev/null | wc -l) packages"
+  rm -rf "$tools"
+  count=$(/opt/venv/bin/python -c 'import importlib.metadata as m; print(len(list(m.distributions())))')
+  echo "[install] done: $count packages in /opt/venv"
 }
 
 case "${1:-}" in

@@ -14,6 +14,7 @@ import docker.errors
 
 from rollout_matrix.docker_api import client, image_exists, registry_has, short_error
 from rollout_matrix.errors import UserError
+from rollout_matrix.locking import read_lock
 from rollout_matrix.plan import BuildPlan
 from rollout_matrix.progress import Reporter
 from rollout_matrix.verify import check_image
@@ -75,8 +76,10 @@ def build(plan: BuildPlan, reporter: Reporter, *, force: bool = False) -> BuildR
     image_id = _run_build(plan, reporter)
     try:
         reporter.line("checking the versions the image reports")
-        reported = check_image(image_id, plan.entry.name, plan.entry.expected_versions())
-        reporter.line("versions ok: " + ", ".join(f"{k} {v}" for k, v in sorted(reported.items())))
+        locked = read_lock(plan.lock_file).versions if plan.lock_file else None
+        reported = check_image(image_id, plan.entry.name, plan.entry.expected_versions(), locked)
+        reporter.line("versions ok: " + ", ".join(f"{k} {v}" for k, v in sorted(reported.items()))
+                      + (f"; installed set equals the lock ({len(locked)} packages)" if locked else ""))
         _tag(image_id, list(plan.refs))
     except BaseException:
         _remove(image_id)

@@ -66,7 +66,8 @@ def cmd_list(args: argparse.Namespace, matrix: Matrix) -> int:
         return 0
     header = ("entry", "torch", "cuda", "python", "base image", "image tag")
     table = [header] + [(r["name"], r["torch"] or "-", r["cuda"], r["python"], r["base_image"],
-                         (r["content_tag"] or "(no lock)").split(":", 1)[-1]) for r in rows]
+                         (r["content_tag"] or ("(unavailable)" if r["unavailable"] else "(no lock)")).split(":", 1)[-1])
+                        for r in rows]
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -142,10 +143,17 @@ def cmd_lock(args: argparse.Namespace, matrix: Matrix) -> int:
         print(f"locks fresh for {len(entries) if entries else len(matrix)} entries")
         return 0
     reporter = Reporter("lock")
-    results = lock_entries(entries if entries is not None else list(matrix), args.python,
-                           progress=lambda r: reporter.line(r.summary()), locks_dir=locks_dir_for(matrix),
-                           jobs=args.jobs)
-    reporter.line(f"{len(results)} locks written")
+    if entries is None:  # all: releases matrix.yaml marks unavailable cannot be resolved; say so once
+        entries = [e for e in matrix if not e.unavailable]
+        for e in matrix:
+            if e.unavailable:
+                reporter.line(f"{e.name}: skipped, {e.unavailable}")
+    results = lock_entries(entries, args.python, progress=lambda r: reporter.line(r.summary()),
+                           locks_dir=locks_dir_for(matrix), jobs=args.jobs)
+    failed = [r.entry for r in results if not r.ok]
+    if failed:
+        raise UserError(f"{len(failed)} of {len(results)} locks failed ({', '.join(failed)}); see the lines above")
+    reporter.line(f"{len(results)} locks up to date")
     return 0
 
 
@@ -235,6 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rollout-matrix: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `rollout-matrix list | head`: the reader left; not an error
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

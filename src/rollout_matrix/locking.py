@@ -486,6 +486,9 @@ def lock_entry(entry: Entry, python: str | None = None, locks_dir: Path | None =
     path = lock_path(entry, python, locks_dir)
     start = time.monotonic()
     result = LockResult(entry=entry.name, python=python, path=path, ok=False, seconds=0.0)
+    if entry.unavailable:
+        result.error = f"not locked: {entry.unavailable} (matrix.yaml marks it unavailable)"
+        return result
     try:
         uv = uv or uv_binary()
         cutoff = cutoff_for(entry)
@@ -558,6 +561,8 @@ def check_lock(entry: Entry, python: str | None = None, locks_dir: Path | None =
     other_python = f" --python {python}" if python and python != entry.python else ""
     fix = f"run `rollout-matrix lock {entry.name}{other_python}`"
     if not path.is_file():
+        if entry.unavailable:  # matrix.yaml says why it cannot be resolved from the index today
+            return []
         return [f"{entry.name}: lock {path} is missing; {fix}"]
     try:
         lock = read_lock(path)

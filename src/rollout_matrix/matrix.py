@@ -62,6 +62,7 @@ class Entry:
     extra_requirements: tuple[str, ...] = ()
     test_requirements: tuple[str, ...] = ()
     exclude_newer: str | None = None
+    unavailable: str | None = None  # why this release cannot be installed from the public index today
     line: int = 0
 
     @property
@@ -117,6 +118,7 @@ class Entry:
             "extra_requirements": list(self.extra_requirements),
             "test_requirements": list(self.test_requirements),
             "exclude_newer": self.exclude_newer,
+            "unavailable": self.unavailable,
             "readable_tag": self.readable_tag,
         }
 
@@ -319,7 +321,7 @@ def _load_engine(ctx: _Ctx, engine: str, node: yaml.Node, stacks: dict[str, Stac
     for index, band in enumerate(bands.value):
         band_what = f"{what}.bands[{index}]"
         b = ctx.mapping(band, band_what)
-        ctx.keys(b, band_what, {"stack", "releases"}, {"torch", "extra_requirements"}, band)
+        ctx.keys(b, band_what, {"stack", "releases"}, {"torch", "extra_requirements", "unavailable"}, band)
         stack_node = b["stack"][1]
         stack_name = ctx.string(stack_node, f"{band_what}.stack")
         if stack_name not in stacks:
@@ -328,6 +330,7 @@ def _load_engine(ctx: _Ctx, engine: str, node: yaml.Node, stacks: dict[str, Stac
         torch = ctx.version(b["torch"][1], f"{band_what}.torch") if "torch" in b else None
         extra = tuple(ctx.string_list(b["extra_requirements"][1], f"{band_what}.extra_requirements")) \
             if "extra_requirements" in b else ()
+        unavailable = ctx.string(b["unavailable"][1], f"{band_what}.unavailable") if "unavailable" in b else None
         for version, (vkey, pins_node) in ctx.mapping(b["releases"][1], f"{band_what}.releases").items():
             version = ctx.version(vkey, f"{band_what}.releases key")
             pins: dict[str, str] = {}
@@ -355,5 +358,6 @@ def _load_engine(ctx: _Ctx, engine: str, node: yaml.Node, stacks: dict[str, Stac
                 extra_requirements=extra,
                 test_requirements=test_reqs,
                 exclude_newer=exclude_newer,
+                unavailable=unavailable,
                 line=vkey.start_mark.line + 1,
             )

@@ -139,6 +139,9 @@ def plan_build(matrix: Matrix, entry: Entry, options: BuildOptions) -> BuildPlan
         if not (docker_dir / name).is_file():
             raise UserError(f"{docker_dir / name} is missing; run from a complete checkout")
     lock_file: Path | None = None
+    if entry.unavailable and options.locked:
+        raise UserError(f"{entry.name} cannot be built from the public index ({entry.unavailable}); "
+                        "build it with --no-lock and --index-url pointing at a mirror that has those files")
     if options.locked:
         from rollout_matrix.locking import lock_path
 

@@ -18,7 +18,7 @@ from rollout_matrix.locking import read_lock
 from rollout_matrix.matrix import load_matrix
 from rollout_matrix.options import BuildOptions
 from rollout_matrix.plan import plan_build
-from rollout_matrix.verify import check_image
+from rollout_matrix.verify import check_image, report_versions
 
 from .conftest import CA_BUNDLE, ROOT, run_cli
 
@@ -48,10 +48,7 @@ def test_image_reports_the_expected_versions(built):
 
 
 def test_installed_set_equals_the_lock(built, docker_client):
-    out = docker_client.containers.run(built, ["python", "-m", "pip", "list", "--format=json"], entrypoint=[],
-                                       remove=True, network_disabled=True)
-    installed = {p["name"].lower().replace("_", "-"): p["version"] for p in json.loads(out)}
-    installed.pop("pip", None)
+    installed = report_versions(built, []).distributions
     lock = read_lock(ROOT / "docker" / "locks" / f"{ENTRY}-py3.11.txt")
     assert installed == lock.versions
 
