@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import docker.errors
 from packaging.version import InvalidVersion, Version
 
 from rollout_matrix.docker_api import client, short_error
@@ -49,8 +50,11 @@ class ImageReport:
 def report_versions(image: str, names: list[str]) -> ImageReport:
     """Run ``image`` once; return what it reports for ``names`` and every installed distribution."""
     c = client()
-    container = c.containers.create(image, ["python", "-c", REPORT_SCRIPT, json.dumps(names)],
-                                    entrypoint=[], network_disabled=True)
+    try:
+        container = c.containers.create(image, ["python", "-c", REPORT_SCRIPT, json.dumps(names)],
+                                        entrypoint=[], network_disabled=True)
+    except docker.errors.DockerException as exc:
+        raise UserError(f"could not run {image} for the version check: {short_error(exc)}") from None
     try:
         container.start()
         status = container.wait(timeout=600).get("StatusCode", 1)
