@@ -73,7 +73,7 @@ def build(plan: BuildPlan, reporter: Reporter, *, force: bool = False) -> BuildR
     reporter.line(f"building {plan.entry.name} on {plan.base_image} (Python {plan.python}, "
                   f"{'locked' if plan.options.locked else 'UNLOCKED'}, {plan.options.installer}) "
                   f"-> {plan.content_ref}")
-    image_id = _run_build(plan, reporter)
+    image_id = run_build(plan, reporter)
     try:
         reporter.line("checking the versions the image reports")
         locked = read_lock(plan.lock_file).versions if plan.lock_file else None
@@ -91,13 +91,14 @@ def build(plan: BuildPlan, reporter: Reporter, *, force: bool = False) -> BuildR
     return BuildResult(plan, image_id, None, seconds, size)
 
 
-def _run_build(plan: BuildPlan, reporter: Reporter) -> str:
+def run_build(plan: BuildPlan, reporter: Reporter, *, nocache: bool = False) -> str:
+    """Run the engine build of ``plan`` and return the (untagged) image id; no check, no tags."""
     image_id: str | None = None
     log_tail: list[str] = []
     try:
         stream = client().api.build(
             fileobj=plan.context(), custom_context=True, buildargs=plan.buildargs(), labels=plan.labels(),
-            rm=True, forcerm=True, pull=False, decode=True,
+            rm=True, forcerm=True, pull=False, decode=True, nocache=nocache,
         )
         for chunk in stream:
             if "stream" in chunk:
