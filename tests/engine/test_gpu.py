@@ -193,7 +193,7 @@ cfg = json.loads(sys.argv[1])
 prompts = json.loads(sys.argv[2])
 with create_engine(cfg) as eng:
     out = eng.generate(prompts, SamplingParams(max_new_tokens=16, temperature=0.0, ignore_eos=True, logprobs=True))
-    print(json.dumps({"tp": eng.info.tensor_parallel_size, "out": [[c.token_ids, c.logprobs] for c in out]}))
+    print("RESULT " + json.dumps({"tp": eng.info.tensor_parallel_size, "out": [[c.token_ids, c.logprobs] for c in out]}))
 """
 
 
@@ -208,7 +208,8 @@ def test_tensor_parallel_2(model_dir: Path, backend: str, cuda_devices: int, eng
         run = subprocess.run([sys.executable, "-c", TP2_SCRIPT, json.dumps(cfg), json.dumps(prompts())],
                              capture_output=True, text=True, timeout=900, env=dict(os.environ), check=False)
         assert run.returncode == 0, run.stderr[-4000:]
-        result = json.loads(run.stdout.strip().splitlines()[-1])
+        # engine processes log to stdout too (also after the result): pick the marked line
+        result = json.loads(next(line[7:] for line in run.stdout.splitlines() if line.startswith("RESULT ")))
         assert result["tp"] == 2
         from rollout_shims.api import Completion
 
