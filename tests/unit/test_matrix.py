@@ -40,7 +40,7 @@ def test_real_matrix_lists_every_supported_release():
         assert expected[entry.package] == entry.version
         assert expected["torch"] == entry.torch and expected["torch.cuda"] == entry.cuda
     sg = matrix.get("sglang-0.5.2")
-    assert sg.requirement == "sglang[srt]==0.5.2" and sg.torch == "2.8.0" and sg.python == "3.10"
+    assert sg.requirement == "sglang[srt,torch-memory-saver]==0.5.2" and sg.torch == "2.8.0" and sg.python == "3.10"
     assert sg.expected_versions()["sgl-kernel"] == "0.3.9.post2"
     assert sg.expected_versions()["flashinfer-python"] == "0.3.1"
     assert sg.readable_tag == "sglang-0.5.2-cu128"
