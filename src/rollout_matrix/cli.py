@@ -42,6 +42,7 @@ def _options(args: argparse.Namespace) -> BuildOptions:
 
 
 def cmd_list(args: argparse.Namespace, matrix: Matrix) -> int:
+    from rollout_matrix.build import find_existing
     from rollout_matrix.plan import plan_build
 
     options = _options(args)
@@ -50,17 +51,17 @@ def cmd_list(args: argparse.Namespace, matrix: Matrix) -> int:
         row = entry.as_dict()
         try:
             plan = plan_build(matrix, entry, options)
-            row["content_tag"] = plan.content_ref
-            row["readable_ref"] = plan.readable_ref
-        except UserError as exc:
-            row["content_tag"] = None
-            row["problem"] = str(exc)
+        except UserError as exc:  # unavailable release or missing lock: listed, but not buildable
+            row.update(content_tag=None, problem=str(exc))
+            if args.missing:
+                print(f"{entry.name}: not buildable here: {exc}", file=sys.stderr)
+                continue
+        else:
+            row.update(content_tag=plan.content_ref, readable_ref=plan.readable_ref, base_image=plan.base_image,
+                       python=plan.python)
+            if args.missing and find_existing(plan):
+                continue
         rows.append(row)
-    if args.missing:
-        from rollout_matrix.build import find_existing
-
-        rows = [r for r in rows if r["content_tag"] is None
-                or not find_existing(plan_build(matrix, matrix.get(r["name"]), options))]
     if args.json:
         print(json.dumps(rows, indent=None if args.compact else 2))
         return 0
