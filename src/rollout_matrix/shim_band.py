@@ -13,10 +13,7 @@ from rollout_matrix.matrix import Entry
 
 def shim_for(entry: Entry) -> str | None:
     """The shim name for ``entry``'s engine and release, or None when no band covers it."""
-    from rollout_shims.bands import load_bands  # a yaml table: loads no engine, no torch
+    from rollout_shims.bands import band_for  # a yaml table: loads no engine, no torch
 
-    version = Version(entry.version)
-    for band in load_bands():
-        if band.engine == entry.engine and band.contains(version):
-            return band.shim
-    return None
+    band = band_for(entry.engine, Version(entry.version))
+    return band.shim if band else None

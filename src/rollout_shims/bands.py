@@ -52,6 +52,14 @@ def load_bands() -> tuple[Band, ...]:
     )
 
 
+def band_for(engine: str, version: Version) -> Band | None:
+    """The band of ``engine`` that serves ``version`` (public part), or None when none does."""
+    for band in load_bands():
+        if band.engine == engine and band.contains(version):
+            return band
+    return None
+
+
 def shim_names() -> list[str]:
     """Every shim name the table knows, in table order."""
     return [b.shim for b in load_bands()]

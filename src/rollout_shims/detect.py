@@ -18,7 +18,7 @@ from importlib import metadata
 
 from packaging.version import InvalidVersion, Version
 
-from rollout_shims.bands import ENGINE_PACKAGES, Band, band_for_shim, load_bands, shim_names, supported_ranges
+from rollout_shims.bands import ENGINE_PACKAGES, Band, band_for, band_for_shim, load_bands, shim_names, supported_ranges
 from rollout_shims.errors import EngineNotFoundError, UnsupportedEngineError
 
 FORCE_ENV = "ROLLOUT_SHIMS_FORCE_SHIM"
@@ -72,9 +72,9 @@ def detect(backend: str | None = None, *, force_shim: str | None = None) -> Dete
         raise UnsupportedEngineError(_refusal(engine, raw, "is not a valid version")) from exc
     if version.is_prerelease:
         raise UnsupportedEngineError(_refusal(engine, raw, "is a pre-release (rc/dev builds are never supported)"))
-    for band in load_bands():
-        if band.engine == engine and band.contains(version):
-            return Detection(engine=engine, version=raw, shim=band.shim, band=band)
+    band = band_for(engine, version)
+    if band is not None:
+        return Detection(engine=engine, version=raw, shim=band.shim, band=band)
     raise UnsupportedEngineError(_refusal(engine, raw, "is outside the supported ranges"))
 
 
