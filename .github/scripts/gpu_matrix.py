@@ -26,6 +26,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gha_io import read_input, write_matrix_output
+
 GPU_TAG = "gpu"
 # GitHub refuses a matrix with more than 256 jobs; fail here with a clear message instead.
 MAX_JOBS = 256
@@ -102,13 +104,6 @@ def check_against_matrix(matrix: dict[str, list[dict[str, str]]]) -> None:
         raise MatrixScriptError(f"releases without a '{GPU_TAG}' nox session: {', '.join(missing)}")
 
 
-def write_output(path: Path, matrix: dict[str, list[dict[str, str]]]) -> None:
-    """Append ``matrix=`` (compact JSON, one line) and ``count=`` to the GitHub output file."""
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write(f"matrix={json.dumps(matrix, separators=(',', ':'))}\n")
-        fh.write(f"count={len(matrix['include'])}\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", metavar="FILE",
@@ -117,12 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-check", action="store_true", help="do not cross-check matrix.yaml")
     args = parser.parse_args(argv)
     try:
-        if args.sessions == "-":
-            text = sys.stdin.read()
-        elif args.sessions:
-            text = Path(args.sessions).read_text(encoding="utf-8")
-        else:
-            text = run_nox(args.tag)
+        text = read_input(args.sessions, lambda: run_nox(args.tag))
         matrix = build_matrix(parse_sessions(text), args.tag)
         if not args.no_check:
             check_against_matrix(matrix)
@@ -131,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     out = os.environ.get("GITHUB_OUTPUT")
     if out:
-        write_output(Path(out), matrix)
+        write_matrix_output(Path(out), matrix["include"])
     print(json.dumps(matrix, indent=2))
     print(f"gpu_matrix: {len(matrix['include'])} jobs", file=sys.stderr)
     return 0

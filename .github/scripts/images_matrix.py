@@ -26,6 +26,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gha_io import read_input, write_matrix_output
+
 MAX_JOBS = 256
 
 
@@ -75,13 +77,6 @@ def parse_entries(text: str) -> list[dict[str, str]]:
     return jobs
 
 
-def write_output(path: Path, jobs: list[dict[str, str]]) -> None:
-    """Append ``matrix=`` (compact JSON) and ``count=``; an empty list still yields valid JSON."""
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write(f"matrix={json.dumps({'include': jobs}, separators=(',', ':'))}\n")
-        fh.write(f"count={len(jobs)}\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", metavar="FILE",
@@ -89,19 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all", action="store_true", help="every entry, not only the missing ones")
     args = parser.parse_args(argv)
     try:
-        if args.entries == "-":
-            text = sys.stdin.read()
-        elif args.entries:
-            text = Path(args.entries).read_text(encoding="utf-8")
-        else:
-            text = run_list(missing=not args.all)
+        text = read_input(args.entries, lambda: run_list(missing=not args.all))
         jobs = parse_entries(text)
     except (MatrixScriptError, OSError) as exc:
         print(f"images_matrix: {exc}", file=sys.stderr)
         return 1
     out = os.environ.get("GITHUB_OUTPUT")
     if out:
-        write_output(Path(out), jobs)
+        write_matrix_output(Path(out), jobs)
     print(json.dumps({"include": jobs}, indent=2))
     print(f"images_matrix: {len(jobs)} image(s) to build", file=sys.stderr)
     return 0
