@@ -247,6 +247,8 @@ def build_row(entry: Entry, folder: Path | None, band_of: Callable[[Entry], str 
     counts: JUnitCounts | None = None
     if not run and not has_junit:
         status = NOT_RUN
+        if entry.unavailable:
+            notes.append(f"its image cannot be built from PyPI: {entry.unavailable}")
     elif not has_junit:
         status = ERROR
         code = run.get("exit_code", UNKNOWN)
@@ -270,6 +272,10 @@ def build_row(entry: Entry, folder: Path | None, band_of: Callable[[Entry], str 
     cuda = str(labels.get("io.rollout-matrix.cuda") or entry.cuda)
     if run and entry.torch and labels.get("io.rollout-matrix.torch") not in (None, entry.torch):
         notes.append(f"image has torch {torch}, matrix.yaml says {entry.torch}")
+    base = labels.get("io.rollout-matrix.base-image")
+    if base and base != entry.stack.base_image:
+        notes.append(f"built on {base} (Python {labels.get('io.rollout-matrix.python', '?')}), "
+                     f"not the stack's {entry.stack.base_image}")
     gpu = run.get("gpu") if isinstance(run.get("gpu"), bool) else None
     finished = run.get("finished") or run.get("started") or (counts.timestamp if counts else None)
     return Row(
