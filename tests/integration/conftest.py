@@ -96,9 +96,13 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: int = 900) -
 
 @pytest.fixture
 def cleanup_images(docker_client):
-    """Collects refs created by a test and removes them afterwards (disk is limited)."""
+    """Collects refs (``repo:tag``) or whole repositories (``repo``) a test creates and removes them
+    afterwards: disk is limited, and each build leaves two tags."""
     refs: list[str] = []
     yield refs
     for ref in refs:
-        with contextlib.suppress(Exception):
-            docker_client.images.remove(ref, force=True)
+        tags = [ref] if ":" in ref.rsplit("/", 1)[-1] else [
+            tag for image in docker_client.images.list(name=ref) for tag in image.tags if tag.startswith(f"{ref}:")]
+        for tag in tags:
+            with contextlib.suppress(Exception):
+                docker_client.images.remove(tag, force=True)

@@ -48,7 +48,7 @@ def test_ctrl_c_during_test_leaves_no_container(tmp_path, test_base, docker_clie
             "--results", str(tmp_path / "results")]
     built = run_cli("--matrix", str(matrix_file), "build", "six-1.16.0", "--no-lock", "--extra-ca-cert", CA_BUNDLE)
     assert built.returncode == 0, built.stderr
-    cleanup_images.extend(["rm-test-ctrlc:six-1.16.0-deb"])
+    cleanup_images.append("rm-test-ctrlc")
 
     proc = subprocess.Popen([sys.executable, "-u", "-m", "rollout_matrix.cli", *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -85,7 +85,7 @@ def test_test_command_writes_junit_and_run_json(tmp_path, test_base, docker_clie
     results = tmp_path / "results"
     proc = run_cli("--matrix", str(matrix_file), "test", "six-1.16.0", "--no-lock", "--extra-ca-cert", CA_BUNDLE,
                    "--results", str(results), env={"ROLLOUT_MATRIX_GPU": "0"})
-    cleanup_images.extend(["rm-test-run:six-1.16.0-deb"])
+    cleanup_images.append("rm-test-run")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     junit = (results / "six-1.16.0" / "junit.xml").read_text()
     assert 'tests="4"' in junit and 'skipped="1"' in junit and 'failures="0"' in junit
