@@ -45,7 +45,6 @@ class Stack:
     cuda: str
     base_image: str
     python: str
-    torch_index: str | None = None
 
 
 @dataclass(frozen=True)
@@ -113,7 +112,6 @@ class Entry:
             "stack": self.stack.name,
             "base_image": self.stack.base_image,
             "python": self.python,
-            "torch_index": self.stack.torch_index,
             "pins": dict(self.pins),
             "extra_requirements": list(self.extra_requirements),
             "test_requirements": list(self.test_requirements),
@@ -293,14 +291,13 @@ def _load_stacks(ctx: _Ctx, node: yaml.Node) -> dict[str, Stack]:
     for name, (_key, value) in ctx.mapping(node, "stacks").items():
         what = f"stacks.{name}"
         items = ctx.mapping(value, what)
-        ctx.keys(items, what, {"cuda", "base_image", "python"}, {"torch_index"}, value)
+        ctx.keys(items, what, {"cuda", "base_image", "python"}, set(), value)
         stacks[name] = Stack(
             name=name,
             cuda=ctx.string(items["cuda"][1], f"{what}.cuda", _CUDA_RE, "12.8"),
             base_image=ctx.string(items["base_image"][1], f"{what}.base_image",
                                   example="nvidia/cuda:12.8.1-cudnn-devel-ubuntu22.04"),
             python=ctx.string(items["python"][1], f"{what}.python", _PYTHON_RE, "3.10"),
-            torch_index=ctx.string(items["torch_index"][1], f"{what}.torch_index") if "torch_index" in items else None,
         )
     return stacks
 
