@@ -10,12 +10,15 @@ set -eu
 req=/opt/rollout-matrix/requirements.txt
 
 system() {
-  echo "[install] system packages: python3 python3-venv python3-dev gcc ca-certificates"
+  # gcc/g++ and the Python headers: Triton compiles launchers at run time, and some locked packages are
+  # sdists built here (flashinfer-python; torch-memory-saver <= 0.0.5, which also needs the CUDA headers
+  # of the nvidia/cuda devel bases).
+  echo "[install] system packages: python3 python3-venv python3-dev gcc g++ ca-certificates"
   # Trust the extra CA (if given) before any HTTPS; minimal bases may lack ca-certificates until apt runs.
   if command -v update-ca-certificates >/dev/null 2>&1; then update-ca-certificates >/dev/null; fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends \
-    python3 python3-venv python3-dev gcc libc6-dev ca-certificates >/dev/null
+    python3 python3-venv python3-dev gcc g++ libc6-dev ca-certificates >/dev/null
   update-ca-certificates >/dev/null
   rm -rf /var/lib/apt/lists/*
 
