@@ -40,8 +40,9 @@ ERROR = "error"
 NO_TESTS = "no tests"
 ALL_SKIPPED = "all skipped"
 NOT_RUN = "not run"
+BUILD_FAILED = "build failed"
 # The order statuses are counted in, worst first after "passed" so a summary reads naturally.
-STATUSES = (PASSED, FAILED, ERROR, NO_TESTS, ALL_SKIPPED, NOT_RUN)
+STATUSES = (PASSED, FAILED, ERROR, BUILD_FAILED, NO_TESTS, ALL_SKIPPED, NOT_RUN)
 UNKNOWN = "?"
 NONE = "—"  # an empty cell: nothing to show (a release never run has no counts)
 PYTEST_NO_TESTS = 5  # pytest's exit code when it collected nothing
@@ -249,6 +250,9 @@ def build_row(entry: Entry, folder: Path | None, band_of: Callable[[Entry], str 
         status = NOT_RUN
         if entry.unavailable:
             notes.append(f"its image cannot be built from PyPI: {entry.unavailable}")
+    elif not has_junit and run.get("build_error"):
+        status = BUILD_FAILED
+        notes.append(f"the image did not build here: {run['build_error']}")
     elif not has_junit:
         status = ERROR
         code = run.get("exit_code", UNKNOWN)
@@ -313,7 +317,8 @@ COLUMNS = ("Release", "Status", "Shim band", "Image tag", "Digest", "torch", "CU
            "Passed", "Failed", "Errors", "Skipped", "Runner", "Date")
 NUMBER_COLUMNS = ("Passed", "Failed", "Errors", "Skipped")
 LEGEND = (f"<b>{NOT_RUN}</b>: no results for that release in this report, so nothing is known about it; "
-          f"<b>{ERROR}</b>: it ran but left no usable results; <b>CPU only</b>: GPU tests were skipped.")
+          f"<b>{ERROR}</b>: it ran but left no usable results; <b>{BUILD_FAILED}</b>: its image did not build "
+          f"on that machine, so no test ran; <b>CPU only</b>: GPU tests were skipped.")
 
 
 def _numbers(row: Row) -> tuple[str, str, str, str]:
@@ -361,7 +366,7 @@ def render_markdown(summary: ReportSummary) -> str:
     ]
     for r in rows:
         digest = f"`{r.short_digest}`" + (" (local)" if r.digest_is_local else "") if r.digest else NONE
-        status = f"**{r.status}**" if r.status in (FAILED, ERROR) else r.status
+        status = f"**{r.status}**" if r.status in (FAILED, ERROR, BUILD_FAILED) else r.status
         cells = [f"`{_md(r.entry)}`", status, _md(r.band), f"`{_md(r.tag)}`", digest, _md(r.torch),
                  _md(r.cuda), *_numbers(r), r.runner, r.date]
         out.append("| " + " | ".join(cells) + " |")

@@ -95,3 +95,21 @@ def test_test_command_writes_junit_and_run_json(tmp_path, test_base, docker_clie
     assert run["exit_code"] == 0 and run["gpu"] is False and run["labels"]["io.rollout-matrix.entry"] == "six-1.16.0"
     assert not docker_client.containers.list(all=True, filters={"label": "io.rollout-matrix.test-run=six-1.16.0"})
     assert Path(results).is_dir()
+
+
+def test_failed_build_in_test_leaves_a_build_failed_result(tmp_path, test_base):
+    """`rollout-matrix test` on an entry whose image cannot build: one-line error, and a run.json with
+    the reason, so the compatibility report shows "build failed" rather than "not run"."""
+    import json
+
+    matrix_file = write_fixture_checkout(tmp_path, repository="rm-test-buildfail", base=test_base,
+                                         releases={"1.16.0": {}},
+                                         extra_requirements=["rollout-matrix-no-such-package-on-any-index==1.0"])
+    results = tmp_path / "results"
+    proc = run_cli("--matrix", str(matrix_file), "test", "six-1.16.0", "--no-lock", "--extra-ca-cert", CA_BUNDLE,
+                   "--results", str(results))
+    line = _one_line_error(proc)
+    assert "build of six-1.16.0 failed" in line
+    run = json.loads((results / "six-1.16.0" / "run.json").read_text())
+    assert run["exit_code"] is None and run["build_error"].startswith("build of six-1.16.0 failed")
+    assert not (results / "six-1.16.0" / "junit.xml").exists()

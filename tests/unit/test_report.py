@@ -166,8 +166,8 @@ def test_every_release_has_a_row_and_numbers_match_junit(tmp_path, matrix, junit
     by_name = {r.entry: r for r in summary.rows}
     assert by_name[FAILING].status == "failed"
     assert by_name[PASSING].status == "passed"
-    assert summary.counts() == {"passed": 1, "failed": 1, "error": 0, "no tests": 0, "all skipped": 0,
-                                "not run": len(matrix) - 2}
+    assert summary.counts() == {"passed": 1, "failed": 1, "error": 0, "build failed": 0, "no tests": 0,
+                                "all skipped": 0, "not run": len(matrix) - 2}
 
     md = summary.markdown.read_text()
     # Release | Status | Shim band | Image tag | Digest | torch | CUDA | Passed | Failed | Errors | Skipped
@@ -370,3 +370,19 @@ def test_docs_page_matches_generator_when_committed(matrix):
     assert text.startswith("# Engine compatibility")
     for entry in matrix:
         md_row(text, entry.name)
+
+
+def test_a_failed_build_is_reported_as_such_not_as_not_run(tmp_path, matrix):
+    """run_session leaves run.json with build_error when the image does not build: the page must
+    say so (and must not count it as run-and-passed or as unknown)."""
+    folder = tmp_path / "results" / "sglang-0.4.7"
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({
+        "entry": "sglang-0.4.7", "exit_code": None, "started": "2026-11-28T21:40:00+00:00",
+        "build_error": "build of sglang-0.4.7 failed: flashinfer-python needs nvcc"}))
+    summary = write_report(matrix, tmp_path / "results", tmp_path / "out")
+    row = {r.entry: r for r in summary.rows}["sglang-0.4.7"]
+    assert row.status == "build failed"
+    assert any("flashinfer-python needs nvcc" in n for n in row.notes)
+    assert summary.counts()["build failed"] == 1 and summary.counts()["passed"] == 0
+    assert "**build failed**" in md_row(summary.markdown.read_text(), "sglang-0.4.7")[1]
