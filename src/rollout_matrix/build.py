@@ -8,6 +8,7 @@ A failed build or check leaves no tag behind.
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass
 
 import docker.errors
@@ -104,11 +105,11 @@ def run_build(plan: BuildPlan, reporter: Reporter, *, nocache: bool = False) -> 
             if "stream" in chunk:
                 text = chunk["stream"]
                 reporter.raw(text)
-                log_tail = (log_tail + text.splitlines())[-20:]
+                log_tail = (log_tail + text.splitlines())[-60:]
             if "error" in chunk:
                 detail = str(chunk.get("error", "")).strip()
-                raise UserError(f"build of {plan.entry.name} failed: {detail.splitlines()[-1] if detail else '?'} "
-                                "(full log above); nothing was tagged")
+                cause = _cause(log_tail) or (detail.splitlines()[-1] if detail else "?")
+                raise UserError(f"build of {plan.entry.name} failed: {cause} (full log above); nothing was tagged")
             aux = chunk.get("aux")
             if isinstance(aux, dict) and aux.get("ID"):
                 image_id = aux["ID"]
@@ -117,6 +118,21 @@ def run_build(plan: BuildPlan, reporter: Reporter, *, nocache: bool = False) -> 
     if not image_id:
         raise UserError(f"build of {plan.entry.name} ended without an image id; last output:\n" + "\n".join(log_tail))
     return image_id
+
+
+_CAUSE = re.compile(r"^\s*(?:\[install\] )?(?:error\b[:\s]+|ERROR\b[:\s]+|× )(.+)$")
+
+
+def _cause(log_lines: list[str]) -> str | None:
+    """The first error line the failing step printed (uv, pip, apt or install.sh), without colours.
+
+    The engine's own error only says which RUN returned non-zero; the installer's line says why.
+    """
+    for line in log_lines:
+        match = _CAUSE.match(re.sub(r"\x1b\[[0-9;]*m", "", line))
+        if match:
+            return match.group(1).strip()[:300]
+    return None
 
 
 def _tag(image_id: str, refs: list[str]) -> None:

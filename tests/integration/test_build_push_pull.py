@@ -96,7 +96,7 @@ def test_failing_build_step_leaves_no_tag(tmp_path, test_base, unique_repo, clea
     cleanup_images.extend(plan.refs)
     with pytest.raises(UserError) as err:
         build(plan, Reporter("t"))
-    assert "build of six-1.16.0 failed" in str(err.value)
+    assert "build of six-1.16.0 failed: No solution found when resolving dependencies" in str(err.value)
     assert "nothing was tagged" in str(err.value)
     assert not image_exists(plan.content_ref)
     assert not image_exists(plan.readable_ref)
