@@ -1,7 +1,8 @@
 """Progress output for long work (builds, pushes, pulls, test runs).
 
-Plain lines with elapsed time when stdout is not a terminal (CI logs, nox), a rich live bar for
-layer transfers when it is. Everything goes to stdout; errors are raised, not printed here.
+Plain lines prefixed with the entry and the elapsed time, the same on a terminal and in CI logs or
+nox output: builds stream their steps, transfers print a line per finished layer and a byte total
+at most every 5 s. Everything goes to stdout; errors are raised, not printed here.
 """
 
 from __future__ import annotations
