@@ -34,42 +34,39 @@ def _consume(events: Iterable[Mapping[str, Any]], what: str, hint: str) -> str |
     return digest
 
 
+def _transfer(verb: str, ref: str, reporter: Reporter, hint: str) -> str | None:
+    """Push or pull one ``repo:tag`` with progress; any error (raised or in the stream) is a UserError."""
+    repo, tag = ref.rsplit(":", 1)
+    reporter.line(f"{verb}ing {ref}")
+    api = client().api
+    start = api.push if verb == "push" else api.pull
+    try:
+        events = start(repo, tag, stream=True, decode=True)
+        digest = _consume(transfer_progress(events, reporter, verb), f"{verb} of {ref}", hint)
+    except docker.errors.APIError as exc:
+        raise UserError(f"{verb} of {ref} failed: {short_error(exc)}; {hint}") from None
+    reporter.line(f"{verb}ed {ref} ({digest})")
+    return digest
+
+
 def push(plan: BuildPlan, reporter: Reporter) -> str:
     """Push both tags of a built entry; return the manifest digest of the content tag."""
     for ref in plan.refs:
         if not image_exists(ref):
             raise UserError(f"{ref} is not built here; run `rollout-matrix build {plan.entry.name}` first")
-    digest = None
-    for ref in plan.refs:
-        repo, tag = ref.rsplit(":", 1)
-        reporter.line(f"pushing {ref}")
-        hint = (f"check that the registry of {repo} is reachable and that you are logged in "
-                "(`docker login`), or set --repository")
-        try:
-            events = client().api.push(repo, tag, stream=True, decode=True)
-            got = _consume(transfer_progress(events, reporter, "push"), f"push of {ref}", hint)
-        except docker.errors.APIError as exc:
-            raise UserError(f"push of {ref} failed: {short_error(exc)}; {hint}") from None
-        digest = digest or got
-        reporter.line(f"pushed {ref} ({got})")
-    if digest is None:
+    hint = (f"check that the registry of {plan.repository} is reachable and that you are logged in "
+            "(`docker login`), or set --repository")
+    digests = [_transfer("push", ref, reporter, hint) for ref in plan.refs]
+    if digests[0] is None:
         raise UserError(f"push of {plan.content_ref} reported no digest; the registry may have refused it")
-    return digest
+    return digests[0]
 
 
 def pull(plan: BuildPlan, reporter: Reporter) -> str:
     """Pull the entry's content tag (the exact inputs) and tag it with the readable tag too."""
-    repo, tag = plan.content_ref.rsplit(":", 1)
-    reporter.line(f"pulling {plan.content_ref}")
     hint = ("build it with `rollout-matrix build` (or the images workflow) and push it, "
             "or check --repository and `docker login`")
-    try:
-        events = client().api.pull(repo, tag, stream=True, decode=True)
-        digest = _consume(transfer_progress(events, reporter, "pull"), f"pull of {plan.content_ref}", hint)
-    except docker.errors.APIError as exc:
-        raise UserError(f"pull of {plan.content_ref} failed: {short_error(exc)}; {hint}") from None
-    image = client().images.get(plan.content_ref)
+    digest = _transfer("pull", plan.content_ref, reporter, hint)
     readable_repo, readable_tag = plan.readable_ref.rsplit(":", 1)
-    image.tag(readable_repo, readable_tag)
-    reporter.line(f"pulled {plan.content_ref} ({digest})")
+    client().images.get(plan.content_ref).tag(readable_repo, readable_tag)
     return digest or ""
