@@ -15,7 +15,7 @@ import docker.errors
 
 from rollout_matrix.docker_api import client, image_exists, registry_has, short_error
 from rollout_matrix.errors import UserError
-from rollout_matrix.locking import read_lock
+from rollout_matrix.locking import parse_pins
 from rollout_matrix.plan import BuildPlan
 from rollout_matrix.progress import Reporter
 from rollout_matrix.verify import check_image
@@ -77,7 +77,9 @@ def build(plan: BuildPlan, reporter: Reporter, *, force: bool = False) -> BuildR
     image_id = run_build(plan, reporter)
     try:
         reporter.line("checking the versions the image reports")
-        locked = read_lock(plan.lock_file).versions if plan.lock_file else None
+        # The lock text the plan put into the build context (and the content hash), not a re-read of
+        # the file, which may have changed since.
+        locked = parse_pins(plan.requirements_text, plan.lock_file)[0] if plan.lock_file else None
         reported = check_image(image_id, plan.entry.name, plan.entry.expected_versions(), locked)
         reporter.line("versions ok: " + ", ".join(f"{k} {v}" for k, v in sorted(reported.items()))
                       + (f"; installed set equals the lock ({len(locked)} packages)" if locked else ""))
