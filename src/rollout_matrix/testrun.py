@@ -26,6 +26,7 @@ from rollout_matrix.docker_api import client, short_error
 from rollout_matrix.errors import UserError
 from rollout_matrix.plan import BuildPlan
 from rollout_matrix.progress import Reporter
+from rollout_matrix.shim_band import shim_for
 
 CONTAINER_LABEL = "io.rollout-matrix.test-run"
 WORKSPACE = "/workspace"
@@ -123,7 +124,7 @@ def run_tests(plan: BuildPlan, checkout: Path, results_root: Path, reporter: Rep
         "entry": plan.entry.name,
         "engine": plan.entry.engine,
         "release": plan.entry.version,
-        "shim": _shim_name(plan),
+        "shim": shim_for(plan.entry),
         "image": plan.readable_ref,
         "content_ref": image_ref,
         "image_id": image.id,
@@ -137,12 +138,6 @@ def run_tests(plan: BuildPlan, checkout: Path, results_root: Path, reporter: Rep
     }, indent=2) + "\n")
     reporter.line(f"tests/engine exited {exit_code}; JUnit XML: {junit}")
     return TestRun(plan.entry.name, exit_code, junit, run_json, gpu)
-
-
-def _shim_name(plan: BuildPlan) -> str | None:
-    from rollout_matrix.shim_band import shim_for
-
-    return shim_for(plan.entry)
 
 
 def leftover_containers() -> list[str]:
