@@ -15,7 +15,7 @@ import docker.errors
 
 from rollout_matrix.docker_api import client, image_exists, registry_has, short_error
 from rollout_matrix.errors import UserError
-from rollout_matrix.locking import parse_pins
+from rollout_matrix.lockfile import parse_pins
 from rollout_matrix.plan import BuildPlan
 from rollout_matrix.progress import Reporter
 from rollout_matrix.verify import check_image

@@ -132,11 +132,12 @@ def cmd_test(args: argparse.Namespace, matrix: Matrix) -> int:
 
 
 def cmd_lock(args: argparse.Namespace, matrix: Matrix) -> int:
-    from rollout_matrix.locking import check_locks, lock_entries, locks_dir_for
+    from rollout_matrix.lockfile import check_python, locks_dir_for
+    from rollout_matrix.locking import check_locks, lock_entries, lock_pythons
 
     entries = matrix.select(args.entries) if args.entries else None
     if args.check:
-        problems = check_locks(matrix, entries, args.python, locks_dir_for(matrix))
+        problems = check_locks(matrix, entries, args.python)
         for line in problems:
             print(line, file=sys.stderr)
         if problems:
@@ -149,9 +150,11 @@ def cmd_lock(args: argparse.Namespace, matrix: Matrix) -> int:
         for e in matrix:
             if e.unavailable:
                 reporter.line(f"{e.name}: skipped, {e.unavailable}")
-    results = lock_entries(entries, args.python, progress=lambda r: reporter.line(r.summary()),
-                           locks_dir=locks_dir_for(matrix), jobs=args.jobs)
-    failed = [r.entry for r in results if not r.ok]
+    pythons = (lambda e: [check_python(args.python)]) if args.python else (lambda e: lock_pythons(matrix, e))
+    todo = [(e, py) for e in entries for py in pythons(e)]
+    results = lock_entries(todo, locks_dir_for(matrix), progress=lambda r: reporter.line(r.summary()),
+                           jobs=args.jobs)
+    failed = [f"{r.entry} (py{r.python})" for r in results if not r.ok]
     if failed:
         raise UserError(f"{len(failed)} of {len(results)} locks failed ({', '.join(failed)}); see the lines above")
     reporter.line(f"{len(results)} locks up to date")
@@ -160,13 +163,22 @@ def cmd_lock(args: argparse.Namespace, matrix: Matrix) -> int:
 
 def cmd_drift(args: argparse.Namespace, matrix: Matrix) -> int:
     from rollout_matrix.drift import drift
-    from rollout_matrix.locking import locks_dir_for
+    from rollout_matrix.lockfile import locks_dir_for
 
     entry = matrix.get(args.entry)
     changes = drift(entry, args.python, locks_dir_for(matrix))
     for change in changes:
         print(change)
     print(f"{entry.name}: {len(changes)} package(s) differ between the lock and an unlocked resolution today")
+    return 0
+
+
+def cmd_bundle(args: argparse.Namespace, matrix: Matrix) -> int:
+    from rollout_matrix.bundle import make_bundle
+
+    reporter = Reporter("bundle")
+    make_bundle(matrix, matrix.select(args.entries), args.python, Path(args.out), part_mib=args.part_mib,
+                payload=args.payload, skip_from=[Path(p) for p in args.after], progress=reporter.line)
     return 0
 
 
@@ -211,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("lock", help="write (or --check) the per-release lock files, resolved as of each release date")
     p.add_argument("entries", nargs="*", metavar="ENTRY", help="entries to lock (default: all)")
     p.add_argument("--check", action="store_true", help="fail if a lock is missing or stale against matrix.yaml")
-    p.add_argument("--python", help="lock for this Python (e.g. 3.11 for a Debian 12 base); default: the stack's")
+    p.add_argument("--python", help="lock for this Python only (e.g. 3.12); default: the stack's and matrix.yaml's lock_pythons")
     p.add_argument("--jobs", type=int, default=2, help="resolutions at a time (default 2)")
     p.set_defaults(handler=cmd_lock)
 
@@ -219,6 +231,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("entry", metavar="ENTRY")
     p.add_argument("--python", help="the lock's Python (default: the stack's)")
     p.set_defaults(handler=cmd_drift)
+
+    p = sub.add_parser("bundle", help="the locked wheels of entries, hash-checked, in parts for an offline machine",
+                       description="Downloads exactly the wheels of each entry's lock for --python, checks them "
+                                   "against the lock, and writes numbered parts of at most --part-mib MiB plus a "
+                                   "manifest (docs/gpu.md says how they travel and are unpacked).")
+    p.add_argument("entries", nargs="+", metavar="ENTRY")
+    p.add_argument("--python", required=True, help="the target machine's Python, e.g. 3.12")
+    p.add_argument("--out", required=True, help="a new folder for the parts")
+    p.add_argument("--part-mib", type=int, default=56, help="largest part in MiB (default 56)")
+    p.add_argument("--payload", choices=["zstd", "wheel"], default="zstd",
+                   help="zstd: wheel members recompressed (smaller, checked member by member); wheel: the "
+                        "wheels as published (checked by their sha256). Default zstd")
+    p.add_argument("--after", action="append", default=[], metavar="BUNDLE",
+                   help="an earlier bundle the machine already has: its chunks are not shipped again")
+    p.set_defaults(handler=cmd_bundle)
 
     from rollout_matrix.report import register as register_report
 

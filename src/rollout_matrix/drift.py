@@ -13,8 +13,9 @@ from pathlib import Path
 from packaging.version import InvalidVersion, Version
 
 from rollout_matrix.errors import UserError
-from rollout_matrix.locking import compile_requirements, lock_path, parse_pins, read_lock
+from rollout_matrix.lockfile import lock_path, parse_pins, read_lock
 from rollout_matrix.matrix import Entry
+from rollout_matrix.resolver import compile_requirements
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ def diff_versions(locked: dict[str, str], today: dict[str, str]) -> list[Change]
             if locked.get(name) != today.get(name)]
 
 
-def drift(entry: Entry, python: str | None = None, locks_dir: Path | None = None) -> list[Change]:
+def drift(entry: Entry, python: str | None, locks_dir: Path) -> list[Change]:
     """Resolve ``entry.requirements()`` as of now and list what differs from the committed lock.
 
     Same Python, platform and index as the lock; only the date limit is dropped. Needs the network.

@@ -133,7 +133,8 @@ class Matrix:
     path: Path
     repository: str
     entries: dict[str, Entry] = field(default_factory=dict)
-    stacks: dict[str, Stack] = field(default_factory=dict)
+    lock_pythons: tuple[str, ...] = ()
+    """Pythons every entry is locked for besides its stack's own (test bases, the GPU machine)."""
 
     def __iter__(self) -> Iterator[Entry]:
         return iter(self.entries.values())
@@ -246,7 +247,7 @@ def load_matrix(path: str | os.PathLike[str] | None = None) -> Matrix:
     if root is None:
         raise MatrixError(f"{matrix_path}:1: the file is empty; see the README for the format")
     top = ctx.mapping(root, "the top level")
-    ctx.keys(top, "the top level", {"schema", "stacks", "engines"}, {"repository", "test_requirements"}, root)
+    ctx.keys(top, "the top level", {"schema", "stacks", "engines"}, {"repository", "test_requirements", "lock_pythons"}, root)
 
     schema_node = top["schema"][1]
     if schema_node.value != str(SCHEMA):
@@ -256,8 +257,15 @@ def load_matrix(path: str | os.PathLike[str] | None = None) -> Matrix:
         repository = ctx.string(top["repository"][1], "repository", example="ghcr.io/OWNER/rollout-matrix")
     test_reqs = ctx.string_list(top["test_requirements"][1], "test_requirements") if "test_requirements" in top else []
 
+    lock_pythons: list[str] = []
+    if "lock_pythons" in top:
+        node = top["lock_pythons"][1]
+        if not isinstance(node, yaml.SequenceNode):
+            raise ctx.fail(node, "lock_pythons must be a list of Python versions, e.g. [\"3.11\", \"3.12\"]")
+        lock_pythons = [ctx.string(item, "lock_pythons item", _PYTHON_RE, "3.12") for item in node.value]
+
     stacks = _load_stacks(ctx, top["stacks"][1])
-    matrix = Matrix(path=matrix_path, repository=repository, stacks=stacks)
+    matrix = Matrix(path=matrix_path, repository=repository, lock_pythons=tuple(lock_pythons))
     for engine_name, (engine_key, engine_node) in ctx.mapping(top["engines"][1], "engines").items():
         if not _NAME_RE.match(engine_name):
             raise ctx.fail(engine_key, f"engine name {engine_name!r} must be lower-case letters, digits, - or _")

@@ -20,6 +20,7 @@ from functools import cached_property
 from pathlib import Path
 
 from rollout_matrix.errors import UserError
+from rollout_matrix.lockfile import lock_path, locks_dir_for
 from rollout_matrix.matrix import Entry, Matrix
 from rollout_matrix.options import BuildOptions
 
@@ -143,9 +144,7 @@ def plan_build(matrix: Matrix, entry: Entry, options: BuildOptions) -> BuildPlan
         raise UserError(f"{entry.name} cannot be built from the public index ({entry.unavailable}); "
                         "build it with --no-lock and --index-url pointing at a mirror that has those files")
     if options.locked:
-        from rollout_matrix.locking import lock_path
-
-        lock_file = lock_path(entry, python, docker_dir / "locks")
+        lock_file = lock_path(entry, python, locks_dir_for(matrix))
         if not lock_file.is_file():
             raise UserError(
                 f"no lock for {entry.name} on Python {python} ({lock_file}); run "

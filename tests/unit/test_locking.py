@@ -9,23 +9,32 @@ import pytest
 
 from rollout_matrix.drift import Change, diff_versions
 from rollout_matrix.errors import UserError
-from rollout_matrix.locking import (
+from rollout_matrix.lockfile import (
     PLATFORM,
     LockHeader,
+    file_fits,
+    lock_path,
+    locks_dir_for,
+    parse_body,
+    parse_pins,
+    preference_order,
+    read_lock,
+    render_body,
+    render_lock,
+    split_lock,
+    target_tags,
+    wheel_rank,
+)
+from rollout_matrix.locking import (
     check_locks,
     content_problems,
     exclude_newer_source,
-    format_time,
     inputs_hash,
-    lock_path,
-    locks_dir_for,
     normalize_date,
-    parse_pins,
-    read_lock,
     release_cutoff,
-    render_lock,
 )
 from rollout_matrix.matrix import Matrix, load_matrix
+from rollout_matrix.pypi import format_time
 
 MATRIX = """\
 schema: 1
@@ -96,7 +105,7 @@ def test_lock_path_names_entry_and_python(matrix: Matrix) -> None:
     entry = matrix.get("demo-1.0.0")
     base = locks_dir_for(matrix)
     assert base == matrix.path.parent / "docker" / "locks"
-    assert lock_path(entry, locks_dir=base) == base / "demo-1.0.0-py3.10.txt"
+    assert lock_path(entry, None, base) == base / "demo-1.0.0-py3.10.txt"
     assert lock_path(entry, "3.11", base) == base / "demo-1.0.0-py3.11.txt"
 
 
@@ -235,3 +244,57 @@ def test_diff_versions() -> None:
     assert [str(c) for c in changes] == ["b: 2.0 -> 1.9 (downgraded)", "c: 1 -> - (removed)",
                                          "d: - -> 3 (added)"]
     assert Change("x", "1.0", "2.0").kind == "upgraded"
+
+
+@pytest.mark.parametrize("edit", [
+    ("--hash=sha256:aaaa", "--hash=sha256:aaab"),  # one digit of a hash
+    ("demo-kernel==0.3.5", "demo-kernel==0.3.50"),  # a version
+    ("torch==2.8.0 \\\n", "evil==1.0 \\\n    --hash=sha256:9999\ntorch==2.8.0 \\\n"),  # an added package
+    ("    --hash=sha256:eeee\n", "    --hash=sha256:eeee \\\n    --hash=sha256:6666\n"),  # an extra allowed hash
+])
+def test_check_locks_finds_hand_edits_of_the_body(matrix: Matrix, edit: tuple[str, str]) -> None:
+    path = write_lock(matrix, "demo-1.0.0")
+    old, new = edit
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+    problems = check_locks(matrix, [matrix.get("demo-1.0.0")])
+    assert len(problems) == 1 and "edited by hand" in problems[0], problems
+    assert "rollout-matrix lock demo-1.0.0" in problems[0]
+
+
+def test_body_round_trip_keeps_pins_hashes_and_comments() -> None:
+    pins = parse_body(BODY)
+    assert [(p.name, p.version, len(p.hashes)) for p in pins] == [
+        ("demo-engine", "1.0.0", 2), ("demo-kernel", "0.3.5", 1), ("nvidia-cuda-runtime-cu12", "12.8.90", 1),
+        ("Pytest", "8.3.5", 1), ("torch", "2.8.0", 1)]
+    assert pins[-1].comments == ("    # via", "    #   -r -", "    #   demo-engine")
+    assert parse_body(render_body(pins)) == pins
+    assert split_lock("# a\n# b\nx==1\n") == ("# a\n# b\n", "x==1\n")
+
+
+@pytest.mark.parametrize(("filename", "python", "fits"), [
+    ("aiohttp-3.12.15-cp312-cp312-manylinux_2_17_x86_64.manylinux2014_x86_64.whl", "3.12", True),
+    ("aiohttp-3.12.15-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl", "3.12", False),
+    ("aiohttp-3.12.15-cp312-cp312-musllinux_1_2_x86_64.whl", "3.12", False),
+    ("aiohttp-3.12.15-cp312-cp312-macosx_11_0_arm64.whl", "3.12", False),
+    ("aiohttp-3.12.15-cp312-cp312-manylinux_2_17_aarch64.whl", "3.12", False),
+    ("sglang-0.5.11-cp312-cp312-manylinux_2_34_x86_64.whl", "3.12", True),   # glibc 2.34 <= 2.35
+    ("thing-1.0-cp312-cp312-manylinux_2_39_x86_64.whl", "3.12", False),     # needs a newer glibc
+    ("tokenizers-0.22.0-cp39-abi3-manylinux_2_17_x86_64.manylinux2014_x86_64.whl", "3.11", True),
+    ("six-1.17.0-py2.py3-none-any.whl", "3.10", True),
+    ("flashinfer_python-0.3.1.tar.gz", "3.12", True),                       # an sdist may always be built
+    ("not-a-distribution.zip", "3.12", False),
+])
+def test_lock_keeps_only_files_an_installer_there_may_take(filename: str, python: str, fits: bool) -> None:
+    assert file_fits(filename, target_tags(python)) is fits
+
+
+def test_wheel_rank_prefers_the_most_specific_tag() -> None:
+    order = preference_order("3.12")
+    specific = wheel_rank("x-1-cp312-cp312-manylinux_2_28_x86_64.whl", order)
+    abi3 = wheel_rank("x-1-cp39-abi3-manylinux_2_28_x86_64.whl", order)
+    pure = wheel_rank("x-1-py3-none-any.whl", order)
+    assert specific is not None and abi3 is not None and pure is not None
+    assert specific < abi3 < pure
+    assert wheel_rank("x-1-cp311-cp311-manylinux_2_28_x86_64.whl", order) is None

@@ -1,0 +1,438 @@
+"""Bundles: an entry's locked wheels, hash-checked, cut into parts that fit one device-machine call.
+
+Why: the GPU machine is offline, and what reaches it travels as folders of at most ~60 MiB per call.
+A lock-exact environment there (not the machine's own packages: its uvloop 0.23 broke SGLang 0.5.2)
+needs every file of the entry's lock for that machine's Python. A bundle holds exactly those:
+
+* each pinned package's file is the one an installer would pick (best-ranked fitting wheel whose
+  sha256 the lock lists; a built wheel where the index has only an sdist, built from the hash-checked
+  sdist and recorded as such);
+* each file becomes a *payload*: the wheel itself (``wheel``: the machine checks the wheel's sha256
+  against the lock), or its members stored uncompressed in a zip and compressed with zstd
+  (``zstd``: 20-40 % smaller for CUDA wheels, whose members deflate poorly; the machine checks a
+  digest of every member's name, mode and sha256 against the original wheel's, computed here);
+* payloads are cut into content-addressed chunks, so two entries sharing a wheel (torch 2.6 for
+  vLLM 0.8.5 and SGLang 0.4.6) ship it once;
+* chunks are packed into numbered parts ``part-001/``... of at most ``--part-mib`` MiB; ``part-000``
+  carries only ``bundle.json`` (the manifest) and the tools the machine needs to unpack, so the first
+  call is light and can check the machine before the bulk arrives.
+
+The receiving side is :mod:`rollout_matrix.gpuenv`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+import zipfile
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from packaging.utils import canonicalize_name, parse_wheel_filename
+
+from rollout_matrix.errors import UserError
+from rollout_matrix.lockfile import (
+    Pin,
+    check_python,
+    lock_path,
+    locks_dir_for,
+    parse_body,
+    preference_order,
+    read_lock,
+    split_lock,
+    wheel_rank,
+)
+from rollout_matrix.matrix import Entry, Matrix
+from rollout_matrix.pypi import IndexFile, release_files
+
+BUNDLE_FORMAT = 1
+MANIFEST = "bundle.json"
+PAYLOADS = ("wheel", "zstd")
+ZSTD_LEVEL = 10
+ZSTD_WINDOW_LOG = 27  # 128 MiB window: long-range matches across a stored CUDA library
+TOOLS = ("zstandard==0.23.0",)
+"""Wheels the machine needs to unpack ``zstd`` payloads with nothing but its own Python."""
+_CHUNK_READ = 1 << 20
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("ROLLOUT_MATRIX_CACHE") or Path.home() / ".cache" / "rollout-matrix")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(_CHUNK_READ):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# -- what each pin installs ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The file an installer takes for one pin, and what the lock says about it."""
+
+    name: str
+    version: str
+    file: IndexFile
+    built: bool  # an sdist: the payload is a wheel built from it
+
+
+def choose_file(pin: Pin, python: str, order: dict) -> Choice:
+    """The best-ranked wheel among the files whose hash the lock lists, else its sdist."""
+    allowed = {h.removeprefix("sha256:") for h in pin.hashes}
+    files = [f for f in release_files(pin.name, pin.version) if f.sha256 in allowed]
+    wheels = [(wheel_rank(f.filename, order), f) for f in files if f.is_wheel]
+    wheels = [(r, f) for r, f in wheels if r is not None]
+    if wheels:
+        return Choice(pin.name, pin.version, min(wheels, key=lambda rf: (rf[0], rf[1].filename))[1], built=False)
+    sdists = [f for f in files if not f.is_wheel]
+    if not sdists:
+        raise UserError(f"{pin.name}=={pin.version}: none of the lock's files fits Python {python}; "
+                        f"regenerate the lock with `rollout-matrix lock ... --python {python}`")
+    return Choice(pin.name, pin.version, sdists[0], built=True)
+
+
+# -- fetching and building ------------------------------------------------------------------------------
+
+
+def fetch(file: IndexFile, cache: Path) -> Path:
+    """The index file, downloaded once into the cache and checked against its sha256."""
+    target = cache / "files" / file.sha256 / file.filename
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".part")
+    digest = hashlib.sha256()
+    request = urllib.request.Request(file.url, headers={"User-Agent": "rollout-matrix"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response, open(tmp, "wb") as out:
+            while block := response.read(_CHUNK_READ):
+                digest.update(block)
+                out.write(block)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"download of {file.filename} failed ({exc}); retry") from None
+    if digest.hexdigest() != file.sha256:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"{file.filename}: downloaded sha256 {digest.hexdigest()} is not the index's "
+                        f"{file.sha256}; the download was corrupted or tampered with; retry")
+    tmp.replace(target)
+    return target
+
+
+def find_python(python: str) -> str:
+    """An interpreter of version ``python`` to build sdists with (wheels may be version-specific)."""
+    for candidate in [shutil.which(f"python{python}"),
+                      *sorted(Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")).glob(
+                          f"versions/{python}*/bin/python{python}"))]:
+        if candidate and Path(candidate).is_file():
+            probe = subprocess.run([str(candidate), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                                   capture_output=True, text=True, check=False)
+            if probe.stdout.strip() == python:
+                return str(candidate)
+    raise UserError(f"no Python {python} here to build sdists for the bundle; install one "
+                    f"(e.g. `uv python install {python}`) and put python{python} on PATH")
+
+
+def build_wheel(sdist: Path, python: str, cache: Path) -> Path:
+    """A wheel built from a hash-checked sdist for ``python`` (cached by the sdist's sha256)."""
+    from rollout_matrix.resolver import uv_binary, uv_environment
+
+    out = cache / "built" / f"{sha256_file(sdist)}-py{python}"
+    found = sorted(out.glob("*.whl")) if out.is_dir() else []
+    if found:
+        return found[0]
+    with tempfile.TemporaryDirectory(prefix="rollout-matrix-build-") as tmp:
+        cmd = [uv_binary(), "build", "--wheel", "--no-config", "--python", find_python(python),
+               "--out-dir", tmp, str(sdist)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=uv_environment(), check=False)
+        wheels = sorted(Path(tmp).glob("*.whl"))
+        if proc.returncode != 0 or not wheels:
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise UserError(f"building a wheel from {sdist.name} failed: {last[:300]}")
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(wheels[0]), out / wheels[0].name)
+    return out / wheels[0].name
+
+
+# -- payloads -------------------------------------------------------------------------------------------
+
+
+def member_digest(zf: zipfile.ZipFile) -> str:
+    """sha256 over every member's name, unix mode and content hash, in name order.
+
+    Equal digests mean the same files with the same executable bits, whatever the zip's compression:
+    how the machine checks a ``zstd`` payload against the wheel the lock names.
+    """
+    digest = hashlib.sha256()
+    for info in sorted(zf.infolist(), key=lambda i: i.filename):
+        content = hashlib.sha256()
+        with zf.open(info) as fh:
+            while block := fh.read(_CHUNK_READ):
+                content.update(block)
+        mode = (info.external_attr >> 16) & 0o777
+        digest.update(f"{info.filename}\0{mode:o}\0{content.hexdigest()}\n".encode())
+    return digest.hexdigest()
+
+
+def stored_copy(wheel: Path, target: Path) -> None:
+    """The wheel's members, same names, times and modes, in a zip without compression."""
+    with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(target, "w", zipfile.ZIP_STORED, allowZip64=True) as dst:
+        for info in src.infolist():
+            copy = zipfile.ZipInfo(info.filename, date_time=info.date_time)
+            copy.external_attr = info.external_attr
+            copy.compress_type = zipfile.ZIP_STORED
+            with src.open(info) as fin, dst.open(copy, "w", force_zip64=info.file_size > 0x7FFFFFFF) as fout:
+                shutil.copyfileobj(fin, fout, _CHUNK_READ)
+
+
+def zstd_payload(wheel: Path, cache: Path) -> Path:
+    """zstd of the wheel's stored copy (cached by the wheel's sha256)."""
+    import zstandard
+
+    target = cache / "zstd" / f"{sha256_file(wheel)}.zst"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="rollout-matrix-zst-", dir=target.parent) as tmp:
+        stored = Path(tmp) / "stored.zip"
+        stored_copy(wheel, stored)
+        params = zstandard.ZstdCompressionParameters.from_level(
+            ZSTD_LEVEL, window_log=ZSTD_WINDOW_LOG, enable_ldm=True, threads=-1)
+        compressor = zstandard.ZstdCompressor(compression_params=params)
+        part = Path(tmp) / "payload.zst"
+        with open(stored, "rb") as fin, open(part, "wb") as fout:
+            compressor.copy_stream(fin, fout, size=stored.stat().st_size)
+        part.replace(target)
+    return target
+
+
+# -- the manifest ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class FileRecord:
+    """One installed file of an entry, as the machine must reassemble and check it."""
+
+    name: str
+    version: str
+    wheel: str  # the wheel file name to install
+    wheel_sha256: str  # of the wheel (the lock's hash unless built)
+    lock_sha256: str  # the lock's hash this file stands for (the sdist's when built)
+    built_from_sdist: bool
+    members_sha256: str
+    payload: str
+    payload_sha256: str
+    size: int
+    chunks: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EntryRecord:
+    entry: str
+    python: str
+    lock: str  # path relative to the checkout
+    lock_sha256: str
+    inputs_hash: str
+    files: list[FileRecord] = field(default_factory=list)
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+@dataclass
+class Manifest:
+    format: int
+    created: str
+    python: str
+    payload: str
+    part_mib: int
+    entries: dict[str, EntryRecord]
+    chunks: dict[str, int]
+    parts: list[dict]
+    tools: list[str]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        raw = json.loads(text)
+        entries = {
+            name: EntryRecord(**{**e, "files": [FileRecord(**f) for f in e["files"]]})
+            for name, e in raw["entries"].items()
+        }
+        return cls(**{**raw, "entries": entries})
+
+
+def chunk_payload(payload: Path, chunk_bytes: int, store: Path) -> list[str]:
+    """Cut ``payload`` into chunks named by their sha256 under ``store`` (kept if already there)."""
+    names = []
+    with open(payload, "rb") as fh:
+        while block := fh.read(chunk_bytes):
+            name = hashlib.sha256(block).hexdigest()
+            target = store / name
+            if not target.is_file():
+                tmp = target.with_name(name + ".tmp")
+                tmp.write_bytes(block)
+                tmp.replace(target)
+            names.append(name)
+    return names
+
+
+def pack_parts(chunks: dict[str, int], limit: int) -> list[list[str]]:
+    """First-fit decreasing: chunk names grouped into parts of at most ``limit`` bytes each."""
+    parts: list[list[str]] = []
+    room: list[int] = []
+    for name, size in sorted(chunks.items(), key=lambda kv: (-kv[1], kv[0])):
+        for i, free in enumerate(room):
+            if size <= free:
+                parts[i].append(name)
+                room[i] -= size
+                break
+        else:
+            parts.append([name])
+            room.append(limit - size)
+    return parts
+
+
+# -- making a bundle ------------------------------------------------------------------------------------
+
+
+def _lock_text_and_pins(matrix: Matrix, entry: Entry, python: str) -> tuple[Path, list[Pin]]:
+    from rollout_matrix.locking import check_lock
+
+    path = lock_path(entry, python, locks_dir_for(matrix))
+    problems = check_lock(entry, python, locks_dir_for(matrix))
+    if problems:
+        raise UserError(problems[0])
+    read_lock(path)
+    return path, parse_body(split_lock(path.read_text())[1], path)
+
+
+def make_bundle(matrix: Matrix, entries: Iterable[Entry], python: str, out: Path, part_mib: int = 56,
+                payload: str = "zstd", cache: Path | None = None, skip_from: Iterable[Path] = (),
+                progress: Callable[[str], None] = print, jobs: int = 4) -> Manifest:
+    """Write the bundle of ``entries`` for ``python`` into ``out`` (see the module docstring).
+
+    ``skip_from``: earlier bundle folders whose chunks the machine already has; those are not packed
+    into parts again (their manifests still list them).
+    """
+    check_python(python)
+    if payload not in PAYLOADS:
+        raise UserError(f"--payload {payload!r}: choose one of {', '.join(PAYLOADS)}")
+    if part_mib < 2:
+        raise UserError(f"--part-mib {part_mib}: a part must hold at least 2 MiB")
+    cache = cache or default_cache()
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not empty; choose a new --out folder (a bundle is never "
+                        f"written over another)")
+    start = time.monotonic()
+    order = preference_order(python)
+    store = cache / "chunks"
+    store.mkdir(parents=True, exist_ok=True)
+    limit = part_mib << 20
+    chunk_bytes = limit
+    records: dict[str, EntryRecord] = {}
+    done: dict[str, FileRecord] = {}  # lock hash -> record: a file shared by entries is processed once
+
+    def prepare(choice: Choice) -> FileRecord:
+        key = choice.file.sha256
+        if key in done:
+            return done[key]
+        source = fetch(choice.file, cache)
+        wheel = build_wheel(source, python, cache) if choice.built else source
+        with zipfile.ZipFile(wheel) as zf:
+            members = member_digest(zf)
+        data = wheel if payload == "wheel" else zstd_payload(wheel, cache)
+        record = FileRecord(
+            name=canonicalize_name(choice.name), version=choice.version, wheel=wheel.name,
+            wheel_sha256=sha256_file(wheel) if choice.built else choice.file.sha256,
+            lock_sha256=choice.file.sha256, built_from_sdist=choice.built, members_sha256=members,
+            payload=payload, payload_sha256=sha256_file(data), size=data.stat().st_size,
+            chunks=chunk_payload(data, chunk_bytes, store),
+        )
+        parse_wheel_filename(wheel.name)  # a built file must be a wheel we can install
+        done[key] = record
+        progress(f"{choice.name}=={choice.version}: {wheel.name}{' (built from sdist)' if choice.built else ''}, "
+                 f"{record.size / 2**20:.1f} MiB {payload}")
+        return record
+
+    for entry in entries:
+        path, pins = _lock_text_and_pins(matrix, entry, python)
+        lock = read_lock(path)
+        choices = [choose_file(p, python, order) for p in pins]
+        with ThreadPoolExecutor(max_workers=jobs) as pool:  # downloads overlap; payloads are CPU-bound
+            list(pool.map(lambda c: fetch(c.file, cache), choices))
+        record = EntryRecord(
+            entry=entry.name, python=python, lock=str(path.relative_to(matrix.path.parent)),
+            lock_sha256=lock.sha256, inputs_hash=lock.header.inputs_hash,
+            files=[prepare(c) for c in choices],
+        )
+        records[entry.name] = record
+        progress(f"{entry.name}: {len(record.files)} files, {record.bytes / 2**30:.2f} GiB of payload")
+
+    shipped: set[str] = set()
+    for earlier in skip_from:
+        manifest_path = Path(earlier) / "part-000" / MANIFEST
+        if not manifest_path.is_file():
+            raise UserError(f"--after {earlier}: no {MANIFEST} in its part-000; name a bundle folder")
+        shipped |= set(Manifest.from_json(manifest_path.read_text()).chunks)
+    chunks = {c: (store / c).stat().st_size for r in records.values() for f in r.files for c in f.chunks}
+    to_ship = {c: s for c, s in chunks.items() if c not in shipped}
+    tools = fetch_tools(python, cache) if payload == "zstd" else []
+    groups = [[], *pack_parts(to_ship, limit)]  # part-000: the manifest and tools only (a light first call)
+    manifest = Manifest(
+        format=BUNDLE_FORMAT, created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), python=python,
+        payload=payload, part_mib=part_mib, entries=records, chunks=chunks,
+        parts=[{"name": f"part-{i:03d}", "chunks": g, "bytes": sum(to_ship[c] for c in g)} for i, g in enumerate(groups)],
+        tools=[t.name for t in tools],
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    for part in manifest.parts:
+        folder = out / part["name"]
+        folder.mkdir()
+        for name in part["chunks"]:
+            _link_or_copy(store / name, folder / name)
+    (out / "part-000" / MANIFEST).write_text(manifest.to_json())
+    for tool in tools:
+        shutil.copy2(tool, out / "part-000" / tool.name)
+    total = sum(p["bytes"] for p in manifest.parts)
+    progress(f"bundle {out}: {len(manifest.parts)} parts, {total / 2**30:.2f} GiB to ship "
+             f"({len(shipped & set(chunks))} chunks already shipped), in {time.monotonic() - start:.0f}s")
+    return manifest
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def fetch_tools(python: str, cache: Path) -> list[Path]:
+    """The unpacking tools as wheels for the machine's ``python`` (hash-checked downloads)."""
+    order = preference_order(python)
+    out = []
+    for requirement in TOOLS:
+        name, _, version = requirement.partition("==")
+        pin = Pin(name, version, tuple(f"sha256:{f.sha256}" for f in release_files(name, version)))
+        choice = choose_file(pin, python, order)
+        if choice.built:
+            raise UserError(f"{requirement} has no wheel for Python {python}; the machine cannot unpack zstd "
+                            f"payloads: use --payload wheel")
+        out.append(fetch(choice.file, cache))
+    return out

@@ -1,0 +1,443 @@
+"""The GPU machine's side of a bundle: receive parts, build a lock-exact venv, run tests/engine in it.
+
+Runs there with the machine's own ``python3`` and ``PYTHONPATH=src`` (no install, no network): it
+needs only the standard library, ``packaging`` and, for ``zstd`` payloads, the ``zstandard`` wheel
+that travels in ``part-000``. Everything lives under ``$ROLLOUT_MATRIX_GPU_ROOT`` (default
+``/tmp/rollout-matrix``), which survives between calls only while the machine stays warm, so every
+step is idempotent: a second ``receive`` of a part, or ``install`` of a ready venv, does nothing.
+
+    python3 -m rollout_matrix.gpuenv receive .gpu/b1/part-000 [...]   # chunks into the store
+    python3 -m rollout_matrix.gpuenv status                          # what is complete
+    python3 -m rollout_matrix.gpuenv pipeline --background E1 E2      # wait, install, test, in order
+    python3 -m rollout_matrix.gpuenv collect $OUT                     # results as one tar.gz
+
+Checks, in order: each chunk's sha256 (its name) on arrival; the committed lock's sha256 against the
+one the bundle was made from; each reassembled payload's sha256; each wheel's members (name, mode,
+content) against the digest of the wheel whose hash the lock lists; finally the venv's installed
+distributions against the lock's pins, exactly. Executable bits survive (pip installs the wheels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+from rollout_matrix.bundle import MANIFEST, FileRecord, Manifest, member_digest, sha256_file
+from rollout_matrix.errors import UserError
+from rollout_matrix.lockfile import read_lock
+
+ROOT = Path(os.environ.get("ROLLOUT_MATRIX_GPU_ROOT", "/tmp/rollout-matrix"))
+CHECKOUT = Path(__file__).resolve().parents[2]
+RUN_SCHEMA = 2
+
+
+def _dirs() -> dict[str, Path]:
+    dirs = {k: ROOT / k for k in ("chunks", "manifests", "tools", "wheels", "envs", "results", "logs")}
+    for d in dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+    return dirs
+
+
+def log(message: str) -> None:
+    print(f"[gpuenv {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# -- receiving ------------------------------------------------------------------------------------------
+
+
+def receive(parts: list[Path]) -> None:
+    """Move each part's chunks into the store (checking each against its name) and keep manifests."""
+    d = _dirs()
+    for part in parts:
+        if not part.is_dir():
+            raise UserError(f"{part}: no such part folder (was it named in carry?)")
+        moved = 0
+        for item in sorted(part.iterdir()):
+            if item.name == MANIFEST:
+                text = item.read_text()
+                name = hashlib.sha256(text.encode()).hexdigest()[:16]
+                (d["manifests"] / f"{name}.json").write_text(text)
+            elif item.suffix == ".whl":
+                _install_tool(item, d["tools"])
+            elif len(item.name) == 64:
+                target = d["chunks"] / item.name
+                if target.is_file():
+                    continue
+                if sha256_file(item) != item.name:
+                    raise UserError(f"{item}: content does not match its name (corrupted in transfer); send "
+                                    f"the part again")
+                shutil.copyfile(item, target.with_name(item.name + ".tmp"))
+                target.with_name(item.name + ".tmp").replace(target)
+                moved += 1
+        log(f"{part.name}: {moved} new chunks")
+    status()
+
+
+def _install_tool(wheel: Path, tools: Path) -> None:
+    stamp = tools / f".{wheel.name}"
+    if stamp.exists():
+        return
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target",
+                    str(tools), str(wheel)], check=True)
+    stamp.touch()
+
+
+def manifests() -> dict[str, Manifest]:
+    """Entry name -> the newest manifest that lists it."""
+    found: dict[str, tuple[str, Manifest]] = {}
+    for path in sorted(_dirs()["manifests"].glob("*.json")):
+        manifest = Manifest.from_json(path.read_text())
+        for name in manifest.entries:
+            if name not in found or manifest.created > found[name][0]:
+                found[name] = (manifest.created, manifest)
+    return {name: m for name, (_, m) in found.items()}
+
+
+def missing_chunks(manifest: Manifest, entry: str) -> list[str]:
+    store = _dirs()["chunks"]
+    return [c for f in manifest.entries[entry].files for c in f.chunks if not (store / c).is_file()]
+
+
+def status() -> None:
+    for name, manifest in sorted(manifests().items()):
+        record = manifest.entries[name]
+        need = {c for f in record.files for c in f.chunks}
+        missing = set(missing_chunks(manifest, name))
+        ready = (ROOT / "envs" / name / ".lock-exact").is_file()
+        log(f"{name}: {len(need) - len(missing)}/{len(need)} chunks"
+            f"{', venv ready' if ready else ''}")
+
+
+# -- building the environment ----------------------------------------------------------------------------
+
+
+def _zstd():
+    tools = str(_dirs()["tools"])
+    if tools not in sys.path:
+        sys.path.insert(0, tools)
+    import zstandard
+
+    return zstandard
+
+
+def reassemble(record: FileRecord, payload_kind: str, target_dir: Path) -> Path:
+    """Chunks -> payload -> the wheel to install, checked at each step (see the module docstring)."""
+    store = _dirs()["chunks"]
+    wheel = target_dir / record.wheel
+    payload = target_dir / f"{record.wheel}.payload"
+    digest = hashlib.sha256()
+    with open(payload, "wb") as out:
+        for chunk in record.chunks:
+            data = (store / chunk).read_bytes()
+            digest.update(data)
+            out.write(data)
+    if digest.hexdigest() != record.payload_sha256:
+        raise UserError(f"{record.wheel}: reassembled payload has the wrong sha256; receive its parts again")
+    if payload_kind == "wheel":
+        payload.replace(wheel)
+        if record.wheel_sha256 != record.payload_sha256:
+            raise UserError(f"{record.wheel}: payload is not the wheel the manifest names")
+    else:
+        zstandard = _zstd()
+        with open(payload, "rb") as fin, open(wheel, "wb") as fout:
+            zstandard.ZstdDecompressor(max_window_size=1 << 31).copy_stream(fin, fout)
+        payload.unlink()
+    with zipfile.ZipFile(wheel) as zf:
+        if member_digest(zf) != record.members_sha256:
+            raise UserError(f"{record.wheel}: its files differ from the wheel the lock names (member digest)")
+    return wheel
+
+
+def _lock_for(manifest: Manifest, entry: str):
+    record = manifest.entries[entry]
+    lock_file = CHECKOUT / record.lock
+    if not lock_file.is_file():
+        raise UserError(f"{record.lock} is not in this checkout; commit the lock the bundle was made from")
+    lock = read_lock(lock_file)
+    if lock.sha256 != record.lock_sha256:
+        raise UserError(f"{record.lock} differs from the lock the bundle was made from; make the bundle again")
+    if not lock.body_ok:
+        raise UserError(f"{record.lock} was edited by hand (body hash mismatch)")
+    return lock
+
+
+def install(entry: str, jobs: int = 8) -> Path:
+    """A venv at ``envs/<entry>`` holding exactly the entry's lock (idempotent)."""
+    d = _dirs()
+    env = d["envs"] / entry
+    stamp = env / ".lock-exact"
+    if stamp.is_file():
+        log(f"{entry}: venv ready ({env})")
+        return env
+    manifest = manifests().get(entry)
+    if manifest is None:
+        raise UserError(f"no bundle manifest lists {entry}; receive its part-000 first")
+    missing = missing_chunks(manifest, entry)
+    if missing:
+        raise UserError(f"{entry}: {len(missing)} chunks still missing; receive the remaining parts")
+    lock = _lock_for(manifest, entry)
+    record = manifest.entries[entry]
+    for f in record.files:  # the manifest must stand for exactly the lock's pins and hashes
+        if lock.versions.get(f.name) != f.version or f"sha256:{f.lock_sha256}" not in lock.hashes.get(f.name, ()):
+            raise UserError(f"{f.name}=={f.version} ({f.lock_sha256[:12]}) is not what {record.lock} pins")
+    if {f.name for f in record.files} != set(lock.versions):
+        raise UserError(f"the bundle's files do not cover {record.lock} exactly")
+    start = time.monotonic()
+    wheels_dir = d["wheels"] / entry
+    shutil.rmtree(wheels_dir, ignore_errors=True)
+    wheels_dir.mkdir(parents=True)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        wheels = list(pool.map(lambda f: reassemble(f, manifest.payload, wheels_dir), record.files))
+    log(f"{entry}: {len(wheels)} wheels reassembled and checked in {time.monotonic() - start:.0f}s")
+    shutil.rmtree(env, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
+    python = env / "bin" / "python"
+    groups: list[list[Path]] = [[] for _ in range(jobs)]
+    sizes = [0] * jobs
+    for wheel in sorted(wheels, key=lambda w: -w.stat().st_size):  # balance the pip processes by bytes
+        i = sizes.index(min(sizes))
+        groups[i].append(wheel)
+        sizes[i] += wheel.stat().st_size
+    # pip >= 22.3 installs into another interpreter's environment (scripts get its shebang); older pips
+    # install with --prefix, where --ignore-installed keeps pip from skipping what its own env has.
+    into = ["--python", str(python)] if subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "--version"], capture_output=True,
+        check=False).returncode == 0 else []
+    target = [] if into else ["--prefix", str(env)]
+    procs = [subprocess.Popen([sys.executable, "-m", "pip", *into, "install", "-q", *target,
+                               "--no-index", "--no-deps", "--ignore-installed", "--no-compile",
+                               "--no-warn-script-location", "--disable-pip-version-check", *map(str, g)])
+             for g in groups if g]
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise UserError(f"{entry}: pip failed installing the wheels (exit codes {codes})")
+    installed = json.loads(subprocess.run(
+        [str(python), "-I", "-c", "import importlib.metadata as m, json; "
+         "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))"],
+        capture_output=True, text=True, check=True).stdout)
+    from packaging.utils import canonicalize_name
+
+    got = {canonicalize_name(k): v for k, v in installed.items()}
+    if got != lock.versions:
+        diff = sorted(set(got.items()) ^ set(lock.versions.items()))
+        raise UserError(f"{entry}: the venv does not equal the lock: {diff[:6]}")
+    shutil.rmtree(wheels_dir, ignore_errors=True)
+    stamp.write_text(json.dumps({"lock": record.lock, "lock_sha256": record.lock_sha256,
+                                 "packages": len(got), "seconds": round(time.monotonic() - start, 1)}))
+    log(f"{entry}: venv {env} equals {record.lock} ({len(got)} packages) after {time.monotonic() - start:.0f}s")
+    return env
+
+
+# -- running the suite -----------------------------------------------------------------------------------
+
+
+def _query(cmd: list[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def machine_facts(python: Path) -> dict:
+    """What ran the suite: GPUs, driver, Python, torch and its CUDA, from the venv itself."""
+    gpus = [line.split(", ") for line in _query(
+        ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]).splitlines() if line]
+    header = _query(["nvidia-smi"])
+    cuda_driver = next((part.split(":")[1].strip().split()[0] for part in header.split("|")
+                        if "CUDA Version" in part), "")
+    probe = _query([str(python), "-c", "import json, sys, torch; print(json.dumps({'python': sys.version.split()[0], "
+                    "'torch': torch.__version__, 'torch_cuda': torch.version.cuda, "
+                    "'cuda_devices': torch.cuda.device_count()}))"])
+    facts = json.loads(probe) if probe.startswith("{") else {}
+    return {
+        "host": platform.node(),
+        "gpu_names": sorted({g[0] for g in gpus}),
+        "gpu_count": len(gpus),
+        "gpu_memory": gpus[0][2] if gpus else "",
+        "driver": gpus[0][1] if gpus else "",
+        "cuda_driver": cuda_driver,
+        **facts,
+    }
+
+
+def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = 900) -> int:
+    """tests/engine in the entry's venv: JUnit, log and run.json under ``results/<entry>/``."""
+    d = _dirs()
+    env = install(entry)
+    manifest = manifests()[entry]
+    record = manifest.entries[entry]
+    out = d["results"] / entry
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    python = env / "bin" / "python"
+    facts = machine_facts(python)
+    environ = {**os.environ, "PYTHONPATH": str(CHECKOUT / "src"), "ROLLOUT_MATRIX_ENTRY": entry,
+               "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "HF_HUB_OFFLINE": "1",
+               "TRANSFORMERS_OFFLINE": "1", "PATH": f"{env / 'bin'}:{os.environ.get('PATH', '')}"}
+    cmd = [str(python), "-m", "pytest", str(CHECKOUT / "tests" / "engine"), "-s", "-v", "-p", "no:cacheprovider",
+           f"--junitxml={out / 'junit.xml'}", "-o", f"junit_suite_name={entry}", "--rootdir", str(CHECKOUT),
+           *(pytest_args or [])]
+    started = datetime.now(timezone.utc)
+    t0 = time.monotonic()
+    log(f"{entry}: {' '.join(cmd[1:])}")
+    with open(out / "pytest.log", "wb") as logf:
+        # Own process group: an engine that SIGKILLs its caller's tree takes only pytest with it.
+        proc = subprocess.Popen(cmd, cwd=CHECKOUT, env=environ, stdout=logf, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            code = proc.wait()
+            log(f"{entry}: timed out after {timeout}s")
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # engine children pytest left behind
+    lock = read_lock(CHECKOUT / record.lock)
+    run = {
+        "schema": RUN_SCHEMA,
+        "kind": "gpu" if facts.get("cuda_devices") else "cpu",  # what the suite could use, not where it ran
+        "entry": entry,
+        "environment": "lock-exact venv from a bundle",
+        "lock": record.lock,
+        "lock_sha256": record.lock_sha256,
+        "inputs_hash": lock.header.inputs_hash,
+        "packages": len(lock.versions),
+        "machine": facts,
+        "started": started.isoformat(timespec="seconds"),
+        "seconds": round(time.monotonic() - t0, 1),
+        "exit_code": code,
+        "pytest_args": pytest_args or [],
+    }
+    (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
+    log(f"{entry}: pytest exited {code} after {run['seconds']}s")
+    return code
+
+
+def run_script(entry: str, command: str, timeout: int = 300) -> int:
+    """``python SCRIPT ARGS`` (``command``) in the entry's venv; output and exit code under
+    ``results/<entry>/scripts.log`` (diagnostics next to the suite, e.g. tools/gpu/*.py)."""
+    env = install(entry)
+    out = _dirs()["results"] / entry
+    out.mkdir(parents=True, exist_ok=True)
+    environ = {**os.environ, "PYTHONPATH": str(CHECKOUT / "src"), "PYTHONUNBUFFERED": "1",
+               "HF_HUB_OFFLINE": "1", "PATH": f"{env / 'bin'}:{os.environ.get('PATH', '')}"}
+    t0 = time.monotonic()
+    with open(out / "scripts.log", "ab") as logf:
+        logf.write(f"$ python {command}\n".encode())
+        logf.flush()
+        proc = subprocess.Popen([str(env / "bin" / "python"), *command.split()], cwd=CHECKOUT, env=environ,
+                                stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            code = -9
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        logf.write(f"[exit {code} after {time.monotonic() - t0:.0f}s]\n".encode())
+    log(f"{entry}: python {command} exited {code}")
+    return code
+
+
+def _complete(entry: str) -> bool:
+    manifest = manifests().get(entry)
+    return manifest is not None and not missing_chunks(manifest, entry)
+
+
+def pipeline(entries: list[str], wait: int, pytest_args: list[str]) -> None:
+    """Steps in turn, one GPU user at a time: ``ENTRY`` waits for the entry's chunks, installs its venv
+    and runs the suite; ``ENTRY=SCRIPT ARGS`` runs a script in that venv (see :func:`run_script`)."""
+    for step in entries:
+        entry, _, command = step.partition("=")
+        deadline = time.monotonic() + wait
+        while not _complete(entry) and time.monotonic() < deadline:
+            time.sleep(2)
+        try:
+            if command:
+                run_script(entry, command)
+            else:
+                run_suite(entry, pytest_args)
+        except UserError as exc:
+            log(f"{entry}: {exc}")
+    log("pipeline done")
+
+
+def collect(out: Path) -> None:
+    """Every entry's results (and the pipeline log) as ``gpu-results.tgz`` in ``out``."""
+    d = _dirs()
+    out.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(out / "gpu-results.tgz", "w:gz") as tar:
+        tar.add(d["results"], arcname="gpu-results")
+        tar.add(d["logs"], arcname="gpu-logs")
+    for run_json in sorted(d["results"].glob("*/run.json")):
+        run = json.loads(run_json.read_text())
+        log(f"{run['entry']}: exit {run['exit_code']} in {run['seconds']}s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rollout_matrix.gpuenv", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("receive")
+    p.add_argument("parts", nargs="+", type=Path)
+    sub.add_parser("status")
+    p = sub.add_parser("install")
+    p.add_argument("entry")
+    p = sub.add_parser("test")
+    p.add_argument("entry")
+    p = sub.add_parser("pipeline")
+    p.add_argument("entries", nargs="+")
+    p.add_argument("--background", action="store_true", help="detach (setsid) and log to logs/pipeline.log")
+    p.add_argument("--wait", type=int, default=1500, help="seconds to wait for an entry's chunks")
+    p = sub.add_parser("collect")
+    p.add_argument("out", type=Path)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pytest_args: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, pytest_args = argv[:cut], argv[cut + 1:]
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "receive":
+            receive(args.parts)
+        elif args.command == "status":
+            status()
+        elif args.command == "install":
+            install(args.entry)
+        elif args.command == "test":
+            return run_suite(args.entry, pytest_args)
+        elif args.command == "pipeline":
+            if args.background:
+                logfile = _dirs()["logs"] / "pipeline.log"
+                cmd = [sys.executable, "-m", "rollout_matrix.gpuenv", "pipeline", *args.entries, "--wait",
+                       str(args.wait), *(["--", *pytest_args] if pytest_args else [])]
+                with open(logfile, "ab") as fh:
+                    subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+                                     cwd=CHECKOUT, env={**os.environ, "PYTHONPATH": str(CHECKOUT / "src")})
+                log(f"pipeline started in the background; log: {logfile}")
+            else:
+                pipeline(args.entries, args.wait, pytest_args)
+        elif args.command == "collect":
+            collect(args.out)
+    except UserError as exc:
+        print(f"gpuenv: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
