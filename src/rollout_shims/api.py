@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rollout_shims.config import RolloutConfig
+from rollout_shims.errors import EngineFailedError, EngineStateError
 
 log = logging.getLogger("rollout_shims")
 
@@ -99,11 +100,19 @@ class RolloutEngine(ABC):
         self.info = info
         self._offloaded = False
         self._closed = False
+        self._weights_lost = False
+        """True after an onload() that could not bring the weights back: generate() refuses until
+        update_weights() (see docs/shims.md, "Offload and the RL loop")."""
+        self._failure: EngineFailedError | None = None
 
     # ----- the public API -------------------------------------------------------------------
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Completion]:
         """Generate one completion per prompt (token ids in, token ids out)."""
         self._require_ready("generate")
+        if self._weights_lost:
+            raise EngineStateError(
+                f"generate: {self.info.backend} {self.info.release} does not keep the weights across "
+                "offload(), and none were pushed since onload(); call update_weights() first")
         cleaned = [self._strip_padding(p) for p in prompts]
         if any(not p for p in cleaned):
             raise ValueError("a prompt is empty (after removing rollout.padding tokens)")
@@ -119,6 +128,7 @@ class RolloutEngine(ABC):
         """Load new weights in place (HF parameter names), then drop the prefix cache."""
         self._require_ready("update_weights")
         self._update_weights(list(named_tensors))
+        self._weights_lost = False
 
     def offload(self) -> None:
         """Free the engine's GPU memory (weights and KV cache) until :meth:`onload`."""
@@ -153,13 +163,15 @@ class RolloutEngine(ABC):
 
     # ----- shared helpers -------------------------------------------------------------------
     def _require_open(self, what: str) -> None:
+        if self._failure is not None:
+            raise self._failure
         if self._closed:
-            raise RuntimeError(f"{what}: the engine is shut down")
+            raise EngineStateError(f"{what}: the engine is shut down")
 
     def _require_ready(self, what: str) -> None:
         self._require_open(what)
         if self._offloaded:
-            raise RuntimeError(f"{what}: the engine is offloaded; call onload() first")
+            raise EngineStateError(f"{what}: the engine is offloaded; call onload() first")
 
     def _strip_padding(self, prompt: Sequence[int]) -> list[int]:
         ids = [int(t) for t in prompt]

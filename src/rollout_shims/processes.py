@@ -1,16 +1,54 @@
-"""Remember which child processes an engine started, so shutdown stops exactly those.
+"""Remember which child processes an engine started, watch them, and stop exactly those.
 
 SGLang's ``Engine.shutdown`` calls ``kill_process_tree(os.getpid(), include_parent=False)``: it
 SIGKILLs every descendant of the calling process, including the trainer's data-loader workers or a
-second engine. The shim instead diffs the caller's children before and after the engine starts.
+second engine. The shim instead diffs the caller's children before and after the engine starts, once.
 Limitation: a child started by another thread while the engine is starting is taken for the
 engine's (start engines before spawning other workers).
+
+Python's multiprocessing resource tracker is started by the engine's first spawn, but it is a
+process-wide service, not the engine's: it is never taken (stopping it leaks shared memory).
+
+The watch thread reports an owned process that ends while nobody asked it to: an engine whose
+scheduler was SIGKILLed (out of memory, a driver fault) sends no signal, and the caller would wait
+for its reply forever.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+import threading
+from collections.abc import Callable
 from typing import Any
+
+SERVICE_MARKERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
+"""Command-line fragments of process-wide helpers that an engine start may spawn but does not own."""
+
+
+def describe_exit(code: int | None) -> str:
+    """``exited with code 1`` / ``was killed by SIGKILL`` from an exit status (negative: signal)."""
+    if code is None:
+        return "ended (exit status unknown)"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def peek_exit(pid: int) -> int | None:
+    """The exit status of our ended child ``pid`` without reaping it (its owner, e.g. the engine's
+    multiprocessing object, may still wait for it): negative for a signal, None if unknown."""
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except (OSError, AttributeError):
+        return None
+    if info is None:
+        return None
+    return -info.si_status if info.si_code in (os.CLD_KILLED, os.CLD_DUMPED) else info.si_status
 
 
 class OwnedProcesses:
@@ -19,6 +57,9 @@ class OwnedProcesses:
     def __init__(self, before: set[int]) -> None:
         self._before = before
         self._owned: dict[int, Any] = {}
+        self._names: dict[int, str] = {}
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
 
     @classmethod
     def start_watching(cls) -> OwnedProcesses:
@@ -30,13 +71,46 @@ class OwnedProcesses:
     def pids(self) -> list[int]:
         return sorted(self._owned)
 
+    def name(self, pid: int) -> str:
+        """The process's title when captured (``sglang::scheduler``), else ``pid N``."""
+        return self._names.get(pid) or f"pid {pid}"
+
     def capture(self) -> None:
-        """Record the children that are new since :meth:`start_watching` (idempotent)."""
+        """Record the children that are new since :meth:`start_watching` (idempotent). Call it once
+        the engine is up: a later call would take children the trainer started meanwhile."""
         import psutil
 
         for child in psutil.Process().children():
-            if child.pid not in self._before:
-                self._owned.setdefault(child.pid, child)
+            if child.pid in self._before or child.pid in self._owned:
+                continue
+            try:
+                cmdline = " ".join(child.cmdline())
+                name = child.name()
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                cmdline, name = "", ""
+            if any(marker in cmdline for marker in SERVICE_MARKERS):
+                continue
+            self._owned[child.pid] = child
+            self._names[child.pid] = name
+
+    def watch(self, on_exit: Callable[[int, str], None], interval: float = 0.5) -> None:
+        """Call ``on_exit(pid, how)`` (from a daemon thread) for the first owned process that ends
+        before :meth:`stop`; then stop watching."""
+        import psutil
+
+        def loop() -> None:
+            while not self._stopping.wait(interval):
+                for pid, proc in list(self._owned.items()):
+                    try:
+                        gone = proc.status() == psutil.STATUS_ZOMBIE or not proc.is_running()
+                    except psutil.NoSuchProcess:
+                        gone = True
+                    if gone and not self._stopping.is_set():
+                        on_exit(pid, describe_exit(peek_exit(pid)))
+                        return
+
+        self._thread = threading.Thread(target=loop, name="rollout-shims-engine-watch", daemon=True)
+        self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the recorded children and their descendants, SIGKILL what is left after
@@ -44,6 +118,9 @@ class OwnedProcesses:
         belonging to someone else is never signalled."""
         import psutil
 
+        self._stopping.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
         procs: dict[int, Any] = {}
         for child in self._owned.values():
             try:
@@ -63,3 +140,14 @@ class OwnedProcesses:
                 proc.kill()
         psutil.wait_procs(alive, timeout=timeout)
         self._owned.clear()
+
+    def alive(self) -> list[int]:
+        """Owned pids still running (zombies count as gone)."""
+        import psutil
+
+        out = []
+        for pid, proc in self._owned.items():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    out.append(pid)
+        return out

@@ -9,6 +9,8 @@ Without any engine installed the whole suite is skipped, saying so.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +83,33 @@ def gpu(cuda_devices: int) -> int:
     if cuda_devices == 0:
         pytest.skip("no CUDA GPU visible (torch.cuda.is_available() is false)")
     return cuda_devices
+
+
+MODEL_KW = dict(vocab_size=1024, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                bos_token_id=1, eos_token_id=2, tie_word_embeddings=False, initializer_range=0.1)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2() -> Callable:
+    """``tiny_qwen2(seed)``: a random bf16 Qwen2 with a fixed seed (init wider than the default so
+    distributions are not flat); no download, no tokenizer."""
+
+    def make(seed: int):
+        import torch
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        torch.manual_seed(seed)
+        return Qwen2ForCausalLM(Qwen2Config(**MODEL_KW)).to(torch.bfloat16)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory, cuda_devices: int, tiny_qwen2: Callable) -> Path:
+    """The seed-0 tiny model saved as a checkpoint directory (safetensors, config, no tokenizer)."""
+    if cuda_devices == 0:
+        pytest.skip("no CUDA GPU visible (torch.cuda.is_available() is false)")
+    path = tmp_path_factory.mktemp("tiny-qwen2")
+    tiny_qwen2(0).save_pretrained(path, safe_serialization=True)
+    return path

@@ -1,9 +1,10 @@
 """GPU checks on a tiny random Qwen2 made by the test (no download, no tokenizer).
 
 Generation is checked TEACHER-FORCED against a ``transformers`` forward on the same weights:
-exact greedy equality is flaky in bf16 (sequences part at near-ties, shared/gpu/README.md), so
-each token the engine chose must be (near-)argmax of the reference logits at that position and
-the engine's logprobs must match the reference within a tolerance.
+exact greedy equality is flaky in bf16 (sequences part at near-ties, docs/gpu.md), so each token
+the engine chose must be (near-)argmax of the reference logits at that position and the engine's
+logprobs must match the reference within a tolerance. Tolerances and measured errors are printed
+(run with -s) and recorded as JUnit properties.
 """
 
 from __future__ import annotations
@@ -17,32 +18,17 @@ from pathlib import Path
 import pytest
 
 from rollout_shims import SamplingParams, create_engine
+from rollout_shims.errors import EngineStateError
 
 pytestmark = pytest.mark.gpu
 
-TOL = 0.1  # logprob tolerance between engine kernels and the eager reference, both bf16
+TOL = 0.1  # greedy: logprob tolerance between the engine's bf16 kernels and the exact reference
+TOL_SAMPLED = 0.15
+"""Sampled tokens at T=1. Their logprobs err more than greedy ones: sampling reaches unlikely tokens,
+whose logits the bf16 kernels get less exactly. Measured on the H200 (2026-11-29, 96 sampled tokens
+a run): greedy max 0.065-0.072, sampled max 0.060-0.114 at T=1 and 0.094-0.134 at T=0.7 (SGLang 0.4.6,
+0.4.10, 0.5.2, vLLM 0.8.5); the other semantics sat 1.2-1.8 away at T=0.7."""
 NEW_TOKENS = 16
-MODEL_KW = dict(vocab_size=1024, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                bos_token_id=1, eos_token_id=2, tie_word_embeddings=False, initializer_range=0.1)
-
-
-def tiny_qwen2(seed: int):
-    """A random Qwen2 with a fixed seed (wider init than default so distributions are not flat)."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(seed)
-    return Qwen2ForCausalLM(Qwen2Config(**MODEL_KW)).to(torch.bfloat16)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory, cuda_devices: int) -> Path:
-    if cuda_devices == 0:
-        pytest.skip("no CUDA GPU visible (torch.cuda.is_available() is false)")
-    path = tmp_path_factory.mktemp("tiny-qwen2")
-    tiny_qwen2(0).save_pretrained(path, safe_serialization=True)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +41,16 @@ def engine(model_dir: Path, backend: str):
         "model_dir": str(model_dir), "rollout_backend": backend, "validate_weight": True,
         "gpu_memory_utilization": 0.4, "enforce_eager": True, "max_running_requests": 16,
     })
+    # Processes the engine did not start, one from before it and one from after (a trainer's
+    # data-loader worker): shutdown must leave both alone.
+    late = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
     eng.baseline_used = total - free  # type: ignore[attr-defined]
-    eng.bystander = bystander  # type: ignore[attr-defined]
+    eng.bystanders = (bystander, late)  # type: ignore[attr-defined]
     yield eng
     eng.shutdown()
-    bystander.kill()
-    bystander.wait()
+    for proc in (bystander, late):
+        proc.kill()
+        proc.wait()
 
 
 def prompts() -> list[list[int]]:
@@ -80,19 +70,34 @@ def reference_logits(model, prompt: list[int], completion: list[int]):
     return logits[len(prompt) - 1 : len(prompt) - 1 + len(completion)]
 
 
-def check_teacher_forced(model, prompt, completion, temperature: float | None = None) -> None:
+def exact(model):
+    """The reference: the same bf16 weights upcast to float32, so the reference adds no rounding of
+    its own and every difference measured is the engine's (bf16 kernels, other summation order)."""
+    import copy
+
+    return copy.deepcopy(model).float().cuda().eval()
+
+
+def bf16_weights(model) -> list:
     import torch
 
-    logits = reference_logits(model, prompt, completion.token_ids)
-    lp = torch.log_softmax(logits, dim=-1)
+    return [(n, t.detach().to(torch.bfloat16)) for n, t in model.state_dict().items()]
+
+
+def check_teacher_forced(model, prompt, completion) -> float:
+    """Greedy: each chosen token is the reference argmax up to TOL, and the engine's logprobs (raw
+    log_softmax when greedy, for every engine) match the reference's. Returns the max logprob error."""
+    import torch
+
+    lp = torch.log_softmax(reference_logits(model, prompt, completion.token_ids), dim=-1)
     chosen = torch.tensor(completion.token_ids, device="cuda")
     got = lp.gather(1, chosen[:, None])[:, 0]
-    if temperature is None:  # greedy: the engine's pick is the reference argmax up to bf16 noise
-        assert bool((got >= lp.max(dim=-1).values - TOL).all()), (completion.token_ids, got, lp.max(-1).values)
-    if completion.logprobs is not None:
-        engine_lp = torch.tensor(completion.logprobs, device="cuda")
-        ref = got if temperature is None else torch.log_softmax(logits / temperature, -1).gather(1, chosen[:, None])[:, 0]
-        assert torch.allclose(engine_lp, ref, atol=TOL), (engine_lp, ref)
+    assert bool((got >= lp.max(dim=-1).values - TOL).all()), (completion.token_ids, got, lp.max(-1).values)
+    if completion.logprobs is None:
+        return 0.0
+    error = (torch.tensor(completion.logprobs, device="cuda") - got).abs().max().item()
+    assert error <= TOL, (completion.logprobs, got)
+    return error
 
 
 @pytest.fixture(scope="module")
@@ -100,84 +105,134 @@ def reference(model_dir: Path, engine):
     import torch
     from transformers import Qwen2ForCausalLM
 
-    return Qwen2ForCausalLM.from_pretrained(model_dir, torch_dtype=torch.bfloat16).cuda().eval()
+    return exact(Qwen2ForCausalLM.from_pretrained(model_dir, torch_dtype=torch.bfloat16))
 
 
 GREEDY = SamplingParams(max_new_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True, logprobs=True)
+GREEDY_IDS = SamplingParams(max_new_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True)
 
 
-def test_greedy_generation_matches_the_reference_teacher_forced(engine, reference) -> None:
+def test_greedy_generation_matches_the_reference_teacher_forced(engine, reference, record_property) -> None:
     out = engine.generate(prompts(), GREEDY)
     assert [len(c.token_ids) for c in out] == [NEW_TOKENS] * len(out)
     assert {c.finish_reason for c in out} == {"length"}
-    for prompt, completion in zip(prompts(), out, strict=True):
-        check_teacher_forced(reference, prompt, completion)
+    error = max(check_teacher_forced(reference, p, c) for p, c in zip(prompts(), out, strict=True))
+    print(f"[logprobs] {engine.info.shim} greedy: max |engine - reference| = {error:.4f} (tolerance {TOL})")
+    record_property("logprob_max_error_greedy", round(error, 5))
 
 
-def test_sampled_logprobs_follow_the_documented_semantics(engine, reference) -> None:
-    temperature = 0.7
+@pytest.mark.parametrize("temperature", [0.7, 1.0])
+def test_sampled_logprobs_follow_the_documented_semantics(engine, reference, temperature, record_property) -> None:
+    """The engine's logprobs of sampled tokens are what ``info.logprob_semantics`` says: raw
+    ``log_softmax(logits)`` or scaled ``log_softmax(logits / T)``. A logit error e of the engine
+    becomes up to e / T after scaling, so the tolerance is TOL_SAMPLED / T;
+    at T != 1 the check must also tell the two semantics apart, or it would prove nothing."""
+    import torch
+
     params = SamplingParams(max_new_tokens=NEW_TOKENS, temperature=temperature, ignore_eos=True, logprobs=True,
                             seed=123 if engine.info.backend == "vllm" else None)
     out = engine.generate(prompts(), params)
-    declared = engine.info.logprob_semantics
-    scaled = not declared.startswith("raw")
+    scaled = not engine.info.logprob_semantics.startswith("raw")
+    error = other = 0.0
     for prompt, completion in zip(prompts(), out, strict=True):
-        if scaled:
-            check_teacher_forced(reference, prompt, completion, temperature=temperature)
-        else:
-            _check_raw(reference, prompt, completion)
+        logits = reference_logits(reference, prompt, completion.token_ids)
+        chosen = torch.tensor(completion.token_ids, device="cuda")[:, None]
+        raw = torch.log_softmax(logits, -1).gather(1, chosen)[:, 0]
+        temp = torch.log_softmax(logits / temperature, -1).gather(1, chosen)[:, 0]
+        documented, alternative = (temp, raw) if scaled else (raw, temp)
+        got = torch.tensor(completion.logprobs, device="cuda")
+        error = max(error, (got - documented).abs().max().item())
+        other = max(other, (got - alternative).abs().max().item())
+    tolerance = TOL_SAMPLED / temperature
+    print(f"[logprobs] {engine.info.shim} T={temperature} ({'scaled' if scaled else 'raw'}): max |engine - "
+          f"documented| = {error:.4f} (tolerance {tolerance:.3f}); max |engine - other semantics| = {other:.3f}")
+    record_property(f"logprob_max_error_T{temperature}", round(error, 5))
+    assert error <= tolerance
+    if temperature != 1.0:
+        assert other > tolerance, "raw and scaled logprobs are too close here to tell which one the engine returns"
 
 
-def _check_raw(model, prompt, completion) -> None:
+def engine_memory(engine) -> int:
     import torch
 
-    lp = torch.log_softmax(reference_logits(model, prompt, completion.token_ids), -1)
-    ref = lp.gather(1, torch.tensor(completion.token_ids, device="cuda")[:, None])[:, 0]
-    assert torch.allclose(torch.tensor(completion.logprobs, device="cuda"), ref, atol=TOL)
+    free, total = torch.cuda.mem_get_info()
+    return total - free - engine.baseline_used
 
 
-def test_update_weights_changes_outputs_to_the_new_reference(engine, reference) -> None:
+def test_offload_frees_most_memory_and_onload_restores_outputs(engine, reference) -> None:
+    """Plain offload/onload on weights that are still the checkpoint's: the outputs afterwards follow
+    the checkpoint again (bands that drop weights on offload reload them from model_dir). Checked
+    teacher-forced, not by equality with the outputs before: the batches the engine forms after a
+    cache flush differ, and greedy sequences part at bf16 near-ties (seen with SGLang 0.5.2)."""
     import torch
 
     before = engine.generate(prompts(), GREEDY)
-    new = tiny_qwen2(1).cuda().eval()
-    engine.update_weights((n, t.detach()) for n, t in new.state_dict().items())
+    used_on = engine_memory(engine)
+    engine.offload()
+    freed = used_on - engine_memory(engine)
+    print(f"[offload] {engine.info.shim}: freed {freed / 2**30:.2f} of {used_on / 2**30:.2f} GiB")
+    assert freed > 0.7 * used_on, (freed, used_on)
+    with pytest.raises(EngineStateError, match="offloaded"):
+        engine.generate(prompts(), GREEDY)
+    engine.onload()
+    torch.cuda.synchronize()
+    after = engine.generate(prompts(), GREEDY)
+    same = sum(a.token_ids == b.token_ids for a, b in zip(after, before, strict=True))
+    print(f"[offload] {engine.info.shim}: {same} of {len(after)} greedy sequences identical to before offload")
+    for prompt, completion in zip(prompts(), after, strict=True):
+        check_teacher_forced(reference, prompt, completion)
+
+
+def test_update_weights_changes_outputs_to_the_new_reference(engine, reference, tiny_qwen2) -> None:
+    import torch
+
+    before = engine.generate(prompts(), GREEDY)
+    new = tiny_qwen2(1)
+    engine.update_weights(bf16_weights(new))
     after = engine.generate(prompts(), GREEDY)
     assert [c.token_ids for c in after] != [c.token_ids for c in before]
+    new_ref = exact(new)
     for prompt, completion in zip(prompts(), after, strict=True):
-        check_teacher_forced(new, prompt, completion)
-    engine.update_weights((n, t.detach()) for n, t in reference.state_dict().items())
+        check_teacher_forced(new_ref, prompt, completion)
+    engine.update_weights(bf16_weights(reference))
     restored = engine.generate(prompts(), GREEDY)
     for prompt, completion in zip(prompts(), restored, strict=True):
         check_teacher_forced(reference, prompt, completion)
-    del new
+    del new, new_ref
     torch.cuda.empty_cache()
 
 
-def test_offload_frees_most_memory_and_onload_restores_outputs(engine) -> None:
+def test_rl_loop_offload_train_onload_update_weights(engine, reference, tiny_qwen2) -> None:
+    """The RL loop: offload, train (here: fill the freed memory), onload, push the trained weights,
+    generate. Engines that drop weights on offload must refuse to generate until the push, never
+    answer from garbage; after the push the outputs follow the pushed weights."""
     import torch
 
-    greedy = SamplingParams(max_new_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True)
-    before = engine.generate(prompts(), greedy)
-    free, total = torch.cuda.mem_get_info()
-    used_on = total - free
-    engine_used = used_on - engine.baseline_used
+    keeps = engine.info.details["offload_keeps_weights"]
+    engine.update_weights(bf16_weights(reference))  # weights pushed: the checkpoint is no longer what runs
     engine.offload()
-    free, total = torch.cuda.mem_get_info()
-    freed = used_on - (total - free)
-    assert freed > 0.7 * engine_used, (freed, engine_used)
-    with pytest.raises(RuntimeError, match="offloaded"):
-        engine.generate(prompts(), greedy)
+    scratch = torch.full((256, 1024, 1024), 7.0, device="cuda")  # 1 GiB "training" in the freed memory
+    del scratch
+    torch.cuda.empty_cache()
     engine.onload()
-    after = engine.generate(prompts(), greedy)
-    assert [c.token_ids for c in after] == [c.token_ids for c in before]
+    if not keeps:
+        with pytest.raises(EngineStateError, match="update_weights"):
+            engine.generate(prompts(), GREEDY)
+    trained = tiny_qwen2(2)
+    engine.update_weights(bf16_weights(trained))
+    out = engine.generate(prompts(), GREEDY)
+    trained_ref = exact(trained)
+    for prompt, completion in zip(prompts(), out, strict=True):
+        check_teacher_forced(trained_ref, prompt, completion)
+    engine.update_weights(bf16_weights(reference))
+    del trained, trained_ref
+    torch.cuda.empty_cache()
 
 
 def test_flush_cache_keeps_outputs(engine) -> None:
-    greedy = SamplingParams(max_new_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True)
-    before = engine.generate(prompts(), greedy)
+    before = engine.generate(prompts(), GREEDY_IDS)
     engine.flush_cache()
-    assert [c.token_ids for c in engine.generate(prompts(), greedy)] == [c.token_ids for c in before]
+    assert [c.token_ids for c in engine.generate(prompts(), GREEDY_IDS)] == [c.token_ids for c in before]
 
 
 def test_info_names_what_runs(engine, detection) -> None:
@@ -189,6 +244,7 @@ def test_info_names_what_runs(engine, detection) -> None:
 TP2_SCRIPT = """
 import json, sys
 from rollout_shims import SamplingParams, create_engine
+from rollout_shims.errors import EngineStateError
 cfg = json.loads(sys.argv[1])
 prompts = json.loads(sys.argv[2])
 with create_engine(cfg) as eng:
@@ -217,11 +273,13 @@ def test_tensor_parallel_2(model_dir: Path, backend: str, cuda_devices: int, eng
             check_teacher_forced(reference, prompt, Completion(ids, lps, "length"))
     finally:
         engine.onload()
+        if not engine.info.details["offload_keeps_weights"]:
+            engine.update_weights(bf16_weights(reference))
 
 
 def test_shutdown_spares_processes_the_engine_did_not_start(engine) -> None:
-    """Runs last: SGLang's own Engine.shutdown would SIGKILL the bystander started before it."""
+    """Runs last: SGLang's own Engine.shutdown would SIGKILL both bystanders."""
     engine.shutdown()
-    assert engine.bystander.poll() is None
-    with pytest.raises(RuntimeError, match="shut down"):
+    assert [p.poll() for p in engine.bystanders] == [None, None]
+    with pytest.raises(EngineStateError, match="shut down"):
         engine.generate(prompts(), GREEDY)

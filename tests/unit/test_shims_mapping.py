@@ -133,9 +133,15 @@ def test_flashinfer_missing_forces_the_sampler_off(flashinfer) -> None:
 
 
 def test_vllm_085_picks_v1_or_v0_explicitly() -> None:
-    env = VLLM085.environment(cfg())
+    env = VLLM085.environment(cfg(detokenize=True))
     assert (env["VLLM_USE_V1"], env["VLLM_ATTENTION_BACKEND"], env["VLLM_ENABLE_V1_MULTIPROCESSING"]) == (
         "1", "FLASH_ATTN", "0")
+    assert VLLM085.attention(cfg(detokenize=True)).logprob_semantics.startswith("raw")
+    # Without a tokenizer 0.8.5's V1 cannot start (it loads one anyway): V0, which honours
+    # skip_tokenizer_init, runs FLASH_ATTN and returns processed logprobs.
+    env = VLLM085.environment(cfg(detokenize=False))
+    assert (env["VLLM_USE_V1"], env["VLLM_ATTENTION_BACKEND"]) == ("0", "FLASH_ATTN")
+    assert VLLM085.attention(cfg(detokenize=False)).logprob_semantics.startswith("processed")
     env = VLLM085.environment(cfg(vllm={"attention_backend": "XFORMERS"}))
     assert (env["VLLM_USE_V1"], env["VLLM_ATTENTION_BACKEND"]) == ("0", "XFORMERS")
     assert VLLM085.attention(cfg(vllm={"attention_backend": "XFORMERS"})).logprob_semantics.startswith("processed")

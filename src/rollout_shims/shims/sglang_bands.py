@@ -52,6 +52,11 @@ class SGLang048(SGLang051):
 class SGLang0453(SGLang048):
     """0.4.5.post3 – 0.4.7.post1: untagged memory release, TorchMemorySaver() class API."""
 
+    LOGPROB_SEMANTICS: ClassVar[str] = (
+        "temperature-scaled, then renormalised over the top-p nucleus (top-k not applied): "
+        "log(top_p_normalize(softmax(logits / T))) (raw log_softmax when greedy)"
+    )
+
     SYMBOLS: ClassVar[tuple[Symbol, ...]] = _replace(
         tuple(s for s in SGLang048.SYMBOLS if s.dist != "torch_memory_saver"),
         _sym(ENGINE_PY, "Engine.release_memory_occupation"),

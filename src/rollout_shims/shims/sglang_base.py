@@ -7,6 +7,7 @@ differently. SGLang is imported inside methods only, so importing this module st
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import logging
 import signal
@@ -14,9 +15,11 @@ import threading
 from typing import Any, ClassVar
 
 from rollout_shims.api import Completion, EngineInfo, RolloutEngine, SamplingParams
+from rollout_shims.checkpoint import checkpoint_names
 from rollout_shims.config import RolloutConfig
 from rollout_shims.detect import Detection
-from rollout_shims.errors import UnsupportedFeatureError
+from rollout_shims.engine_log import EngineLog
+from rollout_shims.errors import EngineFailedError, EngineRequestError, EngineStateError, UnsupportedFeatureError
 from rollout_shims.mapping import SGLANG_ARGS, SGLANG_FIXED, engine_kwargs
 from rollout_shims.processes import OwnedProcesses
 from rollout_shims.symbols import Symbol, required_problems, unavailable_features
@@ -46,8 +49,11 @@ class SGLangEngine(RolloutEngine):
         _sym(ENGINE_PY, "Engine.update_weights_from_tensor", "named_tensors", "load_format", "flush_cache"),
         _sym(ENGINE_PY, "Engine.release_memory_occupation", "tags"),
         _sym(ENGINE_PY, "Engine.resume_memory_occupation", "tags"),
+        _sym(ENGINE_PY, "Engine.update_weights_from_disk", "model_path", "load_format"),
         _sym(ENGINE_PY, "Engine.flush_cache"),
         _sym(ENGINE_PY, "Engine.shutdown"),
+        _sym(ENGINE_PY, "kill_process_tree"),
+        _sym("sglang/srt/managers/tokenizer_manager.py", "TokenizerManager.auto_create_handle_loop"),
         _sym("sglang/srt/server_args.py", "ServerArgs"),
         # 0.4.8+ adapters use the module singleton with tagged pause/resume (torch_memory_saver>=0.0.8)
         _sym(TMS_PY, "torch_memory_saver", dist="torch_memory_saver", feature="offload"),
@@ -60,26 +66,50 @@ class SGLangEngine(RolloutEngine):
             backend="sglang", release=detection.release, shim=detection.shim, forced=detection.forced,
             group_name=config.group_name, model_arch=config.model_arch,
             tensor_parallel_size=config.tensor_parallel_size, logprob_semantics=self.LOGPROB_SEMANTICS,
+            details={"offload_keeps_weights": False},
         )
         super().__init__(config, info)
         if threading.current_thread() is not threading.main_thread():
-            raise RuntimeError("SGLang's Engine installs signal handlers: create it in the main thread")
+            raise EngineStateError("SGLang's Engine installs signal handlers: create it in the main thread")
         self.preflight()
         kwargs = self.engine_kwargs(config, detection.release)
-        from sglang.srt.entrypoints.engine import Engine
+        from sglang.srt.entrypoints import engine as engine_module
 
-        self._signals = {s: signal.getsignal(s) for s in (signal.SIGCHLD, signal.SIGQUIT)}
+        self._label = f"sglang {detection.release} (shim {detection.shim})"
+        self._signals = {s: signal.getsignal(s) for s in (signal.SIGCHLD, signal.SIGQUIT, signal.SIGTERM)}
+        self._log = EngineLog(kwargs.get("log_level", "info"))
+        self._dead: tuple[str, str] | None = None  # (process, how): set by the watch thread or SIGQUIT
+        self._in_call = False
+        self._loop: Any = None
+        self._pushed = False  # weights were pushed: the model_dir checkpoint is no longer what runs
         self._owned = OwnedProcesses.start_watching()
-        engine = Engine.__new__(Engine)
+        engine = engine_module.Engine.__new__(engine_module.Engine)
+        kill = getattr(engine_module, "kill_process_tree", None)
+        # During start-up a failing child SIGQUITs us and SGLang's handler kills our whole process tree
+        # with that function: make it raise instead (out of the blocking read in Engine.__init__).
+        # Put back only once the shim's own SIGQUIT handler is in place.
+        engine_module.kill_process_tree = self._refuse_to_kill_caller
+        self._log.install()
         try:
-            engine.__init__(**kwargs)
-        except BaseException:
+            try:
+                engine.__init__(**kwargs)
+            finally:
+                self._log.uninstall()
+            self._engine = engine
+            self._owned.capture()
+            atexit.unregister(engine.shutdown)
+            atexit.register(self.shutdown)
+            self._take_over_signals()
+        except BaseException as exc:
+            last_error = self._log.last_error()
+            self._owned.capture()
             self._release_engine(engine)
+            if isinstance(exc, (EngineFailedError, EOFError)):
+                raise EngineFailedError(self._label, "engine", "failed during start-up", last_error) from None
             raise
-        self._engine = engine
-        self._owned.capture()
-        atexit.unregister(engine.shutdown)
-        atexit.register(self.shutdown)
+        finally:
+            engine_module.kill_process_tree = kill
+        self._owned.watch(self._on_child_exit)
 
     # ----- arguments (no GPU needed) ------------------------------------------------------
     @classmethod
@@ -112,6 +142,79 @@ class SGLangEngine(RolloutEngine):
         for feature, why in unavailable_features(cls.SYMBOLS).items():
             log.warning("%s() is unavailable with this install: %s", feature, "; ".join(why))
 
+    # ----- calls into the engine, and what happens when a process of it dies ------------------
+    def _refuse_to_kill_caller(self, parent_pid: int | None = None, include_parent: bool = True,
+                               skip_pid: int | None = None) -> None:
+        """Stands in for ``sglang.srt.utils.kill_process_tree`` while the engine starts."""
+        raise EngineFailedError(self._label, "engine", "reported a failure during start-up", self._log.last_error())
+
+    def _take_over_signals(self) -> None:
+        """Replace SGLang's signal handling with the shim's, for the engine's whole life.
+
+        SGLang's SIGQUIT handlers (a child reports a failure) SIGKILL the caller's whole process tree,
+        and its event-loop SIGTERM handler makes the trainer ignore SIGTERM. They are registered on
+        the event loop by ``auto_create_handle_loop`` (idempotent: it never adds them again) and can
+        only be removed while that loop runs; the caller's own SIGTERM/SIGCHLD handlers come back,
+        and SIGQUIT then only marks the engine dead (see :meth:`_call`).
+        """
+        import asyncio
+
+        manager = self._engine.tokenizer_manager
+        manager.auto_create_handle_loop()
+        loop = asyncio.get_event_loop()
+
+        async def drop_sglang_handlers() -> None:
+            for sig in (signal.SIGQUIT, signal.SIGTERM):
+                with contextlib.suppress(Exception):
+                    loop.remove_signal_handler(sig)
+
+        loop.run_until_complete(drop_sglang_handlers())
+        self._loop = loop
+        signal.signal(signal.SIGTERM, self._signals[signal.SIGTERM])
+        signal.signal(signal.SIGCHLD, self._signals[signal.SIGCHLD])
+        signal.signal(signal.SIGQUIT, self._on_sigquit)
+
+    def _on_sigquit(self, signum: int, frame: Any) -> None:
+        """A child reports its failure: mark the engine dead, and end the wait of a call in flight.
+        Never raises: it may run inside SGLang's event loop, which would swallow the exception or
+        kill the process."""
+        self._mark_dead("engine", "reported a failure (SIGQUIT)")
+
+    def _on_child_exit(self, pid: int, how: str) -> None:
+        """From the watch thread: an engine process ended (SIGKILLed children send no SIGQUIT)."""
+        self._mark_dead(self._owned.name(pid).removeprefix("sglang::"), how)
+
+    def _mark_dead(self, process: str, how: str) -> None:
+        if self._dead is None:
+            self._dead = (process, how)
+        loop = self._loop
+        if self._in_call and loop is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(loop.stop)
+
+    def _failed(self) -> EngineFailedError:
+        """The failure as an exception, once: the engine's processes are stopped at this point."""
+        if self._failure is None:
+            process, how = self._dead or ("engine", "stopped answering")
+            self._owned.stop(timeout=5)
+            self._failure = EngineFailedError(self._label, process, how, self._log.last_error())
+        return self._failure
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``self._engine.<method>(...)``, turned into :class:`EngineFailedError` when a process of the
+        engine dies before or during the call (SGLang itself would wait for the reply forever)."""
+        self._in_call = True
+        try:
+            if self._dead is not None:
+                raise self._failed()
+            return getattr(self._engine, method)(*args, **kwargs)
+        except RuntimeError as exc:
+            if self._dead is not None and not isinstance(exc, EngineFailedError):
+                raise self._failed() from None
+            raise
+        finally:
+            self._in_call = False
+
     # ----- the API ----------------------------------------------------------------------------
     def _sampling_params(self, params: SamplingParams) -> dict[str, Any]:
         if params.seed is not None:
@@ -134,10 +237,8 @@ class SGLangEngine(RolloutEngine):
         return params.logprobs or (self.config.detokenize and not self.OUTPUT_IDS_WITH_TEXT)
 
     def _generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
-        outs = self._engine.generate(
-            input_ids=prompts, sampling_params=self._sampling_params(params),
-            return_logprob=self._needs_logprobs(params),
-        )
+        outs = self._call("generate", input_ids=prompts, sampling_params=self._sampling_params(params),
+                          return_logprob=self._needs_logprobs(params))
         if isinstance(outs, dict):
             outs = [outs]
         return [self._completion(o, params) for o in outs]
@@ -159,9 +260,17 @@ class SGLangEngine(RolloutEngine):
         )
 
     def _update_weights(self, named_tensors: list[tuple[str, Any]]) -> None:
-        result = self._engine.update_weights_from_tensor(named_tensors, load_format=None, flush_cache=True)
+        if self._weights_lost:
+            names = checkpoint_names(self.config.model_dir)
+            if names is None or not names <= {n for n, _ in named_tensors}:
+                # A partial push onto released weights would leave the rest of the model garbage.
+                log.warning("update_weights after onload() pushes only part of the model: reloading "
+                            "%s first", self.config.model_dir)
+                self._reload_from_disk()
+        result = self._call("update_weights_from_tensor", named_tensors, load_format=None, flush_cache=True)
         if isinstance(result, tuple) and result and not result[0]:
-            raise RuntimeError(f"SGLang refused the weights: {result[1] if len(result) > 1 else result}")
+            raise EngineRequestError(f"SGLang refused the weights: {result[1] if len(result) > 1 else result}")
+        self._pushed = True
 
     def _offload(self) -> None:
         why = unavailable_features(self.SYMBOLS).get("offload")
@@ -170,21 +279,41 @@ class SGLangEngine(RolloutEngine):
                 "offload() needs torch_memory_saver in the API this SGLang release calls "
                 "(install sglang[srt,torch_memory_saver]): " + "; ".join(why)
             )
-        self._engine.release_memory_occupation()
+        self._call("release_memory_occupation")
 
     def _onload(self) -> None:
-        self._engine.resume_memory_occupation()
+        """Memory back, and the weights too where that is possible.
+
+        SGLang up to 0.5.2 keeps no copy of released weights (torch_memory_saver maps fresh, zeroed
+        memory at the old addresses; only registered buffers are stashed): resumed weights are
+        garbage, and the model answered token 0 for everything on the H200. So: a model that still
+        is its ``model_dir`` checkpoint is reloaded from there, in place; one that had weights pushed
+        is marked as lost, and generate() refuses until the next update_weights().
+        """
+        self._call("resume_memory_occupation")
+        if self._pushed or self.config.validate_weight is False:
+            self._weights_lost = True
+        else:
+            self._reload_from_disk()
+
+    def _reload_from_disk(self) -> None:
+        # load_format "auto": an engine started on dummy weights would otherwise look for a dummy loader
+        result = self._call("update_weights_from_disk", self.config.model_dir, load_format="auto")
+        if isinstance(result, tuple) and result and not result[0]:
+            raise EngineRequestError(f"SGLang could not reload {self.config.model_dir}: {result[1:]}")
+        self._weights_lost = False
+        self._pushed = False
 
     def _flush_cache(self) -> None:
-        result = self._engine.flush_cache()
+        result = self._call("flush_cache")
         if getattr(result, "success", True) is False:
-            raise RuntimeError("SGLang did not flush the cache (requests still running?)")
+            raise EngineRequestError("SGLang did not flush the cache (requests still running?)")
 
     # ----- shutdown that kills only what the engine started ------------------------------------
     def _shutdown(self) -> None:
         """Unlike ``Engine.shutdown`` (``kill_process_tree(os.getpid())``, which SIGKILLs every
         child of the caller, data loaders included), stop only the processes this engine started,
-        and put back the SIGCHLD/SIGQUIT handlers SGLang replaced."""
+        cancel its event-loop tasks and put back the caller's signal handlers."""
         atexit.unregister(self.shutdown)
         self._release_engine(self._engine)
 
@@ -193,5 +322,18 @@ class SGLangEngine(RolloutEngine):
         if threading.current_thread() is threading.main_thread():
             for sig, handler in self._signals.items():
                 signal.signal(sig, handler)
-        self._owned.capture()
         self._owned.stop()
+        self._cancel_loop_tasks(engine)
+        self._log.close()
+
+    def _cancel_loop_tasks(self, engine: Any) -> None:
+        import asyncio
+
+        tasks = [t for t in getattr(getattr(engine, "tokenizer_manager", None), "asyncio_tasks", ()) if not t.done()]
+        loop = self._loop
+        if not tasks or loop is None or loop.is_running() or loop.is_closed():
+            return
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(BaseException):
+            loop.run_until_complete(asyncio.wait(tasks, timeout=2))

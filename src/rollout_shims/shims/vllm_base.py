@@ -2,7 +2,7 @@
 
 The engine runs in the caller's process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): the model is then
 reachable for ``update_weights`` without serialising tensors, and on the H200 test machine vLLM
-0.22's start-up hung for minutes with the engine core in a separate process (shared/gpu/README.md).
+0.22's start-up hung for minutes with the engine core in a separate process (docs/gpu.md).
 Environment variables are decided here, explicitly, before vLLM is imported, because vLLM reads
 them at start-up and otherwise guesses (V0/V1, sampler) differently per machine.
 """
@@ -21,7 +21,7 @@ from packaging.version import InvalidVersion, Version
 from rollout_shims.api import Completion, EngineInfo, RolloutEngine, SamplingParams
 from rollout_shims.config import RolloutConfig
 from rollout_shims.detect import Detection
-from rollout_shims.errors import UnsupportedFeatureError
+from rollout_shims.errors import EngineRequestError, UnsupportedFeatureError
 from rollout_shims.mapping import VLLM_ARGS, VLLM_FIXED, engine_kwargs
 from rollout_shims.symbols import Symbol, required_problems
 
@@ -87,6 +87,7 @@ class VLLMEngine(RolloutEngine):
             backend="vllm", release=detection.release, shim=detection.shim, forced=detection.forced,
             group_name=config.group_name, model_arch=config.model_arch,
             tensor_parallel_size=config.tensor_parallel_size, logprob_semantics=attention.logprob_semantics,
+            details={"offload_keeps_weights": True},  # sleep level 1 keeps a CPU copy of the weights
         )
         super().__init__(config, info)
         self.preflight()
@@ -96,7 +97,11 @@ class VLLMEngine(RolloutEngine):
         from vllm import LLM
 
         self._llm = LLM(**kwargs)
+        self._after_start()
         self.info.details.update(env=env, v1=type(self._llm.llm_engine).__module__.startswith("vllm.v1"))
+
+    def _after_start(self) -> None:
+        """Band hook, run once the engine is up (e.g. to repair what a release leaves fragile)."""
 
     # ----- arguments and environment (no GPU needed) ------------------------------------------
     @classmethod
@@ -125,6 +130,9 @@ class VLLMEngine(RolloutEngine):
         """Every vLLM environment variable the shim sets, decided from the config."""
         env = {
             "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+            # No usage-stats thread: it probes the CPU, writes ~/.config/vllm and posts to stats.vllm.ai.
+            "VLLM_NO_USAGE_STATS": "1",
+            "VLLM_DO_NOT_TRACK": "1",
             "VLLM_USE_FLASHINFER_SAMPLER": "1" if cls.flashinfer_sampler(config) else "0",
             # Without it vLLM probes the network for its own address; the GPU machines are offline.
             "VLLM_HOST_IP": os.environ.get("VLLM_HOST_IP", "127.0.0.1"),
@@ -203,7 +211,7 @@ class VLLMEngine(RolloutEngine):
 
     def _flush_cache(self) -> None:
         if self._llm.reset_prefix_cache() is False:
-            raise RuntimeError("vLLM did not reset the prefix cache (requests still running?)")
+            raise EngineRequestError("vLLM did not reset the prefix cache (requests still running?)")
 
     def _shutdown(self) -> None:
         llm = self.__dict__.pop("_llm", None)
@@ -220,9 +228,13 @@ class VLLMEngine(RolloutEngine):
             destroy_distributed_environment()
         except Exception:  # best effort: lets a later engine initialise torch.distributed again
             pass
+        self._release_allocator()
         try:
             import torch
 
             torch.cuda.empty_cache()
         except Exception:
             pass
+
+    def _release_allocator(self) -> None:
+        """Band hook: free what the release's sleep-mode allocator holds (nothing by default)."""
