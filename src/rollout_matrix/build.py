@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sys
 from dataclasses import dataclass
 
 import docker.errors
 
-from rollout_matrix.docker_api import client, image_exists, registry_has, short_error
-from rollout_matrix.errors import UserError
+from rollout_matrix import docker_api
+from rollout_matrix.docker_api import client, engine_call, image_exists, short_error
+from rollout_matrix.errors import BuildFailed, UserError
 from rollout_matrix.lockfile import parse_pins
 from rollout_matrix.plan import BuildPlan
 from rollout_matrix.progress import Reporter
@@ -30,19 +32,15 @@ class BuildResult:
     size_bytes: int | None = None
 
 
-def has_registry(repository: str) -> bool:
-    """Whether a repository names a registry host (``host:port/x``, ``ghcr.io/x``) rather than a local name."""
-    first = repository.split("/", 1)[0]
-    return "/" in repository and ("." in first or ":" in first or first == "localhost")
-
-
 def find_existing(plan: BuildPlan) -> str | None:
-    """Where the content tag already exists: ``local``, ``registry`` or None."""
-    if image_exists(plan.content_ref):
-        return "local"
-    if has_registry(plan.repository) and registry_has(plan.content_ref):
-        return "registry"
-    return None
+    """Where the plan's content tag already exists: ``local``, ``registry`` or None (an unreachable
+    registry counts as "not there": the build goes ahead, after saying so)."""
+    try:
+        return docker_api.find_existing(plan.content_ref, plan.repository)
+    except docker_api.RegistryUnreachable as exc:
+        print(f"rollout-matrix: warning: cannot ask the registry of {plan.repository} ({exc}); "
+              f"treating {plan.entry.name} as not pushed", file=sys.stderr)
+        return None
 
 
 def ensure_base(plan: BuildPlan, reporter: Reporter) -> None:
@@ -98,7 +96,7 @@ def run_build(plan: BuildPlan, reporter: Reporter, *, nocache: bool = False) -> 
     """Run the engine build of ``plan`` and return the (untagged) image id; no check, no tags."""
     image_id: str | None = None
     log_tail: list[str] = []
-    try:
+    with engine_call(f"build of {plan.entry.name}", BuildFailed, "nothing was tagged"):
         stream = client().api.build(
             fileobj=plan.context(), custom_context=True, buildargs=plan.buildargs(), labels=plan.labels(),
             rm=True, forcerm=True, pull=False, decode=True, nocache=nocache,
@@ -111,14 +109,12 @@ def run_build(plan: BuildPlan, reporter: Reporter, *, nocache: bool = False) -> 
             if "error" in chunk:
                 detail = str(chunk.get("error", "")).strip()
                 cause = _cause(log_tail) or (detail.splitlines()[-1] if detail else "?")
-                raise UserError(f"build of {plan.entry.name} failed: {cause} (full log above); nothing was tagged")
+                raise BuildFailed(f"build of {plan.entry.name} failed: {cause} (full log above); nothing was tagged")
             aux = chunk.get("aux")
             if isinstance(aux, dict) and aux.get("ID"):
                 image_id = aux["ID"]
-    except docker.errors.APIError as exc:
-        raise UserError(f"build of {plan.entry.name} failed: {short_error(exc)}; nothing was tagged") from None
     if not image_id:
-        raise UserError(f"build of {plan.entry.name} ended without an image id; last output:\n" + "\n".join(log_tail))
+        raise BuildFailed(f"build of {plan.entry.name} ended without an image id; last output:\n" + "\n".join(log_tail))
     return image_id
 
 

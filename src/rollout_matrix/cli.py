@@ -173,6 +173,27 @@ def cmd_drift(args: argparse.Namespace, matrix: Matrix) -> int:
     return 0
 
 
+def cmd_record(args: argparse.Namespace, matrix: Matrix) -> int:
+    from rollout_matrix.results import record
+
+    root = matrix.path.parent
+    for run in args.runs:
+        dest, evidence = record(Path(run), root, replace=args.replace)
+        if evidence.entry not in matrix.entries:
+            print(f"rollout-matrix: warning: {evidence.entry} is not in {matrix.path}", file=sys.stderr)
+        print(f"{evidence.entry}: {evidence.kind} run, {evidence.verdict} -> {dest.relative_to(root)}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, matrix: Matrix) -> int:
+    """Failing releases do not fail the command: the test jobs already did; this one only reports."""
+    from rollout_matrix.report import summary_line, write_report
+
+    rows, written = write_report(matrix, Path(args.out) if args.out else matrix.path.parent / "docs")
+    print(summary_line(rows) + " -> " + ", ".join(str(p) for p in written))
+    return 0
+
+
 def cmd_bundle(args: argparse.Namespace, matrix: Matrix) -> int:
     from rollout_matrix.bundle import make_bundle
 
@@ -247,9 +268,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an earlier bundle the machine already has: its chunks are not shipped again")
     p.set_defaults(handler=cmd_bundle)
 
-    from rollout_matrix.report import register as register_report
+    p = sub.add_parser("record", help="promote local results/<entry> runs into the committed evidence",
+                       description="Copies each run (junit.xml, run.json, pytest.log) into cpu-results/<entry> or "
+                                   "gpu-results/<entry> by the kind of run, refusing to replace evidence with less.")
+    p.add_argument("runs", nargs="+", metavar="DIR", help="result folders, e.g. results/sglang-0.5.2")
+    p.add_argument("--replace", action="store_true", help="record even a run that is worse than the recorded one")
+    p.set_defaults(handler=cmd_record)
 
-    register_report(sub, _site_options)
+    p = sub.add_parser("report", help="write docs/compatibility.md and .html from the committed evidence")
+    p.add_argument("--out", help="where compatibility.md and .html go (default: docs/ next to matrix.yaml)")
+    p.set_defaults(handler=cmd_report)
     return parser
 
 

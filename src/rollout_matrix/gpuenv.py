@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -39,10 +40,10 @@ from pathlib import Path
 from rollout_matrix.bundle import MANIFEST, FileRecord, Manifest, member_digest, sha256_file
 from rollout_matrix.errors import UserError
 from rollout_matrix.lockfile import read_lock
+from rollout_matrix.results import JUNIT, LOG, RUN_JSON, RunRecord
 
 ROOT = Path(os.environ.get("ROLLOUT_MATRIX_GPU_ROOT", "/tmp/rollout-matrix"))
 CHECKOUT = Path(__file__).resolve().parents[2]
-RUN_SCHEMA = 2
 
 
 def _dirs() -> dict[str, Path]:
@@ -256,9 +257,8 @@ def machine_facts(python: Path) -> dict:
     """What ran the suite: GPUs, driver, Python, torch and its CUDA, from the venv itself."""
     gpus = [line.split(", ") for line in _query(
         ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]).splitlines() if line]
-    header = _query(["nvidia-smi"])
-    cuda_driver = next((part.split(":")[1].strip().split()[0] for part in header.split("|")
-                        if "CUDA Version" in part), "")
+    found = re.search(r"CUDA Version:\s*([\d.]+)", _query(["nvidia-smi"]))
+    cuda_driver = found.group(1) if found else ""
     probe = _query([str(python), "-c", "import json, sys, torch; print(json.dumps({'python': sys.version.split()[0], "
                     "'torch': torch.__version__, 'torch_cuda': torch.version.cuda, "
                     "'cuda_devices': torch.cuda.device_count()}))"])
@@ -272,6 +272,17 @@ def machine_facts(python: Path) -> dict:
         "cuda_driver": cuda_driver,
         **facts,
     }
+
+
+def _shim(entry: str) -> str | None:
+    """The band rollout_shims' table gives the entry (the report reads it from here)."""
+    from rollout_matrix.matrix import load_matrix
+    from rollout_matrix.shim_band import shim_for
+
+    try:
+        return shim_for(load_matrix(CHECKOUT / "matrix.yaml").get(entry))
+    except UserError:
+        return None
 
 
 def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = 900) -> int:
@@ -289,12 +300,13 @@ def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = 9
                "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "HF_HUB_OFFLINE": "1",
                "TRANSFORMERS_OFFLINE": "1", "PATH": f"{env / 'bin'}:{os.environ.get('PATH', '')}"}
     cmd = [str(python), "-m", "pytest", str(CHECKOUT / "tests" / "engine"), "-s", "-v", "-p", "no:cacheprovider",
-           f"--junitxml={out / 'junit.xml'}", "-o", f"junit_suite_name={entry}", "--rootdir", str(CHECKOUT),
+           f"--junitxml={out / JUNIT}", "-o", f"junit_suite_name={entry}", "-o", "junit_family=xunit1",
+           "--rootdir", str(CHECKOUT),
            *(pytest_args or [])]
     started = datetime.now(timezone.utc)
     t0 = time.monotonic()
     log(f"{entry}: {' '.join(cmd[1:])}")
-    with open(out / "pytest.log", "wb") as logf:
+    with open(out / LOG, "wb") as logf:
         # Own process group: an engine that SIGKILLs its caller's tree takes only pytest with it.
         proc = subprocess.Popen(cmd, cwd=CHECKOUT, env=environ, stdout=logf, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -308,23 +320,15 @@ def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = 9
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)  # engine children pytest left behind
     lock = read_lock(CHECKOUT / record.lock)
-    run = {
-        "schema": RUN_SCHEMA,
-        "kind": "gpu" if facts.get("cuda_devices") else "cpu",  # what the suite could use, not where it ran
-        "entry": entry,
-        "environment": "lock-exact venv from a bundle",
-        "lock": record.lock,
-        "lock_sha256": record.lock_sha256,
-        "inputs_hash": lock.header.inputs_hash,
-        "packages": len(lock.versions),
-        "machine": facts,
-        "started": started.isoformat(timespec="seconds"),
-        "seconds": round(time.monotonic() - t0, 1),
-        "exit_code": code,
-        "pytest_args": pytest_args or [],
-    }
-    (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
-    log(f"{entry}: pytest exited {code} after {run['seconds']}s")
+    run = RunRecord(
+        entry=entry, kind="gpu" if facts.get("cuda_devices") else "cpu", environment="bundle",
+        started=started.isoformat(timespec="seconds"), seconds=round(time.monotonic() - t0, 1), exit_code=code,
+        shim=_shim(entry), machine=facts, pytest_args=list(pytest_args or []),
+        lock={"path": record.lock, "sha256": record.lock_sha256, "inputs_hash": lock.header.inputs_hash,
+              "packages": len(lock.versions)},
+    )
+    run.write(out)
+    log(f"{entry}: pytest exited {code} after {run.seconds}s")
     return code
 
 
@@ -384,9 +388,9 @@ def collect(out: Path) -> None:
     with tarfile.open(out / "gpu-results.tgz", "w:gz") as tar:
         tar.add(d["results"], arcname="gpu-results")
         tar.add(d["logs"], arcname="gpu-logs")
-    for run_json in sorted(d["results"].glob("*/run.json")):
-        run = json.loads(run_json.read_text())
-        log(f"{run['entry']}: exit {run['exit_code']} in {run['seconds']}s")
+    for run_json in sorted(d["results"].glob(f"*/{RUN_JSON}")):
+        run = RunRecord.read(run_json)
+        log(f"{run.entry}: exit {run.exit_code} in {run.seconds}s")
 
 
 def main(argv: list[str] | None = None) -> int:

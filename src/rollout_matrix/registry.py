@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import docker.errors
+import requests.exceptions
 
-from rollout_matrix.docker_api import client, image_exists, short_error
-from rollout_matrix.errors import UserError
+from rollout_matrix.docker_api import client, engine_call, image_exists
+from rollout_matrix.errors import RegistryError, UserError
 from rollout_matrix.plan import BuildPlan
 from rollout_matrix.progress import Reporter, transfer_progress
 
@@ -24,7 +24,7 @@ def _consume(events: Iterable[Mapping[str, Any]], what: str, hint: str) -> str |
     for event in events:
         error = event.get("error") or (event.get("errorDetail") or {}).get("message")
         if error:
-            raise UserError(f"{what} failed: {str(error).strip().splitlines()[0]}; {hint}")
+            raise RegistryError(f"{what} failed: {str(error).strip().splitlines()[0]}; {hint}")
         aux = event.get("aux")
         if isinstance(aux, dict) and aux.get("Digest"):
             digest = aux["Digest"]
@@ -40,11 +40,14 @@ def _transfer(verb: str, ref: str, reporter: Reporter, hint: str) -> str | None:
     reporter.line(f"{verb}ing {ref}")
     api = client().api
     start = api.push if verb == "push" else api.pull
-    try:
-        events = start(repo, tag, stream=True, decode=True)
-        digest = _consume(transfer_progress(events, reporter, verb), f"{verb} of {ref}", hint)
-    except docker.errors.APIError as exc:
-        raise UserError(f"{verb} of {ref} failed: {short_error(exc)}; {hint}") from None
+    with engine_call(f"{verb} of {ref}", RegistryError, hint):
+        try:
+            events = start(repo, tag, stream=True, decode=True)
+            digest = _consume(transfer_progress(events, reporter, verb), f"{verb} of {ref}", hint)
+        except (ValueError, requests.exceptions.ChunkedEncodingError, requests.exceptions.ReadTimeout) as exc:
+            # a line of the stream that is not JSON, or a connection dropped mid-stream
+            raise RegistryError(f"{verb} of {ref} failed: the engine's progress stream broke "
+                                f"({exc.__class__.__name__}); {hint}") from None
     reporter.line(f"{verb}ed {ref} ({digest})")
     return digest
 
@@ -58,7 +61,7 @@ def push(plan: BuildPlan, reporter: Reporter) -> str:
             "(`docker login`), or set --repository")
     digests = [_transfer("push", ref, reporter, hint) for ref in plan.refs]
     if digests[0] is None:
-        raise UserError(f"push of {plan.content_ref} reported no digest; the registry may have refused it")
+        raise RegistryError(f"push of {plan.content_ref} reported no digest; the registry may have refused it")
     return digests[0]
 
 

@@ -7,19 +7,19 @@ whichever path is taken, the tests run against the same image.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 
 from rollout_matrix.build import build, find_existing
-from rollout_matrix.errors import UserError
+from rollout_matrix.errors import BuildFailed, CheckFailed
 from rollout_matrix.matrix import Entry, Matrix
 from rollout_matrix.options import BuildOptions
 from rollout_matrix.plan import BuildPlan, plan_build
 from rollout_matrix.progress import Reporter
 from rollout_matrix.registry import pull
+from rollout_matrix.results import LOCAL_RESULTS, RunRecord
 from rollout_matrix.shim_band import shim_for
-from rollout_matrix.testrun import TestRun, run_tests
+from rollout_matrix.testrun import TestRun, publish, run_tests, staging
 
 
 def ensure_image(matrix: Matrix, entry: Entry, options: BuildOptions, reporter: Reporter) -> BuildPlan:
@@ -39,23 +39,19 @@ def run_session(matrix: Matrix, entry: Entry, options: BuildOptions, reporter: R
                 pytest_args: list[str] | None = None, results_root: Path | None = None) -> TestRun:
     """Pull-or-build, then run tests/engine in the image with the checkout mounted read-only.
 
-    A build that fails still leaves ``results/<entry>/run.json`` (with ``build_error``), so the
-    compatibility report says "build failed" for it instead of "not run".
+    An image that does not build (or fails its check) leaves ``results/<entry>/run.json`` with
+    ``build_error``, so the evidence says "build failed" rather than "not run". A run that did not
+    happen (the engine unreachable, bad input) writes nothing and leaves earlier results alone.
     """
     checkout = matrix.path.parent
-    results = results_root or checkout / "results"
+    results = results_root or checkout / LOCAL_RESULTS
     started = datetime.now(timezone.utc)
     try:
         plan = ensure_image(matrix, entry, options, reporter)
-    except UserError as exc:
-        folder = results / entry.name
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "junit.xml").unlink(missing_ok=True)
-        (folder / "run.json").write_text(json.dumps({
-            "entry": entry.name, "engine": entry.engine, "release": entry.version, "shim": shim_for(entry),
-            "started": started.isoformat(), "finished": datetime.now(timezone.utc).isoformat(),
-            "exit_code": None, "build_error": str(exc).splitlines()[0][:400],
-            "base_image": options.base_image or entry.stack.base_image,
-        }, indent=2) + "\n")
+    except (BuildFailed, CheckFailed) as exc:
+        folder = staging(results, entry.name)
+        RunRecord(entry=entry.name, kind="cpu", environment="image", started=started.isoformat(timespec="seconds"),
+                  build_error=str(exc).splitlines()[0][:400], shim=shim_for(entry)).write(folder)
+        publish(folder, results, entry.name)
         raise
     return run_tests(plan, checkout, results, reporter, pytest_args)

@@ -8,12 +8,12 @@ the host has them. The container is removed afterwards whatever happens: failure
 
 from __future__ import annotations
 
-import contextlib
-import json
+import hashlib
 import os
 import shutil
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,10 +22,11 @@ from types import FrameType
 import docker.errors
 from docker.types import DeviceRequest
 
-from rollout_matrix.docker_api import client, short_error
-from rollout_matrix.errors import UserError
+from rollout_matrix.docker_api import client, container, engine_call
+from rollout_matrix.errors import DockerUnavailable, UserError
 from rollout_matrix.plan import BuildPlan
 from rollout_matrix.progress import Reporter
+from rollout_matrix.results import JUNIT, LOG, RunRecord
 from rollout_matrix.shim_band import shim_for
 
 CONTAINER_LABEL = "io.rollout-matrix.test-run"
@@ -36,9 +37,7 @@ WORKSPACE = "/workspace"
 class TestRun:
     entry: str
     exit_code: int
-    junit: Path
-    run_json: Path
-    gpu: bool
+    folder: Path
 
 
 def host_has_gpu() -> bool:
@@ -63,24 +62,36 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise _Terminated()
 
 
+def staging(results_root: Path, entry: str) -> Path:
+    """A fresh folder beside ``results/<entry>`` that :func:`publish` moves into place: results of a
+    run that did not finish never replace those of the last one that did."""
+    folder = (results_root / f".{entry}.partial").resolve()
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def publish(folder: Path, results_root: Path, entry: str) -> Path:
+    target = (results_root / entry).resolve()
+    shutil.rmtree(target, ignore_errors=True)
+    folder.rename(target)
+    return target
+
+
 def run_tests(plan: BuildPlan, checkout: Path, results_root: Path, reporter: Reporter,
-              pytest_args: list[str] | None = None, gpu: bool | None = None) -> TestRun:
+              pytest_args: list[str] | None = None) -> TestRun:
     """Run tests/engine in the entry's image; return the pytest exit code (not raised: callers decide)."""
     image_ref = plan.content_ref
-    try:
-        image = client().images.get(image_ref)
-    except docker.errors.ImageNotFound:
-        raise UserError(f"{image_ref} is not here; run `rollout-matrix build {plan.entry.name}` "
-                        f"or `rollout-matrix pull {plan.entry.name}` first") from None
-    gpu = host_has_gpu() if gpu is None else gpu
-    results = (results_root / plan.entry.name).resolve()
-    results.mkdir(parents=True, exist_ok=True)
-    junit = results / "junit.xml"
-    junit.unlink(missing_ok=True)
-
-    command = ["python", "-m", "pytest", "tests/engine", "-p", "no:cacheprovider",
-               f"--junitxml=/results/{junit.name}", "-o", f"junit_suite_name={plan.entry.name}",
-               *(pytest_args or [])]
+    with engine_call(f"looking up {image_ref}"):
+        try:
+            image = client().images.get(image_ref)
+        except docker.errors.ImageNotFound:
+            raise UserError(f"{image_ref} is not here; run `rollout-matrix build {plan.entry.name}` "
+                            f"or `rollout-matrix pull {plan.entry.name}` first") from None
+    gpu = host_has_gpu()
+    results = staging(results_root, plan.entry.name)
+    command = ["python", "-m", "pytest", "tests/engine", "-p", "no:cacheprovider", "-o", "junit_family=xunit1",
+               f"--junitxml=/results/{JUNIT}", "-o", f"junit_suite_name={plan.entry.name}", *(pytest_args or [])]
     kwargs: dict[str, object] = {
         "volumes": {str(checkout.resolve()): {"bind": WORKSPACE, "mode": "ro"},
                     str(results): {"bind": "/results", "mode": "rw"}},
@@ -89,58 +100,45 @@ def run_tests(plan: BuildPlan, checkout: Path, results_root: Path, reporter: Rep
                         "ROLLOUT_MATRIX_ENTRY": plan.entry.name, "HOME": "/tmp"},
         "labels": {CONTAINER_LABEL: plan.entry.name},
         "shm_size": "8g",
-        "entrypoint": [],
     }
     if gpu:
         kwargs["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
         kwargs["ipc_mode"] = "host"
     started = datetime.now(timezone.utc)
+    t0 = time.monotonic()
     reporter.line(f"running tests/engine in {image_ref} ({'GPU' if gpu else 'CPU only'}): {' '.join(command[2:])}")
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    container = None
-    exit_code = 1
+    what = f"the test container of {plan.entry.name}"
+    fix = "is the NVIDIA container toolkit installed? set ROLLOUT_MATRIX_GPU=0 to run without GPUs" if gpu else ""
     try:
-        try:
-            container = client().containers.create(image.id, command, **kwargs)
-            container.start()
-        except docker.errors.APIError as exc:
-            hint = "; is the NVIDIA container toolkit installed? set ROLLOUT_MATRIX_GPU=0 to run without GPUs" \
-                if gpu else ""
-            raise UserError(f"could not start the test container for {plan.entry.name}: {short_error(exc)}{hint}") \
-                from None
-        for chunk in container.logs(stream=True, follow=True):
-            reporter.raw(chunk.decode(errors="replace"))
-        exit_code = int(container.wait().get("StatusCode", 1))
+        with container(image.id, command, what, **kwargs) as c, open(results / LOG, "wb") as log:
+            for chunk in c.logs(stream=True, follow=True):
+                reporter.raw(chunk.decode(errors="replace"))
+                log.write(chunk)
+            exit_code = int(c.wait().get("StatusCode", 1))
     except (KeyboardInterrupt, _Terminated):
-        reporter.line("interrupted: removing the test container")
+        reporter.line("interrupted: the test container was removed; earlier results are kept")
+        shutil.rmtree(results, ignore_errors=True)
         raise KeyboardInterrupt from None
+    except UserError as exc:
+        shutil.rmtree(results, ignore_errors=True)
+        if fix and not isinstance(exc, DockerUnavailable):
+            raise UserError(f"{exc}; {fix}") from None
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
-        if container is not None:
-            with contextlib.suppress(docker.errors.APIError):
-                container.remove(force=True)
-    run_json = results / "run.json"
-    run_json.write_text(json.dumps({
-        "entry": plan.entry.name,
-        "engine": plan.entry.engine,
-        "release": plan.entry.version,
-        "shim": shim_for(plan.entry),
-        "image": plan.readable_ref,
-        "content_ref": image_ref,
-        "image_id": image.id,
-        "repo_digests": image.attrs.get("RepoDigests", []),
-        "labels": image.labels,
-        "gpu": gpu,
-        "started": started.isoformat(),
-        "finished": datetime.now(timezone.utc).isoformat(),
-        "exit_code": exit_code,
-        "pytest_args": pytest_args or [],
-    }, indent=2) + "\n")
-    reporter.line(f"tests/engine exited {exit_code}; JUnit XML: {junit}")
-    return TestRun(plan.entry.name, exit_code, junit, run_json, gpu)
+    RunRecord(
+        entry=plan.entry.name, kind="gpu" if gpu else "cpu", environment="image",
+        started=started.isoformat(timespec="seconds"), seconds=round(time.monotonic() - t0, 1),
+        exit_code=exit_code, shim=shim_for(plan.entry), pytest_args=list(pytest_args or []),
+        image={"readable_ref": plan.readable_ref, "content_ref": image_ref, "image_id": image.id,
+               "repo_digests": image.attrs.get("RepoDigests", []), "base_image": plan.base_image,
+               "python": plan.python},
+        lock={"path": str(plan.lock_file.relative_to(checkout.resolve())) if plan.lock_file else None,
+              "sha256": "sha256:" + hashlib.sha256(plan.requirements_text.encode()).hexdigest()}
+        if plan.lock_file else None,
+    ).write(results)
+    folder = publish(results, results_root, plan.entry.name)
+    reporter.line(f"tests/engine exited {exit_code}; results in {folder}")
+    return TestRun(plan.entry.name, exit_code, folder)
 
-
-def leftover_containers() -> list[str]:
-    """Ids of test containers still present (should always be empty; used by the tests)."""
-    found = client().containers.list(all=True, filters={"label": CONTAINER_LABEL})
-    return [c.id for c in found]

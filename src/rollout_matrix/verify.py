@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-import docker.errors
 from packaging.version import InvalidVersion, Version
 
-from rollout_matrix.docker_api import client, short_error
-from rollout_matrix.errors import UserError
+from rollout_matrix.docker_api import container
+from rollout_matrix.errors import CheckFailed
 
 # Runs inside the image with its own Python. Reads versions from package metadata; imports torch
 # only for torch.version.cuda (importing torch works without a GPU).
@@ -49,25 +48,15 @@ class ImageReport:
 
 def report_versions(image: str, names: list[str]) -> ImageReport:
     """Run ``image`` once; return what it reports for ``names`` and every installed distribution."""
-    c = client()
-    try:
-        container = c.containers.create(image, ["python", "-c", REPORT_SCRIPT, json.dumps(names)],
-                                        entrypoint=[], network_disabled=True)
-    except docker.errors.DockerException as exc:
-        raise UserError(f"could not run {image} for the version check: {short_error(exc)}") from None
-    try:
-        container.start()
-        status = container.wait(timeout=600).get("StatusCode", 1)
-        logs = container.logs(stdout=True, stderr=True).decode(errors="replace")
-    except Exception as exc:  # docker errors and timeouts alike: one line to the user
-        raise UserError(f"could not run {image} for the version check: {short_error(exc)}") from None
-    finally:
-        container.remove(force=True)
+    what = f"the version check in {image}"
+    with container(image, ["python", "-c", REPORT_SCRIPT, json.dumps(names)], what, network_disabled=True) as c:
+        status = c.wait(timeout=600).get("StatusCode", 1)
+        logs = c.logs(stdout=True, stderr=True).decode(errors="replace")
     for line in logs.splitlines():
         if line.startswith("ROLLOUT_MATRIX_VERSIONS "):
             data = json.loads(line.split(" ", 1)[1])
             return ImageReport(data["versions"], data["distributions"])
-    raise UserError(f"the version check could not run in {image} (exit {status}): {logs.strip()[-300:]}")
+    raise CheckFailed(f"the version check could not run in {image} (exit {status}): {logs.strip()[-300:]}")
 
 
 def compare(expected: dict[str, str], reported: dict[str, str | None]) -> list[tuple[str, str, str]]:
@@ -97,12 +86,12 @@ def check_image(image: str, entry_name: str, expected: dict[str, str],
     report = report_versions(image, sorted(expected))
     bad = compare(expected, report.versions)
     if bad:
-        raise UserError(f"version check failed for {entry_name}: the image does not report what matrix.yaml "
+        raise CheckFailed(f"version check failed for {entry_name}: the image does not report what matrix.yaml "
                         f"expects; fix the pins in matrix.yaml or the lock:\n{_table(bad, 'expected', 'image has')}")
     if locked is not None:
         bad = compare_lock(locked, report.distributions)
         if bad:
-            raise UserError(f"lock check failed for {entry_name}: the installed packages differ from the lock; "
+            raise CheckFailed(f"lock check failed for {entry_name}: the installed packages differ from the lock; "
                             f"re-lock or fix the install step:\n{_table(bad, 'locked', 'installed')}")
     return report.versions
 

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from rollout_shims.config import RolloutConfig
 from rollout_shims.errors import EngineFailedError, EngineStateError
@@ -94,6 +94,9 @@ class RolloutEngine(ABC):
     Shared, engine-independent behaviour (prompt padding, extra EOS, printing, validation run,
     context manager, offload state) lives here; engine base classes implement the ``_``-methods.
     """
+
+    SHIM: ClassVar[str] = ""
+    """The shim name of the band a class serves, as in ``bands.yaml`` (the registry's key)."""
 
     def __init__(self, config: RolloutConfig, info: EngineInfo) -> None:
         self.config = config

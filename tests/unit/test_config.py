@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from rollout_shims import ConfigError, RolloutConfig
+from rollout_shims.bands import shim_names
 
 RLINF_EXAMPLE = """
 rollout:
@@ -142,8 +143,7 @@ def test_the_style_of_the_brief() -> None:
      "rollout.distributed_executor_backend: 'ray' needs rollout_backend vllm "
      "(SGLang always starts its own worker processes)"),
     ({"model_dir": "/m", "force_shim": "sglang-0.6"},
-     "rollout.force_shim: 'sglang-0.6' is not one of sglang-0.4.4, sglang-0.4.5.post3, sglang-0.4.8, "
-     "sglang-0.5.1, vllm-0.8.5, vllm-0.22"),
+     "rollout.force_shim: 'sglang-0.6' is not one of " + ", ".join(shim_names())),
 ])
 def test_each_error_path(section: object, expected: str) -> None:
     found = problems(section)

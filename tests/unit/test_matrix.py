@@ -14,26 +14,13 @@ from rollout_matrix.matrix import MatrixError, load_matrix
 
 ROOT = Path(__file__).resolve().parents[2]
 
-SGLANG = (
-    ["0.4.4"] + [f"0.4.4.post{i}" for i in range(1, 5)]
-    + ["0.4.5"] + [f"0.4.5.post{i}" for i in range(1, 4)]
-    + ["0.4.6"] + [f"0.4.6.post{i}" for i in range(1, 6)]
-    + ["0.4.7", "0.4.7.post1", "0.4.8", "0.4.8.post1"]
-    + ["0.4.9"] + [f"0.4.9.post{i}" for i in range(1, 7)]
-    + ["0.4.10", "0.4.10.post1", "0.4.10.post2"]
-    + ["0.5.1"] + [f"0.5.1.post{i}" for i in range(1, 4)]
-    + ["0.5.2"]
-)
-TORCH_CUDA = {"2.5.1": "12.4", "2.6.0": "12.4", "2.7.1": "12.6", "2.8.0": "12.8", "2.11.0": "13.0"}
-
-
-def test_real_matrix_lists_every_supported_release():
+def test_real_matrix_expands_every_release_consistently():
+    """Checked from the data, so adding a release needs no edit here; the values below are facts of
+    releases that are in the matrix for good."""
     matrix = load_matrix(ROOT / "matrix.yaml")
     names = [e.name for e in matrix]
-    assert len(SGLANG) == 34
-    assert names == [f"sglang-{v}" for v in SGLANG] + ["vllm-0.8.5", "vllm-0.8.5.post1", "vllm-0.22.0"]
+    assert len(names) == len(set(names))
     for entry in matrix:
-        assert entry.cuda == TORCH_CUDA[entry.torch], entry.name
         assert entry.stack.base_image.startswith(f"nvidia/cuda:{entry.cuda}."), entry.name
         assert re.fullmatch(r"3\.\d+", entry.python)
         expected = entry.expected_versions()
@@ -44,8 +31,8 @@ def test_real_matrix_lists_every_supported_release():
     assert sg.expected_versions()["sgl-kernel"] == "0.3.9.post2"
     assert sg.expected_versions()["flashinfer-python"] == "0.3.1"
     assert sg.readable_tag == "sglang-0.5.2-cu128"
-    assert matrix.get("sglang-0.4.6.post5").torch == "2.6.0"
-    assert matrix.get("vllm-0.8.5.post1").torch == "2.6.0"
+    assert (matrix.get("sglang-0.4.6.post5").torch, matrix.get("vllm-0.8.5.post1").torch) == ("2.6.0", "2.6.0")
+    assert matrix.get("sglang-0.4.4").unavailable and not matrix.get("sglang-0.4.6.post1").unavailable
 
 
 def test_unknown_entry_suggests_the_nearest():

@@ -1,24 +1,21 @@
-"""Shim registry: shim name (as in ``bands.yaml``) -> class, imported on demand.
+"""Shim registry: every band class, imported statically, keyed by the shim name it declares.
 
-Kept as data ("module:Class" strings) so that looking up a shim imports only that shim's module,
-and so the unit tests can check that every band names a registered shim.
+Adding a band is one class (with ``SHIM``, the name its ``bands.yaml`` row uses) and one row; the unit
+tests check that the two agree. Importing the band modules imports no engine: SGLang and vLLM are
+imported inside the shims' methods only.
 """
 
 from __future__ import annotations
 
-import importlib
+from rollout_shims.api import RolloutEngine
+from rollout_shims.shims.sglang_bands import SGLang044, SGLang0453, SGLang048, SGLang051
+from rollout_shims.shims.vllm_bands import VLLM022, VLLM085
 
-SHIMS: dict[str, str] = {
-    "sglang-0.4.4": "rollout_shims.shims.sglang_bands:SGLang044",
-    "sglang-0.4.5.post3": "rollout_shims.shims.sglang_bands:SGLang0453",
-    "sglang-0.4.8": "rollout_shims.shims.sglang_bands:SGLang048",
-    "sglang-0.5.1": "rollout_shims.shims.sglang_bands:SGLang051",
-    "vllm-0.8.5": "rollout_shims.shims.vllm_bands:VLLM085",
-    "vllm-0.22": "rollout_shims.shims.vllm_bands:VLLM022",
+SHIMS: dict[str, type[RolloutEngine]] = {
+    cls.SHIM: cls for cls in (SGLang044, SGLang0453, SGLang048, SGLang051, VLLM085, VLLM022)
 }
 
 
-def shim_class(name: str) -> type:
-    """The engine class of shim ``name``."""
-    module, _, cls = SHIMS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)
+def shim_class(name: str) -> type[RolloutEngine]:
+    """The engine class of shim ``name`` (KeyError if unknown: detection only names known shims)."""
+    return SHIMS[name]

@@ -35,9 +35,13 @@ def _replace(symbols: tuple[Symbol, ...], *new: Symbol) -> tuple[Symbol, ...]:
 class SGLang051(SGLangEngine):
     """0.5.1 – 0.5.2: the base class's API exactly."""
 
+    SHIM: ClassVar[str] = "sglang-0.5.1"
+
 
 class SGLang048(SGLang051):
     """0.4.8 – 0.4.10.post2: token ids are missing from results that carry text."""
+
+    SHIM: ClassVar[str] = "sglang-0.4.8"
 
     OUTPUT_IDS_WITH_TEXT: ClassVar[bool] = False
 
@@ -51,6 +55,8 @@ class SGLang048(SGLang051):
 
 class SGLang0453(SGLang048):
     """0.4.5.post3 – 0.4.7.post1: untagged memory release, TorchMemorySaver() class API."""
+
+    SHIM: ClassVar[str] = "sglang-0.4.5.post3"
 
     LOGPROB_SEMANTICS: ClassVar[str] = (
         "temperature-scaled, then renormalised over the top-p nucleus (top-k not applied): "
@@ -67,6 +73,8 @@ class SGLang0453(SGLang048):
 
 class SGLang044(SGLang0453):
     """0.4.4 – 0.4.5.post2: no ``Engine.flush_cache``."""
+
+    SHIM: ClassVar[str] = "sglang-0.4.4"
 
     SYMBOLS: ClassVar[tuple[Symbol, ...]] = (
         *(s for s in SGLang0453.SYMBOLS if s.qualname != "Engine.flush_cache"),

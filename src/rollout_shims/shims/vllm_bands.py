@@ -33,6 +33,8 @@ VLLM_DEFAULT_GRAPH_SIZES = (1, 2, 4, *range(8, 513, 8))
 class VLLM085(VLLMEngine):
     """vLLM 0.8.5 / 0.8.5.post1."""
 
+    SHIM: ClassVar[str] = "vllm-0.8.5"
+
     ATTENTION: ClassVar[dict[str, Attention]] = {
         "FLASH_ATTN": Attention({"VLLM_ATTENTION_BACKEND": "FLASH_ATTN", "VLLM_USE_V1": "1"}, {}, RAW),
         # XFORMERS is not a V1 backend: with VLLM_USE_V1=1 vLLM raises, so choose V0 explicitly.
@@ -120,6 +122,8 @@ def _cumem_allocator() -> Any:
 
 class VLLM022(VLLMEngine):
     """vLLM 0.22.x (torch 2.11 / CUDA 13)."""
+
+    SHIM: ClassVar[str] = "vllm-0.22"
 
     ATTENTION: ClassVar[dict[str, Attention]] = {
         "FLASH_ATTN": Attention({}, {"attention_backend": "FLASH_ATTN"}, RAW),

@@ -1,0 +1,37 @@
+"""Shared helpers of the host tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+
+def _run_suite(workdir: Path, *, cpu: dict[str, int], gpu: dict[str, int]) -> tuple[Path, int]:
+    """Real pytest over a generated test_cpu.py and test_gpu.py with known outcomes (passed, failed,
+    skipped, errors: a fixture failing in setup); returns the JUnit path and pytest's exit code."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name, spec in (("test_cpu.py", cpu), ("test_gpu.py", gpu)):
+        lines = ["import pytest", "", "@pytest.fixture", "def broken():", "    raise RuntimeError('setup')", ""]
+        lines += [f"def test_pass_{i}():\n    pass\n" for i in range(spec.get("passed", 0))]
+        lines += [f"def test_fail_{i}():\n    assert {i} == -1\n" for i in range(spec.get("failed", 0))]
+        lines += [f"def test_skip_{i}():\n    pytest.skip('no CUDA GPU visible')\n" for i in range(spec.get("skipped", 0))]
+        lines += [f"def test_error_{i}(broken):\n    pass\n" for i in range(spec.get("errors", 0))]
+        (workdir / name).write_text("\n".join(lines))
+    (workdir / "pytest.ini").write_text("[pytest]\n")  # keep the project's pytest config out of it
+    junit = workdir / "out" / "junit.xml"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}"],
+                          cwd=workdir, env=env, capture_output=True, text=True, check=False, timeout=120)
+    assert junit.is_file(), proc.stdout + proc.stderr
+    return junit, proc.returncode
+
+
+@pytest.fixture(scope="session")
+def suite_runner() -> Callable[..., tuple[Path, int]]:
+    """``suite_runner(dir, cpu={...}, gpu={...})``: JUnit XML from the real pytest, known outcomes."""
+    return _run_suite
