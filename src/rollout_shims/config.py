@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
+import reprlib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,24 +135,111 @@ class RolloutConfig:
         return cfg
 
     @classmethod
-    def from_yaml(cls, text: str) -> RolloutConfig:
-        """Validate the ``rollout:`` section of a YAML document."""
-        try:
-            doc = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError([f"{SECTION}: the YAML does not parse: {exc}"]) from exc
+    def from_yaml(cls, text: str, source: str = "<yaml>") -> RolloutConfig:
+        """Validate the ``rollout:`` section of a YAML document (see :func:`load_yaml` for what the
+        loader refuses)."""
+        doc = load_yaml(text, source)
         if not isinstance(doc, dict) or SECTION not in doc:
-            raise ConfigError([f"{SECTION}: section is missing (expected a top-level '{SECTION}:' key)"])
+            raise ConfigError([f"{SECTION}: section is missing (expected a top-level '{SECTION}:' key in {source})"])
         return cls.from_dict(doc[SECTION])
 
     @classmethod
     def from_file(cls, path: str | Path) -> RolloutConfig:
         """Validate the ``rollout:`` section of a YAML file."""
-        return cls.from_yaml(Path(path).read_text(encoding="utf-8"))
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ConfigError([f"{path}: no such file; pass the path of the run's YAML"]) from None
+        except IsADirectoryError:
+            raise ConfigError([f"{path}: is a directory; pass the YAML file inside it"]) from None
+        except OSError as exc:
+            raise ConfigError([f"{path}: cannot be read ({exc.strerror}); check its permissions"]) from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data[: exc.start].count(b"\n") + 1
+            raise ConfigError([f"{path}:{line}: not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                               "save the file as UTF-8"]) from None
+        return cls.from_yaml(text, str(path))
 
     def to_dict(self) -> dict[str, Any]:
         """The section as plain data (what :meth:`from_dict` accepts)."""
         return dataclasses.asdict(self)
+
+
+MAX_DEPTH = 64
+MAX_ALIASES = 50
+_FLOAT_12 = re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses what a hand-edited config never needs and an attacker could use:
+    duplicate keys (the last one would win silently), more than :data:`MAX_ALIASES` aliases (a
+    467-byte alias bomb expanded to gigabytes), nesting deeper than :data:`MAX_DEPTH` (Python's
+    recursion limit). It also reads ``5e-1`` as the number YAML 1.2 says it is."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                raise _Refused(self.peek_event().start_mark, f"more than {MAX_ALIASES} aliases (*name); "
+                               "write the values out")
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _Refused(self.peek_event().start_mark, f"nested deeper than {MAX_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise _Refused(key_node.start_mark, f"duplicate key {key!r} (first at line {seen[key]}); "
+                               "keep one of them")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789"))
+
+
+class _Refused(Exception):
+    def __init__(self, mark: Any, why: str) -> None:
+        super().__init__(why)
+        self.line = mark.line + 1 if mark is not None else 1
+        self.why = why
+
+
+def load_yaml(text: str, source: str = "<yaml>") -> Any:
+    """Parse a config document; every refusal is one ``ConfigError`` line naming ``source:line``."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
+    except _Refused as exc:
+        raise ConfigError([f"{source}:{exc.line}: {exc.why}"]) from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        raise ConfigError([f"{source}:{line}: the YAML does not parse: {exc.problem}; fix the syntax"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{source}: the YAML does not parse: {str(exc)[:200]}"]) from None
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 4, 4, 40, 40
+
+
+def _short(value: Any) -> str:
+    """A bounded ``repr`` (an error must never print, or even build, the repr of a huge value)."""
+    return _REPR.repr(value)
 
 
 def _build(cls: type, data: Any, path: str, problems: list[str]) -> Any:
@@ -157,7 +247,7 @@ def _build(cls: type, data: Any, path: str, problems: list[str]) -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        problems.append(f"{path}: expected a mapping, got {data!r}")
+        problems.append(f"{path}: expected a mapping, got {_short(data)}")
         return None
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
@@ -202,7 +292,9 @@ def _value_problem(value: Any, hint: Any, check: Check | None) -> str | None:
         str: isinstance(value, str),
     }[base]
     if not ok:
-        return f"{value!r} is not {_TYPE_WORDS[base]}" + (" or null" if nullable else "")
+        return f"{_short(value)} is not {_TYPE_WORDS[base]}" + (" or null" if nullable else "")
+    if base is float and not math.isfinite(value):
+        return f"{value!r} is not a finite number"
     if base is str and not value.strip():
         return "an empty string is not allowed"
     return check.problem(value) if check else None

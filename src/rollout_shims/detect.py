@@ -37,18 +37,45 @@ class Detection:
 
     @property
     def release(self) -> str:
-        """The public version (local part dropped), e.g. ``0.5.2`` for ``0.5.2+cu126``."""
-        return Version(self.version).public
+        """The public version (local part dropped), e.g. ``0.5.2`` for ``0.5.2+cu126``; a version that
+        does not parse (only possible when a shim is forced) is kept as it is."""
+        try:
+            return Version(self.version).public
+        except InvalidVersion:
+            return self.version
 
 
 def installed_versions() -> dict[str, str]:
-    """Engine name -> installed version string, for each engine whose metadata is found."""
+    """Engine name -> installed version string, for each engine whose metadata is found.
+
+    Refuses, with the locations and the fix, what would make the answer a guess: two installs of one
+    engine with different versions on ``sys.path`` (a stale dist-info left by a broken upgrade), a
+    METADATA that is not UTF-8, or one without a Version.
+    """
     found = {}
     for engine, dist in ENGINE_PACKAGES.items():
+        installs: dict[str, str] = {}
         try:
-            found[engine] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
+            for d in metadata.distributions(name=dist):
+                where = str(getattr(d, "_path", "?"))
+                version = (d.metadata.get("Version") or "").strip()
+                if not version:
+                    raise UnsupportedEngineError(
+                        f"the {dist} METADATA at {where} has no Version; reinstall it "
+                        f"(pip install --force-reinstall {dist}==<version>)")
+                installs.setdefault(where, version)
+        except UnicodeDecodeError as exc:
+            raise UnsupportedEngineError(
+                f"the {dist} package metadata is not UTF-8 ({exc.reason} at byte {exc.start}); reinstall {dist}"
+            ) from None
+        if not installs:
             continue
+        if len(set(installs.values())) > 1:
+            listing = "; ".join(f"{v} at {w}" for w, v in installs.items())
+            raise UnsupportedEngineError(
+                f"{len(installs)} installs of {dist} are visible ({listing}); remove the stale one "
+                f"(pip uninstall {dist}, then reinstall the one you want)")
+        found[engine] = next(iter(installs.values()))
     return found
 
 

@@ -28,8 +28,8 @@ def last_error_line(text: str) -> str:
     for line in reversed(lines):
         if _ERROR_LINE.match(line):
             return line[:500]
-    for line in reversed(lines):
-        if "error" in line.lower():
+    for line in reversed(lines):  # SGLang also logs "error ... can be ignored" notices: those explain nothing
+        if "error" in line.lower() and "can be ignored" not in line:
             return line[:500]
     return ""
 

@@ -174,7 +174,7 @@ def test_cross_field_rules_are_reported_together() -> None:
 
 
 def test_yaml_errors() -> None:
-    with pytest.raises(ConfigError, match=r"^rollout: the YAML does not parse"):
+    with pytest.raises(ConfigError, match=r"^<yaml>:1: the YAML does not parse"):
         RolloutConfig.from_yaml("rollout: [unclosed")
     with pytest.raises(ConfigError, match=r"^rollout: section is missing"):
         RolloutConfig.from_yaml("actor:\n  lr: 1\n")
@@ -188,3 +188,49 @@ def test_config_is_immutable() -> None:
     cfg = RolloutConfig.from_dict({"model_dir": "/m"})
     with pytest.raises(AttributeError):
         cfg.model_dir = "/other"  # type: ignore[misc]
+
+
+# -- faults: each is one ConfigError line naming the cause (the file and line where there is one) ------
+
+def test_file_faults_are_config_errors_naming_the_path(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"missing\.yaml: no such file"):
+        RolloutConfig.from_file(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="is a directory; pass the YAML file inside it"):
+        RolloutConfig.from_file(tmp_path)
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes(b"rollout:\n  model_dir: /m\n  group_name: caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"latin1\.yaml:3: not UTF-8 \(byte 0xe9 at offset 42\)"):
+        RolloutConfig.from_file(bad)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("rollout:\n  model_dir: /m\n  gpu_memory_utilization: .nan\n", "nan is not a finite number"),
+    ("rollout:\n  model_dir: /m\n  gpu_memory_utilization: .inf\n", "inf is not a finite number"),
+    ("rollout:\n  model_dir: /m\n  model_dir: /n\n", "<yaml>:3: duplicate key 'model_dir' (first at line 2)"),
+    ("rollout:\n  model_dir: /m\n  sglang:\n    decode_log_interval: 1\n    decode_log_interval: 2\n",
+     "<yaml>:5: duplicate key 'decode_log_interval' (first at line 4)"),
+    ("rollout: " + "[" * 5000 + "]" * 5000 + "\n", "<yaml>:1: nested deeper than 64 levels"),
+    ("rollout:\n  model_dir: [oops\n", "<yaml>:3: the YAML does not parse"),
+])
+def test_yaml_the_loader_refuses(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        RolloutConfig.from_yaml(text)
+    assert message in str(info.value) and len(str(info.value).splitlines()) == 1, str(info.value)
+
+
+def test_an_alias_bomb_is_refused_at_once() -> None:
+    """467 bytes that expand to 9**9 list items: refused while parsing, not after expanding."""
+    lines = ["a: &a [x,x,x,x,x,x,x,x,x]"]
+    for prev, name in zip("abcdefgh", "bcdefghi", strict=True):
+        lines.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
+    text = "\n".join([*lines, "rollout: *i", ""])
+    with pytest.raises(ConfigError, match=r"more than 50 aliases"):
+        RolloutConfig.from_yaml(text)
+
+
+def test_yaml_12_exponent_is_a_number_and_values_in_errors_stay_short() -> None:
+    assert RolloutConfig.from_yaml("rollout:\n  model_dir: /m\n  gpu_memory_utilization: 5e-1\n"
+                                   ).gpu_memory_utilization == 0.5
+    with pytest.raises(ConfigError) as info:
+        RolloutConfig.from_dict({"model_dir": "/m", "gpu_memory_utilization": [list(range(10_000))] * 1000})
+    assert len(str(info.value)) < 200

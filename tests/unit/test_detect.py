@@ -229,3 +229,43 @@ def test_detect_in_a_fresh_interpreter_imports_no_engine_and_no_torch(tmp_path: 
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "sglang-0.5.1"
+
+
+# -- broken metadata: one UnsupportedEngineError naming the cause, never a guess ----------------------
+
+def test_metadata_that_is_not_utf8_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    info = tmp_path / "sglang-0.5.2.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_bytes(b"Metadata-Version: 2.1\nName: sglang\nVersion: 0.5.2\nSummary: caf\xe9\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UnsupportedEngineError, match=r"sglang package metadata is not UTF-8.*reinstall sglang"):
+        detect()
+
+
+@pytest.mark.parametrize("header", ["Version: \n", ""])
+def test_metadata_without_a_version_is_named_and_forcing_does_not_crash(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch,
+                                                                        header: str) -> None:
+    info = tmp_path / "sglang-0.5.2.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: sglang\n{header}")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UnsupportedEngineError, match=r"METADATA at .*sglang-0\.5\.2\.dist-info has no Version"):
+        detect()
+
+
+def test_a_forced_shim_on_an_unparsable_version_reports_it_as_is(site) -> None:
+    site("vllm", "not.a.version")
+    found = detect(force_shim="vllm-0.22")
+    assert (found.shim, found.release, found.forced) == ("vllm-0.22", "not.a.version", True)
+
+
+def test_two_installs_of_one_engine_are_refused_with_both_places(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    for sub, version in (("a", "0.5.2"), ("b", "0.4.6.post5")):
+        install_metadata(tmp_path / sub, "sglang", version)
+        monkeypatch.syspath_prepend(str(tmp_path / sub))
+    with pytest.raises(UnsupportedEngineError) as info:
+        detect()
+    assert "2 installs of sglang" in str(info.value)
+    assert "0.5.2 at" in str(info.value) and "0.4.6.post5 at" in str(info.value)
