@@ -3,7 +3,7 @@
     nox -l                      # every session (no Docker needed to list them)
     nox -s sglang-0.5.2         # pull or build the image, then run tests/engine inside it
     nox -s vllm-0.8.5 -- -k detect    # arguments after -- go to pytest in the container
-    nox -t gpu                  # every release session (what the GPU workflow runs, one per job)
+    nox -t gpu                  # every buildable release (what the GPU workflow runs, one per job)
 
 Release sessions run on the host Python (python=False) and drive Docker through the same API as the
 `rollout-matrix` CLI; site options come from ROLLOUT_MATRIX_* variables (see README).
@@ -28,21 +28,24 @@ nox.options.error_on_external_run = True
 
 def _release_session(entry: Entry) -> None:
     band = shim_for(entry) or "no-shim"
+    # An unavailable release can never build from PyPI: it gets a session (to say why) but not the
+    # "gpu" tag, so the GPU workflow schedules no job that can never pass.
+    tags = [entry.engine, band, "unavailable" if entry.unavailable else "gpu"]
 
-    @nox.session(name=entry.name, python=False, tags=[entry.engine, band, "gpu"], default=False)
+    @nox.session(name=entry.name, python=False, tags=tags, default=False)
     def release(session: nox.Session) -> None:
         from rollout_matrix.errors import UserError
         from rollout_matrix.options import BuildOptions
-        from rollout_matrix.progress import Reporter
-        from rollout_matrix.session import run_session
+        from rollout_matrix.progress import Reporter, quiet_libraries
+        from rollout_matrix.session import run_session, tests_passed
 
+        quiet_libraries()
         try:
             run = run_session(load_matrix(ROOT / "matrix.yaml"), entry, BuildOptions.from_env(),
                               Reporter(entry.name), list(session.posargs))
-        except UserError as exc:
-            session.error(str(exc))
-        if run.exit_code not in (0, 5):  # 5: pytest collected nothing (e.g. -k matched no test)
-            session.error(f"tests/engine failed in {entry.name} (pytest exit {run.exit_code}); see {run.junit}")
+            tests_passed(run)
+        except UserError as exc:  # the CLI prints the same line and exits with the class's code
+            session.error(f"[exit {exc.exit_code}] {exc}")
 
     release.__doc__ = f"tests/engine in the {entry.requirement} image (torch {entry.torch}, CUDA {entry.cuda})"
 

@@ -88,7 +88,8 @@ def build_matrix(sessions: list[dict[str, Any]], tag: str = GPU_TAG) -> dict[str
 
 
 def check_against_matrix(matrix: dict[str, list[dict[str, str]]]) -> None:
-    """Every release in matrix.yaml must have a GPU session; skipped if rollout_matrix is not installed."""
+    """Every buildable release in matrix.yaml must have a GPU session, and no unavailable one (it can
+    never pass); skipped if rollout_matrix is not installed."""
     try:
         from rollout_matrix.matrix import load_matrix
     except ImportError:
@@ -99,9 +100,12 @@ def check_against_matrix(matrix: dict[str, list[dict[str, str]]]) -> None:
     except Exception as exc:  # a MatrixError already says file:line and the fix
         raise MatrixScriptError(str(exc)) from None
     sessions = {job["session"] for job in matrix["include"]}
-    missing = [e.name for e in entries if e.name not in sessions]
+    missing = [e.name for e in entries if e.name not in sessions and not e.unavailable]
     if missing:
         raise MatrixScriptError(f"releases without a '{GPU_TAG}' nox session: {', '.join(missing)}")
+    doomed = [e.name for e in entries if e.name in sessions and e.unavailable]
+    if doomed:
+        raise MatrixScriptError(f"unavailable releases scheduled on GPU runners: {', '.join(doomed)}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -326,17 +326,25 @@ def _load_engine(ctx: _Ctx, engine: str, node: yaml.Node, stacks: dict[str, Stac
     for index, band in enumerate(bands.value):
         band_what = f"{what}.bands[{index}]"
         b = ctx.mapping(band, band_what)
-        ctx.keys(b, band_what, {"stack", "releases"}, {"torch", "extra_requirements", "unavailable"}, band)
+        ctx.keys(b, band_what, {"stack", "releases", "torch"}, {"extra_requirements", "unavailable"}, band)
         stack_node = b["stack"][1]
         stack_name = ctx.string(stack_node, f"{band_what}.stack")
         if stack_name not in stacks:
             raise ctx.fail(stack_node, f"{band_what}.stack {stack_name!r} is not defined under stacks "
                                        f"(known: {', '.join(stacks)})")
-        torch = ctx.version(b["torch"][1], f"{band_what}.torch") if "torch" in b else None
+        torch_node = b["torch"][1]
+        if isinstance(torch_node, yaml.ScalarNode) and (torch_node.tag.endswith(":null") or torch_node.value == "none"):
+            torch = None  # said explicitly: an engine that pins no torch (test fixtures)
+        else:
+            torch = ctx.version(torch_node, f"{band_what}.torch")
         extra = tuple(ctx.string_list(b["extra_requirements"][1], f"{band_what}.extra_requirements")) \
             if "extra_requirements" in b else ()
         unavailable = ctx.string(b["unavailable"][1], f"{band_what}.unavailable") if "unavailable" in b else None
-        for version, (vkey, pins_node) in ctx.mapping(b["releases"][1], f"{band_what}.releases").items():
+        releases = ctx.mapping(b["releases"][1], f"{band_what}.releases")
+        if not releases:
+            raise ctx.fail(b["releases"][1], f"{band_what}.releases is empty; list at least one release or "
+                                             "remove the band")
+        for version, (vkey, pins_node) in releases.items():
             version = ctx.version(vkey, f"{band_what}.releases key")
             pins: dict[str, str] = {}
             exclude_newer = None

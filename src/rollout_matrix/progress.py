@@ -7,6 +7,7 @@ at most every 5 s. Everything goes to stdout; errors are raised, not printed her
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 import time
@@ -16,6 +17,16 @@ from typing import Any
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
+NOISY_LOGGERS = ("docker", "urllib3", "requests")
+"""Libraries that log every HTTP call at DEBUG; nox sets the root logger to DEBUG for its own lines."""
+
+
+def quiet_libraries() -> None:
+    """Keep the Docker SDK's and urllib3's per-request DEBUG lines out of the output (warnings stay)."""
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 class Reporter:
     """Prints ``[entry +12.3s] message`` lines; one per build step or transfer milestone."""
 
@@ -23,11 +34,6 @@ class Reporter:
         self.prefix = prefix
         self.stream = stream or sys.stdout
         self.start = time.monotonic()
-
-    def child(self, prefix: str) -> Reporter:
-        r = Reporter(prefix, self.stream)
-        r.start = self.start
-        return r
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start

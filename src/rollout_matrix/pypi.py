@@ -7,12 +7,16 @@ same few hundred projects again and again.
 
 from __future__ import annotations
 
+import email
+import io
 import json
 import threading
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from packaging.utils import (
     InvalidSdistFilename,
@@ -110,3 +114,56 @@ def release_files(project: str, version: str, index_url: str = INDEX_URL) -> lis
 def upload_times(project: str, version: str, index_url: str = INDEX_URL) -> list[datetime]:
     """Upload times of every file of ``project==version``, oldest first."""
     return sorted(f.upload_time for f in release_files(project, version, index_url) if f.upload_time)
+
+
+class _RemoteFile(io.RawIOBase):
+    """A read-only, seekable view of a file on the index through HTTP range requests, so that
+    ``zipfile`` reads a wheel's METADATA (a few KB) without downloading the wheel (vLLM's: 400 MB)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+        self.pos = 0
+        request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": "rollout-matrix"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            self.size = int(response.headers["Content-Length"])
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self.pos = {io.SEEK_SET: offset, io.SEEK_CUR: self.pos + offset, io.SEEK_END: self.size + offset}[whence]
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, buffer: Any) -> int:
+        want = min(len(buffer), self.size - self.pos)
+        if want <= 0:
+            return 0
+        headers = {"Range": f"bytes={self.pos}-{self.pos + want - 1}", "User-Agent": "rollout-matrix"}
+        with urllib.request.urlopen(urllib.request.Request(self.url, headers=headers), timeout=60) as response:
+            data = response.read()
+        buffer[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
+def requires_dist(project: str, version: str, index_url: str = INDEX_URL) -> list[str]:
+    """``Requires-Dist`` of ``project==version``, from the METADATA inside one of its wheels (read
+    with range requests; the per-version JSON API is not reachable from every network)."""
+    wheels = [f for f in release_files(project, version, index_url) if f.is_wheel]
+    if not wheels:
+        raise UserError(f"{project} {version} has no wheel on {index_url}; check the version")
+    wheel = min(wheels, key=lambda f: f.size or 0)
+    try:
+        with zipfile.ZipFile(io.BufferedReader(_RemoteFile(wheel.url), buffer_size=1 << 16)) as zf:
+            name = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+            text = zf.read(name).decode("utf-8")
+    except (OSError, zipfile.BadZipFile, StopIteration, KeyError, ValueError) as exc:
+        raise UserError(f"cannot read the METADATA of {wheel.filename} ({exc.__class__.__name__}); retry") from None
+    return email.message_from_string(text).get_all("Requires-Dist") or []

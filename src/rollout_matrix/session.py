@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from rollout_matrix.build import build, find_existing
-from rollout_matrix.errors import BuildFailed, CheckFailed
+from rollout_matrix.errors import BuildFailed, CheckFailed, TestsFailed
 from rollout_matrix.matrix import Entry, Matrix
 from rollout_matrix.options import BuildOptions
 from rollout_matrix.plan import BuildPlan, plan_build
@@ -55,3 +55,14 @@ def run_session(matrix: Matrix, entry: Entry, options: BuildOptions, reporter: R
         publish(folder, results, entry.name)
         raise
     return run_tests(plan, checkout, results, reporter, pytest_args)
+
+
+def tests_passed(run: TestRun) -> None:
+    """Raise :class:`TestsFailed` unless pytest exited 0: the CLI and nox judge a run the same way
+    (no test collected, pytest's 5, is a failure too: a filter that matches nothing tests nothing)."""
+    if run.exit_code == 5:
+        raise TestsFailed(f"tests/engine collected no test in {run.entry} (a -k/-m filter matched nothing); "
+                          f"see {run.folder}")
+    if run.exit_code != 0:
+        raise TestsFailed(f"tests/engine failed in {run.entry} (pytest exit {run.exit_code}); see "
+                          f"{run.folder}/junit.xml and pytest.log")

@@ -69,7 +69,7 @@ def write_fixture_checkout(path: Path, *, repository: str, base: str, releases: 
     """A checkout with the project's real docker/ files and a small matrix whose 'engine' is a tiny
     PyPI package: the same build path as a real engine, in seconds instead of minutes."""
     shutil.copytree(ROOT / "docker", path / "docker", ignore=shutil.ignore_patterns("locks"))
-    band: dict[str, object] = {"stack": "deb", "releases": releases}
+    band: dict[str, object] = {"stack": "deb", "torch": None, "releases": releases}  # six pins no torch
     if extra_requirements:
         band["extra_requirements"] = extra_requirements
     matrix = {

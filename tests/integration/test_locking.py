@@ -41,6 +41,7 @@ engines:
     requirement: "requests=={version}"
     bands:
       - stack: cpu
+        torch: none  # a CPU-only stand-in engine: it pins no torch
         releases:
           "2.31.0": {}
 """

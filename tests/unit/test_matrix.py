@@ -80,6 +80,8 @@ def _load(tmp_path: Path, text: str):
         ('    python: "3.10"', '    python: "python3"', 6, "is not valid; expected something like '3.10'"),
         ("    base_image: nvidia/cuda:12.4.1-cudnn-devel-ubuntu22.04\n", "", 4, "stacks.cu124: missing key 'base_image'; add it"),
         ("      - torch", "      -  torch: [\n      - torch", 13, "not valid YAML"),
+        ('      - torch: "2.6.0"\n        stack: cu124', "      - stack: cu124", 12, "missing key 'torch'"),
+        ('          "0.8.5": {}', "          {}", 15, "engines.vllm.bands[0].releases is empty; list at least one"),
     ],
 )
 def test_bad_matrix_names_file_line_and_fix(tmp_path, old, new, line, message):
