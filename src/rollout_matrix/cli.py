@@ -8,22 +8,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from rollout_matrix.errors import UserError
-from rollout_matrix.matrix import Matrix, load_matrix
+from rollout_matrix.errors import INTERRUPTED, UserError
+from rollout_matrix.matrix import Entry, Matrix, load_matrix
 from rollout_matrix.options import BuildOptions
-from rollout_matrix.progress import Reporter
+from rollout_matrix.progress import Reporter, quiet_libraries
 
 Handler = Callable[[argparse.Namespace, Matrix], int]
+HOST_MODULES = {"docker", "requests", "nox", "uv", "zstandard", "tomli"}
+"""What the host tooling imports beyond the runtime library (the ``matrix`` extra)."""
 
 
 def _site_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("site options (each also read from ROLLOUT_MATRIX_<NAME>)")
     g.add_argument("--repository", help="image repository, e.g. ghcr.io/OWNER/rollout-matrix (default: matrix.yaml's)")
-    g.add_argument("--base-image", help="use this base image instead of the stack's CUDA image (air-gapped sites, tests)")
+    g.add_argument("--base-image", help="use this base image instead of the stack's CUDA image (air-gapped sites, "
+                                        "tests); one image for every stack, or STACK=IMAGE[,STACK=IMAGE...]")
     g.add_argument("--python", help="the Python version of --base-image, e.g. 3.11 (default: the stack's)")
     g.add_argument("--registry-mirror", help="pull base images through this registry host, e.g. mirror.local:5000")
     g.add_argument("--extra-ca-cert", help="a PEM CA bundle the build must trust (corporate proxies)")
@@ -76,13 +80,28 @@ def cmd_list(args: argparse.Namespace, matrix: Matrix) -> int:
     return 0
 
 
+def _selected(matrix: Matrix, names: list[str], verb: str, options: BuildOptions) -> list[Entry]:
+    """The entries named; ``all`` skips the releases matrix.yaml marks unavailable (one line each)
+    unless the site builds unlocked from its own index, which may still have their files."""
+    entries = matrix.select(names)
+    if names != ["all"] or not options.locked:
+        return entries
+    skipped = [e for e in entries if e.unavailable]
+    for e in skipped:
+        print(f"rollout-matrix: {e.name}: skipped, unavailable ({e.unavailable})", file=sys.stderr)
+    if skipped:
+        print(f"rollout-matrix: {verb} all: {len(entries) - len(skipped)} entries, {len(skipped)} unavailable "
+              "skipped", file=sys.stderr)
+    return [e for e in entries if not e.unavailable]
+
+
 def cmd_build(args: argparse.Namespace, matrix: Matrix) -> int:
     from rollout_matrix.build import build
     from rollout_matrix.plan import plan_build
     from rollout_matrix.registry import push
 
     options = _options(args)
-    entries = matrix.select(args.entries)
+    entries = _selected(matrix, args.entries, "build", options)
     plans = [plan_build(matrix, e, options) for e in entries]  # all inputs checked before any build
     for plan in plans:
         reporter = Reporter(plan.entry.name)
@@ -97,8 +116,8 @@ def cmd_push(args: argparse.Namespace, matrix: Matrix) -> int:
     from rollout_matrix.registry import push
 
     options = _options(args)
-    for entry in matrix.select(args.entries):
-        digest = push(plan_build(matrix, entry, options), Reporter(entry.name))
+    for entry in _selected(matrix, args.entries, "push", options):
+        digest = push(plan_build(matrix, entry, options, purpose="push"), Reporter(entry.name))
         print(f"{entry.name} {digest}")
     return 0
 
@@ -108,27 +127,30 @@ def cmd_pull(args: argparse.Namespace, matrix: Matrix) -> int:
     from rollout_matrix.registry import pull
 
     options = _options(args)
-    for entry in matrix.select(args.entries):
-        pull(plan_build(matrix, entry, options), Reporter(entry.name))
+    for entry in _selected(matrix, args.entries, "pull", options):
+        pull(plan_build(matrix, entry, options, purpose="pull"), Reporter(entry.name))
     return 0
 
 
 def cmd_test(args: argparse.Namespace, matrix: Matrix) -> int:
     from rollout_matrix.plan import plan_build
-    from rollout_matrix.session import run_session
+    from rollout_matrix.session import run_session, tests_passed
     from rollout_matrix.testrun import run_tests
 
     options = _options(args)
     entry = matrix.get(args.entry)
     reporter = Reporter(entry.name)
     results = Path(args.results) if args.results else None
+    if results is not None and results.exists() and not results.is_dir():
+        raise UserError(f"--results {results}: is a file; pass a directory (results/<entry>/ goes inside it)")
     if args.no_build:
         plan = plan_build(matrix, entry, options)
         run = run_tests(plan, matrix.path.parent, results or matrix.path.parent / "results", reporter,
                         args.pytest_args)
     else:
         run = run_session(matrix, entry, options, reporter, args.pytest_args, results)
-    return run.exit_code
+    tests_passed(run)
+    return 0
 
 
 def cmd_lock(args: argparse.Namespace, matrix: Matrix) -> int:
@@ -173,6 +195,24 @@ def cmd_drift(args: argparse.Namespace, matrix: Matrix) -> int:
     return 0
 
 
+def cmd_new_release(args: argparse.Namespace, matrix: Matrix) -> int:
+    from rollout_matrix.newrelease import new_release
+
+    found = new_release(matrix, args.engine, args.version)
+    if found.band_torch is None:
+        print(f"{args.engine} {args.version} pins torch {found.torch or '(none)'}: no band of matrix.yaml has that "
+              f"torch; add a band (and a stack for its CUDA line) with this release:", file=sys.stderr)
+    else:
+        print(f"{args.engine} {args.version} pins torch {found.torch}: add this line under the band with torch "
+              f"{found.band_torch} (stack {found.stack}), then run `rollout-matrix lock {args.engine}-{args.version}`:",
+              file=sys.stderr)
+    if found.shim is None:
+        print(f"no rollout_shims band serves {args.engine} {args.version} yet: check the engine API it changed and add a "
+              "bands.yaml row and a shim class (docs/maintaining.md)", file=sys.stderr)
+    print(found.line())
+    return 0
+
+
 def cmd_record(args: argparse.Namespace, matrix: Matrix) -> int:
     from rollout_matrix.results import record
 
@@ -189,7 +229,10 @@ def cmd_report(args: argparse.Namespace, matrix: Matrix) -> int:
     """Failing releases do not fail the command: the test jobs already did; this one only reports."""
     from rollout_matrix.report import summary_line, write_report
 
-    rows, written = write_report(matrix, Path(args.out) if args.out else matrix.path.parent / "docs")
+    out = Path(args.out) if args.out else matrix.path.parent / "docs"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; pass a directory (compatibility.md and .html go inside it)")
+    rows, written = write_report(matrix, out)
     print(summary_line(rows) + " -> " + ", ".join(str(p) for p in written))
     return 0
 
@@ -268,6 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an earlier bundle the machine already has: its chunks are not shipped again")
     p.set_defaults(handler=cmd_bundle)
 
+    p = sub.add_parser("new-release", help="the matrix.yaml line of a new release, from its metadata on PyPI")
+    p.add_argument("engine", help="an engine of matrix.yaml, e.g. sglang")
+    p.add_argument("version", help="the release, e.g. 0.5.3")
+    p.set_defaults(handler=cmd_new_release)
+
     p = sub.add_parser("record", help="promote local results/<entry> runs into the committed evidence",
                        description="Copies each run (junit.xml, run.json, pytest.log) into cpu-results/<entry> or "
                                    "gpu-results/<entry> by the kind of run, refusing to replace evidence with less.")
@@ -290,15 +338,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.pytest_args = pytest_args
+    # A shell that starts us in the background ignores SIGINT for its children; Ctrl-C (or kill -INT)
+    # must still stop us cleanly, so take the default Python handler back.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    quiet_libraries()
     try:
         matrix = load_matrix(args.matrix)
         return int(args.handler(args, matrix))
     except UserError as exc:
         print(f"rollout-matrix: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
+    except ModuleNotFoundError as exc:
+        if exc.name not in HOST_MODULES:
+            raise
+        print(f"rollout-matrix: error: {args.command} needs the host tooling, which is not installed (no module "
+              f"{exc.name!r}); pip install 'rollout-matrix[matrix]'", file=sys.stderr)
+        return UserError.exit_code
     except KeyboardInterrupt:
         print("rollout-matrix: interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     except BrokenPipeError:  # `rollout-matrix list | head`: the reader left; not an error
         sys.stderr.close()
         return 0

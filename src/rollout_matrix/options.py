@@ -2,11 +2,16 @@
 
 Each option has a CLI flag and an environment variable (so CI and nox sessions set them once);
 flags win over the environment, the environment over the defaults from matrix.yaml.
+
+``--base-image`` takes one image for every stack, or one per stack (``cu124=IMAGE,cu126=IMAGE``):
+a site (or this project's CPU machines, with their CUDA devel test bases) may have a different
+substitute for each CUDA line, and one ``build all`` must then pick the right one per entry.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -33,7 +38,7 @@ class BuildOptions:
     """How to build and name images at this site (none of it changes what an entry is)."""
 
     repository: str | None = None  # None: matrix.yaml's repository
-    base_image: str | None = None  # replaces the stack's base image (air-gapped sites, tests)
+    base_image: str | None = None  # replaces the stacks' base images: IMAGE, or STACK=IMAGE,... (see BaseImages)
     python: str | None = None  # the Python of that base image; None: the stack's
     registry_mirror: str | None = None  # prefix for base images, e.g. mirror.example.com:5000
     extra_ca_cert: Path | None = None  # a CA bundle the build must trust (proxies)
@@ -80,3 +85,60 @@ class BuildOptions:
                                 "pass a file with -----BEGIN CERTIFICATE----- blocks")
         if self.python is not None and not self.python.count(".") == 1:
             raise UserError(f"--python {self.python!r} must look like 3.11")
+        BaseImages.parse(self.base_image)  # syntax now; stack names when a plan meets the matrix
+
+    def base_image_for(self, stack: str, known_stacks: Iterable[str]) -> str | None:
+        """The base image given for ``stack`` (None: use the stack's own); see :meth:`BaseImages.for_stack`."""
+        return BaseImages.parse(self.base_image).for_stack(stack, known_stacks)
+
+
+@dataclass(frozen=True)
+class BaseImages:
+    """``--base-image`` / ROLLOUT_MATRIX_BASE_IMAGE, parsed: one image for every stack, or a mapping.
+
+    ``IMAGE`` replaces the base of every stack (the only form before per-stack bases). ``STACK=IMAGE``
+    items, comma-separated, replace only the stacks they name; any other stack keeps its own base.
+    An image reference can hold neither ``=`` nor ``,``, so the two forms cannot be confused.
+    """
+
+    every: str | None = None
+    per_stack: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def parse(cls, value: str | None) -> BaseImages:
+        """Read the option's text; a malformed value is a one-line UserError that shows the syntax."""
+        text = (value or "").strip()
+        if not text:
+            return cls()
+        if "=" not in text:
+            if "," in text or any(c.isspace() for c in text):
+                raise UserError(f"--base-image {value!r} is neither one image nor a STACK=IMAGE list; "
+                                "write IMAGE, or cu124=IMAGE,cu126=IMAGE")
+            return cls(every=text)
+        pairs: dict[str, str] = {}
+        for item in (part.strip() for part in text.split(",")):
+            if not item:
+                continue  # a trailing comma
+            stack, sep, image = (x.strip() for x in item.partition("="))
+            if not sep or not stack or not image or "=" in image or any(c.isspace() for c in stack + image):
+                raise UserError(f"--base-image item {item!r} is not STACK=IMAGE; write e.g. "
+                                "cu124=IMAGE,cu126=IMAGE (or one IMAGE for every stack)")
+            if pairs.get(stack, image) != image:
+                raise UserError(f"--base-image gives stack {stack} twice ({pairs[stack]} and {image}); keep one")
+            pairs[stack] = image
+        return cls(per_stack=tuple(sorted(pairs.items())))
+
+    def for_stack(self, stack: str, known_stacks: Iterable[str]) -> str | None:
+        """The image for ``stack``: the one for every stack, the mapping's, or None (the stack's own).
+
+        ``known_stacks`` (matrix.yaml's) is checked against the mapping every time, so a misspelt
+        stack fails loudly instead of silently building that stack on its CUDA base.
+        """
+        if self.every is not None:
+            return self.every
+        known = sorted(set(known_stacks))
+        unknown = sorted(name for name, _ in self.per_stack if name not in known)
+        if unknown:
+            raise UserError(f"--base-image names stack {', '.join(unknown)}, which matrix.yaml does not define "
+                            f"(known: {', '.join(known)}); fix the STACK=IMAGE list")
+        return dict(self.per_stack).get(stack)

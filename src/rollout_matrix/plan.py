@@ -129,10 +129,16 @@ class BuildPlan:
         return buf
 
 
-def plan_build(matrix: Matrix, entry: Entry, options: BuildOptions) -> BuildPlan:
-    """Resolve the options against the entry; fails early (before any download) on a missing lock."""
-    base = options.base_image or entry.stack.base_image
-    if options.registry_mirror and not options.base_image:
+def plan_build(matrix: Matrix, entry: Entry, options: BuildOptions, purpose: str = "build") -> BuildPlan:
+    """Resolve the options against the entry; fails early (before any download) on a missing lock.
+
+    The base image is the one ``--base-image`` gives for the entry's stack (one image for all, or a
+    ``STACK=IMAGE`` list); a stack it does not name keeps its own base, pulled through the registry
+    mirror if one is set (a given base is taken as is: it names exactly what the site has).
+    """
+    given = options.base_image_for(entry.stack.name, (e.stack.name for e in matrix))
+    base = given or entry.stack.base_image
+    if options.registry_mirror and not given:
         base = f"{options.registry_mirror.rstrip('/')}/{base}"
     python = options.python or entry.python
     docker_dir = matrix.path.parent / "docker"
@@ -141,8 +147,11 @@ def plan_build(matrix: Matrix, entry: Entry, options: BuildOptions) -> BuildPlan
             raise UserError(f"{docker_dir / name} is missing; run from a complete checkout")
     lock_file: Path | None = None
     if entry.unavailable and options.locked:
-        raise UserError(f"{entry.name} cannot be built from the public index ({entry.unavailable}); "
-                        "build it with --no-lock and --index-url pointing at a mirror that has those files")
+        if purpose == "build":
+            raise UserError(f"{entry.name} cannot be built from the public index ({entry.unavailable}); "
+                            "build it with --no-lock and --index-url pointing at a mirror that has those files")
+        raise UserError(f"{entry.name} is unavailable ({entry.unavailable}): there is no image to {purpose} unless "
+                        "your site built one with --no-lock from its own index (then pass --no-lock here too)")
     if options.locked:
         lock_file = lock_path(entry, python, locks_dir_for(matrix))
         if not lock_file.is_file():

@@ -53,7 +53,7 @@ def locked(tmp_path_factory: pytest.TempPathFactory) -> Matrix:
     import sys
 
     root = tmp_path_factory.mktemp("repo")
-    python = "%d.%d" % sys.version_info[:2]
+    python = f"{sys.version_info[0]}.{sys.version_info[1]}"
     (root / "matrix.yaml").write_text(MATRIX.format(python=python))
     matrix = load_matrix(root / "matrix.yaml")
     result = lock_entry(matrix.get("tiny-2.31.0"), python, root / "docker" / "locks")

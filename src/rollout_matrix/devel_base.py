@@ -1,0 +1,530 @@
+"""The CUDA devel *test* base: per CUDA stack, the Debian test base plus that stack's CUDA toolkit
+from NVIDIA's PyPI wheels, laid out as /usr/local/cuda like the stack's nvidia/cuda:*-devel image.
+
+Why it exists: some locked sdists need a CUDA toolkit to install (torch-memory-saver 0.0.5 compiles
+against the CUDA headers and links ``-lcuda``; flashinfer-python 0.2.6.post1 / 0.2.7.post1 run
+``nvcc --version`` in setup.py), and this project's CPU machines cannot pull nvidia/cuda images.
+Built on this base (``rollout-matrix build ENTRY --base-image cu124=REF,cu126=REF --python 3.11``),
+those releases install and their CPU tests run.
+
+It is a TEST SUBSTITUTE, never a release base, and is named and labelled so: no cuDNN, NCCL or math
+libraries beyond what torch's own wheels bring, no driver compat libraries, Debian's glibc and gcc
+instead of Ubuntu's, a generated link stub for libcuda, and no CUDA compiler driver: NVIDIA's CUDA 12
+wheels on PyPI carry ptxas, libNVVM and headers but no nvcc/cicc/cudafe++, so ``nvcc`` here is a
+version probe answering from the toolkit's own ptxas that refuses to compile (docker/devel-base/nvcc).
+An image built on it is evidence that a release *installs*, nothing more (docs/locks.md).
+
+Inputs, all in docker/devel-base/: the Dockerfile, install.sh, assemble.py, the nvcc probe, and
+``wheels-<stack>.txt``: the stack's toolkit wheels pinned with their sha256, committed, written by
+``python -m rollout_matrix.devel_base --lock``. A committed lock rather than the PyPI API at plan time
+because the image name must be computable offline, identical on every machine, and unable to move
+under an existing tag when NVIDIA uploads a newer patch; a reviewer also sees exactly which files go
+in. Each stack's image is cached by content: ``rollout-matrix-test/cuda-devel:<cuda>-<hash12>``, the
+hash over those files, the base image reference and its local image id, and the extra CA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import re
+import sys
+import tarfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+from packaging.version import InvalidVersion, Version
+
+from rollout_matrix.build import _cause
+from rollout_matrix.docker_api import client, container, engine_call, image_exists
+from rollout_matrix.errors import INTERRUPTED, BuildFailed, CheckFailed, UserError
+from rollout_matrix.lockfile import LOCK_NAME_RE, Pin, locks_dir_for, parse_pins, render_body, split_lock
+from rollout_matrix.matrix import Matrix, Stack, load_matrix
+from rollout_matrix.options import DEFAULT_INDEX_URL, BuildOptions
+from rollout_matrix.progress import Reporter
+
+#: Where the devel test bases go. A local name on purpose: nothing here is ever pushed as a base.
+REPOSITORY = "rollout-matrix-test/cuda-devel"
+DEFAULT_TEST_BASE = "rollout-matrix-test/debian:bookworm"
+DEVEL_SUBDIR = Path("docker") / "devel-base"
+CONTEXT_FILES = ("Dockerfile", "install.sh", "assemble.py", "nvcc")
+LABEL_PREFIX = "io.rollout-matrix.devel-base"
+
+RUNTIME = "nvidia-cuda-runtime-cu12"
+#: The wheels of the toolkit, the runtime first: cudart and its headers (cuda.h, cuda_runtime_api.h),
+#: the nvcc wheel (ptxas, libNVVM, libdevice, crt headers), CCCL (thrust, cub, libcu++ headers).
+COMPONENTS = (RUNTIME, "nvidia-cuda-nvcc-cu12", "nvidia-cuda-cccl-cu12")
+PYPI_JSON = "https://pypi.org/pypi/{name}/json"
+
+
+# -- stacks -------------------------------------------------------------------------------------------
+
+
+def stacks_of(matrix: Matrix) -> dict[str, Stack]:
+    """The stacks matrix.yaml's entries use, by name, in file order."""
+    stacks: dict[str, Stack] = {}
+    for entry in matrix:
+        stacks.setdefault(entry.stack.name, entry.stack)
+    return stacks
+
+
+def toolkit_stacks(matrix: Matrix) -> list[str]:
+    """The stacks a devel test base can be made for: the CUDA 12 ones (cu124, cu126, cu128).
+
+    CUDA 13's wheels are split and laid out differently (nvidia-cuda-nvcc, nvidia-cuda-crt, ...), and
+    no cu130 release needs a toolkit to install, so they are left out rather than half supported.
+    """
+    return [name for name, stack in stacks_of(matrix).items() if stack.cuda.split(".")[0] == "12"]
+
+
+def get_stack(matrix: Matrix, name: str) -> Stack:
+    """The stack ``name``, refused with the known names if it does not exist or is not CUDA 12."""
+    stacks = stacks_of(matrix)
+    if name not in stacks:
+        raise UserError(f"unknown stack {name!r} (known: {', '.join(stacks)}); pass --stack with one of them")
+    if name not in toolkit_stacks(matrix):
+        raise UserError(f"stack {name} is CUDA {stacks[name].cuda}: the devel test base is made for the CUDA 12 "
+                        f"stacks only ({', '.join(toolkit_stacks(matrix))}); build {name} on its own base")
+    return stacks[name]
+
+
+def devel_dir_for(matrix: Matrix) -> Path:
+    return matrix.path.parent / DEVEL_SUBDIR
+
+
+def wheels_lock_path(matrix: Matrix, stack: str) -> Path:
+    return devel_dir_for(matrix) / f"wheels-{stack}.txt"
+
+
+def locked_runtime(matrix: Matrix, stack: str) -> tuple[str | None, int]:
+    """(the nvidia-cuda-runtime-cu12 version the stack's committed engine locks pin, how many locks).
+
+    torch is built against that cudart, so the devel base's headers and libcudart must be the same
+    release. Every lock of a stack must agree (one torch per CUDA line); (None, 0) when the stack has
+    no locks at all (a fixture matrix), which leaves nothing to check against.
+    """
+    locks_dir = locks_dir_for(matrix)
+    names = {e.name for e in matrix if e.stack.name == stack}
+    found: dict[str, list[str]] = {}
+    for path in sorted(locks_dir.glob("*.txt")) if locks_dir.is_dir() else []:
+        match = LOCK_NAME_RE.match(path.name)
+        if not match or match["entry"] not in names:
+            continue
+        version = parse_pins(path.read_text(encoding="utf-8"), path)[0].get(RUNTIME)
+        if version:
+            found.setdefault(version, []).append(path.name)
+    if len(found) > 1:
+        detail = "; ".join(f"{v} in {', '.join(files[:2])}{' ...' if len(files) > 2 else ''}"
+                           for v, files in sorted(found.items()))
+        raise UserError(f"the locks of stack {stack} disagree on {RUNTIME} ({detail}); re-lock them "
+                        "(`rollout-matrix lock`) so every release of one CUDA stack uses the same torch CUDA")
+    if not found:
+        return None, 0
+    (version, files), = found.items()
+    return version, len(files)
+
+
+# -- the wheel lock -----------------------------------------------------------------------------------
+
+
+def choose_versions(cuda: str, runtime: str, available: dict[str, Iterable[str]]) -> dict[str, str]:
+    """The version of each toolkit wheel for a stack whose torch locks pin cudart ``runtime``.
+
+    * nvidia-cuda-runtime-cu12: exactly ``runtime``, the cudart torch was built against, so the
+      headers and libcudart the sdists compile and link against are the ones torch loads.
+    * nvidia-cuda-nvcc-cu12, nvidia-cuda-cccl-cu12: not in torch's locks, so the newest final release
+      of the same major.minor. The components of one CUDA update carry their own patch numbers (12.4
+      update 1: cudart 12.4.127, nvcc 12.4.131), a major.minor is one compatible toolkit line, and its
+      newest patch is what the stacks' nvidia/cuda images ship (12.4.1: nvcc 12.4.131, 12.6.3:
+      12.6.85, 12.8.1: 12.8.93). "Newest" is taken once, when the lock is written, never at build time.
+    """
+    if not runtime.startswith(f"{cuda}."):
+        raise UserError(f"the stack's locks pin {RUNTIME} {runtime}, which is not CUDA {cuda}; "
+                        "fix the stack's cuda in matrix.yaml or re-lock its releases")
+    chosen = {RUNTIME: runtime}
+    for name in COMPONENTS[1:]:
+        candidates = []
+        for text in available.get(name, ()):
+            try:
+                version = Version(text)
+            except InvalidVersion:
+                continue
+            if not version.is_prerelease and f"{version.major}.{version.minor}" == cuda:
+                candidates.append(version)
+        if not candidates:
+            raise UserError(f"PyPI has no {name} release for CUDA {cuda}; this stack cannot get a devel test base")
+        chosen[name] = str(max(candidates))
+    return chosen
+
+
+def fits_target(filename: str) -> bool:
+    """A wheel pip installs into a Linux x86-64 image of any Python 3 (the toolkit wheels are py3-none)."""
+    try:
+        tags = parse_wheel_filename(filename)[3]
+    except InvalidWheelFilename:
+        return False
+    return any(t.interpreter == "py3" and t.abi == "none" and t.platform.startswith("manylinux")
+               and t.platform.endswith("_x86_64") for t in tags)
+
+
+def _pypi_json(name: str) -> dict[str, Any]:
+    url = PYPI_JSON.format(name=name)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            return json.load(response)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise UserError(f"could not read {url} ({exc}); check the network, or SSL_CERT_FILE behind a "
+                        "TLS-intercepting proxy") from None
+
+
+def lock_wheels(matrix: Matrix, stack: str, fetch: Callable[[str], dict[str, Any]] = _pypi_json) -> Path:
+    """Write ``docker/devel-base/wheels-<stack>.txt`` from PyPI's JSON API: the versions of
+    :func:`choose_versions`, each with the sha256 of its Linux x86-64 wheel(s) only (what pip may pick).
+    """
+    info = get_stack(matrix, stack)
+    runtime, count = locked_runtime(matrix, stack)
+    if runtime is None:
+        raise UserError(f"no committed lock of a {stack} release pins {RUNTIME}; run `rollout-matrix lock` first")
+    projects = {name: fetch(canonicalize_name(name)) for name in COMPONENTS}
+    versions = choose_versions(info.cuda, runtime, {n: p.get("releases", {}).keys() for n, p in projects.items()})
+    pins = []
+    for name, version in versions.items():
+        files = [f for f in projects[name]["releases"].get(version, [])
+                 if fits_target(f.get("filename", "")) and not f.get("yanked")]
+        hashes = tuple(sorted(f"sha256:{f['digests']['sha256']}" for f in files if f.get("digests", {}).get("sha256")))
+        if not hashes:
+            raise UserError(f"PyPI lists no Linux x86-64 wheel of {name}=={version}; cannot lock stack {stack}")
+        pins.append(Pin(name, version, hashes))
+    header = [
+        f"# CUDA {info.cuda} toolkit wheels of the devel TEST base of stack {stack}: a test substitute for",
+        f"# {info.base_image}, not a release base (see src/rollout_matrix/devel_base.py).",
+        f"# Written by `python -m rollout_matrix.devel_base --lock --stack {stack}`; do not edit.",
+        f"# stack: {stack}",
+        f"# cuda: {info.cuda}",
+        f"# runtime-from: {RUNTIME}=={runtime} in the {count} committed locks of {stack} releases",
+        "# rule: the runtime as locked; nvcc and cccl: the newest final release of the same major.minor",
+    ]
+    path = wheels_lock_path(matrix, stack)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(header) + "\n" + render_body(pins))
+    return path
+
+
+def read_wheels_lock(matrix: Matrix, stack: Stack) -> tuple[str, dict[str, str]]:
+    """(the lock's pins, name -> version), checked against matrix.yaml and the stack's engine locks.
+
+    Only the pins (the body, below the comment header) go into the image and its content hash, so
+    rewording the header never renames or rebuilds a devel base.
+    """
+    path = wheels_lock_path(matrix, stack.name)
+    fix = f"run `python -m rollout_matrix.devel_base --lock --stack {stack.name}`"
+    if not path.is_file():
+        raise UserError(f"no wheel lock for the {stack.name} devel test base ({path}); {fix}")
+    text = path.read_text(encoding="utf-8")
+    header = dict(line[1:].strip().split(": ", 1) for line in split_lock(text)[0].splitlines() if ": " in line)
+    versions, hashes = parse_pins(text, path)
+    if header.get("stack") != stack.name or header.get("cuda") != stack.cuda:
+        raise UserError(f"{path} is for stack {header.get('stack')} CUDA {header.get('cuda')}, "
+                        f"not {stack.name} CUDA {stack.cuda}; {fix}")
+    missing = [n for n in COMPONENTS if not hashes.get(canonicalize_name(n))]
+    if missing:
+        raise UserError(f"{path} lacks {', '.join(missing)} (or its hashes); {fix}")
+    runtime, _ = locked_runtime(matrix, stack.name)
+    if runtime is not None and versions.get(RUNTIME) != runtime:
+        raise UserError(f"{path} pins {RUNTIME} {versions.get(RUNTIME)} but the {stack.name} locks use {runtime} "
+                        f"(torch's CUDA moved); {fix}")
+    return split_lock(text)[1], versions
+
+
+# -- the plan -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DevelBasePlan:
+    """Everything needed to build, name and find one stack's devel test base."""
+
+    stack: Stack
+    base_image: str
+    base_image_id: str | None  # part of the name: a rebuilt Debian base is another devel base
+    devel_dir: Path
+    wheels_text: str  # the lock's pins: what pip installs, hashed
+    wheels: dict[str, str]
+    extra_ca_cert: Path | None = None
+    index_url: str = DEFAULT_INDEX_URL  # not hashed: the wheels are pinned by sha256 on any index
+
+    @cached_property
+    def content_hash(self) -> str:
+        h = hashlib.sha256()
+
+        def part(name: str, data: bytes) -> None:
+            h.update(f"{name}\0{len(data)}\0".encode())
+            h.update(data)
+
+        for name in CONTEXT_FILES:
+            part(name, (self.devel_dir / name).read_bytes())
+        part("wheels", self.wheels_text.encode())
+        part("cuda", self.stack.cuda.encode())
+        part("base_image", self.base_image.encode())
+        part("base_image_id", (self.base_image_id or "").encode())
+        if self.extra_ca_cert is not None:
+            part("extra_ca", self.extra_ca_cert.read_bytes())
+        return h.hexdigest()
+
+    @property
+    def ref(self) -> str:
+        """``rollout-matrix-test/cuda-devel:<cuda>-<hash12>``: names the exact inputs."""
+        return f"{REPOSITORY}:{self.stack.cuda}-{self.content_hash[:12]}"
+
+    def buildargs(self) -> dict[str, str]:
+        return {"BASE_IMAGE": self.base_image, "CUDA": self.stack.cuda, "PIP_INDEX_URL": self.index_url}
+
+    def labels(self) -> dict[str, str]:
+        wheels = ", ".join(f"{n} {v}" for n, v in self.wheels.items())
+        return {
+            "org.opencontainers.image.title": f"rollout-matrix CUDA {self.stack.cuda} devel TEST base",
+            "org.opencontainers.image.description": (
+                f"TEST SUBSTITUTE for {self.stack.base_image}, not a release base: {self.base_image} plus "
+                f"NVIDIA's PyPI wheels {wheels} as /usr/local/cuda (nvcc is a version probe)"),
+            "org.opencontainers.image.created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "org.opencontainers.image.base.name": self.base_image,
+            f"{LABEL_PREFIX}": "test-substitute",
+            f"{LABEL_PREFIX}.stack": self.stack.name,
+            f"{LABEL_PREFIX}.cuda": self.stack.cuda,
+            f"{LABEL_PREFIX}.substitute-for": self.stack.base_image,
+            f"{LABEL_PREFIX}.wheels": json.dumps(self.wheels, sort_keys=True),
+            f"{LABEL_PREFIX}.content-hash": self.content_hash,
+        }
+
+    def context(self) -> io.BytesIO:
+        """The build context as an in-memory tar: the Dockerfile's files, the stack's lock, certs/."""
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for name in CONTEXT_FILES:
+                _add(tar, name, (self.devel_dir / name).read_bytes())
+            _add(tar, "wheels.txt", self.wheels_text.encode())
+            info = tarfile.TarInfo("certs")
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(info)
+            if self.extra_ca_cert is not None:
+                _add(tar, "certs/extra-ca.crt", self.extra_ca_cert.read_bytes())  # update-ca-certificates: *.crt
+        buf.seek(0)
+        return buf
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = len(data), 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def plan_devel_base(matrix: Matrix, stack: str, base_image: str = DEFAULT_TEST_BASE, *,
+                    extra_ca_cert: Path | None = None, index_url: str = DEFAULT_INDEX_URL) -> DevelBasePlan:
+    """Resolve one stack's devel test base: its files, wheel lock, base image (and id, if local)."""
+    info = get_stack(matrix, stack)
+    BuildOptions(extra_ca_cert=extra_ca_cert, index_url=index_url).validate()  # the engine build's checks
+    devel_dir = devel_dir_for(matrix)
+    for name in CONTEXT_FILES:
+        if not (devel_dir / name).is_file():
+            raise UserError(f"{devel_dir / name} is missing; run from a complete checkout")
+    text, versions = read_wheels_lock(matrix, info)
+    return DevelBasePlan(stack=info, base_image=base_image, base_image_id=_image_id(base_image),
+                         devel_dir=devel_dir, wheels_text=text, wheels=versions,
+                         extra_ca_cert=extra_ca_cert, index_url=index_url)
+
+
+def devel_base_ref(matrix: Matrix, stack: str, base_image: str = DEFAULT_TEST_BASE, *,
+                   extra_ca_cert: Path | None = None) -> str:
+    """The content-addressed name of ``stack``'s devel test base on ``base_image`` (built or not);
+    what to pass as ``--base-image STACK=REF``. Needs the Docker engine only to read the base's id."""
+    return plan_devel_base(matrix, stack, base_image, extra_ca_cert=extra_ca_cert).ref
+
+
+# -- build and check ----------------------------------------------------------------------------------
+
+
+def ensure_devel_base(matrix: Matrix, stack: str, base_image: str = DEFAULT_TEST_BASE,
+                      reporter: Reporter | None = None, *, extra_ca_cert: Path | None = None,
+                      index_url: str = DEFAULT_INDEX_URL, force: bool = False) -> str:
+    """Make ``stack``'s devel test base present locally and return its ref.
+
+    Skipped when the content tag exists (unless ``force``). Otherwise built untagged, checked (its
+    nvcc and CUDA headers report the stack's CUDA, a program using the driver and runtime APIs links),
+    and only then tagged, so a failed build or check leaves no tag behind.
+    """
+    reporter = reporter or Reporter(f"devel-{stack}")
+    if not image_exists(base_image):
+        raise UserError(f"base image {base_image} is not local; build it first (`bash .ci/services.sh` makes "
+                        f"{DEFAULT_TEST_BASE}) or pass --base-image with a local image")
+    plan = plan_devel_base(matrix, stack, base_image, extra_ca_cert=extra_ca_cert, index_url=index_url)
+    previous = _image_id(plan.ref)
+    if previous and not force:
+        reporter.line(f"up to date: {plan.ref} exists; not building")
+        return plan.ref
+    reporter.line(f"building the CUDA {plan.stack.cuda} devel TEST base (a test substitute for "
+                  f"{plan.stack.base_image}) on {base_image} -> {plan.ref}")
+    image_id = _run_build(plan, reporter)
+    try:
+        check_devel_base(image_id, plan.stack.cuda)
+        reporter.line(f"checked: nvcc --version and CUDART_VERSION report CUDA {plan.stack.cuda}; "
+                      "-lcuda -lcudart link")
+        repo, tag = plan.ref.rsplit(":", 1)
+        with engine_call(f"tagging {plan.ref}", BuildFailed):
+            client().api.tag(image_id, repo, tag, force=True)
+    except BaseException:
+        _remove(image_id)
+        raise
+    if previous and previous != image_id:
+        _remove_if_untagged(previous)  # a forced rebuild leaves no dangling copy behind
+    with engine_call(f"inspecting {plan.ref}"):
+        size = client().images.get(plan.ref).attrs.get("Size") or 0
+    reporter.line(f"built {plan.ref} in {reporter.elapsed():.0f}s, {size / 1e9:.2f} GB")
+    return plan.ref
+
+
+def _run_build(plan: DevelBasePlan, reporter: Reporter) -> str:
+    what = f"build of the {plan.stack.name} devel test base"
+    image_id: str | None = None
+    log_tail: list[str] = []
+    with engine_call(what, BuildFailed, "nothing was tagged"):
+        stream = client().api.build(fileobj=plan.context(), custom_context=True, buildargs=plan.buildargs(),
+                                    labels=plan.labels(), rm=True, forcerm=True, pull=False, decode=True)
+        for chunk in stream:
+            if "stream" in chunk:
+                reporter.raw(chunk["stream"])
+                log_tail = (log_tail + chunk["stream"].splitlines())[-60:]
+            if "error" in chunk:
+                detail = str(chunk.get("error", "")).strip()
+                cause = _cause(log_tail) or (detail.splitlines()[-1] if detail else "?")
+                raise BuildFailed(f"{what} failed: {cause} (full log above); nothing was tagged")
+            aux = chunk.get("aux")
+            if isinstance(aux, dict) and aux.get("ID"):
+                image_id = aux["ID"]
+    if not image_id:
+        raise BuildFailed(f"{what} ended without an image id; last output:\n" + "\n".join(log_tail))
+    return image_id
+
+
+# Runs in the new image, offline: what the check compares, then a torch-memory-saver-style link.
+CHECK_SCRIPT = r"""
+set -e
+nvcc --version
+grep -h '^#define CUDART_VERSION' "$CUDA_HOME/include/cuda_runtime_api.h"
+printf '#include <cuda.h>\n#include <cuda_runtime_api.h>\n' >/tmp/t.c
+printf 'int main(void){int v=0;cudaRuntimeGetVersion(&v);return cuInit(0)==CUDA_SUCCESS?0:v;}\n' >>/tmp/t.c
+gcc -I"$CUDA_HOME/include" /tmp/t.c -L"$CUDA_HOME/lib64" -lcuda -lcudart -o /tmp/t
+echo LINK_OK
+"""
+
+
+def check_devel_base(image: str, cuda: str) -> None:
+    """Fail unless ``image``'s nvcc and cuda_runtime_api.h both say CUDA ``cuda`` and ``-lcuda`` links."""
+    with container(image, ["sh", "-c", CHECK_SCRIPT], f"the check of {image[:19]}", CheckFailed,
+                   network_disabled=True) as c:
+        status = c.wait(timeout=300).get("StatusCode", 1)
+        logs = c.logs(stdout=True, stderr=True).decode(errors="replace")
+    nvcc = re.search(r"release (\d+\.\d+),", logs)
+    cudart = re.search(r"#define CUDART_VERSION\s+(\d+)", logs)
+    headers = f"{int(cudart[1]) // 1000}.{int(cudart[1]) % 1000 // 10}" if cudart else None
+    problems = []
+    if not nvcc or nvcc[1] != cuda:
+        problems.append(f"nvcc --version reports {nvcc[1] if nvcc else 'no release'}")
+    if headers != cuda:
+        problems.append(f"cuda_runtime_api.h has CUDART_VERSION {cudart[1] if cudart else 'missing'}")
+    if status != 0 or "LINK_OK" not in logs:
+        problems.append(f"linking -lcuda -lcudart failed (exit {status}): {logs.strip().splitlines()[-1:]}")
+    if problems:
+        raise CheckFailed(f"the devel test base {image[:19]} is not CUDA {cuda}: {'; '.join(problems)}; "
+                          "fix docker/devel-base or re-lock its wheels")
+
+
+def _image_id(ref: str) -> str | None:
+    if not image_exists(ref):
+        return None
+    with engine_call(f"inspecting {ref}"):
+        return str(client().images.get(ref).id)
+
+
+def _remove_if_untagged(image_id: str) -> None:
+    with engine_call(f"inspecting {image_id[:19]}"):
+        tags = client().images.get(image_id).tags
+    if not tags:
+        _remove(image_id)
+
+
+def _remove(image_id: str) -> None:
+    try:
+        with engine_call(f"removing {image_id[:19]}"):
+            client().images.remove(image_id, force=True)
+    except UserError:
+        pass
+
+
+# -- command line -------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m rollout_matrix.devel_base [--stack STACK ...]``: build what is missing, print refs."""
+    parser = argparse.ArgumentParser(
+        prog="python -m rollout_matrix.devel_base",
+        description="Build the CUDA devel TEST bases (a test substitute for the stacks' nvidia/cuda devel images, "
+                    "never a release base): the Debian test base plus each stack's CUDA wheels as /usr/local/cuda. "
+                    "Prints 'STACK REF' per stack on stdout (progress goes to stderr).")
+    parser.add_argument("--stack", action="extend", nargs="+", default=[],
+                        help="stacks to build (default: every CUDA 12 stack of matrix.yaml)")
+    parser.add_argument("--base-image", default=os.environ.get("ROLLOUT_MATRIX_TEST_BASE") or DEFAULT_TEST_BASE,
+                        help=f"the local Debian base to build on (default: $ROLLOUT_MATRIX_TEST_BASE or {DEFAULT_TEST_BASE})")
+    parser.add_argument("--extra-ca-cert", default=os.environ.get("ROLLOUT_MATRIX_EXTRA_CA_CERT") or None,
+                        help="a PEM CA bundle pip in the build must trust (default: $ROLLOUT_MATRIX_EXTRA_CA_CERT)")
+    parser.add_argument("--index-url", default=os.environ.get("ROLLOUT_MATRIX_INDEX_URL") or DEFAULT_INDEX_URL,
+                        help="package index mirror (the wheels are pinned by sha256)")
+    parser.add_argument("--matrix", help="matrix.yaml to read (default: the checkout's)")
+    parser.add_argument("--force", action="store_true", help="rebuild even when the content tag exists")
+    parser.add_argument("--ref-only", action="store_true", help="print the refs; build nothing")
+    parser.add_argument("--mapping", action="store_true",
+                        help="print one line cu124=REF,cu126=REF,... to pass as --base-image")
+    parser.add_argument("--lock", action="store_true",
+                        help="rewrite docker/devel-base/wheels-<stack>.txt from PyPI instead (no Docker)")
+    args = parser.parse_args(argv)
+    try:
+        matrix = load_matrix(args.matrix)
+        stacks = list(dict.fromkeys(args.stack)) or toolkit_stacks(matrix)
+        for name in stacks:
+            get_stack(matrix, name)  # every name checked before anything is built
+        if args.lock:
+            for name in stacks:
+                print(f"{name} {lock_wheels(matrix, name)}")
+            return 0
+        ca = Path(args.extra_ca_cert) if args.extra_ca_cert else None
+        refs = {}
+        for name in stacks:
+            if args.ref_only:
+                refs[name] = devel_base_ref(matrix, name, args.base_image, extra_ca_cert=ca)
+            else:
+                refs[name] = ensure_devel_base(matrix, name, args.base_image, Reporter(f"devel-{name}", sys.stderr),
+                                               extra_ca_cert=ca, index_url=args.index_url, force=args.force)
+        if args.mapping:
+            print(",".join(f"{name}={ref}" for name, ref in refs.items()))
+        else:
+            for name, ref in refs.items():
+                print(f"{name} {ref}")
+        return 0
+    except UserError as exc:
+        print(f"rollout-matrix devel-base: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("rollout-matrix devel-base: interrupted", file=sys.stderr)
+        return INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
