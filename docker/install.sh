@@ -4,7 +4,7 @@
 #   install.sh packages  the requirements (the entry's lock) into that venv
 # /opt/venv is made without pip or setuptools, so it holds exactly the lock; the installer (uv, or
 # pip for the benchmark) lives in a throwaway venv that is removed in the same step.
-# Build arguments arrive as environment variables: PYTHON_VERSION, INSTALLER, UV_VERSION, LOCKED,
+# Build arguments arrive as environment variables: PYTHON_VERSION, INSTALLER, LOCKED,
 # PIP_INDEX_URL.
 set -eu
 req=/opt/rollout-matrix/requirements.txt
@@ -34,19 +34,21 @@ system() {
 packages() {
   hashes=""
   [ "$LOCKED" = 1 ] && hashes="--require-hashes --no-deps"
-  echo "[install] $INSTALLER into /opt/venv from $PIP_INDEX_URL (locked=$LOCKED)"
+  # The index's host only: a mirror URL may carry a token in its path, and build logs are kept.
+  index_host=$(printf '%s' "$PIP_INDEX_URL" | sed -E 's#^([a-z]+://[^/]+).*#\1#')
+  echo "[install] $INSTALLER into /opt/venv from $index_host (locked=$LOCKED)"
   tools=/opt/rollout-matrix/tools
   python3 -m venv "$tools"
+  # The installers themselves are pinned by hash too (tools.txt), not taken from whatever the index has.
+  "$tools/bin/pip" install -q --no-cache-dir --index-url "$PIP_INDEX_URL" --require-hashes \
+    -r /opt/rollout-matrix/tools.txt
   case "$INSTALLER" in
     uv)
-      "$tools/bin/pip" install -q --no-cache-dir --index-url "$PIP_INDEX_URL" "uv==$UV_VERSION"
       # shellcheck disable=SC2086
       "$tools/bin/uv" pip install --python /opt/venv/bin/python --no-cache --index-url "$PIP_INDEX_URL" \
         $hashes -r "$req"
       ;;
     pip)
-      # pip's --python (installing into another environment) needs pip >= 22.3; Ubuntu 22.04 has 22.0.
-      "$tools/bin/pip" install -q --no-cache-dir --index-url "$PIP_INDEX_URL" "pip==24.3.1"
       # shellcheck disable=SC2086
       "$tools/bin/pip" --python /opt/venv/bin/python install -q --no-cache-dir --index-url "$PIP_INDEX_URL" \
         $hashes -r "$req"

@@ -11,14 +11,15 @@ import contextlib
 import re
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import docker.errors
 
 from rollout_matrix import docker_api
-from rollout_matrix.docker_api import client, engine_call, image_exists, short_error
+from rollout_matrix.docker_api import client, engine_call, short_error
 from rollout_matrix.errors import BuildFailed, UserError
 from rollout_matrix.lockfile import parse_pins
-from rollout_matrix.plan import BuildPlan
+from rollout_matrix.plan import LABEL_PREFIX, BuildPlan
 from rollout_matrix.progress import Reporter
 from rollout_matrix.verify import check_image
 
@@ -43,18 +44,31 @@ def find_existing(plan: BuildPlan) -> str | None:
         return None
 
 
-def ensure_base(plan: BuildPlan, reporter: Reporter) -> None:
-    """The base image must be local or pullable; say which option fixes it if neither."""
-    if image_exists(plan.base_image):
-        return
+def ensure_base(plan: BuildPlan, reporter: Reporter) -> Any:
+    """The base image, local or pulled; say which option fixes it if neither works."""
+    with engine_call(f"looking up {plan.base_image}"):
+        try:
+            return client().images.get(plan.base_image)
+        except docker.errors.ImageNotFound:
+            pass
     reporter.line(f"base image {plan.base_image} is not local; pulling it")
     try:
-        client().images.pull(plan.base_image)
+        return client().images.pull(plan.base_image)
     except docker.errors.DockerException as exc:
         raise UserError(
             f"base image {plan.base_image} is neither local nor pullable ({short_error(exc)}); "
             "pull or import it first, or pass --base-image IMAGE / --registry-mirror HOST"
         ) from None
+
+
+def base_labels(base: Any) -> dict[str, str]:
+    """What the image was really built on: the base's image id, and its registry digest when it has
+    one (a base referenced by tag can move; these say which one it was)."""
+    labels = {f"{LABEL_PREFIX}.base-image-id": base.id}
+    digests = base.attrs.get("RepoDigests") or []
+    if digests:
+        labels["org.opencontainers.image.base.digest"] = str(digests[0]).rsplit("@", 1)[-1]
+    return labels
 
 
 def build(plan: BuildPlan, reporter: Reporter, *, force: bool = False) -> BuildResult:
@@ -68,11 +82,11 @@ def build(plan: BuildPlan, reporter: Reporter, *, force: bool = False) -> BuildR
                 _tag(client().images.get(plan.content_ref).id, [plan.readable_ref])
             return BuildResult(plan, None, where, reporter.elapsed() - start)
 
-    ensure_base(plan, reporter)
+    base = ensure_base(plan, reporter)
     reporter.line(f"building {plan.entry.name} on {plan.base_image} (Python {plan.python}, "
                   f"{'locked' if plan.options.locked else 'UNLOCKED'}, {plan.options.installer}) "
                   f"-> {plan.content_ref}")
-    image_id = run_build(plan, reporter)
+    image_id = run_build(plan, reporter, extra_labels=base_labels(base))
     try:
         reporter.line("checking the versions the image reports")
         # The lock text the plan put into the build context (and the content hash), not a re-read of
@@ -92,13 +106,15 @@ def build(plan: BuildPlan, reporter: Reporter, *, force: bool = False) -> BuildR
     return BuildResult(plan, image_id, None, seconds, size)
 
 
-def run_build(plan: BuildPlan, reporter: Reporter, *, nocache: bool = False) -> str:
+def run_build(plan: BuildPlan, reporter: Reporter, *, nocache: bool = False,
+              extra_labels: dict[str, str] | None = None) -> str:
     """Run the engine build of ``plan`` and return the (untagged) image id; no check, no tags."""
     image_id: str | None = None
     log_tail: list[str] = []
     with engine_call(f"build of {plan.entry.name}", BuildFailed, "nothing was tagged"):
         stream = client().api.build(
-            fileobj=plan.context(), custom_context=True, buildargs=plan.buildargs(), labels=plan.labels(),
+            fileobj=plan.context(), custom_context=True, buildargs=plan.buildargs(),
+            labels={**plan.labels(), **(extra_labels or {})},
             rm=True, forcerm=True, pull=False, decode=True, nocache=nocache,
         )
         for chunk in stream:

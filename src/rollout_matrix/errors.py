@@ -42,6 +42,7 @@ class TestsFailed(UserError):
     """tests/engine ran and failed (or collected nothing): its JUnit file and log say which."""
 
     exit_code = 1
+    __test__ = False  # not a pytest test class, whatever its name says
 
 
 INTERRUPTED = 130

@@ -46,7 +46,7 @@ from rollout_matrix.lockfile import (
 )
 from rollout_matrix.matrix import Entry, Matrix
 from rollout_matrix.pypi import format_time, release_files, upload_times
-from rollout_matrix.resolver import compile_requirements, uv_binary, uv_version
+from rollout_matrix.resolver import compile_requirements, stop_all, uv_binary, uv_version
 
 # -- inputs -------------------------------------------------------------------------------------------
 
@@ -309,6 +309,7 @@ def lock_entries(jobs_list: Iterable[tuple[Entry, str]], locks_dir: Path,
     except BaseException:
         cancel.set()
         pool.shutdown(wait=False, cancel_futures=True)
+        stop_all()  # the running uv processes: their results would be thrown away anyway
         raise
     pool.shutdown(wait=True)
     return [results[i] for i in range(len(todo))]

@@ -24,6 +24,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from rollout_matrix.errors import UserError
+from rollout_matrix.options import check_repository
 
 SCHEMA = 1
 DEFAULT_MATRIX = "matrix.yaml"
@@ -254,7 +255,11 @@ def load_matrix(path: str | os.PathLike[str] | None = None) -> Matrix:
         raise ctx.fail(schema_node, f"schema {schema_node.value} is not supported; this tool reads schema {SCHEMA}")
     repository = "rollout-matrix"
     if "repository" in top:
-        repository = ctx.string(top["repository"][1], "repository", example="ghcr.io/OWNER/rollout-matrix")
+        repository = ctx.string(top["repository"][1], "repository", example="ghcr.io/owner/rollout-matrix")
+        try:
+            check_repository(repository)
+        except UserError as exc:
+            raise ctx.fail(top["repository"][1], str(exc)) from None
     test_reqs = ctx.string_list(top["test_requirements"][1], "test_requirements") if "test_requirements" in top else []
 
     lock_pythons: list[str] = []

@@ -11,14 +11,68 @@ substitute for each CUDA line, and one ``build all`` must then pick the right on
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from rollout_matrix.errors import UserError
+from rollout_matrix.lockfile import INDEX_URL
 
-DEFAULT_INDEX_URL = "https://pypi.org/simple"
+DEFAULT_INDEX_URL = INDEX_URL
+SITE_FILE = "rollout-matrix.toml"
+SITE_ENV = "ROLLOUT_MATRIX_SITE"
+_TOKEN = re.compile(r"[A-Za-z0-9_\-]{24,}")
+"""A path segment this long and free of dots is a token or a key, not a directory name of a mirror."""
+# Docker's reference grammar (distribution/reference): lower-case path components, optional host[:port].
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REPOSITORY = re.compile(rf"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?{_COMPONENT}(?:/{_COMPONENT})*$")
+
+
+def check_repository(repository: str) -> str:
+    """Refuse a repository Docker would refuse (upper case, say), before any build or push."""
+    if not _REPOSITORY.match(repository):
+        hint = f"; Docker needs lower case: {repository.lower()}" if repository.lower() != repository else ""
+        raise UserError(f"repository {repository!r} is not a valid image repository{hint} "
+                        "(host[:port]/path of lower-case letters, digits, '.', '_' and '-')")
+    return repository
+
+
+def site_file() -> Path | None:
+    """The site file: ``$ROLLOUT_MATRIX_SITE``, else ``rollout-matrix.toml`` in the working directory."""
+    named = os.environ.get(SITE_ENV)
+    if named:
+        return Path(named)
+    here = Path(SITE_FILE)
+    return here if here.is_file() else None
+
+
+def read_site_file() -> dict[str, object]:
+    """Site options written once (``[site]`` table of the TOML file, keys as the option names), so the
+    CLI and the nox sessions use the same base image, Python, CA and mirror without repeating flags."""
+    path = site_file()
+    if path is None:
+        return {}
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such site file ({SITE_ENV}); fix the path or unset it") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UserError(f"{path}: not a readable TOML site file ({exc}); fix it") from None
+    site = data.get("site", {})
+    if isinstance(site, dict):
+        site = {str(k).replace("-", "_"): v for k, v in site.items()}
+    known = {f.name for f in fields(BuildOptions)}
+    if not isinstance(site, dict) or set(data) - {"site"} or set(site) - known:
+        bad = sorted((set(data) - {"site"}) | (set(site) - known if isinstance(site, dict) else set()))
+        raise UserError(f"{path}: unknown keys {', '.join(bad) or '(site is not a table)'}; write a [site] table "
+                        f"with any of {', '.join(sorted(known))}")
+    return site
 
 # option name -> environment variable
 ENV = {
@@ -48,12 +102,16 @@ class BuildOptions:
 
     @classmethod
     def from_env(cls, **overrides: object) -> BuildOptions:
-        """Options from ROLLOUT_MATRIX_* variables, then ``overrides`` that are not None."""
+        """Options from, in increasing priority: the site file (:func:`site_file`), ROLLOUT_MATRIX_*
+        variables, and ``overrides`` that are not None (the CLI's flags)."""
+        site = read_site_file()
         values: dict[str, object] = {}
         for f in fields(cls):
             raw = overrides.get(f.name)
             if raw is None:
                 raw = os.environ.get(ENV[f.name]) or None
+            if raw is None:
+                raw = site.get(f.name)
             if raw is None:
                 continue
             if f.name == "extra_ca_cert":
@@ -66,25 +124,40 @@ class BuildOptions:
         return opts
 
     def validate(self) -> None:
-        """Refuse what would leak a secret into an image or fail late in a long build."""
+        """Refuse what would leak a secret into an image (build arguments stay in ``docker history``
+        and the build log) or fail late in a long build. Messages never repeat a URL's secret parts."""
         split = urlsplit(self.index_url)
+        shown = f"{split.scheme}://{split.hostname or '?'}" + (f":{split.port}" if split.port else "")
         if split.scheme not in ("http", "https"):
-            raise UserError(f"index URL {self.index_url!r} must be http(s)://...; pass --index-url https://HOST/simple")
+            raise UserError(f"index URL {shown}/... must be http(s)://...; pass --index-url https://HOST/simple")
         if split.username or split.password:
             raise UserError(
-                "the index URL carries credentials, which `docker history` would keep in the image; "
+                f"the index URL ({shown}/...) carries credentials, which `docker history` would keep in the image; "
                 "use a credential-free mirror URL (or one that authorizes by network) instead"
             )
+        if split.query or split.fragment:
+            raise UserError(f"the index URL ({shown}/...) has a query or fragment, where tokens hide; `docker "
+                            "history` would keep it: use a plain https://HOST/PATH/simple mirror URL")
+        token = next((part for part in split.path.split("/") if _TOKEN.fullmatch(part)), None)
+        if token is not None:
+            raise UserError(f"the index URL ({shown}/...) has a path segment that looks like a token ({len(token)} "
+                            "characters); `docker history` would keep it: use a mirror that authorizes by network")
         if self.installer not in ("uv", "pip"):
             raise UserError(f"installer {self.installer!r} is not one of uv, pip; pass --installer uv")
         if self.extra_ca_cert is not None:
             if not self.extra_ca_cert.is_file():
                 raise UserError(f"extra CA certificate {self.extra_ca_cert} does not exist; pass an existing PEM file")
-            if b"-----BEGIN CERTIFICATE-----" not in self.extra_ca_cert.read_bytes()[:1_000_000]:
+            data = self.extra_ca_cert.read_bytes()[:1_000_000]
+            if b"-----BEGIN CERTIFICATE-----" not in data:
                 raise UserError(f"extra CA certificate {self.extra_ca_cert} holds no PEM certificate; "
                                 "pass a file with -----BEGIN CERTIFICATE----- blocks")
+            if b"PRIVATE KEY-----" in data:
+                raise UserError(f"extra CA certificate {self.extra_ca_cert} also holds a PRIVATE KEY, which would be "
+                                "copied into the image; pass a file with the certificates only")
         if self.python is not None and not self.python.count(".") == 1:
             raise UserError(f"--python {self.python!r} must look like 3.11")
+        if self.repository is not None:
+            check_repository(self.repository)
         BaseImages.parse(self.base_image)  # syntax now; stack names when a plan meets the matrix
 
     def base_image_for(self, stack: str, known_stacks: Iterable[str]) -> str | None:

@@ -25,7 +25,7 @@ from rollout_matrix.matrix import Entry, Matrix
 from rollout_matrix.options import BuildOptions
 
 LABEL_PREFIX = "io.rollout-matrix"
-CONTEXT_FILES = ("Dockerfile", "install.sh")
+CONTEXT_FILES = ("Dockerfile", "install.sh", "tools.txt")
 
 
 @dataclass(frozen=True)

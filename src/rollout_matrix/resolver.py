@@ -6,17 +6,29 @@ failures into one-line :class:`~rollout_matrix.errors.UserError` messages.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import tempfile
+import threading
 
 from rollout_matrix.errors import UserError
 from rollout_matrix.lockfile import INDEX_URL, PLATFORM
 
+UV_ENV = "ROLLOUT_MATRIX_UV"
+_running: set[subprocess.Popen] = set()
+_running_lock = threading.Lock()
+
 
 def uv_binary() -> str:
-    """The uv that comes with this package (the ``uv`` wheel), else the one on PATH."""
+    """``$ROLLOUT_MATRIX_UV``, else the uv that comes with this package (the ``uv`` wheel), else the
+    one on PATH."""
+    named = os.environ.get(UV_ENV)
+    if named:
+        if not shutil.which(named):
+            raise UserError(f"{UV_ENV}={named} is not an executable; fix or unset it")
+        return named
     try:
         from uv import find_uv_bin
 
@@ -62,8 +74,7 @@ def compile_requirements(requirements: list[str], python: str, exclude_newer: st
         for package, date in (exclude_newer_packages or {}).items():
             cmd += ["--exclude-newer-package", f"{package}={date}"]
     with tempfile.TemporaryDirectory(prefix="rollout-matrix-lock-") as cwd:  # no project config to find
-        proc = subprocess.run(cmd, input="\n".join(requirements) + "\n", capture_output=True, text=True,
-                              env=uv_environment(), cwd=cwd)
+        proc = _run(cmd, "\n".join(requirements) + "\n", cwd)
     if proc.returncode != 0 and "unexpected argument '--exclude-newer-package'" in proc.stderr:
         raise UserError(f"uv {uv_version(cmd[0])} is too old for locks (no --exclude-newer-package); "
                         f"upgrade it: pip install -U uv")
@@ -73,3 +84,31 @@ def compile_requirements(requirements: list[str], python: str, exclude_newer: st
         raise UserError(f"uv could not resolve {', '.join(requirements)} for Python {python}"
                         f"{f' as of {exclude_newer}' if exclude_newer else ''}: {detail[:1500]}")
     return proc.stdout
+
+
+def _run(cmd: list[str], stdin: str, cwd: str) -> subprocess.CompletedProcess[str]:
+    """Run uv, registered so that :func:`stop_all` can end it (uv resolutions run in worker threads)."""
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=uv_environment(), cwd=cwd)
+    with _running_lock:
+        _running.add(proc)
+    try:
+        out, err = proc.communicate(stdin)
+    finally:
+        with _running_lock:
+            _running.discard(proc)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def stop_all() -> None:
+    """Terminate every uv this process started that still runs (Ctrl-C during ``lock``)."""
+    with _running_lock:
+        procs = list(_running)
+    for proc in procs:
+        with contextlib.suppress(OSError):
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()

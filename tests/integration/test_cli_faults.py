@@ -11,13 +11,16 @@ from pathlib import Path
 
 import pytest
 
+from rollout_matrix.errors import BuildFailed, DockerUnavailable, TestsFailed
+
 from .conftest import CA_BUNDLE, ROOT, run_cli, write_fixture_checkout
 
 pytestmark = pytest.mark.docker
 
 
-def _one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 2, proc.stderr
+def _one_line_error(proc: subprocess.CompletedProcess[str], code: int = 2) -> str:
+    """The first stderr line, after checking the documented exit code and that no traceback leaked."""
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) >= 1 and lines[0].startswith("rollout-matrix: error: "), proc.stderr
     assert "Traceback" not in proc.stderr
@@ -26,7 +29,7 @@ def _one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
 
 def test_docker_daemon_not_running():
     proc = run_cli("build", "vllm-0.8.5", "--no-lock", env={"DOCKER_HOST": "unix:///tmp/rollout-matrix-no-such.sock"})
-    line = _one_line_error(proc)
+    line = _one_line_error(proc, DockerUnavailable.exit_code)
     assert "cannot reach the Docker engine at unix:///tmp/rollout-matrix-no-such.sock" in line
     assert "DOCKER_HOST" in line
 
@@ -92,7 +95,9 @@ def test_test_command_writes_junit_and_run_json(tmp_path, test_base, docker_clie
     import json
 
     run = json.loads((results / "six-1.16.0" / "run.json").read_text())
-    assert run["exit_code"] == 0 and run["gpu"] is False and run["labels"]["io.rollout-matrix.entry"] == "six-1.16.0"
+    assert (run["schema"], run["kind"], run["environment"], run["exit_code"]) == (2, "cpu", "image", 0)
+    assert run["image"]["content_ref"].startswith("rm-test-run:six-1.16.0-deb-")
+    assert "3 passed, 1 skipped" in (results / "six-1.16.0" / "pytest.log").read_text()
     assert not docker_client.containers.list(all=True, filters={"label": "io.rollout-matrix.test-run=six-1.16.0"})
     assert Path(results).is_dir()
 
@@ -108,8 +113,66 @@ def test_failed_build_in_test_leaves_a_build_failed_result(tmp_path, test_base):
     results = tmp_path / "results"
     proc = run_cli("--matrix", str(matrix_file), "test", "six-1.16.0", "--no-lock", "--extra-ca-cert", CA_BUNDLE,
                    "--results", str(results))
-    line = _one_line_error(proc)
+    line = _one_line_error(proc, BuildFailed.exit_code)
     assert "build of six-1.16.0 failed" in line
     run = json.loads((results / "six-1.16.0" / "run.json").read_text())
     assert run["exit_code"] is None and run["build_error"].startswith("build of six-1.16.0 failed")
     assert not (results / "six-1.16.0" / "junit.xml").exists()
+
+
+def test_docker_down_during_test_keeps_the_earlier_results(tmp_path):
+    """A run that did not happen (the engine unreachable) writes nothing: the last run's JUnit stays."""
+    matrix_file = write_fixture_checkout(tmp_path, repository="rm-test-down", base="debian:bookworm",
+                                         releases={"1.16.0": {}})
+    earlier = tmp_path / "results" / "six-1.16.0"
+    earlier.mkdir(parents=True)
+    (earlier / "junit.xml").write_text("<testsuite tests='1'/>")
+    proc = run_cli("--matrix", str(matrix_file), "test", "six-1.16.0", "--no-lock", "--results", str(tmp_path / "results"),
+                   env={"DOCKER_HOST": "unix:///tmp/rollout-matrix-no-such.sock"})
+    _one_line_error(proc, DockerUnavailable.exit_code)
+    assert (earlier / "junit.xml").read_text() == "<testsuite tests='1'/>"
+    assert not (earlier / "run.json").exists()
+
+
+@pytest.mark.parametrize("command", [["list", "--missing"], ["build", "vllm-0.8.5"], ["push", "vllm-0.8.5"],
+                                     ["test", "vllm-0.8.5"]])
+def test_an_upper_case_repository_is_one_line_before_docker_is_asked(command):
+    proc = run_cli(*command, "--repository", "ghcr.io/OWNER/rollout-matrix")
+    line = _one_line_error(proc)
+    assert "not a valid image repository; Docker needs lower case: ghcr.io/owner/rollout-matrix" in line
+
+
+def test_output_paths_that_are_files_are_refused(tmp_path):
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    assert "is a file; pass a directory" in _one_line_error(run_cli("report", "--out", str(a_file)))
+    assert "is a file; pass a directory" in _one_line_error(run_cli("test", "vllm-0.8.5", "--results", str(a_file)))
+    assert a_file.read_text() == "x"
+
+
+def test_pull_all_skips_unavailable_releases_with_one_line_each(tmp_path):
+    """Unavailable releases cannot be pulled (no image was ever built from PyPI): one line each and a
+    summary; what remains fails for its own reason (here: not in the registry), not for theirs."""
+    proc = run_cli("pull", "all", "--repository", "127.0.0.1:5999/nothing-here", timeout=300)
+    unavailable = [line for line in proc.stderr.splitlines() if "skipped, unavailable" in line]
+    assert unavailable and all(line.startswith("rollout-matrix: sglang-0.4.") for line in unavailable)
+    assert f"{len(unavailable)} unavailable skipped" in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.returncode != 0
+
+
+def test_list_missing_warns_when_the_registry_cannot_be_asked():
+    proc = run_cli("list", "--missing", "--repository", "127.0.0.1:5999/nothing-here", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: cannot ask the registry of 127.0.0.1:5999/nothing-here" in proc.stderr
+
+
+def test_a_failing_suite_exits_1_and_names_its_results(tmp_path, test_base, cleanup_images):
+    matrix_file = write_fixture_checkout(tmp_path, repository="rm-test-red", base=test_base, releases={"1.16.0": {}})
+    engine_tests = tmp_path / "tests" / "engine"
+    engine_tests.mkdir(parents=True)
+    (engine_tests / "test_red.py").write_text("def test_red():\n    assert False\n")
+    proc = run_cli("--matrix", str(matrix_file), "test", "six-1.16.0", "--no-lock", "--extra-ca-cert", CA_BUNDLE,
+                   "--results", str(tmp_path / "results"), env={"ROLLOUT_MATRIX_GPU": "0"})
+    cleanup_images.append("rm-test-red")
+    line = _one_line_error(proc, TestsFailed.exit_code)
+    assert "tests/engine failed in six-1.16.0 (pytest exit 1)" in line

@@ -14,17 +14,10 @@ from pathlib import Path
 import pytest
 
 from rollout_matrix.drift import drift
-from rollout_matrix.locking import (
-    check_locks,
-    lock_entries,
-    lock_entry,
-    lock_path,
-    locks_dir_for,
-    read_lock,
-    uv_binary,
-    uv_environment,
-)
+from rollout_matrix.lockfile import lock_path, locks_dir_for, read_lock
+from rollout_matrix.locking import check_locks, lock_entries, lock_entry
 from rollout_matrix.matrix import Matrix, load_matrix
+from rollout_matrix.resolver import UV_ENV, uv_binary, uv_environment
 
 pytestmark = pytest.mark.slow
 
@@ -63,8 +56,8 @@ def locked(tmp_path_factory: pytest.TempPathFactory) -> Matrix:
     (root / "matrix.yaml").write_text(MATRIX)
     matrix = load_matrix(root / "matrix.yaml")
     seen = []
-    results = lock_entries(list(matrix), progress=seen.append, locks_dir=locks_dir_for(matrix))
-    results += lock_entries(list(matrix), python="3.12", locks_dir=locks_dir_for(matrix))
+    results = lock_entries([(e, e.python) for e in matrix], locks_dir_for(matrix), progress=seen.append)
+    results += lock_entries([(e, "3.12") for e in matrix], locks_dir_for(matrix))
     assert [r.ok for r in results] == [True, True], [r.error for r in results]
     assert seen == results[:1]
     return matrix
@@ -72,7 +65,7 @@ def locked(tmp_path_factory: pytest.TempPathFactory) -> Matrix:
 
 def test_lock_is_complete_hashed_and_as_of_the_release(locked: Matrix) -> None:
     entry = locked.get("tiny-2.31.0")
-    path = lock_path(entry, locks_dir=locks_dir_for(locked))
+    path = lock_path(entry, None, locks_dir_for(locked))
     assert path.name == "tiny-2.31.0-py3.11.txt"
     lock = read_lock(path)
     assert lock.header.exclude_newer == "2023-05-22T15:12:42Z"  # first upload: 15:12:42.3 UTC
@@ -81,6 +74,7 @@ def test_lock_is_complete_hashed_and_as_of_the_release(locked: Matrix) -> None:
     assert lock.versions == {"requests": "2.31.0", "urllib3": "2.0.2", "certifi": "2023.5.7",
                              "charset-normalizer": "3.1.0", "idna": "3.4"}
     assert all(h and all(x.startswith("sha256:") for x in h) for h in lock.hashes.values())
+    assert lock.body_ok  # the header's body-sha256 matches
     text = path.read_text()
     assert "file:" not in text and "/opt/" not in text and "--index-url" not in text
 
@@ -93,7 +87,7 @@ def test_other_python_is_a_separate_lock(locked: Matrix) -> None:
 
 
 def test_relock_is_unchanged(locked: Matrix) -> None:
-    [result] = lock_entries(list(locked), locks_dir=locks_dir_for(locked))
+    [result] = lock_entries([(e, e.python) for e in locked], locks_dir_for(locked))
     assert result.ok and not result.changed
 
 
@@ -110,7 +104,7 @@ def test_check_catches_a_stale_lock(locked: Matrix, tmp_path: Path) -> None:
 
 
 def test_drift_shows_what_an_unlocked_install_changes(locked: Matrix) -> None:
-    changes = {c.name: c for c in drift(locked.get("tiny-2.31.0"), locks_dir=locks_dir_for(locked))}
+    changes = {c.name: c for c in drift(locked.get("tiny-2.31.0"), None, locks_dir_for(locked))}
     assert changes["urllib3"].locked == "2.0.2"
     assert changes["urllib3"].kind == "upgraded"
     assert "requests" not in changes
@@ -132,3 +126,37 @@ def test_lock_installs_with_require_hashes(locked: Matrix, tmp_path: Path) -> No
                             env=env, check=True, capture_output=True, text=True).stdout
     installed = dict(line.split("==") for line in freeze.split())
     assert installed == read_lock(path).versions
+
+
+def test_ctrl_c_during_lock_stops_at_once_and_writes_nothing(tmp_path: Path) -> None:
+    """SIGINT while uv resolves (here a stand-in uv that sleeps): exit 130 within seconds, the uv
+    process gone, and no lock file written, then or later."""
+    if not _pypi_reachable():
+        pytest.skip("pypi.org is not reachable (the release date is read from it first)")
+    import os
+    import signal
+    import time
+
+    fake_uv = tmp_path / "uv"
+    marker = tmp_path / "uv-pid"
+    fake_uv.write_text(f"#!/bin/sh\necho $$ > {marker}\nexec sleep 60\n")
+    fake_uv.chmod(0o755)
+    (tmp_path / "matrix.yaml").write_text(MATRIX)
+    proc = subprocess.Popen([sys.executable, "-m", "rollout_matrix.cli", "--matrix", str(tmp_path / "matrix.yaml"),
+                             "lock", "tiny-2.31.0"], env={**os.environ, UV_ENV: str(fake_uv)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    uv_pid = int(marker.read_text())
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert time.monotonic() - sent < 10
+    assert "interrupted" in err and "Traceback" not in err
+    time.sleep(1)
+    with pytest.raises(ProcessLookupError):
+        os.kill(uv_pid, 0)
+    assert not (tmp_path / "docker" / "locks").exists() or not list((tmp_path / "docker" / "locks").iterdir())

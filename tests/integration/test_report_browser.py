@@ -3,11 +3,8 @@ from disk and the assertions run on the DOM it dumps, with numbers from real pyt
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -15,6 +12,7 @@ import pytest
 
 from rollout_matrix.matrix import load_matrix
 from rollout_matrix.report import write_report
+from rollout_matrix.results import RunRecord
 
 pytestmark = pytest.mark.browser
 
@@ -36,24 +34,6 @@ def chromium(url: str, profile: Path, *extra: str) -> subprocess.CompletedProces
            "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
            f"--user-data-dir={profile}", *extra, url]
     return subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=180)
-
-
-def real_junit(workdir: Path, junit: Path, passed: int, failed: int, skipped: int) -> int:
-    """pytest's own JUnit XML for a generated file with known outcomes; returns pytest's exit code."""
-    workdir.mkdir(parents=True)
-    body = ["import pytest", ""]
-    body += [f"def test_ok_{i}():\n    pass\n" for i in range(passed)]
-    body += [f"def test_bad_{i}():\n    assert False\n" for i in range(failed)]
-    body += [f"def test_skip_{i}():\n    pytest.skip('CPU only')\n" for i in range(skipped)]
-    (workdir / "test_gen.py").write_text("\n".join(body))
-    (workdir / "pytest.ini").write_text("[pytest]\n")
-    junit.parent.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           f"--junitxml={junit}", "test_gen.py"],
-                          cwd=workdir, env=env, capture_output=True, text=True, check=False, timeout=120)
-    assert junit.is_file(), proc.stdout + proc.stderr
-    return proc.returncode
 
 
 class TableRows(HTMLParser):
@@ -97,59 +77,56 @@ class TableRows(HTMLParser):
             self.summary += data
 
 
-def test_page_renders_every_release_with_junit_numbers(tmp_path):
-    matrix = load_matrix(REPO / "matrix.yaml")
-    results = tmp_path / "results"
-    cases = {"sglang-0.5.2": (3, 2, 1), "vllm-0.8.5.post1": (5, 0, 2)}
-    for entry, (passed, failed, skipped) in cases.items():
-        code = real_junit(tmp_path / f"src-{entry}", results / entry / "junit.xml", passed, failed, skipped)
-        engine, release = entry.split("-", 1)
-        (results / entry / "run.json").write_text(json.dumps({
-            "entry": entry, "engine": engine, "release": release, "shim": f"{engine}-test-band",
-            "image": f"rollout-matrix:{entry}-cu128", "image_id": "sha256:" + "c" * 64,
-            "repo_digests": [f"127.0.0.1:5000/rollout-matrix@sha256:{'d' * 64}"], "labels": {},
-            "gpu": False, "started": "2026-11-28T08:00:00+00:00", "finished": "2026-11-28T08:10:00+00:00",
-            "exit_code": code,
-        }))
-    summary = write_report(matrix, results, tmp_path / "docs")
+def evidence(root: Path, kind: str, entry: str, junit: Path, code: int) -> None:
+    folder = root / f"{kind}-results" / entry
+    folder.mkdir(parents=True)
+    (folder / "junit.xml").write_bytes(junit.read_bytes())
+    RunRecord(entry=entry, kind=kind, environment="image", started="2026-11-28T08:00:00+00:00", exit_code=code,
+              machine={"gpu_names": ["NVIDIA H200"], "gpu_count": 1, "torch": "2.8.0+cu128"} if kind == "gpu" else None,
+              ).write(folder)
 
-    proc = chromium(summary.html.resolve().as_uri(), tmp_path / "profile", "--dump-dom")
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Path:
+    shutil.copy(REPO / "matrix.yaml", tmp_path / "matrix.yaml")
+    return tmp_path
+
+
+def test_page_renders_every_release_with_cpu_and_gpu_evidence_apart(checkout: Path, tmp_path: Path,
+                                                                     suite_runner) -> None:
+    cpu_ok, code = suite_runner(tmp_path / "a", cpu={"passed": 7}, gpu={"skipped": 10})
+    gpu_red, rcode = suite_runner(tmp_path / "b", cpu={"passed": 7}, gpu={"passed": 9, "failed": 2})
+    gpu_ok, gcode = suite_runner(tmp_path / "c", cpu={"passed": 7}, gpu={"passed": 11, "skipped": 1})
+    evidence(checkout, "cpu", "sglang-0.5.1", cpu_ok, code)
+    evidence(checkout, "gpu", "vllm-0.8.5.post1", gpu_red, rcode)
+    evidence(checkout, "cpu", "sglang-0.5.2", cpu_ok, code)
+    evidence(checkout, "gpu", "sglang-0.5.2", gpu_ok, gcode)
+    matrix = load_matrix(checkout / "matrix.yaml")
+    _, written = write_report(matrix, checkout / "docs")
+
+    proc = chromium(written[1].resolve().as_uri(), tmp_path / "profile", "--dump-dom")
     assert proc.returncode == 0, proc.stderr[-2000:]
     dom = TableRows()
     dom.feed(proc.stdout)
-
-    assert len(dom.rows) == len(matrix)
     assert [r["attrs"]["data-entry"] for r in dom.rows] == [e.name for e in matrix]  # type: ignore[index]
     by_entry = {r["attrs"]["data-entry"]: r["cells"] for r in dom.rows}  # type: ignore[index]
 
-    failing = by_entry["sglang-0.5.2"]
-    assert failing["status-failed"] == "failed"
-    numbers = (failing["passed"], failing["failed"], failing["errors"], failing["skipped"])
-    assert numbers == ("3", "2", "0", "1")
-    assert failing["band"] == "sglang-test-band"
-    assert failing["image"] == "sglang-0.5.2-cu128"
-    assert failing["digest"] == "sha256:dddddddddddd"
-    assert failing["runner"] == "CPU only" and failing["date"] == "2026-11-28"
-
-    passing = by_entry["vllm-0.8.5.post1"]
-    assert passing["status-passed"] == "passed"
-    assert (passing["passed"], passing["failed"], passing["skipped"]) == ("5", "0", "2")
-
-    never = by_entry["vllm-0.22.0"]
-    assert never["status-not-run"] == "not run"
-    assert never["passed"] == "—" and never["runner"] == "—"
-    not_run = [r for r in dom.rows if r["attrs"]["data-status"] == "not run"]  # type: ignore[index]
-    assert len(not_run) == len(matrix) - 2
-    assert dom.summary.startswith(f"{len(matrix)} releases: 1 passed, 1 failed, {len(matrix) - 2} not run.")
+    proven = by_entry["sglang-0.5.2"]
+    assert proven["verdict-gpu-proven"] == "GPU-proven"
+    assert (proven["cpu"], proven["gpu"]) == ("7 passed", "11 passed on 1× NVIDIA H200, torch 2.8.0+cu128")
+    cpu_only = by_entry["sglang-0.5.1"]
+    assert cpu_only["verdict-cpu-checks-passed"] == "CPU checks passed" and cpu_only["gpu"] == "—"
+    red = by_entry["vllm-0.8.5.post1"]
+    assert red["verdict-gpu-tests-failed"] == "GPU tests failed" and red["gpu"].startswith("9 passed, 2 failed")
+    assert not any(r["attrs"]["data-verdict"] == "passed" for r in dom.rows)  # type: ignore[index]
+    assert dom.summary.startswith(f"{len(matrix)} releases: 1 GPU-proven, 1 CPU checks passed, 1 GPU tests failed")
 
 
-def test_page_screenshot_is_not_blank(tmp_path):
+def test_page_screenshot_is_not_blank(checkout: Path, tmp_path: Path) -> None:
     """The page paints (CSS inlined, nothing fetched): a screenshot with more than one colour."""
-    matrix = load_matrix(REPO / "matrix.yaml")
-    (tmp_path / "results").mkdir()
-    summary = write_report(matrix, tmp_path / "results", tmp_path / "docs")
+    _, written = write_report(load_matrix(checkout / "matrix.yaml"), checkout / "docs")
     shot = tmp_path / "page.png"
-    proc = chromium(summary.html.resolve().as_uri(), tmp_path / "profile", f"--screenshot={shot}",
+    proc = chromium(written[1].resolve().as_uri(), tmp_path / "profile", f"--screenshot={shot}",
                     "--window-size=1400,900", "--hide-scrollbars")
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = shot.read_bytes()

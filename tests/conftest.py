@@ -1,4 +1,5 @@
-"""Shared helpers of the host tests."""
+"""Shared helpers of the host tests (tests/unit, tests/integration); stdlib and pytest only, since
+pytest also loads this file when tests/engine runs inside an image."""
 
 from __future__ import annotations
 

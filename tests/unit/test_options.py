@@ -1,0 +1,101 @@
+"""Site options: what would leak a secret into an image or fail late is refused in one line that does
+not repeat the secret; the site file holds them once for the CLI and nox alike."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rollout_matrix.errors import UserError
+from rollout_matrix.options import SITE_ENV, BuildOptions, check_repository
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "s3cr3tP4ssw0rd"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("ROLLOUT_MATRIX_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    (f"https://user:{SECRET}@mirror.example.com/simple", "carries credentials"),
+    (f"ftp://user:{SECRET}@mirror.example.com/simple", r"must be http\(s\)"),
+    (f"https://mirror.example.com/simple?token={SECRET}", "has a query or fragment"),
+    ("https://mirror.example.com/pypi/AbCdEf0123456789GhIjKlMn/simple", "looks like a token"),
+])
+def test_index_urls_that_would_leak_a_secret_are_refused_without_repeating_it(url: str, message: str) -> None:
+    with pytest.raises(UserError, match=message) as info:
+        BuildOptions.from_env(index_url=url)
+    assert SECRET not in str(info.value) and "AbCdEf0123456789" not in str(info.value)
+
+
+def test_a_plain_mirror_url_is_fine() -> None:
+    assert BuildOptions.from_env(index_url="https://mirror.example.com/pypi/simple").index_url.endswith("/simple")
+
+
+def test_a_ca_bundle_holding_a_private_key_is_refused(tmp_path: Path) -> None:
+    pem = tmp_path / "ca.pem"
+    pem.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+                   "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n")
+    with pytest.raises(UserError, match="also holds a PRIVATE KEY"):
+        BuildOptions.from_env(extra_ca_cert=str(pem))
+
+
+@pytest.mark.parametrize("repository", ["ghcr.io/OWNER/rollout-matrix", "Rollout-Matrix", "host:port/x", "a//b"])
+def test_repositories_docker_would_refuse_are_refused_first(repository: str) -> None:
+    with pytest.raises(UserError, match="is not a valid image repository"):
+        check_repository(repository)
+
+
+@pytest.mark.parametrize("repository", ["rollout-matrix", "127.0.0.1:5000/rm-test-1", "ghcr.io/acme/rollout-matrix",
+                                        "localhost/a_b/c.d"])
+def test_valid_repositories(repository: str) -> None:
+    assert check_repository(repository) == repository
+
+
+def test_upper_case_repository_names_the_lower_case_fix() -> None:
+    with pytest.raises(UserError, match=r"Docker needs lower case: ghcr\.io/owner/rollout-matrix"):
+        BuildOptions.from_env(repository="ghcr.io/OWNER/rollout-matrix")
+
+
+def test_site_file_is_read_below_variables_and_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    site = tmp_path / "site.toml"
+    site.write_text('[site]\nbase_image = "rollout-matrix-test/debian:bookworm"\npython = "3.11"\n'
+                    'repository = "127.0.0.1:5000/acme"\n')
+    monkeypatch.setenv(SITE_ENV, str(site))
+    opts = BuildOptions.from_env()
+    assert (opts.base_image, opts.python, opts.repository) == ("rollout-matrix-test/debian:bookworm", "3.11",
+                                                               "127.0.0.1:5000/acme")
+    monkeypatch.setenv("ROLLOUT_MATRIX_PYTHON", "3.12")
+    assert BuildOptions.from_env().python == "3.12"
+    assert BuildOptions.from_env(python="3.10").python == "3.10"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[site]\nbase-imag = 'x'\n", "unknown keys base_imag"),
+    ("[other]\nx = 1\n", "unknown keys other"),
+    ("[site\n", "not a readable TOML site file"),
+])
+def test_bad_site_files_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, message: str) -> None:
+    site = tmp_path / "site.toml"
+    site.write_text(text)
+    monkeypatch.setenv(SITE_ENV, str(site))
+    with pytest.raises(UserError, match=message):
+        BuildOptions.from_env()
+
+
+def test_the_cli_reads_the_site_file_too(tmp_path: Path) -> None:
+    site = tmp_path / "site.toml"
+    site.write_text('[site]\nbase_image = "rollout-matrix-test/debian:bookworm"\npython = "3.11"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROLLOUT_MATRIX_")}
+    proc = subprocess.run([sys.executable, "-m", "rollout_matrix.cli", "list", "--json", "--compact"],
+                          env={**env, SITE_ENV: str(site)}, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert '"base_image": "rollout-matrix-test/debian:bookworm"' in proc.stdout and '"python": "3.11"' in proc.stdout
