@@ -36,3 +36,40 @@ def _run_suite(workdir: Path, *, cpu: dict[str, int], gpu: dict[str, int]) -> tu
 def suite_runner() -> Callable[..., tuple[Path, int]]:
     """``suite_runner(dir, cpu={...}, gpu={...})``: JUnit XML from the real pytest, known outcomes."""
     return _run_suite
+
+
+TINY_ENGINE_MATRIX = """\
+schema: 1
+stacks:
+  cpu:
+    cuda: "12.8"
+    base_image: debian:bookworm
+    python: "{python}"
+engines:
+  tiny:
+    package: requests
+    requirement: "requests=={{version}}"
+    bands:
+      - stack: cpu
+        torch: none  # a CPU-only stand-in engine: it pins no torch
+        releases:
+          "2.31.0": {{}}
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_engine_matrix() -> Callable[[str], str]:
+    """``tiny_engine_matrix(python)``: a matrix.yaml whose one "engine" is requests 2.31.0 (first
+    uploaded 2023-05-22; urllib3 2.0.3 came on 2023-06-07): locks and bundles in seconds."""
+    return lambda python: TINY_ENGINE_MATRIX.format(python=python)
+
+
+@pytest.fixture(scope="session")
+def pypi() -> None:
+    """Skips (saying why) where pypi.org cannot be reached."""
+    import urllib.request
+
+    try:
+        urllib.request.urlopen("https://pypi.org/simple/requests/", timeout=15).close()
+    except OSError:
+        pytest.skip("pypi.org is not reachable (set SSL_CERT_FILE behind a TLS proxy)")

@@ -109,14 +109,18 @@ def build(plan: BuildPlan, reporter: Reporter, *, force: bool = False) -> BuildR
 def run_build(plan: BuildPlan, reporter: Reporter, *, nocache: bool = False,
               extra_labels: dict[str, str] | None = None) -> str:
     """Run the engine build of ``plan`` and return the (untagged) image id; no check, no tags."""
+    return stream_build(f"build of {plan.entry.name}", reporter, fileobj=plan.context(), buildargs=plan.buildargs(),
+                        labels={**plan.labels(), **(extra_labels or {})}, nocache=nocache)
+
+
+def stream_build(what: str, reporter: Reporter, **build: Any) -> str:
+    """A classic-builder build of an in-memory context (``fileobj``), streamed line by line; the image
+    id, or :class:`BuildFailed` naming the installer's own error line. The one build loop of the
+    project (engine images and the devel test bases)."""
     image_id: str | None = None
     log_tail: list[str] = []
-    with engine_call(f"build of {plan.entry.name}", BuildFailed, "nothing was tagged"):
-        stream = client().api.build(
-            fileobj=plan.context(), custom_context=True, buildargs=plan.buildargs(),
-            labels={**plan.labels(), **(extra_labels or {})},
-            rm=True, forcerm=True, pull=False, decode=True, nocache=nocache,
-        )
+    with engine_call(what, BuildFailed, "nothing was tagged"):
+        stream = client().api.build(custom_context=True, rm=True, forcerm=True, pull=False, decode=True, **build)
         for chunk in stream:
             if "stream" in chunk:
                 text = chunk["stream"]
@@ -125,12 +129,12 @@ def run_build(plan: BuildPlan, reporter: Reporter, *, nocache: bool = False,
             if "error" in chunk:
                 detail = str(chunk.get("error", "")).strip()
                 cause = _cause(log_tail) or (detail.splitlines()[-1] if detail else "?")
-                raise BuildFailed(f"build of {plan.entry.name} failed: {cause} (full log above); nothing was tagged")
+                raise BuildFailed(f"{what} failed: {cause} (full log above); nothing was tagged")
             aux = chunk.get("aux")
             if isinstance(aux, dict) and aux.get("ID"):
                 image_id = aux["ID"]
     if not image_id:
-        raise BuildFailed(f"build of {plan.entry.name} ended without an image id; last output:\n" + "\n".join(log_tail))
+        raise BuildFailed(f"{what} ended without an image id; last output:\n" + "\n".join(log_tail))
     return image_id
 
 

@@ -26,7 +26,6 @@ hash over those files, the base image reference and its local image id, and the 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import os
@@ -45,12 +44,13 @@ from typing import Any
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
-from rollout_matrix.build import _cause
+from rollout_matrix.build import stream_build
 from rollout_matrix.docker_api import client, container, engine_call, image_exists
 from rollout_matrix.errors import INTERRUPTED, BuildFailed, CheckFailed, UserError
 from rollout_matrix.lockfile import LOCK_NAME_RE, Pin, locks_dir_for, parse_pins, render_body, split_lock
 from rollout_matrix.matrix import Matrix, Stack, load_matrix
 from rollout_matrix.options import DEFAULT_INDEX_URL, BuildOptions
+from rollout_matrix.plan import content_digest
 from rollout_matrix.progress import Reporter
 
 #: Where the devel test bases go. A local name on purpose: nothing here is ever pushed as a base.
@@ -264,21 +264,12 @@ class DevelBasePlan:
 
     @cached_property
     def content_hash(self) -> str:
-        h = hashlib.sha256()
-
-        def part(name: str, data: bytes) -> None:
-            h.update(f"{name}\0{len(data)}\0".encode())
-            h.update(data)
-
-        for name in CONTEXT_FILES:
-            part(name, (self.devel_dir / name).read_bytes())
-        part("wheels", self.wheels_text.encode())
-        part("cuda", self.stack.cuda.encode())
-        part("base_image", self.base_image.encode())
-        part("base_image_id", (self.base_image_id or "").encode())
+        parts = [(name, (self.devel_dir / name).read_bytes()) for name in CONTEXT_FILES]
+        parts += [("wheels", self.wheels_text.encode()), ("cuda", self.stack.cuda.encode()),
+                  ("base_image", self.base_image.encode()), ("base_image_id", (self.base_image_id or "").encode())]
         if self.extra_ca_cert is not None:
-            part("extra_ca", self.extra_ca_cert.read_bytes())
-        return h.hexdigest()
+            parts.append(("extra_ca", self.extra_ca_cert.read_bytes()))
+        return content_digest(parts)
 
     @property
     def ref(self) -> str:
@@ -392,26 +383,8 @@ def ensure_devel_base(matrix: Matrix, stack: str, base_image: str = DEFAULT_TEST
 
 
 def _run_build(plan: DevelBasePlan, reporter: Reporter) -> str:
-    what = f"build of the {plan.stack.name} devel test base"
-    image_id: str | None = None
-    log_tail: list[str] = []
-    with engine_call(what, BuildFailed, "nothing was tagged"):
-        stream = client().api.build(fileobj=plan.context(), custom_context=True, buildargs=plan.buildargs(),
-                                    labels=plan.labels(), rm=True, forcerm=True, pull=False, decode=True)
-        for chunk in stream:
-            if "stream" in chunk:
-                reporter.raw(chunk["stream"])
-                log_tail = (log_tail + chunk["stream"].splitlines())[-60:]
-            if "error" in chunk:
-                detail = str(chunk.get("error", "")).strip()
-                cause = _cause(log_tail) or (detail.splitlines()[-1] if detail else "?")
-                raise BuildFailed(f"{what} failed: {cause} (full log above); nothing was tagged")
-            aux = chunk.get("aux")
-            if isinstance(aux, dict) and aux.get("ID"):
-                image_id = aux["ID"]
-    if not image_id:
-        raise BuildFailed(f"{what} ended without an image id; last output:\n" + "\n".join(log_tail))
-    return image_id
+    return stream_build(f"build of the {plan.stack.name} devel test base", reporter, fileobj=plan.context(),
+                        buildargs=plan.buildargs(), labels=plan.labels())
 
 
 # Runs in the new image, offline: what the check compares, then a torch-memory-saver-style link.

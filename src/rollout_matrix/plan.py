@@ -28,6 +28,16 @@ LABEL_PREFIX = "io.rollout-matrix"
 CONTEXT_FILES = ("Dockerfile", "install.sh", "tools.txt")
 
 
+def content_digest(parts: list[tuple[str, bytes]]) -> str:
+    """sha256 over named parts, each framed by its name and length (no two inputs can collide by
+    shifting bytes between neighbours). The one content hash of the project's images."""
+    h = hashlib.sha256()
+    for name, data in parts:
+        h.update(f"{name}\0{len(data)}\0".encode())
+        h.update(data)
+    return h.hexdigest()
+
+
 @dataclass(frozen=True)
 class BuildPlan:
     """Everything needed to build, tag and find one entry's image."""
@@ -43,24 +53,15 @@ class BuildPlan:
 
     @cached_property
     def content_hash(self) -> str:
-        h = hashlib.sha256()
-
-        def part(name: str, data: bytes) -> None:
-            h.update(f"{name}\0{len(data)}\0".encode())
-            h.update(data)
-
-        for name in CONTEXT_FILES:
-            part(name, (self.docker_dir / name).read_bytes())
-        part("entry", self.entry.digest().encode())
-        part("base_image", self.base_image.encode())
-        part("python", self.python.encode())
-        part("requirements", self.requirements_text.encode())
-        part("installer", f"{self.options.installer} locked={self.options.locked}".encode())
+        parts = [(name, (self.docker_dir / name).read_bytes()) for name in CONTEXT_FILES]
+        parts += [("entry", self.entry.digest().encode()), ("base_image", self.base_image.encode()),
+                  ("python", self.python.encode()), ("requirements", self.requirements_text.encode()),
+                  ("installer", f"{self.options.installer} locked={self.options.locked}".encode())]
         if not self.options.locked:  # an unlocked build resolves against the index it is given
-            part("index_url", self.options.index_url.encode())
+            parts.append(("index_url", self.options.index_url.encode()))
         if self.options.extra_ca_cert is not None:
-            part("extra_ca", self.options.extra_ca_cert.read_bytes())
-        return h.hexdigest()
+            parts.append(("extra_ca", self.options.extra_ca_cert.read_bytes()))
+        return content_digest(parts)
 
     @property
     def content_tag(self) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -19,42 +18,14 @@ from rollout_matrix.lockfile import read_lock
 from rollout_matrix.locking import lock_entry
 from rollout_matrix.matrix import Matrix, load_matrix
 
-MATRIX = """\
-schema: 1
-stacks:
-  cpu:
-    cuda: "12.8"
-    base_image: debian:bookworm
-    python: "{python}"
-engines:
-  tiny:
-    package: requests
-    requirement: "requests=={{version}}"
-    bands:
-      - stack: cpu
-        torch: none  # a CPU-only stand-in engine: it pins no torch
-        releases:
-          "2.31.0": {{}}
-"""
-
-
-def _pypi_reachable() -> bool:
-    try:
-        urllib.request.urlopen("https://pypi.org/simple/requests/", timeout=15).close()
-        return True
-    except OSError:
-        return False
-
 
 @pytest.fixture(scope="module")
-def locked(tmp_path_factory: pytest.TempPathFactory) -> Matrix:
-    if not _pypi_reachable():
-        pytest.skip("pypi.org is not reachable (set SSL_CERT_FILE behind a TLS proxy)")
+def locked(tmp_path_factory: pytest.TempPathFactory, pypi: None, tiny_engine_matrix) -> Matrix:
     import sys
 
     root = tmp_path_factory.mktemp("repo")
     python = f"{sys.version_info[0]}.{sys.version_info[1]}"
-    (root / "matrix.yaml").write_text(MATRIX.format(python=python))
+    (root / "matrix.yaml").write_text(tiny_engine_matrix(python))
     matrix = load_matrix(root / "matrix.yaml")
     result = lock_entry(matrix.get("tiny-2.31.0"), python, root / "docker" / "locks")
     assert result.ok, result.error

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -21,39 +20,10 @@ from rollout_matrix.resolver import UV_ENV, uv_binary, uv_environment
 
 pytestmark = pytest.mark.slow
 
-MATRIX = """\
-schema: 1
-stacks:
-  cpu:
-    cuda: "12.8"
-    base_image: debian:bookworm
-    python: "3.11"
-engines:
-  tiny:
-    package: requests
-    requirement: "requests=={version}"
-    bands:
-      - stack: cpu
-        torch: none  # a CPU-only stand-in engine: it pins no torch
-        releases:
-          "2.31.0": {}
-"""
-
-
-def _pypi_reachable() -> bool:
-    try:
-        urllib.request.urlopen("https://pypi.org/simple/requests/", timeout=15).close()
-        return True
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
-def locked(tmp_path_factory: pytest.TempPathFactory) -> Matrix:
-    if not _pypi_reachable():
-        pytest.skip("pypi.org is not reachable (set SSL_CERT_FILE behind a TLS proxy)")
+def locked(tmp_path_factory: pytest.TempPathFactory, pypi: None, tiny_engine_matrix) -> Matrix:
     root = tmp_path_factory.mktemp("locks")
-    (root / "matrix.yaml").write_text(MATRIX)
+    (root / "matrix.yaml").write_text(tiny_engine_matrix("3.11"))
     matrix = load_matrix(root / "matrix.yaml")
     seen = []
     results = lock_entries([(e, e.python) for e in matrix], locks_dir_for(matrix), progress=seen.append)
@@ -93,12 +63,13 @@ def test_relock_is_unchanged(locked: Matrix) -> None:
 
 def test_check_catches_a_stale_lock(locked: Matrix, tmp_path: Path) -> None:
     assert check_locks(locked) == []
-    edited = locked.path.read_text().replace('"2.31.0": {}', '"2.31.0": {exclude_newer: "2023-06-30"}')
+    original = locked.path.read_text()
+    edited = original.replace('"2.31.0": {}', '"2.31.0": {exclude_newer: "2023-06-30"}')
     locked.path.write_text(edited)
     try:
         problems = check_locks(load_matrix(locked.path))
     finally:
-        locked.path.write_text(MATRIX)
+        locked.path.write_text(original)
     assert len(problems) == 2
     assert all(p.startswith("tiny-2.31.0: lock tiny-2.31.0-py3.") and "is stale" in p for p in problems)
 
@@ -128,11 +99,9 @@ def test_lock_installs_with_require_hashes(locked: Matrix, tmp_path: Path) -> No
     assert installed == read_lock(path).versions
 
 
-def test_ctrl_c_during_lock_stops_at_once_and_writes_nothing(tmp_path: Path) -> None:
+def test_ctrl_c_during_lock_stops_at_once_and_writes_nothing(tmp_path: Path, pypi: None, tiny_engine_matrix) -> None:
     """SIGINT while uv resolves (here a stand-in uv that sleeps): exit 130 within seconds, the uv
     process gone, and no lock file written, then or later."""
-    if not _pypi_reachable():
-        pytest.skip("pypi.org is not reachable (the release date is read from it first)")
     import os
     import signal
     import time
@@ -141,7 +110,7 @@ def test_ctrl_c_during_lock_stops_at_once_and_writes_nothing(tmp_path: Path) -> 
     marker = tmp_path / "uv-pid"
     fake_uv.write_text(f"#!/bin/sh\necho $$ > {marker}\nexec sleep 60\n")
     fake_uv.chmod(0o755)
-    (tmp_path / "matrix.yaml").write_text(MATRIX)
+    (tmp_path / "matrix.yaml").write_text(tiny_engine_matrix("3.11"))
     proc = subprocess.Popen([sys.executable, "-m", "rollout_matrix.cli", "--matrix", str(tmp_path / "matrix.yaml"),
                              "lock", "tiny-2.31.0"], env={**os.environ, UV_ENV: str(fake_uv)},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
