@@ -23,7 +23,6 @@ The receiving side is :mod:`rollout_matrix.gpuenv`.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -33,7 +32,7 @@ import urllib.request
 import zipfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -51,14 +50,11 @@ from rollout_matrix.lockfile import (
     split_lock,
     wheel_rank,
 )
+from rollout_matrix.manifest import BUNDLE_FORMAT, MANIFEST, EntryRecord, FileRecord, Manifest, chunk_payload, pack_parts
 from rollout_matrix.matrix import Entry, Matrix
+from rollout_matrix.payload import PAYLOADS, member_digest, sha256_file, zstd_payload
 from rollout_matrix.pypi import IndexFile, release_files
 
-BUNDLE_FORMAT = 1
-MANIFEST = "bundle.json"
-PAYLOADS = ("wheel", "zstd")
-ZSTD_LEVEL = 10
-ZSTD_WINDOW_LOG = 27  # 128 MiB window: long-range matches across a stored CUDA library
 TOOLS = ("zstandard==0.23.0",)
 """Wheels the machine needs to unpack ``zstd`` payloads with nothing but its own Python."""
 _CHUNK_READ = 1 << 20
@@ -66,14 +62,6 @@ _CHUNK_READ = 1 << 20
 
 def default_cache() -> Path:
     return Path(os.environ.get("ROLLOUT_MATRIX_CACHE") or Path.home() / ".cache" / "rollout-matrix")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(_CHUNK_READ):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # -- what each pin installs ---------------------------------------------------------------------------
@@ -165,148 +153,6 @@ def build_wheel(sdist: Path, python: str, cache: Path) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         shutil.move(str(wheels[0]), out / wheels[0].name)
     return out / wheels[0].name
-
-
-# -- payloads -------------------------------------------------------------------------------------------
-
-
-def member_digest(zf: zipfile.ZipFile) -> str:
-    """sha256 over every member's name, unix mode and content hash, in name order.
-
-    Equal digests mean the same files with the same executable bits, whatever the zip's compression:
-    how the machine checks a ``zstd`` payload against the wheel the lock names.
-    """
-    digest = hashlib.sha256()
-    for info in sorted(zf.infolist(), key=lambda i: i.filename):
-        content = hashlib.sha256()
-        with zf.open(info) as fh:
-            while block := fh.read(_CHUNK_READ):
-                content.update(block)
-        mode = (info.external_attr >> 16) & 0o777
-        digest.update(f"{info.filename}\0{mode:o}\0{content.hexdigest()}\n".encode())
-    return digest.hexdigest()
-
-
-def stored_copy(wheel: Path, target: Path) -> None:
-    """The wheel's members, same names, times and modes, in a zip without compression."""
-    with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(target, "w", zipfile.ZIP_STORED, allowZip64=True) as dst:
-        for info in src.infolist():
-            copy = zipfile.ZipInfo(info.filename, date_time=info.date_time)
-            copy.external_attr = info.external_attr
-            copy.compress_type = zipfile.ZIP_STORED
-            with src.open(info) as fin, dst.open(copy, "w", force_zip64=info.file_size > 0x7FFFFFFF) as fout:
-                shutil.copyfileobj(fin, fout, _CHUNK_READ)
-
-
-def zstd_payload(wheel: Path, cache: Path) -> Path:
-    """zstd of the wheel's stored copy (cached by the wheel's sha256)."""
-    import zstandard
-
-    target = cache / "zstd" / f"{sha256_file(wheel)}.zst"
-    if target.is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="rollout-matrix-zst-", dir=target.parent) as tmp:
-        stored = Path(tmp) / "stored.zip"
-        stored_copy(wheel, stored)
-        params = zstandard.ZstdCompressionParameters.from_level(
-            ZSTD_LEVEL, window_log=ZSTD_WINDOW_LOG, enable_ldm=True, threads=-1)
-        compressor = zstandard.ZstdCompressor(compression_params=params)
-        part = Path(tmp) / "payload.zst"
-        with open(stored, "rb") as fin, open(part, "wb") as fout:
-            compressor.copy_stream(fin, fout, size=stored.stat().st_size)
-        part.replace(target)
-    return target
-
-
-# -- the manifest ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class FileRecord:
-    """One installed file of an entry, as the machine must reassemble and check it."""
-
-    name: str
-    version: str
-    wheel: str  # the wheel file name to install
-    wheel_sha256: str  # of the wheel (the lock's hash unless built)
-    lock_sha256: str  # the lock's hash this file stands for (the sdist's when built)
-    built_from_sdist: bool
-    members_sha256: str
-    payload: str
-    payload_sha256: str
-    size: int
-    chunks: list[str] = field(default_factory=list)
-
-
-@dataclass
-class EntryRecord:
-    entry: str
-    python: str
-    lock: str  # path relative to the checkout
-    lock_sha256: str
-    inputs_hash: str
-    files: list[FileRecord] = field(default_factory=list)
-
-    @property
-    def bytes(self) -> int:
-        return sum(f.size for f in self.files)
-
-
-@dataclass
-class Manifest:
-    format: int
-    created: str
-    python: str
-    payload: str
-    part_mib: int
-    entries: dict[str, EntryRecord]
-    chunks: dict[str, int]
-    parts: list[dict]
-    tools: list[str]
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str) -> Manifest:
-        raw = json.loads(text)
-        entries = {
-            name: EntryRecord(**{**e, "files": [FileRecord(**f) for f in e["files"]]})
-            for name, e in raw["entries"].items()
-        }
-        return cls(**{**raw, "entries": entries})
-
-
-def chunk_payload(payload: Path, chunk_bytes: int, store: Path) -> list[str]:
-    """Cut ``payload`` into chunks named by their sha256 under ``store`` (kept if already there)."""
-    names = []
-    with open(payload, "rb") as fh:
-        while block := fh.read(chunk_bytes):
-            name = hashlib.sha256(block).hexdigest()
-            target = store / name
-            if not target.is_file():
-                tmp = target.with_name(name + ".tmp")
-                tmp.write_bytes(block)
-                tmp.replace(target)
-            names.append(name)
-    return names
-
-
-def pack_parts(chunks: dict[str, int], limit: int) -> list[list[str]]:
-    """First-fit decreasing: chunk names grouped into parts of at most ``limit`` bytes each."""
-    parts: list[list[str]] = []
-    room: list[int] = []
-    for name, size in sorted(chunks.items(), key=lambda kv: (-kv[1], kv[0])):
-        for i, free in enumerate(room):
-            if size <= free:
-                parts[i].append(name)
-                room[i] -= size
-                break
-        else:
-            parts.append([name])
-            room.append(limit - size)
-    return parts
 
 
 # -- making a bundle ------------------------------------------------------------------------------------

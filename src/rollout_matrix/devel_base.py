@@ -32,14 +32,11 @@ import os
 import re
 import sys
 import tarfile
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
@@ -52,6 +49,7 @@ from rollout_matrix.matrix import Matrix, Stack, load_matrix
 from rollout_matrix.options import DEFAULT_INDEX_URL, BuildOptions
 from rollout_matrix.plan import content_digest
 from rollout_matrix.progress import Reporter
+from rollout_matrix.pypi import project_files
 
 #: Where the devel test bases go. A local name on purpose: nothing here is ever pushed as a base.
 REPOSITORY = "rollout-matrix-test/cuda-devel"
@@ -64,7 +62,6 @@ RUNTIME = "nvidia-cuda-runtime-cu12"
 #: The wheels of the toolkit, the runtime first: cudart and its headers (cuda.h, cuda_runtime_api.h),
 #: the nvcc wheel (ptxas, libNVVM, libdevice, crt headers), CCCL (thrust, cub, libcu++ headers).
 COMPONENTS = (RUNTIME, "nvidia-cuda-nvcc-cu12", "nvidia-cuda-cccl-cu12")
-PYPI_JSON = "https://pypi.org/pypi/{name}/json"
 
 
 # -- stacks -------------------------------------------------------------------------------------------
@@ -177,31 +174,21 @@ def fits_target(filename: str) -> bool:
                and t.platform.endswith("_x86_64") for t in tags)
 
 
-def _pypi_json(name: str) -> dict[str, Any]:
-    url = PYPI_JSON.format(name=name)
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response:
-            return json.load(response)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise UserError(f"could not read {url} ({exc}); check the network, or SSL_CERT_FILE behind a "
-                        "TLS-intercepting proxy") from None
-
-
-def lock_wheels(matrix: Matrix, stack: str, fetch: Callable[[str], dict[str, Any]] = _pypi_json) -> Path:
-    """Write ``docker/devel-base/wheels-<stack>.txt`` from PyPI's JSON API: the versions of
-    :func:`choose_versions`, each with the sha256 of its Linux x86-64 wheel(s) only (what pip may pick).
-    """
+def lock_wheels(matrix: Matrix, stack: str) -> Path:
+    """Write ``docker/devel-base/wheels-<stack>.txt`` from the index (its JSON simple API, as for the
+    engine locks): the versions of :func:`choose_versions`, each with the sha256 of its Linux x86-64
+    wheel(s) only (what pip may pick)."""
     info = get_stack(matrix, stack)
     runtime, count = locked_runtime(matrix, stack)
     if runtime is None:
         raise UserError(f"no committed lock of a {stack} release pins {RUNTIME}; run `rollout-matrix lock` first")
-    projects = {name: fetch(canonicalize_name(name)) for name in COMPONENTS}
-    versions = choose_versions(info.cuda, runtime, {n: p.get("releases", {}).keys() for n, p in projects.items()})
+    projects = {name: [f for f in project_files(name) if f.version is not None and not f.yanked]
+                for name in COMPONENTS}
+    versions = choose_versions(info.cuda, runtime, {n: {str(f.version) for f in fs} for n, fs in projects.items()})
     pins = []
     for name, version in versions.items():
-        files = [f for f in projects[name]["releases"].get(version, [])
-                 if fits_target(f.get("filename", "")) and not f.get("yanked")]
-        hashes = tuple(sorted(f"sha256:{f['digests']['sha256']}" for f in files if f.get("digests", {}).get("sha256")))
+        hashes = tuple(sorted(f"sha256:{f.sha256}" for f in projects[name]
+                              if str(f.version) == version and fits_target(f.filename) and f.sha256))
         if not hashes:
             raise UserError(f"PyPI lists no Linux x86-64 wheel of {name}=={version}; cannot lock stack {stack}")
         pins.append(Pin(name, version, hashes))

@@ -32,14 +32,14 @@ import subprocess
 import sys
 import tarfile
 import time
-import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
-from rollout_matrix.bundle import MANIFEST, FileRecord, Manifest, member_digest, sha256_file
+from rollout_matrix import lockenv
 from rollout_matrix.errors import UserError
 from rollout_matrix.lockfile import read_lock
+from rollout_matrix.manifest import MANIFEST, FileRecord, Manifest
+from rollout_matrix.payload import sha256_file
 from rollout_matrix.results import JUNIT, LOG, RUN_JSON, RunRecord
 
 ROOT = Path(os.environ.get("ROLLOUT_MATRIX_GPU_ROOT", "/tmp/rollout-matrix"))
@@ -136,111 +136,24 @@ def _zstd():
 
 
 def reassemble(record: FileRecord, payload_kind: str, target_dir: Path) -> Path:
-    """Chunks -> payload -> the wheel to install, checked at each step (see the module docstring)."""
-    store = _dirs()["chunks"]
-    wheel = target_dir / record.wheel
-    payload = target_dir / f"{record.wheel}.payload"
-    digest = hashlib.sha256()
-    with open(payload, "wb") as out:
-        for chunk in record.chunks:
-            data = (store / chunk).read_bytes()
-            digest.update(data)
-            out.write(data)
-    if digest.hexdigest() != record.payload_sha256:
-        raise UserError(f"{record.wheel}: reassembled payload has the wrong sha256; receive its parts again")
-    if payload_kind == "wheel":
-        payload.replace(wheel)
-        if record.wheel_sha256 != record.payload_sha256:
-            raise UserError(f"{record.wheel}: payload is not the wheel the manifest names")
-    else:
-        zstandard = _zstd()
-        with open(payload, "rb") as fin, open(wheel, "wb") as fout:
-            zstandard.ZstdDecompressor(max_window_size=1 << 31).copy_stream(fin, fout)
-        payload.unlink()
-    with zipfile.ZipFile(wheel) as zf:
-        if member_digest(zf) != record.members_sha256:
-            raise UserError(f"{record.wheel}: its files differ from the wheel the lock names (member digest)")
-    return wheel
-
-
-def _lock_for(manifest: Manifest, entry: str):
-    record = manifest.entries[entry]
-    lock_file = CHECKOUT / record.lock
-    if not lock_file.is_file():
-        raise UserError(f"{record.lock} is not in this checkout; commit the lock the bundle was made from")
-    lock = read_lock(lock_file)
-    if lock.sha256 != record.lock_sha256:
-        raise UserError(f"{record.lock} differs from the lock the bundle was made from; make the bundle again")
-    if not lock.body_ok:
-        raise UserError(f"{record.lock} was edited by hand (body hash mismatch)")
-    return lock
+    """One wheel from the store's chunks, checked (see :func:`rollout_matrix.lockenv.reassemble`)."""
+    return lockenv.reassemble(record, payload_kind, _dirs()["chunks"], target_dir, _zstd)
 
 
 def install(entry: str, jobs: int = 8) -> Path:
     """A venv at ``envs/<entry>`` holding exactly the entry's lock (idempotent)."""
     d = _dirs()
-    env = d["envs"] / entry
-    stamp = env / ".lock-exact"
-    if stamp.is_file():
-        log(f"{entry}: venv ready ({env})")
-        return env
+    if (d["envs"] / entry / lockenv.STAMP).is_file():
+        log(f"{entry}: venv ready ({d['envs'] / entry})")
+        return d["envs"] / entry
     manifest = manifests().get(entry)
     if manifest is None:
         raise UserError(f"no bundle manifest lists {entry}; receive its part-000 first")
     missing = missing_chunks(manifest, entry)
     if missing:
         raise UserError(f"{entry}: {len(missing)} chunks still missing; receive the remaining parts")
-    lock = _lock_for(manifest, entry)
-    record = manifest.entries[entry]
-    for f in record.files:  # the manifest must stand for exactly the lock's pins and hashes
-        if lock.versions.get(f.name) != f.version or f"sha256:{f.lock_sha256}" not in lock.hashes.get(f.name, ()):
-            raise UserError(f"{f.name}=={f.version} ({f.lock_sha256[:12]}) is not what {record.lock} pins")
-    if {f.name for f in record.files} != set(lock.versions):
-        raise UserError(f"the bundle's files do not cover {record.lock} exactly")
-    start = time.monotonic()
-    wheels_dir = d["wheels"] / entry
-    shutil.rmtree(wheels_dir, ignore_errors=True)
-    wheels_dir.mkdir(parents=True)
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        wheels = list(pool.map(lambda f: reassemble(f, manifest.payload, wheels_dir), record.files))
-    log(f"{entry}: {len(wheels)} wheels reassembled and checked in {time.monotonic() - start:.0f}s")
-    shutil.rmtree(env, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
-    python = env / "bin" / "python"
-    groups: list[list[Path]] = [[] for _ in range(jobs)]
-    sizes = [0] * jobs
-    for wheel in sorted(wheels, key=lambda w: -w.stat().st_size):  # balance the pip processes by bytes
-        i = sizes.index(min(sizes))
-        groups[i].append(wheel)
-        sizes[i] += wheel.stat().st_size
-    # pip >= 22.3 installs into another interpreter's environment (scripts get its shebang); older pips
-    # install with --prefix, where --ignore-installed keeps pip from skipping what its own env has.
-    into = ["--python", str(python)] if subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "--version"], capture_output=True,
-        check=False).returncode == 0 else []
-    target = [] if into else ["--prefix", str(env)]
-    procs = [subprocess.Popen([sys.executable, "-m", "pip", *into, "install", "-q", *target,
-                               "--no-index", "--no-deps", "--ignore-installed", "--no-compile",
-                               "--no-warn-script-location", "--disable-pip-version-check", *map(str, g)])
-             for g in groups if g]
-    codes = [p.wait() for p in procs]
-    if any(codes):
-        raise UserError(f"{entry}: pip failed installing the wheels (exit codes {codes})")
-    installed = json.loads(subprocess.run(
-        [str(python), "-I", "-c", "import importlib.metadata as m, json; "
-         "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))"],
-        capture_output=True, text=True, check=True).stdout)
-    from packaging.utils import canonicalize_name
-
-    got = {canonicalize_name(k): v for k, v in installed.items()}
-    if got != lock.versions:
-        diff = sorted(set(got.items()) ^ set(lock.versions.items()))
-        raise UserError(f"{entry}: the venv does not equal the lock: {diff[:6]}")
-    shutil.rmtree(wheels_dir, ignore_errors=True)
-    stamp.write_text(json.dumps({"lock": record.lock, "lock_sha256": record.lock_sha256,
-                                 "packages": len(got), "seconds": round(time.monotonic() - start, 1)}))
-    log(f"{entry}: venv {env} equals {record.lock} ({len(got)} packages) after {time.monotonic() - start:.0f}s")
-    return env
+    return lockenv.build_venv(manifest, entry, CHECKOUT, d["chunks"], d["envs"] / entry, d["wheels"] / entry,
+                              _zstd, log, jobs)
 
 
 # -- running the suite -----------------------------------------------------------------------------------

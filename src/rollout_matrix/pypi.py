@@ -43,6 +43,7 @@ class IndexFile:
     size: int | None
     upload_time: datetime | None
     version: Version | None
+    yanked: bool = False
 
     @property
     def is_wheel(self) -> bool:
@@ -96,7 +97,7 @@ def project_files(project: str, index_url: str = INDEX_URL) -> tuple[IndexFile, 
         IndexFile(
             filename=f["filename"], url=f["url"], sha256=f.get("hashes", {}).get("sha256", ""),
             size=f.get("size"), upload_time=parse_time(f["upload-time"]) if f.get("upload-time") else None,
-            version=file_version(f["filename"]),
+            version=file_version(f["filename"]), yanked=bool(f.get("yanked")),
         )
         for f in data.get("files", [])
     )
