@@ -78,6 +78,9 @@ class SGLangConfig:
     decode_log_interval: int = _opt(500000, POSITIVE, "ServerArgs.decode_log_interval")
     use_torch_compile: bool = _opt(False, None, "ServerArgs.enable_torch_compile")
     torch_compile_max_bs: int = _opt(128, POSITIVE, "ServerArgs.torch_compile_max_bs")
+    deterministic_inference: bool = _opt(
+        False, None, "ServerArgs.enable_deterministic_inference (0.5.3+; needed for SamplingParams.seed)"
+    )
 
 
 @dataclass(frozen=True)

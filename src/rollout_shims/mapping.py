@@ -65,6 +65,9 @@ SGLANG_ARGS: tuple[ArgRule, ...] = (
     ArgRule("sglang.decode_log_interval", "decode_log_interval"),
     ArgRule("sglang.use_torch_compile", "enable_torch_compile"),
     ArgRule("sglang.torch_compile_max_bs", "torch_compile_max_bs"),
+    ArgRule("sglang.deterministic_inference", "enable_deterministic_inference",
+            note="0.5.3+: the only mode in which SGLang applies a per-request seed (it also forces the "
+                 "PyTorch sampler); true on an older release is refused"),
 )
 SGLANG_FIXED: dict[str, Any] = {"enable_memory_saver": True, "device": "cuda"}
 """Always passed. ``enable_memory_saver``: offload()/onload() use release/resume_memory_occupation,
@@ -99,12 +102,13 @@ VLLM_FIXED: dict[str, Any] = {"enable_sleep_mode": True}
 """Always passed: offload()/onload() use LLM.sleep/wake_up, which free nothing without it."""
 
 VLLM_RELEASE_SPECIFIC: dict[str, str] = {
-    "vllm.attention_backend": "0.8.5: env VLLM_ATTENTION_BACKEND (XFORMERS also selects the V0 engine); "
-    "0.22: EngineArgs.attention_backend (XFORMERS no longer exists)",
+    "vllm.attention_backend": "0.8.5 - 0.12: env VLLM_ATTENTION_BACKEND (XFORMERS: the V0 engine up to "
+    "0.10.0, V1's XFORMERS_VLLM_V1 in 0.10.1 - 0.10.2, XFORMERS in 0.11; gone from 0.12); "
+    "0.13+: EngineArgs.attention_backend",
     "vllm.enable_flash_infer_sampler": "env VLLM_USE_FLASHINFER_SAMPLER, forced to 0 when flashinfer is "
     "missing or in a version range that release cannot use",
-    "cuda_graph_max_bs": "0.8.5: compilation_config.cudagraph_capture_sizes (sizes up to it); "
-    "0.22: compilation_config.max_cudagraph_capture_size",
+    "cuda_graph_max_bs": "0.8.5 - 0.11: compilation_config.cudagraph_capture_sizes (sizes up to it); "
+    "0.12+: compilation_config.max_cudagraph_capture_size",
 }
 
 SHIM_KEYS: dict[str, str] = {
@@ -121,6 +125,7 @@ SHIM_KEYS: dict[str, str] = {
     "sglang.decode_log_interval": "(vLLM shims: not used)",
     "sglang.use_torch_compile": "(vLLM shims: not used)",
     "sglang.torch_compile_max_bs": "(vLLM shims: not used)",
+    "sglang.deterministic_inference": "(vLLM shims: not used; vLLM takes SamplingParams.seed as is)",
     "vllm.attention_backend": "(SGLang shims: not used)",
     "vllm.enable_chunked_prefill": "(SGLang shims: not used; SGLang always chunks prefill)",
     "vllm.enable_prefix_caching": "(SGLang shims: not used; SGLang's radix cache is always on)",

@@ -95,13 +95,15 @@ def test_config_maps_onto_this_releases_argument_object(detection, shim, model_d
     if detection.engine == "sglang":
         expected = {
             "model_path": str(model_dir), "mem_fraction_static": 0.6, "tp_size": 1, "max_running_requests": 32,
-            "cuda_graph_max_bs": 32, "disable_cuda_graph": True, "skip_tokenizer_init": True,
+            _sglang_graph_key(detection.release): 32, "disable_cuda_graph": True, "skip_tokenizer_init": True,
             "load_format": "dummy", "attention_backend": "triton", "device": "cuda",
             # on only when torch_memory_saver is installed (test_every_engine_symbol... fails otherwise)
             "enable_memory_saver": "offload" not in unavailable_features(shim.SYMBOLS),
             "decode_log_interval": 1000, "enable_torch_compile": True, "torch_compile_max_bs": 8,
             "log_level": "info",
         }
+        if Version(detection.release) >= Version("0.5.3"):  # offload keeps a host copy of the weights
+            expected["enable_weights_cpu_backup"] = expected["enable_memory_saver"]
     else:
         expected = {
             "model": str(model_dir), "gpu_memory_utilization": 0.6, "tensor_parallel_size": 1,
@@ -113,20 +115,29 @@ def test_config_maps_onto_this_releases_argument_object(detection, shim, model_d
     assert actual == expected
 
 
+def _sglang_graph_key(release: str) -> str:
+    """SGLang 0.5.14 renamed ServerArgs.cuda_graph_max_bs to cuda_graph_max_bs_decode."""
+    return "cuda_graph_max_bs_decode" if Version(release) >= Version("0.5.14") else "cuda_graph_max_bs"
+
+
 def test_cuda_graph_settings_reach_the_argument_object(detection, shim, model_dir: Path) -> None:
     cfg = make_config(model_dir, detection.engine, enforce_eager=False, validate_weight=True, detokenize=True)
     args = shim.build_arguments(cfg, detection.release)
     assert args.load_format == "auto"
     assert args.skip_tokenizer_init is False
     if detection.engine == "sglang":
-        assert (args.disable_cuda_graph, args.cuda_graph_max_bs) == (False, 32)
+        assert (args.disable_cuda_graph, getattr(args, _sglang_graph_key(detection.release))) == (False, 32)
         return
     cc = args.compilation_config
     get = cc.get if isinstance(cc, dict) else lambda k: getattr(cc, k)
-    if Version(detection.release) < Version("0.9"):
+    # The list up to 0.11.x (0.11.0 has no max_cudagraph_capture_size), the maximum from 0.12.
+    if Version(detection.release) < Version("0.12"):
         assert get("cudagraph_capture_sizes") == [1, 2, 4, 8, 16, 24, 32]
     else:
         assert get("max_cudagraph_capture_size") == 32
+    # raw logprobs are asked for explicitly wherever the release has the field (0.10.0 and later)
+    if hasattr(args, "logprobs_mode"):
+        assert getattr(args.logprobs_mode, "value", args.logprobs_mode) == "raw_logprobs"
 
 
 def test_pipeline_parallel_needs_a_release_that_has_it(detection, shim, model_dir: Path) -> None:
@@ -156,11 +167,12 @@ def test_vllm_environment_names_exist_in_this_release(detection, shim, model_dir
     for backend in shim.ATTENTION:
         env = shim.environment(make_config(model_dir, "vllm", vllm={"attention_backend": backend}))
         assert set(env) <= known, set(env) - known
+        assert not set(env) & set(shim.UNSET_ENV), "a variable is both set and unset"
         assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
         from rollout_shims.shims.vllm_base import flashinfer_version
 
         fi = flashinfer_version()
-        usable = fi is not None and shim.FLASHINFER_SAMPLER_WORKS.contains(fi, prereleases=True)
+        usable = fi is not None and shim.flashinfer_sampler_works(fi)
         assert env["VLLM_USE_FLASHINFER_SAMPLER"] == ("1" if usable else "0")
 
 
@@ -170,7 +182,12 @@ def test_engine_args_field_names_are_real(detection, shim, model_dir: Path) -> N
         from sglang.srt.server_args import ServerArgs as Args
     else:
         from vllm.engine.arg_utils import EngineArgs as Args
-    names = {f.name for f in dataclasses.fields(Args)}
+    if detection.engine == "sglang" and Version(detection.release) >= Version("0.5.20"):
+        import msgspec  # ServerArgs is a msgspec Struct from 0.5.20
+
+        names = {f.name for f in msgspec.structs.fields(Args)}
+    else:
+        names = {f.name for f in dataclasses.fields(Args)}
     kwargs = shim.engine_kwargs(make_config(model_dir, detection.engine, enforce_eager=False), detection.release)
     assert set(kwargs) <= names, set(kwargs) - names
 

@@ -38,9 +38,32 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("sglang", "0.4.10.post2"): "sglang-0.4.8",
     ("sglang", "0.5.1"): "sglang-0.5.1",
     ("sglang", "0.5.2"): "sglang-0.5.1",
+    ("sglang", "0.5.3"): "sglang-0.5.3",
+    ("sglang", "0.5.5.post3"): "sglang-0.5.3",
+    ("sglang", "0.5.6"): "sglang-0.5.6",
+    ("sglang", "0.5.9"): "sglang-0.5.6",
+    ("sglang", "0.5.10"): "sglang-0.5.10",
+    ("sglang", "0.5.13.post1"): "sglang-0.5.10",
+    ("sglang", "0.5.14"): "sglang-0.5.14",
+    ("sglang", "0.5.16+cu129"): "sglang-0.5.14",
+    ("sglang", "0.5.19"): "sglang-0.5.14",
+    ("sglang", "0.5.20"): "sglang-0.5.20",
+    ("sglang", "0.5.23"): "sglang-0.5.20",
     ("vllm", "0.8.5"): "vllm-0.8.5",
     ("vllm", "0.8.5.post1"): "vllm-0.8.5",
-    ("vllm", "0.22.0"): "vllm-0.22",
+    ("vllm", "0.9.0"): "vllm-0.9",
+    ("vllm", "0.10.0"): "vllm-0.9",
+    ("vllm", "0.10.1"): "vllm-0.10.1",
+    ("vllm", "0.10.2"): "vllm-0.10.1",
+    ("vllm", "0.11.0"): "vllm-0.11",
+    ("vllm", "0.11.2"): "vllm-0.11",
+    ("vllm", "0.12.0"): "vllm-0.12",
+    ("vllm", "0.13.0"): "vllm-0.13",
+    ("vllm", "0.22.0"): "vllm-0.13",
+    ("vllm", "0.24.0"): "vllm-0.13",
+    ("vllm", "0.25.0"): "vllm-0.25",
+    ("vllm", "0.33.0"): "vllm-0.25",
+    ("vllm", "0.33.1"): "vllm-0.25",
 }
 
 # Versions no band may ever take: pre-releases and dev builds, below the oldest release, releases
@@ -48,9 +71,10 @@ EXPECTED: dict[tuple[str, str], str] = {
 REFUSED = [
     ("sglang", "0.4.3"), ("sglang", "0.4.3.post4"), ("sglang", "0.4.4rc1"), ("sglang", "0.4.4.dev5"),
     ("sglang", "0.4.11"), ("sglang", "0.5.0"), ("sglang", "0.5.0rc2"), ("sglang", "0.5.2rc2"),
-    ("sglang", "0.5.2.dev0"), ("sglang", "0.5.2.post1.dev1"), ("sglang", "0.5.3rc0"), ("sglang", "0.0.0.dev1+g1234abc"),
+    ("sglang", "0.5.2.dev0"), ("sglang", "0.5.2.post1.dev1"), ("sglang", "0.5.3rc0"), ("sglang", "0.5.10rc0"),
+    ("sglang", "0.5.24"), ("sglang", "0.0.0.dev1+g1234abc"),
     ("sglang", "99.0.0"), ("vllm", "0.8.4"), ("vllm", "0.8.5rc1"), ("vllm", "0.8.5.dev3"), ("vllm", "0.8.6"),
-    ("vllm", "0.22.0rc1"), ("vllm", "99.0.0"),
+    ("vllm", "0.9.0rc1"), ("vllm", "0.22.0rc1"), ("vllm", "0.33.0rc1"), ("vllm", "0.34.0"), ("vllm", "99.0.0"),
 ]
 
 
@@ -115,7 +139,8 @@ def test_hand_written_band_edges(site, engine: str, version: str) -> None:
     ("sglang", "0.4.5.post3+local.1", "sglang-0.4.5.post3"),
     ("sglang", "0.4.5.post2+cu124", "sglang-0.4.4"),
     ("vllm", "0.8.5.post1+cu124", "vllm-0.8.5"),
-    ("vllm", "0.22.1", "vllm-0.22"),
+    ("vllm", "0.22.1", "vllm-0.13"),
+    ("vllm", "0.33.1", "vllm-0.25"),
 ])
 def test_local_versions_and_later_patch_releases(site, engine: str, version: str, shim: str) -> None:
     site(engine, version)
@@ -256,8 +281,8 @@ def test_metadata_without_a_version_is_named_and_forcing_does_not_crash(tmp_path
 
 def test_a_forced_shim_on_an_unparsable_version_reports_it_as_is(site) -> None:
     site("vllm", "not.a.version")
-    found = detect(force_shim="vllm-0.22")
-    assert (found.shim, found.release, found.forced) == ("vllm-0.22", "not.a.version", True)
+    found = detect(force_shim="vllm-0.13")
+    assert (found.shim, found.release, found.forced) == ("vllm-0.13", "not.a.version", True)
 
 
 def test_two_installs_of_one_engine_are_refused_with_both_places(tmp_path: Path,

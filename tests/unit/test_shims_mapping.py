@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from rollout_shims import RolloutConfig, UnsupportedFeatureError
-from rollout_shims.api import RolloutEngine
+from rollout_shims.api import RolloutEngine, SamplingParams
 from rollout_shims.config import describe_keys
 from rollout_shims.mapping import (
     SGLANG_ARGS,
@@ -27,7 +27,8 @@ from rollout_shims.mapping import (
     engine_kwargs,
 )
 from rollout_shims.shims import SHIMS, shim_class
-from rollout_shims.shims.vllm_bands import VLLM022, VLLM085
+from rollout_shims.shims.sglang_bands import SGLang051, SGLang0514, SGLang053
+from rollout_shims.shims.vllm_bands import VLLM0101, VLLM011, VLLM012, VLLM013, VLLM085, VLLM09
 
 ROOT = Path(__file__).resolve().parents[2]
 ALL_KEYS = {key for key, _, _ in describe_keys()}
@@ -68,8 +69,46 @@ def test_sglang_rules() -> None:
         "skip_tokenizer_init": False, "tp_size": 1, "pp_size": 1, "max_running_requests": 48,
         "cuda_graph_max_bs": 48, "load_format": "auto", "attention_backend": "triton",
         "decode_log_interval": 500000, "enable_torch_compile": True, "torch_compile_max_bs": 128,
-        "enable_memory_saver": True, "device": "cuda",
+        "enable_memory_saver": True, "device": "cuda", "enable_deterministic_inference": False,
     }
+
+
+def test_sglang_0514_passes_the_graph_limit_as_the_decode_limit() -> None:
+    accepted = {r.target for r in SGLang0514.ARG_RULES} | set(SGLANG_FIXED)
+    kw = engine_kwargs(SGLang0514.ARG_RULES, SGLANG_FIXED, cfg(cuda_graph_max_bs=256, max_running_requests=48),
+                       accepted, "0.5.14")
+    assert kw["cuda_graph_max_bs_decode"] == 48 and "cuda_graph_max_bs" not in kw
+    # the older bands keep the old name (0.5.2's ServerArgs has no *_decode field)
+    assert "cuda_graph_max_bs" in {r.target for r in SGLang051.ARG_RULES}
+
+
+def test_deterministic_inference_needs_a_release_that_has_it() -> None:
+    accepted = {r.target for r in SGLANG_ARGS if r.target != "enable_deterministic_inference"} | set(SGLANG_FIXED)
+    assert "enable_deterministic_inference" not in engine_kwargs(SGLANG_ARGS, SGLANG_FIXED, cfg(), accepted, "0.5.2")
+    with pytest.raises(UnsupportedFeatureError, match="enable_deterministic_inference"):
+        engine_kwargs(SGLANG_ARGS, SGLANG_FIXED, cfg(sglang={"deterministic_inference": True}), accepted, "0.5.2")
+
+
+def _sglang_params(cls: type, **over: object) -> dict:
+    # _sampling_params reads only the config: an instance without a started engine is enough.
+    engine = object.__new__(cls)
+    engine.config = cfg(**over)
+    return engine._sampling_params(SamplingParams(max_new_tokens=4, temperature=1.0, seed=7))
+
+
+def test_sglang_seed_is_refused_where_it_would_be_ignored() -> None:
+    with pytest.raises(UnsupportedFeatureError, match="no per-request seed"):
+        _sglang_params(SGLang051)
+    with pytest.raises(UnsupportedFeatureError, match="deterministic_inference: true"):
+        _sglang_params(SGLang053)
+    assert _sglang_params(SGLang053, sglang={"deterministic_inference": True})["sampling_seed"] == 7
+
+
+@pytest.mark.parametrize("name", ["RETURN_ORIGINAL_LOGPROB", "SGLANG_RETURN_ORIGINAL_LOGPROB"])
+def test_sglang_refuses_an_environment_that_makes_logprobs_raw(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.setenv(name, "1")
+    with pytest.raises(UnsupportedFeatureError, match=f"{name} is set.*unset it"):
+        SGLang053.preflight()
 
 
 def test_vllm_rules_single_worker_runs_in_process() -> None:
@@ -112,24 +151,28 @@ def flashinfer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     return install
 
 
-@pytest.mark.parametrize(("version", "v085", "v022"), [
-    ("0.2.2.post1", "1", "0"),   # old API: what 0.8.5 calls; 0.22 needs >= 0.2.3
-    ("0.2.3", "0", "1"),         # 0.8.5 switches it off itself ("0.2.3" >= "0.2.3")
-    ("0.2.14.post1", "0", "1"),  # "0.2.14.post1" < "0.2.3" as strings: 0.8.5 would call the old API and break
-    ("0.3.1", "0", "1"),
+@pytest.mark.parametrize(("version", "v085", "v09", "v022"), [
+    ("0.2.2.post1", "1", "0", "0"),   # old API: what 0.8.5 calls; later releases need >= 0.2.3
+    ("0.2.3", "0", "1", "1"),         # 0.8.5 switches it off itself ("0.2.3" >= "0.2.3")
+    # "0.2.14.post1" < "0.2.3" as strings: 0.8.5 would call the old API and break; 0.9 falls back to PyTorch
+    ("0.2.14.post1", "0", "0", "1"),
+    ("0.2.9rc2", "0", "1", "1"),
+    ("0.3.1", "0", "1", "1"),
 ])
-def test_flashinfer_sampler_is_forced_off_where_that_release_breaks(flashinfer, version, v085, v022) -> None:
+def test_flashinfer_sampler_is_forced_off_where_that_release_breaks(flashinfer, version, v085, v09, v022) -> None:
     flashinfer(version)
     assert VLLM085.environment(cfg())["VLLM_USE_FLASHINFER_SAMPLER"] == v085
-    assert VLLM022.environment(cfg())["VLLM_USE_FLASHINFER_SAMPLER"] == v022
+    assert VLLM09.environment(cfg())["VLLM_USE_FLASHINFER_SAMPLER"] == v09
+    assert VLLM0101.environment(cfg())["VLLM_USE_FLASHINFER_SAMPLER"] == v022
+    assert VLLM013.environment(cfg())["VLLM_USE_FLASHINFER_SAMPLER"] == v022
     off = cfg(vllm={"enable_flash_infer_sampler": False})
     assert VLLM085.environment(off)["VLLM_USE_FLASHINFER_SAMPLER"] == "0"
-    assert VLLM022.environment(off)["VLLM_USE_FLASHINFER_SAMPLER"] == "0"
+    assert VLLM013.environment(off)["VLLM_USE_FLASHINFER_SAMPLER"] == "0"
 
 
 def test_flashinfer_missing_forces_the_sampler_off(flashinfer) -> None:
     assert VLLM085.environment(cfg())["VLLM_USE_FLASHINFER_SAMPLER"] == "0"
-    assert VLLM022.environment(cfg())["VLLM_USE_FLASHINFER_SAMPLER"] == "0"
+    assert VLLM013.environment(cfg())["VLLM_USE_FLASHINFER_SAMPLER"] == "0"
 
 
 def test_vllm_085_picks_v1_or_v0_explicitly() -> None:
@@ -147,14 +190,37 @@ def test_vllm_085_picks_v1_or_v0_explicitly() -> None:
     assert VLLM085.attention(cfg(vllm={"attention_backend": "XFORMERS"})).logprob_semantics.startswith("processed")
 
 
-def test_vllm_022_has_no_v0_and_no_xformers(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_vllm_09_still_runs_v0_without_a_tokenizer() -> None:
+    # 0.10.0's V1 skips the tokenizer but then uses it for every request: V0 until 0.10.1.
+    assert VLLM09.environment(cfg(detokenize=False))["VLLM_USE_V1"] == "0"
+    assert VLLM09.environment(cfg(detokenize=True))["VLLM_USE_V1"] == "1"
+
+
+def test_vllm_0101_runs_v1_always_and_xformers_under_its_v1_name() -> None:
+    env = VLLM0101.environment(cfg(detokenize=False))
+    assert (env["VLLM_USE_V1"], env["VLLM_ATTENTION_BACKEND"]) == ("1", "FLASH_ATTN")
+    env = VLLM0101.environment(cfg(vllm={"attention_backend": "XFORMERS"}))
+    assert (env["VLLM_USE_V1"], env["VLLM_ATTENTION_BACKEND"]) == ("1", "XFORMERS_VLLM_V1")
+    assert VLLM0101.attention(cfg(vllm={"attention_backend": "XFORMERS"})).logprob_semantics.startswith("raw")
+
+
+def test_vllm_011_and_012_choose_the_backend_by_environment_only() -> None:
+    env = VLLM011.environment(cfg(vllm={"attention_backend": "XFORMERS"}))
+    assert env["VLLM_ATTENTION_BACKEND"] == "XFORMERS" and "VLLM_USE_V1" not in env
+    assert "VLLM_USE_V1" in VLLM011.UNSET_ENV
+    assert VLLM012.attention(cfg()).args == {} and VLLM012.environment(cfg())["VLLM_ATTENTION_BACKEND"] == "FLASH_ATTN"
+    with pytest.raises(UnsupportedFeatureError, match="'XFORMERS' is not available"):
+        VLLM012.environment(cfg(vllm={"attention_backend": "XFORMERS"}))
+
+
+def test_vllm_013_has_no_v0_and_no_xformers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("VLLM_HOST_IP", raising=False)
-    env = VLLM022.environment(cfg())
+    env = VLLM013.environment(cfg())
     assert "VLLM_USE_V1" not in env and "VLLM_ATTENTION_BACKEND" not in env
     assert env["VLLM_HOST_IP"] == "127.0.0.1"
-    assert VLLM022.attention(cfg()).args == {"attention_backend": "FLASH_ATTN"}
+    assert VLLM013.attention(cfg()).args == {"attention_backend": "FLASH_ATTN"}
     with pytest.raises(UnsupportedFeatureError, match=r"'XFORMERS' is not available.*available: FLASH_ATTN"):
-        VLLM022.environment(cfg(vllm={"attention_backend": "XFORMERS"}))
+        VLLM013.environment(cfg(vllm={"attention_backend": "XFORMERS"}))
 
 
 def test_an_existing_host_ip_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -166,8 +232,10 @@ def test_cuda_graph_sizes_per_release() -> None:
     assert VLLM085.compilation_config(cfg(cuda_graph_max_bs=20)) == {"cudagraph_capture_sizes": [1, 2, 4, 8, 16]}
     assert VLLM085.compilation_config(cfg(cuda_graph_max_bs=512, max_running_requests=64))[
         "cudagraph_capture_sizes"][-1] == 64
-    assert VLLM022.compilation_config(cfg(cuda_graph_max_bs=20)) == {"max_cudagraph_capture_size": 20}
-    assert VLLM022.compilation_config(cfg(cuda_graph_max_bs=500)) == {"max_cudagraph_capture_size": 64}
+    assert VLLM011.compilation_config(cfg(cuda_graph_max_bs=20)) == {"cudagraph_capture_sizes": [1, 2, 4, 8, 16]}
+    assert VLLM012.compilation_config(cfg(cuda_graph_max_bs=20)) == {"max_cudagraph_capture_size": 20}
+    assert VLLM013.compilation_config(cfg(cuda_graph_max_bs=20)) == {"max_cudagraph_capture_size": 20}
+    assert VLLM013.compilation_config(cfg(cuda_graph_max_bs=500)) == {"max_cudagraph_capture_size": 64}
 
 
 def test_every_shim_is_an_engine_class_with_symbols() -> None:

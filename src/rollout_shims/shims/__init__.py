@@ -8,11 +8,25 @@ imported inside the shims' methods only.
 from __future__ import annotations
 
 from rollout_shims.api import RolloutEngine
-from rollout_shims.shims.sglang_bands import SGLang044, SGLang0453, SGLang048, SGLang051
-from rollout_shims.shims.vllm_bands import VLLM022, VLLM085
+from rollout_shims.shims.sglang_bands import (
+    SGLang044,
+    SGLang0453,
+    SGLang048,
+    SGLang051,
+    SGLang0510,
+    SGLang0514,
+    SGLang0520,
+    SGLang053,
+    SGLang056,
+)
+from rollout_shims.shims.vllm_bands import VLLM0101, VLLM011, VLLM012, VLLM013, VLLM025, VLLM085, VLLM09
 
 SHIMS: dict[str, type[RolloutEngine]] = {
-    cls.SHIM: cls for cls in (SGLang044, SGLang0453, SGLang048, SGLang051, VLLM085, VLLM022)
+    cls.SHIM: cls
+    for cls in (
+        SGLang044, SGLang0453, SGLang048, SGLang051, SGLang053, SGLang056, SGLang0510, SGLang0514, SGLang0520,
+        VLLM085, VLLM09, VLLM0101, VLLM011, VLLM012, VLLM013, VLLM025,
+    )
 }
 
 

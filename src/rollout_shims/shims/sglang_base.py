@@ -1,7 +1,8 @@
-"""What every SGLang release 0.4.4 – 0.5.2 shares, written once against the newest API (0.5.1+).
+"""What every SGLang release 0.4.4 – 0.5.23 shares, written once against the 0.5.1 – 0.5.2 API.
 
 Band subclasses in :mod:`rollout_shims.shims.sglang_bands` override only what their releases do
-differently. SGLang is imported inside methods only, so importing this module stays cheap.
+differently (older bands and newer ones alike); the class attributes below are their hooks. SGLang
+is imported inside methods only, so importing this module stays cheap.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import atexit
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
 import threading
 from typing import Any, ClassVar
@@ -20,7 +22,7 @@ from rollout_shims.config import RolloutConfig
 from rollout_shims.detect import Detection
 from rollout_shims.engine_log import EngineLog
 from rollout_shims.errors import EngineFailedError, EngineRequestError, EngineStateError, UnsupportedFeatureError
-from rollout_shims.mapping import SGLANG_ARGS, SGLANG_FIXED, engine_kwargs
+from rollout_shims.mapping import SGLANG_ARGS, SGLANG_FIXED, ArgRule, engine_kwargs
 from rollout_shims.processes import OwnedProcesses
 from rollout_shims.symbols import Symbol, required_problems, unavailable_features
 
@@ -60,13 +62,20 @@ class SGLangEngine(RolloutEngine):
     )
     OUTPUT_IDS_WITH_TEXT: ClassVar[bool] = True
     """Whether results carry ``output_ids`` also when a tokenizer is loaded (0.5.1+)."""
+    ARG_RULES: ClassVar[tuple[ArgRule, ...]] = SGLANG_ARGS
+    """Config key -> ``ServerArgs`` keyword rules (a band whose field was renamed swaps its rule)."""
+    OFFLOAD_KEEPS_WEIGHTS: ClassVar[bool] = False
+    """Whether released weights come back on onload (a host copy, 0.5.3+); reported in info.details."""
+    RAW_LOGPROB_ENV: ClassVar[tuple[str, ...]] = ()
+    """Environment variables that would silently turn the logprobs this class reports into raw ones:
+    the shim refuses to start when one is set (the band lists the names its releases read)."""
 
     def __init__(self, config: RolloutConfig, detection: Detection) -> None:
         info = EngineInfo(
             backend="sglang", release=detection.release, shim=detection.shim, forced=detection.forced,
             group_name=config.group_name, model_arch=config.model_arch,
             tensor_parallel_size=config.tensor_parallel_size, logprob_semantics=self.LOGPROB_SEMANTICS,
-            details={"offload_keeps_weights": False},
+            details={"offload_keeps_weights": self.OFFLOAD_KEEPS_WEIGHTS},
         )
         super().__init__(config, info)
         if threading.current_thread() is not threading.main_thread():
@@ -117,11 +126,15 @@ class SGLangEngine(RolloutEngine):
         """``ServerArgs`` keywords for this config, checked against this release's fields."""
         from sglang.srt.server_args import ServerArgs
 
-        accepted = {f.name for f in dataclasses.fields(ServerArgs)}
-        kwargs = engine_kwargs(SGLANG_ARGS, SGLANG_FIXED, config, accepted, release)
+        kwargs = engine_kwargs(cls.ARG_RULES, SGLANG_FIXED, config, cls.server_args_fields(ServerArgs), release)
         if "offload" in unavailable_features(cls.SYMBOLS):
             kwargs["enable_memory_saver"] = False
         return kwargs
+
+    @classmethod
+    def server_args_fields(cls, server_args_cls: Any) -> set[str]:
+        """``ServerArgs``' field names (a dataclass up to 0.5.19; the 0.5.20 band reads a msgspec Struct)."""
+        return {f.name for f in dataclasses.fields(server_args_cls)}
 
     @classmethod
     def build_arguments(cls, config: RolloutConfig, release: str) -> Any:
@@ -136,6 +149,12 @@ class SGLangEngine(RolloutEngine):
     def preflight(cls) -> None:
         """Fail before launching processes when an engine symbol the shim uses is not as expected
         (e.g. a torch_memory_saver whose API does not match what this SGLang release calls)."""
+        raw = [name for name in cls.RAW_LOGPROB_ENV if os.environ.get(name, "").strip().lower() in ("1", "true", "yes")]
+        if raw:
+            raise UnsupportedFeatureError(
+                f"{', '.join(raw)} is set: SGLang would return raw logprobs while the shim reports "
+                f"{cls.LOGPROB_SEMANTICS.split(':')[0]} ones; unset it"
+            )
         found = required_problems(cls.SYMBOLS)
         if found:
             raise UnsupportedFeatureError("installed SGLang does not match the shim:\n" + "\n".join(found))
@@ -143,9 +162,9 @@ class SGLangEngine(RolloutEngine):
             log.warning("%s() is unavailable with this install: %s", feature, "; ".join(why))
 
     # ----- calls into the engine, and what happens when a process of it dies ------------------
-    def _refuse_to_kill_caller(self, parent_pid: int | None = None, include_parent: bool = True,
-                               skip_pid: int | None = None) -> None:
-        """Stands in for ``sglang.srt.utils.kill_process_tree`` while the engine starts."""
+    def _refuse_to_kill_caller(self, *args: Any, **kwargs: Any) -> None:
+        """Stands in for ``sglang.srt.utils.kill_process_tree`` while the engine starts (any signature:
+        0.5.11 adds ``wait_timeout``)."""
         raise EngineFailedError(self._label, "engine", "reported a failure during start-up", self._log.last_error())
 
     def _take_over_signals(self) -> None:

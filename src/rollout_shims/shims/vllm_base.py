@@ -1,4 +1,4 @@
-"""What vLLM 0.8.5 and 0.22 share, behind the common API. vLLM is imported inside methods only.
+"""What every vLLM band (0.8.5 - 0.33) shares, behind the common API. vLLM is imported inside methods only.
 
 The engine runs in the caller's process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): the model is then
 reachable for ``update_weights`` without serialising tensors, and on the H200 test machine vLLM
@@ -69,6 +69,15 @@ class VLLMEngine(RolloutEngine):
     ATTENTION: ClassVar[dict[str, Attention]] = {}
     FLASHINFER_SAMPLER_WORKS: ClassVar[SpecifierSet] = SpecifierSet()
     """FlashInfer versions whose sampler API this vLLM release calls correctly."""
+    LOGPROBS_MODE: ClassVar[str] = "raw_logprobs"
+    """Passed as ``EngineArgs.logprobs_mode`` wherever the release has that field (0.10.0 and later):
+    raw is the one mode whose meaning no release changed (``processed_logprobs`` is "after penalties"
+    in 0.10.0 - 0.10.1.1 and "after temperature and top-k/top-p" from 0.10.2, and it turns the
+    FlashInfer sampler off), and it is what V1 returned before the field existed."""
+    UNSET_ENV: ClassVar[tuple[str, ...]] = ()
+    """Variables removed from ``os.environ`` before vLLM is imported: ones that the release no longer
+    knows (a stale one only draws a warning from 0.17 on) or that would fight the shim's own choice
+    (0.13 - 0.14.1: ``VLLM_ATTENTION_BACKEND`` plus ``attention_backend=`` raises "mutually exclusive")."""
     SYMBOLS: ClassVar[tuple[Symbol, ...]] = (
         _sym(LLM_PY, "LLM.__init__", "model", "skip_tokenizer_init", "tensor_parallel_size", "**"),
         _sym(LLM_PY, "LLM.generate", "prompts", "sampling_params", "use_tqdm"),
@@ -92,13 +101,20 @@ class VLLMEngine(RolloutEngine):
         super().__init__(config, info)
         self.preflight()
         env = self.environment(config)
+        unset = [name for name in self.UNSET_ENV if os.environ.pop(name, None) is not None]
         os.environ.update(env)
         kwargs = self.engine_kwargs(config, detection.release)
         from vllm import LLM
 
         self._llm = LLM(**kwargs)
         self._after_start()
-        self.info.details.update(env=env, v1=type(self._llm.llm_engine).__module__.startswith("vllm.v1"))
+        v1 = type(self._llm.llm_engine).__module__.startswith("vllm.v1")
+        self.info.details.update(
+            env=env, env_unset=unset, v1=v1,
+            # V0 ignores logprobs_mode (its logprobs are the processed ones, see the band's ATTENTION).
+            logprobs_mode=kwargs.get("logprobs_mode") if v1 else None,
+            model_runner=self._model_runner(),
+        )
 
     def _after_start(self) -> None:
         """Band hook, run once the engine is up (e.g. to repair what a release leaves fragile)."""
@@ -115,14 +131,17 @@ class VLLMEngine(RolloutEngine):
         return cls.ATTENTION[name]
 
     @classmethod
+    def flashinfer_sampler_works(cls, found: Version) -> bool:
+        """Whether this release runs FlashInfer ``found``'s sampler (band hook; 0.9 compares strings)."""
+        return cls.FLASHINFER_SAMPLER_WORKS.contains(found, prereleases=True)
+
+    @classmethod
     def flashinfer_sampler(cls, config: RolloutConfig) -> bool:
         """The config asks for it, FlashInfer is installed, and its version is one this release
         calls correctly; otherwise the sampler is forced off (PyTorch sampling)."""
         found = flashinfer_version()
         return bool(
-            config.vllm.enable_flash_infer_sampler
-            and found is not None
-            and cls.FLASHINFER_SAMPLER_WORKS.contains(found, prereleases=True)
+            config.vllm.enable_flash_infer_sampler and found is not None and cls.flashinfer_sampler_works(found)
         )
 
     @classmethod
@@ -152,6 +171,8 @@ class VLLMEngine(RolloutEngine):
 
         accepted = {f.name for f in dataclasses.fields(EngineArgs)}
         kwargs = engine_kwargs(VLLM_ARGS, VLLM_FIXED, config, accepted, release)
+        if "logprobs_mode" in accepted:  # 0.10.0 and later; a string works for 0.10.2's enum too (pydantic)
+            kwargs["logprobs_mode"] = cls.LOGPROBS_MODE
         kwargs.update(cls.attention(config).args)
         if not config.enforce_eager:
             kwargs["compilation_config"] = cls.compilation_config(config)
@@ -207,9 +228,12 @@ class VLLMEngine(RolloutEngine):
         self._llm.sleep(level=1)
 
     def _onload(self) -> None:
-        self._llm.wake_up()
+        # None before 0.32; from 0.32 a bool: "whether the engine is fully awake" (llm.py:869).
+        if self._llm.wake_up() is False:
+            raise EngineRequestError("vLLM did not wake up fully (wake_up() returned False)")
 
     def _flush_cache(self) -> None:
+        # bool in every release except 0.11.1 / 0.11.2, whose LLM.reset_prefix_cache returns None.
         if self._llm.reset_prefix_cache() is False:
             raise EngineRequestError("vLLM did not reset the prefix cache (requests still running?)")
 
@@ -238,3 +262,22 @@ class VLLMEngine(RolloutEngine):
 
     def _release_allocator(self) -> None:
         """Band hook: free what the release's sleep-mode allocator holds (nothing by default)."""
+
+    def _model_runner(self) -> str | None:
+        """Which GPU model runner the (first) worker uses: "v1", "v2" (vllm/v1/worker/gpu/, the
+        default for every model from 0.29) or the V0 runner's module; None if it cannot be told."""
+        try:
+            found = self._llm.collective_rpc(_runner_module)
+        except Exception:
+            return None
+        module = str(found[0]) if found else ""
+        if module.startswith("vllm.v1.worker.gpu."):
+            return "v2"
+        if module.startswith("vllm.v1.worker.gpu_model_runner"):
+            return "v1"
+        return module or None
+
+
+def _runner_module(worker: Any) -> str:
+    """Run by ``collective_rpc``: the module of the worker's model runner class."""
+    return type(worker.model_runner).__module__
