@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -89,11 +90,12 @@ def test_deterministic_inference_needs_a_release_that_has_it() -> None:
         engine_kwargs(SGLANG_ARGS, SGLANG_FIXED, cfg(sglang={"deterministic_inference": True}), accepted, "0.5.2")
 
 
-def _sglang_params(cls: type, **over: object) -> dict:
-    # _sampling_params reads only the config: an instance without a started engine is enough.
+def _sglang_params(cls: type, seed: int | None = 7, release: str = "0.5.5", **over: object) -> dict:
+    # _sampling_params reads only the config and the release: an instance without an engine is enough.
     engine = object.__new__(cls)
     engine.config = cfg(**over)
-    return engine._sampling_params(SamplingParams(max_new_tokens=4, temperature=1.0, seed=7))
+    engine.info = SimpleNamespace(release=release)
+    return engine._sampling_params(SamplingParams(max_new_tokens=4, temperature=1.0, seed=seed))
 
 
 def test_sglang_seed_is_refused_where_it_would_be_ignored() -> None:
@@ -102,6 +104,21 @@ def test_sglang_seed_is_refused_where_it_would_be_ignored() -> None:
     with pytest.raises(UnsupportedFeatureError, match="deterministic_inference: true"):
         _sglang_params(SGLang053)
     assert _sglang_params(SGLang053, sglang={"deterministic_inference": True})["sampling_seed"] == 7
+    assert "sampling_seed" not in _sglang_params(SGLang053, seed=None)
+
+
+@pytest.mark.parametrize(("release", "seed", "fits"), [
+    ("0.5.6.post2", 2**31 - 1, True), ("0.5.6.post2", 2**31, False), ("0.5.3", -(2**31) - 1, False),
+    ("0.5.7", 2**31, True), ("0.5.23", 2**63 - 1, True), ("0.5.23", 2**63, False),
+])
+def test_sglang_seed_must_fit_the_schedulers_seed_tensor(release: str, seed: int, fits: bool) -> None:
+    # int32 seeds up to 0.5.6.post2, int64 from 0.5.7 (sampling_batch_info.py); out of range kills the scheduler
+    on = {"deterministic_inference": True}
+    if fits:
+        assert _sglang_params(SGLang053, seed=seed, release=release, sglang=on)["sampling_seed"] == seed
+    else:
+        with pytest.raises(UnsupportedFeatureError, match="does not fit"):
+            _sglang_params(SGLang053, seed=seed, release=release, sglang=on)
 
 
 @pytest.mark.parametrize("name", ["RETURN_ORIGINAL_LOGPROB", "SGLANG_RETURN_ORIGINAL_LOGPROB"])

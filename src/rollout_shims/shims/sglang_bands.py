@@ -38,8 +38,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import signal
 from typing import Any, ClassVar
+
+from packaging.version import Version
 
 from rollout_shims.api import SamplingParams
 from rollout_shims.config import RolloutConfig
@@ -51,6 +54,8 @@ from rollout_shims.symbols import Symbol
 TMS_ENTRY_PY = "torch_memory_saver/entrypoint.py"
 SAMPLING_BATCH_INFO_PY = "sglang/srt/sampling/sampling_batch_info.py"
 WATCHDOG_PY = "sglang/srt/utils/watchdog.py"
+
+log = logging.getLogger("rollout_shims")
 
 
 def _replace(symbols: tuple[Symbol, ...], *new: Symbol) -> tuple[Symbol, ...]:
@@ -126,7 +131,9 @@ class SGLang053(SGLang051):
       the reason when an older torch_memory_saver is installed.
     * ``SamplingParams.sampling_seed`` exists, but ``SamplingBatchInfo`` builds per-request seeds only
       with ``enable_deterministic_inference`` (sampling_batch_info.py:99-105): without it a seed would
-      be ignored silently, so the shim refuses it then.
+      be ignored silently, so the shim refuses it then. The scheduler puts the seeds in an int32
+      tensor up to 0.5.6.post2 and an int64 one from 0.5.7; a seed out of range raises there and kills
+      the scheduler (only 0.5.22+ check the range in the request), so the shim checks it first.
     """
 
     SHIM: ClassVar[str] = "sglang-0.5.3"
@@ -157,13 +164,27 @@ class SGLang053(SGLang051):
 
     def _sampling_params(self, params: SamplingParams) -> dict[str, Any]:
         sp = super()._sampling_params(dataclasses.replace(params, seed=None))
-        if params.seed is not None:
-            if not self.config.sglang.deterministic_inference:
-                raise UnsupportedFeatureError(
-                    "SGLang applies SamplingParams.seed only in deterministic inference: set "
-                    "rollout.sglang.deterministic_inference: true (otherwise the seed would be ignored)"
-                )
-            sp["sampling_seed"] = int(params.seed)
+        deterministic = self.config.sglang.deterministic_inference
+        if params.seed is None:
+            if deterministic and not getattr(self, "_warned_default_seed", False):
+                self._warned_default_seed = True
+                log.warning("sglang.deterministic_inference without SamplingParams.seed: SGLang seeds every "
+                            "request with 42, so identical prompts give identical completions (pass a seed "
+                            "per request for distinct samples)")
+            return sp
+        if not deterministic:
+            raise UnsupportedFeatureError(
+                "SGLang applies SamplingParams.seed only in deterministic inference: set "
+                "rollout.sglang.deterministic_inference: true (otherwise the seed would be ignored)"
+            )
+        bits = 32 if Version(self.info.release) < Version("0.5.7") else 64  # int32 / int64 seed tensor
+        seed = int(params.seed)
+        if not -(2 ** (bits - 1)) <= seed < 2 ** (bits - 1):
+            raise UnsupportedFeatureError(
+                f"SamplingParams.seed={seed} does not fit SGLang {self.info.release}'s int{bits} seed tensor "
+                f"(it would kill the scheduler): use a seed in [-2**{bits - 1}, 2**{bits - 1})"
+            )
+        sp["sampling_seed"] = seed
         return sp
 
     def _onload(self) -> None:
@@ -223,6 +244,10 @@ class SGLang0510(SGLang056):
             with contextlib.suppress(Exception):
                 watchdog.stop()  # joins the polling thread (at most ~2 s)
         super()._release_engine(engine)
+        rpc = getattr(engine, "send_to_rpc", None)  # 0.5.13+: Engine.shutdown closes it, so do we
+        if rpc is not None:
+            with contextlib.suppress(Exception):
+                rpc.close(linger=0)
 
 
 class SGLang0514(SGLang0510):
