@@ -331,7 +331,16 @@ def _load_engine(ctx: _Ctx, engine: str, node: yaml.Node, stacks: dict[str, Stac
     for index, band in enumerate(bands.value):
         band_what = f"{what}.bands[{index}]"
         b = ctx.mapping(band, band_what)
-        ctx.keys(b, band_what, {"stack", "releases", "torch"}, {"extra_requirements", "unavailable"}, band)
+        ctx.keys(b, band_what, {"stack", "releases", "torch"}, {"extra_requirements", "unavailable", "requirement"},
+                 band)
+        band_template, band_template_node = template, template_node
+        if "requirement" in b:  # a band whose install differs (e.g. extras the engine dropped)
+            band_template_node = b["requirement"][1]
+            band_template = ctx.string(band_template_node, f"{band_what}.requirement",
+                                       example=f"{package}=={{version}}")
+            if "{version}" not in band_template:
+                raise ctx.fail(band_template_node, f"{band_what}.requirement must contain {{version}}, "
+                                                   f"e.g. \"{package}=={{version}}\"")
         stack_node = b["stack"][1]
         stack_name = ctx.string(stack_node, f"{band_what}.stack")
         if stack_name not in stacks:
@@ -360,11 +369,11 @@ def _load_engine(ctx: _Ctx, engine: str, node: yaml.Node, stacks: dict[str, Stac
                                                    _DATE_RE, "2025-05-03T00:00:00Z")
                         continue
                     pins[canonicalize_name(pkg)] = ctx.version(pval, f"{engine} {version}: {pkey.value}")
-            requirement = template.format(version=version)
+            requirement = band_template.format(version=version)
             try:
                 Requirement(requirement)
             except InvalidRequirement as exc:
-                raise ctx.fail(template_node, f"{what}.requirement gives {requirement!r}: {exc}") from None
+                raise ctx.fail(band_template_node, f"requirement gives {requirement!r}: {exc}") from None
             yield Entry(
                 engine=engine,
                 package=package,
