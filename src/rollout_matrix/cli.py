@@ -199,6 +199,11 @@ def cmd_new_release(args: argparse.Namespace, matrix: Matrix) -> int:
     from rollout_matrix.newrelease import new_release
 
     found = new_release(matrix, args.engine, args.version)
+    listed = next((e for e in matrix if e.engine == args.engine and e.version == args.version), None)
+    if listed is not None:
+        print(f"{listed.name} is already in matrix.yaml (line {listed.line}); the line from its wheel:", file=sys.stderr)
+        print(found.line())
+        return 0
     if found.band_torch is None:
         print(f"{args.engine} {args.version} pins torch {found.torch or '(none)'}: no band of matrix.yaml has that "
               f"torch; add a band (and a stack for its CUDA line) with this release:", file=sys.stderr)

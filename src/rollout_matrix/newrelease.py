@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from packaging.markers import UndefinedComparison
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
-from packaging.version import Version
+from packaging.version import InvalidVersion, Version
 
 from rollout_matrix.errors import UserError
-from rollout_matrix.matrix import Matrix
+from rollout_matrix.matrix import Entry, Matrix
 from rollout_matrix.pypi import requires_dist
 
 KERNEL_HINTS = ("kernel",)
@@ -81,13 +81,30 @@ def _active(req: Requirement, extras: set[str]) -> bool:
     return False
 
 
+def nearest_entry(entries: list[Entry], version: str) -> Entry:
+    """The entry whose requirement a new ``version`` follows: the nearest release at or below it
+    (extras differ between releases: SGLang dropped srt/torch-memory-saver in 0.5.3), or the oldest
+    one for a release older than all."""
+    wanted = Version(version)
+    older = [e for e in entries if Version(e.version) <= wanted]
+    if older:
+        return max(older, key=lambda e: Version(e.version))
+    return min(entries, key=lambda e: Version(e.version))
+
+
 def new_release(matrix: Matrix, engine: str, version: str) -> NewRelease:
     """The line for ``engine`` ``version`` and the band of matrix.yaml it belongs to."""
     entries = [e for e in matrix if e.engine == engine]
     if not entries:
         raise UserError(f"matrix.yaml has no engine {engine!r}; known: {', '.join(sorted({e.engine for e in matrix}))}")
-    Version(version)
-    template = entries[-1]
+    try:
+        parsed = Version(version)
+    except InvalidVersion:
+        raise UserError(f"{version!r} is not a release version; give one as PyPI lists it, e.g. 0.5.24") from None
+    if parsed.is_prerelease or parsed.is_devrelease:
+        raise UserError(f"{engine} {version} is a pre-release: the matrix lists final releases only "
+                        "(the shims refuse pre-releases too)")
+    template = nearest_entry(entries, version)
     requirement = Requirement(template.requirement.replace(template.version, version))
     pins = exact_pins(template.package, requires_dist(template.package, version), set(requirement.extras))
     torch = pins.pop("torch", None)

@@ -82,6 +82,8 @@ def _load(tmp_path: Path, text: str):
         ("      - torch", "      -  torch: [\n      - torch", 13, "not valid YAML"),
         ('      - torch: "2.6.0"\n        stack: cu124', "      - stack: cu124", 12, "missing key 'torch'"),
         ('          "0.8.5": {}', "          {}", 15, "engines.vllm.bands[0].releases is empty; list at least one"),
+        ("        stack: cu124\n", '        stack: cu124\n        requirement: "vllm[x]==1"\n', 14,
+         "engines.vllm.bands[0].requirement must contain {version}"),
     ],
 )
 def test_bad_matrix_names_file_line_and_fix(tmp_path, old, new, line, message):
@@ -97,6 +99,14 @@ def test_bad_matrix_names_file_line_and_fix(tmp_path, old, new, line, message):
 def test_good_fixture_loads(tmp_path):
     matrix = _load(tmp_path, GOOD)
     assert [e.name for e in matrix] == ["vllm-0.8.5"]
+
+
+def test_a_band_may_carry_its_own_requirement(tmp_path):
+    # SGLang 0.5.3 dropped the srt extra: its band installs the plain package, the others keep the template
+    text = GOOD.replace('          "0.8.5": {}\n', '          "0.8.5": {}\n      - torch: "2.6.0"\n        stack: cu124\n'
+                        '        requirement: "vllm[audio]=={version}"\n        releases:\n          "0.9.0": {}\n')
+    matrix = _load(tmp_path, text)
+    assert [e.requirement for e in matrix] == ["vllm==0.8.5", "vllm[audio]==0.9.0"]
 
 
 def test_cli_reports_malformed_matrix_in_one_line(tmp_path):

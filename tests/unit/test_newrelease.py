@@ -1,0 +1,71 @@
+"""new-release's pure parts: which requirement a new release follows, and which ``==`` pins are its own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rollout_matrix.matrix import load_matrix
+from rollout_matrix.newrelease import exact_pins, nearest_entry
+
+MATRIX = """\
+schema: 1
+stacks:
+  cu128:
+    cuda: "12.8"
+    base_image: nvidia/cuda:12.8.1-cudnn-devel-ubuntu22.04
+    python: "3.10"
+engines:
+  sglang:
+    package: sglang
+    requirement: "sglang[srt]=={version}"
+    bands:
+      - torch: "2.8.0"
+        stack: cu128
+        releases:
+          "0.5.1": {}
+          "0.5.2": {}
+      - torch: "2.8.0"
+        stack: cu128
+        requirement: "sglang=={version}"
+        releases:
+          "0.5.3": {}
+"""
+
+
+@pytest.fixture
+def entries(tmp_path: Path):
+    path = tmp_path / "matrix.yaml"
+    path.write_text(MATRIX)
+    return list(load_matrix(path))
+
+
+@pytest.mark.parametrize(("version", "follows", "requirement"), [
+    ("0.5.2.post1", "0.5.2", "sglang[srt]==0.5.2"),   # a post-release keeps its release's extras
+    ("0.5.4", "0.5.3", "sglang==0.5.3"),               # newer than all: the newest band's requirement
+    ("0.5.0", "0.5.1", "sglang[srt]==0.5.1"),          # older than all: the oldest
+])
+def test_a_new_release_follows_the_nearest_older_entry(entries, version, follows, requirement) -> None:
+    found = nearest_entry(entries, version)
+    assert (found.version, found.requirement) == (follows, requirement)
+
+
+REQUIRES = [
+    "torch==2.8.0",
+    "aiohttp",
+    "sgl-kernel==0.3.9.post2; extra == 'runtime-common'",
+    "flashinfer-python==0.3.1; extra == 'srt'",
+    "sglang[runtime-common]; extra == 'srt'",
+    "torch-memory-saver==0.0.8; extra == 'torch-memory-saver'",
+    "xformers==0.0.29; platform_machine == 'aarch64'",
+    "transformers>=4.56,<5",
+]
+
+
+def test_exact_pins_follow_the_packages_own_extras() -> None:
+    # srt pulls runtime-common (a self-reference), which pins the kernel; other extras stay off
+    assert exact_pins("sglang", REQUIRES, {"srt"}) == {
+        "torch": "2.8.0", "sgl-kernel": "0.3.9.post2", "flashinfer-python": "0.3.1"}
+    assert exact_pins("sglang", REQUIRES, set()) == {"torch": "2.8.0"}
+    assert exact_pins("sglang", REQUIRES, {"torch-memory-saver"})["torch-memory-saver"] == "0.0.8"
