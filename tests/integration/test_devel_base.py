@@ -2,8 +2,7 @@
 for real on the Debian test base: it must report its stack's CUDA from nvcc and from the headers, link
 ``-lcuda`` like torch-memory-saver 0.0.5 does, and not be rebuilt while its inputs are unchanged.
 
-The offline checks at the bottom need no Docker: the committed wheel locks must agree with the torch
-locks of their stacks, so a re-lock that moves torch's CUDA fails here, not in a long build.
+The offline checks of the committed wheel locks are in tests/unit/test_devel_wheels.py.
 """
 
 from __future__ import annotations
@@ -16,17 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from rollout_matrix.devel_base import (
-    COMPONENTS,
-    RUNTIME,
-    choose_versions,
-    devel_base_ref,
-    ensure_devel_base,
-    get_stack,
-    read_wheels_lock,
-    toolkit_stacks,
-)
-from rollout_matrix.errors import UserError
+from rollout_matrix.devel_base import devel_base_ref, ensure_devel_base
+from rollout_matrix.devel_wheels import RUNTIME
 from rollout_matrix.matrix import load_matrix
 from rollout_matrix.progress import Reporter
 
@@ -81,36 +71,3 @@ def test_the_module_prints_refs_usable_as_a_base_image_mapping(test_base):
     matrix = load_matrix(ROOT / "matrix.yaml")
     expected = {s: devel_base_ref(matrix, s, test_base, extra_ca_cert=Path(CA_BUNDLE)) for s in ("cu124", "cu126")}
     assert proc.stdout.strip() == f"cu124={expected['cu124']},cu126={expected['cu126']}"
-
-
-# -- offline: the committed wheel locks ----------------------------------------------------------------
-
-
-@pytest.mark.parametrize("stack", ["cu124", "cu126", "cu128"])
-def test_the_committed_wheel_locks_match_their_stacks_torch_cuda(stack):
-    matrix = load_matrix(ROOT / "matrix.yaml")
-    assert stack in toolkit_stacks(matrix)
-    body, versions = read_wheels_lock(matrix, get_stack(matrix, stack))  # raises when stale
-    cuda = get_stack(matrix, stack).cuda
-    assert list(versions) == list(COMPONENTS)
-    assert all(v.startswith(f"{cuda}.") for v in versions.values())
-    assert "--hash=sha256:" in body and not body.startswith("#")
-
-
-def test_nvcc_and_cccl_are_the_newest_of_the_runtimes_major_minor():
-    available = {"nvidia-cuda-nvcc-cu12": ["12.4.99", "12.4.131", "12.6.85", "12.5.82", "12.4.200rc1"],
-                 "nvidia-cuda-cccl-cu12": ["12.4.127", "12.4.127.post1", "12.8.90"]}
-    assert choose_versions("12.4", "12.4.127", available) == {
-        RUNTIME: "12.4.127", "nvidia-cuda-nvcc-cu12": "12.4.131", "nvidia-cuda-cccl-cu12": "12.4.127.post1"}
-    with pytest.raises(UserError, match=r"not CUDA 12\.6"):
-        choose_versions("12.6", "12.4.127", available)
-    with pytest.raises(UserError, match=r"no nvidia-cuda-cccl-cu12 release for CUDA 12\.6"):
-        choose_versions("12.6", "12.6.77", available)
-
-
-def test_cuda_13_and_unknown_stacks_are_refused_with_the_known_ones():
-    matrix = load_matrix(ROOT / "matrix.yaml")
-    with pytest.raises(UserError, match=r"CUDA 13.0: .*CUDA 12 stacks only \(cu124, cu126, cu128\)"):
-        get_stack(matrix, "cu130")
-    with pytest.raises(UserError, match=r"unknown stack 'cu9' \(known: cu124, cu126, cu128, cu130\)"):
-        get_stack(matrix, "cu9")
