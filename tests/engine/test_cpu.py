@@ -45,9 +45,10 @@ def make_config(model_dir: Path, backend: str, **over: object) -> RolloutConfig:
 
 
 def _needs_the_driver(exc: ImportError, engine: str, cuda_devices: int) -> bool:
-    """SGLang 0.5.3 - 0.5.18 validate ServerArgs in ``__post_init__`` through model_config, which imports
-    sgl_kernel, which loads libcuda.so.1: the GPU driver, absent on a CPU host (and from nvidia/cuda
-    images, where the container runtime mounts it)."""
+    """Some SGLang releases (0.5.5.post3 in its CPU run; not 0.5.9, 0.5.13.post1 or 0.5.19+) validate
+    ServerArgs in ``__post_init__`` through model_config, which imports sgl_kernel, which loads
+    libcuda.so.1: the GPU driver, absent on a CPU host (and from nvidia/cuda images, where the
+    container runtime mounts it)."""
     return engine == "sglang" and cuda_devices == 0 and "libcuda.so" in str(exc)
 
 
@@ -171,9 +172,9 @@ def test_cuda_graph_settings_reach_the_argument_object(detection, build_argument
 
 
 def test_the_release_validates_the_arguments(detection, shim, model_dir: Path, cuda_devices: int) -> None:
-    """The release's own argument checks (EngineArgs; SGLang's ServerArgs.__post_init__ up to 0.5.18,
-    its constructor's types from 0.5.19, which resolves the rest when the engine starts) accept what
-    the shim builds, eager and with CUDA graphs."""
+    """The release's own argument checks (EngineArgs; SGLang's ServerArgs.__post_init__ up to 0.5.18;
+    from 0.5.19 the constructor only stores, and the engine resolves the rest when it starts) accept
+    what the shim builds, eager and with CUDA graphs."""
     for cfg in (make_config(model_dir, detection.engine), _graphs_config(model_dir, detection.engine)):
         try:
             shim.build_arguments(cfg, detection.release)
