@@ -34,8 +34,8 @@ VERDICTS = (GPU_PROVEN, CPU_ONLY, GPU_FAILED, CPU_FAILED, BUILD_FAILED, UNAVAILA
 LEGEND = (f"<b>{GPU_PROVEN}</b>: the GPU half of tests/engine (generation, logprobs, weight update, "
           f"offload/onload, failures) passed on a GPU; <b>{CPU_ONLY}</b>: only the CPU half ran (install, "
           f"detection, argument mapping), which proves nothing about generation; <b>{BUILD_FAILED}</b>: the "
-          f"image did not build here, no test ran; <b>{UNAVAILABLE}</b>: its pinned packages are gone from "
-          f"PyPI; <b>{NOT_RUN}</b>: no evidence.")
+          f"image did not build here, no test ran; <b>{UNAVAILABLE}</b>: not installable from PyPI "
+          f"(pins gone, or only a stub fetching elsewhere; the row says which); <b>{NOT_RUN}</b>: no evidence.")
 
 
 @dataclass(frozen=True)
