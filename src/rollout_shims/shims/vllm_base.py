@@ -183,7 +183,14 @@ class VLLMEngine(RolloutEngine):
         """The release's own ``EngineArgs`` for this config (what ``LLM(**kw)`` builds)."""
         from vllm.engine.arg_utils import EngineArgs
 
-        return EngineArgs(**cls.engine_kwargs(config, release))
+        kwargs = cls.engine_kwargs(config, release)
+        if isinstance(kwargs.get("compilation_config"), dict):
+            # As LLM.__init__ does before it builds EngineArgs: EngineArgs alone parses a dict as
+            # json(str(dict)) in 0.10.0 (arg_utils.py:444), and a Python repr is not JSON.
+            from vllm.config import CompilationConfig
+
+            kwargs["compilation_config"] = CompilationConfig(**kwargs["compilation_config"])
+        return EngineArgs(**kwargs)
 
     @classmethod
     def preflight(cls) -> None:
