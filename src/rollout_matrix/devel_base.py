@@ -55,7 +55,6 @@ CONTEXT_FILES = ("Dockerfile", "install.sh", "assemble.py", "nvcc")
 LABEL_PREFIX = "io.rollout-matrix.devel-base"
 
 
-
 # -- the plan -----------------------------------------------------------------------------------------
 
 

@@ -172,9 +172,10 @@ def test_cuda_graph_settings_reach_the_argument_object(detection, build_argument
 
 
 def test_the_release_validates_the_arguments(detection, shim, model_dir: Path, cuda_devices: int) -> None:
-    """The release's own argument checks (EngineArgs; SGLang's ServerArgs.__post_init__ up to 0.5.18;
-    from 0.5.19 the constructor only stores, and the engine resolves the rest when it starts) accept
-    what the shim builds, eager and with CUDA graphs."""
+    """The release's own argument checks at construction accept what the shim builds, eager and with
+    CUDA graphs: SGLang's ServerArgs.__post_init__ up to 0.5.18 (from 0.5.19 the constructor only
+    stores, and the engine resolves the rest when it starts); for vLLM, EngineArgs.__post_init__ only
+    (create_engine_config needs the platform, so it runs where the engine starts, on a GPU)."""
     for cfg in (make_config(model_dir, detection.engine), _graphs_config(model_dir, detection.engine)):
         try:
             shim.build_arguments(cfg, detection.release)

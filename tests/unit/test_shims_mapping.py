@@ -270,3 +270,56 @@ def test_importing_every_shim_imports_no_engine_and_no_torch() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
     assert run.returncode == 0, run.stderr
+
+
+# vLLM 0.10.0's EngineArgs.__post_init__ (vllm/engine/arg_utils.py:443-446) and CompilationConfig.from_cli
+# (vllm/config.py:4205), reduced to what matters: a dict is parsed as JSON of its str().
+FAKE_VLLM_0100 = {
+    "vllm/__init__.py": "",
+    "vllm/engine/__init__.py": "",
+    "vllm/config.py": '''
+import dataclasses, json
+
+@dataclasses.dataclass
+class CompilationConfig:
+    cudagraph_capture_sizes: list | None = None
+
+    @classmethod
+    def from_cli(cls, cli_value: str) -> "CompilationConfig":
+        return cls(**json.loads(cli_value))
+''',
+    "vllm/engine/arg_utils.py": '''
+import dataclasses
+from typing import Any
+from vllm.config import CompilationConfig
+
+@dataclasses.dataclass
+class EngineArgs:
+''' + "".join(f"    {name}: Any = None\n" for name in (
+        "model", "gpu_memory_utilization", "tensor_parallel_size", "pipeline_parallel_size", "max_num_seqs",
+        "enforce_eager", "skip_tokenizer_init", "load_format", "enable_sleep_mode", "distributed_executor_backend",
+        "enable_chunked_prefill", "enable_prefix_caching", "disable_log_stats", "logprobs_mode", "compilation_config",
+        "seed")) + '''
+    def __post_init__(self):
+        if isinstance(self.compilation_config, (int, dict)):
+            self.compilation_config = CompilationConfig.from_cli(str(self.compilation_config))
+''',
+}
+
+
+@pytest.fixture
+def fake_vllm_0100(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    for name, text in FAKE_VLLM_0100.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield
+    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+        del sys.modules[name]
+
+
+def test_vllm_arguments_carry_the_graph_sizes_as_llm_passes_them(fake_vllm_0100) -> None:
+    """build_arguments must build what LLM(**kw) builds: LLM.__init__ makes a CompilationConfig of the
+    dict before EngineArgs sees it, and EngineArgs alone cannot take the dict in 0.10.0."""
+    args = VLLM09.build_arguments(cfg(enforce_eager=False, cuda_graph_max_bs=20), "0.10.0")
+    assert args.compilation_config.cudagraph_capture_sizes == [1, 2, 4, 8, 16]
