@@ -118,24 +118,46 @@ def stream_build(what: str, reporter: Reporter, **build: Any) -> str:
     id, or :class:`BuildFailed` naming the installer's own error line. The one build loop of the
     project (engine images and the devel test bases)."""
     image_id: str | None = None
-    log_tail: list[str] = []
+    log_tail = LogTail()
     with engine_call(what, BuildFailed, "nothing was tagged"):
         stream = client().api.build(custom_context=True, rm=True, forcerm=True, pull=False, decode=True, **build)
         for chunk in stream:
             if "stream" in chunk:
                 text = chunk["stream"]
                 reporter.raw(text)
-                log_tail = (log_tail + text.splitlines())[-60:]
+                log_tail.feed(text)
             if "error" in chunk:
                 detail = str(chunk.get("error", "")).strip()
-                cause = _cause(log_tail) or (detail.splitlines()[-1] if detail else "?")
+                cause = _cause(log_tail.lines()) or (detail.splitlines()[-1] if detail else "?")
                 raise BuildFailed(f"{what} failed: {cause} (full log above); nothing was tagged")
             aux = chunk.get("aux")
             if isinstance(aux, dict) and aux.get("ID"):
                 image_id = aux["ID"]
     if not image_id:
-        raise BuildFailed(f"{what} ended without an image id; last output:\n" + "\n".join(log_tail))
+        raise BuildFailed(f"{what} ended without an image id; last output:\n" + "\n".join(log_tail.lines()))
     return image_id
+
+
+class LogTail:
+    """The last ``keep`` lines of a build log that arrives in chunks.
+
+    The engine cuts its stream wherever its buffer ends, not at line ends: a chunk may end inside a
+    line (``"err"`` + ``"or: No solution found"``), so lines are joined across chunks before anything
+    looks for the installer's error line in them.
+    """
+
+    def __init__(self, keep: int = 60) -> None:
+        self._keep = keep
+        self._done: list[str] = []
+        self._partial = ""
+
+    def feed(self, text: str) -> None:
+        parts = (self._partial + text).split("\n")
+        self._partial = parts.pop()
+        self._done = (self._done + [part.rstrip("\r") for part in parts])[-self._keep:]
+
+    def lines(self) -> list[str]:
+        return self._done + ([self._partial] if self._partial else [])
 
 
 _CAUSE = re.compile(r"^\s*(?:\[install\] )?(?:error\b[:\s]+|ERROR\b[:\s]+|× )(.+)$")
