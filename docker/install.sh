@@ -1,11 +1,12 @@
 #!/bin/sh
 # Runs inside `docker build` (see Dockerfile) in two phases:
 #   install.sh system    distro Python, compiler, CA certificates, an empty venv at /opt/venv
+#   install.sh system-packages  the band's extra distro packages (SYSTEM_PACKAGES; none for most)
 #   install.sh packages  the requirements (the entry's lock) into that venv
 # /opt/venv is made without pip or setuptools, so it holds exactly the lock; the installer (uv, or
 # pip for the benchmark) lives in a throwaway venv that is removed in the same step.
 # Build arguments arrive as environment variables: PYTHON_VERSION, INSTALLER, LOCKED,
-# PIP_INDEX_URL.
+# PIP_INDEX_URL, SYSTEM_PACKAGES.
 set -eu
 req=/opt/rollout-matrix/requirements.txt
 
@@ -29,6 +30,18 @@ system() {
     exit 2
   fi
   python3 -m venv --without-pip /opt/venv
+}
+
+system_packages() {
+  if [ -z "${SYSTEM_PACKAGES:-}" ]; then
+    echo "[install] no extra system packages"
+    return 0
+  fi
+  echo "[install] extra system packages: $SYSTEM_PACKAGES"
+  apt-get update -qq
+  # shellcheck disable=SC2086
+  apt-get install -y -qq --no-install-recommends $SYSTEM_PACKAGES >/dev/null
+  rm -rf /var/lib/apt/lists/*
 }
 
 packages() {
@@ -65,6 +78,7 @@ packages() {
 
 case "${1:-}" in
   system) system ;;
+  system-packages) system_packages ;;
   packages) packages ;;
-  *) echo "usage: install.sh system|packages" >&2; exit 2 ;;
+  *) echo "usage: install.sh system|system-packages|packages" >&2; exit 2 ;;
 esac

@@ -160,7 +160,7 @@ class LogTail:
         return self._done + ([self._partial] if self._partial else [])
 
 
-_CAUSE = re.compile(r"^\s*(?:\[install\] )?(?:error\b[:\s]+|ERROR\b[:\s]+|× )(.+)$")
+_CAUSE = re.compile(r"^\s*(?:\[install\] )?(?:error\b[:\s]+|ERROR\b[:\s]+|E: |× )(.+)$")  # E: is apt's
 
 
 def _cause(log_lines: list[str]) -> str | None:

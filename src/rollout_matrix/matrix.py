@@ -32,6 +32,7 @@ _NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
 _CUDA_RE = re.compile(r"^\d+\.\d+$")
 _PYTHON_RE = re.compile(r"^3\.\d+$")
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}:\d{2}Z)?$")
+_APT_NAME_RE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
 
 
 class MatrixError(UserError):
@@ -60,6 +61,7 @@ class Entry:
     stack: Stack
     pins: tuple[tuple[str, str], ...] = ()
     extra_requirements: tuple[str, ...] = ()
+    system_packages: tuple[str, ...] = ()  # distro packages the release needs at import (apt names)
     test_requirements: tuple[str, ...] = ()
     exclude_newer: str | None = None
     unavailable: str | None = None  # why this release cannot be installed from the public index today
@@ -115,6 +117,7 @@ class Entry:
             "python": self.python,
             "pins": dict(self.pins),
             "extra_requirements": list(self.extra_requirements),
+            "system_packages": list(self.system_packages),
             "test_requirements": list(self.test_requirements),
             "exclude_newer": self.exclude_newer,
             "unavailable": self.unavailable,
@@ -216,6 +219,19 @@ class _Ctx:
         if str(parsed) != value:
             raise self.fail(node, f"{what} {value!r} is not in normal form; write {str(parsed)!r}")
         return value
+
+    def package_names(self, node: yaml.Node, what: str) -> list[str]:
+        """Distro package names: they reach ``apt-get install`` in the image build, so nothing else."""
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            raise self.fail(node, f"{what} must be a non-empty list of distro package names, e.g. [ffmpeg]")
+        out = []
+        for item in node.value:
+            name = self.string(item, f"{what} item")
+            if not _APT_NAME_RE.fullmatch(name):
+                raise self.fail(item, f"{what}: {name!r} is not a Debian/Ubuntu package name "
+                                      "(lower-case letters, digits, + - .), e.g. ffmpeg")
+            out.append(name)
+        return out
 
     def string_list(self, node: yaml.Node, what: str) -> list[str]:
         if not isinstance(node, yaml.SequenceNode):
@@ -331,7 +347,8 @@ def _load_engine(ctx: _Ctx, engine: str, node: yaml.Node, stacks: dict[str, Stac
     for index, band in enumerate(bands.value):
         band_what = f"{what}.bands[{index}]"
         b = ctx.mapping(band, band_what)
-        ctx.keys(b, band_what, {"stack", "releases", "torch"}, {"extra_requirements", "unavailable", "requirement"},
+        ctx.keys(b, band_what, {"stack", "releases", "torch"}, {"extra_requirements", "system_packages", "unavailable",
+                                                                  "requirement"},
                  band)
         band_template, band_template_node = template, template_node
         if "requirement" in b:  # a band whose install differs (e.g. extras the engine dropped)
@@ -353,6 +370,8 @@ def _load_engine(ctx: _Ctx, engine: str, node: yaml.Node, stacks: dict[str, Stac
             torch = ctx.version(torch_node, f"{band_what}.torch")
         extra = tuple(ctx.string_list(b["extra_requirements"][1], f"{band_what}.extra_requirements")) \
             if "extra_requirements" in b else ()
+        system = tuple(ctx.package_names(b["system_packages"][1], f"{band_what}.system_packages")) \
+            if "system_packages" in b else ()
         unavailable = ctx.string(b["unavailable"][1], f"{band_what}.unavailable") if "unavailable" in b else None
         releases = ctx.mapping(b["releases"][1], f"{band_what}.releases")
         if not releases:
@@ -383,6 +402,7 @@ def _load_engine(ctx: _Ctx, engine: str, node: yaml.Node, stacks: dict[str, Stac
                 stack=stacks[stack_name],
                 pins=tuple(sorted(pins.items())),
                 extra_requirements=extra,
+                system_packages=system,
                 test_requirements=test_reqs,
                 exclude_newer=exclude_newer,
                 unavailable=unavailable,

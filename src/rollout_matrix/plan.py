@@ -88,6 +88,7 @@ class BuildPlan:
             "INSTALLER": self.options.installer,
             "LOCKED": "1" if self.options.locked else "0",
             "PIP_INDEX_URL": self.options.index_url,
+            "SYSTEM_PACKAGES": " ".join(self.entry.system_packages),
         }
 
     def labels(self) -> dict[str, str]:

@@ -65,13 +65,16 @@ def registry() -> str:
 
 
 def write_fixture_checkout(path: Path, *, repository: str, base: str, releases: dict[str, dict[str, str]],
-                           extra_requirements: list[str] | None = None) -> Path:
+                           extra_requirements: list[str] | None = None,
+                           system_packages: list[str] | None = None) -> Path:
     """A checkout with the project's real docker/ files and a small matrix whose 'engine' is a tiny
     PyPI package: the same build path as a real engine, in seconds instead of minutes."""
     shutil.copytree(ROOT / "docker", path / "docker", ignore=shutil.ignore_patterns("locks"))
     band: dict[str, object] = {"stack": "deb", "torch": None, "releases": releases}  # six pins no torch
     if extra_requirements:
         band["extra_requirements"] = extra_requirements
+    if system_packages:
+        band["system_packages"] = system_packages
     matrix = {
         "schema": 1,
         "repository": repository,

@@ -102,6 +102,27 @@ def test_failing_build_step_leaves_no_tag(tmp_path, test_base, unique_repo, clea
     assert not image_exists(plan.readable_ref)
 
 
+def test_a_bands_system_packages_are_in_its_image(tmp_path, test_base, unique_repo, docker_client, cleanup_images):
+    matrix = load_matrix(write_fixture_checkout(tmp_path, repository=unique_repo, base=test_base,
+                                                releases={"1.16.0": {}}, system_packages=["jq"]))
+    plan = plan_build(matrix, matrix.get("six-1.16.0"), _options())
+    cleanup_images.extend(plan.refs)
+    build(plan, Reporter("t"))
+    out = docker_client.containers.run(plan.content_ref, ["sh", "-c", "echo '{\"a\": 7}' | jq .a"], remove=True)
+    assert out.decode().strip() == "7"
+
+
+def test_an_unknown_system_package_fails_the_build_naming_it(tmp_path, test_base, unique_repo, cleanup_images):
+    matrix = load_matrix(write_fixture_checkout(tmp_path, repository=unique_repo, base=test_base,
+                                                releases={"1.16.0": {}}, system_packages=["rollout-matrix-no-such-deb"]))
+    plan = plan_build(matrix, matrix.get("six-1.16.0"), _options())
+    cleanup_images.extend(plan.refs)
+    with pytest.raises(UserError) as err:
+        build(plan, Reporter("t"))
+    assert "Unable to locate package rollout-matrix-no-such-deb" in str(err.value)
+    assert not any(image_exists(ref) for ref in plan.refs)
+
+
 def test_missing_base_image_is_a_clear_error(tmp_path, test_base, unique_repo):
     matrix = load_matrix(write_fixture_checkout(tmp_path, repository=unique_repo, base=test_base,
                                                 releases={"1.16.0": {}}))

@@ -44,3 +44,8 @@ def test_only_the_last_lines_are_kept() -> None:
 def test_carriage_returns_do_not_hide_the_error() -> None:
     lines = _fed(["progress 10%\r\nERROR: Could not find a version\r\n"]).lines()
     assert _cause(lines) == "Could not find a version"
+
+
+def test_apts_error_line_is_the_cause() -> None:
+    lines = _fed(["[install] extra system packages: nosuch\n", "E: Unable to locate package nosuch\n"]).lines()
+    assert _cause(lines) == "Unable to locate package nosuch"

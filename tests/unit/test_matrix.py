@@ -84,6 +84,10 @@ def _load(tmp_path: Path, text: str):
         ('          "0.8.5": {}', "          {}", 15, "engines.vllm.bands[0].releases is empty; list at least one"),
         ("        stack: cu124\n", '        stack: cu124\n        requirement: "vllm[x]==1"\n', 14,
          "engines.vllm.bands[0].requirement must contain {version}"),
+        ("        stack: cu124\n", "        stack: cu124\n        system_packages: [ffmpeg; rm -rf /]\n", 14,
+         "system_packages: 'ffmpeg; rm -rf /' is not a Debian/Ubuntu package name"),
+        ("        stack: cu124\n", "        stack: cu124\n        system_packages: []\n", 14,
+         "must be a non-empty list of distro package names, e.g. [ffmpeg]"),
     ],
 )
 def test_bad_matrix_names_file_line_and_fix(tmp_path, old, new, line, message):
@@ -107,6 +111,23 @@ def test_a_band_may_carry_its_own_requirement(tmp_path):
                         '        requirement: "vllm[audio]=={version}"\n        releases:\n          "0.9.0": {}\n')
     matrix = _load(tmp_path, text)
     assert [e.requirement for e in matrix] == ["vllm==0.8.5", "vllm[audio]==0.9.0"]
+
+
+def test_a_bands_system_packages_reach_its_image_build_and_change_its_content_hash(tmp_path):
+    import shutil
+
+    from rollout_matrix.options import BuildOptions
+    from rollout_matrix.plan import plan_build
+
+    shutil.copytree(Path(__file__).resolve().parents[2] / "docker", tmp_path / "docker")  # the build context
+    plain = _load(tmp_path, GOOD).get("vllm-0.8.5")
+    with_ffmpeg = _load(tmp_path, GOOD.replace("        stack: cu124\n",
+                                               "        stack: cu124\n        system_packages: [ffmpeg, libsox3]\n"))
+    entry = with_ffmpeg.get("vllm-0.8.5")
+    assert entry.system_packages == ("ffmpeg", "libsox3") and plain.system_packages == ()
+    assert entry.digest() != plain.digest()
+    plan = plan_build(with_ffmpeg, entry, BuildOptions(locked=False))
+    assert plan.buildargs()["SYSTEM_PACKAGES"] == "ffmpeg libsox3"
 
 
 def test_cli_reports_malformed_matrix_in_one_line(tmp_path):
