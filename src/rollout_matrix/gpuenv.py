@@ -198,6 +198,24 @@ def _shim(entry: str) -> str | None:
         return None
 
 
+def system_packages(entry: str) -> dict[str, str]:
+    """The distro packages matrix.yaml says the entry needs (``system_packages``; a venv cannot carry
+    them), each ``installed``, ``missing`` or ``unknown`` (no dpkg) on this machine."""
+    from rollout_matrix.matrix import load_matrix  # as _shim: read only when a suite runs
+
+    try:
+        needs = load_matrix(CHECKOUT / "matrix.yaml").get(entry).system_packages
+    except UserError:
+        return {}
+    if not shutil.which("dpkg-query"):
+        return dict.fromkeys(needs, "unknown")
+    state = {}
+    for name in needs:
+        proc = subprocess.run(["dpkg-query", "-W", "-f=${Status}", name], capture_output=True, text=True)
+        state[name] = "installed" if proc.returncode == 0 and "ok installed" in proc.stdout else "missing"
+    return state
+
+
 def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = 900) -> int:
     """tests/engine in the entry's venv: JUnit, log and run.json under ``results/<entry>/``."""
     d = _dirs()
@@ -209,6 +227,13 @@ def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = 9
     out.mkdir(parents=True)
     python = env / "bin" / "python"
     facts = machine_facts(python)
+    packages = system_packages(entry)
+    if packages:
+        facts["system_packages"] = packages
+        missing = [name for name, state in packages.items() if state != "installed"]
+        if missing:
+            log(f"{entry}: warning: matrix.yaml says it needs the distro packages {', '.join(missing)}, which "
+                "this machine does not have (or cannot tell); install them, or expect failures at import")
     environ = {**os.environ, "PYTHONPATH": str(CHECKOUT / "src"), "ROLLOUT_MATRIX_ENTRY": entry,
                "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "HF_HUB_OFFLINE": "1",
                "TRANSFORMERS_OFFLINE": "1", "PATH": f"{env / 'bin'}:{os.environ.get('PATH', '')}"}
