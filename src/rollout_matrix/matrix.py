@@ -335,7 +335,9 @@ def _load_engine(ctx: _Ctx, engine: str, node: yaml.Node, stacks: dict[str, Stac
                  test_reqs: tuple[str, ...]) -> Iterator[Entry]:
     what = f"engines.{engine}"
     items = ctx.mapping(node, what)
-    ctx.keys(items, what, {"package", "requirement", "bands"}, set(), node)
+    ctx.keys(items, what, {"package", "requirement", "bands"}, {"system_packages"}, node)
+    engine_system = tuple(ctx.package_names(items["system_packages"][1], f"{what}.system_packages")) \
+        if "system_packages" in items else ()
     package = ctx.string(items["package"][1], f"{what}.package")
     template_node = items["requirement"][1]
     template = ctx.string(template_node, f"{what}.requirement", example=f"{package}=={{version}}")
@@ -370,8 +372,9 @@ def _load_engine(ctx: _Ctx, engine: str, node: yaml.Node, stacks: dict[str, Stac
             torch = ctx.version(torch_node, f"{band_what}.torch")
         extra = tuple(ctx.string_list(b["extra_requirements"][1], f"{band_what}.extra_requirements")) \
             if "extra_requirements" in b else ()
-        system = tuple(ctx.package_names(b["system_packages"][1], f"{band_what}.system_packages")) \
+        band_system = tuple(ctx.package_names(b["system_packages"][1], f"{band_what}.system_packages")) \
             if "system_packages" in b else ()
+        system = tuple(dict.fromkeys(engine_system + band_system))  # the engine's, then the band's own
         unavailable = ctx.string(b["unavailable"][1], f"{band_what}.unavailable") if "unavailable" in b else None
         releases = ctx.mapping(b["releases"][1], f"{band_what}.releases")
         if not releases:

@@ -45,11 +45,37 @@ def make_config(model_dir: Path, backend: str, **over: object) -> RolloutConfig:
 
 
 def _needs_the_driver(exc: ImportError, engine: str, cuda_devices: int) -> bool:
-    """Some SGLang releases (0.5.5.post3 in its CPU run; not 0.5.9, 0.5.13.post1 or 0.5.19+) validate
-    ServerArgs in ``__post_init__`` through model_config, which imports sgl_kernel, which loads
-    libcuda.so.1: the GPU driver, absent on a CPU host (and from nvidia/cuda images, where the
-    container runtime mounts it)."""
-    return engine == "sglang" and cuda_devices == 0 and "libcuda.so" in str(exc)
+    """Some SGLang releases (0.5.4.post3 and 0.5.5.post3 in their CPU runs; not 0.5.9, 0.5.13.post1 or
+    0.5.19+) validate ServerArgs in ``__post_init__`` through model_config, which imports sgl_kernel,
+    whose common_ops library links libcuda.so.1: the GPU driver, absent on a CPU host (and from
+    nvidia/cuda images, where the container runtime mounts it). sgl_kernel 0.3.16 hides that cause
+    behind "Could not load any common_ops library", so the library is loaded again to read it."""
+    return engine == "sglang" and cuda_devices == 0 and "libcuda.so" in f"{exc} {_hidden_load_error(exc)}"
+
+
+def _hidden_load_error(exc: ImportError) -> str:
+    """The dynamic loader's own message for the libraries an sgl_kernel ImportError says it found but
+    could not load (``found files: ['.../common_ops.abi3.so']``), e.g. "libnuma.so.1: cannot open
+    shared object file"; empty when the error names none."""
+    import ctypes
+    import re
+
+    import torch  # noqa: F401  (loads libtorch/libc10 first, as sgl_kernel's import does)
+
+    errors = []
+    for listed in re.findall(r"found files: \[([^\]]*)\]", str(exc)):
+        for path in re.findall(r"'([^']+)'", listed):
+            try:
+                ctypes.CDLL(path)
+            except OSError as err:
+                errors.append(str(err))
+    return "; ".join(errors)
+
+
+def _explained(exc: ImportError) -> ImportError:
+    """``exc`` with the loader's hidden message appended, when there is one."""
+    hidden = _hidden_load_error(exc)
+    return ImportError(f"{str(exc).strip().splitlines()[0]} ... the loader says: {hidden}") if hidden else exc
 
 
 @pytest.fixture
@@ -64,7 +90,7 @@ def build_arguments(detection, shim, cuda_devices: int, monkeypatch: pytest.Monk
             return shim.build_arguments(cfg, detection.release)
         except ImportError as exc:
             if not _needs_the_driver(exc, detection.engine, cuda_devices):
-                raise
+                raise _explained(exc) from exc
         from sglang.srt.server_args import ServerArgs
 
         monkeypatch.setattr(ServerArgs, "__post_init__", lambda self: None)
@@ -183,7 +209,7 @@ def test_the_release_validates_the_arguments(detection, shim, model_dir: Path, c
             if _needs_the_driver(exc, detection.engine, cuda_devices):
                 pytest.skip(f"sglang {detection.release} validates ServerArgs with GPU kernels (sgl_kernel loads "
                             "libcuda.so.1, the driver): checked where a GPU is visible")
-            raise
+            raise _explained(exc) from exc
 
 
 def test_pipeline_parallel_needs_a_release_that_has_it(detection, shim, model_dir: Path) -> None:

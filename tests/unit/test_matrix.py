@@ -130,6 +130,14 @@ def test_a_bands_system_packages_reach_its_image_build_and_change_its_content_ha
     assert plan.buildargs()["SYSTEM_PACKAGES"] == "ffmpeg libsox3"
 
 
+def test_an_engines_system_packages_come_first_and_a_band_adds_its_own(tmp_path):
+    text = GOOD.replace('    requirement: "vllm=={version}"\n',
+                        '    requirement: "vllm=={version}"\n    system_packages: [libnuma1]\n')
+    assert _load(tmp_path, text).get("vllm-0.8.5").system_packages == ("libnuma1",)
+    text = text.replace("        stack: cu124\n", "        stack: cu124\n        system_packages: [ffmpeg, libnuma1]\n")
+    assert _load(tmp_path, text).get("vllm-0.8.5").system_packages == ("libnuma1", "ffmpeg")
+
+
 def test_cli_reports_malformed_matrix_in_one_line(tmp_path):
     path = tmp_path / "matrix.yaml"
     path.write_text(GOOD.replace("    cuda: \"12.4\"", "    cuda: 12.4"))
