@@ -61,7 +61,7 @@ class Entry:
     stack: Stack
     pins: tuple[tuple[str, str], ...] = ()
     extra_requirements: tuple[str, ...] = ()
-    system_packages: tuple[str, ...] = ()  # distro packages the release needs at import (apt names)
+    system_packages: tuple[str, ...] = ()  # distro libraries its packages load (apt names)
     test_requirements: tuple[str, ...] = ()
     exclude_newer: str | None = None
     unavailable: str | None = None  # why this release cannot be installed from the public index today
