@@ -34,6 +34,7 @@ import tarfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rollout_matrix import lockenv
 from rollout_matrix.errors import UserError
@@ -41,6 +42,9 @@ from rollout_matrix.lockfile import read_lock
 from rollout_matrix.manifest import MANIFEST, FileRecord, Manifest
 from rollout_matrix.payload import sha256_file
 from rollout_matrix.results import JUNIT, LOG, RUN_JSON, RunRecord
+
+if TYPE_CHECKING:
+    from rollout_matrix.matrix import Entry
 
 ROOT = Path(os.environ.get("ROLLOUT_MATRIX_GPU_ROOT", "/tmp/rollout-matrix"))
 CHECKOUT = Path(__file__).resolve().parents[2]
@@ -187,26 +191,31 @@ def machine_facts(python: Path) -> dict:
     }
 
 
-def _shim(entry: str) -> str | None:
-    """The band rollout_shims' table gives the entry (the report reads it from here)."""
+def matrix_entry(entry: str) -> Entry | None:
+    """The entry as the checkout's matrix.yaml describes it; None when it does not (read only when a
+    suite runs: the rest of this module needs nothing beyond the standard library)."""
     from rollout_matrix.matrix import load_matrix
-    from rollout_matrix.shim_band import shim_for
 
     try:
-        return shim_for(load_matrix(CHECKOUT / "matrix.yaml").get(entry))
+        return load_matrix(CHECKOUT / "matrix.yaml").get(entry)
     except UserError:
         return None
 
 
-def system_packages(entry: str) -> dict[str, str]:
-    """The distro packages matrix.yaml says the entry needs (``system_packages``; a venv cannot carry
-    them), each ``installed``, ``missing`` or ``unknown`` (no dpkg) on this machine."""
-    from rollout_matrix.matrix import load_matrix  # as _shim: read only when a suite runs
+def _shim(entry: Entry | None) -> str | None:
+    """The band rollout_shims' table gives the entry (the report reads it from here)."""
+    from rollout_matrix.shim_band import shim_for
 
     try:
-        needs = load_matrix(CHECKOUT / "matrix.yaml").get(entry).system_packages
+        return shim_for(entry) if entry else None
     except UserError:
-        return {}
+        return None
+
+
+def system_packages(entry: Entry | None) -> dict[str, str]:
+    """The distro packages matrix.yaml says the entry needs (``system_packages``; a venv cannot carry
+    them), each ``installed``, ``missing`` or ``unknown`` (no dpkg) on this machine."""
+    needs = entry.system_packages if entry else ()
     if not shutil.which("dpkg-query"):
         return dict.fromkeys(needs, "unknown")
     state = {}
@@ -227,7 +236,8 @@ def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = 9
     out.mkdir(parents=True)
     python = env / "bin" / "python"
     facts = machine_facts(python)
-    packages = system_packages(entry)
+    described = matrix_entry(entry)
+    packages = system_packages(described)
     if packages:
         facts["system_packages"] = packages
         missing = [name for name, state in packages.items() if state != "installed"]
@@ -261,7 +271,7 @@ def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = 9
     run = RunRecord(
         entry=entry, kind="gpu" if facts.get("cuda_devices") else "cpu", environment="bundle",
         started=started.isoformat(timespec="seconds"), seconds=round(time.monotonic() - t0, 1), exit_code=code,
-        shim=_shim(entry), machine=facts, pytest_args=list(pytest_args or []),
+        shim=_shim(described), machine=facts, pytest_args=list(pytest_args or []),
         lock={"path": record.lock, "sha256": record.lock_sha256, "inputs_hash": lock.header.inputs_hash,
               "packages": len(lock.versions)},
     )

@@ -44,13 +44,21 @@ def make_config(model_dir: Path, backend: str, **over: object) -> RolloutConfig:
     return RolloutConfig.from_dict(base)
 
 
-def _needs_the_driver(exc: ImportError, engine: str, cuda_devices: int) -> bool:
-    """Some SGLang releases (0.5.4.post3 and 0.5.5.post3 in their CPU runs; not 0.5.9, 0.5.13.post1 or
+def _raise_unless_the_driver_is_missing(exc: ImportError, engine: str, cuda_devices: int) -> None:
+    """Return when ``exc`` is SGLang looking for the GPU driver on a CPU host; raise it otherwise, with
+    the loader's own message added where sgl_kernel hid it.
+
+    Some SGLang releases (0.5.4.post3 and 0.5.5.post3 in their CPU runs; not 0.5.9, 0.5.13.post1 or
     0.5.19+) validate ServerArgs in ``__post_init__`` through model_config, which imports sgl_kernel,
     whose common_ops library links libcuda.so.1: the GPU driver, absent on a CPU host (and from
     nvidia/cuda images, where the container runtime mounts it). sgl_kernel 0.3.16 hides that cause
     behind "Could not load any common_ops library", so the library is loaded again to read it."""
-    return engine == "sglang" and cuda_devices == 0 and "libcuda.so" in f"{exc} {_hidden_load_error(exc)}"
+    hidden = _hidden_load_error(exc)
+    if engine == "sglang" and cuda_devices == 0 and "libcuda.so" in f"{exc} {hidden}":
+        return
+    if not hidden:
+        raise exc
+    raise ImportError(f"{str(exc).strip().splitlines()[0]} ... the loader says: {hidden}") from exc
 
 
 def _hidden_load_error(exc: ImportError) -> str:
@@ -72,16 +80,10 @@ def _hidden_load_error(exc: ImportError) -> str:
     return "; ".join(errors)
 
 
-def _explained(exc: ImportError) -> ImportError:
-    """``exc`` with the loader's hidden message appended, when there is one."""
-    hidden = _hidden_load_error(exc)
-    return ImportError(f"{str(exc).strip().splitlines()[0]} ... the loader says: {hidden}") if hidden else exc
-
-
 @pytest.fixture
 def build_arguments(detection, shim, cuda_devices: int, monkeypatch: pytest.MonkeyPatch):
     """The release's argument object for a config. Where the release's validation needs the GPU driver
-    (see :func:`_needs_the_driver`) it is built with ``ServerArgs.__post_init__`` skipped: the mapping
+    (see :func:`_raise_unless_the_driver_is_missing`) it is built with ``ServerArgs.__post_init__`` skipped: the mapping
     onto the release's fields is still checked here, and the validation itself by
     test_the_release_validates_the_arguments, which says so when it cannot run."""
 
@@ -89,8 +91,7 @@ def build_arguments(detection, shim, cuda_devices: int, monkeypatch: pytest.Monk
         try:
             return shim.build_arguments(cfg, detection.release)
         except ImportError as exc:
-            if not _needs_the_driver(exc, detection.engine, cuda_devices):
-                raise _explained(exc) from exc
+            _raise_unless_the_driver_is_missing(exc, detection.engine, cuda_devices)
         from sglang.srt.server_args import ServerArgs
 
         monkeypatch.setattr(ServerArgs, "__post_init__", lambda self: None)
@@ -206,10 +207,9 @@ def test_the_release_validates_the_arguments(detection, shim, model_dir: Path, c
         try:
             shim.build_arguments(cfg, detection.release)
         except ImportError as exc:
-            if _needs_the_driver(exc, detection.engine, cuda_devices):
-                pytest.skip(f"sglang {detection.release} validates ServerArgs with GPU kernels (sgl_kernel loads "
-                            "libcuda.so.1, the driver): checked where a GPU is visible")
-            raise _explained(exc) from exc
+            _raise_unless_the_driver_is_missing(exc, detection.engine, cuda_devices)
+            pytest.skip(f"sglang {detection.release} validates ServerArgs with GPU kernels (sgl_kernel loads "
+                        "libcuda.so.1, the driver): checked where a GPU is visible")
 
 
 def test_pipeline_parallel_needs_a_release_that_has_it(detection, shim, model_dir: Path) -> None:

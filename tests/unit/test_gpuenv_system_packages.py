@@ -42,14 +42,16 @@ def checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.mark.skipif(not shutil.which("dpkg-query"), reason="needs dpkg-query (a Debian/Ubuntu host) to ask")
 def test_installed_and_missing_packages_are_told_apart(checkout: Path) -> None:
-    assert gpuenv.system_packages("vllm-0.25.0") == {"dpkg": "installed", "rollout-matrix-no-such-deb": "missing"}
+    entry = gpuenv.matrix_entry("vllm-0.25.0")
+    assert gpuenv.system_packages(entry) == {"dpkg": "installed", "rollout-matrix-no-such-deb": "missing"}
 
 
 def test_without_dpkg_the_state_is_unknown_not_guessed(checkout: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(gpuenv.shutil, "which", lambda name: None)
-    assert gpuenv.system_packages("vllm-0.25.0") == {"dpkg": "unknown", "rollout-matrix-no-such-deb": "unknown"}
+    entry = gpuenv.matrix_entry("vllm-0.25.0")
+    assert gpuenv.system_packages(entry) == {"dpkg": "unknown", "rollout-matrix-no-such-deb": "unknown"}
 
 
 def test_an_entry_that_needs_none_and_an_unknown_entry_give_nothing(checkout: Path) -> None:
-    assert gpuenv.system_packages("vllm-0.8.5") == {}
-    assert gpuenv.system_packages("vllm-9.9.9") == {}
+    assert gpuenv.system_packages(gpuenv.matrix_entry("vllm-0.8.5")) == {}
+    assert gpuenv.system_packages(gpuenv.matrix_entry("vllm-9.9.9")) == {}
