@@ -207,3 +207,61 @@ def test_vllm_completion_reads_the_sampled_tokens_logprob() -> None:
     assert eng._completion(out, SamplingParams(logprobs=True)) == Completion([7, 9], [-0.5, -1.5], "length", None)
     out.finish_reason = None
     assert eng._completion(out, SamplingParams()).finish_reason == "abort"
+
+
+class _Scheduler:
+    """Answers as SGLang 0.5.21+'s scheduler does: pushes only inside one open weight-update session."""
+
+    def __init__(self, refuse_push: bool = False) -> None:
+        self.session = False
+        self.calls: list[str] = []
+        self.refuse_push = refuse_push
+
+    def __call__(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append(method)
+        if method == "begin_weight_update":
+            if self.session:
+                return (False, "a weight-update session is already open; call end_weight_update() first")
+            self.session = True
+        elif method == "end_weight_update":
+            if not self.session:
+                return (False, "no weight-update session is open; call begin_weight_update() first")
+            self.session = False
+        elif method == "update_weights_from_tensor":
+            if not self.session:
+                return (False, "update_weights_from_tensor must run between begin_weight_update() and end_weight_update()")
+            if self.refuse_push:
+                return (False, "Failed to update parameter online")
+        return (True, "Success")
+
+
+def _sglang_0521(scheduler: _Scheduler) -> Any:
+    from rollout_shims.shims.sglang_bands import SGLang0521
+
+    eng = SGLang0521.__new__(SGLang0521)
+    eng._weights_lost = False
+    eng._pushed = False
+    eng._call = scheduler  # type: ignore[method-assign]
+    return eng
+
+
+def test_sglang_0521_pushes_inside_one_weight_update_session() -> None:
+    scheduler = _Scheduler()
+    eng = _sglang_0521(scheduler)
+    eng._update_weights([("w", object())])
+    eng._update_weights([("w", object())])
+    assert scheduler.calls == ["begin_weight_update", "update_weights_from_tensor", "end_weight_update"] * 2
+    assert not scheduler.session and eng._pushed
+
+
+def test_sglang_0521_closes_the_session_when_the_push_is_refused() -> None:
+    from rollout_shims.errors import EngineRequestError
+
+    scheduler = _Scheduler(refuse_push=True)
+    eng = _sglang_0521(scheduler)
+    with pytest.raises(EngineRequestError, match="refused the weights: Failed to update"):
+        eng._update_weights([("w", object())])
+    assert scheduler.calls[-1] == "end_weight_update" and not scheduler.session
+    scheduler.refuse_push = False
+    eng._update_weights([("w", object())])  # the next push opens a session of its own
+    assert not scheduler.session
