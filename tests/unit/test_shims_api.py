@@ -265,3 +265,27 @@ def test_sglang_0521_closes_the_session_when_the_push_is_refused() -> None:
     scheduler.refuse_push = False
     eng._update_weights([("w", object())])  # the next push opens a session of its own
     assert not scheduler.session
+
+
+def test_vllm_refuses_a_new_engine_while_an_earlier_one_holds_sleep_memory(monkeypatch) -> None:
+    """vLLM allows one sleep-mode allocator user per process; the shim says so in one line, with the
+    figures, instead of vLLM's AssertionError at weight loading."""
+    import sys
+
+    from rollout_shims.errors import EngineStateError
+    from rollout_shims.shims import vllm_memory
+
+    live = {0x7000: SimpleNamespace(tag="weights", handle=(0, 3 << 20, 0x7000, None)),
+            0x9000: SimpleNamespace(tag="kv_cache", handle=(0, 5 << 20, 0x9000, None))}
+    allocator = SimpleNamespace(pointer_to_data=live)
+    monkeypatch.setitem(sys.modules, "vllm.device_allocator.cumem",
+                        SimpleNamespace(CuMemAllocator=SimpleNamespace(instance=allocator)))
+    monkeypatch.setattr(vllm_memory, "holders", lambda limit=4: ["(256, 1024) torch.bfloat16 <- Worker.model"])
+    assert vllm_memory.in_use() == (8 << 20, {"weights": 3 << 20, "kv_cache": 5 << 20})
+    eng = VLLM085.__new__(VLLM085)
+    with pytest.raises(EngineStateError) as err:
+        eng._refuse_when_an_earlier_engine_left_memory("0.33.0")
+    assert "still holds 8 MiB" in str(err.value) and "weights 3 MiB" in str(err.value)
+    assert "Worker.model" in str(err.value) and "new process" in str(err.value)
+    live.clear()  # all gone: nothing to refuse
+    eng._refuse_when_an_earlier_engine_left_memory("0.33.0")

@@ -34,6 +34,7 @@ from packaging.version import Version
 
 from rollout_shims.config import RolloutConfig
 from rollout_shims.shims.vllm_base import RAW, Attention, VLLMEngine, _sym
+from rollout_shims.shims.vllm_memory import cumem_allocator
 from rollout_shims.symbols import Symbol
 
 PROCESSED_V0 = "processed (V0 engine): log_softmax after penalties, temperature and top-k/top-p/min-p"
@@ -68,15 +69,6 @@ class _CaptureSizeMax:
         return {"max_cudagraph_capture_size": min(config.cuda_graph_max_bs, config.max_running_requests)}
 
 
-def _cumem_allocator() -> Any:
-    """vLLM's sleep-mode allocator singleton, if this process made one."""
-    try:
-        from vllm.device_allocator.cumem import CuMemAllocator
-    except ImportError:
-        return None
-    return CuMemAllocator.instance
-
-
 class _ReleasePools(VLLMEngine):
     """Before 0.25.0 the (MemPool, allocator) pairs of the sleep-mode allocator live until interpreter
     teardown, which may destroy the allocator before the pool that calls it (SIGSEGV / "pure virtual
@@ -92,7 +84,7 @@ class _ReleasePools(VLLMEngine):
         super()._shutdown()
 
     def _release_allocator(self) -> None:
-        allocator = _cumem_allocator()
+        allocator = cumem_allocator()
         if allocator is None or not allocator.allocator_and_pools:
             return
         import torch
@@ -127,7 +119,7 @@ class _KeepCallbacks(_ReleasePools):
     callbacks it keeps alive. In 0.10.2 this re-registers vLLM's own stored methods: harmless."""
 
     def _after_start(self) -> None:
-        allocator = _cumem_allocator()
+        allocator = cumem_allocator()
         if allocator is None:
             return
         from vllm.device_allocator import cumem
@@ -256,7 +248,7 @@ class VLLM025(VLLM013):
     def _release_allocator(self) -> None:
         """vLLM's own two-phase release (cumem.py:145 in 0.25.0; also run at exit via atexit), so a
         later engine in this process gets the memory back now rather than at exit."""
-        allocator = _cumem_allocator()
+        allocator = cumem_allocator()
         if allocator is None:
             return
         with contextlib.suppress(ImportError, AttributeError):  # cached RoPE modules hold pool memory
