@@ -239,12 +239,18 @@ def make_bundle(matrix: Matrix, entries: Iterable[Entry], python: str, out: Path
         shipped |= set(Manifest.from_json(manifest_path.read_text()).chunks)
     chunks = {c: (store / c).stat().st_size for r in records.values() for f in r.files for c in f.chunks}
     to_ship = {c: s for c, s in chunks.items() if c not in shipped}
+    groups: list[dict[str, int]] = []  # per entry, in the order given: its chunks no earlier entry ships
+    seen: set[str] = set()
+    for record in records.values():
+        own = {c: to_ship[c] for f in record.files for c in f.chunks if c in to_ship and c not in seen}
+        seen |= set(own)
+        groups.append(own)
     tools = fetch_tools(python, cache) if payload == "zstd" else []
-    groups = [[], *pack_parts(to_ship, limit)]  # part-000: the manifest and tools only (a light first call)
+    packed = [[], *pack_parts(groups, limit)]  # part-000: the manifest and tools only (a light first call)
     manifest = Manifest(
         format=BUNDLE_FORMAT, created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), python=python,
         payload=payload, part_mib=part_mib, entries=records, chunks=chunks,
-        parts=[{"name": f"part-{i:03d}", "chunks": g, "bytes": sum(to_ship[c] for c in g)} for i, g in enumerate(groups)],
+        parts=[{"name": f"part-{i:03d}", "chunks": g, "bytes": sum(to_ship[c] for c in g)} for i, g in enumerate(packed)],
         tools=[t.name for t in tools],
     )
     out.mkdir(parents=True, exist_ok=True)
@@ -256,6 +262,10 @@ def make_bundle(matrix: Matrix, entries: Iterable[Entry], python: str, out: Path
     (out / "part-000" / MANIFEST).write_text(manifest.to_json())
     for tool in tools:
         shutil.copy2(tool, out / "part-000" / tool.name)
+    where = {c: i for i, part in enumerate(manifest.parts) for c in part["chunks"]}
+    for name, record in records.items():
+        last = max((where[c] for f in record.files for c in f.chunks if c in where), default=0)
+        progress(f"{name}: complete after part-{last:03d}")
     total = sum(p["bytes"] for p in manifest.parts)
     progress(f"bundle {out}: {len(manifest.parts)} parts, {total / 2**30:.2f} GiB to ship "
              f"({len(shipped & set(chunks))} chunks already shipped), in {time.monotonic() - start:.0f}s")
