@@ -31,6 +31,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -146,8 +147,20 @@ def reassemble(record: FileRecord, payload_kind: str, target_dir: Path) -> Path:
     return lockenv.reassemble(record, payload_kind, _dirs()["chunks"], target_dir, _zstd)
 
 
+_INSTALLING: dict[str, threading.Lock] = {}
+_INSTALLING_GUARD = threading.Lock()
+
+
 def install(entry: str, jobs: int = 8) -> Path:
-    """A venv at ``envs/<entry>`` holding exactly the entry's lock (idempotent)."""
+    """A venv at ``envs/<entry>`` holding exactly the entry's lock (idempotent; steps of one entry that
+    run side by side, a suite and a benchmark say, build it once: the second waits for the first)."""
+    with _INSTALLING_GUARD:
+        guard = _INSTALLING.setdefault(entry, threading.Lock())
+    with guard:
+        return _install(entry, jobs)
+
+
+def _install(entry: str, jobs: int) -> Path:
     d = _dirs()
     if (d["envs"] / entry / lockenv.STAMP).is_file():
         log(f"{entry}: venv ready ({d['envs'] / entry})")
