@@ -145,7 +145,7 @@ def test_pipeline_runs_steps_side_by_side_and_fails_when_one_fails(tmp_path: Pat
     (a0, a1), (b0, b1) = (json.loads((results / n).read_text()) for n in ("a.json", "b.json"))
     assert a0 < b1 and b0 < a1, "the two 3-second steps did not overlap"
     assert (results / "c.json").is_file() and code == 1  # the third ran, and its exit 7 fails the pipeline
-    with pytest.raises(UserError, match="not in matrix.yaml: tiny-2.31"):
+    with pytest.raises(UserError, match=r"not in matrix\.yaml: tiny-2\.31"):
         gpuenv.pipeline(["tiny-2.31"], gpuenv.Plan(wait=600), [])
     assert gpuenv.pipeline([f"{entry.name}=stamp.py 0 d.json 0"], gpuenv.Plan(), []) == 0
 

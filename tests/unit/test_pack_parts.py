@@ -3,6 +3,7 @@ of the batch is still arriving (the device tool carries one part per call)."""
 
 from __future__ import annotations
 
+import itertools
 import random
 
 from rollout_matrix.manifest import pack_parts
@@ -38,7 +39,7 @@ def test_an_entry_is_complete_before_the_next_entry_s_parts_begin() -> None:
         parts = pack_parts(groups, 58 * MIB)
         where = {c: i for i, part in enumerate(parts) for c in part}
         spans = [(min(where[c] for c in g), max(where[c] for c in g)) for g in groups if g]
-        for (_, last), (first, _) in zip(spans, spans[1:], strict=False):
+        for (_, last), (first, _) in itertools.pairwise(spans):
             assert last <= first  # at most the one part where they meet is shared
 
 
