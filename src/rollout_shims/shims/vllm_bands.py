@@ -1,4 +1,4 @@
-"""One class per vLLM band; each holds only what differs (read in the release wheels 0.8.5 - 0.33.0,
+"""One class per vLLM band; each holds only what differs (read in the release wheels 0.8.5 - 0.34.0,
 see docs/shims.md, "Band boundaries", for every file:line).
 
 * 0.8.5 (and 0.8.5.post1): V0 and V1 coexist and ``VLLM_USE_V1`` picks; V1 builds a tokenizer whatever
@@ -18,8 +18,10 @@ see docs/shims.md, "Band boundaries", for every file:line).
 * 0.12.0: XFORMERS is gone from ``AttentionBackendEnum``; the backend is still only the env variable.
 * 0.13.0 - 0.24.x: ``EngineArgs.attention_backend`` (the env variable is deprecated in 0.13, gone
   from envs.py in 0.15); ``max_cudagraph_capture_size``.
-* 0.25.0 - 0.33.x: the sleep-mode allocator releases its pools itself (``CuMemAllocator.release_pools``,
-  also registered with ``atexit``), so the shim calls that instead of its own release.
+* 0.25.0 - 0.34.x: the sleep-mode allocator releases its pools itself (``CuMemAllocator.release_pools``,
+  also registered with ``atexit``), so the shim calls that instead of its own release. 0.34's new
+  default ``gpu_memory_utilization=None`` (1.0 with its extensible KV cache) never applies: the shim
+  always passes the config's value (mapping.py ``VLLM_ARGS``), which 0.34 honours as the cap.
 """
 
 from __future__ import annotations
@@ -237,7 +239,7 @@ class VLLM013(_CaptureSizeMax, _ReleasePools):
 
 
 class VLLM025(VLLM013):
-    """vLLM 0.25.0 - 0.33.x (torch 2.11 - 2.14): the allocator releases its own pools."""
+    """vLLM 0.25.0 - 0.34.x (torch 2.11 - 2.14): the allocator releases its own pools."""
 
     SHIM: ClassVar[str] = "vllm-0.25"
     SYMBOLS: ClassVar[tuple[Symbol, ...]] = (

@@ -1,4 +1,4 @@
-"""What every vLLM band (0.8.5 - 0.33) shares, behind the common API. vLLM is imported inside methods only.
+"""What every vLLM band (0.8.5 - 0.34) shares, behind the common API. vLLM is imported inside methods only.
 
 The engine runs in the caller's process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): the model is then
 reachable for ``update_weights`` without serialising tensors, and on the H200 test machine vLLM
