@@ -275,6 +275,16 @@ def cmd_bundle(args: argparse.Namespace, matrix: Matrix) -> int:
     return 0
 
 
+def cmd_gpu_batch(args: argparse.Namespace, matrix: Matrix) -> int:
+    from rollout_matrix.bundle import default_cache
+    from rollout_matrix.gpubatch import cached_or_indexed, plan, proven_modes, render
+
+    entries = matrix.select(args.entries) if args.entries else None
+    lines = plan(matrix, args.python, cached_or_indexed(default_cache(), args.python), entries)
+    print("\n".join(render(lines, proven_modes(matrix.path.parent))))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rollout-matrix", description=__doc__.splitlines()[0])
     parser.add_argument("--matrix", help="path to matrix.yaml (default: the checkout's; env ROLLOUT_MATRIX_FILE)")
@@ -358,6 +368,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index-url", default=INDEX_URL, help=f"the index's simple API (default {INDEX_URL})")
     p.add_argument("--jobs", type=int, default=2, help="with --write: lock resolutions at a time (default 2)")
     p.set_defaults(handler=cmd_watch)
+
+    p = sub.add_parser("gpu-batch", help="entries still to prove on a GPU (both modes), by CUDA line, with their parts",
+                       description="The next GPU batch to carry (docs/gpu.md): the targets (each band's oldest and "
+                                   "newest installable release, the newest of each (band, torch), matrix.yaml's "
+                                   "gpu_evidence_also) without committed GPU evidence of both modes, grouped by CUDA "
+                                   "line, with the parts a bundle of each line takes (exact where the wheels are in "
+                                   "the bundle cache, else from the index's sizes: ~).")
+    p.add_argument("entries", nargs="*", metavar="ENTRY", help="only these (default: the targets)")
+    p.add_argument("--python", default="3.12", help="the GPU machine's Python (default 3.12)")
+    p.set_defaults(handler=cmd_gpu_batch)
 
     p = sub.add_parser("record", help="promote local results/<entry> runs into the committed evidence",
                        description="Copies each run (junit.xml, run.json, pytest.log) into cpu-results/<entry> or "
