@@ -357,6 +357,41 @@ class Plan:
                 "ROLLOUT_MATRIX_GPU_MEMORY_FRACTION": str(self.fraction())}
 
 
+PROBE = """
+import json, os, subprocess, sys, torch
+held = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+rows = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                      capture_output=True, text=True, timeout=60).stdout
+mine = [int(m) for p, _, m in (r.partition(",") for r in rows.splitlines()) if p.strip() == str(os.getpid())
+        and m.strip().isdigit()]
+print(json.dumps({"per_process_memory": bool(mine) and mine[0] >= 256, "torch": torch.__version__}))
+"""
+
+
+def probe() -> dict:
+    """What the machine offers the suites, checked before the bulk of a bundle arrives: whether the
+    driver reports GPU memory per process (suites can only share the GPU if it does:
+    tests/engine/gpu_memory.py), the distro libraries matrix.yaml's system_packages name, its cores.
+    Written to ``probe.json`` under the root; ``pipeline --parallel auto`` reads it."""
+    facts: dict = {"cores": os.cpu_count(), "gpus": _query(["nvidia-smi", "--query-gpu=name,memory.total",
+                                                             "--format=csv,noheader"]).splitlines()}
+    out = _query([sys.executable, "-c", PROBE])
+    facts.update(json.loads(out.splitlines()[-1]) if out.strip().startswith("{") else {"per_process_memory": False})
+    libraries = _query(["ldconfig", "-p"])
+    facts["ffmpeg_libraries"] = sorted({m.group(0) for m in re.finditer(r"lib(?:avutil|avcodec|avformat)\.so\.\d+",
+                                                                         libraries)})
+    (_dirs()["logs"].parent / "probe.json").write_text(json.dumps(facts, indent=1))
+    log(f"probe: {json.dumps(facts)}")
+    return facts
+
+
+def auto_parallel() -> int:
+    """Suites side by side only where the driver reports memory per process (else one at a time)."""
+    path = ROOT / "probe.json"
+    facts = json.loads(path.read_text()) if path.is_file() else probe()
+    return 3 if facts.get("per_process_memory") else 1
+
+
 def check_steps(steps: list[str]) -> None:
     """Refuse, before any wait, a step whose entry matrix.yaml does not have (a misspelt entry would
     otherwise wait ``--wait`` seconds for chunks that never come)."""
@@ -408,6 +443,11 @@ def collect(out: Path) -> None:
         log(f"{run.entry}: exit {run.exit_code} in {run.seconds}s")
 
 
+def _parallel(text: str) -> int:
+    """``auto`` (0: decided by :func:`auto_parallel`) or a whole number >= 1."""
+    return 0 if text == "auto" else _positive(text)
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -421,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("receive")
     p.add_argument("parts", nargs="+", type=Path)
     sub.add_parser("status")
+    sub.add_parser("probe", help="what the machine offers the suites (per-process GPU memory, FFmpeg, cores)")
     p = sub.add_parser("install")
     p.add_argument("entry")
     p = sub.add_parser("test")
@@ -429,7 +470,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("entries", nargs="+")
     p.add_argument("--background", action="store_true", help="detach (setsid) and log to logs/pipeline.log")
     p.add_argument("--wait", type=int, default=1500, help="seconds to wait for an entry's chunks")
-    p.add_argument("--parallel", type=_positive, default=1, help="steps at a time, sharing the GPU (default 1)")
+    p.add_argument("--parallel", type=_parallel, default=1,
+                   help="steps at a time, sharing the GPU (default 1; auto: 3 where the driver reports memory per "
+                        "process, see `probe`, else 1)")
     p.add_argument("--memory-fraction", type=float, default=None,
                    help="each suite's engines' share of GPU memory (default 0.4 alone, 0.8/N with --parallel N)")
     p.add_argument("--suite-timeout", type=_positive, default=900, help="seconds one suite may run")
@@ -447,11 +490,15 @@ def main(argv: list[str] | None = None) -> int:
             receive(args.parts)
         elif args.command == "status":
             status()
+        elif args.command == "probe":
+            probe()
         elif args.command == "install":
             install(args.entry)
         elif args.command == "test":
             return run_suite(args.entry, pytest_args)
         elif args.command == "pipeline":
+            if args.parallel == 0:
+                args.parallel = auto_parallel()
             plan = Plan(wait=args.wait, parallel=args.parallel, memory_fraction=args.memory_fraction,
                         suite_timeout=args.suite_timeout, script_timeout=args.script_timeout)
             if args.memory_fraction is not None and not 0.02 <= args.memory_fraction <= 0.95:

@@ -156,3 +156,12 @@ def test_plan_shares_the_gpu_only_when_suites_run_side_by_side() -> None:
     assert shared is not None and shared["ROLLOUT_MATRIX_GPU_MEMORY_FRACTION"] == "0.2"
     assert shared["ROLLOUT_MATRIX_GPU_LOCK"].endswith("gpu.lock")
     assert gpuenv.Plan(parallel=2, memory_fraction=0.3).fraction() == 0.3
+
+
+def test_parallel_auto_stays_one_where_the_driver_reports_no_memory_per_process(machine: Path) -> None:
+    """Here (no GPU, no nvidia-smi) the probe finds no per-process accounting: suites run one at a time."""
+    import json
+
+    assert gpuenv.auto_parallel() == 1
+    facts = json.loads((machine / "probe.json").read_text())
+    assert facts["per_process_memory"] is False and facts["cores"] >= 1
