@@ -10,6 +10,7 @@ The CUDA path is exercised by tests/engine/test_gpu.py::test_update_weights_from
 from __future__ import annotations
 
 import base64
+import json
 import os
 import pickle
 import subprocess
@@ -164,6 +165,104 @@ def test_buckets_shared_by_another_process_open_here(torch: Any) -> None:
     a, b = torch.randn(300, 300), torch.randn(600, 300)
     assert torch.equal(got["a"], a.bfloat16()) and torch.equal(got["b"], b.bfloat16())
     assert torch.equal(got["c"], torch.arange(9))
+
+
+# ----- CUDA, without an engine (marker gpu: a GPU machine with torch; no engine needed) --------------
+CUDA_TRAINER = """
+import base64, json, pickle, sys, time, torch
+from rollout_shims import share_weights
+cfg = json.loads(sys.argv[1])
+torch.manual_seed(0)
+weights = {f"w{i}": torch.randn(cfg["rows"], 4096, device="cuda").to(torch.bfloat16) for i in range(cfg["n"])}
+sums = [float(t.float().sum()) for t in weights.values()]
+torch.cuda.synchronize()
+torch.cuda.reset_peak_memory_stats()
+before = torch.cuda.memory_allocated()
+for bucket in share_weights(weights, bucket_mib=cfg["bucket_mib"], ranks=cfg["ranks"]):
+    print("BUCKET " + base64.b64encode(pickle.dumps(bucket)).decode(), flush=True)
+    assert sys.stdin.readline() == "loaded\\n"
+print("DONE " + json.dumps({"peak": torch.cuda.max_memory_allocated() - before, "sums": sums,
+                            "engines": [m for m in ("sglang", "vllm") if m in sys.modules]}), flush=True)
+"""
+RANK_WORKER = """
+import base64, json, pickle, sys, torch
+from rollout_shims.sharing import open_payload
+rank, sums = int(sys.argv[1]), {}
+for line in sys.stdin:
+    for name, tensor in open_payload(base64.b64decode(line)):  # this rank's payload, as SGLang's scheduler gets it
+        param = torch.empty_like(tensor)                         # the model's own parameter
+        param.copy_(tensor)
+        sums[name] = float(param.float().sum())
+    del tensor
+    torch.cuda.synchronize()
+    print("loaded", flush=True)
+print(json.dumps(sums), flush=True)
+"""
+
+
+def _python(script: str, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)}
+    return subprocess.Popen([sys.executable, "-c", script, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env=env)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("n", "rows", "bucket_mib", "ranks"), [
+    (24, 64, 1, 1),      # 12 MiB of 0.5 MiB tensors in 1 MiB buckets
+    (24, 160, 1, 2),     # 1.25 MiB tensors, each larger than a bucket; two rank processes
+    (32, 8192, 512, 1),  # 2 GiB in 512 MiB buckets
+    (32, 8192, 512, 2),
+])
+def test_cuda_buckets_reach_every_rank_and_the_trainer_holds_one_bucket(torch: Any, n: int, rows: int,
+                                                                        bucket_mib: int, ranks: int) -> None:
+    """Real CUDA IPC, no engine: a trainer process shares; with one rank this process opens the
+    payload (vLLM's in-process worker), with two ranks each of two processes opens its own payload
+    that this process forwards as bytes without opening it (SGLang's schedulers). Values arrive
+    intact, and the trainer's peak extra memory stays within one bucket."""
+    import time
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU visible (torch.cuda.is_available() is false)")
+    trainer = _python(CUDA_TRAINER, json.dumps({"n": n, "rows": rows, "bucket_mib": bucket_mib, "ranks": ranks}))
+    workers = [_python(RANK_WORKER, str(r)) for r in range(ranks)] if ranks > 1 else []
+    mine: dict[str, float] = {}
+    nbytes, first = 0, None
+    try:
+        for line in iter(trainer.stdout.readline, ""):
+            if line.startswith("DONE "):
+                done = json.loads(line[5:])
+                break
+            bucket = pickle.loads(base64.b64decode(line[7:]))
+            first = first or time.monotonic()
+            nbytes += bucket.nbytes
+            for rank, worker in enumerate(workers):
+                worker.stdin.write(base64.b64encode(bucket.payloads[rank]).decode() + "\n")
+                worker.stdin.flush()
+            assert all(w.stdout.readline() == "loaded\n" for w in workers)
+            if not workers:
+                for name, tensor in open_payload(bucket.payloads[0]):
+                    param = torch.empty_like(tensor)
+                    param.copy_(tensor)
+                    mine[name] = float(param.float().sum())
+                del tensor
+                torch.cuda.synchronize()
+            trainer.stdin.write("loaded\n")
+            trainer.stdin.flush()
+        seconds = time.monotonic() - first
+        for worker in workers:
+            worker.stdin.close()
+        got = [json.loads(w.stdout.readline()) for w in workers] or [mine]
+        assert trainer.wait(timeout=60) == 0
+    finally:
+        for proc in (trainer, *workers):
+            proc.kill()
+    bound = max(int(bucket_mib * MIB), rows * 4096 * 2)
+    print(f"[ipc] {n} x {rows * 4096 * 2 / MIB:.2f} MiB in {bucket_mib} MiB buckets to {ranks} rank(s): "
+          f"{nbytes / seconds / 1e9:.2f} GB/s; trainer peak extra {done['peak'] / MIB:.2f} MiB (bound {bound / MIB:.2f})")
+    assert done["engines"] == []
+    for sums in got:
+        assert [sums[f"w{i}"] for i in range(n)] == done["sums"]
+    assert done["peak"] <= bound
 
 
 # ----- bad input ------------------------------------------------------------------------------------
