@@ -282,9 +282,9 @@ def test_update_weights_from_another_process(engine, reference, tiny_qwen2, tmp_
     import time
 
     import torch
-    from conftest import MODEL_KW
 
     new = tiny_qwen2(3)
+    model_kw = tiny_qwen2.__globals__["MODEL_KW"]  # what the fixture built it from (conftest.py), for the trainer
     sizes = [t.numel() * t.element_size() for t in new.state_dict().values()]
     bucket_bytes = int(BUCKET_MIB * 2**20)
     assert sum(sizes) > 2 * bucket_bytes and max(sizes) > bucket_bytes  # the cases this test is about
@@ -293,7 +293,7 @@ def test_update_weights_from_another_process(engine, reference, tiny_qwen2, tmp_
     engine.onload()  # SGLang <= 0.5.2 lost the weights here: the share names them all, so none are reloaded
 
     err = (tmp_path / "trainer.stderr").open("w")
-    cfg = {"seed": 3, "model_kw": MODEL_KW, "device": DEVICE, "bucket_mib": BUCKET_MIB}
+    cfg = {"seed": 3, "model_kw": model_kw, "device": DEVICE, "bucket_mib": BUCKET_MIB}
     trainer = subprocess.Popen([sys.executable, "-c", TRAINER_SCRIPT, json.dumps(cfg)], stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, stderr=err, text=True, env=dict(os.environ))
     watchdog = threading.Timer(600, trainer.kill)
