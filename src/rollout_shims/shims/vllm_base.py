@@ -13,6 +13,7 @@ import dataclasses
 import gc
 import logging
 import os
+from collections.abc import Iterator
 from importlib import metadata
 from typing import Any, ClassVar
 
@@ -24,6 +25,7 @@ from rollout_shims.config import RolloutConfig
 from rollout_shims.detect import Detection
 from rollout_shims.errors import EngineRequestError, EngineStateError, UnsupportedFeatureError
 from rollout_shims.mapping import VLLM_ARGS, VLLM_FIXED, engine_kwargs
+from rollout_shims.sharing import SharedBucket
 from rollout_shims.shims import vllm_memory
 from rollout_shims.symbols import Symbol, required_problems
 
@@ -42,6 +44,19 @@ def load_weights_in_worker(worker: Any, weights: list[tuple[str, Any]]) -> bool:
     """Run by ``collective_rpc`` in every vLLM worker: the model's own loader maps HF names onto
     vLLM's fused/sharded parameters, so each TP rank takes its shard of the full tensors."""
     worker.model_runner.model.load_weights(weights)
+    return True
+
+
+def load_shared_in_worker(worker: Any, payloads: list[bytes]) -> bool:
+    """Run by ``collective_rpc`` in every vLLM worker: open this rank's payload of a bucket from
+    ``share_weights`` (CUDA IPC handles to the trainer's buffer: no copy, nothing re-shared) and load
+    it through the model's own loader, which takes this rank's shard of each full tensor. The opened
+    tensors are dropped on return, which releases the trainer's bucket."""
+    from rollout_shims.sharing import open_payload
+
+    weights = open_payload(payloads[worker.rank])
+    worker.model_runner.model.load_weights(weights)
+    del weights
     return True
 
 
@@ -250,6 +265,13 @@ class VLLMEngine(RolloutEngine):
             named_tensors = [(n, t.detach().cpu()) for n, t in named_tensors]
         self._llm.collective_rpc(load_weights_in_worker, args=(named_tensors,))
         self._flush_cache()
+
+    def _update_weights_from(self, buckets: Iterator[SharedBucket]) -> None:
+        # Every band: collective_rpc with a function the worker runs (docs/shims.md, "Weights from
+        # another process", says why not the native weight-transfer API of 0.22+). Each worker picks
+        # its payload by rank; with TP x PP > 1 the list reaches the worker processes pickled (bytes).
+        for bucket in buckets:
+            self._llm.collective_rpc(load_shared_in_worker, args=(list(bucket.payloads),))
 
     def _offload(self) -> None:
         # Level 1 keeps a CPU copy of the weights, so onload() restores identical outputs.
