@@ -101,6 +101,33 @@ def share_weights(named_tensors: Mapping[str, Any] | Iterable[tuple[str, Any]], 
                     share_names)
 
 
+def synchronize_reads(weights: list[tuple[str, Any]]) -> None:
+    """Wait until the copies out of the trainer's bucket have run, before the engine says "loaded".
+
+    Why: torch's CUDA IPC counts references, not reads. A loader only queues its copies; once the
+    engine drops the opened tensors and asks for the next bucket, the trainer frees its buffer and
+    fills the next one, likely in the same memory, while copies queued behind other work on a shared
+    GPU may not have run yet: they would read the next bucket. Seen as a suspect on 2026-12-02 (the
+    SGLang runs of test_update_weights_from_another_process failed with three suites sharing the
+    GPU; docs/gpu.md). A synchronisation of the streams the tensors live on costs microseconds."""
+    import torch
+
+    devices = {t.device for _, t in weights if getattr(t, "is_cuda", False)}
+    for device in devices:
+        torch.cuda.current_stream(device).synchronize()
+
+
+def load_then_synchronize(model: Any, named_tensors: list[tuple[str, Any]]) -> None:
+    """SGLang's ``custom_weight_loader`` (0.4.8+; model_runner.py ``update_weights_from_tensor``): the
+    model's own ``load_weights``, then :func:`synchronize_reads`, inside the scheduler process."""
+    model.load_weights(named_tensors)
+    synchronize_reads(named_tensors)
+
+
+SGLANG_LOADER = f"{__name__}.load_then_synchronize"
+"""Its import path, as SGLang's ``custom_weight_loader`` and ``load_format`` name it."""
+
+
 def open_payload(payload: bytes) -> list[tuple[str, Any]]:
     """In the engine's process: the ``(name, tensor)`` list of one rank's payload, the tensors opened
     in place (the trainer's memory, not a copy). Open each payload once (see the module docstring)

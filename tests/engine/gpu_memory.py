@@ -17,20 +17,25 @@ import psutil
 
 
 def _per_process_mib() -> dict[int, int] | None:
-    """pid -> MiB of GPU memory, from the driver; None when it reports no process at all."""
+    """pid -> MiB of GPU memory, from the driver ({} while no process holds any: the baseline of a
+    suite that has not touched the GPU yet); None when the driver cannot be asked or answers in
+    a form it does not report processes in."""
     if not shutil.which("nvidia-smi"):
         return None
     try:
-        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=30, check=False).stdout
+        proc = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                              capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
+    if proc.returncode != 0:
+        return None
     rows: dict[int, int] = {}
-    for line in out.splitlines():
+    for line in proc.stdout.splitlines():
         pid, _, mib = line.partition(",")
-        if pid.strip().isdigit() and mib.strip().isdigit():
-            rows[int(pid)] = rows.get(int(pid), 0) + int(mib)
-    return rows or None
+        if not (pid.strip().isdigit() and mib.strip().isdigit()):
+            return None  # "[N/A]" or "[Not Supported]": no per-process accounting here
+        rows[int(pid)] = rows.get(int(pid), 0) + int(mib)
+    return rows
 
 
 def tree_pids() -> set[int]:

@@ -349,3 +349,20 @@ def test_update_weights_from_on_an_offloaded_engine_or_a_shim_without_it() -> No
         engine.update_weights_from(fake_bucket(0))
     with pytest.raises(UnsupportedFeatureError, match="not available in shim rec"):
         RecordingEngine(hook=False).update_weights_from(fake_bucket(0))
+
+
+def test_the_sglang_loader_loads_then_waits_for_the_copies(torch: Any) -> None:
+    """SGLang's custom_weight_loader hook gets (model, named_tensors): the shim's loader hands them to
+    the model's own load_weights, then synchronises (a no-op for CPU tensors), and its import path is
+    what SGLang imports it by."""
+    import importlib
+
+    from rollout_shims.sharing import SGLANG_LOADER, load_then_synchronize
+
+    module, _, name = SGLANG_LOADER.rpartition(".")
+    assert getattr(importlib.import_module(module), name) is load_then_synchronize
+    got = []
+    model = type("Model", (), {"load_weights": lambda self, weights: got.extend(weights)})()
+    weights = [("w", torch.ones(3))]
+    load_then_synchronize(model, weights)
+    assert got == weights

@@ -26,7 +26,7 @@ from rollout_shims.errors import EngineFailedError, EngineRequestError, EngineSt
 from rollout_shims.mapping import SGLANG_ARGS, SGLANG_FIXED, ArgRule, engine_kwargs
 from rollout_shims.outputs import int_list
 from rollout_shims.processes import OwnedProcesses
-from rollout_shims.sharing import SharedBucket
+from rollout_shims.sharing import SGLANG_LOADER, SharedBucket
 from rollout_shims.symbols import Symbol, required_problems, unavailable_features
 
 log = logging.getLogger("rollout_shims")
@@ -87,6 +87,7 @@ class SGLangEngine(RolloutEngine):
             raise EngineStateError("SGLang's Engine installs signal handlers: create it in the main thread")
         self.preflight()
         kwargs = self.engine_kwargs(config, detection.release)
+        self._custom_loaders = tuple(kwargs.get("custom_weight_loader") or ())
         from sglang.srt.entrypoints import engine as engine_module
 
         self._label = f"sglang {detection.release} (shim {detection.shim})"
@@ -131,9 +132,12 @@ class SGLangEngine(RolloutEngine):
         """``ServerArgs`` keywords for this config, checked against this release's fields."""
         from sglang.srt.server_args import ServerArgs
 
-        kwargs = engine_kwargs(cls.ARG_RULES, SGLANG_FIXED, config, cls.server_args_fields(ServerArgs), release)
+        fields = cls.server_args_fields(ServerArgs)
+        kwargs = engine_kwargs(cls.ARG_RULES, SGLANG_FIXED, config, fields, release)
         if "offload" in unavailable_features(cls.SYMBOLS):
             kwargs["enable_memory_saver"] = False
+        if "custom_weight_loader" in fields:  # 0.4.8+: shared weights load, then the scheduler syncs
+            kwargs["custom_weight_loader"] = [SGLANG_LOADER]
         return kwargs
 
     @classmethod
@@ -327,8 +331,11 @@ class SGLangEngine(RolloutEngine):
         after the last bucket."""
         from sglang.srt.managers.io_struct import UpdateWeightsFromTensorReqInput
 
+        # 0.4.8+: through the shim's loader, which waits for the copies before the trainer reuses its
+        # buffer (rollout_shims.sharing.synchronize_reads); older releases load with their own.
+        loader = SGLANG_LOADER if SGLANG_LOADER in (getattr(self, "_custom_loaders", None) or ()) else None
         request = UpdateWeightsFromTensorReqInput(
-            serialized_named_tensors=self._tensor_payloads(bucket), load_format=None, flush_cache=False)
+            serialized_named_tensors=self._tensor_payloads(bucket), load_format=loader, flush_cache=False)
         return self._loop.run_until_complete(self._engine.tokenizer_manager.update_weights_from_tensor(request, None))
 
     def _tensor_payloads(self, bucket: SharedBucket) -> Any:

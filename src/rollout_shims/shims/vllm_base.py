@@ -53,12 +53,15 @@ def load_shared_in_worker(worker: Any, payloads: list[bytes]) -> bool:
     ``share_weights`` (CUDA IPC handles to the trainer's buffer: no copy, nothing re-shared) and load
     it through the model's own loader, which takes this rank's shard of each full tensor. The opened
     tensors are dropped on return, which releases the trainer's bucket."""
-    from rollout_shims.sharing import open_payload
+    from rollout_shims.sharing import open_payload, synchronize_reads
 
     weights = open_payload(payloads[worker.rank])
     worker.model_runner.model.load_weights(weights)
+    synchronize_reads(weights)
     del weights
     return True
+
+
 def has_flat_logprobs(params_cls: Any) -> bool:
     """Whether vLLM's ``SamplingParams`` (a msgspec Struct) has ``flat_logprobs`` (0.12+, vLLM PR 28914):
     logprobs then come back as ``FlatLogprobs``, a few flat lists per sequence instead of a dict and a
