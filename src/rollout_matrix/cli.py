@@ -1,7 +1,9 @@
 """The ``rollout-matrix`` command: list, build, push, pull and test the matrix images.
 
-Every subcommand is a thin layer over the Python API the nox sessions use too; user errors are
-printed as one line (``rollout-matrix: error: ...``) with exit code 2, Ctrl-C exits 130.
+Every subcommand is a thin layer over the Python API the nox sessions use too. The checkout is the
+working directory's (the nearest matrix.yaml at or above it), named on stderr first; user errors are
+printed as one line (``rollout-matrix: error: ...``) with their class's exit code (docs/ci.md), Ctrl-C
+exits 130.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from rollout_matrix.checkout import describe
 from rollout_matrix.errors import INTERRUPTED, UserError
 from rollout_matrix.matrix import Entry, Matrix, load_matrix
 from rollout_matrix.options import BuildOptions
@@ -253,7 +256,8 @@ def cmd_bundle(args: argparse.Namespace, matrix: Matrix) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rollout-matrix", description=__doc__.splitlines()[0])
-    parser.add_argument("--matrix", help="path to matrix.yaml (default: the checkout's; env ROLLOUT_MATRIX_FILE)")
+    parser.add_argument("--matrix", help="path to matrix.yaml (default: the nearest at or above the working "
+                                         "directory; env ROLLOUT_MATRIX_FILE)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("list", help="the expanded matrix as a table (or --json)")
@@ -349,6 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_libraries()
     try:
         matrix = load_matrix(args.matrix)
+        print(f"rollout-matrix: {describe(matrix.path)}", file=sys.stderr)  # which checkout: see checkout.py
         return int(args.handler(args, matrix))
     except UserError as exc:
         print(f"rollout-matrix: error: {exc}", file=sys.stderr)
