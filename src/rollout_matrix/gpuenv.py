@@ -37,9 +37,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rollout_matrix import lockenv
+from rollout_matrix.atomic import write_atomic
+from rollout_matrix.checkout import find_matrix
+from rollout_matrix.entryname import check_entry_name
 from rollout_matrix.errors import UserError
 from rollout_matrix.lockfile import read_lock
-from rollout_matrix.manifest import MANIFEST, FileRecord, Manifest
+from rollout_matrix.manifest import HEX64, MANIFEST, FileRecord, Manifest, ManifestError, read_manifest
 from rollout_matrix.payload import sha256_file
 from rollout_matrix.results import JUNIT, LOG, RUN_JSON, RunRecord
 
@@ -47,7 +50,10 @@ if TYPE_CHECKING:
     from rollout_matrix.matrix import Entry
 
 ROOT = Path(os.environ.get("ROLLOUT_MATRIX_GPU_ROOT", "/tmp/rollout-matrix"))
-CHECKOUT = Path(__file__).resolve().parents[2]
+CHECKOUT = (find_matrix() or Path(__file__).resolve().parents[2] / "matrix.yaml").parent
+"""The working directory's checkout (as for the CLI), else the one this file is in."""
+FAILED_STEP, BAD_INPUT = 1, 2
+"""Exit codes (docs/gpu.md): a suite or script failed; bad input, or a step that could not run."""
 
 
 def _dirs() -> dict[str, Path]:
@@ -65,47 +71,100 @@ def log(message: str) -> None:
 
 
 def receive(parts: list[Path]) -> None:
-    """Move each part's chunks into the store (checking each against its name) and keep manifests."""
+    """Move each part's chunks into the store (checking each against its name) and keep manifests
+    (each checked whole before it is stored, through a temporary file and a rename).
+
+    A refused item (a damaged chunk or manifest, a folder where a file belongs, a tool wheel that does
+    not install) is one line; the rest of the part and the other parts are still received, and the
+    call then fails naming the first refusal, so nothing good is lost and nothing bad is kept.
+    """
     d = _dirs()
+    problems: list[str] = []
+    hashes: dict[str, str] = {}  # tool wheel -> sha256, from the manifests received here or stored
+    for manifest in _stored_manifests():
+        hashes.update(manifest.tools_sha256)
     for part in parts:
         if not part.is_dir():
-            raise UserError(f"{part}: no such part folder (was it named in carry?)")
+            problems.append(f"{part}: no such part folder (was it named in carry?)")
+            log(problems[-1])
+            continue
         moved = 0
         for item in sorted(part.iterdir()):
-            if item.name == MANIFEST:
-                text = item.read_text()
-                name = hashlib.sha256(text.encode()).hexdigest()[:16]
-                (d["manifests"] / f"{name}.json").write_text(text)
-            elif item.suffix == ".whl":
-                _install_tool(item, d["tools"])
-            elif len(item.name) == 64:
-                target = d["chunks"] / item.name
-                if target.is_file():
-                    continue
-                if sha256_file(item) != item.name:
-                    raise UserError(f"{item}: content does not match its name (corrupted in transfer); send "
-                                    f"the part again")
-                shutil.copyfile(item, target.with_name(item.name + ".tmp"))
-                target.with_name(item.name + ".tmp").replace(target)
-                moved += 1
+            try:
+                moved += _receive_item(item, d, hashes)
+            except UserError as exc:
+                problems.append(str(exc))
+                log(f"{part.name}: refused: {exc}")
         log(f"{part.name}: {moved} new chunks")
     status()
+    if problems:
+        more = f" (and {len(problems) - 1} more refusals above)" if len(problems) > 1 else ""
+        raise UserError(f"{problems[0]}{more}")
+
+
+def _receive_item(item: Path, d: dict[str, Path], hashes: dict[str, str]) -> int:
+    """Store one item of a part; the number of new chunks (0 or 1). Unknown names are left alone."""
+    chunk = len(item.name) == 64 and HEX64.fullmatch(item.name) is not None
+    if item.name != MANIFEST and item.suffix != ".whl" and not chunk:
+        return 0
+    if item.is_symlink() or not item.is_file():
+        raise UserError(f"{item}: is not a regular file (a folder or a link); send the part again")
+    if item.name == MANIFEST:
+        manifest = read_manifest(item)
+        text = item.read_text(encoding="utf-8")
+        name = hashlib.sha256(text.encode()).hexdigest()[:16]
+        write_atomic(d["manifests"] / f"{name}.json", text)
+        hashes.update(manifest.tools_sha256)
+        return 0
+    if item.suffix == ".whl":
+        want = hashes.get(item.name)
+        if want is not None and sha256_file(item) != want:
+            raise UserError(f"{item}: not the tool wheel the manifest names (sha256 differs); send part-000 again")
+        _install_tool(item, d["tools"])
+        return 0
+    target = d["chunks"] / item.name
+    if target.is_file():
+        return 0
+    if sha256_file(item) != item.name:
+        raise UserError(f"{item}: content does not match its name (corrupted in transfer); send the part again")
+    shutil.copyfile(item, target.with_name(item.name + ".tmp"))
+    target.with_name(item.name + ".tmp").replace(target)
+    return 1
 
 
 def _install_tool(wheel: Path, tools: Path) -> None:
     stamp = tools / f".{wheel.name}"
     if stamp.exists():
         return
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target",
-                    str(tools), str(wheel)], check=True)
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target",
+                           str(tools), str(wheel)], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
+        raise UserError(f"{wheel}: pip could not install it (exit {proc.returncode}: {last}); send part-000 again")
     stamp.touch()
+
+
+def _stored_manifests() -> list[Manifest]:
+    """The stored manifests that read back whole; a damaged one (stored before manifests were checked,
+    or cut short) is one warning line and skipped, so it never stops good bundles."""
+    found = []
+    for path in sorted(_dirs()["manifests"].glob("*.json")):
+        try:
+            found.append(read_manifest(path))
+        except ManifestError as exc:
+            if path not in _warned:
+                _warned.add(path)
+                log(f"warning: {exc}; ignored (receive that bundle's part-000 again, or delete the file)")
+    return found
+
+
+_warned: set[Path] = set()
 
 
 def manifests() -> dict[str, Manifest]:
     """Entry name -> the newest manifest that lists it."""
     found: dict[str, tuple[str, Manifest]] = {}
-    for path in sorted(_dirs()["manifests"].glob("*.json")):
-        manifest = Manifest.from_json(path.read_text())
+    for manifest in _stored_manifests():
         for name in manifest.entries:
             if name not in found or manifest.created > found[name][0]:
                 found[name] = (manifest.created, manifest)
@@ -311,33 +370,66 @@ def _complete(entry: str) -> bool:
     return manifest is not None and not missing_chunks(manifest, entry)
 
 
-def pipeline(entries: list[str], wait: int, pytest_args: list[str]) -> None:
+def check_entries(steps: list[str]) -> None:
+    """Refuse, at once, a step whose entry is not an entry of the checkout's matrix.yaml (a misspelt
+    entry used to wait for chunks that never come), with the nearest names; where matrix.yaml cannot
+    be read here (no yaml module), at least the shape of an entry name, before it becomes a path."""
+    names = [step.partition("=")[0] for step in steps]
+    try:
+        from rollout_matrix.matrix import load_matrix
+
+        matrix = load_matrix(CHECKOUT / "matrix.yaml")
+    except ModuleNotFoundError:
+        for name in names:
+            check_entry_name(name, "entry")
+        return
+    for name in names:
+        matrix.get(name)  # unknown: one line with the nearest names
+
+
+def pipeline(entries: list[str], wait: int, pytest_args: list[str]) -> int:
     """Steps in turn, one GPU user at a time: ``ENTRY`` waits for the entry's chunks, installs its venv
-    and runs the suite; ``ENTRY=SCRIPT ARGS`` runs a script in that venv (see :func:`run_script`)."""
+    and runs the suite; ``ENTRY=SCRIPT ARGS`` runs a script in that venv (see :func:`run_script`).
+    Returns :data:`BAD_INPUT` if a step could not run, else :data:`FAILED_STEP` if one failed, else 0."""
+    worst = 0
     for step in entries:
         entry, _, command = step.partition("=")
         deadline = time.monotonic() + wait
         while not _complete(entry) and time.monotonic() < deadline:
             time.sleep(2)
         try:
-            if command:
-                run_script(entry, command)
-            else:
-                run_suite(entry, pytest_args)
+            code = run_script(entry, command) if command else run_suite(entry, pytest_args)
+            worst = max(worst, FAILED_STEP if code else 0)
         except UserError as exc:
             log(f"{entry}: {exc}")
-    log("pipeline done")
+            worst = BAD_INPUT
+    log(f"pipeline done (exit {worst})")
+    return worst
 
 
 def collect(out: Path) -> None:
-    """Every entry's results (and the pipeline log) as ``gpu-results.tgz`` in ``out``."""
+    """Every entry's results (and the pipeline log) as ``gpu-results.tgz`` in ``out`` (through a
+    temporary file and a rename: a full or read-only disk leaves no half archive)."""
     d = _dirs()
-    out.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(out / "gpu-results.tgz", "w:gz") as tar:
-        tar.add(d["results"], arcname="gpu-results")
-        tar.add(d["logs"], arcname="gpu-logs")
+    target = out / "gpu-results.tgz"
+    tmp = out / f".gpu-results.tgz.tmp-{os.getpid()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(tmp, "w:gz") as tar:
+            tar.add(d["results"], arcname="gpu-results")
+            tar.add(d["logs"], arcname="gpu-logs")
+        tmp.replace(target)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise UserError(f"collect {out}: cannot write {target.name} there ({exc.strerror}); pass a writable "
+                        "folder, e.g. $OUT") from None
     for run_json in sorted(d["results"].glob(f"*/{RUN_JSON}")):
-        run = RunRecord.read(run_json)
+        try:
+            run = RunRecord.read(run_json)
+        except UserError as exc:
+            log(f"warning: {exc}")
+            continue
         log(f"{run.entry}: exit {run.exit_code} in {run.seconds}s")
 
 
@@ -364,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
         argv, pytest_args = argv[:cut], argv[cut + 1:]
     args = parser.parse_args(argv)
     try:
+        if args.command in ("install", "test", "pipeline"):
+            log(f"checkout {CHECKOUT}")
+            check_entries(args.entries if args.command == "pipeline" else [args.entry])
         if args.command == "receive":
             receive(args.parts)
         elif args.command == "status":
@@ -382,12 +477,12 @@ def main(argv: list[str] | None = None) -> int:
                                      cwd=CHECKOUT, env={**os.environ, "PYTHONPATH": str(CHECKOUT / "src")})
                 log(f"pipeline started in the background; log: {logfile}")
             else:
-                pipeline(args.entries, args.wait, pytest_args)
+                return pipeline(args.entries, args.wait, pytest_args)
         elif args.command == "collect":
             collect(args.out)
     except UserError as exc:
         print(f"gpuenv: error: {exc}", file=sys.stderr)
-        return 2
+        return BAD_INPUT
     return 0
 
 
