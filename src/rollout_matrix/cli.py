@@ -201,21 +201,21 @@ def cmd_drift(args: argparse.Namespace, matrix: Matrix) -> int:
 def cmd_new_release(args: argparse.Namespace, matrix: Matrix) -> int:
     from rollout_matrix.newrelease import new_release
 
-    found = new_release(matrix, args.engine, args.version)
-    listed = next((e for e in matrix if e.engine == args.engine and e.version == args.version), None)
+    found = new_release(matrix, args.engine, args.version)  # found.version: normal form (v0.22.1 -> 0.22.1)
+    listed = next((e for e in matrix if e.engine == args.engine and e.version == found.version), None)
     if listed is not None:
         print(f"{listed.name} is already in matrix.yaml (line {listed.line}); the line from its wheel:", file=sys.stderr)
         print(found.line())
         return 0
     if found.band_torch is None:
-        print(f"{args.engine} {args.version} pins torch {found.torch or '(none)'}: no band of matrix.yaml has that "
+        print(f"{args.engine} {found.version} pins torch {found.torch or '(none)'}: no band of matrix.yaml has that "
               f"torch; add a band (and a stack for its CUDA line) with this release:", file=sys.stderr)
     else:
-        print(f"{args.engine} {args.version} pins torch {found.torch}: add this line under the band with torch "
-              f"{found.band_torch} (stack {found.stack}), then run `rollout-matrix lock {args.engine}-{args.version}`:",
+        print(f"{args.engine} {found.version} pins torch {found.torch}: add this line under the band with torch "
+              f"{found.band_torch} (stack {found.stack}), then run `rollout-matrix lock {args.engine}-{found.version}`:",
               file=sys.stderr)
     if found.shim is None:
-        print(f"no rollout_shims band serves {args.engine} {args.version} yet: check the engine API it changed and add a "
+        print(f"no rollout_shims band serves {args.engine} {found.version} yet: check the engine API it changed and add a "
               "bands.yaml row and a shim class (docs/maintaining.md)", file=sys.stderr)
     print(found.line())
     return 0
