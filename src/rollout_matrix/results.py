@@ -78,10 +78,11 @@ def read_regular(path: Path, shown: str | None = None) -> bytes:
             raise ResultsError(f"{label}: is a symbolic link; results hold regular files only: copy the file "
                                "itself there") from None
         raise ResultsError(f"{label}: cannot be read ({exc.strerror}); check the file") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):  # a folder, a FIFO, a device: before fdopen, which refuses folders
+        os.close(fd)
+        raise ResultsError(f"{label}: is not a regular file; results hold regular files only")
     with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fh.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise ResultsError(f"{label}: is not a regular file; results hold regular files only")
         if info.st_size > limit:
             raise ResultsError(f"{label}: {info.st_size} bytes, over the {limit >> 20} MiB a {path.name} may have; "
                                "this is not the file a test run writes: run the tests again")
