@@ -29,6 +29,7 @@ from rollout_matrix.options import check_repository
 
 SCHEMA = 1
 DEFAULT_MATRIX = checkout.MATRIX_FILE
+MAX_MATRIX_BYTES = 8 << 20  # today's is 21 KB
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
 _CUDA_RE = re.compile(r"^\d+\.\d+$")
 _PYTHON_RE = re.compile(r"^3\.\d+$")
@@ -317,7 +318,10 @@ class _LineNode(yaml.Node):
 def _read_text(path: Path) -> str:
     """The file as UTF-8 text; anything else is one line naming the file (and the line of a bad byte)."""
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as fh:  # bounded: --matrix /dev/zero must not eat the memory
+            data = fh.read(MAX_MATRIX_BYTES + 1)
+        if len(data) > MAX_MATRIX_BYTES:
+            raise UserError(f"{path}: over {MAX_MATRIX_BYTES >> 20} MiB, not a matrix file; pass the matrix.yaml")
     except FileNotFoundError:
         raise UserError(f"{path}: no such file; run from the checkout or pass --matrix PATH") from None
     except IsADirectoryError:

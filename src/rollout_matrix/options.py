@@ -23,6 +23,9 @@ from rollout_matrix.lockfile import INDEX_URL
 DEFAULT_INDEX_URL = INDEX_URL
 SITE_FILE = "rollout-matrix.toml"
 SITE_ENV = "ROLLOUT_MATRIX_SITE"
+MAX_SITE_BYTES = 256 << 10
+_MIRROR = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::\d{1,5})?(?:/[a-z0-9._-]+)*/?")
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 _TOKEN = re.compile(r"[A-Za-z0-9_\-]{24,}")
 """A path segment this long and free of dots is a token or a key, not a directory name of a mirror."""
 _TOKEN_PREFIXES = ("pypi-AgE", "ghp_", "gho_", "ghs_", "ghu_", "github_pat_", "glpat-", "gldt-", "xoxb-", "xoxp-",
@@ -65,11 +68,17 @@ def read_site_file() -> dict[str, object]:
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib  # type: ignore[no-redef]
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as fh:  # bounded: ROLLOUT_MATRIX_SITE=/dev/zero must not eat the memory
+            raw = fh.read(MAX_SITE_BYTES + 1)
+        if len(raw) > MAX_SITE_BYTES:
+            raise UserError(f"{path}: over {MAX_SITE_BYTES >> 10} KiB, not a site file; fix {SITE_ENV} or the file")
+        data = tomllib.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path}: no such site file ({SITE_ENV}); fix the path or unset it") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory, not a site file; fix {SITE_ENV} or the path") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise UserError(f"{path}: not a readable TOML site file ({exc}); fix it") from None
+        raise UserError(f"{path}: not a readable TOML site file ({str(exc)[:160]}); fix it") from None
     site = data.get("site", {})
     if isinstance(site, dict):
         site = {str(k).replace("-", "_"): v for k, v in site.items()}
@@ -185,7 +194,10 @@ class BuildOptions:
             if f.name == "extra_ca_cert":
                 raw = Path(str(raw))
             elif f.name == "locked" and isinstance(raw, str):
-                raw = raw.lower() not in ("0", "false", "no")
+                if raw.strip().lower() not in _BOOLEANS:
+                    raise UserError(f"{ENV['locked']}={brief(raw, 20)} is neither 1 nor 0; set 1 (install the lock) "
+                                    "or 0 (resolve at build time)")
+                raw = _BOOLEANS[raw.strip().lower()]
             values[f.name] = raw
         opts = cls(**values)  # type: ignore[arg-type]
         opts.validate()
@@ -199,9 +211,13 @@ class BuildOptions:
             raise UserError(problem)
         if self.installer not in ("uv", "pip"):
             raise UserError(f"installer {self.installer!r} is not one of uv, pip; pass --installer uv")
+        if self.registry_mirror is not None and not _MIRROR.fullmatch(self.registry_mirror):
+            raise UserError("--registry-mirror is not HOST[:PORT][/PATH] (no scheme, no credentials, no spaces); "
+                            "pass e.g. mirror.example.com:5000")
         if self.extra_ca_cert is not None:
             if not self.extra_ca_cert.is_file():
-                raise UserError(f"extra CA certificate {self.extra_ca_cert} does not exist; pass an existing PEM file")
+                what = "does not exist" if not self.extra_ca_cert.exists() else "is not a file"
+                raise UserError(f"extra CA certificate {self.extra_ca_cert} {what}; pass an existing PEM file")
             data = self.extra_ca_cert.read_bytes()[:1_000_000]
             if b"-----BEGIN CERTIFICATE-----" not in data:
                 raise UserError(f"extra CA certificate {self.extra_ca_cert} holds no PEM certificate; "

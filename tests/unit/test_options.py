@@ -154,3 +154,39 @@ def test_site_file_values_of_the_wrong_type_are_one_line(tmp_path: Path, monkeyp
     with pytest.raises(UserError, match=message) as info:
         BuildOptions.from_env()
     assert "\n" not in str(info.value)
+
+
+def test_a_site_file_or_matrix_that_never_ends_is_refused_not_read_whole(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(SITE_ENV, "/dev/zero")
+    with pytest.raises(UserError, match=r"^/dev/zero: over 256 KiB, not a site file"):
+        BuildOptions.from_env()
+    monkeypatch.setenv(SITE_ENV, str(tmp_path))
+    with pytest.raises(UserError, match="is a directory, not a site file"):
+        BuildOptions.from_env()
+    from rollout_matrix.matrix import load_matrix
+
+    with pytest.raises(UserError, match=r"^/dev/zero: over 8 MiB, not a matrix file"):
+        load_matrix("/dev/zero")
+
+
+@pytest.mark.parametrize(("kwargs", "env", "message"), [
+    ({}, {"ROLLOUT_MATRIX_LOCKED": "maybe"}, "ROLLOUT_MATRIX_LOCKED='maybe' is neither 1 nor 0"),
+    ({"registry_mirror": "https://mirror.example.com"}, {}, "--registry-mirror is not HOST"),
+    ({"registry_mirror": f"user:{SECRET}@mirror.example.com"}, {}, "--registry-mirror is not HOST"),
+    ({"registry_mirror": "mirror example"}, {}, "--registry-mirror is not HOST"),
+    ({"extra_ca_cert": "/proc"}, {}, "extra CA certificate /proc is not a file"),
+])
+def test_other_options_out_of_their_shape_are_one_line(monkeypatch: pytest.MonkeyPatch, kwargs: dict, env: dict,
+                                                       message: str) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(UserError, match=message) as info:
+        BuildOptions.from_env(**kwargs)
+    assert SECRET not in str(info.value)
+
+
+@pytest.mark.parametrize(("value", "locked"), [("0", False), ("false", False), ("No", False), ("1", True), ("yes", True)])
+def test_locked_from_the_environment(monkeypatch: pytest.MonkeyPatch, value: str, locked: bool) -> None:
+    monkeypatch.setenv("ROLLOUT_MATRIX_LOCKED", value)
+    assert BuildOptions.from_env().locked is locked
