@@ -58,8 +58,12 @@ FAILED_STEP, BAD_INPUT = 1, 2
 
 def _dirs() -> dict[str, Path]:
     dirs = {k: ROOT / k for k in ("chunks", "manifests", "tools", "wheels", "envs", "results", "logs")}
-    for d in dirs.values():
-        d.mkdir(parents=True, exist_ok=True)
+    try:
+        for d in dirs.values():
+            d.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{ROOT}: cannot hold the GPU machine's state ({exc.strerror}); point "
+                        "ROLLOUT_MATRIX_GPU_ROOT at a writable folder") from None
     return dirs
 
 

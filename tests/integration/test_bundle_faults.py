@@ -288,3 +288,10 @@ def test_pipeline_exit_code_says_whether_a_step_failed_or_could_not_run(tmp_path
     assert gpuenv.pipeline([f"{ENTRY}=ok.py"], 0, []) == 0
     assert gpuenv.pipeline([f"{ENTRY}=bad.py", f"{ENTRY}=ok.py"], 0, []) == gpuenv.FAILED_STEP
     assert gpuenv.pipeline([f"{ENTRY}=bad.py", "tiny-2.0.0"], 0, []) == gpuenv.BAD_INPUT
+
+
+def test_a_state_folder_that_cannot_be_made_is_one_line(tmp_path: Path, locked: Matrix) -> None:
+    proc = gpuenv_cli("status", cwd=locked.path.parent, root=Path("/proc/rollout-matrix-gpu"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == ("gpuenv: error: /proc/rollout-matrix-gpu: cannot hold the GPU machine's state "
+                                   "(No such file or directory); point ROLLOUT_MATRIX_GPU_ROOT at a writable folder")
