@@ -73,3 +73,104 @@ def pypi() -> None:
         urllib.request.urlopen("https://pypi.org/simple/requests/", timeout=15).close()
     except OSError:
         pytest.skip("pypi.org is not reachable (set SSL_CERT_FILE behind a TLS proxy)")
+
+
+class FakeIndex:
+    """A package index on 127.0.0.1 speaking what rollout_matrix.pypi reads: the JSON simple API
+    (PEP 691/700) and wheel files answering HEAD and Range requests. Each release is one real wheel
+    (a zip whose METADATA carries the given Requires-Dist), so new-release reads it as it reads PyPI's."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.projects: dict[str, list[dict]] = {}
+        self.files: dict[str, bytes] = {}
+        self.fail_with: int | None = None  # answer every request with this HTTP status
+        index = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def _send(self, status: int, body: bytes, ctype: str, extra: dict | None = None,
+                      head: bool = False) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                for k, v in (extra or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                if not head:
+                    self.wfile.write(body)
+
+            def _answer(self, head: bool) -> None:
+                import json
+                import re
+
+                if index.fail_with:
+                    return self._send(index.fail_with, b"down", "text/plain", head=head)
+                m = re.fullmatch(r"/simple/([^/]+)/", self.path)
+                if m:
+                    files = index.projects.get(m.group(1))
+                    if files is None:
+                        return self._send(404, b"not found", "text/plain", head=head)
+                    body = json.dumps({"meta": {"api-version": "1.1"}, "name": m.group(1), "files": files}).encode()
+                    return self._send(200, body, "application/vnd.pypi.simple.v1+json", head=head)
+                m = re.fullmatch(r"/files/([^/]+)", self.path)
+                if not m or m.group(1) not in index.files:
+                    return self._send(404, b"not found", "text/plain", head=head)
+                data = index.files[m.group(1)]
+                rng = re.fullmatch(r"bytes=(\d+)-(\d+)", self.headers.get("Range", ""))
+                if rng:
+                    start, end = int(rng.group(1)), min(int(rng.group(2)), len(data) - 1)
+                    return self._send(206, data[start:end + 1], "application/octet-stream",
+                                      {"Content-Range": f"bytes {start}-{end}/{len(data)}"}, head)
+                return self._send(200, data, "application/octet-stream", head=head)
+
+            def do_GET(self) -> None:
+                self._answer(head=False)
+
+            def do_HEAD(self) -> None:
+                self._answer(head=True)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/simple"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def add(self, project: str, version: str, requires: list[str] | tuple[str, ...] = (), yanked: bool = False,
+            upload_time: str = "2026-11-16T23:50:58Z") -> None:
+        """One release of ``project``: a py3-none-any wheel whose METADATA lists ``requires``."""
+        import hashlib
+        import io
+        import zipfile
+
+        dist = project.replace("-", "_")
+        filename = f"{dist}-{version}-py3-none-any.whl"
+        metadata = "".join([f"Metadata-Version: 2.1\nName: {project}\nVersion: {version}\n",
+                            *(f"Requires-Dist: {r}\n" for r in requires)])
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            zf.writestr(f"{dist}/__init__.py", "")
+            zf.writestr(f"{dist}-{version}.dist-info/METADATA", metadata)
+        data = buf.getvalue()
+        self.files[filename] = data
+        base = self.url.rsplit("/simple", 1)[0]
+        self.projects.setdefault(project, []).append({
+            "filename": filename, "url": f"{base}/files/{filename}", "size": len(data),
+            "hashes": {"sha256": hashlib.sha256(data).hexdigest()}, "upload-time": upload_time,
+            "yanked": yanked,
+        })
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake_index():
+    """A :class:`FakeIndex`, served for the test and shut down after it."""
+    index = FakeIndex()
+    yield index
+    index.close()

@@ -318,11 +318,17 @@ def _make(matrix: Matrix, entries: list[Entry], locks: dict[str, tuple[Path, lis
 
     chunks = {c: (store / c).stat().st_size for r in records.values() for f in r.files for c in f.chunks}
     to_ship = {c: s for c, s in chunks.items() if c not in shipped}
-    groups = [[], *pack_parts(to_ship, limit)]  # part-000: the manifest and tools only (a light first call)
+    groups: list[dict[str, int]] = []  # per entry, in the order given: its chunks no earlier entry ships
+    seen: set[str] = set()
+    for record in records.values():
+        own = {c: to_ship[c] for f in record.files for c in f.chunks if c in to_ship and c not in seen}
+        seen |= set(own)
+        groups.append(own)
+    packed = [[], *pack_parts(groups, limit)]  # part-000: the manifest and tools only (a light first call)
     manifest = Manifest(
         format=BUNDLE_FORMAT, created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), python=python,
         payload=payload, part_mib=part_mib, entries=records, chunks=chunks,
-        parts=[{"name": f"part-{i:03d}", "chunks": g, "bytes": sum(to_ship[c] for c in g)} for i, g in enumerate(groups)],
+        parts=[{"name": f"part-{i:03d}", "chunks": g, "bytes": sum(to_ship[c] for c in g)} for i, g in enumerate(packed)],
         tools=[t.name for t in tools], tools_sha256={t.name: sha256_file(t) for t in tools},
     )
     for part in manifest.parts:
@@ -337,6 +343,10 @@ def _make(matrix: Matrix, entries: list[Entry], locks: dict[str, tuple[Path, lis
     (out / "part-000" / MANIFEST).write_text(text)
     for tool in tools:
         shutil.copy2(tool, out / "part-000" / tool.name)
+    where = {c: i for i, part in enumerate(manifest.parts) for c in part["chunks"]}
+    for name, record in records.items():
+        last = max((where[c] for f in record.files for c in f.chunks if c in where), default=0)
+        progress(f"{name}: complete after part-{last:03d}")
     progress(f"{len(records)} entries packed in {time.monotonic() - start:.0f}s")
     return manifest
 

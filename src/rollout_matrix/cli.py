@@ -17,6 +17,7 @@ from pathlib import Path
 
 from rollout_matrix.checkout import describe
 from rollout_matrix.errors import INTERRUPTED, UserError
+from rollout_matrix.lockfile import INDEX_URL
 from rollout_matrix.matrix import Entry, Matrix, load_matrix
 from rollout_matrix.options import BuildOptions
 from rollout_matrix.progress import Reporter, quiet_libraries
@@ -221,6 +222,29 @@ def cmd_new_release(args: argparse.Namespace, matrix: Matrix) -> int:
     return 0
 
 
+def cmd_watch(args: argparse.Namespace, matrix: Matrix) -> int:
+    """stdout: one line per release matrix.yaml lacks, nothing when none; everything else on stderr."""
+    from rollout_matrix.watch import line, watch, write_missing
+
+    result = watch(matrix, args.index_url, args.engine or None)
+    for found in result.missing:
+        print(line(found), flush=True)
+    for engine in result.engines:
+        print(engine.summary(), file=sys.stderr)
+    failed: list[str] = []
+    if args.write and result.missing:
+        reporter = Reporter("watch", sys.stderr)  # stdout holds the missing releases only
+        write_missing(matrix, result, reporter.line, jobs=args.jobs)
+        failed = [f"{name} not added" for name, _ in result.not_written]
+        failed += [f"lock of {r['entry']} (py{r['python']}) failed" for r in result.locks if not r["ok"]]
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+    if failed:
+        raise UserError(f"{'; '.join(failed)} (see the lines above): mark a release that cannot be installed "
+                        "`unavailable` in its own band, or list it under its engine's `left_out`, with the reason")
+    return 0
+
+
 def cmd_record(args: argparse.Namespace, matrix: Matrix) -> int:
     from rollout_matrix.results import record
 
@@ -251,6 +275,16 @@ def cmd_bundle(args: argparse.Namespace, matrix: Matrix) -> int:
     reporter = Reporter("bundle")
     make_bundle(matrix, matrix.select(args.entries), args.python, Path(args.out), part_mib=args.part_mib,
                 payload=args.payload, skip_from=[Path(p) for p in args.after], progress=reporter.line)
+    return 0
+
+
+def cmd_gpu_batch(args: argparse.Namespace, matrix: Matrix) -> int:
+    from rollout_matrix.bundle import default_cache
+    from rollout_matrix.gpubatch import cached_or_indexed, plan, proven_modes, render
+
+    entries = matrix.select(args.entries) if args.entries else None
+    lines = plan(matrix, args.python, cached_or_indexed(default_cache(), args.python), entries)
+    print("\n".join(render(lines, proven_modes(matrix.path.parent))))
     return 0
 
 
@@ -324,6 +358,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("engine", help="an engine of matrix.yaml, e.g. sglang")
     p.add_argument("version", help="the release, e.g. 0.5.3")
     p.set_defaults(handler=cmd_new_release)
+
+    p = sub.add_parser("watch", help="final releases on PyPI that matrix.yaml lacks, one line each (--write adds them)",
+                       description="Prints `ENGINE VERSION torch X band NAME|none` on stdout for every final release "
+                                   "on the index newer than the engine's oldest listed release that matrix.yaml "
+                                   "neither lists nor leaves out (`left_out`), and nothing when none is missing; "
+                                   "a summary and the pre-releases seen go to stderr. Exit 0; 6 when the index "
+                                   "cannot be read; with --write, 2 when a release could not be added or locked.")
+    p.add_argument("--write", action="store_true",
+                   help="add each missing release that joins an existing band to matrix.yaml and write its locks")
+    p.add_argument("--engine", action="append", metavar="ENGINE", help="only this engine (repeatable; default: all)")
+    p.add_argument("--json", metavar="FILE", help="also write what was found (and written) as JSON, for scripts")
+    p.add_argument("--index-url", default=INDEX_URL, help=f"the index's simple API (default {INDEX_URL})")
+    p.add_argument("--jobs", type=int, default=2, help="with --write: lock resolutions at a time (default 2)")
+    p.set_defaults(handler=cmd_watch)
+
+    p = sub.add_parser("gpu-batch", help="entries still to prove on a GPU (both modes), by CUDA line, with their parts",
+                       description="The next GPU batch to carry (docs/gpu.md): the targets (each band's oldest and "
+                                   "newest installable release, the newest of each (band, torch), matrix.yaml's "
+                                   "gpu_evidence_also) without committed GPU evidence of both modes, grouped by CUDA "
+                                   "line, with the parts a bundle of each line takes (exact where the wheels are in "
+                                   "the bundle cache, else from the index's sizes: ~).")
+    p.add_argument("entries", nargs="*", metavar="ENTRY", help="only these (default: the targets)")
+    p.add_argument("--python", default="3.12", help="the GPU machine's Python (default 3.12)")
+    p.set_defaults(handler=cmd_gpu_batch)
 
     p = sub.add_parser("record", help="promote local results/<entry> runs into the committed evidence",
                        description="Copies each run (junit.xml, run.json, pytest.log) into cpu-results/<entry> or "

@@ -31,7 +31,10 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,7 +42,6 @@ from typing import TYPE_CHECKING
 from rollout_matrix import lockenv
 from rollout_matrix.atomic import write_atomic
 from rollout_matrix.checkout import find_matrix
-from rollout_matrix.entryname import check_entry_name
 from rollout_matrix.errors import UserError
 from rollout_matrix.lockfile import read_lock
 from rollout_matrix.manifest import HEX64, MANIFEST, FileRecord, Manifest, ManifestError, read_manifest
@@ -52,8 +54,6 @@ if TYPE_CHECKING:
 ROOT = Path(os.environ.get("ROLLOUT_MATRIX_GPU_ROOT", "/tmp/rollout-matrix"))
 CHECKOUT = (find_matrix() or Path(__file__).resolve().parents[2] / "matrix.yaml").parent
 """The working directory's checkout (as for the CLI), else the one this file is in."""
-FAILED_STEP, BAD_INPUT = 1, 2
-"""Exit codes (docs/gpu.md): a suite or script failed; bad input, or a step that could not run."""
 
 
 def _dirs() -> dict[str, Path]:
@@ -207,8 +207,20 @@ def reassemble(record: FileRecord, payload_kind: str, target_dir: Path) -> Path:
     return lockenv.reassemble(record, payload_kind, _dirs()["chunks"], target_dir, _zstd)
 
 
+_INSTALLING: dict[str, threading.Lock] = {}
+_INSTALLING_GUARD = threading.Lock()
+
+
 def install(entry: str, jobs: int = 8) -> Path:
-    """A venv at ``envs/<entry>`` holding exactly the entry's lock (idempotent)."""
+    """A venv at ``envs/<entry>`` holding exactly the entry's lock (idempotent; steps of one entry that
+    run side by side, a suite and a benchmark say, build it once: the second waits for the first)."""
+    with _INSTALLING_GUARD:
+        guard = _INSTALLING.setdefault(entry, threading.Lock())
+    with guard:
+        return _install(entry, jobs)
+
+
+def _install(entry: str, jobs: int) -> Path:
     d = _dirs()
     if (d["envs"] / entry / lockenv.STAMP).is_file():
         log(f"{entry}: venv ready ({d['envs'] / entry})")
@@ -288,8 +300,12 @@ def system_packages(entry: Entry | None) -> dict[str, str]:
     return state
 
 
-def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = 900) -> int:
-    """tests/engine in the entry's venv: JUnit, log and run.json under ``results/<entry>/``."""
+def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = 900,
+              sharing: dict[str, str] | None = None) -> int:
+    """tests/engine in the entry's venv: JUnit, log and run.json under ``results/<entry>/``.
+
+    ``sharing``: the environment that lets this suite share the GPU with suites running at the same
+    time (the lock file and each suite's memory fraction; tests/engine/gpu_share.py)."""
     d = _dirs()
     env = install(entry)
     manifest = manifests()[entry]
@@ -309,7 +325,7 @@ def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = 9
                 "this machine does not have (or cannot tell); install them, or expect failures at import")
     environ = {**os.environ, "PYTHONPATH": str(CHECKOUT / "src"), "ROLLOUT_MATRIX_ENTRY": entry,
                "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "HF_HUB_OFFLINE": "1",
-               "TRANSFORMERS_OFFLINE": "1", "PATH": f"{env / 'bin'}:{os.environ.get('PATH', '')}"}
+               "TRANSFORMERS_OFFLINE": "1", "PATH": f"{env / 'bin'}:{os.environ.get('PATH', '')}", **(sharing or {})}
     cmd = [str(python), "-m", "pytest", str(CHECKOUT / "tests" / "engine"), "-s", "-v", "-p", "no:cacheprovider",
            f"--junitxml={out / JUNIT}", "-o", f"junit_suite_name={entry}", "-o", "junit_family=xunit1",
            "--rootdir", str(CHECKOUT),
@@ -334,7 +350,8 @@ def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = 9
     run = RunRecord(
         entry=entry, kind="gpu" if facts.get("cuda_devices") else "cpu", environment="bundle",
         started=started.isoformat(timespec="seconds"), seconds=round(time.monotonic() - t0, 1), exit_code=code,
-        shim=_shim(described), machine=facts, pytest_args=list(pytest_args or []),
+        shim=_shim(described), machine={**facts, **({"gpu_shared_with_parallel_suites": sharing} if sharing else {})},
+        pytest_args=list(pytest_args or []),
         lock={"path": record.lock, "sha256": record.lock_sha256, "inputs_hash": lock.header.inputs_hash,
               "packages": len(lock.versions)},
     )
@@ -345,12 +362,14 @@ def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = 9
 
 def run_script(entry: str, command: str, timeout: int = 300) -> int:
     """``python SCRIPT ARGS`` (``command``) in the entry's venv; output and exit code under
-    ``results/<entry>/scripts.log`` (diagnostics next to the suite, e.g. tools/gpu/*.py)."""
+    ``results/<entry>/scripts.log`` (diagnostics or benchmarks next to the suite). ``timeout``: the
+    script's own limit (``pipeline --script-timeout``); a benchmark budgets itself to fit it."""
     env = install(entry)
     out = _dirs()["results"] / entry
     out.mkdir(parents=True, exist_ok=True)
     environ = {**os.environ, "PYTHONPATH": str(CHECKOUT / "src"), "PYTHONUNBUFFERED": "1",
-               "HF_HUB_OFFLINE": "1", "PATH": f"{env / 'bin'}:{os.environ.get('PATH', '')}"}
+               "HF_HUB_OFFLINE": "1", "PATH": f"{env / 'bin'}:{os.environ.get('PATH', '')}",
+               "ROLLOUT_MATRIX_RESULTS": str(out), "ROLLOUT_MATRIX_SCRIPT_TIMEOUT": str(timeout)}
     t0 = time.monotonic()
     with open(out / "scripts.log", "ab") as logf:
         logf.write(f"$ python {command}\n".encode())
@@ -374,41 +393,102 @@ def _complete(entry: str) -> bool:
     return manifest is not None and not missing_chunks(manifest, entry)
 
 
-def check_entries(steps: list[str]) -> None:
-    """Refuse, at once, a step whose entry is not an entry of the checkout's matrix.yaml (a misspelt
-    entry used to wait for chunks that never come), with the nearest names; where matrix.yaml cannot
-    be read here (no yaml module), at least the shape of an entry name, before it becomes a path."""
-    names = [step.partition("=")[0] for step in steps]
+@dataclass(frozen=True)
+class Plan:
+    """How ``pipeline`` runs its steps (see :func:`pipeline`)."""
+
+    wait: int = 1500
+    parallel: int = 1
+    memory_fraction: float | None = None
+    suite_timeout: int = 900
+    script_timeout: int = 300
+
+    def fraction(self) -> float:
+        """Each suite's share of the GPU: the suite's own default alone, less when several run at once,
+        so that every engine of every suite fits beside the others' (with room for the references)."""
+        if self.memory_fraction is not None:
+            return self.memory_fraction
+        return 0.4 if self.parallel == 1 else round(min(0.4, 0.8 / self.parallel), 2)
+
+    def sharing(self) -> dict[str, str] | None:
+        if self.parallel == 1 and self.memory_fraction is None:
+            return None
+        return {"ROLLOUT_MATRIX_GPU_LOCK": str(ROOT / "gpu.lock"),
+                "ROLLOUT_MATRIX_GPU_MEMORY_FRACTION": str(self.fraction())}
+
+
+PROBE = """
+import json, os, subprocess, sys, torch
+held = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+rows = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                      capture_output=True, text=True, timeout=60).stdout
+mine = [int(m) for p, _, m in (r.partition(",") for r in rows.splitlines()) if p.strip() == str(os.getpid())
+        and m.strip().isdigit()]
+print(json.dumps({"per_process_memory": bool(mine) and mine[0] >= 256, "torch": torch.__version__}))
+"""
+
+
+def probe() -> dict:
+    """What the machine offers the suites, checked before the bulk of a bundle arrives: whether the
+    driver reports GPU memory per process (suites can only share the GPU if it does:
+    tests/engine/gpu_memory.py), the distro libraries matrix.yaml's system_packages name, its cores.
+    Written to ``probe.json`` under the root; ``pipeline --parallel auto`` reads it."""
+    facts: dict = {"cores": os.cpu_count(), "gpus": _query(["nvidia-smi", "--query-gpu=name,memory.total",
+                                                             "--format=csv,noheader"]).splitlines()}
+    out = _query([sys.executable, "-c", PROBE])
+    facts.update(json.loads(out.splitlines()[-1]) if out.strip().startswith("{") else {"per_process_memory": False})
+    libraries = _query(["ldconfig", "-p"])
+    facts["ffmpeg_libraries"] = sorted({m.group(0) for m in re.finditer(r"lib(?:avutil|avcodec|avformat)\.so\.\d+",
+                                                                         libraries)})
+    (_dirs()["logs"].parent / "probe.json").write_text(json.dumps(facts, indent=1))
+    log(f"probe: {json.dumps(facts)}")
+    return facts
+
+
+def auto_parallel() -> int:
+    """Suites side by side only where the driver reports memory per process (else one at a time)."""
+    path = ROOT / "probe.json"
+    facts = json.loads(path.read_text()) if path.is_file() else probe()
+    return 3 if facts.get("per_process_memory") else 1
+
+
+def check_steps(steps: list[str]) -> None:
+    """Refuse, before any wait, a step whose entry matrix.yaml does not have (a misspelt entry would
+    otherwise wait ``--wait`` seconds for chunks that never come)."""
+    unknown = [step.partition("=")[0] for step in steps if matrix_entry(step.partition("=")[0]) is None]
+    if unknown:
+        raise UserError(f"not in matrix.yaml: {', '.join(unknown)}; name entries as `rollout-matrix list` shows them")
+
+
+def _run_step(step: str, plan: Plan, pytest_args: list[str]) -> int:
+    entry, _, command = step.partition("=")
+    deadline = time.monotonic() + plan.wait
+    while not _complete(entry) and time.monotonic() < deadline:
+        time.sleep(2)
     try:
-        from rollout_matrix.matrix import load_matrix
-
-        matrix = load_matrix(CHECKOUT / "matrix.yaml")
-    except ModuleNotFoundError:
-        for name in names:
-            check_entry_name(name, "entry")
-        return
-    for name in names:
-        matrix.get(name)  # unknown: one line with the nearest names
+        if command:
+            return run_script(entry, command, plan.script_timeout)
+        return run_suite(entry, pytest_args, plan.suite_timeout, plan.sharing())
+    except UserError as exc:
+        log(f"{entry}: {exc}")
+        return 2
 
 
-def pipeline(entries: list[str], wait: int, pytest_args: list[str]) -> int:
-    """Steps in turn, one GPU user at a time: ``ENTRY`` waits for the entry's chunks, installs its venv
-    and runs the suite; ``ENTRY=SCRIPT ARGS`` runs a script in that venv (see :func:`run_script`).
-    Returns :data:`BAD_INPUT` if a step could not run, else :data:`FAILED_STEP` if one failed, else 0."""
-    worst = 0
-    for step in entries:
-        entry, _, command = step.partition("=")
-        deadline = time.monotonic() + wait
-        while not _complete(entry) and time.monotonic() < deadline:
-            time.sleep(2)
-        try:
-            code = run_script(entry, command) if command else run_suite(entry, pytest_args)
-            worst = max(worst, FAILED_STEP if code else 0)
-        except UserError as exc:
-            log(f"{entry}: {exc}")
-            worst = BAD_INPUT
-    log(f"pipeline done (exit {worst})")
-    return worst
+def pipeline(steps: list[str], plan: Plan, pytest_args: list[str]) -> int:
+    """Run the steps in order, ``plan.parallel`` at a time: ``ENTRY`` waits for the entry's chunks,
+    installs its venv and runs the suite; ``ENTRY=SCRIPT ARGS`` runs a script in that venv (see
+    :func:`run_script`). Several suites at once share the GPU through a lock (their engine starts one
+    at a time, everything else together; tests/engine/gpu_share.py) and each gets ``plan.fraction()``
+    of its memory. Returns 0 when every step passed, else 1."""
+    check_steps(steps)
+    if plan.parallel > 1:
+        log(f"{plan.parallel} steps at a time, each suite's engines at {plan.fraction()} of the GPU")
+    with ThreadPoolExecutor(max_workers=plan.parallel) as pool:
+        codes = dict(zip(steps, pool.map(lambda step: _run_step(step, plan, pytest_args), steps), strict=True))
+    failed = [step for step, code in codes.items() if code != 0]
+    log(f"pipeline done: {len(steps) - len(failed)} of {len(steps)} steps passed"
+        + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 def collect(out: Path) -> None:
@@ -437,12 +517,25 @@ def collect(out: Path) -> None:
         log(f"{run.entry}: exit {run.exit_code} in {run.seconds}s")
 
 
+def _parallel(text: str) -> int:
+    """``auto`` (0: decided by :func:`auto_parallel`) or a whole number >= 1."""
+    return 0 if text == "auto" else _positive(text)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: give a whole number >= 1")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rollout_matrix.gpuenv", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("receive")
     p.add_argument("parts", nargs="+", type=Path)
     sub.add_parser("status")
+    sub.add_parser("probe", help="what the machine offers the suites (per-process GPU memory, FFmpeg, cores)")
     p = sub.add_parser("install")
     p.add_argument("entry")
     p = sub.add_parser("test")
@@ -451,6 +544,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("entries", nargs="+")
     p.add_argument("--background", action="store_true", help="detach (setsid) and log to logs/pipeline.log")
     p.add_argument("--wait", type=int, default=1500, help="seconds to wait for an entry's chunks")
+    p.add_argument("--parallel", type=_parallel, default=1,
+                   help="steps at a time, sharing the GPU (default 1; auto: 3 where the driver reports memory per "
+                        "process, see `probe`, else 1)")
+    p.add_argument("--memory-fraction", type=float, default=None,
+                   help="each suite's engines' share of GPU memory (default 0.4 alone, 0.8/N with --parallel N)")
+    p.add_argument("--suite-timeout", type=_positive, default=900, help="seconds one suite may run")
+    p.add_argument("--script-timeout", type=_positive, default=300, help="seconds one ENTRY=SCRIPT step may run")
     p = sub.add_parser("collect")
     p.add_argument("out", type=Path)
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -461,32 +561,45 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command in ("install", "test", "pipeline"):
-            log(f"checkout {CHECKOUT}")
-            check_entries(args.entries if args.command == "pipeline" else [args.entry])
+            log(f"checkout {CHECKOUT}")  # the working directory's (checkout.py), where its locks are read
+        if args.command in ("install", "test"):
+            check_steps([args.entry])  # before the name becomes a path (envs/<entry>, results/<entry>)
         if args.command == "receive":
             receive(args.parts)
         elif args.command == "status":
             status()
+        elif args.command == "probe":
+            probe()
         elif args.command == "install":
             install(args.entry)
         elif args.command == "test":
             return run_suite(args.entry, pytest_args)
         elif args.command == "pipeline":
+            if args.parallel == 0:
+                args.parallel = auto_parallel()
+            plan = Plan(wait=args.wait, parallel=args.parallel, memory_fraction=args.memory_fraction,
+                        suite_timeout=args.suite_timeout, script_timeout=args.script_timeout)
+            if args.memory_fraction is not None and not 0.02 <= args.memory_fraction <= 0.95:
+                raise UserError(f"--memory-fraction {args.memory_fraction}: give a fraction between 0.02 and 0.95")
+            check_steps(args.entries)
             if args.background:
                 logfile = _dirs()["logs"] / "pipeline.log"
                 cmd = [sys.executable, "-m", "rollout_matrix.gpuenv", "pipeline", *args.entries, "--wait",
-                       str(args.wait), *(["--", *pytest_args] if pytest_args else [])]
+                       str(args.wait), "--parallel", str(args.parallel), "--suite-timeout", str(args.suite_timeout),
+                       "--script-timeout", str(args.script_timeout),
+                       *(["--memory-fraction", str(args.memory_fraction)] if args.memory_fraction is not None else []),
+                       *(["--", *pytest_args] if pytest_args else [])]
                 with open(logfile, "ab") as fh:
                     subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
                                      cwd=CHECKOUT, env={**os.environ, "PYTHONPATH": str(CHECKOUT / "src")})
                 log(f"pipeline started in the background; log: {logfile}")
             else:
-                return pipeline(args.entries, args.wait, pytest_args)
+                return pipeline(args.entries, plan, pytest_args)
         elif args.command == "collect":
             collect(args.out)
     except UserError as exc:
         print(f"gpuenv: error: {exc}", file=sys.stderr)
-        return BAD_INPUT
+        return 2
     return 0
 
 

@@ -231,19 +231,26 @@ def _holds(path: Path, block: bytes) -> bool:
         return False
 
 
-def pack_parts(chunks: dict[str, int], limit: int) -> list[list[str]]:
-    """First-fit decreasing: chunk names grouped into parts of at most ``limit`` bytes each."""
+def pack_parts(groups: list[dict[str, int]], limit: int) -> list[list[str]]:
+    """Chunk names grouped into parts of at most ``limit`` bytes each, group after group.
+
+    Each group (one entry's chunks, in the order the entries are given) is packed first-fit
+    decreasing into the previous group's last part and new ones, never into earlier parts: so the
+    machine has every chunk of the first entry after the first few parts, and can install and test it
+    while the rest arrive. Groups must not share chunks (a shared chunk belongs to the first)."""
     parts: list[list[str]] = []
     room: list[int] = []
-    for name, size in sorted(chunks.items(), key=lambda kv: (-kv[1], kv[0])):
-        for i, free in enumerate(room):
-            if size <= free:
-                parts[i].append(name)
-                room[i] -= size
-                break
-        else:
-            parts.append([name])
-            room.append(limit - size)
+    for chunks in groups:
+        first_open = max(0, len(parts) - 1)
+        for name, size in sorted(chunks.items(), key=lambda kv: (-kv[1], kv[0])):
+            for i in range(first_open, len(parts)):
+                if size <= room[i]:
+                    parts[i].append(name)
+                    room[i] -= size
+                    break
+            else:
+                parts.append([name])
+                room.append(limit - size)
     return parts
 
 

@@ -141,6 +141,12 @@ class Matrix:
     entries: dict[str, Entry] = field(default_factory=dict)
     lock_pythons: tuple[str, ...] = ()
     """Pythons every entry is locked for besides its stack's own (test bases, the GPU machine)."""
+    left_out: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(engine, version) -> why: final releases on the index the matrix leaves out on purpose (an
+    engine's ``left_out``), so that ``rollout-matrix watch`` stops reporting them as missing."""
+    gpu_evidence_also: dict[str, str] = field(default_factory=dict)
+    """entry -> why: releases whose GPU evidence matters beyond each band's oldest and newest (an
+    engine's ``gpu_evidence_also``: the ones peers pin); ``rollout-matrix gpu-batch`` lists them too."""
 
     def __iter__(self) -> Iterator[Entry]:
         return iter(self.entries.values())
@@ -302,6 +308,8 @@ def load_matrix(path: str | os.PathLike[str] | None = None) -> Matrix:
                 raise ctx.fail(None if not entry.line else _LineNode(entry.line),
                                f"release {entry.name} is listed twice (first at line {first}); keep one")
             matrix.entries[entry.name] = entry
+        matrix.left_out.update(_load_left_out(ctx, engine_name, engine_node, matrix))
+        matrix.gpu_evidence_also.update(_load_gpu_evidence_also(ctx, engine_name, engine_node, matrix))
     if not matrix.entries:
         raise ctx.fail(top["engines"][1], "no releases listed; add at least one under engines")
     return matrix
@@ -352,11 +360,48 @@ def _load_stacks(ctx: _Ctx, node: yaml.Node) -> dict[str, Stack]:
     return stacks
 
 
+def _load_left_out(ctx: _Ctx, engine: str, node: yaml.Node, matrix: Matrix) -> dict[tuple[str, str], str]:
+    """An engine's ``left_out: {"VERSION": "why", ...}``: releases deliberately not listed. A release
+    cannot be both listed and left out (one of the two would be a mistake)."""
+    items = ctx.mapping(node, f"engines.{engine}")
+    if "left_out" not in items:
+        return {}
+    out: dict[tuple[str, str], str] = {}
+    for version, (vkey, why) in ctx.mapping(items["left_out"][1], f"engines.{engine}.left_out").items():
+        version = ctx.version(vkey, f"engines.{engine}.left_out key")
+        reason = ctx.string(why, f"engines.{engine}.left_out {version}", example="why it is not listed")
+        if not reason.strip():
+            raise ctx.fail(why, f"engines.{engine}.left_out {version}: say why it is left out")
+        listed = matrix.entries.get(f"{engine}-{version}")
+        if listed is not None:
+            raise ctx.fail(vkey, f"{engine} {version} is left out here but listed at line {listed.line}; "
+                                 "remove one of the two")
+        out[(engine, version)] = reason
+    return out
+
+
+def _load_gpu_evidence_also(ctx: _Ctx, engine: str, node: yaml.Node, matrix: Matrix) -> dict[str, str]:
+    """An engine's ``gpu_evidence_also: {"VERSION": "why", ...}``: listed releases only."""
+    items = ctx.mapping(node, f"engines.{engine}")
+    if "gpu_evidence_also" not in items:
+        return {}
+    out: dict[str, str] = {}
+    what = f"engines.{engine}.gpu_evidence_also"
+    for version, (vkey, why) in ctx.mapping(items["gpu_evidence_also"][1], what).items():
+        version = ctx.version(vkey, f"{what} key")
+        reason = ctx.string(why, f"{what} {version}", example="which peer pins it")
+        if f"{engine}-{version}" not in matrix.entries:
+            raise ctx.fail(vkey, f"{what}: {engine} {version} is not listed under its bands; list it first")
+        out[f"{engine}-{version}"] = reason
+    return out
+
+
 def _load_engine(ctx: _Ctx, engine: str, node: yaml.Node, stacks: dict[str, Stack],
                  test_reqs: tuple[str, ...]) -> Iterator[Entry]:
     what = f"engines.{engine}"
     items = ctx.mapping(node, what)
-    ctx.keys(items, what, {"package", "requirement", "bands"}, {"system_packages"}, node)
+    ctx.keys(items, what, {"package", "requirement", "bands"}, {"system_packages", "left_out", "gpu_evidence_also"},
+             node)
     engine_system = tuple(ctx.package_names(items["system_packages"][1], f"{what}.system_packages")) \
         if "system_packages" in items else ()
     package = ctx.string(items["package"][1], f"{what}.package")

@@ -17,6 +17,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from rollout_matrix.errors import UserError, brief
+from rollout_matrix.lockfile import INDEX_URL
 from rollout_matrix.matrix import Entry, Matrix
 from rollout_matrix.pypi import requires_dist
 
@@ -104,7 +105,13 @@ def normal_version(version: str) -> str:
             from None
 
 
-def new_release(matrix: Matrix, engine: str, version: str) -> NewRelease:
+def joining_entry(entries: list[Entry], torch: str | None) -> Entry | None:
+    """The entry whose band a release pinning ``torch`` joins: the last installable one with that torch
+    (so the last release of its band), None when no band has it."""
+    return next((e for e in reversed(entries) if e.torch == torch and not e.unavailable), None)
+
+
+def new_release(matrix: Matrix, engine: str, version: str, index_url: str = INDEX_URL) -> NewRelease:
     """The line for ``engine`` ``version`` (any spelling of it; the result carries the normal form) and
     the band of matrix.yaml it belongs to."""
     entries = [e for e in matrix if e.engine == engine]
@@ -118,11 +125,11 @@ def new_release(matrix: Matrix, engine: str, version: str) -> NewRelease:
                         "(the shims refuse pre-releases too)")
     template = nearest_entry(entries, version)
     requirement = Requirement(template.requirement.replace(template.version, version))
-    pins = exact_pins(template.package, requires_dist(template.package, version), set(requirement.extras))
+    pins = exact_pins(template.package, requires_dist(template.package, version, index_url), set(requirement.extras))
     torch = pins.pop("torch", None)
     tracked = {name for e in entries for name, _ in e.pins}
     kept = {n: v for n, v in pins.items() if n in tracked or any(h in n for h in KERNEL_HINTS)}
-    band = next((e for e in reversed(entries) if e.torch == torch and not e.unavailable), None)
+    band = joining_entry(entries, torch)
     from rollout_shims.bands import band_for
 
     shim_band = band_for(engine, Version(version))

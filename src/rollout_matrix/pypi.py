@@ -27,7 +27,7 @@ from packaging.utils import (
 )
 from packaging.version import InvalidVersion, Version
 
-from rollout_matrix.errors import UserError
+from rollout_matrix.errors import RegistryError, UserError
 from rollout_matrix.lockfile import INDEX_URL
 
 _ACCEPT = "application/vnd.pypi.simple.v1+json"
@@ -90,9 +90,10 @@ def project_files(project: str, index_url: str = INDEX_URL) -> tuple[IndexFile, 
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
             raise UserError(f"{project} is not on {index_url}; check the package name") from None
-        raise UserError(f"{url}: HTTP {exc.code}; retry later") from None
+        raise RegistryError(f"{url}: HTTP {exc.code}; retry later") from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise UserError(f"cannot read {url} ({exc}); check the network/proxy (SSL_CERT_FILE)") from None
+        # the index could not be read (no route, DNS, TLS, a cut-off answer): exit code 6, as a registry
+        raise RegistryError(f"cannot read {url} ({exc}); check the network/proxy (SSL_CERT_FILE)") from None
     files = tuple(
         IndexFile(
             filename=f["filename"], url=f["url"], sha256=f.get("hashes", {}).get("sha256", ""),
@@ -165,6 +166,8 @@ def requires_dist(project: str, version: str, index_url: str = INDEX_URL) -> lis
         with zipfile.ZipFile(io.BufferedReader(_RemoteFile(wheel.url), buffer_size=1 << 16)) as zf:
             name = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
             text = zf.read(name).decode("utf-8")
-    except (OSError, zipfile.BadZipFile, StopIteration, KeyError, ValueError) as exc:
+    except OSError as exc:  # the HEAD or a range request failed: the index, not the wheel
+        raise RegistryError(f"cannot read the METADATA of {wheel.filename} ({exc}); check the network and retry") from None
+    except (zipfile.BadZipFile, StopIteration, KeyError, ValueError) as exc:
         raise UserError(f"cannot read the METADATA of {wheel.filename} ({exc.__class__.__name__}); retry") from None
     return email.message_from_string(text).get_all("Requires-Dist") or []

@@ -364,9 +364,10 @@ def committed(root: Path, kind: str) -> dict[str, Evidence]:
             continue  # staging of a record in progress, or not a run (gpu-results/history)
         label = f"{EVIDENCE_DIRS[kind]}/{folder.name}/{RUN_JSON}"
         try:
-            if folder.is_symlink():
-                raise ResultsError(f"{EVIDENCE_DIRS[kind]}/{folder.name}: is a symbolic link; evidence folders are "
-                                   "written by `rollout-matrix record` only")
+            linked = [p.name for p in (folder, folder / RUN_JSON, folder / JUNIT, folder / LOG) if p.is_symlink()]
+            if linked:
+                raise ResultsError(f"{EVIDENCE_DIRS[kind]}/{folder.name}: {linked[0]} is a symbolic link; evidence is "
+                                   "written by `rollout-matrix record` only, as regular files")
             evidence = load(folder, kind, root)
             assert evidence.run is not None
             if evidence.entry != folder.name:

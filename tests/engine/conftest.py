@@ -9,10 +9,11 @@ Without any engine installed the whole suite is skipped, saying so.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from gpu_share import SHARE
 
 from rollout_shims.detect import Detection, detect, installed_versions
 from rollout_shims.shims import shim_class
@@ -20,8 +21,18 @@ from rollout_shims.shims import shim_class
 ENTRY_ENV = "ROLLOUT_MATRIX_ENTRY"
 
 
+MODES = ("graphs", "eager")
+"""Every GPU test runs in both: CUDA graphs (what users run by default, and where offload bugs live:
+graphs keep pointers into memory that offload releases) and eager (``enforce_eager``)."""
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped, with the reason, without one)")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # This process's GPU memory goes at exit: never while another suite's engine starts.
+    SHARE.hold_until_exit()
 
 
 def expected_entry() -> tuple[str, str] | None:
@@ -70,12 +81,32 @@ def shim(detection: Detection) -> type:
 
 @pytest.fixture(scope="session")
 def cuda_devices() -> int:
-    """Number of visible CUDA devices (0 when torch or a GPU is missing)."""
+    """Number of visible CUDA devices (0 when torch or a GPU is missing; the CPU dry run's stand-in
+    device counts as one, tests/engine/dryrun_engine.py)."""
+    if os.environ.get("ROLLOUT_MATRIX_TEST_DEVICE") == "cpu":
+        return 1
     try:
         import torch
     except ImportError:
         return 0
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@pytest.fixture(scope="module", params=MODES)
+def mode(request: pytest.FixtureRequest) -> str:
+    """``graphs`` or ``eager``: the test ids carry the word."""
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _gpu_share(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Tests that work on the suite's engine hold the GPU shared (see tests/engine/gpu_share.py);
+    the rest (CPU tests, tests that run engines in subprocesses, which lock for themselves) do not."""
+    if "engine" not in request.fixturenames:
+        yield
+        return
+    with SHARE.using():
+        yield
 
 
 @pytest.fixture

@@ -15,18 +15,21 @@ import sys
 from pathlib import Path
 
 import pytest
+from gpu_share import LOCKING_PRELUDE, engine_config
 
 pytestmark = pytest.mark.gpu
 
-SCRIPT = r"""
-import json, os, signal, sys, time
+SCRIPT = LOCKING_PRELUDE + r"""
+import os, signal, time
 import psutil
 from rollout_shims import SamplingParams, create_engine
 from rollout_shims.errors import EngineFailedError
 
 cfg, case = json.loads(sys.argv[1]), sys.argv[2]
 greedy = SamplingParams(max_new_tokens=8, temperature=0.0, ignore_eos=True)
-eng = create_engine(cfg)
+with SHARE.starting():
+    eng = create_engine(cfg)
+SHARE.hold_until_exit()  # what the engine holds is freed by the failure and at exit: never during a start
 eng.generate([[5, 6, 7]], greedy)
 owned = list(eng._owned.pids)
 names = {pid: psutil.Process(pid).name() for pid in owned}
@@ -64,11 +67,11 @@ print("RESULT " + json.dumps(result), flush=True)
 
 
 @pytest.mark.parametrize("case", ["kill-scheduler", "child-error"])
-def test_engine_process_failure_raises_and_spares_the_caller(model_dir: Path, backend: str, case: str) -> None:
+def test_engine_process_failure_raises_and_spares_the_caller(model_dir: Path, backend: str, mode: str,
+                                                            case: str) -> None:
     if backend != "sglang":
         pytest.skip("vLLM runs its engine in the caller's process here (TP=1): there is no engine child to fail")
-    cfg = {"model_dir": str(model_dir), "rollout_backend": backend, "validate_weight": True,
-           "gpu_memory_utilization": 0.2, "enforce_eager": True, "max_running_requests": 8}
+    cfg = engine_config(model_dir, backend, mode, max_running_requests=8)
     run = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(cfg), case], capture_output=True, text=True,
                          timeout=240, env=dict(os.environ), check=False)
     print(run.stderr[-3000:])

@@ -121,3 +121,47 @@ def test_a_second_bundle_skips_the_chunks_the_first_one_shipped(tmp_path: Path, 
     assert set(second.chunks) == set(first.chunks)
     assert [p["chunks"] for p in second.parts] == [[]]  # only part-000, the manifest: nothing to ship again
     assert Manifest.from_json((tmp_path / "two" / "part-000" / MANIFEST).read_text()).entries.keys() == {entry.name}
+
+
+def test_pipeline_runs_steps_side_by_side_and_fails_when_one_fails(tmp_path: Path, locked: Matrix,
+                                                                   machine: Path) -> None:
+    """``pipeline --parallel 2`` on the receiving side's code: two steps overlap in time, a failing
+    step makes the pipeline exit 1 (with the others still run), and a misspelt entry is refused at
+    once instead of waiting for chunks that never come."""
+    import json
+
+    entry = locked.get("tiny-2.31.0")
+    make_bundle(locked, [entry], entry.python, tmp_path / "bundle", part_mib=2, payload="wheel",
+                cache=tmp_path / "cache", progress=lambda line: None)
+    gpuenv.receive(sorted((tmp_path / "bundle").iterdir()))
+    checkout = locked.path.parent
+    stamp = ("import json, os, sys, time\nt0 = time.time(); time.sleep(float(sys.argv[1]))\n"
+             "open(os.path.join(os.environ['ROLLOUT_MATRIX_RESULTS'], sys.argv[2]), 'w').write("
+             "json.dumps([t0, time.time()]))\nsys.exit(int(sys.argv[3]))\n")
+    (checkout / "stamp.py").write_text(stamp)
+    steps = [f"{entry.name}=stamp.py 3 a.json 0", f"{entry.name}=stamp.py 3 b.json 0", f"{entry.name}=stamp.py 0 c.json 7"]
+    code = gpuenv.pipeline(steps, gpuenv.Plan(parallel=2, wait=5), [])
+    results = machine / "results" / entry.name
+    (a0, a1), (b0, b1) = (json.loads((results / n).read_text()) for n in ("a.json", "b.json"))
+    assert a0 < b1 and b0 < a1, "the two 3-second steps did not overlap"
+    assert (results / "c.json").is_file() and code == 1  # the third ran, and its exit 7 fails the pipeline
+    with pytest.raises(UserError, match=r"not in matrix\.yaml: tiny-2\.31"):
+        gpuenv.pipeline(["tiny-2.31"], gpuenv.Plan(wait=600), [])
+    assert gpuenv.pipeline([f"{entry.name}=stamp.py 0 d.json 0"], gpuenv.Plan(), []) == 0
+
+
+def test_plan_shares_the_gpu_only_when_suites_run_side_by_side() -> None:
+    assert gpuenv.Plan().sharing() is None
+    shared = gpuenv.Plan(parallel=4).sharing()
+    assert shared is not None and shared["ROLLOUT_MATRIX_GPU_MEMORY_FRACTION"] == "0.2"
+    assert shared["ROLLOUT_MATRIX_GPU_LOCK"].endswith("gpu.lock")
+    assert gpuenv.Plan(parallel=2, memory_fraction=0.3).fraction() == 0.3
+
+
+def test_parallel_auto_stays_one_where_the_driver_reports_no_memory_per_process(machine: Path) -> None:
+    """Here (no GPU, no nvidia-smi) the probe finds no per-process accounting: suites run one at a time."""
+    import json
+
+    assert gpuenv.auto_parallel() == 1
+    facts = json.loads((machine / "probe.json").read_text())
+    assert facts["per_process_memory"] is False and facts["cores"] >= 1

@@ -264,30 +264,24 @@ def gpuenv_cli(*args: str, cwd: Path, root: Path) -> subprocess.CompletedProcess
 
 
 @pytest.mark.parametrize("background", [False, True])
-def test_a_misspelt_entry_is_refused_at_once(tmp_path: Path, locked: Matrix, background: bool) -> None:
+def test_a_misspelt_entry_is_refused_at_once_and_no_name_becomes_a_path_unchecked(tmp_path: Path, locked: Matrix,
+                                                                                  background: bool) -> None:
+    """From the command line (the pipeline's own test, in test_bundle.py, calls it in-process): refused
+    before any wait, also with --background, after the line naming the checkout; and install/test refuse
+    a name matrix.yaml lacks before it becomes envs/<entry> or results/<entry>."""
     start = time.monotonic()
     proc = gpuenv_cli("pipeline", *(["--background"] if background else []), "tiny-2.31.O", ENTRY,
                       cwd=locked.path.parent, root=tmp_path / "machine")
     assert time.monotonic() - start < 30
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip() == (f"gpuenv: error: unknown matrix entry 'tiny-2.31.O' in {locked.path}; did you "
-                                   "mean tiny-2.31.0, tiny-2.0.0?")
+    assert proc.stderr.strip() == "gpuenv: error: not in matrix.yaml: tiny-2.31.O; name entries as `rollout-matrix " \
+                                  "list` shows them"
     assert f"checkout {locked.path.parent}" in proc.stdout
-    for bad in ("../../etc", "."):
-        proc = gpuenv_cli("test", bad, cwd=locked.path.parent, root=tmp_path / "machine")
-        assert proc.returncode == 2 and f"unknown matrix entry {bad!r}" in proc.stderr
-
-
-def test_pipeline_exit_code_says_whether_a_step_failed_or_could_not_run(tmp_path: Path, parts: list[Path],
-                                                                        machine: Path) -> None:
-    checkout = gpuenv.CHECKOUT
-    (checkout / "ok.py").write_text("import sys; sys.exit(0)\n")
-    (checkout / "bad.py").write_text("import sys; sys.exit(3)\n")
-    assert gpuenv.pipeline(["tiny-2.0.0"], 0, []) == gpuenv.BAD_INPUT  # no manifest lists it: cannot run
-    gpuenv.receive(parts)
-    assert gpuenv.pipeline([f"{ENTRY}=ok.py"], 0, []) == 0
-    assert gpuenv.pipeline([f"{ENTRY}=bad.py", f"{ENTRY}=ok.py"], 0, []) == gpuenv.FAILED_STEP
-    assert gpuenv.pipeline([f"{ENTRY}=bad.py", "tiny-2.0.0"], 0, []) == gpuenv.BAD_INPUT
+    for command in ("test", "install"):
+        for bad in ("../../etc", ".", ""):
+            proc = gpuenv_cli(command, bad, cwd=locked.path.parent, root=tmp_path / "machine")
+            assert proc.returncode == 2 and "not in matrix.yaml" in proc.stderr, proc.stderr
+    assert not (tmp_path / "machine" / "envs").exists() or not any((tmp_path / "machine" / "envs").iterdir())
 
 
 def test_a_state_folder_that_cannot_be_made_is_one_line(tmp_path: Path, locked: Matrix) -> None:

@@ -48,7 +48,8 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("sglang", "0.5.16+cu129"): "sglang-0.5.14",
     ("sglang", "0.5.19"): "sglang-0.5.14",
     ("sglang", "0.5.20"): "sglang-0.5.20",
-    ("sglang", "0.5.23"): "sglang-0.5.20",
+    ("sglang", "0.5.21"): "sglang-0.5.21",
+    ("sglang", "0.5.23"): "sglang-0.5.21",
     ("vllm", "0.8.5"): "vllm-0.8.5",
     ("vllm", "0.8.5.post1"): "vllm-0.8.5",
     ("vllm", "0.9.0"): "vllm-0.9",
@@ -64,6 +65,8 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("vllm", "0.25.0"): "vllm-0.25",
     ("vllm", "0.33.0"): "vllm-0.25",
     ("vllm", "0.33.1"): "vllm-0.25",
+    ("vllm", "0.34.0"): "vllm-0.25",
+    ("vllm", "0.34.1"): "vllm-0.25",
 }
 
 # Versions no band may ever take: pre-releases and dev builds, below the oldest release, releases
@@ -74,7 +77,8 @@ REFUSED = [
     ("sglang", "0.5.2.dev0"), ("sglang", "0.5.2.post1.dev1"), ("sglang", "0.5.3rc0"), ("sglang", "0.5.10rc0"),
     ("sglang", "0.5.24"), ("sglang", "0.0.0.dev1+g1234abc"),
     ("sglang", "99.0.0"), ("vllm", "0.8.4"), ("vllm", "0.8.5rc1"), ("vllm", "0.8.5.dev3"), ("vllm", "0.8.6"),
-    ("vllm", "0.9.0rc1"), ("vllm", "0.22.0rc1"), ("vllm", "0.33.0rc1"), ("vllm", "0.34.0"), ("vllm", "99.0.0"),
+    ("vllm", "0.9.0rc1"), ("vllm", "0.22.0rc1"), ("vllm", "0.33.0rc1"), ("vllm", "0.34.0rc1"), ("vllm", "0.35.0"),
+    ("vllm", "99.0.0"),
 ]
 
 
@@ -141,6 +145,7 @@ def test_hand_written_band_edges(site, engine: str, version: str) -> None:
     ("vllm", "0.8.5.post1+cu124", "vllm-0.8.5"),
     ("vllm", "0.22.1", "vllm-0.13"),
     ("vllm", "0.33.1", "vllm-0.25"),
+    ("vllm", "0.34.0+cu130", "vllm-0.25"),
 ])
 def test_local_versions_and_later_patch_releases(site, engine: str, version: str, shim: str) -> None:
     site(engine, version)

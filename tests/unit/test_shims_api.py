@@ -207,3 +207,85 @@ def test_vllm_completion_reads_the_sampled_tokens_logprob() -> None:
     assert eng._completion(out, SamplingParams(logprobs=True)) == Completion([7, 9], [-0.5, -1.5], "length", None)
     out.finish_reason = None
     assert eng._completion(out, SamplingParams()).finish_reason == "abort"
+
+
+class _Scheduler:
+    """Answers as SGLang 0.5.21+'s scheduler does: pushes only inside one open weight-update session."""
+
+    def __init__(self, refuse_push: bool = False) -> None:
+        self.session = False
+        self.calls: list[str] = []
+        self.refuse_push = refuse_push
+
+    def __call__(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append(method)
+        if method == "begin_weight_update":
+            if self.session:
+                return (False, "a weight-update session is already open; call end_weight_update() first")
+            self.session = True
+        elif method == "end_weight_update":
+            if not self.session:
+                return (False, "no weight-update session is open; call begin_weight_update() first")
+            self.session = False
+        elif method == "update_weights_from_tensor":
+            if not self.session:
+                return (False, "update_weights_from_tensor must run between begin_weight_update() and end_weight_update()")
+            if self.refuse_push:
+                return (False, "Failed to update parameter online")
+        return (True, "Success")
+
+
+def _sglang_0521(scheduler: _Scheduler) -> Any:
+    from rollout_shims.shims.sglang_bands import SGLang0521
+
+    eng = SGLang0521.__new__(SGLang0521)
+    eng._weights_lost = False
+    eng._pushed = False
+    eng._call = scheduler  # type: ignore[method-assign]
+    return eng
+
+
+def test_sglang_0521_pushes_inside_one_weight_update_session() -> None:
+    scheduler = _Scheduler()
+    eng = _sglang_0521(scheduler)
+    eng._update_weights([("w", object())])
+    eng._update_weights([("w", object())])
+    assert scheduler.calls == ["begin_weight_update", "update_weights_from_tensor", "end_weight_update"] * 2
+    assert not scheduler.session and eng._pushed
+
+
+def test_sglang_0521_closes_the_session_when_the_push_is_refused() -> None:
+    from rollout_shims.errors import EngineRequestError
+
+    scheduler = _Scheduler(refuse_push=True)
+    eng = _sglang_0521(scheduler)
+    with pytest.raises(EngineRequestError, match="refused the weights: Failed to update"):
+        eng._update_weights([("w", object())])
+    assert scheduler.calls[-1] == "end_weight_update" and not scheduler.session
+    scheduler.refuse_push = False
+    eng._update_weights([("w", object())])  # the next push opens a session of its own
+    assert not scheduler.session
+
+
+def test_vllm_refuses_a_new_engine_while_an_earlier_one_holds_sleep_memory(monkeypatch) -> None:
+    """vLLM allows one sleep-mode allocator user per process; the shim says so in one line, with the
+    figures, instead of vLLM's AssertionError at weight loading."""
+    import sys
+
+    from rollout_shims.errors import EngineStateError
+    from rollout_shims.shims import vllm_memory
+
+    live = {0x7000: SimpleNamespace(tag="weights", handle=(0, 3 << 20, 0x7000, None)),
+            0x9000: SimpleNamespace(tag="kv_cache", handle=(0, 5 << 20, 0x9000, None))}
+    allocator = SimpleNamespace(pointer_to_data=live)
+    monkeypatch.setitem(sys.modules, "vllm.device_allocator.cumem",
+                        SimpleNamespace(CuMemAllocator=SimpleNamespace(instance=allocator)))
+    monkeypatch.setattr(vllm_memory, "holders", lambda limit=4: ["(256, 1024) torch.bfloat16 <- Worker.model"])
+    assert vllm_memory.in_use() == (8 << 20, {"weights": 3 << 20, "kv_cache": 5 << 20})
+    eng = VLLM085.__new__(VLLM085)
+    with pytest.raises(EngineStateError) as err:
+        eng._refuse_when_an_earlier_engine_left_memory("0.33.0")
+    assert "still holds 8 MiB" in str(err.value) and "weights 3 MiB" in str(err.value)
+    assert "Worker.model" in str(err.value) and "new process" in str(err.value)
+    live.clear()  # all gone: nothing to refuse
+    eng._refuse_when_an_earlier_engine_left_memory("0.33.0")

@@ -25,7 +25,7 @@ from rollout_matrix.matrix import load_matrix
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / ".github" / "workflows"
 SCRIPTS = REPO / ".github" / "scripts"
-WORKFLOW_NAMES = ("ci.yml", "images.yml", "gpu-tests.yml")
+WORKFLOW_NAMES = ("ci.yml", "images.yml", "gpu-tests.yml", "watch.yml")
 GPU_RUNNER = ["self-hosted", "linux", "x64", "gpu"]
 SHA_PIN = re.compile(r"^[\w.-]+/[\w.-]+(/[\w./-]+)?@[0-9a-f]{40}$")
 
@@ -145,14 +145,18 @@ def test_top_level_permissions_are_least_privilege():
         assert load(name)["permissions"] in ({}, {"contents": "read"}), name
 
 
-def test_packages_write_only_on_the_image_build_job():
-    writers = [(name, job_id) for name, job_id, job in all_jobs()
-               if (job.get("permissions") or {}).get("packages") == "write"]
-    assert writers == [("images.yml", "build")]
+WRITERS = {
+    ("images.yml", "build"): {"packages"},  # pushes the images
+    ("watch.yml", "pull-request"): {"contents", "pull-requests"},  # pushes a watch/ branch, opens its PR
+}
+
+
+def test_write_permissions_only_where_a_job_writes():
     for name, job_id, job in all_jobs():
-        perms = job.get("permissions")
-        assert perms is None or all(v in ("read", "none") for k, v in perms.items() if k != "packages"), \
-            f"{name}:{job_id} has {perms}"
+        perms = job.get("permissions") or {}
+        writes = {k for k, v in perms.items() if v == "write"}
+        assert writes == WRITERS.get((name, job_id), set()), f"{name}:{job_id} has {perms}"
+        assert all(v in ("read", "write", "none") for v in perms.values()), f"{name}:{job_id} has {perms}"
 
 
 def test_checkouts_do_not_persist_credentials():
@@ -341,3 +345,31 @@ def test_ci_workflow_runs_lint_unit_and_one_real_image():
     assert image["env"]["ROLLOUT_MATRIX_GPU"] == "0"
     for job in jobs.values():
         assert "self-hosted" not in json.dumps(job.get("runs-on"))
+
+
+# -- watch.yml -------------------------------------------------------------------------------------------
+
+
+def test_watch_workflow_shape():
+    """Daily and by hand; one run at a time; watch --write, then the script's branch and job matrix; the
+    CPU half per new release; the pull request from the script's body. Only the last job may write."""
+    wf = load("watch.yml")
+    assert set(wf["on"]) == {"schedule", "workflow_dispatch"} and wf["on"]["schedule"][0]["cron"]
+    assert wf["concurrency"]["cancel-in-progress"] is False
+    jobs = wf["jobs"]
+    watch_runs = " ".join(s.get("run", "") for s in steps(jobs["watch"]))
+    assert "rollout-matrix watch --write --json watch.json" in watch_runs
+    cmd = step_command("watch.yml", "watch", "pr")
+    assert Path(cmd[1]) == Path(".github/scripts/watch_pr.py") and cmd[2:] == ["--watch", "watch.json"]
+    assert jobs["watch"]["outputs"]["matrix"] == "${{ steps.pr.outputs.matrix }}"
+    cpu = jobs["cpu"]
+    assert cpu["strategy"]["matrix"] == "${{ fromJSON(needs.watch.outputs.matrix) }}"
+    assert "needs.watch.outputs.count != '0'" in cpu["if"] and cpu["env"]["ROLLOUT_MATRIX_GPU"] == "0"
+    assert any('rollout-matrix test "$ENTRY"' in s.get("run", "") for s in steps(cpu))
+    assert matrix_keys_used("watch.yml") == {"entry"}
+    pr = jobs["pull-request"]
+    assert set(pr["needs"]) == {"watch", "cpu"} and "!cancelled()" in pr["if"]
+    pr_runs = " ".join(s.get("run", "") for s in steps(pr))
+    assert ".github/scripts/watch_pr.py --watch watch/watch.json --results . --body pr-body.md" in pr_runs
+    assert "rollout-matrix record results/*/" in pr_runs and "rollout-matrix report" in pr_runs
+    assert "gh pr create" in pr_runs and "--body-file pr-body.md" in pr_runs

@@ -16,6 +16,7 @@ from rollout_shims.shims.sglang_bands import (
     SGLang0510,
     SGLang0514,
     SGLang0520,
+    SGLang0521,
     SGLang053,
     SGLang056,
 )
@@ -24,7 +25,7 @@ from rollout_shims.shims.vllm_bands import VLLM0101, VLLM011, VLLM012, VLLM013, 
 SHIMS: dict[str, type[RolloutEngine]] = {
     cls.SHIM: cls
     for cls in (
-        SGLang044, SGLang0453, SGLang048, SGLang051, SGLang053, SGLang056, SGLang0510, SGLang0514, SGLang0520,
+        SGLang044, SGLang0453, SGLang048, SGLang051, SGLang053, SGLang056, SGLang0510, SGLang0514, SGLang0520, SGLang0521,
         VLLM085, VLLM09, VLLM0101, VLLM011, VLLM012, VLLM013, VLLM025,
     )
 }

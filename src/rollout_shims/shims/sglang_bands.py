@@ -7,6 +7,7 @@ from 0.5.3, ...). So a fix a newer band needs does not change a band already pro
 Boundaries, as read in the release wheels (``sglang/srt/...`` of each release; details in
 docs/shims.md):
 
+* 0.5.21: weight updates run inside ``Engine.begin_weight_update()`` / ``end_weight_update()``.
 * 0.5.20: ``ServerArgs`` is a msgspec Struct (``msgspec.defstruct``), not a dataclass.
 * 0.5.14: ``ServerArgs.cuda_graph_max_bs`` becomes ``cuda_graph_max_bs_decode``.
 * 0.5.10: ``Engine`` starts a ``SubprocessWatchdog`` that SIGQUITs the caller when a child exits
@@ -40,13 +41,14 @@ import contextlib
 import dataclasses
 import logging
 import signal
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from packaging.version import Version
 
 from rollout_shims.api import SamplingParams
 from rollout_shims.config import RolloutConfig
-from rollout_shims.errors import UnsupportedFeatureError
+from rollout_shims.errors import EngineRequestError, UnsupportedFeatureError
 from rollout_shims.mapping import SGLANG_ARGS, ArgRule, _graph_bs
 from rollout_shims.shims.sglang_base import ENGINE_PY, TMS_PY, SGLangEngine, _sym
 from rollout_shims.symbols import Symbol
@@ -265,7 +267,7 @@ class SGLang0514(SGLang0510):
 
 
 class SGLang0520(SGLang0514):
-    """0.5.20 – 0.5.23: ``ServerArgs`` is built with ``msgspec.defstruct`` (server_args.py:551 in
+    """0.5.20: ``ServerArgs`` is built with ``msgspec.defstruct`` (server_args.py:551 in
     0.5.20), so ``dataclasses.fields`` raises TypeError; its fields come from ``msgspec.structs.fields``."""
 
     SHIM: ClassVar[str] = "sglang-0.5.20"
@@ -275,3 +277,43 @@ class SGLang0520(SGLang0514):
         import msgspec
 
         return {f.name for f in msgspec.structs.fields(server_args_cls)}
+
+
+class SGLang0521(SGLang0520):
+    """0.5.21 – 0.5.23: weight updates happen inside a session.
+
+    ``Engine.begin_weight_update()`` / ``end_weight_update()`` appear (engine.py:1556 and 1563 in 0.5.21),
+    and the scheduler refuses ``update_weights_from_tensor`` outside a session: "must run between
+    begin_weight_update() and end_weight_update()" (scheduler_components/weight_updater.py:219-223 in
+    0.5.21). begin restores in-place-packed weights to their loadable layout, end finalises them
+    (postprocess_weights; model_runner_components/weight_updater.py). ``update_weights_from_disk`` needs
+    no session. Seen on the H200 on 2026-12-02: without the session, every update_weights of 0.5.23
+    was refused.
+    """
+
+    SHIM: ClassVar[str] = "sglang-0.5.21"
+
+    SYMBOLS: ClassVar[tuple[Symbol, ...]] = (
+        *SGLang0520.SYMBOLS,
+        _sym(ENGINE_PY, "Engine.begin_weight_update", "selector"),
+        _sym(ENGINE_PY, "Engine.end_weight_update"),
+    )
+
+    @contextlib.contextmanager
+    def _weight_session(self) -> Iterator[None]:
+        """One weight-update session around the body; closed also when the body fails, so the next
+        update can open one (the scheduler refuses a second begin while one is open)."""
+        self._refused("open a weight-update session", self._call("begin_weight_update"))
+        try:
+            yield
+        finally:
+            self._refused("close the weight-update session", self._call("end_weight_update"))
+
+    @staticmethod
+    def _refused(what: str, result: Any) -> None:
+        if isinstance(result, tuple) and result and not result[0]:
+            raise EngineRequestError(f"SGLang would not {what}: {result[1] if len(result) > 1 else result}")
+
+    def _update_weights(self, named_tensors: list[tuple[str, Any]]) -> None:
+        with self._weight_session():
+            super()._update_weights(named_tensors)

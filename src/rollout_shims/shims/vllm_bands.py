@@ -1,4 +1,4 @@
-"""One class per vLLM band; each holds only what differs (read in the release wheels 0.8.5 - 0.33.0,
+"""One class per vLLM band; each holds only what differs (read in the release wheels 0.8.5 - 0.34.0,
 see docs/shims.md, "Band boundaries", for every file:line).
 
 * 0.8.5 (and 0.8.5.post1): V0 and V1 coexist and ``VLLM_USE_V1`` picks; V1 builds a tokenizer whatever
@@ -18,8 +18,10 @@ see docs/shims.md, "Band boundaries", for every file:line).
 * 0.12.0: XFORMERS is gone from ``AttentionBackendEnum``; the backend is still only the env variable.
 * 0.13.0 - 0.24.x: ``EngineArgs.attention_backend`` (the env variable is deprecated in 0.13, gone
   from envs.py in 0.15); ``max_cudagraph_capture_size``.
-* 0.25.0 - 0.33.x: the sleep-mode allocator releases its pools itself (``CuMemAllocator.release_pools``,
-  also registered with ``atexit``), so the shim calls that instead of its own release.
+* 0.25.0 - 0.34.x: the sleep-mode allocator releases its pools itself (``CuMemAllocator.release_pools``,
+  also registered with ``atexit``), so the shim calls that instead of its own release. 0.34's new
+  default ``gpu_memory_utilization=None`` (1.0 with its extensible KV cache) never applies: the shim
+  always passes the config's value (mapping.py ``VLLM_ARGS``), which 0.34 honours as the cap.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from packaging.version import Version
 
 from rollout_shims.config import RolloutConfig
 from rollout_shims.shims.vllm_base import RAW, Attention, VLLMEngine, _sym
+from rollout_shims.shims.vllm_memory import cumem_allocator
 from rollout_shims.symbols import Symbol
 
 PROCESSED_V0 = "processed (V0 engine): log_softmax after penalties, temperature and top-k/top-p/min-p"
@@ -68,15 +71,6 @@ class _CaptureSizeMax:
         return {"max_cudagraph_capture_size": min(config.cuda_graph_max_bs, config.max_running_requests)}
 
 
-def _cumem_allocator() -> Any:
-    """vLLM's sleep-mode allocator singleton, if this process made one."""
-    try:
-        from vllm.device_allocator.cumem import CuMemAllocator
-    except ImportError:
-        return None
-    return CuMemAllocator.instance
-
-
 class _ReleasePools(VLLMEngine):
     """Before 0.25.0 the (MemPool, allocator) pairs of the sleep-mode allocator live until interpreter
     teardown, which may destroy the allocator before the pool that calls it (SIGSEGV / "pure virtual
@@ -92,7 +86,7 @@ class _ReleasePools(VLLMEngine):
         super()._shutdown()
 
     def _release_allocator(self) -> None:
-        allocator = _cumem_allocator()
+        allocator = cumem_allocator()
         if allocator is None or not allocator.allocator_and_pools:
             return
         import torch
@@ -127,7 +121,7 @@ class _KeepCallbacks(_ReleasePools):
     callbacks it keeps alive. In 0.10.2 this re-registers vLLM's own stored methods: harmless."""
 
     def _after_start(self) -> None:
-        allocator = _cumem_allocator()
+        allocator = cumem_allocator()
         if allocator is None:
             return
         from vllm.device_allocator import cumem
@@ -245,7 +239,7 @@ class VLLM013(_CaptureSizeMax, _ReleasePools):
 
 
 class VLLM025(VLLM013):
-    """vLLM 0.25.0 - 0.33.x (torch 2.11 - 2.14): the allocator releases its own pools."""
+    """vLLM 0.25.0 - 0.34.x (torch 2.11 - 2.14): the allocator releases its own pools."""
 
     SHIM: ClassVar[str] = "vllm-0.25"
     SYMBOLS: ClassVar[tuple[Symbol, ...]] = (
@@ -256,7 +250,7 @@ class VLLM025(VLLM013):
     def _release_allocator(self) -> None:
         """vLLM's own two-phase release (cumem.py:145 in 0.25.0; also run at exit via atexit), so a
         later engine in this process gets the memory back now rather than at exit."""
-        allocator = _cumem_allocator()
+        allocator = cumem_allocator()
         if allocator is None:
             return
         with contextlib.suppress(ImportError, AttributeError):  # cached RoPE modules hold pool memory

@@ -1,4 +1,4 @@
-"""What every vLLM band (0.8.5 - 0.33) shares, behind the common API. vLLM is imported inside methods only.
+"""What every vLLM band (0.8.5 - 0.34) shares, behind the common API. vLLM is imported inside methods only.
 
 The engine runs in the caller's process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): the model is then
 reachable for ``update_weights`` without serialising tensors, and on the H200 test machine vLLM
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import logging
 import os
 from importlib import metadata
 from typing import Any, ClassVar
@@ -21,13 +22,16 @@ from packaging.version import InvalidVersion, Version
 from rollout_shims.api import Completion, EngineInfo, RolloutEngine, SamplingParams
 from rollout_shims.config import RolloutConfig
 from rollout_shims.detect import Detection
-from rollout_shims.errors import EngineRequestError, UnsupportedFeatureError
+from rollout_shims.errors import EngineRequestError, EngineStateError, UnsupportedFeatureError
 from rollout_shims.mapping import VLLM_ARGS, VLLM_FIXED, engine_kwargs
+from rollout_shims.shims import vllm_memory
 from rollout_shims.symbols import Symbol, required_problems
 
 LLM_PY = "vllm/entrypoints/llm.py"
 FLASHINFER_DISTS = ("flashinfer-python", "flashinfer")
 FINISH_REASONS = {"stop": "stop", "length": "length", "abort": "abort"}
+
+log = logging.getLogger("rollout_shims")
 
 
 def _sym(path: str, qualname: str, *params: str) -> Symbol:
@@ -104,6 +108,7 @@ class VLLMEngine(RolloutEngine):
         unset = [name for name in self.UNSET_ENV if os.environ.pop(name, None) is not None]
         os.environ.update(env)
         kwargs = self.engine_kwargs(config, detection.release)
+        self._refuse_when_an_earlier_engine_left_memory(detection.release)
         from vllm import LLM
 
         self._llm = LLM(**kwargs)
@@ -115,6 +120,22 @@ class VLLMEngine(RolloutEngine):
             logprobs_mode=kwargs.get("logprobs_mode") if v1 else None,
             model_runner=self._model_runner(),
         )
+
+    def _refuse_when_an_earlier_engine_left_memory(self, release: str) -> None:
+        """vLLM asserts at weight loading that its sleep-mode allocator holds nothing (one engine per
+        process): say so before anything starts, with what holds the memory (docs/shims.md)."""
+        left, per_tag = vllm_memory.in_use()
+        if not left:
+            return
+        gc.unfreeze()  # vLLM freezes the heap after start-up: what is frozen is never collected
+        gc.collect()
+        left, per_tag = vllm_memory.in_use()
+        if left:
+            raise EngineStateError(
+                f"vLLM {release}: an engine shut down earlier in this process still holds {left / 2**20:.0f} MiB of "
+                f"vLLM's sleep-mode memory ({', '.join(f'{t} {b / 2**20:.0f} MiB' for t, b in per_tag.items())}; "
+                f"held by: {'; '.join(vllm_memory.holders()) or 'unknown'}), and vLLM allows one sleep-mode "
+                "engine per process: start the new engine in a new process")
 
     def _after_start(self) -> None:
         """Band hook, run once the engine is up (e.g. to repair what a release leaves fragile)."""
@@ -251,6 +272,7 @@ class VLLMEngine(RolloutEngine):
             if core is not None and hasattr(core, "shutdown"):
                 core.shutdown()
             del llm
+        gc.unfreeze()  # vLLM's start-up freezes the heap (gc.freeze): frozen cycles are never collected
         gc.collect()
         try:
             from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
@@ -266,6 +288,13 @@ class VLLMEngine(RolloutEngine):
             torch.cuda.empty_cache()
         except Exception:
             pass
+        left, per_tag = vllm_memory.in_use()
+        self.info.details["sleep_memory_left_after_shutdown_mib"] = round(left / 2**20, 1)
+        if left:
+            log.warning("vLLM %s kept %.0f MiB of its sleep-mode memory after shutdown (%s), held by: %s; a new "
+                        "engine in this process will be refused", self.info.release, left / 2**20,
+                        ", ".join(f"{t} {b / 2**20:.0f} MiB" for t, b in per_tag.items()),
+                        "; ".join(vllm_memory.holders()) or "unknown")
 
     def _release_allocator(self) -> None:
         """Band hook: free what the release's sleep-mode allocator holds (nothing by default)."""

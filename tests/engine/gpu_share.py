@@ -1,0 +1,119 @@
+"""Sharing one GPU between engine suites of several releases that run at the same time.
+
+Why: a 30-minute hold of one H200 proves more releases when suites overlap (one suite's CPU half, venv
+install and engine imports run while another's engine works), but an engine start reads the GPU's free
+memory to size its KV cache: vLLM asserts that no other process released memory while it profiled
+(``Error in memory profiling``), and SGLang sizes its pool from the memory free when it began, so a
+neighbour's allocation in that window leaves it none. So, machine-wide, through one lock file
+(``flock``):
+
+* an engine **start** holds the lock exclusively: no other start, and no test of another suite, runs
+  meanwhile;
+* everything else that allocates or releases GPU memory (a GPU test, an engine's shutdown, a process
+  that holds an engine until it exits) holds it shared: any number at once, never during a start.
+
+Active only when ``ROLLOUT_MATRIX_GPU_LOCK`` names the lock file (``gpuenv pipeline --parallel`` sets
+it); otherwise every call is a no-op, so a suite alone on a GPU (CI images, a user's machine) is
+unchanged. The seconds spent waiting are counted, so a run can say what sharing cost it.
+
+The memory each suite's engines may take is ``ROLLOUT_MATRIX_GPU_MEMORY_FRACTION`` (default 0.4, the
+suite's value before sharing existed): the runner lowers it so the engines of all suites fit at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+LOCK_ENV = "ROLLOUT_MATRIX_GPU_LOCK"
+FRACTION_ENV = "ROLLOUT_MATRIX_GPU_MEMORY_FRACTION"
+DEFAULT_FRACTION = 0.4
+
+LOCKING_PRELUDE = f"""
+import json, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+from gpu_share import SHARE
+"""
+"""Start of a script run in a child process that holds an engine: it imports this module, so it
+takes the lock itself (``SHARE.starting()`` around its start, then ``SHARE.hold_until_exit()``)."""
+
+
+def memory_fraction() -> float:
+    """The engines' ``gpu_memory_utilization`` in this suite (one line naming the variable if bad)."""
+    raw = os.environ.get(FRACTION_ENV, "").strip()
+    if not raw:
+        return DEFAULT_FRACTION
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0.02 <= value <= 0.95:
+        raise ValueError(f"{FRACTION_ENV}={raw!r}: give a fraction of the GPU's memory between 0.02 and 0.95")
+    return value
+
+
+def engine_config(model_dir: object, backend: str, mode: str, **over: object) -> dict:
+    """The suites' engine: small batches, CUDA graphs or eager (``mode``), this suite's memory share."""
+    return {"model_dir": str(model_dir), "rollout_backend": backend, "validate_weight": True,
+            "gpu_memory_utilization": memory_fraction(), "enforce_eager": mode == "eager",
+            "max_running_requests": 16, "cuda_graph_max_bs": 16, **over}
+
+
+class GpuShare:
+    """This process's side of the machine-wide lock (one file description, converted between modes:
+    ``flock`` conflicts between two descriptions of one process, so a process must never hold two)."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._mode = fcntl.LOCK_UN
+        self.waited = 0.0
+        """Seconds this process spent waiting for the lock."""
+
+    @property
+    def active(self) -> bool:
+        return bool(self.path)
+
+    def _set(self, mode: int) -> None:
+        if not self.path or mode == self._mode:
+            return
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        start = time.monotonic()
+        fcntl.flock(self._fd, mode)
+        self.waited += time.monotonic() - start
+        self._mode = mode
+
+    @contextlib.contextmanager
+    def _held(self, mode: int) -> Iterator[None]:
+        before = self._mode
+        self._set(mode)
+        try:
+            yield
+        finally:
+            self._set(before)
+
+    def starting(self) -> contextlib.AbstractContextManager[None]:
+        """Around an engine start: exclusive (a shared hold of this process is given up meanwhile)."""
+        return self._held(fcntl.LOCK_EX)
+
+    def using(self) -> contextlib.AbstractContextManager[None]:
+        """Around GPU work that is not a start: shared (no-op while this process holds it anyway)."""
+        return self._held(fcntl.LOCK_EX if self._mode == fcntl.LOCK_EX else fcntl.LOCK_SH)
+
+    def released(self) -> contextlib.AbstractContextManager[None]:
+        """While this process waits for a child that takes the lock itself (else both would wait)."""
+        return self._held(fcntl.LOCK_UN)
+
+    def hold_until_exit(self) -> None:
+        """Shared from now until the process ends: its GPU memory is released at exit, never during
+        another suite's engine start (the kernel drops the lock when the process is gone)."""
+        self._set(fcntl.LOCK_SH)
+
+
+SHARE = GpuShare(os.environ.get(LOCK_ENV) or None)
+"""The lock of this process (one per process: see :class:`GpuShare`)."""

@@ -1,0 +1,88 @@
+"""The reference every GPU test checks generation against: a ``transformers`` forward on the same weights.
+
+Exact greedy equality is flaky in bf16 (sequences part at near-ties, docs/gpu.md), so each token the
+engine chose must be (near-)argmax of the reference logits at that position, TEACHER-FORCED (the
+engine's own tokens are fed to the reference), and the engine's logprobs must match the reference's
+within a tolerance. A wrong model, stale KV cache or garbage weights fail this by a wide margin; a
+near-tie between two tokens does not.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Any
+
+from rollout_shims import SamplingParams
+
+DEVICE = os.environ.get("ROLLOUT_MATRIX_TEST_DEVICE", "cuda")
+"""Where the reference runs: the GPU, except in the CPU dry run (tests/engine/dryrun_engine.py)."""
+
+TOL = 0.1  # greedy: logprob tolerance between the engine's bf16 kernels and the exact reference
+TOL_SAMPLED = 0.15
+"""Sampled tokens at T=1. Their logprobs err more than greedy ones: sampling reaches unlikely tokens,
+whose logits the bf16 kernels get less exactly. Measured on the H200 (2026-11-29, 96 sampled tokens
+a run): greedy max 0.065-0.072, sampled max 0.060-0.114 at T=1 and 0.094-0.134 at T=0.7 (SGLang 0.4.6,
+0.4.10, 0.5.2, vLLM 0.8.5); the other semantics sat 1.2-1.8 away at T=0.7."""
+NEW_TOKENS = 16
+
+GREEDY = SamplingParams(max_new_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True, logprobs=True)
+GREEDY_IDS = SamplingParams(max_new_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True)
+
+
+def prompts() -> list[list[int]]:
+    rng = random.Random(7)
+    return [[rng.randrange(3, 1024) for _ in range(rng.randrange(6, 14))] for _ in range(6)]
+
+
+def reference_logits(model: Any, prompt: list[int], completion: list[int]) -> Any:
+    """Float32 logits predicting each completion token, from one forward over prompt+completion."""
+    import torch
+
+    ids = torch.tensor([prompt + completion], device=DEVICE)
+    with torch.no_grad():
+        logits = model(ids).logits[0].float()
+    return logits[len(prompt) - 1 : len(prompt) - 1 + len(completion)]
+
+
+def exact(model: Any) -> Any:
+    """The reference: the same bf16 weights upcast to float32, so the reference adds no rounding of
+    its own and every difference measured is the engine's (bf16 kernels, other summation order)."""
+    import copy
+
+    return copy.deepcopy(model).float().to(DEVICE).eval()
+
+
+def bf16_weights(model: Any) -> list:
+    import torch
+
+    return [(n, t.detach().to(torch.bfloat16)) for n, t in model.state_dict().items()]
+
+
+def check_teacher_forced(model: Any, prompt: list[int], completion: Any) -> float:
+    """Greedy: each chosen token is the reference argmax up to TOL, and the engine's logprobs (raw
+    log_softmax when greedy, for every engine) match the reference's. Returns the max logprob error."""
+    import torch
+
+    lp = torch.log_softmax(reference_logits(model, prompt, completion.token_ids), dim=-1)
+    chosen = torch.tensor(completion.token_ids, device=DEVICE)
+    got = lp.gather(1, chosen[:, None])[:, 0]
+    assert bool((got >= lp.max(dim=-1).values - TOL).all()), (completion.token_ids, got, lp.max(-1).values)
+    if completion.logprobs is None:
+        return 0.0
+    error = (torch.tensor(completion.logprobs, device=DEVICE) - got).abs().max().item()
+    assert error <= TOL, (completion.logprobs, got)
+    return error
+
+
+def parting_gap(model: Any, prompt: list[int], first: list[int], second: list[int]) -> float | None:
+    """Where two greedy sequences for one prompt part, how far apart the reference puts the two
+    tokens chosen there (|logprob difference|); None when they do not part. A near-tie is a gap
+    within TOL: two correct engines may choose either; stale state would part by much more."""
+    import torch
+
+    at = next((i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b), None)
+    if at is None:
+        return None
+    lp = torch.log_softmax(reference_logits(model, prompt, [*first[:at], first[at]])[-1], dim=-1)
+    return abs(lp[first[at]].item() - lp[second[at]].item())

@@ -1,0 +1,78 @@
+"""The report's band table reads GPU outcomes per mode from JUnit files that real pytest wrote for a
+suite shaped like tests/engine (a module-scoped engine parametrized graphs / eager)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from rollout_matrix.band_status import BOTH, FAILS, NEVER, band_statuses, describe, gpu_modes
+from rollout_matrix.results import load
+
+SUITE = '''
+import pytest
+
+@pytest.fixture(scope="module", params=["graphs", "eager"])
+def mode(request):
+    return request.param
+
+@pytest.fixture(scope="module")
+def engine(mode):
+    return mode
+
+@pytest.mark.parametrize("temperature", [0.7, 1.0])
+def test_sampled(engine, temperature):
+    pass
+
+def test_offload(engine):
+    assert not (engine == "graphs" and {fail_graphs}), "garbage after onload"
+
+def test_tp2(engine):
+    pytest.skip("tensor parallel 2 needs two visible GPUs, found 1")
+'''
+
+
+def run_suite(tmp_path: Path, name: str, fail_graphs: bool) -> Path:
+    """A committed-evidence folder (junit.xml + run.json) of a gpu run, from real pytest."""
+    work = tmp_path / name
+    (work / "tests").mkdir(parents=True)
+    (work / "tests" / "test_gpu.py").write_text(SUITE.format(fail_graphs=fail_graphs))
+    (work / "pytest.ini").write_text("[pytest]\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests",
+                           f"--junitxml={work / 'junit.xml'}"], cwd=work, env=env, capture_output=True, text=True,
+                          check=False)
+    (work / "run.json").write_text(json.dumps({"schema": 2, "entry": name, "kind": "gpu", "environment": "bundle",
+                                               "started": "2026-12-02T10:00:00", "exit_code": proc.returncode}))
+    return work
+
+
+def test_modes_come_from_the_test_ids(tmp_path: Path) -> None:
+    modes = gpu_modes(run_suite(tmp_path, "sglang-0.5.23", fail_graphs=True) / "junit.xml")
+    assert set(modes) == {"graphs", "eager"}
+    assert modes["eager"].passed == 3 and modes["eager"].failed == []
+    assert modes["graphs"].passed == 2 and modes["graphs"].failed == ["test_offload[graphs]"]
+
+
+def test_a_band_is_proven_per_mode_and_a_failure_anywhere_shows(tmp_path: Path) -> None:
+    good = load(run_suite(tmp_path, "sglang-0.5.17", fail_graphs=False))
+    bad = load(run_suite(tmp_path, "sglang-0.5.23", fail_graphs=True))
+    statuses = band_statuses([("0.5.14", "sglang-0.5.14", None), ("0.5.17", "sglang-0.5.14", good),
+                              ("0.5.23", "sglang-0.5.21", bad), ("0.4.4", "sglang-0.4.4", None)])
+    by_band = {s.band: s for s in statuses}
+    assert [s.band for s in statuses] == ["sglang-0.5.14", "sglang-0.5.21", "sglang-0.4.4"]
+    assert by_band["sglang-0.5.14"].status == BOTH and by_band["sglang-0.5.14"].releases == 2
+    assert describe(by_band["sglang-0.5.14"]) == ("0.5.17 (graphs, eager)", "—")
+    assert by_band["sglang-0.5.21"].status == FAILS
+    assert describe(by_band["sglang-0.5.21"])[1] == "0.5.23: test_offload[graphs]"
+    assert by_band["sglang-0.4.4"].status == NEVER
+
+
+def test_evidence_from_before_modes_counts_as_eager() -> None:
+    """The committed 2026-11-29 runs had no mode in their ids; they ran with enforce_eager: true."""
+    root = Path(__file__).resolve().parents[2] / "gpu-results" / "sglang-0.5.2"
+    modes = gpu_modes(root / "junit.xml")
+    assert set(modes) == {"eager"} and modes["eager"].passed >= 5

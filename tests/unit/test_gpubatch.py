@@ -1,0 +1,51 @@
+"""`rollout-matrix gpu-batch`: which entries the GPU evidence is sought for, and how a batch is planned."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rollout_matrix.gpubatch import plan, render, targets
+from rollout_matrix.matrix import load_matrix
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# The 41 entries issue 19 names (the oldest and newest installable release of every band, the newest of
+# every (band, torch) pair, and the releases peers pin), written down by hand from the issue.
+ISSUE_19 = {
+    "sglang": "0.4.6.post1 0.4.6.post5 0.4.7.post1 0.4.8 0.4.10.post2 0.5.1 0.5.2 0.5.3 0.5.5.post3 0.5.6 0.5.9 0.5.10 "
+              "0.5.10.post1 0.5.12.post1 0.5.13.post1 0.5.14 0.5.15.post1 0.5.17 0.5.23",
+    "vllm": "0.8.5 0.8.5.post1 0.9.0 0.9.2 0.10.0 0.10.1 0.10.1.1 0.10.2 0.11.0 0.11.2 0.12.0 0.13.0 0.16.0 0.19.1 "
+            "0.22.0 0.24.0 0.25.0 0.25.1 0.26.0 0.27.1 0.32.0 0.33.0",
+}
+
+
+def test_the_targets_are_the_issue_s_41_entries() -> None:
+    want = {f"{engine}-{v}" for engine, versions in ISSUE_19.items() for v in versions.split()}
+    assert {e.name for e in targets(load_matrix(ROOT / "matrix.yaml"))} == want
+
+
+def _pins(lock: Path) -> set[str]:
+    """name==version of every pin of a lock file, read here line by line (not with the project's parser)."""
+    return {line.split()[0].rstrip("\\") for line in lock.read_text().splitlines()
+            if line and not line[0].isspace() and not line.startswith("#") and "==" in line}
+
+
+def test_a_batch_groups_entries_by_cuda_line_and_counts_shared_files_once() -> None:
+    matrix = load_matrix(ROOT / "matrix.yaml")
+    asked: list[str] = []
+
+    def size_of(name: str, version: str, shas: set[str]) -> tuple[int, bool]:
+        asked.append(f"{name}=={version}")
+        return 100 << 20, True
+
+    chosen = [matrix.get(n) for n in ("vllm-0.33.0", "sglang-0.5.17", "vllm-0.24.0")]
+    lines = plan(matrix, "3.12", size_of, chosen)
+    assert [(line.torch, [e.name for e in line.entries]) for line in lines] == [
+        ("2.11.0", ["sglang-0.5.17", "vllm-0.24.0"]), ("2.14.0", ["vllm-0.33.0"])]
+    locks = ROOT / "docker" / "locks"
+    union = _pins(locks / "sglang-0.5.17-py3.12.txt") | _pins(locks / "vllm-0.24.0-py3.12.txt")
+    assert "torch==2.11.0" in union and asked.count("torch==2.11.0") == 1  # shared: sized once for the line
+    assert lines[0].wheel_bytes == len(union) * (100 << 20)
+    assert lines[1].wheel_bytes == len(_pins(locks / "vllm-0.33.0-py3.12.txt")) * (100 << 20)
+    text = render(lines, {"vllm-0.24.0": ["eager"]})
+    assert text[0].startswith("cu130 torch 2.11.0: 2 entries, ") and "  vllm-0.24.0  (proven: eager only)" in text

@@ -1,0 +1,196 @@
+"""`rollout-matrix watch` as a user runs it (the real CLI in a subprocess), against a fake index on
+127.0.0.1 that serves the JSON simple API and real wheels (tests/conftest.py: FakeIndex), so what it
+reports, writes and exits with is checked offline. The expected lines are written by hand from the
+fake index's releases below, not computed by the code under test. Against the real PyPI:
+tests/integration/test_watch.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rollout_matrix.matrix import load_matrix
+
+MATRIX = """\
+schema: 1
+lock_pythons: ["3.11"]
+stacks:
+  cu130:
+    cuda: "13.0"
+    base_image: nvidia/cuda:13.0.1-cudnn-devel-ubuntu24.04
+    python: "3.12"
+engines:
+  vllm:
+    package: vllm
+    requirement: "vllm=={version}"
+    left_out:
+      "0.31.0": "its wheel was broken (a test reason)"
+    bands:
+      - torch: "2.13.0"
+        stack: cu130
+        releases:
+          "0.29.0": {flashinfer-python: "0.6.18"}
+          # a comment that belongs to 0.30.0
+          "0.30.0": {flashinfer-python: "0.6.18.post1"}
+      - torch: "2.14.0"
+        stack: cu130
+        releases:
+          "0.33.0": {flashinfer-python: "0.7.2.post1"}
+      - torch: "2.14.0"
+        stack: cu130
+        unavailable: "a pin left the index (a test reason)"
+        releases:
+          "0.33.1": {flashinfer-python: "0.7.2.post2"}
+"""
+
+VLLM = {  # version -> Requires-Dist of its wheel
+    "0.28.0": ["torch==2.13.0"],  # older than the matrix's oldest: ignored
+    "0.29.0": ["torch==2.13.0", "flashinfer-python==0.6.18"],
+    "0.30.0": ["torch==2.13.0", "flashinfer-python==0.6.18.post1"],
+    "0.31.0": ["torch==2.13.0", "flashinfer-python==0.7.0.post1"],  # left out on purpose
+    "0.32.0": ["torch==2.13.0", "flashinfer-python==0.7.0.post1", "quack-kernels==0.6.5", "numpy>=2",
+               "b12x==1.5.1; extra == 'b12x'"],
+    "0.33.0": ["torch==2.14.0", "flashinfer-python==0.7.2.post1"],
+    "0.33.1": ["torch==2.14.0", "flashinfer-python==0.7.2.post2"],  # listed, in an unavailable band
+    "0.34.0": ["torch==2.14.0", "flashinfer-python==0.7.3", "humming-kernels[cu13]==0.1.19"],
+    "0.34.0rc1": ["torch==2.14.0"],  # an old pre-release: not even mentioned
+    "0.36.0": ["torch==2.15.0", "flashinfer-python==0.8.0"],  # a torch no band has
+    "0.37.0rc2": ["torch==2.15.0"],  # newer than every final: reported on stderr, never added
+    "0.37.0.dev3": ["torch==2.15.0"],
+}
+YANKED = {"0.35.0": ["torch==2.14.0"]}  # every file yanked: not a release to add
+
+# by hand: the finals newer than 0.29.0 that matrix.yaml neither lists nor leaves out
+EXPECTED_LINES = [
+    "vllm 0.32.0 torch 2.13.0 band vllm-0.25",
+    "vllm 0.34.0 torch 2.14.0 band vllm-0.25",
+    "vllm 0.36.0 torch 2.15.0 band none",
+]
+
+
+@pytest.fixture
+def index(fake_index):
+    for version, requires in VLLM.items():
+        fake_index.add("vllm", version, requires)
+    for version, requires in YANKED.items():
+        fake_index.add("vllm", version, requires, yanked=True)
+    return fake_index
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Path:
+    (tmp_path / "matrix.yaml").write_text(MATRIX)
+    (tmp_path / "docker" / "locks").mkdir(parents=True)
+    return tmp_path
+
+
+def watch(checkout: Path, index_url: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    environ = {**os.environ, "no_proxy": "127.0.0.1", "NO_PROXY": "127.0.0.1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "rollout_matrix.cli", "--matrix", str(checkout / "matrix.yaml"),
+                           "watch", "--index-url", index_url, *args],
+                          cwd=checkout, env=environ, capture_output=True, text=True, check=False, timeout=120)
+
+
+def test_reports_each_missing_final_release_once_and_the_rest_on_stderr(index, checkout) -> None:
+    before = (checkout / "matrix.yaml").read_text()
+    proc = watch(checkout, index.url, "--json", "found.json")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == EXPECTED_LINES
+    err = proc.stderr
+    assert "watch: vllm: 7 final releases newer than 0.29.0 on the index; 3 missing from matrix.yaml" in err
+    assert "1 left out on purpose (0.31.0)" in err and "1 yanked (0.35.0)" in err
+    assert "pre-releases not added: 0.37.0.dev3, 0.37.0rc2" in err
+    assert "0.34.0rc1" not in err and "0.28.0" not in err + proc.stdout
+    assert (checkout / "matrix.yaml").read_text() == before  # without --write nothing is written
+    found = json.loads((checkout / "found.json").read_text())
+    assert [m["entry"] for m in found["missing"]] == ["vllm-0.32.0", "vllm-0.34.0", "vllm-0.36.0"]
+    by_entry = {m["entry"]: m for m in found["missing"]}
+    # new-release's own reading of the wheel: exact pins of tracked or kernel packages, not numpy or extras
+    assert by_entry["vllm-0.32.0"]["pins"] == {"flashinfer-python": "0.7.0.post1", "quack-kernels": "0.6.5"}
+    assert by_entry["vllm-0.34.0"]["matrix_band"] == {"torch": "2.14.0", "stack": "cu130"}
+    assert by_entry["vllm-0.36.0"]["matrix_band"] is None and by_entry["vllm-0.36.0"]["shim"] is None
+
+
+def test_prints_nothing_when_nothing_is_missing(fake_index, checkout) -> None:
+    for version in ("0.29.0", "0.30.0", "0.33.0", "0.33.1", "0.34.0rc1"):
+        fake_index.add("vllm", version, VLLM[version])
+    proc = watch(checkout, fake_index.url)
+    assert (proc.returncode, proc.stdout) == (0, "")
+    assert "0 missing from matrix.yaml" in proc.stderr
+
+
+@pytest.mark.parametrize("broken", ["closed port", "HTTP 503"])
+def test_an_unreachable_index_is_exit_6_in_one_line(fake_index, checkout, broken) -> None:
+    if broken == "closed port":
+        url = fake_index.url
+        fake_index.close()
+    else:
+        fake_index.fail_with = 503
+        url = fake_index.url
+    proc = watch(checkout, url)
+    assert proc.returncode == 6, proc.stderr
+    assert proc.stdout == ""
+    checkout_line, line = proc.stderr.splitlines()  # the checkout it read, then the one fault line
+    assert checkout_line == f"rollout-matrix: checkout {checkout} (matrix.yaml)"
+    assert line.startswith("rollout-matrix: error: ") and "Traceback" not in proc.stderr
+    assert ("retry later" if broken == "HTTP 503" else "check the network") in line
+
+
+def test_write_adds_lines_in_version_order_and_reports_what_it_could_not_do(index, checkout) -> None:
+    # PyPI is made unreachable (a proxy on a closed port) so that locking fails offline, as it would
+    # for a release whose pins PyPI lacks; the fake index stays reachable (no_proxy).
+    dead = "http://127.0.0.1:9"
+    proc = watch(checkout, index.url, "--write", "--json", "w.json",
+                 env={"https_proxy": dead, "HTTPS_PROXY": dead, "http_proxy": dead, "HTTP_PROXY": dead})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout.splitlines() == EXPECTED_LINES
+    text = (checkout / "matrix.yaml").read_text().splitlines()
+    i30 = text.index('          "0.30.0": {flashinfer-python: "0.6.18.post1"}')
+    assert text[i30 + 1] == '          "0.32.0": {flashinfer-python: "0.7.0.post1", quack-kernels: "0.6.5"}'
+    assert text[i30 - 1] == "          # a comment that belongs to 0.30.0"
+    i33 = text.index('          "0.33.0": {flashinfer-python: "0.7.2.post1"}')
+    assert text[i33 + 1] == ('          "0.34.0": {flashinfer-python: "0.7.3", humming-kernels: "0.1.19"}')
+    assert text[i33 + 2] == "      - torch: \"2.14.0\""  # not into the unavailable band
+    assert "0.36.0" not in "\n".join(text)
+    matrix = load_matrix(checkout / "matrix.yaml")
+    assert matrix.get("vllm-0.32.0").torch == "2.13.0" and matrix.get("vllm-0.34.0").torch == "2.14.0"
+    result = json.loads((checkout / "w.json").read_text())
+    assert result["written"] == ["vllm-0.32.0", "vllm-0.34.0"]
+    (not_written,) = result["not_written"]
+    assert not_written["entry"] == "vllm-0.36.0" and "torch 2.15.0" in not_written["why"]
+    assert sorted((r["entry"], r["python"], r["ok"]) for r in result["locks"]) == [
+        ("vllm-0.32.0", "3.11", False), ("vllm-0.32.0", "3.12", False),
+        ("vllm-0.34.0", "3.11", False), ("vllm-0.34.0", "3.12", False)]
+    assert not list((checkout / "docker" / "locks").iterdir())
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("rollout-matrix: error: vllm-0.36.0 not added; lock of vllm-0.32.0")
+    # a second run finds the written ones listed and reports only what is still missing
+    again = watch(checkout, index.url)
+    assert (again.returncode, again.stdout.splitlines()) == (0, ["vllm 0.36.0 torch 2.15.0 band none"])
+
+
+def test_left_out_must_not_also_be_listed(tmp_path: Path) -> None:
+    path = tmp_path / "matrix.yaml"
+    path.write_text(MATRIX.replace('"0.31.0": "its wheel', '"0.30.0": "its wheel'))
+    proc = subprocess.run([sys.executable, "-m", "rollout_matrix.cli", "--matrix", str(path), "list"],
+                          capture_output=True, text=True, check=False, timeout=60)
+    assert proc.returncode == 2
+    assert f"{path}:13: vllm 0.30.0 is left out here but listed at line 20; remove one of the two" in proc.stderr
+
+
+@pytest.mark.parametrize(("left_out", "message"), [
+    ('"v0.31.0": "why"', "engines.vllm.left_out key 'v0.31.0' is not in normal form; write '0.31.0'"),
+    ('"0.31.0": ""', "engines.vllm.left_out 0.31.0: say why it is left out"),
+    ('"0.31.0": 3', "engines.vllm.left_out 0.31.0 must be quoted"),
+])
+def test_left_out_needs_a_version_and_a_reason(tmp_path: Path, left_out: str, message: str) -> None:
+    path = tmp_path / "matrix.yaml"
+    path.write_text(MATRIX.replace('"0.31.0": "its wheel was broken (a test reason)"', left_out))
+    proc = subprocess.run([sys.executable, "-m", "rollout_matrix.cli", "--matrix", str(path), "list"],
+                          capture_output=True, text=True, check=False, timeout=60)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
