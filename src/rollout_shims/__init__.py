@@ -2,6 +2,8 @@
 
 ``import rollout_shims`` is light on purpose (packaging and pyyaml only): detection reads package
 metadata, and the engines (and torch) are imported only inside :func:`create_engine`.
+:func:`share_weights` is the trainer's side of ``RolloutEngine.update_weights_from``: it imports
+torch when called, and never an engine.
 """
 
 from rollout_shims.api import Completion, EngineInfo, RolloutEngine, SamplingParams
@@ -9,6 +11,7 @@ from rollout_shims.config import RolloutConfig, SGLangConfig, VLLMConfig
 from rollout_shims.detect import FORCE_ENV, Detection, detect
 from rollout_shims.errors import ConfigError, EngineNotFoundError, UnsupportedEngineError, UnsupportedFeatureError
 from rollout_shims.factory import create_engine
+from rollout_shims.sharing import SharedBucket, share_weights
 
 __all__ = [
     "FORCE_ENV",
@@ -21,9 +24,11 @@ __all__ = [
     "RolloutEngine",
     "SGLangConfig",
     "SamplingParams",
+    "SharedBucket",
     "UnsupportedEngineError",
     "UnsupportedFeatureError",
     "VLLMConfig",
     "create_engine",
     "detect",
+    "share_weights",
 ]

@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from rollout_shims.config import RolloutConfig
-from rollout_shims.errors import EngineFailedError, EngineStateError
+from rollout_shims.errors import EngineFailedError, EngineStateError, UnsupportedFeatureError
+from rollout_shims.outputs import int_list
+from rollout_shims.sharing import SharedBucket
 
 log = logging.getLogger("rollout_shims")
 
@@ -133,6 +135,36 @@ class RolloutEngine(ABC):
         self._update_weights(list(named_tensors))
         self._weights_lost = False
 
+    def update_weights_from(self, handles: SharedBucket | Iterable[SharedBucket]) -> None:
+        """Load weights another process shared with :func:`rollout_shims.share_weights`, then drop
+        the prefix cache.
+
+        ``handles`` is one bucket or an iterable of buckets, taken in order: the next bucket is
+        pulled only after the previous one is loaded and its handles are released, so an iterable
+        that tells the trainer "loaded" when asked for the next bucket keeps the trainer's extra
+        memory at one bucket (docs/shims.md, "Weights from another process").
+        """
+        self._require_ready("update_weights_from")
+        ranks = self._shared_weight_ranks()
+        taken = 0
+
+        def checked() -> Iterator[SharedBucket]:
+            nonlocal taken
+            for bucket in [handles] if isinstance(handles, SharedBucket) else handles:
+                if not isinstance(bucket, SharedBucket):
+                    raise ValueError(f"update_weights_from: got {type(bucket).__name__}, not a SharedBucket "
+                                     "from rollout_shims.share_weights")
+                if bucket.ranks != ranks:
+                    raise ValueError(f"update_weights_from: bucket {bucket.index} was shared for {bucket.ranks} "
+                                     f"engine rank(s), this engine has {ranks}: share_weights(..., ranks={ranks})")
+                taken += 1
+                yield bucket
+
+        self._update_weights_from(checked())
+        if taken:
+            self._flush_cache()
+            self._weights_lost = False
+
     def offload(self) -> None:
         """Free the engine's GPU memory (weights and KV cache) until :meth:`onload`."""
         self._require_open("offload")
@@ -177,7 +209,7 @@ class RolloutEngine(ABC):
             raise EngineStateError(f"{what}: the engine is offloaded; call onload() first")
 
     def _strip_padding(self, prompt: Sequence[int]) -> list[int]:
-        ids = [int(t) for t in prompt]
+        ids = int_list(prompt)
         pad = self.config.padding
         if pad is None:
             return ids
@@ -220,6 +252,14 @@ class RolloutEngine(ABC):
 
     @abstractmethod
     def _update_weights(self, named_tensors: list[tuple[str, Any]]) -> None: ...
+
+    def _update_weights_from(self, buckets: Iterator[SharedBucket]) -> None:
+        """Load each bucket (already checked) in turn; the caller flushes the cache afterwards."""
+        raise UnsupportedFeatureError(f"update_weights_from: not available in shim {self.info.shim}")
+
+    def _shared_weight_ranks(self) -> int:
+        """How many engine ranks open each shared bucket (``share_weights(ranks=...)``)."""
+        return self.config.tensor_parallel_size * self.config.pipeline_parallel_size
 
     @abstractmethod
     def _offload(self) -> None: ...

@@ -2,9 +2,10 @@
 
 Why: GPU minutes are scarce (30 a session), and a crash a CPU could have found wastes them. This
 plugin puts a stand-in engine behind ``rollout_shims.create_engine``: a ``transformers`` Qwen2 on the
-CPU that generates greedy and sampled tokens with logprobs, updates weights, offloads, flushes and
-shuts down, and counts the memory it "holds". Everything of the GPU tests then runs for real up to
-the engine: fixtures, modes, the GPU-sharing lock, teacher-forced checks, JUnit properties.
+CPU that generates greedy and sampled tokens with logprobs, updates weights (also from another
+process, through shared memory), offloads, flushes and shuts down, and counts the memory it "holds".
+Everything of the GPU tests then runs for real up to the engine: fixtures, modes, the GPU-sharing
+lock, teacher-forced checks, JUnit properties.
 
 Set ``DRYRUN_BACKEND`` (``vllm`` or ``sglang``: which engine's behaviour to stand in for, default
 vllm) and ``DRYRUN_KEEPS_WEIGHTS`` (1 or 0: whether offload keeps the weights, like vLLM and SGLang
@@ -95,6 +96,16 @@ class StandInEngine(RolloutEngine):
         state = {n: t.float() for n, t in named_tensors}
         self._model.load_state_dict(state, strict=False)
         self._pushed = True
+
+    def _update_weights_from(self, buckets: Any) -> None:
+        # Like vLLM's worker function: open this (only) rank's payload, load it, drop it. On the CPU the
+        # trainer's buckets are shared-memory files (rollout_shims/sharing.py).
+        from rollout_shims.sharing import open_payload
+
+        for bucket in buckets:
+            weights = open_payload(bucket.payloads[0])
+            self._update_weights(weights)
+            del weights
 
     def _offload(self) -> None:
         self._backup = {n: t.clone() for n, t in self._model.state_dict().items()}

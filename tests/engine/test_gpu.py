@@ -239,6 +239,127 @@ def test_info_names_what_runs(engine, detection) -> None:
     assert engine.info.tensor_parallel_size == 1
 
 
+TRAINER_SCRIPT = """
+import base64, json, pickle, sys
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+from rollout_shims import share_weights
+cfg = json.loads(sys.argv[1])
+torch.manual_seed(cfg["seed"])  # as the tiny_qwen2 fixture builds it: on the CPU, then bf16
+model = Qwen2ForCausalLM(Qwen2Config(**cfg["model_kw"])).to(torch.bfloat16)
+fingerprint = sum(float(t.float().sum()) for t in model.state_dict().values())
+weights = {n: t.to(cfg["device"]) for n, t in model.state_dict().items()}
+cuda = cfg["device"] == "cuda"
+if cuda:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+sent = 0
+for bucket in share_weights(weights, bucket_mib=cfg["bucket_mib"]):
+    print("BUCKET " + base64.b64encode(pickle.dumps(bucket)).decode(), flush=True)
+    if sys.stdin.readline().strip() != "loaded":  # the engine asks for the next bucket once this one is in
+        sys.exit(f"the engine did not confirm bucket {bucket.index}")
+    sent += 1
+print("DONE " + json.dumps({"buckets": sent, "fingerprint": fingerprint,
+                            "peak_extra_bytes": torch.cuda.max_memory_allocated() - before if cuda else None,
+                            "engines_imported": sorted(m for m in ("sglang", "vllm") if m in sys.modules)}), flush=True)
+"""
+BUCKET_MIB = 0.25
+"""Small enough that the tiny model (3.3 MiB) takes many buckets and its largest tensors (0.5 MiB:
+embeddings, lm_head) are larger than one."""
+
+
+def test_update_weights_from_another_process(engine, reference, tiny_qwen2, tmp_path: Path, caplog,
+                                             record_property) -> None:
+    """The update RL frameworks run: a trainer process on the same GPU (torch only, no engine
+    imported) shares a new model's weights bucket by bucket (``share_weights``); the engine, just
+    through offload/onload, takes them with ``update_weights_from`` and then answers as the new
+    model, teacher-forced. The trainer packs the next bucket only when the engine asks for it, so
+    its extra GPU memory never exceeds one bucket (a tensor larger than a bucket gets its own)."""
+    import base64
+    import pickle
+    import threading
+    import time
+
+    import torch
+
+    new = tiny_qwen2(3)
+    model_kw = tiny_qwen2.__globals__["MODEL_KW"]  # what the fixture built it from (conftest.py), for the trainer
+    sizes = [t.numel() * t.element_size() for t in new.state_dict().values()]
+    bucket_bytes = int(BUCKET_MIB * 2**20)
+    assert sum(sizes) > 2 * bucket_bytes and max(sizes) > bucket_bytes  # the cases this test is about
+    before = engine.generate(prompts(), GREEDY)
+    engine.offload()
+    engine.onload()  # SGLang <= 0.5.2 lost the weights here: the share names them all, so none are reloaded
+
+    err = (tmp_path / "trainer.stderr").open("w")
+    cfg = {"seed": 3, "model_kw": model_kw, "device": DEVICE, "bucket_mib": BUCKET_MIB}
+    trainer = subprocess.Popen([sys.executable, "-c", TRAINER_SCRIPT, json.dumps(cfg)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=err, text=True, env=dict(os.environ))
+    watchdog = threading.Timer(600, trainer.kill)
+    watchdog.start()
+    done: dict = {}
+    taken = []
+    first = []  # when the first bucket arrived: the trainer's start-up (imports, model) is not the transfer
+
+    def from_trainer():
+        """The engine's side of the protocol: asking for the next bucket tells the trainer the last
+        one is loaded (and its handles released)."""
+        for line in iter(trainer.stdout.readline, ""):
+            if line.startswith("BUCKET "):
+                first.append(time.monotonic())
+                bucket = pickle.loads(base64.b64decode(line[7:]))
+                taken.append(bucket)
+                yield bucket
+                trainer.stdin.write("loaded\n")
+                trainer.stdin.flush()
+            elif line.startswith("DONE "):
+                done.update(json.loads(line[5:]))
+                return
+        raise AssertionError("the trainer ended without DONE: " + (tmp_path / "trainer.stderr").read_text()[-3000:])
+
+    try:
+        engine.update_weights_from(from_trainer())
+        seconds = time.monotonic() - first[0]
+        assert trainer.wait(timeout=60) == 0, (tmp_path / "trainer.stderr").read_text()[-3000:]
+    finally:
+        watchdog.cancel()
+        trainer.kill()
+        err.close()
+    rate = sum(sizes) / seconds / 1e9
+    peak = done.get("peak_extra_bytes")
+    bound = -(-max(bucket_bytes, max(sizes)) // 512) * 512  # the CUDA allocator rounds blocks to 512 bytes
+    print(f"[ipc] {engine.info.shim} {engine.mode}: {sum(sizes) / 2**20:.1f} MiB in {len(taken)} buckets of "
+          f"{BUCKET_MIB} MiB, {seconds:.3f}s from the first bucket to the last load ({rate:.3f} GB/s: at 3 MiB "
+          f"the per-bucket round trips count, not bandwidth); "
+          f"trainer peak extra {'n/a (CPU)' if peak is None else f'{peak / 2**20:.3f} MiB'} "
+          f"(bound {bound / 2**20:.3f} MiB)")
+    record_property("ipc_update_gb_per_s", round(rate, 4))
+    record_property("ipc_update_seconds", round(seconds, 3))
+    record_property("ipc_buckets", len(taken))
+    if peak is not None:
+        record_property("ipc_trainer_peak_extra_mib", round(peak / 2**20, 4))
+    assert done["engines_imported"] == [], "the trainer imported an engine"
+    assert done["buckets"] == len(taken) >= 2 and [b.index for b in taken] == list(range(len(taken)))
+    assert done["fingerprint"] == pytest.approx(sum(float(t.float().sum()) for t in new.state_dict().values()))
+    if peak is not None:
+        assert max(sizes) <= peak <= bound, (peak, bound)
+    assert not [r for r in caplog.records if "reloading" in r.getMessage()], "a whole-model share reloaded model_dir"
+
+    after = engine.generate(prompts(), GREEDY)
+    assert [c.token_ids for c in after] != [c.token_ids for c in before]
+    new_ref = exact(new)
+    for prompt, completion in zip(prompts(), after, strict=True):
+        check_teacher_forced(new_ref, prompt, completion)
+
+    engine.update_weights(bf16_weights(reference))
+    for prompt, completion in zip(prompts(), engine.generate(prompts(), GREEDY), strict=True):
+        check_teacher_forced(reference, prompt, completion)
+    del new, new_ref
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
+
+
 TP2_SCRIPT = LOCKING_PRELUDE + """
 from rollout_shims import SamplingParams, create_engine
 cfg = json.loads(sys.argv[1])

@@ -26,13 +26,14 @@ docs/shims.md):
   ``TokenizerManager.flush_cache()`` (sends ``FlushCacheReq``) exists.
 
 Not boundaries, although the engine changed there, because the shim's calls are unaffected:
-0.4.4.post2 (the tensor-update wire format becomes per-TP-rank, but ``Engine.update_weights_from_tensor``
-builds it itself; vLLM stops being imported at module level, an install matter the ``srt`` extra
-covers), 0.4.9 (``update_weights_from_distributed`` takes lists: the shim does not use it), 0.4.10 and
-0.5.2 (scheduler / tokenizer-manager code moves into mixins: the shim calls only ``Engine``), 0.5.4
-(``Engine.loop`` appears: the same loop as before), 0.5.11 (``kill_process_tree`` gains
-``wait_timeout``: the start-up stand-in takes any arguments), 0.5.19 (``ServerArgs(...)`` only stores
-its input; ``Engine`` resolves it).
+0.4.4.post2 (the tensor-update wire format becomes per-TP-rank: ``Engine.update_weights_from_tensor``
+builds it itself, and the 0.4.4 band's ``update_weights_from`` picks the format by release; vLLM
+stops being imported at module level, an install matter the ``srt`` extra covers), 0.4.9
+(``update_weights_from_distributed`` takes lists: the shim does not use it), 0.4.10 and 0.5.2
+(scheduler / tokenizer-manager code moves into mixins: the shim calls ``Engine`` and
+``TokenizerManager`` methods, which the instances still have), 0.5.4 (``Engine.loop`` appears: the
+same loop as before), 0.5.11 (``kill_process_tree`` gains ``wait_timeout``: the start-up stand-in
+takes any arguments), 0.5.19 (``ServerArgs(...)`` only stores its input; ``Engine`` resolves it).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from rollout_shims.api import SamplingParams
 from rollout_shims.config import RolloutConfig
 from rollout_shims.errors import EngineRequestError, UnsupportedFeatureError
 from rollout_shims.mapping import SGLANG_ARGS, ArgRule, _graph_bs
+from rollout_shims.sharing import SharedBucket
 from rollout_shims.shims.sglang_base import ENGINE_PY, TMS_PY, SGLangEngine, _sym
 from rollout_shims.symbols import Symbol
 
@@ -119,6 +121,24 @@ class SGLang044(SGLang0453):
         # Synchronous send of FlushCacheReq to the scheduler; there is no reply to wait for, but
         # later requests travel the same ZMQ channel, so they are served after the flush.
         self._engine.tokenizer_manager.flush_cache()
+
+    # update_weights_from: up to 0.4.4.post1 the request carries ONE payload that every TP rank opens
+    # (io_struct.py:541, tp_worker.py:215-218 in 0.4.4); a list indexed by TP rank from 0.4.4.post2
+    # (io_struct.py:554, tp_worker.py:217). One payload opened by two ranks would release the trainer's
+    # bucket twice, so TP > 1 is refused there.
+    def _per_rank_payloads(self) -> bool:
+        return Version(self.info.release) >= Version("0.4.4.post2")
+
+    def _shared_weight_ranks(self) -> int:
+        ranks = super()._shared_weight_ranks()
+        if ranks > 1 and not self._per_rank_payloads():
+            raise UnsupportedFeatureError(
+                f"update_weights_from: SGLang {self.info.release} sends one weight payload to every TP rank; "
+                "tensor_parallel_size > 1 needs 0.4.4.post2 or later")
+        return ranks
+
+    def _tensor_payloads(self, bucket: SharedBucket) -> Any:
+        return super()._tensor_payloads(bucket) if self._per_rank_payloads() else bucket.payloads[0]
 
 
 # ----- newer bands: each subclasses the next older one ----------------------------------------------

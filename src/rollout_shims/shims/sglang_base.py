@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 from rollout_shims.api import Completion, EngineInfo, RolloutEngine, SamplingParams
@@ -23,7 +24,9 @@ from rollout_shims.detect import Detection
 from rollout_shims.engine_log import EngineLog
 from rollout_shims.errors import EngineFailedError, EngineRequestError, EngineStateError, UnsupportedFeatureError
 from rollout_shims.mapping import SGLANG_ARGS, SGLANG_FIXED, ArgRule, engine_kwargs
+from rollout_shims.outputs import int_list
 from rollout_shims.processes import OwnedProcesses
+from rollout_shims.sharing import SharedBucket
 from rollout_shims.symbols import Symbol, required_problems, unavailable_features
 
 log = logging.getLogger("rollout_shims")
@@ -59,6 +62,8 @@ class SGLangEngine(RolloutEngine):
         _sym("sglang/srt/server_args.py", "ServerArgs"),
         # 0.4.8+ adapters use the module singleton with tagged pause/resume (torch_memory_saver>=0.0.8)
         _sym(TMS_PY, "torch_memory_saver", dist="torch_memory_saver", feature="offload"),
+        # built by the shim for update_weights_from (the fields it passes are in every release)
+        _sym("sglang/srt/managers/io_struct.py", "UpdateWeightsFromTensorReqInput", feature="update_weights_from"),
     )
     OUTPUT_IDS_WITH_TEXT: ClassVar[bool] = True
     """Whether results carry ``output_ids`` also when a tokenizer is loaded (0.5.1+)."""
@@ -219,14 +224,16 @@ class SGLangEngine(RolloutEngine):
             self._failure = EngineFailedError(self._label, process, how, self._log.last_error())
         return self._failure
 
-    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """``self._engine.<method>(...)``, turned into :class:`EngineFailedError` when a process of the
-        engine dies before or during the call (SGLang itself would wait for the reply forever)."""
+    def _call(self, method: str | Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``self._engine.<method>(...)`` (or ``method(...)`` when given a function that runs the
+        engine's loop), turned into :class:`EngineFailedError` when a process of the engine dies
+        before or during the call (SGLang itself would wait for the reply forever)."""
         self._in_call = True
         try:
             if self._dead is not None:
                 raise self._failed()
-            return getattr(self._engine, method)(*args, **kwargs)
+            call = getattr(self._engine, method) if isinstance(method, str) else method
+            return call(*args, **kwargs)
         except RuntimeError as exc:
             if self._dead is not None and not isinstance(exc, EngineFailedError):
                 raise self._failed() from None
@@ -263,7 +270,7 @@ class SGLangEngine(RolloutEngine):
         return [self._completion(o, params) for o in outs]
 
     def _output_ids(self, out: dict[str, Any]) -> list[int]:
-        return [int(t) for t in out["output_ids"]]
+        return int_list(out["output_ids"])
 
     def _completion(self, out: dict[str, Any], params: SamplingParams) -> Completion:
         meta = out["meta_info"]
@@ -271,6 +278,7 @@ class SGLangEngine(RolloutEngine):
         kind = finish.get("type") if isinstance(finish, dict) else str(finish)
         logprobs = None
         if params.logprobs:
+            # (logprob, token_id, text) triples; taking the column with zip() measured no faster
             logprobs = [float(entry[0]) for entry in meta["output_token_logprobs"]]
         return Completion(
             token_ids=self._output_ids(out), logprobs=logprobs,
@@ -290,6 +298,60 @@ class SGLangEngine(RolloutEngine):
         if isinstance(result, tuple) and result and not result[0]:
             raise EngineRequestError(f"SGLang refused the weights: {result[1] if len(result) > 1 else result}")
         self._pushed = True
+
+    def _update_weights_from(self, buckets: Iterator[SharedBucket]) -> None:
+        """Each bucket as SGLang's own ``update_weights_from_tensor`` request, whose
+        ``serialized_named_tensors`` (one payload per TP rank) are the trainer's payloads as they
+        came: ``Engine.update_weights_from_tensor`` would open them here and share them again, which
+        torch refuses for a CUDA tensor received from another process. Each scheduler opens its own
+        rank's payload and loads it through the model's ``load_weights``."""
+        why = unavailable_features(self.SYMBOLS).get("update_weights_from")
+        if why:
+            raise UnsupportedFeatureError("update_weights_from: " + "; ".join(why))
+        lost = self._weights_lost
+        session = getattr(self, "_weight_session", None)  # 0.5.21+: begin/end_weight_update around loads
+        with session() if session is not None else contextlib.nullcontext():
+            for bucket in buckets:
+                if lost:
+                    self._reload_unless_whole_model(bucket.share_names)
+                    lost = False
+                result = self._call(self._send_shared, bucket)
+                if isinstance(result, tuple) and result and not result[0]:
+                    raise EngineRequestError(f"SGLang refused shared bucket {bucket.index}: "
+                                             f"{result[1] if len(result) > 1 else result}")
+                self._pushed = True
+
+    def _send_shared(self, bucket: SharedBucket) -> Any:
+        """What ``Engine.update_weights_from_tensor`` does after serialising (engine.py:453-464 in
+        0.4.10.post2, :1690-1700 in 0.5.23), with the trainer's payloads; the cache is flushed once,
+        after the last bucket."""
+        from sglang.srt.managers.io_struct import UpdateWeightsFromTensorReqInput
+
+        request = UpdateWeightsFromTensorReqInput(
+            serialized_named_tensors=self._tensor_payloads(bucket), load_format=None, flush_cache=False)
+        return self._loop.run_until_complete(self._engine.tokenizer_manager.update_weights_from_tensor(request, None))
+
+    def _tensor_payloads(self, bucket: SharedBucket) -> Any:
+        """``serialized_named_tensors``: a list indexed by TP rank (0.4.4.post2 and later)."""
+        return list(bucket.payloads)
+
+    def _shared_weight_ranks(self) -> int:
+        if self.config.pipeline_parallel_size > 1:
+            # The schedulers pick their payload by TP rank only (tp_worker.py), so two pipeline
+            # stages would open one payload twice and release the trainer's bucket too early.
+            raise UnsupportedFeatureError("update_weights_from: SGLang indexes shared weights by TP rank only; "
+                                          "not available with pipeline_parallel_size > 1")
+        return self.config.tensor_parallel_size
+
+    def _reload_unless_whole_model(self, share_names: tuple[str, ...] | None) -> None:
+        """After an onload() that lost the weights: a share that does not name every checkpoint
+        tensor (or names none, from a one-pass iterator) would leave the rest garbage, so
+        ``model_dir`` is reloaded first (as :meth:`_update_weights` does for a partial push)."""
+        names = checkpoint_names(self.config.model_dir)
+        if names is None or share_names is None or not names <= set(share_names):
+            log.warning("update_weights_from after onload(): the share does not name every tensor of the model; "
+                        "reloading %s first", self.config.model_dir)
+            self._reload_from_disk()
 
     def _offload(self) -> None:
         why = unavailable_features(self.SYMBOLS).get("offload")

@@ -13,6 +13,7 @@ import dataclasses
 import gc
 import logging
 import os
+from collections.abc import Iterator
 from importlib import metadata
 from typing import Any, ClassVar
 
@@ -24,6 +25,8 @@ from rollout_shims.config import RolloutConfig
 from rollout_shims.detect import Detection
 from rollout_shims.errors import EngineRequestError, EngineStateError, UnsupportedFeatureError
 from rollout_shims.mapping import VLLM_ARGS, VLLM_FIXED, engine_kwargs
+from rollout_shims.outputs import int_list, sampled_logprobs
+from rollout_shims.sharing import SharedBucket
 from rollout_shims.shims import vllm_memory
 from rollout_shims.symbols import Symbol, required_problems
 
@@ -43,6 +46,25 @@ def load_weights_in_worker(worker: Any, weights: list[tuple[str, Any]]) -> bool:
     vLLM's fused/sharded parameters, so each TP rank takes its shard of the full tensors."""
     worker.model_runner.model.load_weights(weights)
     return True
+
+
+def load_shared_in_worker(worker: Any, payloads: list[bytes]) -> bool:
+    """Run by ``collective_rpc`` in every vLLM worker: open this rank's payload of a bucket from
+    ``share_weights`` (CUDA IPC handles to the trainer's buffer: no copy, nothing re-shared) and load
+    it through the model's own loader, which takes this rank's shard of each full tensor. The opened
+    tensors are dropped on return, which releases the trainer's bucket."""
+    from rollout_shims.sharing import open_payload
+
+    weights = open_payload(payloads[worker.rank])
+    worker.model_runner.model.load_weights(weights)
+    del weights
+    return True
+def has_flat_logprobs(params_cls: Any) -> bool:
+    """Whether vLLM's ``SamplingParams`` (a msgspec Struct) has ``flat_logprobs`` (0.12+, vLLM PR 28914):
+    logprobs then come back as ``FlatLogprobs``, a few flat lists per sequence instead of a dict and a
+    ``Logprob`` object per token, which vLLM builds and the shim reads at a fraction of the cost
+    (rollout_shims/outputs.py). Asked by field, so a release that has it uses it."""
+    return "flat_logprobs" in getattr(params_cls, "__struct_fields__", ())
 
 
 def flashinfer_version() -> Version | None:
@@ -228,16 +250,15 @@ class VLLMEngine(RolloutEngine):
             n=1, max_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
             top_k=params.top_k, stop_token_ids=list(params.stop_token_ids), ignore_eos=params.ignore_eos,
             logprobs=0 if params.logprobs else None, seed=params.seed, detokenize=self.config.detokenize,
+            **({"flat_logprobs": True} if params.logprobs and has_flat_logprobs(VLLMSamplingParams) else {}),
         )
         outs = self._llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], sp, use_tqdm=False)
         return [self._completion(o.outputs[0], params) for o in outs]
 
     def _completion(self, out: Any, params: SamplingParams) -> Completion:
-        ids = [int(t) for t in out.token_ids]
-        logprobs = None
-        if params.logprobs:
-            # logprobs=0 asks for the sampled token only: one {token_id: Logprob} per step.
-            logprobs = [float(step[tok].logprob) for tok, step in zip(ids, out.logprobs, strict=True)]
+        ids = int_list(out.token_ids)
+        # logprobs=0 asks for the sampled token only: one {token_id: Logprob} (or flat entry) per step.
+        logprobs = sampled_logprobs(ids, out.logprobs) if params.logprobs else None
         return Completion(
             token_ids=ids, logprobs=logprobs,
             finish_reason=FINISH_REASONS.get(str(out.finish_reason), "abort"),  # type: ignore[arg-type]
@@ -250,6 +271,13 @@ class VLLMEngine(RolloutEngine):
             named_tensors = [(n, t.detach().cpu()) for n, t in named_tensors]
         self._llm.collective_rpc(load_weights_in_worker, args=(named_tensors,))
         self._flush_cache()
+
+    def _update_weights_from(self, buckets: Iterator[SharedBucket]) -> None:
+        # Every band: collective_rpc with a function the worker runs (docs/shims.md, "Weights from
+        # another process", says why not the native weight-transfer API of 0.22+). Each worker picks
+        # its payload by rank; with TP x PP > 1 the list reaches the worker processes pickled (bytes).
+        for bucket in buckets:
+            self._llm.collective_rpc(load_shared_in_worker, args=(list(bucket.payloads),))
 
     def _offload(self) -> None:
         # Level 1 keeps a CPU copy of the weights, so onload() restores identical outputs.
