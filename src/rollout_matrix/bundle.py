@@ -96,10 +96,13 @@ def choose_file(pin: Pin, python: str, order: dict) -> Choice:
 
 
 def fetch(file: IndexFile, cache: Path) -> Path:
-    """The index file, downloaded once into the cache and checked against its sha256."""
+    """The index file, downloaded once into the cache and checked against its sha256: on download and
+    again on every reuse (a wheel edited in the cache must never be bundled; it is fetched anew)."""
     target = cache / "files" / file.sha256 / file.filename
-    if target.is_file():
-        return target
+    if target.is_file() and not target.is_symlink():
+        if sha256_file(target) == file.sha256:
+            return target
+        target.unlink()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".part")
     digest = hashlib.sha256()
@@ -140,8 +143,10 @@ def build_wheel(sdist: Path, python: str, cache: Path) -> Path:
 
     out = cache / "built" / f"{sha256_file(sdist)}-py{python}"
     found = sorted(out.glob("*.whl")) if out.is_dir() else []
-    if found:
+    stamp = out / "wheel.sha256"  # written with the wheel: a built wheel edited in the cache is built again
+    if found and stamp.is_file() and stamp.read_text().strip() == sha256_file(found[0]):
         return found[0]
+    shutil.rmtree(out, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix="rollout-matrix-build-") as tmp:
         cmd = [uv_binary(), "build", "--wheel", "--no-config", "--python", find_python(python),
                "--out-dir", tmp, str(sdist)]
@@ -152,21 +157,64 @@ def build_wheel(sdist: Path, python: str, cache: Path) -> Path:
             raise UserError(f"building a wheel from {sdist.name} failed: {last[:300]}")
         out.mkdir(parents=True, exist_ok=True)
         shutil.move(str(wheels[0]), out / wheels[0].name)
+        stamp.write_text(sha256_file(out / wheels[0].name) + "\n")
     return out / wheels[0].name
 
 
 # -- making a bundle ------------------------------------------------------------------------------------
 
 
+MAX_PART_MIB = 1024
+"""A part (and a chunk) is read into memory whole; parts travel one per call of a few-GiB device tool."""
+
+
 def _lock_text_and_pins(matrix: Matrix, entry: Entry, python: str) -> tuple[Path, list[Pin]]:
     from rollout_matrix.locking import check_lock
 
     path = lock_path(entry, python, locks_dir_for(matrix))
+    if entry.unavailable and not path.is_file():  # `lock` refuses it too: do not send the user there
+        raise UserError(f"{entry.name} is marked unavailable in matrix.yaml ({entry.unavailable}): it has no lock "
+                        "and cannot be bundled; leave it out")
     problems = check_lock(entry, python, locks_dir_for(matrix))
     if problems:
         raise UserError(problems[0])
     read_lock(path)
     return path, parse_body(split_lock(path.read_text())[1], path)
+
+
+def _staging(out: Path) -> Path:
+    """A new hidden folder beside ``out`` that becomes ``out`` by a rename when the bundle is whole.
+
+    Made before anything is downloaded, so an ``--out`` that is a file, under /proc or on a read-only
+    file system fails at once, not after every download and compression.
+    """
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; choose a new folder for the bundle")
+    if out.is_dir() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not empty; choose a new --out folder (a bundle is never "
+                        f"written over another)")
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot be written ({exc.strerror}); choose a folder on a writable disk") from None
+    return staging
+
+
+def _shipped(skip_from: Iterable[Path]) -> set[str]:
+    """Chunks of the earlier bundles named by ``--after`` (each manifest checked; read before any download)."""
+    from rollout_matrix.manifest import ManifestError, read_manifest
+
+    shipped: set[str] = set()
+    for earlier in skip_from:
+        try:
+            shipped |= set(read_manifest(Path(earlier) / "part-000" / MANIFEST).chunks)
+        except ManifestError as exc:
+            raise UserError(f"--after {earlier}: {exc}; name the folder of a bundle made by `rollout-matrix bundle`") \
+                from None
+    return shipped
 
 
 def make_bundle(matrix: Matrix, entries: Iterable[Entry], python: str, out: Path, part_mib: int = 56,
@@ -176,16 +224,51 @@ def make_bundle(matrix: Matrix, entries: Iterable[Entry], python: str, out: Path
 
     ``skip_from``: earlier bundle folders whose chunks the machine already has; those are not packed
     into parts again (their manifests still list them).
+
+    Every input is checked before the first download (options, locks, unavailable entries, ``--after``
+    manifests, the folder, part-000's room for the tools); the parts are written into a hidden folder
+    beside ``out`` that is renamed to ``out`` when whole, and removed on any failure.
     """
     check_python(python)
     if payload not in PAYLOADS:
         raise UserError(f"--payload {payload!r}: choose one of {', '.join(PAYLOADS)}")
-    if part_mib < 2:
-        raise UserError(f"--part-mib {part_mib}: a part must hold at least 2 MiB")
+    if not 2 <= part_mib <= MAX_PART_MIB:
+        raise UserError(f"--part-mib {part_mib}: a part must hold at least 2 MiB and at most {MAX_PART_MIB} MiB")
     cache = cache or default_cache()
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} exists and is not empty; choose a new --out folder (a bundle is never "
-                        f"written over another)")
+    entries = list(entries)
+    locks = {e.name: _lock_text_and_pins(matrix, e, python) for e in entries}  # every lock checked first
+    shipped = _shipped(skip_from)
+    limit = part_mib << 20
+    tools = fetch_tools(python, cache) if payload == "zstd" else []
+    tools_bytes = sum(t.stat().st_size for t in tools)
+    if tools_bytes + _MANIFEST_ROOM > limit:
+        need = -(-(tools_bytes + _MANIFEST_ROOM) // (1 << 20))
+        raise UserError(f"--part-mib {part_mib}: part-000 must carry the unpacking tools ({tools_bytes / 2**20:.1f} MiB) "
+                        f"and the manifest; pass --part-mib {need} or more, or --payload wheel")
+    staging = _staging(out)
+    try:
+        manifest = _make(matrix, entries, locks, python, staging, part_mib, payload, cache, shipped, tools,
+                         progress, jobs)
+        if out.is_dir():
+            out.rmdir()  # empty (checked above): the whole bundle takes its place
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    total = sum(p["bytes"] for p in manifest.parts)
+    progress(f"bundle {out}: {len(manifest.parts)} parts, {total / 2**30:.2f} GiB to ship "
+             f"({len(shipped & set(manifest.chunks))} chunks already shipped)")
+    return manifest
+
+
+_MANIFEST_ROOM = 1 << 20
+"""Room kept in part-000 for bundle.json (110 KB for sglang-0.5.2's 152 files)."""
+
+
+def _make(matrix: Matrix, entries: list[Entry], locks: dict[str, tuple[Path, list[Pin]]], python: str,
+          out: Path, part_mib: int, payload: str, cache: Path, shipped: set[str], tools: list[Path],
+          progress: Callable[[str], None], jobs: int) -> Manifest:
+    """Download, check, compress, chunk and pack (see :func:`make_bundle`, which checked the inputs)."""
     start = time.monotonic()
     order = preference_order(python)
     store = cache / "chunks"
@@ -194,20 +277,21 @@ def make_bundle(matrix: Matrix, entries: Iterable[Entry], python: str, out: Path
     chunk_bytes = limit
     records: dict[str, EntryRecord] = {}
     done: dict[str, FileRecord] = {}  # lock hash -> record: a file shared by entries is processed once
+    fetched: dict[str, Path] = {}  # lock hash -> the cached file, hashed on this run
 
     def prepare(choice: Choice) -> FileRecord:
         key = choice.file.sha256
         if key in done:
             return done[key]
-        source = fetch(choice.file, cache)
+        source = fetched.get(key) or fetch(choice.file, cache)
         wheel = build_wheel(source, python, cache) if choice.built else source
         with zipfile.ZipFile(wheel) as zf:
             members = member_digest(zf)
         data = wheel if payload == "wheel" else zstd_payload(wheel, cache)
         record = FileRecord(
             name=canonicalize_name(choice.name), version=choice.version, wheel=wheel.name,
-            wheel_sha256=sha256_file(wheel) if choice.built else choice.file.sha256,
-            lock_sha256=choice.file.sha256, built_from_sdist=choice.built, members_sha256=members,
+            wheel_sha256=sha256_file(wheel) if choice.built else key,  # fetch() hashed it on this run
+            lock_sha256=key, built_from_sdist=choice.built, members_sha256=members,
             payload=payload, payload_sha256=sha256_file(data), size=data.stat().st_size,
             chunks=chunk_payload(data, chunk_bytes, store),
         )
@@ -218,11 +302,12 @@ def make_bundle(matrix: Matrix, entries: Iterable[Entry], python: str, out: Path
         return record
 
     for entry in entries:
-        path, pins = _lock_text_and_pins(matrix, entry, python)
+        path, pins = locks[entry.name]
         lock = read_lock(path)
         choices = [choose_file(p, python, order) for p in pins]
         with ThreadPoolExecutor(max_workers=jobs) as pool:  # downloads overlap; payloads are CPU-bound
-            list(pool.map(lambda c: fetch(c.file, cache), choices))
+            for choice, file in zip(choices, pool.map(lambda c: fetch(c.file, cache), choices), strict=True):
+                fetched[choice.file.sha256] = file
         record = EntryRecord(
             entry=entry.name, python=python, lock=str(path.relative_to(matrix.path.parent)),
             lock_sha256=lock.sha256, inputs_hash=lock.header.inputs_hash,
@@ -231,12 +316,6 @@ def make_bundle(matrix: Matrix, entries: Iterable[Entry], python: str, out: Path
         records[entry.name] = record
         progress(f"{entry.name}: {len(record.files)} files, {record.bytes / 2**30:.2f} GiB of payload")
 
-    shipped: set[str] = set()
-    for earlier in skip_from:
-        manifest_path = Path(earlier) / "part-000" / MANIFEST
-        if not manifest_path.is_file():
-            raise UserError(f"--after {earlier}: no {MANIFEST} in its part-000; name a bundle folder")
-        shipped |= set(Manifest.from_json(manifest_path.read_text()).chunks)
     chunks = {c: (store / c).stat().st_size for r in records.values() for f in r.files for c in f.chunks}
     to_ship = {c: s for c, s in chunks.items() if c not in shipped}
     groups: list[dict[str, int]] = []  # per entry, in the order given: its chunks no earlier entry ships
@@ -245,30 +324,30 @@ def make_bundle(matrix: Matrix, entries: Iterable[Entry], python: str, out: Path
         own = {c: to_ship[c] for f in record.files for c in f.chunks if c in to_ship and c not in seen}
         seen |= set(own)
         groups.append(own)
-    tools = fetch_tools(python, cache) if payload == "zstd" else []
     packed = [[], *pack_parts(groups, limit)]  # part-000: the manifest and tools only (a light first call)
     manifest = Manifest(
         format=BUNDLE_FORMAT, created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), python=python,
         payload=payload, part_mib=part_mib, entries=records, chunks=chunks,
         parts=[{"name": f"part-{i:03d}", "chunks": g, "bytes": sum(to_ship[c] for c in g)} for i, g in enumerate(packed)],
-        tools=[t.name for t in tools],
+        tools=[t.name for t in tools], tools_sha256={t.name: sha256_file(t) for t in tools},
     )
-    out.mkdir(parents=True, exist_ok=True)
     for part in manifest.parts:
         folder = out / part["name"]
         folder.mkdir()
         for name in part["chunks"]:
             _link_or_copy(store / name, folder / name)
-    (out / "part-000" / MANIFEST).write_text(manifest.to_json())
+    text = manifest.to_json()
+    if len(text.encode()) + sum(t.stat().st_size for t in tools) > limit:
+        raise UserError(f"part-000 (the manifest of {len(records)} entries and the tools) is over --part-mib "
+                        f"{part_mib}; pass a larger --part-mib or fewer entries")
+    (out / "part-000" / MANIFEST).write_text(text)
     for tool in tools:
         shutil.copy2(tool, out / "part-000" / tool.name)
     where = {c: i for i, part in enumerate(manifest.parts) for c in part["chunks"]}
     for name, record in records.items():
         last = max((where[c] for f in record.files for c in f.chunks if c in where), default=0)
         progress(f"{name}: complete after part-{last:03d}")
-    total = sum(p["bytes"] for p in manifest.parts)
-    progress(f"bundle {out}: {len(manifest.parts)} parts, {total / 2**30:.2f} GiB to ship "
-             f"({len(shipped & set(chunks))} chunks already shipped), in {time.monotonic() - start:.0f}s")
+    progress(f"{len(records)} entries packed in {time.monotonic() - start:.0f}s")
     return manifest
 
 

@@ -1,7 +1,9 @@
 """The ``rollout-matrix`` command: list, build, push, pull and test the matrix images.
 
-Every subcommand is a thin layer over the Python API the nox sessions use too; user errors are
-printed as one line (``rollout-matrix: error: ...``) with exit code 2, Ctrl-C exits 130.
+Every subcommand is a thin layer over the Python API the nox sessions use too. The checkout is the
+working directory's (the nearest matrix.yaml at or above it), named on stderr first; user errors are
+printed as one line (``rollout-matrix: error: ...``) with their class's exit code (docs/ci.md), Ctrl-C
+exits 130.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from rollout_matrix.checkout import describe
 from rollout_matrix.errors import INTERRUPTED, UserError
 from rollout_matrix.lockfile import INDEX_URL
 from rollout_matrix.matrix import Entry, Matrix, load_matrix
@@ -199,21 +202,21 @@ def cmd_drift(args: argparse.Namespace, matrix: Matrix) -> int:
 def cmd_new_release(args: argparse.Namespace, matrix: Matrix) -> int:
     from rollout_matrix.newrelease import new_release
 
-    found = new_release(matrix, args.engine, args.version)
-    listed = next((e for e in matrix if e.engine == args.engine and e.version == args.version), None)
+    found = new_release(matrix, args.engine, args.version)  # found.version: normal form (v0.22.1 -> 0.22.1)
+    listed = next((e for e in matrix if e.engine == args.engine and e.version == found.version), None)
     if listed is not None:
         print(f"{listed.name} is already in matrix.yaml (line {listed.line}); the line from its wheel:", file=sys.stderr)
         print(found.line())
         return 0
     if found.band_torch is None:
-        print(f"{args.engine} {args.version} pins torch {found.torch or '(none)'}: no band of matrix.yaml has that "
+        print(f"{args.engine} {found.version} pins torch {found.torch or '(none)'}: no band of matrix.yaml has that "
               f"torch; add a band (and a stack for its CUDA line) with this release:", file=sys.stderr)
     else:
-        print(f"{args.engine} {args.version} pins torch {found.torch}: add this line under the band with torch "
-              f"{found.band_torch} (stack {found.stack}), then run `rollout-matrix lock {args.engine}-{args.version}`:",
+        print(f"{args.engine} {found.version} pins torch {found.torch}: add this line under the band with torch "
+              f"{found.band_torch} (stack {found.stack}), then run `rollout-matrix lock {args.engine}-{found.version}`:",
               file=sys.stderr)
     if found.shim is None:
-        print(f"no rollout_shims band serves {args.engine} {args.version} yet: check the engine API it changed and add a "
+        print(f"no rollout_shims band serves {args.engine} {found.version} yet: check the engine API it changed and add a "
               "bands.yaml row and a shim class (docs/maintaining.md)", file=sys.stderr)
     print(found.line())
     return 0
@@ -247,21 +250,21 @@ def cmd_record(args: argparse.Namespace, matrix: Matrix) -> int:
 
     root = matrix.path.parent
     for run in args.runs:
-        dest, evidence = record(Path(run), root, replace=args.replace)
-        if evidence.entry not in matrix.entries:
-            print(f"rollout-matrix: warning: {evidence.entry} is not in {matrix.path}", file=sys.stderr)
+        dest, evidence = record(Path(run), root, matrix.entries, replace=args.replace)
         print(f"{evidence.entry}: {evidence.kind} run, {evidence.verdict} -> {dest.relative_to(root)}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace, matrix: Matrix) -> int:
     """Failing releases do not fail the command: the test jobs already did; this one only reports."""
-    from rollout_matrix.report import summary_line, write_report
+    from rollout_matrix.report import rejected, summary_line, write_report
 
     out = Path(args.out) if args.out else matrix.path.parent / "docs"
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file; pass a directory (compatibility.md and .html go inside it)")
-    rows, written = write_report(matrix, out)
+    rows, written = write_report(matrix, out, strict=args.strict)
+    for line in rejected(rows):
+        print(f"rollout-matrix: warning: {line}; not counted", file=sys.stderr)
     print(summary_line(rows) + " -> " + ", ".join(str(p) for p in written))
     return 0
 
@@ -287,7 +290,8 @@ def cmd_gpu_batch(args: argparse.Namespace, matrix: Matrix) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rollout-matrix", description=__doc__.splitlines()[0])
-    parser.add_argument("--matrix", help="path to matrix.yaml (default: the checkout's; env ROLLOUT_MATRIX_FILE)")
+    parser.add_argument("--matrix", help="path to matrix.yaml (default: the nearest at or above the working "
+                                         "directory; env ROLLOUT_MATRIX_FILE)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("list", help="the expanded matrix as a table (or --json)")
@@ -381,13 +385,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("record", help="promote local results/<entry> runs into the committed evidence",
                        description="Copies each run (junit.xml, run.json, pytest.log) into cpu-results/<entry> or "
-                                   "gpu-results/<entry> by the kind of run, refusing to replace evidence with less.")
+                                   "gpu-results/<entry> by the kind of run, refusing to replace evidence with less. "
+                                   "The entry must be in matrix.yaml; links and oversized files are refused (exit 7).")
     p.add_argument("runs", nargs="+", metavar="DIR", help="result folders, e.g. results/sglang-0.5.2")
     p.add_argument("--replace", action="store_true", help="record even a run that is worse than the recorded one")
     p.set_defaults(handler=cmd_record)
 
     p = sub.add_parser("report", help="write docs/compatibility.md and .html from the committed evidence")
     p.add_argument("--out", help="where compatibility.md and .html go (default: docs/ next to matrix.yaml)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse (exit 7, nothing written) when committed evidence is rejected, instead of a "
+                        "warning and an 'evidence rejected' note")
     p.set_defaults(handler=cmd_report)
     return parser
 
@@ -407,6 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_libraries()
     try:
         matrix = load_matrix(args.matrix)
+        print(f"rollout-matrix: {describe(matrix.path)}", file=sys.stderr)  # which checkout: see checkout.py
         return int(args.handler(args, matrix))
     except UserError as exc:
         print(f"rollout-matrix: error: {exc}", file=sys.stderr)

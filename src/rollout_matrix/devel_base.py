@@ -40,6 +40,7 @@ from functools import cached_property
 from pathlib import Path
 
 from rollout_matrix.build import stream_build
+from rollout_matrix.checkout import describe
 from rollout_matrix.devel_wheels import devel_dir_for, get_stack, lock_wheels, read_wheels_lock, toolkit_stacks
 from rollout_matrix.docker_api import client, container, engine_call, image_exists
 from rollout_matrix.errors import INTERRUPTED, BuildFailed, CheckFailed, UserError
@@ -279,6 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         matrix = load_matrix(args.matrix)
+        print(f"rollout-matrix devel-base: {describe(matrix.path)}", file=sys.stderr)
         stacks = list(dict.fromkeys(args.stack)) or toolkit_stacks(matrix)
         for name in stacks:
             get_stack(matrix, name)  # every name checked before anything is built

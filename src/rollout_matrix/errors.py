@@ -45,6 +45,24 @@ class TestsFailed(UserError):
     __test__ = False  # not a pytest test class, whatever its name says
 
 
+class EvidenceError(UserError):
+    """A run or committed evidence that cannot be trusted as its entry's: run.json or junit.xml unreadable
+    or malformed, an entry not in matrix.yaml or not the folder's name, another lock than the committed
+    one, a symbolic link, a file over its size limit."""
+
+    exit_code = 7
+
+
+def brief(value: object, limit: int = 80) -> str:
+    """A bounded ``repr`` for an error line: a huge or odd value (a 300 MB string, a 5000-digit int,
+    whose repr Python even refuses to build) never reaches the terminal whole."""
+    if isinstance(value, str):
+        return repr(value) if len(value) <= limit else f"{value[:limit - 20]!r}... ({len(value)} characters)"
+    if isinstance(value, (bool, float, type(None))) or (isinstance(value, int) and value.bit_length() < 200):
+        return repr(value)
+    return f"a {type(value).__name__}"
+
+
 INTERRUPTED = 130
 """Ctrl-C or SIGTERM: what was running is stopped and cleaned up, nothing half-written is left."""
 
@@ -56,5 +74,6 @@ EXIT_CODES: dict[int, str] = {
     BuildFailed.exit_code: "an image did not build",
     CheckFailed.exit_code: "a built image failed its version or lock check",
     RegistryError.exit_code: "a registry push or pull failed",
+    EvidenceError.exit_code: "a run or committed evidence does not belong to its entry or lock, or is unreadable",
     INTERRUPTED: "interrupted (Ctrl-C, SIGTERM)",
 }

@@ -21,13 +21,15 @@ from typing import Any
 import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 
-from rollout_matrix.errors import UserError
+from rollout_matrix import checkout
+from rollout_matrix.errors import UserError, brief
 from rollout_matrix.options import check_repository
 
 SCHEMA = 1
-DEFAULT_MATRIX = "matrix.yaml"
+DEFAULT_MATRIX = checkout.MATRIX_FILE
+MAX_MATRIX_BYTES = 8 << 20  # today's is 21 KB
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
 _CUDA_RE = re.compile(r"^\d+\.\d+$")
 _PYTHON_RE = re.compile(r"^3\.\d+$")
@@ -154,12 +156,12 @@ class Matrix:
 
     def get(self, name: str) -> Entry:
         """The entry called ``name``; an unknown name fails with the nearest known ones."""
-        try:
+        if isinstance(name, str) and name in self.entries:
             return self.entries[name]
-        except KeyError:
-            near = difflib.get_close_matches(name, list(self.entries), n=3, cutoff=0.6)
-            hint = f"did you mean {', '.join(near)}?" if near else "run `rollout-matrix list` for the names"
-            raise UserError(f"unknown matrix entry {name!r} in {self.path}; {hint}") from None
+        text = name if isinstance(name, str) and len(name) <= 200 else ""
+        near = difflib.get_close_matches(text, list(self.entries), n=3, cutoff=0.6) if text else []
+        hint = f"did you mean {', '.join(near)}?" if near else "run `rollout-matrix list` for the names"
+        raise UserError(f"unknown matrix entry {brief(name)} in {self.path}; {hint}")
 
     def select(self, names: list[str]) -> list[Entry]:
         """Entries by name; ``all`` selects every entry."""
@@ -220,8 +222,8 @@ class _Ctx:
         value = self.string(node, what, example="0.5.2")
         try:
             parsed = Version(value)
-        except InvalidVersion:
-            raise self.fail(node, f"{what} {value!r} is not a PEP 440 version; write e.g. \"0.5.2.post1\"") from None
+        except ValueError:  # InvalidVersion, or a number past int()'s digit limit
+            raise self.fail(node, f"{what} {value[:40]!r} is not a PEP 440 version; write e.g. \"0.5.2.post1\"") from None
         if str(parsed) != value:
             raise self.fail(node, f"{what} {value!r} is not in normal form; write {str(parsed)!r}")
         return value
@@ -254,12 +256,14 @@ class _Ctx:
 
 
 def load_matrix(path: str | os.PathLike[str] | None = None) -> Matrix:
-    """Read, validate and expand a matrix file (default: ``matrix.yaml`` of the checkout)."""
-    matrix_path = Path(path or os.environ.get("ROLLOUT_MATRIX_FILE") or _default_path())
-    try:
-        text = matrix_path.read_text()
-    except FileNotFoundError:
-        raise UserError(f"{matrix_path}: no such file; run from the checkout or pass --matrix PATH") from None
+    """Read, validate and expand a matrix file (default: the working directory's checkout, see
+    :mod:`rollout_matrix.checkout`)."""
+    found = checkout.matrix_path(path)
+    if found is None:
+        raise UserError(f"no {DEFAULT_MATRIX} in {Path.cwd()} or any folder above it; run from a rollout-matrix "
+                        "checkout or pass --matrix PATH")
+    matrix_path = found
+    text = _read_text(matrix_path)
     ctx = _Ctx(matrix_path)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -267,6 +271,8 @@ def load_matrix(path: str | os.PathLike[str] | None = None) -> Matrix:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
         raise MatrixError(f"{matrix_path}:{line}: not valid YAML: {exc.problem}; fix the syntax") from None
+    except yaml.YAMLError as exc:  # e.g. a control character (yaml's ReaderError has no mark)
+        raise MatrixError(f"{matrix_path}: not valid YAML ({str(exc).splitlines()[0][:120]}); fix the file") from None
     if root is None:
         raise MatrixError(f"{matrix_path}:1: the file is empty; see the README for the format")
     top = ctx.mapping(root, "the top level")
@@ -317,10 +323,25 @@ class _LineNode(yaml.Node):
         super().__init__("", "", mark, mark)
 
 
-def _default_path() -> Path:
-    """matrix.yaml of the checkout this package lives in (src layout), else of the working directory."""
-    here = Path(__file__).resolve().parents[2] / DEFAULT_MATRIX
-    return here if here.exists() else Path(DEFAULT_MATRIX)
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 text; anything else is one line naming the file (and the line of a bad byte)."""
+    try:
+        with open(path, "rb") as fh:  # bounded: --matrix /dev/zero must not eat the memory
+            data = fh.read(MAX_MATRIX_BYTES + 1)
+        if len(data) > MAX_MATRIX_BYTES:
+            raise UserError(f"{path}: over {MAX_MATRIX_BYTES >> 20} MiB, not a matrix file; pass the matrix.yaml")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file; run from the checkout or pass --matrix PATH") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory; pass the matrix.yaml inside it") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be read ({exc.strerror}); check the path and its permissions") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise MatrixError(f"{path}:{line}: not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                          "save the file as UTF-8") from None
 
 
 def _load_stacks(ctx: _Ctx, node: yaml.Node) -> dict[str, Stack]:

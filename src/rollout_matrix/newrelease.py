@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from packaging.markers import UndefinedComparison
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 
-from rollout_matrix.errors import UserError
+from rollout_matrix.errors import UserError, brief
 from rollout_matrix.lockfile import INDEX_URL
 from rollout_matrix.matrix import Entry, Matrix
 from rollout_matrix.pypi import requires_dist
@@ -93,6 +93,18 @@ def nearest_entry(entries: list[Entry], version: str) -> Entry:
     return min(entries, key=lambda e: Version(e.version))
 
 
+def normal_version(version: str) -> str:
+    """``version`` in PEP 440 normal form, as matrix.yaml writes it: ``v0.22.1`` and ``0.22.01`` are
+    0.22.1 (the release already listed must be found as listed)."""
+    if len(version) > 64:
+        raise UserError(f"{brief(version, 40)} is not a release version; give one as PyPI lists it, e.g. 0.5.24")
+    try:
+        return str(Version(version))
+    except ValueError:  # InvalidVersion, or a number past int()'s digit limit
+        raise UserError(f"{brief(version, 40)} is not a release version; give one as PyPI lists it, e.g. 0.5.24") \
+            from None
+
+
 def joining_entry(entries: list[Entry], torch: str | None) -> Entry | None:
     """The entry whose band a release pinning ``torch`` joins: the last installable one with that torch
     (so the last release of its band), None when no band has it."""
@@ -100,14 +112,14 @@ def joining_entry(entries: list[Entry], torch: str | None) -> Entry | None:
 
 
 def new_release(matrix: Matrix, engine: str, version: str, index_url: str = INDEX_URL) -> NewRelease:
-    """The line for ``engine`` ``version`` and the band of matrix.yaml it belongs to."""
+    """The line for ``engine`` ``version`` (any spelling of it; the result carries the normal form) and
+    the band of matrix.yaml it belongs to."""
     entries = [e for e in matrix if e.engine == engine]
     if not entries:
-        raise UserError(f"matrix.yaml has no engine {engine!r}; known: {', '.join(sorted({e.engine for e in matrix}))}")
-    try:
-        parsed = Version(version)
-    except InvalidVersion:
-        raise UserError(f"{version!r} is not a release version; give one as PyPI lists it, e.g. 0.5.24") from None
+        raise UserError(f"matrix.yaml has no engine {brief(engine, 40)}; known: "
+                        f"{', '.join(sorted({e.engine for e in matrix}))}")
+    version = normal_version(version)
+    parsed = Version(version)
     if parsed.is_prerelease or parsed.is_devrelease:
         raise UserError(f"{engine} {version} is a pre-release: the matrix lists final releases only "
                         "(the shims refuse pre-releases too)")

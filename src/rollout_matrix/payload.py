@@ -58,11 +58,13 @@ def stored_copy(wheel: Path, target: Path) -> None:
 
 
 def zstd_payload(wheel: Path, cache: Path) -> Path:
-    """zstd of the wheel's stored copy (cached by the wheel's sha256)."""
+    """zstd of the wheel's stored copy (cached by the wheel's sha256, beside the payload's own sha256:
+    a payload edited in the cache is made again, not shipped to fail on the machine)."""
     import zstandard
 
     target = cache / "zstd" / f"{sha256_file(wheel)}.zst"
-    if target.is_file():
+    stamp = target.with_name(target.name + ".sha256")
+    if target.is_file() and stamp.is_file() and stamp.read_text().strip() == sha256_file(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="rollout-matrix-zst-", dir=target.parent) as tmp:
@@ -75,6 +77,7 @@ def zstd_payload(wheel: Path, cache: Path) -> Path:
         with open(stored, "rb") as fin, open(part, "wb") as fout:
             compressor.copy_stream(fin, fout, size=stored.stat().st_size)
         part.replace(target)
+        stamp.write_text(sha256_file(target) + "\n")
     return target
 
 

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from rollout_matrix.atomic import write_all
 from rollout_matrix.band_status import BandStatus, band_statuses, describe
+from rollout_matrix.errors import EvidenceError, UserError
 from rollout_matrix.matrix import Entry, Matrix
-from rollout_matrix.results import BUILD_FAILED, ERROR, FAILED, PASSED, Evidence, committed
+from rollout_matrix.results import BUILD_FAILED, ERROR, FAILED, PASSED, REJECTED, Evidence, committed
 from rollout_matrix.shim_band import shim_for
 
 MARKDOWN = "compatibility.md"
@@ -31,12 +33,15 @@ GPU_FAILED = "GPU tests failed"
 CPU_FAILED = "CPU checks failed"
 UNAVAILABLE = "unavailable"
 NOT_RUN = "not run"
-VERDICTS = (GPU_PROVEN, CPU_ONLY, GPU_FAILED, CPU_FAILED, BUILD_FAILED, UNAVAILABLE, NOT_RUN)
+EVIDENCE_REJECTED = "evidence rejected"
+VERDICTS = (GPU_PROVEN, CPU_ONLY, GPU_FAILED, CPU_FAILED, BUILD_FAILED, UNAVAILABLE, EVIDENCE_REJECTED, NOT_RUN)
 LEGEND = (f"<b>{GPU_PROVEN}</b>: the GPU half of tests/engine (generation, logprobs, weight update, "
           f"offload/onload, failures) passed on a GPU; <b>{CPU_ONLY}</b>: only the CPU half ran (install, "
           f"detection, argument mapping), which proves nothing about generation; <b>{BUILD_FAILED}</b>: the "
           f"image did not build here, no test ran; <b>{UNAVAILABLE}</b>: not installable from PyPI "
-          f"(pins gone, or only a stub fetching elsewhere; the row says which); <b>{NOT_RUN}</b>: no evidence.")
+          f"(pins gone, or only a stub fetching elsewhere; the row says which); <b>{EVIDENCE_REJECTED}</b>: the only "
+          f"evidence committed does not belong to this release or its lock, or is unreadable (the note says "
+          f"which file); <b>{NOT_RUN}</b>: no evidence.")
 
 
 @dataclass(frozen=True)
@@ -47,18 +52,27 @@ class Row:
     gpu: Evidence | None
 
     @property
+    def rejected(self) -> list[Evidence]:
+        """Evidence committed for this release that does not count (see results.committed)."""
+        return [e for e in (self.cpu, self.gpu) if e is not None and e.verdict == REJECTED]
+
+    @property
     def verdict(self) -> str:
-        if self.gpu is not None and self.gpu.verdict == PASSED:
+        cpu, gpu = (e if e is not None and e.verdict != REJECTED else None for e in (self.cpu, self.gpu))
+        if gpu is not None and gpu.verdict == PASSED:
             return GPU_PROVEN
-        if self.gpu is not None and self.gpu.verdict in (FAILED, ERROR):
+        if gpu is not None and gpu.verdict in (FAILED, ERROR):
             return GPU_FAILED
-        if self.cpu is not None:
-            return {PASSED: CPU_ONLY, BUILD_FAILED: BUILD_FAILED}.get(self.cpu.verdict, CPU_FAILED)
+        if cpu is not None:
+            return {PASSED: CPU_ONLY, BUILD_FAILED: BUILD_FAILED}.get(cpu.verdict, CPU_FAILED)
+        if self.rejected:
+            return EVIDENCE_REJECTED
         return UNAVAILABLE if self.entry.unavailable else NOT_RUN
 
     @property
     def notes(self) -> list[str]:
-        out = [f"{e.kind.upper()}: {e.note}" for e in (self.cpu, self.gpu) if e is not None and e.note]
+        out = [f"{e.kind.upper()}{' evidence rejected' if e.verdict == REJECTED else ''}: {e.note}"
+               for e in (self.cpu, self.gpu) if e is not None and e.note]
         if self.entry.unavailable and self.cpu is None and self.gpu is None:
             out.append(self.entry.unavailable)
         return out
@@ -66,6 +80,8 @@ class Row:
 
 def _outcome(e: Evidence) -> str:
     c = e.counts
+    if e.verdict == REJECTED:
+        return f"{NONE} ({EVIDENCE_REJECTED})"
     if e.verdict == BUILD_FAILED or c is None:
         return e.verdict
     bad = c.failures + c.errors
@@ -132,7 +148,8 @@ BAND_COLUMNS = ("Shim band", "Releases", "GPU status", "Proven on (modes)", "Fai
 
 def bands(rows: list[Row]) -> list[BandStatus]:
     """The band table's rows: per shim band, its GPU evidence by mode (rollout_matrix.band_status)."""
-    return band_statuses((r.entry.name.partition("-")[2], r.band, r.gpu) for r in rows if r.band != NONE)
+    return band_statuses((r.entry.name.partition("-")[2], r.band, r.gpu if r.gpu is None or r.gpu.verdict != REJECTED
+                          else None) for r in rows if r.band != NONE)  # rejected evidence proves nothing
 
 
 def _band_cells(b: BandStatus) -> list[str]:
@@ -176,7 +193,8 @@ def render_markdown(rows: list[Row], unknown: list[str]) -> str:
     if noted:
         out += ["", "## Notes", ""]
         out += [f"- `{_md(r.entry.name)}`: {_md('; '.join(r.notes))}" for r in noted]
-    gpu_rows = [r for r in rows if r.gpu is not None and r.gpu.run is not None and r.gpu.run.lock]
+    gpu_rows = [r for r in rows if r.gpu is not None and r.gpu.verdict != REJECTED and r.gpu.run is not None
+                and r.gpu.run.lock]
     if gpu_rows:
         out += ["", "## GPU runs", "", "Each ran in a venv holding exactly the named lock:", ""]
         for r in gpu_rows:
@@ -235,13 +253,38 @@ def render_html(rows: list[Row], unknown: list[str]) -> str:
     ])
 
 
-def write_report(matrix: Matrix, out_dir: Path) -> tuple[list[Row], list[Path]]:
-    """Both pages into ``out_dir`` from the evidence committed beside ``matrix.yaml``."""
+def rejected(rows: list[Row]) -> list[str]:
+    """One line per committed evidence folder the report did not count, naming its file and why."""
+    return [e.note for r in rows for e in r.rejected]
+
+
+def write_report(matrix: Matrix, out_dir: Path, strict: bool = False) -> tuple[list[Row], list[Path]]:
+    """Both pages into ``out_dir`` from the evidence committed beside ``matrix.yaml``.
+
+    Both pages are rendered before anything is written, then each goes through a temporary file and a
+    rename: a failure (a read-only folder, a directory where a page goes) leaves the old pages whole.
+    ``strict``: refuse (:class:`EvidenceError`, nothing written) when any evidence was rejected.
+    """
     root = matrix.path.parent
     rows = collect(matrix, root)
+    bad = rejected(rows)
+    if strict and bad:
+        raise EvidenceError(f"{bad[0]}" + (f" (and {len(bad) - 1} more rejected evidence folders)" if len(bad) > 1
+                                           else "") + "; nothing written")
     unknown = unknown_evidence(matrix, root)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = [out_dir / MARKDOWN, out_dir / HTML]
-    written[0].write_text(render_markdown(rows, unknown), encoding="utf-8")
-    written[1].write_text(render_html(rows, unknown), encoding="utf-8")
+    pages = {MARKDOWN: render_markdown(rows, unknown), HTML: render_html(rows, unknown)}
+    written = [out_dir / name for name in pages]
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {out_dir}: cannot be created ({exc.strerror}); pass a writable folder") from None
+    for path in written:
+        if path.is_dir() or path.is_symlink():
+            raise UserError(f"{path}: is a {'directory' if path.is_dir() else 'symbolic link'}; remove it or pass "
+                            "another --out (nothing written)")
+    try:
+        write_all({path: pages[path.name] for path in written})
+    except OSError as exc:
+        raise UserError(f"--out {out_dir}: the pages cannot be written there ({exc.strerror}); nothing written: "
+                        "pass a writable folder") from None
     return rows, written

@@ -11,19 +11,34 @@ Local runs land in ``results/<entry>/`` (not committed). :func:`record` promotes
 committed evidence, ``cpu-results/<entry>/`` or ``gpu-results/<entry>/`` by its kind, and refuses to
 replace evidence with less (a failing run over a passing one, fewer passed tests in its half); the
 report renders only committed evidence, so a partial local run can never shrink the published page.
+
+Evidence is bound to its entry: :func:`record` takes the entry from run.json only once it is a name of
+matrix.yaml, reads regular files only (never through a symbolic link), each within :data:`MAX_BYTES`,
+and writes nothing outside ``<cpu|gpu>-results/<entry>/``; :func:`committed` rejects a folder whose
+run.json names another entry, kind or lock than the folder and the committed lock say.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
 import json
+import math
+import os
 import re
 import shutil
+import stat
 import xml.etree.ElementTree as ET
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rollout_matrix.errors import UserError
+from rollout_matrix.atomic import write_atomic
+from rollout_matrix.entryname import check_entry_name
+from rollout_matrix.errors import EvidenceError, UserError, brief
+from rollout_matrix.lockfile import LOCK_NAME_RE, LOCKS_SUBDIR
 
 RUN_SCHEMA = 2
 JUNIT = "junit.xml"
@@ -34,12 +49,93 @@ EVIDENCE_DIRS = {"cpu": "cpu-results", "gpu": "gpu-results"}
 LOCAL_RESULTS = "results"
 PYTEST_NO_TESTS = 5
 
+#: The largest file of each kind a run may hold: a few KB each today (the largest log is 18 KB);
+#: anything near these is not a pytest run, and committed evidence must stay small.
+MAX_BYTES = {RUN_JSON: 1 << 20, JUNIT: 16 << 20, LOG: 16 << 20}
+
 #: Which half of tests/engine a test case belongs to, from its JUnit classname (tests.engine.test_gpu...).
 _GPU_MODULE = re.compile(r"(^|\.)test_gpu\w*$")
+_SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
-class ResultsError(UserError):
+class ResultsError(EvidenceError):
     """A results folder that cannot be read as a run (the cause is in the message)."""
+
+
+def read_regular(path: Path, shown: str | None = None) -> bytes:
+    """The bytes of ``path``, a regular file of at most ``MAX_BYTES[path.name]``, opened without following a
+    symbolic link (a pytest.log linked to /etc/shadow must not become committed evidence)."""
+    label = shown or str(path)
+    limit = MAX_BYTES.get(path.name, 1 << 20)
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)  # a FIFO must not hang us
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if os.path.islink(path):
+            raise ResultsError(f"{label}: is a symbolic link; results hold regular files only: copy the file "
+                               "itself there") from None
+        raise ResultsError(f"{label}: cannot be read ({exc.strerror}); check the file") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):  # a folder, a FIFO, a device: before fdopen, which refuses folders
+        os.close(fd)
+        raise ResultsError(f"{label}: is not a regular file; results hold regular files only")
+    with os.fdopen(fd, "rb") as fh:
+        if info.st_size > limit:
+            raise ResultsError(f"{label}: {info.st_size} bytes, over the {limit >> 20} MiB a {path.name} may have; "
+                               "this is not the file a test run writes: run the tests again")
+        try:
+            data = fh.read(limit + 1)
+        except OSError as exc:
+            raise ResultsError(f"{label}: cannot be read ({exc.strerror}); check the file") from None
+    if len(data) > limit:
+        raise ResultsError(f"{label}: over the {limit >> 20} MiB a {path.name} may have; run the tests again")
+    return data
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 1 << 63
+
+
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _lock_ok(value: Any) -> bool:
+    return value is None or (
+        isinstance(value, dict) and isinstance(value.get("path"), (str, type(None)))
+        and isinstance(value.get("sha256"), str) and _SHA256.fullmatch(value["sha256"]) is not None
+        and (value.get("packages") is None or _is_int(value["packages"])))
+
+
+def _machine_ok(value: Any) -> bool:
+    return value is None or (
+        isinstance(value, dict) and _is_str_list(value.get("gpu_names", []))
+        and _is_int(value.get("gpu_count", 0)) and isinstance(value.get("torch", ""), (str, type(None))))
+
+
+#: run.json field -> (check, what it must be). Checked before anything reads a field, so ``gpu_names: 5``,
+#: ``lock: "x"`` or ``started: 20261129`` is one line naming the file and the field, not a TypeError.
+_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "entry": (lambda v: isinstance(v, str), "must be a string"),
+    "kind": (lambda v: isinstance(v, str), "must be a string"),
+    "environment": (lambda v: isinstance(v, str), "must be a string"),
+    "started": (lambda v: isinstance(v, str) and _DATE.match(v) is not None,
+                'must be an ISO date and time, e.g. "2026-11-29T10:00:00+00:00"'),
+    "seconds": (lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                        and math.isfinite(v) and v >= 0), "must be a number of seconds or null"),
+    "exit_code": (lambda v: v is None or _is_int(v), "must be an integer or null"),
+    "build_error": (lambda v: v is None or isinstance(v, str), "must be a string or null"),
+    "shim": (lambda v: v is None or isinstance(v, str), "must be a string or null"),
+    "image": (lambda v: v is None or isinstance(v, dict), "must be a mapping or null"),
+    "lock": (_lock_ok, "must be null or give path (a string) and sha256 (sha256:<64 hex digits>)"),
+    "machine": (_machine_ok, "must be null or a mapping with gpu_names a list of strings, gpu_count an integer "
+                             "and torch a string"),
+    "pytest_args": (_is_str_list, "must be a list of strings"),
+    "schema": (_is_int, "must be an integer"),
+}
 
 
 @dataclass
@@ -63,26 +159,38 @@ class RunRecord:
     def write(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / RUN_JSON
-        path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        write_atomic(path, json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
         return path
 
     @classmethod
-    def read(cls, path: Path) -> RunRecord:
+    def read(cls, path: Path, shown: str | None = None) -> RunRecord:
+        """The run.json at ``path`` (``shown``: how messages name it), every field type-checked."""
+        label = shown or str(path)
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
+            data = read_regular(path, label)
         except FileNotFoundError:
-            raise ResultsError(f"{path}: no run.json; the run did not finish writing its results") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ResultsError(f"{path}: unreadable ({exc.__class__.__name__}); run the tests again") from None
-        if not isinstance(raw, dict) or raw.get("schema") != RUN_SCHEMA:
-            raise ResultsError(f"{path}: not a run.json of schema {RUN_SCHEMA}; run the tests again")
-        known = {f for f in cls.__dataclass_fields__}
+            raise ResultsError(f"{label}: no run.json; the run did not finish writing its results") from None
+        return cls.parse(data, label)
+
+    @classmethod
+    def parse(cls, data: bytes, label: str) -> RunRecord:
         try:
-            record = cls(**{k: v for k, v in raw.items() if k in known})
-        except TypeError as exc:
-            raise ResultsError(f"{path}: {exc}; run the tests again") from None
+            raw = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise ResultsError(f"{label}: unreadable ({exc.__class__.__name__}); run the tests again") from None
+        if not isinstance(raw, dict) or raw.get("schema") != RUN_SCHEMA:
+            raise ResultsError(f"{label}: not a run.json of schema {RUN_SCHEMA}; run the tests again")
+        fields = cls.__dataclass_fields__
+        missing = [n for n, f in fields.items()
+                   if n not in raw and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise ResultsError(f"{label}: missing {', '.join(missing)}; run the tests again")
+        for name, (ok, must) in _FIELDS.items():
+            if name in raw and not ok(raw[name]):
+                raise ResultsError(f"{label}: {name} {brief(raw[name], 40)} {must}; run the tests again")
+        record = cls(**{k: v for k, v in raw.items() if k in fields})
         if record.kind not in KINDS:
-            raise ResultsError(f"{path}: kind {record.kind!r} is not one of {', '.join(KINDS)}")
+            raise ResultsError(f"{label}: kind {brief(record.kind)} is not one of {', '.join(KINDS)}")
         return record
 
 
@@ -104,21 +212,22 @@ class Counts:
                       self.skipped + other.skipped)
 
 
-def read_junit(path: Path) -> dict[str, Counts]:
+def read_junit(path: Path, shown: str | None = None) -> dict[str, Counts]:
     """Counts per half (``cpu``: test_cpu.py and the rest; ``gpu``: test_gpu*.py), from the testcases.
 
     Testcases rather than the suites' totals, because the split is the point: a CPU run skips every GPU
     test, and only the GPU half says anything about generation.
     """
+    label = shown or str(path)
     try:
-        root = ET.parse(path).getroot()
+        root = ET.fromstring(read_regular(path, label))
     except FileNotFoundError:
-        raise ResultsError(f"{path}: no JUnit file; the tests did not get to report") from None
-    except (ET.ParseError, OSError) as exc:
-        raise ResultsError(f"{path}: not readable JUnit XML ({exc})") from None
+        raise ResultsError(f"{label}: no JUnit file; the tests did not get to report") from None
+    except ET.ParseError as exc:
+        raise ResultsError(f"{label}: not readable JUnit XML ({exc})") from None
     cases = list(root.iter("testcase"))
     if not cases and not list(root.iter("testsuite")):
-        raise ResultsError(f"{path}: no <testsuite> element")
+        raise ResultsError(f"{label}: no <testsuite> element")
     halves = {"cpu": Counts(), "gpu": Counts()}
     for case in cases:
         half = "gpu" if _GPU_MODULE.search(case.get("classname", "")) else "cpu"
@@ -187,16 +296,26 @@ def judge(kind: str, run: RunRecord | None, halves: dict[str, Counts] | None) ->
     return PASSED, ""
 
 
-def load(folder: Path, kind: str | None = None) -> Evidence:
-    """The run in ``folder`` (``kind``: what the folder must hold; None: whatever run.json says)."""
-    run = RunRecord.read(folder / RUN_JSON)
+REJECTED = "rejected"
+"""Committed evidence that cannot be trusted as its folder's entry (unreadable, another entry, kind or
+lock): the report counts it for nothing and says why."""
+
+
+def load(folder: Path, kind: str | None = None, root: Path | None = None) -> Evidence:
+    """The run in ``folder`` (``kind``: what the folder must hold; None: whatever run.json says).
+    ``root``: messages name files relative to it (the checkout), not by absolute path."""
+    def shown(name: str) -> str:
+        path = folder / name
+        return str(path.relative_to(root)) if root is not None and path.is_relative_to(root) else str(path)
+
+    run = RunRecord.read(folder / RUN_JSON, shown(RUN_JSON))
     if kind is not None and run.kind != kind:
-        raise ResultsError(f"{folder}: holds a {run.kind} run, not a {kind} one")
+        raise ResultsError(f"{shown(RUN_JSON)}: holds a {run.kind} run, not a {kind} one")
     halves = None
     note = ""
     if not run.build_error:
         try:
-            halves = read_junit(folder / JUNIT)
+            halves = read_junit(folder / JUNIT, shown(JUNIT))
         except ResultsError as exc:
             note = str(exc)
     verdict, why = judge(run.kind, run, halves)
@@ -204,17 +323,62 @@ def load(folder: Path, kind: str | None = None) -> Evidence:
                     note="; ".join(x for x in (why, note) if x))
 
 
+def lock_problem(run: RunRecord, root: Path) -> str | None:
+    """Why ``run`` is not evidence for the entry's committed lock (None: it is).
+
+    The lock must be one of the entry's own (``docker/locks/<entry>-py<X.Y>.txt``: a run.json cannot
+    borrow another release's lock) and its sha256 must be the committed file's: evidence of a lock
+    since regenerated says nothing about what the matrix installs now. A run whose image did not build
+    may have no lock (nothing was installed).
+    """
+    lock = run.lock
+    if lock is None or lock.get("path") is None:
+        return None if run.build_error else "records no lock (an unlocked build); record a run of the locked image"
+    path = str(lock["path"])
+    match = LOCK_NAME_RE.fullmatch(Path(path).name)
+    if Path(path).parent != LOCKS_SUBDIR or not match or match["entry"] != run.entry:
+        return f"names {brief(path, 60)}, which is not a lock of {run.entry}"
+    file = root / path
+    try:
+        digest = "sha256:" + hashlib.sha256(file.read_bytes()).hexdigest()
+    except OSError:
+        return f"was made from {path}, which is not in this checkout; run the tests again"
+    if digest != lock.get("sha256"):
+        return f"was made from another {path} than the committed one; run the tests again (or restore that lock)"
+    return None
+
+
 def committed(root: Path, kind: str) -> dict[str, Evidence]:
-    """Every entry's committed evidence of one kind under ``root`` (the checkout)."""
+    """Every entry's committed evidence of one kind under ``root`` (the checkout).
+
+    Each folder is checked as :func:`record` would have written it: run.json of this kind, naming the
+    folder's entry and that entry's committed lock. A folder that fails is kept with verdict
+    :data:`REJECTED` and the reason in its note (one line, naming the file relative to ``root``).
+    """
     base = root / EVIDENCE_DIRS[kind]
     found: dict[str, Evidence] = {}
-    if not base.is_dir():
+    if not base.is_dir() or base.is_symlink():
         return found
-    for folder in sorted(p for p in base.iterdir() if (p / RUN_JSON).is_file()):
+    for folder in sorted(base.iterdir()):
+        if folder.name.startswith(".") or not os.path.lexists(folder / RUN_JSON):
+            continue  # staging of a record in progress, or not a run (gpu-results/history)
+        label = f"{EVIDENCE_DIRS[kind]}/{folder.name}/{RUN_JSON}"
         try:
-            found[folder.name] = load(folder, kind)
+            linked = [p.name for p in (folder, folder / RUN_JSON, folder / JUNIT, folder / LOG) if p.is_symlink()]
+            if linked:
+                raise ResultsError(f"{EVIDENCE_DIRS[kind]}/{folder.name}: {linked[0]} is a symbolic link; evidence is "
+                                   "written by `rollout-matrix record` only, as regular files")
+            evidence = load(folder, kind, root)
+            assert evidence.run is not None
+            if evidence.entry != folder.name:
+                raise ResultsError(f"{label}: is the run of {brief(evidence.entry, 60)}, not of {folder.name}; "
+                                   "evidence is moved by `rollout-matrix record`, never by copying folders")
+            why = lock_problem(evidence.run, root)
+            if why:
+                raise ResultsError(f"{label}: {why}")
         except ResultsError as exc:
-            found[folder.name] = Evidence(folder.name, kind, folder, None, None, ERROR, str(exc))
+            evidence = Evidence(folder.name, kind, folder, None, None, REJECTED, str(exc))
+        found[folder.name] = evidence
     return found
 
 
@@ -232,25 +396,88 @@ def is_less(new: Evidence, old: Evidence) -> str | None:
     return None
 
 
-def record(source: Path, root: Path, replace: bool = False) -> tuple[Path, Evidence]:
+def _evidence_dir(root: Path, kind: str) -> Path:
+    """``root/<kind>-results``, a real folder of the checkout (created if missing, never through a link)."""
+    base = root / EVIDENCE_DIRS[kind]
+    if base.is_symlink() or (base.exists() and not base.is_dir()):
+        raise EvidenceError(f"{base}: is not a folder of the checkout (a symbolic link or a file); evidence is "
+                            "written only into the checkout itself: make it a plain folder")
+    try:
+        base.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise EvidenceError(f"{base}: cannot be created ({exc.strerror}); check the checkout") from None
+    return base
+
+
+def record(source: Path, root: Path, known: Collection[str], replace: bool = False) -> tuple[Path, Evidence]:
     """Copy the run in ``source`` into ``root/<cpu|gpu>-results/<entry>/``; never over better evidence
-    unless ``replace``. Returns the destination and the recorded evidence."""
-    new = load(source)
-    dest = root / EVIDENCE_DIRS[new.kind] / new.entry
-    if (dest / RUN_JSON).is_file() and not replace:
-        try:
-            old = load(dest, new.kind)
-        except ResultsError:
-            old = None
-        why = is_less(new, old) if old else None
-        if why:
-            raise UserError(f"{new.entry}: not recorded: {why} ({dest}); pass --replace to record it anyway")
-    staging = dest.with_name(dest.name + ".new")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    unless ``replace``. Returns the destination and the recorded evidence.
+
+    ``known``: the entry names of matrix.yaml. The run's entry must be one of them before it becomes a
+    path; the three files are read as regular files (no links) within :data:`MAX_BYTES` and written to a
+    hidden staging folder beside the destination, which replaces the old folder by renames only.
+    """
+    if not source.is_dir():
+        raise UserError(f"{source}: no such results folder; pass a folder holding run.json, e.g. "
+                           "results/sglang-0.5.2")
+    files: dict[str, bytes] = {}
     for name in (RUN_JSON, JUNIT, LOG):
-        if (source / name).is_file():
-            shutil.copy2(source / name, staging / name)
-    shutil.rmtree(dest, ignore_errors=True)
-    staging.rename(dest)
-    return dest, load(dest, new.kind)
+        try:
+            files[name] = read_regular(source / name)
+        except FileNotFoundError:
+            if name == RUN_JSON:
+                raise ResultsError(f"{source / name}: no run.json; the run did not finish writing its results") from None
+    run = RunRecord.parse(files[RUN_JSON], str(source / RUN_JSON))
+    entry = check_entry_name(run.entry, f"{source / RUN_JSON}: entry", ResultsError)
+    if entry not in known:
+        raise EvidenceError(f"{source / RUN_JSON}: entry {entry} is not in matrix.yaml; record runs of the matrix's "
+                            "entries only (a release removed from matrix.yaml: delete its results folder)")
+    why = lock_problem(run, root)
+    if why:  # the report would reject it: never let it replace evidence that counts
+        raise EvidenceError(f"{source / RUN_JSON}: {why}")
+    base = _evidence_dir(root, run.kind)
+    dest = base / entry
+    if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
+        raise EvidenceError(f"{dest}: is not a folder (a symbolic link or a file); remove it, then record again")
+    staging = base / f".{entry}.new-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.mkdir()
+        for name, data in files.items():
+            fd = os.open(staging / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+        new = load(staging, run.kind)
+        if (dest / RUN_JSON).is_file() and not replace:
+            try:
+                old = load(dest, run.kind)
+            except ResultsError:
+                old = None
+            why = is_less(new, old) if old else None
+            if why:
+                raise UserError(f"{entry}: not recorded: {why} ({dest}); pass --replace to record it anyway")
+        _swap(staging, dest)
+    except OSError as exc:
+        raise EvidenceError(f"{dest}: cannot be written ({exc.strerror}); nothing was recorded: check the "
+                            "checkout's permissions and free space") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return dest, load(dest, run.kind)
+
+
+def _swap(staging: Path, dest: Path) -> None:
+    """``staging`` becomes ``dest`` by renames: the old folder moves aside first and comes back if the
+    second rename fails, so ``dest`` is the old evidence or the new, never a mix."""
+    if not dest.exists():
+        staging.rename(dest)
+        return
+    aside = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+    shutil.rmtree(aside, ignore_errors=True)
+    dest.rename(aside)
+    try:
+        staging.rename(dest)
+    except OSError:
+        with contextlib.suppress(OSError):
+            aside.rename(dest)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)

@@ -204,6 +204,9 @@ class _Loader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):  # `? [a, b]`: a list or mapping as a key
+                raise _Refused(key_node.start_mark, "a key must be a plain name, not a list or mapping; write "
+                               "key: value")
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise _Refused(key_node.start_mark, f"duplicate key {key!r} (first at line {seen[key]}); "
@@ -212,7 +215,27 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        _check_digits(node)
+        return super().construct_yaml_int(node)
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> float:
+        _check_digits(node)
+        return super().construct_yaml_float(node)
+
+
+MAX_NUMBER_CHARS = 64
+"""No setting needs a number this long; a 5000-digit one would stop int() itself (its digit limit)."""
+
+
+def _check_digits(node: yaml.ScalarNode) -> None:
+    if len(node.value) > MAX_NUMBER_CHARS:
+        raise _Refused(node.start_mark, f"a number of {len(node.value)} characters; write a value in range")
+
+
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789"))
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+_Loader.add_constructor("tag:yaml.org,2002:float", _Loader.construct_yaml_float)
 
 
 class _Refused(Exception):
@@ -242,6 +265,8 @@ _REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 
 
 def _short(value: Any) -> str:
     """A bounded ``repr`` (an error must never print, or even build, the repr of a huge value)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"an integer of {value.bit_length()} bits"  # repr() itself refuses past 4300 digits
     return _REPR.repr(value)
 
 
@@ -256,7 +281,8 @@ def _build(cls: type, data: Any, path: str, problems: list[str]) -> Any:
     hints = typing.get_type_hints(cls)
     for key in data:
         if key not in fields:
-            problems.append(f"{path}.{key}: unknown key{_suggest(str(key), list(fields))}")
+            name = key if isinstance(key, str) and len(key) <= 80 else _short(key)
+            problems.append(f"{path}.{name}: unknown key{_suggest(name, list(fields))}")
     values: dict[str, Any] = {}
     for name, f in fields.items():
         where = f"{path}.{name}"
@@ -279,6 +305,8 @@ def _build(cls: type, data: Any, path: str, problems: list[str]) -> Any:
 
 
 _TYPE_WORDS = {bool: "a boolean (true or false)", int: "an integer", float: "a number", str: "a string"}
+MAX_INT = 1 << 63
+"""Every integer setting reaches an engine as a C integer; a float setting as a double."""
 
 
 def _value_problem(value: Any, hint: Any, check: Check | None) -> str | None:
@@ -296,6 +324,8 @@ def _value_problem(value: Any, hint: Any, check: Check | None) -> str | None:
     }[base]
     if not ok:
         return f"{_short(value)} is not {_TYPE_WORDS[base]}" + (" or null" if nullable else "")
+    if base in (int, float) and isinstance(value, int) and abs(value) >= MAX_INT:
+        return f"{_short(value)} is out of range (at most {MAX_INT - 1})"
     if base is float and not math.isfinite(value):
         return f"{value!r} is not a finite number"
     if base is str and not value.strip():

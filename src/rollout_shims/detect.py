@@ -16,11 +16,13 @@ import os
 from dataclasses import dataclass
 from importlib import metadata
 
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 
 from rollout_shims.bands import ENGINE_PACKAGES, Band, band_for, band_for_shim, load_bands, shim_names, supported_ranges
 from rollout_shims.errors import EngineNotFoundError, UnsupportedEngineError
 
+MAX_VERSION_CHARS = 128
+"""A version string longer than this is no release (and a 100,000-digit one stops Version() itself)."""
 FORCE_ENV = "ROLLOUT_SHIMS_FORCE_SHIM"
 """Environment variable naming a shim to use even outside its band (at the user's risk)."""
 
@@ -41,7 +43,7 @@ class Detection:
         does not parse (only possible when a shim is forced) is kept as it is."""
         try:
             return Version(self.version).public
-        except InvalidVersion:
+        except ValueError:  # InvalidVersion, or a number past int()'s digit limit
             return self.version
 
 
@@ -55,6 +57,7 @@ def installed_versions() -> dict[str, str]:
     found = {}
     for engine, dist in ENGINE_PACKAGES.items():
         installs: dict[str, str] = {}
+        where = "?"
         try:
             for d in metadata.distributions(name=dist):
                 where = str(getattr(d, "_path", "?"))
@@ -63,10 +66,19 @@ def installed_versions() -> dict[str, str]:
                     raise UnsupportedEngineError(
                         f"the {dist} METADATA at {where} has no Version; reinstall it "
                         f"(pip install --force-reinstall {dist}==<version>)")
+                if len(version) > MAX_VERSION_CHARS:
+                    raise UnsupportedEngineError(
+                        f"the {dist} METADATA at {where} has a Version of {len(version)} characters, not a release; "
+                        f"reinstall it (pip install --force-reinstall {dist}==<version>)")
                 installs.setdefault(where, version)
         except UnicodeDecodeError as exc:
             raise UnsupportedEngineError(
                 f"the {dist} package metadata is not UTF-8 ({exc.reason} at byte {exc.start}); reinstall {dist}"
+            ) from None
+        except OSError as exc:  # a METADATA that is a symlink loop, a folder, or unreadable
+            raise UnsupportedEngineError(
+                f"the {dist} package metadata at {where} cannot be read ({exc.strerror or exc.__class__.__name__}); "
+                f"reinstall {dist} (pip install --force-reinstall {dist}==<version>)"
             ) from None
         if not installs:
             continue
@@ -95,7 +107,7 @@ def detect(backend: str | None = None, *, force_shim: str | None = None) -> Dete
         return _forced(engine, raw, forced)
     try:
         version = Version(raw)
-    except InvalidVersion as exc:
+    except ValueError as exc:  # InvalidVersion, or a number past int()'s digit limit
         raise UnsupportedEngineError(_refusal(engine, raw, "is not a valid version")) from exc
     if version.is_prerelease:
         raise UnsupportedEngineError(_refusal(engine, raw, "is a pre-release (rc/dev builds are never supported)"))

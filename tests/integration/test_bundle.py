@@ -69,7 +69,7 @@ def test_zstd_parts_carry_the_same_files_and_make_a_lock_exact_venv(tmp_path: Pa
                                                                      machine: Path) -> None:
     entry = locked.get("tiny-2.31.0")
     cache = tmp_path / "cache"
-    manifest = make_bundle(locked, [entry], entry.python, tmp_path / "bundle", part_mib=2, payload="zstd",
+    manifest = make_bundle(locked, [entry], entry.python, tmp_path / "bundle", part_mib=7, payload="zstd",
                            cache=cache, progress=lambda line: None)
     gpuenv.receive(sorted((tmp_path / "bundle").iterdir()))
     original = {p.name: p for p in (cache / "files").rglob("*.whl")}

@@ -20,9 +20,10 @@ pytestmark = pytest.mark.docker
 
 
 def _one_line_error(proc: subprocess.CompletedProcess[str], code: int = 2) -> str:
-    """The first stderr line, after checking the documented exit code and that no traceback leaked."""
+    """The first stderr line after the one naming the checkout, after checking the documented exit code
+    and that no traceback leaked."""
     assert proc.returncode == code, (proc.returncode, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
+    lines = [line for line in proc.stderr.strip().splitlines() if not line.startswith("rollout-matrix: checkout ")]
     assert len(lines) >= 1 and lines[0].startswith("rollout-matrix: error: "), proc.stderr
     assert "Traceback" not in proc.stderr
     return lines[0]

@@ -28,6 +28,14 @@ def test_line_of_a_listed_sglang_release_carries_its_kernel_pins() -> None:
     assert run.stdout.strip() == '"0.5.2": {flashinfer-python: "0.3.1", sgl-kernel: "0.3.9.post2", torch-memory-saver: "0.0.8"}'
 
 
+@pytest.mark.parametrize("spelling", ["v0.5.2", "0.05.2"])
+def test_another_spelling_of_a_listed_release_is_found_listed(spelling: str) -> None:
+    run = _new_release("sglang", spelling)
+    assert run.returncode == 0, run.stderr
+    assert "sglang-0.5.2 is already in matrix.yaml" in run.stderr
+    assert run.stdout.strip().startswith('"0.5.2": {')
+
+
 def test_vllm_085_pins_xformers() -> None:
     run = _new_release("vllm", "0.8.5")
     assert run.returncode == 0, run.stderr

@@ -3,6 +3,7 @@ from disk and the assertions run on the DOM it dumps, with numbers from real pyt
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -81,8 +82,12 @@ def evidence(root: Path, kind: str, entry: str, junit: Path, code: int) -> None:
     folder = root / f"{kind}-results" / entry
     folder.mkdir(parents=True)
     (folder / "junit.xml").write_bytes(junit.read_bytes())
+    lock = f"docker/locks/{entry}-py3.12.txt"  # the entry's real lock, committed as in the checkout
+    (root / lock).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / lock, root / lock)
     RunRecord(entry=entry, kind=kind, environment="image", started="2026-11-28T08:00:00+00:00", exit_code=code,
               machine={"gpu_names": ["NVIDIA H200"], "gpu_count": 1, "torch": "2.8.0+cu128"} if kind == "gpu" else None,
+              lock={"path": lock, "sha256": "sha256:" + hashlib.sha256((root / lock).read_bytes()).hexdigest()},
               ).write(folder)
 
 

@@ -234,3 +234,37 @@ def test_yaml_12_exponent_is_a_number_and_values_in_errors_stay_short() -> None:
     with pytest.raises(ConfigError) as info:
         RolloutConfig.from_dict({"model_dir": "/m", "gpu_memory_utilization": [list(range(10_000))] * 1000})
     assert len(str(info.value)) < 200
+
+
+# -- reliability round 2: numbers past int()'s limits and keys that are not names -------------------------
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("rollout:\n  model_dir: /m\n  gpu_memory_utilization: " + "9" * 400 + "\n",
+     "<yaml>:3: a number of 400 characters; write a value in range"),
+    ("rollout:\n  model_dir: /m\n  tensor_parallel_size: " + "1" * 5000 + "\n",
+     "<yaml>:3: a number of 5000 characters; write a value in range"),
+    ("rollout:\n  model_dir: /m\n  " + "7" * 500 + ": 1\n", "<yaml>:3: a number of 500 characters"),
+    ("rollout:\n  model_dir: /m\n  ? [a, b]\n  : 1\n", "<yaml>:3: a key must be a plain name, not a list or mapping"),
+    ("? {rollout: 1}\n: 1\n", "<yaml>:1: a key must be a plain name, not a list or mapping"),
+])
+def test_numbers_too_long_and_keys_that_are_not_names_are_one_line(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        RolloutConfig.from_yaml(text)
+    assert message in str(info.value) and len(str(info.value).splitlines()) == 1, str(info.value)
+
+
+@pytest.mark.parametrize("key", ["gpu_memory_utilization", "tensor_parallel_size", "eos", "padding"])
+@pytest.mark.parametrize("value", [10**400, -(10**5000), 1 << 63], ids=["400-digits", "5000-digits", "2**63"])
+def test_integers_out_of_range_are_named_in_a_short_line(key: str, value: int) -> None:
+    with pytest.raises(ConfigError) as info:
+        RolloutConfig.from_dict({"model_dir": "/m", key: value})
+    assert f"rollout.{key}: " in str(info.value) and "out of range" in str(info.value)
+    assert len(str(info.value)) < 200
+
+
+def test_a_huge_unknown_key_is_named_in_a_short_line() -> None:
+    with pytest.raises(ConfigError) as info:
+        RolloutConfig.from_dict({"model_dir": "/m", 10**5000: 1, "x" * 10_000: 2})
+    lines = str(info.value).splitlines()
+    assert len(lines) == 2 and all("unknown key" in line and len(line) < 600 for line in lines)

@@ -299,3 +299,27 @@ def test_two_installs_of_one_engine_are_refused_with_both_places(tmp_path: Path,
         detect()
     assert "2 installs of sglang" in str(info.value)
     assert "0.5.2 at" in str(info.value) and "0.4.6.post5 at" in str(info.value)
+
+
+def test_metadata_in_a_symlink_loop_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    info = tmp_path / "sglang-0.5.2.dist-info"
+    info.mkdir()
+    (info / "METADATA").symlink_to(info / "METADATA")  # ELOOP on open
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UnsupportedEngineError, match=r"sglang package metadata at .*sglang-0\.5\.2\.dist-info cannot be "
+                                                     r"read \(.*\); reinstall sglang"):
+        detect()
+
+
+@pytest.mark.parametrize("version", ["1" * 100_000, "0." * 5000 + "1"], ids=["100000-digits", "5000-parts"])
+def test_a_version_of_thousands_of_digits_is_one_short_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            version: str) -> None:
+    info = tmp_path / "sglang-0.dist-info"  # the folder name cannot hold such a version: METADATA does
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: sglang\nVersion: {version}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv(FORCE_ENV, raising=False)
+    with pytest.raises(UnsupportedEngineError) as info:
+        detect()
+    assert f"has a Version of {len(version)} characters, not a release" in str(info.value)
+    assert len(str(info.value)) < 400

@@ -69,3 +69,23 @@ def test_exact_pins_follow_the_packages_own_extras() -> None:
         "torch": "2.8.0", "sgl-kernel": "0.3.9.post2", "flashinfer-python": "0.3.1"}
     assert exact_pins("sglang", REQUIRES, set()) == {"torch": "2.8.0"}
     assert exact_pins("sglang", REQUIRES, {"torch-memory-saver"})["torch-memory-saver"] == "0.0.8"
+
+
+@pytest.mark.parametrize(("given", "normal"), [("v0.22.1", "0.22.1"), ("0.22.01", "0.22.1"), ("V0.5.2.POST1", "0.5.2.post1"),
+                                               ("0.5.2-1", "0.5.2.post1"), (" 0.8.5 ", "0.8.5")])
+def test_a_release_is_compared_in_the_normal_form_matrix_yaml_writes(given: str, normal: str) -> None:
+    from rollout_matrix.newrelease import normal_version
+
+    assert normal_version(given) == normal
+
+
+@pytest.mark.parametrize("given", ["1" * 5000, "0." * 30_000 + "1", "foo", ""])
+def test_versions_that_are_no_release_are_one_line_before_the_index_is_asked(given: str) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "rollout_matrix.cli", "new-release", "vllm", given],
+                          capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    line = proc.stderr.splitlines()[-1]
+    assert line.startswith("rollout-matrix: error: ") and "is not a release version" in line and len(line) < 200

@@ -3,6 +3,7 @@ from real pytest JUnit files, and no CPU-only release ever reading "passed"."""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from rollout_matrix.matrix import load_matrix
 from rollout_matrix.report import (
     CPU_FAILED,
     CPU_ONLY,
+    EVIDENCE_REJECTED,
     GPU_FAILED,
     GPU_PROVEN,
     NOT_RUN,
@@ -33,11 +35,21 @@ def checkout(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def committed_lock(root: Path, entry: str, python: str = "3.12") -> dict[str, str]:
+    """The entry's real lock, committed into ``root`` as in the checkout, as a run.json names it."""
+    path = f"docker/locks/{entry}-py{python}.txt"
+    (root / path).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / path, root / path)
+    return {"path": path, "sha256": "sha256:" + hashlib.sha256((root / path).read_bytes()).hexdigest()}
+
+
 def evidence(root: Path, kind: str, entry: str, junit: Path | None, code: int | None, **extra: object) -> None:
     folder = root / f"{kind}-results" / entry
     folder.mkdir(parents=True, exist_ok=True)
     if junit is not None:
         (folder / "junit.xml").write_bytes(junit.read_bytes())
+    if "build_error" not in extra and "lock" not in extra:
+        extra["lock"] = committed_lock(root, entry)
     RunRecord(entry=entry, kind=kind, environment="bundle" if kind == "gpu" else "image",
               started="2026-11-29T10:00:00+00:00", exit_code=code,
               machine={"gpu_names": ["NVIDIA H200"], "gpu_count": 1, "torch": "2.8.0+cu128"} if kind == "gpu" else None,
@@ -96,7 +108,7 @@ def test_output_depends_only_on_inputs_and_unknown_evidence_is_named(checkout: P
                                                                      suite_runner) -> None:
     junit, code = suite_runner(tmp_path / "a", cpu={"passed": 3}, gpu={"skipped": 2})
     evidence(checkout, "cpu", "sglang-0.5.2", junit, code)
-    evidence(checkout, "cpu", "sglang-9.9.9", junit, code)  # a release no longer in matrix.yaml
+    evidence(checkout, "cpu", "sglang-9.9.9", junit, code, lock=None)  # a release no longer in matrix.yaml
     matrix = load_matrix(checkout / "matrix.yaml")
     _, first = write_report(matrix, checkout / "one")
     _, second = write_report(matrix, checkout / "two")
@@ -104,13 +116,16 @@ def test_output_depends_only_on_inputs_and_unknown_evidence_is_named(checkout: P
     assert "`sglang-9.9.9`" in first[0].read_text() and "ignored" in first[0].read_text()
 
 
-def test_broken_evidence_is_an_error_row_not_a_crash(checkout: Path) -> None:
+def test_broken_evidence_is_rejected_by_name_not_published_as_a_failure(checkout: Path) -> None:
     folder = checkout / "gpu-results" / "sglang-0.5.2"
     folder.mkdir(parents=True)
     (folder / "run.json").write_text("{not json")
     rows = collect(load_matrix(checkout / "matrix.yaml"), checkout)
     row = next(r for r in rows if r.entry.name == "sglang-0.5.2")
-    assert row.verdict == GPU_FAILED and "unreadable" in "; ".join(row.notes)
+    assert row.verdict == EVIDENCE_REJECTED
+    assert row.notes == ["GPU evidence rejected: gpu-results/sglang-0.5.2/run.json: unreadable (JSONDecodeError); "
+                         "run the tests again"]
+    assert str(checkout) not in "; ".join(row.notes)  # no absolute path of the checkout on the page
 
 
 def test_cli_report_and_record(checkout: Path, tmp_path: Path, suite_runner) -> None:
@@ -119,7 +134,7 @@ def test_cli_report_and_record(checkout: Path, tmp_path: Path, suite_runner) -> 
     local.mkdir(parents=True)
     (local / "junit.xml").write_bytes(junit.read_bytes())
     RunRecord(entry="sglang-0.5.2", kind="cpu", environment="image", started="2026-11-29T10:00:00+00:00",
-              exit_code=code).write(local)
+              exit_code=code, lock=committed_lock(checkout, "sglang-0.5.2")).write(local)
     cli = [sys.executable, "-m", "rollout_matrix.cli", "--matrix", str(checkout / "matrix.yaml")]
     rec = subprocess.run([*cli, "record", str(local)], capture_output=True, text=True, check=False)
     assert rec.returncode == 0, rec.stderr

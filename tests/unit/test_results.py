@@ -3,7 +3,9 @@ verdicts per kind of run, and evidence that is never replaced by less."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -23,12 +25,25 @@ from rollout_matrix.results import (
     record,
 )
 
+REPO = Path(__file__).resolve().parents[2]
+KNOWN = {"sglang-0.5.2"}
+LOCK_PATH = "docker/locks/sglang-0.5.2-py3.12.txt"
+LOCK = {"path": LOCK_PATH, "sha256": "sha256:" + hashlib.sha256((REPO / LOCK_PATH).read_bytes()).hexdigest()}
+
+
+def checkout_with_lock(root: Path) -> Path:
+    """A checkout holding the committed lock the runs below were made from."""
+    (root / "docker" / "locks").mkdir(parents=True)
+    shutil.copy(REPO / LOCK_PATH, root / LOCK_PATH)
+    return root
+
 
 def make_run(folder: Path, junit: Path | None, code: int | None, kind: str, entry: str = "sglang-0.5.2",
              **extra: object) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     if junit is not None:
         (folder / "junit.xml").write_bytes(junit.read_bytes())
+    extra.setdefault("lock", LOCK)
     RunRecord(entry=entry, kind=kind, environment="image", started="2026-11-29T10:00:00+00:00", seconds=12.0,
               exit_code=code, **extra).write(folder)  # type: ignore[arg-type]
     return folder
@@ -80,7 +95,8 @@ def test_runs_that_did_not_report_are_errors_never_passes(run_suite, tmp_path: P
 @pytest.mark.parametrize(("text", "why"), [
     ("{", "unreadable"),
     (json.dumps({"schema": 1, "entry": "x"}), "not a run.json of schema 2"),
-    (json.dumps({"schema": 2, "entry": "x", "kind": "tpu", "environment": "image", "started": "t"}), "kind 'tpu'"),
+    (json.dumps({"schema": 2, "entry": "x", "kind": "tpu", "environment": "image", "started": "2026-11-29"}),
+     "kind 'tpu'"),
     (json.dumps({"schema": 2, "entry": "x"}), "missing"),
 ])
 def test_bad_run_json_is_one_line_naming_the_file(tmp_path: Path, text: str, why: str) -> None:
@@ -91,25 +107,25 @@ def test_bad_run_json_is_one_line_naming_the_file(tmp_path: Path, text: str, why
 
 
 def test_record_promotes_by_kind_and_never_replaces_evidence_with_less(run_suite, tmp_path: Path) -> None:
-    root = tmp_path / "repo"
+    root = checkout_with_lock(tmp_path / "repo")
     good, code = run_suite(tmp_path / "good", cpu={"passed": 3}, gpu={"passed": 9, "skipped": 1})
-    dest, evidence = record(make_run(tmp_path / "results" / "one", good, code, "gpu"), root)
+    dest, evidence = record(make_run(tmp_path / "results" / "one", good, code, "gpu"), root, KNOWN)
     assert dest == root / "gpu-results" / "sglang-0.5.2" and evidence.verdict == PASSED
     before = (dest / "junit.xml").read_bytes()
 
     bad, code = run_suite(tmp_path / "bad", cpu={"passed": 3}, gpu={"passed": 8, "failed": 1})
     with pytest.raises(UserError, match=r"failed where the recorded run passed.*--replace"):
-        record(make_run(tmp_path / "results" / "two", bad, code, "gpu"), root)
+        record(make_run(tmp_path / "results" / "two", bad, code, "gpu"), root, KNOWN)
     fewer, code = run_suite(tmp_path / "fewer", cpu={"passed": 3}, gpu={"passed": 5, "skipped": 5})
     with pytest.raises(UserError, match="passed 5 GPU tests where the recorded run passed 9"):
-        record(make_run(tmp_path / "results" / "three", fewer, code, "gpu"), root)
+        record(make_run(tmp_path / "results" / "three", fewer, code, "gpu"), root, KNOWN)
     assert (dest / "junit.xml").read_bytes() == before  # untouched by the refusals
     assert not list((root / "gpu-results").glob("*.new"))
 
-    record(make_run(tmp_path / "results" / "two", bad, 1, "gpu"), root, replace=True)
+    record(make_run(tmp_path / "results" / "two", bad, 1, "gpu"), root, KNOWN, replace=True)
     assert load(dest).verdict == FAILED
     # A CPU run goes to cpu-results, next to the GPU evidence, never over it.
-    cpu_dest, _ = record(make_run(tmp_path / "results" / "cpu", good, 0, "cpu"), root)
+    cpu_dest, _ = record(make_run(tmp_path / "results" / "cpu", good, 0, "cpu"), root, KNOWN)
     assert cpu_dest == root / "cpu-results" / "sglang-0.5.2"
 
 

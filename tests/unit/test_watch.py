@@ -135,7 +135,8 @@ def test_an_unreachable_index_is_exit_6_in_one_line(fake_index, checkout, broken
     proc = watch(checkout, url)
     assert proc.returncode == 6, proc.stderr
     assert proc.stdout == ""
-    (line,) = proc.stderr.splitlines()
+    checkout_line, line = proc.stderr.splitlines()  # the checkout it read, then the one fault line
+    assert checkout_line == f"rollout-matrix: checkout {checkout} (matrix.yaml)"
     assert line.startswith("rollout-matrix: error: ") and "Traceback" not in proc.stderr
     assert ("retry later" if broken == "HTTP 503" else "check the network") in line
 

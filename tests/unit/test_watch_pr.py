@@ -76,6 +76,9 @@ def test_locked_releases_go_to_the_cpu_jobs_and_their_evidence_into_the_body(wat
     watched.write_text(json.dumps(data))
     checkout = tmp_path / "checkout"
     shutil.copytree(REPO / "cpu-results" / "vllm-0.32.0", checkout / "cpu-results" / "vllm-0.32.0")
+    lock = json.loads((checkout / "cpu-results" / "vllm-0.32.0" / "run.json").read_text())["lock"]["path"]
+    (checkout / lock).parent.mkdir(parents=True)
+    shutil.copy(REPO / lock, checkout / lock)  # evidence counts only beside the lock it was made from
     out = tmp_path / "github_output"
     proc = run_script("--watch", str(watched), "--results", str(checkout), "--body", "body.md", cwd=tmp_path,
                       output=out)
