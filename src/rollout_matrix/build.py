@@ -17,7 +17,7 @@ import docker.errors
 
 from rollout_matrix import docker_api
 from rollout_matrix.docker_api import client, engine_call, short_error
-from rollout_matrix.errors import BuildFailed, UserError
+from rollout_matrix.errors import BuildFailed, RegistryError, UserError
 from rollout_matrix.lockfile import parse_pins
 from rollout_matrix.plan import LABEL_PREFIX, BuildPlan
 from rollout_matrix.progress import Reporter
@@ -55,10 +55,16 @@ def ensure_base(plan: BuildPlan, reporter: Reporter) -> Any:
     try:
         return client().images.pull(plan.base_image)
     except docker.errors.DockerException as exc:
-        raise UserError(
-            f"base image {plan.base_image} is neither local nor pullable ({short_error(exc)}); "
-            "pull or import it first, or pass --base-image IMAGE / --registry-mirror HOST"
-        ) from None
+        raise RegistryError(f"base image {plan.base_image} is neither local nor pullable ({short_error(exc)}); "
+                            f"{base_image_fix(plan.entry.stack.name)}") from None
+
+
+def base_image_fix(stack: str) -> str:
+    """How to name another base, in the forms every caller takes (the nox sessions take no flags)."""
+    return (f"pull or import it, or name a local base for stack {stack} and its Python in the [site] table of "
+            f'rollout-matrix.toml (base_image = "{stack}=IMAGE", python = "3.X"; or registry_mirror = "HOST") or as '
+            f"ROLLOUT_MATRIX_BASE_IMAGE={stack}=IMAGE ROLLOUT_MATRIX_PYTHON=3.X (README: Site options); on this "
+            "project's CPU machines `bash .ci/services.sh` writes that file")
 
 
 def base_labels(base: Any) -> dict[str, str]:
