@@ -53,7 +53,8 @@ def ensure_base(plan: BuildPlan, reporter: Reporter) -> Any:
             pass
     reporter.line(f"base image {plan.base_image} is not local; pulling it")
     try:
-        return client().images.pull(plan.base_image)
+        with reporter.heartbeat(f"pulling {plan.base_image}"):
+            return client().images.pull(plan.base_image)
     except docker.errors.DockerException as exc:
         raise RegistryError(f"base image {plan.base_image} is neither local nor pullable ({short_error(exc)}); "
                             f"{base_image_fix(plan.entry.stack.name)}") from None
@@ -98,7 +99,8 @@ def build(plan: BuildPlan, reporter: Reporter, *, force: bool = False) -> BuildR
         # The lock text the plan put into the build context (and the content hash), not a re-read of
         # the file, which may have changed since.
         locked = parse_pins(plan.requirements_text, plan.lock_file)[0] if plan.lock_file else None
-        reported = check_image(image_id, plan.entry.name, plan.entry.expected_versions(), locked)
+        with reporter.heartbeat("checking the versions the image reports"):
+            reported = check_image(image_id, plan.entry.name, plan.entry.expected_versions(), locked)
         reporter.line("versions ok: " + ", ".join(f"{k} {v}" for k, v in sorted(reported.items()))
                       + (f"; installed set equals the lock ({len(locked)} packages)" if locked else ""))
         _tag(image_id, list(plan.refs))
@@ -125,13 +127,18 @@ def stream_build(what: str, reporter: Reporter, **build: Any) -> str:
     project (engine images and the devel test bases)."""
     image_id: str | None = None
     log_tail = LogTail()
-    with engine_call(what, BuildFailed, "nothing was tagged"):
+    step = ["starting"]  # the Dockerfile step now running, for the heartbeat's line
+    with engine_call(what, BuildFailed, "nothing was tagged"), \
+            reporter.heartbeat(lambda: f"in the {what}, {step[0][:100]}"):
         stream = client().api.build(custom_context=True, rm=True, forcerm=True, pull=False, decode=True, **build)
         for chunk in stream:
             if "stream" in chunk:
                 text = chunk["stream"]
                 reporter.raw(text)
                 log_tail.feed(text)
+                started = _STEP.search(text)
+                if started:
+                    step[0] = started.group(0).strip()
             if "error" in chunk:
                 detail = str(chunk.get("error", "")).strip()
                 cause = _cause(log_tail.lines()) or (detail.splitlines()[-1] if detail else "?")
@@ -142,6 +149,9 @@ def stream_build(what: str, reporter: Reporter, **build: Any) -> str:
     if not image_id:
         raise BuildFailed(f"{what} ended without an image id; last output:\n" + "\n".join(log_tail.lines()))
     return image_id
+
+
+_STEP = re.compile(r"^Step \d+/\d+ : .*$", re.M)
 
 
 class LogTail:

@@ -155,7 +155,7 @@ def cmd_test(args: argparse.Namespace, matrix: Matrix) -> int:
 
 def cmd_lock(args: argparse.Namespace, matrix: Matrix) -> int:
     from rollout_matrix.lockfile import check_python, locks_dir_for
-    from rollout_matrix.locking import check_locks, lock_entries, lock_pythons
+    from rollout_matrix.locking import LockResult, check_locks, lock_entries, lock_pythons
 
     entries = matrix.select(args.entries) if args.entries else None
     if args.check:
@@ -174,8 +174,15 @@ def cmd_lock(args: argparse.Namespace, matrix: Matrix) -> int:
                 reporter.line(f"{e.name}: skipped, {e.unavailable}")
     pythons = (lambda e: [check_python(args.python)]) if args.python else (lambda e: lock_pythons(matrix, e))
     todo = [(e, py) for e in entries for py in pythons(e)]
-    results = lock_entries(todo, locks_dir_for(matrix), progress=lambda r: reporter.line(r.summary()),
-                           jobs=args.jobs)
+    done: list[LockResult] = []
+
+    def finished(result: LockResult) -> None:
+        done.append(result)
+        reporter.line(result.summary())
+
+    reporter.line(f"resolving {len(todo)} lock(s), {args.jobs} at a time")
+    with reporter.heartbeat(lambda: f"resolving: {len(done)} of {len(todo)} lock(s) done"):
+        results = lock_entries(todo, locks_dir_for(matrix), progress=finished, jobs=args.jobs)
     failed = [f"{r.entry} (py{r.python})" for r in results if not r.ok]
     if failed:
         raise UserError(f"{len(failed)} of {len(results)} locks failed ({', '.join(failed)}); see the lines above")

@@ -111,7 +111,8 @@ def run_tests(plan: BuildPlan, checkout: Path, results_root: Path, reporter: Rep
     what = f"the test container of {plan.entry.name}"
     fix = "is the NVIDIA container toolkit installed? set ROLLOUT_MATRIX_GPU=0 to run without GPUs" if gpu else ""
     try:
-        with container(image.id, command, what, **kwargs) as c, open(results / LOG, "wb") as log:
+        with reporter.heartbeat(f"running tests/engine in {plan.entry.name}"), \
+                container(image.id, command, what, **kwargs) as c, open(results / LOG, "wb") as log:
             for chunk in c.logs(stream=True, follow=True):
                 reporter.raw(chunk.decode(errors="replace"))
                 log.write(chunk)
