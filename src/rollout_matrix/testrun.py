@@ -96,8 +96,11 @@ def run_tests(plan: BuildPlan, checkout: Path, results_root: Path, reporter: Rep
         "volumes": {str(checkout.resolve()): {"bind": WORKSPACE, "mode": "ro"},
                     str(results): {"bind": "/results", "mode": "rw"}},
         "working_dir": WORKSPACE,
+        # TORCH_WARM_POOL=0: torch's inductor otherwise starts a pool of compile workers the moment an
+        # engine imports it, and joining them at exit took 3.5 s after pytest's summary (one of them
+        # printing a SWIG DeprecationWarning as it went); a compile still starts its pool when needed.
         "environment": {"PYTHONPATH": f"{WORKSPACE}/src", "PYTHONDONTWRITEBYTECODE": "1",
-                        "ROLLOUT_MATRIX_ENTRY": plan.entry.name, "HOME": "/tmp"},
+                        "ROLLOUT_MATRIX_ENTRY": plan.entry.name, "HOME": "/tmp", "TORCH_WARM_POOL": "0"},
         "labels": {CONTAINER_LABEL: plan.entry.name},
         "shm_size": "8g",
     }
