@@ -192,14 +192,28 @@ def cmd_lock(args: argparse.Namespace, matrix: Matrix) -> int:
 
 def cmd_drift(args: argparse.Namespace, matrix: Matrix) -> int:
     from rollout_matrix.drift import drift
-    from rollout_matrix.lockfile import locks_dir_for
+    from rollout_matrix.lockfile import check_python, lock_path, locks_dir_for
 
     entry = matrix.get(args.entry)
-    changes = drift(entry, args.python, locks_dir_for(matrix))
+    python = check_python(args.python or entry.python)
+    lock = _shown(lock_path(entry, python, locks_dir_for(matrix)))
+    reporter = Reporter("drift")
+    reporter.line(f"resolving {entry.name} for Python {python} as of today (no date limit), against {lock}")
+    with reporter.heartbeat(f"resolving {entry.name} for Python {python}"):
+        changes = drift(entry, python, locks_dir_for(matrix))
     for change in changes:
         print(change)
-    print(f"{entry.name}: {len(changes)} package(s) differ between the lock and an unlocked resolution today")
+    print(f"{entry.name}: {len(changes)} package(s) differ between {lock} (Python {python}) and an unlocked "
+          "resolution today (same Python and platform)")
     return 0
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it is below it (shorter, and what a user types)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def cmd_new_release(args: argparse.Namespace, matrix: Matrix) -> int:
