@@ -217,7 +217,8 @@ def _shown(path: Path) -> str:
 
 
 def cmd_new_release(args: argparse.Namespace, matrix: Matrix) -> int:
-    from rollout_matrix.newrelease import new_release
+    from rollout_matrix.errors import NO_SHIM_BAND
+    from rollout_matrix.newrelease import new_release, shims_dir
 
     found = new_release(matrix, args.engine, args.version)
     listed = next((e for e in matrix if e.engine == args.engine and e.version == args.version), None)
@@ -225,18 +226,10 @@ def cmd_new_release(args: argparse.Namespace, matrix: Matrix) -> int:
         print(f"{listed.name} is already in matrix.yaml (line {listed.line}); the line from its wheel:", file=sys.stderr)
         print(found.line())
         return 0
-    if found.band_torch is None:
-        print(f"{args.engine} {args.version} pins torch {found.torch or '(none)'}: no band of matrix.yaml has that "
-              f"torch; add a band (and a stack for its CUDA line) with this release:", file=sys.stderr)
-    else:
-        print(f"{args.engine} {args.version} pins torch {found.torch}: add this line under the band with torch "
-              f"{found.band_torch} (stack {found.stack}), then run `rollout-matrix lock {args.engine}-{args.version}`:",
-              file=sys.stderr)
-    if found.shim is None:
-        print(f"no rollout_shims band serves {args.engine} {args.version} yet: check the engine API it changed and add a "
-              "bands.yaml row and a shim class (docs/maintaining.md)", file=sys.stderr)
-    print(found.line())
-    return 0
+    # One block on stdout, in one write: nothing can land between its parts.
+    sys.stdout.write(found.block(_shown(matrix.path), _shown(shims_dir() / "bands.yaml"), _shown(shims_dir() / "shims"))
+                     + "\n")
+    return NO_SHIM_BAND if found.shim is None else 0
 
 
 def cmd_record(args: argparse.Namespace, matrix: Matrix) -> int:

@@ -45,6 +45,10 @@ class TestsFailed(UserError):
     __test__ = False  # not a pytest test class, whatever its name says
 
 
+NO_SHIM_BAND = 7
+"""``new-release``: the release's matrix.yaml line is printed, but no rollout_shims band serves it yet,
+so the line alone would add a release nothing can run (a bands.yaml row and a shim class are due)."""
+
 INTERRUPTED = 130
 """Ctrl-C or SIGTERM: what was running is stopped and cleaned up, nothing half-written is left."""
 
@@ -56,5 +60,6 @@ EXIT_CODES: dict[int, str] = {
     BuildFailed.exit_code: "an image did not build",
     CheckFailed.exit_code: "a built image failed its version or lock check",
     RegistryError.exit_code: "a registry push or pull failed",
+    NO_SHIM_BAND: "new-release: no rollout_shims band serves the release yet",
     INTERRUPTED: "interrupted (Ctrl-C, SIGTERM)",
 }

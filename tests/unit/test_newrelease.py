@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from rollout_matrix.matrix import load_matrix
-from rollout_matrix.newrelease import exact_pins, nearest_entry
+from rollout_matrix.newrelease import NewRelease, exact_pins, nearest_entry, place_in_band
 
 MATRIX = """\
 schema: 1
@@ -69,3 +69,21 @@ def test_exact_pins_follow_the_packages_own_extras() -> None:
         "torch": "2.8.0", "sgl-kernel": "0.3.9.post2", "flashinfer-python": "0.3.1"}
     assert exact_pins("sglang", REQUIRES, set()) == {"torch": "2.8.0"}
     assert exact_pins("sglang", REQUIRES, {"torch-memory-saver"})["torch-memory-saver"] == "0.0.8"
+
+
+def test_a_served_release_is_one_block_of_line_place_and_lock() -> None:
+    found = NewRelease(engine="sglang", version="0.5.2.post1", torch="2.8.0", pins={"sgl-kernel": "0.3.9.post2"},
+                       band_torch="2.8.0", stack="cu128", shim="sglang-0.5.1", goes_at=12, goes_where="after sglang-0.5.2")
+    assert found.block("matrix.yaml", "bands.yaml", "shims").splitlines() == [
+        "sglang 0.5.2.post1 pins torch 2.8.0; shim band sglang-0.5.1 serves it. Add:",
+        "this line in matrix.yaml:12 (after sglang-0.5.2, in the band with torch 2.8.0, stack cu128):",
+        '          "0.5.2.post1": {sgl-kernel: "0.3.9.post2"}',
+        "then run `rollout-matrix lock sglang-0.5.2.post1`.",
+    ]
+
+
+def test_a_release_goes_after_the_nearest_older_one_of_its_band(entries) -> None:
+    assert place_in_band(entries[:2], "0.5.2.post1") == (entries[1].line + 1, "after sglang-0.5.2")
+    assert place_in_band(entries[:2], "0.5.0") == (entries[0].line, "before sglang-0.5.1")
+    assert [e.line for e in entries[:2]] == [MATRIX.splitlines().index('          "0.5.1": {}') + 1,
+                                             MATRIX.splitlines().index('          "0.5.2": {}') + 1]
