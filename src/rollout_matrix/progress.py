@@ -87,7 +87,7 @@ class Reporter:
         began = time.monotonic()
 
         def beat() -> None:
-            while not stop.wait(min(1.0, every)):
+            while not stop.wait(min(0.5, every)):
                 if time.monotonic() - self.last_output >= every:
                     label = what() if callable(what) else what
                     self.line(f"still {label} ({time.monotonic() - began:.0f}s)")
