@@ -97,8 +97,10 @@ def run_tests(plan: BuildPlan, checkout: Path, results_root: Path, reporter: Rep
                     str(results): {"bind": "/results", "mode": "rw"}},
         "working_dir": WORKSPACE,
         # TORCH_WARM_POOL=0: torch's inductor otherwise starts a pool of compile workers the moment an
-        # engine imports it, and joining them at exit took 3.5 s after pytest's summary (one of them
-        # printing a SWIG DeprecationWarning as it went); a compile still starts its pool when needed.
+        # engine imports it, and joining them at exit took 3.5 s after pytest's summary; a compile still
+        # starts its pool when it needs one. (The one line left after the summary, "sys:1: DeprecationWarning:
+        # builtin type swigvarlink has no __module__ attribute", is sentencepiece's SWIG module making a
+        # type while the interpreter shuts down, past any warnings filter a test or conftest could set.)
         "environment": {"PYTHONPATH": f"{WORKSPACE}/src", "PYTHONDONTWRITEBYTECODE": "1",
                         "ROLLOUT_MATRIX_ENTRY": plan.entry.name, "HOME": "/tmp", "TORCH_WARM_POOL": "0"},
         "labels": {CONTAINER_LABEL: plan.entry.name},
