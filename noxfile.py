@@ -6,7 +6,9 @@
     nox -t gpu                  # every buildable release (what the GPU workflow runs, one per job)
 
 Release sessions run on the host Python (python=False) and drive Docker through the same API as the
-`rollout-matrix` CLI; site options come from ROLLOUT_MATRIX_* variables (see README).
+`rollout-matrix` CLI. They take no flags: site options come from the site file rollout-matrix.toml
+here (on this project's CPU machines .ci/services.sh writes it) and ROLLOUT_MATRIX_* variables
+(README: Site options).
 """
 
 from __future__ import annotations

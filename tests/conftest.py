@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+# The host tests name every site option they use: the machine's own site file (.ci/services.sh writes
+# rollout-matrix.toml) must not change what they, or the CLI they start, build or expect.
+os.environ["ROLLOUT_MATRIX_SITE"] = str(Path(__file__).with_name("no-site.toml"))
+
 
 def _run_suite(workdir: Path, *, cpu: dict[str, int], gpu: dict[str, int]) -> tuple[Path, int]:
     """Real pytest over a generated test_cpu.py and test_gpu.py with known outcomes (passed, failed,

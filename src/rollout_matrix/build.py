@@ -17,7 +17,7 @@ import docker.errors
 
 from rollout_matrix import docker_api
 from rollout_matrix.docker_api import client, engine_call, short_error
-from rollout_matrix.errors import BuildFailed, UserError
+from rollout_matrix.errors import BuildFailed, RegistryError, UserError
 from rollout_matrix.lockfile import parse_pins
 from rollout_matrix.plan import LABEL_PREFIX, BuildPlan
 from rollout_matrix.progress import Reporter
@@ -53,12 +53,19 @@ def ensure_base(plan: BuildPlan, reporter: Reporter) -> Any:
             pass
     reporter.line(f"base image {plan.base_image} is not local; pulling it")
     try:
-        return client().images.pull(plan.base_image)
+        with reporter.heartbeat(f"pulling {plan.base_image}"):
+            return client().images.pull(plan.base_image)
     except docker.errors.DockerException as exc:
-        raise UserError(
-            f"base image {plan.base_image} is neither local nor pullable ({short_error(exc)}); "
-            "pull or import it first, or pass --base-image IMAGE / --registry-mirror HOST"
-        ) from None
+        raise RegistryError(f"base image {plan.base_image} is neither local nor pullable ({short_error(exc)}); "
+                            f"{base_image_fix(plan.entry.stack.name)}") from None
+
+
+def base_image_fix(stack: str) -> str:
+    """How to name another base, in the forms every caller takes (the nox sessions take no flags)."""
+    return (f"pull or import it, or name a local base for stack {stack} and its Python in the [site] table of "
+            f'rollout-matrix.toml (base_image = "{stack}=IMAGE", python = "3.X"; or registry_mirror = "HOST") or as '
+            f"ROLLOUT_MATRIX_BASE_IMAGE={stack}=IMAGE ROLLOUT_MATRIX_PYTHON=3.X (README: Site options); on this "
+            "project's CPU machines `bash .ci/services.sh` writes that file")
 
 
 def base_labels(base: Any) -> dict[str, str]:
@@ -92,7 +99,8 @@ def build(plan: BuildPlan, reporter: Reporter, *, force: bool = False) -> BuildR
         # The lock text the plan put into the build context (and the content hash), not a re-read of
         # the file, which may have changed since.
         locked = parse_pins(plan.requirements_text, plan.lock_file)[0] if plan.lock_file else None
-        reported = check_image(image_id, plan.entry.name, plan.entry.expected_versions(), locked)
+        with reporter.heartbeat("checking the versions the image reports"):
+            reported = check_image(image_id, plan.entry.name, plan.entry.expected_versions(), locked)
         reporter.line("versions ok: " + ", ".join(f"{k} {v}" for k, v in sorted(reported.items()))
                       + (f"; installed set equals the lock ({len(locked)} packages)" if locked else ""))
         _tag(image_id, list(plan.refs))
@@ -119,13 +127,18 @@ def stream_build(what: str, reporter: Reporter, **build: Any) -> str:
     project (engine images and the devel test bases)."""
     image_id: str | None = None
     log_tail = LogTail()
-    with engine_call(what, BuildFailed, "nothing was tagged"):
+    step = ["starting"]  # the Dockerfile step now running, for the heartbeat's line
+    with engine_call(what, BuildFailed, "nothing was tagged"), \
+            reporter.heartbeat(lambda: f"in the {what}, {step[0][:100]}"):
         stream = client().api.build(custom_context=True, rm=True, forcerm=True, pull=False, decode=True, **build)
         for chunk in stream:
             if "stream" in chunk:
                 text = chunk["stream"]
                 reporter.raw(text)
                 log_tail.feed(text)
+                started = _STEP.search(text)
+                if started:
+                    step[0] = started.group(0).strip()
             if "error" in chunk:
                 detail = str(chunk.get("error", "")).strip()
                 cause = _cause(log_tail.lines()) or (detail.splitlines()[-1] if detail else "?")
@@ -136,6 +149,9 @@ def stream_build(what: str, reporter: Reporter, **build: Any) -> str:
     if not image_id:
         raise BuildFailed(f"{what} ended without an image id; last output:\n" + "\n".join(log_tail.lines()))
     return image_id
+
+
+_STEP = re.compile(r"^Step \d+/\d+ : .*$", re.M)
 
 
 class LogTail:

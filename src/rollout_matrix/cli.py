@@ -159,7 +159,7 @@ def cmd_test(args: argparse.Namespace, matrix: Matrix) -> int:
 
 def cmd_lock(args: argparse.Namespace, matrix: Matrix) -> int:
     from rollout_matrix.lockfile import check_python, locks_dir_for
-    from rollout_matrix.locking import check_locks, lock_entries, lock_pythons
+    from rollout_matrix.locking import LockResult, check_locks, lock_entries, lock_pythons
 
     entries = matrix.select(args.entries) if args.entries else None
     if args.check:
@@ -178,8 +178,15 @@ def cmd_lock(args: argparse.Namespace, matrix: Matrix) -> int:
                 reporter.line(f"{e.name}: skipped, {e.unavailable}")
     pythons = (lambda e: [check_python(args.python)]) if args.python else (lambda e: lock_pythons(matrix, e))
     todo = [(e, py) for e in entries for py in pythons(e)]
-    results = lock_entries(todo, locks_dir_for(matrix), progress=lambda r: reporter.line(r.summary()),
-                           jobs=args.jobs)
+    done: list[LockResult] = []
+
+    def finished(result: LockResult) -> None:
+        done.append(result)
+        reporter.line(result.summary())
+
+    reporter.line(f"resolving {len(todo)} lock(s), {args.jobs} at a time")
+    with reporter.heartbeat(lambda: f"resolving: {len(done)} of {len(todo)} lock(s) done"):
+        results = lock_entries(todo, locks_dir_for(matrix), progress=finished, jobs=args.jobs)
     failed = [f"{r.entry} (py{r.python})" for r in results if not r.ok]
     if failed:
         raise UserError(f"{len(failed)} of {len(results)} locks failed ({', '.join(failed)}); see the lines above")
@@ -189,18 +196,33 @@ def cmd_lock(args: argparse.Namespace, matrix: Matrix) -> int:
 
 def cmd_drift(args: argparse.Namespace, matrix: Matrix) -> int:
     from rollout_matrix.drift import drift
-    from rollout_matrix.lockfile import locks_dir_for
+    from rollout_matrix.lockfile import check_python, lock_path, locks_dir_for
 
     entry = matrix.get(args.entry)
-    changes = drift(entry, args.python, locks_dir_for(matrix))
+    python = check_python(args.python or entry.python)
+    lock = _shown(lock_path(entry, python, locks_dir_for(matrix)))
+    reporter = Reporter("drift")
+    reporter.line(f"resolving {entry.name} for Python {python} as of today (no date limit), against {lock}")
+    with reporter.heartbeat(f"resolving {entry.name} for Python {python}"):
+        changes = drift(entry, python, locks_dir_for(matrix))
     for change in changes:
         print(change)
-    print(f"{entry.name}: {len(changes)} package(s) differ between the lock and an unlocked resolution today")
+    print(f"{entry.name}: {len(changes)} package(s) differ between {lock} (Python {python}) and an unlocked "
+          "resolution today (same Python and platform)")
     return 0
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it is below it (shorter, and what a user types)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def cmd_new_release(args: argparse.Namespace, matrix: Matrix) -> int:
-    from rollout_matrix.newrelease import new_release
+    from rollout_matrix.errors import NO_SHIM_BAND
+    from rollout_matrix.newrelease import new_release, shims_dir
 
     found = new_release(matrix, args.engine, args.version)  # found.version: normal form (v0.22.1 -> 0.22.1)
     listed = next((e for e in matrix if e.engine == args.engine and e.version == found.version), None)
@@ -208,18 +230,10 @@ def cmd_new_release(args: argparse.Namespace, matrix: Matrix) -> int:
         print(f"{listed.name} is already in matrix.yaml (line {listed.line}); the line from its wheel:", file=sys.stderr)
         print(found.line())
         return 0
-    if found.band_torch is None:
-        print(f"{args.engine} {found.version} pins torch {found.torch or '(none)'}: no band of matrix.yaml has that "
-              f"torch; add a band (and a stack for its CUDA line) with this release:", file=sys.stderr)
-    else:
-        print(f"{args.engine} {found.version} pins torch {found.torch}: add this line under the band with torch "
-              f"{found.band_torch} (stack {found.stack}), then run `rollout-matrix lock {args.engine}-{found.version}`:",
-              file=sys.stderr)
-    if found.shim is None:
-        print(f"no rollout_shims band serves {args.engine} {found.version} yet: check the engine API it changed and add a "
-              "bands.yaml row and a shim class (docs/maintaining.md)", file=sys.stderr)
-    print(found.line())
-    return 0
+    # One block on stdout, in one write: nothing can land between its parts.
+    sys.stdout.write(found.block(_shown(matrix.path), _shown(shims_dir() / "bands.yaml"), _shown(shims_dir() / "shims"))
+                     + "\n")
+    return NO_SHIM_BAND if found.shim is None else 0
 
 
 def cmd_watch(args: argparse.Namespace, matrix: Matrix) -> int:

@@ -62,6 +62,9 @@ def brief(value: object, limit: int = 80) -> str:
         return repr(value)
     return f"a {type(value).__name__}"
 
+NO_SHIM_BAND = 8
+"""``new-release``: the release's matrix.yaml line is printed, but no rollout_shims band serves it yet,
+so the line alone would add a release nothing can run (a bands.yaml row and a shim class are due)."""
 
 INTERRUPTED = 130
 """Ctrl-C or SIGTERM: what was running is stopped and cleaned up, nothing half-written is left."""
@@ -75,5 +78,6 @@ EXIT_CODES: dict[int, str] = {
     CheckFailed.exit_code: "a built image failed its version or lock check",
     RegistryError.exit_code: "a registry push or pull failed",
     EvidenceError.exit_code: "a run or committed evidence does not belong to its entry or lock, or is unreadable",
+    NO_SHIM_BAND: "new-release: no rollout_shims band serves the release yet",
     INTERRUPTED: "interrupted (Ctrl-C, SIGTERM)",
 }

@@ -10,6 +10,7 @@ the line and the band (or says that the torch pin needs a new band).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from packaging.markers import UndefinedComparison
 from packaging.requirements import InvalidRequirement, Requirement
@@ -35,10 +36,38 @@ class NewRelease:
     band_torch: str | None  # the matrix band it joins (by torch), None when none fits
     stack: str | None
     shim: str | None  # the rollout_shims band that would serve it, None when none does
+    goes_at: int = 0  # the matrix.yaml line its line is inserted at (what is there now moves down)
+    goes_where: str = ""  # e.g. "after vllm-0.33.0" or "after the last vllm band"
+    band_row: int = 0  # with no shim band: the bands.yaml line of the row nearest to it
+    band_row_shim: str = ""  # that row, e.g. "vllm-0.25 >=0.25.0,<0.34"
 
     def line(self) -> str:
         pins = ", ".join(f'{name}: "{v}"' for name, v in sorted(self.pins.items()))
         return f'          "{self.version}": {{{pins}}}'
+
+    def block(self, matrix_file: str, bands_file: str, shims_dir: str) -> str:
+        """Everything adding the release takes, in order, as one block: the line and where it goes,
+        then (when no shim band serves it) the bands.yaml row and the shim class, then the lock."""
+        name = f"{self.engine}-{self.version}"
+        if self.band_torch is None:
+            where = (f"a new band in {matrix_file}:{self.goes_at} ({self.goes_where}) with torch "
+                     f"{self.torch or '(none)'} (and a stack for its CUDA line if it is new), holding this line:")
+        else:
+            where = (f"this line in {matrix_file}:{self.goes_at} ({self.goes_where}, in the band with torch "
+                     f"{self.band_torch}, stack {self.stack}):")
+        steps = [where, self.line()]
+        if self.shim is None:
+            steps[0] = f"1. {steps[0]}"
+            steps += [f"2. in {bands_file}:{self.band_row}, the nearest row ({self.band_row_shim}) does not take it in: "
+                      "widen its versions if the engine API the shim calls did not change, else add a row for it",
+                      f"3. for a new row, its shim class in {shims_dir}/{self.engine}_bands.py, registered in "
+                      f"{shims_dir}/__init__.py"]
+            head = (f"{self.engine} {self.version} pins torch {self.torch or '(none)'}; no rollout_shims band serves it "
+                    "yet, so adding it takes up to three changes (docs/maintaining.md):")
+        else:
+            head = (f"{self.engine} {self.version} pins torch {self.torch or '(none)'}; shim band {self.shim} serves "
+                    "it. Add:")
+        return "\n".join([head, *steps, f"then run `rollout-matrix lock {name}`."])
 
 
 def exact_pins(package: str, requirements: list[str], extras: set[str]) -> dict[str, str]:
@@ -133,6 +162,52 @@ def new_release(matrix: Matrix, engine: str, version: str, index_url: str = INDE
     from rollout_shims.bands import band_for
 
     shim_band = band_for(engine, Version(version))
+    if band is not None:
+        goes_at, goes_where = place_in_band([e for e in entries if e.torch == torch and not e.unavailable], wanted=version)
+    else:
+        goes_at, goes_where = max(e.line for e in entries) + 1, f"after the last {engine} band"
+    row, row_shim = (0, "") if shim_band else nearest_band_row(engine, Version(version))
     return NewRelease(engine=engine, version=version, torch=torch, pins=kept,
                       band_torch=band.torch if band else None, stack=band.stack.name if band else None,
-                      shim=shim_band.shim if shim_band else None)
+                      shim=shim_band.shim if shim_band else None, goes_at=goes_at, goes_where=goes_where,
+                      band_row=row, band_row_shim=row_shim)
+
+
+def place_in_band(band: list[Entry], wanted: str) -> tuple[int, str]:
+    """Where a release's line goes among its band's lines (kept in version order): right after the
+    nearest older release, or before the oldest one."""
+    older = [e for e in band if Version(e.version) <= Version(wanted)]
+    if older:
+        after = max(older, key=lambda e: Version(e.version))
+        return after.line + 1, f"after {after.name}"
+    first = min(band, key=lambda e: Version(e.version))
+    return first.line, f"before {first.name}"
+
+
+def shims_dir() -> Path:
+    """The rollout_shims package folder (bands.yaml, shims/): where a new shim band is written."""
+    import rollout_shims
+
+    return Path(rollout_shims.__file__).parent
+
+
+def nearest_band_row(engine: str, version: Version) -> tuple[int, str]:
+    """The bands.yaml line and shim of ``engine``'s row whose range starts nearest below ``version``
+    (the first row when it is older than all): where a new row for it goes."""
+    from rollout_shims.bands import Band, load_bands
+
+    rows = [b for b in load_bands() if b.engine == engine]
+    if not rows:
+        return 1, "(none)"
+
+    def lower(band: Band) -> Version:
+        bounds = [Version(s.version) for s in band.versions if s.operator in (">=", ">", "==")]
+        return min(bounds) if bounds else Version("0")
+
+    below = [b for b in rows if lower(b) <= version]
+    row = max(below, key=lower) if below else rows[0]
+    lines = (shims_dir() / "bands.yaml").read_text(encoding="utf-8").splitlines()
+    at = next((i for i, text in enumerate(lines) if text.strip() == f"shim: {row.shim}"), 0)
+    while at > 0 and not lines[at].lstrip().startswith("- "):  # back to the row's first line
+        at -= 1
+    return at + 1, f"{row.shim} {row.text or row.versions}"

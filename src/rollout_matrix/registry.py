@@ -40,7 +40,7 @@ def _transfer(verb: str, ref: str, reporter: Reporter, hint: str) -> str | None:
     reporter.line(f"{verb}ing {ref}")
     api = client().api
     start = api.push if verb == "push" else api.pull
-    with engine_call(f"{verb} of {ref}", RegistryError, hint):
+    with engine_call(f"{verb} of {ref}", RegistryError, hint), reporter.heartbeat(f"{verb}ing {ref}"):
         try:
             events = start(repo, tag, stream=True, decode=True)
             digest = _consume(transfer_progress(events, reporter, verb), f"{verb} of {ref}", hint)

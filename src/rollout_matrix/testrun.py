@@ -96,8 +96,13 @@ def run_tests(plan: BuildPlan, checkout: Path, results_root: Path, reporter: Rep
         "volumes": {str(checkout.resolve()): {"bind": WORKSPACE, "mode": "ro"},
                     str(results): {"bind": "/results", "mode": "rw"}},
         "working_dir": WORKSPACE,
+        # TORCH_WARM_POOL=0: torch's inductor otherwise starts a pool of compile workers the moment an
+        # engine imports it, and joining them at exit took 3.5 s after pytest's summary; a compile still
+        # starts its pool when it needs one. (The one line left after the summary, "sys:1: DeprecationWarning:
+        # builtin type swigvarlink has no __module__ attribute", is sentencepiece's SWIG module making a
+        # type while the interpreter shuts down, past any warnings filter a test or conftest could set.)
         "environment": {"PYTHONPATH": f"{WORKSPACE}/src", "PYTHONDONTWRITEBYTECODE": "1",
-                        "ROLLOUT_MATRIX_ENTRY": plan.entry.name, "HOME": "/tmp"},
+                        "ROLLOUT_MATRIX_ENTRY": plan.entry.name, "HOME": "/tmp", "TORCH_WARM_POOL": "0"},
         "labels": {CONTAINER_LABEL: plan.entry.name},
         "shm_size": "8g",
     }
@@ -111,7 +116,8 @@ def run_tests(plan: BuildPlan, checkout: Path, results_root: Path, reporter: Rep
     what = f"the test container of {plan.entry.name}"
     fix = "is the NVIDIA container toolkit installed? set ROLLOUT_MATRIX_GPU=0 to run without GPUs" if gpu else ""
     try:
-        with container(image.id, command, what, **kwargs) as c, open(results / LOG, "wb") as log:
+        with reporter.heartbeat(f"running tests/engine in {plan.entry.name}"), \
+                container(image.id, command, what, **kwargs) as c, open(results / LOG, "wb") as log:
             for chunk in c.logs(stream=True, follow=True):
                 reporter.raw(chunk.decode(errors="replace"))
                 log.write(chunk)

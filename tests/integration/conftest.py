@@ -12,6 +12,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -92,9 +94,60 @@ def unique_repo(registry) -> str:
     return f"{registry}/rm-test-{uuid.uuid4().hex[:8]}"
 
 
+_config: pytest.Config | None = None
+PROGRESS_SECONDS = 9.0
+"""While a CLI run lasts, its newest line reaches the terminal at least this often (pytest captures the rest)."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _config
+    _config = config
+
+
+def _to_terminal(text: str) -> None:
+    """One line on pytest's terminal, past its output capture (a minutes-long build must not look hung)."""
+    if _config is None:
+        return
+    capture = _config.pluginmanager.getplugin("capturemanager")
+    terminal = _config.pluginmanager.getplugin("terminalreporter")
+    if capture is None or terminal is None:
+        return
+    with capture.global_and_fixture_disabled():
+        writer = getattr(terminal, "_tw", None)
+        if writer is not None and writer.width_of_current_line:  # after pytest's progress dots
+            terminal.write("\n")
+        terminal.write_line(text)
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: int = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "rollout_matrix.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=ROOT)
+    """The CLI as a user runs it, its output kept for the test. While it runs, its newest output line
+    goes to the terminal every 9 s, so a long step (the real vLLM build: minutes) shows progress."""
+    proc = subprocess.Popen([sys.executable, "-m", "rollout_matrix.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}, cwd=ROOT)
+    out: list[str] = []
+    err: list[str] = []
+    readers = [threading.Thread(target=lambda s=stream, keep=keep: keep.extend(s), daemon=True)
+               for stream, keep in ((proc.stdout, out), (proc.stderr, err))]
+    for reader in readers:
+        reader.start()
+    start = time.monotonic()
+    words = list(args[2:] if args[:1] == ("--matrix",) else args)
+    name = " ".join(words[:2])  # the subcommand and its first argument, e.g. "build vllm-0.8.5.post1"
+    while True:
+        try:
+            proc.wait(timeout=PROGRESS_SECONDS)
+            break
+        except subprocess.TimeoutExpired:
+            elapsed = time.monotonic() - start
+            if elapsed > timeout:
+                proc.kill()
+                proc.wait()
+                raise subprocess.TimeoutExpired(proc.args, timeout, "".join(out), "".join(err)) from None
+            newest = next((line for lines in (out, err) for line in reversed(lines) if line.strip()), "(no output yet)")
+            _to_terminal(f"[rollout-matrix {name} +{elapsed:.0f}s] {newest.strip()[:160]}")
+    for reader in readers:
+        reader.join()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "".join(out), "".join(err))
 
 
 @pytest.fixture

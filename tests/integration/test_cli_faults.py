@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rollout_matrix.errors import BuildFailed, DockerUnavailable, TestsFailed
+from rollout_matrix.errors import BuildFailed, DockerUnavailable, RegistryError, TestsFailed
 from rollout_matrix.matrix import load_matrix
 
 from .conftest import CA_BUNDLE, ROOT, run_cli, write_fixture_checkout
@@ -179,3 +179,19 @@ def test_a_failing_suite_exits_1_and_names_its_results(tmp_path, test_base, clea
     cleanup_images.append("rm-test-red")
     line = _one_line_error(proc, TestsFailed.exit_code)
     assert "tests/engine failed in six-1.16.0 (pytest exit 1)" in line
+
+
+def test_nox_names_the_site_file_when_the_base_cannot_be_pulled():
+    """The README's main job on a machine without the stack's base and without a site file: one line,
+    exit 6 (a pull failed), and the fix in a form nox takes (it reads no flags)."""
+    env = {**os.environ, "ROLLOUT_MATRIX_BASE_IMAGE": "cu128=127.0.0.1:5000/no/such-base:1",
+           "ROLLOUT_MATRIX_PYTHON": "3.11"}
+    proc = subprocess.run([sys.executable, "-m", "nox", "-s", "sglang-0.5.2"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    [line] = [text for text in output.splitlines() if "[exit " in text]
+    assert f"[exit {RegistryError.exit_code}] base image 127.0.0.1:5000/no/such-base:1 is neither local nor pullable" \
+        in line
+    assert "[site] table of rollout-matrix.toml" in line and "ROLLOUT_MATRIX_BASE_IMAGE=cu128=IMAGE" in line
+    assert "Traceback" not in output

@@ -81,6 +81,18 @@ def test_drift_shows_what_an_unlocked_install_changes(locked: Matrix) -> None:
     assert "requests" not in changes
 
 
+def test_drift_through_the_cli_names_the_lock_and_python_it_compared(locked: Matrix) -> None:
+    proc = subprocess.run([sys.executable, "-m", "rollout_matrix.cli", "--matrix", str(locked.path), "drift",
+                           "tiny-2.31.0", "--python", "3.12"], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    lock = locked.path.parent / "docker" / "locks" / "tiny-2.31.0-py3.12.txt"
+    lines = proc.stdout.splitlines()
+    assert lines[0].endswith(f"resolving tiny-2.31.0 for Python 3.12 as of today (no date limit), against {lock}")
+    assert "urllib3: 2.0.2 -> " in proc.stdout
+    changes = [line for line in lines if " -> " in line]
+    assert lines[-1].startswith(f"tiny-2.31.0: {len(changes)} package(s) differ between {lock} (Python 3.12) and ")
+
+
 def test_lock_installs_with_require_hashes(locked: Matrix, tmp_path: Path) -> None:
     """What the image does with a lock, in a venv of this interpreter: exactly the locked versions."""
     entry = locked.get("tiny-2.31.0")

@@ -51,3 +51,27 @@ def test_bad_versions_are_one_line_and_exit_2(version: str, message: str) -> Non
     run = _new_release("vllm", version)
     assert run.returncode == 2, run.stderr
     assert message in run.stderr and "Traceback" not in run.stderr
+
+
+def test_a_release_no_shim_band_serves_exits_8_with_one_block_naming_every_change() -> None:
+    """vLLM 0.8.4 (torch 2.6.0, as 0.8.5) is older than the oldest shim band, and always will be."""
+    run = _new_release("vllm", "0.8.4")
+    assert run.returncode == 8, run.stderr
+    assert run.stderr == "", "nothing may land inside the block"
+    lines = run.stdout.splitlines()
+    matrix_lines = (ROOT / "matrix.yaml").read_text().splitlines()
+    first_085 = next(i for i, text in enumerate(matrix_lines, 1) if text.strip().startswith('"0.8.5":'))
+    bands_lines = (ROOT / "src" / "rollout_shims" / "bands.yaml").read_text().splitlines()
+    row_085 = next(i for i, text in enumerate(bands_lines, 1) if text.strip() == "shim: vllm-0.8.5") - 2
+    assert bands_lines[row_085 - 1].strip() == "- engine: vllm"
+    assert lines == [
+        "vllm 0.8.4 pins torch 2.6.0; no rollout_shims band serves it yet, so adding it takes up to three changes "
+        "(docs/maintaining.md):",
+        f"1. this line in matrix.yaml:{first_085} (before vllm-0.8.5, in the band with torch 2.6.0, stack cu124):",
+        '          "0.8.4": {xformers: "0.0.29.post2"}',
+        f"2. in src/rollout_shims/bands.yaml:{row_085}, the nearest row (vllm-0.8.5 >=0.8.5,<0.8.6) does not take it "
+        "in: widen its versions if the engine API the shim calls did not change, else add a row for it",
+        "3. for a new row, its shim class in src/rollout_shims/shims/vllm_bands.py, registered in "
+        "src/rollout_shims/shims/__init__.py",
+        "then run `rollout-matrix lock vllm-0.8.4`.",
+    ]

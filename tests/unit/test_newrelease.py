@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from rollout_matrix.matrix import load_matrix
-from rollout_matrix.newrelease import exact_pins, nearest_entry
+from rollout_matrix.newrelease import NewRelease, exact_pins, nearest_entry, place_in_band
 
 MATRIX = """\
 schema: 1
@@ -89,3 +89,21 @@ def test_versions_that_are_no_release_are_one_line_before_the_index_is_asked(giv
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     line = proc.stderr.splitlines()[-1]
     assert line.startswith("rollout-matrix: error: ") and "is not a release version" in line and len(line) < 200
+
+
+def test_a_served_release_is_one_block_of_line_place_and_lock() -> None:
+    found = NewRelease(engine="sglang", version="0.5.2.post1", torch="2.8.0", pins={"sgl-kernel": "0.3.9.post2"},
+                       band_torch="2.8.0", stack="cu128", shim="sglang-0.5.1", goes_at=12, goes_where="after sglang-0.5.2")
+    assert found.block("matrix.yaml", "bands.yaml", "shims").splitlines() == [
+        "sglang 0.5.2.post1 pins torch 2.8.0; shim band sglang-0.5.1 serves it. Add:",
+        "this line in matrix.yaml:12 (after sglang-0.5.2, in the band with torch 2.8.0, stack cu128):",
+        '          "0.5.2.post1": {sgl-kernel: "0.3.9.post2"}',
+        "then run `rollout-matrix lock sglang-0.5.2.post1`.",
+    ]
+
+
+def test_a_release_goes_after_the_nearest_older_one_of_its_band(entries) -> None:
+    assert place_in_band(entries[:2], "0.5.2.post1") == (entries[1].line + 1, "after sglang-0.5.2")
+    assert place_in_band(entries[:2], "0.5.0") == (entries[0].line, "before sglang-0.5.1")
+    assert [e.line for e in entries[:2]] == [MATRIX.splitlines().index('          "0.5.1": {}') + 1,
+                                             MATRIX.splitlines().index('          "0.5.2": {}') + 1]

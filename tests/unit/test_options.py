@@ -22,6 +22,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("ROLLOUT_MATRIX_"):
             monkeypatch.delenv(name)
+    monkeypatch.setenv(SITE_ENV, str(ROOT / "tests" / "no-site.toml"))  # not the checkout's own site file
 
 
 @pytest.mark.parametrize(("url", "message"), [
