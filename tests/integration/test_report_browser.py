@@ -38,19 +38,24 @@ def chromium(url: str, profile: Path, *extra: str) -> subprocess.CompletedProces
 
 
 class TableRows(HTMLParser):
-    """Rows of table#compatibility's body: the tr's attributes and each cell's class and text."""
+    """Rows of one table's body (table#compatibility unless told): the tr's attributes and each cell's
+    class and text; the page has more tables (the band table above it), read with their own id."""
 
-    def __init__(self) -> None:
+    def __init__(self, table: str = "compatibility") -> None:
         super().__init__()
+        self.table = table
         self.rows: list[dict[str, object]] = []
         self.summary = ""
+        self._in_table = False
         self._in_body = False
         self._cell: dict[str, str] | None = None
         self._in_summary = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {k: v or "" for k, v in attrs}
-        if tag == "tbody":
+        if tag == "table":
+            self._in_table = a.get("id") == self.table
+        elif tag == "tbody" and self._in_table:
             self._in_body = True
         elif tag == "tr" and self._in_body:
             self.rows.append({"attrs": a, "cells": {}})
@@ -62,6 +67,8 @@ class TableRows(HTMLParser):
     def handle_endtag(self, tag: str) -> None:
         if tag == "tbody":
             self._in_body = False
+        elif tag == "table":
+            self._in_table = False
         elif tag in ("td", "th") and self._cell is not None:
             cells = self.rows[-1]["cells"]
             assert isinstance(cells, dict)
@@ -125,6 +132,14 @@ def test_page_renders_every_release_with_cpu_and_gpu_evidence_apart(checkout: Pa
     assert red["verdict-gpu-tests-failed"] == "GPU tests failed" and red["gpu"].startswith("9 passed, 2 failed")
     assert not any(r["attrs"]["data-verdict"] == "passed" for r in dom.rows)  # type: ignore[index]
     assert dom.summary.startswith(f"{len(matrix)} releases: 1 GPU-proven, 1 CPU checks passed, 1 GPU tests failed")
+
+    band_dom = TableRows("bands")
+    band_dom.feed(proc.stdout)
+    status = {r["attrs"]["data-band"]: r["attrs"]["data-status"] for r in band_dom.rows}  # type: ignore[index]
+    # the fake suites' GPU tests carry no mode in their ids, so they count as eager (pre-2026-12-02 runs)
+    assert status["sglang-0.5.1"] == "GPU-proven, eager only"  # sglang-0.5.2 is in band sglang-0.5.1
+    assert status["vllm-0.8.5"] == "GPU tests fail"
+    assert status["sglang-0.4.4"] == "never ran on a GPU"
 
 
 def test_page_screenshot_is_not_blank(checkout: Path, tmp_path: Path) -> None:
