@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Literal
 
 from rollout_shims.config import RolloutConfig
 from rollout_shims.errors import EngineFailedError, EngineStateError
+from rollout_shims.outputs import int_list
 
 log = logging.getLogger("rollout_shims")
 
@@ -177,7 +178,7 @@ class RolloutEngine(ABC):
             raise EngineStateError(f"{what}: the engine is offloaded; call onload() first")
 
     def _strip_padding(self, prompt: Sequence[int]) -> list[int]:
-        ids = [int(t) for t in prompt]
+        ids = int_list(prompt)
         pad = self.config.padding
         if pad is None:
             return ids

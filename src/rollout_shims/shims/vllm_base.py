@@ -23,6 +23,7 @@ from rollout_shims.config import RolloutConfig
 from rollout_shims.detect import Detection
 from rollout_shims.errors import EngineRequestError, UnsupportedFeatureError
 from rollout_shims.mapping import VLLM_ARGS, VLLM_FIXED, engine_kwargs
+from rollout_shims.outputs import int_list, sampled_logprobs
 from rollout_shims.symbols import Symbol, required_problems
 
 LLM_PY = "vllm/entrypoints/llm.py"
@@ -39,6 +40,14 @@ def load_weights_in_worker(worker: Any, weights: list[tuple[str, Any]]) -> bool:
     vLLM's fused/sharded parameters, so each TP rank takes its shard of the full tensors."""
     worker.model_runner.model.load_weights(weights)
     return True
+
+
+def has_flat_logprobs(params_cls: Any) -> bool:
+    """Whether vLLM's ``SamplingParams`` (a msgspec Struct) has ``flat_logprobs`` (0.12+, vLLM PR 28914):
+    logprobs then come back as ``FlatLogprobs``, a few flat lists per sequence instead of a dict and a
+    ``Logprob`` object per token, which vLLM builds and the shim reads at a fraction of the cost
+    (rollout_shims/outputs.py). Asked by field, so a release that has it uses it."""
+    return "flat_logprobs" in getattr(params_cls, "__struct_fields__", ())
 
 
 def flashinfer_version() -> Version | None:
@@ -207,16 +216,15 @@ class VLLMEngine(RolloutEngine):
             n=1, max_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
             top_k=params.top_k, stop_token_ids=list(params.stop_token_ids), ignore_eos=params.ignore_eos,
             logprobs=0 if params.logprobs else None, seed=params.seed, detokenize=self.config.detokenize,
+            **({"flat_logprobs": True} if params.logprobs and has_flat_logprobs(VLLMSamplingParams) else {}),
         )
         outs = self._llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], sp, use_tqdm=False)
         return [self._completion(o.outputs[0], params) for o in outs]
 
     def _completion(self, out: Any, params: SamplingParams) -> Completion:
-        ids = [int(t) for t in out.token_ids]
-        logprobs = None
-        if params.logprobs:
-            # logprobs=0 asks for the sampled token only: one {token_id: Logprob} per step.
-            logprobs = [float(step[tok].logprob) for tok, step in zip(ids, out.logprobs, strict=True)]
+        ids = int_list(out.token_ids)
+        # logprobs=0 asks for the sampled token only: one {token_id: Logprob} (or flat entry) per step.
+        logprobs = sampled_logprobs(ids, out.logprobs) if params.logprobs else None
         return Completion(
             token_ids=ids, logprobs=logprobs,
             finish_reason=FINISH_REASONS.get(str(out.finish_reason), "abort"),  # type: ignore[arg-type]
