@@ -3,11 +3,14 @@
 
 Why a process per phase: vLLM 0.33 refuses a second engine in one process ("CuMem allocator can only
 be used for one instance per process"), and each throughput mode (CUDA graphs, eager) and the
-update_weights model need their own engine. Results go to the parent as one JSON line each on
-stdout, prefixed ``@bench``, as soon as they exist (provisional ratio records every ``RECORD_EVERY_S``),
-so a phase that is killed still leaves what it measured.
+update_weights model need their own engine. Results go to the parent as one JSON line each, appended
+to the events file the parent names (not stdout, which the engine's own processes write to as well,
+so a long line could come out interleaved), as soon as they exist (provisional ratio records every
+``RECORD_EVERY_S``), so a phase that is killed still leaves what it measured. The process ends with
+``os._exit`` once its engine is shut down and ``done`` is recorded: an engine's exit handlers have hung
+or crashed at interpreter exit before (docs/gpu.md), and the figures are safe by then.
 
-    python bench/phases.py graphs|eager|weights --spec '{"engine": "vllm", ...}'
+    ROLLOUT_BENCH_EVENTS=FILE python bench/phases.py graphs|eager|weights --spec '{"engine": "vllm", ...}'
 
 Needs torch, transformers and the engine; ``PYTHONPATH=src``.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import platform
 import random
 import sys
@@ -29,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pairs import Pair, WarmUp, bootstrap, quick_interval, run_block
 
-EVENT = "@bench "
 RECORD_EVERY_S = 30.0
 TARGETS = {"width": 0.04, "ci_low": 0.97, "shim_work_fraction": 0.01}
 """Issue 24's acceptance, per record: interval width, interval low end, shim work / shim call."""
@@ -45,8 +48,14 @@ COMMON = dict(max_position_embeddings=4096, bos_token_id=1, eos_token_id=2, tie_
 GIB = 1024**3
 
 
+_events: list[Any] = []
+
+
 def emit(event: str, **payload: Any) -> None:
-    print(EVENT + json.dumps({"event": event, **payload}), flush=True)
+    """One JSON line in the events file (opened on first use; every line is flushed at once)."""
+    if not _events:
+        _events.append(open(os.environ["ROLLOUT_BENCH_EVENTS"], "a", buffering=1))  # noqa: SIM115 (kept open)
+    _events[0].write(json.dumps({"event": event, **payload}) + "\n")
 
 
 def say(message: str) -> None:
@@ -348,7 +357,9 @@ def main(argv: list[str] | None = None) -> int:
         weights(spec)
     else:
         throughput(args.phase, spec)
-    return 0
+    emit("phase", facts={"done": True})
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

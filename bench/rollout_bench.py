@@ -41,7 +41,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from phases import EVENT, TARGETS
+from phases import TARGETS
 from plan import FIXED_S, RESERVE, allot, budget_plan, describe, phases
 
 HERE = Path(__file__).resolve().parent
@@ -83,6 +83,26 @@ def say(message: str, t0: float) -> None:
     print(f"[bench +{time.time() - t0:5.0f}s] {message}", flush=True)
 
 
+class Events:
+    """The JSON lines a phase appends to its events file, read as they complete."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset = path, 0
+        path.write_text("")
+
+    def new(self) -> list[dict[str, Any]]:
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset)
+            chunk = fh.read()
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        out = []
+        for line in complete.splitlines():
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+        return out
+
+
 class Tree:
     """A phase's process and every process it starts, remembered while they run, so that all of them
     can be stopped, also the ones left behind once the phase itself has ended. The phase stays in
@@ -113,7 +133,8 @@ def run_phase(name: str, spec: dict[str, Any], kill_at: float, report: Report, p
     is killed (with whatever it started) at ``kill_at``. Returns how it ended."""
     share = spec["deadline"] - time.time()
     cmd = [sys.executable, str(HERE / "phases.py"), name, "--spec", json.dumps(spec)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    events = Events(Path(spec["work"]) / f"events-{name}.jsonl")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "ROLLOUT_BENCH_EVENTS": str(events.path)}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     tree = Tree(proc.pid)
     lines: queue.Queue[bytes | None] = queue.Queue()
@@ -126,14 +147,15 @@ def run_phase(name: str, spec: dict[str, Any], kill_at: float, report: Report, p
 
     threading.Thread(target=read, daemon=True).start()
     try:
-        return watch(name, proc, tree, lines, kill_at, share, report, progress_s, t0)
+        return watch(name, proc, tree, lines, events, kill_at, share, report, progress_s, t0)
     finally:
         tree.kill()  # whatever the phase left behind, also when this process is interrupted
 
 
-def watch(name: str, proc: subprocess.Popen, tree: Tree, lines: queue.Queue, kill_at: float, share: float,
-          report: Report, progress_s: float, t0: float) -> str:
-    """Pass the phase's lines through, record its events, say it is alive, kill it at ``kill_at``."""
+def watch(name: str, proc: subprocess.Popen, tree: Tree, lines: queue.Queue, events: Events, kill_at: float,
+          share: float, report: Report, progress_s: float, t0: float) -> str:
+    """Pass the phase's lines through, record its events, say it is alive, kill it at ``kill_at`` (or
+    30 s after it said it is done, should its exit hang)."""
     started = last_out = last_beat = time.time()
     tail: list[str] = []
     how = None
@@ -144,21 +166,22 @@ def watch(name: str, proc: subprocess.Popen, tree: Tree, lines: queue.Queue, kil
             raw = b""
         now = time.time()
         tree.look()
+        for event in events.new():
+            last_out = now
+            report.event(name, event)
         if raw is None:  # the phase and everything holding its stdout are gone
             break
         if raw:
             last_out = last_beat = now
             line = raw.decode(errors="replace").rstrip("\n")
-            if line.startswith(EVENT):
-                with contextlib.suppress(ValueError):
-                    report.event(name, json.loads(line[len(EVENT):]))
-                continue
             print(line, flush=True)
             tail = [*tail[-20:], line]
         elif proc.poll() is not None and now - last_out > 5:
             break  # the phase ended; something it started still holds the pipe: stopped below
-        if now >= kill_at and how is None:
-            how = f"killed after {now - started:.0f} s: past its share of the budget"
+        done = report.data["phases"][name].get("done")
+        if how is None and (now >= kill_at or (done and now - last_out > 30)):
+            how = "killed after it finished (its exit hung)" if done else \
+                f"killed after {now - started:.0f} s: past its share of the budget"
             say(f"{name}: {how}", t0)
             tree.kill()
         if now - last_beat >= progress_s:
@@ -166,8 +189,12 @@ def watch(name: str, proc: subprocess.Popen, tree: Tree, lines: queue.Queue, kil
                 f"no output for {now - last_out:.0f} s", t0)
             last_beat = now
     code = proc.wait()
-    if how is None:
-        how = "ok" if code == 0 else f"exited with code {code}"
+    for event in events.new():
+        report.event(name, event)
+    if report.data["phases"][name].get("done"):
+        how = "ok" if how is None and code == 0 else f"ok, then {how or f'exit code {code}'}"
+    elif how is None:
+        how = f"exited with code {code}" if code else "exited before it finished"
     if how != "ok":
         errors = [t for t in tail if "Error" in t or "error" in t]
         report.data["phases"][name]["last_lines"] = (errors or tail)[-3:]
@@ -257,7 +284,7 @@ def run(args: argparse.Namespace, engine: str, report: Report, t0: float) -> boo
             report.data["phases"][phase.name].update(status=how, seconds=round(took, 1))
             report.write()
             say(f"{phase.name}: {how} after {took:.0f} s", t0)
-            failed |= how != "ok"
+            failed |= not how.startswith("ok")
             left = left[1:]
     return failed
 
