@@ -294,6 +294,7 @@ def weights(spec: dict[str, Any]) -> None:
     torch.manual_seed(1)
     with torch.device("cuda"):
         model = Qwen2ForCausalLM(Qwen2Config(**BIG, **COMMON)).to(torch.bfloat16)
+    torch.cuda.empty_cache()  # the float32 originals: the engine sizes its memory from what is free
     model.save_pretrained(big)  # SGLang reads the tensor names from it (a push must cover the checkpoint)
     on_gpu = [(n, t.detach()) for n, t in model.state_dict().items()]
     nbytes = sum(t.numel() * t.element_size() for _, t in on_gpu)
