@@ -1,9 +1,19 @@
 """Paired timing and its statistics, independent of any engine (unit-tested on the CPU).
 
-Why pairs: on a GPU machine two runs of the same code a day apart differed by 5-10 % (docs/gpu.md),
-so a ratio of two medians taken at different times says little. Here every pair runs the direct
-call and the shim call back to back, in random order, on fresh prompts, with the garbage collector
-off, and the ratio of each pair is the unit of evidence; the interval comes from resampling pairs.
+Why blocks of paired calls: on a GPU machine two runs of the same code a day apart differed by
+5-10 % (docs/gpu.md), so a ratio of two medians taken at different times says little. The unit of
+evidence is one block: the direct call and the shim call on one engine, back to back, in ABBA order
+(direct, shim, shim, direct, or the mirror; which side opens is random per block), each call on its
+own fresh prompts, with the garbage collector off during the calls. ABBA cancels any drift that is
+linear over the block (clocks warming or throttling, a cache filling up); fresh prompts for every
+call keep the second call of a block from finding the first one's prompts in the prefix cache (the
+first version gave both sides of a pair the same prompts, and random order turned that cache hit
+into noise). The ratio's interval comes from resampling blocks (``bootstrap``).
+
+The outputs of every call are kept until the block ends and released after the clock stopped, on
+both sides: freeing an engine's outputs is the engine's cost whoever drops them (a direct caller
+pays it when it drops them, the shim inside ``generate``), and it was a third of what looked like
+the shim's own work with vLLM's per-token logprob objects (bench/shim_overhead.py: "engine free").
 """
 
 from __future__ import annotations
@@ -14,75 +24,154 @@ import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
+
+Call = Callable[[list], Any]
 
 
 @dataclass(frozen=True)
 class Pair:
-    """One direct call and one shim call on the same prompts."""
+    """One block: ``calls`` direct calls and as many shim calls, times summed per side."""
 
     direct_s: float
     shim_s: float
     shim_first: bool
-    inner_s: float  # time the shim's call spent inside the engine (the rest is the shim's own work)
+    inner_s: float  # time the shim's calls spent inside the engine (the rest is the shim's own work)
+    calls: int = 1
 
     @property
     def ratio(self) -> float:
         """Throughput of the shim relative to direct: direct time / shim time (1.0: no cost)."""
         return self.direct_s / self.shim_s
 
+    @property
+    def shim_work_s(self) -> float:
+        """The shim's own work per call: its call time minus the engine time inside it."""
+        return max(0.0, self.shim_s - self.inner_s) / self.calls
 
-def run_pairs(direct: Callable[[list], object], shim: Callable[[list], object], inner: Callable[[], float],
-              prompts: Callable[[int], list], pairs: int, seed: int, sync: Callable[[], None] = lambda: None,
-              clock: Callable[[], float] = time.perf_counter) -> list[Pair]:
-    """``pairs`` pairs; ``prompts(i)`` gives fresh prompts per pair (no prefix-cache hits), ``inner()``
-    the engine time the last shim call measured, ``sync`` waits for the device."""
-    rng = random.Random(seed)
-    out = []
-    for i in range(pairs):
-        batch = prompts(i)
-        shim_first = rng.random() < 0.5
-        times = {}
-        for side in (("shim", "direct") if shim_first else ("direct", "shim")):
+
+def run_block(direct: Call, shim: Call, inner: Callable[[], float], batches: Sequence[list], shim_first: bool,
+              sync: Callable[[], None] = lambda: None, clock: Callable[[], float] = time.perf_counter,
+              release: Callable[[], None] = lambda: None) -> Pair:
+    """One ABBA block (``len(batches) == 4``) or one AB pair (2 batches), batch ``k`` for call ``k``.
+    ``inner()`` is the engine time of the shim call just made; ``release()`` drops whatever the sides
+    held on to (called once the block's clock has stopped, as the outputs here are)."""
+    first, second = ("shim", "direct") if shim_first else ("direct", "shim")
+    order = (first, second, second, first) if len(batches) == 4 else (first, second)
+    if len(batches) != len(order):
+        raise ValueError("a block takes 2 batches (AB) or 4 (ABBA)")
+    times = {"direct": 0.0, "shim": 0.0}
+    inner_s = 0.0
+    held = []
+    try:
+        for side, batch in zip(order, batches, strict=True):
             call = shim if side == "shim" else direct
             gc.collect()
             gc.disable()
             try:
                 sync()
                 start = clock()
-                call(batch)
+                held.append(call(batch))
                 sync()
-                times[side] = clock() - start
+                times[side] += clock() - start
             finally:
                 gc.enable()
-        out.append(Pair(times["direct"], times["shim"], shim_first, inner()))
-    return out
+            if side == "shim":
+                inner_s += inner()
+    finally:
+        held.clear()
+        release()
+    return Pair(times["direct"], times["shim"], shim_first, inner_s, len(order) // 2)
+
+
+def run_pairs(direct: Call, shim: Call, inner: Callable[[], float], prompts: Callable[[int], list], pairs: int,
+              seed: int, sync: Callable[[], None] = lambda: None, clock: Callable[[], float] = time.perf_counter,
+              abba: bool = True) -> list[Pair]:
+    """``pairs`` blocks; call ``k`` of the run gets ``prompts(k)`` (fresh prompts for every call)."""
+    rng = random.Random(seed)
+    size = 4 if abba else 2
+    return [run_block(direct, shim, inner, [prompts(i * size + k) for k in range(size)], rng.random() < 0.5,
+                      sync, clock) for i in range(pairs)]
+
+
+@dataclass
+class WarmUp:
+    """Decides when per-call time has settled: the last ``window`` rounds (a round calls every side
+    and setting once) within ``tolerance`` of each other, after at least ``min_rounds``. Rounds up to
+    and including that point are warm-up (CUDA-graph capture for new shapes, allocator growth, clocks
+    ramping up) and are left out of the estimate."""
+
+    window: int = 3
+    tolerance: float = 0.03
+    min_rounds: int = 2
+    rounds: list[float] = field(default_factory=list)
+
+    def add(self, seconds: float) -> bool:
+        """Record one round's time; True once settled."""
+        self.rounds.append(seconds)
+        return self.settled
+
+    @property
+    def settled(self) -> bool:
+        r = self.rounds
+        if len(r) < max(self.min_rounds, self.window):
+            return False
+        last = r[-self.window:]
+        return max(last) / min(last) - 1 <= self.tolerance
+
+    @property
+    def spread(self) -> float | None:
+        """max / min - 1 over the last ``window`` rounds (None before there are that many)."""
+        r = self.rounds
+        return max(r[-self.window:]) / min(r[-self.window:]) - 1 if len(r) >= self.window else None
 
 
 @dataclass(frozen=True)
 class Estimate:
-    ratio: float  # geometric mean of the pair ratios
+    ratio: float  # geometric mean of the block ratios
     ci_low: float
     ci_high: float
-    pairs: int
+    pairs: int  # blocks
     min_ratio: float
     max_ratio: float
     shim_work_ms: float  # median time per shim call outside the engine
+    width: float = 0.0  # ci_high - ci_low
+    shim_call_ms: float = 0.0  # median time of one shim call
+    direct_call_ms: float = 0.0
+    shim_work_fraction: float = 0.0  # shim_work_ms / shim_call_ms
+    order_ratio: float | None = None  # ratio of shim-first blocks / ratio of direct-first blocks (1: no order effect)
 
 
 def geometric_mean(xs: Sequence[float]) -> float:
     return math.exp(statistics.fmean(math.log(x) for x in xs))
 
 
+def quick_interval(pairs: Sequence[Pair]) -> tuple[float, float, float]:
+    """Ratio and a normal-approximation 95 % interval of it, cheap enough for progress lines."""
+    logs = [math.log(p.ratio) for p in pairs]
+    mean = statistics.fmean(logs)
+    half = 1.96 * statistics.stdev(logs) / math.sqrt(len(logs)) if len(logs) > 1 else math.inf
+    return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
+
+
 def bootstrap(pairs: Sequence[Pair], resamples: int = 10_000, level: float = 0.95, seed: int = 0) -> Estimate:
-    """Percentile bootstrap of the geometric mean ratio over pairs (ratios multiply, so logs average)."""
+    """Percentile bootstrap of the geometric mean ratio over blocks (ratios multiply, so logs average)."""
     if len(pairs) < 2:
         raise ValueError("a confidence interval needs at least two pairs")
-    ratios = [p.ratio for p in pairs]
+    logs = [math.log(p.ratio) for p in pairs]
+    n = len(logs)
     rng = random.Random(seed)
-    stats = sorted(geometric_mean([ratios[rng.randrange(len(ratios))] for _ in ratios]) for _ in range(resamples))
+    stats = sorted(math.fsum(rng.choices(logs, k=n)) / n for _ in range(resamples))
     tail = (1 - level) / 2
-    low = stats[int(tail * (resamples - 1))]
-    high = stats[math.ceil((1 - tail) * (resamples - 1))]
-    work = statistics.median(max(0.0, p.shim_s - p.inner_s) for p in pairs) * 1000
-    return Estimate(geometric_mean(ratios), low, high, len(pairs), min(ratios), max(ratios), work)
+    low = math.exp(stats[int(tail * (resamples - 1))])
+    high = math.exp(stats[math.ceil((1 - tail) * (resamples - 1))])
+    ratios = [p.ratio for p in pairs]
+    work = statistics.median(p.shim_work_s for p in pairs) * 1000
+    shim_call = statistics.median(p.shim_s / p.calls for p in pairs) * 1000
+    direct_call = statistics.median(p.direct_s / p.calls for p in pairs) * 1000
+    firsts = [p.ratio for p in pairs if p.shim_first]
+    seconds = [p.ratio for p in pairs if not p.shim_first]
+    order = geometric_mean(firsts) / geometric_mean(seconds) if firsts and seconds else None
+    return Estimate(geometric_mean(ratios), low, high, n, min(ratios), max(ratios), work, high - low, shim_call,
+                    direct_call, work / shim_call, order)

@@ -1,244 +1,327 @@
 #!/usr/bin/env python3
 """Rollout benchmark on one GPU: rollout_shims against the same engine instance driven directly.
 
-For the installed engine (SGLang or vLLM; rollout_shims detects which), one run prints side by side:
+For the installed engine (the one ``rollout_shims.detect()`` finds, or ``--engine``), within a time
+budget (``--budget-s``, default 8 minutes) and one process per phase (bench/phases.py):
 
 * throughput, shim / direct, for sampling and sampling + per-token logprobs, with CUDA graphs (what
-  users run) and eager (the worst case for a per-call cost): one engine instance per mode; the direct
-  side calls that instance's own ``Engine.generate`` / ``LLM.generate`` with the arguments a user would
-  write; every pair runs both sides back to back in random order on fresh prompts with the garbage
-  collector off; the ratio is the geometric mean of the pair ratios with a bootstrap 95 % interval
-  (``bench/pairs.py``);
-* the shim's own work per call, measured inside the same calls (shim call time minus the time spent in
-  the engine method it wraps), so the end-to-end ratio can be checked against it;
-* ``update_weights`` (GB/s from GPU tensors and from pinned CPU tensors, parameters read back) and
-  ``offload`` / ``onload`` (seconds, GiB freed and restored, outputs after the RL loop's push).
+  users run) and eager (the worst case for a per-call cost): one engine per mode; ABBA blocks of
+  direct and shim calls on that engine, both settings in turn, each call on fresh prompts, after a
+  warm-up that lasts until the time per round settles; the ratio is the geometric mean of the block
+  ratios with a bootstrap 95 % interval (bench/pairs.py), and every record says whether it meets
+  issue 24's targets (interval width <= 0.04, low end >= 0.97, shim work <= 1 % of a shim call);
+* the shim's own work per call, measured inside the same calls (shim call time minus the time spent
+  in the engine method it wraps), and ``shim_work_fraction`` = that / the median shim call;
+* ``update_weights`` (GB/s from GPU tensors and from pinned CPU tensors) and ``offload`` / ``onload``
+  (seconds, GiB freed and restored, greedy outputs after the RL loop's push), on a 1.37 B model.
 
-The earlier "separate processes" comparison is gone: two engines started one after the other differ by
-start-up luck and order (it showed the shim 12-34 % *faster*, which no shim code can cause), so it
-measured nothing about the shim. ``--json PATH`` writes every figure (the ``ratios`` records are what
-docs/gpu.md's tables come from). Needs torch, transformers and an engine; ``PYTHONPATH=src``.
+The plan, with the seconds each phase gets, is printed first; progress lines follow at least every
+``--progress-s`` seconds; ``--json`` is rewritten (atomically) whenever a figure arrives, so a run
+killed at any point leaves a valid file with everything measured so far (``status`` says how it
+ended). docs/performance.md describes the method and how to run it on the GPU machine. Exit codes:
+0 every phase finished, 1 a phase failed or ran out of time (the file says which), 2 bad usage or
+no engine. Needs torch, transformers and an engine; ``PYTHONPATH=src``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import platform
-import random
+import os
+import queue
+import signal
+import subprocess
 import sys
 import tempfile
+import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pairs import bootstrap, run_pairs
+from phases import TARGETS
+from plan import FIXED_S, RESERVE, allot, budget_plan, describe, phases
 
-GIB = 1024**3
-# Small enough to start in seconds, large enough that the GPU does real work per step.
-SMALL = dict(vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
-             num_attention_heads=16, num_key_value_heads=4)
-# update_weights / offload: about 1.37 B parameters, 2.7 GB in bf16.
-BIG = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=24,
-           num_attention_heads=16, num_key_value_heads=16)
-COMMON = dict(max_position_embeddings=4096, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
-              initializer_range=0.05)
+HERE = Path(__file__).resolve().parent
+
+GRACE_S = 45.0
+"""How long past its share a phase may run before it is killed (its engine's shutdown, a last block);
+an eighth of the budget when that is less."""
 
 
-def save_model(shape: dict[str, int], path: Path, seed: int) -> None:
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+class Report:
+    """bench.json, rewritten whole after every change (write to a temporary file, then rename)."""
 
-    torch.manual_seed(seed)
-    Qwen2ForCausalLM(Qwen2Config(**shape, **COMMON)).to(torch.bfloat16).save_pretrained(path)
+    def __init__(self, path: Path, data: dict[str, Any]) -> None:
+        self.path, self.data = path, data
+        self.write()
 
+    def write(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1) + "\n")
+        os.replace(tmp, self.path)
 
-def sync() -> None:
-    import torch
-
-    torch.cuda.synchronize()
-
-
-class Sides:
-    """The shim call, the direct call on the same engine instance, and the engine time inside the
-    last shim call (the wrapped engine method is timed; direct calls use the unwrapped one)."""
-
-    def __init__(self, engine: Any, logprobs: bool, args: argparse.Namespace) -> None:
-        from rollout_shims import SamplingParams
-
-        self.params = SamplingParams(max_new_tokens=args.new_tokens, temperature=1.0, ignore_eos=True,
-                                     logprobs=logprobs)
-        self.engine = engine
-        self.inner_s = 0.0
-        backend = engine.info.backend
-        target = engine._llm if backend == "vllm" else engine._engine
-        self.original = type(target).generate.__get__(target)
-
-        def timed(*a: Any, **kw: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return self.original(*a, **kw)
-            finally:
-                self.inner_s = time.perf_counter() - start
-
-        target.generate = timed  # the shim calls the instance attribute; direct calls self.original
-        if backend == "vllm":
-            from vllm import SamplingParams as VSP
-            from vllm.inputs import TokensPrompt
-
-            sp = VSP(n=1, max_tokens=args.new_tokens, temperature=1.0, ignore_eos=True,
-                     logprobs=0 if logprobs else None, detokenize=False)
-            self.direct = lambda batch: self.original([TokensPrompt(prompt_token_ids=p) for p in batch], sp,
-                                                      use_tqdm=False)
-        else:
-            sp = {"max_new_tokens": args.new_tokens, "temperature": 1.0, "top_p": 1.0, "top_k": -1,
-                  "ignore_eos": True}
-            self.direct = lambda batch: self.original(input_ids=batch, sampling_params=sp, return_logprob=logprobs)
-
-    def shim(self, batch: list[list[int]]) -> Any:
-        return self.engine.generate(batch, self.params)
-
-    def restore(self) -> None:
-        target = self.engine._llm if self.engine.info.backend == "vllm" else self.engine._engine
-        del target.generate
+    def event(self, phase: str, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "meta":
+            self.data["meta"].update({k: v for k, v in event["meta"].items() if k not in self.data["meta"]})
+        elif kind == "phase":
+            self.data["phases"][phase].update(event["facts"])
+        elif kind == "record":
+            rec = event["record"]
+            key = (rec["mode"], rec["logprobs"])
+            self.data["ratios"] = [r for r in self.data["ratios"] if (r["mode"], r["logprobs"]) != key] + [rec]
+        elif kind == "weights":
+            self.data["weights"].update(event["weights"])
+        self.write()
 
 
-def prompts(args: argparse.Namespace, salt: int):
-    def make(i: int) -> list[list[int]]:
-        rng = random.Random(salt * 1_000_003 + i)  # fresh per pair: no prefix-cache hits
-        return [[rng.randrange(3, SMALL["vocab_size"]) for _ in range(args.prompt_len)] for _ in range(args.batch)]
-    return make
+def say(message: str, t0: float) -> None:
+    print(f"[bench +{time.time() - t0:5.0f}s] {message}", flush=True)
 
 
-def throughput(args: argparse.Namespace, model_dir: Path, mode: str) -> list[dict[str, Any]]:
-    from rollout_shims import create_engine
+class Events:
+    """The JSON lines a phase appends to its events file, read as they complete."""
 
-    engine = create_engine({
-        "model_dir": str(model_dir), "validate_weight": True, "gpu_memory_utilization": args.util,
-        "enforce_eager": mode == "eager", "max_running_requests": args.batch, "cuda_graph_max_bs": args.batch,
-        "disable_log_stats": True,
-    })
-    records = []
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset = path, 0
+        path.write_text("")
+
+    def new(self) -> list[dict[str, Any]]:
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset)
+            chunk = fh.read()
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        out = []
+        for line in complete.splitlines():
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+        return out
+
+
+class Tree:
+    """A phase's process and every process it starts, remembered while they run, so that all of them
+    can be stopped, also the ones left behind once the phase itself has ended. The phase stays in
+    this process's group: whoever kills the benchmark's group (gpuenv at its script timeout) kills
+    the engines too."""
+
+    def __init__(self, pid: int) -> None:
+        import psutil
+
+        self.root = psutil.Process(pid)
+        self.seen: dict[int, Any] = {pid: self.root}
+
+    def look(self) -> None:
+        with contextlib.suppress(Exception):
+            for child in self.root.children(recursive=True):
+                self.seen.setdefault(child.pid, child)
+
+    def kill(self) -> None:
+        self.look()
+        for proc in self.seen.values():
+            with contextlib.suppress(Exception):
+                if proc.is_running():  # psutil compares the start time too: never a recycled pid
+                    proc.kill()
+
+
+def run_phase(name: str, spec: dict[str, Any], kill_at: float, report: Report, progress_s: float, t0: float) -> str:
+    """``phases.py NAME`` as a child; its lines are passed through, its events go into the report; it
+    is killed (with whatever it started) at ``kill_at``. Returns how it ended."""
+    share = spec["deadline"] - time.time()
+    cmd = [sys.executable, str(HERE / "phases.py"), name, "--spec", json.dumps(spec)]
+    events = Events(Path(spec["work"]) / f"events-{name}.jsonl")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "ROLLOUT_BENCH_EVENTS": str(events.path)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    tree = Tree(proc.pid)
+    lines: queue.Queue[bytes | None] = queue.Queue()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for raw in iter(proc.stdout.readline, b""):
+            lines.put(raw)
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
     try:
-        for logprobs in (False, True):
-            sides = Sides(engine, logprobs, args)
-            warm = prompts(args, 999)
-            for i in range(args.warmup):  # graph capture, allocator growth, JIT: not measured
-                sides.direct(warm(i))
-                sides.shim(warm(i))
-            pairs = run_pairs(sides.direct, sides.shim, lambda s=sides: s.inner_s, prompts(args, 1 + logprobs),
-                              args.pairs, seed=args.seed + logprobs, sync=sync)
-            sides.restore()
-            est = bootstrap(pairs, seed=args.seed)
-            tokens = args.batch * args.new_tokens
-            records.append({
-                "engine": engine.info.backend, "release": engine.info.release, "shim": engine.info.shim,
-                "mode": mode, "logprobs": logprobs, **asdict(est),
-                "direct_tok_s": tokens / sorted(p.direct_s for p in pairs)[len(pairs) // 2],
-                "shim_tok_s": tokens / sorted(p.shim_s for p in pairs)[len(pairs) // 2],
-            })
-            print(f"  {mode:6} {'logprobs' if logprobs else 'sampling':8} ratio {est.ratio:.4f} "
-                  f"[{est.ci_low:.4f}, {est.ci_high:.4f}] over {est.pairs} pairs; shim work {est.shim_work_ms:.2f} ms/call",
-                  flush=True)
+        return watch(name, proc, tree, lines, events, kill_at, share, report, progress_s, t0)
     finally:
-        engine.shutdown()
-    return records
+        tree.kill()  # whatever the phase left behind, also when this process is interrupted
 
 
-def weights_and_offload(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """The RL loop on a 1.37 B model: start on dummy weights, push, offload, onload, push, generate."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from rollout_shims import SamplingParams, create_engine
-
-    big = work / "big"
-    Qwen2ForCausalLM(Qwen2Config(**BIG, **COMMON)).save_pretrained(big)  # config + layout; weights pushed
-    torch.manual_seed(1)
-    model = Qwen2ForCausalLM(Qwen2Config(**BIG, **COMMON)).to(torch.bfloat16).cuda()
-    on_gpu = [(n, t.detach()) for n, t in model.state_dict().items()]
-    nbytes = sum(t.numel() * t.element_size() for _, t in on_gpu)
-    pinned = [(n, t.to("cpu").pin_memory()) for n, t in on_gpu]
-    engine = create_engine({"model_dir": str(big), "validate_weight": False, "gpu_memory_utilization": args.util,
-                            "enforce_eager": False, "max_running_requests": 64, "disable_log_stats": True})
-    out: dict[str, Any] = {"parameters": sum(t.numel() for _, t in on_gpu), "bytes": nbytes}
-    try:
-        for name, tensors in (("gpu", on_gpu), ("pinned_cpu", pinned)):
-            times = []
-            for _ in range(args.repeats):
-                sync()
-                start = time.perf_counter()
-                engine.update_weights(tensors)
-                sync()
-                times.append(time.perf_counter() - start)
-            best = sorted(times)[len(times) // 2]
-            out[f"update_{name}_s"], out[f"update_{name}_gb_s"] = best, nbytes / best / 1e9
-        greedy = SamplingParams(max_new_tokens=32, temperature=0.0, ignore_eos=True)
-        batch = prompts(args, 7)(0)[:16]
-        before = [c.token_ids for c in engine.generate(batch, greedy)]
-        free0 = torch.cuda.mem_get_info()[0]
-        start = time.perf_counter()
-        engine.offload()
-        out["offload_s"] = time.perf_counter() - start
-        out["offload_freed_gib"] = (torch.cuda.mem_get_info()[0] - free0) / GIB
-        free1 = torch.cuda.mem_get_info()[0]
-        start = time.perf_counter()
-        engine.onload()
-        out["onload_s"] = time.perf_counter() - start
-        out["onload_restored_gib"] = (free1 - torch.cuda.mem_get_info()[0]) / GIB
-        engine.update_weights(on_gpu)  # the RL loop pushes after onload (SGLang keeps no copy)
-        after = [c.token_ids for c in engine.generate(batch, greedy)]
-        out["greedy_identical_after_loop"] = f"{sum(a == b for a, b in zip(after, before, strict=True))}/{len(batch)}"
-    finally:
-        engine.shutdown()
-    return out
-
-
-def metadata() -> dict[str, Any]:
-    import torch
-
-    from rollout_shims import detect
-
-    found = detect()
-    return {"when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "gpu": torch.cuda.get_device_name(0),
-            "engine": found.engine, "release": found.version, "shim": found.shim, "torch": torch.__version__,
-            "python": platform.python_version()}
+def watch(name: str, proc: subprocess.Popen, tree: Tree, lines: queue.Queue, events: Events, kill_at: float,
+          share: float, report: Report, progress_s: float, t0: float) -> str:
+    """Pass the phase's lines through, record its events, say it is alive, kill it at ``kill_at`` (or
+    30 s after it said it is done, should its exit hang)."""
+    started = last_out = last_beat = time.time()
+    tail: list[str] = []
+    how = None
+    while True:
+        try:
+            raw = lines.get(timeout=min(1.0, progress_s))
+        except queue.Empty:
+            raw = b""
+        now = time.time()
+        tree.look()
+        for event in events.new():
+            last_out = now
+            report.event(name, event)
+        if raw is None:  # the phase and everything holding its stdout are gone
+            break
+        if raw:
+            last_out = last_beat = now
+            line = raw.decode(errors="replace").rstrip("\n")
+            print(line, flush=True)
+            tail = [*tail[-20:], line]
+        elif proc.poll() is not None and now - last_out > 5:
+            break  # the phase ended; something it started still holds the pipe: stopped below
+        done = report.data["phases"][name].get("done")
+        if how is None and (now >= kill_at or (done and now - last_out > 30)):
+            how = "killed after it finished (its exit hung)" if done else \
+                f"killed after {now - started:.0f} s: past its share of the budget"
+            say(f"{name}: {how}", t0)
+            tree.kill()
+        if now - last_beat >= progress_s:
+            say(f"{name}: running for {now - started:.0f} s (share {share:.0f} s), "
+                f"no output for {now - last_out:.0f} s", t0)
+            last_beat = now
+    code = proc.wait()
+    for event in events.new():
+        report.event(name, event)
+    if report.data["phases"][name].get("done"):
+        how = "ok" if how is None and code == 0 else f"ok, then {how or f'exit code {code}'}"
+    elif how is None:
+        how = f"exited with code {code}" if code else "exited before it finished"
+    if how != "ok":
+        errors = [t for t in tail if "Error" in t or "error" in t]
+        report.data["phases"][name]["last_lines"] = (errors or tail)[-3:]
+    return how
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--engine", choices=["vllm", "sglang"], help="default: the one rollout_shims.detect() finds")
+    p.add_argument("--budget-s", type=float, default=480, help="wall-clock budget for the whole run (default 480 s)")
     p.add_argument("--modes", nargs="+", default=["graphs", "eager"], choices=["graphs", "eager"])
-    p.add_argument("--pairs", type=int, default=40, help="pairs per setting (the interval narrows with more)")
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--skip-weights", action="store_true", help="no update_weights / offload phase")
+    p.add_argument("--weights-mode", default="eager", choices=["graphs", "eager"],
+                   help="engine mode of the update_weights / offload phase (eager starts faster)")
     p.add_argument("--batch", type=int, default=256, help="prompts per call")
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--util", type=float, default=0.5, help="gpu_memory_utilization")
     p.add_argument("--repeats", type=int, default=3, help="update_weights repeats (median)")
+    p.add_argument("--max-blocks", type=int, default=0, help="stop a mode after this many blocks per setting (0: budget)")
+    p.add_argument("--warmup-share", type=float, default=0.4, help="most of a mode's measuring time warm-up may take")
+    p.add_argument("--progress-s", type=float, default=10, help="longest silence before a progress line")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--skip-weights", action="store_true")
-    p.add_argument("--json", type=Path, help="write every figure here")
+    p.add_argument("--json", type=Path, default=Path("bench.json"), help="written as figures arrive (default bench.json)")
     args = p.parse_args(argv)
-    meta = metadata()
-    print(f"rollout_bench  {meta['when']}  {meta['gpu']}  {meta['engine']} {meta['release']} (shim {meta['shim']})  "
-          f"torch {meta['torch']}  python {meta['python']}", flush=True)
-    print(f"throughput: {args.batch} prompts x {args.prompt_len} tokens -> {args.new_tokens} new, T=1.0; "
-          f"{args.pairs} pairs per setting after {args.warmup} warm-up calls; ratio = shim / direct throughput")
-    with tempfile.TemporaryDirectory(prefix="rollout-bench-") as tmp:
-        work = Path(tmp)
-        save_model(SMALL, work / "small", seed=0)
-        ratios = [r for mode in args.modes for r in throughput(args, work / "small", mode)]
-        weights = {} if args.skip_weights else weights_and_offload(args, work)
-    for key, value in weights.items():
-        print(f"  {key:30} {value:.3f}" if isinstance(value, float) else f"  {key:30} {value}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"meta": meta, "args": {k: str(v) for k, v in vars(args).items()},
-                                         "ratios": ratios, "weights": weights}, indent=1) + "\n")
-    return 0
+    for name, value, ok in (("--budget-s", args.budget_s, args.budget_s > 0), ("--progress-s", args.progress_s,
+                            args.progress_s > 0), ("--warmup-share", args.warmup_share, 0 <= args.warmup_share <= 1),
+                            ("--batch", args.batch, args.batch > 0), ("--new-tokens", args.new_tokens, args.new_tokens > 0),
+                            ("--prompt-len", args.prompt_len, args.prompt_len > 0), ("--repeats", args.repeats,
+                            args.repeats > 0), ("--util", args.util, 0 < args.util < 1)):
+        if not ok:
+            p.error(f"{name} {value}: out of range")
+    t0 = time.time()
+    engine = find_engine(args.engine)
+    if engine is None:
+        return 2
+    plan = budget_plan(engine, args.modes, not args.skip_weights, args.budget_s)
+    print(f"rollout_bench {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(t0))}: {engine}; {args.batch} prompts x "
+          f"{args.prompt_len} tokens -> {args.new_tokens} new, T=1.0; ratio = shim / direct throughput; results: "
+          f"{args.json}", flush=True)
+    for line in describe(engine, plan, args.budget_s):
+        print(line, flush=True)
+    report = Report(args.json, {
+        "schema": 2, "status": "running",
+        "meta": {"when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t0)), "engine": engine,
+                 "host": os.uname().nodename},
+        "args": {k: str(v) for k, v in vars(args).items()}, "targets": TARGETS,
+        "plan": {"budget_s": args.budget_s, "reserve": RESERVE, "fixed_s": FIXED_S[engine],
+                 "phases": [{"name": ph.name, "seconds": round(s, 1)} for ph, s in plan]},
+        "phases": {ph.name: {"status": "waiting"} for ph, _ in plan}, "ratios": [], "weights": {},
+    })
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # ends the phase and records it (SIGKILL cannot)
+    try:
+        failed = run(args, engine, report, t0)
+    except BaseException as exc:
+        report.data["status"] = f"interrupted ({type(exc).__name__})"
+        report.write()
+        raise
+    report.data["status"] = "partial" if failed else "complete"
+    report.data["seconds"] = round(time.time() - t0, 1)
+    report.write()
+    summary(report.data, t0)
+    return 1 if failed else 0
+
+
+def run(args: argparse.Namespace, engine: str, report: Report, t0: float) -> bool:
+    """The phases in turn, each with its share of what is left of the budget; True if one failed."""
+    end = t0 + args.budget_s * (1 - RESERVE)
+    left = phases(engine, args.modes, not args.skip_weights)
+    failed = False
+    with tempfile.TemporaryDirectory(prefix="rollout-bench-") as work:
+        while left:
+            phase = left[0]
+            now = time.time()
+            share = allot(left, end - now)
+            deadline = now + share
+            spec = {"engine": engine, "work": work, "deadline": deadline, "shutdown_s": FIXED_S[engine]["shutdown"],
+                    "batch": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
+                    "util": args.util, "repeats": args.repeats, "seed": args.seed, "max_blocks": args.max_blocks,
+                    "warmup_share": args.warmup_share, "weights_mode": args.weights_mode}
+            report.data["phases"][phase.name].update(status="running", share_s=round(share, 1))
+            report.write()
+            say(f"{phase.name}: {share:.0f} s (until {time.strftime('%H:%M:%S', time.localtime(deadline))})", t0)
+            kill_at = min(deadline, t0 + args.budget_s) + min(GRACE_S, args.budget_s / 8)
+            how = run_phase(phase.name, spec, kill_at, report, args.progress_s, t0)
+            took = time.time() - now
+            report.data["phases"][phase.name].update(status=how, seconds=round(took, 1))
+            report.write()
+            say(f"{phase.name}: {how} after {took:.0f} s", t0)
+            failed |= not how.startswith("ok")
+            left = left[1:]
+    return failed
+
+
+def find_engine(asked: str | None) -> str | None:
+    """The engine ``detect()`` finds (or ``asked``, checked to be installed and supported; metadata only:
+    nothing is imported here), or None after one line that names the cause and the fix."""
+    from rollout_shims import detect
+    from rollout_shims.errors import EngineNotFoundError, UnsupportedEngineError
+
+    try:
+        return detect(asked).engine
+    except (EngineNotFoundError, UnsupportedEngineError) as exc:
+        first = str(exc).splitlines()[0]
+        print(f"rollout_bench: error: {first}" + (" (or pass --engine)" if "both engines" in first else ""),
+              file=sys.stderr)
+        return None
+
+
+def summary(data: dict[str, Any], t0: float) -> None:
+    say(f"done ({data['status']}) in {data['seconds']:.0f} s", t0)
+    print(f"{'mode':7} {'setting':9} {'ratio':>7} {'95 % interval':>17} {'width':>6} {'blocks':>6} "
+          f"{'shim work':>9} {'of call':>7}  targets (width, low end, work)")
+    for r in sorted(data["ratios"], key=lambda r: (r["mode"], r["logprobs"])):
+        setting = "logprobs" if r["logprobs"] else "sampling"
+        if "error" in r:
+            print(f"{r['mode']:7} {setting:9} {r['error']}")
+            continue
+        meets = " ".join("ok" if r["meets"][k] else "NO" for k in ("width", "ci_low", "shim_work_fraction"))
+        print(f"{r['mode']:7} {setting:9} {r['ratio']:7.4f} [{r['ci_low']:.4f}, {r['ci_high']:.4f}] {r['width']:6.4f} "
+              f"{r['pairs']:6d} {r['shim_work_ms']:6.2f} ms {r['shim_work_fraction']:7.2%}  {meets}")
+    for key, value in data["weights"].items():
+        if not key.endswith("_all_s"):
+            print(f"  {key:30} {value:.3f}" if isinstance(value, float) else f"  {key:30} {value}")
+    for name, phase in data["phases"].items():
+        if phase.get("status") != "ok":
+            print(f"  phase {name}: {phase.get('status')} {' | '.join(phase.get('last_lines', []))}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""The benchmark's pairing and bootstrap (bench/pairs.py), on stand-in calls with known costs."""
+"""The benchmark's blocks, warm-up rule and bootstrap (bench/pairs.py), on stand-in calls with known costs."""
 
 from __future__ import annotations
 
+import random
 import sys
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from pairs import Pair, bootstrap, geometric_mean, run_pairs
+from pairs import Pair, WarmUp, bootstrap, geometric_mean, quick_interval, run_block, run_pairs
 
 
 class FakeClock:
@@ -22,46 +23,120 @@ class FakeClock:
         return self.now
 
 
-def test_pairs_alternate_randomly_and_measure_each_side() -> None:
+class Sides:
+    """A direct call of 1.0 s and a shim call of 0.2 s own work around the same 1.0 s engine call."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock, self.seen, self.inner_s = clock, [], 0.0
+
+    def direct(self, batch: list) -> None:
+        self.seen.append(("direct", batch[0]))
+        self.clock.now += 1.0
+
+    def shim(self, batch: list) -> None:
+        self.seen.append(("shim", batch[0]))
+        self.clock.now += 0.2
+        self.inner_s = 1.0
+        self.clock.now += 1.0
+
+
+def test_blocks_run_abba_on_fresh_prompts_and_measure_each_side() -> None:
     clock = FakeClock()
-    seen: list[tuple[str, int]] = []
-    inner = {"s": 0.0}
-
-    def direct(batch: list) -> None:
-        seen.append(("direct", batch[0]))
-        clock.now += 1.0
-
-    def shim(batch: list) -> None:
-        seen.append(("shim", batch[0]))
-        clock.now += 0.2  # the shim's own work
-        inner["s"] = 1.0
-        clock.now += 1.0
-
-    pairs = run_pairs(direct, shim, lambda: inner["s"], lambda i: [i], pairs=40, seed=3, clock=clock)
+    sides = Sides(clock)
+    pairs = run_pairs(sides.direct, sides.shim, lambda: sides.inner_s, lambda i: [i], pairs=40, seed=3, clock=clock)
     assert len(pairs) == 40
-    assert [b for _, b in seen] == [i for i in range(40) for _ in (0, 1)]  # both sides get pair i's prompts
+    assert [b for _, b in sides.seen] == list(range(160))  # every call its own prompts: no prefix-cache hits
+    for i, p in enumerate(pairs):
+        order = [side for side, _ in sides.seen[4 * i: 4 * i + 4]]
+        a, b = ("shim", "direct") if p.shim_first else ("direct", "shim")
+        assert order == [a, b, b, a]
     firsts = sum(p.shim_first for p in pairs)
     assert 10 < firsts < 30  # random order, not always the same side first
-    assert all(p.direct_s == pytest.approx(1.0) and p.shim_s == pytest.approx(1.2) for p in pairs)
+    assert all(p.direct_s == pytest.approx(2.0) and p.shim_s == pytest.approx(2.4) and p.calls == 2 for p in pairs)
     est = bootstrap(pairs)
-    assert est.ratio == pytest.approx(1 / 1.2) and est.ci_low == pytest.approx(est.ci_high)
-    assert est.shim_work_ms == pytest.approx(200.0)
+    assert est.ratio == pytest.approx(1 / 1.2) and est.width == pytest.approx(0.0)
+    assert est.shim_work_ms == pytest.approx(200.0) and est.shim_call_ms == pytest.approx(1200.0)
+    assert est.direct_call_ms == pytest.approx(1000.0) and est.shim_work_fraction == pytest.approx(0.2 / 1.2)
+    assert est.order_ratio == pytest.approx(1.0)
 
 
-def test_the_interval_covers_the_truth_and_narrows_with_more_pairs() -> None:
-    import random
+def test_ab_pairs_are_still_available() -> None:
+    clock = FakeClock()
+    sides = Sides(clock)
+    pairs = run_pairs(sides.direct, sides.shim, lambda: sides.inner_s, lambda i: [i], pairs=5, seed=1, clock=clock,
+                      abba=False)
+    assert [b for _, b in sides.seen] == list(range(10))
+    assert all(p.calls == 1 and p.ratio == pytest.approx(1 / 1.2) for p in pairs)
+    with pytest.raises(ValueError, match="2 batches"):
+        run_block(sides.direct, sides.shim, lambda: 0.0, [[1], [2], [3]], True, clock=clock)
 
+
+def test_abba_cancels_a_linear_drift_that_ab_pairs_turn_into_a_bias() -> None:
+    """Every call takes 1 % longer than the one before (clocks throttling), whatever the side."""
+    clock = FakeClock()
+    calls = []
+
+    def call(batch: list) -> None:
+        calls.append(1)
+        clock.now += 1.0 + 0.01 * len(calls)
+
+    abba = run_pairs(call, call, lambda: 0.0, lambda i: [i], pairs=20, seed=0, clock=clock)
+    assert all(p.ratio == pytest.approx(1.0, abs=1e-12) for p in abba)
+    ab = run_pairs(call, call, lambda: 0.0, lambda i: [i], pairs=20, seed=0, clock=clock, abba=False)
+    assert all(p.ratio != pytest.approx(1.0, abs=1e-3) for p in ab)  # the second call of each pair is slower
+    assert {p.ratio > 1 for p in ab} == {True, False}  # ... which random order turns into noise
+
+
+def test_outputs_are_released_after_the_clock_stops() -> None:
+    """Freeing what a call returned (expensive for vLLM's per-token logprob objects) is timed on neither side."""
+    clock = FakeClock()
+    released = []
+
+    class Output:
+        def __del__(self) -> None:
+            clock.now += 5.0  # the cost of dropping an engine's outputs
+
+    def direct(batch: list) -> Output:
+        clock.now += 1.0
+        return Output()
+
+    pair = run_block(direct, direct, lambda: 1.0, [[0], [1], [2], [3]], False, clock=clock,
+                     release=lambda: released.append(clock.now))
+    assert (pair.direct_s, pair.shim_s, pair.shim_work_s) == (2.0, 2.0, 0.0)
+    assert released == [24.0]  # once per block, after the four outputs were dropped
+
+
+def test_warm_up_settles_when_the_last_rounds_agree() -> None:
+    warm = WarmUp(window=3, tolerance=0.03, min_rounds=2)
+    assert [warm.add(s) for s in (9.0, 5.0, 4.2, 4.1, 4.15)] == [False, False, False, False, True]
+    assert warm.spread == pytest.approx(4.2 / 4.1 - 1)
+    assert not WarmUp(window=2, min_rounds=4).add(1.0)
+    slow = WarmUp(window=2, tolerance=0.01, min_rounds=1)
+    assert [slow.add(s) for s in (1.0, 1.02, 1.025)] == [False, False, True]
+
+
+def noisy(n: int, sd: float, truth: float, rng: random.Random) -> list[Pair]:
+    return [Pair(truth * rng.lognormvariate(0, sd), rng.lognormvariate(0, sd), rng.random() < 0.5, 0.9) for _ in range(n)]
+
+
+def test_the_interval_covers_the_truth_and_narrows_with_more_blocks() -> None:
     rng = random.Random(1)
-
-    def noisy(n: int) -> list[Pair]:
-        return [Pair(1.0 * rng.lognormvariate(0, 0.05), 1.02 * rng.lognormvariate(0, 0.05), False, 1.0)
-                for _ in range(n)]
-
-    few, many = bootstrap(noisy(10), resamples=2000), bootstrap(noisy(400), resamples=2000)
-    truth = 1 / 1.02
-    assert many.ci_low < truth < many.ci_high
-    assert (many.ci_high - many.ci_low) < (few.ci_high - few.ci_low)
+    few, many = bootstrap(noisy(10, 0.05, 0.98, rng), resamples=2000), bootstrap(noisy(400, 0.05, 0.98, rng), resamples=2000)
+    assert many.ci_low < 0.98 < many.ci_high
+    assert many.width < few.width
     assert few.min_ratio <= few.ratio <= few.max_ratio
+    ratio, low, high = quick_interval(noisy(400, 0.05, 0.98, random.Random(1)))
+    assert low < ratio < high and (high - low) == pytest.approx(many.width, rel=0.25)
+
+
+def test_the_interval_is_honest_about_its_coverage() -> None:
+    """Over 200 simulated runs of 30 blocks, the 95 % interval holds the true ratio about 95 % of the time."""
+    rng = random.Random(7)
+    covered = 0
+    for i in range(200):
+        est = bootstrap(noisy(30, 0.04, 0.99, rng), resamples=1000, seed=i)
+        covered += est.ci_low <= 0.99 <= est.ci_high
+    assert 180 <= covered <= 198
 
 
 def test_geometric_mean_and_too_few_pairs() -> None:

@@ -1,0 +1,367 @@
+#!/usr/bin/env python3
+"""The benchmark's GPU side: one phase, one engine, one process (started by bench/rollout_bench.py).
+
+Why a process per phase: vLLM 0.33 refuses a second engine in one process ("CuMem allocator can only
+be used for one instance per process"), and each throughput mode (CUDA graphs, eager) and the
+update_weights model need their own engine. Results go to the parent as one JSON line each, appended
+to the events file the parent names (not stdout, which the engine's own processes write to as well,
+so a long line could come out interleaved), as soon as they exist (provisional ratio records every
+``RECORD_EVERY_S``), so a phase that is killed still leaves what it measured. The process ends with
+``os._exit`` once its engine is shut down and ``done`` is recorded: an engine's exit handlers have hung
+or crashed at interpreter exit before (docs/gpu.md), and the figures are safe by then.
+
+    ROLLOUT_BENCH_EVENTS=FILE python bench/phases.py graphs|eager|weights --spec '{"engine": "vllm", ...}'
+
+Needs torch, transformers and the engine; ``PYTHONPATH=src``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import random
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from pairs import Pair, WarmUp, bootstrap, quick_interval, run_block
+
+RECORD_EVERY_S = 30.0
+TARGETS = {"width": 0.04, "ci_low": 0.97, "shim_work_fraction": 0.01}
+"""Issue 24's acceptance, per record: interval width, interval low end, shim work / shim call."""
+
+# Small enough to start in seconds, large enough that the GPU does real work per step.
+SMALL = dict(vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
+             num_attention_heads=16, num_key_value_heads=4)
+# update_weights / offload: about 1.37 B parameters, 2.7 GB in bf16.
+BIG = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=24,
+           num_attention_heads=16, num_key_value_heads=16)
+COMMON = dict(max_position_embeddings=4096, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+              initializer_range=0.05)
+GIB = 1024**3
+
+
+_events: list[Any] = []
+
+
+def emit(event: str, **payload: Any) -> None:
+    """One JSON line in the events file (opened on first use; every line is flushed at once)."""
+    if not _events:
+        _events.append(open(os.environ["ROLLOUT_BENCH_EVENTS"], "a", buffering=1))  # noqa: SIM115 (kept open)
+    _events[0].write(json.dumps({"event": event, **payload}) + "\n")
+
+
+def say(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def sync() -> None:
+    import torch
+
+    torch.cuda.synchronize()
+
+
+def metadata(engine: Any) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    return {"gpu": torch.cuda.get_device_name(0), "gpu_memory_gib": round(torch.cuda.mem_get_info()[1] / GIB, 1),
+            "torch": torch.__version__, "cuda": torch.version.cuda, "transformers": transformers.__version__,
+            "python": platform.python_version(), "engine": engine.info.backend, "release": engine.info.release,
+            "shim": engine.info.shim, "engine_details": {k: str(v) for k, v in engine.info.details.items()}}
+
+
+def save_small_model(path: Path, seed: int) -> None:
+    """The throughput model (about 155 M parameters), made and saved once per run (phases share it)."""
+    if (path / "config.json").is_file():
+        return
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(Qwen2Config(**SMALL, **COMMON)).to(torch.bfloat16)
+    model.save_pretrained(path)
+
+
+class Prompts:
+    """Fresh random prompts for every call: no two calls share a prefix, so nothing hits the cache."""
+
+    def __init__(self, spec: dict[str, Any], salt: int) -> None:
+        self.rng = random.Random(spec["seed"] * 1_000_003 + salt)
+        self.tokens = range(3, SMALL["vocab_size"])
+        self.batch, self.length = spec["batch"], spec["prompt_len"]
+
+    def __call__(self) -> list[list[int]]:
+        return [self.rng.choices(self.tokens, k=self.length) for _ in range(self.batch)]
+
+
+class Wrapped:
+    """The engine method the shim calls (vLLM ``LLM.generate``, SGLang ``Engine.generate``), replaced on
+    the instance by a timed version that also keeps its outputs until :meth:`release`; direct calls
+    use the original bound method, so they pay no wrapper."""
+
+    def __init__(self, engine: Any) -> None:
+        self.target = engine._llm if engine.info.backend == "vllm" else engine._engine
+        self.original = type(self.target).generate.__get__(self.target)
+        self.inner_s = 0.0
+        self.held: list[Any] = []
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                out = self.original(*args, **kwargs)
+            finally:
+                self.inner_s = time.perf_counter() - start
+            self.held.append(out)
+            return out
+
+        self.target.generate = timed
+
+    def release(self) -> None:
+        self.held.clear()
+
+    def restore(self) -> None:
+        del self.target.generate
+
+
+class Setting:
+    """Sampling, or sampling + per-token logprobs: the shim call and the direct call a user would write."""
+
+    def __init__(self, engine: Any, wrapped: Wrapped, logprobs: bool, spec: dict[str, Any]) -> None:
+        from rollout_shims import SamplingParams
+
+        self.logprobs, self.name = logprobs, "logprobs" if logprobs else "sampling"
+        params = SamplingParams(max_new_tokens=spec["new_tokens"], temperature=1.0, ignore_eos=True, logprobs=logprobs)
+        self.shim = lambda batch: engine.generate(batch, params)
+        original = wrapped.original
+        if engine.info.backend == "vllm":
+            from vllm import SamplingParams as VLLMSamplingParams
+            from vllm.inputs import TokensPrompt
+
+            sp = VLLMSamplingParams(n=1, max_tokens=spec["new_tokens"], temperature=1.0, ignore_eos=True,
+                                    logprobs=0 if logprobs else None, detokenize=False)
+            self.direct = lambda batch: original([TokensPrompt(prompt_token_ids=p) for p in batch], sp, use_tqdm=False)
+        else:
+            sgl = {"max_new_tokens": spec["new_tokens"], "temperature": 1.0, "top_p": 1.0, "top_k": -1,
+                   "ignore_eos": True}
+            self.direct = lambda batch: original(input_ids=batch, sampling_params=sgl, return_logprob=logprobs)
+
+
+def record(engine: Any, mode: str, setting: Setting, blocks: list[Pair], spec: dict[str, Any], final: bool,
+           resamples: int = 10_000) -> dict[str, Any]:
+    """One ratio record (what docs/performance.md's table is made of)."""
+    out: dict[str, Any] = {"engine": engine.info.backend, "release": engine.info.release, "shim": engine.info.shim,
+                           "mode": mode, "logprobs": setting.logprobs, "final": final, "pairs": len(blocks),
+                           "batch": spec["batch"], "prompt_len": spec["prompt_len"], "new_tokens": spec["new_tokens"]}
+    if len(blocks) < 2:
+        return {**out, "error": f"{len(blocks)} block(s) measured: an interval needs 2 (the budget ran out)"}
+    est = bootstrap(blocks, resamples=resamples, seed=spec["seed"])
+    tokens = spec["batch"] * spec["new_tokens"]
+    out.update(asdict(est))
+    out.update({
+        "direct_tok_s": tokens / (est.direct_call_ms / 1000), "shim_tok_s": tokens / (est.shim_call_ms / 1000),
+        "meets": {"width": est.width <= TARGETS["width"], "ci_low": est.ci_low >= TARGETS["ci_low"],
+                  "shim_work_fraction": est.shim_work_fraction <= TARGETS["shim_work_fraction"]},
+        "raw": [[round(p.direct_s, 6), round(p.shim_s, 6), p.shim_first, round(p.inner_s, 6)] for p in blocks],
+    })
+    return out
+
+
+def throughput(mode: str, spec: dict[str, Any]) -> None:
+    """One engine in ``mode``; warm-up, then ABBA blocks of both settings in turn until the deadline."""
+    from rollout_shims import create_engine
+
+    work = Path(spec["work"])
+    save_small_model(work / "small", spec["seed"])
+    say(f"{mode}: starting {spec['engine']} ({'CUDA graphs' if mode == 'graphs' else 'eager'})")
+    start = time.perf_counter()
+    engine = create_engine({
+        "rollout_backend": spec["engine"], "model_dir": str(work / "small"), "validate_weight": True,
+        "gpu_memory_utilization": spec["util"], "enforce_eager": mode == "eager",
+        "max_running_requests": spec["batch"], "cuda_graph_max_bs": spec["batch"], "disable_log_stats": True,
+    })
+    started = time.perf_counter() - start
+    say(f"{mode}: engine up in {started:.1f} s")
+    emit("meta", meta=metadata(engine))
+    emit("phase", facts={"engine_start_s": round(started, 1)})
+    wrapped = Wrapped(engine)
+    try:
+        measure(engine, wrapped, mode, spec)
+    finally:
+        wrapped.restore()
+        start = time.perf_counter()
+        engine.shutdown()
+        emit("phase", facts={"shutdown_s": round(time.perf_counter() - start, 1)})
+
+
+def measure(engine: Any, wrapped: Wrapped, mode: str, spec: dict[str, Any]) -> None:
+    settings = [Setting(engine, wrapped, lp, spec) for lp in (False, True)]
+    prompts = Prompts(spec, salt=1 if mode == "graphs" else 2)
+    rng = random.Random(spec["seed"])
+    deadline = spec["deadline"] - spec["shutdown_s"]  # wall clock (time.time), shared with the parent
+    began = time.time()
+    warm_until = began + spec["warmup_share"] * max(0.0, deadline - began)
+    warm = WarmUp()
+    warm_forced = False
+    blocks: dict[bool, list[Pair]] = {False: [], True: []}
+    last_round = 0.0
+    last_records = time.time()
+    say(f"{mode}: measuring until {time.strftime('%H:%M:%S', time.localtime(deadline))} "
+        f"({deadline - began:.0f} s): warm-up rounds until the round time settles, then ABBA blocks")
+    while True:
+        now = time.time()
+        settled = warm.settled or warm_forced
+        if now + last_round > deadline:
+            break
+        if settled and spec["max_blocks"] and min(len(b) for b in blocks.values()) >= spec["max_blocks"]:
+            break
+        round_start = time.perf_counter()
+        rng.shuffle(settings)
+        done = []
+        for setting in settings:
+            batches = [prompts() for _ in range(4)]
+            pair = run_block(setting.direct, setting.shim, lambda: wrapped.inner_s, batches, rng.random() < 0.5,
+                             sync=sync, release=wrapped.release)
+            done.append((setting, pair))
+            if settled:
+                blocks[setting.logprobs].append(pair)
+        last_round = time.perf_counter() - round_start
+        calls = sum(p.direct_s + p.shim_s for _, p in done)
+        if not settled:
+            if warm.add(calls):
+                say(f"{mode}: warm after {len(warm.rounds)} rounds (last {warm.window} within "
+                    f"{warm.spread:.1%}; rounds {', '.join(f'{r:.2f}' for r in warm.rounds)} s)")
+            else:
+                spread = f"; last {warm.window} within {warm.spread:.1%}" if warm.spread is not None else ""
+                if time.time() > warm_until:
+                    warm_forced = True
+                    say(f"{mode}: warm-up stopped at its time limit after {len(warm.rounds)} rounds, not settled"
+                        f"{spread}; measuring anyway")
+                else:
+                    say(f"{mode}: warm-up round {len(warm.rounds)}: calls {calls:.2f} s{spread}")
+            emit("phase", facts={"warmup": {"rounds_s": [round(r, 4) for r in warm.rounds], "settled": warm.settled,
+                                            "forced": warm_forced}})
+            if warm.settled or warm_forced:
+                gc.collect()
+                gc.freeze()  # what exists now is never collected again: gc.collect() between calls stays cheap
+            continue
+        parts = []
+        for setting, pair in done:
+            got = blocks[setting.logprobs]
+            text = f"{setting.name} {pair.ratio:.4f}"
+            if len(got) > 1:
+                ratio, low, high = quick_interval(got)
+                text += f" (all {len(got)}: {ratio:.4f} [{low:.4f}, {high:.4f}] width {high - low:.4f})"
+            parts.append(text)
+        say(f"{mode}: block ratios {'; '.join(parts)}; round {last_round:.1f} s")
+        if time.time() - last_records > RECORD_EVERY_S:
+            last_records = time.time()
+            for setting in settings:
+                emit("record", record=record(engine, mode, setting, blocks[setting.logprobs], spec, False, 2000))
+    for setting in sorted(settings, key=lambda s: s.logprobs):
+        rec = record(engine, mode, setting, blocks[setting.logprobs], spec, True)
+        emit("record", record=rec)
+        if "error" in rec:
+            say(f"{mode} {setting.name}: {rec['error']}")
+        else:
+            say(f"{mode} {setting.name}: ratio {rec['ratio']:.4f} [{rec['ci_low']:.4f}, {rec['ci_high']:.4f}] width "
+                f"{rec['width']:.4f} over {rec['pairs']} ABBA blocks; shim work {rec['shim_work_ms']:.2f} ms per call "
+                f"= {rec['shim_work_fraction']:.2%} of {rec['shim_call_ms']:.0f} ms")
+
+
+def weights(spec: dict[str, Any]) -> None:
+    """The RL loop on a 1.37 B model: start on dummy weights, push, offload, onload, push, generate."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from rollout_shims import SamplingParams, create_engine
+
+    out: dict[str, Any] = {}
+
+    def note(**figures: Any) -> None:
+        out.update(figures)
+        emit("weights", weights=figures)
+
+    big = Path(spec["work"]) / "big"
+    start = time.perf_counter()
+    torch.manual_seed(1)
+    with torch.device("cuda"):
+        model = Qwen2ForCausalLM(Qwen2Config(**BIG, **COMMON)).to(torch.bfloat16)
+    torch.cuda.empty_cache()  # the float32 originals: the engine sizes its memory from what is free
+    model.save_pretrained(big)  # SGLang reads the tensor names from it (a push must cover the checkpoint)
+    on_gpu = [(n, t.detach()) for n, t in model.state_dict().items()]
+    nbytes = sum(t.numel() * t.element_size() for _, t in on_gpu)
+    pinned = [(n, t.to("cpu").pin_memory()) for n, t in on_gpu]
+    note(parameters=sum(t.numel() for _, t in on_gpu), bytes=nbytes, tensors=len(on_gpu),
+         model_prepare_s=round(time.perf_counter() - start, 1))
+    say(f"weights: {out['parameters'] / 1e9:.2f} B parameters ({nbytes / 1e9:.2f} GB) made in {out['model_prepare_s']} s; "
+        f"starting {spec['engine']} ({spec['weights_mode']})")
+    start = time.perf_counter()
+    engine = create_engine({
+        "rollout_backend": spec["engine"], "model_dir": str(big), "validate_weight": False,
+        "gpu_memory_utilization": spec["util"], "enforce_eager": spec["weights_mode"] == "eager",
+        "max_running_requests": 64, "disable_log_stats": True,
+    })
+    note(engine_start_s=round(time.perf_counter() - start, 1), mode=spec["weights_mode"])
+    emit("meta", meta=metadata(engine))
+    try:
+        for name, tensors in (("gpu", on_gpu), ("pinned_cpu", pinned)):
+            times = []
+            for _ in range(spec["repeats"]):
+                sync()
+                start = time.perf_counter()
+                engine.update_weights(tensors)
+                sync()
+                times.append(time.perf_counter() - start)
+            mid = sorted(times)[len(times) // 2]
+            note(**{f"update_{name}_s": mid, f"update_{name}_gb_s": nbytes / mid / 1e9, f"update_{name}_all_s": times})
+            say(f"weights: update_weights from {name} tensors {mid:.3f} s ({nbytes / mid / 1e9:.1f} GB/s), median of "
+                f"{len(times)}")
+        greedy = SamplingParams(max_new_tokens=32, temperature=0.0, ignore_eos=True)
+        batch = [random.Random(7 + i).choices(range(3, BIG["vocab_size"]), k=spec["prompt_len"]) for i in range(16)]
+        before = [c.token_ids for c in engine.generate(batch, greedy)]
+        free0 = torch.cuda.mem_get_info()[0]
+        start = time.perf_counter()
+        engine.offload()
+        note(offload_s=time.perf_counter() - start, offload_freed_gib=(torch.cuda.mem_get_info()[0] - free0) / GIB)
+        free1 = torch.cuda.mem_get_info()[0]
+        start = time.perf_counter()
+        engine.onload()
+        note(onload_s=time.perf_counter() - start, onload_restored_gib=(free1 - torch.cuda.mem_get_info()[0]) / GIB)
+        say(f"weights: offload {out['offload_s']:.3f} s ({out['offload_freed_gib']:.1f} GiB freed), onload "
+            f"{out['onload_s']:.3f} s ({out['onload_restored_gib']:.1f} GiB back)")
+        engine.update_weights(on_gpu)  # the RL loop pushes after onload (SGLang up to 0.5.2 keeps no copy)
+        after = [c.token_ids for c in engine.generate(batch, greedy)]
+        same = sum(a == b for a, b in zip(after, before, strict=True))
+        note(greedy_identical_after_loop=f"{same}/{len(batch)}")
+        say(f"weights: greedy outputs identical after offload, onload and push: {same}/{len(batch)}")
+    finally:
+        start = time.perf_counter()
+        engine.shutdown()
+        note(shutdown_s=round(time.perf_counter() - start, 1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("phase", choices=["graphs", "eager", "weights"])
+    p.add_argument("--spec", required=True, help="JSON from bench/rollout_bench.py")
+    args = p.parse_args(argv)
+    spec = json.loads(args.spec)
+    if args.phase == "weights":
+        weights(spec)
+    else:
+        throughput(args.phase, spec)
+    emit("phase", facts={"done": True})
+    sys.stdout.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

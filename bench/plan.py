@@ -1,0 +1,94 @@
+"""The benchmark's time budget: which phases run, and how many seconds each gets (pure; unit-tested).
+
+Why a budget and not a number of pairs: the GPU machine runs the benchmark under a script timeout
+(gpuenv's ``--script-timeout``), and a run that is killed at the limit loses what it was doing. So
+the phases get time, not counts: every phase has a fixed part (process start and imports, engine
+start, shutdown; estimated below) and the throughput phases share what is left for measuring. The
+plan is recomputed from the clock at the start of every phase, so a slow engine start shortens the
+measuring of the phases after it instead of pushing the run past its budget, and time a phase did
+not need goes to the next.
+
+The fixed parts are estimates for a 1-GPU H200 and the benchmark's default model sizes; the run
+reports what each one really took (``phases.<name>.engine_start_s``), from which these should be
+updated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+RESERVE = 0.05
+"""Share of the budget kept back for what no estimate covers (the report, a slow shutdown)."""
+
+FIXED_S: dict[str, dict[str, float]] = {
+    # process start + imports, engine start (weights loaded, KV cache, CUDA graphs), shutdown
+    "vllm": {"process": 20, "start_graphs": 75, "start_eager": 35, "shutdown": 5, "weights": 85},
+    "sglang": {"process": 15, "start_graphs": 55, "start_eager": 35, "shutdown": 5, "weights": 75},
+}
+"""Seconds, per engine. ``weights``: the whole update_weights / offload phase (a 1.37 B model made on
+the GPU and saved, an engine started on it in eager mode, the pushes, offload/onload, the RL loop)."""
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str  # "graphs", "eager" (throughput in that mode) or "weights"
+    fixed_s: float
+
+    @property
+    def measures(self) -> bool:
+        return self.name != "weights"
+
+
+def phases(engine: str, modes: list[str], weights: bool) -> list[Phase]:
+    fixed = FIXED_S[engine]
+    out = [Phase(m, fixed["process"] + fixed[f"start_{m}"] + fixed["shutdown"]) for m in modes]
+    return [*out, Phase("weights", fixed["weights"])] if weights else out
+
+
+def allot(left: list[Phase], remaining_s: float) -> float:
+    """Seconds for ``left[0]``, given ``remaining_s`` for all of ``left``: its fixed part plus an equal
+    share of the measuring time, or, when the budget does not even cover the fixed parts, a share
+    of what there is in proportion to them. The last phase gets whatever remains."""
+    if remaining_s <= 0:
+        return 0.0
+    if len(left) == 1:
+        return remaining_s
+    fixed = sum(p.fixed_s for p in left)
+    first = left[0]
+    if remaining_s <= fixed:
+        return remaining_s * first.fixed_s / fixed
+    measuring = [p for p in left if p.measures]
+    return first.fixed_s + ((remaining_s - fixed) / len(measuring) if first.measures else 0.0)
+
+
+def budget_plan(engine: str, modes: list[str], weights: bool, budget_s: float) -> list[tuple[Phase, float]]:
+    """Each phase with the seconds it gets if every earlier one takes exactly its share."""
+    left = phases(engine, modes, weights)
+    remaining = budget_s * (1 - RESERVE)
+    out = []
+    while left:
+        seconds = allot(left, remaining)
+        out.append((left[0], seconds))
+        remaining -= seconds
+        left = left[1:]
+    return out
+
+
+def describe(engine: str, plan: list[tuple[Phase, float]], budget_s: float) -> list[str]:
+    """The plan as printed at the start of a run."""
+    fixed = FIXED_S[engine]
+    lines = [f"plan: {budget_s:.0f} s budget ({RESERVE:.0%} kept back), phases in turn, each in its own process:"]
+    for phase, seconds in plan:
+        if phase.measures:
+            start = fixed["process"] + fixed[f"start_{phase.name}"]
+            lines.append(f"  {phase.name:8} ~{seconds:4.0f} s: process and engine start ~{start:.0f} s, then warm-up "
+                         f"and ABBA blocks (sampling and logprobs in turn) ~{max(0.0, seconds - phase.fixed_s):.0f} s, "
+                         f"shutdown ~{fixed['shutdown']:.0f} s")
+        else:
+            lines.append(f"  {phase.name:8} ~{seconds:4.0f} s: 1.37 B model made on the GPU, engine start (eager), "
+                         "update_weights from GPU and pinned CPU tensors, offload / onload, the RL loop's push")
+    total = sum(s for _, s in plan)
+    lines.append(f"  total    ~{total:4.0f} s; the fixed parts are estimates (bench/plan.py), measured ones are reported")
+    if any(p.measures and s <= p.fixed_s for p, s in plan):
+        lines.append("  warning: the budget does not cover the estimated engine starts: little or no time to measure")
+    return lines

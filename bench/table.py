@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""docs/performance.md's result tables, printed from bench.json files (one per engine and run).
+
+    python bench/table.py bench/runs/*-h200/*/bench.json
+
+Rows come straight from each file's ``ratios`` and ``weights`` (nothing recomputed), so the tables
+in the docs can always be regenerated from the committed evidence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+RATIO_HEAD = ("| date | engine (shim) | mode | setting | shim / direct | 95 % interval | width | ABBA blocks | "
+              "shim work per call | of a shim call | direct tok/s | targets |")
+WEIGHTS_HEAD = ("| date | engine (shim) | update_weights from GPU | from pinned CPU | offload (freed) | onload (back) | "
+                "greedy after the RL loop | engine starts: graphs / eager / weights |")
+
+
+def ratio_rows(data: dict[str, Any]) -> list[str]:
+    meta, rows = data["meta"], []
+    day = meta["when"][:10]
+    for r in sorted(data["ratios"], key=lambda r: (r["mode"] != "graphs", r["logprobs"])):
+        who = f"{r['engine']} {r['release']} ({r['shim']})"
+        setting = "sampling + logprobs" if r["logprobs"] else "sampling"
+        if "error" in r:
+            rows.append(f"| {day} | {who} | {r['mode']} | {setting} | {r['error']} | | | | | | | |")
+            continue
+        meets = ", ".join(k for k, ok in r["meets"].items() if not ok)
+        rows.append(f"| {day} | {who} | {r['mode']} | {setting} | {r['ratio']:.4f} | [{r['ci_low']:.4f}, "
+                    f"{r['ci_high']:.4f}] | {r['width']:.4f} | {r['pairs']} | {r['shim_work_ms']:.2f} ms | "
+                    f"{r['shim_work_fraction']:.2%} | {r['direct_tok_s']:,.0f} | "
+                    f"{'all met' if not meets else 'missed: ' + meets}{'' if r['final'] else ' (provisional)'} |")
+    return rows
+
+
+def weights_row(data: dict[str, Any]) -> str | None:
+    w, meta, phases = data["weights"], data["meta"], data["phases"]
+    if "update_gpu_gb_s" not in w:
+        return None
+    starts = " / ".join(f"{phases.get(p, {}).get('engine_start_s', '-')}" for p in ("graphs", "eager")) + \
+        f" / {w.get('engine_start_s', '-')} s"
+
+    def timed(key: str, amount: str) -> str:
+        return f"{w[key]:.3f} s ({w[amount]:.1f} GiB)" if key in w and amount in w else "-"
+
+    return (f"| {meta['when'][:10]} | {meta['engine']} {meta.get('release', '?')} ({meta.get('shim', '?')}) | "
+            f"{w['update_gpu_gb_s']:.1f} GB/s | {w.get('update_pinned_cpu_gb_s', 0):.1f} GB/s | "
+            f"{timed('offload_s', 'offload_freed_gib')} | {timed('onload_s', 'onload_restored_gib')} | "
+            f"{w.get('greedy_identical_after_loop', '-')} | {starts} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("files", nargs="+", type=Path)
+    args = p.parse_args(argv)
+    runs = []
+    for path in args.files:
+        try:
+            runs.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as exc:
+            print(f"table: error: {path}: {exc}; pass bench.json files written by bench/rollout_bench.py",
+                  file=sys.stderr)
+            return 2
+    print(RATIO_HEAD)
+    print("|" + "---|" * RATIO_HEAD.count(" | ") + "---|")
+    for data in runs:
+        for row in ratio_rows(data):
+            print(row)
+    print()
+    print(WEIGHTS_HEAD)
+    print("|" + "---|" * WEIGHTS_HEAD.count(" | ") + "---|")
+    for data in runs:
+        row = weights_row(data)
+        if row:
+            print(row)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""What the fake engines of the dry run share (see README.md): knobs from the environment, random tokens."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+
+
+def start_delay() -> None:
+    time.sleep(float(os.environ.get("FAKE_ENGINE_START_S", "0")))
+
+
+def call(eager: bool) -> None:
+    """One generate call's "GPU time"; blocks for good when this engine's mode is the one to hang."""
+    if os.environ.get("FAKE_ENGINE_HANG") == ("eager" if eager else "graphs"):
+        while True:
+            time.sleep(60)
+    time.sleep(float(os.environ.get("FAKE_ENGINE_CALL_S", "0.005")))
+
+
+def tokens(rng: random.Random, n: int, prompt: list[int], greedy: bool) -> list[int]:
+    """Random tokens; greedy ones depend on the prompt only, as a real model's do."""
+    if greedy:
+        rng = random.Random(hash(tuple(prompt)))
+    return [rng.randrange(3, 32000) for _ in range(n)]

@@ -1,0 +1,3 @@
+class SubprocessWatchdog:
+    def stop(self) -> None:
+        self.stopped = True

@@ -1,0 +1,2 @@
+def _host_emptyCache() -> None:
+    return None

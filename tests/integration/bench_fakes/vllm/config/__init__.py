@@ -1,0 +1,3 @@
+from vllm.config.compilation import CompilationConfig
+
+__all__ = ["CompilationConfig"]

@@ -1,0 +1,151 @@
+"""CPU dry run of bench/rollout_bench.py: every code path up to the GPU, on stand-in engines.
+
+The benchmark, bench/phases.py and rollout_shims run for real, as separate processes, exactly as on
+the GPU machine; tests/integration/bench_fakes/ stands in for torch, transformers and the engine
+(README.md there says what each keeps of the real one). The engine is found the way a user's is:
+by ``rollout_shims.detect()`` from the package metadata written here. So a crash anywhere before the
+GPU (the first H200 run died in 15 s on ``create_engine`` picking the wrong engine; the second on a
+second vLLM engine in one process, which the stand-in refuses as vLLM 0.33 does) fails these tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.bench
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "bench" / "rollout_bench.py"
+FAKES = Path(__file__).resolve().parent / "bench_fakes"
+DISTS = {"vllm": [("vllm", "0.33.0")], "sglang": [("sglang", "0.5.19"), ("torch_memory_saver", "0.0.9")]}
+
+
+def site(tmp_path: Path, engine: str) -> Path:
+    """The stand-ins plus the metadata that makes ``engine`` the one installed engine."""
+    where = tmp_path / "site"
+    shutil.copytree(FAKES, where, ignore=shutil.ignore_patterns("__pycache__", "README.md"))
+    for name, version in DISTS[engine]:
+        info = where / f"{name}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    return where
+
+
+SMALL = ("--batch", "32", "--prompt-len", "8", "--new-tokens", "16")
+"""Fewer tokens than on the GPU (256 x 64 -> 128): the same code paths, at a cost a CI machine can carry."""
+
+
+def bench(tmp_path: Path, engine: str, *args: str, **env: str) -> subprocess.Popen:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "FAKE_ENGINE_"))}
+    environ.update(PYTHONPATH=f"{site(tmp_path, engine)}{os.pathsep}{ROOT / 'src'}", **env)
+    return subprocess.Popen([sys.executable, str(BENCH), "--json", str(tmp_path / "bench.json"), *SMALL, *args],
+                            cwd=tmp_path,
+                            env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 150) -> tuple[int, str]:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"the benchmark did not end within {timeout} s:\n{out[-3000:]}")
+    return proc.returncode, out
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+def test_the_benchmark_runs_every_phase_for_the_engine_detect_finds(tmp_path: Path, engine: str) -> None:
+    proc = bench(tmp_path, engine, "--budget-s", "40", "--max-blocks", "3", "--progress-s", "1",
+                 "--warmup-share", "0.1", FAKE_ENGINE_START_S="2.5")
+    code, out = finish(proc)
+    assert code == 0, out[-4000:]
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["status"] == "complete"
+    assert data["meta"]["engine"] == engine and data["meta"]["gpu"] == "Fake GPU (CPU dry run)"
+    assert data["meta"]["shim"] == ("vllm-0.25" if engine == "vllm" else "sglang-0.5.14")
+    assert {name: p["status"] for name, p in data["phases"].items()} == {"graphs": "ok", "eager": "ok", "weights": "ok"}
+    assert all(p["engine_start_s"] >= 2.5 for name, p in data["phases"].items() if name != "weights")
+    records = {(r["mode"], r["logprobs"]): r for r in data["ratios"]}
+    assert set(records) == {(m, lp) for m in ("graphs", "eager") for lp in (False, True)}
+    for r in records.values():
+        assert r["final"] and r["pairs"] == 3 and len(r["raw"]) == 3, r
+        assert r["ci_low"] <= r["ratio"] <= r["ci_high"] and r["width"] == pytest.approx(r["ci_high"] - r["ci_low"])
+        assert 0 < r["shim_work_fraction"] < 1 and set(r["meets"]) == {"width", "ci_low", "shim_work_fraction"}
+        assert r["engine"] == engine and r["release"] == DISTS[engine][0][1]
+    weights = data["weights"]
+    assert weights["parameters"] > 1.3e9 and weights["update_gpu_gb_s"] > 0 and weights["update_pinned_cpu_gb_s"] > 0
+    assert weights["offload_freed_gib"] > 0 and weights["onload_restored_gib"] > 0
+    assert weights["greedy_identical_after_loop"] == "16/16"
+    # What a person watching sees: the plan with seconds per phase first, then progress at least every
+    # --progress-s (the engine start of 2.5 s is silent: the parent must say it is still running).
+    assert out.splitlines()[1].startswith("plan: 40 s budget")
+    assert all(f"  {name}" in out for name in ("graphs   ~", "eager    ~", "weights  ~"))
+    assert "no output for 1 s" in out
+    assert "graphs logprobs: ratio" in out and "mode    setting" in out
+    # docs/performance.md's tables come from the file as written.
+    table = subprocess.run([sys.executable, str(ROOT / "bench" / "table.py"), str(tmp_path / "bench.json")],
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    rows = [line for line in table if line.startswith(f"| {data['meta']['when'][:10]} | {engine} ")]
+    assert len(rows) == 5 and sum(" | graphs | " in r for r in rows) == 2 and rows[-1].count("GB/s") == 2
+
+
+def test_a_stuck_phase_is_killed_at_its_share_and_the_others_still_run(tmp_path: Path) -> None:
+    """Every generate of the CUDA-graph engine blocks (a hung GPU call): that phase is killed when its
+    share of the budget (plus a grace) has passed, the file says so, and the phases after it run."""
+    start = time.time()
+    proc = bench(tmp_path, "vllm", "--budget-s", "24", "--max-blocks", "2", "--warmup-share", "0.1",
+                 FAKE_ENGINE_HANG="graphs")
+    code, out = finish(proc)
+    assert code == 1, out[-3000:]
+    assert time.time() - start < 24 + 10  # budget, grace (budget / 8) and the last phase's leftovers
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["status"] == "partial"
+    assert data["phases"]["graphs"]["status"].startswith("killed after")
+    assert data["phases"]["eager"]["status"] == data["phases"]["weights"]["status"] == "ok"
+    assert {(r["mode"], r["final"]) for r in data["ratios"]} == {("eager", True)}
+    assert data["weights"]["greedy_identical_after_loop"] == "16/16"
+    assert "phase graphs: killed after" in out
+
+
+def test_the_file_is_valid_whenever_the_run_is_killed(tmp_path: Path) -> None:
+    """gpuenv kills the benchmark's whole process group at its script timeout: what was measured by
+    then is in bench.json, which is never half written."""
+    proc = bench(tmp_path, "vllm", "--budget-s", "120", "--max-blocks", "2", "--warmup-share", "0.1",
+                 FAKE_ENGINE_HANG="eager")
+    path = tmp_path / "bench.json"
+    deadline = time.time() + 60
+    seen = None
+    while time.time() < deadline:
+        if path.is_file():
+            seen = json.loads(path.read_text())  # must parse at any moment
+            if seen["phases"]["eager"].get("status") == "running":
+                break
+        time.sleep(0.1)
+    time.sleep(1)  # the eager engine is starting (its validation call hangs)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    data = json.loads(path.read_text())
+    assert seen is not None and data["status"] == "running"
+    assert {(r["mode"], r["logprobs"], r["final"]) for r in data["ratios"]} == {("graphs", False, True),
+                                                                               ("graphs", True, True)}
+    assert data["phases"]["graphs"]["status"] == "ok"
+
+
+def test_no_engine_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    environ["PYTHONPATH"] = str(ROOT / "src")
+    proc = subprocess.run([sys.executable, str(BENCH), "--json", str(tmp_path / "b.json")], env=environ,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("rollout_bench: error: no rollout engine")
+    assert not (tmp_path / "b.json").exists()
