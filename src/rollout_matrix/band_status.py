@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rollout_matrix.results import JUNIT, PASSED, Evidence
+from rollout_matrix.results import JUNIT, PASSED, Evidence, ResultsError, read_regular
 
 MODES = ("graphs", "eager")
 _GPU_MODULE = re.compile(r"(^|\.)test_gpu\w*$")
@@ -42,10 +42,11 @@ class ModeOutcome:
 
 def gpu_modes(junit: Path) -> dict[str, ModeOutcome]:
     """GPU test outcomes per mode of one JUnit file ({} when it cannot be read: the release table
-    already says why)."""
+    already says why). Read as the release table reads it (results.read_regular): a regular file within
+    its size limit, never through a link, never a FIFO that would wait for a writer."""
     try:
-        cases = list(ET.parse(junit).getroot().iter("testcase"))
-    except (OSError, ET.ParseError):
+        cases = list(ET.fromstring(read_regular(junit)).iter("testcase"))
+    except (OSError, ResultsError, ET.ParseError):
         return {}
     out: dict[str, ModeOutcome] = {}
     for case in cases:

@@ -3,10 +3,12 @@ suite shaped like tests/engine (a module-scoped engine parametrized graphs / eag
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from rollout_matrix.band_status import BOTH, FAILS, NEVER, band_statuses, describe, gpu_modes
@@ -76,3 +78,29 @@ def test_evidence_from_before_modes_counts_as_eager() -> None:
     root = Path(__file__).resolve().parents[2] / "gpu-results" / "sglang-0.5.2"
     modes = gpu_modes(root / "junit.xml")
     assert set(modes) == {"eager"} and modes["eager"].passed >= 5
+
+
+def test_a_junit_that_is_not_a_regular_file_is_not_read(tmp_path: Path) -> None:
+    """A FIFO would block the report forever (the CI run of 2026-12-03 hung on one the evidence fuzz
+    test made); a link or an oversized file is not evidence either: no modes, at once."""
+    real = run_suite(tmp_path, "sglang-0.5.23", fail_graphs=False) / "junit.xml"
+    fifo = tmp_path / "fifo" / "junit.xml"
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    link = tmp_path / "link" / "junit.xml"
+    link.parent.mkdir()
+    link.symlink_to(real)
+    big = tmp_path / "big" / "junit.xml"
+    big.parent.mkdir()
+    big.write_bytes(real.read_bytes())
+    with open(big, "ab") as fh:
+        fh.truncate(64 << 20)  # sparse, over results.MAX_BYTES for junit.xml
+    assert gpu_modes(real)  # the same bytes as a regular file are read
+    pool = ThreadPoolExecutor(1)  # a read that blocks fails here, not by hanging the suite
+    try:
+        for path in (fifo, link, big):
+            assert pool.submit(gpu_modes, path).result(timeout=10) == {}, path
+    finally:
+        with contextlib.suppress(OSError):  # a reader left waiting on the FIFO gets its writer and ends
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pool.shutdown()
