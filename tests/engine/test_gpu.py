@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import weight_probe
 from gpu_memory import sharing_needs_per_process, used_bytes
 from gpu_share import LOCKING_PRELUDE, SHARE, engine_config
 from teacher_forcing import (
@@ -152,6 +153,8 @@ def test_update_weights_changes_outputs_to_the_new_reference(engine, reference, 
     before = engine.generate(prompts(), GREEDY)
     new = tiny_qwen2(1)
     engine.update_weights(bf16_weights(new))
+    # which weights the engine holds now (SGLang): tells "not applied" from "corrupted" if the checks fail
+    print(f"[ipc-weights] {engine.info.shim} {engine.mode}: {weight_probe.verdict(engine, reference, new)}")
     after = engine.generate(prompts(), GREEDY)
     assert [c.token_ids for c in after] != [c.token_ids for c in before]
     new_ref = exact(new)
@@ -346,6 +349,8 @@ def test_update_weights_from_another_process(engine, reference, tiny_qwen2, tmp_
         assert max(sizes) <= peak <= bound, (peak, bound)
     assert not [r for r in caplog.records if "reloading" in r.getMessage()], "a whole-model share reloaded model_dir"
 
+    # which weights the engine holds now (SGLang): tells "not applied" from "corrupted" if the checks fail
+    print(f"[ipc-weights] {engine.info.shim} {engine.mode}: {weight_probe.verdict(engine, reference, new)}")
     after = engine.generate(prompts(), GREEDY)
     assert [c.token_ids for c in after] != [c.token_ids for c in before]
     new_ref = exact(new)
