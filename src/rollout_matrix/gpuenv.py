@@ -39,17 +39,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rollout_matrix import lockenv
 from rollout_matrix.atomic import write_atomic
-from rollout_matrix.checkout import find_matrix
+from rollout_matrix.bundles.manifest import HEX64, MANIFEST, FileRecord, Manifest, ManifestError, read_manifest
+from rollout_matrix.bundles.payload import sha256_file
 from rollout_matrix.errors import UserError
-from rollout_matrix.lockfile import read_lock
-from rollout_matrix.manifest import HEX64, MANIFEST, FileRecord, Manifest, ManifestError, read_manifest
-from rollout_matrix.payload import sha256_file
-from rollout_matrix.results import JUNIT, LOG, RUN_JSON, RunRecord
+from rollout_matrix.evidence.results import JUNIT, LOG, RUN_JSON, RunRecord
+from rollout_matrix.gpu import lockenv
+from rollout_matrix.locks.lockfile import read_lock
+from rollout_matrix.matrix.checkout import find_matrix
 
 if TYPE_CHECKING:
-    from rollout_matrix.matrix import Entry
+    from rollout_matrix.matrix.load import Entry
 
 ROOT = Path(os.environ.get("ROLLOUT_MATRIX_GPU_ROOT", "/tmp/rollout-matrix"))
 CHECKOUT = (find_matrix() or Path(__file__).resolve().parents[2] / "matrix.yaml").parent
@@ -203,7 +203,7 @@ def _zstd():
 
 
 def reassemble(record: FileRecord, payload_kind: str, target_dir: Path) -> Path:
-    """One wheel from the store's chunks, checked (see :func:`rollout_matrix.lockenv.reassemble`)."""
+    """One wheel from the store's chunks, checked (see :func:`rollout_matrix.gpu.lockenv.reassemble`)."""
     return lockenv.reassemble(record, payload_kind, _dirs()["chunks"], target_dir, _zstd)
 
 
@@ -269,7 +269,7 @@ def machine_facts(python: Path) -> dict:
 def matrix_entry(entry: str) -> Entry | None:
     """The entry as the checkout's matrix.yaml describes it; None when it does not (read only when a
     suite runs: the rest of this module needs nothing beyond the standard library)."""
-    from rollout_matrix.matrix import load_matrix
+    from rollout_matrix.matrix.load import load_matrix
 
     try:
         return load_matrix(CHECKOUT / "matrix.yaml").get(entry)
@@ -279,7 +279,7 @@ def matrix_entry(entry: str) -> Entry | None:
 
 def _shim(entry: Entry | None) -> str | None:
     """The band rollout_shims' table gives the entry (the report reads it from here)."""
-    from rollout_matrix.shim_band import shim_for
+    from rollout_matrix.matrix.shim_band import shim_for
 
     try:
         return shim_for(entry) if entry else None

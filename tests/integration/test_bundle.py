@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from rollout_matrix import gpuenv
-from rollout_matrix.bundle import MANIFEST, Manifest, make_bundle, member_digest
+from rollout_matrix.bundles.bundle import MANIFEST, Manifest, make_bundle, member_digest
 from rollout_matrix.errors import UserError
-from rollout_matrix.lockfile import read_lock
-from rollout_matrix.locking import lock_entry
-from rollout_matrix.matrix import Matrix, load_matrix
+from rollout_matrix.locks.lockfile import read_lock
+from rollout_matrix.locks.locking import lock_entry
+from rollout_matrix.matrix.load import Matrix, load_matrix
 
 
 @pytest.fixture(scope="module")

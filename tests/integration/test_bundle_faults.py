@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from rollout_matrix import gpuenv
-from rollout_matrix.bundle import MANIFEST, make_bundle
+from rollout_matrix.bundles.bundle import MANIFEST, make_bundle
 from rollout_matrix.errors import UserError
-from rollout_matrix.lockfile import read_lock
-from rollout_matrix.locking import lock_entry
-from rollout_matrix.matrix import Matrix, load_matrix
+from rollout_matrix.locks.lockfile import read_lock
+from rollout_matrix.locks.locking import lock_entry
+from rollout_matrix.matrix.load import Matrix, load_matrix
 
 PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"
 ENTRY = "tiny-2.31.0"

@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rollout_matrix.band_status import BOTH, FAILS, NEVER, band_statuses, describe, gpu_modes
-from rollout_matrix.results import load
+from rollout_matrix.evidence.band_status import BOTH, FAILS, NEVER, band_statuses, describe, gpu_modes
+from rollout_matrix.evidence.results import load
 
 SUITE = '''
 import pytest

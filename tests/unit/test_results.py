@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from rollout_matrix.errors import UserError
-from rollout_matrix.results import (
+from rollout_matrix.evidence.results import (
     BUILD_FAILED,
     ERROR,
     FAILED,

@@ -38,8 +38,10 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
+from rollout_matrix.bundles.manifest import BUNDLE_FORMAT, MANIFEST, EntryRecord, FileRecord, Manifest, chunk_payload, pack_parts
+from rollout_matrix.bundles.payload import PAYLOADS, member_digest, sha256_file, zstd_payload
 from rollout_matrix.errors import UserError
-from rollout_matrix.lockfile import (
+from rollout_matrix.locks.lockfile import (
     Pin,
     check_python,
     lock_path,
@@ -50,10 +52,8 @@ from rollout_matrix.lockfile import (
     split_lock,
     wheel_rank,
 )
-from rollout_matrix.manifest import BUNDLE_FORMAT, MANIFEST, EntryRecord, FileRecord, Manifest, chunk_payload, pack_parts
-from rollout_matrix.matrix import Entry, Matrix
-from rollout_matrix.payload import PAYLOADS, member_digest, sha256_file, zstd_payload
-from rollout_matrix.pypi import IndexFile, release_files
+from rollout_matrix.locks.pypi import IndexFile, release_files
+from rollout_matrix.matrix.load import Entry, Matrix
 
 TOOLS = ("zstandard==0.23.0",)
 """Wheels the machine needs to unpack ``zstd`` payloads with nothing but its own Python."""
@@ -139,7 +139,7 @@ def find_python(python: str) -> str:
 
 def build_wheel(sdist: Path, python: str, cache: Path) -> Path:
     """A wheel built from a hash-checked sdist for ``python`` (cached by the sdist's sha256)."""
-    from rollout_matrix.resolver import uv_binary, uv_environment
+    from rollout_matrix.locks.resolver import uv_binary, uv_environment
 
     out = cache / "built" / f"{sha256_file(sdist)}-py{python}"
     found = sorted(out.glob("*.whl")) if out.is_dir() else []
@@ -169,7 +169,7 @@ MAX_PART_MIB = 1024
 
 
 def _lock_text_and_pins(matrix: Matrix, entry: Entry, python: str) -> tuple[Path, list[Pin]]:
-    from rollout_matrix.locking import check_lock
+    from rollout_matrix.locks.locking import check_lock
 
     path = lock_path(entry, python, locks_dir_for(matrix))
     if entry.unavailable and not path.is_file():  # `lock` refuses it too: do not send the user there
@@ -205,7 +205,7 @@ def _staging(out: Path) -> Path:
 
 def _shipped(skip_from: Iterable[Path]) -> set[str]:
     """Chunks of the earlier bundles named by ``--after`` (each manifest checked; read before any download)."""
-    from rollout_matrix.manifest import ManifestError, read_manifest
+    from rollout_matrix.bundles.manifest import ManifestError, read_manifest
 
     shipped: set[str] = set()
     for earlier in skip_from:

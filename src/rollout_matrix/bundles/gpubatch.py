@@ -22,11 +22,11 @@ from pathlib import Path
 
 from packaging.version import Version
 
-from rollout_matrix.band_status import MODES, gpu_modes
-from rollout_matrix.lockfile import lock_path, locks_dir_for, parse_body, split_lock
-from rollout_matrix.matrix import Entry, Matrix
-from rollout_matrix.results import JUNIT, PASSED, committed
-from rollout_matrix.shim_band import shim_for
+from rollout_matrix.evidence.band_status import MODES, gpu_modes
+from rollout_matrix.evidence.results import JUNIT, PASSED, committed
+from rollout_matrix.locks.lockfile import lock_path, locks_dir_for, parse_body, split_lock
+from rollout_matrix.matrix.load import Entry, Matrix
+from rollout_matrix.matrix.shim_band import shim_for
 
 ZSTD_RATIO = 0.69
 """Bundle payload / wheel bytes for these CUDA stacks: 10.72 GiB of zstd payload for 15.47 GiB of
@@ -118,8 +118,8 @@ def plan(matrix: Matrix, python: str, size_of: Callable[[str, str, set[str]], tu
 def cached_or_indexed(cache: Path, python: str) -> Callable[[str, str, set[str]], tuple[int, bool]]:
     """Sizes from the bundle cache (the exact file), else from the index (the file an installer would
     take for ``python``)."""
-    from rollout_matrix.bundle import choose_file
-    from rollout_matrix.lockfile import Pin, preference_order
+    from rollout_matrix.bundles.bundle import choose_file
+    from rollout_matrix.locks.lockfile import Pin, preference_order
 
     order = preference_order(python)
 

@@ -1,6 +1,6 @@
 """The bundle manifest (``bundle.json``) and the chunks and parts a bundle is cut into.
 
-Shared by the side that writes bundles (:mod:`rollout_matrix.bundle`) and the side that reads them on
+Shared by the side that writes bundles (:mod:`rollout_matrix.bundles.bundle`) and the side that reads them on
 the GPU machine (:mod:`rollout_matrix.gpuenv`): plain data and stdlib only.
 
 A manifest is read only through :func:`read_manifest`, which checks every field it will use before
@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from rollout_matrix.entryname import is_entry_name
 from rollout_matrix.errors import UserError
+from rollout_matrix.matrix.entryname import is_entry_name
 
 BUNDLE_FORMAT = 1
 MANIFEST = "bundle.json"

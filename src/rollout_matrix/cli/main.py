@@ -15,11 +15,11 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from rollout_matrix.checkout import describe
 from rollout_matrix.errors import INTERRUPTED, UserError
-from rollout_matrix.lockfile import INDEX_URL
-from rollout_matrix.matrix import Entry, Matrix, load_matrix
-from rollout_matrix.options import BuildOptions
+from rollout_matrix.images.options import BuildOptions
+from rollout_matrix.locks.lockfile import INDEX_URL
+from rollout_matrix.matrix.checkout import describe
+from rollout_matrix.matrix.load import Entry, Matrix, load_matrix
 from rollout_matrix.progress import Reporter, quiet_libraries
 
 Handler = Callable[[argparse.Namespace, Matrix], int]
@@ -50,8 +50,8 @@ def _options(args: argparse.Namespace) -> BuildOptions:
 
 
 def cmd_list(args: argparse.Namespace, matrix: Matrix) -> int:
-    from rollout_matrix.build import find_existing
-    from rollout_matrix.plan import plan_build
+    from rollout_matrix.images.build import find_existing
+    from rollout_matrix.images.plan import plan_build
 
     options = _options(args)
     rows = []
@@ -100,9 +100,9 @@ def _selected(matrix: Matrix, names: list[str], verb: str, options: BuildOptions
 
 
 def cmd_build(args: argparse.Namespace, matrix: Matrix) -> int:
-    from rollout_matrix.build import build
-    from rollout_matrix.plan import plan_build
-    from rollout_matrix.registry import push
+    from rollout_matrix.images.build import build
+    from rollout_matrix.images.plan import plan_build
+    from rollout_matrix.images.registry import push
 
     options = _options(args)
     entries = _selected(matrix, args.entries, "build", options)
@@ -116,8 +116,8 @@ def cmd_build(args: argparse.Namespace, matrix: Matrix) -> int:
 
 
 def cmd_push(args: argparse.Namespace, matrix: Matrix) -> int:
-    from rollout_matrix.plan import plan_build
-    from rollout_matrix.registry import push
+    from rollout_matrix.images.plan import plan_build
+    from rollout_matrix.images.registry import push
 
     options = _options(args)
     for entry in _selected(matrix, args.entries, "push", options):
@@ -127,8 +127,8 @@ def cmd_push(args: argparse.Namespace, matrix: Matrix) -> int:
 
 
 def cmd_pull(args: argparse.Namespace, matrix: Matrix) -> int:
-    from rollout_matrix.plan import plan_build
-    from rollout_matrix.registry import pull
+    from rollout_matrix.images.plan import plan_build
+    from rollout_matrix.images.registry import pull
 
     options = _options(args)
     for entry in _selected(matrix, args.entries, "pull", options):
@@ -137,9 +137,9 @@ def cmd_pull(args: argparse.Namespace, matrix: Matrix) -> int:
 
 
 def cmd_test(args: argparse.Namespace, matrix: Matrix) -> int:
-    from rollout_matrix.plan import plan_build
-    from rollout_matrix.session import run_session, tests_passed
-    from rollout_matrix.testrun import run_tests
+    from rollout_matrix.images.plan import plan_build
+    from rollout_matrix.images.session import run_session, tests_passed
+    from rollout_matrix.images.testrun import run_tests
 
     options = _options(args)
     entry = matrix.get(args.entry)
@@ -158,8 +158,8 @@ def cmd_test(args: argparse.Namespace, matrix: Matrix) -> int:
 
 
 def cmd_lock(args: argparse.Namespace, matrix: Matrix) -> int:
-    from rollout_matrix.lockfile import check_python, locks_dir_for
-    from rollout_matrix.locking import LockResult, check_locks, lock_entries, lock_pythons
+    from rollout_matrix.locks.lockfile import check_python, locks_dir_for
+    from rollout_matrix.locks.locking import LockResult, check_locks, lock_entries, lock_pythons
 
     entries = matrix.select(args.entries) if args.entries else None
     if args.check:
@@ -195,8 +195,8 @@ def cmd_lock(args: argparse.Namespace, matrix: Matrix) -> int:
 
 
 def cmd_drift(args: argparse.Namespace, matrix: Matrix) -> int:
-    from rollout_matrix.drift import drift
-    from rollout_matrix.lockfile import check_python, lock_path, locks_dir_for
+    from rollout_matrix.locks.drift import drift
+    from rollout_matrix.locks.lockfile import check_python, lock_path, locks_dir_for
 
     entry = matrix.get(args.entry)
     python = check_python(args.python or entry.python)
@@ -222,7 +222,7 @@ def _shown(path: Path) -> str:
 
 def cmd_new_release(args: argparse.Namespace, matrix: Matrix) -> int:
     from rollout_matrix.errors import NO_SHIM_BAND
-    from rollout_matrix.newrelease import new_release, shims_dir
+    from rollout_matrix.locks.newrelease import new_release, shims_dir
 
     found = new_release(matrix, args.engine, args.version)  # found.version: normal form (v0.22.1 -> 0.22.1)
     listed = next((e for e in matrix if e.engine == args.engine and e.version == found.version), None)
@@ -238,7 +238,7 @@ def cmd_new_release(args: argparse.Namespace, matrix: Matrix) -> int:
 
 def cmd_watch(args: argparse.Namespace, matrix: Matrix) -> int:
     """stdout: one line per release matrix.yaml lacks, nothing when none; everything else on stderr."""
-    from rollout_matrix.watch import line, watch, write_missing
+    from rollout_matrix.locks.watch import line, watch, write_missing
 
     result = watch(matrix, args.index_url, args.engine or None)
     for found in result.missing:
@@ -260,7 +260,7 @@ def cmd_watch(args: argparse.Namespace, matrix: Matrix) -> int:
 
 
 def cmd_record(args: argparse.Namespace, matrix: Matrix) -> int:
-    from rollout_matrix.results import record
+    from rollout_matrix.evidence.results import record
 
     root = matrix.path.parent
     for run in args.runs:
@@ -271,7 +271,7 @@ def cmd_record(args: argparse.Namespace, matrix: Matrix) -> int:
 
 def cmd_report(args: argparse.Namespace, matrix: Matrix) -> int:
     """Failing releases do not fail the command: the test jobs already did; this one only reports."""
-    from rollout_matrix.report import rejected, summary_line, write_report
+    from rollout_matrix.evidence.report import rejected, summary_line, write_report
 
     out = Path(args.out) if args.out else matrix.path.parent / "docs"
     if out.exists() and not out.is_dir():
@@ -284,7 +284,7 @@ def cmd_report(args: argparse.Namespace, matrix: Matrix) -> int:
 
 
 def cmd_bundle(args: argparse.Namespace, matrix: Matrix) -> int:
-    from rollout_matrix.bundle import make_bundle
+    from rollout_matrix.bundles.bundle import make_bundle
 
     reporter = Reporter("bundle")
     make_bundle(matrix, matrix.select(args.entries), args.python, Path(args.out), part_mib=args.part_mib,
@@ -293,8 +293,8 @@ def cmd_bundle(args: argparse.Namespace, matrix: Matrix) -> int:
 
 
 def cmd_gpu_batch(args: argparse.Namespace, matrix: Matrix) -> int:
-    from rollout_matrix.bundle import default_cache
-    from rollout_matrix.gpubatch import cached_or_indexed, plan, proven_modes, render
+    from rollout_matrix.bundles.bundle import default_cache
+    from rollout_matrix.bundles.gpubatch import cached_or_indexed, plan, proven_modes, render
 
     entries = matrix.select(args.entries) if args.entries else None
     lines = plan(matrix, args.python, cached_or_indexed(default_cache(), args.python), entries)

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rollout_matrix.results import JUNIT, PASSED, Evidence
+from rollout_matrix.evidence.results import JUNIT, PASSED, Evidence
 
 MODES = ("graphs", "eager")
 _GPU_MODULE = re.compile(r"(^|\.)test_gpu\w*$")

@@ -1,6 +1,6 @@
 """The compatibility report: one row per release of the matrix, from committed evidence only.
 
-Rows come from :mod:`rollout_matrix.results` (``cpu-results/`` and ``gpu-results/`` of the checkout);
+Rows come from :mod:`rollout_matrix.evidence.results` (``cpu-results/`` and ``gpu-results/`` of the checkout);
 this module only decides the words and renders ``compatibility.md`` (committed, read on GitHub) and
 ``compatibility.html`` (one static file, no scripts, no network). CPU and GPU evidence sit in separate
 columns and never merge: a release whose GPU tests never passed reads "CPU checks passed", never
@@ -17,11 +17,11 @@ from importlib import resources
 from pathlib import Path
 
 from rollout_matrix.atomic import write_all
-from rollout_matrix.band_status import BandStatus, band_statuses, describe
 from rollout_matrix.errors import EvidenceError, UserError
-from rollout_matrix.matrix import Entry, Matrix
-from rollout_matrix.results import BUILD_FAILED, ERROR, FAILED, PASSED, REJECTED, Evidence, committed
-from rollout_matrix.shim_band import shim_for
+from rollout_matrix.evidence.band_status import BandStatus, band_statuses, describe
+from rollout_matrix.evidence.results import BUILD_FAILED, ERROR, FAILED, PASSED, REJECTED, Evidence, committed
+from rollout_matrix.matrix.load import Entry, Matrix
+from rollout_matrix.matrix.shim_band import shim_for
 
 MARKDOWN = "compatibility.md"
 HTML = "compatibility.html"
@@ -147,7 +147,7 @@ BAND_COLUMNS = ("Shim band", "Releases", "GPU status", "Proven on (modes)", "Fai
 
 
 def bands(rows: list[Row]) -> list[BandStatus]:
-    """The band table's rows: per shim band, its GPU evidence by mode (rollout_matrix.band_status)."""
+    """The band table's rows: per shim band, its GPU evidence by mode (rollout_matrix.evidence.band_status)."""
     return band_statuses((r.entry.name.partition("-")[2], r.band, r.gpu if r.gpu is None or r.gpu.verdict != REJECTED
                           else None) for r in rows if r.band != NONE)  # rejected evidence proves nothing
 

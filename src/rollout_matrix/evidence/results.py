@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from rollout_matrix.atomic import write_atomic
-from rollout_matrix.entryname import check_entry_name
 from rollout_matrix.errors import EvidenceError, UserError, brief
-from rollout_matrix.lockfile import LOCK_NAME_RE, LOCKS_SUBDIR
+from rollout_matrix.locks.lockfile import LOCK_NAME_RE, LOCKS_SUBDIR
+from rollout_matrix.matrix.entryname import check_entry_name
 
 RUN_SCHEMA = 2
 JUNIT = "junit.xml"

@@ -23,10 +23,10 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
+from rollout_matrix.bundles.manifest import FileRecord, Manifest
+from rollout_matrix.bundles.payload import member_digest, unpack_zstd
 from rollout_matrix.errors import UserError
-from rollout_matrix.lockfile import LockFile, read_lock
-from rollout_matrix.manifest import FileRecord, Manifest
-from rollout_matrix.payload import member_digest, unpack_zstd
+from rollout_matrix.locks.lockfile import LockFile, read_lock
 
 STAMP = ".lock-exact"
 

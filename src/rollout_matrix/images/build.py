@@ -15,13 +15,13 @@ from typing import Any
 
 import docker.errors
 
-from rollout_matrix import docker_api
-from rollout_matrix.docker_api import client, engine_call, short_error
 from rollout_matrix.errors import BuildFailed, RegistryError, UserError
-from rollout_matrix.lockfile import parse_pins
-from rollout_matrix.plan import LABEL_PREFIX, BuildPlan
+from rollout_matrix.images import docker_api
+from rollout_matrix.images.docker_api import client, engine_call, short_error
+from rollout_matrix.images.plan import LABEL_PREFIX, BuildPlan
+from rollout_matrix.images.verify import check_image
+from rollout_matrix.locks.lockfile import parse_pins
 from rollout_matrix.progress import Reporter
-from rollout_matrix.verify import check_image
 
 
 @dataclass(frozen=True)

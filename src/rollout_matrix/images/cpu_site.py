@@ -4,7 +4,7 @@ Why: on these machines no image registry answers, so a release builds only on th
 (the Debian base for every stack, with its Python 3.11, and the CUDA devel test bases for the CUDA
 12 stacks), trusting the CA of the machine's TLS-intercepting proxy. The README's main job,
 ``nox -s sglang-0.5.2``, takes no flags; it reads the site file (``rollout-matrix.toml`` in the
-checkout, see :mod:`rollout_matrix.options`). So the services write that file, naming exactly the
+checkout, see :mod:`rollout_matrix.images.options`). So the services write that file, naming exactly the
 bases they made, and the main job works as the README writes it. A site file someone else wrote is
 never replaced: the services only rewrite the one that carries their first line.
 """
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rollout_matrix.errors import UserError
-from rollout_matrix.matrix import Matrix, load_matrix
+from rollout_matrix.matrix.load import Matrix, load_matrix
 
 MARKER = "# Written by .ci/services.sh"
 """The first line of a site file the services wrote (and may rewrite)."""
@@ -64,12 +64,12 @@ def write_site_file(path: Path, text: str) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m rollout_matrix.cpu_site --devel-bases FILE --base-image IMAGE [--extra-ca-cert PEM] PATH``:
+    """``python -m rollout_matrix.images.cpu_site --devel-bases FILE --base-image IMAGE [--extra-ca-cert PEM] PATH``:
     write the site file; print one line saying whether it was written or left alone."""
-    parser = argparse.ArgumentParser(prog="python -m rollout_matrix.cpu_site", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m rollout_matrix.images.cpu_site", description=__doc__.splitlines()[0])
     parser.add_argument("path", help="the site file to write, e.g. rollout-matrix.toml at the checkout root")
     parser.add_argument("--devel-bases", required=True,
-                        help="'STACK REF' lines, as `python -m rollout_matrix.devel_base` prints them")
+                        help="'STACK REF' lines, as `python -m rollout_matrix.images.devel_base` prints them")
     parser.add_argument("--base-image", required=True, help="the Debian test base, for the stacks without a devel base")
     parser.add_argument("--extra-ca-cert", help="a PEM CA bundle the builds must trust")
     parser.add_argument("--matrix", help="matrix.yaml to read (default: the checkout's)")

@@ -16,7 +16,7 @@ An image built on it is evidence that a release *installs*, nothing more (docs/l
 
 Inputs, all in docker/devel-base/: the Dockerfile, install.sh, assemble.py, the nvcc probe, and
 ``wheels-<stack>.txt``: the stack's toolkit wheels pinned with their sha256, committed, written by
-``python -m rollout_matrix.devel_base --lock`` (:mod:`rollout_matrix.devel_wheels` chooses and reads
+``python -m rollout_matrix.images.devel_base --lock`` (:mod:`rollout_matrix.images.devel_wheels` chooses and reads
 them). A committed lock rather than the PyPI API at plan time because the image name must be
 computable offline, identical on every machine, and unable to move under an existing tag when NVIDIA
 uploads a newer patch; a reviewer also sees exactly which files go in. Each stack's image is cached by
@@ -39,14 +39,14 @@ from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
 
-from rollout_matrix.build import stream_build
-from rollout_matrix.checkout import describe
-from rollout_matrix.devel_wheels import devel_dir_for, get_stack, lock_wheels, read_wheels_lock, toolkit_stacks
-from rollout_matrix.docker_api import client, container, engine_call, image_exists
 from rollout_matrix.errors import INTERRUPTED, BuildFailed, CheckFailed, UserError
-from rollout_matrix.matrix import Matrix, Stack, load_matrix
-from rollout_matrix.options import DEFAULT_INDEX_URL, BuildOptions
-from rollout_matrix.plan import content_digest
+from rollout_matrix.images.build import stream_build
+from rollout_matrix.images.devel_wheels import devel_dir_for, get_stack, lock_wheels, read_wheels_lock, toolkit_stacks
+from rollout_matrix.images.docker_api import client, container, engine_call, image_exists
+from rollout_matrix.images.options import DEFAULT_INDEX_URL, BuildOptions
+from rollout_matrix.images.plan import content_digest
+from rollout_matrix.matrix.checkout import describe
+from rollout_matrix.matrix.load import Matrix, Stack, load_matrix
 from rollout_matrix.progress import Reporter
 
 #: Where the devel test bases go. A local name on purpose: nothing here is ever pushed as a base.
@@ -256,9 +256,9 @@ def _remove(image_id: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m rollout_matrix.devel_base [--stack STACK ...]``: build what is missing, print refs."""
+    """``python -m rollout_matrix.images.devel_base [--stack STACK ...]``: build what is missing, print refs."""
     parser = argparse.ArgumentParser(
-        prog="python -m rollout_matrix.devel_base",
+        prog="python -m rollout_matrix.images.devel_base",
         description="Build the CUDA devel TEST bases (a test substitute for the stacks' nvidia/cuda devel images, "
                     "never a release base): the Debian test base plus each stack's CUDA wheels as /usr/local/cuda. "
                     "Prints 'STACK REF' per stack on stdout (progress goes to stderr).")

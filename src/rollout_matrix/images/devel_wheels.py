@@ -2,7 +2,7 @@
 (CUDA 12 stacks only) and ``docker/devel-base/wheels-<stack>.txt``, written from PyPI and read back
 checked against matrix.yaml and the stack's committed engine locks.
 
-Kept apart from :mod:`rollout_matrix.devel_base`, which builds and checks the image, because this half
+Kept apart from :mod:`rollout_matrix.images.devel_base`, which builds and checks the image, because this half
 is pure data work (no Docker): the unit tests check the committed wheel locks against the torch locks
 offline, so a re-lock that moves torch's CUDA fails there, not in a long build.
 """
@@ -16,9 +16,9 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 from packaging.version import InvalidVersion, Version
 
 from rollout_matrix.errors import UserError
-from rollout_matrix.lockfile import LOCK_NAME_RE, Pin, locks_dir_for, parse_pins, render_body, split_lock
-from rollout_matrix.matrix import Matrix, Stack
-from rollout_matrix.pypi import project_files
+from rollout_matrix.locks.lockfile import LOCK_NAME_RE, Pin, locks_dir_for, parse_pins, render_body, split_lock
+from rollout_matrix.locks.pypi import project_files
+from rollout_matrix.matrix.load import Matrix, Stack
 
 DEVEL_SUBDIR = Path("docker") / "devel-base"
 
@@ -158,8 +158,8 @@ def lock_wheels(matrix: Matrix, stack: str) -> Path:
         pins.append(Pin(name, version, hashes))
     header = [
         f"# CUDA {info.cuda} toolkit wheels of the devel TEST base of stack {stack}: a test substitute for",
-        f"# {info.base_image}, not a release base (see src/rollout_matrix/devel_base.py).",
-        f"# Written by `python -m rollout_matrix.devel_base --lock --stack {stack}`; do not edit.",
+        f"# {info.base_image}, not a release base (see src/rollout_matrix/images/devel_base.py).",
+        f"# Written by `python -m rollout_matrix.images.devel_base --lock --stack {stack}`; do not edit.",
         f"# stack: {stack}",
         f"# cuda: {info.cuda}",
         f"# runtime-from: {RUNTIME}=={runtime} in the {count} committed locks of {stack} releases",
@@ -178,7 +178,7 @@ def read_wheels_lock(matrix: Matrix, stack: Stack) -> tuple[str, dict[str, str]]
     rewording the header never renames or rebuilds a devel base.
     """
     path = wheels_lock_path(matrix, stack.name)
-    fix = f"run `python -m rollout_matrix.devel_base --lock --stack {stack.name}`"
+    fix = f"run `python -m rollout_matrix.images.devel_base --lock --stack {stack.name}`"
     if not path.is_file():
         raise UserError(f"no wheel lock for the {stack.name} devel test base ({path}); {fix}")
     text = path.read_text(encoding="utf-8")

@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from rollout_matrix.errors import UserError, brief
-from rollout_matrix.lockfile import INDEX_URL
+from rollout_matrix.locks.lockfile import INDEX_URL
 
 DEFAULT_INDEX_URL = INDEX_URL
 SITE_FILE = "rollout-matrix.toml"

@@ -12,9 +12,9 @@ from typing import Any
 
 import requests.exceptions
 
-from rollout_matrix.docker_api import client, engine_call, image_exists
 from rollout_matrix.errors import RegistryError, UserError
-from rollout_matrix.plan import BuildPlan
+from rollout_matrix.images.docker_api import client, engine_call, image_exists
+from rollout_matrix.images.plan import BuildPlan
 from rollout_matrix.progress import Reporter, transfer_progress
 
 

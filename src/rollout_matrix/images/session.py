@@ -10,16 +10,16 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
-from rollout_matrix.build import build, find_existing
 from rollout_matrix.errors import BuildFailed, CheckFailed, TestsFailed
-from rollout_matrix.matrix import Entry, Matrix
-from rollout_matrix.options import BuildOptions
-from rollout_matrix.plan import BuildPlan, plan_build
+from rollout_matrix.evidence.results import LOCAL_RESULTS, RunRecord
+from rollout_matrix.images.build import build, find_existing
+from rollout_matrix.images.options import BuildOptions
+from rollout_matrix.images.plan import BuildPlan, plan_build
+from rollout_matrix.images.registry import pull
+from rollout_matrix.images.testrun import TestRun, publish, run_tests, staging
+from rollout_matrix.matrix.load import Entry, Matrix
+from rollout_matrix.matrix.shim_band import shim_for
 from rollout_matrix.progress import Reporter
-from rollout_matrix.registry import pull
-from rollout_matrix.results import LOCAL_RESULTS, RunRecord
-from rollout_matrix.shim_band import shim_for
-from rollout_matrix.testrun import TestRun, publish, run_tests, staging
 
 
 def ensure_image(matrix: Matrix, entry: Entry, options: BuildOptions, reporter: Reporter) -> BuildPlan:

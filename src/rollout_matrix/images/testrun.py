@@ -22,12 +22,12 @@ from types import FrameType
 import docker.errors
 from docker.types import DeviceRequest
 
-from rollout_matrix.docker_api import client, container, engine_call
 from rollout_matrix.errors import DockerUnavailable, UserError
-from rollout_matrix.plan import BuildPlan
+from rollout_matrix.evidence.results import JUNIT, LOG, RunRecord
+from rollout_matrix.images.docker_api import client, container, engine_call
+from rollout_matrix.images.plan import BuildPlan
+from rollout_matrix.matrix.shim_band import shim_for
 from rollout_matrix.progress import Reporter
-from rollout_matrix.results import JUNIT, LOG, RunRecord
-from rollout_matrix.shim_band import shim_for
 
 CONTAINER_LABEL = "io.rollout-matrix.test-run"
 WORKSPACE = "/workspace"

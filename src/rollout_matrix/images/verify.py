@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from packaging.version import InvalidVersion, Version
 
-from rollout_matrix.docker_api import container
 from rollout_matrix.errors import CheckFailed
+from rollout_matrix.images.docker_api import container
 
 # Runs inside the image with its own Python. Reads versions from package metadata; imports torch
 # only for torch.version.cuda (importing torch works without a GPU).

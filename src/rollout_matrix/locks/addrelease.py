@@ -16,8 +16,8 @@ import yaml
 from packaging.version import Version
 
 from rollout_matrix.errors import UserError
-from rollout_matrix.matrix import Entry, Matrix, load_matrix
-from rollout_matrix.newrelease import NewRelease, joining_entry
+from rollout_matrix.locks.newrelease import NewRelease, joining_entry
+from rollout_matrix.matrix.load import Entry, Matrix, load_matrix
 
 
 def _releases_node(root: yaml.Node, engine: str, anchor: str) -> yaml.MappingNode:

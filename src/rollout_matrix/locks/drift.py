@@ -13,9 +13,9 @@ from pathlib import Path
 from packaging.version import InvalidVersion, Version
 
 from rollout_matrix.errors import UserError
-from rollout_matrix.lockfile import lock_path, parse_pins, read_lock
-from rollout_matrix.matrix import Entry
-from rollout_matrix.resolver import compile_requirements
+from rollout_matrix.locks.lockfile import lock_path, parse_pins, read_lock
+from rollout_matrix.locks.resolver import compile_requirements
+from rollout_matrix.matrix.load import Entry
 
 
 @dataclass(frozen=True)

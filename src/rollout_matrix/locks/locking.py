@@ -2,7 +2,7 @@
 
 Why: ``pip install vllm==0.8.5.post1`` today is not the environment vLLM 0.8.5.post1 was released
 with; unpinned dependencies (transformers, ray, openai, cuda-python, ...) move on. Each matrix entry
-therefore gets ``docker/locks/<entry>-py<X.Y>.txt`` (format: :mod:`rollout_matrix.lockfile`): ``uv pip
+therefore gets ``docker/locks/<entry>-py<X.Y>.txt`` (format: :mod:`rollout_matrix.locks.lockfile`): ``uv pip
 compile`` of ``entry.requirements()`` for that Python and platform, limited to files uploaded before
 the release date (``--exclude-newer``), with the hashes of the files that may be installed there. The
 image installs exactly that file with ``uv pip install --require-hashes --no-deps -r LOCK``.
@@ -27,7 +27,7 @@ from pathlib import Path
 from packaging.utils import canonicalize_name
 
 from rollout_matrix.errors import UserError
-from rollout_matrix.lockfile import (
+from rollout_matrix.locks.lockfile import (
     INDEX_URL,
     LOCK_FORMAT,
     LOCK_NAME_RE,
@@ -44,9 +44,9 @@ from rollout_matrix.lockfile import (
     render_lock,
     target_tags,
 )
-from rollout_matrix.matrix import Entry, Matrix
-from rollout_matrix.pypi import format_time, release_files, upload_times
-from rollout_matrix.resolver import compile_requirements, stop_all, uv_binary, uv_version
+from rollout_matrix.locks.pypi import format_time, release_files, upload_times
+from rollout_matrix.locks.resolver import compile_requirements, stop_all, uv_binary, uv_version
+from rollout_matrix.matrix.load import Entry, Matrix
 
 # -- inputs -------------------------------------------------------------------------------------------
 

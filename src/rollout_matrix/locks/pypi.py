@@ -28,7 +28,7 @@ from packaging.utils import (
 from packaging.version import InvalidVersion, Version
 
 from rollout_matrix.errors import RegistryError, UserError
-from rollout_matrix.lockfile import INDEX_URL
+from rollout_matrix.locks.lockfile import INDEX_URL
 
 _ACCEPT = "application/vnd.pypi.simple.v1+json"
 

@@ -14,7 +14,7 @@ import tempfile
 import threading
 
 from rollout_matrix.errors import UserError
-from rollout_matrix.lockfile import INDEX_URL, PLATFORM
+from rollout_matrix.locks.lockfile import INDEX_URL, PLATFORM
 
 UV_ENV = "ROLLOUT_MATRIX_UV"
 _running: set[subprocess.Popen] = set()
@@ -62,7 +62,7 @@ def compile_requirements(requirements: list[str], python: str, exclude_newer: st
                          exclude_newer_packages: dict[str, str] | None = None) -> str:
     """``uv pip compile`` the requirements for ``python`` on :data:`PLATFORM` against PyPI only.
 
-    ``exclude_newer=None`` resolves as of now (what :mod:`rollout_matrix.drift` compares against).
+    ``exclude_newer=None`` resolves as of now (what :mod:`rollout_matrix.locks.drift` compares against).
     Returns the requirements text without uv's header; fails with uv's own explanation.
     """
     cmd = [uv or uv_binary(), "pip", "compile", "-", "--no-config", "--no-header", "--quiet",

@@ -2,11 +2,11 @@
 
 Why: releases arrive faster than a person adds them (vLLM 0.34.0 was on PyPI before anyone read it),
 and an unlisted release is one ``detect()`` refuses. ``rollout-matrix watch`` asks the index (its JSON
-simple API, through :mod:`rollout_matrix.pypi`) for every release of each engine newer than the oldest
+simple API, through :mod:`rollout_matrix.locks.pypi`) for every release of each engine newer than the oldest
 one listed, and reports the finals that matrix.yaml neither lists (an unavailable release is listed,
 in a band that says why) nor leaves out on purpose (an engine's ``left_out``). Pre-releases are never
 added; a release whose every file is yanked is not one to add. Each missing release is described by
-new-release's own code (:func:`rollout_matrix.newrelease.new_release`): its torch pin, kernel pins,
+new-release's own code (:func:`rollout_matrix.locks.newrelease.new_release`): its torch pin, kernel pins,
 the matrix band it joins and the shim band that would serve it.
 """
 
@@ -19,10 +19,10 @@ from typing import Any
 from packaging.version import Version
 
 from rollout_matrix.errors import UserError
-from rollout_matrix.lockfile import INDEX_URL
-from rollout_matrix.matrix import Matrix
-from rollout_matrix.newrelease import NewRelease, new_release
-from rollout_matrix.pypi import project_files
+from rollout_matrix.locks.lockfile import INDEX_URL
+from rollout_matrix.locks.newrelease import NewRelease, new_release
+from rollout_matrix.locks.pypi import project_files
+from rollout_matrix.matrix.load import Matrix
 
 
 @dataclass(frozen=True)
@@ -135,15 +135,15 @@ def watch(matrix: Matrix, index_url: str = INDEX_URL, engines: list[str] | None 
 
 def write_missing(matrix: Matrix, result: WatchResult, progress: Callable[[str], None], jobs: int = 2) -> Matrix:
     """Add every missing release that joins an existing band to matrix.yaml (new-release's line, see
-    :mod:`rollout_matrix.addrelease`) and lock each for every Python its entry is locked for.
+    :mod:`rollout_matrix.locks.addrelease`) and lock each for every Python its entry is locked for.
 
     Releases that need a new band, or whose lock fails, are recorded in ``result`` (the line of a
     release whose lock failed stays: it is missing from the matrix either way, and the failure is
     what a person has to decide about). Returns the matrix as written.
     """
-    from rollout_matrix.addrelease import add_release
-    from rollout_matrix.lockfile import locks_dir_for
-    from rollout_matrix.locking import lock_entries, lock_pythons
+    from rollout_matrix.locks.addrelease import add_release
+    from rollout_matrix.locks.lockfile import locks_dir_for
+    from rollout_matrix.locks.locking import lock_entries, lock_pythons
 
     added = []
     for found in result.missing:

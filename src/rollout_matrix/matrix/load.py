@@ -23,9 +23,9 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from rollout_matrix import checkout
 from rollout_matrix.errors import UserError, brief
-from rollout_matrix.options import check_repository
+from rollout_matrix.images.options import check_repository
+from rollout_matrix.matrix import checkout
 
 SCHEMA = 1
 DEFAULT_MATRIX = checkout.MATRIX_FILE
@@ -257,7 +257,7 @@ class _Ctx:
 
 def load_matrix(path: str | os.PathLike[str] | None = None) -> Matrix:
     """Read, validate and expand a matrix file (default: the working directory's checkout, see
-    :mod:`rollout_matrix.checkout`)."""
+    :mod:`rollout_matrix.matrix.checkout`)."""
     found = checkout.matrix_path(path)
     if found is None:
         raise UserError(f"no {DEFAULT_MATRIX} in {Path.cwd()} or any folder above it; run from a rollout-matrix "
