@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from rollout_matrix.errors import UserError
-from rollout_matrix.images.options import SITE_ENV, BuildOptions, check_repository
+from rollout_matrix.images.options import SITE_ENV, BuildOptions
+from rollout_matrix.matrix.repository import check_repository
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "s3cr3tP4ssw0rd"

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from rollout_matrix.errors import UserError, brief
 from rollout_matrix.locks.lockfile import INDEX_URL
+from rollout_matrix.matrix.repository import check_repository
 
 DEFAULT_INDEX_URL = INDEX_URL
 SITE_FILE = "rollout-matrix.toml"
@@ -34,20 +35,6 @@ _TOKEN_PREFIXES = ("pypi-AgE", "ghp_", "gho_", "ghs_", "ghu_", "github_pat_", "g
 starting with one is a token at any length. Not ``pypi-``: mirrors are called pypi-proxy, pypi-remote."""
 _HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
 _PYTHON = re.compile(r"3\.\d{1,2}")
-# Docker's reference grammar (distribution/reference): lower-case path components, optional host[:port].
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_REPOSITORY = re.compile(rf"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?{_COMPONENT}(?:/{_COMPONENT})*$")
-
-
-def check_repository(repository: str) -> str:
-    """Refuse a repository Docker would refuse (upper case, say), before any build or push."""
-    if not _REPOSITORY.match(repository):
-        hint = f"; Docker needs lower case: {repository.lower()}" if repository.lower() != repository else ""
-        raise UserError(f"repository {repository!r} is not a valid image repository{hint} "
-                        "(host[:port]/path of lower-case letters, digits, '.', '_' and '-')")
-    return repository
-
-
 def site_file() -> Path | None:
     """The site file: ``$ROLLOUT_MATRIX_SITE``, else ``rollout-matrix.toml`` in the working directory."""
     named = os.environ.get(SITE_ENV)

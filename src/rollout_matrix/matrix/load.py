@@ -24,8 +24,8 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from rollout_matrix.errors import UserError, brief
-from rollout_matrix.images.options import check_repository
 from rollout_matrix.matrix import checkout
+from rollout_matrix.matrix.repository import check_repository
 
 SCHEMA = 1
 DEFAULT_MATRIX = checkout.MATRIX_FILE
