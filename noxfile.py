@@ -21,7 +21,8 @@ import nox
 ROOT = Path(__file__).parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from rollout_matrix.matrix.load import Entry, load_matrix  # noqa: E402
+from rollout_matrix.matrix.load import load_matrix  # noqa: E402
+from rollout_matrix.matrix.model import Entry  # noqa: E402
 from rollout_matrix.matrix.shim_band import shim_for  # noqa: E402
 
 nox.options.sessions = ["lint", "unit"]

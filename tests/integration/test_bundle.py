@@ -16,7 +16,8 @@ from rollout_matrix.errors import UserError
 from rollout_matrix.gpu import install, pipeline, store
 from rollout_matrix.locks.lockfile import read_lock
 from rollout_matrix.locks.locking import lock_entry
-from rollout_matrix.matrix.load import Matrix, load_matrix
+from rollout_matrix.matrix.load import load_matrix
+from rollout_matrix.matrix.model import Matrix
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,8 @@ from rollout_matrix.locks.drift import drift
 from rollout_matrix.locks.lockfile import lock_path, locks_dir_for, read_lock
 from rollout_matrix.locks.locking import check_locks, lock_entries, lock_entry
 from rollout_matrix.locks.resolver import UV_ENV, uv_binary, uv_environment
-from rollout_matrix.matrix.load import Matrix, load_matrix
+from rollout_matrix.matrix.load import load_matrix
+from rollout_matrix.matrix.model import Matrix
 
 pytestmark = pytest.mark.slow
 

@@ -34,7 +34,8 @@ from rollout_matrix.locks.locking import (
     release_cutoff,
 )
 from rollout_matrix.locks.pypi import format_time
-from rollout_matrix.matrix.load import Matrix, load_matrix
+from rollout_matrix.matrix.load import load_matrix
+from rollout_matrix.matrix.model import Matrix
 
 MATRIX = """\
 schema: 1

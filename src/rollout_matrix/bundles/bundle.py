@@ -53,7 +53,7 @@ from rollout_matrix.locks.lockfile import (
     wheel_rank,
 )
 from rollout_matrix.locks.pypi import IndexFile, release_files
-from rollout_matrix.matrix.load import Entry, Matrix
+from rollout_matrix.matrix.model import Entry, Matrix
 
 TOOLS = ("zstandard==0.23.0",)
 """Wheels the machine needs to unpack ``zstd`` payloads with nothing but its own Python."""

@@ -25,7 +25,7 @@ from packaging.version import Version
 from rollout_matrix.evidence.band_status import MODES, gpu_modes
 from rollout_matrix.evidence.results import JUNIT, PASSED, committed
 from rollout_matrix.locks.lockfile import lock_path, locks_dir_for, parse_body, split_lock
-from rollout_matrix.matrix.load import Entry, Matrix
+from rollout_matrix.matrix.model import Entry, Matrix
 from rollout_matrix.matrix.shim_band import shim_for
 
 ZSTD_RATIO = 0.69

@@ -19,7 +19,8 @@ from rollout_matrix.errors import INTERRUPTED, UserError
 from rollout_matrix.images.options import BuildOptions
 from rollout_matrix.locks.lockfile import INDEX_URL
 from rollout_matrix.matrix.checkout import describe
-from rollout_matrix.matrix.load import Entry, Matrix, load_matrix
+from rollout_matrix.matrix.load import load_matrix
+from rollout_matrix.matrix.model import Entry, Matrix
 from rollout_matrix.progress import Reporter, quiet_libraries
 
 Handler = Callable[[argparse.Namespace, Matrix], int]

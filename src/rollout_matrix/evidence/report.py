@@ -20,7 +20,7 @@ from rollout_matrix.atomic import write_all
 from rollout_matrix.errors import EvidenceError, UserError
 from rollout_matrix.evidence.band_status import BandStatus, band_statuses, describe
 from rollout_matrix.evidence.results import BUILD_FAILED, ERROR, FAILED, PASSED, REJECTED, Evidence, committed
-from rollout_matrix.matrix.load import Entry, Matrix
+from rollout_matrix.matrix.model import Entry, Matrix
 from rollout_matrix.matrix.shim_band import shim_for
 
 MARKDOWN = "compatibility.md"

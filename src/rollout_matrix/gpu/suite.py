@@ -24,7 +24,7 @@ from rollout_matrix.gpu.store import log, manifests
 from rollout_matrix.locks.lockfile import read_lock
 
 if TYPE_CHECKING:
-    from rollout_matrix.matrix.load import Entry
+    from rollout_matrix.matrix.model import Entry
 
 
 def query(cmd: list[str]) -> str:

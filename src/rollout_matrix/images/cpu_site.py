@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rollout_matrix.errors import UserError
-from rollout_matrix.matrix.load import Matrix, load_matrix
+from rollout_matrix.matrix.load import load_matrix
+from rollout_matrix.matrix.model import Matrix
 
 MARKER = "# Written by .ci/services.sh"
 """The first line of a site file the services wrote (and may rewrite)."""

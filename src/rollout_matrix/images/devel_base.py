@@ -46,7 +46,8 @@ from rollout_matrix.images.docker_api import client, container, engine_call, ima
 from rollout_matrix.images.options import DEFAULT_INDEX_URL, BuildOptions
 from rollout_matrix.images.plan import content_digest
 from rollout_matrix.matrix.checkout import describe
-from rollout_matrix.matrix.load import Matrix, Stack, load_matrix
+from rollout_matrix.matrix.load import load_matrix
+from rollout_matrix.matrix.model import Matrix, Stack
 from rollout_matrix.progress import Reporter
 
 #: Where the devel test bases go. A local name on purpose: nothing here is ever pushed as a base.

@@ -18,7 +18,7 @@ from packaging.version import InvalidVersion, Version
 from rollout_matrix.errors import UserError
 from rollout_matrix.locks.lockfile import LOCK_NAME_RE, Pin, locks_dir_for, parse_pins, render_body, split_lock
 from rollout_matrix.locks.pypi import project_files
-from rollout_matrix.matrix.load import Matrix, Stack
+from rollout_matrix.matrix.model import Matrix, Stack
 
 DEVEL_SUBDIR = Path("docker") / "devel-base"
 

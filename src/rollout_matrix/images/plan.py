@@ -22,7 +22,7 @@ from pathlib import Path
 from rollout_matrix.errors import UserError
 from rollout_matrix.images.options import BuildOptions
 from rollout_matrix.locks.lockfile import lock_path, locks_dir_for
-from rollout_matrix.matrix.load import Entry, Matrix
+from rollout_matrix.matrix.model import Entry, Matrix
 
 LABEL_PREFIX = "io.rollout-matrix"
 CONTEXT_FILES = ("Dockerfile", "install.sh", "tools.txt")

@@ -17,7 +17,7 @@ from rollout_matrix.images.options import BuildOptions
 from rollout_matrix.images.plan import BuildPlan, plan_build
 from rollout_matrix.images.registry import pull
 from rollout_matrix.images.testrun import TestRun, publish, run_tests, staging
-from rollout_matrix.matrix.load import Entry, Matrix
+from rollout_matrix.matrix.model import Entry, Matrix
 from rollout_matrix.matrix.shim_band import shim_for
 from rollout_matrix.progress import Reporter
 

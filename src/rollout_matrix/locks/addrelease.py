@@ -17,7 +17,8 @@ from packaging.version import Version
 
 from rollout_matrix.errors import UserError
 from rollout_matrix.locks.newrelease import NewRelease, joining_entry
-from rollout_matrix.matrix.load import Entry, Matrix, load_matrix
+from rollout_matrix.matrix.load import load_matrix
+from rollout_matrix.matrix.model import Entry, Matrix
 
 
 def _releases_node(root: yaml.Node, engine: str, anchor: str) -> yaml.MappingNode:

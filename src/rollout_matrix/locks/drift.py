@@ -15,7 +15,7 @@ from packaging.version import InvalidVersion, Version
 from rollout_matrix.errors import UserError
 from rollout_matrix.locks.lockfile import lock_path, parse_pins, read_lock
 from rollout_matrix.locks.resolver import compile_requirements
-from rollout_matrix.matrix.load import Entry
+from rollout_matrix.matrix.model import Entry
 
 
 @dataclass(frozen=True)

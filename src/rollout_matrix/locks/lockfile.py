@@ -32,7 +32,7 @@ from packaging.utils import (
 from rollout_matrix.errors import UserError
 
 if TYPE_CHECKING:
-    from rollout_matrix.matrix.load import Entry, Matrix
+    from rollout_matrix.matrix.model import Entry, Matrix
 
 #: Bumped when the meaning of a lock's inputs or its body changes; part of the inputs hash, so old
 #: locks go stale. 2: hashes limited to the target's files, body hash in the header.

@@ -46,7 +46,7 @@ from rollout_matrix.locks.lockfile import (
 )
 from rollout_matrix.locks.pypi import format_time, release_files, upload_times
 from rollout_matrix.locks.resolver import compile_requirements, stop_all, uv_binary, uv_version
-from rollout_matrix.matrix.load import Entry, Matrix
+from rollout_matrix.matrix.model import Entry, Matrix
 
 # -- inputs -------------------------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from packaging.version import Version
 from rollout_matrix.errors import UserError, brief
 from rollout_matrix.locks.lockfile import INDEX_URL
 from rollout_matrix.locks.pypi import requires_dist
-from rollout_matrix.matrix.load import Entry, Matrix
+from rollout_matrix.matrix.model import Entry, Matrix
 
 KERNEL_HINTS = ("kernel",)
 """Pins tracked besides those the engine's releases already list: a renamed kernel package (sgl-kernel

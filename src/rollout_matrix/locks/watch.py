@@ -22,7 +22,7 @@ from rollout_matrix.errors import UserError
 from rollout_matrix.locks.lockfile import INDEX_URL
 from rollout_matrix.locks.newrelease import NewRelease, new_release
 from rollout_matrix.locks.pypi import project_files
-from rollout_matrix.matrix.load import Matrix
+from rollout_matrix.matrix.model import Matrix
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from packaging.version import Version
 
-from rollout_matrix.matrix.load import Entry
+from rollout_matrix.matrix.model import Entry
 
 
 def shim_for(entry: Entry) -> str | None:
