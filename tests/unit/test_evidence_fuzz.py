@@ -22,8 +22,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from rollout_matrix.errors import UserError
+from rollout_matrix.evidence.committed import record
 from rollout_matrix.evidence.report import GPU_PROVEN, VERDICTS, collect, write_report
-from rollout_matrix.evidence.results import PASSED, REJECTED, RUN_JSON, record
+from rollout_matrix.evidence.results import PASSED, REJECTED, RUN_JSON
 from rollout_matrix.matrix.load import load_matrix
 from rollout_matrix.matrix.model import Matrix
 

@@ -23,7 +23,8 @@ from pathlib import Path
 from packaging.version import Version
 
 from rollout_matrix.evidence.band_status import MODES, gpu_modes
-from rollout_matrix.evidence.results import JUNIT, PASSED, committed
+from rollout_matrix.evidence.committed import committed
+from rollout_matrix.evidence.results import JUNIT, PASSED
 from rollout_matrix.locks.lockfile import lock_path, locks_dir_for, parse_body, split_lock
 from rollout_matrix.matrix.model import Entry, Matrix
 from rollout_matrix.matrix.shim_band import shim_for

@@ -261,7 +261,7 @@ def cmd_watch(args: argparse.Namespace, matrix: Matrix) -> int:
 
 
 def cmd_record(args: argparse.Namespace, matrix: Matrix) -> int:
-    from rollout_matrix.evidence.results import record
+    from rollout_matrix.evidence.committed import record
 
     root = matrix.path.parent
     for run in args.runs:

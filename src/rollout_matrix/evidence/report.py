@@ -19,7 +19,8 @@ from pathlib import Path
 from rollout_matrix.atomic import write_all
 from rollout_matrix.errors import EvidenceError, UserError
 from rollout_matrix.evidence.band_status import BandStatus, band_statuses, describe
-from rollout_matrix.evidence.results import BUILD_FAILED, ERROR, FAILED, PASSED, REJECTED, Evidence, committed
+from rollout_matrix.evidence.committed import committed
+from rollout_matrix.evidence.results import BUILD_FAILED, ERROR, FAILED, PASSED, REJECTED, Evidence
 from rollout_matrix.matrix.model import Entry, Matrix
 from rollout_matrix.matrix.shim_band import shim_for
 
