@@ -12,7 +12,7 @@ import re
 
 from rollout_matrix.errors import UserError, brief
 
-#: ``engine-version`` as matrix.py builds it: an engine name, then a PEP 440 version in normal form
+#: ``engine-version`` as matrix/load.py builds it: an engine name, then a PEP 440 version in normal form
 #: (digits, letters, ``.``, ``+``, ``!``); never a separator, never ``..``, at most 100 characters.
 ENTRY_NAME = re.compile(r"[a-z][a-z0-9_-]{0,40}-[0-9][0-9a-z.!+]{0,58}")
 
