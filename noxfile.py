@@ -21,8 +21,9 @@ import nox
 ROOT = Path(__file__).parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from rollout_matrix.matrix import Entry, load_matrix  # noqa: E402
-from rollout_matrix.shim_band import shim_for  # noqa: E402
+from rollout_matrix.matrix.load import load_matrix  # noqa: E402
+from rollout_matrix.matrix.model import Entry  # noqa: E402
+from rollout_matrix.matrix.shim_band import shim_for  # noqa: E402
 
 nox.options.sessions = ["lint", "unit"]
 nox.options.error_on_external_run = True
@@ -37,9 +38,9 @@ def _release_session(entry: Entry) -> None:
     @nox.session(name=entry.name, python=False, tags=tags, default=False)
     def release(session: nox.Session) -> None:
         from rollout_matrix.errors import UserError
-        from rollout_matrix.options import BuildOptions
+        from rollout_matrix.images.options import BuildOptions
+        from rollout_matrix.images.session import run_session, tests_passed
         from rollout_matrix.progress import Reporter, quiet_libraries
-        from rollout_matrix.session import run_session, tests_passed
 
         quiet_libraries()
         try:

@@ -69,7 +69,7 @@ fi
 # so an unchanged one is found, not rebuilt. The CA is the one the tests pass.
 VENV_PYTHON=${ROLLOUT_MATRIX_VENV_PYTHON:-$ROOT/.venv/bin/python}
 DEVEL_CA=${ROLLOUT_MATRIX_TEST_CA:-/etc/ssl/certs/ca-certificates.crt}
-if ! { [ -x "$VENV_PYTHON" ] && "$VENV_PYTHON" -c 'import rollout_matrix.devel_base' 2>/dev/null; }; then
+if ! { [ -x "$VENV_PYTHON" ] && "$VENV_PYTHON" -c 'import rollout_matrix.images.devel_base' 2>/dev/null; }; then
   echo "[services] ready: docker $(docker version -f '{{.Server.Version}}'), registry $REGISTRY_ADDR, base $BASE_IMAGE;" \
     "no CUDA devel test bases or site file yet: they need the project venv ($VENV_PYTHON), which the README's" \
     "set-up command makes; then run this again"
@@ -79,7 +79,7 @@ echo "[services] CUDA devel test bases for cu124 cu126 cu128 (log: $STATE/devel-
 ca_args=()
 [ -f "$DEVEL_CA" ] && ca_args=(--extra-ca-cert "$DEVEL_CA")
 if ! with_progress services "building the CUDA devel test bases" "$STATE/devel-bases.log" \
-    sh -c '"$@" >"$0"' "$STATE/devel-bases.txt" "$VENV_PYTHON" -m rollout_matrix.devel_base \
+    sh -c '"$@" >"$0"' "$STATE/devel-bases.txt" "$VENV_PYTHON" -m rollout_matrix.images.devel_base \
     --stack cu124 cu126 cu128 --base-image "$BASE_IMAGE" "${ca_args[@]}"; then
   echo "[services] $(grep 'error:' "$STATE/devel-bases.log" | tail -1); see $STATE/devel-bases.log" >&2
   exit 1
@@ -91,7 +91,7 @@ fi
 if curl -s -o /dev/null -m 10 https://registry-1.docker.io/v2/; then
   site="no site file written: Docker Hub answers, so builds use the stacks' own bases"
 else
-  site=$("$VENV_PYTHON" -m rollout_matrix.cpu_site "$ROOT/rollout-matrix.toml" --devel-bases "$STATE/devel-bases.txt" \
+  site=$("$VENV_PYTHON" -m rollout_matrix.images.cpu_site "$ROOT/rollout-matrix.toml" --devel-bases "$STATE/devel-bases.txt" \
     --base-image "$BASE_IMAGE" "${ca_args[@]}")
 fi
 echo "[services] ready: docker $(docker version -f '{{.Server.Version}}'), registry $REGISTRY_ADDR, base $BASE_IMAGE," \

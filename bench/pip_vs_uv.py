@@ -17,14 +17,14 @@ import sys
 import time
 from pathlib import Path
 
-from rollout_matrix.build import run_build
-from rollout_matrix.docker_api import client
-from rollout_matrix.locking import read_lock
-from rollout_matrix.matrix import load_matrix
-from rollout_matrix.options import BuildOptions
-from rollout_matrix.plan import plan_build
+from rollout_matrix.images.build import run_build
+from rollout_matrix.images.docker_api import client
+from rollout_matrix.images.options import BuildOptions
+from rollout_matrix.images.plan import plan_build
+from rollout_matrix.images.verify import compare_lock, report_versions
+from rollout_matrix.locks.locking import read_lock
+from rollout_matrix.matrix.load import load_matrix
 from rollout_matrix.progress import Reporter
-from rollout_matrix.verify import compare_lock, report_versions
 
 STEP = re.compile(r"^Step (\d+)/\d+ : (.*)$", re.M)
 

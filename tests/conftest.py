@@ -80,7 +80,7 @@ def pypi() -> None:
 
 
 class FakeIndex:
-    """A package index on 127.0.0.1 speaking what rollout_matrix.pypi reads: the JSON simple API
+    """A package index on 127.0.0.1 speaking what rollout_matrix.locks.pypi reads: the JSON simple API
     (PEP 691/700) and wheel files answering HEAD and Range requests. Each release is one real wheel
     (a zip whose METADATA carries the given Requires-Dist), so new-release reads it as it reads PyPI's."""
 

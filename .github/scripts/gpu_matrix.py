@@ -91,7 +91,7 @@ def check_against_matrix(matrix: dict[str, list[dict[str, str]]]) -> None:
     """Every buildable release in matrix.yaml must have a GPU session, and no unavailable one (it can
     never pass); skipped if rollout_matrix is not installed."""
     try:
-        from rollout_matrix.matrix import load_matrix
+        from rollout_matrix.matrix.load import load_matrix
     except ImportError:
         print("gpu_matrix: rollout_matrix not importable; not cross-checking matrix.yaml", file=sys.stderr)
         return

@@ -81,7 +81,7 @@ def _cpu_half(results: Path | None, entry: str) -> str:
     if results is None:
         return "not run yet"
     try:
-        from rollout_matrix.results import committed
+        from rollout_matrix.evidence.committed import committed
     except ImportError:
         return "unknown (rollout-matrix is not installed)"
     found = committed(results, "cpu").get(entry)

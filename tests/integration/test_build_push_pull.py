@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from rollout_matrix.build import build
-from rollout_matrix.docker_api import image_exists
 from rollout_matrix.errors import RegistryError, UserError
-from rollout_matrix.matrix import load_matrix
-from rollout_matrix.options import BuildOptions
-from rollout_matrix.plan import plan_build
+from rollout_matrix.images.build import build
+from rollout_matrix.images.docker_api import image_exists
+from rollout_matrix.images.options import BuildOptions
+from rollout_matrix.images.plan import plan_build
+from rollout_matrix.images.registry import pull, push
+from rollout_matrix.matrix.load import load_matrix
 from rollout_matrix.progress import Reporter
-from rollout_matrix.registry import pull, push
 
 from .conftest import CA_BUNDLE, write_fixture_checkout
 

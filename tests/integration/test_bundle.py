@@ -1,5 +1,5 @@
 """A bundle of a tiny real lock (requests 2.31.0 and its dependencies, from PyPI) travels as parts and
-comes back, on the receiving side's code (rollout_matrix.gpuenv), as exactly the lock's wheels; a lock-
+comes back, on the receiving side's code (rollout_matrix.gpu), as exactly the lock's wheels; a lock-
 exact venv is built from it. Corruption in transfer and a lock that changed are refused."""
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from rollout_matrix import gpuenv
-from rollout_matrix.bundle import MANIFEST, Manifest, make_bundle, member_digest
+from rollout_matrix.bundles.bundle import MANIFEST, Manifest, make_bundle, member_digest
 from rollout_matrix.errors import UserError
-from rollout_matrix.lockfile import read_lock
-from rollout_matrix.locking import lock_entry
-from rollout_matrix.matrix import Matrix, load_matrix
+from rollout_matrix.gpu import install, pipeline, store
+from rollout_matrix.locks.lockfile import read_lock
+from rollout_matrix.locks.locking import lock_entry
+from rollout_matrix.matrix.load import load_matrix
+from rollout_matrix.matrix.model import Matrix
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +40,8 @@ def sha256(path: Path) -> str:
 @pytest.fixture
 def machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, locked: Matrix) -> Path:
     """The receiving side's state folder, and its checkout (the one holding the lock)."""
-    monkeypatch.setattr(gpuenv, "ROOT", tmp_path / "machine")
-    monkeypatch.setattr(gpuenv, "CHECKOUT", locked.path.parent)
+    monkeypatch.setattr(store, "ROOT", tmp_path / "machine")
+    monkeypatch.setattr(store, "CHECKOUT", locked.path.parent)
     return tmp_path / "machine"
 
 
@@ -52,7 +53,7 @@ def test_wheel_parts_reassemble_to_exactly_the_locks_wheels(tmp_path: Path, lock
     parts = sorted(out.iterdir())
     assert parts[0].name == "part-000" and (parts[0] / MANIFEST).is_file()
     assert all(sum(f.stat().st_size for f in p.iterdir()) <= 2 << 20 for p in parts[1:])
-    gpuenv.receive(parts)
+    store.receive(parts)
 
     lock = read_lock(locked.path.parent / manifest.entries[entry.name].lock)
     wheels = tmp_path / "wheels"
@@ -60,7 +61,7 @@ def test_wheel_parts_reassemble_to_exactly_the_locks_wheels(tmp_path: Path, lock
     records = manifest.entries[entry.name].files
     assert {r.name for r in records} == set(lock.versions)
     for record in records:
-        wheel = gpuenv.reassemble(record, manifest.payload, wheels)
+        wheel = install.reassemble(record, manifest.payload, wheels)
         assert f"sha256:{sha256(wheel)}" in lock.hashes[record.name], record.wheel  # the lock's own bytes
         assert lock.versions[record.name] == record.version
 
@@ -71,19 +72,19 @@ def test_zstd_parts_carry_the_same_files_and_make_a_lock_exact_venv(tmp_path: Pa
     cache = tmp_path / "cache"
     manifest = make_bundle(locked, [entry], entry.python, tmp_path / "bundle", part_mib=7, payload="zstd",
                            cache=cache, progress=lambda line: None)
-    gpuenv.receive(sorted((tmp_path / "bundle").iterdir()))
+    store.receive(sorted((tmp_path / "bundle").iterdir()))
     original = {p.name: p for p in (cache / "files").rglob("*.whl")}
     out = tmp_path / "wheels"
     out.mkdir()
     for record in manifest.entries[entry.name].files:
-        wheel = gpuenv.reassemble(record, "zstd", out)
+        wheel = install.reassemble(record, "zstd", out)
         with zipfile.ZipFile(wheel) as got, zipfile.ZipFile(original[record.wheel]) as want:
             assert member_digest(got) == member_digest(want)
             assert {i.filename: i.external_attr for i in got.infolist()} == \
                 {i.filename: i.external_attr for i in want.infolist()}  # modes (executable bits) kept
-    env = gpuenv.install(entry.name, jobs=2)
+    env = install.install(entry.name, jobs=2)
     assert (env / ".lock-exact").is_file()
-    assert gpuenv.install(entry.name) == env  # a second call finds it ready
+    assert install.install(entry.name) == env  # a second call finds it ready
 
 
 def test_a_corrupted_chunk_and_a_changed_lock_are_refused(tmp_path: Path, locked: Matrix, machine: Path) -> None:
@@ -99,15 +100,15 @@ def test_a_corrupted_chunk_and_a_changed_lock_are_refused(tmp_path: Path, locked
     data[len(data) // 2] ^= 0xFF
     (broken / chunk.name).write_bytes(bytes(data))
     with pytest.raises(UserError, match="does not match its name"):
-        gpuenv.receive([broken])
+        store.receive([broken])
 
-    gpuenv.receive(sorted(out.iterdir()))
+    store.receive(sorted(out.iterdir()))
     lock_file = locked.path.parent / manifest.entries[entry.name].lock
     saved = lock_file.read_text()
     try:
         lock_file.write_text(saved.replace("# Install with:", "# Installed with:"))  # still a valid lock
         with pytest.raises(UserError, match="differs from the lock the bundle was made from"):
-            gpuenv.install(entry.name)
+            install.install(entry.name)
     finally:
         lock_file.write_text(saved)
 
@@ -133,35 +134,35 @@ def test_pipeline_runs_steps_side_by_side_and_fails_when_one_fails(tmp_path: Pat
     entry = locked.get("tiny-2.31.0")
     make_bundle(locked, [entry], entry.python, tmp_path / "bundle", part_mib=2, payload="wheel",
                 cache=tmp_path / "cache", progress=lambda line: None)
-    gpuenv.receive(sorted((tmp_path / "bundle").iterdir()))
+    store.receive(sorted((tmp_path / "bundle").iterdir()))
     checkout = locked.path.parent
     stamp = ("import json, os, sys, time\nt0 = time.time(); time.sleep(float(sys.argv[1]))\n"
              "open(os.path.join(os.environ['ROLLOUT_MATRIX_RESULTS'], sys.argv[2]), 'w').write("
              "json.dumps([t0, time.time()]))\nsys.exit(int(sys.argv[3]))\n")
     (checkout / "stamp.py").write_text(stamp)
     steps = [f"{entry.name}=stamp.py 3 a.json 0", f"{entry.name}=stamp.py 3 b.json 0", f"{entry.name}=stamp.py 0 c.json 7"]
-    code = gpuenv.pipeline(steps, gpuenv.Plan(parallel=2, wait=5), [])
+    code = pipeline.pipeline(steps, pipeline.Plan(parallel=2, wait=5), [])
     results = machine / "results" / entry.name
     (a0, a1), (b0, b1) = (json.loads((results / n).read_text()) for n in ("a.json", "b.json"))
     assert a0 < b1 and b0 < a1, "the two 3-second steps did not overlap"
     assert (results / "c.json").is_file() and code == 1  # the third ran, and its exit 7 fails the pipeline
     with pytest.raises(UserError, match=r"not in matrix\.yaml: tiny-2\.31"):
-        gpuenv.pipeline(["tiny-2.31"], gpuenv.Plan(wait=600), [])
-    assert gpuenv.pipeline([f"{entry.name}=stamp.py 0 d.json 0"], gpuenv.Plan(), []) == 0
+        pipeline.pipeline(["tiny-2.31"], pipeline.Plan(wait=600), [])
+    assert pipeline.pipeline([f"{entry.name}=stamp.py 0 d.json 0"], pipeline.Plan(), []) == 0
 
 
 def test_plan_shares_the_gpu_only_when_suites_run_side_by_side() -> None:
-    assert gpuenv.Plan().sharing() is None
-    shared = gpuenv.Plan(parallel=4).sharing()
+    assert pipeline.Plan().sharing() is None
+    shared = pipeline.Plan(parallel=4).sharing()
     assert shared is not None and shared["ROLLOUT_MATRIX_GPU_MEMORY_FRACTION"] == "0.2"
     assert shared["ROLLOUT_MATRIX_GPU_LOCK"].endswith("gpu.lock")
-    assert gpuenv.Plan(parallel=2, memory_fraction=0.3).fraction() == 0.3
+    assert pipeline.Plan(parallel=2, memory_fraction=0.3).fraction() == 0.3
 
 
 def test_parallel_auto_stays_one_where_the_driver_reports_no_memory_per_process(machine: Path) -> None:
     """Here (no GPU, no nvidia-smi) the probe finds no per-process accounting: suites run one at a time."""
     import json
 
-    assert gpuenv.auto_parallel() == 1
+    assert pipeline.auto_parallel() == 1
     facts = json.loads((machine / "probe.json").read_text())
     assert facts["per_process_memory"] is False and facts["cores"] >= 1

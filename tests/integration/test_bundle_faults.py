@@ -18,12 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from rollout_matrix import gpuenv
-from rollout_matrix.bundle import MANIFEST, make_bundle
+from rollout_matrix.bundles.bundle import MANIFEST, make_bundle
 from rollout_matrix.errors import UserError
-from rollout_matrix.lockfile import read_lock
-from rollout_matrix.locking import lock_entry
-from rollout_matrix.matrix import Matrix, load_matrix
+from rollout_matrix.gpu import install, pipeline, store
+from rollout_matrix.locks.lockfile import read_lock
+from rollout_matrix.locks.locking import lock_entry
+from rollout_matrix.matrix.load import load_matrix
+from rollout_matrix.matrix.model import Matrix
 
 PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"
 ENTRY = "tiny-2.31.0"
@@ -63,9 +64,9 @@ def bundle(locked: Matrix, out: Path, cache: Path, **kwargs: object):
 
 @pytest.fixture
 def machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, locked: Matrix) -> Path:
-    monkeypatch.setattr(gpuenv, "ROOT", tmp_path / "machine")
-    monkeypatch.setattr(gpuenv, "CHECKOUT", locked.path.parent)
-    monkeypatch.setattr(gpuenv, "_warned", set())
+    monkeypatch.setattr(store, "ROOT", tmp_path / "machine")
+    monkeypatch.setattr(store, "CHECKOUT", locked.path.parent)
+    monkeypatch.setattr(store, "_warned", set())
     return tmp_path / "machine"
 
 
@@ -87,13 +88,13 @@ def test_a_wheel_edited_in_the_cache_is_never_bundled(tmp_path: Path, locked: Ma
     for chunk in (cache / "chunks").iterdir():
         chunk.write_bytes(b"x" * chunk.stat().st_size)  # and the chunk store overwritten
     manifest = bundle(locked, tmp_path / "two", cache, payload=payload)
-    gpuenv.receive(sorted((tmp_path / "two").iterdir()))
+    store.receive(sorted((tmp_path / "two").iterdir()))
     lock = read_lock(locked.path.parent / manifest.entries[ENTRY].lock)
     out = tmp_path / "wheels"
     out.mkdir()
     for record in manifest.entries[ENTRY].files:
         assert f"sha256:{record.wheel_sha256}" in lock.hashes[record.name]
-        wheel = gpuenv.reassemble(record, payload, out)  # checks payload sha256 and member digest
+        wheel = install.reassemble(record, payload, out)  # checks payload sha256 and member digest
         if payload == "wheel":
             assert f"sha256:{sha256(wheel)}" in lock.hashes[record.name]
     allowed = {h for hs in lock.hashes.values() for h in hs}
@@ -205,10 +206,10 @@ def test_a_damaged_manifest_is_refused_in_one_line_and_not_stored(tmp_path: Path
     else:
         (bad / MANIFEST).write_bytes(content)
     with pytest.raises(UserError, match=message) as info:
-        gpuenv.receive([bad, *parts])  # the good parts after it are still received
+        store.receive([bad, *parts])  # the good parts after it are still received
     assert "\n" not in str(info.value)
     assert len(list((machine / "manifests").iterdir())) == 1  # the good one only
-    assert gpuenv.missing_chunks(gpuenv.manifests()[ENTRY], ENTRY) == []
+    assert store.missing_chunks(store.manifests()[ENTRY], ENTRY) == []
 
 
 @pytest.mark.parametrize("damage", [b"", b"{not json", b'{"format": 1, "entries": {"../../x": {}}}'])
@@ -217,12 +218,12 @@ def test_a_stored_damaged_manifest_never_breaks_status_or_receive(parts: list[Pa
                                                                   damage: bytes) -> None:
     (machine / "manifests").mkdir(parents=True)
     (machine / "manifests" / "0000000000000000.json").write_bytes(damage)  # stored before manifests were checked
-    gpuenv.receive(parts)
-    gpuenv.status()
+    store.receive(parts)
+    store.status()
     out = capsys.readouterr().out
     assert out.count("0000000000000000.json") == 1  # one warning line, once
     assert f"{ENTRY}: " in out and "Traceback" not in out
-    assert ENTRY in gpuenv.manifests()
+    assert ENTRY in store.manifests()
 
 
 def test_folders_named_like_manifests_or_chunks_and_a_damaged_tool_are_refused_the_rest_received(
@@ -234,10 +235,10 @@ def test_folders_named_like_manifests_or_chunks_and_a_damaged_tool_are_refused_t
     (copy / "part-001" / ("a" * 64)).mkdir()  # a folder named like a chunk
     with pytest.raises(UserError, match=r"(not the tool wheel the manifest names|is not a regular file).*"
                                         r"\(and 1 more refusals above\)"):
-        gpuenv.receive(sorted(copy.iterdir()))
-    assert gpuenv.missing_chunks(gpuenv.manifests()[ENTRY], ENTRY) == []  # every good chunk arrived
+        store.receive(sorted(copy.iterdir()))
+    assert store.missing_chunks(store.manifests()[ENTRY], ENTRY) == []  # every good chunk arrived
     assert not list((machine / "tools").glob("zstandard*"))  # the damaged tool was not installed
-    gpuenv.receive(parts[:1])  # the good part-000 afterwards installs it
+    store.receive(parts[:1])  # the good part-000 afterwards installs it
     assert list((machine / "tools").glob("zstandard*"))
 
 
@@ -248,7 +249,7 @@ def test_collect_where_it_cannot_write_is_one_line_and_leaves_nothing_half(tmp_p
     if out == "a-file":
         target.write_text("keep")
     with pytest.raises(UserError, match=r"^collect .*: cannot write gpu-results\.tgz there \(.*\); pass a writable"):
-        gpuenv.collect(target)
+        pipeline.collect(target)
     if out == "a-file":
         assert target.read_text() == "keep"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from rollout_matrix.errors import BuildFailed, DockerUnavailable, RegistryError, TestsFailed
-from rollout_matrix.matrix import load_matrix
+from rollout_matrix.matrix.load import load_matrix
 
 from .conftest import CA_BUNDLE, ROOT, run_cli, write_fixture_checkout
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from rollout_matrix.devel_base import devel_base_ref, ensure_devel_base
-from rollout_matrix.devel_wheels import RUNTIME
-from rollout_matrix.matrix import load_matrix
+from rollout_matrix.images.devel_base import devel_base_ref, ensure_devel_base
+from rollout_matrix.images.devel_wheels import RUNTIME
+from rollout_matrix.matrix.load import load_matrix
 from rollout_matrix.progress import Reporter
 
 from .conftest import CA_BUNDLE, ROOT
@@ -64,7 +64,7 @@ def test_cu124_devel_base_reports_cuda_12_4_and_is_built_once(test_base, docker_
 
 @pytest.mark.docker
 def test_the_module_prints_refs_usable_as_a_base_image_mapping(test_base):
-    proc = subprocess.run([sys.executable, "-m", "rollout_matrix.devel_base", "--ref-only", "--mapping",
+    proc = subprocess.run([sys.executable, "-m", "rollout_matrix.images.devel_base", "--ref-only", "--mapping",
                            "--stack", "cu124", "cu126", "--base-image", test_base, "--extra-ca-cert", CA_BUNDLE],
                           capture_output=True, text=True, timeout=120, cwd=ROOT, check=False)
     assert proc.returncode == 0, proc.stderr

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from rollout_matrix.drift import drift
-from rollout_matrix.lockfile import lock_path, locks_dir_for, read_lock
-from rollout_matrix.locking import check_locks, lock_entries, lock_entry
-from rollout_matrix.matrix import Matrix, load_matrix
-from rollout_matrix.resolver import UV_ENV, uv_binary, uv_environment
+from rollout_matrix.locks.drift import drift
+from rollout_matrix.locks.lockfile import lock_path, locks_dir_for, read_lock
+from rollout_matrix.locks.locking import check_locks, lock_entries, lock_entry
+from rollout_matrix.locks.resolver import UV_ENV, uv_binary, uv_environment
+from rollout_matrix.matrix.load import load_matrix
+from rollout_matrix.matrix.model import Matrix
 
 pytestmark = pytest.mark.slow
 

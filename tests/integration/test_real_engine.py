@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from rollout_matrix.locking import read_lock
-from rollout_matrix.matrix import load_matrix
-from rollout_matrix.options import BuildOptions
-from rollout_matrix.plan import plan_build
-from rollout_matrix.verify import check_image, report_versions
+from rollout_matrix.images.options import BuildOptions
+from rollout_matrix.images.plan import plan_build
+from rollout_matrix.images.verify import check_image, report_versions
+from rollout_matrix.locks.locking import read_lock
+from rollout_matrix.matrix.load import load_matrix
 
 from .conftest import CA_BUNDLE, ROOT, run_cli
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from rollout_matrix.matrix import load_matrix
-from rollout_matrix.report import write_report
-from rollout_matrix.results import RunRecord
+from rollout_matrix.evidence.report import write_report
+from rollout_matrix.evidence.results import RunRecord
+from rollout_matrix.matrix.load import load_matrix
 
 pytestmark = pytest.mark.browser
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from rollout_matrix.matrix import load_matrix
+from rollout_matrix.matrix.load import load_matrix
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow

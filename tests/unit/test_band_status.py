@@ -11,8 +11,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from rollout_matrix.band_status import BOTH, FAILS, NEVER, band_statuses, describe, gpu_modes
-from rollout_matrix.results import load
+from rollout_matrix.evidence.band_status import BOTH, FAILS, NEVER, band_statuses, describe, gpu_modes
+from rollout_matrix.evidence.results import load
 
 SUITE = '''
 import pytest

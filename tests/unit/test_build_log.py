@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rollout_matrix.build import LogTail, _cause
+from rollout_matrix.images.build import LogTail, _cause
 
 UV_FAILURE = (
     "[install] uv into /opt/venv from https://pypi.org (locked=0)\n"

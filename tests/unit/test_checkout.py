@@ -48,7 +48,7 @@ def test_commands_use_the_nearest_matrix_above_the_working_directory_and_say_so(
 
 
 def test_record_writes_into_the_working_directorys_checkout(clone: Path, tmp_path: Path, suite_runner) -> None:
-    from rollout_matrix.results import RunRecord
+    from rollout_matrix.evidence.results import RunRecord
 
     lock = "docker/locks/sglang-0.5.2-py3.11.txt"
     (clone / lock).parent.mkdir(parents=True)

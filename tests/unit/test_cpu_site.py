@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from rollout_matrix.matrix import load_matrix
-from rollout_matrix.options import SITE_ENV, BuildOptions
-from rollout_matrix.plan import plan_build
+from rollout_matrix.images.options import SITE_ENV, BuildOptions
+from rollout_matrix.images.plan import plan_build
+from rollout_matrix.matrix.load import load_matrix
 
 ROOT = Path(__file__).resolve().parents[2]
 DEBIAN = "rollout-matrix-test/debian:bookworm"
@@ -25,7 +25,7 @@ def _write(path: Path, devel: dict[str, str], ca: str | None = CA) -> subprocess
     listing = path.parent / "devel-bases.txt"
     listing.write_text("".join(f"{stack} {ref}\n" for stack, ref in devel.items()))
     ca_args = ["--extra-ca-cert", ca] if ca else []
-    return subprocess.run([sys.executable, "-m", "rollout_matrix.cpu_site", str(path), "--devel-bases", str(listing),
+    return subprocess.run([sys.executable, "-m", "rollout_matrix.images.cpu_site", str(path), "--devel-bases", str(listing),
                            "--base-image", DEBIAN, *ca_args], cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from packaging.version import Version
 
-from rollout_matrix import load_matrix
+from rollout_matrix.matrix.load import load_matrix
 from rollout_shims import FORCE_ENV, EngineNotFoundError, UnsupportedEngineError, detect
 from rollout_shims.bands import load_bands
 from rollout_shims.shims import SHIMS

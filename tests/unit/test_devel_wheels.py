@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from rollout_matrix.devel_wheels import (
+from rollout_matrix.errors import UserError
+from rollout_matrix.images.devel_wheels import (
     COMPONENTS,
     RUNTIME,
     choose_versions,
@@ -20,9 +21,8 @@ from rollout_matrix.devel_wheels import (
     stacks_of,
     toolkit_stacks,
 )
-from rollout_matrix.errors import UserError
-from rollout_matrix.lockfile import parse_pins
-from rollout_matrix.matrix import load_matrix
+from rollout_matrix.locks.lockfile import parse_pins
+from rollout_matrix.matrix.load import load_matrix
 
 ROOT = Path(__file__).resolve().parents[2]
 MATRIX = load_matrix(ROOT / "matrix.yaml")

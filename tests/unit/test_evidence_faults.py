@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 
 from rollout_matrix.errors import EvidenceError, UserError
-from rollout_matrix.matrix import load_matrix
-from rollout_matrix.report import EVIDENCE_REJECTED, GPU_PROVEN, collect, write_report
-from rollout_matrix.results import MAX_BYTES, REJECTED, RunRecord, committed, record
+from rollout_matrix.evidence.committed import committed, record
+from rollout_matrix.evidence.report import EVIDENCE_REJECTED, GPU_PROVEN, collect, write_report
+from rollout_matrix.evidence.results import MAX_BYTES, REJECTED, RunRecord
+from rollout_matrix.matrix.load import load_matrix
 
 REPO = Path(__file__).resolve().parents[2]
 ENTRY = "sglang-0.5.2"

@@ -22,9 +22,11 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from rollout_matrix.errors import UserError
-from rollout_matrix.matrix import Matrix, load_matrix
-from rollout_matrix.report import GPU_PROVEN, VERDICTS, collect, write_report
-from rollout_matrix.results import PASSED, REJECTED, RUN_JSON, record
+from rollout_matrix.evidence.committed import record
+from rollout_matrix.evidence.report import GPU_PROVEN, VERDICTS, collect, write_report
+from rollout_matrix.evidence.results import PASSED, REJECTED, RUN_JSON
+from rollout_matrix.matrix.load import load_matrix
+from rollout_matrix.matrix.model import Matrix
 
 REPO = Path(__file__).resolve().parents[2]
 MATRIX = load_matrix(REPO / "matrix.yaml")

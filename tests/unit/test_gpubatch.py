@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rollout_matrix.gpubatch import plan, render, targets
-from rollout_matrix.matrix import load_matrix
+from rollout_matrix.bundles.gpubatch import plan, render, targets
+from rollout_matrix.matrix.load import load_matrix
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rollout_matrix import gpuenv
+from rollout_matrix.gpu import store, suite
 
 MATRIX = """\
 schema: 1
@@ -36,22 +36,22 @@ engines:
 @pytest.fixture
 def checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "matrix.yaml").write_text(MATRIX)
-    monkeypatch.setattr(gpuenv, "CHECKOUT", tmp_path)
+    monkeypatch.setattr(store, "CHECKOUT", tmp_path)
     return tmp_path
 
 
 @pytest.mark.skipif(not shutil.which("dpkg-query"), reason="needs dpkg-query (a Debian/Ubuntu host) to ask")
 def test_installed_and_missing_packages_are_told_apart(checkout: Path) -> None:
-    entry = gpuenv.matrix_entry("vllm-0.25.0")
-    assert gpuenv.system_packages(entry) == {"dpkg": "installed", "rollout-matrix-no-such-deb": "missing"}
+    entry = suite.matrix_entry("vllm-0.25.0")
+    assert suite.system_packages(entry) == {"dpkg": "installed", "rollout-matrix-no-such-deb": "missing"}
 
 
 def test_without_dpkg_the_state_is_unknown_not_guessed(checkout: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gpuenv.shutil, "which", lambda name: None)
-    entry = gpuenv.matrix_entry("vllm-0.25.0")
-    assert gpuenv.system_packages(entry) == {"dpkg": "unknown", "rollout-matrix-no-such-deb": "unknown"}
+    monkeypatch.setattr(suite.shutil, "which", lambda name: None)
+    entry = suite.matrix_entry("vllm-0.25.0")
+    assert suite.system_packages(entry) == {"dpkg": "unknown", "rollout-matrix-no-such-deb": "unknown"}
 
 
 def test_an_entry_that_needs_none_and_an_unknown_entry_give_nothing(checkout: Path) -> None:
-    assert gpuenv.system_packages(gpuenv.matrix_entry("vllm-0.8.5")) == {}
-    assert gpuenv.system_packages(gpuenv.matrix_entry("vllm-9.9.9")) == {}
+    assert suite.system_packages(suite.matrix_entry("vllm-0.8.5")) == {}
+    assert suite.system_packages(suite.matrix_entry("vllm-9.9.9")) == {}

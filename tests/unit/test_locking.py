@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from rollout_matrix.drift import Change, diff_versions
 from rollout_matrix.errors import UserError
-from rollout_matrix.lockfile import (
+from rollout_matrix.locks.drift import Change, diff_versions
+from rollout_matrix.locks.lockfile import (
     PLATFORM,
     LockHeader,
     file_fits,
@@ -25,7 +25,7 @@ from rollout_matrix.lockfile import (
     target_tags,
     wheel_rank,
 )
-from rollout_matrix.locking import (
+from rollout_matrix.locks.locking import (
     check_locks,
     content_problems,
     exclude_newer_source,
@@ -33,8 +33,9 @@ from rollout_matrix.locking import (
     normalize_date,
     release_cutoff,
 )
-from rollout_matrix.matrix import Matrix, load_matrix
-from rollout_matrix.pypi import format_time
+from rollout_matrix.locks.pypi import format_time
+from rollout_matrix.matrix.load import load_matrix
+from rollout_matrix.matrix.model import Matrix
 
 MATRIX = """\
 schema: 1

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rollout_matrix.errors import UserError
-from rollout_matrix.matrix import MatrixError, load_matrix
+from rollout_matrix.matrix.load import MatrixError, load_matrix
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -116,8 +116,8 @@ def test_a_band_may_carry_its_own_requirement(tmp_path):
 def test_a_bands_system_packages_reach_its_image_build_and_change_its_content_hash(tmp_path):
     import shutil
 
-    from rollout_matrix.options import BuildOptions
-    from rollout_matrix.plan import plan_build
+    from rollout_matrix.images.options import BuildOptions
+    from rollout_matrix.images.plan import plan_build
 
     shutil.copytree(Path(__file__).resolve().parents[2] / "docker", tmp_path / "docker")  # the build context
     plain = _load(tmp_path, GOOD).get("vllm-0.8.5")

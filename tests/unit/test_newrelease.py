@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from rollout_matrix.matrix import load_matrix
-from rollout_matrix.newrelease import NewRelease, exact_pins, nearest_entry, place_in_band
+from rollout_matrix.locks.newrelease import NewRelease, exact_pins, nearest_entry, place_in_band
+from rollout_matrix.matrix.load import load_matrix
 
 MATRIX = """\
 schema: 1
@@ -74,7 +74,7 @@ def test_exact_pins_follow_the_packages_own_extras() -> None:
 @pytest.mark.parametrize(("given", "normal"), [("v0.22.1", "0.22.1"), ("0.22.01", "0.22.1"), ("V0.5.2.POST1", "0.5.2.post1"),
                                                ("0.5.2-1", "0.5.2.post1"), (" 0.8.5 ", "0.8.5")])
 def test_a_release_is_compared_in_the_normal_form_matrix_yaml_writes(given: str, normal: str) -> None:
-    from rollout_matrix.newrelease import normal_version
+    from rollout_matrix.locks.newrelease import normal_version
 
     assert normal_version(given) == normal
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from rollout_matrix.errors import UserError
-from rollout_matrix.options import SITE_ENV, BuildOptions, check_repository
+from rollout_matrix.images.options import SITE_ENV, BuildOptions
+from rollout_matrix.matrix.repository import check_repository
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "s3cr3tP4ssw0rd"
@@ -165,7 +166,7 @@ def test_a_site_file_or_matrix_that_never_ends_is_refused_not_read_whole(tmp_pat
     monkeypatch.setenv(SITE_ENV, str(tmp_path))
     with pytest.raises(UserError, match="is a directory, not a site file"):
         BuildOptions.from_env()
-    from rollout_matrix.matrix import load_matrix
+    from rollout_matrix.matrix.load import load_matrix
 
     with pytest.raises(UserError, match=r"^/dev/zero: over 8 MiB, not a matrix file"):
         load_matrix("/dev/zero")

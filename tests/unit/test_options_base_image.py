@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from rollout_matrix.errors import UserError
-from rollout_matrix.matrix import load_matrix
-from rollout_matrix.options import ENV, BaseImages, BuildOptions
-from rollout_matrix.plan import plan_build
+from rollout_matrix.images.options import ENV, BaseImages, BuildOptions
+from rollout_matrix.images.plan import plan_build
+from rollout_matrix.matrix.load import load_matrix
 
 STACKS = ("cu124", "cu126", "cu128", "cu130")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import random
 
-from rollout_matrix.manifest import pack_parts
+from rollout_matrix.bundles.manifest import pack_parts
 
 MIB = 1 << 20
 

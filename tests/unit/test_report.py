@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rollout_matrix.matrix import load_matrix
-from rollout_matrix.report import (
+from rollout_matrix.evidence.report import (
     CPU_FAILED,
     CPU_ONLY,
     EVIDENCE_REJECTED,
@@ -23,7 +22,8 @@ from rollout_matrix.report import (
     collect,
     write_report,
 )
-from rollout_matrix.results import BUILD_FAILED, RunRecord
+from rollout_matrix.evidence.results import BUILD_FAILED, RunRecord
+from rollout_matrix.matrix.load import load_matrix
 
 REPO = Path(__file__).resolve().parents[2]
 

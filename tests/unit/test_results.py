@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from rollout_matrix.errors import UserError
-from rollout_matrix.results import (
+from rollout_matrix.evidence.committed import record
+from rollout_matrix.evidence.results import (
     BUILD_FAILED,
     ERROR,
     FAILED,
@@ -22,7 +23,6 @@ from rollout_matrix.results import (
     RunRecord,
     load,
     read_junit,
-    record,
 )
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from rollout_matrix.matrix import load_matrix
+from rollout_matrix.matrix.load import load_matrix
 
 MATRIX = """\
 schema: 1

@@ -86,7 +86,7 @@ def test_locked_releases_go_to_the_cpu_jobs_and_their_evidence_into_the_body(wat
     got = outputs(out)
     assert json.loads(got["matrix"]) == {"include": [{"entry": "vllm-0.32.0"}]} and got["count"] == "1"
     body = (tmp_path / "body.md").read_text()
-    # the committed CPU run of vllm-0.32.0: 10 passed, and its 12 skips are all GPU tests (README, second run)
+    # the committed CPU run of vllm-0.32.0: 10 passed, and its 12 skips are all GPU tests (docs/performance.md, second run)
     assert "| py3.11 ok, py3.12 ok | passed (10 passed, 0 failed, 0 skipped) |" in body
     assert "| `vllm-0.34.0` |" in body and "not run (no image) |" in body
 

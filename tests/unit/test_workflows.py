@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from rollout_matrix.matrix import load_matrix
+from rollout_matrix.matrix.load import load_matrix
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / ".github" / "workflows"

@@ -14,11 +14,10 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from rollout_shims.api import Completion, EngineInfo, RolloutEngine, SamplingParams
-from rollout_shims.checkpoint import checkpoint_names
 from rollout_shims.config import RolloutConfig
 from rollout_shims.detect import Detection
 from rollout_shims.engine_log import EngineLog
@@ -26,7 +25,8 @@ from rollout_shims.errors import EngineFailedError, EngineRequestError, EngineSt
 from rollout_shims.mapping import SGLANG_ARGS, SGLANG_FIXED, ArgRule, engine_kwargs
 from rollout_shims.outputs import int_list
 from rollout_shims.processes import OwnedProcesses
-from rollout_shims.sharing import SGLANG_LOADER, SharedBucket
+from rollout_shims.sharing import SGLANG_LOADER
+from rollout_shims.shims.sglang_weights import SGLangWeights
 from rollout_shims.symbols import Symbol, required_problems, unavailable_features
 
 log = logging.getLogger("rollout_shims")
@@ -42,7 +42,7 @@ def _sym(path: str, qualname: str, *params: str, dist: str = "sglang", feature: 
     return Symbol(dist=dist, path=path, qualname=qualname, params=params, feature=feature)
 
 
-class SGLangEngine(RolloutEngine):
+class SGLangEngine(SGLangWeights, RolloutEngine):
     """SGLang's offline ``Engine`` behind the common API (shared behaviour of all bands)."""
 
     LOGPROB_SEMANTICS: ClassVar[str] = (
@@ -289,108 +289,6 @@ class SGLangEngine(RolloutEngine):
             finish_reason=FINISH_REASONS.get(kind, "abort"),  # type: ignore[arg-type]
             text=out.get("text") if self.config.detokenize else None,
         )
-
-    def _update_weights(self, named_tensors: list[tuple[str, Any]]) -> None:
-        if self._weights_lost:
-            names = checkpoint_names(self.config.model_dir)
-            if names is None or not names <= {n for n, _ in named_tensors}:
-                # A partial push onto released weights would leave the rest of the model garbage.
-                log.warning("update_weights after onload() pushes only part of the model: reloading "
-                            "%s first", self.config.model_dir)
-                self._reload_from_disk()
-        result = self._call("update_weights_from_tensor", named_tensors, load_format=None, flush_cache=True)
-        if isinstance(result, tuple) and result and not result[0]:
-            raise EngineRequestError(f"SGLang refused the weights: {result[1] if len(result) > 1 else result}")
-        self._pushed = True
-
-    def _update_weights_from(self, buckets: Iterator[SharedBucket]) -> None:
-        """Each bucket as SGLang's own ``update_weights_from_tensor`` request, whose
-        ``serialized_named_tensors`` (one payload per TP rank) are the trainer's payloads as they
-        came: ``Engine.update_weights_from_tensor`` would open them here and share them again, which
-        torch refuses for a CUDA tensor received from another process. Each scheduler opens its own
-        rank's payload and loads it through the model's ``load_weights``."""
-        why = unavailable_features(self.SYMBOLS).get("update_weights_from")
-        if why:
-            raise UnsupportedFeatureError("update_weights_from: " + "; ".join(why))
-        lost = self._weights_lost
-        session = getattr(self, "_weight_session", None)  # 0.5.21+: begin/end_weight_update around loads
-        with session() if session is not None else contextlib.nullcontext():
-            for bucket in buckets:
-                if lost:
-                    self._reload_unless_whole_model(bucket.share_names)
-                    lost = False
-                result = self._call(self._send_shared, bucket)
-                if isinstance(result, tuple) and result and not result[0]:
-                    raise EngineRequestError(f"SGLang refused shared bucket {bucket.index}: "
-                                             f"{result[1] if len(result) > 1 else result}")
-                self._pushed = True
-
-    def _send_shared(self, bucket: SharedBucket) -> Any:
-        """What ``Engine.update_weights_from_tensor`` does after serialising (engine.py:453-464 in
-        0.4.10.post2, :1690-1700 in 0.5.23), with the trainer's payloads; the cache is flushed once,
-        after the last bucket."""
-        from sglang.srt.managers.io_struct import UpdateWeightsFromTensorReqInput
-
-        # 0.4.8+: through the shim's loader, which waits for the copies before the trainer reuses its
-        # buffer (rollout_shims.sharing.synchronize_reads); older releases load with their own.
-        loader = SGLANG_LOADER if SGLANG_LOADER in (getattr(self, "_custom_loaders", None) or ()) else None
-        request = UpdateWeightsFromTensorReqInput(
-            serialized_named_tensors=self._tensor_payloads(bucket), load_format=loader, flush_cache=False)
-        return self._loop.run_until_complete(self._engine.tokenizer_manager.update_weights_from_tensor(request, None))
-
-    def _tensor_payloads(self, bucket: SharedBucket) -> Any:
-        """``serialized_named_tensors``: a list indexed by TP rank (0.4.4.post2 and later)."""
-        return list(bucket.payloads)
-
-    def _shared_weight_ranks(self) -> int:
-        if self.config.pipeline_parallel_size > 1:
-            # The schedulers pick their payload by TP rank only (tp_worker.py), so two pipeline
-            # stages would open one payload twice and release the trainer's bucket too early.
-            raise UnsupportedFeatureError("update_weights_from: SGLang indexes shared weights by TP rank only; "
-                                          "not available with pipeline_parallel_size > 1")
-        return self.config.tensor_parallel_size
-
-    def _reload_unless_whole_model(self, share_names: tuple[str, ...] | None) -> None:
-        """After an onload() that lost the weights: a share that does not name every checkpoint
-        tensor (or names none, from a one-pass iterator) would leave the rest garbage, so
-        ``model_dir`` is reloaded first (as :meth:`_update_weights` does for a partial push)."""
-        names = checkpoint_names(self.config.model_dir)
-        if names is None or share_names is None or not names <= set(share_names):
-            log.warning("update_weights_from after onload(): the share does not name every tensor of the model; "
-                        "reloading %s first", self.config.model_dir)
-            self._reload_from_disk()
-
-    def _offload(self) -> None:
-        why = unavailable_features(self.SYMBOLS).get("offload")
-        if why:
-            raise UnsupportedFeatureError(
-                "offload() needs torch_memory_saver in the API this SGLang release calls "
-                "(install sglang[srt,torch_memory_saver]): " + "; ".join(why)
-            )
-        self._call("release_memory_occupation")
-
-    def _onload(self) -> None:
-        """Memory back, and the weights too where that is possible.
-
-        SGLang up to 0.5.2 keeps no copy of released weights (torch_memory_saver maps fresh, zeroed
-        memory at the old addresses; only registered buffers are stashed): resumed weights are
-        garbage, and the model answered token 0 for everything on the H200. So: a model that still
-        is its ``model_dir`` checkpoint is reloaded from there, in place; one that had weights pushed
-        is marked as lost, and generate() refuses until the next update_weights().
-        """
-        self._call("resume_memory_occupation")
-        if self._pushed or self.config.validate_weight is False:
-            self._weights_lost = True
-        else:
-            self._reload_from_disk()
-
-    def _reload_from_disk(self) -> None:
-        # load_format "auto": an engine started on dummy weights would otherwise look for a dummy loader
-        result = self._call("update_weights_from_disk", self.config.model_dir, load_format="auto")
-        if isinstance(result, tuple) and result and not result[0]:
-            raise EngineRequestError(f"SGLang could not reload {self.config.model_dir}: {result[1:]}")
-        self._weights_lost = False
-        self._pushed = False
 
     def _flush_cache(self) -> None:
         result = self._call("flush_cache")

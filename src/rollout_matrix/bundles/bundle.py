@@ -1,0 +1,373 @@
+"""Bundles: an entry's locked wheels, hash-checked, cut into parts that fit one device-machine call.
+
+Why: the GPU machine is offline, and what reaches it travels as folders of at most ~60 MiB per call.
+A lock-exact environment there (not the machine's own packages: its uvloop 0.23 broke SGLang 0.5.2)
+needs every file of the entry's lock for that machine's Python. A bundle holds exactly those:
+
+* each pinned package's file is the one an installer would pick (best-ranked fitting wheel whose
+  sha256 the lock lists; a built wheel where the index has only an sdist, built from the hash-checked
+  sdist and recorded as such);
+* each file becomes a *payload*: the wheel itself (``wheel``: the machine checks the wheel's sha256
+  against the lock), or its members stored uncompressed in a zip and compressed with zstd
+  (``zstd``: 20-40 % smaller for CUDA wheels, whose members deflate poorly; the machine checks a
+  digest of every member's name, mode and sha256 against the original wheel's, computed here);
+* payloads are cut into content-addressed chunks, so two entries sharing a wheel (torch 2.6 for
+  vLLM 0.8.5 and SGLang 0.4.6) ship it once;
+* chunks are packed into numbered parts ``part-001/``... of at most ``--part-mib`` MiB; ``part-000``
+  carries only ``bundle.json`` (the manifest) and the tools the machine needs to unpack, so the first
+  call is light and can check the machine before the bulk arrives.
+
+The receiving side is :mod:`rollout_matrix.gpuenv`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+import zipfile
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from packaging.utils import canonicalize_name, parse_wheel_filename
+
+from rollout_matrix.bundles.manifest import BUNDLE_FORMAT, MANIFEST, EntryRecord, FileRecord, Manifest, chunk_payload, pack_parts
+from rollout_matrix.bundles.payload import PAYLOADS, member_digest, sha256_file, zstd_payload
+from rollout_matrix.errors import UserError
+from rollout_matrix.locks.lockfile import (
+    Pin,
+    check_python,
+    lock_path,
+    locks_dir_for,
+    parse_body,
+    preference_order,
+    read_lock,
+    split_lock,
+    wheel_rank,
+)
+from rollout_matrix.locks.pypi import IndexFile, release_files
+from rollout_matrix.matrix.model import Entry, Matrix
+
+TOOLS = ("zstandard==0.23.0",)
+"""Wheels the machine needs to unpack ``zstd`` payloads with nothing but its own Python."""
+_CHUNK_READ = 1 << 20
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("ROLLOUT_MATRIX_CACHE") or Path.home() / ".cache" / "rollout-matrix")
+
+
+# -- what each pin installs ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The file an installer takes for one pin, and what the lock says about it."""
+
+    name: str
+    version: str
+    file: IndexFile
+    built: bool  # an sdist: the payload is a wheel built from it
+
+
+def choose_file(pin: Pin, python: str, order: dict) -> Choice:
+    """The best-ranked wheel among the files whose hash the lock lists, else its sdist."""
+    allowed = {h.removeprefix("sha256:") for h in pin.hashes}
+    files = [f for f in release_files(pin.name, pin.version) if f.sha256 in allowed]
+    wheels = [(wheel_rank(f.filename, order), f) for f in files if f.is_wheel]
+    wheels = [(r, f) for r, f in wheels if r is not None]
+    if wheels:
+        return Choice(pin.name, pin.version, min(wheels, key=lambda rf: (rf[0], rf[1].filename))[1], built=False)
+    sdists = [f for f in files if not f.is_wheel]
+    if not sdists:
+        raise UserError(f"{pin.name}=={pin.version}: none of the lock's files fits Python {python}; "
+                        f"regenerate the lock with `rollout-matrix lock ... --python {python}`")
+    return Choice(pin.name, pin.version, sdists[0], built=True)
+
+
+# -- fetching and building ------------------------------------------------------------------------------
+
+
+def fetch(file: IndexFile, cache: Path) -> Path:
+    """The index file, downloaded once into the cache and checked against its sha256: on download and
+    again on every reuse (a wheel edited in the cache must never be bundled; it is fetched anew)."""
+    target = cache / "files" / file.sha256 / file.filename
+    if target.is_file() and not target.is_symlink():
+        if sha256_file(target) == file.sha256:
+            return target
+        target.unlink()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".part")
+    digest = hashlib.sha256()
+    request = urllib.request.Request(file.url, headers={"User-Agent": "rollout-matrix"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response, open(tmp, "wb") as out:
+            while block := response.read(_CHUNK_READ):
+                digest.update(block)
+                out.write(block)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"download of {file.filename} failed ({exc}); retry") from None
+    if digest.hexdigest() != file.sha256:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"{file.filename}: downloaded sha256 {digest.hexdigest()} is not the index's "
+                        f"{file.sha256}; the download was corrupted or tampered with; retry")
+    tmp.replace(target)
+    return target
+
+
+def find_python(python: str) -> str:
+    """An interpreter of version ``python`` to build sdists with (wheels may be version-specific)."""
+    for candidate in [shutil.which(f"python{python}"),
+                      *sorted(Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")).glob(
+                          f"versions/{python}*/bin/python{python}"))]:
+        if candidate and Path(candidate).is_file():
+            probe = subprocess.run([str(candidate), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                                   capture_output=True, text=True, check=False)
+            if probe.stdout.strip() == python:
+                return str(candidate)
+    raise UserError(f"no Python {python} here to build sdists for the bundle; install one "
+                    f"(e.g. `uv python install {python}`) and put python{python} on PATH")
+
+
+def build_wheel(sdist: Path, python: str, cache: Path) -> Path:
+    """A wheel built from a hash-checked sdist for ``python`` (cached by the sdist's sha256)."""
+    from rollout_matrix.locks.resolver import uv_binary, uv_environment
+
+    out = cache / "built" / f"{sha256_file(sdist)}-py{python}"
+    found = sorted(out.glob("*.whl")) if out.is_dir() else []
+    stamp = out / "wheel.sha256"  # written with the wheel: a built wheel edited in the cache is built again
+    if found and stamp.is_file() and stamp.read_text().strip() == sha256_file(found[0]):
+        return found[0]
+    shutil.rmtree(out, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="rollout-matrix-build-") as tmp:
+        cmd = [uv_binary(), "build", "--wheel", "--no-config", "--python", find_python(python),
+               "--out-dir", tmp, str(sdist)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=uv_environment(), check=False)
+        wheels = sorted(Path(tmp).glob("*.whl"))
+        if proc.returncode != 0 or not wheels:
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise UserError(f"building a wheel from {sdist.name} failed: {last[:300]}")
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(wheels[0]), out / wheels[0].name)
+        stamp.write_text(sha256_file(out / wheels[0].name) + "\n")
+    return out / wheels[0].name
+
+
+# -- making a bundle ------------------------------------------------------------------------------------
+
+
+MAX_PART_MIB = 1024
+"""A part (and a chunk) is read into memory whole; parts travel one per call of a few-GiB device tool."""
+
+
+def _lock_text_and_pins(matrix: Matrix, entry: Entry, python: str) -> tuple[Path, list[Pin]]:
+    from rollout_matrix.locks.locking import check_lock
+
+    path = lock_path(entry, python, locks_dir_for(matrix))
+    if entry.unavailable and not path.is_file():  # `lock` refuses it too: do not send the user there
+        raise UserError(f"{entry.name} is marked unavailable in matrix.yaml ({entry.unavailable}): it has no lock "
+                        "and cannot be bundled; leave it out")
+    problems = check_lock(entry, python, locks_dir_for(matrix))
+    if problems:
+        raise UserError(problems[0])
+    read_lock(path)
+    return path, parse_body(split_lock(path.read_text())[1], path)
+
+
+def _staging(out: Path) -> Path:
+    """A new hidden folder beside ``out`` that becomes ``out`` by a rename when the bundle is whole.
+
+    Made before anything is downloaded, so an ``--out`` that is a file, under /proc or on a read-only
+    file system fails at once, not after every download and compression.
+    """
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; choose a new folder for the bundle")
+    if out.is_dir() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not empty; choose a new --out folder (a bundle is never "
+                        f"written over another)")
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot be written ({exc.strerror}); choose a folder on a writable disk") from None
+    return staging
+
+
+def _shipped(skip_from: Iterable[Path]) -> set[str]:
+    """Chunks of the earlier bundles named by ``--after`` (each manifest checked; read before any download)."""
+    from rollout_matrix.bundles.manifest import ManifestError, read_manifest
+
+    shipped: set[str] = set()
+    for earlier in skip_from:
+        try:
+            shipped |= set(read_manifest(Path(earlier) / "part-000" / MANIFEST).chunks)
+        except ManifestError as exc:
+            raise UserError(f"--after {earlier}: {exc}; name the folder of a bundle made by `rollout-matrix bundle`") \
+                from None
+    return shipped
+
+
+def make_bundle(matrix: Matrix, entries: Iterable[Entry], python: str, out: Path, part_mib: int = 56,
+                payload: str = "zstd", cache: Path | None = None, skip_from: Iterable[Path] = (),
+                progress: Callable[[str], None] = print, jobs: int = 4) -> Manifest:
+    """Write the bundle of ``entries`` for ``python`` into ``out`` (see the module docstring).
+
+    ``skip_from``: earlier bundle folders whose chunks the machine already has; those are not packed
+    into parts again (their manifests still list them).
+
+    Every input is checked before the first download (options, locks, unavailable entries, ``--after``
+    manifests, the folder, part-000's room for the tools); the parts are written into a hidden folder
+    beside ``out`` that is renamed to ``out`` when whole, and removed on any failure.
+    """
+    check_python(python)
+    if payload not in PAYLOADS:
+        raise UserError(f"--payload {payload!r}: choose one of {', '.join(PAYLOADS)}")
+    if not 2 <= part_mib <= MAX_PART_MIB:
+        raise UserError(f"--part-mib {part_mib}: a part must hold at least 2 MiB and at most {MAX_PART_MIB} MiB")
+    cache = cache or default_cache()
+    entries = list(entries)
+    locks = {e.name: _lock_text_and_pins(matrix, e, python) for e in entries}  # every lock checked first
+    shipped = _shipped(skip_from)
+    limit = part_mib << 20
+    tools = fetch_tools(python, cache) if payload == "zstd" else []
+    tools_bytes = sum(t.stat().st_size for t in tools)
+    if tools_bytes + _MANIFEST_ROOM > limit:
+        need = -(-(tools_bytes + _MANIFEST_ROOM) // (1 << 20))
+        raise UserError(f"--part-mib {part_mib}: part-000 must carry the unpacking tools ({tools_bytes / 2**20:.1f} MiB) "
+                        f"and the manifest; pass --part-mib {need} or more, or --payload wheel")
+    staging = _staging(out)
+    try:
+        manifest = _make(matrix, entries, locks, python, staging, part_mib, payload, cache, shipped, tools,
+                         progress, jobs)
+        if out.is_dir():
+            out.rmdir()  # empty (checked above): the whole bundle takes its place
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    total = sum(p["bytes"] for p in manifest.parts)
+    progress(f"bundle {out}: {len(manifest.parts)} parts, {total / 2**30:.2f} GiB to ship "
+             f"({len(shipped & set(manifest.chunks))} chunks already shipped)")
+    return manifest
+
+
+_MANIFEST_ROOM = 1 << 20
+"""Room kept in part-000 for bundle.json (110 KB for sglang-0.5.2's 152 files)."""
+
+
+def _make(matrix: Matrix, entries: list[Entry], locks: dict[str, tuple[Path, list[Pin]]], python: str,
+          out: Path, part_mib: int, payload: str, cache: Path, shipped: set[str], tools: list[Path],
+          progress: Callable[[str], None], jobs: int) -> Manifest:
+    """Download, check, compress, chunk and pack (see :func:`make_bundle`, which checked the inputs)."""
+    start = time.monotonic()
+    order = preference_order(python)
+    store = cache / "chunks"
+    store.mkdir(parents=True, exist_ok=True)
+    limit = part_mib << 20
+    chunk_bytes = limit
+    records: dict[str, EntryRecord] = {}
+    done: dict[str, FileRecord] = {}  # lock hash -> record: a file shared by entries is processed once
+    fetched: dict[str, Path] = {}  # lock hash -> the cached file, hashed on this run
+
+    def prepare(choice: Choice) -> FileRecord:
+        key = choice.file.sha256
+        if key in done:
+            return done[key]
+        source = fetched.get(key) or fetch(choice.file, cache)
+        wheel = build_wheel(source, python, cache) if choice.built else source
+        with zipfile.ZipFile(wheel) as zf:
+            members = member_digest(zf)
+        data = wheel if payload == "wheel" else zstd_payload(wheel, cache)
+        record = FileRecord(
+            name=canonicalize_name(choice.name), version=choice.version, wheel=wheel.name,
+            wheel_sha256=sha256_file(wheel) if choice.built else key,  # fetch() hashed it on this run
+            lock_sha256=key, built_from_sdist=choice.built, members_sha256=members,
+            payload=payload, payload_sha256=sha256_file(data), size=data.stat().st_size,
+            chunks=chunk_payload(data, chunk_bytes, store),
+        )
+        parse_wheel_filename(wheel.name)  # a built file must be a wheel we can install
+        done[key] = record
+        progress(f"{choice.name}=={choice.version}: {wheel.name}{' (built from sdist)' if choice.built else ''}, "
+                 f"{record.size / 2**20:.1f} MiB {payload}")
+        return record
+
+    for entry in entries:
+        path, pins = locks[entry.name]
+        lock = read_lock(path)
+        choices = [choose_file(p, python, order) for p in pins]
+        with ThreadPoolExecutor(max_workers=jobs) as pool:  # downloads overlap; payloads are CPU-bound
+            for choice, file in zip(choices, pool.map(lambda c: fetch(c.file, cache), choices), strict=True):
+                fetched[choice.file.sha256] = file
+        record = EntryRecord(
+            entry=entry.name, python=python, lock=str(path.relative_to(matrix.path.parent)),
+            lock_sha256=lock.sha256, inputs_hash=lock.header.inputs_hash,
+            files=[prepare(c) for c in choices],
+        )
+        records[entry.name] = record
+        progress(f"{entry.name}: {len(record.files)} files, {record.bytes / 2**30:.2f} GiB of payload")
+
+    chunks = {c: (store / c).stat().st_size for r in records.values() for f in r.files for c in f.chunks}
+    to_ship = {c: s for c, s in chunks.items() if c not in shipped}
+    groups: list[dict[str, int]] = []  # per entry, in the order given: its chunks no earlier entry ships
+    seen: set[str] = set()
+    for record in records.values():
+        own = {c: to_ship[c] for f in record.files for c in f.chunks if c in to_ship and c not in seen}
+        seen |= set(own)
+        groups.append(own)
+    packed = [[], *pack_parts(groups, limit)]  # part-000: the manifest and tools only (a light first call)
+    manifest = Manifest(
+        format=BUNDLE_FORMAT, created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), python=python,
+        payload=payload, part_mib=part_mib, entries=records, chunks=chunks,
+        parts=[{"name": f"part-{i:03d}", "chunks": g, "bytes": sum(to_ship[c] for c in g)} for i, g in enumerate(packed)],
+        tools=[t.name for t in tools], tools_sha256={t.name: sha256_file(t) for t in tools},
+    )
+    for part in manifest.parts:
+        folder = out / part["name"]
+        folder.mkdir()
+        for name in part["chunks"]:
+            _link_or_copy(store / name, folder / name)
+    text = manifest.to_json()
+    if len(text.encode()) + sum(t.stat().st_size for t in tools) > limit:
+        raise UserError(f"part-000 (the manifest of {len(records)} entries and the tools) is over --part-mib "
+                        f"{part_mib}; pass a larger --part-mib or fewer entries")
+    (out / "part-000" / MANIFEST).write_text(text)
+    for tool in tools:
+        shutil.copy2(tool, out / "part-000" / tool.name)
+    where = {c: i for i, part in enumerate(manifest.parts) for c in part["chunks"]}
+    for name, record in records.items():
+        last = max((where[c] for f in record.files for c in f.chunks if c in where), default=0)
+        progress(f"{name}: complete after part-{last:03d}")
+    progress(f"{len(records)} entries packed in {time.monotonic() - start:.0f}s")
+    return manifest
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def fetch_tools(python: str, cache: Path) -> list[Path]:
+    """The unpacking tools as wheels for the machine's ``python`` (hash-checked downloads)."""
+    order = preference_order(python)
+    out = []
+    for requirement in TOOLS:
+        name, _, version = requirement.partition("==")
+        pin = Pin(name, version, tuple(f"sha256:{f.sha256}" for f in release_files(name, version)))
+        choice = choose_file(pin, python, order)
+        if choice.built:
+            raise UserError(f"{requirement} has no wheel for Python {python}; the machine cannot unpack zstd "
+                            f"payloads: use --payload wheel")
+        out.append(fetch(choice.file, cache))
+    return out

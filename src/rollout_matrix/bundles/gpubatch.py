@@ -1,0 +1,155 @@
+"""The next GPU batch: which entries still lack GPU evidence in both modes, by CUDA line, and what they
+cost to carry.
+
+Why: a GPU machine is held for 30 minutes at most and everything reaches it in parts of ~58 MiB, about
+5.5 s of device time each, so a batch is planned by what it ships. Entries of one CUDA line (a stack
+and a torch) share torch and the NVIDIA libraries, most of their bytes: carried together they cross
+once. ``rollout-matrix gpu-batch`` prints, per line, the entries still to prove and the parts they
+need together (from the lock files' sizes, exact where the wheels are in the bundle cache).
+
+Which entries GPU evidence is sought for (the targets): the oldest and newest installable release of
+every shim band, the newest of every (band, torch) pair, and the releases an engine lists under
+``gpu_evidence_also`` in matrix.yaml (the ones peers pin). Proven means committed GPU evidence whose
+every GPU test passed or skipped, in both modes (tests/engine's ``graphs`` and ``eager``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from packaging.version import Version
+
+from rollout_matrix.evidence.band_status import MODES, gpu_modes
+from rollout_matrix.evidence.committed import committed
+from rollout_matrix.evidence.results import JUNIT, PASSED
+from rollout_matrix.locks.lockfile import lock_path, locks_dir_for, parse_body, split_lock
+from rollout_matrix.matrix.model import Entry, Matrix
+from rollout_matrix.matrix.shim_band import shim_for
+
+ZSTD_RATIO = 0.69
+"""Bundle payload / wheel bytes for these CUDA stacks: 10.72 GiB of zstd payload for 15.47 GiB of
+wheels (752 files of 14 entries, SGLang 0.5.12 - 0.5.23, vLLM 0.22 - 0.33, bundled 2026-12-02)."""
+SECONDS_PER_PART = 5.5
+"""Device time per part when calls follow each other (measured 2026-11-29 and 2026-12-02)."""
+
+
+def targets(matrix: Matrix) -> list[Entry]:
+    """The entries GPU evidence is sought for, in matrix order (see the module docstring)."""
+    by_band: dict[str, list[Entry]] = {}
+    by_pair: dict[tuple[str, str], list[Entry]] = {}
+    for entry in matrix:
+        if entry.unavailable:
+            continue
+        band = shim_for(entry) or ""
+        by_band.setdefault(band, []).append(entry)
+        by_pair.setdefault((band, entry.torch or ""), []).append(entry)
+    chosen = set(matrix.gpu_evidence_also)
+    for entries in by_band.values():
+        ordered = sorted(entries, key=lambda e: Version(e.version))
+        chosen |= {ordered[0].name, ordered[-1].name}
+    for entries in by_pair.values():
+        chosen.add(max(entries, key=lambda e: Version(e.version)).name)
+    return [e for e in matrix if e.name in chosen]
+
+
+def proven_modes(root: Path) -> dict[str, list[str]]:
+    """entry -> the modes in which its committed GPU evidence passed every GPU test."""
+    out = {}
+    for name, evidence in committed(root, "gpu").items():
+        if evidence.verdict != PASSED:
+            continue
+        modes = gpu_modes(evidence.folder / JUNIT)
+        if not any(m.failed for m in modes.values()):
+            out[name] = [m for m in MODES if m in modes and modes[m].passed]
+    return out
+
+
+@dataclass(frozen=True)
+class Line:
+    """One CUDA line's entries still to prove, and what carrying them costs."""
+
+    stack: str
+    torch: str
+    entries: list[Entry]
+    wheel_bytes: int
+    exact: bool  # every size came from the local cache
+
+    @property
+    def parts(self) -> int:
+        return math.ceil(self.wheel_bytes * ZSTD_RATIO / (58 << 20))
+
+    @property
+    def minutes(self) -> float:
+        return self.parts * SECONDS_PER_PART / 60
+
+
+def lock_files(matrix: Matrix, entry: Entry, python: str) -> dict[str, tuple[str, str]]:
+    """sha256 -> (name, version) of every file the entry's lock allows, per pin (any of its hashes)."""
+    path = lock_path(entry, python, locks_dir_for(matrix))
+    pins = parse_body(split_lock(path.read_text())[1], path)
+    return {h.removeprefix("sha256:"): (p.name, p.version) for p in pins for h in p.hashes}
+
+
+def plan(matrix: Matrix, python: str, size_of: Callable[[str, str, set[str]], tuple[int, bool]],
+         entries: Iterable[Entry] | None = None) -> list[Line]:
+    """Entries not yet proven in both modes (of ``entries``, default :func:`targets`), grouped by CUDA line
+    in stack order; ``size_of(name, version, allowed sha256s)`` gives a pin's wheel size and whether it
+    is exact."""
+    proven = proven_modes(matrix.path.parent)
+    todo = [e for e in (entries if entries is not None else targets(matrix))
+            if set(proven.get(e.name, ())) != set(MODES)]
+    lines: dict[tuple[str, str], list[Entry]] = {}
+    for entry in todo:
+        lines.setdefault((entry.stack.name, entry.torch or ""), []).append(entry)
+    out = []
+    for (stack, torch), members in lines.items():
+        pins: dict[tuple[str, str], set[str]] = {}
+        for entry in members:
+            for sha, pin in lock_files(matrix, entry, python).items():
+                pins.setdefault(pin, set()).add(sha)
+        sizes = [size_of(name, version, shas) for (name, version), shas in pins.items()]
+        out.append(Line(stack, torch, members, sum(s for s, _ in sizes), all(exact for _, exact in sizes)))
+    order = list(dict.fromkeys(e.stack.name for e in matrix))
+    return sorted(out, key=lambda line: (order.index(line.stack), Version(line.torch or "0")))
+
+
+def cached_or_indexed(cache: Path, python: str) -> Callable[[str, str, set[str]], tuple[int, bool]]:
+    """Sizes from the bundle cache (the exact file), else from the index (the file an installer would
+    take for ``python``)."""
+    from rollout_matrix.bundles.bundle import choose_file
+    from rollout_matrix.locks.lockfile import Pin, preference_order
+
+    order = preference_order(python)
+
+    def size_of(name: str, version: str, shas: set[str]) -> tuple[int, bool]:
+        for sha in shas:
+            folder = cache / "files" / sha
+            if folder.is_dir():
+                found = [p for p in folder.iterdir() if p.is_file() and not p.name.endswith(".part")]
+                if found:
+                    return found[0].stat().st_size, True
+        choice = choose_file(Pin(name, version, tuple(f"sha256:{s}" for s in shas)), python, order)
+        return choice.file.size or 0, False
+
+    return size_of
+
+
+def render(lines: list[Line], proven: dict[str, list[str]]) -> list[str]:
+    """The printed plan: a line per CUDA line, an indented line per entry."""
+    if not lines:
+        return ["every target entry has GPU evidence in both modes"]
+    out = []
+    for line in lines:
+        approx = "" if line.exact else "~"
+        out.append(f"{line.stack} torch {line.torch}: {len(line.entries)} entries, {approx}{line.parts} parts "
+                   f"({approx}{line.wheel_bytes * ZSTD_RATIO / 2**30:.2f} GiB, {approx}{line.minutes:.1f} min of calls)")
+        for entry in line.entries:
+            have = proven.get(entry.name)
+            out.append(f"  {entry.name}" + (f"  (proven: {', '.join(have)} only)" if have else ""))
+    total = sum(line.parts for line in lines)
+    out.append(f"{sum(len(line.entries) for line in lines)} entries, {total} parts if every line is carried alone "
+               f"(lines share few files: torch and the NVIDIA libraries differ per line)")
+    return out

@@ -1,0 +1,55 @@
+"""``bundle``, ``gpu-batch``: what the offline GPU machine gets, and what it still has to prove."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rollout_matrix.matrix.model import Matrix
+from rollout_matrix.progress import Reporter
+
+
+def cmd_bundle(args: argparse.Namespace, matrix: Matrix) -> int:
+    from rollout_matrix.bundles.bundle import make_bundle
+
+    reporter = Reporter("bundle")
+    make_bundle(matrix, matrix.select(args.entries), args.python, Path(args.out), part_mib=args.part_mib,
+                payload=args.payload, skip_from=[Path(p) for p in args.after], progress=reporter.line)
+    return 0
+
+
+def cmd_gpu_batch(args: argparse.Namespace, matrix: Matrix) -> int:
+    from rollout_matrix.bundles.bundle import default_cache
+    from rollout_matrix.bundles.gpubatch import cached_or_indexed, plan, proven_modes, render
+
+    entries = matrix.select(args.entries) if args.entries else None
+    lines = plan(matrix, args.python, cached_or_indexed(default_cache(), args.python), entries)
+    print("\n".join(render(lines, proven_modes(matrix.path.parent))))
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bundle", help="the locked wheels of entries, hash-checked, in parts for an offline machine",
+                       description="Downloads exactly the wheels of each entry's lock for --python, checks them "
+                                   "against the lock, and writes numbered parts of at most --part-mib MiB plus a "
+                                   "manifest (docs/gpu.md says how they travel and are unpacked).")
+    p.add_argument("entries", nargs="+", metavar="ENTRY")
+    p.add_argument("--python", required=True, help="the target machine's Python, e.g. 3.12")
+    p.add_argument("--out", required=True, help="a new folder for the parts")
+    p.add_argument("--part-mib", type=int, default=56, help="largest part in MiB (default 56)")
+    p.add_argument("--payload", choices=["zstd", "wheel"], default="zstd",
+                   help="zstd: wheel members recompressed (smaller, checked member by member); wheel: the "
+                        "wheels as published (checked by their sha256). Default zstd")
+    p.add_argument("--after", action="append", default=[], metavar="BUNDLE",
+                   help="an earlier bundle the machine already has: its chunks are not shipped again")
+    p.set_defaults(handler=cmd_bundle)
+
+    p = sub.add_parser("gpu-batch", help="entries still to prove on a GPU (both modes), by CUDA line, with their parts",
+                       description="The next GPU batch to carry (docs/gpu.md): the targets (each band's oldest and "
+                                   "newest installable release, the newest of each (band, torch), matrix.yaml's "
+                                   "gpu_evidence_also) without committed GPU evidence of both modes, grouped by CUDA "
+                                   "line, with the parts a bundle of each line takes (exact where the wheels are in "
+                                   "the bundle cache, else from the index's sizes: ~).")
+    p.add_argument("entries", nargs="*", metavar="ENTRY", help="only these (default: the targets)")
+    p.add_argument("--python", default="3.12", help="the GPU machine's Python (default 3.12)")
+    p.set_defaults(handler=cmd_gpu_batch)

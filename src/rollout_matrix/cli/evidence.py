@@ -1,0 +1,51 @@
+"""``record``, ``report``: local runs into the committed evidence, and the page made from it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rollout_matrix.errors import UserError
+from rollout_matrix.matrix.model import Matrix
+
+
+def cmd_record(args: argparse.Namespace, matrix: Matrix) -> int:
+    from rollout_matrix.evidence.committed import record
+
+    root = matrix.path.parent
+    for run in args.runs:
+        dest, evidence = record(Path(run), root, matrix.entries, replace=args.replace)
+        print(f"{evidence.entry}: {evidence.kind} run, {evidence.verdict} -> {dest.relative_to(root)}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, matrix: Matrix) -> int:
+    """Failing releases do not fail the command: the test jobs already did; this one only reports."""
+    from rollout_matrix.evidence.report import rejected, summary_line, write_report
+
+    out = Path(args.out) if args.out else matrix.path.parent / "docs"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; pass a directory (compatibility.md and .html go inside it)")
+    rows, written = write_report(matrix, out, strict=args.strict)
+    for line in rejected(rows):
+        print(f"rollout-matrix: warning: {line}; not counted", file=sys.stderr)
+    print(summary_line(rows) + " -> " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("record", help="promote local results/<entry> runs into the committed evidence",
+                       description="Copies each run (junit.xml, run.json, pytest.log) into cpu-results/<entry> or "
+                                   "gpu-results/<entry> by the kind of run, refusing to replace evidence with less. "
+                                   "The entry must be in matrix.yaml; links and oversized files are refused (exit 7).")
+    p.add_argument("runs", nargs="+", metavar="DIR", help="result folders, e.g. results/sglang-0.5.2")
+    p.add_argument("--replace", action="store_true", help="record even a run that is worse than the recorded one")
+    p.set_defaults(handler=cmd_record)
+
+    p = sub.add_parser("report", help="write docs/compatibility.md and .html from the committed evidence")
+    p.add_argument("--out", help="where compatibility.md and .html go (default: docs/ next to matrix.yaml)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse (exit 7, nothing written) when committed evidence is rejected, instead of a "
+                        "warning and an 'evidence rejected' note")
+    p.set_defaults(handler=cmd_report)

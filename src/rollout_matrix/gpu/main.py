@@ -1,0 +1,118 @@
+"""The GPU machine's side of a bundle: receive parts, build a lock-exact venv, run tests/engine in it.
+
+Runs there with the machine's own ``python3`` and ``PYTHONPATH=src`` (no install, no network): it
+needs only the standard library, ``packaging`` and, for ``zstd`` payloads, the ``zstandard`` wheel
+that travels in ``part-000``. Everything lives under ``$ROLLOUT_MATRIX_GPU_ROOT`` (see
+:mod:`rollout_matrix.gpu.store`). The command is ``python -m rollout_matrix.gpuenv`` (docs/gpu.md):
+
+    python3 -m rollout_matrix.gpuenv receive .gpu/b1/part-000 [...]   # chunks into the store
+    python3 -m rollout_matrix.gpuenv status                          # what is complete
+    python3 -m rollout_matrix.gpuenv pipeline --background E1 E2      # wait, install, test, in order
+    python3 -m rollout_matrix.gpuenv collect $OUT                     # results as one tar.gz
+
+Checks, in order: each chunk's sha256 (its name) on arrival; the committed lock's sha256 against the
+one the bundle was made from; each reassembled payload's sha256; each wheel's members (name, mode,
+content) against the digest of the wheel whose hash the lock lists; finally the venv's installed
+distributions against the lock's pins, exactly. Executable bits survive (pip installs the wheels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from rollout_matrix.errors import UserError
+from rollout_matrix.gpu import store
+from rollout_matrix.gpu.install import install
+from rollout_matrix.gpu.pipeline import Plan, auto_parallel, check_steps, collect, pipeline, probe
+from rollout_matrix.gpu.store import log, receive, status
+from rollout_matrix.gpu.suite import run_suite
+
+
+def _parallel(text: str) -> int:
+    """``auto`` (0: decided by :func:`auto_parallel`) or a whole number >= 1."""
+    return 0 if text == "auto" else _positive(text)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: give a whole number >= 1")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rollout_matrix.gpuenv", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("receive")
+    p.add_argument("parts", nargs="+", type=Path)
+    sub.add_parser("status")
+    sub.add_parser("probe", help="what the machine offers the suites (per-process GPU memory, FFmpeg, cores)")
+    p = sub.add_parser("install")
+    p.add_argument("entry")
+    p = sub.add_parser("test")
+    p.add_argument("entry")
+    p = sub.add_parser("pipeline")
+    p.add_argument("entries", nargs="+")
+    p.add_argument("--background", action="store_true", help="detach (setsid) and log to logs/pipeline.log")
+    p.add_argument("--wait", type=int, default=1500, help="seconds to wait for an entry's chunks")
+    p.add_argument("--parallel", type=_parallel, default=1,
+                   help="steps at a time, sharing the GPU (default 1; auto: 3 where the driver reports memory per "
+                        "process, see `probe`, else 1)")
+    p.add_argument("--memory-fraction", type=float, default=None,
+                   help="each suite's engines' share of GPU memory (default 0.4 alone, 0.8/N with --parallel N)")
+    p.add_argument("--suite-timeout", type=_positive, default=900, help="seconds one suite may run")
+    p.add_argument("--script-timeout", type=_positive, default=300, help="seconds one ENTRY=SCRIPT step may run")
+    p = sub.add_parser("collect")
+    p.add_argument("out", type=Path)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pytest_args: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, pytest_args = argv[:cut], argv[cut + 1:]
+    args = parser.parse_args(argv)
+    try:
+        if args.command in ("install", "test", "pipeline"):
+            log(f"checkout {store.CHECKOUT}")  # the working directory's (checkout.py), where its locks are read
+        if args.command in ("install", "test"):
+            check_steps([args.entry])  # before the name becomes a path (envs/<entry>, results/<entry>)
+        if args.command == "receive":
+            receive(args.parts)
+        elif args.command == "status":
+            status()
+        elif args.command == "probe":
+            probe()
+        elif args.command == "install":
+            install(args.entry)
+        elif args.command == "test":
+            return run_suite(args.entry, pytest_args)
+        elif args.command == "pipeline":
+            if args.parallel == 0:
+                args.parallel = auto_parallel()
+            plan = Plan(wait=args.wait, parallel=args.parallel, memory_fraction=args.memory_fraction,
+                        suite_timeout=args.suite_timeout, script_timeout=args.script_timeout)
+            if args.memory_fraction is not None and not 0.02 <= args.memory_fraction <= 0.95:
+                raise UserError(f"--memory-fraction {args.memory_fraction}: give a fraction between 0.02 and 0.95")
+            check_steps(args.entries)
+            if args.background:
+                logfile = store._dirs()["logs"] / "pipeline.log"
+                cmd = [sys.executable, "-m", "rollout_matrix.gpuenv", "pipeline", *args.entries, "--wait",
+                       str(args.wait), "--parallel", str(args.parallel), "--suite-timeout", str(args.suite_timeout),
+                       "--script-timeout", str(args.script_timeout),
+                       *(["--memory-fraction", str(args.memory_fraction)] if args.memory_fraction is not None else []),
+                       *(["--", *pytest_args] if pytest_args else [])]
+                with open(logfile, "ab") as fh:
+                    subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+                                     cwd=store.CHECKOUT, env={**os.environ, "PYTHONPATH": str(store.CHECKOUT / "src")})
+                log(f"pipeline started in the background; log: {logfile}")
+            else:
+                return pipeline(args.entries, plan, pytest_args)
+        elif args.command == "collect":
+            collect(args.out)
+    except UserError as exc:
+        print(f"gpuenv: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

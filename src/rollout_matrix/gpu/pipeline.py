@@ -1,0 +1,145 @@
+"""The GPU machine's batch: steps that wait for their chunks, then run, several at a time sharing
+the GPU; the probe that decides how many; and the results collected as one archive."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import sys
+import tarfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from rollout_matrix.errors import UserError
+from rollout_matrix.evidence.results import RUN_JSON, RunRecord
+from rollout_matrix.gpu import store
+from rollout_matrix.gpu.store import complete, log
+from rollout_matrix.gpu.suite import matrix_entry, query, run_script, run_suite
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How ``pipeline`` runs its steps (see :func:`pipeline`)."""
+
+    wait: int = 1500
+    parallel: int = 1
+    memory_fraction: float | None = None
+    suite_timeout: int = 900
+    script_timeout: int = 300
+
+    def fraction(self) -> float:
+        """Each suite's share of the GPU: the suite's own default alone, less when several run at once,
+        so that every engine of every suite fits beside the others' (with room for the references)."""
+        if self.memory_fraction is not None:
+            return self.memory_fraction
+        return 0.4 if self.parallel == 1 else round(min(0.4, 0.8 / self.parallel), 2)
+
+    def sharing(self) -> dict[str, str] | None:
+        if self.parallel == 1 and self.memory_fraction is None:
+            return None
+        return {"ROLLOUT_MATRIX_GPU_LOCK": str(store.ROOT / "gpu.lock"),
+                "ROLLOUT_MATRIX_GPU_MEMORY_FRACTION": str(self.fraction())}
+
+
+PROBE = """
+import json, os, subprocess, sys, torch
+held = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+rows = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                      capture_output=True, text=True, timeout=60).stdout
+mine = [int(m) for p, _, m in (r.partition(",") for r in rows.splitlines()) if p.strip() == str(os.getpid())
+        and m.strip().isdigit()]
+print(json.dumps({"per_process_memory": bool(mine) and mine[0] >= 256, "torch": torch.__version__}))
+"""
+
+
+def probe() -> dict:
+    """What the machine offers the suites, checked before the bulk of a bundle arrives: whether the
+    driver reports GPU memory per process (suites can only share the GPU if it does:
+    tests/engine/gpu_memory.py), the distro libraries matrix.yaml's system_packages name, its cores.
+    Written to ``probe.json`` under the root; ``pipeline --parallel auto`` reads it."""
+    facts: dict = {"cores": os.cpu_count(), "gpus": query(["nvidia-smi", "--query-gpu=name,memory.total",
+                                                             "--format=csv,noheader"]).splitlines()}
+    out = query([sys.executable, "-c", PROBE])
+    facts.update(json.loads(out.splitlines()[-1]) if out.strip().startswith("{") else {"per_process_memory": False})
+    libraries = query(["ldconfig", "-p"])
+    facts["ffmpeg_libraries"] = sorted({m.group(0) for m in re.finditer(r"lib(?:avutil|avcodec|avformat)\.so\.\d+",
+                                                                         libraries)})
+    (store._dirs()["logs"].parent / "probe.json").write_text(json.dumps(facts, indent=1))
+    log(f"probe: {json.dumps(facts)}")
+    return facts
+
+
+def auto_parallel() -> int:
+    """Suites side by side only where the driver reports memory per process (else one at a time)."""
+    path = store.ROOT / "probe.json"
+    facts = json.loads(path.read_text()) if path.is_file() else probe()
+    return 3 if facts.get("per_process_memory") else 1
+
+
+def check_steps(steps: list[str]) -> None:
+    """Refuse, before any wait, a step whose entry matrix.yaml does not have (a misspelt entry would
+    otherwise wait ``--wait`` seconds for chunks that never come)."""
+    unknown = [step.partition("=")[0] for step in steps if matrix_entry(step.partition("=")[0]) is None]
+    if unknown:
+        raise UserError(f"not in matrix.yaml: {', '.join(unknown)}; name entries as `rollout-matrix list` shows them")
+
+
+def _run_step(step: str, plan: Plan, pytest_args: list[str]) -> int:
+    entry, _, command = step.partition("=")
+    deadline = time.monotonic() + plan.wait
+    while not complete(entry) and time.monotonic() < deadline:
+        time.sleep(2)
+    try:
+        if command:
+            return run_script(entry, command, plan.script_timeout)
+        return run_suite(entry, pytest_args, plan.suite_timeout, plan.sharing())
+    except UserError as exc:
+        log(f"{entry}: {exc}")
+        return 2
+
+
+def pipeline(steps: list[str], plan: Plan, pytest_args: list[str]) -> int:
+    """Run the steps in order, ``plan.parallel`` at a time: ``ENTRY`` waits for the entry's chunks,
+    installs its venv and runs the suite; ``ENTRY=SCRIPT ARGS`` runs a script in that venv (see
+    :func:`run_script`). Several suites at once share the GPU through a lock (their engine starts one
+    at a time, everything else together; tests/engine/gpu_share.py) and each gets ``plan.fraction()``
+    of its memory. Returns 0 when every step passed, else 1."""
+    check_steps(steps)
+    if plan.parallel > 1:
+        log(f"{plan.parallel} steps at a time, each suite's engines at {plan.fraction()} of the GPU")
+    with ThreadPoolExecutor(max_workers=plan.parallel) as pool:
+        codes = dict(zip(steps, pool.map(lambda step: _run_step(step, plan, pytest_args), steps), strict=True))
+    failed = [step for step, code in codes.items() if code != 0]
+    log(f"pipeline done: {len(steps) - len(failed)} of {len(steps)} steps passed"
+        + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+def collect(out: Path) -> None:
+    """Every entry's results (and the pipeline log) as ``gpu-results.tgz`` in ``out`` (through a
+    temporary file and a rename: a full or read-only disk leaves no half archive)."""
+    d = store._dirs()
+    target = out / "gpu-results.tgz"
+    tmp = out / f".gpu-results.tgz.tmp-{os.getpid()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(tmp, "w:gz") as tar:
+            tar.add(d["results"], arcname="gpu-results")
+            tar.add(d["logs"], arcname="gpu-logs")
+        tmp.replace(target)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise UserError(f"collect {out}: cannot write {target.name} there ({exc.strerror}); pass a writable "
+                        "folder, e.g. $OUT") from None
+    for run_json in sorted(d["results"].glob(f"*/{RUN_JSON}")):
+        try:
+            run = RunRecord.read(run_json)
+        except UserError as exc:
+            log(f"warning: {exc}")
+            continue
+        log(f"{run.entry}: exit {run.exit_code} in {run.seconds}s")

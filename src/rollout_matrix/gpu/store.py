@@ -1,0 +1,164 @@
+"""The GPU machine's store: where its state lives, parts received into it chunk by chunk, the
+manifests it holds, and what is complete.
+
+Everything lives under ``$ROLLOUT_MATRIX_GPU_ROOT`` (default ``/tmp/rollout-matrix``), which survives
+between calls only while the machine stays warm, so every step is idempotent: a second ``receive`` of
+a part does nothing. The other modules of gpu/ read :data:`ROOT` and :data:`CHECKOUT` from here at
+call time (``store.ROOT``), so one assignment (a test's) moves the whole machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rollout_matrix.atomic import write_atomic
+from rollout_matrix.bundles.manifest import HEX64, MANIFEST, Manifest, ManifestError, read_manifest
+from rollout_matrix.bundles.payload import sha256_file
+from rollout_matrix.errors import UserError
+from rollout_matrix.matrix.checkout import find_matrix
+
+ROOT = Path(os.environ.get("ROLLOUT_MATRIX_GPU_ROOT", "/tmp/rollout-matrix"))
+CHECKOUT = (find_matrix() or Path(__file__).resolve().parents[3] / "matrix.yaml").parent
+"""The working directory's checkout (as for the CLI), else the one this file is in."""
+
+
+def _dirs() -> dict[str, Path]:
+    dirs = {k: ROOT / k for k in ("chunks", "manifests", "tools", "wheels", "envs", "results", "logs")}
+    try:
+        for d in dirs.values():
+            d.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{ROOT}: cannot hold the GPU machine's state ({exc.strerror}); point "
+                        "ROLLOUT_MATRIX_GPU_ROOT at a writable folder") from None
+    return dirs
+
+
+def log(message: str) -> None:
+    print(f"[gpuenv {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def receive(parts: list[Path]) -> None:
+    """Move each part's chunks into the store (checking each against its name) and keep manifests
+    (each checked whole before it is stored, through a temporary file and a rename).
+
+    A refused item (a damaged chunk or manifest, a folder where a file belongs, a tool wheel that does
+    not install) is one line; the rest of the part and the other parts are still received, and the
+    call then fails naming the first refusal, so nothing good is lost and nothing bad is kept.
+    """
+    d = _dirs()
+    problems: list[str] = []
+    hashes: dict[str, str] = {}  # tool wheel -> sha256, from the manifests received here or stored
+    for manifest in _stored_manifests():
+        hashes.update(manifest.tools_sha256)
+    for part in parts:
+        if not part.is_dir():
+            problems.append(f"{part}: no such part folder (was it named in carry?)")
+            log(problems[-1])
+            continue
+        moved = 0
+        for item in sorted(part.iterdir()):
+            try:
+                moved += _receive_item(item, d, hashes)
+            except UserError as exc:
+                problems.append(str(exc))
+                log(f"{part.name}: refused: {exc}")
+        log(f"{part.name}: {moved} new chunks")
+    status()
+    if problems:
+        more = f" (and {len(problems) - 1} more refusals above)" if len(problems) > 1 else ""
+        raise UserError(f"{problems[0]}{more}")
+
+
+def _receive_item(item: Path, d: dict[str, Path], hashes: dict[str, str]) -> int:
+    """Store one item of a part; the number of new chunks (0 or 1). Unknown names are left alone."""
+    chunk = len(item.name) == 64 and HEX64.fullmatch(item.name) is not None
+    if item.name != MANIFEST and item.suffix != ".whl" and not chunk:
+        return 0
+    if item.is_symlink() or not item.is_file():
+        raise UserError(f"{item}: is not a regular file (a folder or a link); send the part again")
+    if item.name == MANIFEST:
+        manifest = read_manifest(item)
+        text = item.read_text(encoding="utf-8")
+        name = hashlib.sha256(text.encode()).hexdigest()[:16]
+        write_atomic(d["manifests"] / f"{name}.json", text)
+        hashes.update(manifest.tools_sha256)
+        return 0
+    if item.suffix == ".whl":
+        want = hashes.get(item.name)
+        if want is not None and sha256_file(item) != want:
+            raise UserError(f"{item}: not the tool wheel the manifest names (sha256 differs); send part-000 again")
+        _install_tool(item, d["tools"])
+        return 0
+    target = d["chunks"] / item.name
+    if target.is_file():
+        return 0
+    if sha256_file(item) != item.name:
+        raise UserError(f"{item}: content does not match its name (corrupted in transfer); send the part again")
+    shutil.copyfile(item, target.with_name(item.name + ".tmp"))
+    target.with_name(item.name + ".tmp").replace(target)
+    return 1
+
+
+def _install_tool(wheel: Path, tools: Path) -> None:
+    stamp = tools / f".{wheel.name}"
+    if stamp.exists():
+        return
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target",
+                           str(tools), str(wheel)], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
+        raise UserError(f"{wheel}: pip could not install it (exit {proc.returncode}: {last}); send part-000 again")
+    stamp.touch()
+
+
+def _stored_manifests() -> list[Manifest]:
+    """The stored manifests that read back whole; a damaged one (stored before manifests were checked,
+    or cut short) is one warning line and skipped, so it never stops good bundles."""
+    found = []
+    for path in sorted(_dirs()["manifests"].glob("*.json")):
+        try:
+            found.append(read_manifest(path))
+        except ManifestError as exc:
+            if path not in _warned:
+                _warned.add(path)
+                log(f"warning: {exc}; ignored (receive that bundle's part-000 again, or delete the file)")
+    return found
+
+
+_warned: set[Path] = set()
+
+
+def manifests() -> dict[str, Manifest]:
+    """Entry name -> the newest manifest that lists it."""
+    found: dict[str, tuple[str, Manifest]] = {}
+    for manifest in _stored_manifests():
+        for name in manifest.entries:
+            if name not in found or manifest.created > found[name][0]:
+                found[name] = (manifest.created, manifest)
+    return {name: m for name, (_, m) in found.items()}
+
+
+def missing_chunks(manifest: Manifest, entry: str) -> list[str]:
+    store = _dirs()["chunks"]
+    return [c for f in manifest.entries[entry].files for c in f.chunks if not (store / c).is_file()]
+
+
+def status() -> None:
+    for name, manifest in sorted(manifests().items()):
+        record = manifest.entries[name]
+        need = {c for f in record.files for c in f.chunks}
+        missing = set(missing_chunks(manifest, name))
+        ready = (ROOT / "envs" / name / ".lock-exact").is_file()
+        log(f"{name}: {len(need) - len(missing)}/{len(need)} chunks"
+            f"{', venv ready' if ready else ''}")
+
+
+def complete(entry: str) -> bool:
+    manifest = manifests().get(entry)
+    return manifest is not None and not missing_chunks(manifest, entry)

@@ -1,0 +1,177 @@
+"""Running on the GPU machine: tests/engine (a suite) or a script in an entry's venv, with the facts
+of the machine it ran on, its results under ``results/<entry>/``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rollout_matrix.errors import UserError
+from rollout_matrix.evidence.results import JUNIT, LOG, RunRecord
+from rollout_matrix.gpu import store
+from rollout_matrix.gpu.install import install
+from rollout_matrix.gpu.store import log, manifests
+from rollout_matrix.locks.lockfile import read_lock
+
+if TYPE_CHECKING:
+    from rollout_matrix.matrix.model import Entry
+
+
+def query(cmd: list[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def machine_facts(python: Path) -> dict:
+    """What ran the suite: GPUs, driver, Python, torch and its CUDA, from the venv itself."""
+    gpus = [line.split(", ") for line in query(
+        ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]).splitlines() if line]
+    found = re.search(r"CUDA Version:\s*([\d.]+)", query(["nvidia-smi"]))
+    cuda_driver = found.group(1) if found else ""
+    probe = query([str(python), "-c", "import json, sys, torch; print(json.dumps({'python': sys.version.split()[0], "
+                    "'torch': torch.__version__, 'torch_cuda': torch.version.cuda, "
+                    "'cuda_devices': torch.cuda.device_count()}))"])
+    facts = json.loads(probe) if probe.startswith("{") else {}
+    return {
+        "host": platform.node(),
+        "gpu_names": sorted({g[0] for g in gpus}),
+        "gpu_count": len(gpus),
+        "gpu_memory": gpus[0][2] if gpus else "",
+        "driver": gpus[0][1] if gpus else "",
+        "cuda_driver": cuda_driver,
+        **facts,
+    }
+
+
+def matrix_entry(entry: str) -> Entry | None:
+    """The entry as the checkout's matrix.yaml describes it; None when it does not (read only when a
+    suite runs: the rest of this module needs nothing beyond the standard library)."""
+    from rollout_matrix.matrix.load import load_matrix
+
+    try:
+        return load_matrix(store.CHECKOUT / "matrix.yaml").get(entry)
+    except UserError:
+        return None
+
+
+def _shim(entry: Entry | None) -> str | None:
+    """The band rollout_shims' table gives the entry (the report reads it from here)."""
+    from rollout_matrix.matrix.shim_band import shim_for
+
+    try:
+        return shim_for(entry) if entry else None
+    except UserError:
+        return None
+
+
+def system_packages(entry: Entry | None) -> dict[str, str]:
+    """The distro packages matrix.yaml says the entry needs (``system_packages``; a venv cannot carry
+    them), each ``installed``, ``missing`` or ``unknown`` (no dpkg) on this machine."""
+    needs = entry.system_packages if entry else ()
+    if not shutil.which("dpkg-query"):
+        return dict.fromkeys(needs, "unknown")
+    state = {}
+    for name in needs:
+        proc = subprocess.run(["dpkg-query", "-W", "-f=${Status}", name], capture_output=True, text=True)
+        state[name] = "installed" if proc.returncode == 0 and "ok installed" in proc.stdout else "missing"
+    return state
+
+
+def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = 900,
+              sharing: dict[str, str] | None = None) -> int:
+    """tests/engine in the entry's venv: JUnit, log and run.json under ``results/<entry>/``.
+
+    ``sharing``: the environment that lets this suite share the GPU with suites running at the same
+    time (the lock file and each suite's memory fraction; tests/engine/gpu_share.py)."""
+    d = store._dirs()
+    env = install(entry)
+    manifest = manifests()[entry]
+    record = manifest.entries[entry]
+    out = d["results"] / entry
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    python = env / "bin" / "python"
+    facts = machine_facts(python)
+    described = matrix_entry(entry)
+    packages = system_packages(described)
+    if packages:
+        facts["system_packages"] = packages
+        missing = [name for name, state in packages.items() if state != "installed"]
+        if missing:
+            log(f"{entry}: warning: matrix.yaml says it needs the distro packages {', '.join(missing)}, which "
+                "this machine does not have (or cannot tell); install them, or expect failures at import")
+    environ = {**os.environ, "PYTHONPATH": str(store.CHECKOUT / "src"), "ROLLOUT_MATRIX_ENTRY": entry,
+               "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "HF_HUB_OFFLINE": "1",
+               "TRANSFORMERS_OFFLINE": "1", "PATH": f"{env / 'bin'}:{os.environ.get('PATH', '')}", **(sharing or {})}
+    cmd = [str(python), "-m", "pytest", str(store.CHECKOUT / "tests" / "engine"), "-s", "-v", "-p", "no:cacheprovider",
+           f"--junitxml={out / JUNIT}", "-o", f"junit_suite_name={entry}", "-o", "junit_family=xunit1",
+           "--rootdir", str(store.CHECKOUT),
+           *(pytest_args or [])]
+    started = datetime.now(timezone.utc)
+    t0 = time.monotonic()
+    log(f"{entry}: {' '.join(cmd[1:])}")
+    with open(out / LOG, "wb") as logf:
+        # Own process group: an engine that SIGKILLs its caller's tree takes only pytest with it.
+        proc = subprocess.Popen(cmd, cwd=store.CHECKOUT, env=environ, stdout=logf, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            code = proc.wait()
+            log(f"{entry}: timed out after {timeout}s")
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # engine children pytest left behind
+    lock = read_lock(store.CHECKOUT / record.lock)
+    run = RunRecord(
+        entry=entry, kind="gpu" if facts.get("cuda_devices") else "cpu", environment="bundle",
+        started=started.isoformat(timespec="seconds"), seconds=round(time.monotonic() - t0, 1), exit_code=code,
+        shim=_shim(described), machine={**facts, **({"gpu_shared_with_parallel_suites": sharing} if sharing else {})},
+        pytest_args=list(pytest_args or []),
+        lock={"path": record.lock, "sha256": record.lock_sha256, "inputs_hash": lock.header.inputs_hash,
+              "packages": len(lock.versions)},
+    )
+    run.write(out)
+    log(f"{entry}: pytest exited {code} after {run.seconds}s")
+    return code
+
+
+def run_script(entry: str, command: str, timeout: int = 300) -> int:
+    """``python SCRIPT ARGS`` (``command``) in the entry's venv; output and exit code under
+    ``results/<entry>/scripts.log`` (diagnostics or benchmarks next to the suite). ``timeout``: the
+    script's own limit (``pipeline --script-timeout``); a benchmark budgets itself to fit it."""
+    env = install(entry)
+    out = store._dirs()["results"] / entry
+    out.mkdir(parents=True, exist_ok=True)
+    environ = {**os.environ, "PYTHONPATH": str(store.CHECKOUT / "src"), "PYTHONUNBUFFERED": "1",
+               "HF_HUB_OFFLINE": "1", "PATH": f"{env / 'bin'}:{os.environ.get('PATH', '')}",
+               "ROLLOUT_MATRIX_RESULTS": str(out), "ROLLOUT_MATRIX_SCRIPT_TIMEOUT": str(timeout)}
+    t0 = time.monotonic()
+    with open(out / "scripts.log", "ab") as logf:
+        logf.write(f"$ python {command}\n".encode())
+        logf.flush()
+        proc = subprocess.Popen([str(env / "bin" / "python"), *command.split()], cwd=store.CHECKOUT, env=environ,
+                                stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            code = -9
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        logf.write(f"[exit {code} after {time.monotonic() - t0:.0f}s]\n".encode())
+    log(f"{entry}: python {command} exited {code}")
+    return code

@@ -1,0 +1,94 @@
+"""Write a new release's line into matrix.yaml, under the band it joins, in version order.
+
+Why a text edit and not a YAML dump: matrix.yaml is edited by hand and its comments say why each band
+and pin is there; re-serialising the file would drop them. The YAML is only composed (nodes with line
+numbers) to find where the band's releases are; one line is inserted, and the result is loaded and
+validated before it replaces the file, so a failed edit leaves matrix.yaml as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import yaml
+from packaging.version import Version
+
+from rollout_matrix.errors import UserError
+from rollout_matrix.locks.newrelease import NewRelease, joining_entry
+from rollout_matrix.matrix.load import load_matrix
+from rollout_matrix.matrix.model import Entry, Matrix
+
+
+def _releases_node(root: yaml.Node, engine: str, anchor: str) -> yaml.MappingNode:
+    """The ``releases`` mapping of the band of ``engine`` that lists version ``anchor``."""
+    def get(node: yaml.Node, key: str) -> yaml.Node | None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode) and k.value == key:
+                    return v
+        return None
+
+    bands: yaml.Node | None = root
+    for key in ("engines", engine, "bands"):
+        bands = get(bands, key) if bands is not None else None
+    if isinstance(bands, yaml.SequenceNode):
+        for band in bands.value:
+            releases = get(band, "releases")
+            if isinstance(releases, yaml.MappingNode) and get(releases, anchor) is not None:
+                return releases
+    raise UserError(f"cannot find the band of {engine} {anchor} in matrix.yaml; add the line by hand")
+
+
+def insertion(text: str, engine: str, anchor: str, version: str) -> tuple[int, int]:
+    """(0-based line index to insert before, indentation) for ``version`` among the releases of the band
+    that lists ``anchor``: after the newest release older than it, else before the first."""
+    releases = _releases_node(yaml.compose(text, Loader=yaml.SafeLoader), engine, anchor)
+    wanted = Version(version)
+    pairs = [(k, v) for k, v in releases.value if isinstance(k, yaml.ScalarNode)]
+    indent = pairs[0][0].start_mark.column
+    older = [(k, v) for k, v in pairs if Version(k.value) < wanted]
+    if not older:
+        return pairs[0][0].start_mark.line, indent
+    _, value = max(older, key=lambda kv: Version(kv[0].value))
+    end = value.end_mark
+    return (end.line if end.column == 0 else end.line + 1), indent
+
+
+def add_release(matrix: Matrix, found: NewRelease) -> tuple[Matrix, Entry]:
+    """Insert ``found``'s line into ``matrix``'s file; returns the reloaded matrix and the new entry.
+
+    Refuses (UserError, file untouched) a release already listed or left out, or one whose torch no
+    installable band of matrix.yaml has (that needs a new band, and maybe a stack: a person's call).
+    """
+    name = f"{found.engine}-{found.version}"
+    if name in matrix.entries:
+        raise UserError(f"{name} is already in {matrix.path} (line {matrix.entries[name].line})")
+    if (found.engine, found.version) in matrix.left_out:
+        raise UserError(f"{found.engine} {found.version} is left out on purpose in {matrix.path}: "
+                        f"{matrix.left_out[found.engine, found.version]}")
+    anchor = joining_entry([e for e in matrix if e.engine == found.engine], found.torch)
+    if anchor is None:
+        raise UserError(f"{found.engine} {found.version} pins torch {found.torch or '(none)'}, which no installable "
+                        f"band of {matrix.path.name} has: add a band for it (`rollout-matrix new-release "
+                        f"{found.engine} {found.version}` prints the line)")
+    text = matrix.path.read_text()
+    at, indent = insertion(text, found.engine, anchor.version, found.version)
+    lines = text.splitlines(keepends=True)
+    lines.insert(at, " " * indent + found.line().strip() + "\n")
+    new_text = "".join(lines)
+    fd, tmp = tempfile.mkstemp(dir=matrix.path.parent, prefix=".matrix-", suffix=".yaml")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(new_text)
+        shutil.copymode(matrix.path, tmp)
+        reloaded = load_matrix(tmp)  # validates the edit before it replaces the file
+        if name not in reloaded.entries or reloaded.entries[name].torch != anchor.torch:
+            raise UserError(f"inserting {name} into {matrix.path} did not give the expected entry; add it by hand")
+        os.replace(tmp, matrix.path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    reloaded = load_matrix(matrix.path)
+    return reloaded, reloaded.entries[name]

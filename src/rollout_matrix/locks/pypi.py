@@ -1,0 +1,173 @@
+"""The package index, read through its JSON simple API (PEP 691/700): files, hashes, upload times.
+
+The simple API is what uv itself reads, so upload times and hashes are the ones uv's resolution saw.
+One request per project, cached for the life of the process: locking the whole matrix asks for the
+same few hundred projects again and again.
+"""
+
+from __future__ import annotations
+
+import email
+import io
+import json
+import threading
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    canonicalize_name,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
+from packaging.version import InvalidVersion, Version
+
+from rollout_matrix.errors import RegistryError, UserError
+from rollout_matrix.locks.lockfile import INDEX_URL
+
+_ACCEPT = "application/vnd.pypi.simple.v1+json"
+
+
+@dataclass(frozen=True)
+class IndexFile:
+    """One file of a project on the index."""
+
+    filename: str
+    url: str
+    sha256: str
+    size: int | None
+    upload_time: datetime | None
+    version: Version | None
+    yanked: bool = False
+
+    @property
+    def is_wheel(self) -> bool:
+        return self.filename.endswith(".whl")
+
+
+def parse_time(value: str) -> datetime:
+    """An index or header timestamp (``2025-09-11T23:09:46.123Z``) as an aware UTC datetime."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(timezone.utc)
+
+
+def format_time(moment: datetime, round_up: bool = False) -> str:
+    """RFC 3339 in UTC with whole seconds, the form uv and lock headers use (``round_up``: include it)."""
+    moment = moment.astimezone(timezone.utc)
+    if round_up and moment.microsecond:
+        moment += timedelta(seconds=1)
+    return moment.replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def file_version(filename: str) -> Version | None:
+    try:
+        if filename.endswith(".whl"):
+            return parse_wheel_filename(filename)[1]
+        return parse_sdist_filename(filename)[1]
+    except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
+        return None
+
+
+_cache: dict[tuple[str, str], tuple[IndexFile, ...]] = {}
+_lock = threading.Lock()
+
+
+def project_files(project: str, index_url: str = INDEX_URL) -> tuple[IndexFile, ...]:
+    """Every file of ``project`` on the index (cached per process)."""
+    key = (index_url, canonicalize_name(project))
+    with _lock:
+        if key in _cache:
+            return _cache[key]
+    url = f"{index_url.rstrip('/')}/{key[1]}/"
+    request = urllib.request.Request(url, headers={"Accept": _ACCEPT, "User-Agent": "rollout-matrix"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            data = json.load(response)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            raise UserError(f"{project} is not on {index_url}; check the package name") from None
+        raise RegistryError(f"{url}: HTTP {exc.code}; retry later") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        # the index could not be read (no route, DNS, TLS, a cut-off answer): exit code 6, as a registry
+        raise RegistryError(f"cannot read {url} ({exc}); check the network/proxy (SSL_CERT_FILE)") from None
+    files = tuple(
+        IndexFile(
+            filename=f["filename"], url=f["url"], sha256=f.get("hashes", {}).get("sha256", ""),
+            size=f.get("size"), upload_time=parse_time(f["upload-time"]) if f.get("upload-time") else None,
+            version=file_version(f["filename"]), yanked=bool(f.get("yanked")),
+        )
+        for f in data.get("files", [])
+    )
+    with _lock:
+        _cache[key] = files
+    return files
+
+
+def release_files(project: str, version: str, index_url: str = INDEX_URL) -> list[IndexFile]:
+    """The files of ``project==version``."""
+    wanted = Version(version)
+    return [f for f in project_files(project, index_url) if f.version == wanted]
+
+
+def upload_times(project: str, version: str, index_url: str = INDEX_URL) -> list[datetime]:
+    """Upload times of every file of ``project==version``, oldest first."""
+    return sorted(f.upload_time for f in release_files(project, version, index_url) if f.upload_time)
+
+
+class _RemoteFile(io.RawIOBase):
+    """A read-only, seekable view of a file on the index through HTTP range requests, so that
+    ``zipfile`` reads a wheel's METADATA (a few KB) without downloading the wheel (vLLM's: 400 MB)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+        self.pos = 0
+        request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": "rollout-matrix"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            self.size = int(response.headers["Content-Length"])
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self.pos = {io.SEEK_SET: offset, io.SEEK_CUR: self.pos + offset, io.SEEK_END: self.size + offset}[whence]
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, buffer: Any) -> int:
+        want = min(len(buffer), self.size - self.pos)
+        if want <= 0:
+            return 0
+        headers = {"Range": f"bytes={self.pos}-{self.pos + want - 1}", "User-Agent": "rollout-matrix"}
+        with urllib.request.urlopen(urllib.request.Request(self.url, headers=headers), timeout=60) as response:
+            data = response.read()
+        buffer[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
+def requires_dist(project: str, version: str, index_url: str = INDEX_URL) -> list[str]:
+    """``Requires-Dist`` of ``project==version``, from the METADATA inside one of its wheels (read
+    with range requests; the per-version JSON API is not reachable from every network)."""
+    wheels = [f for f in release_files(project, version, index_url) if f.is_wheel]
+    if not wheels:
+        raise UserError(f"{project} {version} has no wheel on {index_url}; check the version")
+    wheel = min(wheels, key=lambda f: f.size or 0)
+    try:
+        with zipfile.ZipFile(io.BufferedReader(_RemoteFile(wheel.url), buffer_size=1 << 16)) as zf:
+            name = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+            text = zf.read(name).decode("utf-8")
+    except OSError as exc:  # the HEAD or a range request failed: the index, not the wheel
+        raise RegistryError(f"cannot read the METADATA of {wheel.filename} ({exc}); check the network and retry") from None
+    except (zipfile.BadZipFile, StopIteration, KeyError, ValueError) as exc:
+        raise UserError(f"cannot read the METADATA of {wheel.filename} ({exc.__class__.__name__}); retry") from None
+    return email.message_from_string(text).get_all("Requires-Dist") or []

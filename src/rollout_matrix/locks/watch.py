@@ -1,0 +1,165 @@
+"""Which final releases of the matrix's engines the package index has and matrix.yaml lacks.
+
+Why: releases arrive faster than a person adds them (vLLM 0.34.0 was on PyPI before anyone read it),
+and an unlisted release is one ``detect()`` refuses. ``rollout-matrix watch`` asks the index (its JSON
+simple API, through :mod:`rollout_matrix.locks.pypi`) for every release of each engine newer than the oldest
+one listed, and reports the finals that matrix.yaml neither lists (an unavailable release is listed,
+in a band that says why) nor leaves out on purpose (an engine's ``left_out``). Pre-releases are never
+added; a release whose every file is yanked is not one to add. Each missing release is described by
+new-release's own code (:func:`rollout_matrix.locks.newrelease.new_release`): its torch pin, kernel pins,
+the matrix band it joins and the shim band that would serve it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from packaging.version import Version
+
+from rollout_matrix.errors import UserError
+from rollout_matrix.locks.lockfile import INDEX_URL
+from rollout_matrix.locks.newrelease import NewRelease, new_release
+from rollout_matrix.locks.pypi import project_files
+from rollout_matrix.matrix.model import Matrix
+
+
+@dataclass(frozen=True)
+class EngineWatch:
+    """What the index says about one engine, against matrix.yaml."""
+
+    engine: str
+    package: str
+    oldest: str  # the oldest release matrix.yaml lists: only releases newer than it are considered
+    finals: tuple[str, ...]  # final releases on the index newer than ``oldest``, ascending
+    missing: tuple[NewRelease, ...]  # of those, the ones matrix.yaml neither lists nor leaves out
+    left_out: tuple[tuple[str, str], ...]  # (version, why): on the index, left out on purpose
+    prereleases: tuple[str, ...]  # newer than the newest final on the index: reported, never added
+    yanked: tuple[str, ...]  # newer than ``oldest``, every file yanked: not a release to add
+
+    def summary(self) -> str:
+        """One line for stderr."""
+        parts = [f"{len(self.finals)} final releases newer than {self.oldest} on the index",
+                 f"{len(self.missing)} missing from matrix.yaml"]
+        if self.left_out:
+            parts.append(f"{len(self.left_out)} left out on purpose ({', '.join(v for v, _ in self.left_out)})")
+        if self.yanked:
+            parts.append(f"{len(self.yanked)} yanked ({', '.join(self.yanked)})")
+        if self.prereleases:
+            parts.append(f"pre-releases not added: {', '.join(self.prereleases)}")
+        return f"watch: {self.engine}: " + "; ".join(parts)
+
+
+@dataclass
+class WatchResult:
+    """Every engine's :class:`EngineWatch`, and what ``--write`` did about the missing releases."""
+
+    index_url: str
+    engines: list[EngineWatch]
+    written: list[str] = field(default_factory=list)  # entry names added to matrix.yaml
+    not_written: list[tuple[str, str]] = field(default_factory=list)  # (entry name, why)
+    locks: list[dict[str, Any]] = field(default_factory=list)  # one per (entry, python) locked
+
+    @property
+    def missing(self) -> list[NewRelease]:
+        return [m for e in self.engines for m in e.missing]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON for the scheduled workflow's script (``watch --json FILE``): no timestamps, so the same
+        index and matrix give the same file."""
+        return {
+            "index_url": self.index_url,
+            "engines": [{
+                "engine": e.engine, "package": e.package, "oldest": e.oldest, "finals": len(e.finals),
+                "prereleases": list(e.prereleases), "yanked": list(e.yanked),
+                "left_out": [{"version": v, "why": why} for v, why in e.left_out],
+            } for e in self.engines],
+            "missing": [{
+                "engine": m.engine, "version": m.version, "entry": f"{m.engine}-{m.version}", "torch": m.torch,
+                "pins": dict(sorted(m.pins.items())), "matrix_band": (
+                    {"torch": m.band_torch, "stack": m.stack} if m.band_torch is not None else None),
+                "shim": m.shim, "line": m.line().strip(),
+            } for m in self.missing],
+            "written": list(self.written),
+            "not_written": [{"entry": name, "why": why} for name, why in self.not_written],
+            "locks": list(self.locks),
+        }
+
+
+def line(found: NewRelease) -> str:
+    """The stdout line of a missing release: ``ENGINE VERSION torch X band NAME|none``."""
+    return f"{found.engine} {found.version} torch {found.torch or 'none'} band {found.shim or 'none'}"
+
+
+def index_versions(package: str, index_url: str = INDEX_URL) -> dict[Version, bool]:
+    """Every version of ``package`` on the index -> whether every one of its files is yanked."""
+    versions: dict[Version, bool] = {}
+    for f in project_files(package, index_url):
+        if f.version is not None:
+            versions[f.version] = versions.get(f.version, True) and f.yanked
+    return versions
+
+
+def watch_engine(matrix: Matrix, engine: str, index_url: str = INDEX_URL) -> EngineWatch:
+    """Compare one engine's releases on the index with matrix.yaml (reads wheel metadata only for the
+    missing ones)."""
+    entries = [e for e in matrix if e.engine == engine]
+    if not entries:
+        raise UserError(f"matrix.yaml has no engine {engine!r}; known: {', '.join(sorted({e.engine for e in matrix}))}")
+    package = entries[0].package
+    listed = {Version(e.version) for e in entries}
+    oldest = min(listed)
+    on_index = index_versions(package, index_url)
+    finals = sorted(v for v, yanked in on_index.items()
+                    if v > oldest and not yanked and not (v.is_prerelease or v.is_devrelease))
+    yanked = sorted(v for v, all_yanked in on_index.items() if v > oldest and all_yanked)
+    newest_final = max([*finals, *listed])
+    pre = sorted(v for v, all_yanked in on_index.items()
+                 if (v.is_prerelease or v.is_devrelease) and v > newest_final and not all_yanked)
+    left_out = {Version(v): why for (eng, v), why in matrix.left_out.items() if eng == engine}
+    missing = [v for v in finals if v not in listed and v not in left_out]
+    return EngineWatch(
+        engine=engine, package=package, oldest=str(oldest), finals=tuple(str(v) for v in finals),
+        missing=tuple(new_release(matrix, engine, str(v), index_url) for v in missing),
+        left_out=tuple((str(v), why) for v, why in sorted(left_out.items()) if v in set(finals)),
+        prereleases=tuple(str(v) for v in pre), yanked=tuple(str(v) for v in yanked),
+    )
+
+
+def watch(matrix: Matrix, index_url: str = INDEX_URL, engines: list[str] | None = None) -> WatchResult:
+    """:func:`watch_engine` for every engine of matrix.yaml (or those named), in file order."""
+    names = engines or list(dict.fromkeys(e.engine for e in matrix))
+    return WatchResult(index_url=index_url, engines=[watch_engine(matrix, n, index_url) for n in names])
+
+
+def write_missing(matrix: Matrix, result: WatchResult, progress: Callable[[str], None], jobs: int = 2) -> Matrix:
+    """Add every missing release that joins an existing band to matrix.yaml (new-release's line, see
+    :mod:`rollout_matrix.locks.addrelease`) and lock each for every Python its entry is locked for.
+
+    Releases that need a new band, or whose lock fails, are recorded in ``result`` (the line of a
+    release whose lock failed stays: it is missing from the matrix either way, and the failure is
+    what a person has to decide about). Returns the matrix as written.
+    """
+    from rollout_matrix.locks.addrelease import add_release
+    from rollout_matrix.locks.lockfile import locks_dir_for
+    from rollout_matrix.locks.locking import lock_entries, lock_pythons
+
+    added = []
+    for found in result.missing:
+        name = f"{found.engine}-{found.version}"
+        try:
+            matrix, entry = add_release(matrix, found)
+        except UserError as exc:
+            result.not_written.append((name, str(exc)))
+            progress(f"{name}: not added: {exc}")
+            continue
+        added.append(entry)
+        result.written.append(name)
+        progress(f"{name}: added to {matrix.path.name} at line {entry.line}")
+    if added:
+        todo = [(e, py) for e in added for py in lock_pythons(matrix, matrix.entries[e.name])]
+        for r in lock_entries(todo, locks_dir_for(matrix), progress=lambda r: progress(r.summary()), jobs=jobs):
+            result.locks.append({"entry": r.entry, "python": r.python, "ok": r.ok, "path": r.path.name,
+                                 "packages": r.packages, "exclude_newer": r.exclude_newer, "error": r.error})
+    return matrix

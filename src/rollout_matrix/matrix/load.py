@@ -1,0 +1,347 @@
+"""Load and validate ``matrix.yaml``: the list of supported engine releases, one image each.
+
+The file keeps shared settings as data (CUDA stacks, bands of releases sharing a requirement and a
+torch); :func:`load_matrix` expands it into one :class:`Entry` per release. Every problem is reported
+as ``FILE:LINE: what is wrong; how to fix it`` because this file is edited by hand and a traceback
+from deep inside the build would not say which line to change.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import yaml
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+from rollout_matrix.errors import UserError
+from rollout_matrix.matrix import checkout
+from rollout_matrix.matrix.model import Entry, Matrix, Stack
+from rollout_matrix.matrix.repository import check_repository
+
+SCHEMA = 1
+DEFAULT_MATRIX = checkout.MATRIX_FILE
+MAX_MATRIX_BYTES = 8 << 20  # today's is 21 KB
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
+_CUDA_RE = re.compile(r"^\d+\.\d+$")
+_PYTHON_RE = re.compile(r"^3\.\d+$")
+_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}:\d{2}Z)?$")
+_APT_NAME_RE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
+
+
+class MatrixError(UserError):
+    """A problem in matrix.yaml, located by file and line."""
+
+
+# -- YAML with line numbers ---------------------------------------------------------------------------
+
+
+class _Ctx:
+    """Carries the file name so every error can say ``file:line``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, node: yaml.Node | None, message: str) -> MatrixError:
+        line = node.start_mark.line + 1 if node is not None else 1
+        return MatrixError(f"{self.path}:{line}: {message}")
+
+    def mapping(self, node: yaml.Node, what: str) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+        if not isinstance(node, yaml.MappingNode):
+            raise self.fail(node, f"{what} must be a mapping (key: value lines)")
+        out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode):
+                raise self.fail(key, f"{what}: keys must be plain strings")
+            if key.value in out:
+                raise self.fail(key, f"{what}: duplicate key {key.value!r}; remove one of them")
+            out[key.value] = (key, value)
+        return out
+
+    def keys(self, items: dict[str, tuple[yaml.Node, yaml.Node]], what: str, required: set[str],
+             optional: set[str], node: yaml.Node) -> None:
+        allowed = required | optional
+        for name, (key, _) in items.items():
+            if name not in allowed:
+                near = difflib.get_close_matches(name, sorted(allowed), n=1)
+                hint = f"did you mean {near[0]!r}?" if near else f"allowed keys: {', '.join(sorted(allowed))}"
+                raise self.fail(key, f"{what}: unknown key {name!r}; {hint}")
+        for name in sorted(required - set(items)):
+            raise self.fail(node, f"{what}: missing key {name!r}; add it")
+
+    def string(self, node: yaml.Node, what: str, pattern: re.Pattern[str] | None = None,
+               example: str = "") -> str:
+        if not isinstance(node, yaml.ScalarNode) or node.tag.endswith((":null", ":bool")):
+            raise self.fail(node, f"{what} must be a string{f' like {example!r}' if example else ''}")
+        if node.tag.endswith((":float", ":int")) and node.style is None:
+            raise self.fail(node, f"{what} must be quoted (YAML reads {node.value} as a number): "
+                                  f"write \"{node.value}\"")
+        value = str(node.value)
+        if pattern is not None and not pattern.match(value):
+            raise self.fail(node, f"{what} {value!r} is not valid{f'; expected something like {example!r}' if example else ''}")
+        return value
+
+    def version(self, node: yaml.Node, what: str) -> str:
+        value = self.string(node, what, example="0.5.2")
+        try:
+            parsed = Version(value)
+        except ValueError:  # InvalidVersion, or a number past int()'s digit limit
+            raise self.fail(node, f"{what} {value[:40]!r} is not a PEP 440 version; write e.g. \"0.5.2.post1\"") from None
+        if str(parsed) != value:
+            raise self.fail(node, f"{what} {value!r} is not in normal form; write {str(parsed)!r}")
+        return value
+
+    def package_names(self, node: yaml.Node, what: str) -> list[str]:
+        """Distro package names: they reach ``apt-get install`` in the image build, so nothing else."""
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            raise self.fail(node, f"{what} must be a non-empty list of distro package names, e.g. [ffmpeg]")
+        out = []
+        for item in node.value:
+            name = self.string(item, f"{what} item")
+            if not _APT_NAME_RE.fullmatch(name):
+                raise self.fail(item, f"{what}: {name!r} is not a Debian/Ubuntu package name "
+                                      "(lower-case letters, digits, + - .), e.g. ffmpeg")
+            out.append(name)
+        return out
+
+    def string_list(self, node: yaml.Node, what: str) -> list[str]:
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.fail(node, f"{what} must be a list of requirement strings")
+        out = []
+        for item in node.value:
+            req = self.string(item, f"{what} item")
+            try:
+                Requirement(req)
+            except InvalidRequirement as exc:
+                raise self.fail(item, f"{what}: {req!r} is not a valid requirement ({exc})") from None
+            out.append(req)
+        return out
+
+
+def load_matrix(path: str | os.PathLike[str] | None = None) -> Matrix:
+    """Read, validate and expand a matrix file (default: the working directory's checkout, see
+    :mod:`rollout_matrix.matrix.checkout`)."""
+    found = checkout.matrix_path(path)
+    if found is None:
+        raise UserError(f"no {DEFAULT_MATRIX} in {Path.cwd()} or any folder above it; run from a rollout-matrix "
+                        "checkout or pass --matrix PATH")
+    matrix_path = found
+    text = _read_text(matrix_path)
+    ctx = _Ctx(matrix_path)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        raise MatrixError(f"{matrix_path}:{line}: not valid YAML: {exc.problem}; fix the syntax") from None
+    except yaml.YAMLError as exc:  # e.g. a control character (yaml's ReaderError has no mark)
+        raise MatrixError(f"{matrix_path}: not valid YAML ({str(exc).splitlines()[0][:120]}); fix the file") from None
+    if root is None:
+        raise MatrixError(f"{matrix_path}:1: the file is empty; see the README for the format")
+    top = ctx.mapping(root, "the top level")
+    ctx.keys(top, "the top level", {"schema", "stacks", "engines"}, {"repository", "test_requirements", "lock_pythons"}, root)
+
+    schema_node = top["schema"][1]
+    if schema_node.value != str(SCHEMA):
+        raise ctx.fail(schema_node, f"schema {schema_node.value} is not supported; this tool reads schema {SCHEMA}")
+    repository = "rollout-matrix"
+    if "repository" in top:
+        repository = ctx.string(top["repository"][1], "repository", example="ghcr.io/owner/rollout-matrix")
+        try:
+            check_repository(repository)
+        except UserError as exc:
+            raise ctx.fail(top["repository"][1], str(exc)) from None
+    test_reqs = ctx.string_list(top["test_requirements"][1], "test_requirements") if "test_requirements" in top else []
+
+    lock_pythons: list[str] = []
+    if "lock_pythons" in top:
+        node = top["lock_pythons"][1]
+        if not isinstance(node, yaml.SequenceNode):
+            raise ctx.fail(node, "lock_pythons must be a list of Python versions, e.g. [\"3.11\", \"3.12\"]")
+        lock_pythons = [ctx.string(item, "lock_pythons item", _PYTHON_RE, "3.12") for item in node.value]
+
+    stacks = _load_stacks(ctx, top["stacks"][1])
+    matrix = Matrix(path=matrix_path, repository=repository, lock_pythons=tuple(lock_pythons))
+    for engine_name, (engine_key, engine_node) in ctx.mapping(top["engines"][1], "engines").items():
+        if not _NAME_RE.match(engine_name):
+            raise ctx.fail(engine_key, f"engine name {engine_name!r} must be lower-case letters, digits, - or _")
+        for entry in _load_engine(ctx, engine_name, engine_node, stacks, tuple(test_reqs)):
+            if entry.name in matrix.entries:
+                first = matrix.entries[entry.name].line
+                raise ctx.fail(None if not entry.line else _LineNode(entry.line),
+                               f"release {entry.name} is listed twice (first at line {first}); keep one")
+            matrix.entries[entry.name] = entry
+        matrix.left_out.update(_load_left_out(ctx, engine_name, engine_node, matrix))
+        matrix.gpu_evidence_also.update(_load_gpu_evidence_also(ctx, engine_name, engine_node, matrix))
+    if not matrix.entries:
+        raise ctx.fail(top["engines"][1], "no releases listed; add at least one under engines")
+    return matrix
+
+
+class _LineNode(yaml.Node):
+    """A stand-in node that only carries a line number (for errors about already-expanded entries)."""
+
+    def __init__(self, line: int) -> None:
+        mark = yaml.Mark("", 0, line - 1, 0, None, None)
+        super().__init__("", "", mark, mark)
+
+
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 text; anything else is one line naming the file (and the line of a bad byte)."""
+    try:
+        with open(path, "rb") as fh:  # bounded: --matrix /dev/zero must not eat the memory
+            data = fh.read(MAX_MATRIX_BYTES + 1)
+        if len(data) > MAX_MATRIX_BYTES:
+            raise UserError(f"{path}: over {MAX_MATRIX_BYTES >> 20} MiB, not a matrix file; pass the matrix.yaml")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file; run from the checkout or pass --matrix PATH") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory; pass the matrix.yaml inside it") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be read ({exc.strerror}); check the path and its permissions") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise MatrixError(f"{path}:{line}: not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                          "save the file as UTF-8") from None
+
+
+def _load_stacks(ctx: _Ctx, node: yaml.Node) -> dict[str, Stack]:
+    stacks: dict[str, Stack] = {}
+    for name, (_key, value) in ctx.mapping(node, "stacks").items():
+        what = f"stacks.{name}"
+        items = ctx.mapping(value, what)
+        ctx.keys(items, what, {"cuda", "base_image", "python"}, set(), value)
+        stacks[name] = Stack(
+            name=name,
+            cuda=ctx.string(items["cuda"][1], f"{what}.cuda", _CUDA_RE, "12.8"),
+            base_image=ctx.string(items["base_image"][1], f"{what}.base_image",
+                                  example="nvidia/cuda:12.8.1-cudnn-devel-ubuntu22.04"),
+            python=ctx.string(items["python"][1], f"{what}.python", _PYTHON_RE, "3.10"),
+        )
+    return stacks
+
+
+def _load_left_out(ctx: _Ctx, engine: str, node: yaml.Node, matrix: Matrix) -> dict[tuple[str, str], str]:
+    """An engine's ``left_out: {"VERSION": "why", ...}``: releases deliberately not listed. A release
+    cannot be both listed and left out (one of the two would be a mistake)."""
+    items = ctx.mapping(node, f"engines.{engine}")
+    if "left_out" not in items:
+        return {}
+    out: dict[tuple[str, str], str] = {}
+    for version, (vkey, why) in ctx.mapping(items["left_out"][1], f"engines.{engine}.left_out").items():
+        version = ctx.version(vkey, f"engines.{engine}.left_out key")
+        reason = ctx.string(why, f"engines.{engine}.left_out {version}", example="why it is not listed")
+        if not reason.strip():
+            raise ctx.fail(why, f"engines.{engine}.left_out {version}: say why it is left out")
+        listed = matrix.entries.get(f"{engine}-{version}")
+        if listed is not None:
+            raise ctx.fail(vkey, f"{engine} {version} is left out here but listed at line {listed.line}; "
+                                 "remove one of the two")
+        out[(engine, version)] = reason
+    return out
+
+
+def _load_gpu_evidence_also(ctx: _Ctx, engine: str, node: yaml.Node, matrix: Matrix) -> dict[str, str]:
+    """An engine's ``gpu_evidence_also: {"VERSION": "why", ...}``: listed releases only."""
+    items = ctx.mapping(node, f"engines.{engine}")
+    if "gpu_evidence_also" not in items:
+        return {}
+    out: dict[str, str] = {}
+    what = f"engines.{engine}.gpu_evidence_also"
+    for version, (vkey, why) in ctx.mapping(items["gpu_evidence_also"][1], what).items():
+        version = ctx.version(vkey, f"{what} key")
+        reason = ctx.string(why, f"{what} {version}", example="which peer pins it")
+        if f"{engine}-{version}" not in matrix.entries:
+            raise ctx.fail(vkey, f"{what}: {engine} {version} is not listed under its bands; list it first")
+        out[f"{engine}-{version}"] = reason
+    return out
+
+
+def _load_engine(ctx: _Ctx, engine: str, node: yaml.Node, stacks: dict[str, Stack],
+                 test_reqs: tuple[str, ...]) -> Iterator[Entry]:
+    what = f"engines.{engine}"
+    items = ctx.mapping(node, what)
+    ctx.keys(items, what, {"package", "requirement", "bands"}, {"system_packages", "left_out", "gpu_evidence_also"},
+             node)
+    engine_system = tuple(ctx.package_names(items["system_packages"][1], f"{what}.system_packages")) \
+        if "system_packages" in items else ()
+    package = ctx.string(items["package"][1], f"{what}.package")
+    template_node = items["requirement"][1]
+    template = ctx.string(template_node, f"{what}.requirement", example=f"{package}=={{version}}")
+    if "{version}" not in template:
+        raise ctx.fail(template_node, f"{what}.requirement must contain {{version}}, e.g. \"{package}=={{version}}\"")
+    bands = items["bands"][1]
+    if not isinstance(bands, yaml.SequenceNode) or not bands.value:
+        raise ctx.fail(bands, f"{what}.bands must be a non-empty list of bands")
+    for index, band in enumerate(bands.value):
+        band_what = f"{what}.bands[{index}]"
+        b = ctx.mapping(band, band_what)
+        ctx.keys(b, band_what, {"stack", "releases", "torch"}, {"extra_requirements", "system_packages", "unavailable",
+                                                                  "requirement"},
+                 band)
+        band_template, band_template_node = template, template_node
+        if "requirement" in b:  # a band whose install differs (e.g. extras the engine dropped)
+            band_template_node = b["requirement"][1]
+            band_template = ctx.string(band_template_node, f"{band_what}.requirement",
+                                       example=f"{package}=={{version}}")
+            if "{version}" not in band_template:
+                raise ctx.fail(band_template_node, f"{band_what}.requirement must contain {{version}}, "
+                                                   f"e.g. \"{package}=={{version}}\"")
+        stack_node = b["stack"][1]
+        stack_name = ctx.string(stack_node, f"{band_what}.stack")
+        if stack_name not in stacks:
+            raise ctx.fail(stack_node, f"{band_what}.stack {stack_name!r} is not defined under stacks "
+                                       f"(known: {', '.join(stacks)})")
+        torch_node = b["torch"][1]
+        if isinstance(torch_node, yaml.ScalarNode) and (torch_node.tag.endswith(":null") or torch_node.value == "none"):
+            torch = None  # said explicitly: an engine that pins no torch (test fixtures)
+        else:
+            torch = ctx.version(torch_node, f"{band_what}.torch")
+        extra = tuple(ctx.string_list(b["extra_requirements"][1], f"{band_what}.extra_requirements")) \
+            if "extra_requirements" in b else ()
+        band_system = tuple(ctx.package_names(b["system_packages"][1], f"{band_what}.system_packages")) \
+            if "system_packages" in b else ()
+        system = tuple(dict.fromkeys(engine_system + band_system))  # the engine's, then the band's own
+        unavailable = ctx.string(b["unavailable"][1], f"{band_what}.unavailable") if "unavailable" in b else None
+        releases = ctx.mapping(b["releases"][1], f"{band_what}.releases")
+        if not releases:
+            raise ctx.fail(b["releases"][1], f"{band_what}.releases is empty; list at least one release or "
+                                             "remove the band")
+        for version, (vkey, pins_node) in releases.items():
+            version = ctx.version(vkey, f"{band_what}.releases key")
+            pins: dict[str, str] = {}
+            exclude_newer = None
+            if not (isinstance(pins_node, yaml.ScalarNode) and pins_node.tag.endswith(":null")):
+                for pkg, (pkey, pval) in ctx.mapping(pins_node, f"{engine} {version}").items():
+                    if pkg == "exclude_newer":  # lock resolution date override, not a package
+                        exclude_newer = ctx.string(pval, f"{engine} {version}: exclude_newer",
+                                                   _DATE_RE, "2025-05-03T00:00:00Z")
+                        continue
+                    pins[canonicalize_name(pkg)] = ctx.version(pval, f"{engine} {version}: {pkey.value}")
+            requirement = band_template.format(version=version)
+            try:
+                Requirement(requirement)
+            except InvalidRequirement as exc:
+                raise ctx.fail(band_template_node, f"requirement gives {requirement!r}: {exc}") from None
+            yield Entry(
+                engine=engine,
+                package=package,
+                version=version,
+                requirement=requirement,
+                torch=torch,
+                stack=stacks[stack_name],
+                pins=tuple(sorted(pins.items())),
+                extra_requirements=extra,
+                system_packages=system,
+                test_requirements=test_reqs,
+                exclude_newer=exclude_newer,
+                unavailable=unavailable,
+                line=vkey.start_mark.line + 1,
+            )
