@@ -13,6 +13,8 @@ needs every file of the entry's lock for that machine's Python. A bundle holds e
   digest of every member's name, mode and sha256 against the original wheel's, computed here);
 * payloads are cut into content-addressed chunks, so two entries sharing a wheel (torch 2.6 for
   vLLM 0.8.5 and SGLang 0.4.6) ship it once;
+* the Debian ``.deb`` sets pinned for the entry's ``system_packages`` (libraries a venv cannot carry;
+  :mod:`rollout_matrix.bundles.syslibset`) travel as published, chunked the same way;
 * chunks are packed into numbered parts ``part-001/``... of at most ``--part-mib`` MiB; ``part-000``
   carries only ``bundle.json`` (the manifest) and the tools the machine needs to unpack, so the first
   call is light and can check the machine before the bulk arrives.
