@@ -13,6 +13,8 @@ needs every file of the entry's lock for that machine's Python. A bundle holds e
   digest of every member's name, mode and sha256 against the original wheel's, computed here);
 * payloads are cut into content-addressed chunks, so two entries sharing a wheel (torch 2.6 for
   vLLM 0.8.5 and SGLang 0.4.6) ship it once;
+* the Debian ``.deb`` sets pinned for the entry's ``system_packages`` (libraries a venv cannot carry;
+  :mod:`rollout_matrix.bundles.syslibset`) travel as published, chunked the same way;
 * chunks are packed into numbered parts ``part-001/``... of at most ``--part-mib`` MiB; ``part-000``
   carries only ``bundle.json`` (the manifest) and the tools the machine needs to unpack, so the first
   call is light and can check the machine before the bulk arrives.
@@ -40,6 +42,7 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from rollout_matrix.bundles.manifest import BUNDLE_FORMAT, MANIFEST, EntryRecord, FileRecord, Manifest, chunk_payload, pack_parts
 from rollout_matrix.bundles.payload import PAYLOADS, member_digest, sha256_file, zstd_payload
+from rollout_matrix.bundles.syslibset import SyslibSet, deb_records, entry_sets
 from rollout_matrix.errors import UserError
 from rollout_matrix.locks.lockfile import (
     Pin,
@@ -219,11 +222,12 @@ def _shipped(skip_from: Iterable[Path]) -> set[str]:
 
 def make_bundle(matrix: Matrix, entries: Iterable[Entry], python: str, out: Path, part_mib: int = 56,
                 payload: str = "zstd", cache: Path | None = None, skip_from: Iterable[Path] = (),
-                progress: Callable[[str], None] = print, jobs: int = 4) -> Manifest:
+                progress: Callable[[str], None] = print, jobs: int = 4, syslibs: bool = True) -> Manifest:
     """Write the bundle of ``entries`` for ``python`` into ``out`` (see the module docstring).
 
     ``skip_from``: earlier bundle folders whose chunks the machine already has; those are not packed
-    into parts again (their manifests still list them).
+    into parts again (their manifests still list them). ``syslibs``: carry the pinned ``.deb`` sets of
+    each entry's ``system_packages`` (:mod:`rollout_matrix.bundles.syslibset`); False when the machine has them.
 
     Every input is checked before the first download (options, locks, unavailable entries, ``--after``
     manifests, the folder, part-000's room for the tools); the parts are written into a hidden folder
@@ -237,6 +241,7 @@ def make_bundle(matrix: Matrix, entries: Iterable[Entry], python: str, out: Path
     cache = cache or default_cache()
     entries = list(entries)
     locks = {e.name: _lock_text_and_pins(matrix, e, python) for e in entries}  # every lock checked first
+    sets = {e.name: entry_sets(matrix.path.parent, e.system_packages) if syslibs else [] for e in entries}
     shipped = _shipped(skip_from)
     limit = part_mib << 20
     tools = fetch_tools(python, cache) if payload == "zstd" else []
@@ -248,7 +253,7 @@ def make_bundle(matrix: Matrix, entries: Iterable[Entry], python: str, out: Path
     staging = _staging(out)
     try:
         manifest = _make(matrix, entries, locks, python, staging, part_mib, payload, cache, shipped, tools,
-                         progress, jobs)
+                         progress, jobs, sets)
         if out.is_dir():
             out.rmdir()  # empty (checked above): the whole bundle takes its place
         staging.rename(out)
@@ -267,7 +272,7 @@ _MANIFEST_ROOM = 1 << 20
 
 def _make(matrix: Matrix, entries: list[Entry], locks: dict[str, tuple[Path, list[Pin]]], python: str,
           out: Path, part_mib: int, payload: str, cache: Path, shipped: set[str], tools: list[Path],
-          progress: Callable[[str], None], jobs: int) -> Manifest:
+          progress: Callable[[str], None], jobs: int, sets: dict[str, list[SyslibSet]]) -> Manifest:
     """Download, check, compress, chunk and pack (see :func:`make_bundle`, which checked the inputs)."""
     start = time.monotonic()
     order = preference_order(python)
@@ -311,17 +316,18 @@ def _make(matrix: Matrix, entries: list[Entry], locks: dict[str, tuple[Path, lis
         record = EntryRecord(
             entry=entry.name, python=python, lock=str(path.relative_to(matrix.path.parent)),
             lock_sha256=lock.sha256, inputs_hash=lock.header.inputs_hash,
-            files=[prepare(c) for c in choices],
+            files=[prepare(c) for c in choices], debs=deb_records(sets[entry.name], cache, chunk_bytes),
         )
         records[entry.name] = record
-        progress(f"{entry.name}: {len(record.files)} files, {record.bytes / 2**30:.2f} GiB of payload")
+        debs = f", {len(record.debs)} .debs ({sum(d.size for d in record.debs) / 2**20:.1f} MiB)" if record.debs else ""
+        progress(f"{entry.name}: {len(record.files)} files, {record.bytes / 2**30:.2f} GiB of payload{debs}")
 
-    chunks = {c: (store / c).stat().st_size for r in records.values() for f in r.files for c in f.chunks}
+    chunks = {c: (store / c).stat().st_size for r in records.values() for f in [*r.files, *r.debs] for c in f.chunks}
     to_ship = {c: s for c, s in chunks.items() if c not in shipped}
     groups: list[dict[str, int]] = []  # per entry, in the order given: its chunks no earlier entry ships
     seen: set[str] = set()
     for record in records.values():
-        own = {c: to_ship[c] for f in record.files for c in f.chunks if c in to_ship and c not in seen}
+        own = {c: to_ship[c] for f in [*record.files, *record.debs] for c in f.chunks if c in to_ship and c not in seen}
         seen |= set(own)
         groups.append(own)
     packed = [[], *pack_parts(groups, limit)]  # part-000: the manifest and tools only (a light first call)
@@ -345,7 +351,7 @@ def _make(matrix: Matrix, entries: list[Entry], locks: dict[str, tuple[Path, lis
         shutil.copy2(tool, out / "part-000" / tool.name)
     where = {c: i for i, part in enumerate(manifest.parts) for c in part["chunks"]}
     for name, record in records.items():
-        last = max((where[c] for f in record.files for c in f.chunks if c in where), default=0)
+        last = max((where[c] for f in [*record.files, *record.debs] for c in f.chunks if c in where), default=0)
         progress(f"{name}: complete after part-{last:03d}")
     progress(f"{len(records)} entries packed in {time.monotonic() - start:.0f}s")
     return manifest

@@ -28,6 +28,8 @@ MAX_MANIFEST_BYTES = 64 << 20
 HEX64 = re.compile(r"[0-9a-f]{64}")
 _WHEEL = re.compile(r"[A-Za-z0-9_.+!-]+\.whl")
 _PART = re.compile(r"part-\d{3,}")
+_DEB = re.compile(r"[a-z0-9][a-z0-9+.-]+_[0-9A-Za-z.+~%-]+_[a-z0-9]+\.deb")
+_DEB_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")
 
 
 class ManifestError(UserError):
@@ -52,6 +54,20 @@ class FileRecord:
 
 
 @dataclass
+class DebRecord:
+    """One Debian package shipped for a system package of the entry (its ``.deb`` as published, checked
+    by the sha256 of the pinned set, which came from Debian's signed index)."""
+
+    system_package: str  # the matrix.yaml system_packages name it stands for (ffmpeg)
+    name: str
+    version: str
+    deb: str  # the .deb file name
+    sha256: str
+    size: int
+    chunks: list[str] = field(default_factory=list)
+
+
+@dataclass
 class EntryRecord:
     entry: str
     python: str
@@ -59,6 +75,7 @@ class EntryRecord:
     lock_sha256: str
     inputs_hash: str
     files: list[FileRecord] = field(default_factory=list)
+    debs: list[DebRecord] = field(default_factory=list)  # system libraries (manifests before them: none)
 
     @property
     def bytes(self) -> int:
@@ -94,8 +111,9 @@ class Manifest:
             raise ManifestError(f"{where}: not a bundle manifest of format {BUNDLE_FORMAT}: {problem}; make or send "
                                 "the bundle again")
         entries = {
-            name: EntryRecord(**{**_known(EntryRecord, e), "files": [FileRecord(**_known(FileRecord, f))
-                                                                      for f in e["files"]]})
+            name: EntryRecord(**{**_known(EntryRecord, e),
+                                 "files": [FileRecord(**_known(FileRecord, f)) for f in e["files"]],
+                                 "debs": [DebRecord(**_known(DebRecord, d)) for d in e.get("debs", [])]})
             for name, e in raw["entries"].items()
         }
         return cls(**{**_known(cls, raw), "entries": entries})
@@ -151,6 +169,23 @@ def _file_problem(f: Any, payload: str) -> str | None:
     return None
 
 
+def _deb_problem(d: Any) -> str | None:
+    if not isinstance(d, dict):
+        return "is not a mapping"
+    for key in ("system_package", "name"):
+        if not isinstance(d.get(key), str) or not _DEB_NAME.fullmatch(d[key]):
+            return f"{key} must be a Debian package name"
+    if not isinstance(d.get("version"), str) or not d["version"]:
+        return "version must be a non-empty string"
+    if not isinstance(d.get("deb"), str) or not _DEB.fullmatch(d["deb"]):
+        return f"deb {str(d.get('deb'))[:80]!r} is not a .deb file name"
+    if not isinstance(d.get("sha256"), str) or not HEX64.fullmatch(d["sha256"]) or not _is_int(d.get("size")):
+        return "sha256 must be 64 hex digits and size a byte count"
+    if not _hex_list(d.get("chunks")):
+        return "chunks must be a list of chunk names (64 hex digits)"
+    return None
+
+
 def _entry_problem(name: str, e: Any, python: str, payload: str) -> str | None:
     if not is_entry_name(name) or not isinstance(e, dict) or e.get("entry") != name:
         return f"entry {name[:60]!r} is not an entry name with its own record"
@@ -166,6 +201,13 @@ def _entry_problem(name: str, e: Any, python: str, payload: str) -> str | None:
         why = _file_problem(f, payload)
         if why:
             return f"entries[{name!r}].files[{i}]: {why}"
+    debs = e.get("debs", [])
+    if not isinstance(debs, list):
+        return f"entries[{name!r}].debs must be a list"
+    for i, d in enumerate(debs):
+        why = _deb_problem(d)
+        if why:
+            return f"entries[{name!r}].debs[{i}]: {why}"
     return None
 
 

@@ -1,4 +1,4 @@
-"""``bundle``, ``gpu-batch``: what the offline GPU machine gets, and what it still has to prove."""
+"""``bundle``, ``syslibs``, ``gpu-batch``: what the offline GPU machine gets, and what it still has to prove."""
 
 from __future__ import annotations
 
@@ -14,7 +14,16 @@ def cmd_bundle(args: argparse.Namespace, matrix: Matrix) -> int:
 
     reporter = Reporter("bundle")
     make_bundle(matrix, matrix.select(args.entries), args.python, Path(args.out), part_mib=args.part_mib,
-                payload=args.payload, skip_from=[Path(p) for p in args.after], progress=reporter.line)
+                payload=args.payload, skip_from=[Path(p) for p in args.after], progress=reporter.line,
+                syslibs=not args.no_syslibs)
+    return 0
+
+
+def cmd_syslibs(args: argparse.Namespace, matrix: Matrix) -> int:
+    from rollout_matrix.bundles.syslibset import regenerate, set_path
+
+    pinned = regenerate(matrix.path.parent, args.name, args.roots, args.mirror)
+    print(f"{set_path(matrix.path.parent, args.name)}: {len(pinned.debs)} packages, {pinned.bytes / 2**20:.1f} MiB")
     return 0
 
 
@@ -42,7 +51,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "wheels as published (checked by their sha256). Default zstd")
     p.add_argument("--after", action="append", default=[], metavar="BUNDLE",
                    help="an earlier bundle the machine already has: its chunks are not shipped again")
+    p.add_argument("--no-syslibs", action="store_true",
+                   help="leave out the pinned .deb sets of the entries' system_packages (the machine has them)")
     p.set_defaults(handler=cmd_bundle)
+
+    p = sub.add_parser("syslibs", help="(re)pin the Debian .debs standing for a system package in bundles",
+                       description="Resolves the roots' dependency closure in Debian's signed bookworm index and "
+                                   "writes docker/syslibs/NAME-bookworm-amd64.txt (docs/gpu.md).")
+    p.add_argument("name", help="a system_packages name of matrix.yaml, e.g. ffmpeg")
+    p.add_argument("--roots", nargs="+", metavar="PKG", help="the Debian packages holding its libraries "
+                   "(default: the existing set's roots)")
+    p.add_argument("--mirror", default="https://deb.debian.org/debian", help="a Debian mirror (default deb.debian.org)")
+    p.set_defaults(handler=cmd_syslibs)
 
     p = sub.add_parser("gpu-batch", help="entries still to prove on a GPU (both modes), by CUDA line, with their parts",
                        description="The next GPU batch to carry (docs/gpu.md): the targets (each band's oldest and "

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rollout_matrix.bundles.manifest import FileRecord
 from rollout_matrix.errors import UserError
-from rollout_matrix.gpu import lockenv, store
+from rollout_matrix.gpu import lockenv, store, syslibs
 from rollout_matrix.gpu.store import log, manifests, missing_chunks
 
 
@@ -40,15 +40,20 @@ def install(entry: str, jobs: int = 8) -> Path:
 
 
 def _install(entry: str, jobs: int) -> Path:
+    """The venv (lockenv), then the system libraries the bundle ships for it unpacked into it (gpu/syslibs)."""
     d = store._dirs()
+    manifest = manifests().get(entry)
     if (d["envs"] / entry / lockenv.STAMP).is_file():
         log(f"{entry}: venv ready ({d['envs'] / entry})")
+        if manifest is not None:
+            syslibs.unpack(manifest.entries[entry], d["chunks"], d["envs"] / entry, _zstd, log)
         return d["envs"] / entry
-    manifest = manifests().get(entry)
     if manifest is None:
         raise UserError(f"no bundle manifest lists {entry}; receive its part-000 first")
     missing = missing_chunks(manifest, entry)
     if missing:
         raise UserError(f"{entry}: {len(missing)} chunks still missing; receive the remaining parts")
-    return lockenv.build_venv(manifest, entry, store.CHECKOUT, d["chunks"], d["envs"] / entry, d["wheels"] / entry,
-                              _zstd, log, jobs)
+    env = lockenv.build_venv(manifest, entry, store.CHECKOUT, d["chunks"], d["envs"] / entry, d["wheels"] / entry,
+                             _zstd, log, jobs)
+    syslibs.unpack(manifest.entries[entry], d["chunks"], env, _zstd, log)
+    return env

@@ -146,13 +146,14 @@ def manifests() -> dict[str, Manifest]:
 
 def missing_chunks(manifest: Manifest, entry: str) -> list[str]:
     store = _dirs()["chunks"]
-    return [c for f in manifest.entries[entry].files for c in f.chunks if not (store / c).is_file()]
+    record = manifest.entries[entry]
+    return [c for f in [*record.files, *record.debs] for c in f.chunks if not (store / c).is_file()]
 
 
 def status() -> None:
     for name, manifest in sorted(manifests().items()):
         record = manifest.entries[name]
-        need = {c for f in record.files for c in f.chunks}
+        need = {c for f in [*record.files, *record.debs] for c in f.chunks}
         missing = set(missing_chunks(manifest, name))
         ready = (ROOT / "envs" / name / ".lock-exact").is_file()
         log(f"{name}: {len(need) - len(missing)}/{len(need)} chunks"

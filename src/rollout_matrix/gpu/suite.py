@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from rollout_matrix.errors import UserError
 from rollout_matrix.evidence.results import JUNIT, LOG, RunRecord
-from rollout_matrix.gpu import store
+from rollout_matrix.gpu import store, syslibs
 from rollout_matrix.gpu.install import install
 from rollout_matrix.gpu.store import log, manifests
 from rollout_matrix.locks.lockfile import read_lock
@@ -105,16 +105,20 @@ def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = 9
     python = env / "bin" / "python"
     facts = machine_facts(python)
     described = matrix_entry(entry)
-    packages = system_packages(described)
+    libs, packages = syslibs.environment(record, env, system_packages(described))
     if packages:
         facts["system_packages"] = packages
-        missing = [name for name, state in packages.items() if state != "installed"]
+        used = {name: v for name, v in syslibs.versions(record).items() if packages.get(name) == "shipped"}
+        if used:
+            facts["shipped_system_packages"] = used  # Debian package -> version, per system package
+        missing = [name for name, state in packages.items() if state not in ("installed", "shipped")]
         if missing:
             log(f"{entry}: warning: matrix.yaml says it needs the distro packages {', '.join(missing)}, which "
-                "this machine does not have (or cannot tell); install them, or expect failures at import")
+                "this machine does not have (or cannot tell) and the bundle does not ship; install them, or "
+                "expect failures at import")
     environ = {**os.environ, "PYTHONPATH": str(store.CHECKOUT / "src"), "ROLLOUT_MATRIX_ENTRY": entry,
                "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "HF_HUB_OFFLINE": "1",
-               "TRANSFORMERS_OFFLINE": "1", "PATH": f"{env / 'bin'}:{os.environ.get('PATH', '')}", **(sharing or {})}
+               "TRANSFORMERS_OFFLINE": "1", "PATH": f"{env / 'bin'}:{os.environ.get('PATH', '')}", **libs, **(sharing or {})}
     cmd = [str(python), "-m", "pytest", str(store.CHECKOUT / "tests" / "engine"), "-s", "-v", "-p", "no:cacheprovider",
            f"--junitxml={out / JUNIT}", "-o", f"junit_suite_name={entry}", "-o", "junit_family=xunit1",
            "--rootdir", str(store.CHECKOUT),
@@ -156,7 +160,8 @@ def run_script(entry: str, command: str, timeout: int = 300) -> int:
     env = install(entry)
     out = store._dirs()["results"] / entry
     out.mkdir(parents=True, exist_ok=True)
-    environ = {**os.environ, "PYTHONPATH": str(store.CHECKOUT / "src"), "PYTHONUNBUFFERED": "1",
+    libs, _ = syslibs.environment(manifests()[entry].entries[entry], env, system_packages(matrix_entry(entry)))
+    environ = {**os.environ, **libs, "PYTHONPATH": str(store.CHECKOUT / "src"), "PYTHONUNBUFFERED": "1",
                "HF_HUB_OFFLINE": "1", "PATH": f"{env / 'bin'}:{os.environ.get('PATH', '')}",
                "ROLLOUT_MATRIX_RESULTS": str(out), "ROLLOUT_MATRIX_SCRIPT_TIMEOUT": str(timeout)}
     t0 = time.monotonic()
