@@ -166,3 +166,65 @@ def test_parallel_auto_stays_one_where_the_driver_reports_no_memory_per_process(
     assert pipeline.auto_parallel() == 1
     facts = json.loads((machine / "probe.json").read_text())
     assert facts["per_process_memory"] is False and facts["cores"] >= 1
+
+
+SLEEPER = """import json, os, signal, sys, time
+out = os.path.join(os.environ["ROLLOUT_MATRIX_RESULTS"], sys.argv[1])
+def interrupted(*_):
+    open(out, "w").write("interrupted")
+    sys.exit(2)
+signal.signal(signal.SIGINT, interrupted)
+open(out + ".env", "w").write(json.dumps({"prefix": sys.pycache_prefix,
+                                          "no_bytecode": os.environ.get("PYTHONDONTWRITEBYTECODE")}))
+time.sleep(120)
+open(out, "w").write("slept")
+"""
+
+
+def test_stop_ends_the_running_step_by_its_recorded_group_and_starts_no_other(tmp_path: Path, locked: Matrix,
+                                                                               machine: Path) -> None:
+    """``gpuenv stop``: the running step gets SIGINT through the process group it recorded (its handler
+    writes its result, as pytest writes JUnit on Ctrl-C), the next step never starts, and a process
+    running the very same command outside the batch lives on (nothing is matched by name). The steps
+    keep their bytecode in the machine's cache, not in the checkout."""
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from rollout_matrix.gpu import stop
+
+    entry = locked.get("tiny-2.31.0")
+    make_bundle(locked, [entry], entry.python, tmp_path / "bundle", part_mib=2, payload="wheel",
+                cache=tmp_path / "cache", progress=lambda line: None)
+    store.receive(sorted((tmp_path / "bundle").iterdir()))
+    checkout = locked.path.parent
+    (checkout / "sleeper.py").write_text(SLEEPER)
+    results = machine / "results" / entry.name
+    results.mkdir(parents=True, exist_ok=True)
+    outsider = subprocess.Popen([sys.executable, "sleeper.py", "outside.txt"], cwd=checkout,
+                                env={**__import__("os").environ, "ROLLOUT_MATRIX_RESULTS": str(tmp_path)})
+    codes: list[int] = []
+    steps = [f"{entry.name}=sleeper.py first.txt", f"{entry.name}=sleeper.py second.txt"]
+    runner = threading.Thread(target=lambda: codes.append(pipeline.pipeline(steps, pipeline.Plan(wait=5), [])))
+    runner.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not (results / "first.txt.env").is_file() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert (results / stop.RUNNING).is_file()
+        assert stop.stop(grace=20) == [entry.name]
+        runner.join(timeout=60)
+        assert codes == [1]
+        assert (results / "first.txt").read_text() == "interrupted"
+        assert not (results / "second.txt.env").exists(), "a step started after stop"
+        assert not (results / stop.RUNNING).exists()
+        assert outsider.poll() is None, "stop hit a process outside the batch"
+    finally:
+        outsider.kill()
+        outsider.wait()
+    env = __import__("json").loads((results / "first.txt.env").read_text())
+    assert env["prefix"] == str(machine / "pycache") and not env["no_bytecode"]  # even where the caller's env sets it
+    assert list((machine / "pycache").rglob("*.pyc")), "no bytecode was cached"
+    assert not list(checkout.rglob("__pycache__"))
+    assert stop.stop(grace=1) == []  # nothing left to stop: one line, no error

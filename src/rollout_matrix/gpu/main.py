@@ -9,6 +9,7 @@ that travels in ``part-000``. Everything lives under ``$ROLLOUT_MATRIX_GPU_ROOT`
     python3 -m rollout_matrix.gpuenv status                          # what is complete
     python3 -m rollout_matrix.gpuenv pipeline --background E1 E2      # wait, install, test, in order
     python3 -m rollout_matrix.gpuenv collect $OUT                     # results as one tar.gz
+    python3 -m rollout_matrix.gpuenv stop                             # end the batch, keep its results
 
 Checks, in order: each chunk's sha256 (its name) on arrival; the committed lock's sha256 against the
 one the bundle was made from; each reassembled payload's sha256; each wheel's members (name, mode,
@@ -25,7 +26,7 @@ import sys
 from pathlib import Path
 
 from rollout_matrix.errors import UserError
-from rollout_matrix.gpu import store
+from rollout_matrix.gpu import stop, store
 from rollout_matrix.gpu.install import install
 from rollout_matrix.gpu.pipeline import Plan, auto_parallel, check_steps, collect, pipeline, probe
 from rollout_matrix.gpu.store import log, receive, status
@@ -68,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--script-timeout", type=_positive, default=300, help="seconds one ENTRY=SCRIPT step may run")
     p = sub.add_parser("collect")
     p.add_argument("out", type=Path)
+    p = sub.add_parser("stop", help="end the running steps as Ctrl-C would (their results are written) and start "
+                                    "no more; never by a process-name pattern")
+    p.add_argument("--grace", type=float, default=60.0, help="seconds a step gets to write its results (default 60)")
     argv = list(sys.argv[1:] if argv is None else argv)
     pytest_args: list[str] = []
     if "--" in argv:
@@ -112,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                 return pipeline(args.entries, plan, pytest_args)
         elif args.command == "collect":
             collect(args.out)
+        elif args.command == "stop":
+            stop.stop(args.grace)
     except UserError as exc:
         print(f"gpuenv: error: {exc}", file=sys.stderr)
         return 2

@@ -16,9 +16,12 @@ from pathlib import Path
 
 from rollout_matrix.errors import UserError
 from rollout_matrix.evidence.results import RUN_JSON, RunRecord
-from rollout_matrix.gpu import store
+from rollout_matrix.gpu import stop, store
 from rollout_matrix.gpu.store import complete, log
 from rollout_matrix.gpu.suite import matrix_entry, query, run_script, run_suite
+
+STOPPED = 3
+"""A step's code when ``gpuenv stop`` came before it started."""
 
 
 @dataclass(frozen=True)
@@ -91,8 +94,11 @@ def check_steps(steps: list[str]) -> None:
 def _run_step(step: str, plan: Plan, pytest_args: list[str]) -> int:
     entry, _, command = step.partition("=")
     deadline = time.monotonic() + plan.wait
-    while not complete(entry) and time.monotonic() < deadline:
+    while not complete(entry) and time.monotonic() < deadline and not stop.requested():
         time.sleep(2)
+    if stop.requested():
+        log(f"{step}: not started, the batch was stopped (gpuenv stop)")
+        return STOPPED
     try:
         if command:
             return run_script(entry, command, plan.script_timeout)
@@ -109,6 +115,7 @@ def pipeline(steps: list[str], plan: Plan, pytest_args: list[str]) -> int:
     at a time, everything else together; tests/engine/gpu_share.py) and each gets ``plan.fraction()``
     of its memory. Returns 0 when every step passed, else 1."""
     check_steps(steps)
+    stop.clear()
     if plan.parallel > 1:
         log(f"{plan.parallel} steps at a time, each suite's engines at {plan.fraction()} of the GPU")
     with ThreadPoolExecutor(max_workers=plan.parallel) as pool:

@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING
 
 from rollout_matrix.errors import UserError
 from rollout_matrix.evidence.results import JUNIT, LOG, RunRecord
-from rollout_matrix.gpu import store, syslibs
+from rollout_matrix.gpu import stop, store, syslibs
 from rollout_matrix.gpu.install import install
 from rollout_matrix.gpu.store import log, manifests
 from rollout_matrix.locks.lockfile import read_lock
 
 if TYPE_CHECKING:
+    from rollout_matrix.bundles.manifest import EntryRecord
     from rollout_matrix.matrix.model import Entry
 
 
@@ -89,6 +90,19 @@ def system_packages(entry: Entry | None) -> dict[str, str]:
     return state
 
 
+def bytecode() -> dict[str, str]:
+    """Where the suites' processes keep compiled bytecode: one cache per machine, outside the checkout.
+
+    Why: the venvs are installed with ``--no-compile`` (seconds saved per install), and every engine
+    process imports torch, the engine and transformers anew; without a cache each of them compiled
+    every module from source (2026-12-02: 25 s from an SGLang engine's start to its scheduler's
+    first line; ``import torch, transformers`` 6.3 s without bytecode, 2.6 s with it, docs/gpu.md).
+    With ``PYTHONPYCACHEPREFIX`` a module is compiled once per machine, and the checkout stays clean;
+    ``PYTHONDONTWRITEBYTECODE`` is emptied (Python reads an empty value as unset) in case the machine's
+    environment sets it."""
+    return {"PYTHONPYCACHEPREFIX": str(store.ROOT / "pycache"), "PYTHONDONTWRITEBYTECODE": ""}
+
+
 def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = 900,
               sharing: dict[str, str] | None = None) -> int:
     """tests/engine in the entry's venv: JUnit, log and run.json under ``results/<entry>/``.
@@ -116,8 +130,8 @@ def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = 9
             log(f"{entry}: warning: matrix.yaml says it needs the distro packages {', '.join(missing)}, which "
                 "this machine does not have (or cannot tell) and the bundle does not ship; install them, or "
                 "expect failures at import")
-    environ = {**os.environ, "PYTHONPATH": str(store.CHECKOUT / "src"), "ROLLOUT_MATRIX_ENTRY": entry,
-               "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "HF_HUB_OFFLINE": "1",
+    environ = {**os.environ, **bytecode(), "PYTHONPATH": str(store.CHECKOUT / "src"), "ROLLOUT_MATRIX_ENTRY": entry,
+               "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
                "TRANSFORMERS_OFFLINE": "1", "PATH": f"{env / 'bin'}:{os.environ.get('PATH', '')}", **libs, **(sharing or {})}
     cmd = [str(python), "-m", "pytest", str(store.CHECKOUT / "tests" / "engine"), "-s", "-v", "-p", "no:cacheprovider",
            f"--junitxml={out / JUNIT}", "-o", f"junit_suite_name={entry}", "-o", "junit_family=xunit1",
@@ -130,6 +144,7 @@ def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = 9
         # Own process group: an engine that SIGKILLs its caller's tree takes only pytest with it.
         proc = subprocess.Popen(cmd, cwd=store.CHECKOUT, env=environ, stdout=logf, stderr=subprocess.STDOUT,
                                 start_new_session=True)
+        marker = stop.record(out, proc.pid, cmd)  # until run.json is written: `gpuenv stop` waits for it
         try:
             code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -139,6 +154,15 @@ def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = 9
             log(f"{entry}: timed out after {timeout}s")
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)  # engine children pytest left behind
+    try:
+        return _write_run(entry, record, out, facts, described, started, t0, code, sharing, pytest_args)
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def _write_run(entry: str, record: EntryRecord, out: Path, facts: dict, described: Entry | None, started: datetime,
+               t0: float, code: int, sharing: dict[str, str] | None, pytest_args: list[str] | None) -> int:
+    """run.json of a finished (or stopped: pytest's exit 2) suite, beside its JUnit and log."""
     lock = read_lock(store.CHECKOUT / record.lock)
     run = RunRecord(
         entry=entry, kind="gpu" if facts.get("cuda_devices") else "cpu", environment="bundle",
@@ -161,15 +185,17 @@ def run_script(entry: str, command: str, timeout: int = 300) -> int:
     out = store._dirs()["results"] / entry
     out.mkdir(parents=True, exist_ok=True)
     libs, _ = syslibs.environment(manifests()[entry].entries[entry], env, system_packages(matrix_entry(entry)))
-    environ = {**os.environ, **libs, "PYTHONPATH": str(store.CHECKOUT / "src"), "PYTHONUNBUFFERED": "1",
+    environ = {**os.environ, **libs, **bytecode(), "PYTHONPATH": str(store.CHECKOUT / "src"), "PYTHONUNBUFFERED": "1",
                "HF_HUB_OFFLINE": "1", "PATH": f"{env / 'bin'}:{os.environ.get('PATH', '')}",
                "ROLLOUT_MATRIX_RESULTS": str(out), "ROLLOUT_MATRIX_SCRIPT_TIMEOUT": str(timeout)}
     t0 = time.monotonic()
     with open(out / "scripts.log", "ab") as logf:
         logf.write(f"$ python {command}\n".encode())
         logf.flush()
-        proc = subprocess.Popen([str(env / "bin" / "python"), *command.split()], cwd=store.CHECKOUT, env=environ,
-                                stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+        argv = [str(env / "bin" / "python"), *command.split()]
+        proc = subprocess.Popen(argv, cwd=store.CHECKOUT, env=environ, stdout=logf, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        marker = stop.record(out, proc.pid, argv)
         try:
             code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -178,5 +204,6 @@ def run_script(entry: str, command: str, timeout: int = 300) -> int:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         logf.write(f"[exit {code} after {time.monotonic() - t0:.0f}s]\n".encode())
+    marker.unlink(missing_ok=True)
     log(f"{entry}: python {command} exited {code}")
     return code
