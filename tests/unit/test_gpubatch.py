@@ -49,3 +49,25 @@ def test_a_batch_groups_entries_by_cuda_line_and_counts_shared_files_once() -> N
     assert lines[1].wheel_bytes == len(_pins(locks / "vllm-0.33.0-py3.12.txt")) * (100 << 20)
     text = render(lines, {"vllm-0.24.0": ["eager"]})
     assert text[0].startswith("cu130 torch 2.11.0: 2 entries, ") and "  vllm-0.24.0  (proven: eager only)" in text
+
+
+def _deb_sizes(pinned: Path) -> dict[str, int]:
+    """sha256 -> size of every package line of a committed .deb set, read here (not with the project's parser)."""
+    out = {}
+    for line in pinned.read_text().splitlines():
+        fields = line.split()
+        if line and not line.startswith("#") and len(fields) >= 4 and fields[3].isdigit():
+            out[fields[2].removeprefix("sha256:")] = int(fields[3])
+    return out
+
+
+def test_a_line_whose_entries_need_system_libraries_carries_their_debs_once() -> None:
+    """vllm-0.25.0 and 0.26.0 both need ffmpeg: the pinned set is counted once for the line, as shipped
+    (not zstd-compressed); a line of SGLang entries carries only libnuma1's set."""
+    matrix = load_matrix(ROOT / "matrix.yaml")
+    lines = plan(matrix, "3.12", lambda name, version, shas: (0, True),
+                 [matrix.get(n) for n in ("vllm-0.25.0", "vllm-0.26.0")])
+    ffmpeg = _deb_sizes(ROOT / "docker" / "syslibs" / "ffmpeg-bookworm-amd64.txt")
+    assert len(ffmpeg) > 50 and lines[0].deb_bytes == sum(ffmpeg.values())
+    assert lines[0].parts == -(-sum(ffmpeg.values()) // (58 << 20))
+    assert "MiB of it system libraries" in render(lines, {})[0]

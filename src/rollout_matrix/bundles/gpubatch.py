@@ -22,6 +22,7 @@ from pathlib import Path
 
 from packaging.version import Version
 
+from rollout_matrix.bundles.syslibset import entry_sets
 from rollout_matrix.evidence.band_status import MODES, gpu_modes
 from rollout_matrix.evidence.committed import committed
 from rollout_matrix.evidence.results import JUNIT, PASSED
@@ -76,10 +77,15 @@ class Line:
     entries: list[Entry]
     wheel_bytes: int
     exact: bool  # every size came from the local cache
+    deb_bytes: int = 0  # the pinned .deb sets of the entries' system_packages (shipped as published)
+
+    @property
+    def payload_bytes(self) -> float:
+        return self.wheel_bytes * ZSTD_RATIO + self.deb_bytes
 
     @property
     def parts(self) -> int:
-        return math.ceil(self.wheel_bytes * ZSTD_RATIO / (58 << 20))
+        return math.ceil(self.payload_bytes / (58 << 20))
 
     @property
     def minutes(self) -> float:
@@ -111,7 +117,10 @@ def plan(matrix: Matrix, python: str, size_of: Callable[[str, str, set[str]], tu
             for sha, pin in lock_files(matrix, entry, python).items():
                 pins.setdefault(pin, set()).add(sha)
         sizes = [size_of(name, version, shas) for (name, version), shas in pins.items()]
-        out.append(Line(stack, torch, members, sum(s for s, _ in sizes), all(exact for _, exact in sizes)))
+        needs = sorted({name for entry in members for name in entry.system_packages})
+        debs = {d.sha256: d.size for pinned in entry_sets(matrix.path.parent, tuple(needs)) for d in pinned.debs}
+        out.append(Line(stack, torch, members, sum(s for s, _ in sizes), all(exact for _, exact in sizes),
+                        sum(debs.values())))
     order = list(dict.fromkeys(e.stack.name for e in matrix))
     return sorted(out, key=lambda line: (order.index(line.stack), Version(line.torch or "0")))
 
@@ -137,6 +146,10 @@ def cached_or_indexed(cache: Path, python: str) -> Callable[[str, str, set[str]]
     return size_of
 
 
+def _size(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
+
+
 def render(lines: list[Line], proven: dict[str, list[str]]) -> list[str]:
     """The printed plan: a line per CUDA line, an indented line per entry."""
     if not lines:
@@ -145,7 +158,8 @@ def render(lines: list[Line], proven: dict[str, list[str]]) -> list[str]:
     for line in lines:
         approx = "" if line.exact else "~"
         out.append(f"{line.stack} torch {line.torch}: {len(line.entries)} entries, {approx}{line.parts} parts "
-                   f"({approx}{line.wheel_bytes * ZSTD_RATIO / 2**30:.2f} GiB, {approx}{line.minutes:.1f} min of calls)")
+                   f"({approx}{line.payload_bytes / 2**30:.2f} GiB, {approx}{line.minutes:.1f} min of calls"
+                   + (f"; {_size(line.deb_bytes)} of it system libraries" if line.deb_bytes else "") + ")")
         for entry in line.entries:
             have = proven.get(entry.name)
             out.append(f"  {entry.name}" + (f"  (proven: {', '.join(have)} only)" if have else ""))
