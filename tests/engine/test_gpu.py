@@ -242,31 +242,6 @@ def test_info_names_what_runs(engine, detection) -> None:
     assert engine.info.tensor_parallel_size == 1
 
 
-TRAINER_SCRIPT = """
-import base64, json, pickle, sys
-import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
-from rollout_shims import share_weights
-cfg = json.loads(sys.argv[1])
-torch.manual_seed(cfg["seed"])  # as the tiny_qwen2 fixture builds it: on the CPU, then bf16
-model = Qwen2ForCausalLM(Qwen2Config(**cfg["model_kw"])).to(torch.bfloat16)
-fingerprint = sum(float(t.float().sum()) for t in model.state_dict().values())
-weights = {n: t.to(cfg["device"]) for n, t in model.state_dict().items()}
-cuda = cfg["device"] == "cuda"
-if cuda:
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-sent = 0
-for bucket in share_weights(weights, bucket_mib=cfg["bucket_mib"]):
-    print("BUCKET " + base64.b64encode(pickle.dumps(bucket)).decode(), flush=True)
-    if sys.stdin.readline().strip() != "loaded":  # the engine asks for the next bucket once this one is in
-        sys.exit(f"the engine did not confirm bucket {bucket.index}")
-    sent += 1
-print("DONE " + json.dumps({"buckets": sent, "fingerprint": fingerprint,
-                            "peak_extra_bytes": torch.cuda.max_memory_allocated() - before if cuda else None,
-                            "engines_imported": sorted(m for m in ("sglang", "vllm") if m in sys.modules)}), flush=True)
-"""
 BUCKET_MIB = 0.25
 """Small enough that the tiny model (3.3 MiB) takes many buckets and its largest tensors (0.5 MiB:
 embeddings, lm_head) are larger than one."""
@@ -297,7 +272,8 @@ def test_update_weights_from_another_process(engine, reference, tiny_qwen2, tmp_
 
     err = (tmp_path / "trainer.stderr").open("w")
     cfg = {"seed": 3, "model_kw": model_kw, "device": DEVICE, "bucket_mib": BUCKET_MIB}
-    trainer = subprocess.Popen([sys.executable, "-c", TRAINER_SCRIPT, json.dumps(cfg)], stdin=subprocess.PIPE,
+    script = Path(__file__).with_name("trainer_process.py")
+    trainer = subprocess.Popen([sys.executable, str(script), json.dumps(cfg)], stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, stderr=err, text=True, env=dict(os.environ))
     watchdog = threading.Timer(600, trainer.kill)
     watchdog.start()
