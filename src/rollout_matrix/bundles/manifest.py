@@ -266,6 +266,18 @@ def chunk_payload(payload: Path, chunk_bytes: int, store: Path) -> list[str]:
     return names
 
 
+def join_chunks(names: list[str], store: Path, target: Path) -> str:
+    """The inverse of :func:`chunk_payload`: ``names`` from ``store`` written in order to ``target``;
+    returns the sha256 of what was written, for the caller to check against its record."""
+    digest = hashlib.sha256()
+    with open(target, "wb") as out:
+        for name in names:
+            data = (store / name).read_bytes()
+            digest.update(data)
+            out.write(data)
+    return digest.hexdigest()
+
+
 def _holds(path: Path, block: bytes) -> bool:
     try:
         return path.stat().st_size == len(block) and path.read_bytes() == block

@@ -10,7 +10,6 @@ executable bits), and the venv's installed distributions must equal the lock, ex
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -23,7 +22,7 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
-from rollout_matrix.bundles.manifest import FileRecord, Manifest
+from rollout_matrix.bundles.manifest import FileRecord, Manifest, join_chunks
 from rollout_matrix.bundles.payload import member_digest, unpack_zstd
 from rollout_matrix.errors import UserError
 from rollout_matrix.locks.lockfile import LockFile, read_lock
@@ -36,13 +35,7 @@ def reassemble(record: FileRecord, payload_kind: str, store: Path, target_dir: P
     """Chunks (from ``store``) -> payload -> the wheel to install in ``target_dir``, checked."""
     wheel = target_dir / record.wheel
     payload = target_dir / f"{record.wheel}.payload"
-    digest = hashlib.sha256()
-    with open(payload, "wb") as out:
-        for chunk in record.chunks:
-            data = (store / chunk).read_bytes()
-            digest.update(data)
-            out.write(data)
-    if digest.hexdigest() != record.payload_sha256:
+    if join_chunks(record.chunks, store, payload) != record.payload_sha256:
         raise UserError(f"{record.wheel}: reassembled payload has the wrong sha256; receive its parts again")
     if payload_kind == "wheel":
         payload.replace(wheel)

@@ -11,7 +11,6 @@ than an Ubuntu 24.04 host's; a host copy of a library (gnutls, X11, glib...) mus
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -20,7 +19,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from rollout_matrix.bundles.manifest import DebRecord, EntryRecord
+from rollout_matrix.bundles.manifest import DebRecord, EntryRecord, join_chunks
 from rollout_matrix.errors import UserError
 from rollout_matrix.gpu.debfile import extract
 
@@ -52,13 +51,7 @@ def unpack(record: EntryRecord, chunks: Path, env: Path, zstandard: Callable[[],
 def reassemble(deb: DebRecord, chunks: Path, target_dir: Path) -> Path:
     """The ``.deb`` from the store's chunks, checked against the sha256 the pinned set gave."""
     path = target_dir / deb.deb
-    digest = hashlib.sha256()
-    with open(path, "wb") as out:
-        for chunk in deb.chunks:
-            data = (chunks / chunk).read_bytes()
-            digest.update(data)
-            out.write(data)
-    if digest.hexdigest() != deb.sha256:
+    if join_chunks(deb.chunks, chunks, path) != deb.sha256:
         raise UserError(f"{deb.deb}: reassembled file has the wrong sha256; receive its parts again")
     return path
 
