@@ -187,6 +187,8 @@ def test_stop_ends_the_running_step_by_its_recorded_group_and_starts_no_other(tm
     writes its result, as pytest writes JUnit on Ctrl-C), the next step never starts, and a process
     running the very same command outside the batch lives on (nothing is matched by name). The steps
     keep their bytecode in the machine's cache, not in the checkout."""
+    import json
+    import os
     import subprocess
     import sys
     import threading
@@ -203,7 +205,7 @@ def test_stop_ends_the_running_step_by_its_recorded_group_and_starts_no_other(tm
     results = machine / "results" / entry.name
     results.mkdir(parents=True, exist_ok=True)
     outsider = subprocess.Popen([sys.executable, "sleeper.py", "outside.txt"], cwd=checkout,
-                                env={**__import__("os").environ, "ROLLOUT_MATRIX_RESULTS": str(tmp_path)})
+                                env={**os.environ, "ROLLOUT_MATRIX_RESULTS": str(tmp_path)})
     codes: list[int] = []
     steps = [f"{entry.name}=sleeper.py first.txt", f"{entry.name}=sleeper.py second.txt"]
     runner = threading.Thread(target=lambda: codes.append(pipeline.pipeline(steps, pipeline.Plan(wait=5), [])))
@@ -223,7 +225,7 @@ def test_stop_ends_the_running_step_by_its_recorded_group_and_starts_no_other(tm
     finally:
         outsider.kill()
         outsider.wait()
-    env = __import__("json").loads((results / "first.txt.env").read_text())
+    env = json.loads((results / "first.txt.env").read_text())
     assert env["prefix"] == str(machine / "pycache") and not env["no_bytecode"]  # even where the caller's env sets it
     assert list((machine / "pycache").rglob("*.pyc")), "no bytecode was cached"
     assert not list(checkout.rglob("__pycache__"))

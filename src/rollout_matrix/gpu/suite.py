@@ -24,7 +24,6 @@ from rollout_matrix.gpu.store import log, manifests
 from rollout_matrix.locks.lockfile import read_lock
 
 if TYPE_CHECKING:
-    from rollout_matrix.bundles.manifest import EntryRecord
     from rollout_matrix.matrix.model import Entry
 
 
@@ -154,25 +153,20 @@ def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = 9
             log(f"{entry}: timed out after {timeout}s")
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)  # engine children pytest left behind
-    try:
-        return _write_run(entry, record, out, facts, described, started, t0, code, sharing, pytest_args)
+    try:  # run.json first, then the marker goes: `gpuenv stop` waits for the marker
+        lock = read_lock(store.CHECKOUT / record.lock)
+        run = RunRecord(
+            entry=entry, kind="gpu" if facts.get("cuda_devices") else "cpu", environment="bundle",
+            started=started.isoformat(timespec="seconds"), seconds=round(time.monotonic() - t0, 1), exit_code=code,
+            shim=_shim(described),
+            machine={**facts, **({"gpu_shared_with_parallel_suites": sharing} if sharing else {})},
+            pytest_args=list(pytest_args or []),
+            lock={"path": record.lock, "sha256": record.lock_sha256, "inputs_hash": lock.header.inputs_hash,
+                  "packages": len(lock.versions)},
+        )
+        run.write(out)
     finally:
         marker.unlink(missing_ok=True)
-
-
-def _write_run(entry: str, record: EntryRecord, out: Path, facts: dict, described: Entry | None, started: datetime,
-               t0: float, code: int, sharing: dict[str, str] | None, pytest_args: list[str] | None) -> int:
-    """run.json of a finished (or stopped: pytest's exit 2) suite, beside its JUnit and log."""
-    lock = read_lock(store.CHECKOUT / record.lock)
-    run = RunRecord(
-        entry=entry, kind="gpu" if facts.get("cuda_devices") else "cpu", environment="bundle",
-        started=started.isoformat(timespec="seconds"), seconds=round(time.monotonic() - t0, 1), exit_code=code,
-        shim=_shim(described), machine={**facts, **({"gpu_shared_with_parallel_suites": sharing} if sharing else {})},
-        pytest_args=list(pytest_args or []),
-        lock={"path": record.lock, "sha256": record.lock_sha256, "inputs_hash": lock.header.inputs_hash,
-              "packages": len(lock.versions)},
-    )
-    run.write(out)
     log(f"{entry}: pytest exited {code} after {run.seconds}s")
     return code
 
