@@ -127,27 +127,6 @@ class StandInEngine(RolloutEngine):
     def _shutdown(self) -> None:
         _held.pop(id(self), None)
 
-    # SGLang's Engine.get_weights_by_name, read by tests/engine/weight_probe.py (SGLang only)
-    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return getattr(self._engine, method)(*args, **kwargs)
-
-    @property
-    def _engine(self) -> Any:
-        return _NativeSGLang(self._model) if BACKEND == "sglang" else object()
-
-
-class _NativeSGLang:
-    """The part of SGLang's ``Engine`` the weight probe reads: a parameter's first rows, as lists, in
-    bf16 precision (the engine's weights are bf16)."""
-
-    def __init__(self, model: Any) -> None:
-        self._model = model
-
-    def get_weights_by_name(self, name: str, truncate_size: int = 100) -> list:
-        import torch
-
-        return self._model.state_dict()[name][:truncate_size].to(torch.bfloat16).float().tolist()
-
 
 def _create_engine(config: RolloutConfig | dict[str, Any]) -> RolloutEngine:
     if not isinstance(config, RolloutConfig):
