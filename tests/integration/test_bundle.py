@@ -54,6 +54,7 @@ def test_wheel_parts_reassemble_to_exactly_the_locks_wheels(tmp_path: Path, lock
     assert parts[0].name == "part-000" and (parts[0] / MANIFEST).is_file()
     assert all(sum(f.stat().st_size for f in p.iterdir()) <= 2 << 20 for p in parts[1:])
     store.receive(parts)
+    assert not [f for p in parts[1:] for f in p.iterdir()]  # chunks moved into the store, not copied (gpu/disk.py)
 
     lock = read_lock(locked.path.parent / manifest.entries[entry.name].lock)
     wheels = tmp_path / "wheels"
@@ -149,6 +150,40 @@ def test_pipeline_runs_steps_side_by_side_and_fails_when_one_fails(tmp_path: Pat
     with pytest.raises(UserError, match=r"not in matrix\.yaml: tiny-2\.31"):
         pipeline.pipeline(["tiny-2.31"], pipeline.Plan(wait=600), [])
     assert pipeline.pipeline([f"{entry.name}=stamp.py 0 d.json 0"], pipeline.Plan(), []) == 0
+
+
+def test_a_venv_goes_when_its_entrys_last_step_ends_and_a_full_disk_is_one_line(
+        tmp_path: Path, locked: Matrix, machine: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """The H200's 64 GiB hold few venvs at once (gpu/disk.py): a venv stays while any step of its entry
+    runs, goes when the last ends (``--keep-envs`` keeps it), and a build the disk has no room for fails
+    in one line, never filling the disk."""
+    import json
+
+    from rollout_matrix.gpu import disk
+
+    entry = locked.get("tiny-2.31.0")
+    make_bundle(locked, [entry], entry.python, tmp_path / "bundle", part_mib=2, payload="wheel",
+                cache=tmp_path / "cache", progress=lambda line: None)
+    store.receive(sorted((tmp_path / "bundle").iterdir()))
+    (locked.path.parent / "alive.py").write_text(
+        "import json, os, sys, time\ntime.sleep(float(sys.argv[1]))\n"
+        "open(os.path.join(os.environ['ROLLOUT_MATRIX_RESULTS'], sys.argv[2]), 'w').write("
+        "json.dumps(os.path.isdir(os.path.join(sys.prefix, 'lib'))))\n")
+    env = machine / "envs" / entry.name
+    steps = [f"{entry.name}=alive.py 0 short.json", f"{entry.name}=alive.py 3 long.json"]
+    assert pipeline.pipeline(steps, pipeline.Plan(parallel=2, wait=5), []) == 0
+    results = machine / "results" / entry.name
+    assert json.loads((results / "long.json").read_text()) is True  # its venv outlived the other step
+    assert not env.exists()
+    assert pipeline.pipeline(steps[:1], pipeline.Plan(wait=5, keep_envs=True), []) == 0
+    assert (env / "bin").is_dir()
+
+    shutil.rmtree(env)
+    monkeypatch.setattr(disk, "free_bytes", lambda path=None: 1 << 30)
+    capsys.readouterr()
+    assert pipeline.pipeline(steps[:1], pipeline.Plan(wait=5), []) == 1
+    said = [line for line in capsys.readouterr().out.splitlines() if "GiB free" in line and "needs about" in line]
+    assert len(said) == 1 and said[0].count(entry.name) == 1 and not env.exists()
 
 
 def test_plan_shares_the_gpu_only_when_suites_run_side_by_side() -> None:

@@ -91,34 +91,39 @@ def build_venv(manifest: Manifest, entry: str, checkout: Path, store: Path, env:
     start = time.monotonic()
     shutil.rmtree(wheels_dir, ignore_errors=True)
     wheels_dir.mkdir(parents=True)
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        wheels = list(pool.map(lambda f: reassemble(f, manifest.payload, store, wheels_dir, zstandard), record.files))
-    log(f"{entry}: {len(wheels)} wheels reassembled and checked in {time.monotonic() - start:.0f}s")
-    shutil.rmtree(env, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
-    python = env / "bin" / "python"
-    # pip >= 22.3 installs into another interpreter's environment (scripts get its shebang); older pips
-    # install with --prefix, where --ignore-installed keeps pip from skipping what its own env has.
-    into = ["--python", str(python)] if subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "--version"], capture_output=True,
-        check=False).returncode == 0 else []
-    target = [] if into else ["--prefix", str(env)]
-    procs = [subprocess.Popen([sys.executable, "-m", "pip", *into, "install", "-q", *target, "--no-index",
-                               "--no-deps", "--ignore-installed", "--no-compile", "--no-warn-script-location",
-                               "--disable-pip-version-check", *map(str, group)])
-             for group in _balanced(wheels, jobs)]
-    codes = [p.wait() for p in procs]
-    if any(codes):
-        raise UserError(f"{entry}: pip failed installing the wheels (exit codes {codes})")
-    installed = json.loads(subprocess.run(
-        [str(python), "-I", "-c", "import importlib.metadata as m, json; "
-         "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))"],
-        capture_output=True, text=True, check=True).stdout)
-    got = {canonicalize_name(k): v for k, v in installed.items()}
-    if got != lock.versions:
-        diff = sorted(set(got.items()) ^ set(lock.versions.items()))
-        raise UserError(f"{entry}: the venv does not equal the lock: {diff[:6]}")
-    shutil.rmtree(wheels_dir, ignore_errors=True)
+    try:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            wheels = list(pool.map(lambda f: reassemble(f, manifest.payload, store, wheels_dir, zstandard), record.files))
+        log(f"{entry}: {len(wheels)} wheels reassembled and checked in {time.monotonic() - start:.0f}s")
+        shutil.rmtree(env, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
+        python = env / "bin" / "python"
+        # pip >= 22.3 installs into another interpreter's environment (scripts get its shebang); older pips
+        # install with --prefix, where --ignore-installed keeps pip from skipping what its own env has.
+        into = ["--python", str(python)] if subprocess.run(
+            [sys.executable, "-m", "pip", "--python", str(python), "--version"], capture_output=True,
+            check=False).returncode == 0 else []
+        target = [] if into else ["--prefix", str(env)]
+        procs = [subprocess.Popen([sys.executable, "-m", "pip", *into, "install", "-q", *target, "--no-index",
+                                   "--no-deps", "--ignore-installed", "--no-compile", "--no-warn-script-location",
+                                   "--disable-pip-version-check", *map(str, group)])
+                 for group in _balanced(wheels, jobs)]
+        codes = [p.wait() for p in procs]
+        if any(codes):
+            raise UserError(f"{entry}: pip failed installing the wheels (exit codes {codes})")
+        installed = json.loads(subprocess.run(
+            [str(python), "-I", "-c", "import importlib.metadata as m, json; "
+             "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))"],
+            capture_output=True, text=True, check=True).stdout)
+        got = {canonicalize_name(k): v for k, v in installed.items()}
+        if got != lock.versions:
+            diff = sorted(set(got.items()) ^ set(lock.versions.items()))
+            raise UserError(f"{entry}: the venv does not equal the lock: {diff[:6]}")
+    except BaseException:
+        shutil.rmtree(env, ignore_errors=True)  # a half-made venv is never taken for a whole one
+        raise
+    finally:
+        shutil.rmtree(wheels_dir, ignore_errors=True)  # as large as the venv: never left behind
     (env / STAMP).write_text(json.dumps({"lock": record.lock, "lock_sha256": record.lock_sha256,
                                          "packages": len(got), "seconds": round(time.monotonic() - start, 1)}))
     log(f"{entry}: venv {env} equals {record.lock} ({len(got)} packages) after {time.monotonic() - start:.0f}s")

@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="each suite's engines' share of GPU memory (default 0.4 alone, 0.8/N with --parallel N)")
     p.add_argument("--suite-timeout", type=_positive, default=900, help="seconds one suite may run")
     p.add_argument("--script-timeout", type=_positive, default=300, help="seconds one ENTRY=SCRIPT step may run")
+    p.add_argument("--keep-envs", action="store_true",
+                   help="keep each venv after its entry's steps (default: removed, the disk holds few at once)")
     p = sub.add_parser("collect")
     p.add_argument("out", type=Path)
     p = sub.add_parser("stop", help="end the running steps as Ctrl-C would (their results are written) and start "
@@ -97,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.parallel == 0:
                 args.parallel = auto_parallel()
             plan = Plan(wait=args.wait, parallel=args.parallel, memory_fraction=args.memory_fraction,
-                        suite_timeout=args.suite_timeout, script_timeout=args.script_timeout)
+                        suite_timeout=args.suite_timeout, script_timeout=args.script_timeout,
+                        keep_envs=args.keep_envs)
             if args.memory_fraction is not None and not 0.02 <= args.memory_fraction <= 0.95:
                 raise UserError(f"--memory-fraction {args.memory_fraction}: give a fraction between 0.02 and 0.95")
             check_steps(args.entries)
@@ -107,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                        str(args.wait), "--parallel", str(args.parallel), "--suite-timeout", str(args.suite_timeout),
                        "--script-timeout", str(args.script_timeout),
                        *(["--memory-fraction", str(args.memory_fraction)] if args.memory_fraction is not None else []),
+                       *(["--keep-envs"] if args.keep_envs else []),
                        *(["--", *pytest_args] if pytest_args else [])]
                 with open(logfile, "ab") as fh:
                     subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,

@@ -16,8 +16,10 @@ from pathlib import Path
 
 from rollout_matrix.errors import UserError
 from rollout_matrix.evidence.results import RUN_JSON, RunRecord
-from rollout_matrix.gpu import stop, store
-from rollout_matrix.gpu.store import complete, log
+from rollout_matrix.gpu import disk, stop, store
+from rollout_matrix.gpu.install import install
+from rollout_matrix.gpu.lockenv import STAMP
+from rollout_matrix.gpu.store import complete, log, manifests
 from rollout_matrix.gpu.suite import matrix_entry, query, run_script, run_suite
 
 STOPPED = 3
@@ -33,6 +35,7 @@ class Plan:
     memory_fraction: float | None = None
     suite_timeout: int = 900
     script_timeout: int = 300
+    keep_envs: bool = False
 
     def fraction(self) -> float:
         """Each suite's share of the GPU: the suite's own default alone, less when several run at once,
@@ -91,7 +94,7 @@ def check_steps(steps: list[str]) -> None:
         raise UserError(f"not in matrix.yaml: {', '.join(unknown)}; name entries as `rollout-matrix list` shows them")
 
 
-def _run_step(step: str, plan: Plan, pytest_args: list[str]) -> int:
+def _run_step(step: str, plan: Plan, pytest_args: list[str], board: disk.Board) -> int:
     entry, _, command = step.partition("=")
     deadline = time.monotonic() + plan.wait
     while not complete(entry) and time.monotonic() < deadline and not stop.requested():
@@ -100,12 +103,21 @@ def _run_step(step: str, plan: Plan, pytest_args: list[str]) -> int:
         log(f"{step}: not started, the batch was stopped (gpuenv stop)")
         return STOPPED
     try:
+        if complete(entry) and not (store._dirs()["envs"] / entry / STAMP).is_file():
+            need = disk.build_need(manifests()[entry].entries[entry])
+            disk.wait_for_room(entry, need, lambda: board.others_running(step), stop.requested)
+        board.start(step)
+        install(entry)  # here, not inside the suite, so that a failed build ends the step the same way
         if command:
             return run_script(entry, command, plan.script_timeout)
         return run_suite(entry, pytest_args, plan.suite_timeout, plan.sharing())
     except UserError as exc:
-        log(f"{entry}: {exc}")
+        message = str(exc)
+        log(message if message.startswith(f"{entry}: ") else f"{entry}: {message}")  # the entry named once
         return 2
+    finally:
+        if board.end(step) and not plan.keep_envs:
+            disk.remove_env(entry)
 
 
 def pipeline(steps: list[str], plan: Plan, pytest_args: list[str]) -> int:
@@ -116,10 +128,13 @@ def pipeline(steps: list[str], plan: Plan, pytest_args: list[str]) -> int:
     of its memory. Returns 0 when every step passed, else 1."""
     check_steps(steps)
     stop.clear()
+    board = disk.Board(steps)
+    log(f"disk: {disk.free_bytes() / disk.GiB:.1f} GiB free under {store.ROOT}"
+        + ("" if plan.keep_envs else "; each venv is removed once its entry's steps have ended"))
     if plan.parallel > 1:
         log(f"{plan.parallel} steps at a time, each suite's engines at {plan.fraction()} of the GPU")
     with ThreadPoolExecutor(max_workers=plan.parallel) as pool:
-        codes = dict(zip(steps, pool.map(lambda step: _run_step(step, plan, pytest_args), steps), strict=True))
+        codes = dict(zip(steps, pool.map(lambda step: _run_step(step, plan, pytest_args, board), steps), strict=True))
     failed = [step for step, code in codes.items() if code != 0]
     log(f"pipeline done: {len(steps) - len(failed)} of {len(steps)} steps passed"
         + (f"; failed: {', '.join(failed)}" if failed else ""))

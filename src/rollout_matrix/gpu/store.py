@@ -100,8 +100,13 @@ def _receive_item(item: Path, d: dict[str, Path], hashes: dict[str, str]) -> int
         return 0
     if sha256_file(item) != item.name:
         raise UserError(f"{item}: content does not match its name (corrupted in transfer); send the part again")
-    shutil.copyfile(item, target.with_name(item.name + ".tmp"))
-    target.with_name(item.name + ".tmp").replace(target)
+    try:
+        # Moved, not copied: the carried part stays on the machine between calls, and a second copy of
+        # a bundle is 6 GiB of a 64 GiB disk (gpu/disk.py). A rename within one filesystem is atomic.
+        item.replace(target)
+    except OSError:  # another filesystem, or a part that cannot be emptied: a copy, then a rename
+        shutil.copyfile(item, target.with_name(item.name + ".tmp"))
+        target.with_name(item.name + ".tmp").replace(target)
     return 1
 
 
