@@ -23,6 +23,7 @@ from rollout_shims.detect import Detection
 from rollout_shims.engine_log import EngineLog
 from rollout_shims.errors import EngineFailedError, EngineRequestError, EngineStateError, UnsupportedFeatureError
 from rollout_shims.mapping import SGLANG_ARGS, SGLANG_FIXED, ArgRule, engine_kwargs
+from rollout_shims.multicast import turn_off_multicast
 from rollout_shims.outputs import int_list
 from rollout_shims.processes import OwnedProcesses
 from rollout_shims.sharing import SGLANG_LOADER
@@ -88,6 +89,8 @@ class SGLangEngine(SGLangWeights, RolloutEngine):
         self.preflight()
         kwargs = self.engine_kwargs(config, detection.release)
         self._custom_loaders = tuple(kwargs.get("custom_weight_loader") or ())
+        # The scheduler and detokenizer inherit os.environ (rollout_shims/multicast.py says why).
+        self.info.details["multicast_env_changed"] = turn_off_multicast()
         from sglang.srt.entrypoints import engine as engine_module
 
         self._label = f"sglang {detection.release} (shim {detection.shim})"

@@ -25,6 +25,7 @@ from rollout_shims.config import RolloutConfig
 from rollout_shims.detect import Detection
 from rollout_shims.errors import EngineRequestError, EngineStateError, UnsupportedFeatureError
 from rollout_shims.mapping import VLLM_ARGS, VLLM_FIXED, engine_kwargs
+from rollout_shims.multicast import turn_off_multicast
 from rollout_shims.outputs import int_list, sampled_logprobs
 from rollout_shims.sharing import SharedBucket
 from rollout_shims.shims import vllm_memory
@@ -132,6 +133,7 @@ class VLLMEngine(RolloutEngine):
         env = self.environment(config)
         unset = [name for name in self.UNSET_ENV if os.environ.pop(name, None) is not None]
         os.environ.update(env)
+        multicast = turn_off_multicast()  # TP > 1 workers inherit os.environ (rollout_shims/multicast.py)
         kwargs = self.engine_kwargs(config, detection.release)
         self._refuse_when_an_earlier_engine_left_memory(detection.release)
         from vllm import LLM
@@ -140,7 +142,7 @@ class VLLMEngine(RolloutEngine):
         self._after_start()
         v1 = type(self._llm.llm_engine).__module__.startswith("vllm.v1")
         self.info.details.update(
-            env=env, env_unset=unset, v1=v1,
+            env=env, env_unset=unset, multicast_env_changed=multicast, v1=v1,
             # V0 ignores logprobs_mode (its logprobs are the processed ones, see the band's ATTENTION).
             logprobs_mode=kwargs.get("logprobs_mode") if v1 else None,
             model_runner=self._model_runner(),
