@@ -29,6 +29,7 @@ from rollout_shims.multicast import turn_off_multicast
 from rollout_shims.outputs import int_list, sampled_logprobs
 from rollout_shims.sharing import SharedBucket
 from rollout_shims.shims import vllm_memory
+from rollout_shims.shims.vllm_groups import TORCH_GROUP_SYMBOLS, VLLMGroups
 from rollout_shims.symbols import Symbol, required_problems
 
 LLM_PY = "vllm/entrypoints/llm.py"
@@ -93,7 +94,7 @@ class Attention:
 RAW = "raw: log_softmax(logits) before temperature, penalties and top-k/top-p"
 
 
-class VLLMEngine(RolloutEngine):
+class VLLMEngine(VLLMGroups, RolloutEngine):
     """vLLM's offline ``LLM`` behind the common API (shared behaviour of all bands)."""
 
     ATTENTION: ClassVar[dict[str, Attention]] = {}
@@ -118,6 +119,7 @@ class VLLMEngine(RolloutEngine):
         _sym("vllm/sampling_params.py", "SamplingParams"),
         _sym("vllm/inputs/__init__.py", "TokensPrompt"),
         _sym("vllm/model_executor/models/qwen2.py", "Qwen2ForCausalLM.load_weights", "weights"),
+        *TORCH_GROUP_SYMBOLS,
     )
 
     def __init__(self, config: RolloutConfig, detection: Detection) -> None:
