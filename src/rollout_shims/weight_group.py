@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import os
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,21 @@ DEFAULT_GROUP_NAME = "weight_update_group"
 """SGLang's default name for it (``Engine.update_weights_from_distributed``, 0.4.9+)."""
 DEFAULT_TIMEOUT_S = 1800.0
 """torch's default for process groups (``default_pg_timeout``), which SGLang's engine ranks use."""
+NCCL_CUMEM = "NCCL_CUMEM_ENABLE"
+
+
+def default_cumem(environ: Any = None) -> str:
+    """``NCCL_CUMEM_ENABLE`` as both ends of a group run with it: 0 unless set, in the engine's process
+    (written before the engine starts, so its processes inherit it) and in the trainer's.
+
+    Why: NCCL's peers must agree on it, or the first broadcast fails (SkyRL#143: vLLM sets 0, the
+    trainer did not). The engines' own choice is 0 where they make one: SGLang 0.4.x always writes 0
+    (entrypoints/engine.py:479 in 0.4.6.post5), 0.5.x writes 0 when it is unset (:1898-1907 in 0.5.23),
+    vLLM 0.8.5 writes 0 on import (env_override.py); later vLLM leaves NCCL's default. A value set in
+    the environment is kept, so a job that sets it sets it for both ends (SGLang 0.4.x and vLLM 0.8.5
+    overwrite it with 0 all the same). Returns the value in force."""
+    env = os.environ if environ is None else environ
+    return env.setdefault(NCCL_CUMEM, "0")
 
 
 @dataclass(frozen=True)
@@ -142,7 +158,8 @@ class WeightGroup:
 
     ``device``: where tensors are broadcast from (default: the current CUDA device for NCCL, the CPU for
     gloo). ``timeout_s``: how long to wait for the engine's ranks, and for each broadcast.
-    Creating it writes :data:`rollout_shims.multicast.NO_MULTICAST` into ``os.environ`` first."""
+    Creating it writes :data:`rollout_shims.multicast.NO_MULTICAST` into ``os.environ`` first, and
+    ``NCCL_CUMEM_ENABLE=0`` where it is unset (:func:`default_cumem`)."""
 
     def __init__(self, master_address: str, master_port: int, world_size: int, *,
                  group_name: str = DEFAULT_GROUP_NAME, backend: str = "nccl", device: Any = None,
@@ -151,6 +168,9 @@ class WeightGroup:
         import torch
 
         turn_off_multicast()
+        self.nccl_cumem_enable = default_cumem()
+        """What this process's NCCL runs with: must equal the engine's ``info.details["nccl_cumem_enable"]``
+        (NCCL reads it once per process, so set it before the trainer's first NCCL call if it differs)."""
         if device is None:
             device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else "cpu"
         self.device = torch.device(device)

@@ -23,6 +23,7 @@ from rollout_shims.bands import load_bands
 from rollout_shims.detect import Detection
 from rollout_shims.multicast import NO_MULTICAST, turn_off_multicast
 from rollout_shims.shims import SHIMS
+from rollout_shims.weight_group import NCCL_CUMEM, default_cumem
 
 
 def test_multicast_variables_are_set_and_an_other_value_is_overridden_with_a_warning(caplog) -> None:
@@ -35,6 +36,13 @@ def test_multicast_variables_are_set_and_an_other_value_is_overridden_with_a_war
     assert [r.getMessage().split(" would")[0] for r in caplog.records] == ["NCCL_NVLS_ENABLE=1"]
     assert turn_off_multicast(env) == {}  # nothing left to change
     assert NO_MULTICAST == {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
+
+def test_nccl_cumem_is_0_unless_the_environment_sets_it() -> None:
+    env: dict[str, str] = {}
+    assert default_cumem(env) == "0" and env == {NCCL_CUMEM: "0"}
+    env = {NCCL_CUMEM: "1"}  # a job that wants cuMem sets it for trainer and engine alike: kept
+    assert default_cumem(env) == "1" and env == {NCCL_CUMEM: "1"}
 
 
 class StopAtEngine(Exception):
@@ -71,7 +79,7 @@ def environment():
 
 def fake_engines(monkeypatch, seen: list[dict[str, str | None]]) -> None:
     def started(*args: Any, **kwargs: Any) -> None:
-        seen.append({name: os.environ.get(name) for name in NO_MULTICAST})
+        seen.append({name: os.environ.get(name) for name in (*NO_MULTICAST, NCCL_CUMEM)})
         raise StopAtEngine
 
     class Engine:
@@ -103,16 +111,18 @@ def fake_engines(monkeypatch, seen: list[dict[str, str | None]]) -> None:
 @pytest.mark.parametrize("name", sorted(SHIMS))
 def test_every_band_starts_its_engine_with_nvlink_multicast_off(name, monkeypatch, environment, tmp_path) -> None:
     """The engine (and every process it starts, which inherits os.environ) sees NO_MULTICAST, also
-    where the caller had turned NCCL's NVLS on."""
+    where the caller had turned NCCL's NVLS on; and NCCL_CUMEM_ENABLE=0 where the caller left it unset,
+    the value a weight group's trainer gets too (rollout_shims.weight_group.default_cumem)."""
     band = next(b for b in load_bands() if b.shim == name)
     release = band.text.split(",")[0].removeprefix(">=")  # the band's first release
     monkeypatch.setenv("NCCL_NVLS_ENABLE", "1")
     monkeypatch.delenv("TORCH_SYMM_MEM_DISABLE_MULTICAST", raising=False)
     monkeypatch.delenv("NVSHMEM_DISABLE_NVLS", raising=False)
+    monkeypatch.delenv(NCCL_CUMEM, raising=False)
     seen: list[dict[str, str | None]] = []
     fake_engines(monkeypatch, seen)
     detection = Detection(engine=band.engine, version=release, shim=name, band=band)
     config = RolloutConfig.from_dict({"model_dir": str(tmp_path), "rollout_backend": band.engine})
     with pytest.raises(StopAtEngine):
         SHIMS[name](config, detection)
-    assert seen == [NO_MULTICAST]
+    assert seen == [{**NO_MULTICAST, NCCL_CUMEM: "0"}]

@@ -30,6 +30,7 @@ from rollout_shims.sharing import SGLANG_LOADER
 from rollout_shims.shims.sglang_groups import SGLangGroups
 from rollout_shims.shims.sglang_weights import SGLangWeights
 from rollout_shims.symbols import Symbol, required_problems, unavailable_features
+from rollout_shims.weight_group import NCCL_CUMEM, default_cumem
 
 log = logging.getLogger("rollout_shims")
 
@@ -97,6 +98,7 @@ class SGLangEngine(SGLangGroups, SGLangWeights, RolloutEngine):
         self._custom_loaders = tuple(kwargs.get("custom_weight_loader") or ())
         # The scheduler and detokenizer inherit os.environ (rollout_shims/multicast.py says why).
         self.info.details["multicast_env_changed"] = turn_off_multicast()
+        default_cumem()  # what a weight group's trainer must match (weight_group.py)
         from sglang.srt.entrypoints import engine as engine_module
 
         self._label = f"sglang {detection.release} (shim {detection.shim})"
@@ -120,6 +122,7 @@ class SGLangEngine(SGLangGroups, SGLangWeights, RolloutEngine):
             finally:
                 self._log.uninstall()
             self._engine = engine
+            self.info.details["nccl_cumem_enable"] = os.environ.get(NCCL_CUMEM)  # as SGLang left it
             self._owned.capture()
             atexit.unregister(engine.shutdown)
             atexit.register(self.shutdown)

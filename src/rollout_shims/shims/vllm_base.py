@@ -31,6 +31,7 @@ from rollout_shims.sharing import SharedBucket
 from rollout_shims.shims import vllm_memory
 from rollout_shims.shims.vllm_groups import TORCH_GROUP_SYMBOLS, VLLMGroups
 from rollout_shims.symbols import Symbol, required_problems
+from rollout_shims.weight_group import NCCL_CUMEM, default_cumem
 
 LLM_PY = "vllm/entrypoints/llm.py"
 FLASHINFER_DISTS = ("flashinfer-python", "flashinfer")
@@ -136,6 +137,7 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
         unset = [name for name in self.UNSET_ENV if os.environ.pop(name, None) is not None]
         os.environ.update(env)
         multicast = turn_off_multicast()  # TP > 1 workers inherit os.environ (rollout_shims/multicast.py)
+        default_cumem()  # what a weight group's trainer must match (weight_group.py)
         kwargs = self.engine_kwargs(config, detection.release)
         self._refuse_when_an_earlier_engine_left_memory(detection.release)
         from vllm import LLM
@@ -144,7 +146,7 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
         self._after_start()
         v1 = type(self._llm.llm_engine).__module__.startswith("vllm.v1")
         self.info.details.update(
-            env=env, env_unset=unset, multicast_env_changed=multicast, v1=v1,
+            env=env, env_unset=unset, multicast_env_changed=multicast, nccl_cumem_enable=os.environ.get(NCCL_CUMEM), v1=v1,
             # V0 ignores logprobs_mode (its logprobs are the processed ones, see the band's ATTENTION).
             logprobs_mode=kwargs.get("logprobs_mode") if v1 else None,
             model_runner=self._model_runner(),
