@@ -13,7 +13,7 @@ a band each: the changes fall inside bands drawn for other reasons.
   ``update_weights_from_distributed(name, dtype, shape)`` (engine.py:417 in 0.4.8), which flushes the
   cache every time; one group per engine (``self._model_update_group``, not keyed by name).
 * 0.4.9: lists, ``update_weights_from_distributed(names, dtypes, shapes, group_name, flush_cache)``
-  (engine.py:421-445), all broadcasts posted before one ``load_weights``; groups in a dict by name.
+  (engine.py:421-440), all broadcasts posted before one ``load_weights``; groups in a dict by name.
 * 0.5.3: ``Engine.destroy_weights_update_group(group_name)`` (engine.py:437); before, a group lives as
   long as the engine.
 * 0.5.21: the scheduler refuses it outside a weight-update session, as for tensors
