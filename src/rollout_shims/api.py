@@ -175,8 +175,9 @@ class RolloutEngine(ABC):
         ``rank_offset + ranks - 1`` of ``world_size`` (ranks: TP for SGLang, TP x PP for vLLM).
 
         Blocks until the trainer's end exists, and the trainer's end waits for every engine rank: run
-        the two at once (the trainer in its own process, or one of them in a thread); docs/shims.md,
-        "Weights over an NCCL group". Several engines join one group with rank offsets that do not overlap.
+        the two at once (the trainer in its own process, or in a thread where the engine's ranks are
+        processes of their own); docs/shims.md, "Weights over an NCCL group". Several engines join one
+        group with rank offsets that do not overlap.
         """
         self._require_open("init_weight_group")
         check_group_args("init_weight_group", master_address, master_port, world_size, group_name, backend)

@@ -17,8 +17,8 @@ The wire protocol is SGLang's, the same for every band (docs/shims.md, "Weights 
   would make the trainer import vLLM.
 * **Order.** Both ends must run at once: the trainer's store waits for every engine rank, an engine
   rank waits for the store, and NCCL connects lazily at the first broadcast, where both ends wait for
-  each other again. Create :class:`WeightGroup` in the trainer's process (or a thread) while the
-  engine's ``init_weight_group`` runs.
+  each other again. Create :class:`WeightGroup` in the trainer's process (or in a thread, where the
+  engine's ranks are processes of their own) while the engine's ``init_weight_group`` runs.
 * **Buckets.** :meth:`WeightGroup.broadcast` yields a :class:`GroupBucket` (names, dtypes, shapes: a
   few bytes a tensor) *before* broadcasting its tensors; the caller hands it to the engine's
   ``update_weights_from_group``, which allocates the bucket and receives one broadcast per tensor, in
