@@ -21,9 +21,12 @@ cfg = json.loads(sys.argv[1])
 torch.manual_seed(cfg["seed"])  # as the tiny_qwen2 fixture builds it: on the CPU, then bf16
 model = Qwen2ForCausalLM(Qwen2Config(**cfg["model_kw"])).to(torch.bfloat16)
 fingerprint = sum(float(t.float().sum()) for t in model.state_dict().values())
-weights = {n: t.to(cfg["device"]) for n, t in model.state_dict().items()}
+device = torch.device(cfg["device"])
+if device.type == "cuda":
+    torch.cuda.set_device(device)
+weights = {n: t.to(device) for n, t in model.state_dict().items()}
 group = WeightGroup(cfg["address"], cfg["port"], cfg["world_size"], group_name=cfg["group_name"],
-                    backend=cfg["backend"], timeout_s=cfg["timeout_s"])
+                    backend=cfg["backend"], device=device, timeout_s=cfg["timeout_s"])
 print("JOINED", flush=True)
 sent = 0
 for bucket in group.broadcast(weights, bucket_mib=cfg["bucket_mib"]):

@@ -34,12 +34,6 @@ GROUP = "rollout_matrix_test"
 TIMEOUT_S = 300
 
 
-def visible_gpus(cuda_devices: int) -> list[str]:
-    """The visible GPUs as CUDA_VISIBLE_DEVICES names them (the engine takes the first)."""
-    named = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
-    return [g.strip() for g in named.split(",") if g.strip()] if named else [str(i) for i in range(cuda_devices)]
-
-
 @pytest.fixture(scope="module")
 def engine(model_dir: Path, backend: str, mode: str, cuda_devices: int):
     if DEVICE != "cpu" and cuda_devices < 2:
@@ -66,8 +60,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_update_weights_over_nccl(engine, reference, tiny_qwen2, cuda_devices: int, tmp_path: Path, caplog,
-                                  record_property) -> None:
+def test_update_weights_over_nccl(engine, reference, tiny_qwen2, tmp_path: Path, caplog, record_property) -> None:
     """The update disaggregated RL runs: a trainer process on the other GPU (torch only, no engine
     imported) joins the engine's weight group as rank 0 and broadcasts a new model's weights bucket by
     bucket; the engine, just through offload/onload, receives them with ``update_weights_from_group``
@@ -87,13 +80,12 @@ def test_update_weights_over_nccl(engine, reference, tiny_qwen2, cuda_devices: i
     ranks = engine.info.tensor_parallel_size
     cfg = {"seed": 4, "model_kw": tiny_qwen2.__globals__["MODEL_KW"], "address": "127.0.0.1", "port": free_port(),
            "world_size": 1 + ranks, "group_name": GROUP, "timeout_s": TIMEOUT_S, "bucket_mib": BUCKET_MIB,
-           "backend": "gloo" if DEVICE == "cpu" else "nccl", "device": "cpu" if DEVICE == "cpu" else "cuda"}
-    env = dict(os.environ)
-    if DEVICE != "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = visible_gpus(cuda_devices)[1]
+           # the engine works on the first visible GPU; the trainer sees both (NCCL's peer-to-peer path
+           # between the two processes needs that) and works on the second
+           "backend": "gloo" if DEVICE == "cpu" else "nccl", "device": "cpu" if DEVICE == "cpu" else "cuda:1"}
     err = (tmp_path / "trainer.stderr").open("w")
     trainer = subprocess.Popen([sys.executable, str(Path(__file__).with_name("group_trainer.py")), json.dumps(cfg)],
-                               stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+                               stdout=subprocess.PIPE, stderr=err, text=True, env=dict(os.environ))
     watchdog = threading.Timer(600, trainer.kill)
     watchdog.start()
     done: dict = {}
