@@ -152,14 +152,17 @@ def test_sglang_0_4_9_to_0_5_2_receives_a_bucket_per_call_in_groups_by_name(rele
         eng.destroy_weight_group("g")
 
 
-@pytest.mark.parametrize("release", ["0.5.3", "0.5.13.post1", "0.5.20"])
-def test_sglang_0_5_3_on_leaves_a_group(release, installed) -> None:
+@pytest.mark.parametrize("release", ["0.5.3", "0.5.5.post3", "0.5.9", "0.5.13.post1", "0.5.17", "0.5.20"])
+def test_sglang_0_5_3_to_0_5_20_receives_buckets_and_leaves_a_group(release, installed) -> None:
     fake = Engine053()
     eng = sglang_engine(release, fake)
     join(eng)
+    eng.update_weights_from_group(buckets())
     eng.destroy_weight_group("g")
     join(eng)  # the name is free again
-    assert [c[0] for c in fake.calls] == ["init", "destroy", "init"] and fake.calls[1] == ("destroy", "g")
+    assert [c[0] for c in fake.calls] == ["init", "receive", "receive", "flush", "destroy", "init"]
+    assert fake.calls[1] == ("receive", ["a", "b"], ["bfloat16", "float32"], [[2, 3], [4]], "g", False)
+    assert fake.calls[4] == ("destroy", "g")
 
 
 def test_sglang_0_5_21_on_receives_inside_one_weight_update_session(installed) -> None:

@@ -25,7 +25,7 @@ import pytest
 from rollout_shims import EngineInfo, GroupBucket, RolloutConfig, UnsupportedFeatureError, WeightGroup
 from rollout_shims.api import RolloutEngine
 from rollout_shims.errors import EngineStateError
-from rollout_shims.shims import vllm_groups
+from rollout_shims.shims import SHIMS, vllm_groups
 from rollout_shims.shims.vllm_bands import VLLM025
 from rollout_shims.weight_group import DEFAULT_GROUP_NAME
 
@@ -187,21 +187,22 @@ class FakeLLM:
         return True
 
 
-def vllm_engine(ranks: int = 1) -> Any:
-    """The vllm-0.25 shim's real group code, with vLLM's ``LLM`` faked (the engine boundary)."""
-    eng = VLLM025.__new__(VLLM025)
+def vllm_engine(ranks: int = 1, cls: type = VLLM025) -> Any:
+    """A vLLM band's real group code (vllm-0.25 unless named), with vLLM's ``LLM`` faked (the engine boundary)."""
+    eng = cls.__new__(cls)
     config = cfg(tensor_parallel_size=ranks)
-    RolloutEngine.__init__(eng, config, EngineInfo("vllm", "0.34.0", "vllm-0.25", False, "g", "qwen2", ranks, "raw"))
+    RolloutEngine.__init__(eng, config, EngineInfo("vllm", "0", cls.SHIM, False, "g", "qwen2", ranks, "raw"))
     eng._llm = FakeLLM(ranks)
     return eng
 
 
-def test_vllm_workers_join_at_rank_offset_plus_their_rank(monkeypatch) -> None:
+@pytest.mark.parametrize("cls", [c for c in SHIMS.values() if c.SHIM.startswith("vllm-")], ids=lambda c: c.SHIM)
+def test_vllm_workers_join_at_rank_offset_plus_their_rank(cls, monkeypatch) -> None:
     joined = []
     monkeypatch.setattr(vllm_groups, "unavailable_features", lambda symbols: {})  # torch's internals: there
     monkeypatch.setattr("rollout_shims.weight_group.new_group",
                         lambda *args: joined.append(args) or f"group of rank {args[3]}")
-    eng = vllm_engine(ranks=2)
+    eng = vllm_engine(ranks=2, cls=cls)
     eng.init_weight_group("10.0.0.1", 29500, 5, rank_offset=3, group_name="g", backend="nccl")
     assert [a[:6] for a in joined] == [("10.0.0.1", 29500, 5, rank, "g", "nccl") for rank in (3, 4)]
     assert [getattr(w, vllm_groups.GROUPS_ATTR) for w in eng._llm.workers] == [{"g": "group of rank 3"},
