@@ -17,12 +17,14 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from packaging.version import Version
 
 from rollout_shims import RolloutConfig
-from rollout_shims.bands import load_bands
+from rollout_shims.bands import band_for, load_bands
 from rollout_shims.detect import Detection
 from rollout_shims.multicast import NO_MULTICAST, turn_off_multicast
 from rollout_shims.shims import SHIMS
+from rollout_shims.shims.vllm_base import RAY_COPY_ENV
 from rollout_shims.weight_group import NCCL_CUMEM, default_cumem
 
 
@@ -66,6 +68,8 @@ class ServerArgs:
 class EngineArgs:
     model: str = ""
     enable_sleep_mode: bool = False
+    tensor_parallel_size: int = 1
+    distributed_executor_backend: str | None = None
 
 
 @pytest.fixture
@@ -77,9 +81,9 @@ def environment():
     os.environ.update(before)
 
 
-def fake_engines(monkeypatch, seen: list[dict[str, str | None]]) -> None:
+def fake_engines(monkeypatch, seen: list[dict[str, str]]) -> None:
     def started(*args: Any, **kwargs: Any) -> None:
-        seen.append({name: os.environ.get(name) for name in (*NO_MULTICAST, NCCL_CUMEM)})
+        seen.append(dict(os.environ))
         raise StopAtEngine
 
     class Engine:
@@ -119,10 +123,31 @@ def test_every_band_starts_its_engine_with_nvlink_multicast_off(name, monkeypatc
     monkeypatch.delenv("TORCH_SYMM_MEM_DISABLE_MULTICAST", raising=False)
     monkeypatch.delenv("NVSHMEM_DISABLE_NVLS", raising=False)
     monkeypatch.delenv(NCCL_CUMEM, raising=False)
-    seen: list[dict[str, str | None]] = []
+    seen: list[dict[str, str]] = []
     fake_engines(monkeypatch, seen)
     detection = Detection(engine=band.engine, version=release, shim=name, band=band)
     config = RolloutConfig.from_dict({"model_dir": str(tmp_path), "rollout_backend": band.engine})
     with pytest.raises(StopAtEngine):
         SHIMS[name](config, detection)
-    assert seen == [{**NO_MULTICAST, NCCL_CUMEM: "0"}]
+    assert [{name: env.get(name) for name in (*NO_MULTICAST, NCCL_CUMEM)} for env in seen] == [
+        {**NO_MULTICAST, NCCL_CUMEM: "0"}]
+    assert RAY_COPY_ENV not in seen[0]  # the executor is not Ray
+
+
+@pytest.mark.parametrize(("release", "warned"), [("0.8.5.post1", True), ("0.16.0", True), ("0.17.0", False),
+                                                 ("0.34.0", False)])
+def test_vllm_has_its_ray_workers_copy_the_variables(release, warned, monkeypatch, environment, tmp_path,
+                                                      caplog) -> None:
+    """Ray workers get what vLLM copies: from 0.17 the names in VLLM_RAY_EXTRA_ENV_VARS_TO_COPY, which the
+    shim extends (keeping the caller's); before, only VLLM_* variables, which the shim says in a warning."""
+    band = band_for("vllm", Version(release))
+    assert band is not None
+    monkeypatch.setenv(RAY_COPY_ENV, "MY_VAR")
+    seen: list[dict[str, str]] = []
+    fake_engines(monkeypatch, seen)
+    config = RolloutConfig.from_dict({"model_dir": str(tmp_path), "rollout_backend": "vllm", "tensor_parallel_size": 2,
+                                      "distributed_executor_backend": "ray"})
+    with caplog.at_level(logging.WARNING, logger="rollout_shims"), pytest.raises(StopAtEngine):
+        SHIMS[band.shim](config, Detection(engine="vllm", version=release, shim=band.shim, band=band))
+    assert seen[0][RAY_COPY_ENV] == "MY_VAR,NCCL_NVLS_ENABLE,TORCH_SYMM_MEM_DISABLE_MULTICAST,NVSHMEM_DISABLE_NVLS"
+    assert ("copies only VLLM_* variables to Ray workers" in caplog.text) == warned
