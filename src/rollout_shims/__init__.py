@@ -2,8 +2,9 @@
 
 ``import rollout_shims`` is light on purpose (packaging and pyyaml only): detection reads package
 metadata, and the engines (and torch) are imported only inside :func:`create_engine`.
-:func:`share_weights` is the trainer's side of ``RolloutEngine.update_weights_from``: it imports
-torch when called, and never an engine.
+:func:`share_weights` is the trainer's side of ``RolloutEngine.update_weights_from`` (CUDA IPC, one GPU)
+and :class:`WeightGroup` that of ``init_weight_group`` / ``update_weights_from_group`` (an NCCL group,
+other GPUs): both import torch when called, and never an engine.
 """
 
 from rollout_shims.api import Completion, EngineInfo, RolloutEngine, SamplingParams
@@ -12,6 +13,7 @@ from rollout_shims.detect import FORCE_ENV, Detection, detect
 from rollout_shims.errors import ConfigError, EngineNotFoundError, UnsupportedEngineError, UnsupportedFeatureError
 from rollout_shims.factory import create_engine
 from rollout_shims.sharing import SharedBucket, share_weights
+from rollout_shims.weight_group import GroupBucket, WeightGroup
 
 __all__ = [
     "FORCE_ENV",
@@ -20,6 +22,7 @@ __all__ = [
     "Detection",
     "EngineInfo",
     "EngineNotFoundError",
+    "GroupBucket",
     "RolloutConfig",
     "RolloutEngine",
     "SGLangConfig",
@@ -28,6 +31,7 @@ __all__ = [
     "UnsupportedEngineError",
     "UnsupportedFeatureError",
     "VLLMConfig",
+    "WeightGroup",
     "create_engine",
     "detect",
     "share_weights",

@@ -18,6 +18,7 @@ from rollout_shims.config import RolloutConfig
 from rollout_shims.errors import EngineFailedError, EngineStateError, UnsupportedFeatureError
 from rollout_shims.outputs import int_list
 from rollout_shims.sharing import SharedBucket
+from rollout_shims.weight_group import DEFAULT_GROUP_NAME, GroupBucket, check_group_args
 
 log = logging.getLogger("rollout_shims")
 
@@ -109,6 +110,8 @@ class RolloutEngine(ABC):
         """True after an onload() that could not bring the weights back: generate() refuses until
         update_weights() (see docs/shims.md, "Offload and the RL loop")."""
         self._failure: EngineFailedError | None = None
+        self._weight_groups: dict[str, int] = {}
+        """Weight groups this engine joined: name -> rank_offset (``init_weight_group``)."""
 
     # ----- the public API -------------------------------------------------------------------
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Completion]:
@@ -164,6 +167,68 @@ class RolloutEngine(ABC):
         if taken:
             self._flush_cache()
             self._weights_lost = False
+
+    def init_weight_group(self, master_address: str, master_port: int, world_size: int, rank_offset: int = 1,
+                          group_name: str = DEFAULT_GROUP_NAME, backend: str = "nccl") -> None:
+        """Join the trainer's weight group (:class:`rollout_shims.WeightGroup`, rank 0 at
+        ``master_address:master_port``): this engine's ranks become ``rank_offset`` ..
+        ``rank_offset + ranks - 1`` of ``world_size`` (ranks: TP for SGLang, TP x PP for vLLM).
+
+        Blocks until the trainer's end exists, and the trainer's end waits for every engine rank: run
+        the two at once (the trainer in its own process, or in a thread where the engine's ranks are
+        processes of their own); docs/shims.md, "Weights over an NCCL group". Several engines join one
+        group with rank offsets that do not overlap.
+        """
+        self._require_open("init_weight_group")
+        check_group_args("init_weight_group", master_address, master_port, world_size, group_name, backend)
+        if group_name in self._weight_groups:
+            raise ValueError(f"init_weight_group: this engine already joined {group_name!r}; "
+                             "destroy_weight_group() first, or use another group_name")
+        ranks = self._weight_group_ranks()
+        if isinstance(rank_offset, bool) or not isinstance(rank_offset, int) or rank_offset < 1 \
+                or rank_offset + ranks > world_size:
+            raise ValueError(f"init_weight_group: rank_offset={rank_offset!r} with this engine's {ranks} rank(s) "
+                             f"does not fit world_size={world_size} (rank 0 is the trainer): give 1 <= rank_offset "
+                             f"<= {world_size - ranks}")
+        self._init_weight_group(master_address, master_port, world_size, rank_offset, group_name, backend)
+        self._weight_groups[group_name] = rank_offset
+
+    def update_weights_from_group(self, buckets: GroupBucket | Iterable[GroupBucket]) -> None:
+        """Receive and load the weights the trainer broadcasts (``WeightGroup.broadcast``), then drop
+        the prefix cache.
+
+        ``buckets`` is one bucket or an iterable of buckets, taken in order: each is received while the
+        trainer broadcasts it (the trainer sends a bucket's tensors once asked for the next bucket), so
+        hand the engine each bucket as the trainer yields it.
+        """
+        self._require_ready("update_weights_from_group")
+        taken = 0
+
+        def checked() -> Iterator[GroupBucket]:
+            nonlocal taken
+            for bucket in [buckets] if isinstance(buckets, GroupBucket) else buckets:
+                if not isinstance(bucket, GroupBucket):
+                    raise ValueError(f"update_weights_from_group: got {type(bucket).__name__}, not a GroupBucket "
+                                     "from rollout_shims.WeightGroup.broadcast")
+                if bucket.group_name not in self._weight_groups:
+                    raise ValueError(f"update_weights_from_group: bucket {bucket.index} comes over group "
+                                     f"{bucket.group_name!r}, which this engine has not joined: init_weight_group first")
+                taken += 1
+                yield bucket
+
+        self._update_weights_from_group(checked())
+        if taken:
+            self._flush_cache()
+            self._weights_lost = False
+
+    def destroy_weight_group(self, group_name: str = DEFAULT_GROUP_NAME) -> None:
+        """Leave a weight group (the trainer leaves with ``WeightGroup.destroy``); the name is free again."""
+        self._require_open("destroy_weight_group")
+        if group_name not in self._weight_groups:
+            raise ValueError(f"destroy_weight_group: this engine has not joined {group_name!r} "
+                             f"(joined: {', '.join(self._weight_groups) or 'none'})")
+        self._destroy_weight_group(group_name)
+        del self._weight_groups[group_name]
 
     def offload(self) -> None:
         """Free the engine's GPU memory (weights and KV cache) until :meth:`onload`."""
@@ -260,6 +325,21 @@ class RolloutEngine(ABC):
     def _shared_weight_ranks(self) -> int:
         """How many engine ranks open each shared bucket (``share_weights(ranks=...)``)."""
         return self.config.tensor_parallel_size * self.config.pipeline_parallel_size
+
+    def _weight_group_ranks(self) -> int:
+        """How many engine ranks join a weight group (each receives every tensor and loads its shard)."""
+        return self.config.tensor_parallel_size * self.config.pipeline_parallel_size
+
+    def _init_weight_group(self, master_address: str, master_port: int, world_size: int, rank_offset: int,
+                           group_name: str, backend: str) -> None:
+        raise UnsupportedFeatureError(f"init_weight_group: not available in shim {self.info.shim}")
+
+    def _update_weights_from_group(self, buckets: Iterator[GroupBucket]) -> None:
+        """Receive and load each bucket (already checked) in turn; the caller flushes the cache afterwards."""
+        raise UnsupportedFeatureError(f"update_weights_from_group: not available in shim {self.info.shim}")
+
+    def _destroy_weight_group(self, group_name: str) -> None:
+        raise UnsupportedFeatureError(f"destroy_weight_group: not available in shim {self.info.shim}")
 
     @abstractmethod
     def _offload(self) -> None: ...

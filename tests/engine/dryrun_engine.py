@@ -5,7 +5,8 @@ plugin puts a stand-in engine behind ``rollout_shims.create_engine``: a ``transf
 CPU that generates greedy and sampled tokens with logprobs, updates weights (also from another
 process, through shared memory), offloads, flushes and shuts down, and counts the memory it "holds".
 Everything of the GPU tests then runs for real up to the engine: fixtures, modes, the GPU-sharing
-lock, teacher-forced checks, JUnit properties.
+lock, teacher-forced checks, JUnit properties, and the weight group (over gloo, the CPU standing in for
+both GPUs of test_update_weights_over_nccl).
 
 Set ``DRYRUN_BACKEND`` (``vllm`` or ``sglang``: which engine's behaviour to stand in for, default
 vllm) and ``DRYRUN_KEEPS_WEIGHTS`` (1 or 0: whether offload keeps the weights, like vLLM and SGLang
@@ -106,6 +107,27 @@ class StandInEngine(RolloutEngine):
             weights = open_payload(bucket.payloads[0])
             self._update_weights(weights)
             del weights
+
+    # Like vLLM's worker functions (rollout_shims/shims/vllm_groups.py): the real group code, on the CPU
+    # (the GPU test asks for backend gloo in the dry run).
+    def _init_weight_group(self, master_address: str, master_port: int, world_size: int, rank_offset: int,
+                           group_name: str, backend: str) -> None:
+        from rollout_shims.weight_group import new_group
+
+        self._groups = {**getattr(self, "_groups", {}), group_name: new_group(
+            master_address, master_port, world_size, rank_offset, group_name, backend)}
+
+    def _update_weights_from_group(self, buckets: Any) -> None:
+        from rollout_shims.weight_group import receive
+
+        for bucket in buckets:
+            self._update_weights(receive(self._groups[bucket.group_name], bucket.names, bucket.dtypes,
+                                         bucket.shapes, "cpu"))
+
+    def _destroy_weight_group(self, group_name: str) -> None:
+        import torch.distributed as dist
+
+        dist.destroy_process_group(self._groups.pop(group_name))
 
     def _offload(self) -> None:
         self._backup = {n: t.clone() for n, t in self._model.state_dict().items()}

@@ -80,6 +80,10 @@ class SGLang048(SGLang051):
     SHIM: ClassVar[str] = "sglang-0.4.8"
 
     OUTPUT_IDS_WITH_TEXT: ClassVar[bool] = False
+    # update_weights_from_distributed takes (name, dtype, shape) up to 0.4.8.post1, lists from 0.4.9
+    # (shims/sglang_groups.py picks by release): only its presence is common to the band.
+    SYMBOLS: ClassVar[tuple[Symbol, ...]] = _replace(
+        SGLang051.SYMBOLS, _sym(ENGINE_PY, "Engine.update_weights_from_distributed", feature="weight_group"))
 
     def _output_ids(self, out: dict[str, Any]) -> list[int]:
         if "output_ids" in out:  # skip_tokenizer_init (detokenize: false)
@@ -171,6 +175,7 @@ class SGLang053(SGLang051):
         # SamplingParams is a plain class up to 0.5.14 and a msgspec Struct from 0.5.15: the seed is
         # checked where both feed it, the per-batch seed tensor (a dataclass field since 0.5.3).
         _sym(SAMPLING_BATCH_INFO_PY, "SamplingBatchInfo.sampling_seed", feature="seed"),
+        _sym(ENGINE_PY, "Engine.destroy_weights_update_group", "group_name", feature="weight_group"),
     )
     OFFLOAD_KEEPS_WEIGHTS: ClassVar[bool] = True
     # RETURN_ORIGINAL_LOGPROB up to 0.5.3.post2, SGLANG_RETURN_ORIGINAL_LOGPROB from 0.5.3.post3

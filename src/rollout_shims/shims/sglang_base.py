@@ -23,11 +23,14 @@ from rollout_shims.detect import Detection
 from rollout_shims.engine_log import EngineLog
 from rollout_shims.errors import EngineFailedError, EngineRequestError, EngineStateError, UnsupportedFeatureError
 from rollout_shims.mapping import SGLANG_ARGS, SGLANG_FIXED, ArgRule, engine_kwargs
+from rollout_shims.multicast import turn_off_multicast
 from rollout_shims.outputs import int_list
 from rollout_shims.processes import OwnedProcesses
 from rollout_shims.sharing import SGLANG_LOADER
+from rollout_shims.shims.sglang_groups import SGLangGroups
 from rollout_shims.shims.sglang_weights import SGLangWeights
 from rollout_shims.symbols import Symbol, required_problems, unavailable_features
+from rollout_shims.weight_group import NCCL_CUMEM, default_cumem
 
 log = logging.getLogger("rollout_shims")
 
@@ -42,7 +45,7 @@ def _sym(path: str, qualname: str, *params: str, dist: str = "sglang", feature: 
     return Symbol(dist=dist, path=path, qualname=qualname, params=params, feature=feature)
 
 
-class SGLangEngine(SGLangWeights, RolloutEngine):
+class SGLangEngine(SGLangGroups, SGLangWeights, RolloutEngine):
     """SGLang's offline ``Engine`` behind the common API (shared behaviour of all bands)."""
 
     LOGPROB_SEMANTICS: ClassVar[str] = (
@@ -64,6 +67,11 @@ class SGLangEngine(SGLangWeights, RolloutEngine):
         _sym(TMS_PY, "torch_memory_saver", dist="torch_memory_saver", feature="offload"),
         # built by the shim for update_weights_from (the fields it passes are in every release)
         _sym("sglang/srt/managers/io_struct.py", "UpdateWeightsFromTensorReqInput", feature="update_weights_from"),
+        # the weight group (shims/sglang_groups.py): lists and group_name from 0.4.9
+        _sym(ENGINE_PY, "Engine.init_weights_update_group", "master_address", "master_port", "rank_offset",
+             "world_size", "group_name", "backend", feature="weight_group"),
+        _sym(ENGINE_PY, "Engine.update_weights_from_distributed", "names", "dtypes", "shapes", "group_name",
+             "flush_cache", feature="weight_group"),
     )
     OUTPUT_IDS_WITH_TEXT: ClassVar[bool] = True
     """Whether results carry ``output_ids`` also when a tokenizer is loaded (0.5.1+)."""
@@ -88,6 +96,9 @@ class SGLangEngine(SGLangWeights, RolloutEngine):
         self.preflight()
         kwargs = self.engine_kwargs(config, detection.release)
         self._custom_loaders = tuple(kwargs.get("custom_weight_loader") or ())
+        # The scheduler and detokenizer inherit os.environ (rollout_shims/multicast.py says why).
+        self.info.details["multicast_env_changed"] = turn_off_multicast()
+        default_cumem()  # what a weight group's trainer must match (weight_group.py)
         from sglang.srt.entrypoints import engine as engine_module
 
         self._label = f"sglang {detection.release} (shim {detection.shim})"
@@ -111,6 +122,7 @@ class SGLangEngine(SGLangWeights, RolloutEngine):
             finally:
                 self._log.uninstall()
             self._engine = engine
+            self.info.details["nccl_cumem_enable"] = os.environ.get(NCCL_CUMEM)  # as SGLang left it
             self._owned.capture()
             atexit.unregister(engine.shutdown)
             atexit.register(self.shutdown)

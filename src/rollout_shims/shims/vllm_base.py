@@ -25,12 +25,16 @@ from rollout_shims.config import RolloutConfig
 from rollout_shims.detect import Detection
 from rollout_shims.errors import EngineRequestError, EngineStateError, UnsupportedFeatureError
 from rollout_shims.mapping import VLLM_ARGS, VLLM_FIXED, engine_kwargs
+from rollout_shims.multicast import NO_MULTICAST, turn_off_multicast
 from rollout_shims.outputs import int_list, sampled_logprobs
 from rollout_shims.sharing import SharedBucket
 from rollout_shims.shims import vllm_memory
+from rollout_shims.shims.vllm_groups import TORCH_GROUP_SYMBOLS, VLLMGroups
 from rollout_shims.symbols import Symbol, required_problems
+from rollout_shims.weight_group import NCCL_CUMEM, default_cumem
 
 LLM_PY = "vllm/entrypoints/llm.py"
+RAY_COPY_ENV = "VLLM_RAY_EXTRA_ENV_VARS_TO_COPY"
 FLASHINFER_DISTS = ("flashinfer-python", "flashinfer")
 FINISH_REASONS = {"stop": "stop", "length": "length", "abort": "abort"}
 
@@ -92,7 +96,7 @@ class Attention:
 RAW = "raw: log_softmax(logits) before temperature, penalties and top-k/top-p"
 
 
-class VLLMEngine(RolloutEngine):
+class VLLMEngine(VLLMGroups, RolloutEngine):
     """vLLM's offline ``LLM`` behind the common API (shared behaviour of all bands)."""
 
     ATTENTION: ClassVar[dict[str, Attention]] = {}
@@ -117,6 +121,7 @@ class VLLMEngine(RolloutEngine):
         _sym("vllm/sampling_params.py", "SamplingParams"),
         _sym("vllm/inputs/__init__.py", "TokensPrompt"),
         _sym("vllm/model_executor/models/qwen2.py", "Qwen2ForCausalLM.load_weights", "weights"),
+        *TORCH_GROUP_SYMBOLS,
     )
 
     def __init__(self, config: RolloutConfig, detection: Detection) -> None:
@@ -132,6 +137,10 @@ class VLLMEngine(RolloutEngine):
         env = self.environment(config)
         unset = [name for name in self.UNSET_ENV if os.environ.pop(name, None) is not None]
         os.environ.update(env)
+        multicast = turn_off_multicast()  # TP > 1 workers inherit os.environ (rollout_shims/multicast.py)
+        default_cumem()  # what a weight group's trainer must match (weight_group.py)
+        if config.distributed_executor_backend == "ray" and config.tensor_parallel_size * config.pipeline_parallel_size > 1:
+            self._ray_workers_keep_multicast_off(detection.release)
         kwargs = self.engine_kwargs(config, detection.release)
         self._refuse_when_an_earlier_engine_left_memory(detection.release)
         from vllm import LLM
@@ -140,7 +149,7 @@ class VLLMEngine(RolloutEngine):
         self._after_start()
         v1 = type(self._llm.llm_engine).__module__.startswith("vllm.v1")
         self.info.details.update(
-            env=env, env_unset=unset, v1=v1,
+            env=env, env_unset=unset, multicast_env_changed=multicast, nccl_cumem_enable=os.environ.get(NCCL_CUMEM), v1=v1,
             # V0 ignores logprobs_mode (its logprobs are the processed ones, see the band's ATTENTION).
             logprobs_mode=kwargs.get("logprobs_mode") if v1 else None,
             model_runner=self._model_runner(),
@@ -161,6 +170,20 @@ class VLLMEngine(RolloutEngine):
                 f"vLLM's sleep-mode memory ({', '.join(f'{t} {b / 2**20:.0f} MiB' for t, b in per_tag.items())}; "
                 f"held by: {'; '.join(vllm_memory.holders()) or 'unknown'}), and vLLM allows one sleep-mode "
                 "engine per process: start the new engine in a new process")
+
+    @staticmethod
+    def _ray_workers_keep_multicast_off(release: str) -> None:
+        """Ray workers start from the Ray cluster's environment plus what vLLM copies to them (a local
+        cluster that vLLM starts inherits os.environ anyway). From 0.17 vLLM copies NCCL_* and every name
+        in ``VLLM_RAY_EXTRA_ENV_VARS_TO_COPY`` (``vllm/ray/ray_env.py:36-44`` in 0.34.0): the shim adds
+        NO_MULTICAST's names there. Up to 0.16 it copies VLLM_* only (``executor/ray_distributed_executor.py:337-343``
+        in 0.8.5.post1, ``ray/ray_env.py`` in 0.16.0): a cluster started beforehand must carry them itself."""
+        names = [n for n in os.environ.get(RAY_COPY_ENV, "").split(",") if n]
+        os.environ[RAY_COPY_ENV] = ",".join(dict.fromkeys([*names, *NO_MULTICAST]))
+        if Version(release) < Version("0.17"):
+            log.warning("vLLM %s copies only VLLM_* variables to Ray workers: a Ray cluster started before the engine "
+                        "must have %s set itself (rollout_shims/multicast.py says why)", release,
+                        ", ".join(f"{k}={v}" for k, v in NO_MULTICAST.items()))
 
     def _after_start(self) -> None:
         """Band hook, run once the engine is up (e.g. to repair what a release leaves fragile)."""
