@@ -18,9 +18,17 @@ import threading
 from pathlib import Path
 
 import pytest
-import weight_probe
 from gpu_share import SHARE, engine_config
-from teacher_forcing import DEVICE, GREEDY, bf16_weights, check_teacher_forced, exact, prompts
+from teacher_forcing import (
+    DEVICE,
+    GREEDY,
+    NEW_SEED,
+    bf16_weights,
+    check_as_if_pushed,
+    check_teacher_forced,
+    exact,
+    prompts,
+)
 
 from rollout_shims import create_engine
 from rollout_shims.errors import UnsupportedFeatureError
@@ -71,14 +79,14 @@ def test_update_weights_over_nccl(engine, reference, tiny_qwen2, tmp_path: Path,
 
     import torch
 
-    new = tiny_qwen2(4)
+    new = tiny_qwen2(NEW_SEED)  # the in-process test's model: the same reference and TOL (test_gpu.py)
     sizes = [t.numel() * t.element_size() for t in new.state_dict().values()]
     before = engine.generate(prompts(), GREEDY)
     engine.offload()
     engine.onload()  # SGLang <= 0.5.2 lost the weights here: the broadcast names them all, so none are reloaded
 
     ranks = engine.info.tensor_parallel_size
-    cfg = {"seed": 4, "model_kw": tiny_qwen2.__globals__["MODEL_KW"], "address": "127.0.0.1", "port": free_port(),
+    cfg = {"seed": NEW_SEED, "model_kw": tiny_qwen2.__globals__["MODEL_KW"], "address": "127.0.0.1", "port": free_port(),
            "world_size": 1 + ranks, "group_name": GROUP, "timeout_s": TIMEOUT_S, "bucket_mib": BUCKET_MIB,
            # the engine works on the first visible GPU; the trainer sees both (NCCL's peer-to-peer path
            # between the two processes needs that) and works on the second
@@ -135,12 +143,9 @@ def test_update_weights_over_nccl(engine, reference, tiny_qwen2, tmp_path: Path,
     assert done["fingerprint"] == pytest.approx(sum(float(t.float().sum()) for t in new.state_dict().values()))
     assert not [r for r in caplog.records if "reloading" in r.getMessage()], "a whole-model broadcast reloaded model_dir"
 
-    print(f"[nccl-weights] {engine.info.shim} {engine.mode}: {weight_probe.verdict(engine, reference, new)}")
     after = engine.generate(prompts(), GREEDY)
     assert [c.token_ids for c in after] != [c.token_ids for c in before]
-    new_ref = exact(new)
-    for prompt, completion in zip(prompts(), after, strict=True):
-        check_teacher_forced(new_ref, prompt, completion)
+    check_as_if_pushed(engine, new, after, record_property, "broadcast")
 
     try:
         engine.destroy_weight_group(GROUP)
@@ -149,6 +154,6 @@ def test_update_weights_over_nccl(engine, reference, tiny_qwen2, tmp_path: Path,
     engine.update_weights(bf16_weights(reference))
     for prompt, completion in zip(prompts(), engine.generate(prompts(), GREEDY), strict=True):
         check_teacher_forced(reference, prompt, completion)
-    del new, new_ref
+    del new
     if DEVICE == "cuda":
         torch.cuda.empty_cache()
