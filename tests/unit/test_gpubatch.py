@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rollout_matrix.bundles.gpubatch import plan, render, targets
+from rollout_matrix.bundles.gpubatch import SECONDS_PER_PART, ZSTD_RATIO, plan, render, targets
 from rollout_matrix.matrix.load import load_matrix
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,7 +39,7 @@ def test_a_batch_groups_entries_by_cuda_line_and_counts_shared_files_once() -> N
         return 100 << 20, True
 
     chosen = [matrix.get(n) for n in ("vllm-0.33.0", "sglang-0.5.17", "vllm-0.24.0")]
-    lines = plan(matrix, "3.12", size_of, chosen)
+    lines = plan(matrix, "3.12", size_of, chosen, parts_per_hold=10_000)
     assert [(line.torch, [e.name for e in line.entries]) for line in lines] == [
         ("2.11.0", ["sglang-0.5.17", "vllm-0.24.0"]), ("2.14.0", ["vllm-0.33.0"])]
     locks = ROOT / "docker" / "locks"
@@ -49,6 +49,34 @@ def test_a_batch_groups_entries_by_cuda_line_and_counts_shared_files_once() -> N
     assert lines[1].wheel_bytes == len(_pins(locks / "vllm-0.33.0-py3.12.txt")) * (100 << 20)
     text = render(lines, {"vllm-0.24.0": ["eager"]})
     assert text[0].startswith("cu130 torch 2.11.0: 2 entries, ") and "  vllm-0.24.0  (proven: eager only)" in text
+
+
+def test_a_line_is_cut_into_holds_in_entry_order_by_parts_and_count() -> None:
+    """A hold takes what one 30-minute machine can carry and run: the entries' parts together (shared
+    pins once) within the limit, and at most so many entries; an entry too large alone gets its own."""
+    import math
+
+    matrix = load_matrix(ROOT / "matrix.yaml")
+    locks = ROOT / "docker" / "locks"
+    names = ["sglang-0.5.12.post1", "sglang-0.5.13.post1", "sglang-0.5.14", "vllm-0.22.0", "vllm-0.24.0"]
+    pins = {n: _pins(locks / f"{n}-py3.12.txt") for n in names}
+    mib = 8  # per pin: parts = ceil(pins * 8 MiB * ZSTD_RATIO / 58 MiB), the shared pins once
+
+    def parts(*entries: str) -> int:
+        return math.ceil(len(set().union(*(pins[e] for e in entries))) * mib * ZSTD_RATIO / 58)
+
+    limit = parts(*names[:2])  # the first two fit together; the third's own pins push a hold over
+    assert parts(*names[:3]) > limit
+    (line,) = plan(matrix, "3.12", lambda n, v, s: (mib << 20, True), [matrix.get(n) for n in names],
+                   parts_per_hold=limit, entries_per_hold=2)
+    holds = [[e.name for e in hold.entries] for hold in line.holds]
+    assert [name for hold in holds for name in hold] == names  # order kept, every entry once
+    assert holds[0] == names[:2] and all(1 <= len(h) <= 2 for h in holds)
+    assert all(hold.parts == parts(*(e.name for e in hold.entries)) for hold in line.holds)
+    assert all(hold.parts <= limit for hold in line.holds if len(hold.entries) > 1)
+    text = render([line], {})
+    assert text[1] == f"  hold 1: 2 entries, {limit} parts ({limit * SECONDS_PER_PART / 60:.1f} min of calls)"
+    assert text[2:4] == ["    sglang-0.5.12.post1", "    sglang-0.5.13.post1"]
 
 
 def _deb_sizes(pinned: Path) -> dict[str, int]:

@@ -2,7 +2,7 @@
 cost to carry.
 
 Why: a GPU machine is held for 30 minutes at most and everything reaches it in parts of ~58 MiB, about
-5.5 s of device time each, so a batch is planned by what it ships. Entries of one CUDA line (a stack
+8.4 s of device time each, so a batch is planned by what it ships. Entries of one CUDA line (a stack
 and a torch) share torch and the NVIDIA libraries, most of their bytes: carried together they cross
 once. ``rollout-matrix gpu-batch`` prints, per line, the entries still to prove and the parts they
 need together (from the lock files' sizes, exact where the wheels are in the bundle cache).
@@ -33,8 +33,15 @@ from rollout_matrix.matrix.shim_band import shim_for
 ZSTD_RATIO = 0.69
 """Bundle payload / wheel bytes for these CUDA stacks: 10.72 GiB of zstd payload for 15.47 GiB of
 wheels (752 files of 14 entries, SGLang 0.5.12 - 0.5.23, vLLM 0.22 - 0.33, bundled 2026-12-02)."""
-SECONDS_PER_PART = 5.5
-"""Device time per part when calls follow each other (measured 2026-11-29 and 2026-12-02)."""
+SECONDS_PER_PART = 8.4
+"""Device time per part when calls follow each other: 8.3-8.6 s over 108 calls on 2026-12-03 (each
+call also collecting the results), 5.5 s on 2026-11-29 and 2026-12-02 (calls that only received)."""
+PARTS_PER_HOLD = 86
+"""What one 30-minute hold takes and still runs its suites: 86 parts are 12 minutes of calls after a
+start of about 1.5; suites start as their entries complete, three at a time, 8-9.5 minutes each
+(2026-12-03: sglang-0.5.17 470 s, vllm-0.24.0 562 s), so the last ends near minute 29."""
+ENTRIES_PER_HOLD = 5
+"""Two waves of three suites at a time fit beside the transfer; a sixth entry would start a third."""
 
 
 def targets(matrix: Matrix) -> list[Entry]:
@@ -69,6 +76,14 @@ def proven_modes(root: Path) -> dict[str, list[str]]:
 
 
 @dataclass(frozen=True)
+class Hold:
+    """Entries of one line that one 30-minute hold carries (one bundle) and runs."""
+
+    entries: list[Entry]
+    parts: int
+
+
+@dataclass(frozen=True)
 class Line:
     """One CUDA line's entries still to prove, and what carrying them costs."""
 
@@ -78,6 +93,7 @@ class Line:
     wheel_bytes: int
     exact: bool  # every size came from the local cache
     deb_bytes: int = 0  # the pinned .deb sets of the entries' system_packages (shipped as published)
+    holds: tuple[Hold, ...] = ()  # the line cut into what one hold carries and runs, in entry order
 
     @property
     def payload_bytes(self) -> float:
@@ -85,11 +101,15 @@ class Line:
 
     @property
     def parts(self) -> int:
-        return math.ceil(self.payload_bytes / (58 << 20))
+        return parts_for(self.wheel_bytes, self.deb_bytes)
 
     @property
     def minutes(self) -> float:
         return self.parts * SECONDS_PER_PART / 60
+
+
+def parts_for(wheel_bytes: int, deb_bytes: int) -> int:
+    return math.ceil((wheel_bytes * ZSTD_RATIO + deb_bytes) / (58 << 20))
 
 
 def lock_files(matrix: Matrix, entry: Entry, python: str) -> dict[str, tuple[str, str]]:
@@ -100,27 +120,45 @@ def lock_files(matrix: Matrix, entry: Entry, python: str) -> dict[str, tuple[str
 
 
 def plan(matrix: Matrix, python: str, size_of: Callable[[str, str, set[str]], tuple[int, bool]],
-         entries: Iterable[Entry] | None = None) -> list[Line]:
+         entries: Iterable[Entry] | None = None, parts_per_hold: int = PARTS_PER_HOLD,
+         entries_per_hold: int = ENTRIES_PER_HOLD) -> list[Line]:
     """Entries not yet proven in both modes (of ``entries``, default :func:`targets`), grouped by CUDA line
-    in stack order; ``size_of(name, version, allowed sha256s)`` gives a pin's wheel size and whether it
-    is exact."""
+    in stack order, each line cut into holds (in entry order, while the parts of the hold's entries
+    together and their count stay within the limits); ``size_of(name, version, allowed sha256s)`` gives
+    a pin's wheel size and whether it is exact."""
     proven = proven_modes(matrix.path.parent)
     todo = [e for e in (entries if entries is not None else targets(matrix))
             if set(proven.get(e.name, ())) != set(MODES)]
     lines: dict[tuple[str, str], list[Entry]] = {}
     for entry in todo:
         lines.setdefault((entry.stack.name, entry.torch or ""), []).append(entry)
-    out = []
-    for (stack, torch), members in lines.items():
+    sized: dict[tuple[str, str], tuple[int, bool]] = {}
+
+    def carried(members: list[Entry]) -> tuple[int, bool, int]:
+        """Wheel bytes (each pin once), whether exact, and .deb bytes of carrying ``members`` together."""
         pins: dict[tuple[str, str], set[str]] = {}
         for entry in members:
             for sha, pin in lock_files(matrix, entry, python).items():
                 pins.setdefault(pin, set()).add(sha)
-        sizes = [size_of(name, version, shas) for (name, version), shas in pins.items()]
+        for pin, shas in pins.items():
+            if pin not in sized:
+                sized[pin] = size_of(pin[0], pin[1], shas)
         needs = sorted({name for entry in members for name in entry.system_packages})
         debs = {d.sha256: d.size for pinned in entry_sets(matrix.path.parent, tuple(needs)) for d in pinned.debs}
-        out.append(Line(stack, torch, members, sum(s for s, _ in sizes), all(exact for _, exact in sizes),
-                        sum(debs.values())))
+        return (sum(sized[pin][0] for pin in pins), all(sized[pin][1] for pin in pins), sum(debs.values()))
+
+    out = []
+    for (stack, torch), members in lines.items():
+        wheel_bytes, exact, deb_bytes = carried(members)
+        holds: list[Hold] = []
+        for entry in members:
+            grown = [*holds[-1].entries, entry] if holds else []
+            parts = parts_for(*carried(grown)[::2]) if grown else 0
+            if grown and len(grown) <= entries_per_hold and parts <= parts_per_hold:
+                holds[-1] = Hold(grown, parts)
+            else:
+                holds.append(Hold([entry], parts_for(*carried([entry])[::2])))
+        out.append(Line(stack, torch, members, wheel_bytes, exact, deb_bytes, tuple(holds)))
     order = list(dict.fromkeys(e.stack.name for e in matrix))
     return sorted(out, key=lambda line: (order.index(line.stack), Version(line.torch or "0")))
 
@@ -160,10 +198,17 @@ def render(lines: list[Line], proven: dict[str, list[str]]) -> list[str]:
         out.append(f"{line.stack} torch {line.torch}: {len(line.entries)} entries, {approx}{line.parts} parts "
                    f"({approx}{line.payload_bytes / 2**30:.2f} GiB, {approx}{line.minutes:.1f} min of calls"
                    + (f"; {_size(line.deb_bytes)} of it system libraries" if line.deb_bytes else "") + ")")
-        for entry in line.entries:
-            have = proven.get(entry.name)
-            out.append(f"  {entry.name}" + (f"  (proven: {', '.join(have)} only)" if have else ""))
+        for number, hold in enumerate(line.holds or (Hold(line.entries, line.parts),), start=1):
+            if len(line.holds) > 1:
+                out.append(f"  hold {number}: {len(hold.entries)} entries, {approx}{hold.parts} parts "
+                           f"({approx}{hold.parts * SECONDS_PER_PART / 60:.1f} min of calls)")
+            for entry in hold.entries:
+                have = proven.get(entry.name)
+                out.append(f"{'    ' if len(line.holds) > 1 else '  '}{entry.name}"
+                           + (f"  (proven: {', '.join(have)} only)" if have else ""))
     total = sum(line.parts for line in lines)
+    holds = sum(len(line.holds) or 1 for line in lines)
     out.append(f"{sum(len(line.entries) for line in lines)} entries, {total} parts if every line is carried alone "
-               f"(lines share few files: torch and the NVIDIA libraries differ per line)")
+               f"(lines share few files: torch and the NVIDIA libraries differ per line); {holds} holds of one "
+               f"H200 at {PARTS_PER_HOLD} parts and {ENTRIES_PER_HOLD} entries at most each")
     return out
