@@ -349,9 +349,8 @@ with eng:
 """
 
 
-def test_tensor_parallel_2(model_dir: Path, backend: str, cuda_devices: int, engine, reference) -> None:
-    if cuda_devices < 2:
-        pytest.skip(f"tensor parallel 2 needs two visible GPUs, found {cuda_devices}")
+@pytest.mark.gpus(2)
+def test_tensor_parallel_2(model_dir: Path, backend: str, engine, reference) -> None:
     engine.offload()  # leave room on GPU 0 for the TP engine
     try:
         cfg = engine_config(model_dir, backend, engine.mode, tensor_parallel_size=2)
