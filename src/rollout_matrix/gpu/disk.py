@@ -67,7 +67,8 @@ def remove_env(entry: str) -> None:
         return
     before = free_bytes()
     shutil.rmtree(env, ignore_errors=True)
-    log(f"{entry}: venv removed, {(free_bytes() - before) / GiB:.1f} GiB freed ({free_bytes() / GiB:.1f} GiB free)")
+    after = free_bytes()
+    log(f"{entry}: venv removed, {(after - before) / GiB:.1f} GiB freed ({after / GiB:.1f} GiB free)")
 
 
 class Board:

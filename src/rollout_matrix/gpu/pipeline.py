@@ -17,7 +17,6 @@ from pathlib import Path
 from rollout_matrix.errors import UserError
 from rollout_matrix.evidence.results import RUN_JSON, RunRecord
 from rollout_matrix.gpu import disk, stop, store
-from rollout_matrix.gpu.install import install
 from rollout_matrix.gpu.lockenv import STAMP
 from rollout_matrix.gpu.store import complete, log, manifests
 from rollout_matrix.gpu.suite import matrix_entry, query, run_script, run_suite
@@ -106,8 +105,7 @@ def _run_step(step: str, plan: Plan, pytest_args: list[str], board: disk.Board) 
         if complete(entry) and not (store._dirs()["envs"] / entry / STAMP).is_file():
             need = disk.build_need(manifests()[entry].entries[entry])
             disk.wait_for_room(entry, need, lambda: board.others_running(step), stop.requested)
-        board.start(step)
-        install(entry)  # here, not inside the suite, so that a failed build ends the step the same way
+        board.start(step)  # from here another step waiting for disk sees this one as able to free some
         if command:
             return run_script(entry, command, plan.script_timeout)
         return run_suite(entry, pytest_args, plan.suite_timeout, plan.sharing())
