@@ -132,13 +132,16 @@ def plan(matrix: Matrix, python: str, size_of: Callable[[str, str, set[str]], tu
     lines: dict[tuple[str, str], list[Entry]] = {}
     for entry in todo:
         lines.setdefault((entry.stack.name, entry.torch or ""), []).append(entry)
-    sized: dict[tuple[str, str], tuple[int, bool]] = {}
+    sized: dict[tuple[str, str], tuple[int, bool]] = {}  # pin -> size_of's answer, asked once per pin
+    files: dict[str, dict[str, tuple[str, str]]] = {}  # entry -> its lock's files, read once per entry
 
     def carried(members: list[Entry]) -> tuple[int, bool, int]:
         """Wheel bytes (each pin once), whether exact, and .deb bytes of carrying ``members`` together."""
         pins: dict[tuple[str, str], set[str]] = {}
         for entry in members:
-            for sha, pin in lock_files(matrix, entry, python).items():
+            if entry.name not in files:
+                files[entry.name] = lock_files(matrix, entry, python)
+            for sha, pin in files[entry.name].items():
                 pins.setdefault(pin, set()).add(sha)
         for pin, shas in pins.items():
             if pin not in sized:
@@ -147,17 +150,21 @@ def plan(matrix: Matrix, python: str, size_of: Callable[[str, str, set[str]], tu
         debs = {d.sha256: d.size for pinned in entry_sets(matrix.path.parent, tuple(needs)) for d in pinned.debs}
         return (sum(sized[pin][0] for pin in pins), all(sized[pin][1] for pin in pins), sum(debs.values()))
 
+    def parts_of(members: list[Entry]) -> int:
+        wheel_bytes, _, deb_bytes = carried(members)
+        return parts_for(wheel_bytes, deb_bytes)
+
     out = []
     for (stack, torch), members in lines.items():
         wheel_bytes, exact, deb_bytes = carried(members)
         holds: list[Hold] = []
         for entry in members:
-            grown = [*holds[-1].entries, entry] if holds else []
-            parts = parts_for(*carried(grown)[::2]) if grown else 0
-            if grown and len(grown) <= entries_per_hold and parts <= parts_per_hold:
-                holds[-1] = Hold(grown, parts)
-            else:
-                holds.append(Hold([entry], parts_for(*carried([entry])[::2])))
+            if holds and len(holds[-1].entries) < entries_per_hold:
+                grown = [*holds[-1].entries, entry]
+                if (parts := parts_of(grown)) <= parts_per_hold:
+                    holds[-1] = Hold(grown, parts)
+                    continue
+            holds.append(Hold([entry], parts_of([entry])))
         out.append(Line(stack, torch, members, wheel_bytes, exact, deb_bytes, tuple(holds)))
     order = list(dict.fromkeys(e.stack.name for e in matrix))
     return sorted(out, key=lambda line: (order.index(line.stack), Version(line.torch or "0")))
