@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -149,24 +149,14 @@ class RolloutEngine(ABC):
         """
         self._require_ready("update_weights_from")
         ranks = self._shared_weight_ranks()
-        taken = 0
 
-        def checked() -> Iterator[SharedBucket]:
-            nonlocal taken
-            for bucket in [handles] if isinstance(handles, SharedBucket) else handles:
-                if not isinstance(bucket, SharedBucket):
-                    raise ValueError(f"update_weights_from: got {type(bucket).__name__}, not a SharedBucket "
-                                     "from rollout_shims.share_weights")
-                if bucket.ranks != ranks:
-                    raise ValueError(f"update_weights_from: bucket {bucket.index} was shared for {bucket.ranks} "
-                                     f"engine rank(s), this engine has {ranks}: share_weights(..., ranks={ranks})")
-                taken += 1
-                yield bucket
+        def check(bucket: SharedBucket) -> None:
+            if bucket.ranks != ranks:
+                raise ValueError(f"update_weights_from: bucket {bucket.index} was shared for {bucket.ranks} "
+                                 f"engine rank(s), this engine has {ranks}: share_weights(..., ranks={ranks})")
 
-        self._update_weights_from(checked())
-        if taken:
-            self._flush_cache()
-            self._weights_lost = False
+        self._load_buckets("update_weights_from", handles, SharedBucket, "rollout_shims.share_weights", check,
+                           self._update_weights_from)
 
     def init_weight_group(self, master_address: str, master_port: int, world_size: int, rank_offset: int = 1,
                           group_name: str = DEFAULT_GROUP_NAME, backend: str = "nccl") -> None:
@@ -202,24 +192,14 @@ class RolloutEngine(ABC):
         hand the engine each bucket as the trainer yields it.
         """
         self._require_ready("update_weights_from_group")
-        taken = 0
 
-        def checked() -> Iterator[GroupBucket]:
-            nonlocal taken
-            for bucket in [buckets] if isinstance(buckets, GroupBucket) else buckets:
-                if not isinstance(bucket, GroupBucket):
-                    raise ValueError(f"update_weights_from_group: got {type(bucket).__name__}, not a GroupBucket "
-                                     "from rollout_shims.WeightGroup.broadcast")
-                if bucket.group_name not in self._weight_groups:
-                    raise ValueError(f"update_weights_from_group: bucket {bucket.index} comes over group "
-                                     f"{bucket.group_name!r}, which this engine has not joined: init_weight_group first")
-                taken += 1
-                yield bucket
+        def check(bucket: GroupBucket) -> None:
+            if bucket.group_name not in self._weight_groups:
+                raise ValueError(f"update_weights_from_group: bucket {bucket.index} comes over group "
+                                 f"{bucket.group_name!r}, which this engine has not joined: init_weight_group first")
 
-        self._update_weights_from_group(checked())
-        if taken:
-            self._flush_cache()
-            self._weights_lost = False
+        self._load_buckets("update_weights_from_group", buckets, GroupBucket, "rollout_shims.WeightGroup.broadcast",
+                           check, self._update_weights_from_group)
 
     def destroy_weight_group(self, group_name: str = DEFAULT_GROUP_NAME) -> None:
         """Leave a weight group (the trainer leaves with ``WeightGroup.destroy``); the name is free again."""
@@ -262,6 +242,27 @@ class RolloutEngine(ABC):
         self.shutdown()
 
     # ----- shared helpers -------------------------------------------------------------------
+    def _load_buckets(self, what: str, given: Any, kind: type, source: str, check: Callable[[Any], None],
+                      load: Callable[[Iterator[Any]], None]) -> None:
+        """One bucket or an iterable of them, handed to ``load`` lazily (the next is pulled only after
+        the last is loaded), each of ``kind`` and passing ``check``; the prefix cache dropped after
+        any was loaded (the update paths from another process: shared, broadcast)."""
+        taken = 0
+
+        def checked() -> Iterator[Any]:
+            nonlocal taken
+            for bucket in [given] if isinstance(given, kind) else given:
+                if not isinstance(bucket, kind):
+                    raise ValueError(f"{what}: got {type(bucket).__name__}, not a {kind.__name__} from {source}")
+                check(bucket)
+                taken += 1
+                yield bucket
+
+        load(checked())
+        if taken:
+            self._flush_cache()
+            self._weights_lost = False
+
     def _require_open(self, what: str) -> None:
         if self._failure is not None:
             raise self._failure
