@@ -49,10 +49,11 @@ from packaging.version import Version
 
 from rollout_shims.api import SamplingParams
 from rollout_shims.config import RolloutConfig
-from rollout_shims.errors import EngineRequestError, UnsupportedFeatureError
+from rollout_shims.errors import UnsupportedFeatureError
 from rollout_shims.mapping import SGLANG_ARGS, ArgRule, _graph_bs
 from rollout_shims.sharing import SharedBucket
 from rollout_shims.shims.sglang_base import ENGINE_PY, TMS_PY, SGLangEngine, _sym
+from rollout_shims.shims.sglang_weights import answered
 from rollout_shims.symbols import Symbol
 
 TMS_ENTRY_PY = "torch_memory_saver/entrypoint.py"
@@ -336,8 +337,7 @@ class SGLang0521(SGLang0520):
 
     @staticmethod
     def _refused(what: str, result: Any) -> None:
-        if isinstance(result, tuple) and result and not result[0]:
-            raise EngineRequestError(f"SGLang would not {what}: {result[1] if len(result) > 1 else result}")
+        answered(f"SGLang would not {what}", result)
 
     def _update_weights(self, named_tensors: list[tuple[str, Any]]) -> None:
         with self._weight_session():

@@ -20,18 +20,18 @@ a band each: the changes fall inside bands drawn for other reasons.
   (scheduler_components/weight_updater.py:174-185): the band's ``_weight_session`` wraps the buckets.
 
 A mixin of :class:`rollout_shims.shims.sglang_base.SGLangEngine` (``_call``, ``info``, ``config``,
-``_weights_lost``, ``_pushed``, ``_reload_unless_whole_model``).
+``_load_each`` of :class:`~rollout_shims.shims.sglang_weights.SGLangWeights`).
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from typing import Any
 
 from packaging.version import Version
 
-from rollout_shims.errors import EngineRequestError, UnsupportedFeatureError
+from rollout_shims.errors import UnsupportedFeatureError
+from rollout_shims.shims.sglang_weights import answered
 from rollout_shims.symbols import unavailable_features
 from rollout_shims.weight_group import GroupBucket
 
@@ -78,24 +78,19 @@ class SGLangGroups:
         _refused(f"join weight group {group_name!r}", result)
 
     def _update_weights_from_group(self, buckets: Iterator[GroupBucket]) -> None:
-        lists = Version(self.info.release) >= GROUP_LISTS_FROM
-        lost = self._weights_lost
-        session = getattr(self, "_weight_session", None)  # 0.5.21+: begin/end_weight_update around loads
-        with session() if session is not None else contextlib.nullcontext():
-            for bucket in buckets:
-                if lost:
-                    self._reload_unless_whole_model(bucket.share_names)
-                    lost = False
-                if lists:
-                    result = self._call("update_weights_from_distributed", names=list(bucket.names),
-                                        dtypes=list(bucket.dtypes), shapes=[list(s) for s in bucket.shapes],
-                                        group_name=bucket.group_name, flush_cache=False)
-                    _refused(f"receive bucket {bucket.index} over weight group {bucket.group_name!r}", result)
-                else:  # one request per tensor, each flushing the cache (scheduler.py:2020-2031 in 0.4.6.post5)
-                    for name, dtype, shape in zip(bucket.names, bucket.dtypes, bucket.shapes, strict=True):
-                        result = self._call("update_weights_from_distributed", name, dtype, list(shape))
-                        _refused(f"receive {name} over weight group {bucket.group_name!r}", result)
-                self._pushed = True
+        self._load_each(buckets, self._receive_bucket)
+
+    def _receive_bucket(self, bucket: GroupBucket) -> None:
+        if Version(self.info.release) >= GROUP_LISTS_FROM:
+            result = self._call("update_weights_from_distributed", names=list(bucket.names),
+                                dtypes=list(bucket.dtypes), shapes=[list(s) for s in bucket.shapes],
+                                group_name=bucket.group_name, flush_cache=False)
+            _refused(f"receive bucket {bucket.index} over weight group {bucket.group_name!r}", result)
+            return
+        # one request per tensor, each flushing the cache (scheduler.py:2020-2031 in 0.4.6.post5)
+        for name, dtype, shape in zip(bucket.names, bucket.dtypes, bucket.shapes, strict=True):
+            result = self._call("update_weights_from_distributed", name, dtype, list(shape))
+            _refused(f"receive {name} over weight group {bucket.group_name!r}", result)
 
     def _destroy_weight_group(self, group_name: str) -> None:
         if Version(self.info.release) < GROUP_DESTROY_FROM:
@@ -106,6 +101,4 @@ class SGLangGroups:
 
 
 def _refused(what: str, result: Any) -> None:
-    """SGLang answers ``(success, message)``; a refusal becomes :class:`EngineRequestError`."""
-    if isinstance(result, tuple) and result and not result[0]:
-        raise EngineRequestError(f"SGLang could not {what}: {result[1] if len(result) > 1 else result}")
+    answered(f"SGLang could not {what}", result)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from rollout_shims.checkpoint import checkpoint_names
@@ -33,9 +33,8 @@ class SGLangWeights:
                 log.warning("update_weights after onload() pushes only part of the model: reloading "
                             "%s first", self.config.model_dir)
                 self._reload_from_disk()
-        result = self._call("update_weights_from_tensor", named_tensors, load_format=None, flush_cache=True)
-        if isinstance(result, tuple) and result and not result[0]:
-            raise EngineRequestError(f"SGLang refused the weights: {result[1] if len(result) > 1 else result}")
+        answered("SGLang refused the weights",
+                 self._call("update_weights_from_tensor", named_tensors, load_format=None, flush_cache=True))
         self._pushed = True
 
     def _update_weights_from(self, buckets: Iterator[SharedBucket]) -> None:
@@ -47,17 +46,21 @@ class SGLangWeights:
         why = unavailable_features(self.SYMBOLS).get("update_weights_from")
         if why:
             raise UnsupportedFeatureError("update_weights_from: " + "; ".join(why))
+        self._load_each(buckets, lambda bucket: answered(f"SGLang refused shared bucket {bucket.index}",
+                                                          self._call(self._send_shared, bucket)))
+
+    def _load_each(self, buckets: Iterator[Any], load: Callable[[Any], None]) -> None:
+        """Each bucket (shared or broadcast) through ``load``, inside the release's weight-update session
+        (0.5.21+: begin/end_weight_update around the loads), ``model_dir`` reloaded first where onload()
+        lost the weights and the first bucket's share does not name every tensor."""
         lost = self._weights_lost
-        session = getattr(self, "_weight_session", None)  # 0.5.21+: begin/end_weight_update around loads
+        session = getattr(self, "_weight_session", None)
         with session() if session is not None else contextlib.nullcontext():
             for bucket in buckets:
                 if lost:
                     self._reload_unless_whole_model(bucket.share_names)
                     lost = False
-                result = self._call(self._send_shared, bucket)
-                if isinstance(result, tuple) and result and not result[0]:
-                    raise EngineRequestError(f"SGLang refused shared bucket {bucket.index}: "
-                                             f"{result[1] if len(result) > 1 else result}")
+                load(bucket)
                 self._pushed = True
 
     def _send_shared(self, bucket: SharedBucket) -> Any:
@@ -126,3 +129,11 @@ class SGLangWeights:
             raise EngineRequestError(f"SGLang could not reload {self.config.model_dir}: {result[1:]}")
         self._weights_lost = False
         self._pushed = False
+
+
+def answered(failure: str, result: Any) -> Any:
+    """SGLang answers ``(success, message)``: a refusal becomes :class:`EngineRequestError` ("FAILURE:
+    message"); anything else is returned."""
+    if isinstance(result, tuple) and result and not result[0]:
+        raise EngineRequestError(f"{failure}: {result[1] if len(result) > 1 else result}")
+    return result
