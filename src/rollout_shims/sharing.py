@@ -171,14 +171,21 @@ def _buckets(items: Iterator[Any], capacity: int, ranks: int, dtype: Any, device
         yield _bucket(index, True, entries, data, buffer, ranks, share_names)
 
 
-def _checked(position: int, item: Any) -> tuple[str, Any]:
+def named_tensor(where: str, position: int, item: Any) -> tuple[str, Any]:
+    """``item`` as a ``(name, tensor)`` pair, or a one-line ValueError naming ``where`` and its position
+    (for every API that takes named tensors from the trainer: shared here, broadcast by WeightGroup)."""
     import torch
 
     if not (isinstance(item, (tuple, list)) and len(item) == 2):
-        raise ValueError(f"share_weights: item {position} is not a (name, tensor) pair")
+        raise ValueError(f"{where}: item {position} is not a (name, tensor) pair")
     name, tensor = item
     if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
-        raise ValueError(f"share_weights: item {position} ({name!r}) is not a (str, torch.Tensor) pair")
+        raise ValueError(f"{where}: item {position} ({name!r}) is not a (str, torch.Tensor) pair")
+    return name, tensor
+
+
+def _checked(position: int, item: Any) -> tuple[str, Any]:
+    name, tensor = named_tensor("share_weights", position, item)
     if tensor.is_sparse or tensor.is_nested or tensor.device.type not in ("cuda", "cpu"):
         raise ValueError(f"share_weights: {name}: only dense CUDA or CPU tensors can be shared "
                          f"(got layout {tensor.layout} on {tensor.device})")

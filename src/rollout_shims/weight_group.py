@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rollout_shims.multicast import turn_off_multicast
-from rollout_shims.sharing import DEFAULT_BUCKET_MIB
+from rollout_shims.sharing import DEFAULT_BUCKET_MIB, named_tensor
 
 DEFAULT_GROUP_NAME = "weight_update_group"
 """SGLang's default name for it (``Engine.update_weights_from_distributed``, 0.4.9+)."""
@@ -255,13 +255,7 @@ class WeightGroup:
 
 
 def _checked(position: int, item: Any) -> tuple[str, Any]:
-    import torch
-
-    if not (isinstance(item, (tuple, list)) and len(item) == 2):
-        raise ValueError(f"WeightGroup.broadcast: item {position} is not a (name, tensor) pair")
-    name, tensor = item
-    if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
-        raise ValueError(f"WeightGroup.broadcast: item {position} ({name!r}) is not a (str, torch.Tensor) pair")
+    name, tensor = named_tensor("WeightGroup.broadcast", position, item)
     if tensor.is_sparse or tensor.is_nested:
         raise ValueError(f"WeightGroup.broadcast: {name}: only dense tensors can be broadcast (got {tensor.layout})")
     return name, tensor
