@@ -34,6 +34,7 @@ from teacher_forcing import (
     prompts,
     reference_logits,
 )
+from trainer_link import Trainer
 
 from rollout_shims import SamplingParams, create_engine
 from rollout_shims.errors import EngineStateError
@@ -253,9 +254,6 @@ def test_update_weights_from_another_process(engine, reference, tiny_qwen2, tmp_
     through offload/onload, takes them with ``update_weights_from`` and then answers as the new
     model, teacher-forced. The trainer packs the next bucket only when the engine asks for it, so
     its extra GPU memory never exceeds one bucket (a tensor larger than a bucket gets its own)."""
-    import base64
-    import pickle
-    import threading
     import time
 
     import torch
@@ -269,41 +267,12 @@ def test_update_weights_from_another_process(engine, reference, tiny_qwen2, tmp_
     engine.offload()
     engine.onload()  # SGLang <= 0.5.2 lost the weights here: the share names them all, so none are reloaded
 
-    err = (tmp_path / "trainer.stderr").open("w")
     cfg = {"seed": NEW_SEED, "model_kw": model_kw, "device": DEVICE, "bucket_mib": BUCKET_MIB}
-    script = Path(__file__).with_name("trainer_process.py")
-    trainer = subprocess.Popen([sys.executable, str(script), json.dumps(cfg)], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=err, text=True, env=dict(os.environ))
-    watchdog = threading.Timer(600, trainer.kill)
-    watchdog.start()
-    done: dict = {}
-    taken = []
-    first = []  # when the first bucket arrived: the trainer's start-up (imports, model) is not the transfer
-
-    def from_trainer():
-        """The engine's side of the protocol: asking for the next bucket tells the trainer the last
-        one is loaded (and its handles released)."""
-        for line in iter(trainer.stdout.readline, ""):
-            if line.startswith("BUCKET "):
-                first.append(time.monotonic())
-                bucket = pickle.loads(base64.b64decode(line[7:]))
-                taken.append(bucket)
-                yield bucket
-                trainer.stdin.write("loaded\n")
-                trainer.stdin.flush()
-            elif line.startswith("DONE "):
-                done.update(json.loads(line[5:]))
-                return
-        raise AssertionError("the trainer ended without DONE: " + (tmp_path / "trainer.stderr").read_text()[-3000:])
-
-    try:
-        engine.update_weights_from(from_trainer())
-        seconds = time.monotonic() - first[0]
-        assert trainer.wait(timeout=60) == 0, (tmp_path / "trainer.stderr").read_text()[-3000:]
-    finally:
-        watchdog.cancel()
-        trainer.kill()
-        err.close()
+    with Trainer("trainer_process.py", cfg, tmp_path, acks=True) as trainer:
+        engine.update_weights_from(trainer.buckets())
+        seconds = time.monotonic() - trainer.first
+        assert trainer.proc.wait(timeout=60) == 0, trainer.stderr()
+    done, taken = trainer.done, trainer.taken
     rate = sum(sizes) / seconds / 1e9
     peak = done.get("peak_extra_bytes")
     bound = -(-max(bucket_bytes, max(sizes)) // 512) * 512  # the CUDA allocator rounds blocks to 512 bytes

@@ -9,12 +9,7 @@ CPU and torch's gloo backend, which runs the same group code and protocol.
 
 from __future__ import annotations
 
-import json
-import os
 import socket
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -29,6 +24,7 @@ from teacher_forcing import (
     exact,
     prompts,
 )
+from trainer_link import Trainer
 
 from rollout_shims import create_engine
 from rollout_shims.errors import UnsupportedFeatureError
@@ -73,8 +69,6 @@ def test_update_weights_over_nccl(engine, reference, tiny_qwen2, tmp_path: Path,
     imported) joins the engine's weight group as rank 0 and broadcasts a new model's weights bucket by
     bucket; the engine, just through offload/onload, receives them with ``update_weights_from_group``
     and then answers as the new model, teacher-forced. GB/s recorded."""
-    import base64
-    import pickle
     import time
 
     import torch
@@ -91,42 +85,16 @@ def test_update_weights_over_nccl(engine, reference, tiny_qwen2, tmp_path: Path,
            # the engine works on the first visible GPU; the trainer sees both (NCCL's peer-to-peer path
            # between the two processes needs that) and works on the second
            "backend": "gloo" if DEVICE == "cpu" else "nccl", "device": "cpu" if DEVICE == "cpu" else "cuda:1"}
-    err = (tmp_path / "trainer.stderr").open("w")
-    trainer = subprocess.Popen([sys.executable, str(Path(__file__).with_name("group_trainer.py")), json.dumps(cfg)],
-                               stdout=subprocess.PIPE, stderr=err, text=True, env=dict(os.environ))
-    watchdog = threading.Timer(600, trainer.kill)
-    watchdog.start()
-    done: dict = {}
-    taken = []
-    first = []  # when the first bucket arrived: the trainer's start-up is not the transfer
-
-    def from_trainer():
-        for line in iter(trainer.stdout.readline, ""):
-            if line.startswith("BUCKET "):
-                first.append(time.monotonic())
-                bucket = pickle.loads(base64.b64decode(line[7:]))
-                taken.append(bucket)
-                yield bucket
-            elif line.startswith("DONE "):
-                done.update(json.loads(line[5:]))
-                return
-        raise AssertionError("the trainer ended without DONE: " + (tmp_path / "trainer.stderr").read_text()[-3000:])
-
-    try:
+    with Trainer("group_trainer.py", cfg, tmp_path, acks=False) as trainer:
         try:  # blocks until the trainer's end of the group exists (it starts while the trainer builds its model)
             engine.init_weight_group(cfg["address"], cfg["port"], cfg["world_size"], rank_offset=1,
                                      group_name=GROUP, backend=cfg["backend"])
         except UnsupportedFeatureError as refused:  # this release cannot, and the library says why
             pytest.skip(str(refused))
-        engine.update_weights_from_group(from_trainer())
-        seconds = time.monotonic() - first[0]
-        assert trainer.wait(timeout=60) == 0, (tmp_path / "trainer.stderr").read_text()[-3000:]
-    finally:
-        watchdog.cancel()
-        if trainer.poll() is None:
-            trainer.kill()
-        trainer.wait()
-        err.close()
+        engine.update_weights_from_group(trainer.buckets())
+        seconds = time.monotonic() - trainer.first
+        assert trainer.proc.wait(timeout=60) == 0, trainer.stderr()
+    done, taken = trainer.done, trainer.taken
     rate = sum(sizes) / seconds / 1e9
     print(f"[nccl] {engine.info.shim} {engine.mode}: {sum(sizes) / 2**20:.1f} MiB in {len(taken)} buckets of "
           f"{BUCKET_MIB} MiB over {cfg['backend']}, {seconds:.3f}s from the first bucket to the last load "
