@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from recording_engine import RecordingEngine
 
-from rollout_shims import EngineInfo, RolloutConfig, SharedBucket, UnsupportedFeatureError, share_weights
-from rollout_shims.api import RolloutEngine
+from rollout_shims import RolloutConfig, SharedBucket, UnsupportedFeatureError, share_weights
 from rollout_shims.errors import EngineStateError
 from rollout_shims.sharing import open_payload
 
@@ -284,13 +284,11 @@ def test_items_that_are_not_named_tensors_are_refused(torch: Any) -> None:
 
 
 # ----- the engine's side: what RolloutEngine.update_weights_from checks --------------------------------
-class RecordingEngine(RolloutEngine):
+class SharingEngine(RecordingEngine):
     """Records the buckets its band hook takes; no tensors are opened."""
 
     def __init__(self, tp: int = 1, hook: bool = True) -> None:
-        config = RolloutConfig.from_dict({"model_dir": "/m", "tensor_parallel_size": tp})
-        super().__init__(config, EngineInfo("rec", "0", "rec", False, "g", "qwen2", tp, "none"))
-        self.calls: list[Any] = []
+        super().__init__(RolloutConfig.from_dict({"model_dir": "/m", "tensor_parallel_size": tp}))
         self.hook = hook
 
     def _update_weights_from(self, buckets):
@@ -300,24 +298,6 @@ class RecordingEngine(RolloutEngine):
             self.calls.append(("bucket", bucket.index))
         return None
 
-    def _generate(self, prompts, params):
-        raise AssertionError
-
-    def _update_weights(self, named_tensors):
-        raise AssertionError
-
-    def _offload(self):
-        pass
-
-    def _onload(self):
-        pass
-
-    def _flush_cache(self):
-        self.calls.append(("flush", None))
-
-    def _shutdown(self):
-        pass
-
 
 def fake_bucket(index: int, ranks: int = 1, last: bool = False) -> SharedBucket:
     return SharedBucket(index=index, last=last, names=(f"w{index}",), nbytes=4, device="cpu",
@@ -325,7 +305,7 @@ def fake_bucket(index: int, ranks: int = 1, last: bool = False) -> SharedBucket:
 
 
 def test_update_weights_from_takes_one_bucket_or_many_and_flushes_once() -> None:
-    engine = RecordingEngine()
+    engine = SharingEngine()
     engine.update_weights_from(fake_bucket(0))
     engine.update_weights_from(iter([fake_bucket(1), fake_bucket(2, last=True)]))
     assert engine.calls == [("bucket", 0), ("flush", None), ("bucket", 1), ("bucket", 2), ("flush", None)]
@@ -334,7 +314,7 @@ def test_update_weights_from_takes_one_bucket_or_many_and_flushes_once() -> None
 
 
 def test_update_weights_from_refuses_buckets_shared_for_another_rank_count() -> None:
-    engine = RecordingEngine(tp=2)
+    engine = SharingEngine(tp=2)
     with pytest.raises(ValueError, match=r"shared for 1 engine rank\(s\), this engine has 2: share_weights\(..., ranks=2\)"):
         engine.update_weights_from(fake_bucket(0))
     engine.update_weights_from(fake_bucket(0, ranks=2))
@@ -343,12 +323,12 @@ def test_update_weights_from_refuses_buckets_shared_for_another_rank_count() -> 
 
 
 def test_update_weights_from_on_an_offloaded_engine_or_a_shim_without_it() -> None:
-    engine = RecordingEngine()
+    engine = SharingEngine()
     engine.offload()
     with pytest.raises(EngineStateError, match="offloaded; call onload"):
         engine.update_weights_from(fake_bucket(0))
     with pytest.raises(UnsupportedFeatureError, match="not available in shim rec"):
-        RecordingEngine(hook=False).update_weights_from(fake_bucket(0))
+        SharingEngine(hook=False).update_weights_from(fake_bucket(0))
 
 
 def test_the_sglang_loader_loads_then_waits_for_the_copies(torch: Any) -> None:

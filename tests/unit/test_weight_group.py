@@ -21,6 +21,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from recording_engine import RecordingEngine
 
 from rollout_shims import EngineInfo, GroupBucket, RolloutConfig, UnsupportedFeatureError, WeightGroup
 from rollout_shims.api import RolloutEngine
@@ -41,31 +42,11 @@ def bucket(index: int, group: str = DEFAULT_GROUP_NAME, last: bool = False) -> G
                        shapes=((2,),), nbytes=8)
 
 
-class GroupEngine(RolloutEngine):
+class GroupEngine(RecordingEngine):
     """Records the hooks the API calls (the API's own checks run for real)."""
 
     def __init__(self, **over: Any) -> None:
-        config = cfg(**over)
-        super().__init__(config, EngineInfo("fake", "0", "fake", False, "g", "qwen2", config.tensor_parallel_size, "none"))
-        self.calls: list[tuple[str, Any]] = []
-
-    def _generate(self, prompts, params):
-        return []
-
-    def _update_weights(self, named_tensors):
-        pass
-
-    def _offload(self):
-        pass
-
-    def _onload(self):
-        pass
-
-    def _flush_cache(self):
-        self.calls.append(("flush", None))
-
-    def _shutdown(self):
-        pass
+        super().__init__(cfg(**over), shim="fake")
 
     def _init_weight_group(self, *args):
         self.calls.append(("init", args))
