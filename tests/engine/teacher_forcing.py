@@ -146,3 +146,11 @@ def check_as_if_pushed(engine: Any, new: Any, after: list[Any], record_property:
     assert gap <= SAME_WEIGHTS_TOL, f"the {how} weights are not the pushed ones: outputs differ by {gap:.3g}"
     for prompt, completion in zip(prompts(), after, strict=True):
         check_teacher_forced(new_ref, prompt, completion)
+
+
+def check_restored(engine: Any, reference: Any) -> None:
+    """Push the suite's reference weights back and check the engine answers as the reference again
+    (what every test that changed the weights ends with, so the next test starts from the checkpoint)."""
+    engine.update_weights(bf16_weights(reference))
+    for prompt, completion in zip(prompts(), engine.generate(prompts(), GREEDY), strict=True):
+        check_teacher_forced(reference, prompt, completion)

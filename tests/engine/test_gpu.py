@@ -28,6 +28,7 @@ from teacher_forcing import (
     TOL_SAMPLED,
     bf16_weights,
     check_as_if_pushed,
+    check_restored,
     check_teacher_forced,
     exact,
     parting_gap,
@@ -160,10 +161,7 @@ def test_update_weights_changes_outputs_to_the_new_reference(engine, reference, 
     new_ref = exact(new)
     for prompt, completion in zip(prompts(), after, strict=True):
         check_teacher_forced(new_ref, prompt, completion)
-    engine.update_weights(bf16_weights(reference))
-    restored = engine.generate(prompts(), GREEDY)
-    for prompt, completion in zip(prompts(), restored, strict=True):
-        check_teacher_forced(reference, prompt, completion)
+    check_restored(engine, reference)
     del new, new_ref
     torch.cuda.empty_cache()
 
@@ -297,9 +295,7 @@ def test_update_weights_from_another_process(engine, reference, tiny_qwen2, tmp_
     assert [c.token_ids for c in after] != [c.token_ids for c in before]
     check_as_if_pushed(engine, new, after, record_property, "shared")
 
-    engine.update_weights(bf16_weights(reference))
-    for prompt, completion in zip(prompts(), engine.generate(prompts(), GREEDY), strict=True):
-        check_teacher_forced(reference, prompt, completion)
+    check_restored(engine, reference)
     del new
     if DEVICE == "cuda":
         torch.cuda.empty_cache()
