@@ -16,6 +16,8 @@ import pytest
 
 from rollout_shims import Completion, EngineInfo, RolloutConfig, SamplingParams, UnsupportedFeatureError
 from rollout_shims.api import VALIDATION_PROMPTS, RolloutEngine
+from rollout_shims.errors import EngineRequestError
+from rollout_shims.shims import sglang_base
 from rollout_shims.shims.sglang_bands import SGLang044, SGLang048, SGLang051
 from rollout_shims.shims.vllm_bands import VLLM085
 
@@ -185,6 +187,38 @@ def test_sglang_044_flushes_through_the_tokenizer_manager() -> None:
     assert flushed == [1]
     assert not any(s.qualname == "Engine.flush_cache" for s in SGLang044.SYMBOLS)
     assert any(s.qualname == "Engine.flush_cache" for s in SGLang048.SYMBOLS)
+
+
+class BusyScheduler:
+    """``Engine.flush_cache`` as SGLang answers it: ``success=False`` while its scheduler still holds
+    requests (the first ``busy`` calls), then a flush."""
+
+    def __init__(self, busy: int) -> None:
+        self.busy, self.calls = busy, 0
+
+    def flush_cache(self) -> SimpleNamespace:
+        self.calls += 1
+        return SimpleNamespace(success=self.calls > self.busy)
+
+
+def busy_sglang(busy: int):
+    eng = sglang(SGLang051)
+    eng._engine, eng._dead = BusyScheduler(busy), None
+    return eng
+
+
+def test_sglang_flush_asks_again_while_the_scheduler_is_busy() -> None:
+    eng = busy_sglang(busy=4)
+    eng._flush_cache()
+    assert eng._engine.calls == 5
+
+
+def test_sglang_flush_refused_past_the_wait_is_one_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sglang_base, "FLUSH_WAIT_S", 0.05)
+    eng = busy_sglang(busy=10**9)
+    with pytest.raises(EngineRequestError, match="refused to flush the cache for 0s: requests were still running"):
+        eng._flush_cache()
+    assert eng._engine.calls > 1
 
 
 def test_memory_saver_symbols_follow_the_band() -> None:

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -38,6 +39,14 @@ ENGINE_PY = "sglang/srt/entrypoints/engine.py"
 TMS_PY = "torch_memory_saver/__init__.py"
 
 FINISH_REASONS = {"stop": "stop", "length": "length", "abort": "abort"}
+
+FLUSH_WAIT_S = 30.0
+"""How long ``flush_cache()`` asks again while SGLang refuses it. The scheduler flushes only when fully
+idle, and right after ``generate()`` returned it often is not yet: the finished requests stay in its
+running batch until its next loop turn (sglang-0.5.17 on the H200, 2026-12-03: "Cache not flushed
+because there are pending requests. #queue-req: 0, #running-req: 6", then success=False). slime asks
+again the same way; newer SGLang defers a flush itself, but only through the tokenizer manager's
+``flush_cache(timeout_s)``, which ``Engine.flush_cache()`` does not pass."""
 """SGLang ``meta_info["finish_reason"]["type"]`` -> Completion.finish_reason."""
 
 
@@ -303,9 +312,15 @@ class SGLangEngine(SGLangGroups, SGLangWeights, RolloutEngine):
         )
 
     def _flush_cache(self) -> None:
-        result = self._call("flush_cache")
-        if getattr(result, "success", True) is False:
-            raise EngineRequestError("SGLang did not flush the cache (requests still running?)")
+        deadline = time.monotonic() + FLUSH_WAIT_S
+        pause = 0.005
+        while getattr(self._call("flush_cache"), "success", True) is False:
+            if time.monotonic() >= deadline:
+                raise EngineRequestError(
+                    f"SGLang refused to flush the cache for {FLUSH_WAIT_S:.0f}s: requests were still running; "
+                    "flush only when no generate() is in flight (e.g. from another thread)")
+            time.sleep(pause)
+            pause = min(2 * pause, 0.25)
 
     # ----- shutdown that kills only what the engine started ------------------------------------
     def _shutdown(self) -> None:
