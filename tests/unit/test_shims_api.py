@@ -17,7 +17,7 @@ import pytest
 from rollout_shims import Completion, EngineInfo, RolloutConfig, SamplingParams, UnsupportedFeatureError
 from rollout_shims.api import VALIDATION_PROMPTS, RolloutEngine
 from rollout_shims.errors import EngineRequestError
-from rollout_shims.shims import sglang_base
+from rollout_shims.shims import sglang_base, sglang_weights
 from rollout_shims.shims.sglang_bands import SGLang044, SGLang048, SGLang051
 from rollout_shims.shims.vllm_bands import VLLM085
 
@@ -190,15 +190,31 @@ def test_sglang_044_flushes_through_the_tokenizer_manager() -> None:
 
 
 class BusyScheduler:
-    """``Engine.flush_cache`` as SGLang answers it: ``success=False`` while its scheduler still holds
-    requests (the first ``busy`` calls), then a flush."""
+    """An SGLang engine whose scheduler still holds finished requests for its next ``busy`` loop turns
+    (each request is a turn), as after a ``generate()`` returned: ``flush_cache`` answers
+    ``success=False`` until then, and the handlers that assert idleness (0.5.17: weight_updater.py:108,
+    :203) raise, which in SGLang ends the scheduler."""
 
     def __init__(self, busy: int) -> None:
-        self.busy, self.calls = busy, 0
+        self.busy, self.calls, self.requests = busy, 0, []
+
+    def _turn(self, request: str) -> bool:
+        idle = self.busy <= 0
+        self.busy -= 1
+        self.requests.append(request)
+        return idle
 
     def flush_cache(self) -> SimpleNamespace:
         self.calls += 1
-        return SimpleNamespace(success=self.calls > self.busy)
+        return SimpleNamespace(success=self._turn("flush"))
+
+    def release_memory_occupation(self) -> None:
+        assert self._turn("release"), "release_memory_occupation should be called only when server is idle."
+
+    def update_weights_from_tensor(self, named_tensors, load_format=None, flush_cache=True):
+        idle = self._turn("update")
+        assert idle or not flush_cache, "Cache flush failed after updating weights"
+        return True, "Succeeded to update model weights."
 
 
 def busy_sglang(busy: int):
@@ -211,6 +227,19 @@ def test_sglang_flush_asks_again_while_the_scheduler_is_busy() -> None:
     eng = busy_sglang(busy=4)
     eng._flush_cache()
     assert eng._engine.calls == 5
+
+
+def test_sglang_offload_and_push_wait_for_an_idle_scheduler(monkeypatch: pytest.MonkeyPatch) -> None:
+    """offload() and update_weights() right after a generate() must not reach the handlers that assert
+    idleness before the scheduler is idle (there, an AssertionError would end the scheduler)."""
+    monkeypatch.setattr(sglang_weights, "unavailable_features", lambda symbols: {})  # no SGLang installed here
+    eng = busy_sglang(busy=3)
+    eng._offload()
+    assert eng._engine.requests == ["flush"] * 4 + ["release"]
+    eng = busy_sglang(busy=2)
+    eng._weights_lost = False
+    eng._update_weights([("w", [0.0])])
+    assert eng._engine.requests == ["flush"] * 3 + ["update"] and eng._pushed
 
 
 def test_sglang_flush_refused_past_the_wait_is_one_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -284,7 +313,9 @@ def test_sglang_0521_pushes_inside_one_weight_update_session() -> None:
     eng = _sglang_0521(scheduler)
     eng._update_weights([("w", object())])
     eng._update_weights([("w", object())])
-    assert scheduler.calls == ["begin_weight_update", "update_weights_from_tensor", "end_weight_update"] * 2
+    # flush_cache: the push waits for an idle scheduler (its own flush_cache=True is asserted there)
+    assert scheduler.calls == ["begin_weight_update", "flush_cache", "update_weights_from_tensor",
+                               "end_weight_update"] * 2
     assert not scheduler.session and eng._pushed
 
 

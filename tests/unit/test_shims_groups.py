@@ -194,7 +194,8 @@ def test_sglang_weights_released_by_offload_are_reloaded_before_a_broadcast_that
     join(eng)
     eng._weights_lost = True  # what onload() leaves on 0.4.4 - 0.5.2 after a push
     eng.update_weights_from_group(buckets())  # share_names None: not known to cover the model
-    assert [c[0] for c in fake.calls] == ["init", "disk", "receive", "receive", "flush"]
+    # the reload's own flush is asserted by the scheduler, so a flush that succeeded goes first
+    assert [c[0] for c in fake.calls] == ["init", "flush", "disk", "receive", "receive", "flush"]
     assert not eng._weights_lost
 
 

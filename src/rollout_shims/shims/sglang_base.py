@@ -311,6 +311,16 @@ class SGLangEngine(SGLangGroups, SGLangWeights, RolloutEngine):
             text=out.get("text") if self.config.detokenize else None,
         )
 
+    def _settle(self) -> None:
+        """Return once SGLang's scheduler is idle (a flush succeeded). Requests that follow a
+        ``generate()`` at once can find it still holding the finished requests (``FLUSH_WAIT_S``), and
+        some of its handlers assert idleness instead of answering: ``release_memory_occupation``
+        (weight_updater.py:203-205 in 0.5.17) and every weight load sent with ``flush_cache=True``
+        ("Cache flush failed after updating weights", :103-108), an AssertionError that ends the
+        scheduler. The engine is driven from one thread, so nothing arrives between this flush and the
+        request it clears the way for."""
+        self._flush_cache()
+
     def _flush_cache(self) -> None:
         deadline = time.monotonic() + FLUSH_WAIT_S
         pause = 0.005

@@ -33,6 +33,7 @@ class SGLangWeights:
                 log.warning("update_weights after onload() pushes only part of the model: reloading "
                             "%s first", self.config.model_dir)
                 self._reload_from_disk()
+        self._settle()  # the load's own flush (flush_cache=True) is asserted by the scheduler
         answered("SGLang refused the weights",
                  self._call("update_weights_from_tensor", named_tensors, load_format=None, flush_cache=True))
         self._pushed = True
@@ -105,6 +106,7 @@ class SGLangWeights:
                 "offload() needs torch_memory_saver in the API this SGLang release calls "
                 "(install sglang[srt,torch_memory_saver]): " + "; ".join(why)
             )
+        self._settle()  # the scheduler asserts it is idle
         self._call("release_memory_occupation")
 
     def _onload(self) -> None:
@@ -124,6 +126,7 @@ class SGLangWeights:
 
     def _reload_from_disk(self) -> None:
         # load_format "auto": an engine started on dummy weights would otherwise look for a dummy loader
+        self._settle()  # the reload's own flush is asserted by the scheduler
         result = self._call("update_weights_from_disk", self.config.model_dir, load_format="auto")
         if isinstance(result, tuple) and result and not result[0]:
             raise EngineRequestError(f"SGLang could not reload {self.config.model_dir}: {result[1:]}")
