@@ -265,3 +265,51 @@ def test_stop_ends_the_running_step_by_its_recorded_group_and_starts_no_other(tm
     assert list((machine / "pycache").rglob("*.pyc")), "no bytecode was cached"
     assert not list(checkout.rglob("__pycache__"))
     assert stop.stop(grace=1) == []  # nothing left to stop: one line, no error
+
+
+def test_wait_holds_the_call_until_the_background_pipeline_ends(tmp_path: Path, locked: Matrix,
+                                                                 machine: Path) -> None:
+    """``gpuenv wait``, as a hold runs it after the last part (a call in flight keeps the machine; on
+    2026-12-03 a 30 s pause between calls lost three running suites): through the real CLI and a
+    detached pipeline, it says "still running" (exit 3) at ``--max``, returns once the pipeline ended
+    (exit 0), and tells a pipeline killed mid-step (exit 1) from one still running."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from rollout_matrix.gpu import waiting
+
+    entry = locked.get("tiny-2.31.0")
+    make_bundle(locked, [entry], entry.python, tmp_path / "bundle", part_mib=2, payload="wheel",
+                cache=tmp_path / "cache", progress=lambda line: None)
+    store.receive(sorted((tmp_path / "bundle").iterdir()))
+    checkout = locked.path.parent
+    (checkout / "nap.py").write_text("import sys, time\ntime.sleep(float(sys.argv[1]))\n")
+    env = {**os.environ, "ROLLOUT_MATRIX_GPU_ROOT": str(machine)}
+
+    def gpuenv(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "rollout_matrix.gpuenv", *args], cwd=checkout, env=env,
+                              capture_output=True, text=True, timeout=180)
+
+    no_pipeline = gpuenv("wait", "--max", "1")
+    assert no_pipeline.returncode == 2 and "no pipeline has run" in no_pipeline.stderr
+    assert gpuenv("pipeline", "--background", "--wait", "60", f"{entry.name}=nap.py 6").returncode == 0
+    early = gpuenv("wait", "--max", "1")
+    assert early.returncode == waiting.RUNNING and "still running after 1s" in early.stdout, early.stdout
+    t0 = time.monotonic()
+    done = gpuenv("wait", "--max", "120")
+    assert done.returncode == waiting.ENDED and "1 of 1 steps passed" in done.stdout, done.stdout
+    assert time.monotonic() - t0 < 60, "wait slept well past the pipeline's end"
+
+    assert gpuenv("pipeline", "--background", "--wait", "60", f"{entry.name}=nap.py 120").returncode == 0
+    state = json.loads((machine / "logs" / waiting.STATE).read_text())
+    assert gpuenv("wait", "--max", "2").returncode == waiting.RUNNING
+    os.kill(state["pid"], signal.SIGKILL)
+    try:
+        gone = gpuenv("wait", "--max", "60")
+        assert gone.returncode == waiting.GONE and "gone without ending" in gone.stdout, gone.stdout
+    finally:
+        gpuenv("stop", "--grace", "5")  # the orphaned step, by the group it recorded

@@ -8,6 +8,7 @@ that travels in ``part-000``. Everything lives under ``$ROLLOUT_MATRIX_GPU_ROOT`
     python3 -m rollout_matrix.gpuenv receive .gpu/b1/part-000 [...]   # chunks into the store
     python3 -m rollout_matrix.gpuenv status                          # what is complete
     python3 -m rollout_matrix.gpuenv pipeline --background E1 E2      # wait, install, test, in order
+    python3 -m rollout_matrix.gpuenv wait --max 300                   # hold the machine until it has ended
     python3 -m rollout_matrix.gpuenv collect $OUT                     # results as one tar.gz
     python3 -m rollout_matrix.gpuenv stop                             # end the batch, keep its results
 
@@ -26,7 +27,7 @@ import sys
 from pathlib import Path
 
 from rollout_matrix.errors import UserError
-from rollout_matrix.gpu import stop, store
+from rollout_matrix.gpu import stop, store, waiting
 from rollout_matrix.gpu.install import install
 from rollout_matrix.gpu.pipeline import Plan, auto_parallel, check_steps, collect, pipeline, probe
 from rollout_matrix.gpu.store import log, receive, status
@@ -69,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--script-timeout", type=_positive, default=300, help="seconds one ENTRY=SCRIPT step may run")
     p.add_argument("--keep-envs", action="store_true",
                    help="keep each venv after its entry's steps (default: removed, the disk holds few at once)")
+    p = sub.add_parser("wait", help="block until the background pipeline has ended (exit 0), is gone without ending "
+                                    "(1) or --max seconds passed (3); a call in flight keeps the machine")
+    p.add_argument("--max", type=_positive, default=300, help="seconds at most (default 300; a call may run 600)")
     p = sub.add_parser("collect")
     p.add_argument("out", type=Path)
     p = sub.add_parser("stop", help="end the running steps as Ctrl-C would (their results are written) and start "
@@ -113,11 +117,15 @@ def main(argv: list[str] | None = None) -> int:
                        *(["--keep-envs"] if args.keep_envs else []),
                        *(["--", *pytest_args] if pytest_args else [])]
                 with open(logfile, "ab") as fh:
-                    subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-                                     cwd=store.CHECKOUT, env={**os.environ, "PYTHONPATH": str(store.CHECKOUT / "src")})
+                    child = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+                                             cwd=store.CHECKOUT,
+                                             env={**os.environ, "PYTHONPATH": str(store.CHECKOUT / "src")})
+                waiting.began(args.entries, pid=child.pid)
                 log(f"pipeline started in the background; log: {logfile}")
             else:
                 return pipeline(args.entries, plan, pytest_args)
+        elif args.command == "wait":
+            return waiting.wait(args.max)
         elif args.command == "collect":
             collect(args.out)
         elif args.command == "stop":

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rollout_matrix.errors import UserError
 from rollout_matrix.evidence.results import RUN_JSON, RunRecord
-from rollout_matrix.gpu import disk, stop, store
+from rollout_matrix.gpu import disk, stop, store, waiting
 from rollout_matrix.gpu.lockenv import STAMP
 from rollout_matrix.gpu.store import complete, log, manifests
 from rollout_matrix.gpu.suite import matrix_entry, query, run_script, run_suite
@@ -126,6 +126,7 @@ def pipeline(steps: list[str], plan: Plan, pytest_args: list[str]) -> int:
     of its memory. Returns 0 when every step passed, else 1."""
     check_steps(steps)
     stop.clear()
+    waiting.began(steps)
     board = disk.Board(steps)
     log(f"disk: {disk.free_bytes() / disk.GiB:.1f} GiB free under {store.ROOT}"
         + ("" if plan.keep_envs else "; each venv is removed once its entry's steps have ended"))
@@ -134,6 +135,7 @@ def pipeline(steps: list[str], plan: Plan, pytest_args: list[str]) -> int:
     with ThreadPoolExecutor(max_workers=plan.parallel) as pool:
         codes = dict(zip(steps, pool.map(lambda step: _run_step(step, plan, pytest_args, board), steps), strict=True))
     failed = [step for step, code in codes.items() if code != 0]
+    waiting.ended(failed)
     log(f"pipeline done: {len(steps) - len(failed)} of {len(steps)} steps passed"
         + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
