@@ -313,3 +313,48 @@ def test_wait_holds_the_call_until_the_background_pipeline_ends(tmp_path: Path, 
         assert gone.returncode == waiting.GONE and "gone without ending" in gone.stdout, gone.stdout
     finally:
         gpuenv("stop", "--grace", "5")  # the orphaned step, by the group it recorded
+
+
+def test_wheels_the_machine_has_installed_travel_as_kits_and_come_back_exact(
+        tmp_path: Path, locked: Matrix, machine: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``bundle --borrow``: a lock-exact venv lends its files (as the H200's python3 lends torch):
+    every wheel it holds travels as a kit, far smaller than the wheels; the machine rebuilds each wheel
+    from the installed files and the venv equals the lock. A changed installed file fails the build in
+    one line (no venv left), a machine without the distributions is refused at receive."""
+    import json
+
+    from rollout_matrix.bundles import borrow
+
+    entry = locked.get("tiny-2.31.0")
+    first = make_bundle(locked, [entry], entry.python, tmp_path / "plain", part_mib=7, payload="zstd",
+                        cache=tmp_path / "cache", progress=lambda line: None)
+    store.receive(sorted((tmp_path / "plain").iterdir()))
+    donor_env = install.install(entry.name, jobs=2)
+    donor = donor_env / "lib" / f"python{entry.python}" / "site-packages"
+    (tmp_path / "inventory.json").write_text(json.dumps(borrow.inventory([str(donor)])))
+
+    monkeypatch.setattr(store, "ROOT", tmp_path / "machine2")  # a machine holding nothing of the first bundle
+    lines: list[str] = []
+    kits = make_bundle(locked, [entry], entry.python, tmp_path / "kits", part_mib=7, payload="zstd",
+                       cache=tmp_path / "cache", progress=lines.append, borrow_from=tmp_path / "inventory.json")
+    files = kits.entries[entry.name].files
+    assert {f.payload for f in files} == {borrow.KIT} and len(files) == len(first.entries[entry.name].files)
+    assert all(f.lent_bytes > 0 for f in files)
+    assert sum(f.size for f in files) < sum(f.size for f in first.entries[entry.name].files) / 3
+    assert all("the machine has its files" in line for line in lines if ".whl" in line)
+
+    monkeypatch.setenv(borrow.SEARCH_ENV, str(tmp_path / "empty"))
+    with pytest.raises(UserError, match="is not installed where its files were to come from"):
+        store.receive([tmp_path / "kits" / "part-000"])
+    monkeypatch.setenv(borrow.SEARCH_ENV, str(donor))
+    store.receive(sorted((tmp_path / "kits").iterdir()))
+    env = install.install(entry.name, jobs=2)
+    assert (env / ".lock-exact").is_file() and env != donor_env
+
+    shutil.rmtree(env)
+    victim = donor / "requests" / "__init__.py"
+    victim.write_text(victim.read_text() + "# changed\n")
+    with pytest.raises(UserError, match=r"requests-2\.31\.0-py3-none-any\.whl: this machine's .*requests/__init__\.py "
+                                        r"differs from the wheel's; make the bundle without --borrow"):
+        install.install(entry.name, jobs=2)
+    assert not env.exists()

@@ -40,6 +40,7 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
+from rollout_matrix.bundles import borrow
 from rollout_matrix.bundles.manifest import BUNDLE_FORMAT, MANIFEST, EntryRecord, FileRecord, Manifest, chunk_payload, pack_parts
 from rollout_matrix.bundles.payload import PAYLOADS, member_digest, sha256_file, zstd_payload
 from rollout_matrix.bundles.syslibset import SyslibSet, deb_records, entry_sets
@@ -222,12 +223,15 @@ def _shipped(skip_from: Iterable[Path]) -> set[str]:
 
 def make_bundle(matrix: Matrix, entries: Iterable[Entry], python: str, out: Path, part_mib: int = 56,
                 payload: str = "zstd", cache: Path | None = None, skip_from: Iterable[Path] = (),
-                progress: Callable[[str], None] = print, jobs: int = 4, syslibs: bool = True) -> Manifest:
+                progress: Callable[[str], None] = print, jobs: int = 4, syslibs: bool = True,
+                borrow_from: Path | None = None) -> Manifest:
     """Write the bundle of ``entries`` for ``python`` into ``out`` (see the module docstring).
 
     ``skip_from``: earlier bundle folders whose chunks the machine already has; those are not packed
     into parts again (their manifests still list them). ``syslibs``: carry the pinned ``.deb`` sets of
     each entry's ``system_packages`` (:mod:`rollout_matrix.bundles.syslibset`); False when the machine has them.
+    ``borrow_from``: the machine's inventory (``gpuenv inventory``); a wheel whose installed files it
+    lists travels as a kit and is rebuilt there from them (:mod:`rollout_matrix.bundles.borrow`).
 
     Every input is checked before the first download (options, locks, unavailable entries, ``--after``
     manifests, the folder, part-000's room for the tools); the parts are written into a hidden folder
@@ -243,6 +247,7 @@ def make_bundle(matrix: Matrix, entries: Iterable[Entry], python: str, out: Path
     locks = {e.name: _lock_text_and_pins(matrix, e, python) for e in entries}  # every lock checked first
     sets = {e.name: entry_sets(matrix.path.parent, e.system_packages) if syslibs else [] for e in entries}
     shipped = _shipped(skip_from)
+    lent = borrow.read_inventory(borrow_from) if borrow_from is not None else {}
     limit = part_mib << 20
     tools = fetch_tools(python, cache) if payload == "zstd" else []
     tools_bytes = sum(t.stat().st_size for t in tools)
@@ -253,7 +258,7 @@ def make_bundle(matrix: Matrix, entries: Iterable[Entry], python: str, out: Path
     staging = _staging(out)
     try:
         manifest = _make(matrix, entries, locks, python, staging, part_mib, payload, cache, shipped, tools,
-                         progress, jobs, sets)
+                         progress, jobs, sets, lent)
         if out.is_dir():
             out.rmdir()  # empty (checked above): the whole bundle takes its place
         staging.rename(out)
@@ -272,7 +277,8 @@ _MANIFEST_ROOM = 1 << 20
 
 def _make(matrix: Matrix, entries: list[Entry], locks: dict[str, tuple[Path, list[Pin]]], python: str,
           out: Path, part_mib: int, payload: str, cache: Path, shipped: set[str], tools: list[Path],
-          progress: Callable[[str], None], jobs: int, sets: dict[str, list[SyslibSet]]) -> Manifest:
+          progress: Callable[[str], None], jobs: int, sets: dict[str, list[SyslibSet]],
+          lent: dict[str, str]) -> Manifest:
     """Download, check, compress, chunk and pack (see :func:`make_bundle`, which checked the inputs)."""
     start = time.monotonic()
     order = preference_order(python)
@@ -292,18 +298,24 @@ def _make(matrix: Matrix, entries: list[Entry], locks: dict[str, tuple[Path, lis
         wheel = build_wheel(source, python, cache) if choice.built else source
         with zipfile.ZipFile(wheel) as zf:
             members = member_digest(zf)
-        data = wheel if payload == "wheel" else zstd_payload(wheel, cache)
+        name = canonicalize_name(choice.name)
+        files = borrow.cached_files_digest(wheel, cache) if name in lent else None
+        kind = borrow.KIT if files is not None and lent[name] == files else payload
+        data = {"wheel": lambda: wheel, "zstd": lambda: zstd_payload(wheel, cache),
+                borrow.KIT: lambda: borrow.cached_kit(wheel, cache)}[kind]()
         record = FileRecord(
-            name=canonicalize_name(choice.name), version=choice.version, wheel=wheel.name,
+            name=name, version=choice.version, wheel=wheel.name,
             wheel_sha256=sha256_file(wheel) if choice.built else key,  # fetch() hashed it on this run
             lock_sha256=key, built_from_sdist=choice.built, members_sha256=members,
-            payload=payload, payload_sha256=sha256_file(data), size=data.stat().st_size,
-            chunks=chunk_payload(data, chunk_bytes, store),
+            payload=kind, payload_sha256=sha256_file(data), size=data.stat().st_size,
+            chunks=chunk_payload(data, chunk_bytes, store), files_sha256=files if kind == borrow.KIT else "",
+            lent_bytes=borrow.lent_bytes(wheel) if kind == borrow.KIT else 0,
         )
         parse_wheel_filename(wheel.name)  # a built file must be a wheel we can install
         done[key] = record
+        lends = f" (the machine has its files; the wheel is {wheel.stat().st_size / 2**20:.1f} MiB)" if kind == borrow.KIT else ""
         progress(f"{choice.name}=={choice.version}: {wheel.name}{' (built from sdist)' if choice.built else ''}, "
-                 f"{record.size / 2**20:.1f} MiB {payload}")
+                 f"{record.size / 2**20:.1f} MiB {kind}{lends}")
         return record
 
     for entry in entries:

@@ -51,6 +51,8 @@ class FileRecord:
     payload_sha256: str
     size: int
     chunks: list[str] = field(default_factory=list)
+    files_sha256: str = ""  # payload "kit": the installed files the machine lends (bundles/borrow.py)
+    lent_bytes: int = 0  # payload "kit": their size (the rebuilt wheel's, for the machine's disk)
 
 
 @dataclass
@@ -160,8 +162,10 @@ def _file_problem(f: Any, payload: str) -> str | None:
     for key in ("wheel_sha256", "lock_sha256", "members_sha256", "payload_sha256"):
         if not isinstance(f.get(key), str) or not HEX64.fullmatch(f[key]):
             return f"{key} must be 64 hex digits"
-    if f["payload"] != payload:
-        return f"payload {f['payload'][:20]!r} is not the bundle's {payload!r}"
+    if f["payload"] not in (payload, "kit"):  # borrow.KIT (not imported: this module is plain data)
+        return f"payload {f['payload'][:20]!r} is neither the bundle's {payload!r} nor kit"
+    if f["payload"] == "kit" and not (HEX64.fullmatch(str(f.get("files_sha256"))) and _is_int(f.get("lent_bytes"))):
+        return "a kit needs files_sha256 (64 hex digits) and lent_bytes (a byte count)"
     if not isinstance(f.get("built_from_sdist"), bool) or not _is_int(f.get("size")):
         return "built_from_sdist must be true or false and size a byte count"
     if not _hex_list(f.get("chunks")):

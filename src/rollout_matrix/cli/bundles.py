@@ -15,7 +15,7 @@ def cmd_bundle(args: argparse.Namespace, matrix: Matrix) -> int:
     reporter = Reporter("bundle")
     make_bundle(matrix, matrix.select(args.entries), args.python, Path(args.out), part_mib=args.part_mib,
                 payload=args.payload, skip_from=[Path(p) for p in args.after], progress=reporter.line,
-                syslibs=not args.no_syslibs)
+                syslibs=not args.no_syslibs, borrow_from=Path(args.borrow) if args.borrow else None)
     return 0
 
 
@@ -53,6 +53,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="an earlier bundle the machine already has: its chunks are not shipped again")
     p.add_argument("--no-syslibs", action="store_true",
                    help="leave out the pinned .deb sets of the entries' system_packages (the machine has them)")
+    p.add_argument("--borrow", metavar="INVENTORY",
+                   help="the machine's inventory (`gpuenv inventory`; the H200's: docker/machines/nvidia-h200.json): "
+                        "wheels whose files its python3 has installed travel as small kits and are rebuilt there")
     p.set_defaults(handler=cmd_bundle)
 
     p = sub.add_parser("syslibs", help="(re)pin the Debian .debs standing for a system package in bundles",

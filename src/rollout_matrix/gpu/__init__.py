@@ -4,6 +4,6 @@ steps, and collect the results.
 
 Runs with the machine's own Python, the standard library and ``packaging`` only: every module here,
 and all it imports, must stay free of other third-party imports (tests/unit/test_import_direction.py
-checks it). May import: bundles (manifest, payload), evidence (the run record), locks (the lock file
+checks it). May import: bundles (manifest, payload, borrow), evidence (the run record), locks (the lock file
 format), matrix and the base modules.
 """

@@ -36,9 +36,11 @@ def free_bytes(path: Path | None = None) -> int:
 
 
 def build_need(record: EntryRecord) -> int:
-    """Bytes a venv build of the entry takes at its peak: its wheels reassembled plus the venv."""
-    wheels = sum(f.size for f in record.files)
-    return int(2 * INSTALLED_PER_WHEEL_BYTE * wheels) + HEADROOM
+    """Bytes a venv build of the entry takes at its peak: its wheels reassembled plus the venv. A wheel
+    the machine lends (a kit) is rebuilt stored, as large as the files it installs (``lent_bytes``)."""
+    shipped = sum(f.size for f in record.files if not f.lent_bytes)
+    lent = sum(f.lent_bytes for f in record.files)
+    return int(2 * INSTALLED_PER_WHEEL_BYTE * shipped) + 2 * lent + HEADROOM
 
 
 def wait_for_room(entry: str, need: int, others_running: Callable[[], bool], stopped: Callable[[], bool],

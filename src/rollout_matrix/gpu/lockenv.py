@@ -22,6 +22,7 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
+from rollout_matrix.bundles import borrow
 from rollout_matrix.bundles.manifest import FileRecord, Manifest, join_chunks
 from rollout_matrix.bundles.payload import member_digest, unpack_zstd
 from rollout_matrix.errors import UserError
@@ -32,12 +33,21 @@ STAMP = ".lock-exact"
 
 def reassemble(record: FileRecord, payload_kind: str, store: Path, target_dir: Path,
                zstandard: Callable[[], object]) -> Path:
-    """Chunks (from ``store``) -> payload -> the wheel to install in ``target_dir``, checked."""
+    """Chunks (from ``store``) -> payload -> the wheel to install in ``target_dir``, checked. A kit
+    (a wheel the machine lends, :mod:`rollout_matrix.bundles.borrow`) is rebuilt from the installed
+    files, each hashed, and checked by its member digest like the others."""
     wheel = target_dir / record.wheel
     payload = target_dir / f"{record.wheel}.payload"
     if join_chunks(record.chunks, store, payload) != record.payload_sha256:
         raise UserError(f"{record.wheel}: reassembled payload has the wrong sha256; receive its parts again")
-    if payload_kind == "wheel":
+    if record.payload == borrow.KIT:
+        dist = borrow.installed(record.name, borrow.search_path())
+        if dist is None:
+            raise UserError(f"{record.wheel}: {borrow.lent_problem(record.name, record.files_sha256)}; make the "
+                            "bundle without --borrow")
+        borrow.rebuild(payload, dist, wheel)
+        payload.unlink()
+    elif payload_kind == "wheel":
         payload.replace(wheel)
         if record.wheel_sha256 != record.payload_sha256:
             raise UserError(f"{record.wheel}: payload is not the wheel the manifest names")

@@ -11,6 +11,7 @@ that travels in ``part-000``. Everything lives under ``$ROLLOUT_MATRIX_GPU_ROOT`
     python3 -m rollout_matrix.gpuenv wait --max 300                   # hold the machine until it has ended
     python3 -m rollout_matrix.gpuenv collect $OUT                     # results as one tar.gz
     python3 -m rollout_matrix.gpuenv stop                             # end the batch, keep its results
+    python3 -m rollout_matrix.gpuenv inventory FILE                   # what it has installed (bundle --borrow)
 
 Checks, in order: each chunk's sha256 (its name) on arrival; the committed lock's sha256 against the
 one the bundle was made from; each reassembled payload's sha256; each wheel's members (name, mode,
@@ -21,11 +22,13 @@ distributions against the lock's pins, exactly. Executable bits survive (pip ins
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from rollout_matrix.bundles import borrow
 from rollout_matrix.errors import UserError
 from rollout_matrix.gpu import stop, store, waiting
 from rollout_matrix.gpu.install import install
@@ -73,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("wait", help="block until the background pipeline has ended (exit 0), is gone without ending "
                                     "(1) or --max seconds passed (3); a call in flight keeps the machine")
     p.add_argument("--max", type=_positive, default=300, help="seconds at most (default 300; a call may run 600)")
+    p = sub.add_parser("inventory", help="what this python3 has installed, for `rollout-matrix bundle --borrow`")
+    p.add_argument("out", type=Path, help="the JSON file to write")
     p = sub.add_parser("collect")
     p.add_argument("out", type=Path)
     p = sub.add_parser("stop", help="end the running steps as Ctrl-C would (their results are written) and start "
@@ -126,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
                 return pipeline(args.entries, plan, pytest_args)
         elif args.command == "wait":
             return waiting.wait(args.max)
+        elif args.command == "inventory":
+            found = borrow.inventory(borrow.search_path())
+            args.out.write_text(json.dumps(found, indent=1) + "\n")
+            log(f"{len(found['distributions'])} distributions of {sys.executable} written to {args.out}")
         elif args.command == "collect":
             collect(args.out)
         elif args.command == "stop":

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from rollout_matrix.atomic import write_atomic
+from rollout_matrix.bundles import borrow
 from rollout_matrix.bundles.manifest import HEX64, MANIFEST, Manifest, ManifestError, read_manifest
 from rollout_matrix.bundles.payload import sha256_file
 from rollout_matrix.errors import UserError
@@ -84,6 +85,7 @@ def _receive_item(item: Path, d: dict[str, Path], hashes: dict[str, str]) -> int
         raise UserError(f"{item}: is not a regular file (a folder or a link); send the part again")
     if item.name == MANIFEST:
         manifest = read_manifest(item)
+        _check_lent(manifest)
         text = item.read_text(encoding="utf-8")
         name = hashlib.sha256(text.encode()).hexdigest()[:16]
         write_atomic(d["manifests"] / f"{name}.json", text)
@@ -108,6 +110,20 @@ def _receive_item(item: Path, d: dict[str, Path], hashes: dict[str, str]) -> int
         shutil.copyfile(item, target.with_name(item.name + ".tmp"))
         target.with_name(item.name + ".tmp").replace(target)
     return 1
+
+
+def _check_lent(manifest: Manifest) -> None:
+    """Before the bulk arrives: the wheels the bundle borrows (``bundle --borrow``) are installed here
+    with exactly their files (by RECORD; each file is hashed again when a venv is built)."""
+    lent = {(f.name, f.files_sha256): f for e in manifest.entries.values() for f in e.files if f.payload == borrow.KIT}
+    if not lent:
+        return
+    problems = [p for name, files in lent if (p := borrow.lent_problem(name, files))]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UserError(f"{problems[0]}{more}: this machine cannot lend the files the bundle expects; make the bundle "
+                        "without --borrow, or with this machine's `gpuenv inventory`")
+    log(f"{len(lent)} wheels of the bundle come from files this machine has installed (their RECORD matches)")
 
 
 def _install_tool(wheel: Path, tools: Path) -> None:

@@ -1,0 +1,214 @@
+"""Wheels the GPU machine already has installed: shipped as a *kit*, rebuilt there from its own files.
+
+Why: a bundle's first entry of a CUDA line is mostly torch and the NVIDIA libraries (2.5 of the 2.9
+GiB of sglang-0.5.17's wheels), and the H200's own python3 (/opt/torch/.venv) holds exactly those
+files for torch 2.11 (read on the machine, 2026-12-03: 23 of that lock's wheels, file for file). At
+8.4 s of device time per 58 MiB part they are 5-6 minutes of every 30-minute hold of that line.
+
+A wheel is *borrowed* when the machine's inventory (``gpuenv inventory``: each installed
+distribution's RECORD) lists the very files the wheel installs: same paths, same sha256, nothing
+under ``.data/`` (those land outside site-packages and are rewritten by pip). Instead of the wheel, a
+kit travels: the wheel's ``.dist-info`` members (and folder entries) verbatim, and an index of every other member (name,
+unix mode, sha256, zip time). On the machine the wheel is rebuilt from the kit and the installed
+files, each hashed against the index, and then checked by its member digest like any other wheel:
+what pip installs is the lock's wheel, or nothing. Venvs stay lock-exact and isolated; only the
+bytes come from the machine's disk instead of the device tool.
+
+Standard library only: both sides use it (the machine's python3 has no more).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import sys
+import zipfile
+from importlib import metadata
+from pathlib import Path
+
+from rollout_matrix.bundles.payload import sha256_file
+from rollout_matrix.errors import UserError
+
+KIT = "kit"
+"""The payload kind of a borrowed wheel (beside ``wheel`` and ``zstd``)."""
+KIT_INDEX = ".rollout-matrix-kit.json"
+INVENTORY_FORMAT = 1
+_READ = 1 << 20
+
+
+def _is_own(name: str) -> bool:
+    """A member the kit carries itself: metadata that differs between a wheel and its installed copy."""
+    return ".dist-info/" in name
+
+
+def _installs_elsewhere(name: str) -> bool:
+    return ".data/" in name.split("/", 1)[0] + "/"
+
+
+def _digest(pairs: list[tuple[str, str]]) -> str:
+    return hashlib.sha256("".join(f"{path}\0{sha}\n" for path, sha in sorted(pairs)).encode()).hexdigest()
+
+
+def wheel_files_digest(wheel: Path) -> str | None:
+    """sha256 over the (path, sha256) of every member the wheel installs into site-packages, but its
+    ``.dist-info``; None when it has members that install elsewhere (it cannot be borrowed)."""
+    pairs = []
+    with zipfile.ZipFile(wheel) as zf:
+        for info in zf.infolist():
+            if info.is_dir() or _is_own(info.filename):
+                continue
+            if _installs_elsewhere(info.filename):
+                return None
+            content = hashlib.sha256()
+            with zf.open(info) as fh:
+                while block := fh.read(_READ):
+                    content.update(block)
+            pairs.append((info.filename, content.hexdigest()))
+    return _digest(pairs) if pairs else None
+
+
+def lent_bytes(wheel: Path) -> int:
+    """The bytes of the members a kit of ``wheel`` takes from the machine (its rebuilt wheel's size)."""
+    with zipfile.ZipFile(wheel) as zf:
+        return sum(i.file_size for i in zf.infolist() if not i.is_dir() and not _is_own(i.filename))
+
+
+def record_files(dist: metadata.Distribution) -> list[tuple[str, str]]:
+    """(path, sha256 hex) of what ``dist`` installed into site-packages, from its RECORD, but its
+    ``.dist-info``, bytecode and files outside (``../../bin``)."""
+    pairs = []
+    for line in (dist.read_text("RECORD") or "").splitlines():
+        path, _, rest = line.partition(",")
+        hashed = rest.rpartition(",")[0]
+        if (not hashed.startswith("sha256=") or path.startswith(("../", "/")) or _is_own(path)
+                or "__pycache__/" in path):
+            continue
+        b64 = hashed.removeprefix("sha256=")
+        pairs.append((path, base64.urlsafe_b64decode(b64 + "=" * (-len(b64) % 4)).hex()))
+    return pairs
+
+
+def _canonical(name: str) -> str:
+    return "".join("-" if c in "_." else c for c in name.lower())
+
+
+def installed(name: str, search: list[str] | None = None) -> metadata.Distribution | None:
+    """The distribution ``name`` of this interpreter (or of the ``search`` folders), if installed."""
+    for dist in metadata.distributions(path=search if search is not None else sys.path):
+        if _canonical(dist.metadata["Name"] or "") == _canonical(name):
+            return dist
+    return None
+
+
+def inventory(search: list[str] | None = None) -> dict:
+    """What this interpreter has installed, as ``bundle --borrow`` reads it."""
+    dists = {}
+    for dist in metadata.distributions(path=search if search is not None else sys.path):
+        name = _canonical(dist.metadata["Name"] or "")
+        pairs = record_files(dist)
+        if name and pairs and name not in dists:
+            dists[name] = {"version": dist.version, "files": len(pairs), "files_sha256": _digest(pairs)}
+    return {"format": INVENTORY_FORMAT, "python": f"{sys.version_info[0]}.{sys.version_info[1]}", "executable": sys.executable,
+            "distributions": dict(sorted(dists.items()))}
+
+
+SEARCH_ENV = "ROLLOUT_MATRIX_BORROW_PATH"
+"""Folders (``os.pathsep``-separated) whose installed distributions lend their files; default: the
+``sys.path`` of the python3 running gpuenv (the H200's /opt/torch/.venv)."""
+
+
+def search_path() -> list[str]:
+    value = os.environ.get(SEARCH_ENV)
+    return value.split(os.pathsep) if value else sys.path
+
+
+def lent_problem(name: str, files_sha256: str) -> str | None:
+    """Why this machine cannot lend ``name``'s files (None: its RECORD lists exactly the wheel's)."""
+    dist = installed(name, search_path())
+    if dist is None:
+        return f"{name} is not installed where its files were to come from ({os.environ.get(SEARCH_ENV) or sys.executable})"
+    if _digest(record_files(dist)) != files_sha256:
+        return f"{name} {dist.version} installed here does not hold the files of the bundle's wheel"
+    return None
+
+
+def read_inventory(path: Path) -> dict[str, str]:
+    """name -> files_sha256 of an inventory file; one line naming the file and the fix otherwise."""
+    try:
+        raw = json.loads(path.read_text())
+        if raw.get("format") != INVENTORY_FORMAT:
+            raise ValueError(f"format is not {INVENTORY_FORMAT}")
+        return {str(name): str(d["files_sha256"]) for name, d in raw["distributions"].items()}
+    except FileNotFoundError:
+        raise UserError(f"--borrow {path}: no such file; write one on the machine with "
+                        "`python3 -m rollout_matrix.gpuenv inventory FILE`") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UserError(f"--borrow {path}: not an inventory ({exc}); write it again with "
+                        "`python3 -m rollout_matrix.gpuenv inventory FILE`") from None
+
+
+def make_kit(wheel: Path, target: Path) -> None:
+    """The kit of ``wheel``: its ``.dist-info`` members and folder entries verbatim, and the index of
+    the others."""
+    index = []
+    tmp = target.with_name(target.name + ".tmp")
+    with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as kit:
+        for info in src.infolist():
+            if info.is_dir() or _is_own(info.filename):  # folder entries count in the member digest too
+                kit.writestr(info, src.read(info))
+                continue
+            content = hashlib.sha256()
+            with src.open(info) as fh:
+                while block := fh.read(_READ):
+                    content.update(block)
+            index.append([info.filename, info.external_attr, content.hexdigest(), list(info.date_time)])
+        kit.writestr(KIT_INDEX, json.dumps(index))
+    tmp.replace(target)
+
+
+def cached_files_digest(wheel: Path, cache: Path) -> str | None:
+    """:func:`wheel_files_digest`, kept under ``cache`` by the wheel's sha256 (torch: 10 s to compute)."""
+    stamp = cache / "files-digest" / f"{sha256_file(wheel)}.txt"
+    if stamp.is_file():
+        return stamp.read_text().strip() or None
+    digest = wheel_files_digest(wheel)
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text((digest or "") + "\n")
+    return digest
+
+
+def cached_kit(wheel: Path, cache: Path) -> Path:
+    """:func:`make_kit`, kept under ``cache`` by the wheel's sha256."""
+    target = cache / "kits" / f"{sha256_file(wheel)}.zip"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        make_kit(wheel, target)
+    return target
+
+
+def rebuild(kit: Path, dist: metadata.Distribution, wheel: Path) -> None:
+    """``wheel`` from ``kit`` and the files ``dist`` installed, each checked against the kit's index
+    (stored, not compressed: pip installs it at once and it is removed after)."""
+    root = Path(str(dist.locate_file("")))
+    with zipfile.ZipFile(kit) as src, zipfile.ZipFile(wheel, "w", zipfile.ZIP_STORED, allowZip64=True) as out:
+        for info in src.infolist():
+            if info.filename != KIT_INDEX:
+                out.writestr(info, src.read(info), compress_type=zipfile.ZIP_STORED)
+        for name, attr, sha, when in json.loads(src.read(KIT_INDEX)):
+            member = zipfile.ZipInfo(name, date_time=tuple(when))
+            member.external_attr = attr
+            content = hashlib.sha256()
+            try:
+                large = os.stat(root / name).st_size > 0x7FFFFFFF
+                with open(root / name, "rb") as fin, out.open(member, "w", force_zip64=large) as fout:
+                    while block := fin.read(_READ):
+                        content.update(block)
+                        fout.write(block)
+            except OSError as exc:
+                raise UserError(f"{wheel.name}: {root / name} cannot be read on this machine ({exc.strerror}); "
+                                "make the bundle without --borrow") from None
+            if content.hexdigest() != sha:
+                raise UserError(f"{wheel.name}: this machine's {root / name} differs from the wheel's; make the "
+                                "bundle without --borrow")
