@@ -51,6 +51,18 @@ def test_a_batch_groups_entries_by_cuda_line_and_counts_shared_files_once() -> N
     assert text[0].startswith("cu130 torch 2.11.0: 2 entries, ") and "  vllm-0.24.0  (proven: eager only)" in text
 
 
+def test_what_the_machine_lends_is_priced_at_nothing_by_name_and_version() -> None:
+    """gpu-batch --borrow: pins the machine's python3 has installed at the same version cost no parts;
+    another version of the same name still does."""
+    matrix = load_matrix(ROOT / "matrix.yaml")
+    chosen = [matrix.get("sglang-0.5.17")]
+    pins = _pins(ROOT / "docker" / "locks" / "sglang-0.5.17-py3.12.txt")
+    lent = {"torch": "2.11.0", "triton": "3.6.0", "numpy": "0.0.1"}  # numpy: not the lock's version
+    (line,) = plan(matrix, "3.12", lambda n, v, s: (100 << 20, True), chosen, parts_per_hold=10_000, lent=lent)
+    assert {"torch==2.11.0", "triton==3.6.0"} <= pins and any(p.startswith("numpy==") for p in pins)
+    assert line.wheel_bytes == (len(pins) - 2) * (100 << 20)
+
+
 def test_a_line_is_cut_into_holds_in_entry_order_by_parts_and_count() -> None:
     """A hold takes what one 30-minute machine can carry and run: the entries' parts together (shared
     pins once) within the limit, and at most so many entries; an entry too large alone gets its own."""

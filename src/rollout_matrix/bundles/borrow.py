@@ -134,13 +134,13 @@ def lent_problem(name: str, files_sha256: str) -> str | None:
     return None
 
 
-def read_inventory(path: Path) -> dict[str, str]:
-    """name -> files_sha256 of an inventory file; one line naming the file and the fix otherwise."""
+def read_inventory(path: Path) -> dict[str, tuple[str, str]]:
+    """name -> (version, files_sha256) of an inventory file; one line naming the file and the fix otherwise."""
     try:
         raw = json.loads(path.read_text())
         if raw.get("format") != INVENTORY_FORMAT:
             raise ValueError(f"format is not {INVENTORY_FORMAT}")
-        return {str(name): str(d["files_sha256"]) for name, d in raw["distributions"].items()}
+        return {str(name): (str(d["version"]), str(d["files_sha256"])) for name, d in raw["distributions"].items()}
     except FileNotFoundError:
         raise UserError(f"--borrow {path}: no such file; write one on the machine with "
                         "`python3 -m rollout_matrix.gpuenv inventory FILE`") from None

@@ -278,7 +278,7 @@ _MANIFEST_ROOM = 1 << 20
 def _make(matrix: Matrix, entries: list[Entry], locks: dict[str, tuple[Path, list[Pin]]], python: str,
           out: Path, part_mib: int, payload: str, cache: Path, shipped: set[str], tools: list[Path],
           progress: Callable[[str], None], jobs: int, sets: dict[str, list[SyslibSet]],
-          lent: dict[str, str]) -> Manifest:
+          lent: dict[str, tuple[str, str]]) -> Manifest:
     """Download, check, compress, chunk and pack (see :func:`make_bundle`, which checked the inputs)."""
     start = time.monotonic()
     order = preference_order(python)
@@ -300,7 +300,7 @@ def _make(matrix: Matrix, entries: list[Entry], locks: dict[str, tuple[Path, lis
             members = member_digest(zf)
         name = canonicalize_name(choice.name)
         files = borrow.cached_files_digest(wheel, cache) if name in lent else None
-        kind = borrow.KIT if files is not None and lent[name] == files else payload
+        kind = borrow.KIT if files is not None and lent[name][1] == files else payload
         data = {"wheel": lambda: wheel, "zstd": lambda: zstd_payload(wheel, cache),
                 borrow.KIT: lambda: borrow.cached_kit(wheel, cache)}[kind]()
         record = FileRecord(

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from rollout_matrix.bundles.syslibset import entry_sets
@@ -121,11 +122,12 @@ def lock_files(matrix: Matrix, entry: Entry, python: str) -> dict[str, tuple[str
 
 def plan(matrix: Matrix, python: str, size_of: Callable[[str, str, set[str]], tuple[int, bool]],
          entries: Iterable[Entry] | None = None, parts_per_hold: int = PARTS_PER_HOLD,
-         entries_per_hold: int = ENTRIES_PER_HOLD) -> list[Line]:
+         entries_per_hold: int = ENTRIES_PER_HOLD, lent: dict[str, str] | None = None) -> list[Line]:
     """Entries not yet proven in both modes (of ``entries``, default :func:`targets`), grouped by CUDA line
     in stack order, each line cut into holds (in entry order, while the parts of the hold's entries
     together and their count stay within the limits); ``size_of(name, version, allowed sha256s)`` gives
-    a pin's wheel size and whether it is exact."""
+    a pin's wheel size and whether it is exact. ``lent``: name -> version the machine has installed
+    (``bundle --borrow``), priced at nothing; by name and version, where ``bundle`` decides by the files."""
     proven = proven_modes(matrix.path.parent)
     todo = [e for e in (entries if entries is not None else targets(matrix))
             if set(proven.get(e.name, ())) != set(MODES)]
@@ -148,7 +150,8 @@ def plan(matrix: Matrix, python: str, size_of: Callable[[str, str, set[str]], tu
                 sized[pin] = size_of(pin[0], pin[1], shas)
         needs = sorted({name for entry in members for name in entry.system_packages})
         debs = {d.sha256: d.size for pinned in entry_sets(matrix.path.parent, tuple(needs)) for d in pinned.debs}
-        return (sum(sized[pin][0] for pin in pins), all(sized[pin][1] for pin in pins), sum(debs.values()))
+        shipped = [pin for pin in pins if (lent or {}).get(canonicalize_name(pin[0])) != pin[1]]
+        return (sum(sized[pin][0] for pin in shipped), all(sized[pin][1] for pin in shipped), sum(debs.values()))
 
     def parts_of(members: list[Entry]) -> int:
         wheel_bytes, _, deb_bytes = carried(members)

@@ -32,7 +32,12 @@ def cmd_gpu_batch(args: argparse.Namespace, matrix: Matrix) -> int:
     from rollout_matrix.bundles.gpubatch import cached_or_indexed, plan, proven_modes, render
 
     entries = matrix.select(args.entries) if args.entries else None
-    lines = plan(matrix, args.python, cached_or_indexed(default_cache(), args.python), entries)
+    lent = None
+    if args.borrow:
+        from rollout_matrix.bundles.borrow import read_inventory
+
+        lent = {name: version for name, (version, _) in read_inventory(Path(args.borrow)).items()}
+    lines = plan(matrix, args.python, cached_or_indexed(default_cache(), args.python), entries, lent=lent)
     print("\n".join(render(lines, proven_modes(matrix.path.parent))))
     return 0
 
@@ -75,4 +80,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                    "the bundle cache, else from the index's sizes: ~).")
     p.add_argument("entries", nargs="*", metavar="ENTRY", help="only these (default: the targets)")
     p.add_argument("--python", default="3.12", help="the GPU machine's Python (default 3.12)")
+    p.add_argument("--borrow", metavar="INVENTORY",
+                   help="price what the machine has installed at nothing, as `bundle --borrow` ships it (by name "
+                        "and version here; bundle compares the files)")
     p.set_defaults(handler=cmd_gpu_batch)
