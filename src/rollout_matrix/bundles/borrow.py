@@ -2,7 +2,7 @@
 
 Why: a bundle's first entry of a CUDA line is mostly torch and the NVIDIA libraries (2.5 of the 2.9
 GiB of sglang-0.5.17's wheels), and the H200's own python3 (/opt/torch/.venv) holds exactly those
-files for torch 2.11 (read on the machine, 2026-12-03: 23 of that lock's wheels, file for file). At
+files for torch 2.11 (read on the machine, 2026-12-03: 22 of sglang-0.5.17's wheels, file for file). At
 8.4 s of device time per 58 MiB part they are 5-6 minutes of every 30-minute hold of that line.
 
 A wheel is *borrowed* when the machine's inventory (``gpuenv inventory``: each installed
