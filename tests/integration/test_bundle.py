@@ -320,7 +320,7 @@ def test_wheels_the_machine_has_installed_travel_as_kits_and_come_back_exact(
     """``bundle --borrow``: a lock-exact venv lends its files (as the H200's python3 lends torch):
     every wheel it holds travels as a kit, far smaller than the wheels; the machine rebuilds each wheel
     from the installed files and the venv equals the lock. A changed installed file fails the build in
-    one line (no venv left), a machine without the distributions is refused at receive."""
+    one line (no venv left) and is refused at receive, as is a machine without the distributions."""
     import json
 
     from rollout_matrix.bundles import borrow
@@ -358,3 +358,5 @@ def test_wheels_the_machine_has_installed_travel_as_kits_and_come_back_exact(
                                         r"differs from the wheel's; make the bundle without --borrow"):
         install.install(entry.name, jobs=2)
     assert not env.exists()
+    with pytest.raises(UserError, match=r"requests/__init__\.py changed since it was installed"):
+        store.receive([tmp_path / "kits" / "part-000"])  # refused before any part arrives

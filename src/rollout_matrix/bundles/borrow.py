@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 
@@ -125,13 +126,29 @@ def search_path() -> list[str]:
 
 
 def lent_problem(name: str, files_sha256: str) -> str | None:
-    """Why this machine cannot lend ``name``'s files (None: its RECORD lists exactly the wheel's)."""
+    """Why this machine cannot lend ``name``'s files (None: its RECORD lists exactly the wheel's, and
+    every file still has the content its RECORD says: 4.5 GiB of torch and CUDA in 6.5 s on the H200's
+    16 cores, against a whole hold lost to one file changed since it was installed)."""
     dist = installed(name, search_path())
     if dist is None:
         return f"{name} is not installed where its files were to come from ({os.environ.get(SEARCH_ENV) or sys.executable})"
-    if _digest(record_files(dist)) != files_sha256:
+    pairs = record_files(dist)
+    if _digest(pairs) != files_sha256:
         return f"{name} {dist.version} installed here does not hold the files of the bundle's wheel"
+    root = Path(str(dist.locate_file("")))
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # hashlib releases the GIL
+        got = list(pool.map(lambda pair: _sha256_or_none(root / pair[0]), pairs))
+    changed = [path for (path, sha), have in zip(pairs, got, strict=True) if have != sha]
+    if changed:
+        return f"{name} {dist.version} installed here: {root / changed[0]} changed since it was installed"
     return None
+
+
+def _sha256_or_none(path: Path) -> str | None:
+    try:
+        return sha256_file(path)
+    except OSError:
+        return None
 
 
 def read_inventory(path: Path) -> dict[str, tuple[str, str]]:

@@ -114,7 +114,7 @@ def _receive_item(item: Path, d: dict[str, Path], hashes: dict[str, str]) -> int
 
 def _check_lent(manifest: Manifest) -> None:
     """Before the bulk arrives: the wheels the bundle borrows (``bundle --borrow``) are installed here
-    with exactly their files (by RECORD; each file is hashed again when a venv is built)."""
+    with exactly their files (by RECORD, and each file hashed against it; again when a venv is built)."""
     lent = {(f.name, f.files_sha256): f for e in manifest.entries.values() for f in e.files if f.payload == borrow.KIT}
     if not lent:
         return
@@ -123,7 +123,7 @@ def _check_lent(manifest: Manifest) -> None:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise UserError(f"{problems[0]}{more}: this machine cannot lend the files the bundle expects; make the bundle "
                         "without --borrow, or with this machine's `gpuenv inventory`")
-    log(f"{len(lent)} wheels of the bundle come from files this machine has installed (their RECORD matches)")
+    log(f"{len(lent)} wheels of the bundle come from files this machine has installed (their RECORD and every file match)")
 
 
 def _install_tool(wheel: Path, tools: Path) -> None:
