@@ -39,6 +39,7 @@ ENGINE_PY = "sglang/srt/entrypoints/engine.py"
 TMS_PY = "torch_memory_saver/__init__.py"
 
 FINISH_REASONS = {"stop": "stop", "length": "length", "abort": "abort"}
+"""SGLang ``meta_info["finish_reason"]["type"]`` -> Completion.finish_reason."""
 
 FLUSH_WAIT_S = 30.0
 """How long ``flush_cache()`` asks again while SGLang refuses it. The scheduler flushes only when fully
@@ -47,7 +48,6 @@ running batch until its next loop turn (sglang-0.5.17 on the H200, 2026-12-03: "
 because there are pending requests. #queue-req: 0, #running-req: 6", then success=False). slime asks
 again the same way; newer SGLang defers a flush itself, but only through the tokenizer manager's
 ``flush_cache(timeout_s)``, which ``Engine.flush_cache()`` does not pass."""
-"""SGLang ``meta_info["finish_reason"]["type"]`` -> Completion.finish_reason."""
 
 
 def _sym(path: str, qualname: str, *params: str, dist: str = "sglang", feature: str | None = None) -> Symbol:
