@@ -242,6 +242,14 @@ def test_sglang_offload_and_push_wait_for_an_idle_scheduler(monkeypatch: pytest.
     assert eng._engine.requests == ["flush"] * 3 + ["update"] and eng._pushed
 
 
+def test_sglang_refused_reload_names_the_folder_and_sglangs_message() -> None:
+    eng = busy_sglang(busy=0)
+    eng._engine.update_weights_from_disk = lambda model_dir, load_format: (False, "no config.json there")
+    with pytest.raises(EngineRequestError, match=r"SGLang could not reload .*: no config\.json there$"):
+        eng._reload_from_disk()
+    assert eng._engine.requests == ["flush"]  # settled first: the reload's own flush is asserted
+
+
 def test_sglang_flush_refused_past_the_wait_is_one_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sglang_base, "FLUSH_WAIT_S", 0.05)
     eng = busy_sglang(busy=10**9)

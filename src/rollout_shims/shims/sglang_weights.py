@@ -127,9 +127,8 @@ class SGLangWeights:
     def _reload_from_disk(self) -> None:
         # load_format "auto": an engine started on dummy weights would otherwise look for a dummy loader
         self._settle()  # the reload's own flush is asserted by the scheduler
-        result = self._call("update_weights_from_disk", self.config.model_dir, load_format="auto")
-        if isinstance(result, tuple) and result and not result[0]:
-            raise EngineRequestError(f"SGLang could not reload {self.config.model_dir}: {result[1:]}")
+        answered(f"SGLang could not reload {self.config.model_dir}",
+                 self._call("update_weights_from_disk", self.config.model_dir, load_format="auto"))
         self._weights_lost = False
         self._pushed = False
 
