@@ -14,7 +14,7 @@ files, each hashed against the index, and then checked by its member digest like
 what pip installs is the lock's wheel, or nothing. Venvs stay lock-exact and isolated; only the
 bytes come from the machine's disk instead of the device tool.
 
-Standard library only: both sides use it (the machine's python3 has no more).
+Standard library and ``packaging`` only: both sides use it (the machine's python3 has no more).
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
+
+from packaging.utils import canonicalize_name
 
 from rollout_matrix.bundles.payload import sha256_file
 from rollout_matrix.errors import UserError
@@ -52,24 +54,6 @@ def _digest(pairs: list[tuple[str, str]]) -> str:
     return hashlib.sha256("".join(f"{path}\0{sha}\n" for path, sha in sorted(pairs)).encode()).hexdigest()
 
 
-def wheel_files_digest(wheel: Path) -> str | None:
-    """sha256 over the (path, sha256) of every member the wheel installs into site-packages, but its
-    ``.dist-info``; None when it has members that install elsewhere (it cannot be borrowed)."""
-    pairs = []
-    with zipfile.ZipFile(wheel) as zf:
-        for info in zf.infolist():
-            if info.is_dir() or _is_own(info.filename):
-                continue
-            if _installs_elsewhere(info.filename):
-                return None
-            content = hashlib.sha256()
-            with zf.open(info) as fh:
-                while block := fh.read(_READ):
-                    content.update(block)
-            pairs.append((info.filename, content.hexdigest()))
-    return _digest(pairs) if pairs else None
-
-
 def lent_bytes(wheel: Path) -> int:
     """The bytes of the members a kit of ``wheel`` takes from the machine (its rebuilt wheel's size)."""
     with zipfile.ZipFile(wheel) as zf:
@@ -91,14 +75,10 @@ def record_files(dist: metadata.Distribution) -> list[tuple[str, str]]:
     return pairs
 
 
-def _canonical(name: str) -> str:
-    return "".join("-" if c in "_." else c for c in name.lower())
-
-
 def installed(name: str, search: list[str] | None = None) -> metadata.Distribution | None:
     """The distribution ``name`` of this interpreter (or of the ``search`` folders), if installed."""
     for dist in metadata.distributions(path=search if search is not None else sys.path):
-        if _canonical(dist.metadata["Name"] or "") == _canonical(name):
+        if canonicalize_name(dist.metadata["Name"] or "") == canonicalize_name(name):
             return dist
     return None
 
@@ -107,7 +87,7 @@ def inventory(search: list[str] | None = None) -> dict:
     """What this interpreter has installed, as ``bundle --borrow`` reads it."""
     dists = {}
     for dist in metadata.distributions(path=search if search is not None else sys.path):
-        name = _canonical(dist.metadata["Name"] or "")
+        name = canonicalize_name(dist.metadata["Name"] or "")
         pairs = record_files(dist)
         if name and pairs and name not in dists:
             dists[name] = {"version": dist.version, "files": len(pairs), "files_sha256": _digest(pairs)}
@@ -131,7 +111,7 @@ def lent_problem(name: str, files_sha256: str) -> str | None:
     16 cores, against a whole hold lost to one file changed since it was installed)."""
     dist = installed(name, search_path())
     if dist is None:
-        return f"{name} is not installed where its files were to come from ({os.environ.get(SEARCH_ENV) or sys.executable})"
+        return _not_installed(name)
     pairs = record_files(dist)
     if _digest(pairs) != files_sha256:
         return f"{name} {dist.version} installed here does not hold the files of the bundle's wheel"
@@ -142,6 +122,10 @@ def lent_problem(name: str, files_sha256: str) -> str | None:
     if changed:
         return f"{name} {dist.version} installed here: {root / changed[0]} changed since it was installed"
     return None
+
+
+def _not_installed(name: str) -> str:
+    return f"{name} is not installed where its files were to come from ({os.environ.get(SEARCH_ENV) or sys.executable})"
 
 
 def _sha256_or_none(path: Path) -> str | None:
@@ -185,17 +169,6 @@ def make_kit(wheel: Path, target: Path) -> None:
     tmp.replace(target)
 
 
-def cached_files_digest(wheel: Path, cache: Path) -> str | None:
-    """:func:`wheel_files_digest`, kept under ``cache`` by the wheel's sha256 (torch: 10 s to compute)."""
-    stamp = cache / "files-digest" / f"{sha256_file(wheel)}.txt"
-    if stamp.is_file():
-        return stamp.read_text().strip() or None
-    digest = wheel_files_digest(wheel)
-    stamp.parent.mkdir(parents=True, exist_ok=True)
-    stamp.write_text((digest or "") + "\n")
-    return digest
-
-
 def cached_kit(wheel: Path, cache: Path) -> Path:
     """:func:`make_kit`, kept under ``cache`` by the wheel's sha256."""
     target = cache / "kits" / f"{sha256_file(wheel)}.zip"
@@ -205,9 +178,23 @@ def cached_kit(wheel: Path, cache: Path) -> Path:
     return target
 
 
-def rebuild(kit: Path, dist: metadata.Distribution, wheel: Path) -> None:
-    """``wheel`` from ``kit`` and the files ``dist`` installed, each checked against the kit's index
-    (stored, not compressed: pip installs it at once and it is removed after)."""
+def kit_files_digest(kit: Path) -> str | None:
+    """sha256 over the (path, sha256) of every file the kit's wheel installs into site-packages, from
+    its index (what an inventory's ``files_sha256`` is compared with); None when the wheel has members
+    that install elsewhere (it cannot be borrowed) or none at all."""
+    with zipfile.ZipFile(kit) as zf:
+        index = json.loads(zf.read(KIT_INDEX))
+    if any(_installs_elsewhere(name) for name, *_ in index):
+        return None
+    return _digest([(name, sha) for name, _, sha, _ in index]) if index else None
+
+
+def rebuild(kit: Path, name: str, wheel: Path) -> None:
+    """``wheel`` from ``kit`` and the files distribution ``name`` installed here, each checked against
+    the kit's index (stored, not compressed: pip installs it at once and it is removed after)."""
+    dist = installed(name, search_path())
+    if dist is None:
+        raise UserError(f"{wheel.name}: {_not_installed(name)}; make the bundle without --borrow")
     root = Path(str(dist.locate_file("")))
     with zipfile.ZipFile(kit) as src, zipfile.ZipFile(wheel, "w", zipfile.ZIP_STORED, allowZip64=True) as out:
         for info in src.infolist():

@@ -299,23 +299,24 @@ def _make(matrix: Matrix, entries: list[Entry], locks: dict[str, tuple[Path, lis
         with zipfile.ZipFile(wheel) as zf:
             members = member_digest(zf)
         name = canonicalize_name(choice.name)
-        files = borrow.cached_files_digest(wheel, cache) if name in lent else None
-        kind = borrow.KIT if files is not None and lent[name][1] == files else payload
-        data = {"wheel": lambda: wheel, "zstd": lambda: zstd_payload(wheel, cache),
-                borrow.KIT: lambda: borrow.cached_kit(wheel, cache)}[kind]()
+        kit = borrow.cached_kit(wheel, cache) if name in lent else None
+        files = borrow.kit_files_digest(kit) if kit is not None else None
+        lends = files is not None and lent[name][1] == files
+        kind = borrow.KIT if lends else payload
+        data = kit if lends else wheel if payload == "wheel" else zstd_payload(wheel, cache)
         record = FileRecord(
             name=name, version=choice.version, wheel=wheel.name,
             wheel_sha256=sha256_file(wheel) if choice.built else key,  # fetch() hashed it on this run
             lock_sha256=key, built_from_sdist=choice.built, members_sha256=members,
             payload=kind, payload_sha256=sha256_file(data), size=data.stat().st_size,
-            chunks=chunk_payload(data, chunk_bytes, store), files_sha256=files if kind == borrow.KIT else "",
-            lent_bytes=borrow.lent_bytes(wheel) if kind == borrow.KIT else 0,
+            chunks=chunk_payload(data, chunk_bytes, store), files_sha256=files if lends else "",
+            lent_bytes=borrow.lent_bytes(wheel) if lends else 0,
         )
         parse_wheel_filename(wheel.name)  # a built file must be a wheel we can install
         done[key] = record
-        lends = f" (the machine has its files; the wheel is {wheel.stat().st_size / 2**20:.1f} MiB)" if kind == borrow.KIT else ""
+        lent_note = f" (the machine has its files; the wheel is {wheel.stat().st_size / 2**20:.1f} MiB)" if lends else ""
         progress(f"{choice.name}=={choice.version}: {wheel.name}{' (built from sdist)' if choice.built else ''}, "
-                 f"{record.size / 2**20:.1f} MiB {kind}{lends}")
+                 f"{record.size / 2**20:.1f} MiB {kind}{lent_note}")
         return record
 
     for entry in entries:

@@ -41,11 +41,7 @@ def reassemble(record: FileRecord, payload_kind: str, store: Path, target_dir: P
     if join_chunks(record.chunks, store, payload) != record.payload_sha256:
         raise UserError(f"{record.wheel}: reassembled payload has the wrong sha256; receive its parts again")
     if record.payload == borrow.KIT:
-        dist = borrow.installed(record.name, borrow.search_path())
-        if dist is None:
-            raise UserError(f"{record.wheel}: {borrow.lent_problem(record.name, record.files_sha256)}; make the "
-                            "bundle without --borrow")
-        borrow.rebuild(payload, dist, wheel)
+        borrow.rebuild(payload, record.name, wheel)
         payload.unlink()
     elif payload_kind == "wheel":
         payload.replace(wheel)

@@ -115,7 +115,7 @@ def _receive_item(item: Path, d: dict[str, Path], hashes: dict[str, str]) -> int
 def _check_lent(manifest: Manifest) -> None:
     """Before the bulk arrives: the wheels the bundle borrows (``bundle --borrow``) are installed here
     with exactly their files (by RECORD, and each file hashed against it; again when a venv is built)."""
-    lent = {(f.name, f.files_sha256): f for e in manifest.entries.values() for f in e.files if f.payload == borrow.KIT}
+    lent = {(f.name, f.files_sha256) for e in manifest.entries.values() for f in e.files if f.payload == borrow.KIT}
     if not lent:
         return
     problems = [p for name, files in lent if (p := borrow.lent_problem(name, files))]
