@@ -362,3 +362,95 @@ def test_vllm_refuses_a_new_engine_while_an_earlier_one_holds_sleep_memory(monke
     assert "Worker.model" in str(err.value) and "new process" in str(err.value)
     live.clear()  # all gone: nothing to refuse
     eng._refuse_when_an_earlier_engine_left_memory("0.33.0")
+
+
+class _Weights:
+    """Stands for a tensor in vLLM's sleep-mode allocator: registered while alive, gone once freed."""
+
+    def __init__(self, allocator: SimpleNamespace) -> None:
+        import weakref
+
+        allocator.pointer_to_data[id(self)] = SimpleNamespace(tag="weights", handle=(0, 4 << 20, id(self), None))
+        weakref.finalize(self, allocator.pointer_to_data.pop, id(self), None)
+
+
+def test_vllm_failed_start_releases_what_it_allocated(monkeypatch, caplog) -> None:
+    """A start that fails deep inside vLLM (here: its memory-profiling assertion, after the weights
+    were loaded) must not leave the weights alive through the error's traceback: the error reaches
+    the caller unchanged, the allocator is empty, so a new engine in the process is not refused."""
+    import sys
+
+    allocator = SimpleNamespace(pointer_to_data={}, allocator_and_pools={})
+    monkeypatch.setitem(sys.modules, "vllm.device_allocator.cumem",
+                        SimpleNamespace(CuMemAllocator=SimpleNamespace(instance=allocator)))
+
+    def load_model() -> None:
+        weights = _Weights(allocator)  # a local of a frame that the error's traceback keeps
+        raise AssertionError(f"Error in memory profiling. Initial free memory 100.3 GiB, current 100.67 GiB ({weights})")
+
+    class LLM:
+        def __init__(self, **kwargs: object) -> None:
+            load_model()
+
+    monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(LLM=LLM))
+    eng = VLLM085.__new__(VLLM085)
+    eng.info = EngineInfo("vllm", "0.22.0", "vllm-0.13", False, "g", "qwen2", 1, "processed")
+    with pytest.raises(AssertionError, match="Error in memory profiling") as err:
+        eng._start({"model": "/m"})
+    assert err.traceback[-1].name == "load_model"  # where it failed is still told
+    assert allocator.pointer_to_data == {}
+    eng._refuse_when_an_earlier_engine_left_memory("0.22.0")  # the next start goes ahead
+    assert "still holds" not in caplog.text
+
+
+def test_vllm_failed_start_that_leaves_memory_says_so(monkeypatch, caplog) -> None:
+    """Memory held outside the failed start's frames (a module global) stays: one warning says how
+    much, and the next start is refused in one line, as after a shutdown that left memory."""
+    import sys
+
+    from rollout_shims.errors import EngineStateError
+
+    allocator = SimpleNamespace(pointer_to_data={}, allocator_and_pools={})
+    monkeypatch.setitem(sys.modules, "vllm.device_allocator.cumem",
+                        SimpleNamespace(CuMemAllocator=SimpleNamespace(instance=allocator)))
+    kept: list[_Weights] = []
+
+    class LLM:
+        def __init__(self, **kwargs: object) -> None:
+            kept.append(_Weights(allocator))
+            raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(LLM=LLM))
+    monkeypatch.setattr("rollout_shims.shims.vllm_memory.holders", lambda limit=4: ["(16,) torch.float32 <- m.T"])
+    eng = VLLM085.__new__(VLLM085)
+    eng.info = EngineInfo("vllm", "0.26.0", "vllm-0.25", False, "g", "qwen2", 1, "processed")
+    with caplog.at_level("WARNING"), pytest.raises(RuntimeError, match="CUDA out of memory"):
+        eng._start({"model": "/m"})
+    assert "the failed start still holds 4 MiB" in caplog.text
+    with pytest.raises(EngineStateError, match="still holds 4 MiB"):
+        eng._refuse_when_an_earlier_engine_left_memory("0.26.0")
+
+
+def test_vllm_memory_names_a_module_global_and_an_attribute() -> None:
+    """The holder line names what keeps a block alive as a user would look it up: ``module.NAME``
+    for a module global (2026-12-03: flashinfer's _E2M1_VALUES was named ``builtins.module``)."""
+    import types
+
+    from rollout_shims.shims.vllm_memory import _owner
+
+    class Tensor:  # gc-tracked, as a tensor is (a dict of untracked objects is invisible to gc)
+        pass
+
+    held = Tensor()
+    module = types.ModuleType("flashinfer.quantization.fp4_quantization")
+    module._E2M1_VALUES = held
+    assert _owner(held) == "flashinfer.quantization.fp4_quantization._E2M1_VALUES"
+
+    class Worker:
+        pass
+
+    worker, other, cache = Worker(), Tensor(), Tensor()
+    worker.model = other
+    worker._buffers = {"cos_sin_cache": cache}  # how torch.nn.Module keeps a buffer
+    assert _owner(other).endswith("Worker.model")
+    assert _owner(cache).endswith("Worker._buffers['cos_sin_cache']")

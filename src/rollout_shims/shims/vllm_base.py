@@ -13,6 +13,7 @@ import dataclasses
 import gc
 import logging
 import os
+import traceback
 from collections.abc import Iterator
 from importlib import metadata
 from typing import Any, ClassVar
@@ -143,9 +144,7 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
             self._ray_workers_keep_multicast_off(detection.release)
         kwargs = self.engine_kwargs(config, detection.release)
         self._refuse_when_an_earlier_engine_left_memory(detection.release)
-        from vllm import LLM
-
-        self._llm = LLM(**kwargs)
+        self._llm = self._start(kwargs)
         self._after_start()
         v1 = type(self._llm.llm_engine).__module__.startswith("vllm.v1")
         self.info.details.update(
@@ -154,6 +153,29 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
             logprobs_mode=kwargs.get("logprobs_mode") if v1 else None,
             model_runner=self._model_runner(),
         )
+
+    def _start(self, kwargs: dict[str, Any]) -> Any:
+        """``vllm.LLM(**kwargs)``; a start that fails releases what it allocated before the error
+        goes on, so the caller may start an engine again in this process.
+
+        Why: the error's traceback keeps every frame of the failed start alive, and with them the
+        model's weights in vLLM's sleep-mode allocator: the next start in the process was refused (on
+        the H200, 2026-12-03, vLLM 0.22.0: one start failed in vLLM's memory profiling, and the 23
+        engines after it were refused for the 4 MiB its frames still held). The frames' locals are
+        cleared (the error, its message and its line numbers stay), then the memory is released as at
+        shutdown."""
+        from vllm import LLM
+
+        try:
+            return LLM(**kwargs)
+        except BaseException as exc:
+            _clear_frames(exc)
+            left, per_tag = self._release_engine_memory()
+            if left:
+                log.warning("vLLM %s: the failed start still holds %.0f MiB of the sleep-mode allocator (%s); a new "
+                            "engine in this process will be refused", self.info.release, left / 2**20,
+                            ", ".join(f"{t} {b / 2**20:.0f} MiB" for t, b in per_tag.items()))
+            raise
 
     def _refuse_when_an_earlier_engine_left_memory(self, release: str) -> None:
         """vLLM asserts at weight loading that its sleep-mode allocator holds nothing (one engine per
@@ -326,6 +348,18 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
             if core is not None and hasattr(core, "shutdown"):
                 core.shutdown()
             del llm
+        left, per_tag = self._release_engine_memory()
+        self.info.details["sleep_memory_left_after_shutdown_mib"] = round(left / 2**20, 1)
+        if left:
+            log.warning("vLLM %s kept %.0f MiB of its sleep-mode memory after shutdown (%s), held by: %s; a new "
+                        "engine in this process will be refused", self.info.release, left / 2**20,
+                        ", ".join(f"{t} {b / 2**20:.0f} MiB" for t, b in per_tag.items()),
+                        "; ".join(vllm_memory.holders()) or "unknown")
+
+    def _release_engine_memory(self) -> tuple[int, dict[str, int]]:
+        """What shutdown and a failed start share once no engine object is left: collect it, tear
+        down torch.distributed, release the allocator's pools; returns what the sleep-mode allocator
+        still holds (``vllm_memory.in_use()``)."""
         gc.unfreeze()  # vLLM's start-up freezes the heap (gc.freeze): frozen cycles are never collected
         gc.collect()
         try:
@@ -342,13 +376,7 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
             torch.cuda.empty_cache()
         except Exception:
             pass
-        left, per_tag = vllm_memory.in_use()
-        self.info.details["sleep_memory_left_after_shutdown_mib"] = round(left / 2**20, 1)
-        if left:
-            log.warning("vLLM %s kept %.0f MiB of its sleep-mode memory after shutdown (%s), held by: %s; a new "
-                        "engine in this process will be refused", self.info.release, left / 2**20,
-                        ", ".join(f"{t} {b / 2**20:.0f} MiB" for t, b in per_tag.items()),
-                        "; ".join(vllm_memory.holders()) or "unknown")
+        return vllm_memory.in_use()
 
     def _release_allocator(self) -> None:
         """Band hook: free what the release's sleep-mode allocator holds (nothing by default)."""
@@ -371,3 +399,13 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
 def _runner_module(worker: Any) -> str:
     """Run by ``collective_rpc``: the module of the worker's model runner class."""
     return type(worker.model_runner).__module__
+
+
+def _clear_frames(exc: BaseException) -> None:
+    """Drop the local variables of the finished frames behind ``exc`` and the errors it chains to
+    (``traceback.clear_frames`` skips a frame still running, such as the caller's)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        exc = exc.__cause__ or exc.__context__

@@ -64,15 +64,47 @@ def holders(limit: int = 4) -> list[str]:
 
 
 def _owner(obj: Any) -> str:
-    """The nearest named holder of ``obj``: ``Class.attr``, ``module.global`` or a container type."""
+    """The nearest named holder of ``obj``: ``module.NAME``, ``pkg.Class.attr``,
+    ``pkg.Class.attr['key']`` (a dict attribute, as ``nn.Module._buffers``) or a container type."""
     for ref in gc.get_referrers(obj):
         if isinstance(ref, dict):
-            key = next((k for k, v in ref.items() if v is obj), "?")
-            for owner in gc.get_referrers(ref):
-                if getattr(owner, "__dict__", None) is ref:
-                    return f"{type(owner).__module__}.{type(owner).__qualname__}.{key}"
-                if type(owner).__name__ == "module":
-                    return f"{owner.__name__}.{key}"
+            key = _key_of(ref, obj)
+            if holder := _dict_holder(ref):
+                return f"{holder}.{key}"
+            for outer in gc.get_referrers(ref):
+                if isinstance(outer, dict) and (holder := _dict_holder(outer)):
+                    return f"{holder}.{_key_of(outer, ref)}[{key!r}]"
+                if (name := _attribute_of(outer, ref)) is not None:
+                    return f"{_type_name(outer)}.{name}[{key!r}]"
             return f"dict[{key!r}]"
+        if (name := _attribute_of(ref, obj)) is not None:
+            return f"{_type_name(ref)}.{name}"
     kinds = sorted({type(r).__qualname__ for r in gc.get_referrers(obj) if r is not sys._getframe()})
     return ", ".join(kinds[:3]) or "nothing visible to gc (a C++ reference)"
+
+
+def _key_of(container: dict, value: Any) -> str:
+    return next((str(k) for k, v in container.items() if v is value), "?")
+
+
+def _type_name(obj: Any) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _dict_holder(d: dict) -> str | None:
+    """The module (its name) or the instance (its class) whose ``__dict__`` is ``d``."""
+    for owner in gc.get_referrers(d):
+        if isinstance(owner, type(sys)) and vars(owner) is d:
+            return owner.__name__
+        if getattr(owner, "__dict__", None) is d and not isinstance(owner, type):
+            return _type_name(owner)
+    return None
+
+
+def _attribute_of(owner: Any, value: Any) -> str | None:
+    """The attribute of the instance ``owner`` that is ``value`` (Python 3.11+ keeps an instance's
+    attributes inline: gc then names the instance, not a dict, as the referrer)."""
+    attrs = getattr(owner, "__dict__", None)
+    if not isinstance(attrs, dict) or isinstance(owner, (type, type(sys))):
+        return None
+    return next((str(k) for k, v in attrs.items() if v is value), None)
