@@ -8,7 +8,10 @@ Without any engine installed the whole suite is skipped, saying so.
 
 from __future__ import annotations
 
+import faulthandler
 import os
+import signal
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,6 +30,9 @@ graphs keep pointers into memory that offload releases) and eager (``enforce_eag
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # A suite past its time limit is first sent SIGUSR1 (rollout_matrix/gpu/suite.py, stop_with_stacks):
+    # every thread's stack then goes to the log, saying where it waited.
+    faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped, with the reason, without one)")
     config.addinivalue_line("markers", "gpus(n): needs n visible CUDA GPUs (skipped before any fixture runs)")
 
@@ -42,7 +48,10 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     # This process's GPU memory goes at exit: never while another suite's engine starts.
+    before = SHARE.waited
     SHARE.hold_until_exit()
+    if SHARE.waited - before > 1:
+        print(f"[share] waited {SHARE.waited - before:.1f}s for the GPU lock before exit", flush=True)
 
 
 def expected_entry() -> tuple[str, str] | None:

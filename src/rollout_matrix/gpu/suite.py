@@ -102,6 +102,29 @@ def bytecode() -> dict[str, str]:
     return {"PYTHONPYCACHEPREFIX": str(store.ROOT / "pycache"), "PYTHONDONTWRITEBYTECODE": ""}
 
 
+STACKS_SIGNAL = signal.SIGUSR1
+"""What a step that ran past its limit is sent first: tests/engine/conftest.py (and a script that
+wants to) registers ``faulthandler`` for it, so every thread's Python stack goes to the step's log."""
+STACKS_GRACE_S = 5.0
+
+
+def stop_with_stacks(proc: subprocess.Popen, grace: float = STACKS_GRACE_S) -> int:
+    """End a step that ran past its limit: first ask it for its Python stacks (``STACKS_SIGNAL``), give
+    it ``grace`` seconds to write them, then kill its process group. Returns its exit code.
+
+    Why: on the H200 (2026-12-03) sglang-0.5.13.post1's pytest wrote its JUnit file (43 tests, no
+    failure) and then hung for 250 s until the limit killed it, leaving no trace of where it waited.
+    A process that never registered the signal dies of it, which is what the kill does anyway."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, STACKS_SIGNAL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return -9
+
+
 def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = 900,
               sharing: dict[str, str] | None = None) -> int:
     """tests/engine in the entry's venv: JUnit, log and run.json under ``results/<entry>/``.
@@ -147,10 +170,9 @@ def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = 9
         try:
             code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            code = proc.wait()
-            log(f"{entry}: timed out after {timeout}s")
+            code = stop_with_stacks(proc)
+            log(f"{entry}: timed out after {timeout}s; the Python stacks of pytest at that moment are at the end of "
+                f"{LOG}")
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)  # engine children pytest left behind
     try:  # run.json first, then the marker goes: `gpuenv stop` waits for the marker
@@ -193,7 +215,7 @@ def run_script(entry: str, command: str, timeout: int = 300) -> int:
         try:
             code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            code = -9
+            code = stop_with_stacks(proc)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
