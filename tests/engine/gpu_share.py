@@ -26,12 +26,17 @@ import contextlib
 import fcntl
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 LOCK_ENV = "ROLLOUT_MATRIX_GPU_LOCK"
 FRACTION_ENV = "ROLLOUT_MATRIX_GPU_MEMORY_FRACTION"
 DEFAULT_FRACTION = 0.4
+PROFILING_RACE = "Error in memory profiling"
+"""vLLM's assertion (vllm/v1/worker/gpu_worker.py, every release 0.13 - 0.34) when the GPU's free memory
+grew between its start-up snapshot and the end of its profiling run."""
+T = TypeVar("T")
 
 LOCKING_PRELUDE = f"""
 import json, sys
@@ -73,6 +78,8 @@ class GpuShare:
         self._mode = fcntl.LOCK_UN
         self.waited = 0.0
         """Seconds this process spent waiting for the lock."""
+        self.retried = 0
+        """Engine starts retried because vLLM saw another process free memory (``start``)."""
 
     @property
     def active(self) -> bool:
@@ -100,6 +107,23 @@ class GpuShare:
     def starting(self) -> contextlib.AbstractContextManager[None]:
         """Around an engine start: exclusive (a shared hold of this process is given up meanwhile)."""
         return self._held(fcntl.LOCK_EX)
+
+    def start(self, create: Callable[[dict], T], config: dict) -> T:
+        """``create(config)`` (an engine start) under the exclusive lock. On a shared GPU, once more
+        when vLLM's memory profiling saw the GPU's free memory grow during the start (its assertion
+        ``Error in memory profiling``): the lock keeps other suites' starts and tests out, not a
+        process of theirs that exits. It says so (``[share]`` line, ``retried``); a second failure
+        fails the test. Alone on a GPU (no lock) nothing is retried."""
+        with self.starting():
+            try:
+                return create(config)
+            except AssertionError as exc:
+                if not self.active or PROFILING_RACE not in str(exc):
+                    raise
+                self.retried += 1
+                print(f"[share] vLLM's memory profiling saw another process free GPU memory during this start; "
+                      f"starting once more ({exc})", flush=True)
+                return create(config)
 
     def using(self) -> contextlib.AbstractContextManager[None]:
         """Around GPU work that is not a start: shared (no-op while this process holds it anyway)."""

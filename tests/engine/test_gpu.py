@@ -49,8 +49,8 @@ def engine(model_dir: Path, backend: str, mode: str):
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
     baseline, how = used_bytes()
     t0 = time.monotonic()
-    with SHARE.starting():
-        eng = create_engine(engine_config(model_dir, backend, mode))
+    eng = SHARE.start(create_engine, engine_config(model_dir, backend, mode))
+    with SHARE.using():
         first = eng.generate(prompts(), GREEDY)  # the greedy outputs a re-created engine must repeat
     print(f"[engine] {eng.info.shim} {mode}: started in {time.monotonic() - t0:.1f}s "
           f"(lock waits so far {SHARE.waited:.1f}s); memory measured {how}")
@@ -357,8 +357,8 @@ def test_engine_can_be_created_again_after_shutdown(engine, model_dir: Path, bac
 
     engine.shutdown()  # (already, unless this test runs alone)
     t0 = time.monotonic()
-    with SHARE.starting():
-        again = create_engine(engine_config(model_dir, backend, mode))
+    again = SHARE.start(create_engine, engine_config(model_dir, backend, mode))
+    with SHARE.using():
         try:
             out = again.generate(prompts(), GREEDY)
         finally:
