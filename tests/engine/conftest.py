@@ -20,6 +20,7 @@ from gpu_share import SHARE
 
 from rollout_shims.detect import Detection, detect, installed_versions
 from rollout_shims.shims import shim_class
+from rollout_shims.shims.vllm_memory import TRACE_ENV
 
 ENTRY_ENV = "ROLLOUT_MATRIX_ENTRY"
 
@@ -33,6 +34,8 @@ def pytest_configure(config: pytest.Config) -> None:
     # A suite past its time limit is first sent SIGUSR1 (rollout_matrix/gpu/suite.py, stop_with_stacks):
     # every thread's stack then goes to the log, saying where it waited.
     faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
+    # Memory a vLLM engine leaves behind is then named by the code that allocated it (vllm_memory.py).
+    os.environ.setdefault(TRACE_ENV, "1")
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped, with the reason, without one)")
     config.addinivalue_line("markers", "gpus(n): needs n visible CUDA GPUs (skipped before any fixture runs)")
 

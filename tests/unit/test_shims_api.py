@@ -454,3 +454,34 @@ def test_vllm_memory_names_a_module_global_and_an_attribute() -> None:
     worker._buffers = {"cos_sin_cache": cache}  # how torch.nn.Module keeps a buffer
     assert _owner(other).endswith("Worker.model")
     assert _owner(cache).endswith("Worker._buffers['cos_sin_cache']")
+
+
+def test_vllm_moves_a_library_tensor_made_on_the_gpu_at_import_back_to_the_cpu(monkeypatch) -> None:
+    """FlashInfer's 16-value FP4 table is made at import; vLLM 0.26 imports it while loading the model
+    under torch.device("cuda"), inside its sleep-mode pool (H200, 2026-12-03: the next engine was
+    refused for it). After the start the shim puts it on the CPU and empties the per-device copies."""
+    import sys
+    import types
+
+    from rollout_shims.shims import vllm_memory
+
+    class FakeTensor:
+        def __init__(self, device: str) -> None:
+            self.device = device
+
+        @property
+        def is_cuda(self) -> bool:
+            return self.device.startswith("cuda")
+
+        def cpu(self) -> FakeTensor:
+            return FakeTensor("cpu")
+
+    module = types.ModuleType("flashinfer.quantization.fp4_quantization")
+    module._E2M1_VALUES = FakeTensor("cuda:0")
+    module._e2m1_values_cache = {"cuda:0": module._E2M1_VALUES}
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    assert vllm_memory.move_import_time_tensors_to_cpu() == ["flashinfer.quantization.fp4_quantization._E2M1_VALUES"]
+    assert module._E2M1_VALUES.device == "cpu" and module._e2m1_values_cache == {}
+    assert vllm_memory.move_import_time_tensors_to_cpu() == []  # on the CPU already: left alone
+    monkeypatch.delitem(sys.modules, module.__name__)
+    assert vllm_memory.move_import_time_tensors_to_cpu() == []  # FlashInfer never imported

@@ -145,6 +145,9 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
         kwargs = self.engine_kwargs(config, detection.release)
         self._refuse_when_an_earlier_engine_left_memory(detection.release)
         self._llm = self._start(kwargs)
+        if moved := vllm_memory.move_import_time_tensors_to_cpu():
+            log.info("moved %s from vLLM's sleep-mode pool to the CPU (made at import, while vLLM loaded the "
+                     "model; it would outlive the engine and refuse the next one)", ", ".join(moved))
         self._after_start()
         v1 = type(self._llm.llm_engine).__module__.startswith("vllm.v1")
         self.info.details.update(
@@ -166,6 +169,7 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
         shutdown."""
         from vllm import LLM
 
+        vllm_memory.start_tracing()
         try:
             return LLM(**kwargs)
         except BaseException as exc:
@@ -190,8 +194,8 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
             raise EngineStateError(
                 f"vLLM {release}: an engine shut down earlier in this process still holds {left / 2**20:.0f} MiB of "
                 f"vLLM's sleep-mode memory ({', '.join(f'{t} {b / 2**20:.0f} MiB' for t, b in per_tag.items())}; "
-                f"held by: {'; '.join(vllm_memory.holders()) or 'unknown'}), and vLLM allows one sleep-mode "
-                "engine per process: start the new engine in a new process")
+                f"held by: {'; '.join(vllm_memory.holders() + vllm_memory.traced_holders()) or 'unknown'}), and vLLM "
+                "allows one sleep-mode engine per process: start the new engine in a new process")
 
     @staticmethod
     def _ray_workers_keep_multicast_off(release: str) -> None:
@@ -354,7 +358,7 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
             log.warning("vLLM %s kept %.0f MiB of its sleep-mode memory after shutdown (%s), held by: %s; a new "
                         "engine in this process will be refused", self.info.release, left / 2**20,
                         ", ".join(f"{t} {b / 2**20:.0f} MiB" for t, b in per_tag.items()),
-                        "; ".join(vllm_memory.holders()) or "unknown")
+                        "; ".join(vllm_memory.holders() + vllm_memory.traced_holders()) or "unknown")
 
     def _release_engine_memory(self) -> tuple[int, dict[str, int]]:
         """What shutdown and a failed start share once no engine object is left: collect it, tear

@@ -12,8 +12,21 @@ vLLM is imported only when a process already has it (``sys.modules``), never by 
 from __future__ import annotations
 
 import gc
+import os
 import sys
 from typing import Any
+
+TRACE_ENV = "ROLLOUT_SHIMS_TRACE_SLEEP_MEMORY"
+"""``1``: record CUDA allocation stacks from the engine's start (``torch.cuda.memory._record_memory_history``),
+so that memory left in the sleep-mode allocator after shutdown is named by the code that allocated it,
+including blocks no Python object holds. Slower; the GPU suite sets it."""
+
+IMPORT_TIME_TENSORS = (("flashinfer.quantization.fp4_quantization", "_E2M1_VALUES", "_e2m1_values_cache"),)
+"""(module, global, cache dict) of tensors that a library makes when it is imported. vLLM imports them
+while loading the model, under ``torch.device("cuda")`` and inside its sleep-mode pool, so they land on the
+GPU and live for the process: one 2 MiB pool segment that refuses every later engine. FlashInfer
+(0.6.12 - 0.6.16) builds a 16-value lookup table so; vLLM 0.26's compilation passes import it
+(vllm/compilation/passes/allreduce_rms_fusion.py) during load_model. H200, 2026-12-03."""
 
 
 def cumem_allocator() -> Any:
@@ -108,3 +121,61 @@ def _attribute_of(owner: Any, value: Any) -> str | None:
     if not isinstance(attrs, dict) or isinstance(owner, (type, type(sys))):
         return None
     return next((str(k) for k, v in attrs.items() if v is value), None)
+
+
+def move_import_time_tensors_to_cpu() -> list[str]:
+    """Put the ``IMPORT_TIME_TENSORS`` that landed on the GPU back on the CPU (each library uses them
+    on the CPU, or copies them to a device through the cache dict, which is emptied); returns the
+    ``module.NAME`` of each moved. Its GPU block then goes back to the pool, released at shutdown."""
+    moved = []
+    for module_name, name, cache in IMPORT_TIME_TENSORS:
+        module = sys.modules.get(module_name)
+        tensor = getattr(module, name, None)
+        if tensor is None or not getattr(tensor, "is_cuda", False):
+            continue
+        setattr(module, name, tensor.cpu())
+        if isinstance(getattr(module, cache, None), dict):
+            getattr(module, cache).clear()
+        moved.append(f"{module_name}.{name}")
+    return moved
+
+
+def start_tracing() -> bool:
+    """Record allocation stacks when ``TRACE_ENV`` asks for it (before the engine starts)."""
+    if os.environ.get(TRACE_ENV) != "1":
+        return False
+    try:
+        import torch
+
+        torch.cuda.memory._record_memory_history(stacks="python", max_entries=200_000)
+    except Exception:  # a torch without it: the holders line stays what gc sees
+        return False
+    return True
+
+
+def traced_holders(limit: int = 4) -> list[str]:
+    """For live blocks inside the allocator's spans: "N bytes allocated at file:line (function)", the
+    innermost frame outside torch, from the recorded history (empty when nothing was recorded)."""
+    allocator = cumem_allocator()
+    spans = [(int(ptr), int(data.handle[1])) for ptr, data in getattr(allocator, "pointer_to_data", {}).items()]
+    if not spans:
+        return []
+    try:
+        import torch
+
+        snapshot = torch.cuda.memory._snapshot()
+    except Exception:
+        return []
+    found = []
+    for segment in snapshot.get("segments", []):
+        if not any(start <= segment["address"] < start + size for start, size in spans):
+            continue
+        for block in segment.get("blocks", []):
+            if block.get("state") != "active_allocated":
+                continue
+            frames = [f for f in block.get("frames", []) if "/torch/" not in f.get("filename", "")]
+            where = next((f"{f['filename']}:{f['line']} ({f['name']})" for f in frames), "no recorded stack")
+            found.append(f"{block.get('requested_size', block.get('size'))} bytes allocated at {where}")
+            if len(found) >= limit:
+                return found
+    return found
