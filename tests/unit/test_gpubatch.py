@@ -39,7 +39,7 @@ def test_a_batch_groups_entries_by_cuda_line_and_counts_shared_files_once() -> N
         return 100 << 20, True
 
     chosen = [matrix.get(n) for n in ("vllm-0.33.0", "sglang-0.5.17", "vllm-0.24.0")]
-    lines = plan(matrix, "3.12", size_of, chosen, parts_per_hold=10_000)
+    lines = plan(matrix, "3.12", size_of, chosen, parts_per_hold=10_000, proven={})
     assert [(line.torch, [e.name for e in line.entries]) for line in lines] == [
         ("2.11.0", ["sglang-0.5.17", "vllm-0.24.0"]), ("2.14.0", ["vllm-0.33.0"])]
     locks = ROOT / "docker" / "locks"
@@ -49,6 +49,9 @@ def test_a_batch_groups_entries_by_cuda_line_and_counts_shared_files_once() -> N
     assert lines[1].wheel_bytes == len(_pins(locks / "vllm-0.33.0-py3.12.txt")) * (100 << 20)
     text = render(lines, {"vllm-0.24.0": ["eager"]})
     assert text[0].startswith("cu130 torch 2.11.0: 2 entries, ") and "  vllm-0.24.0  (proven: eager only)" in text
+    proven = {"sglang-0.5.17": ["graphs", "eager"], "vllm-0.24.0": ["eager"]}  # proven in one mode: still sought
+    later = plan(matrix, "3.12", lambda n, v, s: (100 << 20, True), chosen, proven=proven)
+    assert [[e.name for e in line.entries] for line in later] == [["vllm-0.24.0"], ["vllm-0.33.0"]]
 
 
 def test_what_the_machine_lends_is_priced_at_nothing_by_name_and_version() -> None:
@@ -58,7 +61,8 @@ def test_what_the_machine_lends_is_priced_at_nothing_by_name_and_version() -> No
     chosen = [matrix.get("sglang-0.5.17")]
     pins = _pins(ROOT / "docker" / "locks" / "sglang-0.5.17-py3.12.txt")
     lent = {"torch": "2.11.0", "triton": "3.6.0", "numpy": "0.0.1"}  # numpy: not the lock's version
-    (line,) = plan(matrix, "3.12", lambda n, v, s: (100 << 20, True), chosen, parts_per_hold=10_000, lent=lent)
+    (line,) = plan(matrix, "3.12", lambda n, v, s: (100 << 20, True), chosen, parts_per_hold=10_000, lent=lent,
+                   proven={})
     assert {"torch==2.11.0", "triton==3.6.0"} <= pins and any(p.startswith("numpy==") for p in pins)
     assert line.wheel_bytes == (len(pins) - 2) * (100 << 20)
 
@@ -80,7 +84,7 @@ def test_a_line_is_cut_into_holds_in_entry_order_by_parts_and_count() -> None:
     limit = parts(*names[:2])  # the first two fit together; the third's own pins push a hold over
     assert parts(*names[:3]) > limit
     (line,) = plan(matrix, "3.12", lambda n, v, s: (mib << 20, True), [matrix.get(n) for n in names],
-                   parts_per_hold=limit, entries_per_hold=2)
+                   parts_per_hold=limit, entries_per_hold=2, proven={})
     holds = [[e.name for e in hold.entries] for hold in line.holds]
     assert [name for hold in holds for name in hold] == names  # order kept, every entry once
     assert holds[0] == names[:2] and all(1 <= len(h) <= 2 for h in holds)

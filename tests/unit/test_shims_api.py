@@ -17,7 +17,7 @@ import pytest
 from rollout_shims import Completion, EngineInfo, RolloutConfig, SamplingParams, UnsupportedFeatureError
 from rollout_shims.api import VALIDATION_PROMPTS, RolloutEngine
 from rollout_shims.errors import EngineRequestError
-from rollout_shims.shims import sglang_base, sglang_weights
+from rollout_shims.shims import sglang_base, sglang_weights, vllm_memory
 from rollout_shims.shims.sglang_bands import SGLang044, SGLang048, SGLang051
 from rollout_shims.shims.vllm_bands import VLLM085
 
@@ -346,7 +346,6 @@ def test_vllm_refuses_a_new_engine_while_an_earlier_one_holds_sleep_memory(monke
     import sys
 
     from rollout_shims.errors import EngineStateError
-    from rollout_shims.shims import vllm_memory
 
     live = {0x7000: SimpleNamespace(tag="weights", handle=(0, 3 << 20, 0x7000, None)),
             0x9000: SimpleNamespace(tag="kv_cache", handle=(0, 5 << 20, 0x9000, None))}
@@ -355,13 +354,12 @@ def test_vllm_refuses_a_new_engine_while_an_earlier_one_holds_sleep_memory(monke
                         SimpleNamespace(CuMemAllocator=SimpleNamespace(instance=allocator)))
     monkeypatch.setattr(vllm_memory, "holders", lambda limit=4: ["(256, 1024) torch.bfloat16 <- Worker.model"])
     assert vllm_memory.in_use() == (8 << 20, {"weights": 3 << 20, "kv_cache": 5 << 20})
-    eng = VLLM085.__new__(VLLM085)
     with pytest.raises(EngineStateError) as err:
-        eng._refuse_when_an_earlier_engine_left_memory("0.33.0")
+        vllm_memory.refuse_a_new_engine_while_memory_is_held("0.33.0")
     assert "still holds 8 MiB" in str(err.value) and "weights 3 MiB" in str(err.value)
     assert "Worker.model" in str(err.value) and "new process" in str(err.value)
     live.clear()  # all gone: nothing to refuse
-    eng._refuse_when_an_earlier_engine_left_memory("0.33.0")
+    vllm_memory.refuse_a_new_engine_while_memory_is_held("0.33.0")
 
 
 class _Weights:
@@ -399,7 +397,7 @@ def test_vllm_failed_start_releases_what_it_allocated(monkeypatch, caplog) -> No
         eng._start({"model": "/m"})
     assert err.traceback[-1].name == "load_model"  # where it failed is still told
     assert allocator.pointer_to_data == {}
-    eng._refuse_when_an_earlier_engine_left_memory("0.22.0")  # the next start goes ahead
+    vllm_memory.refuse_a_new_engine_while_memory_is_held("0.22.0")  # the next start goes ahead
     assert "still holds" not in caplog.text
 
 
@@ -428,7 +426,7 @@ def test_vllm_failed_start_that_leaves_memory_says_so(monkeypatch, caplog) -> No
         eng._start({"model": "/m"})
     assert "the failed start still holds 4 MiB" in caplog.text
     with pytest.raises(EngineStateError, match="still holds 4 MiB"):
-        eng._refuse_when_an_earlier_engine_left_memory("0.26.0")
+        vllm_memory.refuse_a_new_engine_while_memory_is_held("0.26.0")
 
 
 def test_vllm_memory_names_a_module_global_and_an_attribute() -> None:
@@ -462,8 +460,6 @@ def test_vllm_moves_a_library_tensor_made_on_the_gpu_at_import_back_to_the_cpu(m
     refused for it). After the start the shim puts it on the CPU and empties the per-device copies."""
     import sys
     import types
-
-    from rollout_shims.shims import vllm_memory
 
     class FakeTensor:
         def __init__(self, device: str) -> None:

@@ -122,13 +122,16 @@ def lock_files(matrix: Matrix, entry: Entry, python: str) -> dict[str, tuple[str
 
 def plan(matrix: Matrix, python: str, size_of: Callable[[str, str, set[str]], tuple[int, bool]],
          entries: Iterable[Entry] | None = None, parts_per_hold: int = PARTS_PER_HOLD,
-         entries_per_hold: int = ENTRIES_PER_HOLD, lent: dict[str, str] | None = None) -> list[Line]:
+         entries_per_hold: int = ENTRIES_PER_HOLD, lent: dict[str, str] | None = None,
+         proven: dict[str, list[str]] | None = None) -> list[Line]:
     """Entries not yet proven in both modes (of ``entries``, default :func:`targets`), grouped by CUDA line
     in stack order, each line cut into holds (in entry order, while the parts of the hold's entries
     together and their count stay within the limits); ``size_of(name, version, allowed sha256s)`` gives
     a pin's wheel size and whether it is exact. ``lent``: name -> version the machine has installed
-    (``bundle --borrow``), priced at nothing; by name and version, where ``bundle`` decides by the files."""
-    proven = proven_modes(matrix.path.parent)
+    (``bundle --borrow``), priced at nothing; by name and version, where ``bundle`` decides by the files.
+    ``proven``: entry -> modes of its committed GPU evidence (default: read from the checkout)."""
+    if proven is None:
+        proven = proven_modes(matrix.path.parent)
     todo = [e for e in (entries if entries is not None else targets(matrix))
             if set(proven.get(e.name, ())) != set(MODES)]
     lines: dict[tuple[str, str], list[Entry]] = {}

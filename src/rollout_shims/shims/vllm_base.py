@@ -13,7 +13,6 @@ import dataclasses
 import gc
 import logging
 import os
-import traceback
 from collections.abc import Iterator
 from importlib import metadata
 from typing import Any, ClassVar
@@ -24,7 +23,7 @@ from packaging.version import InvalidVersion, Version
 from rollout_shims.api import Completion, EngineInfo, RolloutEngine, SamplingParams
 from rollout_shims.config import RolloutConfig
 from rollout_shims.detect import Detection
-from rollout_shims.errors import EngineRequestError, EngineStateError, UnsupportedFeatureError
+from rollout_shims.errors import EngineRequestError, UnsupportedFeatureError
 from rollout_shims.mapping import VLLM_ARGS, VLLM_FIXED, engine_kwargs
 from rollout_shims.multicast import NO_MULTICAST, turn_off_multicast
 from rollout_shims.outputs import int_list, sampled_logprobs
@@ -143,7 +142,7 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
         if config.distributed_executor_backend == "ray" and config.tensor_parallel_size * config.pipeline_parallel_size > 1:
             self._ray_workers_keep_multicast_off(detection.release)
         kwargs = self.engine_kwargs(config, detection.release)
-        self._refuse_when_an_earlier_engine_left_memory(detection.release)
+        vllm_memory.refuse_a_new_engine_while_memory_is_held(detection.release)
         self._llm = self._start(kwargs)
         if moved := vllm_memory.move_import_time_tensors_to_cpu():
             log.info("moved %s from vLLM's sleep-mode pool to the CPU (made at import, while vLLM loaded the "
@@ -173,29 +172,12 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
         try:
             return LLM(**kwargs)
         except BaseException as exc:
-            _clear_frames(exc)
+            vllm_memory.clear_frames(exc)
             left, per_tag = self._release_engine_memory()
             if left:
-                log.warning("vLLM %s: the failed start still holds %.0f MiB of the sleep-mode allocator (%s); a new "
-                            "engine in this process will be refused", self.info.release, left / 2**20,
-                            ", ".join(f"{t} {b / 2**20:.0f} MiB" for t, b in per_tag.items()))
+                log.warning("vLLM %s: the failed start still holds %s of the sleep-mode allocator; a new engine in "
+                            "this process will be refused", self.info.release, vllm_memory.describe(left, per_tag))
             raise
-
-    def _refuse_when_an_earlier_engine_left_memory(self, release: str) -> None:
-        """vLLM asserts at weight loading that its sleep-mode allocator holds nothing (one engine per
-        process): say so before anything starts, with what holds the memory (docs/shims.md)."""
-        left, per_tag = vllm_memory.in_use()
-        if not left:
-            return
-        gc.unfreeze()  # vLLM freezes the heap after start-up: what is frozen is never collected
-        gc.collect()
-        left, per_tag = vllm_memory.in_use()
-        if left:
-            raise EngineStateError(
-                f"vLLM {release}: an engine shut down earlier in this process still holds {left / 2**20:.0f} MiB of "
-                f"vLLM's sleep-mode memory ({', '.join(f'{t} {b / 2**20:.0f} MiB' for t, b in per_tag.items())}; "
-                f"held by: {'; '.join(vllm_memory.holders() + vllm_memory.traced_holders()) or 'unknown'}), and vLLM "
-                "allows one sleep-mode engine per process: start the new engine in a new process")
 
     @staticmethod
     def _ray_workers_keep_multicast_off(release: str) -> None:
@@ -355,10 +337,9 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
         left, per_tag = self._release_engine_memory()
         self.info.details["sleep_memory_left_after_shutdown_mib"] = round(left / 2**20, 1)
         if left:
-            log.warning("vLLM %s kept %.0f MiB of its sleep-mode memory after shutdown (%s), held by: %s; a new "
-                        "engine in this process will be refused", self.info.release, left / 2**20,
-                        ", ".join(f"{t} {b / 2**20:.0f} MiB" for t, b in per_tag.items()),
-                        "; ".join(vllm_memory.holders() + vllm_memory.traced_holders()) or "unknown")
+            log.warning("vLLM %s kept %s of its sleep-mode memory after shutdown, held by: %s; a new engine in "
+                        "this process will be refused", self.info.release, vllm_memory.describe(left, per_tag),
+                        vllm_memory.held_by())
 
     def _release_engine_memory(self) -> tuple[int, dict[str, int]]:
         """What shutdown and a failed start share once no engine object is left: collect it, tear
@@ -403,13 +384,3 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
 def _runner_module(worker: Any) -> str:
     """Run by ``collective_rpc``: the module of the worker's model runner class."""
     return type(worker.model_runner).__module__
-
-
-def _clear_frames(exc: BaseException) -> None:
-    """Drop the local variables of the finished frames behind ``exc`` and the errors it chains to
-    (``traceback.clear_frames`` skips a frame still running, such as the caller's)."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        traceback.clear_frames(exc.__traceback__)
-        exc = exc.__cause__ or exc.__context__

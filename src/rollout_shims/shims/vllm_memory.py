@@ -14,7 +14,10 @@ from __future__ import annotations
 import gc
 import os
 import sys
+import traceback
 from typing import Any
+
+from rollout_shims.errors import EngineStateError
 
 TRACE_ENV = "ROLLOUT_SHIMS_TRACE_SLEEP_MEMORY"
 """``1``: record CUDA allocation stacks from the engine's start (``torch.cuda.memory._record_memory_history``),
@@ -49,6 +52,43 @@ def in_use() -> tuple[int, dict[str, int]]:
         tag = str(getattr(data, "tag", "?"))
         per_tag[tag] = per_tag.get(tag, 0) + int(data.handle[1])
     return sum(per_tag.values()), per_tag
+
+
+def describe(left: int, per_tag: dict[str, int]) -> str:
+    """"6 MiB (weights 4 MiB, kv_cache 2 MiB)": what ``in_use()`` found, for a message."""
+    return f"{left / 2**20:.0f} MiB ({', '.join(f'{t} {b / 2**20:.0f} MiB' for t, b in per_tag.items())})"
+
+
+def held_by() -> str:
+    """What keeps the allocator's blocks alive: the Python holders, then the recorded allocation stacks."""
+    return "; ".join(holders() + traced_holders()) or "unknown"
+
+
+def refuse_a_new_engine_while_memory_is_held(release: str) -> None:
+    """vLLM asserts at weight loading that its sleep-mode allocator holds nothing (one engine per
+    process): say so before anything starts, with what holds the memory (docs/shims.md)."""
+    left, per_tag = in_use()
+    if not left:
+        return
+    gc.unfreeze()  # vLLM freezes the heap after start-up: what is frozen is never collected
+    gc.collect()
+    left, per_tag = in_use()
+    if left:
+        raise EngineStateError(
+            f"vLLM {release}: an engine shut down earlier in this process still holds {describe(left, per_tag)} of "
+            f"vLLM's sleep-mode memory, held by: {held_by()}; vLLM allows one sleep-mode engine per process: start "
+            "the new engine in a new process")
+
+
+def clear_frames(exc: BaseException | None) -> None:
+    """Drop the local variables of the finished frames behind ``exc`` and the errors it chains to
+    (``traceback.clear_frames`` skips a frame still running, such as the caller's): what a failed
+    start allocated is then no longer kept alive by its error."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        exc = exc.__cause__ or exc.__context__
 
 
 def holders(limit: int = 4) -> list[str]:
