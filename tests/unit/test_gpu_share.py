@@ -76,3 +76,20 @@ def test_alone_on_a_gpu_nothing_is_retried() -> None:
     with pytest.raises(AssertionError):
         share.start(racy, {})
     assert calls == [1] and share.retried == 0
+
+
+def test_the_lock_is_the_last_descriptor_a_process_closes_at_exit(tmp_path: Path) -> None:
+    """At exit the kernel closes descriptors in ascending order, and the GPU driver frees memory when
+    its descriptors close: the lock's descriptor sits above every one opened after it (the driver's,
+    opened when CUDA starts), so it is released after the memory."""
+    lock = tmp_path / "gpu.lock"
+    share = gpu_share.GpuShare(str(lock))
+    share.hold_until_exit()
+    later = [os.open(tmp_path / f"device{i}", os.O_RDWR | os.O_CREAT) for i in range(8)]  # as /dev/nvidia* after it
+    try:
+        assert share._fd > max(later)
+        assert not os.get_inheritable(share._fd)  # an engine child does not inherit the hold
+        assert not others_can_lock(lock, fcntl.LOCK_EX) and others_can_lock(lock, fcntl.LOCK_SH)
+    finally:
+        for fd in later:
+            os.close(fd)
