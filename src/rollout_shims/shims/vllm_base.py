@@ -168,7 +168,8 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
         shutdown."""
         from vllm import LLM
 
-        vllm_memory.start_tracing()
+        if kwargs.get("tensor_parallel_size", 1) * kwargs.get("pipeline_parallel_size", 1) == 1:
+            vllm_memory.start_tracing()  # the sleep-mode allocator is this process's only with one GPU
         try:
             return LLM(**kwargs)
         except BaseException as exc:

@@ -187,7 +187,8 @@ def start_tracing() -> bool:
     try:
         import torch
 
-        torch.cuda.memory._record_memory_history(stacks="python", max_entries=200_000)
+        # Each live block keeps the stack of its allocation; the event ring (max_entries) is not used.
+        torch.cuda.memory._record_memory_history(stacks="python", max_entries=1000)
     except Exception:  # a torch without it: the holders line stays what gc sees
         return False
     return True
