@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import resource
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -69,31 +68,6 @@ def engine_config(model_dir: object, backend: str, mode: str, **over: object) ->
             "max_running_requests": 16, "cuda_graph_max_bs": 16, **over}
 
 
-HIGH_FD = 4000
-"""Where the lock's descriptor is moved (or as close below the process's limit as it goes)."""
-
-
-def released_last(fd: int) -> int:
-    """``fd`` moved to a number above every descriptor the process will open (returned; ``fd`` closed).
-
-    Why: at exit the kernel closes a process's descriptors in ascending order (fs/file.c, close_files),
-    and the GPU driver frees the process's memory when its /dev/nvidia* descriptors close. The lock's
-    descriptor, opened before CUDA starts, used to close first: the lock was free while the memory was
-    not, and another suite's start measured the memory coming back (H200, 2026-12-03: vLLM 0.22.0's
-    "Error in memory profiling", free memory 0.37 GiB higher, about one CUDA context, right as another
-    suite's engine processes ended). Moved above them, it closes after them."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = min(HIGH_FD, soft - 1)
-    if target <= fd:
-        return fd
-    try:
-        high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, target)
-    except OSError:  # nothing free at or above it: keep the low one
-        return fd
-    os.close(fd)
-    return high
-
-
 class GpuShare:
     """This process's side of the machine-wide lock (one file description, converted between modes:
     ``flock`` conflicts between two descriptions of one process, so a process must never hold two)."""
@@ -101,6 +75,14 @@ class GpuShare:
     def __init__(self, path: str | None) -> None:
         self.path = path
         self._fd: int | None = None
+        if path:
+            # Opened now (at import, before CUDA starts): at exit the kernel runs the final release of a
+            # process's files newest first, so the oldest descriptor, this lock, is released after the GPU
+            # driver's, i.e. after the process's GPU memory (test_gpu_share.py watches the order). Opened
+            # at the first start, after CUDA, it went first: another suite's start could take the lock
+            # while this process's memory was still coming back (H200, 2026-12-03, vllm-0.22.0: "Error in
+            # memory profiling", 0.37 GiB, about one CUDA context).
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         self._mode = fcntl.LOCK_UN
         self.waited = 0.0
         """Seconds this process spent waiting for the lock."""
@@ -115,7 +97,7 @@ class GpuShare:
         if not self.path or mode == self._mode:
             return
         if self._fd is None:
-            self._fd = released_last(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666))
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         start = time.monotonic()
         fcntl.flock(self._fd, mode)
         self.waited += time.monotonic() - start

@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import importlib.util
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -78,18 +79,55 @@ def test_alone_on_a_gpu_nothing_is_retried() -> None:
     assert calls == [1] and share.retried == 0
 
 
-def test_the_lock_is_the_last_descriptor_a_process_closes_at_exit(tmp_path: Path) -> None:
-    """At exit the kernel closes descriptors in ascending order, and the GPU driver frees memory when
-    its descriptors close: the lock's descriptor sits above every one opened after it (the driver's,
-    opened when CUDA starts), so it is released after the memory."""
+CHILD = """
+import os, sys
+sys.path.insert(0, {engine!r})
+from gpu_share import SHARE  # the lock is opened here, as tests/engine/conftest.py imports it
+devices = [os.open(os.path.join({folder!r}, name), os.O_RDWR | os.O_CREAT) for name in ("nvidiactl", "nvidia0", "uvm")]
+SHARE.hold_until_exit()
+print("ready", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_the_lock_is_released_after_every_file_opened_later_at_exit(tmp_path: Path) -> None:
+    """A suite process opens the GPU driver's files when CUDA starts, after importing gpu_share; at its
+    exit the lock must be released after them (the driver frees the process's GPU memory there), or
+    another suite's start runs while that memory comes back. inotify reports each file's final
+    release (IN_CLOSE) in the order the kernel runs them."""
+    import ctypes
+    import struct
+    import subprocess
+    import sys
+
     lock = tmp_path / "gpu.lock"
-    share = gpu_share.GpuShare(str(lock))
-    share.hold_until_exit()
-    later = [os.open(tmp_path / f"device{i}", os.O_RDWR | os.O_CREAT) for i in range(8)]  # as /dev/nvidia* after it
+    libc = ctypes.CDLL(None, use_errno=True)
+    script = CHILD.format(engine=str(Path(__file__).parents[1] / "engine"), folder=str(tmp_path))
+    child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             env={**os.environ, gpu_share.LOCK_ENV: str(lock)})
     try:
-        assert share._fd > max(later)
-        assert not os.get_inheritable(share._fd)  # an engine child does not inherit the hold
-        assert not others_can_lock(lock, fcntl.LOCK_EX) and others_can_lock(lock, fcntl.LOCK_SH)
+        assert child.stdout.readline() == b"ready\n"
+        watch = libc.inotify_init1(os.O_NONBLOCK)
+        assert watch >= 0, os.strerror(ctypes.get_errno())
+        names = {libc.inotify_add_watch(watch, str(tmp_path / n).encode(), 0x08 | 0x10): n  # IN_CLOSE_*
+                 for n in ("gpu.lock", "nvidiactl", "nvidia0", "uvm")}
+        child.stdin.write(b"exit\n")
+        child.stdin.flush()
+        assert child.wait(timeout=30) == 0
     finally:
-        for fd in later:
-            os.close(fd)
+        child.kill()
+    order, buf = [], b""
+    deadline = time.monotonic() + 5
+    while len(order) < 4 and time.monotonic() < deadline:
+        try:
+            buf += os.read(watch, 4096)
+        except BlockingIOError:
+            time.sleep(0.02)
+            continue
+        while len(buf) >= 16:
+            wd, _, _, size = struct.unpack_from("iIII", buf)
+            order.append(names[wd])
+            buf = buf[16 + size:]
+    os.close(watch)
+    assert sorted(order) == sorted(names.values()), order
+    assert order[-1] == "gpu.lock", f"the lock was released before a file opened after it: {order}"

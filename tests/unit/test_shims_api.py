@@ -481,3 +481,135 @@ def test_vllm_moves_a_library_tensor_made_on_the_gpu_at_import_back_to_the_cpu(m
     assert vllm_memory.move_import_time_tensors_to_cpu() == []  # on the CPU already: left alone
     monkeypatch.delitem(sys.modules, module.__name__)
     assert vllm_memory.move_import_time_tensors_to_cpu() == []  # FlashInfer never imported
+
+
+def _failing_vllm(monkeypatch, allocator: SimpleNamespace, start) -> VLLM085:
+    """A vLLM whose ``LLM(...)`` runs ``start()``; returns a shim ready for ``_start``."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "vllm.device_allocator.cumem",
+                        SimpleNamespace(CuMemAllocator=SimpleNamespace(instance=allocator)))
+
+    class LLM:
+        def __init__(self, **kwargs: object) -> None:
+            start()
+
+    monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(LLM=LLM))
+    eng = VLLM085.__new__(VLLM085)
+    eng.info = EngineInfo("vllm", "0.26.0", "vllm-0.25", False, "g", "qwen2", 1, "processed")
+    return eng
+
+
+def test_vllm_failed_start_collects_cycles_and_moves_the_import_time_table(monkeypatch) -> None:
+    """What only a collection frees (vLLM's objects form cycles) and FlashInfer's table made on the GPU
+    before the failure are both gone after a failed start: the next start is not refused."""
+    import gc
+    import sys
+    import types
+
+    allocator = SimpleNamespace(pointer_to_data={}, allocator_and_pools={})
+    table = types.ModuleType("flashinfer.quantization.fp4_quantization")
+    monkeypatch.setitem(sys.modules, table.__name__, table)
+
+    class OnGpu:
+        is_cuda = True
+
+        def __init__(self) -> None:
+            self.block = _Weights(allocator)
+
+        def cpu(self) -> str:
+            return "on the CPU"
+
+    def start() -> None:
+        cycle: dict = {"weights": _Weights(allocator)}
+        cycle["self"] = cycle  # freed by a collection only
+        table._E2M1_VALUES = OnGpu()  # imported under torch.device("cuda") while the model loaded
+        raise RuntimeError("CUDA out of memory")
+
+    eng = _failing_vllm(monkeypatch, allocator, start)
+    gc.disable()  # only the shim's own collection may free the cycle
+    try:
+        with pytest.raises(RuntimeError, match="out of memory"):
+            eng._start({"model": "/m"})
+    finally:
+        gc.enable()
+    assert table._E2M1_VALUES == "on the CPU" and allocator.pointer_to_data == {}
+    vllm_memory.refuse_a_new_engine_while_memory_is_held("0.26.0")
+
+
+def test_vllm_failed_start_keeps_its_own_error_when_the_clean_up_fails(monkeypatch, caplog) -> None:
+    """After a sticky CUDA error the clean-up may fail too: the caller still gets the start's error."""
+    allocator = SimpleNamespace(pointer_to_data={}, allocator_and_pools={})
+
+    def start() -> None:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    eng = _failing_vllm(monkeypatch, allocator, start)
+
+    def release() -> None:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered (synchronize)")
+
+    monkeypatch.setattr(eng, "_release_allocator", release)
+    with caplog.at_level("WARNING"), pytest.raises(RuntimeError) as err:
+        eng._start({"model": "/m"})
+    assert "synchronize" not in str(err.value) and "failed too" in caplog.text
+
+
+def test_clear_frames_follows_every_chained_error() -> None:
+    """A cause, the context beside it and the members of an ExceptionGroup each keep frames alive."""
+    import weakref
+
+    class Block:
+        pass
+
+    refs = []
+
+    def fails(message: str) -> None:
+        block = Block()
+        refs.append(weakref.ref(block))
+        raise RuntimeError(message)
+
+    def grouped() -> BaseException:
+        errors = []
+        for name in ("rank 0", "rank 1"):
+            try:
+                fails(name)
+            except RuntimeError as exc:
+                errors.append(exc)
+        return ExceptionGroup("workers", errors)  # noqa: F821 (Python 3.11+)
+
+    try:
+        try:
+            fails("context")
+        except RuntimeError:
+            raise RuntimeError("outer") from grouped()
+    except RuntimeError as outer:
+        vllm_memory.clear_frames(outer)
+        assert [r() for r in refs] == [None, None, None]
+
+
+def test_vllm_leaves_the_callers_process_group_alone(monkeypatch) -> None:
+    """A trainer that made its process group before the engine keeps it when the engine goes (vLLM's
+    own model-parallel groups are still torn down)."""
+    import sys
+
+    calls: list[str] = []
+    monkeypatch.setitem(sys.modules, "torch.distributed",
+                        SimpleNamespace(is_available=lambda: True, is_initialized=lambda: True))
+    monkeypatch.setitem(sys.modules, "vllm.distributed.parallel_state", SimpleNamespace(
+        destroy_model_parallel=lambda: calls.append("model parallel"),
+        destroy_distributed_environment=lambda: calls.append("default group")))
+    allocator = SimpleNamespace(pointer_to_data={}, allocator_and_pools={})
+
+    def start() -> None:
+        raise RuntimeError("no")
+
+    eng = _failing_vllm(monkeypatch, allocator, start)
+    with pytest.raises(RuntimeError):
+        eng._start({"model": "/m"})
+    assert calls == ["model parallel"]
+    monkeypatch.setitem(sys.modules, "torch.distributed",
+                        SimpleNamespace(is_available=lambda: True, is_initialized=lambda: False))
+    with pytest.raises(RuntimeError):
+        eng._start({"model": "/m"})
+    assert calls == ["model parallel", "model parallel", "default group"]  # vLLM's own: torn down

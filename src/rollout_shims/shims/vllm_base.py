@@ -13,6 +13,7 @@ import dataclasses
 import gc
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from importlib import metadata
 from typing import Any, ClassVar
@@ -157,27 +158,28 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
         )
 
     def _start(self, kwargs: dict[str, Any]) -> Any:
-        """``vllm.LLM(**kwargs)``; a start that fails releases what it allocated before the error
-        goes on, so the caller may start an engine again in this process.
-
-        Why: the error's traceback keeps every frame of the failed start alive, and with them the
-        model's weights in vLLM's sleep-mode allocator: the next start in the process was refused (on
-        the H200, 2026-12-03, vLLM 0.22.0: one start failed in vLLM's memory profiling, and the 23
-        engines after it were refused for the 4 MiB its frames still held). The frames' locals are
-        cleared (the error, its message and its line numbers stay), then the memory is released as at
-        shutdown."""
+        """``vllm.LLM(**kwargs)``; a failed start releases what it allocated before its error goes on.
+        Why: the error's frames keep the weights in the sleep-mode allocator, and vLLM refuses the next
+        start (H200, 2026-12-03, vLLM 0.22.0: 23 starts refused after one failed). The frames' locals are
+        cleared (message and line numbers stay), then the memory is released as at shutdown."""
         from vllm import LLM
 
         if kwargs.get("tensor_parallel_size", 1) * kwargs.get("pipeline_parallel_size", 1) == 1:
             vllm_memory.start_tracing()  # the sleep-mode allocator is this process's only with one GPU
+        self._caller_distributed = _distributed_initialized()
         try:
             return LLM(**kwargs)
         except BaseException as exc:
             vllm_memory.clear_frames(exc)
-            left, per_tag = self._release_engine_memory()
-            if left:
-                log.warning("vLLM %s: the failed start still holds %s of the sleep-mode allocator; a new engine in "
-                            "this process will be refused", self.info.release, vllm_memory.describe(left, per_tag))
+            try:  # the start's own error goes on whatever the clean-up meets (a CUDA error stays sticky)
+                vllm_memory.move_import_time_tensors_to_cpu()  # made before vLLM failed: the pool holds them
+                left, per_tag = self._release_engine_memory()
+                if left:
+                    log.warning("vLLM %s: the failed start still holds %s of the sleep-mode allocator; a new engine "
+                                "in this process will be refused", self.info.release, vllm_memory.describe(left, per_tag))
+            except Exception:
+                log.warning("vLLM %s: releasing what the failed start allocated failed too", self.info.release,
+                            exc_info=True)
             raise
 
     @staticmethod
@@ -352,7 +354,8 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
             from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
 
             destroy_model_parallel()
-            destroy_distributed_environment()
+            if not getattr(self, "_caller_distributed", False):  # the caller's own process group stays
+                destroy_distributed_environment()
         except Exception:  # best effort: lets a later engine initialise torch.distributed again
             pass
         self._release_allocator()
@@ -362,7 +365,10 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
             torch.cuda.empty_cache()
         except Exception:
             pass
-        return vllm_memory.in_use()
+        left = vllm_memory.in_use()
+        if not left[0]:
+            vllm_memory.stop_tracing()  # nothing left to name: allocations go untraced again
+        return left
 
     def _release_allocator(self) -> None:
         """Band hook: free what the release's sleep-mode allocator holds (nothing by default)."""
@@ -385,3 +391,9 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
 def _runner_module(worker: Any) -> str:
     """Run by ``collective_rpc``: the module of the worker's model runner class."""
     return type(worker.model_runner).__module__
+
+
+def _distributed_initialized() -> bool:
+    """Whether torch.distributed has a default process group (the caller's, before the engine starts)."""
+    dist = sys.modules.get("torch.distributed")  # a process group exists only where the module was imported
+    return bool(dist is not None and dist.is_available() and dist.is_initialized())

@@ -60,8 +60,12 @@ def describe(left: int, per_tag: dict[str, int]) -> str:
 
 
 def held_by() -> str:
-    """What keeps the allocator's blocks alive: the Python holders, then the recorded allocation stacks."""
-    return "; ".join(holders() + traced_holders()) or "unknown"
+    """What keeps the allocator's blocks alive: the Python holders, then the recorded allocation stacks
+    (a diagnostic: its own failure is named, never raised)."""
+    try:
+        return "; ".join(holders() + traced_holders()) or "unknown"
+    except Exception as exc:
+        return f"unknown ({type(exc).__name__} while looking: {exc})"
 
 
 def refuse_a_new_engine_while_memory_is_held(release: str) -> None:
@@ -85,10 +89,14 @@ def clear_frames(exc: BaseException | None) -> None:
     (``traceback.clear_frames`` skips a frame still running, such as the caller's): what a failed
     start allocated is then no longer kept alive by its error."""
     seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        traceback.clear_frames(exc.__traceback__)
-        exc = exc.__cause__ or exc.__context__
+    todo = [exc]
+    while todo:
+        error = todo.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        todo += [error.__cause__, error.__context__, *getattr(error, "exceptions", ())]
 
 
 def holders(limit: int = 4) -> list[str]:
@@ -180,8 +188,12 @@ def move_import_time_tensors_to_cpu() -> list[str]:
     return moved
 
 
+_tracing = False
+
+
 def start_tracing() -> bool:
     """Record allocation stacks when ``TRACE_ENV`` asks for it (before the engine starts)."""
+    global _tracing
     if os.environ.get(TRACE_ENV) != "1":
         return False
     try:
@@ -191,7 +203,22 @@ def start_tracing() -> bool:
         torch.cuda.memory._record_memory_history(stacks="python", max_entries=1000)
     except Exception:  # a torch without it: the holders line stays what gc sees
         return False
+    _tracing = True
     return True
+
+
+def stop_tracing() -> None:
+    """End what ``start_tracing`` began (once the allocator is empty: every allocation paid for it)."""
+    global _tracing
+    if not _tracing:
+        return
+    try:
+        import torch
+
+        torch.cuda.memory._record_memory_history(enabled=None)
+    except Exception:
+        return
+    _tracing = False
 
 
 def traced_holders(limit: int = 4) -> list[str]:
