@@ -19,6 +19,21 @@ def cmd_bundle(args: argparse.Namespace, matrix: Matrix) -> int:
     return 0
 
 
+def cmd_bundle_cache(args: argparse.Namespace, matrix: Matrix) -> int:
+    from rollout_matrix.bundles.bundle import default_cache
+    from rollout_matrix.bundles.cache import prune, usage
+
+    cache = default_cache()
+    for row in usage(cache):
+        kept = "kept (pinned Debian packages)" if row.folder == "debs" else \
+            f"{row.unused_bytes / 2**30:.2f} GiB of them in no bundle"
+        print(f"{cache / row.folder}: {row.bytes / 2**30:.2f} GiB in {row.files} files, {kept}")
+    if args.prune:
+        count, size = prune(cache, downloads=args.downloads)
+        print(f"pruned {count} files, {size / 2**30:.2f} GiB (made again by `bundle` when needed)")
+    return 0
+
+
 def cmd_syslibs(args: argparse.Namespace, matrix: Matrix) -> int:
     from rollout_matrix.bundles.syslibset import regenerate, set_path
 
@@ -62,6 +77,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="the machine's inventory (`gpuenv inventory`; the H200's: docker/machines/nvidia-h200.json): "
                         "wheels whose files its python3 has installed travel as small kits and are rebuilt there")
     p.set_defaults(handler=cmd_bundle)
+
+    p = sub.add_parser("bundle-cache", help="what the bundle cache holds; --prune drops what no bundle uses",
+                       description="Sizes of the bundle cache (ROLLOUT_MATRIX_CACHE, default ~/.cache/rollout-matrix) "
+                                   "per folder, and how much of it no bundle folder links. --prune deletes that from "
+                                   "the chunks, payloads and kits `bundle` makes (it makes them again when needed); "
+                                   "--downloads also from the downloaded wheels (fetched again from PyPI). Pinned "
+                                   ".debs are kept.")
+    p.add_argument("--prune", action="store_true", help="delete what no bundle uses")
+    p.add_argument("--downloads", action="store_true", help="with --prune: the downloaded wheels too")
+    p.set_defaults(handler=cmd_bundle_cache)
 
     p = sub.add_parser("syslibs", help="(re)pin the Debian .debs standing for a system package in bundles",
                        description="Resolves the roots' dependency closure in Debian's signed bookworm index and "
