@@ -94,10 +94,8 @@ class GpuShare:
         return bool(self.path)
 
     def _set(self, mode: int) -> None:
-        if not self.path or mode == self._mode:
+        if self._fd is None or mode == self._mode:  # no lock file (alone on a GPU): nothing to hold
             return
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         start = time.monotonic()
         fcntl.flock(self._fd, mode)
         self.waited += time.monotonic() - start

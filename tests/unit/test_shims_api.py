@@ -372,27 +372,34 @@ class _Weights:
         weakref.finalize(self, allocator.pointer_to_data.pop, id(self), None)
 
 
+def _failing_vllm(monkeypatch, allocator: SimpleNamespace, start, release: str = "0.26.0") -> VLLM085:
+    """A vLLM whose ``LLM(...)`` runs ``start()``; returns a shim of ``release`` ready for ``_start``."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "vllm.device_allocator.cumem",
+                        SimpleNamespace(CuMemAllocator=SimpleNamespace(instance=allocator)))
+
+    class LLM:
+        def __init__(self, **kwargs: object) -> None:
+            start()
+
+    monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(LLM=LLM))
+    eng = VLLM085.__new__(VLLM085)
+    eng.info = EngineInfo("vllm", release, "vllm-0.25", False, "g", "qwen2", 1, "processed")
+    return eng
+
+
 def test_vllm_failed_start_releases_what_it_allocated(monkeypatch, caplog) -> None:
     """A start that fails deep inside vLLM (here: its memory-profiling assertion, after the weights
     were loaded) must not leave the weights alive through the error's traceback: the error reaches
     the caller unchanged, the allocator is empty, so a new engine in the process is not refused."""
-    import sys
-
     allocator = SimpleNamespace(pointer_to_data={}, allocator_and_pools={})
-    monkeypatch.setitem(sys.modules, "vllm.device_allocator.cumem",
-                        SimpleNamespace(CuMemAllocator=SimpleNamespace(instance=allocator)))
 
     def load_model() -> None:
         weights = _Weights(allocator)  # a local of a frame that the error's traceback keeps
         raise AssertionError(f"Error in memory profiling. Initial free memory 100.3 GiB, current 100.67 GiB ({weights})")
 
-    class LLM:
-        def __init__(self, **kwargs: object) -> None:
-            load_model()
-
-    monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(LLM=LLM))
-    eng = VLLM085.__new__(VLLM085)
-    eng.info = EngineInfo("vllm", "0.22.0", "vllm-0.13", False, "g", "qwen2", 1, "processed")
+    eng = _failing_vllm(monkeypatch, allocator, load_model, release="0.22.0")
     with pytest.raises(AssertionError, match="Error in memory profiling") as err:
         eng._start({"model": "/m"})
     assert err.traceback[-1].name == "load_model"  # where it failed is still told
@@ -404,24 +411,17 @@ def test_vllm_failed_start_releases_what_it_allocated(monkeypatch, caplog) -> No
 def test_vllm_failed_start_that_leaves_memory_says_so(monkeypatch, caplog) -> None:
     """Memory held outside the failed start's frames (a module global) stays: one warning says how
     much, and the next start is refused in one line, as after a shutdown that left memory."""
-    import sys
-
     from rollout_shims.errors import EngineStateError
 
     allocator = SimpleNamespace(pointer_to_data={}, allocator_and_pools={})
-    monkeypatch.setitem(sys.modules, "vllm.device_allocator.cumem",
-                        SimpleNamespace(CuMemAllocator=SimpleNamespace(instance=allocator)))
     kept: list[_Weights] = []
 
-    class LLM:
-        def __init__(self, **kwargs: object) -> None:
-            kept.append(_Weights(allocator))
-            raise RuntimeError("CUDA out of memory")
+    def start() -> None:
+        kept.append(_Weights(allocator))
+        raise RuntimeError("CUDA out of memory")
 
-    monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(LLM=LLM))
+    eng = _failing_vllm(monkeypatch, allocator, start)
     monkeypatch.setattr("rollout_shims.shims.vllm_memory.holders", lambda limit=4: ["(16,) torch.float32 <- m.T"])
-    eng = VLLM085.__new__(VLLM085)
-    eng.info = EngineInfo("vllm", "0.26.0", "vllm-0.25", False, "g", "qwen2", 1, "processed")
     with caplog.at_level("WARNING"), pytest.raises(RuntimeError, match="CUDA out of memory"):
         eng._start({"model": "/m"})
     assert "the failed start still holds 4 MiB" in caplog.text
@@ -481,23 +481,6 @@ def test_vllm_moves_a_library_tensor_made_on_the_gpu_at_import_back_to_the_cpu(m
     assert vllm_memory.move_import_time_tensors_to_cpu() == []  # on the CPU already: left alone
     monkeypatch.delitem(sys.modules, module.__name__)
     assert vllm_memory.move_import_time_tensors_to_cpu() == []  # FlashInfer never imported
-
-
-def _failing_vllm(monkeypatch, allocator: SimpleNamespace, start) -> VLLM085:
-    """A vLLM whose ``LLM(...)`` runs ``start()``; returns a shim ready for ``_start``."""
-    import sys
-
-    monkeypatch.setitem(sys.modules, "vllm.device_allocator.cumem",
-                        SimpleNamespace(CuMemAllocator=SimpleNamespace(instance=allocator)))
-
-    class LLM:
-        def __init__(self, **kwargs: object) -> None:
-            start()
-
-    monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(LLM=LLM))
-    eng = VLLM085.__new__(VLLM085)
-    eng.info = EngineInfo("vllm", "0.26.0", "vllm-0.25", False, "g", "qwen2", 1, "processed")
-    return eng
 
 
 def test_vllm_failed_start_collects_cycles_and_moves_the_import_time_table(monkeypatch) -> None:

@@ -145,9 +145,6 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
         kwargs = self.engine_kwargs(config, detection.release)
         vllm_memory.refuse_a_new_engine_while_memory_is_held(detection.release)
         self._llm = self._start(kwargs)
-        if moved := vllm_memory.move_import_time_tensors_to_cpu():
-            log.info("moved %s from vLLM's sleep-mode pool to the CPU (made at import, while vLLM loaded the "
-                     "model; it would outlive the engine and refuse the next one)", ", ".join(moved))
         self._after_start()
         v1 = type(self._llm.llm_engine).__module__.startswith("vllm.v1")
         self.info.details.update(
@@ -158,17 +155,17 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
         )
 
     def _start(self, kwargs: dict[str, Any]) -> Any:
-        """``vllm.LLM(**kwargs)``; a failed start releases what it allocated before its error goes on.
-        Why: the error's frames keep the weights in the sleep-mode allocator, and vLLM refuses the next
-        start (H200, 2026-12-03, vLLM 0.22.0: 23 starts refused after one failed). The frames' locals are
-        cleared (message and line numbers stay), then the memory is released as at shutdown."""
+        """``vllm.LLM(**kwargs)``, leaving nothing in the sleep-mode allocator that outlives the engine:
+        library tensors made on the GPU at import go to the CPU, and a failed start clears its error's
+        frames (message and line numbers stay) and releases its memory as at shutdown before the error
+        goes on (H200, 2026-12-03, vLLM 0.22.0: 23 starts refused after one failed)."""
         from vllm import LLM
 
         if kwargs.get("tensor_parallel_size", 1) * kwargs.get("pipeline_parallel_size", 1) == 1:
             vllm_memory.start_tracing()  # the sleep-mode allocator is this process's only with one GPU
         self._caller_distributed = _distributed_initialized()
         try:
-            return LLM(**kwargs)
+            llm = LLM(**kwargs)
         except BaseException as exc:
             vllm_memory.clear_frames(exc)
             try:  # the start's own error goes on whatever the clean-up meets (a CUDA error stays sticky)
@@ -181,6 +178,10 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
                 log.warning("vLLM %s: releasing what the failed start allocated failed too", self.info.release,
                             exc_info=True)
             raise
+        if moved := vllm_memory.move_import_time_tensors_to_cpu():
+            log.info("moved %s from vLLM's sleep-mode pool to the CPU (made at import, while vLLM loaded the "
+                     "model; it would outlive the engine and refuse the next one)", ", ".join(moved))
+        return llm
 
     @staticmethod
     def _ray_workers_keep_multicast_off(release: str) -> None:

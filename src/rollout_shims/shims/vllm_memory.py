@@ -54,6 +54,12 @@ def in_use() -> tuple[int, dict[str, int]]:
     return sum(per_tag.values()), per_tag
 
 
+def _spans() -> list[tuple[int, int]]:
+    """(address, bytes) of every live allocation of the sleep-mode allocator, in address order."""
+    allocator = cumem_allocator()
+    return sorted((int(ptr), int(data.handle[1])) for ptr, data in getattr(allocator, "pointer_to_data", {}).items())
+
+
 def describe(left: int, per_tag: dict[str, int]) -> str:
     """"6 MiB (weights 4 MiB, kv_cache 2 MiB)": what ``in_use()`` found, for a message."""
     return f"{left / 2**20:.0f} MiB ({', '.join(f'{t} {b / 2**20:.0f} MiB' for t, b in per_tag.items())})"
@@ -103,8 +109,7 @@ def holders(limit: int = 4) -> list[str]:
     """Up to ``limit`` lines "shape dtype <- owner" for live tensors inside the allocator's blocks,
     naming the object attribute, container or module global that keeps each alive (slow: walks the
     heap; only for the message of a failure)."""
-    allocator = cumem_allocator()
-    spans = sorted((int(ptr), int(data.handle[1])) for ptr, data in getattr(allocator, "pointer_to_data", {}).items())
+    spans = _spans()
     if not spans:
         return []
     import torch
@@ -224,8 +229,7 @@ def stop_tracing() -> None:
 def traced_holders(limit: int = 4) -> list[str]:
     """For live blocks inside the allocator's spans: "N bytes allocated at file:line (function)", the
     innermost frame outside torch, from the recorded history (empty when nothing was recorded)."""
-    allocator = cumem_allocator()
-    spans = [(int(ptr), int(data.handle[1])) for ptr, data in getattr(allocator, "pointer_to_data", {}).items()]
+    spans = _spans()
     if not spans:
         return []
     try:
