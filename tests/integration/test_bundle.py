@@ -320,7 +320,8 @@ def test_wheels_the_machine_has_installed_travel_as_kits_and_come_back_exact(
     """``bundle --borrow``: a lock-exact venv lends its files (as the H200's python3 lends torch):
     every wheel it holds travels as a kit, far smaller than the wheels; the machine rebuilds each wheel
     from the installed files and the venv equals the lock. A changed installed file fails the build in
-    one line (no venv left) and is refused at receive, as is a machine without the distributions."""
+    one line (no venv left) and is refused at receive, as is a machine without the distributions.
+    Wheels under 1 MiB are not borrowed unless asked (``borrow_min_bytes``)."""
     import json
 
     from rollout_matrix.bundles import borrow
@@ -333,10 +334,18 @@ def test_wheels_the_machine_has_installed_travel_as_kits_and_come_back_exact(
     donor = donor_env / "lib" / f"python{entry.python}" / "site-packages"
     (tmp_path / "inventory.json").write_text(json.dumps(borrow.inventory([str(donor)])))
 
+    # By default a wheel under borrow.MIN_WHEEL_BYTES (1 MiB) travels whole, and tiny's wheels are all
+    # smaller (requests and its dependencies): nothing is borrowed. With no floor, all of them are.
+    default = make_bundle(locked, [entry], entry.python, tmp_path / "default", part_mib=7, payload="zstd",
+                          cache=tmp_path / "cache", progress=lambda line: None,
+                          borrow_from=tmp_path / "inventory.json")
+    assert {f.payload for f in default.entries[entry.name].files} == {"zstd"}
+
     monkeypatch.setattr(store, "ROOT", tmp_path / "machine2")  # a machine holding nothing of the first bundle
     lines: list[str] = []
     kits = make_bundle(locked, [entry], entry.python, tmp_path / "kits", part_mib=7, payload="zstd",
-                       cache=tmp_path / "cache", progress=lines.append, borrow_from=tmp_path / "inventory.json")
+                       cache=tmp_path / "cache", progress=lines.append, borrow_from=tmp_path / "inventory.json",
+                       borrow_min_bytes=0)
     files = kits.entries[entry.name].files
     assert {f.payload for f in files} == {borrow.KIT} and len(files) == len(first.entries[entry.name].files)
     assert all(f.lent_bytes > 0 for f in files)

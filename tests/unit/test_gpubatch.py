@@ -56,7 +56,7 @@ def test_a_batch_groups_entries_by_cuda_line_and_counts_shared_files_once() -> N
 
 def test_what_the_machine_lends_is_priced_at_nothing_by_name_and_version() -> None:
     """gpu-batch --borrow: pins the machine's python3 has installed at the same version cost no parts;
-    another version of the same name still does."""
+    another version of the same name still does, and so does a wheel under 1 MiB."""
     matrix = load_matrix(ROOT / "matrix.yaml")
     chosen = [matrix.get("sglang-0.5.17")]
     pins = _pins(ROOT / "docker" / "locks" / "sglang-0.5.17-py3.12.txt")
@@ -65,6 +65,10 @@ def test_what_the_machine_lends_is_priced_at_nothing_by_name_and_version() -> No
                    proven={})
     assert {"torch==2.11.0", "triton==3.6.0"} <= pins and any(p.startswith("numpy==") for p in pins)
     assert line.wheel_bytes == (len(pins) - 2) * (100 << 20)
+    small = 100 << 10  # a wheel under 1 MiB travels whole even when lent (bundle's floor)
+    (line,) = plan(matrix, "3.12", lambda n, v, s: (small, True), chosen, parts_per_hold=10_000, lent=lent,
+                   proven={})
+    assert line.wheel_bytes == len(pins) * small
 
 
 def test_a_line_is_cut_into_holds_in_entry_order_by_parts_and_count() -> None:

@@ -38,6 +38,10 @@ KIT = "kit"
 """The payload kind of a borrowed wheel (beside ``wheel`` and ``zstd``)."""
 KIT_INDEX = ".rollout-matrix-kit.json"
 INVENTORY_FORMAT = 1
+MIN_WHEEL_BYTES = 1 << 20
+"""A wheel smaller than this travels whole even when the machine has its files: borrowing it saves
+under 2 % of a part, and small packages hold the files a machine edits after installing them (the
+H200's certifi ``cacert.pem`` on 2026-12-03: one changed 0.3 MiB file refused a 3.4 GiB bundle)."""
 _READ = 1 << 20
 
 

@@ -224,14 +224,15 @@ def _shipped(skip_from: Iterable[Path]) -> set[str]:
 def make_bundle(matrix: Matrix, entries: Iterable[Entry], python: str, out: Path, part_mib: int = 56,
                 payload: str = "zstd", cache: Path | None = None, skip_from: Iterable[Path] = (),
                 progress: Callable[[str], None] = print, jobs: int = 4, syslibs: bool = True,
-                borrow_from: Path | None = None) -> Manifest:
+                borrow_from: Path | None = None, borrow_min_bytes: int = borrow.MIN_WHEEL_BYTES) -> Manifest:
     """Write the bundle of ``entries`` for ``python`` into ``out`` (see the module docstring).
 
     ``skip_from``: earlier bundle folders whose chunks the machine already has; those are not packed
     into parts again (their manifests still list them). ``syslibs``: carry the pinned ``.deb`` sets of
     each entry's ``system_packages`` (:mod:`rollout_matrix.bundles.syslibset`); False when the machine has them.
     ``borrow_from``: the machine's inventory (``gpuenv inventory``); a wheel whose installed files it
-    lists travels as a kit and is rebuilt there from them (:mod:`rollout_matrix.bundles.borrow`).
+    lists travels as a kit and is rebuilt there from them (:mod:`rollout_matrix.bundles.borrow`), when
+    the wheel has at least ``borrow_min_bytes``.
 
     Every input is checked before the first download (options, locks, unavailable entries, ``--after``
     manifests, the folder, part-000's room for the tools); the parts are written into a hidden folder
@@ -258,7 +259,7 @@ def make_bundle(matrix: Matrix, entries: Iterable[Entry], python: str, out: Path
     staging = _staging(out)
     try:
         manifest = _make(matrix, entries, locks, python, staging, part_mib, payload, cache, shipped, tools,
-                         progress, jobs, sets, lent)
+                         progress, jobs, sets, lent, borrow_min_bytes)
         if out.is_dir():
             out.rmdir()  # empty (checked above): the whole bundle takes its place
         staging.rename(out)
@@ -278,7 +279,7 @@ _MANIFEST_ROOM = 1 << 20
 def _make(matrix: Matrix, entries: list[Entry], locks: dict[str, tuple[Path, list[Pin]]], python: str,
           out: Path, part_mib: int, payload: str, cache: Path, shipped: set[str], tools: list[Path],
           progress: Callable[[str], None], jobs: int, sets: dict[str, list[SyslibSet]],
-          lent: dict[str, tuple[str, str]]) -> Manifest:
+          lent: dict[str, tuple[str, str]], borrow_min_bytes: int) -> Manifest:
     """Download, check, compress, chunk and pack (see :func:`make_bundle`, which checked the inputs)."""
     start = time.monotonic()
     order = preference_order(python)
@@ -299,7 +300,7 @@ def _make(matrix: Matrix, entries: list[Entry], locks: dict[str, tuple[Path, lis
         with zipfile.ZipFile(wheel) as zf:
             members = member_digest(zf)
         name = canonicalize_name(choice.name)
-        kit = borrow.cached_kit(wheel, cache) if name in lent else None
+        kit = borrow.cached_kit(wheel, cache) if name in lent and wheel.stat().st_size >= borrow_min_bytes else None
         files = borrow.kit_files_digest(kit) if kit is not None else None
         lends = files is not None and lent[name][1] == files
         kind = borrow.KIT if lends else payload

@@ -23,6 +23,7 @@ from pathlib import Path
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from rollout_matrix.bundles import borrow
 from rollout_matrix.bundles.syslibset import entry_sets
 from rollout_matrix.evidence.band_status import MODES, gpu_modes
 from rollout_matrix.evidence.committed import committed
@@ -128,7 +129,8 @@ def plan(matrix: Matrix, python: str, size_of: Callable[[str, str, set[str]], tu
     in stack order, each line cut into holds (in entry order, while the parts of the hold's entries
     together and their count stay within the limits); ``size_of(name, version, allowed sha256s)`` gives
     a pin's wheel size and whether it is exact. ``lent``: name -> version the machine has installed
-    (``bundle --borrow``), priced at nothing; by name and version, where ``bundle`` decides by the files.
+    (``bundle --borrow``), priced at nothing from 1 MiB (``borrow.MIN_WHEEL_BYTES``); by name and version,
+    where ``bundle`` decides by the files.
     ``proven``: entry -> modes of its committed GPU evidence (default: read from the checkout)."""
     if proven is None:
         proven = proven_modes(matrix.path.parent)
@@ -153,7 +155,8 @@ def plan(matrix: Matrix, python: str, size_of: Callable[[str, str, set[str]], tu
                 sized[pin] = size_of(pin[0], pin[1], shas)
         needs = sorted({name for entry in members for name in entry.system_packages})
         debs = {d.sha256: d.size for pinned in entry_sets(matrix.path.parent, tuple(needs)) for d in pinned.debs}
-        shipped = [pin for pin in pins if (lent or {}).get(canonicalize_name(pin[0])) != pin[1]]
+        shipped = [pin for pin in pins if (lent or {}).get(canonicalize_name(pin[0])) != pin[1]
+                   or sized[pin][0] < borrow.MIN_WHEEL_BYTES]  # bundle ships small wheels whole
         return (sum(sized[pin][0] for pin in shipped), all(sized[pin][1] for pin in shipped), sum(debs.values()))
 
     def parts_of(members: list[Entry]) -> int:
