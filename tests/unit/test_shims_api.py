@@ -596,3 +596,95 @@ def test_vllm_leaves_the_callers_process_group_alone(monkeypatch) -> None:
     with pytest.raises(RuntimeError):
         eng._start({"model": "/m"})
     assert calls == ["model parallel", "model parallel", "default group"]  # vLLM's own: torn down
+
+
+class _CompiledModel:
+    """What vLLM's compiled model does before 0.24 (vllm/compilation/wrapper.py): registers its bound
+    ``bytecode_hook`` in torch's process-wide hook dict and drops the handle, so the dict holds the
+    model, and the model its weights in the sleep-mode allocator."""
+
+    def __init__(self, allocator: SimpleNamespace, register) -> None:
+        self.weights = _Weights(allocator)
+        register(self.bytecode_hook)
+
+    def bytecode_hook(self, old_code: object, new_code: object) -> None:
+        return None
+
+
+def _dynamo_hooks(monkeypatch, real: bool):
+    """torch's ``register_bytecode_hook`` (real) or a stand-in module with the same dict (no torch)."""
+    import sys
+
+    if real:
+        pytest.importorskip("torch", reason="the real hook registry is torch's (torch._dynamo.convert_frame)")
+        from torch._dynamo import convert_frame
+
+        return convert_frame.register_bytecode_hook, convert_frame._bytecode_hooks
+    hooks: dict[int, object] = {}
+    count = iter(range(1000, 2000))
+
+    def register(hook: object) -> int:
+        hooks[key := next(count)] = hook
+        return key
+
+    monkeypatch.setitem(sys.modules, "torch._dynamo.convert_frame", SimpleNamespace(_bytecode_hooks=hooks))
+    return register, hooks
+
+
+@pytest.mark.parametrize("real", [False, True], ids=["stand-in", "torch"])
+@pytest.mark.parametrize("fails", [False, True], ids=["shutdown", "failed-start"])
+def test_vllm_drops_the_compiled_models_bytecode_hook_so_its_weights_go(monkeypatch, real: bool, fails: bool) -> None:
+    """H200, 2026-12-03, vLLM 0.22.0 with CUDA graphs: after shutdown 4 MiB of weights stayed alive
+    (VocabParallelEmbedding and RMSNorm parameters), held through torch.compile's bytecode hook, and
+    every later engine was refused. The hooks registered during the start are dropped when the engine
+    goes (or its start fails); a hook the caller registered before stays."""
+    register, hooks = _dynamo_hooks(monkeypatch, real)
+    allocator = SimpleNamespace(pointer_to_data={}, allocator_and_pools={})
+
+    def callers_hook(old_code: object, new_code: object) -> None:
+        return None
+
+    register(callers_hook)
+
+    def start() -> None:
+        _CompiledModel(allocator, register)
+        if fails:
+            raise RuntimeError("CUDA out of memory")
+
+    eng = _failing_vllm(monkeypatch, allocator, start, release="0.22.0")
+    try:
+        if fails:
+            with pytest.raises(RuntimeError, match="out of memory"):
+                eng._start({"model": "/m"})
+        else:
+            llm = eng._start({"model": "/m"})
+            assert allocator.pointer_to_data, "the hook holds the model while the engine runs"
+            del llm
+            eng._release_engine_memory()
+        assert allocator.pointer_to_data == {}
+        vllm_memory.refuse_a_new_engine_while_memory_is_held("0.22.0")
+        assert callers_hook in hooks.values()
+        assert not any(getattr(h, "__self__", None).__class__ is _CompiledModel for h in hooks.values())
+    finally:
+        for key in [k for k, h in hooks.items() if h is callers_hook]:
+            del hooks[key]
+
+
+def test_memory_no_object_explains_is_described_by_the_allocator(monkeypatch) -> None:
+    """When neither a Python holder nor a recorded stack explains a span (vLLM 0.26.0, 2026-12-03:
+    "held by: unknown"), the line says what torch's allocator has there: a cached segment of a pool
+    that is still alive, or nothing at all (released without vLLM's free callback)."""
+    import sys
+
+    live = {0x7000_0000: SimpleNamespace(tag="weights", handle=(0, 2 << 20, 0x7000_0000, None)),
+            0x9000_0000: SimpleNamespace(tag="kv_cache", handle=(0, 2 << 20, 0x9000_0000, None))}
+    monkeypatch.setitem(sys.modules, "vllm.device_allocator.cumem",
+                        SimpleNamespace(CuMemAllocator=SimpleNamespace(instance=SimpleNamespace(pointer_to_data=live))))
+    snapshot = {"segments": [{"address": 0x7000_0000, "total_size": 2 << 20, "segment_pool_id": [1, 3],
+                              "blocks": [{"size": 2 << 20, "state": "inactive"}]}]}
+    fake_torch = SimpleNamespace(cuda=SimpleNamespace(memory=SimpleNamespace(_snapshot=lambda: snapshot)))
+    monkeypatch.setitem(sys.modules, "torch", fake_torch)
+    monkeypatch.setattr(vllm_memory, "holders", lambda limit=4: [])
+    said = vllm_memory.held_by()
+    assert "2 MiB at 0x70000000: a segment of pool (1, 3), 0 bytes of it allocated" in said
+    assert "2 MiB at 0x90000000: not a segment of torch's allocator" in said

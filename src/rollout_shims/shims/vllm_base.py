@@ -31,6 +31,7 @@ from rollout_shims.outputs import int_list, sampled_logprobs
 from rollout_shims.sharing import SharedBucket
 from rollout_shims.shims import vllm_memory
 from rollout_shims.shims.vllm_groups import TORCH_GROUP_SYMBOLS, VLLMGroups
+from rollout_shims.shims.vllm_worker import load_shared_in_worker, load_weights_in_worker, runner_module
 from rollout_shims.symbols import Symbol, required_problems
 from rollout_shims.weight_group import NCCL_CUMEM, default_cumem
 
@@ -44,27 +45,6 @@ log = logging.getLogger("rollout_shims")
 
 def _sym(path: str, qualname: str, *params: str) -> Symbol:
     return Symbol(dist="vllm", path=path, qualname=qualname, params=params)
-
-
-def load_weights_in_worker(worker: Any, weights: list[tuple[str, Any]]) -> bool:
-    """Run by ``collective_rpc`` in every vLLM worker: the model's own loader maps HF names onto
-    vLLM's fused/sharded parameters, so each TP rank takes its shard of the full tensors."""
-    worker.model_runner.model.load_weights(weights)
-    return True
-
-
-def load_shared_in_worker(worker: Any, payloads: list[bytes]) -> bool:
-    """Run by ``collective_rpc`` in every vLLM worker: open this rank's payload of a bucket from
-    ``share_weights`` (CUDA IPC handles to the trainer's buffer: no copy, nothing re-shared) and load
-    it through the model's own loader, which takes this rank's shard of each full tensor. The opened
-    tensors are dropped on return, which releases the trainer's bucket."""
-    from rollout_shims.sharing import open_payload, synchronize_reads
-
-    weights = open_payload(payloads[worker.rank])
-    worker.model_runner.model.load_weights(weights)
-    synchronize_reads(weights)
-    del weights
-    return True
 
 
 def has_flat_logprobs(params_cls: Any) -> bool:
@@ -156,16 +136,18 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
 
     def _start(self, kwargs: dict[str, Any]) -> Any:
         """``vllm.LLM(**kwargs)``, leaving nothing in the sleep-mode allocator that outlives the engine:
-        library tensors made on the GPU at import go to the CPU, and a failed start clears its error's
-        frames (message and line numbers stay) and releases its memory as at shutdown before the error
-        goes on (H200, 2026-12-03, vLLM 0.22.0: 23 starts refused after one failed)."""
+        library tensors made on the GPU at import go to the CPU, the compiled model's bytecode hooks are
+        noted (and dropped at release), and a failed start clears its error's frames (message and line
+        numbers stay) and releases its memory as at shutdown (H200, 2026-12-03: 23 starts refused)."""
         from vllm import LLM
 
         if kwargs.get("tensor_parallel_size", 1) * kwargs.get("pipeline_parallel_size", 1) == 1:
             vllm_memory.start_tracing()  # the sleep-mode allocator is this process's only with one GPU
         self._caller_distributed = _distributed_initialized()
+        self._engine_hooks: set[int] = set()  # released with the engine: they hold its model
         try:
-            llm = LLM(**kwargs)
+            with vllm_memory.engine_bytecode_hooks(self._engine_hooks):
+                llm = LLM(**kwargs)
         except BaseException as exc:
             vllm_memory.clear_frames(exc)
             try:  # the start's own error goes on whatever the clean-up meets (a CUDA error stays sticky)
@@ -349,6 +331,7 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
         """What shutdown and a failed start share once no engine object is left: collect it, tear
         down torch.distributed, release the allocator's pools; returns what the sleep-mode allocator
         still holds (``vllm_memory.in_use()``)."""
+        vllm_memory.remove_bytecode_hooks(self.__dict__.pop("_engine_hooks", ()))
         gc.unfreeze()  # vLLM's start-up freezes the heap (gc.freeze): frozen cycles are never collected
         gc.collect()
         try:
@@ -378,7 +361,7 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
         """Which GPU model runner the (first) worker uses: "v1", "v2" (vllm/v1/worker/gpu/, the
         default for every model from 0.29) or the V0 runner's module; None if it cannot be told."""
         try:
-            found = self._llm.collective_rpc(_runner_module)
+            found = self._llm.collective_rpc(runner_module)
         except Exception:
             return None
         module = str(found[0]) if found else ""
@@ -387,11 +370,6 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
         if module.startswith("vllm.v1.worker.gpu_model_runner"):
             return "v1"
         return module or None
-
-
-def _runner_module(worker: Any) -> str:
-    """Run by ``collective_rpc``: the module of the worker's model runner class."""
-    return type(worker.model_runner).__module__
 
 
 def _distributed_initialized() -> bool:

@@ -11,10 +11,12 @@ vLLM is imported only when a process already has it (``sys.modules``), never by 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import sys
 import traceback
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from rollout_shims.errors import EngineStateError
@@ -66,10 +68,10 @@ def describe(left: int, per_tag: dict[str, int]) -> str:
 
 
 def held_by() -> str:
-    """What keeps the allocator's blocks alive: the Python holders, then the recorded allocation stacks
-    (a diagnostic: its own failure is named, never raised)."""
+    """What keeps the allocator's blocks alive: the Python holders, then the recorded allocation stacks,
+    else what torch's allocator says of each span (a diagnostic: its own failure is named, never raised)."""
     try:
-        return "; ".join(holders() + traced_holders()) or "unknown"
+        return "; ".join(holders() + traced_holders() or span_states()) or "unknown"
     except Exception as exc:
         return f"unknown ({type(exc).__name__} while looking: {exc})"
 
@@ -250,4 +252,57 @@ def traced_holders(limit: int = 4) -> list[str]:
             found.append(f"{block.get('requested_size', block.get('size'))} bytes allocated at {where}")
             if len(found) >= limit:
                 return found
+    return found
+
+
+@contextlib.contextmanager
+def engine_bytecode_hooks(found: set[int]) -> Iterator[None]:
+    """Collect into ``found`` the ids of the Dynamo bytecode hooks registered inside the block (also
+    when it raises). vLLM's compiled model registers one, a bound method of the model
+    (``torch._dynamo.convert_frame.register_bytecode_hook(self.bytecode_hook)``, vllm/compilation/wrapper.py),
+    in a process-wide dict that nothing empties before 0.24 (vLLM 0.24 added ``LLMEngine._cleanup_instance_caches``):
+    the model, its weights and their sleep-mode memory outlive the engine (H200, 2026-12-03, vLLM 0.22.0,
+    CUDA graphs: 4 MiB held by VocabParallelEmbedding and RMSNorm weights; the next engine refused)."""
+    before = set(_bytecode_hooks())
+    try:
+        yield
+    finally:
+        found.update(set(_bytecode_hooks()) - before)
+
+
+def remove_bytecode_hooks(ids: Iterable[int]) -> int:
+    """Drop the hooks ``engine_bytecode_hooks`` found (those still registered); how many were dropped."""
+    hooks = _bytecode_hooks()
+    return sum(hooks.pop(i, None) is not None for i in list(ids))
+
+
+def _bytecode_hooks() -> dict:
+    module = sys.modules.get("torch._dynamo.convert_frame")  # never imported here: no compiled model either
+    hooks = getattr(module, "_bytecode_hooks", None)
+    return hooks if isinstance(hooks, dict) else {}
+
+
+def span_states(limit: int = 4) -> list[str]:
+    """What torch's allocator holds at each span no Python object or recorded stack explains: "2 MiB
+    at 0x...: a segment of pool (1, 2), no block allocated" (a pool kept alive caches it) or "... not a
+    segment of torch's allocator" (released without vLLM's free callback)."""
+    spans = _spans()
+    if not spans:
+        return []
+    try:
+        import torch
+
+        segments = torch.cuda.memory._snapshot().get("segments", [])
+    except Exception:
+        return []
+    found = []
+    for start, size in spans[:limit]:
+        segment = next((s for s in segments if s["address"] <= start < s["address"] + s["total_size"]), None)
+        where = f"{size / 2**20:.0f} MiB at {start:#x}: "
+        if segment is None:
+            found.append(where + "not a segment of torch's allocator")
+            continue
+        active = sum(b.get("size", 0) for b in segment.get("blocks", []) if b.get("state") == "active_allocated")
+        pool = tuple(segment.get("segment_pool_id", ()))
+        found.append(where + f"a segment of pool {pool}, {active} bytes of it allocated")
     return found
