@@ -673,7 +673,8 @@ def test_vllm_drops_the_compiled_models_bytecode_hook_so_its_weights_go(monkeypa
 def test_memory_no_object_explains_is_described_by_the_allocator(monkeypatch) -> None:
     """When neither a Python holder nor a recorded stack explains a span (vLLM 0.26.0, 2026-12-03:
     "held by: unknown"), the line says what torch's allocator has there: a cached segment of a pool
-    that is still alive, or nothing at all (released without vLLM's free callback)."""
+    that is still alive (and who holds that pool), or nothing at all (released without vLLM's free
+    callback)."""
     import sys
 
     live = {0x7000_0000: SimpleNamespace(tag="weights", handle=(0, 2 << 20, 0x7000_0000, None)),
@@ -682,9 +683,20 @@ def test_memory_no_object_explains_is_described_by_the_allocator(monkeypatch) ->
                         SimpleNamespace(CuMemAllocator=SimpleNamespace(instance=SimpleNamespace(pointer_to_data=live))))
     snapshot = {"segments": [{"address": 0x7000_0000, "total_size": 2 << 20, "segment_pool_id": [1, 3],
                               "blocks": [{"size": 2 << 20, "state": "inactive"}]}]}
-    fake_torch = SimpleNamespace(cuda=SimpleNamespace(memory=SimpleNamespace(_snapshot=lambda: snapshot)))
+
+    class MemPool:  # stands for torch.cuda.MemPool: a pool's id, kept alive by whoever holds it
+        id = (1, 3)
+
+    class CUDAGraphRunner:
+        pass
+
+    keeper = CUDAGraphRunner()
+    keeper.pool = MemPool()
+    fake_torch = SimpleNamespace(cuda=SimpleNamespace(MemPool=MemPool,
+                                                      memory=SimpleNamespace(_snapshot=lambda: snapshot)))
     monkeypatch.setitem(sys.modules, "torch", fake_torch)
     monkeypatch.setattr(vllm_memory, "holders", lambda limit=4: [])
     said = vllm_memory.held_by()
-    assert "2 MiB at 0x70000000: a segment of pool (1, 3), 0 bytes of it allocated" in said
+    assert "2 MiB at 0x70000000: a segment of pool (1, 3), 0 bytes of it allocated, its MemPool held by " in said
+    assert "<locals>.CUDAGraphRunner.pool" in said
     assert "2 MiB at 0x90000000: not a segment of torch's allocator" in said

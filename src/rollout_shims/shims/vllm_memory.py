@@ -304,5 +304,16 @@ def span_states(limit: int = 4) -> list[str]:
             continue
         active = sum(b.get("size", 0) for b in segment.get("blocks", []) if b.get("state") == "active_allocated")
         pool = tuple(segment.get("segment_pool_id", ()))
-        found.append(where + f"a segment of pool {pool}, {active} bytes of it allocated")
+        found.append(where + f"a segment of pool {pool}, {active} bytes of it allocated, {_pool_keeper(pool)}")
     return found
+
+
+def _pool_keeper(pool: tuple) -> str:
+    """Who keeps the ``torch.cuda.MemPool`` of id ``pool`` alive (its segments stay mapped until it goes)."""
+    import torch
+
+    kind = getattr(torch.cuda, "MemPool", None)
+    for obj in gc.get_objects() if kind is not None else ():
+        if isinstance(obj, kind) and tuple(getattr(obj, "id", ())) == pool:
+            return f"its MemPool held by {_owner(obj)}"
+    return "no MemPool object of it left (kept from C++: a CUDA graph or an allocation context)"
