@@ -134,3 +134,48 @@ def test_load_refuses_a_run_of_the_other_kind(run_suite, tmp_path: Path) -> None
     folder = make_run(tmp_path / "gpu-results" / "x", junit, code, "cpu")
     with pytest.raises(ResultsError, match="holds a cpu run, not a gpu one"):
         load(folder, "gpu")
+
+
+def test_the_junit_of_each_mode_process_merges_into_one_file(run_suite, tmp_path: Path) -> None:
+    """gpuenv runs tests/engine once per engine mode; the two real JUnit files become one that reads
+    as the sum of both (a missing part, a mode never run, is left out; no part at all writes nothing)."""
+    from rollout_matrix.evidence.results import merge_junit
+
+    graphs, _ = run_suite(tmp_path / "graphs", cpu={"passed": 3}, gpu={"passed": 2, "failed": 1})
+    eager, _ = run_suite(tmp_path / "eager", cpu={}, gpu={"passed": 4, "skipped": 1})
+    merged = tmp_path / "junit.xml"
+    merge_junit([graphs, eager, tmp_path / "never-run.xml"], merged)
+    halves = read_junit(merged)
+    assert halves["cpu"] == Counts(tests=3, failures=0, errors=0, skipped=0)
+    assert halves["gpu"] == Counts(tests=8, failures=1, errors=0, skipped=1)
+    nothing = tmp_path / "none.xml"
+    merge_junit([tmp_path / "a.xml", tmp_path / "b.xml"], nothing)
+    assert not nothing.exists()
+
+
+@pytest.mark.parametrize("modes", ["graphs", "eager"])
+def test_each_mode_process_collects_its_half_of_the_engine_suite(modes: str) -> None:
+    """ROLLOUT_MATRIX_ENGINE_MODES splits tests/engine between processes: the graphs one takes its
+    mode's tests and every test without a mode, the eager one only its mode's; together exactly the
+    tests one process of both modes collects. A wrong value is one line."""
+    import os
+    import subprocess
+    import sys
+
+    def collect(value: str | None) -> tuple[set[str], subprocess.CompletedProcess]:
+        env = {k: v for k, v in os.environ.items() if k != "ROLLOUT_MATRIX_ENGINE_MODES"}
+        if value is not None:
+            env["ROLLOUT_MATRIX_ENGINE_MODES"] = value
+        proc = subprocess.run([sys.executable, "-m", "pytest", "tests/engine", "--collect-only", "-q",
+                               "-p", "no:cacheprovider"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        return {line for line in proc.stdout.splitlines() if "::" in line}, proc
+
+    both, _ = collect(None)
+    mine, _ = collect(modes)
+    other, _ = collect("eager" if modes == "graphs" else "graphs")
+    assert mine and not mine & other and mine | other == both
+    word = "[eager" if modes == "graphs" else "[graphs"
+    assert not any(word in test for test in mine)
+    assert any("[" not in test for test in (mine if modes == "graphs" else other))  # mode-less: graphs process
+    _, bad = collect("fast")
+    assert bad.returncode != 0 and "ROLLOUT_MATRIX_ENGINE_MODES='fast': name one or more of graphs, eager" in bad.stderr

@@ -312,3 +312,21 @@ def load(folder: Path, kind: str | None = None, root: Path | None = None) -> Evi
     verdict, why = judge(run.kind, run, halves)
     return Evidence(entry=run.entry, kind=run.kind, folder=folder, run=run, halves=halves, verdict=verdict,
                     note="; ".join(x for x in (why, note) if x))
+
+
+def merge_junit(parts: list[Path], target: Path) -> None:
+    """One JUnit file of the suites in ``parts`` (those that exist and parse; pytest writes one per
+    process, and gpuenv runs tests/engine once per engine mode), as ``<testsuites>`` of their
+    ``<testsuite>`` elements: what ``read_junit`` and the band table read. Nothing is written when no
+    part exists (the run recorded no test)."""
+    suites = []
+    for part in parts:
+        try:
+            root = ET.fromstring(part.read_bytes())
+        except (OSError, ET.ParseError):
+            continue
+        suites.extend([root] if root.tag == "testsuite" else root.findall("testsuite"))
+    if suites:
+        merged = ET.Element("testsuites")
+        merged.extend(suites)
+        target.write_bytes(ET.tostring(merged, encoding="utf-8", xml_declaration=True))

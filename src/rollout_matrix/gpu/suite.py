@@ -14,10 +14,10 @@ import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rollout_matrix.errors import UserError
-from rollout_matrix.evidence.results import JUNIT, LOG, RunRecord
+from rollout_matrix.evidence.results import JUNIT, LOG, RunRecord, merge_junit
 from rollout_matrix.gpu import stop, store, syslibs
 from rollout_matrix.gpu.install import install
 from rollout_matrix.gpu.store import log, manifests
@@ -155,26 +155,22 @@ def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = 9
     environ = {**os.environ, **bytecode(), "PYTHONPATH": str(store.CHECKOUT / "src"), "ROLLOUT_MATRIX_ENTRY": entry,
                "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
                "TRANSFORMERS_OFFLINE": "1", "PATH": f"{env / 'bin'}:{os.environ.get('PATH', '')}", **libs, **(sharing or {})}
-    cmd = [str(python), "-m", "pytest", str(store.CHECKOUT / "tests" / "engine"), "-s", "-v", "-p", "no:cacheprovider",
-           f"--junitxml={out / JUNIT}", "-o", f"junit_suite_name={entry}", "-o", "junit_family=xunit1",
-           "--rootdir", str(store.CHECKOUT),
-           *(pytest_args or [])]
     started = datetime.now(timezone.utc)
     t0 = time.monotonic()
-    log(f"{entry}: {' '.join(cmd[1:])}")
+    codes = []
     with open(out / LOG, "wb") as logf:
-        # Own process group: an engine that SIGKILLs its caller's tree takes only pytest with it.
-        proc = subprocess.Popen(cmd, cwd=store.CHECKOUT, env=environ, stdout=logf, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        marker = stop.record(out, proc.pid, cmd)  # until run.json is written: `gpuenv stop` waits for it
-        try:
-            code = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            code = stop_with_stacks(proc)
-            log(f"{entry}: timed out after {timeout}s; the Python stacks of pytest at that moment are at the end of "
-                f"{LOG}")
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)  # engine children pytest left behind
+        for mode in MODES:  # one process per mode: a leak into the next engine stays in its mode
+            left = timeout - (time.monotonic() - t0)
+            why = ("" if not codes else "the batch is being stopped" if stop.requested()
+                   else "the run before ended early" if codes[-1] not in (0, 1)
+                   else f"{left:.0f}s left of the suite's limit" if left < MIN_MODE_S else "")
+            if why:
+                log(f"{entry}: {mode} not run: {why}")
+                break
+            codes.append(_pytest(entry, python, out, mode, {**environ, MODES_ENV: mode}, pytest_args, logf, left))
+    merge_junit([out / f"junit-{mode}.xml" for mode in MODES], out / JUNIT)
+    # A mode never run leaves the suite unfinished: pytest's "interrupted" unless a run failed first.
+    code = next((c for c in codes if c != 0), 0 if len(codes) == len(MODES) else INTERRUPTED)
     try:  # run.json first, then the marker goes: `gpuenv stop` waits for the marker
         lock = read_lock(store.CHECKOUT / record.lock)
         run = RunRecord(
@@ -188,8 +184,42 @@ def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = 9
         )
         run.write(out)
     finally:
-        marker.unlink(missing_ok=True)
+        (out / stop.RUNNING).unlink(missing_ok=True)
     log(f"{entry}: pytest exited {code} after {run.seconds}s")
+    return code
+
+
+MODES = ("graphs", "eager")
+"""The engine modes of tests/engine, one pytest process each (``MODES_ENV``; tests/engine/conftest.py)."""
+MODES_ENV = "ROLLOUT_MATRIX_ENGINE_MODES"
+MIN_MODE_S = 60
+INTERRUPTED = 2  # pytest's exit code for a session cut short
+"""A mode's process is not started with less time left than this (it could not start an engine)."""
+
+
+def _pytest(entry: str, python: Path, out: Path, mode: str, environ: dict[str, str], pytest_args: list[str] | None,
+            logf: Any, timeout: float) -> int:
+    """One pytest process of tests/engine for ``mode``: its JUnit in ``junit-<mode>.xml``, its output
+    appended to the suite's log; ended with its stacks (``stop_with_stacks``) past ``timeout``."""
+    cmd = [str(python), "-m", "pytest", str(store.CHECKOUT / "tests" / "engine"), "-s", "-v", "-p", "no:cacheprovider",
+           f"--junitxml={out / f'junit-{mode}.xml'}", "-o", f"junit_suite_name={entry}-{mode}",
+           "-o", "junit_family=xunit1", "--rootdir", str(store.CHECKOUT), *(pytest_args or [])]
+    log(f"{entry}: {MODES_ENV}={mode} {' '.join(cmd[1:])}")
+    logf.write(f"\n===== {entry}: {MODES_ENV}={mode} =====\n".encode())
+    logf.flush()
+    # Own process group: an engine that SIGKILLs its caller's tree takes only pytest with it.
+    proc = subprocess.Popen(cmd, cwd=store.CHECKOUT, env=environ, stdout=logf, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    stop.record(out, proc.pid, cmd)  # until run.json is written: `gpuenv stop` waits for it
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        code = stop_with_stacks(proc)
+        log(f"{entry}: {mode} timed out; the Python stacks of pytest at that moment are at the end of its part of {LOG}")
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # engine children pytest left behind
+    if code != 0:
+        log(f"{entry}: {mode}: pytest exited {code}")
     return code
 
 
