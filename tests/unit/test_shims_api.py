@@ -700,3 +700,59 @@ def test_memory_no_object_explains_is_described_by_the_allocator(monkeypatch) ->
     assert "2 MiB at 0x70000000: a segment of pool (1, 3), 0 bytes of it allocated, its MemPool held by " in said
     assert "<locals>.CUDAGraphRunner.pool" in said
     assert "2 MiB at 0x90000000: not a segment of torch's allocator" in said
+
+
+class _PoolsAllocator:
+    """vLLM's sleep-mode allocator as the H200 showed it (0.26.0, 2026-12-03): a block freed while its
+    pool lives goes back (``pointer_to_data`` loses it); one freed after ``release_pools`` dropped the
+    pool is never handed back, and stays counted."""
+
+    def __init__(self) -> None:
+        self.pointer_to_data: dict[int, object] = {}
+        self.allocator_and_pools = {"weights": object()}
+        self.pools_alive = True
+        self.released_while_live: list[int] = []
+
+    def release_pools(self) -> None:
+        self.released_while_live.append(len(self.pointer_to_data))
+        self.pools_alive = False
+
+
+class _PooledWeights:
+    def __init__(self, allocator: _PoolsAllocator) -> None:
+        import weakref
+
+        allocator.pointer_to_data[id(self)] = SimpleNamespace(tag="weights", handle=(0, 4 << 20, id(self), None))
+
+        def freed(key: int = id(self)) -> None:
+            if allocator.pools_alive:
+                allocator.pointer_to_data.pop(key, None)
+
+        weakref.finalize(self, freed)
+
+
+def test_vllm_025_releases_the_pools_only_once_the_engine_is_gone(monkeypatch) -> None:
+    """From 0.26 vLLM's Worker.shutdown releases the allocator's pools while the LLM object still holds
+    the model (its LLMEngine keeps it for a finalizer), so the model's blocks freed afterwards stayed:
+    6 MiB, every later engine refused. The shim holds vLLM's release back while the engine stops and
+    releases once every engine object is gone; nothing is left."""
+    import sys
+
+    from rollout_shims.shims.vllm_bands import VLLM025
+
+    allocator = _PoolsAllocator()
+    monkeypatch.setitem(sys.modules, "vllm.device_allocator.cumem",
+                        SimpleNamespace(CuMemAllocator=SimpleNamespace(instance=allocator)))
+    model = _PooledWeights(allocator)
+    core = SimpleNamespace(shutdown=lambda: allocator.release_pools())  # Worker.shutdown's own release
+    llm = SimpleNamespace(llm_engine=SimpleNamespace(engine_core=core, model=model))
+    del model
+    eng = VLLM025.__new__(VLLM025)
+    eng.info = EngineInfo("vllm", "0.26.0", "vllm-0.25", False, "g", "qwen2", 1, "processed")
+    eng._offloaded = False
+    eng._llm = llm
+    del llm
+    eng._shutdown()
+    assert allocator.pointer_to_data == {} and allocator.released_while_live == [0]
+    assert "release_pools" not in vars(allocator)  # vLLM's own method again (atexit calls it too)
+    vllm_memory.refuse_a_new_engine_while_memory_is_held("0.26.0")

@@ -247,12 +247,29 @@ class VLLM025(VLLM013):
         _sym("vllm/device_allocator/cumem.py", "CuMemAllocator.release_pools"),
     )
 
+    def _shutdown(self) -> None:
+        """Hold back vLLM's own pool release while its engine stops: the shim releases the pools once
+        every engine object is gone (``_release_allocator``). From 0.26 ``Worker.shutdown`` releases
+        them (v1/worker/gpu_worker.py:1396-1405 in 0.26.0) while the ``LLM`` still holds the model
+        (``LLMEngine``'s finalizer keeps it for its hook clean-up, v1/engine/llm_engine.py:129), and a
+        block freed after its pool went is never handed back: 6 MiB stayed and refused every later
+        engine (H200, 2026-12-03, 0.26.0; 0.24.0, whose worker does not release, re-created fine)."""
+        allocator = cumem_allocator()
+        if allocator is not None:
+            allocator.release_pools = _held_back  # an instance attribute shadows the method until release
+        try:
+            super()._shutdown()
+        finally:
+            if allocator is not None:
+                allocator.__dict__.pop("release_pools", None)
+
     def _release_allocator(self) -> None:
         """vLLM's own two-phase release (cumem.py:145 in 0.25.0; also run at exit via atexit), so a
         later engine in this process gets the memory back now rather than at exit."""
         allocator = cumem_allocator()
         if allocator is None:
             return
+        allocator.__dict__.pop("release_pools", None)  # held back until now (``_shutdown``)
         with contextlib.suppress(ImportError, AttributeError):  # cached RoPE modules hold pool memory
             from vllm.model_executor.layers import rotary_embedding
 
@@ -264,3 +281,6 @@ class VLLM025(VLLM013):
 
             torch._C._host_emptyCache()  # the pinned CPU copies of sleep level 1
 
+
+def _held_back() -> None:
+    """``CuMemAllocator.release_pools`` while a vLLM 0.25+ engine stops (``VLLM025._shutdown``)."""
