@@ -705,7 +705,7 @@ def test_memory_no_object_explains_is_described_by_the_allocator(monkeypatch) ->
 class _PoolsAllocator:
     """vLLM's sleep-mode allocator as the H200 showed it (0.26.0, 2026-12-03): a block freed while its
     pool lives goes back (``pointer_to_data`` loses it); one freed after ``release_pools`` dropped the
-    pool is never handed back, and stays counted."""
+    pool stays counted (here for good: the shim must not depend on a later ``empty_cache``)."""
 
     def __init__(self) -> None:
         self.pointer_to_data: dict[int, object] = {}
@@ -756,3 +756,44 @@ def test_vllm_025_releases_the_pools_only_once_the_engine_is_gone(monkeypatch) -
     assert allocator.pointer_to_data == {} and allocator.released_while_live == [0]
     assert "release_pools" not in vars(allocator)  # vLLM's own method again (atexit calls it too)
     vllm_memory.refuse_a_new_engine_while_memory_is_held("0.26.0")
+
+
+def test_a_new_engine_is_not_refused_for_blocks_only_torchs_cache_still_holds(monkeypatch) -> None:
+    """vLLM 0.26.0 on the H200 (2026-12-03): the next engine was refused for 6 MiB that no Python
+    object held. A block freed after its pool was released waits in torch's cache, still counted by
+    vLLM's allocator, until ``torch.cuda.empty_cache()`` hands it back through vLLM's free callback.
+    Tensors that only a collection frees (a reference cycle) are therefore followed by one before the
+    count is taken again."""
+    import gc
+    import sys
+    import weakref
+
+    live: dict[int, object] = {}
+    cached: list[int] = []
+    allocator = SimpleNamespace(pointer_to_data=live)
+    monkeypatch.setitem(sys.modules, "vllm.device_allocator.cumem",
+                        SimpleNamespace(CuMemAllocator=SimpleNamespace(instance=allocator)))
+    emptied: list[int] = []
+
+    def empty_cache() -> None:
+        emptied.append(len(cached))
+        while cached:
+            live.pop(cached.pop(), None)
+
+    monkeypatch.setitem(sys.modules, "torch", SimpleNamespace(cuda=SimpleNamespace(
+        is_initialized=lambda: True, empty_cache=empty_cache)))
+
+    class Block:
+        pass
+
+    block = Block()
+    live[id(block)] = SimpleNamespace(tag="weights", handle=(0, 4 << 20, id(block), None))
+    weakref.finalize(block, cached.append, id(block))  # freed into torch's cache, not handed back
+    block.cycle = block
+    del block
+    gc.disable()
+    try:
+        vllm_memory.refuse_a_new_engine_while_memory_is_held("0.26.0")
+    finally:
+        gc.enable()
+    assert live == {} and emptied == [1]

@@ -251,9 +251,10 @@ class VLLM025(VLLM013):
         """Hold back vLLM's own pool release while its engine stops: the shim releases the pools once
         every engine object is gone (``_release_allocator``). From 0.26 ``Worker.shutdown`` releases
         them (v1/worker/gpu_worker.py:1396-1405 in 0.26.0) while the ``LLM`` still holds the model
-        (``LLMEngine``'s finalizer keeps it for its hook clean-up, v1/engine/llm_engine.py:129), and a
-        block freed after its pool went is never handed back: 6 MiB stayed and refused every later
-        engine (H200, 2026-12-03, 0.26.0; 0.24.0, whose worker does not release, re-created fine)."""
+        (``LLMEngine``'s finalizer keeps it for its hook clean-up, v1/engine/llm_engine.py:129); a
+        block freed after its pool went waits in torch's cache, still counted, until an
+        ``empty_cache`` (vllm_memory.empty_cache). 6 MiB stayed and refused every later engine (H200,
+        2026-12-03, 0.26.0; 0.24.0, whose worker does not release, re-created fine)."""
         allocator = cumem_allocator()
         if allocator is not None:
             allocator.release_pools = _held_back  # an instance attribute shadows the method until release

@@ -343,12 +343,7 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
         except Exception:  # best effort: lets a later engine initialise torch.distributed again
             pass
         self._release_allocator()
-        try:
-            import torch
-
-            torch.cuda.empty_cache()
-        except Exception:
-            pass
+        vllm_memory.empty_cache()  # hands back blocks freed after their pool went (vllm_memory says how)
         left = vllm_memory.in_use()
         if not left[0]:
             vllm_memory.stop_tracing()  # nothing left to name: allocations go untraced again

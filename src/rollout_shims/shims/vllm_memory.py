@@ -84,12 +84,27 @@ def refuse_a_new_engine_while_memory_is_held(release: str) -> None:
         return
     gc.unfreeze()  # vLLM freezes the heap after start-up: what is frozen is never collected
     gc.collect()
+    empty_cache()
     left, per_tag = in_use()
     if left:
         raise EngineStateError(
             f"vLLM {release}: an engine shut down earlier in this process still holds {describe(left, per_tag)} of "
             f"vLLM's sleep-mode memory, held by: {held_by()}; vLLM allows one sleep-mode engine per process: start "
             "the new engine in a new process")
+
+
+def empty_cache() -> None:
+    """``torch.cuda.empty_cache()`` where this process has used CUDA. A block freed after its pool was
+    released (vLLM 0.26's ``Worker.shutdown`` releases the pools while the model still lives) waits in
+    torch's cache, still counted by the sleep-mode allocator, until the next ``empty_cache`` hands it
+    back through vLLM's free callback: after every collection that may free engine tensors, one runs.
+    Likely the 6 MiB no object held when vLLM 0.26.0's next engine was refused (H200, 2026-12-03)."""
+    torch = sys.modules.get("torch")
+    try:
+        if torch is not None and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+    except Exception:  # a sticky CUDA error: the count stays what it is, and is reported
+        pass
 
 
 def clear_frames(exc: BaseException | None) -> None:
