@@ -56,3 +56,57 @@ def _alive(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat") as f:  # a zombie awaiting its reaper is dead
         return f.read().split(") ")[-1][0] != "Z"
+
+
+def test_a_mode_that_hangs_after_writing_its_junit_is_ended_after_the_grace(tmp_path: Path, monkeypatch) -> None:
+    """sglang-0.5.13.post1 (H200, 2026-12-03) wrote its JUnit and then hung until the suite's limit;
+    with one process per mode that would cost the next mode all its time. A process still running
+    EXIT_GRACE_S after its JUnit appeared is treated as timed out; one that exits in time is not."""
+    from rollout_matrix.gpu import suite
+
+    monkeypatch.setattr(suite, "EXIT_GRACE_S", 1.5)
+    junit = tmp_path / "junit-graphs.xml"
+    writes_then_hangs = f"open({str(junit)!r}, 'w').write('<testsuites/>'); import time; time.sleep(600)"
+    proc = subprocess.Popen([sys.executable, "-c", writes_then_hangs], start_new_session=True)
+    try:
+        t0 = time.monotonic()
+        assert suite._wait(proc, junit, deadline=time.monotonic() + 60, poll=0.2) is None
+        assert 1.5 <= time.monotonic() - t0 < 20
+    finally:
+        stop_with_stacks(proc, grace=0.5)
+    junit.unlink()
+    exits = f"open({str(junit)!r}, 'w').write('<testsuites/>'); import time; time.sleep(0.5)"
+    proc = subprocess.Popen([sys.executable, "-c", exits], start_new_session=True)
+    assert suite._wait(proc, junit, deadline=time.monotonic() + 60, poll=0.2) == 0
+    slow = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+    try:
+        assert suite._wait(slow, tmp_path / "never.xml", deadline=time.monotonic() + 1, poll=0.2) is None
+    finally:
+        stop_with_stacks(slow, grace=0.5)
+
+
+def test_the_suite_exit_code_of_its_mode_processes() -> None:
+    """A failure in either mode fails the suite (the first one's code); a mode never run leaves it
+    interrupted; "no tests" (a -k that selects none in one mode) counts only when no mode ran any."""
+    from rollout_matrix.gpu.suite import suite_exit_code
+
+    assert suite_exit_code([0, 0]) == 0
+    assert suite_exit_code([1, 0]) == 1 and suite_exit_code([0, -9]) == -9 and suite_exit_code([-11, 1]) == -11
+    assert suite_exit_code([5, 0]) == 0 and suite_exit_code([5, 5]) == 5
+    assert suite_exit_code([0]) == 2 and suite_exit_code([]) == 2 and suite_exit_code([-9]) == -9
+
+
+def test_an_old_stop_flag_does_not_stop_a_suite_run_later(tmp_path: Path, monkeypatch) -> None:
+    """`gpuenv stop` leaves a flag that only a pipeline clears; a suite run alone later asks whether a
+    stop came since it started."""
+    from rollout_matrix.gpu import stop, store
+
+    monkeypatch.setattr(store, "ROOT", tmp_path / "machine")
+    assert not stop.requested() and not stop.requested(since=time.time())
+    stop._flag().parent.mkdir(parents=True, exist_ok=True)
+    stop._flag().write_text("then")
+    old = time.time() - 100
+    os.utime(stop._flag(), (old, old))
+    assert stop.requested() and not stop.requested(since=time.time())
+    stop._flag().write_text("now")
+    assert stop.requested(since=time.time() - 5)

@@ -29,9 +29,14 @@ def _flag() -> Path:
     return store._dirs()["logs"] / STOP_FLAG
 
 
-def requested() -> bool:
-    """Whether ``stop`` ran since the pipeline started (steps not yet started are skipped)."""
-    return _flag().exists()
+def requested(since: float | None = None) -> bool:
+    """Whether ``stop`` ran since the pipeline started (steps not yet started are skipped), or, with
+    ``since`` (a ``time.time()``), since then: a suite run alone (``gpuenv test``) ignores an old flag."""
+    try:
+        written = _flag().stat().st_mtime
+    except FileNotFoundError:
+        return False
+    return since is None or written >= since
 
 
 def clear() -> None:

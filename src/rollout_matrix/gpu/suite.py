@@ -156,35 +156,36 @@ def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = 9
                "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
                "TRANSFORMERS_OFFLINE": "1", "PATH": f"{env / 'bin'}:{os.environ.get('PATH', '')}", **libs, **(sharing or {})}
     started = datetime.now(timezone.utc)
-    t0 = time.monotonic()
-    codes = []
-    with open(out / LOG, "wb") as logf:
-        for mode in MODES:  # one process per mode: a leak into the next engine stays in its mode
-            left = timeout - (time.monotonic() - t0)
-            why = ("" if not codes else "the batch is being stopped" if stop.requested()
-                   else "the run before ended early" if codes[-1] not in (0, 1)
-                   else f"{left:.0f}s left of the suite's limit" if left < MIN_MODE_S else "")
-            if why:
-                log(f"{entry}: {mode} not run: {why}")
-                break
-            codes.append(_pytest(entry, python, out, mode, {**environ, MODES_ENV: mode}, pytest_args, logf, left))
-    merge_junit([out / f"junit-{mode}.xml" for mode in MODES], out / JUNIT)
-    # A mode never run leaves the suite unfinished: pytest's "interrupted" unless a run failed first.
-    code = next((c for c in codes if c != 0), 0 if len(codes) == len(MODES) else INTERRUPTED)
-    try:  # run.json first, then the marker goes: `gpuenv stop` waits for the marker
-        lock = read_lock(store.CHECKOUT / record.lock)
-        run = RunRecord(
-            entry=entry, kind="gpu" if facts.get("cuda_devices") else "cpu", environment="bundle",
-            started=started.isoformat(timespec="seconds"), seconds=round(time.monotonic() - t0, 1), exit_code=code,
-            shim=_shim(described),
-            machine={**facts, **({"gpu_shared_with_parallel_suites": sharing} if sharing else {})},
-            pytest_args=list(pytest_args or []),
-            lock={"path": record.lock, "sha256": record.lock_sha256, "inputs_hash": lock.header.inputs_hash,
-                  "packages": len(lock.versions)},
-        )
-        run.write(out)
+    t0, since = time.monotonic(), time.time()
+    codes: list[int] = []
+    try:
+        with open(out / LOG, "wb") as logf:
+            for mode in MODES:  # one process per mode: a leak into the next engine stays in its mode
+                left = timeout - (time.monotonic() - t0)
+                why = ("" if not codes else "the batch is being stopped" if stop.requested(since)
+                       else f"pytest could not run (exit {codes[-1]})" if codes[-1] in (3, 4)
+                       else f"{left:.0f}s left of the suite's limit" if left < MIN_MODE_S else "")
+                if why:
+                    log(f"{entry}: {mode} not run: {why}")
+                    break
+                codes.append(_pytest(entry, python, out, mode, {**environ, MODES_ENV: mode}, pytest_args, logf, left))
+        merge_junit([out / f"junit-{mode}.xml" for mode in MODES], out / JUNIT)
     finally:
-        (out / stop.RUNNING).unlink(missing_ok=True)
+        code = suite_exit_code(codes)
+        try:  # run.json first, then the marker goes: `gpuenv stop` waits for the marker
+            lock = read_lock(store.CHECKOUT / record.lock)
+            run = RunRecord(
+                entry=entry, kind="gpu" if facts.get("cuda_devices") else "cpu", environment="bundle",
+                started=started.isoformat(timespec="seconds"), seconds=round(time.monotonic() - t0, 1),
+                exit_code=code, shim=_shim(described),
+                machine={**facts, **({"gpu_shared_with_parallel_suites": sharing} if sharing else {})},
+                pytest_args=list(pytest_args or []),
+                lock={"path": record.lock, "sha256": record.lock_sha256, "inputs_hash": lock.header.inputs_hash,
+                      "packages": len(lock.versions)},
+            )
+            run.write(out)
+        finally:
+            (out / stop.RUNNING).unlink(missing_ok=True)
     log(f"{entry}: pytest exited {code} after {run.seconds}s")
     return code
 
@@ -193,8 +194,23 @@ MODES = ("graphs", "eager")
 """The engine modes of tests/engine, one pytest process each (``MODES_ENV``; tests/engine/conftest.py)."""
 MODES_ENV = "ROLLOUT_MATRIX_ENGINE_MODES"
 MIN_MODE_S = 60
-INTERRUPTED = 2  # pytest's exit code for a session cut short
 """A mode's process is not started with less time left than this (it could not start an engine)."""
+INTERRUPTED, NO_TESTS = 2, 5  # pytest's exit codes: a session cut short; nothing collected
+EXIT_GRACE_S = 240
+"""How long a mode's pytest may run on once its JUnit file is written: its exit waits for the GPU
+lock (up to 190 s seen while three suites start engines), anything longer is a hang (sglang-0.5.13.post1,
+2026-12-03: 250 s after its JUnit), ended with its stacks so the next mode still gets its time."""
+
+
+def suite_exit_code(codes: list[int]) -> int:
+    """The suite's exit code from its mode processes' (in order): the first failure; "no tests" only
+    when no process ran any; interrupted when a mode never ran."""
+    failed = [c for c in codes if c not in (0, NO_TESTS)]
+    if failed:
+        return failed[0]
+    if len(codes) < len(MODES):
+        return INTERRUPTED
+    return NO_TESTS if codes and all(c == NO_TESTS for c in codes) else 0
 
 
 def _pytest(entry: str, python: Path, out: Path, mode: str, environ: dict[str, str], pytest_args: list[str] | None,
@@ -211,11 +227,11 @@ def _pytest(entry: str, python: Path, out: Path, mode: str, environ: dict[str, s
     proc = subprocess.Popen(cmd, cwd=store.CHECKOUT, env=environ, stdout=logf, stderr=subprocess.STDOUT,
                             start_new_session=True)
     stop.record(out, proc.pid, cmd)  # until run.json is written: `gpuenv stop` waits for it
-    try:
-        code = proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
+    code = _wait(proc, out / f"junit-{mode}.xml", time.monotonic() + timeout)
+    if code is None:
         code = stop_with_stacks(proc)
-        log(f"{entry}: {mode} timed out; the Python stacks of pytest at that moment are at the end of its part of {LOG}")
+        log(f"{entry}: {mode} timed out or hung after its JUnit; the Python stacks of pytest at that moment are at "
+            f"the end of its part of {LOG}")
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)  # engine children pytest left behind
     if code != 0:
@@ -253,3 +269,18 @@ def run_script(entry: str, command: str, timeout: int = 300) -> int:
     marker.unlink(missing_ok=True)
     log(f"{entry}: python {command} exited {code}")
     return code
+
+
+def _wait(proc: subprocess.Popen, junit: Path, deadline: float, poll: float = 2.0) -> int | None:
+    """``proc``'s exit code, or None once ``deadline`` passed or ``EXIT_GRACE_S`` after ``junit``
+    appeared without an exit."""
+    written: float | None = None
+    while True:
+        now = time.monotonic()
+        if written is None and junit.exists():
+            written = now
+        end = min(deadline, written + EXIT_GRACE_S) if written is not None else deadline
+        if now >= end:
+            return None
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            return proc.wait(timeout=min(poll, end - now))
