@@ -34,7 +34,7 @@ from rollout_matrix.gpu import stop, store, waiting
 from rollout_matrix.gpu.install import install
 from rollout_matrix.gpu.pipeline import Plan, auto_parallel, check_steps, collect, pipeline, probe
 from rollout_matrix.gpu.store import log, receive, status
-from rollout_matrix.gpu.suite import run_suite
+from rollout_matrix.gpu.suite import SUITE_TIMEOUT_S, run_suite
 
 
 def _parallel(text: str) -> int:
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                         "process, see `probe`, else 1)")
     p.add_argument("--memory-fraction", type=float, default=None,
                    help="each suite's engines' share of GPU memory (default 0.4 alone, 0.8/N with --parallel N)")
-    p.add_argument("--suite-timeout", type=_positive, default=900, help="seconds one suite may run")
+    p.add_argument("--suite-timeout", type=_positive, default=SUITE_TIMEOUT_S, help="seconds one suite may run")
     p.add_argument("--script-timeout", type=_positive, default=300, help="seconds one ENTRY=SCRIPT step may run")
     p.add_argument("--keep-envs", action="store_true",
                    help="keep each venv after its entry's steps (default: removed, the disk holds few at once)")

@@ -19,7 +19,7 @@ from rollout_matrix.evidence.results import RUN_JSON, RunRecord
 from rollout_matrix.gpu import disk, stop, store, waiting
 from rollout_matrix.gpu.lockenv import STAMP
 from rollout_matrix.gpu.store import complete, log, manifests
-from rollout_matrix.gpu.suite import matrix_entry, query, run_script, run_suite
+from rollout_matrix.gpu.suite import SUITE_TIMEOUT_S, matrix_entry, query, run_script, run_suite
 
 STOPPED = 3
 """A step's code when ``gpuenv stop`` came before it started."""
@@ -32,7 +32,7 @@ class Plan:
     wait: int = 1500
     parallel: int = 1
     memory_fraction: float | None = None
-    suite_timeout: int = 900
+    suite_timeout: int = SUITE_TIMEOUT_S
     script_timeout: int = 300
     keep_envs: bool = False
 

@@ -125,7 +125,13 @@ def stop_with_stacks(proc: subprocess.Popen, grace: float = STACKS_GRACE_S) -> i
     return -9
 
 
-def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = 900,
+SUITE_TIMEOUT_S = 1200
+"""A suite's limit, both mode processes together: three suites sharing the H200 took 480-774 s as one
+process (2026-12-03, lock waits up to 255 s each); two processes add their start-ups, and a hang after a
+JUnit is cut at ``EXIT_GRACE_S`` anyway."""
+
+
+def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = SUITE_TIMEOUT_S,
               sharing: dict[str, str] | None = None) -> int:
     """tests/engine in the entry's venv: JUnit, log and run.json under ``results/<entry>/``.
 
