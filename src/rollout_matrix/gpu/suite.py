@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rollout_matrix.errors import UserError
+from rollout_matrix.evidence.band_status import MODES
 from rollout_matrix.evidence.results import JUNIT, LOG, RunRecord, merge_junit
 from rollout_matrix.gpu import stop, store, syslibs
 from rollout_matrix.gpu.install import install
@@ -168,14 +169,11 @@ def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = S
         with open(out / LOG, "wb") as logf:
             for mode in MODES:  # one process per mode: a leak into the next engine stays in its mode
                 left = timeout - (time.monotonic() - t0)
-                why = ("" if not codes else "the batch is being stopped" if stop.requested(since)
-                       else f"pytest could not run (exit {codes[-1]})" if codes[-1] in (3, 4)
-                       else f"{left:.0f}s left of the suite's limit" if left < MIN_MODE_S else "")
-                if why:
+                if why := _why_not(codes, left, since):
                     log(f"{entry}: {mode} not run: {why}")
                     break
                 codes.append(_pytest(entry, python, out, mode, {**environ, MODES_ENV: mode}, pytest_args, logf, left))
-        merge_junit([out / f"junit-{mode}.xml" for mode in MODES], out / JUNIT)
+        merge_junit([_junit(out, mode) for mode in MODES], out / JUNIT)
     finally:
         code = suite_exit_code(codes)
         try:  # run.json first, then the marker goes: `gpuenv stop` waits for the marker
@@ -196,9 +194,8 @@ def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = S
     return code
 
 
-MODES = ("graphs", "eager")
-"""The engine modes of tests/engine, one pytest process each (``MODES_ENV``; tests/engine/conftest.py)."""
 MODES_ENV = "ROLLOUT_MATRIX_ENGINE_MODES"
+"""The engine modes (``MODES``) one pytest process of tests/engine runs (tests/engine/conftest.py)."""
 MIN_MODE_S = 60
 """A mode's process is not started with less time left than this (it could not start an engine)."""
 INTERRUPTED, NO_TESTS = 2, 5  # pytest's exit codes: a session cut short; nothing collected
@@ -206,6 +203,23 @@ EXIT_GRACE_S = 240
 """How long a mode's pytest may run on once its JUnit file is written: its exit waits for the GPU
 lock (up to 190 s seen while three suites start engines), anything longer is a hang (sglang-0.5.13.post1,
 2026-12-03: 250 s after its JUnit), ended with its stacks so the next mode still gets its time."""
+
+
+def _why_not(codes: list[int], left: float, since: float) -> str:
+    """Why the next mode's process is not started after the processes that ended with ``codes`` ("":
+    it is), with ``left`` seconds of the suite's limit and the suite started at ``since``."""
+    if not codes:
+        return ""
+    if stop.requested(since):
+        return "the batch is being stopped"
+    if codes[-1] in (3, 4):  # pytest's internal and usage errors: the next process meets them too
+        return f"pytest could not run (exit {codes[-1]})"
+    return f"{left:.0f}s left of the suite's limit" if left < MIN_MODE_S else ""
+
+
+def _junit(out: Path, mode: str) -> Path:
+    """The JUnit file of ``mode``'s process (merged into ``out/junit.xml`` once both ran)."""
+    return out / f"junit-{mode}.xml"
 
 
 def suite_exit_code(codes: list[int]) -> int:
@@ -224,7 +238,7 @@ def _pytest(entry: str, python: Path, out: Path, mode: str, environ: dict[str, s
     """One pytest process of tests/engine for ``mode``: its JUnit in ``junit-<mode>.xml``, its output
     appended to the suite's log; ended with its stacks (``stop_with_stacks``) past ``timeout``."""
     cmd = [str(python), "-m", "pytest", str(store.CHECKOUT / "tests" / "engine"), "-s", "-v", "-p", "no:cacheprovider",
-           f"--junitxml={out / f'junit-{mode}.xml'}", "-o", f"junit_suite_name={entry}-{mode}",
+           f"--junitxml={_junit(out, mode)}", "-o", f"junit_suite_name={entry}-{mode}",
            "-o", "junit_family=xunit1", "--rootdir", str(store.CHECKOUT), *(pytest_args or [])]
     log(f"{entry}: {MODES_ENV}={mode} {' '.join(cmd[1:])}")
     logf.write(f"\n===== {entry}: {MODES_ENV}={mode} =====\n".encode())
@@ -233,7 +247,7 @@ def _pytest(entry: str, python: Path, out: Path, mode: str, environ: dict[str, s
     proc = subprocess.Popen(cmd, cwd=store.CHECKOUT, env=environ, stdout=logf, stderr=subprocess.STDOUT,
                             start_new_session=True)
     stop.record(out, proc.pid, cmd)  # until run.json is written: `gpuenv stop` waits for it
-    code = _wait(proc, out / f"junit-{mode}.xml", time.monotonic() + timeout)
+    code = _wait(proc, _junit(out, mode), time.monotonic() + timeout)
     if code is None:
         code = stop_with_stacks(proc)
         log(f"{entry}: {mode} timed out or hung after its JUnit; the Python stacks of pytest at that moment are at "
