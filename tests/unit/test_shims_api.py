@@ -363,13 +363,20 @@ def test_vllm_refuses_a_new_engine_while_an_earlier_one_holds_sleep_memory(monke
 
 
 class _Weights:
-    """Stands for a tensor in vLLM's sleep-mode allocator: registered while alive, gone once freed."""
+    """Stands for a tensor in vLLM's sleep-mode allocator: registered while alive, gone once freed
+    (when ``handed_back()`` says the allocator gets the block back at that moment)."""
 
-    def __init__(self, allocator: SimpleNamespace) -> None:
+    def __init__(self, allocator: Any, handed_back: Any = lambda: True) -> None:
         import weakref
 
-        allocator.pointer_to_data[id(self)] = SimpleNamespace(tag="weights", handle=(0, 4 << 20, id(self), None))
-        weakref.finalize(self, allocator.pointer_to_data.pop, id(self), None)
+        key = id(self)
+        allocator.pointer_to_data[key] = SimpleNamespace(tag="weights", handle=(0, 4 << 20, key, None))
+
+        def freed() -> None:
+            if handed_back():
+                allocator.pointer_to_data.pop(key, None)
+
+        weakref.finalize(self, freed)
 
 
 def _failing_vllm(monkeypatch, allocator: SimpleNamespace, start, release: str = "0.26.0") -> VLLM085:
@@ -718,19 +725,6 @@ class _PoolsAllocator:
         self.pools_alive = False
 
 
-class _PooledWeights:
-    def __init__(self, allocator: _PoolsAllocator) -> None:
-        import weakref
-
-        allocator.pointer_to_data[id(self)] = SimpleNamespace(tag="weights", handle=(0, 4 << 20, id(self), None))
-
-        def freed(key: int = id(self)) -> None:
-            if allocator.pools_alive:
-                allocator.pointer_to_data.pop(key, None)
-
-        weakref.finalize(self, freed)
-
-
 def test_vllm_025_releases_the_pools_only_once_the_engine_is_gone(monkeypatch) -> None:
     """From 0.26 vLLM's Worker.shutdown releases the allocator's pools while the LLM object still holds
     the model (its LLMEngine keeps it for a finalizer), so the model's blocks freed afterwards stayed:
@@ -743,7 +737,7 @@ def test_vllm_025_releases_the_pools_only_once_the_engine_is_gone(monkeypatch) -
     allocator = _PoolsAllocator()
     monkeypatch.setitem(sys.modules, "vllm.device_allocator.cumem",
                         SimpleNamespace(CuMemAllocator=SimpleNamespace(instance=allocator)))
-    model = _PooledWeights(allocator)
+    model = _Weights(allocator, handed_back=lambda: allocator.pools_alive)
     core = SimpleNamespace(shutdown=lambda: allocator.release_pools())  # Worker.shutdown's own release
     llm = SimpleNamespace(llm_engine=SimpleNamespace(engine_core=core, model=model))
     del model

@@ -249,14 +249,8 @@ def traced_holders(limit: int = 4) -> list[str]:
     spans = _spans()
     if not spans:
         return []
-    try:
-        import torch
-
-        snapshot = torch.cuda.memory._snapshot()
-    except Exception:
-        return []
     found = []
-    for segment in snapshot.get("segments", []):
+    for segment in _segments():
         if not any(start <= segment["address"] < start + size for start, size in spans):
             continue
         for block in segment.get("blocks", []):
@@ -299,17 +293,12 @@ def _bytecode_hooks() -> dict:
 
 def span_states(limit: int = 4) -> list[str]:
     """What torch's allocator holds at each span no Python object or recorded stack explains: "2 MiB
-    at 0x...: a segment of pool (1, 2), no block allocated" (a pool kept alive caches it) or "... not a
-    segment of torch's allocator" (released without vLLM's free callback)."""
+    at 0x...: a segment of pool (1, 2), 0 bytes of it allocated, its MemPool held by ..." (a pool kept
+    alive caches it) or "... not a segment of torch's allocator" (released without vLLM's free callback)."""
     spans = _spans()
     if not spans:
         return []
-    try:
-        import torch
-
-        segments = torch.cuda.memory._snapshot().get("segments", [])
-    except Exception:
-        return []
+    segments = _segments()
     found = []
     for start, size in spans[:limit]:
         segment = next((s for s in segments if s["address"] <= start < s["address"] + s["total_size"]), None)
@@ -321,6 +310,17 @@ def span_states(limit: int = 4) -> list[str]:
         pool = tuple(segment.get("segment_pool_id", ()))
         found.append(where + f"a segment of pool {pool}, {active} bytes of it allocated, {_pool_keeper(pool)}")
     return found
+
+
+def _segments() -> list[dict]:
+    """The segments of torch's CUDA allocator (``torch.cuda.memory._snapshot()``); none where torch
+    cannot say (no CUDA, or a torch without snapshots)."""
+    try:
+        import torch
+
+        return torch.cuda.memory._snapshot().get("segments", [])
+    except Exception:
+        return []
 
 
 def _pool_keeper(pool: tuple) -> str:
