@@ -19,6 +19,8 @@ from pathlib import Path
 
 CONFIG_ENV = "SGLANG_LOGGING_CONFIG_PATH"
 _ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)|AssertionError)\b.*")
+_WATCHDOG_LINE = re.compile(r"Subprocess \S+ \(pid=(\d+)\) crashed with exit code (-?\d+)")
+"""What SGLang's ``SubprocessWatchdog`` (0.5.10+) logs in the caller's process before it SIGQUITs it."""
 
 
 def last_error_line(text: str) -> str:
@@ -32,6 +34,12 @@ def last_error_line(text: str) -> str:
         if "error" in line.lower() and "can be ignored" not in line:
             return line[:500]
     return ""
+
+
+def crashed_children(text: str) -> dict[int, int]:
+    """pid -> exit status of each engine child SGLang's watchdog reported as crashed. The watchdog
+    reaps the child as it looks, so after its SIGQUIT this line is the only record of how it ended."""
+    return {int(pid): int(code) for pid, code in _WATCHDOG_LINE.findall(text)}
 
 
 class EngineLog:
@@ -72,6 +80,12 @@ class EngineLog:
             return last_error_line(self.path.read_text(errors="replace"))
         except OSError:
             return ""
+
+    def crashed_children(self) -> dict[int, int]:
+        try:
+            return crashed_children(self.path.read_text(errors="replace"))
+        except OSError:
+            return {}
 
     def close(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

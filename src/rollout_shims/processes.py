@@ -93,21 +93,29 @@ class OwnedProcesses:
             self._owned[child.pid] = child
             self._names[child.pid] = name
 
+    def ended(self) -> tuple[int, int | None] | None:
+        """The first owned process that has ended, with its exit status while it can still be read
+        (None once another waiter reaped it: SGLang's own watchdog polls its children too)."""
+        import psutil
+
+        for pid, proc in list(self._owned.items()):
+            try:
+                gone = proc.status() == psutil.STATUS_ZOMBIE or not proc.is_running()
+            except psutil.NoSuchProcess:
+                gone = True
+            if gone:
+                return pid, peek_exit(pid)
+        return None
+
     def watch(self, on_exit: Callable[[int, str], None], interval: float = 0.5) -> None:
         """Call ``on_exit(pid, how)`` (from a daemon thread) for the first owned process that ends
         before :meth:`stop`; then stop watching."""
-        import psutil
-
         def loop() -> None:
             while not self._stopping.wait(interval):
-                for pid, proc in list(self._owned.items()):
-                    try:
-                        gone = proc.status() == psutil.STATUS_ZOMBIE or not proc.is_running()
-                    except psutil.NoSuchProcess:
-                        gone = True
-                    if gone and not self._stopping.is_set():
-                        on_exit(pid, describe_exit(peek_exit(pid)))
-                        return
+                ended = self.ended()
+                if ended is not None and not self._stopping.is_set():
+                    on_exit(ended[0], describe_exit(ended[1]))
+                    return
 
         self._thread = threading.Thread(target=loop, name="rollout-shims-engine-watch", daemon=True)
         self._thread.start()

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from rollout_shims.engine_log import CONFIG_ENV, EngineLog, last_error_line
+from rollout_shims.engine_log import CONFIG_ENV, EngineLog, crashed_children, last_error_line
 
 TRACEBACK = """[2026-11-29 17:34:01 Process-1] Scheduler hit an exception: Traceback (most recent call last):
   File "/x/sglang/srt/managers/scheduler.py", line 2628, in run_scheduler_process
@@ -45,3 +45,13 @@ def test_the_config_goes_to_sglang_only_and_is_removed_again(tmp_path, monkeypat
     assert log.last_error() == "KeyError: 'weights'"
     log.close()
     assert not log.dir.exists()
+
+
+def test_the_watchdogs_crash_lines_give_each_childs_exit_status() -> None:
+    text = ("[2026-12-03 14:04:36 MainProcess] Subprocess scheduler_0 (pid=13739) crashed with exit code -9. "
+            "Triggering SIGQUIT for cleanup...\n"
+            "[2026-12-03 14:04:37 MainProcess] Subprocess detokenizer (pid=13741) crashed with exit code 1. "
+            "Triggering SIGQUIT for cleanup...\n"
+            "[2026-12-03 14:04:38 Process-1] Scheduler (pid=13739) crashed\n")
+    assert crashed_children(text) == {13739: -9, 13741: 1}
+    assert crashed_children(TRACEBACK) == {}

@@ -91,3 +91,47 @@ def test_watch_is_silent_when_the_shim_itself_stops_the_engine(spawned) -> None:
                                             (-9, "was killed by SIGKILL"), (None, "ended (exit status unknown)")])
 def test_describe_exit(code: int | None, text: str) -> None:
     assert describe_exit(code) == text
+
+
+def test_ended_reads_the_exit_status_until_another_waiter_reaps_the_child(spawned) -> None:
+    owned = OwnedProcesses.start_watching()
+    victim, other = spawned(), spawned()
+    owned.capture()
+    assert owned.ended() is None
+    victim.send_signal(signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while owned.ended() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert owned.ended() == (victim.pid, -9)
+    victim.wait()  # what SGLang's SubprocessWatchdog does with proc.is_alive() before its SIGQUIT
+    assert owned.ended() == (victim.pid, None)
+    owned.stop(timeout=5)
+    assert not gone_or_alive(other)
+
+
+def test_a_sigquit_failure_names_the_child_sglangs_watchdog_saw_die(spawned, tmp_path) -> None:
+    """GPU run 2026-12-03 (sglang 0.5.14, eager): SGLang's watchdog reaped the SIGKILLed scheduler and
+    SIGQUIT the caller before the shim's watch thread looked; the failure said "the engine process
+    reported a failure (SIGQUIT)" instead of naming the scheduler and its SIGKILL."""
+    from rollout_shims.engine_log import EngineLog
+    from rollout_shims.errors import EngineFailedError
+    from rollout_shims.shims.sglang_base import SGLangEngine
+
+    owned = OwnedProcesses.start_watching()
+    victim, other = spawned(), spawned()
+    owned.capture()
+    victim_name = psutil.Process(victim.pid).name()
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    log = EngineLog("info")
+    # the watchdog's line as the H200 run logged it (sglang-0.5.14/pytest.log), with this victim's pid
+    log.path.write_text(f"[2026-12-03 13:52:47 MainProcess] Subprocess scheduler_0 (pid={victim.pid}) crashed "
+                        "with exit code -9. Triggering SIGQUIT for cleanup...\n")
+    engine = SGLangEngine.__new__(SGLangEngine)
+    engine._label, engine._owned, engine._log, engine._failure = "sglang 0.5.14 (shim sglang-0.5.14)", owned, log, None
+    engine._dead = ("engine", "reported a failure (SIGQUIT)")  # what _on_sigquit records
+    failure = engine._failed()
+    assert isinstance(failure, EngineFailedError)
+    assert (failure.process, failure.how) == (victim_name, "was killed by SIGKILL")
+    assert not gone_or_alive(other)  # the engine's other processes are stopped
+    log.close()

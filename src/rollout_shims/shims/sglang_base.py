@@ -26,7 +26,7 @@ from rollout_shims.errors import EngineFailedError, EngineRequestError, EngineSt
 from rollout_shims.mapping import SGLANG_ARGS, SGLANG_FIXED, ArgRule, engine_kwargs
 from rollout_shims.multicast import turn_off_multicast
 from rollout_shims.outputs import int_list
-from rollout_shims.processes import OwnedProcesses
+from rollout_shims.processes import OwnedProcesses, describe_exit
 from rollout_shims.sharing import SGLANG_LOADER
 from rollout_shims.shims.sglang_groups import SGLangGroups
 from rollout_shims.shims.sglang_weights import SGLangWeights
@@ -241,10 +241,28 @@ class SGLangEngine(SGLangGroups, SGLangWeights, RolloutEngine):
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(loop.stop)
 
+    def _ended_child(self) -> tuple[str, str] | None:
+        """The engine process that has ended and how, or None while all still run.
+
+        SGLang's watchdog (every 1 s) and the shim's watch thread (every 0.5 s) both poll the
+        children; when SGLang's sees a SIGKILLed scheduler first, its SIGQUIT marks the engine dead
+        and it has reaped the child, so the exit status is read back from its log line (H200,
+        2026-12-03: 3 of the 5 kill-scheduler runs of one hold went this way).
+        """
+        ended = self._owned.ended()
+        if ended is None:
+            return None
+        pid, code = ended
+        if code is None:
+            code = self._log.crashed_children().get(pid)
+        return self._owned.name(pid).removeprefix("sglang::"), describe_exit(code)
+
     def _failed(self) -> EngineFailedError:
         """The failure as an exception, once: the engine's processes are stopped at this point."""
         if self._failure is None:
             process, how = self._dead or ("engine", "stopped answering")
+            if process == "engine":  # a SIGQUIT: name the process whose end it reports, if one ended
+                process, how = self._ended_child() or (process, how)
             self._owned.stop(timeout=5)
             self._failure = EngineFailedError(self._label, process, how, self._log.last_error())
         return self._failure
