@@ -109,13 +109,40 @@ def test_ended_reads_the_exit_status_until_another_waiter_reaps_the_child(spawne
     assert not gone_or_alive(other)
 
 
+def _sglang_engine_after_sigquit(owned: OwnedProcesses, log):
+    """An SGLang shim as ``_on_sigquit`` leaves it (no engine needed to build a failure)."""
+    from rollout_shims.shims.sglang_base import SGLangEngine
+
+    engine = SGLangEngine.__new__(SGLangEngine)
+    engine._label, engine._owned, engine._log, engine._failure = "sglang 0.5.14 (shim sglang-0.5.14)", owned, log, None
+    engine._dead = ("engine", "reported a failure (SIGQUIT)")
+    return engine
+
+
+def test_a_child_that_reported_its_failure_and_exited_0_is_not_called_a_clean_exit(spawned) -> None:
+    """A scheduler that hits an exception logs it, SIGQUITs the caller and exits with 0."""
+    from rollout_shims.engine_log import EngineLog
+
+    owned = OwnedProcesses.start_watching()
+    reporter = spawned([sys.executable, "-c", "import time; time.sleep(0.5)"])
+    owned.capture()
+    deadline = time.monotonic() + 10
+    while owned.ended() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log = EngineLog("info")
+    log.path.write_text("KeyError: 'kv_cache'\n")
+    failure = _sglang_engine_after_sigquit(owned, log)._failed()
+    assert failure.how == "reported a failure (SIGQUIT), then exited" and failure.last_error == "KeyError: 'kv_cache'"
+    assert reporter.wait() == 0
+    log.close()
+
+
 def test_a_sigquit_failure_names_the_child_sglangs_watchdog_saw_die(spawned, tmp_path) -> None:
     """GPU run 2026-12-03 (sglang 0.5.14, eager): SGLang's watchdog reaped the SIGKILLed scheduler and
     SIGQUIT the caller before the shim's watch thread looked; the failure said "the engine process
     reported a failure (SIGQUIT)" instead of naming the scheduler and its SIGKILL."""
     from rollout_shims.engine_log import EngineLog
     from rollout_shims.errors import EngineFailedError
-    from rollout_shims.shims.sglang_base import SGLangEngine
 
     owned = OwnedProcesses.start_watching()
     victim, other = spawned(), spawned()
@@ -127,10 +154,7 @@ def test_a_sigquit_failure_names_the_child_sglangs_watchdog_saw_die(spawned, tmp
     # the watchdog's line as the H200 run logged it (sglang-0.5.14/pytest.log), with this victim's pid
     log.path.write_text(f"[2026-12-03 13:52:47 MainProcess] Subprocess scheduler_0 (pid={victim.pid}) crashed "
                         "with exit code -9. Triggering SIGQUIT for cleanup...\n")
-    engine = SGLangEngine.__new__(SGLangEngine)
-    engine._label, engine._owned, engine._log, engine._failure = "sglang 0.5.14 (shim sglang-0.5.14)", owned, log, None
-    engine._dead = ("engine", "reported a failure (SIGQUIT)")  # what _on_sigquit records
-    failure = engine._failed()
+    failure = _sglang_engine_after_sigquit(owned, log)._failed()
     assert isinstance(failure, EngineFailedError)
     assert (failure.process, failure.how) == (victim_name, "was killed by SIGKILL")
     assert not gone_or_alive(other)  # the engine's other processes are stopped

@@ -255,7 +255,10 @@ class SGLangEngine(SGLangGroups, SGLangWeights, RolloutEngine):
         pid, code = ended
         if code is None:
             code = self._log.crashed_children().get(pid)
-        return self._owned.name(pid).removeprefix("sglang::"), describe_exit(code)
+        # A scheduler that hit an exception SIGQUITs the caller itself, then exits with 0 (SGLang 0.5.3 -
+        # 0.5.23): "exited with code 0" alone would read as no failure at all.
+        how = "reported a failure (SIGQUIT), then exited" if code == 0 else describe_exit(code)
+        return self._owned.name(pid).removeprefix("sglang::"), how
 
     def _failed(self) -> EngineFailedError:
         """The failure as an exception, once: the engine's processes are stopped at this point."""
