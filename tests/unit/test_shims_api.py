@@ -752,6 +752,29 @@ def test_vllm_025_releases_the_pools_only_once_the_engine_is_gone(monkeypatch) -
     vllm_memory.refuse_a_new_engine_while_memory_is_held("0.26.0")
 
 
+def test_vllm_shutdown_keeps_no_reference_to_the_engine_core_while_it_releases(monkeypatch) -> None:
+    """Up to 0.21 ``Worker.shutdown`` frees nothing (vllm/v1/worker/gpu_worker.py:887-891 in 0.12.0): the
+    in-process engine core still holds the model. The shim's shutdown once kept the core in a local
+    while it released the allocator and counted what was left, so the whole model counted as left over
+    (a false "a new engine will be refused" warning, a wrong sleep_memory_left_after_shutdown_mib)."""
+    import sys
+
+    from rollout_shims.shims.vllm_bands import VLLM012
+
+    allocator = SimpleNamespace(pointer_to_data={}, allocator_and_pools={})
+    monkeypatch.setitem(sys.modules, "vllm.device_allocator.cumem",
+                        SimpleNamespace(CuMemAllocator=SimpleNamespace(instance=allocator)))
+    core = SimpleNamespace(model=_Weights(allocator), shutdown=lambda: None)  # 0.12.0: frees nothing
+    eng = VLLM012.__new__(VLLM012)
+    eng.info = EngineInfo("vllm", "0.12.0", "vllm-0.12", False, "g", "qwen2", 1, "processed")
+    eng._offloaded = False
+    eng._llm = SimpleNamespace(llm_engine=SimpleNamespace(engine_core=core))
+    del core
+    eng._shutdown()
+    assert eng.info.details["sleep_memory_left_after_shutdown_mib"] == 0
+    assert allocator.pointer_to_data == {}
+
+
 def test_a_new_engine_is_not_refused_for_blocks_only_torchs_cache_still_holds(monkeypatch) -> None:
     """vLLM 0.26.0 on the H200 (2026-12-03): the next engine was refused for 6 MiB that no Python
     object held. A block freed after its pool was released waits in torch's cache, still counted by

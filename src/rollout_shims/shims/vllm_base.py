@@ -29,7 +29,7 @@ from rollout_shims.mapping import VLLM_ARGS, VLLM_FIXED, engine_kwargs
 from rollout_shims.multicast import NO_MULTICAST, turn_off_multicast
 from rollout_shims.outputs import int_list, sampled_logprobs
 from rollout_shims.sharing import SharedBucket
-from rollout_shims.shims import vllm_memory
+from rollout_shims.shims import vllm_compiled, vllm_memory
 from rollout_shims.shims.vllm_groups import TORCH_GROUP_SYMBOLS, VLLMGroups
 from rollout_shims.shims.vllm_worker import load_shared_in_worker, load_weights_in_worker, runner_module
 from rollout_shims.symbols import Symbol, required_problems
@@ -136,17 +136,18 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
 
     def _start(self, kwargs: dict[str, Any]) -> Any:
         """``vllm.LLM(**kwargs)``, leaving nothing in the sleep-mode allocator that outlives the engine:
-        library tensors made on the GPU at import go to the CPU, the compiled model's bytecode hooks are
-        noted (and dropped at release), and a failed start clears its error's frames (message and line
-        numbers stay) and releases its memory as at shutdown (H200, 2026-12-03: 23 starts refused)."""
+        library tensors made on the GPU at import go to the CPU, what compiling the model adds to torch's
+        process-wide caches is noted (and dropped at release: vllm_compiled), and a failed start clears
+        its error's frames (message and line numbers stay) and releases its memory as at shutdown (H200,
+        2026-12-03: 23 starts refused)."""
         from vllm import LLM
 
         if kwargs.get("tensor_parallel_size", 1) * kwargs.get("pipeline_parallel_size", 1) == 1:
             vllm_memory.start_tracing()  # the sleep-mode allocator is this process's only with one GPU
         self._caller_distributed = _distributed_initialized()
-        self._engine_hooks: set[int] = set()  # released with the engine: they hold its model
+        self._compiled = vllm_compiled.EngineCompileCaches()  # released with the engine: they hold its model
         try:
-            with vllm_memory.engine_bytecode_hooks(self._engine_hooks):
+            with vllm_compiled.noted(self._compiled):
                 llm = LLM(**kwargs)
         except BaseException as exc:
             vllm_memory.clear_frames(exc)
@@ -316,9 +317,7 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
     def _shutdown(self) -> None:
         llm = self.__dict__.pop("_llm", None)
         if llm is not None:
-            core = getattr(llm.llm_engine, "engine_core", None)
-            if core is not None and hasattr(core, "shutdown"):
-                core.shutdown()
+            _stop_engine_core(llm)
             del llm
         left, per_tag = self._release_engine_memory()
         self.info.details["sleep_memory_left_after_shutdown_mib"] = round(left / 2**20, 1)
@@ -331,7 +330,8 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
         """What shutdown and a failed start share once no engine object is left: collect it, tear
         down torch.distributed, release the allocator's pools; returns what the sleep-mode allocator
         still holds (``vllm_memory.in_use()``)."""
-        vllm_memory.remove_bytecode_hooks(self.__dict__.pop("_engine_hooks", ()))
+        if compiled := self.__dict__.pop("_compiled", None):
+            vllm_compiled.release(compiled)
         gc.unfreeze()  # vLLM's start-up freezes the heap (gc.freeze): frozen cycles are never collected
         gc.collect()
         try:
@@ -365,6 +365,16 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
         if module.startswith("vllm.v1.worker.gpu_model_runner"):
             return "v1"
         return module or None
+
+
+def _stop_engine_core(llm: Any) -> None:
+    """Shut down the V1 engine core, if there is one, without keeping a reference to it: the in-process
+    core holds the workers, model and KV cache, and up to 0.21 ``Worker.shutdown`` frees none of them
+    (vllm/v1/worker/gpu_worker.py:863-865 in 0.11.2), so a caller's local would keep them alive through
+    the release that follows."""
+    core = getattr(llm.llm_engine, "engine_core", None)
+    if core is not None and hasattr(core, "shutdown"):
+        core.shutdown()
 
 
 def _distributed_initialized() -> bool:

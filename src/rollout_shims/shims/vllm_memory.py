@@ -11,12 +11,10 @@ vLLM is imported only when a process already has it (``sys.modules``), never by 
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
 import sys
 import traceback
-from collections.abc import Iterable, Iterator
 from typing import Any
 
 from rollout_shims.errors import EngineStateError
@@ -262,33 +260,6 @@ def traced_holders(limit: int = 4) -> list[str]:
             if len(found) >= limit:
                 return found
     return found
-
-
-@contextlib.contextmanager
-def engine_bytecode_hooks(found: set[int]) -> Iterator[None]:
-    """Collect into ``found`` the ids of the Dynamo bytecode hooks registered inside the block (also
-    when it raises). vLLM's compiled model registers one, a bound method of the model
-    (``torch._dynamo.convert_frame.register_bytecode_hook(self.bytecode_hook)``, vllm/compilation/wrapper.py),
-    in a process-wide dict that nothing empties before 0.24 (vLLM 0.24 added ``LLMEngine._cleanup_instance_caches``):
-    the model, its weights and their sleep-mode memory outlive the engine (H200, 2026-12-03, vLLM 0.22.0,
-    CUDA graphs: 4 MiB held by VocabParallelEmbedding and RMSNorm weights; the next engine refused)."""
-    before = set(_bytecode_hooks())
-    try:
-        yield
-    finally:
-        found.update(set(_bytecode_hooks()) - before)
-
-
-def remove_bytecode_hooks(ids: Iterable[int]) -> int:
-    """Drop the hooks ``engine_bytecode_hooks`` found (those still registered); how many were dropped."""
-    hooks = _bytecode_hooks()
-    return sum(hooks.pop(i, None) is not None for i in list(ids))
-
-
-def _bytecode_hooks() -> dict:
-    module = sys.modules.get("torch._dynamo.convert_frame")  # never imported here: no compiled model either
-    hooks = getattr(module, "_bytecode_hooks", None)
-    return hooks if isinstance(hooks, dict) else {}
 
 
 def span_states(limit: int = 4) -> list[str]:

@@ -1,0 +1,88 @@
+"""What torch.compile keeps for the process after a vLLM engine is gone, and that the shim drops it.
+
+Predicted from vLLM 0.11.2 / 0.12.0 and torch 2.9.0's sources before their first GPU run (both compile
+through plain Dynamo: ``VLLM_USE_AOT_COMPILE`` is off before torch 2.10): the backend cached in
+``torch._dynamo.eval_frame.cached_backends`` holds the KV cache through vLLM's config, and the compiled
+entry on the model's forward holds the weights; re-creating an engine would then be refused.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import weakref
+from types import SimpleNamespace
+
+import pytest
+
+from rollout_shims.shims import vllm_compiled
+
+
+def _engine_start(torch, compiled_model):
+    """Builds and runs one compiled model as ``LLM()`` would; returns weakrefs to its weights and KV cache."""
+    kv_cache = torch.zeros(1000)
+    config = SimpleNamespace(static_forward_context={"layers.0.attn": SimpleNamespace(kv_cache=[kv_cache])})
+    model = compiled_model.Model(config)
+    model(torch.randn(2, 8))
+    return weakref.ref(model.lin.weight), weakref.ref(kv_cache)
+
+
+def test_the_engines_compile_caches_go_and_the_callers_stay() -> None:
+    torch = pytest.importorskip("torch", reason="the caches are torch's (torch._dynamo)")
+    compiled_model = pytest.importorskip("compiled_model", reason="tests/unit on sys.path (pytest rootdir)")
+    callers = torch.compile(lambda x: x + 1, backend=lambda gm, inputs: gm)  # the trainer's own function
+    assert callers(torch.ones(2)).tolist() == [2.0, 2.0]
+    backends_before = set(torch._dynamo.eval_frame.cached_backends)
+
+    found = vllm_compiled.EngineCompileCaches()
+    with vllm_compiled.noted(found):
+        weight, kv_cache = _engine_start(torch, compiled_model)
+    gc.collect()
+    assert weight() is not None and kv_cache() is not None, "torch keeps both after the engine's objects are gone"
+    assert found.hooks and found.backends and found.code
+
+    vllm_compiled.release(found)
+    gc.collect()
+    assert weight() is None, "the weights outlived the engine (the compiled entry still holds them)"
+    assert kv_cache() is None, "the KV cache outlived the engine (the cached backend still holds it)"
+    assert backends_before <= set(torch._dynamo.eval_frame.cached_backends), "a caller's backend was dropped"
+    assert callers(torch.ones(2)).tolist() == [2.0, 2.0]
+
+
+def test_without_torch_loaded_there_is_nothing_to_note_or_drop(monkeypatch) -> None:
+    """No torch module in the process (vLLM not imported yet): noting and releasing do nothing."""
+    for name in ("torch._dynamo.convert_frame", "torch._dynamo.eval_frame"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    found = vllm_compiled.EngineCompileCaches()
+    with vllm_compiled.noted(found):
+        pass
+    assert found == vllm_compiled.EngineCompileCaches()
+    assert vllm_compiled.release(found) == 0
+
+
+def test_a_start_that_raises_is_noted_and_released_too(monkeypatch) -> None:
+    """Stand-ins with torch's shapes (a dict of hooks, a dict of backends, remove_from_cache)."""
+    hooks: dict[int, object] = {1: print}
+    backends: dict[int, object] = {10: object()}
+    removed: list[object] = []
+    monkeypatch.setitem(sys.modules, "torch._dynamo.convert_frame", SimpleNamespace(_bytecode_hooks=hooks))
+    monkeypatch.setitem(sys.modules, "torch._dynamo.eval_frame",
+                        SimpleNamespace(cached_backends=backends, remove_from_cache=removed.append))
+
+    class Wrapper:
+        def forward(self) -> None:
+            return None
+
+        def original_code_object(self) -> object:
+            return Wrapper.forward.__code__
+
+        def bytecode_hook(self, old: object, new: object) -> None:
+            return None
+
+    found = vllm_compiled.EngineCompileCaches()
+    with pytest.raises(RuntimeError), vllm_compiled.noted(found):
+        hooks[2] = Wrapper().bytecode_hook
+        backends[11] = object()
+        raise RuntimeError("CUDA out of memory")
+    assert vllm_compiled.release(found) == 2
+    assert list(hooks) == [1] and list(backends) == [10] and removed == [Wrapper.forward.__code__]
