@@ -57,11 +57,13 @@ def default_cumem(environ: Any = None) -> str:
     (written before the engine starts, so its processes inherit it) and in the trainer's.
 
     Why: NCCL's peers must agree on it, or the first broadcast fails (SkyRL#143: vLLM sets 0, the
-    trainer did not). The engines' own choice is 0 where they make one: SGLang 0.4.x always writes 0
-    (entrypoints/engine.py:479 in 0.4.6.post5), 0.5.x writes 0 when it is unset (:1898-1907 in 0.5.23),
-    vLLM 0.8.5 writes 0 on import (env_override.py); later vLLM leaves NCCL's default. A value set in
-    the environment is kept, so a job that sets it sets it for both ends (SGLang 0.4.x and vLLM 0.8.5
-    overwrite it with 0 all the same). Returns the value in force."""
+    trainer did not). The engines' own choice is 0 where they make one: SGLang up to 0.5.4 always writes
+    it, 0 unless ``enable_symm_mem`` (entrypoints/engine.py:479 in 0.4.6.post5, :674 in 0.5.3, :672 in
+    0.5.4), 0.5.5 and later only when it is unset (:686 in 0.5.5.post3, :1898-1907 in 0.5.23), vLLM 0.8.5
+    writes 0 on import (env_override.py); later vLLM leaves NCCL's default. A value set in the
+    environment is kept, so a job that sets it sets it for both ends (SGLang up to 0.5.4 and vLLM 0.8.5
+    overwrite it with 0 all the same; the engine's ``info.details["nccl_cumem_enable"]`` says what it
+    left). Returns the value in force."""
     env = os.environ if environ is None else environ
     return env.setdefault(NCCL_CUMEM, "0")
 
