@@ -159,3 +159,21 @@ def test_a_sigquit_failure_names_the_child_sglangs_watchdog_saw_die(spawned, tmp
     assert (failure.process, failure.how) == (victim_name, "was killed by SIGKILL")
     assert not gone_or_alive(other)  # the engine's other processes are stopped
     log.close()
+
+
+@pytest.mark.parametrize(("message", "how"), [
+    # sglang 0.5.23, entrypoints/engine.py:2002-2010 (_scheduler_died_error), with a SIGKILLed scheduler
+    ("Rank 0 scheduler died during initialization (exit code: -9). If exit code is -9 (SIGKILL), a common cause is "
+     "the OS OOM killer. Run `dmesg -T | grep -i oom` to check.", "was killed by SIGKILL during start-up"),
+    ("Rank 1 scheduler died during initialization (exit code: 1). If exit code is -9 (SIGKILL), ...",
+     "exited with code 1 during start-up"),
+    ("Rank 0 scheduler died during initialization (exit code: None). If exit code ...",
+     "ended (exit status unknown) during start-up"),
+    ("Initialization failed. Please see the error messages above.", "failed during start-up"),  # :2031-2033
+    ("CUDA error: out of memory", None),
+])
+def test_sglang_saying_its_scheduler_died_at_start_is_an_engine_failure(message: str, how: str | None) -> None:
+    from rollout_shims.shims.sglang_base import _scheduler_died_at_start
+
+    assert _scheduler_died_at_start(RuntimeError(message)) == how
+    assert _scheduler_died_at_start(ValueError(message)) is None

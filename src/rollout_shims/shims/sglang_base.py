@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -48,6 +49,27 @@ running batch until its next loop turn (sglang-0.5.17 on the H200, 2026-12-03: "
 because there are pending requests. #queue-req: 0, #running-req: 6", then success=False). slime asks
 again the same way; newer SGLang defers a flush itself, but only through the tokenizer manager's
 ``flush_cache(timeout_s)``, which ``Engine.flush_cache()`` does not pass."""
+
+
+_SCHEDULER_DIED = re.compile(r"scheduler died during initialization \(exit code: (-?\d+|None)\)")
+
+
+def _scheduler_died_at_start(exc: BaseException) -> str | None:
+    """How the scheduler ended, when ``exc`` is SGLang saying it died while the engine started.
+
+    Newer SGLang polls its schedulers while it waits for them (``_wait_for_scheduler_ready``,
+    entrypoints/engine.py:2002-2042 in 0.5.23) and raises a ``RuntimeError`` naming the exit code, or
+    "Initialization failed" when one reported a failure: a scheduler killed by the OOM killer at start-up
+    would otherwise reach the caller as a plain RuntimeError, not the engine failure the API promises."""
+    if not isinstance(exc, RuntimeError):
+        return None
+    text = str(exc)
+    if found := _SCHEDULER_DIED.search(text):
+        code = None if found.group(1) == "None" else int(found.group(1))
+        return f"{describe_exit(code)} during start-up"
+    if text.startswith("Initialization failed"):
+        return "failed during start-up"
+    return None
 
 
 def _sym(path: str, qualname: str, *params: str, dist: str = "sglang", feature: str | None = None) -> Symbol:
@@ -142,6 +164,8 @@ class SGLangEngine(SGLangGroups, SGLangWeights, RolloutEngine):
             self._release_engine(engine)
             if isinstance(exc, (EngineFailedError, EOFError)):
                 raise EngineFailedError(self._label, "engine", "failed during start-up", last_error) from None
+            if died := _scheduler_died_at_start(exc):
+                raise EngineFailedError(self._label, "scheduler", died, last_error) from None
             raise
         finally:
             engine_module.kill_process_tree = kill
