@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rollout_matrix.bundles.gpubatch import SECONDS_PER_PART, ZSTD_RATIO, plan, render, targets
+import pytest
+
+from rollout_matrix.bundles.gpubatch import ZSTD_RATIO, plan, render, suites_end, targets
 from rollout_matrix.matrix.load import load_matrix
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,7 +41,7 @@ def test_a_batch_groups_entries_by_cuda_line_and_counts_shared_files_once() -> N
         return 100 << 20, True
 
     chosen = [matrix.get(n) for n in ("vllm-0.33.0", "sglang-0.5.17", "vllm-0.24.0")]
-    lines = plan(matrix, "3.12", size_of, chosen, parts_per_hold=10_000, proven={})
+    lines = plan(matrix, "3.12", size_of, chosen, proven={}).lines
     assert [(line.torch, [e.name for e in line.entries]) for line in lines] == [
         ("2.11.0", ["sglang-0.5.17", "vllm-0.24.0"]), ("2.14.0", ["vllm-0.33.0"])]
     locks = ROOT / "docker" / "locks"
@@ -47,10 +49,10 @@ def test_a_batch_groups_entries_by_cuda_line_and_counts_shared_files_once() -> N
     assert "torch==2.11.0" in union and asked.count("torch==2.11.0") == 1  # shared: sized once for the line
     assert lines[0].wheel_bytes == len(union) * (100 << 20)
     assert lines[1].wheel_bytes == len(_pins(locks / "vllm-0.33.0-py3.12.txt")) * (100 << 20)
-    text = render(lines, {"vllm-0.24.0": ["eager"]})
+    text = render(plan(matrix, "3.12", size_of, chosen, proven={}), {"vllm-0.24.0": ["eager"]})
     assert text[0].startswith("cu130 torch 2.11.0: 2 entries, ") and "  vllm-0.24.0  (proven: eager only)" in text
     proven = {"sglang-0.5.17": ["graphs", "eager"], "vllm-0.24.0": ["eager"]}  # proven in one mode: still sought
-    later = plan(matrix, "3.12", lambda n, v, s: (100 << 20, True), chosen, proven=proven)
+    later = plan(matrix, "3.12", lambda n, v, s: (100 << 20, True), chosen, proven=proven).lines
     assert [[e.name for e in line.entries] for line in later] == [["vllm-0.24.0"], ["vllm-0.33.0"]]
 
 
@@ -61,42 +63,56 @@ def test_what_the_machine_lends_is_priced_at_nothing_by_name_and_version() -> No
     chosen = [matrix.get("sglang-0.5.17")]
     pins = _pins(ROOT / "docker" / "locks" / "sglang-0.5.17-py3.12.txt")
     lent = {"torch": "2.11.0", "triton": "3.6.0", "numpy": "0.0.1"}  # numpy: not the lock's version
-    (line,) = plan(matrix, "3.12", lambda n, v, s: (100 << 20, True), chosen, parts_per_hold=10_000, lent=lent,
-                   proven={})
+    (line,) = plan(matrix, "3.12", lambda n, v, s: (100 << 20, True), chosen, lent=lent, proven={}).lines
     assert {"torch==2.11.0", "triton==3.6.0"} <= pins and any(p.startswith("numpy==") for p in pins)
     assert line.wheel_bytes == (len(pins) - 2) * (100 << 20)
     small = 100 << 10  # a wheel under 1 MiB travels whole even when lent (bundle's floor)
-    (line,) = plan(matrix, "3.12", lambda n, v, s: (small, True), chosen, parts_per_hold=10_000, lent=lent,
-                   proven={})
+    (line,) = plan(matrix, "3.12", lambda n, v, s: (small, True), chosen, lent=lent, proven={}).lines
     assert line.wheel_bytes == len(pins) * small
 
 
-def test_a_line_is_cut_into_holds_in_entry_order_by_parts_and_count() -> None:
-    """A hold takes what one 30-minute machine can carry and run: the entries' parts together (shared
-    pins once) within the limit, and at most so many entries; an entry too large alone gets its own."""
+def test_suites_start_as_their_entries_complete_and_share_three_places() -> None:
+    """The fifth H200 hold of 2026-12-03 as the model sees it: the machine answered after 105 s, parts
+    came every 8.4 s; four vLLM suites of 450 s complete after parts 58, 65, 105 and 111 (.gpu/e1's
+    order). The first three start as they complete (592.2, 651.0, 987.0 s); the fourth waits for the
+    first place to free (592.2 + 450 = 1042.2 s) and ends at 1492.2 s."""
+    times = {"start_s": 105, "seconds_per_part": 8.4, "suite_s": {"vllm": 450, "sglang": 700}, "parallel": 3}
+    assert suites_end([58, 65, 105, 111], ["vllm"] * 4, **times) == pytest.approx(1492.2)
+    assert suites_end([10], ["sglang"], **times) == pytest.approx(105 + 84 + 700)
+    assert suites_end([10, 10], ["vllm", "vllm"], **{**times, "parallel": 1}) == pytest.approx(189 + 900)
+
+
+def test_holds_take_entries_across_lines_while_every_suite_still_ends_in_time() -> None:
+    """Entries go into holds in line order; one joins while the last suite would end by the limit, and
+    each hold's parts count the pins its entries share once (an entry's number is the parts after which
+    it is complete)."""
     import math
 
     matrix = load_matrix(ROOT / "matrix.yaml")
     locks = ROOT / "docker" / "locks"
-    names = ["sglang-0.5.12.post1", "sglang-0.5.13.post1", "sglang-0.5.14", "vllm-0.22.0", "vllm-0.24.0"]
+    names = ["vllm-0.22.0", "vllm-0.24.0", "vllm-0.33.0"]  # torch 2.11, 2.11, 2.14: two lines, no .debs
     pins = {n: _pins(locks / f"{n}-py3.12.txt") for n in names}
-    mib = 8  # per pin: parts = ceil(pins * 8 MiB * ZSTD_RATIO / 58 MiB), the shared pins once
+    mib = 40  # per pin: parts = ceil(pins * 40 MiB * ZSTD_RATIO / 58 MiB), the shared pins once
 
     def parts(*entries: str) -> int:
         return math.ceil(len(set().union(*(pins[e] for e in entries))) * mib * ZSTD_RATIO / 58)
 
-    limit = parts(*names[:2])  # the first two fit together; the third's own pins push a hold over
-    assert parts(*names[:3]) > limit
-    (line,) = plan(matrix, "3.12", lambda n, v, s: (mib << 20, True), [matrix.get(n) for n in names],
-                   parts_per_hold=limit, entries_per_hold=2, proven={})
-    holds = [[e.name for e in hold.entries] for hold in line.holds]
-    assert [name for hold in holds for name in hold] == names  # order kept, every entry once
-    assert holds[0] == names[:2] and all(1 <= len(h) <= 2 for h in holds)
-    assert all(hold.parts == parts(*(e.name for e in hold.entries)) for hold in line.holds)
-    assert all(hold.parts <= limit for hold in line.holds if len(hold.entries) > 1)
-    text = render([line], {})
-    assert text[1] == f"  hold 1: 2 entries, {limit} parts ({limit * SECONDS_PER_PART / 60:.1f} min of calls)"
-    assert text[2:4] == ["    sglang-0.5.12.post1", "    sglang-0.5.13.post1"]
+    chosen = [matrix.get(n) for n in names]
+    roomy = plan(matrix, "3.12", lambda n, v, s: (mib << 20, True), chosen, proven={}, hold_s=10_000)
+    (hold,) = roomy.holds
+    assert [e.name for e in hold.entries] == names
+    assert hold.ready_parts == [parts(*names[:1]), parts(*names[:2]), parts(*names)]
+    assert hold.end_s == pytest.approx(suites_end(hold.ready_parts, ["vllm"] * 3))
+    two = suites_end(hold.ready_parts[:2], ["vllm"] * 2)
+    assert two < hold.end_s  # the third entry's suite ends last: a limit between the two leaves it out
+    cut = (two + hold.end_s) / 2
+    tight = plan(matrix, "3.12", lambda n, v, s: (mib << 20, True), chosen, proven={}, hold_s=cut)
+    assert [[e.name for e in h.entries] for h in tight.holds] == [names[:2], names[2:]]
+    assert tight.holds[1].ready_parts == [parts(names[2])]
+    text = render(tight, {})
+    assert text[-3].startswith(f"hold 1: {parts(*names[:2])} parts, suites end near ")
+    assert text[-3].endswith(f"vllm-0.22.0 ({parts(names[0])}), vllm-0.24.0 ({parts(*names[:2])})")
+    assert text[-1].startswith("3 entries in 2 holds")
 
 
 def _deb_sizes(pinned: Path) -> dict[str, int]:
@@ -113,9 +129,10 @@ def test_a_line_whose_entries_need_system_libraries_carries_their_debs_once() ->
     """vllm-0.25.0 and 0.26.0 both need ffmpeg: the pinned set is counted once for the line, as shipped
     (not zstd-compressed); a line of SGLang entries carries only libnuma1's set."""
     matrix = load_matrix(ROOT / "matrix.yaml")
-    lines = plan(matrix, "3.12", lambda name, version, shas: (0, True),
-                 [matrix.get(n) for n in ("vllm-0.25.0", "vllm-0.26.0")])
+    batch = plan(matrix, "3.12", lambda name, version, shas: (0, True),
+                 [matrix.get(n) for n in ("vllm-0.25.0", "vllm-0.26.0")], proven={})
+    lines = batch.lines
     ffmpeg = _deb_sizes(ROOT / "docker" / "syslibs" / "ffmpeg-bookworm-amd64.txt")
     assert len(ffmpeg) > 50 and lines[0].deb_bytes == sum(ffmpeg.values())
     assert lines[0].parts == -(-sum(ffmpeg.values()) // (58 << 20))
-    assert "MiB of it system libraries" in render(lines, {})[0]
+    assert "MiB of it system libraries" in render(batch, {})[0]

@@ -5,7 +5,9 @@ Why: a GPU machine is held for 30 minutes at most and everything reaches it in p
 8.4 s of device time each, so a batch is planned by what it ships. Entries of one CUDA line (a stack
 and a torch) share torch and the NVIDIA libraries, most of their bytes: carried together they cross
 once. ``rollout-matrix gpu-batch`` prints, per line, the entries still to prove and the parts they
-need together (from the lock files' sizes, exact where the wheels are in the bundle cache).
+need together (from the lock files' sizes, exact where the wheels are in the bundle cache), then the
+holds that carry them: as many entries, lines in stack order, as still let every suite end in time,
+suites running while later parts travel (:func:`suites_end`, from measured times).
 
 Which entries GPU evidence is sought for (the targets): the oldest and newest installable release of
 every shim band, the newest of every (band, torch) pair, and the releases an engine lists under
@@ -38,12 +40,35 @@ wheels (752 files of 14 entries, SGLang 0.5.12 - 0.5.23, vLLM 0.22 - 0.33, bundl
 SECONDS_PER_PART = 8.4
 """Device time per part when calls follow each other: 8.3-8.6 s over 108 calls on 2026-12-03 (each
 call also collecting the results), 5.5 s on 2026-11-29 and 2026-12-02 (calls that only received)."""
-PARTS_PER_HOLD = 86
-"""What one 30-minute hold takes and still runs its suites: 86 parts are 12 minutes of calls after a
-start of about 1.5; suites start as their entries complete, three at a time, 8-9.5 minutes each
-(2026-12-03: sglang-0.5.17 470 s, vllm-0.24.0 562 s), so the last ends near minute 29."""
-ENTRIES_PER_HOLD = 5
-"""Two waves of three suites at a time fit beside the transfer; a sixth entry would start a third."""
+HOLD_S = 1800
+"""A machine goes back after 30 minutes held, and a session has 30 minutes of device time."""
+START_S = 105
+"""Held time at the first call's reply, the machine's start included (105 s on 2026-12-03, fifth hold)."""
+END_MARGIN_S = 120
+"""Kept free at the end of a hold: the last ``collect`` and the give-back."""
+SUITE_S = {"sglang": 700, "vllm": 450}
+"""One suite (both modes) while three share the H200: SGLang 599-774 s, vLLM 396-442 s (2026-12-03,
+fifth hold; engine starts take turns on the GPU lock, so a fourth suite would mostly wait)."""
+PARALLEL = 3
+"""Suites at a time (``gpuenv pipeline --parallel auto`` on the H200)."""
+
+
+def suites_end(ready_parts: list[int], engines: list[str], *, start_s: float = START_S,
+               seconds_per_part: float = SECONDS_PER_PART, suite_s: dict[str, float] | None = None,
+               parallel: int = PARALLEL) -> float:
+    """When the last suite ends, in seconds of the hold, for entries that complete after
+    ``ready_parts[i]`` parts: ``pipeline`` starts each entry's suite, in order, once its last part has
+    arrived and one of ``parallel`` places is free. Why: suites run while later parts still travel, so a
+    hold can carry more parts than fit before the first suite would start."""
+    suite_s = suite_s or SUITE_S
+    free = [0.0] * parallel
+    end = 0.0
+    for part, engine in zip(ready_parts, engines, strict=True):
+        place = min(range(parallel), key=free.__getitem__)
+        start = max(start_s + part * seconds_per_part, free[place])
+        free[place] = start + suite_s[engine]
+        end = max(end, free[place])
+    return end
 
 
 def targets(matrix: Matrix) -> list[Entry]:
@@ -79,10 +104,15 @@ def proven_modes(root: Path) -> dict[str, list[str]]:
 
 @dataclass(frozen=True)
 class Hold:
-    """Entries of one line that one 30-minute hold carries (one bundle) and runs."""
+    """Entries that one 30-minute hold carries (one bundle, lines in stack order) and runs."""
 
     entries: list[Entry]
-    parts: int
+    ready_parts: list[int]  # entry i is complete after this many parts (the bundle's order)
+    end_s: float  # when its last suite ends (suites_end)
+
+    @property
+    def parts(self) -> int:
+        return self.ready_parts[-1]
 
 
 @dataclass(frozen=True)
@@ -95,7 +125,6 @@ class Line:
     wheel_bytes: int
     exact: bool  # every size came from the local cache
     deb_bytes: int = 0  # the pinned .deb sets of the entries' system_packages (shipped as published)
-    holds: tuple[Hold, ...] = ()  # the line cut into what one hold carries and runs, in entry order
 
     @property
     def payload_bytes(self) -> float:
@@ -121,24 +150,31 @@ def lock_files(matrix: Matrix, entry: Entry, python: str) -> dict[str, tuple[str
     return {h.removeprefix("sha256:"): (p.name, p.version) for p in pins for h in p.hashes}
 
 
+@dataclass(frozen=True)
+class Batch:
+    """What is left to prove, by CUDA line, and the holds that carry it."""
+
+    lines: list[Line]
+    holds: list[Hold]
+
+
 def plan(matrix: Matrix, python: str, size_of: Callable[[str, str, set[str]], tuple[int, bool]],
-         entries: Iterable[Entry] | None = None, parts_per_hold: int = PARTS_PER_HOLD,
-         entries_per_hold: int = ENTRIES_PER_HOLD, lent: dict[str, str] | None = None,
-         proven: dict[str, list[str]] | None = None) -> list[Line]:
+         entries: Iterable[Entry] | None = None, lent: dict[str, str] | None = None,
+         proven: dict[str, list[str]] | None = None, hold_s: float = HOLD_S - END_MARGIN_S) -> Batch:
     """Entries not yet proven in both modes (of ``entries``, default :func:`targets`), grouped by CUDA line
-    in stack order, each line cut into holds (in entry order, while the parts of the hold's entries
-    together and their count stay within the limits); ``size_of(name, version, allowed sha256s)`` gives
-    a pin's wheel size and whether it is exact. ``lent``: name -> version the machine has installed
-    (``bundle --borrow``), priced at nothing from 1 MiB (``borrow.MIN_WHEEL_BYTES``); by name and version,
-    where ``bundle`` decides by the files.
+    in stack order, and packed into holds in that order: an entry joins the current hold while every
+    suite would still end by ``hold_s`` (:func:`suites_end`), else it starts the next (alone it always
+    fits a hold). ``size_of(name, version, allowed sha256s)`` gives a pin's wheel size and whether it is
+    exact. ``lent``: name -> version the machine has installed (``bundle --borrow``), priced at nothing
+    from 1 MiB (``borrow.MIN_WHEEL_BYTES``); by name and version, where ``bundle`` decides by the files.
     ``proven``: entry -> modes of its committed GPU evidence (default: read from the checkout)."""
     if proven is None:
         proven = proven_modes(matrix.path.parent)
     todo = [e for e in (entries if entries is not None else targets(matrix))
             if set(proven.get(e.name, ())) != set(MODES)]
-    lines: dict[tuple[str, str], list[Entry]] = {}
+    grouped: dict[tuple[str, str], list[Entry]] = {}
     for entry in todo:
-        lines.setdefault((entry.stack.name, entry.torch or ""), []).append(entry)
+        grouped.setdefault((entry.stack.name, entry.torch or ""), []).append(entry)
     sized: dict[tuple[str, str], tuple[int, bool]] = {}  # pin -> size_of's answer, asked once per pin
     files: dict[str, dict[str, tuple[str, str]]] = {}  # entry -> its lock's files, read once per entry
 
@@ -163,20 +199,23 @@ def plan(matrix: Matrix, python: str, size_of: Callable[[str, str, set[str]], tu
         wheel_bytes, _, deb_bytes = carried(members)
         return parts_for(wheel_bytes, deb_bytes)
 
-    out = []
-    for (stack, torch), members in lines.items():
+    def hold_of(members: list[Entry]) -> Hold:
+        ready = [parts_of(members[:n + 1]) for n in range(len(members))]
+        return Hold(members, ready, suites_end(ready, [e.engine for e in members]))
+
+    lines = []
+    for (stack, torch), members in grouped.items():
         wheel_bytes, exact, deb_bytes = carried(members)
-        holds: list[Hold] = []
-        for entry in members:
-            if holds and len(holds[-1].entries) < entries_per_hold:
-                grown = [*holds[-1].entries, entry]
-                if (parts := parts_of(grown)) <= parts_per_hold:
-                    holds[-1] = Hold(grown, parts)
-                    continue
-            holds.append(Hold([entry], parts_of([entry])))
-        out.append(Line(stack, torch, members, wheel_bytes, exact, deb_bytes, tuple(holds)))
+        lines.append(Line(stack, torch, members, wheel_bytes, exact, deb_bytes))
     order = list(dict.fromkeys(e.stack.name for e in matrix))
-    return sorted(out, key=lambda line: (order.index(line.stack), Version(line.torch or "0")))
+    lines.sort(key=lambda line: (order.index(line.stack), Version(line.torch or "0")))
+    holds: list[Hold] = []
+    for entry in (e for line in lines for e in line.entries):
+        if holds and (grown := hold_of([*holds[-1].entries, entry])).end_s <= hold_s:
+            holds[-1] = grown
+        else:
+            holds.append(hold_of([entry]))
+    return Batch(lines, holds)
 
 
 def cached_or_indexed(cache: Path, python: str) -> Callable[[str, str, set[str]], tuple[int, bool]]:
@@ -204,27 +243,22 @@ def _size(n: int) -> str:
     return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
 
-def render(lines: list[Line], proven: dict[str, list[str]]) -> list[str]:
-    """The printed plan: a line per CUDA line, an indented line per entry."""
-    if not lines:
+def render(batch: Batch, proven: dict[str, list[str]]) -> list[str]:
+    """The printed plan: a line per CUDA line with an indented line per entry, then the holds."""
+    if not batch.lines:
         return ["every target entry has GPU evidence in both modes"]
     out = []
-    for line in lines:
+    for line in batch.lines:
         approx = "" if line.exact else "~"
         out.append(f"{line.stack} torch {line.torch}: {len(line.entries)} entries, {approx}{line.parts} parts "
                    f"({approx}{line.payload_bytes / 2**30:.2f} GiB, {approx}{line.minutes:.1f} min of calls"
                    + (f"; {_size(line.deb_bytes)} of it system libraries" if line.deb_bytes else "") + ")")
-        for number, hold in enumerate(line.holds or (Hold(line.entries, line.parts),), start=1):
-            if len(line.holds) > 1:
-                out.append(f"  hold {number}: {len(hold.entries)} entries, {approx}{hold.parts} parts "
-                           f"({approx}{hold.parts * SECONDS_PER_PART / 60:.1f} min of calls)")
-            for entry in hold.entries:
-                have = proven.get(entry.name)
-                out.append(f"{'    ' if len(line.holds) > 1 else '  '}{entry.name}"
-                           + (f"  (proven: {', '.join(have)} only)" if have else ""))
-    total = sum(line.parts for line in lines)
-    holds = sum(len(line.holds) or 1 for line in lines)
-    out.append(f"{sum(len(line.entries) for line in lines)} entries, {total} parts if every line is carried alone "
-               f"(lines share few files: torch and the NVIDIA libraries differ per line); {holds} holds of one "
-               f"H200 at {PARTS_PER_HOLD} parts and {ENTRIES_PER_HOLD} entries at most each")
+        for entry in line.entries:
+            have = proven.get(entry.name)
+            out.append(f"  {entry.name}" + (f"  (proven: {', '.join(have)} only)" if have else ""))
+    for number, hold in enumerate(batch.holds, start=1):
+        out.append(f"hold {number}: {hold.parts} parts, suites end near {hold.end_s / 60:.0f} min: "
+                   + ", ".join(f"{e.name} ({part})" for e, part in zip(hold.entries, hold.ready_parts, strict=True)))
+    out.append(f"{sum(len(line.entries) for line in batch.lines)} entries in {len(batch.holds)} holds of one H200 "
+               f"(an entry's number: the parts after which it is complete; lines in one hold share few files)")
     return out

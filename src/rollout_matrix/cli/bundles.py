@@ -52,8 +52,8 @@ def cmd_gpu_batch(args: argparse.Namespace, matrix: Matrix) -> int:
         from rollout_matrix.bundles.borrow import read_inventory
 
         lent = {name: version for name, (version, _) in read_inventory(Path(args.borrow)).items()}
-    lines = plan(matrix, args.python, cached_or_indexed(default_cache(), args.python), entries, lent=lent)
-    print("\n".join(render(lines, proven_modes(matrix.path.parent))))
+    batch = plan(matrix, args.python, cached_or_indexed(default_cache(), args.python), entries, lent=lent)
+    print("\n".join(render(batch, proven_modes(matrix.path.parent))))
     return 0
 
 
