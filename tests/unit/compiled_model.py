@@ -38,3 +38,12 @@ class Model(torch.nn.Module):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self._compiled(x)
+
+
+class OldModel(Model):
+    """vLLM 0.9.2's form (vllm/compilation/wrapper.py:56): ``original_code_object`` is an attribute that
+    holds the code object, not a method."""
+
+    def __init__(self, config: object) -> None:
+        super().__init__(config)
+        self.original_code_object = self.__class__.forward.__code__

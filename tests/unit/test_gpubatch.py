@@ -102,7 +102,6 @@ def test_holds_take_entries_across_lines_while_every_suite_still_ends_in_time() 
     (hold,) = roomy.holds
     assert [e.name for e in hold.entries] == names
     assert hold.ready_parts == [parts(*names[:1]), parts(*names[:2]), parts(*names)]
-    assert hold.end_s == pytest.approx(suites_end(hold.ready_parts, ["vllm"] * 3))
     two = suites_end(hold.ready_parts[:2], ["vllm"] * 2)
     assert two < hold.end_s  # the third entry's suite ends last: a limit between the two leaves it out
     cut = (two + hold.end_s) / 2

@@ -173,7 +173,43 @@ def test_a_sigquit_failure_names_the_child_sglangs_watchdog_saw_die(spawned, tmp
     ("CUDA error: out of memory", None),
 ])
 def test_sglang_saying_its_scheduler_died_at_start_is_an_engine_failure(message: str, how: str | None) -> None:
-    from rollout_shims.shims.sglang_base import _scheduler_died_at_start
+    from rollout_shims.shims.sglang_failure import scheduler_died_at_start
 
-    assert _scheduler_died_at_start(RuntimeError(message)) == how
-    assert _scheduler_died_at_start(ValueError(message)) is None
+    assert scheduler_died_at_start(RuntimeError(message)) == how
+    assert scheduler_died_at_start(ValueError(message)) is None
+
+
+def test_the_child_sglangs_watchdog_named_wins_over_one_that_ended_first(spawned) -> None:
+    """Two engine processes gone by the time the failure is built: the one SGLang's watchdog reported
+    (here the second captured, SIGKILLed) is named, not the first one that ended."""
+    from rollout_shims.engine_log import EngineLog
+
+    owned = OwnedProcesses.start_watching()
+    first, second = spawned(), spawned()
+    owned.capture()
+    second_name = psutil.Process(second.pid).name()
+    first.send_signal(signal.SIGTERM)
+    first.wait()
+    second.send_signal(signal.SIGKILL)
+    second.wait()
+    log = EngineLog("info")
+    log.path.write_text(f"[x MainProcess] Subprocess scheduler_0 (pid={second.pid}) crashed with exit code -9. "
+                        "Triggering SIGQUIT for cleanup...\n")
+    failure = _sglang_engine_after_sigquit(owned, log)._failed()
+    assert (failure.process, failure.how) == (second_name, "was killed by SIGKILL")
+    log.close()
+
+
+def test_a_child_reaped_without_a_watchdog_line_is_not_given_an_exit_status(spawned) -> None:
+    """SGLang's watchdog reaps a child that exited with 0 and logs nothing: the status is unknown, and
+    after a SIGQUIT that child most likely reported its failure and exited."""
+    from rollout_shims.engine_log import EngineLog
+
+    owned = OwnedProcesses.start_watching()
+    child = spawned([sys.executable, "-c", "pass"])
+    owned.capture()
+    child.wait()  # reaped, as the watchdog's is_alive() does
+    log = EngineLog("info")
+    failure = _sglang_engine_after_sigquit(owned, log)._failed()
+    assert failure.how == "reported a failure (SIGQUIT), then exited"
+    log.close()

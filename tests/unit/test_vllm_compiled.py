@@ -18,16 +18,17 @@ import pytest
 from rollout_shims.shims import vllm_compiled
 
 
-def _engine_start(torch, compiled_model):
+def _engine_start(torch, model_class):
     """Builds and runs one compiled model as ``LLM()`` would; returns weakrefs to its weights and KV cache."""
     kv_cache = torch.zeros(1000)
     config = SimpleNamespace(static_forward_context={"layers.0.attn": SimpleNamespace(kv_cache=[kv_cache])})
-    model = compiled_model.Model(config)
+    model = model_class(config)
     model(torch.randn(2, 8))
     return weakref.ref(model.lin.weight), weakref.ref(kv_cache)
 
 
-def test_the_engines_compile_caches_go_and_the_callers_stay() -> None:
+@pytest.mark.parametrize("form", ["Model", "OldModel"], ids=["0.11.2-method", "0.9.2-attribute"])
+def test_the_engines_compile_caches_go_and_the_callers_stay(form: str) -> None:
     torch = pytest.importorskip("torch", reason="the caches are torch's (torch._dynamo)")
     compiled_model = pytest.importorskip("compiled_model", reason="tests/unit on sys.path (pytest rootdir)")
     callers = torch.compile(lambda x: x + 1, backend=lambda gm, inputs: gm)  # the trainer's own function
@@ -36,7 +37,7 @@ def test_the_engines_compile_caches_go_and_the_callers_stay() -> None:
 
     found = vllm_compiled.EngineCompileCaches()
     with vllm_compiled.noted(found):
-        weight, kv_cache = _engine_start(torch, compiled_model)
+        weight, kv_cache = _engine_start(torch, getattr(compiled_model, form))
     gc.collect()
     assert weight() is not None and kv_cache() is not None, "torch keeps both after the engine's objects are gone"
     assert found.hooks and found.backends and found.code

@@ -163,10 +163,11 @@ def plan(matrix: Matrix, python: str, size_of: Callable[[str, str, set[str]], tu
          proven: dict[str, list[str]] | None = None, hold_s: float = HOLD_S - END_MARGIN_S) -> Batch:
     """Entries not yet proven in both modes (of ``entries``, default :func:`targets`), grouped by CUDA line
     in stack order, and packed into holds in that order: an entry joins the current hold while every
-    suite would still end by ``hold_s`` (:func:`suites_end`), else it starts the next (alone it always
-    fits a hold). ``size_of(name, version, allowed sha256s)`` gives a pin's wheel size and whether it is
-    exact. ``lent``: name -> version the machine has installed (``bundle --borrow``), priced at nothing
-    from 1 MiB (``borrow.MIN_WHEEL_BYTES``); by name and version, where ``bundle`` decides by the files.
+    suite would still end by ``hold_s`` (:func:`suites_end`), else it starts the next (alone, even
+    when it cannot end in time: ``render`` says so). ``size_of(name, version, allowed sha256s)`` gives
+    a pin's wheel size and whether it is exact. ``lent``: name -> version the machine has installed
+    (``bundle --borrow``), priced at nothing from 1 MiB (``borrow.MIN_WHEEL_BYTES``); by name and
+    version, where ``bundle`` decides by the files.
     ``proven``: entry -> modes of its committed GPU evidence (default: read from the checkout)."""
     if proven is None:
         proven = proven_modes(matrix.path.parent)
@@ -257,7 +258,8 @@ def render(batch: Batch, proven: dict[str, list[str]]) -> list[str]:
             have = proven.get(entry.name)
             out.append(f"  {entry.name}" + (f"  (proven: {', '.join(have)} only)" if have else ""))
     for number, hold in enumerate(batch.holds, start=1):
-        out.append(f"hold {number}: {hold.parts} parts, suites end near {hold.end_s / 60:.0f} min: "
+        late = " (past the hold's end: expect it unfinished)" if hold.end_s > HOLD_S - END_MARGIN_S else ""
+        out.append(f"hold {number}: {hold.parts} parts, suites end near {hold.end_s / 60:.0f} min{late}: "
                    + ", ".join(f"{e.name} ({part})" for e, part in zip(hold.entries, hold.ready_parts, strict=True)))
     out.append(f"{sum(len(line.entries) for line in batch.lines)} entries in {len(batch.holds)} holds of one H200 "
                f"(an entry's number: the parts after which it is complete; lines in one hold share few files)")

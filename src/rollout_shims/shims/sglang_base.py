@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import re
 import signal
 import threading
 import time
@@ -27,8 +26,9 @@ from rollout_shims.errors import EngineFailedError, EngineRequestError, EngineSt
 from rollout_shims.mapping import SGLANG_ARGS, SGLANG_FIXED, ArgRule, engine_kwargs
 from rollout_shims.multicast import turn_off_multicast
 from rollout_shims.outputs import int_list
-from rollout_shims.processes import OwnedProcesses, describe_exit
+from rollout_shims.processes import OwnedProcesses
 from rollout_shims.sharing import SGLANG_LOADER
+from rollout_shims.shims.sglang_failure import ended_child, scheduler_died_at_start
 from rollout_shims.shims.sglang_groups import SGLangGroups
 from rollout_shims.shims.sglang_weights import SGLangWeights
 from rollout_shims.symbols import Symbol, required_problems, unavailable_features
@@ -49,27 +49,6 @@ running batch until its next loop turn (sglang-0.5.17 on the H200, 2026-12-03: "
 because there are pending requests. #queue-req: 0, #running-req: 6", then success=False). slime asks
 again the same way; newer SGLang defers a flush itself, but only through the tokenizer manager's
 ``flush_cache(timeout_s)``, which ``Engine.flush_cache()`` does not pass."""
-
-
-_SCHEDULER_DIED = re.compile(r"scheduler died during initialization \(exit code: (-?\d+|None)\)")
-
-
-def _scheduler_died_at_start(exc: BaseException) -> str | None:
-    """How the scheduler ended, when ``exc`` is SGLang saying it died while the engine started.
-
-    Newer SGLang polls its schedulers while it waits for them (``_wait_for_scheduler_ready``,
-    entrypoints/engine.py:2002-2042 in 0.5.23) and raises a ``RuntimeError`` naming the exit code, or
-    "Initialization failed" when one reported a failure: a scheduler killed by the OOM killer at start-up
-    would otherwise reach the caller as a plain RuntimeError, not the engine failure the API promises."""
-    if not isinstance(exc, RuntimeError):
-        return None
-    text = str(exc)
-    if found := _SCHEDULER_DIED.search(text):
-        code = None if found.group(1) == "None" else int(found.group(1))
-        return f"{describe_exit(code)} during start-up"
-    if text.startswith("Initialization failed"):
-        return "failed during start-up"
-    return None
 
 
 def _sym(path: str, qualname: str, *params: str, dist: str = "sglang", feature: str | None = None) -> Symbol:
@@ -164,7 +143,7 @@ class SGLangEngine(SGLangGroups, SGLangWeights, RolloutEngine):
             self._release_engine(engine)
             if isinstance(exc, (EngineFailedError, EOFError)):
                 raise EngineFailedError(self._label, "engine", "failed during start-up", last_error) from None
-            if died := _scheduler_died_at_start(exc):
+            if died := scheduler_died_at_start(exc):
                 raise EngineFailedError(self._label, "scheduler", died, last_error) from None
             raise
         finally:
@@ -265,31 +244,12 @@ class SGLangEngine(SGLangGroups, SGLangWeights, RolloutEngine):
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(loop.stop)
 
-    def _ended_child(self) -> tuple[str, str] | None:
-        """The engine process that has ended and how, or None while all still run.
-
-        SGLang's watchdog (every 1 s) and the shim's watch thread (every 0.5 s) both poll the
-        children; when SGLang's sees a SIGKILLed scheduler first, its SIGQUIT marks the engine dead
-        and it has reaped the child, so the exit status is read back from its log line (H200,
-        2026-12-03: 3 of the 5 kill-scheduler runs of one hold went this way).
-        """
-        ended = self._owned.ended()
-        if ended is None:
-            return None
-        pid, code = ended
-        if code is None:
-            code = self._log.crashed_children().get(pid)
-        # A scheduler that hit an exception SIGQUITs the caller itself, then exits with 0 (SGLang 0.5.3 -
-        # 0.5.23): "exited with code 0" alone would read as no failure at all.
-        how = "reported a failure (SIGQUIT), then exited" if code == 0 else describe_exit(code)
-        return self._owned.name(pid).removeprefix("sglang::"), how
-
     def _failed(self) -> EngineFailedError:
         """The failure as an exception, once: the engine's processes are stopped at this point."""
         if self._failure is None:
             process, how = self._dead or ("engine", "stopped answering")
             if process == "engine":  # a SIGQUIT: name the process whose end it reports, if one ended
-                process, how = self._ended_child() or (process, how)
+                process, how = ended_child(self._owned, self._log) or (process, how)
             self._owned.stop(timeout=5)
             self._failure = EngineFailedError(self._label, process, how, self._log.last_error())
         return self._failure

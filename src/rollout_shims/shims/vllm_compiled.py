@@ -38,17 +38,20 @@ class EngineCompileCaches:
 @contextlib.contextmanager
 def noted(found: EngineCompileCaches) -> Iterator[None]:
     """Note into ``found`` what the block adds to torch's caches (also when it raises)."""
-    hooks_before, backends_before = set(_bytecode_hooks()), set(_cached_backends())
+    hooks_before, backends_before = set(dict(_bytecode_hooks())), set(dict(_cached_backends()))
     try:
         yield
     finally:
-        added = {key: hook for key, hook in _bytecode_hooks().items() if key not in hooks_before}
-        found.hooks.update(added)
-        found.backends.update(set(_cached_backends()) - backends_before)
-        for hook in added.values():
-            code = _original_code(hook)
-            if code is not None and code not in found.code:
-                found.code.append(code)
+        try:  # copies taken in one step (another thread may compile meanwhile); never hides the block's outcome
+            added = {key: hook for key, hook in dict(_bytecode_hooks()).items() if key not in hooks_before}
+            found.hooks.update(added)
+            found.backends.update(set(dict(_cached_backends())) - backends_before)
+            for hook in added.values():
+                code = _original_code(hook)
+                if code is not None and code not in found.code:
+                    found.code.append(code)
+        except Exception:  # what was not noted stays for the process, as before the shim noted anything
+            pass
 
 
 def release(found: EngineCompileCaches) -> int:
@@ -67,10 +70,12 @@ def release(found: EngineCompileCaches) -> int:
 
 
 def _original_code(hook: object) -> CodeType | None:
-    """The code object vLLM compiled, from its hook's wrapper (``original_code_object()``)."""
-    method = getattr(getattr(hook, "__self__", None), "original_code_object", None)
+    """The code object vLLM compiled, from its hook's wrapper: a method ``original_code_object()`` in
+    0.11.2 - 0.12.0 (compilation/wrapper.py), an attribute holding the code object before
+    (vllm/compilation/wrapper.py:56 in 0.9.2)."""
+    found = getattr(getattr(hook, "__self__", None), "original_code_object", None)
     try:
-        code = method() if callable(method) else None
+        code = found() if callable(found) else found
     except Exception:
         return None
     return code if isinstance(code, CodeType) else None
