@@ -310,7 +310,9 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
             raise EngineRequestError("vLLM did not wake up fully (wake_up() returned False)")
 
     def _flush_cache(self) -> None:
-        # bool in every release except 0.11.1 / 0.11.2, whose LLM.reset_prefix_cache returns None.
+        # A bool, except where V1's LLMEngine.reset_prefix_cache drops the scheduler's answer and returns
+        # None (v1/engine/llm_engine.py:278-279 in 0.10.1.1, :284-285 in 0.10.2, :323-324 in 0.11.2; a bool
+        # again in 0.12.0): there a refused flush cannot be told.
         if self._llm.reset_prefix_cache() is False:
             raise EngineRequestError("vLLM did not reset the prefix cache (requests still running?)")
 
