@@ -75,17 +75,18 @@ class EngineLog:
         else:
             os.environ[CONFIG_ENV] = self._previous
 
-    def last_error(self) -> str:
+    def text(self) -> str:
+        """What the log holds so far ("" when it cannot be read: nothing logged, or already closed)."""
         try:
-            return last_error_line(self.path.read_text(errors="replace"))
+            return self.path.read_text(errors="replace")
         except OSError:
             return ""
 
+    def last_error(self) -> str:
+        return last_error_line(self.text())
+
     def crashed_children(self) -> dict[int, int]:
-        try:
-            return crashed_children(self.path.read_text(errors="replace"))
-        except OSError:
-            return {}
+        return crashed_children(self.text())
 
     def close(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -11,7 +11,11 @@ import time
 import psutil
 import pytest
 
+from rollout_shims.engine_log import EngineLog
+from rollout_shims.errors import EngineFailedError
 from rollout_shims.processes import OwnedProcesses, describe_exit
+from rollout_shims.shims.sglang_base import SGLangEngine
+from rollout_shims.shims.sglang_failure import scheduler_died_at_start
 
 SLEEP = [sys.executable, "-c", "import time; time.sleep(120)"]
 
@@ -109,56 +113,56 @@ def test_ended_reads_the_exit_status_until_another_waiter_reaps_the_child(spawne
     assert not gone_or_alive(other)
 
 
-def _sglang_engine_after_sigquit(owned: OwnedProcesses, log):
-    """An SGLang shim as ``_on_sigquit`` leaves it (no engine needed to build a failure)."""
-    from rollout_shims.shims.sglang_base import SGLangEngine
+@pytest.fixture
+def engine_log():
+    log = EngineLog("info")
+    yield log
+    log.close()
 
+
+def _watchdog_line(pid: int) -> str:
+    """SGLang's SubprocessWatchdog line as the H200 run logged it (sglang-0.5.14/pytest.log), for ``pid``."""
+    return (f"[2026-12-03 13:52:47 MainProcess] Subprocess scheduler_0 (pid={pid}) crashed with exit code -9. "
+            "Triggering SIGQUIT for cleanup...\n")
+
+
+def _sglang_engine_after_sigquit(owned: OwnedProcesses, log: EngineLog) -> SGLangEngine:
+    """An SGLang shim as ``_on_sigquit`` leaves it (no engine needed to build a failure)."""
     engine = SGLangEngine.__new__(SGLangEngine)
     engine._label, engine._owned, engine._log, engine._failure = "sglang 0.5.14 (shim sglang-0.5.14)", owned, log, None
     engine._dead = ("engine", "reported a failure (SIGQUIT)")
     return engine
 
 
-def test_a_child_that_reported_its_failure_and_exited_0_is_not_called_a_clean_exit(spawned) -> None:
+def test_a_child_that_reported_its_failure_and_exited_0_is_not_called_a_clean_exit(spawned, engine_log) -> None:
     """A scheduler that hits an exception logs it, SIGQUITs the caller and exits with 0."""
-    from rollout_shims.engine_log import EngineLog
-
     owned = OwnedProcesses.start_watching()
     reporter = spawned([sys.executable, "-c", "import time; time.sleep(0.5)"])
     owned.capture()
     deadline = time.monotonic() + 10
     while owned.ended() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    log = EngineLog("info")
-    log.path.write_text("KeyError: 'kv_cache'\n")
-    failure = _sglang_engine_after_sigquit(owned, log)._failed()
+    engine_log.path.write_text("KeyError: 'kv_cache'\n")
+    failure = _sglang_engine_after_sigquit(owned, engine_log)._failed()
     assert failure.how == "reported a failure (SIGQUIT), then exited" and failure.last_error == "KeyError: 'kv_cache'"
     assert reporter.wait() == 0
-    log.close()
 
 
-def test_a_sigquit_failure_names_the_child_sglangs_watchdog_saw_die(spawned, tmp_path) -> None:
+def test_a_sigquit_failure_names_the_child_sglangs_watchdog_saw_die(spawned, engine_log) -> None:
     """GPU run 2026-12-03 (sglang 0.5.14, eager): SGLang's watchdog reaped the SIGKILLed scheduler and
     SIGQUIT the caller before the shim's watch thread looked; the failure said "the engine process
     reported a failure (SIGQUIT)" instead of naming the scheduler and its SIGKILL."""
-    from rollout_shims.engine_log import EngineLog
-    from rollout_shims.errors import EngineFailedError
-
     owned = OwnedProcesses.start_watching()
     victim, other = spawned(), spawned()
     owned.capture()
     victim_name = psutil.Process(victim.pid).name()
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    log = EngineLog("info")
-    # the watchdog's line as the H200 run logged it (sglang-0.5.14/pytest.log), with this victim's pid
-    log.path.write_text(f"[2026-12-03 13:52:47 MainProcess] Subprocess scheduler_0 (pid={victim.pid}) crashed "
-                        "with exit code -9. Triggering SIGQUIT for cleanup...\n")
-    failure = _sglang_engine_after_sigquit(owned, log)._failed()
+    engine_log.path.write_text(_watchdog_line(victim.pid))
+    failure = _sglang_engine_after_sigquit(owned, engine_log)._failed()
     assert isinstance(failure, EngineFailedError)
     assert (failure.process, failure.how) == (victim_name, "was killed by SIGKILL")
     assert not gone_or_alive(other)  # the engine's other processes are stopped
-    log.close()
 
 
 @pytest.mark.parametrize(("message", "how"), [
@@ -173,17 +177,13 @@ def test_a_sigquit_failure_names_the_child_sglangs_watchdog_saw_die(spawned, tmp
     ("CUDA error: out of memory", None),
 ])
 def test_sglang_saying_its_scheduler_died_at_start_is_an_engine_failure(message: str, how: str | None) -> None:
-    from rollout_shims.shims.sglang_failure import scheduler_died_at_start
-
     assert scheduler_died_at_start(RuntimeError(message)) == how
     assert scheduler_died_at_start(ValueError(message)) is None
 
 
-def test_the_child_sglangs_watchdog_named_wins_over_one_that_ended_first(spawned) -> None:
+def test_the_child_sglangs_watchdog_named_wins_over_one_that_ended_first(spawned, engine_log) -> None:
     """Two engine processes gone by the time the failure is built: the one SGLang's watchdog reported
     (here the second captured, SIGKILLed) is named, not the first one that ended."""
-    from rollout_shims.engine_log import EngineLog
-
     owned = OwnedProcesses.start_watching()
     first, second = spawned(), spawned()
     owned.capture()
@@ -192,24 +192,17 @@ def test_the_child_sglangs_watchdog_named_wins_over_one_that_ended_first(spawned
     first.wait()
     second.send_signal(signal.SIGKILL)
     second.wait()
-    log = EngineLog("info")
-    log.path.write_text(f"[x MainProcess] Subprocess scheduler_0 (pid={second.pid}) crashed with exit code -9. "
-                        "Triggering SIGQUIT for cleanup...\n")
-    failure = _sglang_engine_after_sigquit(owned, log)._failed()
+    engine_log.path.write_text(_watchdog_line(second.pid))
+    failure = _sglang_engine_after_sigquit(owned, engine_log)._failed()
     assert (failure.process, failure.how) == (second_name, "was killed by SIGKILL")
-    log.close()
 
 
-def test_a_child_reaped_without_a_watchdog_line_is_not_given_an_exit_status(spawned) -> None:
+def test_a_child_reaped_without_a_watchdog_line_is_not_given_an_exit_status(spawned, engine_log) -> None:
     """SGLang's watchdog reaps a child that exited with 0 and logs nothing: the status is unknown, and
     after a SIGQUIT that child most likely reported its failure and exited."""
-    from rollout_shims.engine_log import EngineLog
-
     owned = OwnedProcesses.start_watching()
     child = spawned([sys.executable, "-c", "pass"])
     owned.capture()
     child.wait()  # reaped, as the watchdog's is_alive() does
-    log = EngineLog("info")
-    failure = _sglang_engine_after_sigquit(owned, log)._failed()
+    failure = _sglang_engine_after_sigquit(owned, engine_log)._failed()
     assert failure.how == "reported a failure (SIGQUIT), then exited"
-    log.close()

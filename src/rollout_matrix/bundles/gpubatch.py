@@ -200,8 +200,10 @@ def plan(matrix: Matrix, python: str, size_of: Callable[[str, str, set[str]], tu
         wheel_bytes, _, deb_bytes = carried(members)
         return parts_for(wheel_bytes, deb_bytes)
 
-    def hold_of(members: list[Entry]) -> Hold:
-        ready = [parts_of(members[:n + 1]) for n in range(len(members))]
+    def joined(hold: Hold | None, entry: Entry) -> Hold:
+        """``hold`` with ``entry`` last: the earlier entries' parts stay as they were (the bundle's order)."""
+        members = [*(hold.entries if hold else ()), entry]
+        ready = [*(hold.ready_parts if hold else ()), parts_of(members)]
         return Hold(members, ready, suites_end(ready, [e.engine for e in members]))
 
     lines = []
@@ -212,10 +214,10 @@ def plan(matrix: Matrix, python: str, size_of: Callable[[str, str, set[str]], tu
     lines.sort(key=lambda line: (order.index(line.stack), Version(line.torch or "0")))
     holds: list[Hold] = []
     for entry in (e for line in lines for e in line.entries):
-        if holds and (grown := hold_of([*holds[-1].entries, entry])).end_s <= hold_s:
+        if holds and (grown := joined(holds[-1], entry)).end_s <= hold_s:
             holds[-1] = grown
         else:
-            holds.append(hold_of([entry]))
+            holds.append(joined(None, entry))
     return Batch(lines, holds)
 
 
