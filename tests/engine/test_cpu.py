@@ -248,6 +248,31 @@ def test_vllm_environment_names_exist_in_this_release(detection, shim, model_dir
         assert env["VLLM_USE_FLASHINFER_SAMPLER"] == ("1" if usable else "0")
 
 
+def _assert_messages_of_worker_sleep(path: str) -> list[str]:
+    """The constant messages of the ``assert`` statements in ``Worker.sleep`` of this vLLM's ``path``."""
+    file = Path(str(metadata.distribution("vllm").locate_file(path)))
+    if not file.is_file():
+        return []
+    for cls in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+        if isinstance(cls, ast.ClassDef) and cls.name == "Worker":
+            sleep = next((f for f in cls.body if isinstance(f, ast.FunctionDef) and f.name == "sleep"), None)
+            return [n.msg.value for n in ast.walk(sleep) if isinstance(n, ast.Assert)
+                    and isinstance(n.msg, ast.Constant)] if sleep else []
+    return []
+
+
+def test_the_sleep_assertion_the_shim_tolerates_is_this_releases(detection) -> None:
+    """The shim takes one assertion of ``Worker.sleep`` for a warning, matched by its text: the text must
+    be this release's (V1's worker, or V0's where the release still has it)."""
+    if detection.engine != "vllm":
+        pytest.skip("vLLM-only: SGLang's release_memory_occupation asserts nothing about device memory")
+    from rollout_shims.shims.vllm_worker import SLEEP_ACCOUNTING_ERROR
+
+    messages = [m for path in ("vllm/v1/worker/gpu_worker.py", "vllm/worker/worker.py")
+                for m in _assert_messages_of_worker_sleep(path)]
+    assert SLEEP_ACCOUNTING_ERROR in messages, messages
+
+
 def test_engine_args_field_names_are_real(detection, shim, model_dir: Path) -> None:
     """Every keyword the shim passes is a field of this release's argument dataclass."""
     if detection.engine == "sglang":

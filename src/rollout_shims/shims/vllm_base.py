@@ -31,7 +31,12 @@ from rollout_shims.outputs import int_list, sampled_logprobs
 from rollout_shims.sharing import SharedBucket
 from rollout_shims.shims import vllm_compiled, vllm_memory
 from rollout_shims.shims.vllm_groups import TORCH_GROUP_SYMBOLS, VLLMGroups
-from rollout_shims.shims.vllm_worker import load_shared_in_worker, load_weights_in_worker, runner_module
+from rollout_shims.shims.vllm_worker import (
+    load_shared_in_worker,
+    load_weights_in_worker,
+    runner_module,
+    tolerate_allocations_elsewhere_during_sleep,
+)
 from rollout_shims.symbols import Symbol, required_problems
 from rollout_shims.weight_group import NCCL_CUMEM, default_cumem
 
@@ -125,6 +130,7 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
         kwargs = self.engine_kwargs(config, detection.release)
         vllm_memory.refuse_a_new_engine_while_memory_is_held(detection.release)
         self._llm = self._start(kwargs)
+        self._llm.collective_rpc(tolerate_allocations_elsewhere_during_sleep)
         self._after_start()
         v1 = type(self._llm.llm_engine).__module__.startswith("vllm.v1")
         self.info.details.update(

@@ -7,7 +7,16 @@ module-level function that pickles by name, and it may touch only what a worker 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+SLEEP_ACCOUNTING_ERROR = "Memory usage increased after sleeping."
+"""vLLM's ``Worker.sleep`` (every release, 0.8.5 - 0.34) compares the device's free memory before and after
+its allocator's sleep and asserts it did not shrink. The count is device-wide (``torch.cuda.mem_get_info``):
+another process that allocates meanwhile (a colocated trainer, a second engine on the GPU) fails the
+assertion after the allocator has offloaded the weights and dropped the KV cache."""
+
+log = logging.getLogger("rollout_shims")
 
 
 def load_weights_in_worker(worker: Any, weights: list[tuple[str, Any]]) -> bool:
@@ -34,3 +43,25 @@ def load_shared_in_worker(worker: Any, payloads: list[bytes]) -> bool:
 def runner_module(worker: Any) -> str:
     """Run by ``collective_rpc``: the module of the worker's model runner class."""
     return type(worker.model_runner).__module__
+
+
+def tolerate_allocations_elsewhere_during_sleep(worker: Any) -> bool:
+    """Run by ``collective_rpc`` once per engine: the worker's ``sleep`` (what ``collective_rpc("sleep")``
+    looks up on this object) now takes ``SLEEP_ACCOUNTING_ERROR`` as the warning it is. Raised, it skips
+    the executor's ``is_sleeping = True`` (vllm/executor/executor_base.py:207-210 in 0.9.2,
+    v1/executor/abstract.py:302-305 in 0.12.0): ``wake_up`` then does nothing and the next generate
+    reads freed memory (H200, 2026-12-03, vLLM 0.9.2: "an illegal memory access was encountered")."""
+    sleep = worker.sleep  # bound before the attribute below shadows it
+
+    def sleep_tolerating_allocations_elsewhere(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return sleep(*args, **kwargs)
+        except AssertionError as exc:
+            if str(exc) != SLEEP_ACCOUNTING_ERROR:
+                raise
+            log.warning("vLLM's sleep finished, but the GPU's free memory shrank meanwhile (another process "
+                        "allocated): vLLM's %r is ignored", SLEEP_ACCOUNTING_ERROR)
+            return None
+
+    worker.sleep = sleep_tolerating_allocations_elsewhere
+    return True

@@ -40,6 +40,18 @@ class RequestOutput:
     finished: bool = True
 
 
+class _Worker:
+    """What ``collective_rpc`` hands a function: the worker, with its model runner and ``sleep``."""
+
+    def __init__(self, model_runner: Any) -> None:
+        self.model_runner = model_runner
+        self.rank = 0
+
+    def sleep(self, level: int = 1) -> None:
+        if level != 1:
+            raise ValueError("the stand-in sleeps at level 1 only")
+
+
 class LLM:
     def __init__(self, model: str, skip_tokenizer_init: bool = False, tensor_parallel_size: int = 1,
                  **kwargs: Any) -> None:
@@ -63,7 +75,7 @@ class LLM:
         torch.cuda.book(self.held)
         self.asleep = False
         self.llm_engine = LLMEngine()
-        self._worker = SimpleNamespace(model_runner=SimpleNamespace(model=Qwen2ForCausalLM(names)))
+        self._worker = _Worker(SimpleNamespace(model=Qwen2ForCausalLM(names)))
         self._rng = random.Random(0)
 
     def generate(self, prompts: Sequence[Any], sampling_params: SamplingParams | None = None,
@@ -92,6 +104,7 @@ class LLM:
         return out
 
     def sleep(self, level: int = 1) -> None:
+        self._worker.sleep(level)  # what vLLM's collective_rpc("sleep") calls
         self.asleep = True
         torch.cuda.book(-self.held)
 
