@@ -436,31 +436,6 @@ def test_vllm_failed_start_that_leaves_memory_says_so(monkeypatch, caplog) -> No
         vllm_memory.refuse_a_new_engine_while_memory_is_held("0.26.0")
 
 
-def test_vllm_memory_names_a_module_global_and_an_attribute() -> None:
-    """The holder line names what keeps a block alive as a user would look it up: ``module.NAME``
-    for a module global (2026-12-03: flashinfer's _E2M1_VALUES was named ``builtins.module``)."""
-    import types
-
-    from rollout_shims.shims.vllm_memory import _owner
-
-    class Tensor:  # gc-tracked, as a tensor is (a dict of untracked objects is invisible to gc)
-        pass
-
-    held = Tensor()
-    module = types.ModuleType("flashinfer.quantization.fp4_quantization")
-    module._E2M1_VALUES = held
-    assert _owner(held) == "flashinfer.quantization.fp4_quantization._E2M1_VALUES"
-
-    class Worker:
-        pass
-
-    worker, other, cache = Worker(), Tensor(), Tensor()
-    worker.model = other
-    worker._buffers = {"cos_sin_cache": cache}  # how torch.nn.Module keeps a buffer
-    assert _owner(other).endswith("Worker.model")
-    assert _owner(cache).endswith("Worker._buffers['cos_sin_cache']")
-
-
 def test_vllm_moves_a_library_tensor_made_on_the_gpu_at_import_back_to_the_cpu(monkeypatch) -> None:
     """FlashInfer's 16-value FP4 table is made at import; vLLM 0.26 imports it while loading the model
     under torch.device("cuda"), inside its sleep-mode pool (H200, 2026-12-03: the next engine was

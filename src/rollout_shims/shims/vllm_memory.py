@@ -18,6 +18,7 @@ import traceback
 from typing import Any
 
 from rollout_shims.errors import EngineStateError
+from rollout_shims.shims import referrers
 
 TRACE_ENV = "ROLLOUT_SHIMS_TRACE_SLEEP_MEMORY"
 """``1``: record CUDA allocation stacks from the engine's start (``torch.cuda.memory._record_memory_history``),
@@ -121,9 +122,9 @@ def clear_frames(exc: BaseException | None) -> None:
 
 
 def holders(limit: int = 4) -> list[str]:
-    """Up to ``limit`` lines "shape dtype <- owner" for live tensors inside the allocator's blocks,
-    naming the object attribute, container or module global that keeps each alive (slow: walks the
-    heap; only for the message of a failure)."""
+    """Up to ``limit`` lines "shape dtype <- chain" for live tensors inside the allocator's blocks: the
+    referrers from each up to the module global, class attribute or running frame that keeps it alive
+    (``referrers.chain``; slow: walks the heap, at most 5 s a tensor; only for the message of a failure)."""
     spans = _spans()
     if not spans:
         return []
@@ -141,54 +142,7 @@ def holders(limit: int = 4) -> list[str]:
             found.append(obj)
             if len(found) >= limit:
                 break
-    return [f"{tuple(t.shape)} {t.dtype} <- {_owner(t)}" for t in found]
-
-
-def _owner(obj: Any) -> str:
-    """The nearest named holder of ``obj``: ``module.NAME``, ``pkg.Class.attr``,
-    ``pkg.Class.attr['key']`` (a dict attribute, as ``nn.Module._buffers``) or a container type."""
-    for ref in gc.get_referrers(obj):
-        if isinstance(ref, dict):
-            key = _key_of(ref, obj)
-            if holder := _dict_holder(ref):
-                return f"{holder}.{key}"
-            for outer in gc.get_referrers(ref):
-                if isinstance(outer, dict) and (holder := _dict_holder(outer)):
-                    return f"{holder}.{_key_of(outer, ref)}[{key!r}]"
-                if (name := _attribute_of(outer, ref)) is not None:
-                    return f"{_type_name(outer)}.{name}[{key!r}]"
-            return f"dict[{key!r}]"
-        if (name := _attribute_of(ref, obj)) is not None:
-            return f"{_type_name(ref)}.{name}"
-    kinds = sorted({type(r).__qualname__ for r in gc.get_referrers(obj) if r is not sys._getframe()})
-    return ", ".join(kinds[:3]) or "nothing visible to gc (a C++ reference)"
-
-
-def _key_of(container: dict, value: Any) -> str:
-    return next((str(k) for k, v in container.items() if v is value), "?")
-
-
-def _type_name(obj: Any) -> str:
-    return f"{type(obj).__module__}.{type(obj).__qualname__}"
-
-
-def _dict_holder(d: dict) -> str | None:
-    """The module (its name) or the instance (its class) whose ``__dict__`` is ``d``."""
-    for owner in gc.get_referrers(d):
-        if isinstance(owner, type(sys)) and vars(owner) is d:
-            return owner.__name__
-        if getattr(owner, "__dict__", None) is d and not isinstance(owner, type):
-            return _type_name(owner)
-    return None
-
-
-def _attribute_of(owner: Any, value: Any) -> str | None:
-    """The attribute of the instance ``owner`` that is ``value`` (Python 3.11+ keeps an instance's
-    attributes inline: gc then names the instance, not a dict, as the referrer)."""
-    attrs = getattr(owner, "__dict__", None)
-    if not isinstance(attrs, dict) or isinstance(owner, (type, type(sys))):
-        return None
-    return next((str(k) for k, v in attrs.items() if v is value), None)
+    return [f"{tuple(t.shape)} {t.dtype} <- {referrers.chain(t, ignore=(found,), max_seconds=5.0)}" for t in found]
 
 
 def move_import_time_tensors_to_cpu() -> list[str]:
@@ -299,7 +253,9 @@ def _pool_keeper(pool: tuple) -> str:
     import torch
 
     kind = getattr(torch.cuda, "MemPool", None)
-    for obj in gc.get_objects() if kind is not None else ():
-        if isinstance(obj, kind) and tuple(getattr(obj, "id", ())) == pool:
-            return f"its MemPool held by {_owner(obj)}"
-    return "no MemPool object of it left (kept from C++: a CUDA graph or an allocation context)"
+    objects = gc.get_objects() if kind is not None else []
+    found = next((o for o in objects if isinstance(o, kind) and tuple(getattr(o, "id", ())) == pool), None)
+    del objects  # it refers to everything: the chain must not start there
+    if found is None:
+        return "no MemPool object of it left (kept from C++: a CUDA graph or an allocation context)"
+    return f"its MemPool held by {referrers.chain(found, max_seconds=5.0)}"
