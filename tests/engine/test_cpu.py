@@ -273,6 +273,41 @@ def test_the_sleep_assertion_the_shim_tolerates_is_this_releases(detection) -> N
     assert SLEEP_ACCOUNTING_ERROR in messages, messages
 
 
+def test_no_memo_of_this_release_keeps_a_model_after_the_shims_release(detection) -> None:
+    """vLLM checks a loaded model with ``is_vllm_model`` (``LLM.__init__`` -> ``get_supported_tasks``),
+    which memoises on the model's bound methods in 0.11 - 0.19; after the shim drops what it knows of,
+    nothing of this release's may keep the model (it would keep the KV cache and refuse the next engine)."""
+    if detection.engine != "vllm":
+        pytest.skip("vLLM-only: SGLang's memory is released by its own processes ending")
+    import gc
+    import weakref
+
+    from vllm.model_executor.models.interfaces_base import is_vllm_model
+
+    from rollout_shims.shims import vllm_memory
+
+    class Model:
+        def __init__(self, *, vllm_config=None, prefix: str = "") -> None:
+            self.layers = [self]
+
+        def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None):
+            return input_ids
+
+        def embed_input_ids(self, input_ids):
+            return input_ids
+
+        def get_input_embeddings(self, input_ids):
+            return input_ids
+
+    model = Model()
+    is_vllm_model(model)
+    gone = weakref.ref(model)
+    del model
+    vllm_memory.drop_model_keyed_memos()
+    gc.collect()
+    assert gone() is None, "a memo of this release keeps the model: add it to vllm_memory.MODEL_KEYED_MEMOS"
+
+
 def test_engine_args_field_names_are_real(detection, shim, model_dir: Path) -> None:
     """Every keyword the shim passes is a field of this release's argument dataclass."""
     if detection.engine == "sglang":

@@ -340,6 +340,7 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
         still holds (``vllm_memory.in_use()``)."""
         if compiled := self.__dict__.pop("_compiled", None):
             vllm_compiled.release(compiled)
+        vllm_memory.drop_model_keyed_memos()
         gc.unfreeze()  # vLLM's start-up freezes the heap (gc.freeze): frozen cycles are never collected
         gc.collect()
         try:

@@ -32,6 +32,15 @@ GPU and live for the process: one 2 MiB pool segment that refuses every later en
 (0.6.12 - 0.6.16) builds a 16-value lookup table so; vLLM 0.26's compilation passes import it
 (vllm/compilation/passes/allreduce_rms_fusion.py) during load_model. H200, 2026-12-03."""
 
+MODEL_KEYED_MEMOS = (("vllm.utils.func_utils", "supports_kw"),)
+"""(module, function) of ``functools.lru_cache`` functions that vLLM calls with bound methods of the live
+model, so that the cache keeps the model, and through its layers the KV cache, for the process. vLLM
+0.11 - 0.19: ``LLM.__init__`` -> ``get_supported_tasks`` -> ``is_vllm_model(model)`` ->
+``supports_kw(model.__init__, "vllm_config")`` (vllm/utils/func_utils.py:123-124 and
+model_executor/models/interfaces_base.py:63-65 in 0.12.0); from 0.20 ``supports_kw`` unwraps bound
+methods before its cached ``_supports_kw`` (func_utils.py:100-119 in 0.22.0); up to 0.10.2 nothing is
+cached. H200, 2026-12-03: vLLM 0.11.2 and 0.12.0 refused the second engine in both modes, 38 GiB held."""
+
 
 def cumem_allocator() -> Any:
     """vLLM's sleep-mode allocator singleton, if this process made one."""
@@ -81,6 +90,7 @@ def refuse_a_new_engine_while_memory_is_held(release: str) -> None:
     left, per_tag = in_use()
     if not left:
         return
+    drop_model_keyed_memos()  # an engine dropped without shutdown left them too
     gc.unfreeze()  # vLLM freezes the heap after start-up: what is frozen is never collected
     gc.collect()
     empty_cache()
@@ -143,6 +153,19 @@ def holders(limit: int = 4) -> list[str]:
             if len(found) >= limit:
                 break
     return [f"{tuple(t.shape)} {t.dtype} <- {referrers.chain(t, ignore=(found,), max_seconds=5.0)}" for t in found]
+
+
+def drop_model_keyed_memos() -> list[str]:
+    """Clear the ``MODEL_KEYED_MEMOS`` of the vLLM this process imported (an lru_cache cannot drop one
+    entry; what else it held is recomputed on the next call); returns the ``module.function`` of each
+    cleared. A garbage collection afterwards frees the model: its modules refer to each other."""
+    cleared = []
+    for module_name, name in MODEL_KEYED_MEMOS:
+        clear = getattr(getattr(sys.modules.get(module_name), name, None), "cache_clear", None)
+        if callable(clear):
+            clear()
+            cleared.append(f"{module_name}.{name}")
+    return cleared
 
 
 def move_import_time_tensors_to_cpu() -> list[str]:
