@@ -135,6 +135,11 @@ def body(data: dict[str, Any], results: Path | None = None, run_url: str | None 
             seen.append(f"- {engine['engine']} pre-releases, never added: {', '.join(engine['prereleases'])}")
         for item in engine.get("left_out", []):
             seen.append(f"- {engine['engine']} {item['version']} is left out on purpose: {item['why']}")
+    arrived = [f"- `{a['entry']}`: {a['awaits']} reached the index, so its band is no longer `unavailable` "
+               "(the band's `unavailable` and `awaits` lines, and the comment above them, are removed)"
+               for engine in data.get("engines", []) for a in engine.get("awaited", []) if a.get("arrived")]
+    if arrived:
+        lines += ["### Installable now", "", *arrived, ""]
     if seen:
         lines += ["### Seen on the index, not added", "", *seen, ""]
     lines += ["The daily watch rewrites this branch while these releases are missing from main. For a release "

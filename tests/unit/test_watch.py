@@ -46,6 +46,14 @@ engines:
         unavailable: "a pin left the index (a test reason)"
         releases:
           "0.33.1": {flashinfer-python: "0.7.2.post2"}
+      - torch: "2.14.0"
+        stack: cu130
+        # 0.33.2 pins flashinfer-python==0.7.3, which the index
+        # does not have yet (a test reason)
+        unavailable: "flashinfer-python==0.7.3 is not on the index"
+        awaits: "flashinfer-python==0.7.3"
+        releases:
+          "0.33.2": {flashinfer-python: "0.7.3"}
 """
 
 VLLM = {  # version -> Requires-Dist of its wheel
@@ -194,3 +202,67 @@ def test_left_out_needs_a_version_and_a_reason(tmp_path: Path, left_out: str, me
     proc = subprocess.run([sys.executable, "-m", "rollout_matrix.cli", "--matrix", str(path), "list"],
                           capture_output=True, text=True, check=False, timeout=60)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_an_awaited_pin_not_on_the_index_is_said_on_stderr_only(index, checkout) -> None:
+    index.add("flashinfer-python", "0.7.2.post2")
+    index.add("flashinfer-python", "0.7.3", yanked=True)  # a yanked file is not an arrival
+    proc = watch(checkout, index.url, "--json", "found.json")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == EXPECTED_LINES
+    assert "vllm-0.33.2 awaits flashinfer-python==0.7.3: not on the index yet" in proc.stderr
+    (engine,) = json.loads((checkout / "found.json").read_text())["engines"]
+    assert engine["awaited"] == [{"entry": "vllm-0.33.2", "awaits": "flashinfer-python==0.7.3", "arrived": False}]
+
+
+def test_an_awaited_project_the_index_does_not_have_at_all_is_not_an_error(index, checkout) -> None:
+    proc = watch(checkout, index.url)
+    assert proc.returncode == 0, proc.stderr
+    assert "vllm-0.33.2 awaits flashinfer-python==0.7.3: not on the index yet" in proc.stderr
+
+
+def test_write_makes_the_band_installable_on_the_day_its_pin_arrives(index, checkout) -> None:
+    index.add("flashinfer-python", "0.7.3")
+    dead = "http://127.0.0.1:9"  # PyPI unreachable: the lock is attempted and fails offline
+    before = (checkout / "matrix.yaml").read_text()
+    proc = watch(checkout, index.url, "--write", "--engine", "vllm", "--json", "w.json",
+                 env={"https_proxy": dead, "HTTPS_PROXY": dead, "http_proxy": dead, "HTTP_PROXY": dead})
+    assert proc.returncode == 2, proc.stderr  # its lock failed (offline), and says so
+    assert "vllm-0.33.2 awaits flashinfer-python==0.7.3: on the index now" in proc.stderr
+    assert "vllm-0.33.2: flashinfer-python==0.7.3 is on the index: its band in matrix.yaml is installable now" in proc.stderr
+    after = (checkout / "matrix.yaml").read_text()
+    removed = [line for line in before.splitlines() if line not in after.splitlines()]
+    assert removed == ["        # 0.33.2 pins flashinfer-python==0.7.3, which the index",
+                       "        # does not have yet (a test reason)",
+                       '        unavailable: "flashinfer-python==0.7.3 is not on the index"',
+                       '        awaits: "flashinfer-python==0.7.3"']
+    matrix = load_matrix(checkout / "matrix.yaml")
+    assert matrix.get("vllm-0.33.2").unavailable is None and matrix.get("vllm-0.33.2").awaits is None
+    assert matrix.get("vllm-0.33.1").unavailable  # the other unavailable band waits for nothing: untouched
+    result = json.loads((checkout / "w.json").read_text())
+    assert result["written"][0] == "vllm-0.33.2"
+    assert ("vllm-0.33.2", "3.12") in {(r["entry"], r["python"]) for r in result["locks"]}
+    again = watch(checkout, index.url)  # listed and installable now: nothing awaited any more
+    assert "awaits" not in again.stderr
+
+
+@pytest.mark.parametrize(("awaits", "message"), [
+    ('"flashinfer-python>=0.7.3"', "must be one exact pin"),
+    ('"flashinfer-python"', "must be one exact pin"),
+    ('"flashinfer-python[cu13]==0.7.3"', "must be one exact pin"),
+])
+def test_awaits_is_one_exact_pin(tmp_path: Path, awaits: str, message: str) -> None:
+    path = tmp_path / "matrix.yaml"
+    path.write_text(MATRIX.replace('awaits: "flashinfer-python==0.7.3"', f"awaits: {awaits}"))
+    proc = subprocess.run([sys.executable, "-m", "rollout_matrix.cli", "--matrix", str(path), "list"],
+                          capture_output=True, text=True, check=False, timeout=60)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_awaits_needs_unavailable_beside_it(tmp_path: Path) -> None:
+    path = tmp_path / "matrix.yaml"
+    path.write_text(MATRIX.replace('        unavailable: "flashinfer-python==0.7.3 is not on the index"\n', ""))
+    proc = subprocess.run([sys.executable, "-m", "rollout_matrix.cli", "--matrix", str(path), "list"],
+                          capture_output=True, text=True, check=False, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert f"{path}:34: engines.vllm.bands[3].awaits needs `unavailable` beside it" in proc.stderr  # line 35 less one

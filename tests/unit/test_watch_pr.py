@@ -116,3 +116,21 @@ def test_a_missing_or_foreign_input_is_one_line_and_writes_nothing(tmp_path: Pat
     proc = run_script("--watch", str(given), cwd=tmp_path, output=out)
     assert proc.returncode == 1 and message in proc.stderr and len(proc.stderr.splitlines()) == 1
     assert not out.exists()
+
+
+def test_a_band_freed_by_its_awaited_pin_is_in_the_branch_and_said_in_the_body(fake_index, tmp_path: Path) -> None:
+    for version, requires in VLLM.items():
+        fake_index.add("vllm", version, requires)
+    fake_index.add("flashinfer-python", "0.7.3")
+    (tmp_path / "matrix.yaml").write_text(MATRIX)
+    (tmp_path / "docker" / "locks").mkdir(parents=True)
+    proc = watch(tmp_path, fake_index.url, "--write", "--json", "watch.json",
+                 env={"https_proxy": DEAD, "HTTPS_PROXY": DEAD, "http_proxy": DEAD, "HTTP_PROXY": DEAD})
+    assert proc.returncode == 2, proc.stderr  # the locks fail offline
+    out = tmp_path / "github_output"
+    proc = run_script("--watch", str(tmp_path / "watch.json"), "--body", "body.md", cwd=tmp_path, output=out)
+    assert proc.returncode == 0, proc.stderr
+    assert "vllm-0.33.2" in outputs(out)["branch"]
+    body = (tmp_path / "body.md").read_text()
+    assert ("### Installable now\n\n- `vllm-0.33.2`: flashinfer-python==0.7.3 reached the index, so its band is no "
+            "longer `unavailable`") in body

@@ -102,7 +102,7 @@ def cmd_watch(args: argparse.Namespace, matrix: Matrix) -> int:
     for engine in result.engines:
         print(engine.summary(), file=sys.stderr)
     failed: list[str] = []
-    if args.write and result.missing:
+    if args.write and (result.missing or result.arrived):
         reporter = Reporter("watch", sys.stderr)  # stdout holds the missing releases only
         write_missing(matrix, result, reporter.line, jobs=args.jobs)
         failed = [f"{name} not added" for name, _ in result.not_written]
@@ -137,10 +137,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        description="Prints `ENGINE VERSION torch X band NAME|none` on stdout for every final release "
                                    "on the index newer than the engine's oldest listed release that matrix.yaml "
                                    "neither lists nor leaves out (`left_out`), and nothing when none is missing; "
-                                   "a summary and the pre-releases seen go to stderr. Exit 0; 6 when the index "
+                                   "a summary, the pre-releases seen and whether each pin an unavailable band "
+                                   "`awaits` is on the index go to stderr. Exit 0; 6 when the index "
                                    "cannot be read; with --write, 2 when a release could not be added or locked.")
     p.add_argument("--write", action="store_true",
-                   help="add each missing release that joins an existing band to matrix.yaml and write its locks")
+                   help="add each missing release that joins an existing band to matrix.yaml, make installable each "
+                        "band whose awaited pin arrived, and write their locks")
     p.add_argument("--engine", action="append", metavar="ENGINE", help="only this engine (repeatable; default: all)")
     p.add_argument("--json", metavar="FILE", help="also write what was found (and written) as JSON, for scripts")
     p.add_argument("--index-url", default=INDEX_URL, help=f"the index's simple API (default {INDEX_URL})")

@@ -1,4 +1,5 @@
-"""Write a new release's line into matrix.yaml, under the band it joins, in version order.
+"""Write a new release's line into matrix.yaml, under the band it joins, in version order; make a band
+whose awaited pin arrived installable (its ``unavailable`` and ``awaits`` lines go).
 
 Why a text edit and not a YAML dump: matrix.yaml is edited by hand and its comments say why each band
 and pin is there; re-serialising the file would drop them. The YAML is only composed (nodes with line
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 
 import yaml
 from packaging.version import Version
@@ -21,24 +23,33 @@ from rollout_matrix.matrix.load import load_matrix
 from rollout_matrix.matrix.model import Entry, Matrix
 
 
-def _releases_node(root: yaml.Node, engine: str, anchor: str) -> yaml.MappingNode:
-    """The ``releases`` mapping of the band of ``engine`` that lists version ``anchor``."""
-    def get(node: yaml.Node, key: str) -> yaml.Node | None:
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                if isinstance(k, yaml.ScalarNode) and k.value == key:
-                    return v
-        return None
+def _get(node: yaml.Node, key: str) -> yaml.Node | None:
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            if isinstance(k, yaml.ScalarNode) and k.value == key:
+                return v
+    return None
 
+
+def _band_node(root: yaml.Node, engine: str, anchor: str) -> yaml.MappingNode:
+    """The band (mapping) of ``engine`` that lists version ``anchor``."""
     bands: yaml.Node | None = root
     for key in ("engines", engine, "bands"):
-        bands = get(bands, key) if bands is not None else None
+        bands = _get(bands, key) if bands is not None else None
     if isinstance(bands, yaml.SequenceNode):
         for band in bands.value:
-            releases = get(band, "releases")
-            if isinstance(releases, yaml.MappingNode) and get(releases, anchor) is not None:
-                return releases
-    raise UserError(f"cannot find the band of {engine} {anchor} in matrix.yaml; add the line by hand")
+            releases = _get(band, "releases")
+            if isinstance(band, yaml.MappingNode) and isinstance(releases, yaml.MappingNode) \
+                    and _get(releases, anchor) is not None:
+                return band
+    raise UserError(f"cannot find the band of {engine} {anchor} in matrix.yaml; edit it by hand")
+
+
+def _releases_node(root: yaml.Node, engine: str, anchor: str) -> yaml.MappingNode:
+    """The ``releases`` mapping of the band of ``engine`` that lists version ``anchor``."""
+    releases = _get(_band_node(root, engine, anchor), "releases")
+    assert isinstance(releases, yaml.MappingNode)  # _band_node found the anchor in it
+    return releases
 
 
 def insertion(text: str, engine: str, anchor: str, version: str) -> tuple[int, int]:
@@ -77,18 +88,58 @@ def add_release(matrix: Matrix, found: NewRelease) -> tuple[Matrix, Entry]:
     at, indent = insertion(text, found.engine, anchor.version, found.version)
     lines = text.splitlines(keepends=True)
     lines.insert(at, " " * indent + found.line().strip() + "\n")
-    new_text = "".join(lines)
+
+    def check(reloaded: Matrix) -> None:
+        if name not in reloaded.entries or reloaded.entries[name].torch != anchor.torch:
+            raise UserError(f"inserting {name} into {matrix.path} did not give the expected entry; add it by hand")
+
+    reloaded = _replace(matrix, "".join(lines), check)
+    return reloaded, reloaded.entries[name]
+
+
+def make_installable(matrix: Matrix, name: str) -> tuple[Matrix, list[Entry]]:
+    """Remove ``unavailable`` and ``awaits`` from the band of entry ``name``, with the comment lines
+    right above them (they say why it was unavailable); returns the reloaded matrix and the band's
+    entries, installable now. Refuses (UserError, file untouched) an entry that awaits nothing."""
+    entry = matrix.entries.get(name)
+    if entry is None or not entry.awaits:
+        raise UserError(f"{name} awaits no pin in {matrix.path}; nothing to make installable")
+    text = matrix.path.read_text()
+    band = _band_node(yaml.compose(text, Loader=yaml.SafeLoader), entry.engine, entry.version)
+    lines = text.splitlines(keepends=True)
+    drop: set[int] = set()
+    for key, value in band.value:
+        if isinstance(key, yaml.ScalarNode) and key.value in ("unavailable", "awaits"):
+            last = value.end_mark.line - (1 if value.end_mark.column == 0 else 0)
+            drop.update(range(key.start_mark.line, last + 1))
+            above = key.start_mark.line - 1
+            while above >= 0 and lines[above].strip().startswith("#") \
+                    and len(lines[above]) - len(lines[above].lstrip()) == key.start_mark.column:
+                drop.add(above)
+                above -= 1
+    members = [e.name for e in matrix if e.engine == entry.engine and e.unavailable == entry.unavailable
+               and e.awaits == entry.awaits]
+
+    def check(reloaded: Matrix) -> None:
+        if any(reloaded.entries[m].unavailable for m in members if m in reloaded.entries):
+            raise UserError(f"removing `unavailable` from the band of {name} in {matrix.path} did not make it "
+                            "installable; edit it by hand")
+
+    reloaded = _replace(matrix, "".join(line for i, line in enumerate(lines) if i not in drop), check)
+    return reloaded, [reloaded.entries[m] for m in members]
+
+
+def _replace(matrix: Matrix, new_text: str, check: Callable[[Matrix], None]) -> Matrix:
+    """Write ``new_text`` over matrix.yaml once it loads and passes ``check``; the file is untouched
+    otherwise. Returns the matrix reloaded from the file."""
     fd, tmp = tempfile.mkstemp(dir=matrix.path.parent, prefix=".matrix-", suffix=".yaml")
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(new_text)
         shutil.copymode(matrix.path, tmp)
-        reloaded = load_matrix(tmp)  # validates the edit before it replaces the file
-        if name not in reloaded.entries or reloaded.entries[name].torch != anchor.torch:
-            raise UserError(f"inserting {name} into {matrix.path} did not give the expected entry; add it by hand")
+        check(load_matrix(tmp))  # validates the edit before it replaces the file
         os.replace(tmp, matrix.path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    reloaded = load_matrix(matrix.path)
-    return reloaded, reloaded.entries[name]
+    return load_matrix(matrix.path)

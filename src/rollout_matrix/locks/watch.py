@@ -8,6 +8,11 @@ in a band that says why) nor leaves out on purpose (an engine's ``left_out``). P
 added; a release whose every file is yanked is not one to add. Each missing release is described by
 new-release's own code (:func:`rollout_matrix.locks.newrelease.new_release`): its torch pin, kernel pins,
 the matrix band it joins and the shim band that would serve it.
+
+A band that is ``unavailable`` because the index lacks one exact pin says so with ``awaits``; the watch
+asks the index for that pin too, and ``--write`` makes the band installable (its ``unavailable`` and
+``awaits`` go) and locks its releases on the day the pin arrives (vLLM 0.34.0 pins flashinfer-python
+0.7.3, which PyPI did not have on 2026-12-03).
 """
 
 from __future__ import annotations
@@ -16,13 +21,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from packaging.requirements import Requirement
 from packaging.version import Version
 
-from rollout_matrix.errors import UserError
+from rollout_matrix.errors import RegistryError, UserError
 from rollout_matrix.locks.lockfile import INDEX_URL
 from rollout_matrix.locks.newrelease import NewRelease, new_release
 from rollout_matrix.locks.pypi import project_files
 from rollout_matrix.matrix.model import Matrix
+
+
+@dataclass(frozen=True)
+class Awaited:
+    """An unavailable release and the pin it waits for; ``arrived``: the index has that pin now."""
+
+    entry: str
+    awaits: str
+    arrived: bool
 
 
 @dataclass(frozen=True)
@@ -37,6 +52,7 @@ class EngineWatch:
     left_out: tuple[tuple[str, str], ...]  # (version, why): on the index, left out on purpose
     prereleases: tuple[str, ...]  # newer than the newest final on the index: reported, never added
     yanked: tuple[str, ...]  # newer than ``oldest``, every file yanked: not a release to add
+    awaited: tuple[Awaited, ...] = ()  # the unavailable releases whose band ``awaits`` a pin
 
     def summary(self) -> str:
         """One line for stderr."""
@@ -48,6 +64,9 @@ class EngineWatch:
             parts.append(f"{len(self.yanked)} yanked ({', '.join(self.yanked)})")
         if self.prereleases:
             parts.append(f"pre-releases not added: {', '.join(self.prereleases)}")
+        for a in self.awaited:
+            parts.append(f"{a.entry} awaits {a.awaits}: " + (
+                "on the index now (--write makes it installable and locks it)" if a.arrived else "not on the index yet"))
         return f"watch: {self.engine}: " + "; ".join(parts)
 
 
@@ -65,6 +84,10 @@ class WatchResult:
     def missing(self) -> list[NewRelease]:
         return [m for e in self.engines for m in e.missing]
 
+    @property
+    def arrived(self) -> list[Awaited]:
+        return [a for e in self.engines for a in e.awaited if a.arrived]
+
     def as_dict(self) -> dict[str, Any]:
         """JSON for the scheduled workflow's script (``watch --json FILE``): no timestamps, so the same
         index and matrix give the same file."""
@@ -74,6 +97,7 @@ class WatchResult:
                 "engine": e.engine, "package": e.package, "oldest": e.oldest, "finals": len(e.finals),
                 "prereleases": list(e.prereleases), "yanked": list(e.yanked),
                 "left_out": [{"version": v, "why": why} for v, why in e.left_out],
+                "awaited": [{"entry": a.entry, "awaits": a.awaits, "arrived": a.arrived} for a in e.awaited],
             } for e in self.engines],
             "missing": [{
                 "engine": m.engine, "version": m.version, "entry": f"{m.engine}-{m.version}", "torch": m.torch,
@@ -101,6 +125,19 @@ def index_versions(package: str, index_url: str = INDEX_URL) -> dict[Version, bo
     return versions
 
 
+def pin_on_index(pin: str, index_url: str = INDEX_URL) -> bool:
+    """Whether the index has a file of the exact pin ``name==version`` that is not yanked."""
+    req = Requirement(pin)
+    wanted = Version(next(iter(req.specifier)).version)
+    try:
+        files = project_files(req.name, index_url)
+    except RegistryError:  # the index could not be read: exit 6, as for the engines
+        raise
+    except UserError:  # the project is not on the index at all (404): neither is the pin
+        return False
+    return any(f.version == wanted and not f.yanked for f in files)
+
+
 def watch_engine(matrix: Matrix, engine: str, index_url: str = INDEX_URL) -> EngineWatch:
     """Compare one engine's releases on the index with matrix.yaml (reads wheel metadata only for the
     missing ones)."""
@@ -124,6 +161,7 @@ def watch_engine(matrix: Matrix, engine: str, index_url: str = INDEX_URL) -> Eng
         missing=tuple(new_release(matrix, engine, str(v), index_url) for v in missing),
         left_out=tuple((str(v), why) for v, why in sorted(left_out.items()) if v in set(finals)),
         prereleases=tuple(str(v) for v in pre), yanked=tuple(str(v) for v in yanked),
+        awaited=tuple(Awaited(e.name, e.awaits, pin_on_index(e.awaits, index_url)) for e in entries if e.awaits),
     )
 
 
@@ -135,17 +173,29 @@ def watch(matrix: Matrix, index_url: str = INDEX_URL, engines: list[str] | None 
 
 def write_missing(matrix: Matrix, result: WatchResult, progress: Callable[[str], None], jobs: int = 2) -> Matrix:
     """Add every missing release that joins an existing band to matrix.yaml (new-release's line, see
-    :mod:`rollout_matrix.locks.addrelease`) and lock each for every Python its entry is locked for.
+    :mod:`rollout_matrix.locks.addrelease`), make installable every band whose awaited pin arrived, and
+    lock each release so added or freed for every Python its entry is locked for.
 
     Releases that need a new band, or whose lock fails, are recorded in ``result`` (the line of a
     release whose lock failed stays: it is missing from the matrix either way, and the failure is
     what a person has to decide about). Returns the matrix as written.
     """
-    from rollout_matrix.locks.addrelease import add_release
+    from rollout_matrix.locks.addrelease import add_release, make_installable
     from rollout_matrix.locks.lockfile import locks_dir_for
     from rollout_matrix.locks.locking import lock_entries, lock_pythons
 
     added = []
+    for awaited in result.arrived:
+        try:
+            matrix, freed = make_installable(matrix, awaited.entry)
+        except UserError as exc:
+            result.not_written.append((awaited.entry, str(exc)))
+            progress(f"{awaited.entry}: still unavailable: {exc}")
+            continue
+        added += freed
+        result.written += [e.name for e in freed]
+        progress(f"{awaited.entry}: {awaited.awaits} is on the index: its band in {matrix.path.name} is installable now "
+                 f"({', '.join(e.name for e in freed)})")
     for found in result.missing:
         name = f"{found.engine}-{found.version}"
         try:

@@ -264,6 +264,22 @@ def _load_gpu_evidence_also(ctx: _Ctx, engine: str, node: yaml.Node, matrix: Mat
     return out
 
 
+def _awaits(ctx: _Ctx, node: yaml.Node, what: str, unavailable: str | None) -> str:
+    """A band's ``awaits``: the one exact pin (``name==version``) the index lacks, whose arrival
+    ``watch`` looks for every day; only beside the ``unavailable`` it would end."""
+    text = ctx.string(node, what, example="flashinfer-python==0.7.3")
+    if unavailable is None:
+        raise ctx.fail(node, f"{what} needs `unavailable` beside it: it names what the band waits for")
+    try:
+        req = Requirement(text)
+    except InvalidRequirement:
+        req = None
+    specs = list(req.specifier) if req is not None else []
+    if req is None or len(specs) != 1 or specs[0].operator != "==" or "*" in specs[0].version or req.extras or req.marker:
+        raise ctx.fail(node, f"{what} {text!r} must be one exact pin, like \"flashinfer-python==0.7.3\"")
+    return f"{canonicalize_name(req.name)}=={specs[0].version}"
+
+
 def _load_engine(ctx: _Ctx, engine: str, node: yaml.Node, stacks: dict[str, Stack],
                  test_reqs: tuple[str, ...]) -> Iterator[Entry]:
     what = f"engines.{engine}"
@@ -284,7 +300,7 @@ def _load_engine(ctx: _Ctx, engine: str, node: yaml.Node, stacks: dict[str, Stac
         band_what = f"{what}.bands[{index}]"
         b = ctx.mapping(band, band_what)
         ctx.keys(b, band_what, {"stack", "releases", "torch"}, {"extra_requirements", "system_packages", "unavailable",
-                                                                  "requirement"},
+                                                                  "requirement", "awaits"},
                  band)
         band_template, band_template_node = template, template_node
         if "requirement" in b:  # a band whose install differs (e.g. extras the engine dropped)
@@ -310,6 +326,7 @@ def _load_engine(ctx: _Ctx, engine: str, node: yaml.Node, stacks: dict[str, Stac
             if "system_packages" in b else ()
         system = tuple(dict.fromkeys(engine_system + band_system))  # the engine's, then the band's own
         unavailable = ctx.string(b["unavailable"][1], f"{band_what}.unavailable") if "unavailable" in b else None
+        awaits = _awaits(ctx, b["awaits"][1], f"{band_what}.awaits", unavailable) if "awaits" in b else None
         releases = ctx.mapping(b["releases"][1], f"{band_what}.releases")
         if not releases:
             raise ctx.fail(b["releases"][1], f"{band_what}.releases is empty; list at least one release or "
@@ -343,5 +360,6 @@ def _load_engine(ctx: _Ctx, engine: str, node: yaml.Node, stacks: dict[str, Stac
                 test_requirements=test_reqs,
                 exclude_newer=exclude_newer,
                 unavailable=unavailable,
+                awaits=awaits,
                 line=vkey.start_mark.line + 1,
             )

@@ -46,6 +46,7 @@ class Entry:
     test_requirements: tuple[str, ...] = ()
     exclude_newer: str | None = None
     unavailable: str | None = None  # why this release cannot be installed from the public index today
+    awaits: str | None = None  # with ``unavailable``: the exact pin whose arrival on the index ends it
     line: int = 0
 
     @property
@@ -103,6 +104,8 @@ class Entry:
             "exclude_newer": self.exclude_newer,
             "unavailable": self.unavailable,
             "readable_tag": self.readable_tag,
+            # only where set: the digest of every other entry (its images' content tags) stays what it was
+            **({"awaits": self.awaits} if self.awaits else {}),
         }
 
     def digest(self) -> str:
