@@ -72,3 +72,20 @@ def test_a_release_whose_function_is_not_memoised_is_left_alone(monkeypatch) -> 
     module.supports_kw = lambda callable, kw_name: True  # up to 0.10.2, and 0.20+'s unwrapping front
     monkeypatch.setitem(sys.modules, module.__name__, module)
     assert vllm_memory.drop_model_keyed_memos() == []
+
+
+def test_011_0s_memo_in_vllm_utils_is_cleared_too(monkeypatch) -> None:
+    """0.11.0 has no vllm/utils/func_utils.py: its memoised supports_kw is in vllm/utils/__init__.py."""
+    module = types.ModuleType("vllm.utils")
+
+    @functools.lru_cache
+    def supports_kw(callable, kw_name: str) -> bool:  # vllm/utils/__init__.py:2133-2134 in 0.11.0
+        return kw_name in inspect.signature(callable).parameters
+
+    module.supports_kw = supports_kw
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.delitem(sys.modules, "vllm.utils.func_utils", raising=False)
+    gone = started_model(module)
+    assert vllm_memory.drop_model_keyed_memos() == ["vllm.utils.supports_kw"]
+    gc.collect()
+    assert gone() is None

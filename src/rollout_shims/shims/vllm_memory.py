@@ -32,14 +32,15 @@ GPU and live for the process: one 2 MiB pool segment that refuses every later en
 (0.6.12 - 0.6.16) builds a 16-value lookup table so; vLLM 0.26's compilation passes import it
 (vllm/compilation/passes/allreduce_rms_fusion.py) during load_model. H200, 2026-12-03."""
 
-MODEL_KEYED_MEMOS = (("vllm.utils.func_utils", "supports_kw"),)
+MODEL_KEYED_MEMOS = (("vllm.utils.func_utils", "supports_kw"), ("vllm.utils", "supports_kw"))
 """(module, function) of ``functools.lru_cache`` functions that vLLM calls with bound methods of the live
 model, so that the cache keeps the model, and through its layers the KV cache, for the process. vLLM
 0.11 - 0.19: ``LLM.__init__`` -> ``get_supported_tasks`` -> ``is_vllm_model(model)`` ->
 ``supports_kw(model.__init__, "vllm_config")`` (vllm/utils/func_utils.py:123-124 and
-model_executor/models/interfaces_base.py:63-65 in 0.12.0); from 0.20 ``supports_kw`` unwraps bound
-methods before its cached ``_supports_kw`` (func_utils.py:100-119 in 0.22.0); up to 0.10.2 nothing is
-cached. H200, 2026-12-03: vLLM 0.11.2 and 0.12.0 refused the second engine in both modes, 38 GiB held."""
+model_executor/models/interfaces_base.py:63-65 in 0.12.0; vllm/utils/__init__.py:2133-2134 in 0.11.0,
+before func_utils existed); from 0.20 ``supports_kw`` unwraps bound methods before its cached
+``_supports_kw`` (func_utils.py:100-119 in 0.22.0); up to 0.10.2 nothing is cached. H200, 2026-12-03:
+vLLM 0.11.2 and 0.12.0 refused the second engine in both modes, 38 GiB held."""
 
 
 def cumem_allocator() -> Any:
