@@ -105,3 +105,43 @@ def test_any_other_assertion_of_sleep_still_raises() -> None:
     with pytest.raises(AssertionError, match="something else"):
         executor.sleep()
     assert not executor.is_sleeping
+
+
+def test_a_runner_without_shutdown_lets_go_of_the_layers_kv_caches_and_model() -> None:
+    import gc
+    import weakref
+    from types import SimpleNamespace
+
+    from rollout_shims.shims.vllm_worker import release_runner_in_worker
+
+    class Attention:  # holds its KV cache in a list, as vLLM's attention layer does
+        def __init__(self) -> None:
+            self.kv_cache = [bytearray(1 << 20)]
+
+    layer = Attention()
+    config = SimpleNamespace(static_forward_context={"model.layers.0.self_attn.attn": layer})
+    runner = SimpleNamespace(compilation_config=config, kv_caches=[layer.kv_cache[0]], model=SimpleNamespace(attn=layer))
+    kept_config = config  # what a caller or a memo keeps of the engine after shutdown
+    gone = weakref.ref(layer)
+    del layer
+    assert release_runner_in_worker(SimpleNamespace(model_runner=runner)) is True
+    gc.collect()
+    assert gone() is None, "the config a caller kept still reaches the attention layer"
+    assert kept_config.static_forward_context == {} and runner.kv_caches == [] and runner.model is None
+
+
+def test_a_runner_with_its_own_shutdown_is_left_to_it() -> None:
+    from types import SimpleNamespace
+
+    from rollout_shims.shims.vllm_worker import release_runner_in_worker
+
+    class Runner:  # vLLM 0.20+: GPUModelRunner.shutdown releases, called by Worker.shutdown
+        model = "the model"
+
+        def shutdown(self) -> None:
+            pass
+
+    runner = Runner()
+    assert release_runner_in_worker(SimpleNamespace(model_runner=runner)) is False
+    assert runner.model == "the model"
+    assert release_runner_in_worker(SimpleNamespace()) is False

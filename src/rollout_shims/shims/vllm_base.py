@@ -9,6 +9,7 @@ them at start-up and otherwise guesses (V0/V1, sampler) differently per machine.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import logging
@@ -34,6 +35,7 @@ from rollout_shims.shims.vllm_groups import TORCH_GROUP_SYMBOLS, VLLMGroups
 from rollout_shims.shims.vllm_worker import (
     load_shared_in_worker,
     load_weights_in_worker,
+    release_runner_in_worker,
     runner_module,
     tolerate_allocations_elsewhere_during_sleep,
 )
@@ -325,6 +327,8 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
     def _shutdown(self) -> None:
         llm = self.__dict__.pop("_llm", None)
         if llm is not None:
+            with contextlib.suppress(Exception):  # best effort: a failed engine may not answer
+                llm.collective_rpc(release_runner_in_worker)
             _stop_engine_core(llm)
             del llm
         left, per_tag = self._release_engine_memory()

@@ -65,3 +65,24 @@ def tolerate_allocations_elsewhere_during_sleep(worker: Any) -> bool:
 
     worker.sleep = sleep_tolerating_allocations_elsewhere
     return True
+
+
+def release_runner_in_worker(worker: Any) -> bool:
+    """Run by ``collective_rpc`` at shutdown: what vLLM 0.20's ``GPUModelRunner.shutdown`` does
+    (v1/worker/gpu_model_runner.py:5900-5919 in 0.20.0), for releases whose runner has no ``shutdown``:
+    drop the config's ``static_forward_context`` (layer name -> attention layer, whose ``kv_cache`` list
+    holds the KV cache), the runner's ``kv_caches`` and its model. Before 0.20 nothing does, so anything
+    that still holds the engine's config (a caller's handle on ``vllm_config``, a memo) keeps the KV
+    cache and vLLM refuses the next engine. True when it released, False where the runner does it."""
+    runner = getattr(worker, "model_runner", None)
+    if runner is None or callable(getattr(runner, "shutdown", None)):
+        return False
+    context = getattr(getattr(runner, "compilation_config", None), "static_forward_context", None)
+    if isinstance(context, dict):
+        context.clear()
+    caches = getattr(runner, "kv_caches", None)
+    if isinstance(caches, list):
+        caches.clear()
+    if hasattr(runner, "model"):
+        runner.model = None
+    return True
