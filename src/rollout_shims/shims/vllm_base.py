@@ -132,7 +132,10 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
         kwargs = self.engine_kwargs(config, detection.release)
         vllm_memory.refuse_a_new_engine_while_memory_is_held(detection.release)
         self._llm = self._start(kwargs)
-        self._llm.collective_rpc(tolerate_allocations_elsewhere_during_sleep)
+        try:  # the engine works without it; only a sleep disturbed by another process would then fail
+            self._llm.collective_rpc(tolerate_allocations_elsewhere_during_sleep)
+        except Exception as exc:
+            log.warning("vLLM %s: could not make sleep tolerate allocations by other processes: %s", detection.release, exc)
         self._after_start()
         v1 = type(self._llm.llm_engine).__module__.startswith("vllm.v1")
         self.info.details.update(
