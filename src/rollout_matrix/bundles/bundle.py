@@ -27,8 +27,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
-import tempfile
 import time
 import urllib.request
 import zipfile
@@ -43,6 +41,7 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 from rollout_matrix.bundles import borrow
 from rollout_matrix.bundles.manifest import BUNDLE_FORMAT, MANIFEST, EntryRecord, FileRecord, Manifest, chunk_payload, pack_parts
 from rollout_matrix.bundles.payload import PAYLOADS, member_digest, sha256_file, zstd_payload
+from rollout_matrix.bundles.sdists import build_wheel, toolkit
 from rollout_matrix.bundles.syslibset import SyslibSet, deb_records, entry_sets
 from rollout_matrix.errors import UserError
 from rollout_matrix.locks.lockfile import (
@@ -125,44 +124,6 @@ def fetch(file: IndexFile, cache: Path) -> Path:
                         f"{file.sha256}; the download was corrupted or tampered with; retry")
     tmp.replace(target)
     return target
-
-
-def find_python(python: str) -> str:
-    """An interpreter of version ``python`` to build sdists with (wheels may be version-specific)."""
-    for candidate in [shutil.which(f"python{python}"),
-                      *sorted(Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")).glob(
-                          f"versions/{python}*/bin/python{python}"))]:
-        if candidate and Path(candidate).is_file():
-            probe = subprocess.run([str(candidate), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                                   capture_output=True, text=True, check=False)
-            if probe.stdout.strip() == python:
-                return str(candidate)
-    raise UserError(f"no Python {python} here to build sdists for the bundle; install one "
-                    f"(e.g. `uv python install {python}`) and put python{python} on PATH")
-
-
-def build_wheel(sdist: Path, python: str, cache: Path) -> Path:
-    """A wheel built from a hash-checked sdist for ``python`` (cached by the sdist's sha256)."""
-    from rollout_matrix.locks.resolver import uv_binary, uv_environment
-
-    out = cache / "built" / f"{sha256_file(sdist)}-py{python}"
-    found = sorted(out.glob("*.whl")) if out.is_dir() else []
-    stamp = out / "wheel.sha256"  # written with the wheel: a built wheel edited in the cache is built again
-    if found and stamp.is_file() and stamp.read_text().strip() == sha256_file(found[0]):
-        return found[0]
-    shutil.rmtree(out, ignore_errors=True)
-    with tempfile.TemporaryDirectory(prefix="rollout-matrix-build-") as tmp:
-        cmd = [uv_binary(), "build", "--wheel", "--no-config", "--python", find_python(python),
-               "--out-dir", tmp, str(sdist)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=uv_environment(), check=False)
-        wheels = sorted(Path(tmp).glob("*.whl"))
-        if proc.returncode != 0 or not wheels:
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise UserError(f"building a wheel from {sdist.name} failed: {last[:300]}")
-        out.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(wheels[0]), out / wheels[0].name)
-        stamp.write_text(sha256_file(out / wheels[0].name) + "\n")
-    return out / wheels[0].name
 
 
 # -- making a bundle ------------------------------------------------------------------------------------
@@ -289,6 +250,8 @@ def _make(matrix: Matrix, entries: list[Entry], locks: dict[str, tuple[Path, lis
     chunk_bytes = limit
     records: dict[str, EntryRecord] = {}
     done: dict[str, FileRecord] = {}  # lock hash -> record: a file shared by entries is processed once
+    stack_of = {h.removeprefix("sha256:"): e.stack.name for e in reversed(entries) for pin in locks[e.name][1]
+                for h in pin.hashes}  # an sdist that needs CUDA is built with its (first) entry's toolkit
     fetched: dict[str, Path] = {}  # lock hash -> the cached file, hashed on this run
 
     def prepare(choice: Choice) -> FileRecord:
@@ -296,7 +259,9 @@ def _make(matrix: Matrix, entries: list[Entry], locks: dict[str, tuple[Path, lis
         if key in done:
             return done[key]
         source = fetched.get(key) or fetch(choice.file, cache)
-        wheel = build_wheel(source, python, cache) if choice.built else source
+        stack = stack_of.get(key, "")
+        wheel = build_wheel(source, python, cache, lambda: toolkit(stack, matrix.path.parent, cache)) \
+            if choice.built else source
         with zipfile.ZipFile(wheel) as zf:
             members = member_digest(zf)
         name = canonicalize_name(choice.name)
