@@ -53,9 +53,8 @@ def toolkit(stack: str, checkout: Path, cache: Path) -> Path:
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
             if proc.returncode != 0:
                 shutil.rmtree(prefix, ignore_errors=True)
-                last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
                 raise UserError(f"assembling the CUDA toolkit of stack {stack} failed ({Path(cmd[1]).name}): "
-                                f"{last[:300]}")
+                                f"{_last_line(proc.stderr)[:300]}")
     return prefix
 
 
@@ -84,7 +83,7 @@ def find_python(python: str) -> str:
 
 def build_wheel(sdist: Path, python: str, cache: Path, cuda: Callable[[], Path] | None = None) -> Path:
     """A wheel built from a hash-checked sdist for ``python`` (cached by the sdist's sha256). A build
-    that fails is tried once more with the CUDA toolkit ``cuda()`` assembles (bundles/toolkit.py), for
+    that fails is tried once more with the CUDA toolkit ``cuda()`` assembles (:func:`toolkit`), for
     the sdists that compile against CUDA."""
     from rollout_matrix.locks.resolver import uv_binary, uv_environment
 
@@ -99,16 +98,20 @@ def build_wheel(sdist: Path, python: str, cache: Path, cuda: Callable[[], Path] 
                "--out-dir", tmp, str(sdist)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=uv_environment(), check=False)
         if proc.returncode != 0 and cuda is not None:
-            first = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            first = _last_line(proc.stderr)
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
                                   env=build_environment(cuda(), uv_environment()))
             if proc.returncode != 0:
                 proc.stderr += f"\n(without a CUDA toolkit: {first[:200]})"
         wheels = sorted(Path(tmp).glob("*.whl"))
         if proc.returncode != 0 or not wheels:
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise UserError(f"building a wheel from {sdist.name} failed: {last[:300]}")
+            raise UserError(f"building a wheel from {sdist.name} failed: {_last_line(proc.stderr)[:300]}")
         out.mkdir(parents=True, exist_ok=True)
         shutil.move(str(wheels[0]), out / wheels[0].name)
         stamp.write_text(sha256_file(out / wheels[0].name) + "\n")
     return out / wheels[0].name
+
+
+def _last_line(stderr: str) -> str:
+    """A failed command's last line of stderr: where uv and compilers put the cause."""
+    return (stderr.strip().splitlines() or ["no output"])[-1]

@@ -80,7 +80,12 @@ def _step(ref: Any, held: Any) -> tuple[str, Any]:
 def _own_frames() -> set[int]:
     """The frames of this thread's stack (the walk and its callers): their locals are the caller's
     handles on the object, not what keeps it alive. Other frames (a thread's, a traceback's) are."""
-    found, frame = set(), sys._getframe()
+    return _stack(sys._getframe())
+
+
+def _stack(frame: types.FrameType | None) -> set[int]:
+    """The ids of ``frame`` and of every frame below it on its thread's stack."""
+    found = set()
     while frame is not None:
         found.add(id(frame))
         frame = frame.f_back
@@ -102,12 +107,7 @@ def _dict_owner(d: dict) -> Any:
 def _running_frames() -> set[int]:
     """Every frame some thread is running: a local there is a root. A frame that finished but is kept
     (by a traceback, a generator) is not: the walk goes on to what keeps it."""
-    found = set()
-    for frame in sys._current_frames().values():
-        while frame is not None:
-            found.add(id(frame))
-            frame = frame.f_back
-    return found
+    return set().union(*(_stack(frame) for frame in sys._current_frames().values()))
 
 
 def _name(obj: Any) -> str:
