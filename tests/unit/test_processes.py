@@ -126,6 +126,16 @@ def _watchdog_line(pid: int) -> str:
             "Triggering SIGQUIT for cleanup...\n")
 
 
+def _killed_as_the_watchdog_reports(proc: subprocess.Popen, engine_log: EngineLog) -> str:
+    """SIGKILL ``proc``, reap it as SGLang's watchdog does and write the watchdog's line for it; returns
+    the name it had (what the failure must give)."""
+    name = psutil.Process(proc.pid).name()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    engine_log.path.write_text(_watchdog_line(proc.pid))
+    return name
+
+
 def _sglang_engine_after_sigquit(owned: OwnedProcesses, log: EngineLog) -> SGLangEngine:
     """An SGLang shim as ``_on_sigquit`` leaves it (no engine needed to build a failure)."""
     engine = SGLangEngine.__new__(SGLangEngine)
@@ -155,10 +165,7 @@ def test_a_sigquit_failure_names_the_child_sglangs_watchdog_saw_die(spawned, eng
     owned = OwnedProcesses.start_watching()
     victim, other = spawned(), spawned()
     owned.capture()
-    victim_name = psutil.Process(victim.pid).name()
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    engine_log.path.write_text(_watchdog_line(victim.pid))
+    victim_name = _killed_as_the_watchdog_reports(victim, engine_log)
     failure = _sglang_engine_after_sigquit(owned, engine_log)._failed()
     assert isinstance(failure, EngineFailedError)
     assert (failure.process, failure.how) == (victim_name, "was killed by SIGKILL")
@@ -187,12 +194,9 @@ def test_the_child_sglangs_watchdog_named_wins_over_one_that_ended_first(spawned
     owned = OwnedProcesses.start_watching()
     first, second = spawned(), spawned()
     owned.capture()
-    second_name = psutil.Process(second.pid).name()
     first.send_signal(signal.SIGTERM)
     first.wait()
-    second.send_signal(signal.SIGKILL)
-    second.wait()
-    engine_log.path.write_text(_watchdog_line(second.pid))
+    second_name = _killed_as_the_watchdog_reports(second, engine_log)
     failure = _sglang_engine_after_sigquit(owned, engine_log)._failed()
     assert (failure.process, failure.how) == (second_name, "was killed by SIGKILL")
 

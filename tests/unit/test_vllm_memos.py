@@ -17,17 +17,23 @@ import pytest
 from rollout_shims.shims import vllm_memory
 
 
-@pytest.fixture
-def func_utils(monkeypatch):
-    module = types.ModuleType("vllm.utils.func_utils")
+def memoised_supports_kw(monkeypatch, module_name: str) -> types.ModuleType:
+    """A module ``module_name`` in ``sys.modules`` whose ``supports_kw`` is memoised as vLLM 0.11 - 0.19's is
+    (vllm/utils/func_utils.py:123-124 in 0.12.0, vllm/utils/__init__.py:2133-2134 in 0.11.0)."""
+    module = types.ModuleType(module_name)
 
     @functools.lru_cache
-    def supports_kw(callable, kw_name: str) -> bool:  # vllm/utils/func_utils.py:123-124 in 0.12.0
+    def supports_kw(callable, kw_name: str) -> bool:
         return kw_name in inspect.signature(callable).parameters
 
     module.supports_kw = supports_kw
     monkeypatch.setitem(sys.modules, module.__name__, module)
     return module
+
+
+@pytest.fixture
+def func_utils(monkeypatch):
+    return memoised_supports_kw(monkeypatch, "vllm.utils.func_utils")
 
 
 class Model:
@@ -76,14 +82,7 @@ def test_a_release_whose_function_is_not_memoised_is_left_alone(monkeypatch) -> 
 
 def test_011_0s_memo_in_vllm_utils_is_cleared_too(monkeypatch) -> None:
     """0.11.0 has no vllm/utils/func_utils.py: its memoised supports_kw is in vllm/utils/__init__.py."""
-    module = types.ModuleType("vllm.utils")
-
-    @functools.lru_cache
-    def supports_kw(callable, kw_name: str) -> bool:  # vllm/utils/__init__.py:2133-2134 in 0.11.0
-        return kw_name in inspect.signature(callable).parameters
-
-    module.supports_kw = supports_kw
-    monkeypatch.setitem(sys.modules, module.__name__, module)
+    module = memoised_supports_kw(monkeypatch, "vllm.utils")
     monkeypatch.delitem(sys.modules, "vllm.utils.func_utils", raising=False)
     gone = started_model(module)
     assert vllm_memory.drop_model_keyed_memos() == ["vllm.utils.supports_kw"]

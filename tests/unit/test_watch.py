@@ -104,6 +104,12 @@ def watch(checkout: Path, index_url: str, *args: str, env: dict[str, str] | None
                           cwd=checkout, env=environ, capture_output=True, text=True, check=False, timeout=120)
 
 
+def list_matrix(path: Path) -> subprocess.CompletedProcess:
+    """`rollout-matrix list` on the matrix file ``path``: where a matrix.yaml error is reported."""
+    return subprocess.run([sys.executable, "-m", "rollout_matrix.cli", "--matrix", str(path), "list"],
+                          capture_output=True, text=True, check=False, timeout=60)
+
+
 def test_reports_each_missing_final_release_once_and_the_rest_on_stderr(index, checkout) -> None:
     before = (checkout / "matrix.yaml").read_text()
     proc = watch(checkout, index.url, "--json", "found.json")
@@ -185,8 +191,7 @@ def test_write_adds_lines_in_version_order_and_reports_what_it_could_not_do(inde
 def test_left_out_must_not_also_be_listed(tmp_path: Path) -> None:
     path = tmp_path / "matrix.yaml"
     path.write_text(MATRIX.replace('"0.31.0": "its wheel', '"0.30.0": "its wheel'))
-    proc = subprocess.run([sys.executable, "-m", "rollout_matrix.cli", "--matrix", str(path), "list"],
-                          capture_output=True, text=True, check=False, timeout=60)
+    proc = list_matrix(path)
     assert proc.returncode == 2
     assert f"{path}:13: vllm 0.30.0 is left out here but listed at line 20; remove one of the two" in proc.stderr
 
@@ -199,8 +204,7 @@ def test_left_out_must_not_also_be_listed(tmp_path: Path) -> None:
 def test_left_out_needs_a_version_and_a_reason(tmp_path: Path, left_out: str, message: str) -> None:
     path = tmp_path / "matrix.yaml"
     path.write_text(MATRIX.replace('"0.31.0": "its wheel was broken (a test reason)"', left_out))
-    proc = subprocess.run([sys.executable, "-m", "rollout_matrix.cli", "--matrix", str(path), "list"],
-                          capture_output=True, text=True, check=False, timeout=60)
+    proc = list_matrix(path)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
 
 
@@ -254,15 +258,13 @@ def test_write_makes_the_band_installable_on_the_day_its_pin_arrives(index, chec
 def test_awaits_is_one_exact_pin(tmp_path: Path, awaits: str, message: str) -> None:
     path = tmp_path / "matrix.yaml"
     path.write_text(MATRIX.replace('awaits: "flashinfer-python==0.7.3"', f"awaits: {awaits}"))
-    proc = subprocess.run([sys.executable, "-m", "rollout_matrix.cli", "--matrix", str(path), "list"],
-                          capture_output=True, text=True, check=False, timeout=60)
+    proc = list_matrix(path)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
 
 
 def test_awaits_needs_unavailable_beside_it(tmp_path: Path) -> None:
     path = tmp_path / "matrix.yaml"
     path.write_text(MATRIX.replace('        unavailable: "flashinfer-python==0.7.3 is not on the index"\n', ""))
-    proc = subprocess.run([sys.executable, "-m", "rollout_matrix.cli", "--matrix", str(path), "list"],
-                          capture_output=True, text=True, check=False, timeout=60)
+    proc = list_matrix(path)
     assert proc.returncode == 2, proc.stderr
     assert f"{path}:34: engines.vllm.bands[3].awaits needs `unavailable` beside it" in proc.stderr  # line 35 less one
