@@ -25,6 +25,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,6 +38,10 @@ DEFAULT_FRACTION = 0.4
 PROFILING_RACE = "Error in memory profiling"
 """vLLM's assertion (vllm/v1/worker/gpu_worker.py, every release 0.13 - 0.34) when the GPU's free memory
 grew between its start-up snapshot and the end of its profiling run."""
+START_TIMEOUT_ENV = "ROLLOUT_MATRIX_ENGINE_START_TIMEOUT_S"
+DEFAULT_START_TIMEOUT_S = 600.0
+"""Engine starts on the H200 took up to about 100 s (vLLM, graphs, first start: docs/gpu.md); six times
+that is a hang, not a slow start."""
 T = TypeVar("T")
 
 LOCKING_PRELUDE = f"""
@@ -66,6 +72,46 @@ def engine_config(model_dir: object, backend: str, mode: str, **over: object) ->
     return {"model_dir": str(model_dir), "rollout_backend": backend, "validate_weight": True,
             "gpu_memory_utilization": memory_fraction(), "enforce_eager": mode == "eager",
             "max_running_requests": 16, "cuda_graph_max_bs": 16, **over}
+
+
+class EngineStartTimeout(Exception):
+    """An engine start outlasted ``ROLLOUT_MATRIX_ENGINE_START_TIMEOUT_S``."""
+
+
+def start_timeout() -> float:
+    """Seconds an engine start may take in the suites (``START_TIMEOUT_ENV``; 0 turns the bound off)."""
+    raw = os.environ.get(START_TIMEOUT_ENV, "").strip()
+    try:
+        value = float(raw) if raw else DEFAULT_START_TIMEOUT_S
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise ValueError(f"{START_TIMEOUT_ENV}={raw!r}: give the seconds an engine start may take (0: no bound)")
+    return value
+
+
+@contextlib.contextmanager
+def start_deadline(seconds: float) -> Iterator[None]:
+    """Raise :class:`EngineStartTimeout` in the main thread if the block runs longer than ``seconds``.
+
+    Why: an engine start that hangs holds the GPU lock, so every suite sharing the GPU waits with it
+    (H200, 2026-12-03: an sglang-0.5.5.post3 scheduler that never started held two vLLM suites for ten
+    minutes of a 30-minute hold). SIGALRM interrupts the blocking read the start waits in; the shim's
+    clean-up then stops the processes it started. Off the main thread, or with 0, nothing is bounded."""
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expired(signum: int, frame: object) -> None:
+        raise EngineStartTimeout(f"the engine did not start within {seconds:g} s ({START_TIMEOUT_ENV})")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 class GpuShare:
@@ -110,9 +156,12 @@ class GpuShare:
         finally:
             self._set(before)
 
-    def starting(self) -> contextlib.AbstractContextManager[None]:
-        """Around an engine start: exclusive (a shared hold of this process is given up meanwhile)."""
-        return self._held(fcntl.LOCK_EX)
+    @contextlib.contextmanager
+    def starting(self) -> Iterator[None]:
+        """Around an engine start: exclusive (a shared hold of this process is given up meanwhile), and
+        bounded by :func:`start_deadline` once the lock is held."""
+        with self._held(fcntl.LOCK_EX), start_deadline(start_timeout()):
+            yield
 
     def start(self, create: Callable[[dict], T], config: dict) -> T:
         """``create(config)`` (an engine start) under the exclusive lock. On a shared GPU, once more

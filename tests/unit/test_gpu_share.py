@@ -131,3 +131,34 @@ def test_the_lock_is_released_after_every_file_opened_later_at_exit(tmp_path: Pa
     os.close(watch)
     assert sorted(order) == sorted(names.values()), order
     assert order[-1] == "gpu.lock", f"the lock was released before a file opened after it: {order}"
+
+
+def test_a_start_that_hangs_in_a_blocking_read_is_ended_and_gives_the_lock_back(tmp_path: Path, monkeypatch) -> None:
+    """What a scheduler that never answers looks like to the suite: ``Engine.__init__`` blocked in a pipe
+    read (SGLang's ``reader.recv()``). The deadline ends it and the other suites get the lock back."""
+    import multiprocessing
+
+    monkeypatch.setenv(gpu_share.START_TIMEOUT_ENV, "0.5")
+    lock = tmp_path / "gpu.lock"
+    share = gpu_share.GpuShare(str(lock))
+    reader, writer = multiprocessing.Pipe(duplex=False)  # the writer stays open: recv() would wait forever
+
+    def hangs(config: dict) -> None:
+        assert not others_can_lock(lock, fcntl.LOCK_SH)
+        reader.recv()
+
+    started = time.monotonic()
+    with pytest.raises(gpu_share.EngineStartTimeout, match=r"did not start within 0\.5 s"):
+        share.start(hangs, {})
+    assert time.monotonic() - started < 5
+    assert others_can_lock(lock, fcntl.LOCK_EX)
+    assert share.start(lambda config: "next", {}) == "next"  # the alarm is off again: nothing fires later
+    time.sleep(0.7)
+    writer.close()
+
+
+@pytest.mark.parametrize("raw", ["soon", "-1"])
+def test_a_bad_start_timeout_names_the_variable(monkeypatch, raw: str) -> None:
+    monkeypatch.setenv(gpu_share.START_TIMEOUT_ENV, raw)
+    with pytest.raises(ValueError, match=gpu_share.START_TIMEOUT_ENV):
+        gpu_share.start_timeout()
