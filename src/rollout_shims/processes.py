@@ -120,6 +120,47 @@ class OwnedProcesses:
         self._thread = threading.Thread(target=loop, name="rollout-shims-engine-watch", daemon=True)
         self._thread.start()
 
+    def watch_start(self, on_dead: Callable[[int, str, str], None], interval: float = 0.5) -> Callable[[], None]:
+        """While the engine starts: call ``on_dead(pid, name, how)`` (from a daemon thread) for the first
+        new child that ended with a failure and nobody reaped, i.e. the engine's own (a multiprocessing
+        child stays a zombie until it is joined). Returns the function that stops the watch.
+
+        Why: a scheduler that dies before it can report (its exec refused, SIGKILLed by the OOM killer
+        while it loads) sends nothing, and SGLang up to 0.5.9 waits for its pipe forever. A failed child
+        must look the same on two polls: a helper that ``subprocess.run`` reaps at once is not taken."""
+        done = threading.Event()
+        seen: dict[int, int | None] = {}
+
+        def dead_child() -> tuple[int, str, str] | None:
+            import psutil
+
+            for child in psutil.Process().children():
+                if child.pid in self._before:
+                    continue
+                try:
+                    zombie = child.status() == psutil.STATUS_ZOMBIE
+                    name = child.name() if not zombie else ""
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+                code = peek_exit(child.pid) if zombie else None
+                if not zombie or code in (0, None):
+                    self._names.setdefault(child.pid, name)
+                    continue
+                if seen.get(child.pid) == code:
+                    return child.pid, self.name(child.pid), describe_exit(code)
+                seen[child.pid] = code
+            return None
+
+        def loop() -> None:
+            while not done.wait(interval):
+                found = dead_child()
+                if found is not None and not done.is_set():
+                    on_dead(*found)
+                    return
+
+        threading.Thread(target=loop, name="rollout-shims-start-watch", daemon=True).start()
+        return done.set
+
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the recorded children and their descendants, SIGKILL what is left after
         ``timeout`` seconds. psutil.Process objects check the start time, so a recycled pid

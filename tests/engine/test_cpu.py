@@ -8,6 +8,7 @@ import dataclasses
 import importlib
 import inspect
 import json
+import os
 from importlib import metadata
 from pathlib import Path
 
@@ -306,6 +307,42 @@ def test_no_memo_of_this_release_keeps_a_model_after_the_shims_release(detection
     vllm_memory.drop_model_keyed_memos()
     gc.collect()
     assert gone() is None, "a memo of this release keeps the model: add it to vllm_memory.MODEL_KEYED_MEMOS"
+
+
+def test_sglangs_schedulers_can_start_with_the_memory_savers_preload_library(detection, tmp_path: Path,
+                                                                            monkeypatch) -> None:
+    """SGLang starts its schedulers with ``LD_PRELOAD`` = torch_memory_saver's hook library; from 0.0.9 it
+    needs ``libcudart.so.12`` with no RPATH, and on the H200 (system CUDA 13) sglang-0.5.5.post3's scheduler
+    could not exec and the start hung (2026-12-03). The shim probes that ``LD_PRELOAD`` before each start
+    and puts torch's CUDA runtime on the children's path (shims/sglang_preload.py). Here the probe runs
+    for this release, with a stand-in ``libcuda.so.1`` where no driver is installed (the loader stops at
+    the first library it cannot find): a child started with the release's ``LD_PRELOAD`` must then load."""
+    if detection.engine != "sglang":
+        pytest.skip("SGLang-only: vLLM starts no process with LD_PRELOAD")
+    import shutil
+    import subprocess
+    import sys
+
+    import torch  # noqa: F401  (maps its CUDA runtime, as SGLang's import does before a start)
+
+    from rollout_shims.shims.sglang_preload import children_can_preload, memory_saver_preload, refused_library
+
+    before = os.environ.get("LD_PRELOAD")
+    preload = memory_saver_preload()
+    assert preload, "torch_memory_saver.configure_subprocess() set no LD_PRELOAD"
+    assert all(Path(p).is_file() and "torch_memory_saver" in Path(p).name for p in preload.split(":") if p), preload
+    assert os.environ.get("LD_PRELOAD") == before  # read through configure_subprocess(), then put back
+    if refused_library(preload, dict(os.environ)) == "libcuda.so.1":
+        if shutil.which("gcc") is None:
+            pytest.skip("no NVIDIA driver here and no gcc to build a stand-in libcuda.so.1")
+        (tmp_path / "stub.c").write_text("int rollout_matrix_stub_libcuda(void) { return 0; }\n")
+        subprocess.run(["gcc", "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", str(tmp_path / "libcuda.so.1"),
+                        str(tmp_path / "stub.c")], check=True, capture_output=True)
+        monkeypatch.setenv("LD_LIBRARY_PATH", f"{tmp_path}:{os.environ.get('LD_LIBRARY_PATH', '')}".rstrip(":"))
+    with children_can_preload(preload):
+        child = subprocess.run([sys.executable, "-c", ""], env={**os.environ, "LD_PRELOAD": preload},
+                               capture_output=True, text=True, check=False)
+    assert child.returncode == 0, child.stderr
 
 
 def test_engine_args_field_names_are_real(detection, shim, model_dir: Path) -> None:

@@ -210,3 +210,66 @@ def test_a_child_reaped_without_a_watchdog_line_is_not_given_an_exit_status(spaw
     child.wait()  # reaped, as the watchdog's is_alive() does
     failure = _sglang_engine_after_sigquit(owned, engine_log)._failed()
     assert failure.how == "reported a failure (SIGQUIT), then exited"
+
+
+def _sglang_engine_starting(owned: OwnedProcesses, log: EngineLog) -> SGLangEngine:
+    """An SGLang shim while ``Engine.__init__`` runs (no engine needed to end its wait)."""
+    engine = SGLangEngine.__new__(SGLangEngine)
+    engine._label, engine._owned, engine._log, engine._dead = "sglang 0.5.5.post3 (shim sglang-0.5.3)", owned, log, None
+    return engine
+
+
+def test_a_scheduler_that_dies_before_it_reports_ends_the_start_that_waits_for_it(engine_log) -> None:
+    """H200, 2026-12-03 (sglang-0.5.5.post3): the scheduler died before it could report, and SGLang up
+    to 0.5.9 waits in ``reader.recv()`` for it forever (the parent keeps the pipe's write end). Here a
+    spawned child is SIGKILLed while the main thread waits in that read, as the OOM killer would."""
+    import multiprocessing
+    import os
+    import threading
+
+    owned = OwnedProcesses.start_watching()
+    engine = _sglang_engine_starting(owned, engine_log)
+
+    def launch_phase_sigquit_handler(signum: int, frame: object) -> None:  # SGLang's (engine.py:745, 0.5.5.post3)
+        engine._refuse_to_kill_caller(os.getpid())
+
+    previous = signal.signal(signal.SIGQUIT, launch_phase_sigquit_handler)
+    ctx = multiprocessing.get_context("spawn")
+    reader, writer = ctx.Pipe(duplex=False)
+    scheduler = ctx.Process(target=time.sleep, args=(120,))
+    scheduler.start()
+    threading.Timer(0.5, os.kill, (scheduler.pid, signal.SIGKILL)).start()
+    hang_guard = threading.Timer(8, writer.close)  # without the watch: EOFError after 8 s, not a hang
+    hang_guard.start()
+    stop_watch = owned.watch_start(engine._died_while_starting, interval=0.1)
+    started = time.monotonic()
+    try:
+        with pytest.raises(EngineFailedError):
+            reader.recv()
+    finally:
+        stop_watch()
+        hang_guard.cancel()
+        signal.signal(signal.SIGQUIT, previous)
+        scheduler.join(5)
+    assert time.monotonic() - started < 10
+    assert engine._dead is not None and engine._dead[1] == "was killed by SIGKILL"
+    writer.close()
+
+
+def test_the_start_watch_takes_no_clean_exit_no_reaped_helper_and_no_older_child(spawned) -> None:
+    older = spawned([sys.executable, "-c", "import sys; sys.exit(3)"])
+    owned = OwnedProcesses.start_watching()
+    reports: list[tuple[int, str, str]] = []
+    stop_watch = owned.watch_start(lambda *found: reports.append(found), interval=0.05)
+    clean = spawned([sys.executable, "-c", "pass"])  # exits 0, never reaped during the watch
+    for _ in range(3):
+        subprocess.run([sys.executable, "-c", "import sys; sys.exit(1)"], check=False)  # reaped at once
+    time.sleep(0.5)
+    assert reports == []  # older exited 3 long ago but was there before the engine started
+    failing = spawned([sys.executable, "-c", "import sys; sys.exit(127)"])
+    deadline = time.monotonic() + 5
+    while not reports and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop_watch()
+    assert [(pid, how) for pid, _, how in reports] == [(failing.pid, "exited with code 127")]
+    assert older.wait() == 3 and clean.wait() == 0

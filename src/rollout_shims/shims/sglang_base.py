@@ -30,6 +30,7 @@ from rollout_shims.processes import OwnedProcesses
 from rollout_shims.sharing import SGLANG_LOADER
 from rollout_shims.shims.sglang_failure import ended_child, scheduler_died_at_start
 from rollout_shims.shims.sglang_groups import SGLangGroups
+from rollout_shims.shims.sglang_preload import children_can_preload
 from rollout_shims.shims.sglang_weights import SGLangWeights
 from rollout_shims.symbols import Symbol, required_problems, unavailable_features
 from rollout_shims.weight_group import NCCL_CUMEM, default_cumem
@@ -126,10 +127,15 @@ class SGLangEngine(SGLangGroups, SGLangWeights, RolloutEngine):
         # Put back only once the shim's own SIGQUIT handler is in place.
         engine_module.kill_process_tree = self._refuse_to_kill_caller
         self._log.install()
+        stop_watch = self._owned.watch_start(self._died_while_starting)
         try:
             try:
-                engine.__init__(**kwargs)
+                preload = children_can_preload() if kwargs.get("enable_memory_saver") else contextlib.nullcontext()
+                with preload as added:
+                    self.info.details["ld_library_path_for_children"] = added
+                    engine.__init__(**kwargs)
             finally:
+                stop_watch()
                 self._log.uninstall()
             self._engine = engine
             self.info.details["nccl_cumem_enable"] = os.environ.get(NCCL_CUMEM)  # as SGLang left it
@@ -142,7 +148,8 @@ class SGLangEngine(SGLangGroups, SGLangWeights, RolloutEngine):
             self._owned.capture()
             self._release_engine(engine)
             if isinstance(exc, (EngineFailedError, EOFError)):
-                raise EngineFailedError(self._label, "engine", "failed during start-up", last_error) from None
+                process, how = self._dead or ("engine", "failed")
+                raise EngineFailedError(self._label, process, f"{how} during start-up", last_error) from None
             if died := scheduler_died_at_start(exc):
                 raise EngineFailedError(self._label, "scheduler", died, last_error) from None
             raise
@@ -199,6 +206,14 @@ class SGLangEngine(SGLangGroups, SGLangWeights, RolloutEngine):
         """Stands in for ``sglang.srt.utils.kill_process_tree`` while the engine starts (any signature:
         0.5.11 adds ``wait_timeout``)."""
         raise EngineFailedError(self._label, "engine", "reported a failure during start-up", self._log.last_error())
+
+    def _died_while_starting(self, pid: int, name: str, how: str) -> None:
+        """From the start watch (``OwnedProcesses.watch_start``): a child died before it could report.
+        SIGQUIT ends SGLang's wait: its start-up handler (every release) calls ``kill_process_tree``,
+        which raises out of the blocking read (:meth:`_refuse_to_kill_caller`)."""
+        self._dead = (name.removeprefix("sglang::") or f"child (pid {pid})", how)
+        if callable(signal.getsignal(signal.SIGQUIT)):  # never the default action: it would core-dump us
+            os.kill(os.getpid(), signal.SIGQUIT)
 
     def _take_over_signals(self) -> None:
         """Replace SGLang's signal handling with the shim's, for the engine's whole life.
