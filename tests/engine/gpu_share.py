@@ -39,8 +39,8 @@ PROFILING_RACE = "Error in memory profiling"
 """vLLM's assertion (vllm/v1/worker/gpu_worker.py, every release 0.13 - 0.34) when the GPU's free memory
 grew between its start-up snapshot and the end of its profiling run."""
 START_TIMEOUT_ENV = "ROLLOUT_MATRIX_ENGINE_START_TIMEOUT_S"
-DEFAULT_START_TIMEOUT_S = 600.0
-"""Engine starts on the H200 took up to about 100 s (vLLM, graphs, first start: docs/gpu.md); six times
+DEFAULT_START_TIMEOUT_S = 300.0
+"""Engine starts on the H200 took up to about 100 s (vLLM, graphs, first start: docs/gpu.md); three times
 that is a hang, not a slow start."""
 T = TypeVar("T")
 
