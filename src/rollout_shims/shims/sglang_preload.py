@@ -2,8 +2,8 @@
 
 Why: with ``enable_memory_saver`` SGLang starts each scheduler with ``LD_PRELOAD`` set to
 torch_memory_saver's hook library (``memory_saver_adapter.configure_subprocess()`` around
-``proc.start()``, entrypoints/engine.py:845 in 0.5.5.post3). From torch-memory-saver 0.0.9 (the locks of
-SGLang 0.5.3 - 0.5.10.post1) that library needs ``libcudart.so.12`` and carries no RPATH. A pip-installed
+``proc.start()``, entrypoints/engine.py:845 in 0.5.5.post3). In torch-memory-saver 0.0.9 (the locks of
+SGLang 0.5.4.post3 - 0.5.10.post1) that library needs ``libcudart.so.12`` and carries no RPATH. A pip-installed
 torch keeps that runtime in its own ``nvidia/cuda_runtime/lib`` and finds it through *its* RPATH; the
 dynamic loader of a new process does not look there. Where no CUDA 12 runtime is on the loader's path (a
 CUDA 13 machine, a driver-only container) the scheduler's exec fails before Python starts ("error while
