@@ -104,8 +104,11 @@ def watch(checkout: Path, index_url: str, *args: str, env: dict[str, str] | None
                           cwd=checkout, env=environ, capture_output=True, text=True, check=False, timeout=120)
 
 
-def list_matrix(path: Path) -> subprocess.CompletedProcess:
-    """`rollout-matrix list` on the matrix file ``path``: where a matrix.yaml error is reported."""
+def list_edited_matrix(path: Path, old: str, new: str) -> subprocess.CompletedProcess:
+    """`rollout-matrix list` on ``MATRIX`` with ``old`` replaced by ``new``, written to ``path``: where a
+    matrix.yaml error is reported."""
+    assert old in MATRIX
+    path.write_text(MATRIX.replace(old, new))
     return subprocess.run([sys.executable, "-m", "rollout_matrix.cli", "--matrix", str(path), "list"],
                           capture_output=True, text=True, check=False, timeout=60)
 
@@ -190,8 +193,7 @@ def test_write_adds_lines_in_version_order_and_reports_what_it_could_not_do(inde
 
 def test_left_out_must_not_also_be_listed(tmp_path: Path) -> None:
     path = tmp_path / "matrix.yaml"
-    path.write_text(MATRIX.replace('"0.31.0": "its wheel', '"0.30.0": "its wheel'))
-    proc = list_matrix(path)
+    proc = list_edited_matrix(path, '"0.31.0": "its wheel', '"0.30.0": "its wheel')
     assert proc.returncode == 2
     assert f"{path}:13: vllm 0.30.0 is left out here but listed at line 20; remove one of the two" in proc.stderr
 
@@ -202,9 +204,7 @@ def test_left_out_must_not_also_be_listed(tmp_path: Path) -> None:
     ('"0.31.0": 3', "engines.vllm.left_out 0.31.0 must be quoted"),
 ])
 def test_left_out_needs_a_version_and_a_reason(tmp_path: Path, left_out: str, message: str) -> None:
-    path = tmp_path / "matrix.yaml"
-    path.write_text(MATRIX.replace('"0.31.0": "its wheel was broken (a test reason)"', left_out))
-    proc = list_matrix(path)
+    proc = list_edited_matrix(tmp_path / "matrix.yaml", '"0.31.0": "its wheel was broken (a test reason)"', left_out)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
 
 
@@ -256,15 +256,12 @@ def test_write_makes_the_band_installable_on_the_day_its_pin_arrives(index, chec
     ('"flashinfer-python[cu13]==0.7.3"', "must be one exact pin"),
 ])
 def test_awaits_is_one_exact_pin(tmp_path: Path, awaits: str, message: str) -> None:
-    path = tmp_path / "matrix.yaml"
-    path.write_text(MATRIX.replace('awaits: "flashinfer-python==0.7.3"', f"awaits: {awaits}"))
-    proc = list_matrix(path)
+    proc = list_edited_matrix(tmp_path / "matrix.yaml", 'awaits: "flashinfer-python==0.7.3"', f"awaits: {awaits}")
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
 
 
 def test_awaits_needs_unavailable_beside_it(tmp_path: Path) -> None:
     path = tmp_path / "matrix.yaml"
-    path.write_text(MATRIX.replace('        unavailable: "flashinfer-python==0.7.3 is not on the index"\n', ""))
-    proc = list_matrix(path)
+    proc = list_edited_matrix(path, '        unavailable: "flashinfer-python==0.7.3 is not on the index"\n', "")
     assert proc.returncode == 2, proc.stderr
     assert f"{path}:34: engines.vllm.bands[3].awaits needs `unavailable` beside it" in proc.stderr  # line 35 less one
