@@ -51,6 +51,22 @@ def peek_exit(pid: int) -> int | None:
     return -info.si_status if info.si_code in (os.CLD_KILLED, os.CLD_DUMPED) else info.si_status
 
 
+def _poll_thread(stop: threading.Event, find: Callable[[], tuple | None], report: Callable[..., None],
+                 interval: float, name: str) -> threading.Thread:
+    """A daemon thread that calls ``find()`` every ``interval`` seconds until ``stop`` is set, and
+    ``report(*found)`` once for the first result that is not None (unless ``stop`` was set meanwhile)."""
+    def loop() -> None:
+        while not stop.wait(interval):
+            found = find()
+            if found is not None and not stop.is_set():
+                report(*found)
+                return
+
+    thread = threading.Thread(target=loop, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
 class OwnedProcesses:
     """Children of this process that appeared after :meth:`start_watching`."""
 
@@ -110,15 +126,11 @@ class OwnedProcesses:
     def watch(self, on_exit: Callable[[int, str], None], interval: float = 0.5) -> None:
         """Call ``on_exit(pid, how)`` (from a daemon thread) for the first owned process that ends
         before :meth:`stop`; then stop watching."""
-        def loop() -> None:
-            while not self._stopping.wait(interval):
-                ended = self.ended()
-                if ended is not None and not self._stopping.is_set():
-                    on_exit(ended[0], describe_exit(ended[1]))
-                    return
+        def ended() -> tuple[int, str] | None:
+            found = self.ended()
+            return None if found is None else (found[0], describe_exit(found[1]))
 
-        self._thread = threading.Thread(target=loop, name="rollout-shims-engine-watch", daemon=True)
-        self._thread.start()
+        self._thread = _poll_thread(self._stopping, ended, on_exit, interval, "rollout-shims-engine-watch")
 
     def watch_start(self, on_dead: Callable[[int, str, str], None], interval: float = 0.5) -> Callable[[], None]:
         """While the engine starts: call ``on_dead(pid, name, how)`` (from a daemon thread) for the first
@@ -129,7 +141,7 @@ class OwnedProcesses:
         while it loads) sends nothing, and SGLang up to 0.5.9 waits for its pipe forever. A failed child
         must look the same on two polls: a helper that ``subprocess.run`` reaps at once is not taken."""
         done = threading.Event()
-        seen: dict[int, int | None] = {}
+        seen: dict[int, int] = {}  # pid -> the failed exit status it had on the last poll
 
         def dead_child() -> tuple[int, str, str] | None:
             import psutil
@@ -151,14 +163,7 @@ class OwnedProcesses:
                 seen[child.pid] = code
             return None
 
-        def loop() -> None:
-            while not done.wait(interval):
-                found = dead_child()
-                if found is not None and not done.is_set():
-                    on_dead(*found)
-                    return
-
-        threading.Thread(target=loop, name="rollout-shims-start-watch", daemon=True).start()
+        _poll_thread(done, dead_child, on_dead, interval, "rollout-shims-start-watch")
         return done.set
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -136,10 +136,16 @@ def _killed_as_the_watchdog_reports(proc: subprocess.Popen, engine_log: EngineLo
     return name
 
 
-def _sglang_engine_after_sigquit(owned: OwnedProcesses, log: EngineLog) -> SGLangEngine:
-    """An SGLang shim as ``_on_sigquit`` leaves it (no engine needed to build a failure)."""
+def _sglang_engine(owned: OwnedProcesses, log: EngineLog, label: str) -> SGLangEngine:
+    """An SGLang shim with only what its failure handling reads (no engine needed)."""
     engine = SGLangEngine.__new__(SGLangEngine)
-    engine._label, engine._owned, engine._log, engine._failure = "sglang 0.5.14 (shim sglang-0.5.14)", owned, log, None
+    engine._label, engine._owned, engine._log, engine._failure, engine._dead = label, owned, log, None, None
+    return engine
+
+
+def _sglang_engine_after_sigquit(owned: OwnedProcesses, log: EngineLog) -> SGLangEngine:
+    """An SGLang shim as ``_on_sigquit`` leaves it."""
+    engine = _sglang_engine(owned, log, "sglang 0.5.14 (shim sglang-0.5.14)")
     engine._dead = ("engine", "reported a failure (SIGQUIT)")
     return engine
 
@@ -212,13 +218,6 @@ def test_a_child_reaped_without_a_watchdog_line_is_not_given_an_exit_status(spaw
     assert failure.how == "reported a failure (SIGQUIT), then exited"
 
 
-def _sglang_engine_starting(owned: OwnedProcesses, log: EngineLog) -> SGLangEngine:
-    """An SGLang shim while ``Engine.__init__`` runs (no engine needed to end its wait)."""
-    engine = SGLangEngine.__new__(SGLangEngine)
-    engine._label, engine._owned, engine._log, engine._dead = "sglang 0.5.5.post3 (shim sglang-0.5.3)", owned, log, None
-    return engine
-
-
 def test_a_scheduler_that_dies_before_it_reports_ends_the_start_that_waits_for_it(engine_log) -> None:
     """H200, 2026-12-03 (sglang-0.5.5.post3): the scheduler died before it could report, and SGLang up
     to 0.5.9 waits in ``reader.recv()`` for it forever (the parent keeps the pipe's write end). Here a
@@ -228,7 +227,7 @@ def test_a_scheduler_that_dies_before_it_reports_ends_the_start_that_waits_for_i
     import threading
 
     owned = OwnedProcesses.start_watching()
-    engine = _sglang_engine_starting(owned, engine_log)
+    engine = _sglang_engine(owned, engine_log, "sglang 0.5.5.post3 (shim sglang-0.5.3)")  # while Engine.__init__ runs
 
     def launch_phase_sigquit_handler(signum: int, frame: object) -> None:  # SGLang's (engine.py:745, 0.5.5.post3)
         engine._refuse_to_kill_caller(os.getpid())

@@ -211,7 +211,7 @@ class SGLangEngine(SGLangGroups, SGLangWeights, RolloutEngine):
         """From the start watch (``OwnedProcesses.watch_start``): a child died before it could report.
         SIGQUIT ends SGLang's wait: its start-up handler (every release) calls ``kill_process_tree``,
         which raises out of the blocking read (:meth:`_refuse_to_kill_caller`)."""
-        self._dead = (name.removeprefix("sglang::") or f"child (pid {pid})", how)
+        self._dead = (name.removeprefix("sglang::"), how)  # "pid N" for a child that never ran long enough to be named
         if callable(signal.getsignal(signal.SIGQUIT)):  # never the default action: it would core-dump us
             os.kill(os.getpid(), signal.SIGQUIT)
 
