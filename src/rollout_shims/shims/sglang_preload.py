@@ -48,15 +48,8 @@ def memory_saver_preload() -> str | None:
     configure = getattr(torch_memory_saver, "configure_subprocess", None)
     if configure is None:
         return None
-    before = os.environ.get("LD_PRELOAD")
-    try:
-        with configure():
-            return os.environ.get("LD_PRELOAD") or None
-    finally:  # its change_env puts back "" where nothing was set
-        if before is None:
-            os.environ.pop("LD_PRELOAD", None)
-        else:
-            os.environ["LD_PRELOAD"] = before
+    with _kept("LD_PRELOAD"), configure():  # its change_env puts back "" where nothing was set
+        return os.environ.get("LD_PRELOAD") or None
 
 
 def refused_library(preload: str, env: dict[str, str]) -> str | None:
@@ -92,6 +85,19 @@ def wheel_library_dir(soname: str) -> Path | None:
     return None
 
 
+@contextlib.contextmanager
+def _kept(name: str) -> Iterator[None]:
+    """Put the environment variable ``name`` back as it was (unset included) when the block ends."""
+    before = os.environ.get(name)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
 def _prepended(path: Path, current: str | None) -> str:
     return f"{path}:{current}" if current else str(path)
 
@@ -124,11 +130,6 @@ def children_can_preload(preload: str | None = None) -> Iterator[str | None]:
             f"the engine's processes cannot start: with LD_PRELOAD={preload} and {where} on LD_LIBRARY_PATH "
             f"the dynamic loader still refuses {still or 'the library'}"
         )
-    os.environ["LD_LIBRARY_PATH"] = env["LD_LIBRARY_PATH"]
-    try:
+    with _kept("LD_LIBRARY_PATH"):
+        os.environ["LD_LIBRARY_PATH"] = env["LD_LIBRARY_PATH"]
         yield str(where)
-    finally:
-        if previous is None:
-            os.environ.pop("LD_LIBRARY_PATH", None)
-        else:
-            os.environ["LD_LIBRARY_PATH"] = previous
