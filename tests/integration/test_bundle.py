@@ -152,6 +152,46 @@ def test_pipeline_runs_steps_side_by_side_and_fails_when_one_fails(tmp_path: Pat
     assert pipeline.pipeline([f"{entry.name}=stamp.py 0 d.json 0"], pipeline.Plan(), []) == 0
 
 
+def test_steps_read_a_copy_of_the_checkout_that_a_new_call_cannot_change(tmp_path: Path, locked: Matrix,
+                                                                        machine: Path) -> None:
+    """The device tool copies the working tree again at every call; on 2026-12-03 a suite lost a file it
+    opened in that second. A step must read the checkout as it was when the pipeline began: here a file
+    is deleted from the real checkout while the step runs, and the step still finds it, and neither the
+    real checkout nor a leftover copy shows the step ever ran."""
+    import json
+    import threading
+    import time
+
+    entry = locked.get("tiny-2.31.0")
+    make_bundle(locked, [entry], entry.python, tmp_path / "bundle", part_mib=2, payload="wheel",
+                cache=tmp_path / "cache", progress=lambda line: None)
+    store.receive(sorted((tmp_path / "bundle").iterdir()))
+    checkout = locked.path.parent
+    (checkout / "victim.txt").write_text("read me")
+    (checkout / "look.py").write_text(
+        "import json, os, pathlib, time\nres = pathlib.Path(os.environ['ROLLOUT_MATRIX_RESULTS'])\n"
+        "(res / 'started').write_text(os.getcwd())\nt0 = time.time()\n"
+        "while not (res / 'go').exists() and time.time() - t0 < 60: time.sleep(0.05)\n"
+        "(res / 'seen.json').write_text(json.dumps(pathlib.Path('victim.txt').read_text()))\n")
+    results = machine / "results" / entry.name
+    codes: list[int] = []
+    runner = threading.Thread(
+        target=lambda: codes.append(pipeline.pipeline([f"{entry.name}=look.py"], pipeline.Plan(wait=5), [])))
+    runner.start()
+    deadline = time.monotonic() + 120
+    while not (results / "started").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (checkout / "victim.txt").unlink()  # what a call that re-copies the tree does to a file for a moment
+    (results / "go").write_text("")
+    runner.join(timeout=120)
+    assert codes == [0]
+    assert json.loads((results / "seen.json").read_text()) == "read me"
+    ran_in = Path((results / "started").read_text())
+    assert ran_in != checkout and ran_in.parent == machine / "checkouts"
+    assert not ran_in.exists() and checkout == store.CHECKOUT  # the copy went, the real checkout is back
+    assert not (checkout / "victim.txt").exists()
+
+
 def test_a_venv_goes_when_its_entrys_last_step_ends_and_a_full_disk_is_one_line(
         tmp_path: Path, locked: Matrix, machine: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     """The H200's 64 GiB hold few venvs at once (gpu/disk.py): a venv stays while any step of its entry
@@ -313,6 +353,37 @@ def test_wait_holds_the_call_until_the_background_pipeline_ends(tmp_path: Path, 
         assert gone.returncode == waiting.GONE and "gone without ending" in gone.stdout, gone.stdout
     finally:
         gpuenv("stop", "--grace", "5")  # the orphaned step, by the group it recorded
+
+
+def test_a_pipeline_on_a_machine_without_the_bundle_is_refused_at_once(tmp_path: Path, locked: Matrix,
+                                                                       machine: Path) -> None:
+    """A machine that went back comes fresh: a pipeline there, in the foreground or detached, says in one
+    line that no bundle lists the entry (exit 2) instead of waiting ``--wait`` seconds of device time,
+    and one whose part-000 is here is accepted."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    entry = locked.get("tiny-2.31.0")
+    checkout = locked.path.parent
+    (checkout / "nap.py").write_text("import sys, time\ntime.sleep(float(sys.argv[1]))\n")
+    env = {**os.environ, "ROLLOUT_MATRIX_GPU_ROOT": str(machine)}
+
+    def gpuenv(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "rollout_matrix.gpuenv", *args], cwd=checkout, env=env,
+                              capture_output=True, text=True, timeout=180)
+
+    for background in ([], ["--background"]):
+        t0 = time.monotonic()
+        refused = gpuenv("pipeline", *background, "--wait", "120", f"{entry.name}=nap.py 0")
+        assert refused.returncode == 2 and time.monotonic() - t0 < 60, refused.stderr
+        assert refused.stderr.count("\n") == 1 and f"no bundle on this machine lists {entry.name}" in refused.stderr
+        assert "none, a fresh machine" in refused.stderr and "part-000" in refused.stderr
+    make_bundle(locked, [entry], entry.python, tmp_path / "bundle", part_mib=2, payload="wheel",
+                cache=tmp_path / "cache", progress=lambda line: None)
+    assert gpuenv("receive", str(tmp_path / "bundle" / "part-000")).returncode == 0  # the manifest only
+    assert pipeline.check_received([f"{entry.name}=nap.py 0"]) is None  # the chunks may follow
 
 
 def test_wheels_the_machine_has_installed_travel_as_kits_and_come_back_exact(

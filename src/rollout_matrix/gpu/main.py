@@ -32,7 +32,8 @@ from rollout_matrix.bundles import borrow
 from rollout_matrix.errors import UserError
 from rollout_matrix.gpu import stop, store, waiting
 from rollout_matrix.gpu.install import install
-from rollout_matrix.gpu.pipeline import Plan, auto_parallel, check_steps, collect, pipeline, probe
+from rollout_matrix.gpu.pipeline import Plan, auto_parallel, check_received, check_steps, collect, pipeline, probe
+from rollout_matrix.gpu.snapshot import frozen_checkout
 from rollout_matrix.gpu.store import log, receive, status
 from rollout_matrix.gpu.suite import SUITE_TIMEOUT_S, run_suite
 
@@ -103,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "install":
             install(args.entry)
         elif args.command == "test":
-            return run_suite(args.entry, pytest_args)
+            with frozen_checkout():
+                return run_suite(args.entry, pytest_args)
         elif args.command == "pipeline":
             if args.parallel == 0:
                 args.parallel = auto_parallel()
@@ -113,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.memory_fraction is not None and not 0.02 <= args.memory_fraction <= 0.95:
                 raise UserError(f"--memory-fraction {args.memory_fraction}: give a fraction between 0.02 and 0.95")
             check_steps(args.entries)
+            check_received(args.entries)  # here too: a detached pipeline's refusal would reach only its log
             if args.background:
                 logfile = store._dirs()["logs"] / "pipeline.log"
                 cmd = [sys.executable, "-m", "rollout_matrix.gpuenv", "pipeline", *args.entries, "--wait",

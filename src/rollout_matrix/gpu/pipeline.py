@@ -18,6 +18,7 @@ from rollout_matrix.errors import UserError
 from rollout_matrix.evidence.results import RUN_JSON, RunRecord
 from rollout_matrix.gpu import disk, stop, store, waiting
 from rollout_matrix.gpu.lockenv import STAMP
+from rollout_matrix.gpu.snapshot import frozen_checkout
 from rollout_matrix.gpu.store import complete, log, manifests
 from rollout_matrix.gpu.suite import SUITE_TIMEOUT_S, matrix_entry, query, run_script, run_suite
 
@@ -93,6 +94,18 @@ def check_steps(steps: list[str]) -> None:
         raise UserError(f"not in matrix.yaml: {', '.join(unknown)}; name entries as `rollout-matrix list` shows them")
 
 
+def check_received(steps: list[str]) -> None:
+    """Refuse, before any wait, a step whose entry no manifest on this machine lists: its chunks cannot
+    come before its part-000. On 2026-12-03 a machine went back idle and the next call got a fresh one;
+    a pipeline started there waited 440 s of device time for chunks of a bundle it had never seen."""
+    held = manifests()
+    absent = sorted({step.partition("=")[0] for step in steps} - held.keys())
+    if absent:
+        raise UserError(f"no bundle on this machine lists {', '.join(absent)} (entries here: "
+                        f"{', '.join(sorted(held)) or 'none, a fresh machine'}); receive the part-000 of "
+                        "the bundle that carries them first")
+
+
 def _run_step(step: str, plan: Plan, pytest_args: list[str], board: disk.Board) -> int:
     entry, _, command = step.partition("=")
     deadline = time.monotonic() + plan.wait
@@ -125,6 +138,7 @@ def pipeline(steps: list[str], plan: Plan, pytest_args: list[str]) -> int:
     at a time, everything else together; tests/engine/gpu_share.py) and each gets ``plan.fraction()``
     of its memory. Returns 0 when every step passed, else 1."""
     check_steps(steps)
+    check_received(steps)
     stop.clear()
     waiting.began(steps)
     board = disk.Board(steps)
@@ -132,7 +146,8 @@ def pipeline(steps: list[str], plan: Plan, pytest_args: list[str]) -> int:
         + ("" if plan.keep_envs else "; each venv is removed once its entry's steps have ended"))
     if plan.parallel > 1:
         log(f"{plan.parallel} steps at a time, each suite's engines at {plan.fraction()} of the GPU")
-    with ThreadPoolExecutor(max_workers=plan.parallel) as pool:
+    with frozen_checkout() as copy, ThreadPoolExecutor(max_workers=plan.parallel) as pool:
+        log(f"the steps read a copy of the checkout that later calls do not touch: {copy}")
         codes = dict(zip(steps, pool.map(lambda step: _run_step(step, plan, pytest_args, board), steps), strict=True))
     failed = [step for step, code in codes.items() if code != 0]
     waiting.ended(failed)
