@@ -1,7 +1,7 @@
 """The next GPU batch: which entries still lack GPU evidence in both modes, by CUDA line, and what they
 cost to carry.
 
-Why: a GPU machine is held for 30 minutes at most and everything reaches it in parts of ~58 MiB, about
+Why: a GPU machine is held for 30 minutes at most and everything reaches it in parts of ~61 MiB, about
 8.4 s of device time each, so a batch is planned by what it ships. Entries of one CUDA line (a stack
 and a torch) share torch and the NVIDIA libraries, most of their bytes: carried together they cross
 once. ``rollout-matrix gpu-batch`` prints, per line, the entries still to prove and the parts they
@@ -40,6 +40,9 @@ wheels (752 files of 14 entries, SGLang 0.5.12 - 0.5.23, vLLM 0.22 - 0.33, bundl
 SECONDS_PER_PART = 8.4
 """Device time per part when calls follow each other: 8.3-8.6 s over 108 calls on 2026-12-03 (each
 call also collecting the results), 5.5 s on 2026-11-29 and 2026-12-02 (calls that only received)."""
+PART_MIB = 61
+"""The part size a hold's bundle is made with (``bundle --part-mib 61``): the largest that fits the device
+tool's 64 MiB per call beside the 1.7 MiB working tree a hold carries (docs/gpu.md)."""
 HOLD_S = 1800
 """A machine goes back after 30 minutes held, and a session has 30 minutes of device time."""
 START_S = 105
@@ -140,7 +143,7 @@ class Line:
 
 
 def parts_for(wheel_bytes: int, deb_bytes: int) -> int:
-    return math.ceil((wheel_bytes * ZSTD_RATIO + deb_bytes) / (58 << 20))
+    return math.ceil((wheel_bytes * ZSTD_RATIO + deb_bytes) / (PART_MIB << 20))
 
 
 def lock_files(matrix: Matrix, entry: Entry, python: str) -> dict[str, tuple[str, str]]:
