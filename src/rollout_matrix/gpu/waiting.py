@@ -21,7 +21,7 @@ from pathlib import Path
 
 from rollout_matrix.errors import UserError
 from rollout_matrix.evidence.results import RUN_JSON, RunRecord
-from rollout_matrix.gpu import store
+from rollout_matrix.gpu import store, tally
 from rollout_matrix.gpu.stop import RUNNING as RUNNING_MARKER
 from rollout_matrix.gpu.store import log
 
@@ -99,10 +99,18 @@ def _finished_runs(seen: set[Path]) -> None:
 
 def wait(max_seconds: float, poll: float = 5.0) -> int:
     """Block until the pipeline has ended (:data:`ENDED`), its process is gone without ending
-    (:data:`GONE`) or ``max_seconds`` passed (:data:`RUNNING`), logging each entry's end as it comes."""
+    (:data:`GONE`) or ``max_seconds`` passed (:data:`RUNNING`), logging each entry's end as it comes
+    and, before returning, where every entry stands (:mod:`tally`: the next call can follow at once)."""
     state = _read()
     if state is None:
         raise UserError(f"no pipeline has run under {store.ROOT}; start one with `pipeline --background ENTRY ...`")
+    code = _wait(state, max_seconds, poll)
+    for line in tally.lines():
+        log(line)
+    return code
+
+
+def _wait(state: dict, max_seconds: float, poll: float) -> int:
     seen: set[Path] = set()
     deadline = time.monotonic() + max_seconds
     while True:

@@ -1,0 +1,78 @@
+"""``gpuenv wait`` ends with a line per entry (gpu/tally.py): finished modes from their JUnit files, the
+running one from its log, read from a real hold's results where there are some."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rollout_matrix.gpu import store, tally, waiting
+
+ROOT = Path(__file__).resolve().parents[2]
+HOLD = ROOT / "gpu-results" / "history" / "2026-12-03h-hold"
+
+
+@pytest.fixture
+def results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(store, "ROOT", tmp_path)
+    return store._dirs()["results"]
+
+
+def test_finished_modes_come_from_their_junit_files_with_the_failed_tests_named(results: Path) -> None:
+    """sglang-0.5.5.post3 on 2026-12-03: graphs 30 cases (5 skipped), eager 16 (2 skipped, the IPC test
+    failed when its trainer script was missing), as the hold's JUnit files hold them."""
+    shutil.copytree(HOLD / "sglang-0.5.5.post3", results / "sglang-0.5.5.post3")
+    assert tally.lines() == [
+        "sglang-0.5.5.post3: graphs: 25 passed, 5 skipped; eager: 13 passed, 1 failed "
+        "(test_update_weights_from_another_process[eager]), 2 skipped"]
+
+
+def test_a_running_mode_counts_the_verdicts_of_its_own_part_of_the_log(results: Path) -> None:
+    """Verdicts after the last mode header only; a verdict on a line of its own (engine output came
+    between the id and it) counts, pytest's short-summary repeat of a failure does not."""
+    folder = results / "vllm-9.9.9"
+    folder.mkdir()
+    (folder / "pytest.log").write_text(
+        "\n===== vllm-9.9.9: ROLLOUT_MATRIX_ENGINE_MODES=graphs =====\n"
+        "tests/engine/test_gpu.py::a[graphs] PASSED\n"
+        "FAILED tests/engine/test_gpu.py::b[graphs] - AssertionError\n"
+        "\n===== vllm-9.9.9: ROLLOUT_MATRIX_ENGINE_MODES=eager =====\n"
+        "tests/engine/test_gpu.py::a[eager] PASSED\n"
+        "tests/engine/test_gpu.py::b[eager] [2026-12-03 22:17:49 Process-1] Prefill batch, #new-seq: 6\n"
+        "PASSED\n"
+        "tests/engine/test_gpu.py::c[eager] FAILED\n"
+        "tests/engine/test_gpu.py::test_tensor_parallel_2[eager] SKIPPED (tensor parallel 2 needs two GPUs)\n"
+        "tests/engine/test_gpu.py::d[eager] some-PASSED-looking-word\n"
+        "FAILED tests/engine/test_gpu.py::c[eager] - AssertionError: differs\n")
+    (folder / "junit-graphs.xml").write_text(
+        '<testsuites><testsuite><testcase classname="tests.engine.test_gpu" name="a[graphs]"/>'
+        '<testcase classname="tests.engine.test_gpu" name="b[graphs]"><failure message="x"/></testcase>'
+        "</testsuite></testsuites>")
+    assert tally.entry_line(folder) == (
+        "vllm-9.9.9: graphs: 1 passed, 1 failed (b[graphs]); running eager: so far 2 passed, 1 failed, 1 skipped")
+
+
+def test_an_entry_before_pytest_and_one_that_ended_without_its_modes(results: Path) -> None:
+    (results / "a-1").mkdir()
+    (results / "b-1").mkdir()
+    (results / "b-1" / "pytest.log").write_text("building the venv\n")
+    shutil.copytree(HOLD / "sglang-0.5.5.post3", results / "c-1")
+    (results / "c-1" / "junit-eager.xml").unlink()
+    (results / "c-1" / "junit-graphs.xml").write_text("<testsuites><testsuite>")  # cut off
+    lines = tally.lines()
+    assert lines[0] == "a-1: no suite output yet"
+    assert lines[1] == "b-1: no mode started yet"
+    assert lines[2].startswith("c-1: graphs: unreadable JUnit (") and lines[2].endswith("; ended with 1 of 2 modes unreported")
+
+
+def test_wait_ends_with_the_tally(results: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A pipeline that already ended: wait returns at once and its last lines are the entries'."""
+    shutil.copytree(HOLD / "sglang-0.5.5.post3", results / "sglang-0.5.5.post3")
+    waiting.began(["sglang-0.5.5.post3"])
+    waiting.ended(["sglang-0.5.5.post3"])
+    assert waiting.wait(5, poll=0.1) == waiting.ENDED
+    out = capsys.readouterr().out.splitlines()
+    assert "1 failed (test_update_weights_from_another_process[eager])" in out[-1]
+    assert "pipeline ended at" in out[-2] and "0 of 1 steps passed" in out[-2]
