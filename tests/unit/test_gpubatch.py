@@ -108,9 +108,14 @@ def test_holds_take_entries_across_lines_while_every_suite_still_ends_in_time() 
     tight = plan(matrix, "3.12", lambda n, v, s: (mib << 20, True), chosen, proven={}, hold_s=cut)
     assert [[e.name for e in h.entries] for h in tight.holds] == [names[:2], names[2:]]
     assert tight.holds[1].ready_parts == [parts(names[2])]
-    text = render(tight, {})
-    assert text[-3].startswith(f"hold 1: {parts(*names[:2])} parts, suites end near ")
-    assert text[-3].endswith(f"vllm-0.22.0 ({parts(names[0])}), vllm-0.24.0 ({parts(*names[:2])})")
+    text = render(tight, {}, "3.12", "docker/machines/nvidia-h200.json")
+    first = next(i for i, line in enumerate(text) if line.startswith("hold 1: "))
+    assert text[first].startswith(f"hold 1: {parts(*names[:2])} parts, suites end near ")
+    assert text[first].endswith(f"vllm-0.22.0 ({parts(names[0])}), vllm-0.24.0 ({parts(*names[:2])})")
+    assert text[first + 1] == ("  rollout-matrix bundle --python 3.12 --part-mib 61 --out .gpu/hold-1 "
+                               "--borrow docker/machines/nvidia-h200.json vllm-0.22.0 vllm-0.24.0")
+    assert text[first + 2] == "  keep='vllm-0.22.0|vllm-0.24.0'"
+    assert text[first + 3].startswith("hold 2: ") and text[first + 5] == "  keep='vllm-0.33.0'"
     assert text[-1].startswith("3 entries in 2 holds")
 
 

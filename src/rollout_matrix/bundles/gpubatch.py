@@ -249,8 +249,10 @@ def _size(n: int) -> str:
     return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
 
-def render(batch: Batch, proven: dict[str, list[str]]) -> list[str]:
-    """The printed plan: a line per CUDA line with an indented line per entry, then the holds."""
+def render(batch: Batch, proven: dict[str, list[str]], python: str = "3.12", borrow: str | None = None) -> list[str]:
+    """The printed plan: a line per CUDA line with an indented line per entry, then the holds, each with
+    the command that bundles it and the entries whose locks its working tree keeps (docs/gpu.md), so a
+    hold is carried as planned, not retyped."""
     if not batch.lines:
         return ["every target entry has GPU evidence in both modes"]
     out = []
@@ -266,6 +268,10 @@ def render(batch: Batch, proven: dict[str, list[str]]) -> list[str]:
         late = " (past the hold's end: expect it unfinished)" if hold.end_s > HOLD_S - END_MARGIN_S else ""
         out.append(f"hold {number}: {hold.parts} parts, suites end near {hold.end_s / 60:.0f} min{late}: "
                    + ", ".join(f"{e.name} ({part})" for e, part in zip(hold.entries, hold.ready_parts, strict=True)))
+        names = [e.name for e in hold.entries]
+        out.append(f"  rollout-matrix bundle --python {python} --part-mib {PART_MIB} --out .gpu/hold-{number}"
+                   + (f" --borrow {borrow}" if borrow else "") + f" {' '.join(names)}")
+        out.append(f"  keep='{'|'.join(names)}'")
     out.append(f"{sum(len(line.entries) for line in batch.lines)} entries in {len(batch.holds)} holds of one H200 "
                f"(an entry's number: the parts after which it is complete; lines in one hold share few files)")
     return out

@@ -53,7 +53,7 @@ def cmd_gpu_batch(args: argparse.Namespace, matrix: Matrix) -> int:
 
         lent = {name: version for name, (version, _) in read_inventory(Path(args.borrow)).items()}
     batch = plan(matrix, args.python, cached_or_indexed(default_cache(), args.python), entries, lent=lent)
-    print("\n".join(render(batch, proven_modes(matrix.path.parent))))
+    print("\n".join(render(batch, proven_modes(matrix.path.parent), args.python, args.borrow)))
     return 0
 
 
