@@ -5,7 +5,10 @@ exact venv is built from it. Corruption in transfer and a lock that changed are 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -22,8 +25,6 @@ from rollout_matrix.matrix.model import Matrix
 
 @pytest.fixture(scope="module")
 def locked(tmp_path_factory: pytest.TempPathFactory, pypi: None, tiny_engine_matrix) -> Matrix:
-    import sys
-
     root = tmp_path_factory.mktemp("repo")
     python = f"{sys.version_info[0]}.{sys.version_info[1]}"
     (root / "matrix.yaml").write_text(tiny_engine_matrix(python))
@@ -35,6 +36,25 @@ def locked(tmp_path_factory: pytest.TempPathFactory, pypi: None, tiny_engine_mat
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def tiny_bundle(locked: Matrix, tmp_path: Path, receive: bool = True) -> Path:
+    """The tiny entry bundled in 2 MiB parts of wheels as published (``tmp_path/bundle``), and received
+    into the machine's store unless ``receive`` is False."""
+    entry = locked.get("tiny-2.31.0")
+    out = tmp_path / "bundle"
+    make_bundle(locked, [entry], entry.python, out, part_mib=2, payload="wheel", cache=tmp_path / "cache",
+                progress=lambda line: None)
+    if receive:
+        store.receive(sorted(out.iterdir()))
+    return out
+
+
+def run_gpuenv(checkout: Path, machine: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m rollout_matrix.gpuenv ARGS`` in ``checkout``, with ``machine`` as its state folder."""
+    return subprocess.run([sys.executable, "-m", "rollout_matrix.gpuenv", *args], cwd=checkout,
+                          env={**os.environ, "ROLLOUT_MATRIX_GPU_ROOT": str(machine)},
+                          capture_output=True, text=True, timeout=180)
 
 
 @pytest.fixture
@@ -133,9 +153,7 @@ def test_pipeline_runs_steps_side_by_side_and_fails_when_one_fails(tmp_path: Pat
     import json
 
     entry = locked.get("tiny-2.31.0")
-    make_bundle(locked, [entry], entry.python, tmp_path / "bundle", part_mib=2, payload="wheel",
-                cache=tmp_path / "cache", progress=lambda line: None)
-    store.receive(sorted((tmp_path / "bundle").iterdir()))
+    tiny_bundle(locked, tmp_path)
     checkout = locked.path.parent
     stamp = ("import json, os, sys, time\nt0 = time.time(); time.sleep(float(sys.argv[1]))\n"
              "open(os.path.join(os.environ['ROLLOUT_MATRIX_RESULTS'], sys.argv[2]), 'w').write("
@@ -163,9 +181,7 @@ def test_steps_read_a_copy_of_the_checkout_that_a_new_call_cannot_change(tmp_pat
     import time
 
     entry = locked.get("tiny-2.31.0")
-    make_bundle(locked, [entry], entry.python, tmp_path / "bundle", part_mib=2, payload="wheel",
-                cache=tmp_path / "cache", progress=lambda line: None)
-    store.receive(sorted((tmp_path / "bundle").iterdir()))
+    tiny_bundle(locked, tmp_path)
     checkout = locked.path.parent
     (checkout / "victim.txt").write_text("read me")
     (checkout / "look.py").write_text(
@@ -202,9 +218,7 @@ def test_a_venv_goes_when_its_entrys_last_step_ends_and_a_full_disk_is_one_line(
     from rollout_matrix.gpu import disk
 
     entry = locked.get("tiny-2.31.0")
-    make_bundle(locked, [entry], entry.python, tmp_path / "bundle", part_mib=2, payload="wheel",
-                cache=tmp_path / "cache", progress=lambda line: None)
-    store.receive(sorted((tmp_path / "bundle").iterdir()))
+    tiny_bundle(locked, tmp_path)
     (locked.path.parent / "alive.py").write_text(
         "import json, os, sys, time\ntime.sleep(float(sys.argv[1]))\n"
         "open(os.path.join(os.environ['ROLLOUT_MATRIX_RESULTS'], sys.argv[2]), 'w').write("
@@ -263,18 +277,13 @@ def test_stop_ends_the_running_step_by_its_recorded_group_and_starts_no_other(tm
     running the very same command outside the batch lives on (nothing is matched by name). The steps
     keep their bytecode in the machine's cache, not in the checkout."""
     import json
-    import os
-    import subprocess
-    import sys
     import threading
     import time
 
     from rollout_matrix.gpu import stop
 
     entry = locked.get("tiny-2.31.0")
-    make_bundle(locked, [entry], entry.python, tmp_path / "bundle", part_mib=2, payload="wheel",
-                cache=tmp_path / "cache", progress=lambda line: None)
-    store.receive(sorted((tmp_path / "bundle").iterdir()))
+    tiny_bundle(locked, tmp_path)
     checkout = locked.path.parent
     (checkout / "sleeper.py").write_text(SLEEPER)
     results = machine / "results" / entry.name
@@ -314,25 +323,18 @@ def test_wait_holds_the_call_until_the_background_pipeline_ends(tmp_path: Path, 
     detached pipeline, it says "still running" (exit 3) at ``--max``, returns once the pipeline ended
     (exit 0), and tells a pipeline killed mid-step (exit 1) from one still running."""
     import json
-    import os
     import signal
-    import subprocess
-    import sys
     import time
 
     from rollout_matrix.gpu import waiting
 
     entry = locked.get("tiny-2.31.0")
-    make_bundle(locked, [entry], entry.python, tmp_path / "bundle", part_mib=2, payload="wheel",
-                cache=tmp_path / "cache", progress=lambda line: None)
-    store.receive(sorted((tmp_path / "bundle").iterdir()))
+    tiny_bundle(locked, tmp_path)
     checkout = locked.path.parent
     (checkout / "nap.py").write_text("import sys, time\ntime.sleep(float(sys.argv[1]))\n")
-    env = {**os.environ, "ROLLOUT_MATRIX_GPU_ROOT": str(machine)}
 
     def gpuenv(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "rollout_matrix.gpuenv", *args], cwd=checkout, env=env,
-                              capture_output=True, text=True, timeout=180)
+        return run_gpuenv(checkout, machine, *args)
 
     no_pipeline = gpuenv("wait", "--max", "1")
     assert no_pipeline.returncode == 2 and "no pipeline has run" in no_pipeline.stderr
@@ -360,19 +362,14 @@ def test_a_pipeline_on_a_machine_without_the_bundle_is_refused_at_once(tmp_path:
     """A machine that went back comes fresh: a pipeline there, in the foreground or detached, says in one
     line that no bundle lists the entry (exit 2) instead of waiting ``--wait`` seconds of device time,
     and one whose part-000 is here is accepted."""
-    import os
-    import subprocess
-    import sys
     import time
 
     entry = locked.get("tiny-2.31.0")
     checkout = locked.path.parent
     (checkout / "nap.py").write_text("import sys, time\ntime.sleep(float(sys.argv[1]))\n")
-    env = {**os.environ, "ROLLOUT_MATRIX_GPU_ROOT": str(machine)}
 
     def gpuenv(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "rollout_matrix.gpuenv", *args], cwd=checkout, env=env,
-                              capture_output=True, text=True, timeout=180)
+        return run_gpuenv(checkout, machine, *args)
 
     for background in ([], ["--background"]):
         t0 = time.monotonic()
@@ -380,8 +377,7 @@ def test_a_pipeline_on_a_machine_without_the_bundle_is_refused_at_once(tmp_path:
         assert refused.returncode == 2 and time.monotonic() - t0 < 60, refused.stderr
         assert refused.stderr.count("\n") == 1 and f"no bundle on this machine lists {entry.name}" in refused.stderr
         assert "none, a fresh machine" in refused.stderr and "part-000" in refused.stderr
-    make_bundle(locked, [entry], entry.python, tmp_path / "bundle", part_mib=2, payload="wheel",
-                cache=tmp_path / "cache", progress=lambda line: None)
+    tiny_bundle(locked, tmp_path, receive=False)
     assert gpuenv("receive", str(tmp_path / "bundle" / "part-000")).returncode == 0  # the manifest only
     assert pipeline.check_received([f"{entry.name}=nap.py 0"]) is None  # the chunks may follow
 
