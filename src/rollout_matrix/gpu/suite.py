@@ -173,7 +173,7 @@ def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = S
                     log(f"{entry}: {mode} not run: {why}")
                     break
                 codes.append(_pytest(entry, python, out, mode, {**environ, MODES_ENV: mode}, pytest_args, logf, left))
-        merge_junit([_junit(out, mode) for mode in MODES], out / JUNIT)
+        merge_junit([mode_junit(out, mode) for mode in MODES], out / JUNIT)
     finally:
         code = suite_exit_code(codes)
         try:  # run.json first, then the marker goes: `gpuenv stop` waits for the marker
@@ -217,7 +217,7 @@ def _why_not(codes: list[int], left: float, since: float) -> str:
     return f"{left:.0f}s left of the suite's limit" if left < MIN_MODE_S else ""
 
 
-def _junit(out: Path, mode: str) -> Path:
+def mode_junit(out: Path, mode: str) -> Path:
     """The JUnit file of ``mode``'s process (merged into ``out/junit.xml`` once both ran)."""
     return out / f"junit-{mode}.xml"
 
@@ -238,7 +238,7 @@ def _pytest(entry: str, python: Path, out: Path, mode: str, environ: dict[str, s
     """One pytest process of tests/engine for ``mode``: its JUnit in ``junit-<mode>.xml``, its output
     appended to the suite's log; ended with its stacks (``stop_with_stacks``) past ``timeout``."""
     cmd = [str(python), "-m", "pytest", str(store.CHECKOUT / "tests" / "engine"), "-s", "-v", "-p", "no:cacheprovider",
-           f"--junitxml={_junit(out, mode)}", "-o", f"junit_suite_name={entry}-{mode}",
+           f"--junitxml={mode_junit(out, mode)}", "-o", f"junit_suite_name={entry}-{mode}",
            "-o", "junit_family=xunit1", "--rootdir", str(store.CHECKOUT), *(pytest_args or [])]
     log(f"{entry}: {MODES_ENV}={mode} {' '.join(cmd[1:])}")
     logf.write(f"\n===== {entry}: {MODES_ENV}={mode} =====\n".encode())
@@ -247,7 +247,7 @@ def _pytest(entry: str, python: Path, out: Path, mode: str, environ: dict[str, s
     proc = subprocess.Popen(cmd, cwd=store.CHECKOUT, env=environ, stdout=logf, stderr=subprocess.STDOUT,
                             start_new_session=True)
     stop.record(out, proc.pid, cmd)  # until run.json is written: `gpuenv stop` waits for it
-    code = _wait(proc, _junit(out, mode), time.monotonic() + timeout)
+    code = _wait(proc, mode_junit(out, mode), time.monotonic() + timeout)
     if code is None:
         code = stop_with_stacks(proc)
         log(f"{entry}: {mode} timed out or hung after its JUnit; the Python stacks of pytest at that moment are at "

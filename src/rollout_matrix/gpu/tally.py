@@ -15,10 +15,11 @@ from pathlib import Path
 from rollout_matrix.evidence.band_status import MODES
 from rollout_matrix.evidence.results import LOG, RUN_JSON
 from rollout_matrix.gpu import store
+from rollout_matrix.gpu.suite import MODES_ENV, mode_junit
 
 _VERDICT = re.compile(r"(?<![\w-])(PASSED|FAILED|ERROR|SKIPPED)(?![\w-])")
 _SUMMARY = re.compile(r"^(?:FAILED|ERROR) \S+::")  # pytest's short summary repeats a failure
-_MODE_HEADER = re.compile(r"^=+ \S+: ROLLOUT_MATRIX_ENGINE_MODES=(\w+) =+$", re.MULTILINE)  # suite.py's
+_MODE_HEADER = re.compile(rf"^=+ \S+: {re.escape(MODES_ENV)}=(\w+) =+$", re.MULTILINE)  # suite.py's
 
 
 def _mode_from_junit(path: Path) -> str:
@@ -55,8 +56,7 @@ def _running_from_log(path: Path) -> str:
 
 def entry_line(folder: Path) -> str:
     """One entry's state: each finished mode from its JUnit file, the running one from the log."""
-    parts = [f"{mode}: {_mode_from_junit(junit)}" for mode in MODES
-             if (junit := folder / f"junit-{mode}.xml").is_file()]
+    parts = [f"{mode}: {_mode_from_junit(junit)}" for mode in MODES if (junit := mode_junit(folder, mode)).is_file()]
     if len(parts) < len(MODES):
         if (folder / RUN_JSON).is_file():
             parts.append(f"ended with {len(MODES) - len(parts)} of {len(MODES)} modes unreported")
