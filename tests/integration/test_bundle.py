@@ -264,7 +264,11 @@ def interrupted(*_):
     sys.exit(2)
 signal.signal(signal.SIGINT, interrupted)
 open(out + ".env", "w").write(json.dumps({"prefix": sys.pycache_prefix,
-                                          "no_bytecode": os.environ.get("PYTHONDONTWRITEBYTECODE")}))
+                                          "no_bytecode": os.environ.get("PYTHONDONTWRITEBYTECODE"),
+                                          "home": os.path.expanduser("~"), "venv": sys.prefix,
+                                          "flashinfer": os.getenv("FLASHINFER_WORKSPACE_BASE", os.path.expanduser("~")),
+                                          "xdg": os.environ.get("XDG_CACHE_HOME"),
+                                          "inductor": os.environ.get("TORCHINDUCTOR_CACHE_DIR")}))
 time.sleep(120)
 open(out, "w").write("slept")
 """
@@ -275,7 +279,8 @@ def test_stop_ends_the_running_step_by_its_recorded_group_and_starts_no_other(tm
     """``gpuenv stop``: the running step gets SIGINT through the process group it recorded (its handler
     writes its result, as pytest writes JUnit on Ctrl-C), the next step never starts, and a process
     running the very same command outside the batch lives on (nothing is matched by name). The steps
-    keep their bytecode in the machine's cache, not in the checkout."""
+    keep their bytecode in the machine's cache, not in the checkout, and what they build at run time in a home
+    inside their venv."""
     import json
     import threading
     import time
@@ -313,6 +318,12 @@ def test_stop_ends_the_running_step_by_its_recorded_group_and_starts_no_other(tm
     assert env["prefix"] == str(machine / "pycache") and not env["no_bytecode"]  # even where the caller's env sets it
     assert list((machine / "pycache").rglob("*.pyc")), "no bytecode was cached"
     assert not list(checkout.rglob("__pycache__"))
+    # run-time builds (flashinfer's JIT reads FLASHINFER_WORKSPACE_BASE, else ~) stay in the entry's venv,
+    # where no other entry reads them and whence they go with it
+    venv = Path(env["venv"])
+    assert venv.parent == machine / "envs" and Path(env["home"]) != Path.home()
+    for key in ("home", "flashinfer", "xdg", "inductor"):
+        assert Path(env[key]).is_relative_to(venv), (key, env[key])
     assert stop.stop(grace=1) == []  # nothing left to stop: one line, no error
 
 

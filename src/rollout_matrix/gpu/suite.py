@@ -103,6 +103,22 @@ def bytecode() -> dict[str, str]:
     return {"PYTHONPYCACHEPREFIX": str(store.ROOT / "pycache"), "PYTHONDONTWRITEBYTECODE": ""}
 
 
+def caches(env: Path) -> dict[str, str]:
+    """Where an entry's processes keep what they build at run time: a home of their own inside the venv.
+
+    Why: on the H200 (2026-12-04) every engine of vllm-0.13.0's eager suite failed to start with "Ninja
+    build failed: .../envs/vllm-0.12.0/.../flashinfer/data/csrc/sampling.cu missing". flashinfer keeps its
+    JIT builds in ``~/.cache/flashinfer/<version>/<arch>/`` (0.5.3 for both releases), and their ninja
+    file names the sources of the venv that built them first: vllm-0.12.0's, removed when its steps had
+    ended. With a home per entry (``HOME`` and ``XDG_CACHE_HOME``: flashinfer, vLLM's compile cache,
+    Triton, CUDA's compute cache; ``TORCHINDUCTOR_CACHE_DIR``, under /tmp otherwise) entries stay apart
+    as two users' machines are, both modes of one entry share what they built, and it goes with the venv."""
+    home = env / "home"
+    (home / ".cache").mkdir(parents=True, exist_ok=True)
+    return {"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"),
+            "TORCHINDUCTOR_CACHE_DIR": str(home / ".cache" / "torchinductor")}
+
+
 STACKS_SIGNAL = signal.SIGUSR1
 """What a step that ran past its limit is sent first: tests/engine/conftest.py (and a script that
 wants to) registers ``faulthandler`` for it, so every thread's Python stack goes to the step's log."""
@@ -159,8 +175,8 @@ def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = S
             log(f"{entry}: warning: matrix.yaml says it needs the distro packages {', '.join(missing)}, which "
                 "this machine does not have (or cannot tell) and the bundle does not ship; install them, or "
                 "expect failures at import")
-    environ = {**os.environ, **bytecode(), "PYTHONPATH": str(store.CHECKOUT / "src"), "ROLLOUT_MATRIX_ENTRY": entry,
-               "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
+    environ = {**os.environ, **bytecode(), **caches(env), "PYTHONPATH": str(store.CHECKOUT / "src"),
+               "ROLLOUT_MATRIX_ENTRY": entry, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
                "TRANSFORMERS_OFFLINE": "1", "PATH": f"{env / 'bin'}:{os.environ.get('PATH', '')}", **libs, **(sharing or {})}
     started = datetime.now(timezone.utc)
     t0, since = time.monotonic(), time.time()
@@ -267,8 +283,8 @@ def run_script(entry: str, command: str, timeout: int = 300) -> int:
     out = store._dirs()["results"] / entry
     out.mkdir(parents=True, exist_ok=True)
     libs, _ = syslibs.environment(manifests()[entry].entries[entry], env, system_packages(matrix_entry(entry)))
-    environ = {**os.environ, **libs, **bytecode(), "PYTHONPATH": str(store.CHECKOUT / "src"), "PYTHONUNBUFFERED": "1",
-               "HF_HUB_OFFLINE": "1", "PATH": f"{env / 'bin'}:{os.environ.get('PATH', '')}",
+    environ = {**os.environ, **libs, **bytecode(), **caches(env), "PYTHONPATH": str(store.CHECKOUT / "src"),
+               "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "PATH": f"{env / 'bin'}:{os.environ.get('PATH', '')}",
                "ROLLOUT_MATRIX_RESULTS": str(out), "ROLLOUT_MATRIX_SCRIPT_TIMEOUT": str(timeout)}
     t0 = time.monotonic()
     with open(out / "scripts.log", "ab") as logf:
