@@ -47,3 +47,20 @@ class OldModel(Model):
     def __init__(self, config: object) -> None:
         super().__init__(config)
         self.original_code_object = self.__class__.forward.__code__
+
+
+def callers_function(x: torch.Tensor) -> torch.Tensor:
+    """A function of the caller's in the model's module, compiled by the caller."""
+    return x + 1
+
+
+KEPT_CODE: list = []
+"""Stands for what kept vLLM's transformed code alive after shutdown on the H200 (2026-12-04, vLLM
+0.11.2-0.13.0 on torch 2.9.0; not identified: vLLM's wrapper keeps it as ``_compiled_bytecode``). Torch
+deletes the ``__compiled_fn`` global only when that code dies."""
+
+
+class KeptCodeModel(Model):
+    def bytecode_hook(self, old_code: object, new_code: object) -> None:
+        if old_code is self.original_code_object():
+            KEPT_CODE.append(new_code)

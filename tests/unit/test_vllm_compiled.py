@@ -50,6 +50,31 @@ def test_the_engines_compile_caches_go_and_the_callers_stay(form: str) -> None:
     assert callers(torch.ones(2)).tolist() == [2.0, 2.0]
 
 
+def test_the_compiled_graphs_global_goes_while_something_keeps_the_transformed_code() -> None:
+    """The H200's case (vLLM 0.11.2-0.13.0, torch 2.9.0): with the hook, the backend and the compiled
+    entry dropped, the weights were still held by the ``__compiled_fn`` global in the model's module,
+    which torch deletes only when the transformed code dies, and that code was kept."""
+    torch = pytest.importorskip("torch", reason="the caches are torch's (torch._dynamo)")
+    compiled_model = pytest.importorskip("compiled_model", reason="tests/unit on sys.path (pytest rootdir)")
+    callers = torch.compile(compiled_model.callers_function, backend=lambda gm, inputs: gm)
+    callers_graphs = lambda: {k for k, v in vars(compiled_model).items() if k.startswith("__compiled_fn") and v is not None}  # noqa: E731
+    assert callers(torch.ones(2)).tolist() == [2.0, 2.0]
+    before = callers_graphs()
+
+    found = vllm_compiled.EngineCompileCaches()
+    with vllm_compiled.noted(found):
+        weight, _ = _engine_start(torch, compiled_model.KeptCodeModel)
+    assert compiled_model.KEPT_CODE, "the stand-in kept nothing"
+    vllm_compiled.release(found)
+    gc.collect()
+    assert weight() is None, "the weights outlived the engine (its compiled graph's global still holds them)"
+    assert before and callers_graphs() == before, "the caller's compiled graph in the same module was dropped"
+    assert callers(torch.ones(2)).tolist() == [2.0, 2.0]
+    compiled_model.KEPT_CODE.clear()
+    gc.collect()  # the kept code dies now: torch's own cleanup removes the unbound global, without an error
+    assert not [k for k in vars(compiled_model) if k.startswith("__compiled_fn") and k not in before]
+
+
 def test_without_torch_loaded_there_is_nothing_to_note_or_drop(monkeypatch) -> None:
     """No torch module in the process (vLLM not imported yet): noting and releasing do nothing."""
     for name in ("torch._dynamo.convert_frame", "torch._dynamo.eval_frame"):

@@ -12,8 +12,17 @@ Each keeps sleep-mode memory alive after shutdown, and vLLM refuses the next eng
 (H200, 2026-12-03, vLLM 0.22.0 with CUDA graphs: 4 MiB of weights held through the hook). From torch
 2.10 vLLM compiles ahead of time instead (``VLLM_USE_AOT_COMPILE``), so only the hook was seen there;
 on torch 2.9 (vLLM 0.11.2, 0.12.0) the backend and the compiled entry hold the rest (read from the
-sources, reproduced with torch 2.13 on the CPU). Only what appeared during the engine's start is
-dropped: a caller's own compiled functions stay. torch is never imported by this module.
+sources, reproduced with torch 2.13 on the CPU).
+
+A fourth, seen on the H200 (2026-12-04, vLLM 0.11.2, 0.12.0 and 0.13.0 on torch 2.9.0, after the three
+above were dropped): the ``__compiled_fn_<n>_<uuid>`` global Dynamo installs in the model's module
+(vllm.model_executor.models.qwen2) still held the weights, as ``example_inputs`` of the graph it names.
+Torch deletes that global when the transformed code object dies (``CleanupManager``, keyed weakly on
+it), and something of vLLM's kept the transformed code (its wrapper stores it, ``_compiled_bytecode``,
+and runs it in place of ``forward``); so the globals the start installed are unbound here instead.
+
+Only what appeared during the engine's start is dropped: a caller's own compiled functions stay.
+torch is never imported by this module.
 """
 
 from __future__ import annotations
@@ -33,12 +42,14 @@ class EngineCompileCaches:
     hooks: set[int] = dataclasses.field(default_factory=set)
     backends: set[int] = dataclasses.field(default_factory=set)
     code: list[CodeType] = dataclasses.field(default_factory=list)
+    graphs: set[tuple[str, str]] = dataclasses.field(default_factory=set)  # (module, global) of compiled graphs
 
 
 @contextlib.contextmanager
 def noted(found: EngineCompileCaches) -> Iterator[None]:
     """Note into ``found`` what the block adds to torch's caches (also when it raises)."""
     hooks_before, backends_before = set(dict(_bytecode_hooks())), set(dict(_cached_backends()))
+    graphs_before = _graph_globals()
     try:
         yield
     finally:
@@ -50,6 +61,8 @@ def noted(found: EngineCompileCaches) -> Iterator[None]:
                 code = _original_code(hook)
                 if code is not None and code not in found.code:
                     found.code.append(code)
+            files = {code.co_filename for code in found.code}
+            found.graphs.update(g for g in _graph_globals() - graphs_before if _module_file(g[0]) in files)
         except Exception:  # what was not noted stays for the process, as before the shim noted anything
             pass
 
@@ -63,10 +76,36 @@ def release(found: EngineCompileCaches) -> int:
     for code in found.code if remove is not None else ():
         with contextlib.suppress(Exception):  # best effort: a torch without it, or nothing cached
             remove(code)
+    for module, name in found.graphs:
+        scope = getattr(sys.modules.get(module), "__dict__", {})
+        if name in scope:  # unbound, not deleted: torch's own cleanup deletes it when the code dies
+            scope[name] = None
     found.hooks.clear()
     found.backends.clear()
     found.code.clear()
+    found.graphs.clear()
     return dropped
+
+
+_GRAPH_PREFIX = "__compiled_fn"
+"""Dynamo's name for the global that holds a compiled graph (``OutputGraph.install_global``)."""
+
+
+def _graph_globals() -> set[tuple[str, str]]:
+    """(module, name) of every compiled graph's global in the loaded modules (none without torch)."""
+    if "torch._dynamo.convert_frame" not in sys.modules:
+        return set()
+    found = set()
+    for module_name, module in list(sys.modules.items()):
+        scope = getattr(module, "__dict__", None)
+        if isinstance(scope, dict):
+            found.update((module_name, key) for key in list(scope)
+                         if isinstance(key, str) and key.startswith(_GRAPH_PREFIX) and scope.get(key) is not None)
+    return found
+
+
+def _module_file(name: str) -> str | None:
+    return getattr(sys.modules.get(name), "__file__", None)
 
 
 def _original_code(hook: object) -> CodeType | None:
