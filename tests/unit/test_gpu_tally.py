@@ -76,3 +76,10 @@ def test_wait_ends_with_the_tally(results: Path, capsys: pytest.CaptureFixture[s
     out = capsys.readouterr().out.splitlines()
     assert "1 failed (test_update_weights_from_another_process[eager])" in out[-1]
     assert "pipeline ended at" in out[-2] and "0 of 1 steps passed" in out[-2]
+
+
+def test_a_mode_whose_junit_is_written_reads_as_exiting_not_as_running_again(results: Path) -> None:
+    """sglang-0.5.6 when the 2026-12-04 hold ended: graphs' JUnit written, its pytest process not gone yet
+    (the eager header never came). The line said "running graphs" after graphs' result, read as a rerun."""
+    shutil.copytree(ROOT / "gpu-results" / "history" / "2026-12-04-hold" / "sglang-0.5.6", results / "sglang-0.5.6")
+    assert tally.lines() == ["sglang-0.5.6: graphs: 25 passed, 5 skipped; the graphs process still exiting"]

@@ -36,10 +36,12 @@ def _mode_from_junit(path: Path) -> str:
     return said + (f", {skipped} skipped" if skipped else "")
 
 
-def _running_from_log(path: Path) -> str:
+def _running_from_log(path: Path, finished: set[str]) -> str:
     """The mode still running, from its part of the log (after suite.py's last mode header): the verdict
     words pytest has printed so far. A test id can share a line with engine output, so this counts the
-    words; the names of failed tests come from the mode's JUnit file once it ends."""
+    words; the names of failed tests come from the mode's JUnit file once it ends. A mode in
+    ``finished`` (its JUnit is written) whose process has not exited yet is said to be ending: engines'
+    children can take a while (2026-12-04: "running graphs" after graphs' JUnit, which read as a rerun)."""
     try:
         text = path.read_text(errors="replace")
     except OSError as exc:
@@ -47,6 +49,8 @@ def _running_from_log(path: Path) -> str:
     headers = list(_MODE_HEADER.finditer(text))
     if not headers:
         return "no mode started yet"
+    if headers[-1].group(1) in finished:
+        return f"the {headers[-1].group(1)} process still exiting"
     part = text[headers[-1].end():]
     words = [w for line in part.splitlines() if not _SUMMARY.match(line) for w in _VERDICT.findall(line)]
     counts = ", ".join(f"{words.count(w)} {w.lower()}" for w in ("PASSED", "FAILED", "ERROR", "SKIPPED")
@@ -56,12 +60,13 @@ def _running_from_log(path: Path) -> str:
 
 def entry_line(folder: Path) -> str:
     """One entry's state: each finished mode from its JUnit file, the running one from the log."""
-    parts = [f"{mode}: {_mode_from_junit(junit)}" for mode in MODES if (junit := mode_junit(folder, mode)).is_file()]
+    finished = [mode for mode in MODES if mode_junit(folder, mode).is_file()]
+    parts = [f"{mode}: {_mode_from_junit(mode_junit(folder, mode))}" for mode in finished]
     if len(parts) < len(MODES):
         if (folder / RUN_JSON).is_file():
             parts.append(f"ended with {len(MODES) - len(parts)} of {len(MODES)} modes unreported")
         elif (folder / LOG).is_file():
-            parts.append(_running_from_log(folder / LOG))
+            parts.append(_running_from_log(folder / LOG, set(finished)))
         elif not parts:
             parts.append("no suite output yet")
     return f"{folder.name}: " + "; ".join(parts)
