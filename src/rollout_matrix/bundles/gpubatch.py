@@ -49,9 +49,11 @@ START_S = 105
 """Held time at the first call's reply, the machine's start included (105 s on 2026-12-03, fifth hold)."""
 END_MARGIN_S = 120
 """Kept free at the end of a hold: the last ``collect`` and the give-back."""
-SUITE_S = {"sglang": 700, "vllm": 450}
+SUITE_S = {"sglang": 700, "vllm": 500}
 """One suite (both modes) while three share the H200: SGLang 599-774 s, vLLM 396-442 s (2026-12-03,
-fifth hold; engine starts take turns on the GPU lock, so a fourth suite would mostly wait)."""
+fifth hold); SGLang 0.5.5.post3 546 s, vLLM 0.11.2 518 s and 0.12.0 437 s (2026-12-04; SGLang 0.5.6 and
+0.5.10 took 374 s and 322 s for graphs alone). Engine starts take turns on the GPU lock, so a fourth
+suite would mostly wait."""
 PARALLEL = 3
 """Suites at a time (``gpuenv pipeline --parallel auto`` on the H200)."""
 
