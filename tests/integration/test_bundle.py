@@ -268,14 +268,17 @@ open(out + ".env", "w").write(json.dumps({"prefix": sys.pycache_prefix,
                                           "home": os.path.expanduser("~"), "venv": sys.prefix,
                                           "flashinfer": os.getenv("FLASHINFER_WORKSPACE_BASE", os.path.expanduser("~")),
                                           "xdg": os.environ.get("XDG_CACHE_HOME"),
-                                          "inductor": os.environ.get("TORCHINDUCTOR_CACHE_DIR")}))
+                                          "inductor": os.environ.get("TORCHINDUCTOR_CACHE_DIR"),
+                                          "vllm": os.environ.get("VLLM_CACHE_ROOT", ""),
+                                          "triton": os.environ.get("TRITON_CACHE_DIR", ""),
+                                          "cuda": os.environ.get("CUDA_CACHE_PATH", "")}))
 time.sleep(120)
 open(out, "w").write("slept")
 """
 
 
-def test_stop_ends_the_running_step_by_its_recorded_group_and_starts_no_other(tmp_path: Path, locked: Matrix,
-                                                                               machine: Path) -> None:
+def test_stop_ends_the_running_step_by_its_recorded_group_and_starts_no_other(
+        tmp_path: Path, locked: Matrix, machine: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``gpuenv stop``: the running step gets SIGINT through the process group it recorded (its handler
     writes its result, as pytest writes JUnit on Ctrl-C), the next step never starts, and a process
     running the very same command outside the batch lives on (nothing is matched by name). The steps
@@ -287,6 +290,8 @@ def test_stop_ends_the_running_step_by_its_recorded_group_and_starts_no_other(tm
 
     from rollout_matrix.gpu import stop
 
+    for name in ("FLASHINFER_WORKSPACE_BASE", "VLLM_CACHE_ROOT", "TRITON_CACHE_DIR", "CUDA_CACHE_PATH"):
+        monkeypatch.setenv(name, str(tmp_path / "shared-by-the-machine"))  # a machine's setting for all users
     entry = locked.get("tiny-2.31.0")
     tiny_bundle(locked, tmp_path)
     checkout = locked.path.parent
@@ -322,7 +327,7 @@ def test_stop_ends_the_running_step_by_its_recorded_group_and_starts_no_other(tm
     # where no other entry reads them and whence they go with it
     venv = Path(env["venv"])
     assert venv.parent == machine / "envs" and Path(env["home"]) != Path.home()
-    for key in ("home", "flashinfer", "xdg", "inductor"):
+    for key in ("home", "flashinfer", "xdg", "inductor", "vllm", "triton", "cuda"):
         assert Path(env[key]).is_relative_to(venv), (key, env[key])
     assert stop.stop(grace=1) == []  # nothing left to stop: one line, no error
 

@@ -50,6 +50,7 @@ def test_the_engines_compile_caches_go_and_the_callers_stay(form: str) -> None:
     assert callers(torch.ones(2)).tolist() == [2.0, 2.0]
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")  # torch's own cleanup must not fail
 def test_the_compiled_graphs_global_goes_while_something_keeps_the_transformed_code() -> None:
     """The H200's case (vLLM 0.11.2-0.13.0, torch 2.9.0): with the hook, the backend and the compiled
     entry dropped, the weights were still held by the ``__compiled_fn`` global in the model's module,
@@ -112,3 +113,51 @@ def test_a_start_that_raises_is_noted_and_released_too(monkeypatch) -> None:
         raise RuntimeError("CUDA out of memory")
     assert vllm_compiled.release(found) == 2
     assert list(hooks) == [1] and list(backends) == [10] and removed == [Wrapper.forward.__code__]
+
+
+def test_a_lazy_module_that_cannot_import_neither_loads_nor_fails_the_start(monkeypatch, tmp_path) -> None:
+    """The scan for compiled graphs reads every loaded module's globals; a module loaded through
+    importlib's ``LazyLoader`` runs its code on the first attribute read, and that code may fail. The
+    scan reads none of it, and nothing it could raise reaches the engine's start."""
+    import importlib.util
+
+    source = tmp_path / "lazy_broken.py"
+    source.write_text("raise ImportError('an optional dependency is missing')\n")
+    spec = importlib.util.spec_from_file_location("lazy_broken", source)
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(sys.modules, "lazy_broken", module)
+    monkeypatch.setitem(sys.modules, "torch._dynamo.convert_frame", SimpleNamespace(_bytecode_hooks={}))
+    ran = []
+    found = vllm_compiled.EngineCompileCaches()
+    with vllm_compiled.noted(found):
+        ran.append(True)
+    assert ran and found == vllm_compiled.EngineCompileCaches()
+    with pytest.raises(ImportError, match="optional dependency"):
+        _ = module.anything  # the module is still lazy: the scan never loaded it
+
+
+def test_starts_in_two_threads_are_noted_one_after_the_other() -> None:
+    """What a start added is told apart by before and after: a second start inside the first one's
+    window would note the first's compiled graph as its own and drop it at its shutdown."""
+    import threading
+
+    first_inside, let_first_end, second_inside = threading.Event(), threading.Event(), threading.Event()
+
+    def start(inside: threading.Event, wait_for: threading.Event | None) -> None:
+        with vllm_compiled.noted(vllm_compiled.EngineCompileCaches()):
+            inside.set()
+            if wait_for is not None:
+                wait_for.wait(10)
+
+    first = threading.Thread(target=start, args=(first_inside, let_first_end))
+    first.start()
+    assert first_inside.wait(10)
+    second = threading.Thread(target=start, args=(second_inside, None))
+    second.start()
+    assert not second_inside.wait(0.5), "a second start was noted inside the first one's window"
+    let_first_end.set()
+    assert second_inside.wait(10)
+    first.join(10)
+    second.join(10)

@@ -110,13 +110,16 @@ def caches(env: Path) -> dict[str, str]:
     build failed: .../envs/vllm-0.12.0/.../flashinfer/data/csrc/sampling.cu missing". flashinfer keeps its
     JIT builds in ``~/.cache/flashinfer/<version>/<arch>/`` (0.5.3 for both releases), and their ninja
     file names the sources of the venv that built them first: vllm-0.12.0's, removed when its steps had
-    ended. With a home per entry (``HOME`` and ``XDG_CACHE_HOME``: flashinfer, vLLM's compile cache,
-    Triton, CUDA's compute cache; ``TORCHINDUCTOR_CACHE_DIR``, under /tmp otherwise) entries stay apart
-    as two users' machines are, both modes of one entry share what they built, and it goes with the venv."""
+    ended. With a home per entry (``HOME`` and ``XDG_CACHE_HOME``, and each library's own variable, which
+    a machine may set for all: flashinfer, vLLM's compile cache, Triton, torch inductor, CUDA's compute
+    cache) entries stay apart as two users' machines are, both modes of one entry share what they
+    built, and it goes with the venv."""
     home = env / "home"
-    (home / ".cache").mkdir(parents=True, exist_ok=True)
-    return {"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"),
-            "TORCHINDUCTOR_CACHE_DIR": str(home / ".cache" / "torchinductor")}
+    cache = home / ".cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    return {"HOME": str(home), "XDG_CACHE_HOME": str(cache), "FLASHINFER_WORKSPACE_BASE": str(home),
+            "VLLM_CACHE_ROOT": str(cache / "vllm"), "TRITON_CACHE_DIR": str(home / ".triton" / "cache"),
+            "TORCHINDUCTOR_CACHE_DIR": str(cache / "torchinductor"), "CUDA_CACHE_PATH": str(home / ".nv" / "ComputeCache")}
 
 
 STACKS_SIGNAL = signal.SIGUSR1

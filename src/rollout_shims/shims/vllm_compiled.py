@@ -30,6 +30,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import sys
+import threading
+import types
 from collections.abc import Iterator
 from types import CodeType
 
@@ -45,26 +47,40 @@ class EngineCompileCaches:
     graphs: set[tuple[str, str]] = dataclasses.field(default_factory=set)  # (module, global) of compiled graphs
 
 
+_STARTS = threading.Lock()
+"""One noted start at a time in a process: what a start added is told apart by before and after, so two
+starts at once would each note, and at shutdown drop, the other's too (a running engine's compiled
+graph included, which vLLM calls directly)."""
+
+
 @contextlib.contextmanager
 def noted(found: EngineCompileCaches) -> Iterator[None]:
     """Note into ``found`` what the block adds to torch's caches (also when it raises)."""
-    hooks_before, backends_before = set(dict(_bytecode_hooks())), set(dict(_cached_backends()))
-    graphs_before = _graph_globals()
-    try:
-        yield
-    finally:
-        try:  # copies taken in one step (another thread may compile meanwhile); never hides the block's outcome
-            added = {key: hook for key, hook in dict(_bytecode_hooks()).items() if key not in hooks_before}
-            found.hooks.update(added)
-            found.backends.update(set(dict(_cached_backends())) - backends_before)
-            for hook in added.values():
-                code = _original_code(hook)
-                if code is not None and code not in found.code:
-                    found.code.append(code)
-            files = {code.co_filename for code in found.code}
-            found.graphs.update(g for g in _graph_globals() - graphs_before if _module_file(g[0]) in files)
-        except Exception:  # what was not noted stays for the process, as before the shim noted anything
-            pass
+    with _STARTS:
+        try:
+            before = set(dict(_bytecode_hooks())), set(dict(_cached_backends())), _graph_globals()
+        except Exception:  # nothing noted, nothing dropped: never a reason for the start to fail
+            before = None
+        try:
+            yield
+        finally:
+            if before is not None:
+                _note(found, *before)
+
+
+def _note(found: EngineCompileCaches, hooks_before: set, backends_before: set, graphs_before: set) -> None:
+    try:  # copies taken in one step (another thread may compile meanwhile); never hides the block's outcome
+        added = {key: hook for key, hook in dict(_bytecode_hooks()).items() if key not in hooks_before}
+        found.hooks.update(added)
+        found.backends.update(set(dict(_cached_backends())) - backends_before)
+        for hook in added.values():
+            code = _original_code(hook)
+            if code is not None and code not in found.code:
+                found.code.append(code)
+        files = {code.co_filename for code in found.code}
+        found.graphs.update(g for g in _graph_globals() - graphs_before if _scope(g[0]).get("__file__") in files)
+    except Exception:  # what was not noted stays for the process, as before the shim noted anything
+        pass
 
 
 def release(found: EngineCompileCaches) -> int:
@@ -77,7 +93,7 @@ def release(found: EngineCompileCaches) -> int:
         with contextlib.suppress(Exception):  # best effort: a torch without it, or nothing cached
             remove(code)
     for module, name in found.graphs:
-        scope = getattr(sys.modules.get(module), "__dict__", {})
+        scope = _scope(module)
         if name in scope:  # unbound, not deleted: torch's own cleanup deletes it when the code dies
             scope[name] = None
     found.hooks.clear()
@@ -96,16 +112,24 @@ def _graph_globals() -> set[tuple[str, str]]:
     if "torch._dynamo.convert_frame" not in sys.modules:
         return set()
     found = set()
-    for module_name, module in list(sys.modules.items()):
-        scope = getattr(module, "__dict__", None)
-        if isinstance(scope, dict):
-            found.update((module_name, key) for key in list(scope)
-                         if isinstance(key, str) and key.startswith(_GRAPH_PREFIX) and scope.get(key) is not None)
+    for module_name in list(sys.modules):
+        scope = _scope(module_name)
+        found.update((module_name, key) for key in list(scope)
+                     if isinstance(key, str) and key.startswith(_GRAPH_PREFIX) and scope.get(key) is not None)
     return found
 
 
-def _module_file(name: str) -> str | None:
-    return getattr(sys.modules.get(name), "__file__", None)
+def _scope(module_name: str) -> dict:
+    """A loaded module's globals, read without running anything: a lazy module (importlib's
+    ``LazyLoader``) would otherwise be imported by the read, and its import could fail."""
+    module = sys.modules.get(module_name)
+    if not isinstance(module, types.ModuleType):
+        return {}
+    try:
+        scope = object.__getattribute__(module, "__dict__")
+    except Exception:
+        return {}
+    return scope if isinstance(scope, dict) else {}
 
 
 def _original_code(hook: object) -> CodeType | None:
