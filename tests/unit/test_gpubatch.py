@@ -56,6 +56,20 @@ def test_a_batch_groups_entries_by_cuda_line_and_counts_shared_files_once() -> N
     assert [[e.name for e in line.entries] for line in later] == [["vllm-0.24.0"], ["vllm-0.33.0"]]
 
 
+def test_newest_first_plans_the_newest_line_s_entries_in_the_first_hold() -> None:
+    """gpu-batch --newest-first: a session with one hold proves what most users install first. The lines
+    reverse (newest stack and torch first); entries of a line keep matrix order."""
+    matrix = load_matrix(ROOT / "matrix.yaml")
+    chosen = [matrix.get(n) for n in ("vllm-0.11.2", "sglang-0.5.17", "vllm-0.24.0", "vllm-0.33.0")]
+    batch = plan(matrix, "3.12", lambda n, v, s: (100 << 20, True), chosen, proven={}, newest_first=True)
+    assert [(line.stack, line.torch) for line in batch.lines] == [
+        ("cu130", "2.14.0"), ("cu130", "2.11.0"), ("cu128", "2.9.0")]
+    assert [e.name for e in batch.lines[1].entries] == ["sglang-0.5.17", "vllm-0.24.0"]
+    assert batch.holds[0].entries[0].name == "vllm-0.33.0"
+    oldest = plan(matrix, "3.12", lambda n, v, s: (100 << 20, True), chosen, proven={})
+    assert oldest.holds[0].entries[0].name == "vllm-0.11.2"
+
+
 def test_what_the_machine_lends_is_priced_at_nothing_by_name_and_version() -> None:
     """gpu-batch --borrow: pins the machine's python3 has installed at the same version cost no parts;
     another version of the same name still does, and so does a wheel under 1 MiB."""

@@ -165,9 +165,11 @@ class Batch:
 
 def plan(matrix: Matrix, python: str, size_of: Callable[[str, str, set[str]], tuple[int, bool]],
          entries: Iterable[Entry] | None = None, lent: dict[str, str] | None = None,
-         proven: dict[str, list[str]] | None = None, hold_s: float = HOLD_S - END_MARGIN_S) -> Batch:
+         proven: dict[str, list[str]] | None = None, hold_s: float = HOLD_S - END_MARGIN_S,
+         newest_first: bool = False) -> Batch:
     """Entries not yet proven in both modes (of ``entries``, default :func:`targets`), grouped by CUDA line
-    in stack order, and packed into holds in that order: an entry joins the current hold while every
+    in stack order (``newest_first``: the newest line first, the releases most users install, when a
+    session has one hold), and packed into holds in that order: an entry joins the current hold while every
     suite would still end by ``hold_s`` (:func:`suites_end`), else it starts the next (alone, even
     when it cannot end in time: ``render`` says so). ``size_of(name, version, allowed sha256s)`` gives
     a pin's wheel size and whether it is exact. ``lent``: name -> version the machine has installed
@@ -216,7 +218,7 @@ def plan(matrix: Matrix, python: str, size_of: Callable[[str, str, set[str]], tu
         wheel_bytes, exact, deb_bytes = carried(members)
         lines.append(Line(stack, torch, members, wheel_bytes, exact, deb_bytes))
     order = list(dict.fromkeys(e.stack.name for e in matrix))
-    lines.sort(key=lambda line: (order.index(line.stack), Version(line.torch or "0")))
+    lines.sort(key=lambda line: (order.index(line.stack), Version(line.torch or "0")), reverse=newest_first)
     holds: list[Hold] = []
     for entry in (e for line in lines for e in line.entries):
         if holds and (grown := joined(holds[-1], entry)).end_s <= hold_s:

@@ -52,7 +52,8 @@ def cmd_gpu_batch(args: argparse.Namespace, matrix: Matrix) -> int:
         from rollout_matrix.bundles.borrow import read_inventory
 
         lent = {name: version for name, (version, _) in read_inventory(Path(args.borrow)).items()}
-    batch = plan(matrix, args.python, cached_or_indexed(default_cache(), args.python), entries, lent=lent)
+    batch = plan(matrix, args.python, cached_or_indexed(default_cache(), args.python), entries, lent=lent,
+                 newest_first=args.newest_first)
     print("\n".join(render(batch, proven_modes(matrix.path.parent), args.python, args.borrow)))
     return 0
 
@@ -108,4 +109,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--borrow", metavar="INVENTORY",
                    help="price what the machine has installed at nothing, as `bundle --borrow` ships it (by name "
                         "and version here; bundle compares the files)")
+    p.add_argument("--newest-first", action="store_true",
+                   help="plan the newest CUDA line's entries first (default: oldest first, stack order)")
     p.set_defaults(handler=cmd_gpu_batch)
