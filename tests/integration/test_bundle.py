@@ -377,7 +377,9 @@ def test_a_pipeline_on_a_machine_without_the_bundle_is_refused_at_once(tmp_path:
                                                                        machine: Path) -> None:
     """A machine that went back comes fresh: a pipeline there, in the foreground or detached, says in one
     line that no bundle lists the entry (exit 2) instead of waiting ``--wait`` seconds of device time,
-    and one whose part-000 is here is accepted."""
+    and one whose part-000 is here is accepted. ``receive`` ends with a line of what is complete and
+    what still misses chunks (a hold reads only that last line of each part's call)."""
+    import json
     import time
 
     entry = locked.get("tiny-2.31.0")
@@ -394,8 +396,13 @@ def test_a_pipeline_on_a_machine_without_the_bundle_is_refused_at_once(tmp_path:
         assert refused.stderr.count("\n") == 1 and f"no bundle on this machine lists {entry.name}" in refused.stderr
         assert "none, a fresh machine" in refused.stderr and "part-000" in refused.stderr
     tiny_bundle(locked, tmp_path, receive=False)
-    assert gpuenv("receive", str(tmp_path / "bundle" / "part-000")).returncode == 0  # the manifest only
+    first = gpuenv("receive", str(tmp_path / "bundle" / "part-000"))  # the manifest only
+    assert first.returncode == 0
+    chunks = len(json.loads((tmp_path / "bundle" / "part-000" / "bundle.json").read_text())["chunks"])
+    assert chunks and first.stdout.splitlines()[-1].endswith(f"complete: none; still missing chunks: {entry.name} {chunks}")
     assert pipeline.check_received([f"{entry.name}=nap.py 0"]) is None  # the chunks may follow
+    rest = gpuenv("receive", *(str(p) for p in sorted((tmp_path / "bundle").iterdir())[1:]))
+    assert rest.returncode == 0 and rest.stdout.splitlines()[-1].endswith(f"complete: {entry.name}")
 
 
 def test_wheels_the_machine_has_installed_travel_as_kits_and_come_back_exact(

@@ -172,6 +172,10 @@ def missing_chunks(manifest: Manifest, entry: str) -> list[str]:
 
 
 def status() -> None:
+    """A line per entry a received manifest lists, then one that sums them up: which entries are
+    complete, and the others, the nearest first. Why the last line: a hold makes a call per part and
+    reads only its last line (``receive ... | tail -1``), which used to be the last entry's count."""
+    done, waiting = [], []
     for name, manifest in sorted(manifests().items()):
         record = manifest.entries[name]
         need = {c for f in [*record.files, *record.debs] for c in f.chunks}
@@ -179,6 +183,13 @@ def status() -> None:
         ready = (ROOT / "envs" / name / ".lock-exact").is_file()
         log(f"{name}: {len(need) - len(missing)}/{len(need)} chunks"
             f"{', venv ready' if ready else ''}")
+        if missing:
+            waiting.append((len(missing), name))
+        else:
+            done.append(name)
+    if done or waiting:
+        log(f"complete: {', '.join(done) or 'none'}"
+            + ("; still missing chunks: " + ", ".join(f"{name} {n}" for n, name in sorted(waiting)) if waiting else ""))
 
 
 def complete(entry: str) -> bool:
