@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rollout_matrix.bundles.gpubatch import ZSTD_RATIO, plan, render, suites_end, targets
+from rollout_matrix.bundles.gpubatch import plan, render, suites_end, targets
 from rollout_matrix.matrix.load import load_matrix
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,10 +106,11 @@ def test_holds_take_entries_across_lines_while_every_suite_still_ends_in_time() 
     locks = ROOT / "docker" / "locks"
     names = ["vllm-0.22.0", "vllm-0.24.0", "vllm-0.33.0"]  # torch 2.11, 2.11, 2.14: two lines, no .debs
     pins = {n: _pins(locks / f"{n}-py3.12.txt") for n in names}
-    mib = 40  # per pin: parts = ceil(pins * 40 MiB * ZSTD_RATIO / 61 MiB parts), the shared pins once
+    mib = 40  # per pin: parts = ceil(pins * 40 MiB * 0.776 / 61 MiB parts), the shared pins once
+    cu130 = 0.78  # payload / wheel bytes of the cu130 bundle of 2026-12-04 (docs/gpu.md), all three are cu130
 
     def parts(*entries: str) -> int:
-        return math.ceil(len(set().union(*(pins[e] for e in entries))) * mib * ZSTD_RATIO / 61)
+        return math.ceil(len(set().union(*(pins[e] for e in entries))) * mib * cu130 / 61)
 
     chosen = [matrix.get(n) for n in names]
     roomy = plan(matrix, "3.12", lambda n, v, s: (mib << 20, True), chosen, proven={}, hold_s=10_000)
@@ -154,3 +155,21 @@ def test_a_line_whose_entries_need_system_libraries_carries_their_debs_once() ->
     assert len(ffmpeg) > 50 and lines[0].deb_bytes == sum(ffmpeg.values())
     assert lines[0].parts == -(-sum(ffmpeg.values()) // (61 << 20))
     assert "MiB of it system libraries" in render(batch, {})[0]
+
+
+def test_wheels_are_priced_at_their_stack_s_measured_ratio() -> None:
+    """Bundles made here on 2026-12-04: cu128 wheels (vLLM 0.11.2 - 0.13.0) shipped at 0.660 of their
+    bytes, cu130 (SGLang 0.5.23, vLLM 0.27.1 - 0.33.0) at 0.776; one ratio for both planned the cu130 hold
+    at 82 parts where it took 93. A line is priced at its stack's ratio, a hold of two stacks at each's."""
+    matrix = load_matrix(ROOT / "matrix.yaml")
+    locks = ROOT / "docker" / "locks"
+    cu128, cu130 = matrix.get("vllm-0.12.0"), matrix.get("vllm-0.33.0")
+    assert (cu128.stack.name, cu130.stack.name) == ("cu128", "cu130")
+    batch = plan(matrix, "3.12", lambda n, v, s: (100 << 20, True), [cu128, cu130], proven={}, hold_s=10_000)
+    for line, measured in zip(batch.lines, (0.660, 0.776), strict=True):
+        assert line.payload_bytes / line.wheel_bytes == pytest.approx(measured, abs=0.005)
+    only_128 = _pins(locks / "vllm-0.12.0-py3.12.txt")
+    only_130 = _pins(locks / "vllm-0.33.0-py3.12.txt") - only_128  # a shared pin is priced with its first entry
+    (hold,) = batch.holds
+    assert hold.ready_parts[-1] == pytest.approx(
+        (len(only_128) * 100 * 0.660 + len(only_130) * 100 * 0.776) / 61, abs=1 + 0.005 * len(only_128 | only_130))

@@ -34,9 +34,19 @@ from rollout_matrix.locks.lockfile import lock_path, locks_dir_for, parse_body, 
 from rollout_matrix.matrix.model import Entry, Matrix
 from rollout_matrix.matrix.shim_band import shim_for
 
-ZSTD_RATIO = 0.69
-"""Bundle payload / wheel bytes for these CUDA stacks: 10.72 GiB of zstd payload for 15.47 GiB of
-wheels (752 files of 14 entries, SGLang 0.5.12 - 0.5.23, vLLM 0.22 - 0.33, bundled 2026-12-02)."""
+ZSTD_RATIO = {"cu128": 0.66, "cu130": 0.78}
+"""Bundle payload / wheel bytes of the wheels a bundle ships (lent ones aside), per CUDA stack, measured
+on bundles made here: cu128 0.660 (.gpu/hold-4 of 2026-12-04: vLLM 0.11.2 - 0.13.0, 5.85 GiB of
+wheels), cu130 0.776 (.gpu/hold-1 of 2026-12-04: SGLang 0.5.23, vLLM 0.27.1, 0.32.0, 0.33.0, 6.84 GiB;
+with the same ratio for all stacks, 0.69, that hold was planned at 82 parts and took 93). Other stacks:
+``DEFAULT_ZSTD_RATIO``."""
+DEFAULT_ZSTD_RATIO = 0.69
+"""10.72 GiB of zstd payload for 15.47 GiB of wheels (752 files of 14 entries, SGLang 0.5.12 - 0.5.23,
+vLLM 0.22 - 0.33, torch 2.11's wheel among them, bundled 2026-12-02)."""
+
+
+def zstd_ratio(stack: str) -> float:
+    return ZSTD_RATIO.get(stack, DEFAULT_ZSTD_RATIO)
 SECONDS_PER_PART = 8.4
 """Device time per part when calls follow each other: 8.3-8.6 s over 108 calls on 2026-12-03 (each
 call also collecting the results), 5.5 s on 2026-11-29 and 2026-12-02 (calls that only received)."""
@@ -133,19 +143,19 @@ class Line:
 
     @property
     def payload_bytes(self) -> float:
-        return self.wheel_bytes * ZSTD_RATIO + self.deb_bytes
+        return self.wheel_bytes * zstd_ratio(self.stack) + self.deb_bytes
 
     @property
     def parts(self) -> int:
-        return parts_for(self.wheel_bytes, self.deb_bytes)
+        return parts_for(self.payload_bytes)
 
     @property
     def minutes(self) -> float:
         return self.parts * SECONDS_PER_PART / 60
 
 
-def parts_for(wheel_bytes: int, deb_bytes: int) -> int:
-    return math.ceil((wheel_bytes * ZSTD_RATIO + deb_bytes) / (PART_MIB << 20))
+def parts_for(payload_bytes: float) -> int:
+    return math.ceil(payload_bytes / (PART_MIB << 20))
 
 
 def lock_files(matrix: Matrix, entry: Entry, python: str) -> dict[str, tuple[str, str]]:
@@ -186,14 +196,17 @@ def plan(matrix: Matrix, python: str, size_of: Callable[[str, str, set[str]], tu
     sized: dict[tuple[str, str], tuple[int, bool]] = {}  # pin -> size_of's answer, asked once per pin
     files: dict[str, dict[str, tuple[str, str]]] = {}  # entry -> its lock's files, read once per entry
 
-    def carried(members: list[Entry]) -> tuple[int, bool, int]:
-        """Wheel bytes (each pin once), whether exact, and .deb bytes of carrying ``members`` together."""
+    def carried(members: list[Entry]) -> tuple[int, bool, int, float]:
+        """Wheel bytes (each pin once), whether exact, .deb bytes, and the payload bytes (each wheel at its
+        first entry's stack's ratio, the .debs as they are) of carrying ``members`` together."""
         pins: dict[tuple[str, str], set[str]] = {}
+        stack_of: dict[tuple[str, str], str] = {}
         for entry in members:
             if entry.name not in files:
                 files[entry.name] = lock_files(matrix, entry, python)
             for sha, pin in files[entry.name].items():
                 pins.setdefault(pin, set()).add(sha)
+                stack_of.setdefault(pin, entry.stack.name)
         for pin, shas in pins.items():
             if pin not in sized:
                 sized[pin] = size_of(pin[0], pin[1], shas)
@@ -201,11 +214,12 @@ def plan(matrix: Matrix, python: str, size_of: Callable[[str, str, set[str]], tu
         debs = {d.sha256: d.size for pinned in entry_sets(matrix.path.parent, tuple(needs)) for d in pinned.debs}
         shipped = [pin for pin in pins if (lent or {}).get(canonicalize_name(pin[0])) != pin[1]
                    or sized[pin][0] < borrow.MIN_WHEEL_BYTES]  # bundle ships small wheels whole
-        return (sum(sized[pin][0] for pin in shipped), all(sized[pin][1] for pin in shipped), sum(debs.values()))
+        payload = sum(sized[pin][0] * zstd_ratio(stack_of[pin]) for pin in shipped) + sum(debs.values())
+        return (sum(sized[pin][0] for pin in shipped), all(sized[pin][1] for pin in shipped), sum(debs.values()),
+                payload)
 
     def parts_of(members: list[Entry]) -> int:
-        wheel_bytes, _, deb_bytes = carried(members)
-        return parts_for(wheel_bytes, deb_bytes)
+        return parts_for(carried(members)[3])
 
     def joined(hold: Hold | None, entry: Entry) -> Hold:
         """``hold`` with ``entry`` last: the earlier entries' parts stay as they were (the bundle's order)."""
@@ -215,7 +229,7 @@ def plan(matrix: Matrix, python: str, size_of: Callable[[str, str, set[str]], tu
 
     lines = []
     for (stack, torch), members in grouped.items():
-        wheel_bytes, exact, deb_bytes = carried(members)
+        wheel_bytes, exact, deb_bytes, _ = carried(members)
         lines.append(Line(stack, torch, members, wheel_bytes, exact, deb_bytes))
     order = list(dict.fromkeys(e.stack.name for e in matrix))
     lines.sort(key=lambda line: (order.index(line.stack), Version(line.torch or "0")), reverse=newest_first)
