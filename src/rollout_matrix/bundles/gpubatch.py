@@ -21,6 +21,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from packaging.utils import canonicalize_name
 from packaging.version import Version
@@ -139,11 +140,8 @@ class Line:
     entries: list[Entry]
     wheel_bytes: int
     exact: bool  # every size came from the local cache
-    deb_bytes: int = 0  # the pinned .deb sets of the entries' system_packages (shipped as published)
-
-    @property
-    def payload_bytes(self) -> float:
-        return self.wheel_bytes * zstd_ratio(self.stack) + self.deb_bytes
+    deb_bytes: int  # the pinned .deb sets of the entries' system_packages (shipped as published)
+    payload_bytes: float  # what a bundle ships: the wheels at their stack's zstd ratio, the .debs whole
 
     @property
     def parts(self) -> int:
@@ -152,6 +150,15 @@ class Line:
     @property
     def minutes(self) -> float:
         return self.parts * SECONDS_PER_PART / 60
+
+
+class Carried(NamedTuple):
+    """What carrying some entries together costs (the last fields of a :class:`Line`)."""
+
+    wheel_bytes: int
+    exact: bool
+    deb_bytes: int
+    payload_bytes: float
 
 
 def parts_for(payload_bytes: float) -> int:
@@ -196,9 +203,9 @@ def plan(matrix: Matrix, python: str, size_of: Callable[[str, str, set[str]], tu
     sized: dict[tuple[str, str], tuple[int, bool]] = {}  # pin -> size_of's answer, asked once per pin
     files: dict[str, dict[str, tuple[str, str]]] = {}  # entry -> its lock's files, read once per entry
 
-    def carried(members: list[Entry]) -> tuple[int, bool, int, float]:
-        """Wheel bytes (each pin once), whether exact, .deb bytes, and the payload bytes (each wheel at its
-        first entry's stack's ratio, the .debs as they are) of carrying ``members`` together."""
+    def carried(members: list[Entry]) -> Carried:
+        """What carrying ``members`` together costs: each pin once, each wheel at its first entry's stack's
+        ratio, the .debs as they are."""
         pins: dict[tuple[str, str], set[str]] = {}
         stack_of: dict[tuple[str, str], str] = {}
         for entry in members:
@@ -215,11 +222,11 @@ def plan(matrix: Matrix, python: str, size_of: Callable[[str, str, set[str]], tu
         shipped = [pin for pin in pins if (lent or {}).get(canonicalize_name(pin[0])) != pin[1]
                    or sized[pin][0] < borrow.MIN_WHEEL_BYTES]  # bundle ships small wheels whole
         payload = sum(sized[pin][0] * zstd_ratio(stack_of[pin]) for pin in shipped) + sum(debs.values())
-        return (sum(sized[pin][0] for pin in shipped), all(sized[pin][1] for pin in shipped), sum(debs.values()),
-                payload)
+        return Carried(sum(sized[pin][0] for pin in shipped), all(sized[pin][1] for pin in shipped),
+                       sum(debs.values()), payload)
 
     def parts_of(members: list[Entry]) -> int:
-        return parts_for(carried(members)[3])
+        return parts_for(carried(members).payload_bytes)
 
     def joined(hold: Hold | None, entry: Entry) -> Hold:
         """``hold`` with ``entry`` last: the earlier entries' parts stay as they were (the bundle's order)."""
@@ -229,8 +236,7 @@ def plan(matrix: Matrix, python: str, size_of: Callable[[str, str, set[str]], tu
 
     lines = []
     for (stack, torch), members in grouped.items():
-        wheel_bytes, exact, deb_bytes, _ = carried(members)
-        lines.append(Line(stack, torch, members, wheel_bytes, exact, deb_bytes))
+        lines.append(Line(stack, torch, members, *carried(members)))
     order = list(dict.fromkeys(e.stack.name for e in matrix))
     lines.sort(key=lambda line: (order.index(line.stack), Version(line.torch or "0")), reverse=newest_first)
     holds: list[Hold] = []

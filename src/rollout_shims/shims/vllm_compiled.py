@@ -33,7 +33,6 @@ import sys
 import threading
 import types
 from collections.abc import Iterator
-from types import CodeType
 
 
 @dataclasses.dataclass
@@ -43,7 +42,7 @@ class EngineCompileCaches:
 
     hooks: set[int] = dataclasses.field(default_factory=set)
     backends: set[int] = dataclasses.field(default_factory=set)
-    code: list[CodeType] = dataclasses.field(default_factory=list)
+    code: list[types.CodeType] = dataclasses.field(default_factory=list)
     graphs: set[tuple[str, str]] = dataclasses.field(default_factory=set)  # (module, global) of compiled graphs
 
 
@@ -132,7 +131,7 @@ def _scope(module_name: str) -> dict:
     return scope if isinstance(scope, dict) else {}
 
 
-def _original_code(hook: object) -> CodeType | None:
+def _original_code(hook: object) -> types.CodeType | None:
     """The code object vLLM compiled, from its hook's wrapper: a method ``original_code_object()`` in
     0.11.2 - 0.12.0 (compilation/wrapper.py), an attribute holding the code object before
     (vllm/compilation/wrapper.py:56 in 0.9.2)."""
@@ -141,7 +140,7 @@ def _original_code(hook: object) -> CodeType | None:
         code = found() if callable(found) else found
     except Exception:
         return None
-    return code if isinstance(code, CodeType) else None
+    return code if isinstance(code, types.CodeType) else None
 
 
 def _bytecode_hooks() -> dict:
