@@ -30,7 +30,7 @@ from rollout_shims.mapping import VLLM_ARGS, VLLM_FIXED, engine_kwargs
 from rollout_shims.multicast import NO_MULTICAST, turn_off_multicast
 from rollout_shims.outputs import int_list, sampled_logprobs
 from rollout_shims.sharing import SharedBucket
-from rollout_shims.shims import vllm_compiled, vllm_memory
+from rollout_shims.shims import vllm_compiled, vllm_import_constants, vllm_memory
 from rollout_shims.shims.vllm_groups import TORCH_GROUP_SYMBOLS, VLLMGroups
 from rollout_shims.shims.vllm_worker import (
     load_shared_in_worker,
@@ -146,19 +146,19 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
         )
 
     def _start(self, kwargs: dict[str, Any]) -> Any:
-        """``vllm.LLM(**kwargs)``, leaving nothing in the sleep-mode allocator that outlives the engine:
-        library tensors made on the GPU at import go to the CPU, what compiling the model adds to torch's
-        process-wide caches is noted (and dropped at release: vllm_compiled), and a failed start clears
-        its error's frames (message and line numbers stay) and releases its memory as at shutdown (H200,
-        2026-12-03: 23 starts refused)."""
+        """``vllm.LLM(**kwargs)``, leaving nothing in the sleep-mode allocator that outlives the engine: the
+        modules it imports and what compiling the model adds to torch's process-wide caches are noted (their
+        tensors made at import go to the CPU and the caches are dropped at release: vllm_import_constants,
+        vllm_compiled), and a failed start clears its error's frames (message and line numbers stay) and
+        releases its memory as at shutdown (H200, 2026-12-03: 23 starts refused)."""
         from vllm import LLM
 
         if kwargs.get("tensor_parallel_size", 1) * kwargs.get("pipeline_parallel_size", 1) == 1:
             vllm_memory.start_tracing()  # the sleep-mode allocator is this process's only with one GPU
         self._caller_distributed = _distributed_initialized()
-        self._compiled = vllm_compiled.EngineCompileCaches()  # released with the engine: they hold its model
+        self._compiled, self._imported = vllm_compiled.EngineCompileCaches(), set[str]()  # released with the engine
         try:
-            with vllm_compiled.noted(self._compiled):
+            with vllm_compiled.noted(self._compiled), vllm_import_constants.noted(self._imported):
                 llm = LLM(**kwargs)
         except BaseException as exc:
             vllm_memory.clear_frames(exc)
@@ -350,6 +350,7 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
         vllm_memory.drop_model_keyed_memos()
         gc.unfreeze()  # vLLM's start-up freezes the heap (gc.freeze): frozen cycles are never collected
         gc.collect()
+        vllm_import_constants.release(self.__dict__.pop("_imported", set()), vllm_memory.in_the_pool())
         try:
             from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
 

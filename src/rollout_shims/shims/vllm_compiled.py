@@ -77,7 +77,7 @@ def _note(found: EngineCompileCaches, hooks_before: set, backends_before: set, g
             if code is not None and code not in found.code:
                 found.code.append(code)
         files = {code.co_filename for code in found.code}
-        found.graphs.update(g for g in _graph_globals() - graphs_before if _scope(g[0]).get("__file__") in files)
+        found.graphs.update(g for g in _graph_globals() - graphs_before if module_globals(g[0]).get("__file__") in files)
     except Exception:  # what was not noted stays for the process, as before the shim noted anything
         pass
 
@@ -92,7 +92,7 @@ def release(found: EngineCompileCaches) -> int:
         with contextlib.suppress(Exception):  # best effort: a torch without it, or nothing cached
             remove(code)
     for module, name in found.graphs:
-        scope = _scope(module)
+        scope = module_globals(module)
         if name in scope:  # unbound, not deleted: torch's own cleanup deletes it when the code dies
             scope[name] = None
     found.hooks.clear()
@@ -112,13 +112,13 @@ def _graph_globals() -> set[tuple[str, str]]:
         return set()
     found = set()
     for module_name in list(sys.modules):
-        scope = _scope(module_name)
+        scope = module_globals(module_name)
         found.update((module_name, key) for key in list(scope)
                      if isinstance(key, str) and key.startswith(_GRAPH_PREFIX) and scope.get(key) is not None)
     return found
 
 
-def _scope(module_name: str) -> dict:
+def module_globals(module_name: str) -> dict:
     """A loaded module's globals, read without running anything: a lazy module (importlib's
     ``LazyLoader``) would otherwise be imported by the read, and its import could fail."""
     module = sys.modules.get(module_name)

@@ -15,6 +15,7 @@ import gc
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from rollout_shims.errors import EngineStateError
@@ -132,24 +133,35 @@ def clear_frames(exc: BaseException | None) -> None:
         todo += [error.__cause__, error.__context__, *getattr(error, "exceptions", ())]
 
 
+def in_the_pool() -> Callable[[Any], bool]:
+    """A test of whether a tensor's storage lies in one of the sleep-mode allocator's live blocks
+    (taken now: blocks allocated later are not seen); never true where the allocator holds nothing."""
+    spans = _spans()
+
+    def held(tensor: Any) -> bool:
+        ptr = tensor.untyped_storage().data_ptr()
+        return any(start <= ptr < start + size for start, size in spans)
+
+    return held
+
+
 def holders(limit: int = 4) -> list[str]:
     """Up to ``limit`` lines "shape dtype <- chain" for live tensors inside the allocator's blocks: the
     referrers from each up to the module global, class attribute or running frame that keeps it alive
     (``referrers.chain``; slow: walks the heap, at most 5 s a tensor; only for the message of a failure)."""
-    spans = _spans()
-    if not spans:
+    if not _spans():
         return []
     import torch
 
-    found = []
+    held, found = in_the_pool(), []
     for obj in gc.get_objects():
         if not isinstance(obj, torch.Tensor):
             continue
         try:
-            ptr = obj.untyped_storage().data_ptr()
+            inside = held(obj)
         except Exception:  # meta, sparse or freed storage
             continue
-        if any(start <= ptr < start + size for start, size in spans):
+        if inside:
             found.append(obj)
             if len(found) >= limit:
                 break
