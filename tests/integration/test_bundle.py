@@ -378,7 +378,8 @@ def test_a_pipeline_on_a_machine_without_the_bundle_is_refused_at_once(tmp_path:
     """A machine that went back comes fresh: a pipeline there, in the foreground or detached, says in one
     line that no bundle lists the entry (exit 2) instead of waiting ``--wait`` seconds of device time,
     and one whose part-000 is here is accepted. ``receive`` ends with a line of what is complete and
-    what still misses chunks (a hold reads only that last line of each part's call)."""
+    what still misses chunks (a hold reads only that last line of each part's call), and on a machine
+    without any part-000 (one that replaced a lost machine mid-hold) with a line that says so."""
     import json
     import time
 
@@ -396,6 +397,11 @@ def test_a_pipeline_on_a_machine_without_the_bundle_is_refused_at_once(tmp_path:
         assert refused.stderr.count("\n") == 1 and f"no bundle on this machine lists {entry.name}" in refused.stderr
         assert "none, a fresh machine" in refused.stderr and "part-000" in refused.stderr
     tiny_bundle(locked, tmp_path, receive=False)
+    later = shutil.copytree(sorted((tmp_path / "bundle").iterdir())[-1], tmp_path / "copy")  # receive moves chunks
+    fresh = run_gpuenv(checkout, tmp_path / "fresh-machine", "receive", str(later))  # part-000 went to a lost one
+    assert fresh.returncode == 0 and not any(later.iterdir()), "its chunks are kept there all the same"
+    assert fresh.stdout.splitlines()[-1].endswith("it is a fresh one (the last may have been taken back, and its "
+                                                  "state with it); send part-000 and start the pipeline again")
     first = gpuenv("receive", str(tmp_path / "bundle" / "part-000"))  # the manifest only
     assert first.returncode == 0
     chunks = len(json.loads((tmp_path / "bundle" / "part-000" / "bundle.json").read_text())["chunks"])

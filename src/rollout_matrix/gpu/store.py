@@ -173,8 +173,9 @@ def missing_chunks(manifest: Manifest, entry: str) -> list[str]:
 
 def status() -> None:
     """A line per entry a received manifest lists, then one that sums them up: which entries are
-    complete, and the others, the nearest first. Why the last line: a hold makes a call per part and
-    reads only its last line (``receive ... | tail -1``), which used to be the last entry's count."""
+    complete, and the others, the nearest first; without a manifest, that the machine is a fresh one.
+    Why the last line: a hold makes a call per part and reads only its last line (``receive ... | tail -1``),
+    which used to be the last entry's count, and on a machine that had replaced a lost one, a chunk count."""
     done, waiting = [], []
     for name, manifest in sorted(manifests().items()):
         record = manifest.entries[name]
@@ -190,6 +191,9 @@ def status() -> None:
     if done or waiting:
         log(f"complete: {', '.join(done) or 'none'}"
             + ("; still missing chunks: " + ", ".join(f"{name} {n}" for n, name in sorted(waiting)) if waiting else ""))
+    else:  # chunks kept, but a hold that goes on here waits for entries this machine cannot name
+        log("no bundle's part-000 received on this machine: it is a fresh one (the last may have been taken "
+            "back, and its state with it); send part-000 and start the pipeline again")
 
 
 def complete(entry: str) -> bool:
