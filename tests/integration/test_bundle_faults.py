@@ -254,6 +254,39 @@ def test_collect_where_it_cannot_write_is_one_line_and_leaves_nothing_half(tmp_p
         assert target.read_text() == "keep"
 
 
+def test_collect_if_changed_writes_only_when_a_result_or_the_pipeline_changed(
+        tmp_path: Path, machine: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hold's calls bring back an archive only when there is something new to bring (each returned
+    file costs device time): a mode's JUnit, a run.json, the pipeline's state; a growing pytest.log is
+    not, until ``REFRESH_S`` has passed since the last archive."""
+    import tarfile
+
+    results = machine / "results" / "tiny-2.31.0"
+    results.mkdir(parents=True)
+    (results / "pytest.log").write_text("collected 30 items\n")
+
+    def collected(call: str) -> list[str] | None:
+        out = tmp_path / call
+        pipeline.collect(out, if_changed=True)
+        if not (out / "gpu-results.tgz").exists():
+            return None
+        with tarfile.open(out / "gpu-results.tgz") as tar:
+            return sorted(n for n in tar.getnames() if n.startswith("gpu-results/tiny"))
+
+    assert collected("first") == ["gpu-results/tiny-2.31.0", "gpu-results/tiny-2.31.0/pytest.log"]
+    assert collected("same") is None
+    with (results / "pytest.log").open("a") as log:
+        log.write("test_generate[graphs] PASSED\n")
+    assert collected("log-grew") is None
+    (results / "junit-graphs.xml").write_text("<testsuite/>")
+    assert "gpu-results/tiny-2.31.0/junit-graphs.xml" in collected("a-mode-ended")
+    assert collected("again") is None
+    pipeline.collect(tmp_path / "plain")  # without the option: always written
+    assert (tmp_path / "plain" / "gpu-results.tgz").exists()
+    monkeypatch.setattr(pipeline, "REFRESH_S", 0)
+    assert collected("refresh") is not None
+
+
 # -- gpuenv pipeline: misspelt entries at once, failed steps in the exit code ------------------------------
 
 

@@ -9,7 +9,7 @@ that travels in ``part-000``. Everything lives under ``$ROLLOUT_MATRIX_GPU_ROOT`
     python3 -m rollout_matrix.gpuenv status                          # what is complete
     python3 -m rollout_matrix.gpuenv pipeline --background E1 E2      # wait, install, test, in order
     python3 -m rollout_matrix.gpuenv wait --max 300                   # hold the machine until it has ended
-    python3 -m rollout_matrix.gpuenv collect $OUT                     # results as one tar.gz
+    python3 -m rollout_matrix.gpuenv collect [--if-changed] $OUT      # results as one tar.gz
     python3 -m rollout_matrix.gpuenv stop                             # end the batch, keep its results
     python3 -m rollout_matrix.gpuenv inventory FILE                   # what it has installed (bundle --borrow)
 
@@ -32,7 +32,7 @@ from rollout_matrix.bundles import borrow
 from rollout_matrix.errors import UserError
 from rollout_matrix.gpu import stop, store, waiting
 from rollout_matrix.gpu.install import install
-from rollout_matrix.gpu.pipeline import Plan, auto_parallel, check_received, check_steps, collect, pipeline, probe
+from rollout_matrix.gpu.pipeline import REFRESH_S, Plan, auto_parallel, check_received, check_steps, collect, pipeline, probe
 from rollout_matrix.gpu.snapshot import frozen_checkout
 from rollout_matrix.gpu.store import log, receive, status
 from rollout_matrix.gpu.suite import SUITE_TIMEOUT_S, run_suite
@@ -79,8 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max", type=_positive, default=300, help="seconds at most (default 300; a call may run 600)")
     p = sub.add_parser("inventory", help="what this python3 has installed, for `rollout-matrix bundle --borrow`")
     p.add_argument("out", type=Path, help="the JSON file to write")
-    p = sub.add_parser("collect")
+    p = sub.add_parser("collect", help="the results and logs as gpu-results.tgz in OUT")
     p.add_argument("out", type=Path)
+    p.add_argument("--if-changed", action="store_true",
+                   help="write nothing unless a result or the pipeline's state changed since the last collect, "
+                        f"or {REFRESH_S} s passed (a call that brings back no file costs less device time)")
     p = sub.add_parser("stop", help="end the running steps as Ctrl-C would (their results are written) and start "
                                     "no more; never by a process-name pattern")
     p.add_argument("--grace", type=float, default=60.0, help="seconds a step gets to write its results (default 60)")
@@ -139,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             args.out.write_text(json.dumps(found, indent=1) + "\n")
             log(f"{len(found['distributions'])} distributions of {sys.executable} written to {args.out}")
         elif args.command == "collect":
-            collect(args.out)
+            collect(args.out, args.if_changed)
         elif args.command == "stop":
             stop.stop(args.grace)
     except UserError as exc:
