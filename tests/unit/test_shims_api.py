@@ -439,7 +439,7 @@ def test_vllm_failed_start_that_leaves_memory_says_so(monkeypatch, caplog) -> No
 def test_vllm_moves_a_library_tensor_made_on_the_gpu_at_import_back_to_the_cpu(monkeypatch) -> None:
     """FlashInfer's 16-value FP4 table is made at import; vLLM 0.26 imports it while loading the model
     under torch.device("cuda"), inside its sleep-mode pool (H200, 2026-12-03: the next engine was
-    refused for it). After the start the shim puts it on the CPU and empties the per-device copies."""
+    refused for it). When the engine goes the shim puts it on the CPU and empties the per-device copies."""
     import sys
     import types
 
@@ -500,6 +500,32 @@ def test_vllm_failed_start_collects_cycles_and_moves_the_import_time_table(monke
         gc.enable()
     assert table._E2M1_VALUES == "on the CPU" and allocator.pointer_to_data == {}
     vllm_memory.refuse_a_new_engine_while_memory_is_held("0.26.0")
+
+
+def test_vllm_release_hands_the_modules_its_start_imported_to_the_import_time_rule(monkeypatch, tmp_path) -> None:
+    """The modules imported for the first time during the start (here a library the start imports and
+    the start then fails) reach ``vllm_import_constants.release`` with the pool test, when the
+    engine's memory is released (vLLM 0.33.0's second engine was refused for such a module's table)."""
+    import sys
+
+    from rollout_shims.shims import vllm_import_constants
+
+    (tmp_path / "lib_imported_by_the_start.py").write_text("TABLE = [0.0, 0.5]\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "lib_imported_by_the_start", raising=False)
+    allocator = SimpleNamespace(pointer_to_data={}, allocator_and_pools={})
+    calls = []
+    monkeypatch.setattr(vllm_import_constants, "release", lambda found, held: calls.append((set(found), held)) or [])
+
+    def start() -> None:
+        import lib_imported_by_the_start  # noqa: F401
+        raise RuntimeError("CUDA out of memory")
+
+    eng = _failing_vllm(monkeypatch, allocator, start)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        eng._start({"model": "/m"})
+    sys.modules.pop("lib_imported_by_the_start", None)
+    assert len(calls) == 1 and "lib_imported_by_the_start" in calls[0][0] and callable(calls[0][1])
 
 
 def test_vllm_failed_start_keeps_its_own_error_when_the_clean_up_fails(monkeypatch, caplog) -> None:

@@ -34,20 +34,31 @@ LIBRARY = textwrap.dedent('''\
         GUARDED = torch.full((2,), 7.0)
     except ImportError:
         GUARDED = None
+    CONVERTED = torch.tensor([1, 2]).float().view(2, 1)
+    DEFAULT_DEVICE = torch.zeros(2, device=None)
     ON_PURPOSE = torch.zeros(2, device="meta")
+    OPTIONS = {"device": "meta"}
+    BY_OPTIONS = torch.zeros(2, **OPTIONS)
     FOLLOWS = torch.zeros_like(ALIASED)
+    if ON_PURPOSE.numel() > 2:
+        BRANCHED = torch.ones(2)
+    else:
+        BRANCHED = torch.ones(2, device="meta")
+    PLACEHOLDER = torch.empty(0)
     CACHE = None
 
 
     def fill_cache():
-        global CACHE
+        global CACHE, PLACEHOLDER
         CACHE = torch.zeros(5)
+        PLACEHOLDER = torch.empty(3, device="meta")
 
 
     class Holder:
         IN_CLASS = torch.ones(1)
 ''')
-CONSTANTS = {"kE2M1ToFloat", "ALIASED", "BY_NAME", "ANNOTATED", "FIRST", "SECOND", "GUARDED"}
+CONSTANTS = {"kE2M1ToFloat", "ALIASED", "BY_NAME", "ANNOTATED", "FIRST", "SECOND", "GUARDED", "CONVERTED",
+             "DEFAULT_DEVICE"}
 
 
 def _library(tmp_path: Path, name: str) -> Path:
@@ -59,6 +70,13 @@ def _library(tmp_path: Path, name: str) -> Path:
 def test_only_what_the_module_body_makes_without_a_device_is_a_constant(tmp_path: Path) -> None:
     found = constants.module_body_constants(str(_library(tmp_path, "library")))
     assert found == CONSTANTS
+
+
+def test_import_torch_dot_something_binds_torch_too(tmp_path: Path) -> None:
+    path = tmp_path / "submodule_import.py"
+    path.write_text("import torch.nn\nimport torch.nn.functional as F\nT = torch.ones(1)\nU = F.ones(1)\n",
+                    encoding="utf-8")
+    assert constants.module_body_constants(str(path)) == {"T"}
 
 
 @pytest.mark.parametrize("path", [None, "module.so", "/nonexistent/module.py"])
@@ -111,6 +129,46 @@ def test_the_constants_made_off_the_cpu_during_the_start_are_selected_and_nothin
     assert lib_callers.kE2M1ToFloat.device.type == "meta"
     for name in ("lib_callers", "lib_engines"):
         sys.modules.pop(name, None)
+
+
+def test_other_names_for_a_moved_tensor_in_the_starts_modules_go_with_it(monkeypatch) -> None:
+    """``from lib import TABLE`` in another module the start imported holds the same block: rebinding
+    only the defining module's global would leave the pool held."""
+    import types
+
+    class OnTheGpu:
+        def cpu(self) -> str:
+            return "on the CPU"
+
+    table, unrelated = OnTheGpu(), OnTheGpu()
+    lib, user, caller = (types.ModuleType(n) for n in ("lib_moved", "lib_user", "callers_module"))
+    lib.TABLE, user.TABLE, user.OTHER, caller.TABLE = table, table, unrelated, table
+    for module in (lib, user, caller):
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+
+    assert constants.move_to_cpu([("lib_moved", "TABLE")], {"lib_moved", "lib_user"}) == ["lib_moved.TABLE"]
+    assert lib.TABLE == user.TABLE == "on the CPU"
+    assert user.OTHER is unrelated and caller.TABLE is table, "only the start's modules, only that tensor"
+
+
+def test_release_never_raises_into_the_shutdown(monkeypatch, caplog) -> None:
+    """A module global that raises when looked at (a proxy) must not stop the shutdown half way."""
+    pytest.importorskip("torch", reason="the tensors are torch's")
+    import types
+
+    class Proxy:
+        @property
+        def __class__(self):
+            raise RuntimeError("a lazy proxy that cannot load")
+
+    module = types.ModuleType("lib_with_a_proxy")
+    module.PROXY = Proxy()
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    assert constants.release({"lib_with_a_proxy"}, held=lambda tensor: True) == []
+    monkeypatch.setattr(constants, "on_the_gpu", lambda found, held: 1 / 0)
+    with caplog.at_level("WARNING"):
+        assert constants.release({"lib_with_a_proxy"}, held=lambda tensor: True) == []
+    assert "failed" in caplog.text
 
 
 def test_move_to_cpu_rebinds_the_global_to_a_cpu_copy_and_leaves_one_that_cannot_copy(monkeypatch) -> None:

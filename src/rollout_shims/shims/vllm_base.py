@@ -163,7 +163,6 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
         except BaseException as exc:
             vllm_memory.clear_frames(exc)
             try:  # the start's own error goes on whatever the clean-up meets (a CUDA error stays sticky)
-                vllm_memory.move_import_time_tensors_to_cpu()  # made before vLLM failed: the pool holds them
                 left, per_tag = self._release_engine_memory()
                 if left:
                     log.warning("vLLM %s: the failed start still holds %s of the sleep-mode allocator; a new engine "
@@ -172,9 +171,6 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
                 log.warning("vLLM %s: releasing what the failed start allocated failed too", self.info.release,
                             exc_info=True)
             raise
-        if moved := vllm_memory.move_import_time_tensors_to_cpu():
-            log.info("moved %s from vLLM's sleep-mode pool to the CPU (made at import, while vLLM loaded the "
-                     "model; it would outlive the engine and refuse the next one)", ", ".join(moved))
         return llm
 
     @staticmethod
@@ -350,6 +346,10 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
         vllm_memory.drop_model_keyed_memos()
         gc.unfreeze()  # vLLM's start-up freezes the heap (gc.freeze): frozen cycles are never collected
         gc.collect()
+        # Tensors made at import in the pool, to the CPU now that no CUDA graph of the engine can replay them
+        if moved := vllm_memory.move_import_time_tensors_to_cpu():
+            log.info("moved %s from vLLM's sleep-mode pool to the CPU (made at import while vLLM loaded the model)",
+                     ", ".join(moved))
         vllm_import_constants.release(self.__dict__.pop("_imported", set()), vllm_memory.in_the_pool())
         try:
             from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel

@@ -184,16 +184,20 @@ def drop_model_keyed_memos() -> list[str]:
 def move_import_time_tensors_to_cpu() -> list[str]:
     """Put the ``IMPORT_TIME_TENSORS`` that landed on the GPU back on the CPU (each library uses them
     on the CPU, or copies them to a device through the cache dict, which is emptied); returns the
-    ``module.NAME`` of each moved. Its GPU block then goes back to the pool, released at shutdown."""
+    ``module.NAME`` of each moved. Run when the engine goes (a CUDA graph of a running engine may have
+    captured the table's address), before the pools are released."""
     moved = []
     for module_name, name, cache in IMPORT_TIME_TENSORS:
         module = sys.modules.get(module_name)
-        tensor = getattr(module, name, None)
-        if tensor is None or not getattr(tensor, "is_cuda", False):
+        try:  # never a reason for a shutdown to stop half way: what stays is named by the pool's check
+            tensor = getattr(module, name, None)
+            if tensor is None or not getattr(tensor, "is_cuda", False):
+                continue
+            setattr(module, name, tensor.cpu())
+            if isinstance(getattr(module, cache, None), dict):
+                getattr(module, cache).clear()
+        except Exception:
             continue
-        setattr(module, name, tensor.cpu())
-        if isinstance(getattr(module, cache, None), dict):
-            getattr(module, cache).clear()
         moved.append(f"{module_name}.{name}")
     return moved
 
