@@ -173,7 +173,7 @@ def collect(out: Path, if_changed: bool = False) -> None:
     seen, now = _result_state(d), time.time()
     stamp = store.ROOT / ".collected.json"
     if if_changed:
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # no stamp, or not ours: write
             last = json.loads(stamp.read_text(encoding="utf-8"))
             if last["state"] == seen and now - last["at"] < REFRESH_S:
                 log(f"collect: nothing new since {time.strftime('%H:%M:%S', time.localtime(last['at']))}; nothing written")
@@ -182,9 +182,15 @@ def collect(out: Path, if_changed: bool = False) -> None:
     tmp = out / f".gpu-results.tgz.tmp-{os.getpid()}"
     try:
         out.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(tmp, "w:gz") as tar:
-            tar.add(d["results"], arcname="gpu-results")
-            tar.add(d["logs"], arcname="gpu-logs")
+        for attempt in range(3):  # a step removes its running.json when it ends: a file may go mid-archive
+            try:
+                with tarfile.open(tmp, "w:gz") as tar:
+                    tar.add(d["results"], arcname="gpu-results")
+                    tar.add(d["logs"], arcname="gpu-logs")
+                break
+            except FileNotFoundError as exc:
+                if attempt == 2 or not str(exc.filename or "").startswith(str(store.ROOT)):
+                    raise
         tmp.replace(target)
     except OSError as exc:
         with contextlib.suppress(OSError):
