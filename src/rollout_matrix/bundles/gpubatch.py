@@ -2,7 +2,7 @@
 cost to carry.
 
 Why: a GPU machine is held for 30 minutes at most and everything reaches it in parts of ~61 MiB, about
-8.4 s of device time each, so a batch is planned by what it ships. Entries of one CUDA line (a stack
+7 s of device time each, so a batch is planned by what it ships. Entries of one CUDA line (a stack
 and a torch) share torch and the NVIDIA libraries, most of their bytes: carried together they cross
 once. ``rollout-matrix gpu-batch`` prints, per line, the entries still to prove and the parts they
 need together (from the lock files' sizes, exact where the wheels are in the bundle cache), then the
@@ -48,9 +48,11 @@ vLLM 0.22 - 0.33, torch 2.11's wheel among them, bundled 2026-12-02)."""
 
 def zstd_ratio(stack: str) -> float:
     return ZSTD_RATIO.get(stack, DEFAULT_ZSTD_RATIO)
-SECONDS_PER_PART = 8.4
-"""Device time per part when calls follow each other: 8.3-8.6 s over 108 calls on 2026-12-03 (each
-call also collecting the results), 5.5 s on 2026-11-29 and 2026-12-02 (calls that only received)."""
+SECONDS_PER_PART = 6.9
+"""Device time per part when calls follow each other, ten to a message: 6.3-6.9 s averaged over a hold's
+calls (2026-12-04, second hold: 5.3 s inside a message when the call brings no file back, 6.9 s with an
+archive; the turns between messages in the average). It was 8.3-8.6 s while every call collected (108
+calls, 2026-12-03); ``collect --if-changed`` brings a file back only when a result is new."""
 PART_MIB = 61
 """The part size a hold's bundle is made with (``bundle --part-mib 61``): the largest that fits the device
 tool's 64 MiB per call beside the 1.7 MiB working tree a hold carries (docs/gpu.md)."""
