@@ -30,7 +30,7 @@ import contextlib
 import functools
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +92,7 @@ def on_the_gpu(found: set[str], held: Callable[[Any], bool]) -> list[tuple[str, 
     return hits
 
 
-def move_to_cpu(hits: list[tuple[str, str]], found: set[str] = frozenset()) -> list[str]:
+def move_to_cpu(hits: list[tuple[str, str]], found: Iterable[str] = ()) -> list[str]:
     """Rebind each (module, global) to a CPU copy of its tensor, and every global of the ``found``
     modules that is the same tensor (``from lib import TABLE`` there keeps the block otherwise); the
     ``module.NAME`` of each moved (one that fails to copy stays, and the pool's check names it)."""
@@ -119,8 +119,8 @@ def module_body_constants(path: str | None) -> frozenset[str]:
     """Names that the module body of the Python file at ``path`` assigns from a torch factory call
     without a device (``NAME = torch.tensor([...], dtype=...)``, ``.float()`` and the like after it
     allowed, ``torch`` under any alias, or the factory imported by name from torch) at every place
-    the module body assigns them (or None), and that no function declares ``global`` (a placeholder a function
-    fills on a device later is not the author's CPU constant); empty for anything unreadable."""
+    the module body assigns them (or None), and that no function declares ``global`` (a placeholder
+    a function fills on a device later is not the author's CPU constant); empty for anything unreadable."""
     if not isinstance(path, str) or not path.endswith(".py"):
         return frozenset()
     try:
