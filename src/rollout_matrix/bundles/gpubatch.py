@@ -44,10 +44,6 @@ with the same ratio for all stacks, 0.69, that hold was planned at 82 parts and 
 DEFAULT_ZSTD_RATIO = 0.69
 """10.72 GiB of zstd payload for 15.47 GiB of wheels (752 files of 14 entries, SGLang 0.5.12 - 0.5.23,
 vLLM 0.22 - 0.33, torch 2.11's wheel among them, bundled 2026-12-02)."""
-
-
-def zstd_ratio(stack: str) -> float:
-    return ZSTD_RATIO.get(stack, DEFAULT_ZSTD_RATIO)
 SECONDS_PER_PART = 6.9
 """Device time per part when calls follow each other, ten to a message: 6.3-6.9 s averaged over a hold's
 calls (2026-12-04, second hold: 5.3 s inside a message when the call brings no file back, 6.9 s with an
@@ -161,6 +157,10 @@ class Carried(NamedTuple):
     exact: bool
     deb_bytes: int
     payload_bytes: float
+
+
+def zstd_ratio(stack: str) -> float:
+    return ZSTD_RATIO.get(stack, DEFAULT_ZSTD_RATIO)
 
 
 def parts_for(payload_bytes: float) -> int:
