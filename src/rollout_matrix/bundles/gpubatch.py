@@ -44,11 +44,12 @@ with the same ratio for all stacks, 0.69, that hold was planned at 82 parts and 
 DEFAULT_ZSTD_RATIO = 0.69
 """10.72 GiB of zstd payload for 15.47 GiB of wheels (752 files of 14 entries, SGLang 0.5.12 - 0.5.23,
 vLLM 0.22 - 0.33, torch 2.11's wheel among them, bundled 2026-12-02)."""
-SECONDS_PER_PART = 6.9
-"""Device time per part when calls follow each other, ten to a message: 6.3-6.9 s averaged over a hold's
-calls (2026-12-04, second hold: 5.3 s inside a message when the call brings no file back, 6.9 s with an
-archive; the turns between messages in the average). It was 8.3-8.6 s while every call collected (108
-calls, 2026-12-03); ``collect --if-changed`` brings a file back only when a result is new."""
+SECONDS_PER_PART = 5.6
+"""Device time per part when calls follow each other, ten to a message, the turns between messages
+included: 5.58 s over 87 calls (2026-12-04, third hold: 5.53 s for 41 calls without ``collect``, 5.60 s
+for 45 ending in ``collect --if-changed``, 6 of which brought an archive back). The second hold of that
+day gave 6.3-6.9 s, its calls with ``collect`` bringing an archive back more often; it was 8.3-8.6 s while
+every call collected (108 calls, 2026-12-03)."""
 PART_MIB = 61
 """The part size a hold's bundle is made with (``bundle --part-mib 61``): the largest that fits the device
 tool's 64 MiB per call beside the 1.7 MiB working tree a hold carries (docs/gpu.md)."""
