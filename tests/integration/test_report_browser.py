@@ -139,7 +139,8 @@ def test_page_renders_every_release_with_cpu_and_gpu_evidence_apart(checkout: Pa
     # the fake suites' GPU tests carry no mode in their ids, so they count as eager (pre-2026-12-02 runs)
     assert status["sglang-0.5.1"] == "GPU-proven, eager only"  # sglang-0.5.2 is in band sglang-0.5.1
     assert status["vllm-0.8.5"] == "GPU tests fail"
-    assert status["sglang-0.4.4"] == "never ran on a GPU"
+    assert status["sglang-0.5.6"] == "never ran on a GPU"
+    assert status["sglang-0.4.4"] == "no release installable from PyPI"  # sgl-kernel 0.0.x is gone from PyPI
 
 
 def test_page_screenshot_is_not_blank(checkout: Path, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from rollout_matrix.evidence.band_status import BOTH, FAILS, NEVER, band_statuses, describe, gpu_modes
+from rollout_matrix.evidence.band_status import BOTH, FAILS, NEVER, NONE_INSTALLABLE, band_statuses, count, describe, gpu_modes
 from rollout_matrix.evidence.results import load
 
 SUITE = '''
@@ -62,8 +62,8 @@ def test_modes_come_from_the_test_ids(tmp_path: Path) -> None:
 def test_a_band_is_proven_per_mode_and_a_failure_anywhere_shows(tmp_path: Path) -> None:
     good = load(run_suite(tmp_path, "sglang-0.5.17", fail_graphs=False))
     bad = load(run_suite(tmp_path, "sglang-0.5.23", fail_graphs=True))
-    statuses = band_statuses([("0.5.14", "sglang-0.5.14", None), ("0.5.17", "sglang-0.5.14", good),
-                              ("0.5.23", "sglang-0.5.21", bad), ("0.4.4", "sglang-0.4.4", None)])
+    statuses = band_statuses([("0.5.14", "sglang-0.5.14", None, True), ("0.5.17", "sglang-0.5.14", good, True),
+                              ("0.5.23", "sglang-0.5.21", bad, True), ("0.4.4", "sglang-0.4.4", None, True)])
     by_band = {s.band: s for s in statuses}
     assert [s.band for s in statuses] == ["sglang-0.5.14", "sglang-0.5.21", "sglang-0.4.4"]
     assert by_band["sglang-0.5.14"].status == BOTH and by_band["sglang-0.5.14"].releases == 2
@@ -104,3 +104,17 @@ def test_a_junit_that_is_not_a_regular_file_is_not_read(tmp_path: Path) -> None:
         with contextlib.suppress(OSError):  # a reader left waiting on the FIFO gets its writer and ends
             os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
         pool.shutdown()
+
+
+def test_a_band_no_lock_of_which_installs_says_so_instead_of_waiting_for_a_gpu(tmp_path: Path) -> None:
+    """sglang-0.4.4's eight releases need sgl-kernel 0.0.x, gone from PyPI: no hold can ever run them,
+    and "never ran on a GPU" would read as a matter of GPU time. A band with one installable release
+    left is still waiting for a GPU, and its count says how many of its releases can run at all."""
+    good = load(run_suite(tmp_path, "sglang-0.5.23", fail_graphs=False))
+    statuses = band_statuses([("0.4.4", "sglang-0.4.4", None, False), ("0.4.5", "sglang-0.4.4", None, False),
+                              ("0.5.6", "sglang-0.5.6", None, False), ("0.5.7", "sglang-0.5.6", None, True),
+                              ("0.5.20", "sglang-0.5.21", None, False), ("0.5.23", "sglang-0.5.21", good, True)])
+    by_band = {s.band: s for s in statuses}
+    assert by_band["sglang-0.4.4"].status == NONE_INSTALLABLE and count(by_band["sglang-0.4.4"]) == "2, none installable"
+    assert by_band["sglang-0.5.6"].status == NEVER and count(by_band["sglang-0.5.6"]) == "2, 1 installable"
+    assert by_band["sglang-0.5.21"].status == BOTH and count(by_band["sglang-0.5.21"]) == "2, 1 installable"

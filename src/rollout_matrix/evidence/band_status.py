@@ -22,6 +22,7 @@ _GPU_MODULE = re.compile(r"(^|\.)test_gpu\w*$")
 _MODE = re.compile(r"\[(?:[^\]]*-)?(graphs|eager)(?:-[^\]]*)?\]")
 
 NEVER = "never ran on a GPU"
+NONE_INSTALLABLE = "no release installable from PyPI"
 FAILS = "GPU tests fail"
 BOTH = "GPU-proven, graphs and eager"
 
@@ -67,6 +68,7 @@ def gpu_modes(junit: Path) -> dict[str, ModeOutcome]:
 class BandStatus:
     band: str
     releases: int
+    installable: int  # releases whose lock installs from PyPI today (the others cannot run anywhere)
     proven: dict[str, list[str]]  # release -> modes whose GPU tests all passed (at least one)
     failing: dict[str, list[str]]  # release -> failed GPU test ids
 
@@ -74,20 +76,24 @@ class BandStatus:
     def status(self) -> str:
         if self.failing:
             return FAILS
+        if not self.installable and not self.proven:
+            return NONE_INSTALLABLE  # not a matter of GPU time: no lock of the band installs
         return proven_label(m for modes in self.proven.values() for m in modes)
 
 
-def band_statuses(rows: Iterable[tuple[str, str, Evidence | None]]) -> list[BandStatus]:
-    """One status per band, in first-seen order, from (release, band, gpu evidence) rows."""
+def band_statuses(rows: Iterable[tuple[str, str, Evidence | None, bool]]) -> list[BandStatus]:
+    """One status per band, in first-seen order, from (release, band, gpu evidence, installable) rows."""
     order: list[str] = []
     releases: dict[str, int] = {}
+    installable: dict[str, int] = {}
     proven: dict[str, dict[str, list[str]]] = {}
     failing: dict[str, dict[str, list[str]]] = {}
-    for release, band, gpu in rows:
+    for release, band, gpu, can_install in rows:
         if band not in releases:
             order.append(band)
-            releases[band], proven[band], failing[band] = 0, {}, {}
+            releases[band], installable[band], proven[band], failing[band] = 0, 0, {}, {}
         releases[band] += 1
+        installable[band] += can_install
         if gpu is None:
             continue
         modes = gpu_modes(gpu.folder / JUNIT)
@@ -98,7 +104,14 @@ def band_statuses(rows: Iterable[tuple[str, str, Evidence | None]]) -> list[Band
         ok = [m for m in MODES if m in modes and modes[m].passed and not modes[m].failed]
         if ok:
             proven[band][release] = ok
-    return [BandStatus(b, releases[b], proven[b], failing[b]) for b in order]
+    return [BandStatus(b, releases[b], installable[b], proven[b], failing[b]) for b in order]
+
+
+def count(status: BandStatus) -> str:
+    """The releases cell: ``7``, or ``9, 7 installable`` when some of the band's locks no longer install."""
+    if status.installable == status.releases:
+        return str(status.releases)
+    return f"{status.releases}, {status.installable or 'none'} installable"
 
 
 def describe(status: BandStatus) -> tuple[str, str]:

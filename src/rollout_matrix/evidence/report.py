@@ -18,7 +18,7 @@ from pathlib import Path
 
 from rollout_matrix.atomic import write_all
 from rollout_matrix.errors import EvidenceError, UserError
-from rollout_matrix.evidence.band_status import BandStatus, band_statuses, describe
+from rollout_matrix.evidence.band_status import BandStatus, band_statuses, count, describe
 from rollout_matrix.evidence.committed import committed
 from rollout_matrix.evidence.results import BUILD_FAILED, ERROR, FAILED, PASSED, REJECTED, Evidence
 from rollout_matrix.matrix.model import Entry, Matrix
@@ -149,12 +149,13 @@ BAND_COLUMNS = ("Shim band", "Releases", "GPU status", "Proven on (modes)", "Fai
 
 def bands(rows: list[Row]) -> list[BandStatus]:
     """The band table's rows: per shim band, its GPU evidence by mode (rollout_matrix.evidence.band_status)."""
-    return band_statuses((r.entry.name.partition("-")[2], r.band, r.gpu if r.gpu is None or r.gpu.verdict != REJECTED
-                          else None) for r in rows if r.band != NONE)  # rejected evidence proves nothing
+    return band_statuses((r.entry.name.partition("-")[2], r.band,
+                          None if r.gpu is None or r.gpu.verdict == REJECTED else r.gpu,  # rejected proves nothing
+                          not r.entry.unavailable) for r in rows if r.band != NONE)
 
 
 def _band_cells(b: BandStatus) -> list[str]:
-    return [b.band, str(b.releases), b.status, *describe(b)]
+    return [b.band, count(b), b.status, *describe(b)]
 
 
 def render_markdown(rows: list[Row], unknown: list[str]) -> str:
