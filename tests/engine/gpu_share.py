@@ -40,8 +40,9 @@ PROFILING_RACE = "Error in memory profiling"
 grew between its start-up snapshot and the end of its profiling run."""
 START_TIMEOUT_ENV = "ROLLOUT_MATRIX_ENGINE_START_TIMEOUT_S"
 DEFAULT_START_TIMEOUT_S = 300.0
-"""Engine starts on the H200 took up to about 100 s (vLLM, graphs, first start: docs/gpu.md); three times
-that is a hang, not a slow start."""
+"""Engine starts on the H200 took up to 160 s once the lock was held (vLLM 0.11.2, graphs, first start, three
+suites sharing the 16 cores; vLLM 0.22 - 0.33 took 132 - 140 s; the committed logs' ``[engine] ... started
+in`` lines, 2026-12-04): nearly twice that is a hang, not a slow start."""
 T = TypeVar("T")
 
 LOCKING_PRELUDE = f"""
