@@ -2,7 +2,7 @@
 cost to carry.
 
 Why: a GPU machine is held for 30 minutes at most and everything reaches it in parts of ~61 MiB, about
-7 s of device time each, so a batch is planned by what it ships. Entries of one CUDA line (a stack
+6 s of device time each, so a batch is planned by what it ships. Entries of one CUDA line (a stack
 and a torch) share torch and the NVIDIA libraries, most of their bytes: carried together they cross
 once. ``rollout-matrix gpu-batch`` prints, per line, the entries still to prove and the parts they
 need together (from the lock files' sizes, exact where the wheels are in the bundle cache), then the
