@@ -11,7 +11,16 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from rollout_matrix.evidence.band_status import BOTH, FAILS, NEVER, NONE_INSTALLABLE, band_statuses, count, describe, gpu_modes
+from rollout_matrix.evidence.band_status import (
+    BOTH,
+    FAILS,
+    NEVER,
+    NONE_INSTALLABLE,
+    band_statuses,
+    describe,
+    gpu_modes,
+    releases_cell,
+)
 from rollout_matrix.evidence.results import load
 
 SUITE = '''
@@ -115,6 +124,6 @@ def test_a_band_no_lock_of_which_installs_says_so_instead_of_waiting_for_a_gpu(t
                               ("0.5.6", "sglang-0.5.6", None, False), ("0.5.7", "sglang-0.5.6", None, True),
                               ("0.5.20", "sglang-0.5.21", None, False), ("0.5.23", "sglang-0.5.21", good, True)])
     by_band = {s.band: s for s in statuses}
-    assert by_band["sglang-0.4.4"].status == NONE_INSTALLABLE and count(by_band["sglang-0.4.4"]) == "2, none installable"
-    assert by_band["sglang-0.5.6"].status == NEVER and count(by_band["sglang-0.5.6"]) == "2, 1 installable"
-    assert by_band["sglang-0.5.21"].status == BOTH and count(by_band["sglang-0.5.21"]) == "2, 1 installable"
+    assert by_band["sglang-0.4.4"].status == NONE_INSTALLABLE and releases_cell(by_band["sglang-0.4.4"]) == "2, none installable"
+    assert by_band["sglang-0.5.6"].status == NEVER and releases_cell(by_band["sglang-0.5.6"]) == "2, 1 installable"
+    assert by_band["sglang-0.5.21"].status == BOTH and releases_cell(by_band["sglang-0.5.21"]) == "2, 1 installable"

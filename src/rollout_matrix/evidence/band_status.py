@@ -107,7 +107,7 @@ def band_statuses(rows: Iterable[tuple[str, str, Evidence | None, bool]]) -> lis
     return [BandStatus(b, releases[b], installable[b], proven[b], failing[b]) for b in order]
 
 
-def count(status: BandStatus) -> str:
+def releases_cell(status: BandStatus) -> str:
     """The releases cell: ``7``, or ``9, 7 installable`` when some of the band's locks no longer install."""
     if status.installable == status.releases:
         return str(status.releases)

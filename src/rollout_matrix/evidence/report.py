@@ -18,7 +18,7 @@ from pathlib import Path
 
 from rollout_matrix.atomic import write_all
 from rollout_matrix.errors import EvidenceError, UserError
-from rollout_matrix.evidence.band_status import BandStatus, band_statuses, count, describe
+from rollout_matrix.evidence.band_status import BandStatus, band_statuses, describe, releases_cell
 from rollout_matrix.evidence.committed import committed
 from rollout_matrix.evidence.results import BUILD_FAILED, ERROR, FAILED, PASSED, REJECTED, Evidence
 from rollout_matrix.matrix.model import Entry, Matrix
@@ -155,7 +155,7 @@ def bands(rows: list[Row]) -> list[BandStatus]:
 
 
 def _band_cells(b: BandStatus) -> list[str]:
-    return [b.band, count(b), b.status, *describe(b)]
+    return [b.band, releases_cell(b), b.status, *describe(b)]
 
 
 def render_markdown(rows: list[Row], unknown: list[str]) -> str:
