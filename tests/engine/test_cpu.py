@@ -274,6 +274,35 @@ def test_the_sleep_assertion_the_shim_tolerates_is_this_releases(detection) -> N
     assert SLEEP_ACCOUNTING_ERROR in messages, messages
 
 
+def test_a_new_engine_captures_into_a_new_graph_pool(detection, monkeypatch) -> None:
+    """vLLM keeps one CUDA graph pool for the process on its platform class; a re-created engine that
+    captured into the pool of an engine whose graphs are gone failed torch's ``use_count > 0`` assertion
+    (H200, vLLM 0.25.0, graphs). Through this release's own ``Platform.get_global_graph_pool``: the
+    pool a start made is forgotten at the shim's release, and the next start gets a new one."""
+    if detection.engine != "vllm":
+        pytest.skip("vLLM-only: SGLang's graphs live in its own processes, which end with the engine")
+    import vllm.platforms
+    from vllm.platforms.interface import Platform
+
+    from rollout_shims.shims import vllm_compiled
+
+    if not hasattr(Platform, "get_global_graph_pool"):
+        pytest.skip("this release keeps no process-wide graph pool (no Platform.get_global_graph_pool)")
+
+    class CudaPlatform(Platform):
+        def graph_pool_handle(self) -> object:  # torch.cuda.graph_pool_handle(): a new id each call
+            return object()
+
+    platform = CudaPlatform()
+    monkeypatch.setattr(vllm.platforms, "_current_platform", platform)
+    found = vllm_compiled.EngineCompileCaches()
+    with vllm_compiled.noted(found):
+        first = platform.get_global_graph_pool()
+        assert platform.get_global_graph_pool() is first, "one pool for every capture of a start"
+    vllm_compiled.release(found)
+    assert platform.get_global_graph_pool() is not first
+
+
 def test_no_memo_of_this_release_keeps_a_model_after_the_shims_release(detection) -> None:
     """vLLM checks a loaded model with ``is_vllm_model`` (``LLM.__init__`` -> ``get_supported_tasks``),
     which memoises on the model's bound methods in 0.11 - 0.19; after the shim drops what it knows of,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import sys
+import types
 import weakref
 from types import SimpleNamespace
 
@@ -161,3 +162,61 @@ def test_starts_in_two_threads_are_noted_one_after_the_other() -> None:
     assert second_inside.wait(10)
     first.join(10)
     second.join(10)
+
+
+class _Platform:
+    """vLLM's platform as far as its graph pool goes: the handle is made on first use and kept on the
+    class (``Platform.get_global_graph_pool``, vllm/platforms/interface.py:1130-1137 in 0.25.0)."""
+
+    _global_graph_pool = None
+
+    def get_global_graph_pool(self) -> object:
+        cls = self.__class__
+        if cls._global_graph_pool is None:
+            cls._global_graph_pool = object()  # torch.cuda.graph_pool_handle(): a new id each call
+        return cls._global_graph_pool
+
+
+def _platform(monkeypatch) -> _Platform:
+    platform = type("CudaPlatform", (_Platform,), {})()  # vLLM sets the handle on the subclass
+    module = types.ModuleType("vllm.platforms")
+    module._current_platform = platform
+    monkeypatch.setitem(sys.modules, "vllm.platforms", module)
+    return platform
+
+
+def test_the_graph_pool_a_start_made_is_forgotten_and_the_next_start_captures_into_a_new_one(monkeypatch) -> None:
+    """The H200's case (vLLM 0.25.0 with CUDA graphs): the re-created engine's first capture went into the
+    first engine's pool, whose graphs were gone, and torch asserted (``use_count > 0``)."""
+    platform = _platform(monkeypatch)
+    found = vllm_compiled.EngineCompileCaches()
+    with vllm_compiled.noted(found):
+        first = platform.get_global_graph_pool()
+    assert found.graph_pool is first
+    vllm_compiled.release(found)
+    assert found.graph_pool is None
+    second = vllm_compiled.EngineCompileCaches()
+    with vllm_compiled.noted(second):
+        assert platform.get_global_graph_pool() is not first
+
+
+def test_a_graph_pool_made_before_the_start_stays(monkeypatch) -> None:
+    """A pool the caller's own vLLM use made (or an engine started without the shim) is not the
+    engine's to forget: its graphs may still run."""
+    platform = _platform(monkeypatch)
+    callers = platform.get_global_graph_pool()
+    found = vllm_compiled.EngineCompileCaches()
+    with vllm_compiled.noted(found):
+        assert platform.get_global_graph_pool() is callers
+    vllm_compiled.release(found)
+    assert platform.get_global_graph_pool() is callers
+
+
+def test_a_start_that_fails_in_its_capture_forgets_its_graph_pool_too(monkeypatch) -> None:
+    platform = _platform(monkeypatch)
+    found = vllm_compiled.EngineCompileCaches()
+    with pytest.raises(RuntimeError), vllm_compiled.noted(found):
+        made = platform.get_global_graph_pool()
+        raise RuntimeError("CUDA out of memory during graph capture")
+    vllm_compiled.release(found)
+    assert platform.get_global_graph_pool() is not made

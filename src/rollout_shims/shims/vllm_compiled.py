@@ -21,8 +21,18 @@ Torch deletes that global when the transformed code object dies (``CleanupManage
 it), and something of vLLM's kept the transformed code (its wrapper stores it, ``_compiled_bytecode``,
 and runs it in place of ``forward``); so the globals the start installed are unbound here instead.
 
-Only what appeared during the engine's start is dropped: a caller's own compiled functions stay.
-torch is never imported by this module.
+A fifth, seen on the H200 (2026-12-04, vLLM 0.25.0 with CUDA graphs, torch 2.11): the CUDA graph memory
+pool. vLLM captures every graph into one pool per process, its handle kept on the platform class
+(``Platform.get_global_graph_pool``, vllm/platforms/interface.py:1130-1137 in 0.25.0; used by
+compilation/cuda_graph.py:200 and v1/worker/gpu/cudagraph_utils.py:139). Once the engine's graphs are
+gone the pool's use count is 0, and torch keeps it until its last block is freed and the cache emptied;
+a capture into it before then fails ``TORCH_INTERNAL_ASSERT(it->second->use_count > 0)``
+(c10/cuda/CUDACachingAllocator.cpp:2799 in 2.11), so the re-created engine's first capture failed. Whether
+it does depends on when the old engine's last block goes (0.25.1 - 0.33.0 passed the same test), so the
+handle the start made is forgotten here, and the next engine's graphs get a pool of their own.
+
+Only what appeared during the engine's start is dropped: a caller's own compiled functions, and a
+graph pool that existed before the start, stay. torch and vLLM are never imported by this module.
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ class EngineCompileCaches:
     backends: set[int] = dataclasses.field(default_factory=set)
     code: list[types.CodeType] = dataclasses.field(default_factory=list)
     graphs: set[tuple[str, str]] = dataclasses.field(default_factory=set)  # (module, global) of compiled graphs
+    graph_pool: object = None  # the CUDA graph pool handle vLLM made for the process during the start
 
 
 _STARTS = threading.Lock()
@@ -57,7 +68,7 @@ def noted(found: EngineCompileCaches) -> Iterator[None]:
     """Note into ``found`` what the block adds to torch's caches (also when it raises)."""
     with _STARTS:
         try:
-            before = set(dict(_bytecode_hooks())), set(dict(_cached_backends())), _graph_globals()
+            before = set(dict(_bytecode_hooks())), set(dict(_cached_backends())), _graph_globals(), _graph_pool()
         except Exception:  # nothing noted, nothing dropped: never a reason for the start to fail
             before = None
         try:
@@ -67,7 +78,8 @@ def noted(found: EngineCompileCaches) -> Iterator[None]:
                 _note(found, *before)
 
 
-def _note(found: EngineCompileCaches, hooks_before: set, backends_before: set, graphs_before: set) -> None:
+def _note(found: EngineCompileCaches, hooks_before: set, backends_before: set, graphs_before: set,
+          pool_before: object) -> None:
     try:  # copies taken in one step (another thread may compile meanwhile); never hides the block's outcome
         added = {key: hook for key, hook in dict(_bytecode_hooks()).items() if key not in hooks_before}
         found.hooks.update(added)
@@ -78,6 +90,8 @@ def _note(found: EngineCompileCaches, hooks_before: set, backends_before: set, g
                 found.code.append(code)
         files = {code.co_filename for code in found.code}
         found.graphs.update(g for g in _graph_globals() - graphs_before if module_globals(g[0]).get("__file__") in files)
+        if (pool := _graph_pool()) is not None and pool is not pool_before:
+            found.graph_pool = pool
     except Exception:  # what was not noted stays for the process, as before the shim noted anything
         pass
 
@@ -95,11 +109,32 @@ def release(found: EngineCompileCaches) -> int:
         scope = module_globals(module)
         if name in scope:  # unbound, not deleted: torch's own cleanup deletes it when the code dies
             scope[name] = None
+    platform = _platform_class()
+    if found.graph_pool is not None and platform is not None and vars(platform).get(_POOL) is found.graph_pool:
+        setattr(platform, _POOL, None)  # vLLM's own unset value: get_global_graph_pool() makes a new one
+    found.graph_pool = None
     found.hooks.clear()
     found.backends.clear()
     found.code.clear()
     found.graphs.clear()
     return dropped
+
+
+_POOL = "_global_graph_pool"
+"""Where vLLM keeps the process's CUDA graph pool handle: an attribute of the platform's class."""
+
+
+def _platform_class() -> type | None:
+    """The class of vLLM's current platform, where vLLM has resolved one: read, never resolved here
+    (resolving imports torch and probes the devices)."""
+    platform = module_globals("vllm.platforms").get("_current_platform")
+    return type(platform) if platform is not None else None
+
+
+def _graph_pool() -> object:
+    """The CUDA graph pool handle vLLM keeps for the process (None before its first capture)."""
+    platform = _platform_class()
+    return vars(platform).get(_POOL) if platform is not None else None
 
 
 _GRAPH_PREFIX = "__compiled_fn"
