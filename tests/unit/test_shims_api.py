@@ -432,6 +432,7 @@ def test_vllm_failed_start_that_leaves_memory_says_so(monkeypatch, caplog) -> No
     with caplog.at_level("WARNING"), pytest.raises(RuntimeError, match="CUDA out of memory"):
         eng._start({"model": "/m"})
     assert "the failed start still holds 4 MiB" in caplog.text
+    assert "held by: (16,) torch.float32 <- m.T" in caplog.text  # what keeps it, as the warning at shutdown says
     with pytest.raises(EngineStateError, match="still holds 4 MiB"):
         vllm_memory.refuse_a_new_engine_while_memory_is_held("0.26.0")
 

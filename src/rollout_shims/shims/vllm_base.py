@@ -146,11 +146,10 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
         )
 
     def _start(self, kwargs: dict[str, Any]) -> Any:
-        """``vllm.LLM(**kwargs)``, leaving nothing in the sleep-mode allocator that outlives the engine: the
-        modules it imports and what compiling the model adds to torch's process-wide caches are noted (their
-        tensors made at import go to the CPU and the caches are dropped at release: vllm_import_constants,
-        vllm_compiled), and a failed start clears its error's frames (message and line numbers stay) and
-        releases its memory as at shutdown (H200, 2026-12-03: 23 starts refused)."""
+        """``vllm.LLM(**kwargs)``, leaving nothing in the sleep-mode allocator that outlives the engine: the modules
+        it imports and what compiling the model adds to torch's process-wide caches are noted (tensors made at import
+        go to the CPU, the caches are dropped at release: vllm_import_constants, vllm_compiled), and a failed start
+        clears its error's frames (message, line numbers stay), releases as at shutdown (H200, 2026-12-03: 23 starts refused)."""
         from vllm import LLM
 
         if kwargs.get("tensor_parallel_size", 1) * kwargs.get("pipeline_parallel_size", 1) == 1:
@@ -165,8 +164,9 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
             try:  # the start's own error goes on whatever the clean-up meets (a CUDA error stays sticky)
                 left, per_tag = self._release_engine_memory()
                 if left:
-                    log.warning("vLLM %s: the failed start still holds %s of the sleep-mode allocator; a new engine "
-                                "in this process will be refused", self.info.release, vllm_memory.describe(left, per_tag))
+                    log.warning("vLLM %s: the failed start still holds %s of the sleep-mode allocator, held by: %s; a new "
+                                "engine in this process will be refused", self.info.release, vllm_memory.describe(left, per_tag),
+                                vllm_memory.held_by())
             except Exception:
                 log.warning("vLLM %s: releasing what the failed start allocated failed too", self.info.release,
                             exc_info=True)
