@@ -72,6 +72,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     SHARE.hold_until_exit()
     if SHARE.waited - before > 1:
         print(f"[share] waited {SHARE.waited - before:.1f}s for the GPU lock before exit", flush=True)
+    if SHARE.active:
+        print(SHARE.summary(), flush=True)
 
 
 def expected_entry() -> tuple[str, str] | None:

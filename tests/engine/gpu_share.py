@@ -135,6 +135,11 @@ class GpuShare:
         """Seconds this process spent waiting for the lock."""
         self.retried = 0
         """Engine starts retried because vLLM saw another process free memory (``start``)."""
+        self.held_alone = 0.0
+        """Seconds this process held the lock exclusively: every other suite's GPU work waited meanwhile."""
+        self.starts = 0
+        """Exclusive holds taken (``starting``): engine starts, retries inside one counted once."""
+        self._alone_since = 0.0
 
     @property
     def active(self) -> bool:
@@ -144,9 +149,18 @@ class GpuShare:
         if self._fd is None or mode == self._mode:  # no lock file (alone on a GPU): nothing to hold
             return
         start = time.monotonic()
+        if self._mode == fcntl.LOCK_EX:
+            self.held_alone += start - self._alone_since
         fcntl.flock(self._fd, mode)
-        self.waited += time.monotonic() - start
+        self._alone_since = time.monotonic()
+        self.waited += self._alone_since - start
         self._mode = mode
+
+    def summary(self) -> str:
+        """One line of what sharing cost this process and the others: what ``pytest_sessionfinish`` prints,
+        so a hold's logs say how much of a suite's time went to the lock (issue 19's throughput)."""
+        return (f"[share] this process waited {self.waited:.1f}s in all for the GPU lock and held it alone "
+                f"{self.held_alone:.1f}s over {self.starts} engine start(s)")
 
     @contextlib.contextmanager
     def _held(self, mode: int) -> Iterator[None]:
@@ -162,6 +176,7 @@ class GpuShare:
         """Around an engine start: exclusive (a shared hold of this process is given up meanwhile), and
         bounded by :func:`start_deadline` once the lock is held."""
         with self._held(fcntl.LOCK_EX), start_deadline(start_timeout()):
+            self.starts += self._fd is not None
             yield
 
     def start(self, create: Callable[[dict], T], config: dict) -> T:

@@ -162,3 +162,36 @@ def test_a_bad_start_timeout_names_the_variable(monkeypatch, raw: str) -> None:
     monkeypatch.setenv(gpu_share.START_TIMEOUT_ENV, raw)
     with pytest.raises(ValueError, match=gpu_share.START_TIMEOUT_ENV):
         gpu_share.start_timeout()
+
+
+def test_the_time_held_alone_and_waited_is_counted(tmp_path: Path) -> None:
+    """What a hold's logs report per suite: seconds waited for the lock, seconds it kept every other
+    suite out, and how many starts that took."""
+    lock = tmp_path / "gpu.lock"
+    share = gpu_share.GpuShare(str(lock))
+    with share.starting():
+        time.sleep(0.3)
+    with share.using():
+        time.sleep(0.2)  # shared: not alone
+    assert share.starts == 1
+    assert 0.3 <= share.held_alone < 0.5
+    other = os.open(lock, os.O_RDWR)
+    fcntl.flock(other, fcntl.LOCK_EX)  # another suite's start
+    try:
+        import threading
+
+        threading.Timer(0.3, fcntl.flock, (other, fcntl.LOCK_UN)).start()
+        with share.using():
+            pass
+    finally:
+        os.close(other)
+    assert share.waited >= 0.3
+    line = share.summary()
+    assert line.startswith("[share] this process waited") and "over 1 engine start(s)" in line
+
+
+def test_alone_on_a_gpu_nothing_is_counted() -> None:
+    share = gpu_share.GpuShare(None)
+    with share.starting():
+        time.sleep(0.05)
+    assert (share.starts, share.held_alone, share.waited) == (0, 0.0, 0.0)
