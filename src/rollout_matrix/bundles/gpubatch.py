@@ -47,10 +47,10 @@ vLLM 0.22 - 0.33, torch 2.11's wheel among them, bundled 2026-12-02)."""
 SECONDS_PER_PART = 5.7
 """Device time per part when calls follow each other, ten to a message, the turns between messages
 included: 5.88 s over 104 calls (2026-12-04, fourth hold: 4.5-5 s between the calls of one message,
-12-16 s across the turn to the next), 5.58 s over 87 calls (third hold: 5.53 s for 41 calls without ``collect``, 5.60 s
-for 45 ending in ``collect --if-changed``, 6 of which brought an archive back). The second hold of that
-day gave 6.3-6.9 s, its calls with ``collect`` bringing an archive back more often; it was 8.3-8.6 s while
-every call collected (108 calls, 2026-12-03)."""
+12-16 s across the turn to the next), 5.58 s over 87 calls (third hold: 5.53 s for 41 calls without
+``collect``, 5.60 s for 45 ending in ``collect --if-changed``, 6 of which brought an archive back). The
+second hold of that day gave 6.3-6.9 s, its calls with ``collect`` bringing an archive back more often;
+it was 8.3-8.6 s while every call collected (108 calls, 2026-12-03)."""
 PART_MIB = 61
 """The part size a hold's bundle is made with (``bundle --part-mib 61``): the largest that fits the device
 tool's 64 MiB per call beside the 1.7 MiB working tree a hold carries (docs/gpu.md)."""
