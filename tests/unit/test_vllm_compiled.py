@@ -220,3 +220,32 @@ def test_a_start_that_fails_in_its_capture_forgets_its_graph_pool_too(monkeypatc
         raise RuntimeError("CUDA out of memory during graph capture")
     vllm_compiled.release(found)
     assert platform.get_global_graph_pool() is not made
+
+
+def test_a_release_waits_for_another_threads_start(monkeypatch) -> None:
+    """A shutdown in one thread while another thread's engine starts: forgetting the pool in the middle
+    of that start would put its graphs in two pools (legal, but vLLM sizes memory for one)."""
+    import threading
+
+    platform = _platform(monkeypatch)
+    first = vllm_compiled.EngineCompileCaches()
+    with vllm_compiled.noted(first):
+        platform.get_global_graph_pool()
+    inside, let_end, released = threading.Event(), threading.Event(), threading.Event()
+
+    def start() -> None:
+        with vllm_compiled.noted(vllm_compiled.EngineCompileCaches()):
+            platform.get_global_graph_pool()
+            inside.set()
+            let_end.wait(10)
+
+    starting = threading.Thread(target=start)
+    starting.start()
+    assert inside.wait(10)
+    releasing = threading.Thread(target=lambda: (vllm_compiled.release(first), released.set()))
+    releasing.start()
+    assert not released.wait(0.5), "the pool was forgotten in the middle of another thread's start"
+    let_end.set()
+    assert released.wait(10)
+    starting.join(10)
+    releasing.join(10)

@@ -23,8 +23,9 @@ and runs it in place of ``forward``); so the globals the start installed are unb
 
 A fifth, seen on the H200 (2026-12-04, vLLM 0.25.0 with CUDA graphs, torch 2.11): the CUDA graph memory
 pool. vLLM captures every graph into one pool per process, its handle kept on the platform class
-(``Platform.get_global_graph_pool``, vllm/platforms/interface.py:1130-1137 in 0.25.0; used by
-compilation/cuda_graph.py:200 and v1/worker/gpu/cudagraph_utils.py:139). Once the engine's graphs are
+(``Platform.get_global_graph_pool``, vllm/platforms/interface.py:1130-1137 in 0.25.0, the same in 0.27.1;
+read once per engine by compilation/cuda_graph.py:200, compilation/breakable_cudagraph.py:282 and
+v1/worker/gpu/cudagraph_utils.py:139). Once the engine's graphs are
 gone the pool's use count is 0, and torch keeps it until its last block is freed and the cache emptied;
 a capture into it before then fails ``TORCH_INTERNAL_ASSERT(it->second->use_count > 0)``
 (c10/cuda/CUDACachingAllocator.cpp:2799 in 2.11), so the re-created engine's first capture failed. Whether
@@ -109,9 +110,10 @@ def release(found: EngineCompileCaches) -> int:
         scope = module_globals(module)
         if name in scope:  # unbound, not deleted: torch's own cleanup deletes it when the code dies
             scope[name] = None
-    platform = _platform_class()
-    if found.graph_pool is not None and platform is not None and vars(platform).get(_POOL) is found.graph_pool:
-        setattr(platform, _POOL, None)  # vLLM's own unset value: get_global_graph_pool() makes a new one
+    with _STARTS:  # never in the middle of another thread's start: its graphs would land in two pools
+        platform = _platform_class()
+        if found.graph_pool is not None and platform is not None and vars(platform).get(_POOL) is found.graph_pool:
+            setattr(platform, _POOL, None)  # vLLM's own unset value: get_global_graph_pool() makes a new one
     found.graph_pool = None
     found.hooks.clear()
     found.backends.clear()
