@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import gc
 import sys
+import threading
 import types
 import weakref
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import pytest
@@ -139,29 +141,39 @@ def test_a_lazy_module_that_cannot_import_neither_loads_nor_fails_the_start(monk
         _ = module.anything  # the module is still lazy: the scan never loaded it
 
 
+def _waited_for_a_start_in_another_thread(action: Callable[[], object], in_start: Callable[[], object] = lambda: None) -> bool:
+    """Whether ``action``, run in a thread while another thread is inside a noted start (after ``in_start``),
+    ended only once that start had ended (it may take up to 10 s after)."""
+    inside, let_end, done = threading.Event(), threading.Event(), threading.Event()
+
+    def start() -> None:
+        with vllm_compiled.noted(vllm_compiled.EngineCompileCaches()):
+            in_start()
+            inside.set()
+            let_end.wait(10)
+
+    starting = threading.Thread(target=start)
+    starting.start()
+    assert inside.wait(10)
+    acting = threading.Thread(target=lambda: (action(), done.set()))
+    acting.start()
+    waited = not done.wait(0.5)
+    let_end.set()
+    ended = done.wait(10)
+    starting.join(10)
+    acting.join(10)
+    return waited and ended
+
+
+def _noted_start() -> None:
+    with vllm_compiled.noted(vllm_compiled.EngineCompileCaches()):
+        pass
+
+
 def test_starts_in_two_threads_are_noted_one_after_the_other() -> None:
     """What a start added is told apart by before and after: a second start inside the first one's
     window would note the first's compiled graph as its own and drop it at its shutdown."""
-    import threading
-
-    first_inside, let_first_end, second_inside = threading.Event(), threading.Event(), threading.Event()
-
-    def start(inside: threading.Event, wait_for: threading.Event | None) -> None:
-        with vllm_compiled.noted(vllm_compiled.EngineCompileCaches()):
-            inside.set()
-            if wait_for is not None:
-                wait_for.wait(10)
-
-    first = threading.Thread(target=start, args=(first_inside, let_first_end))
-    first.start()
-    assert first_inside.wait(10)
-    second = threading.Thread(target=start, args=(second_inside, None))
-    second.start()
-    assert not second_inside.wait(0.5), "a second start was noted inside the first one's window"
-    let_first_end.set()
-    assert second_inside.wait(10)
-    first.join(10)
-    second.join(10)
+    assert _waited_for_a_start_in_another_thread(_noted_start), "a second start was noted inside the first one's window"
 
 
 class _Platform:
@@ -225,27 +237,9 @@ def test_a_start_that_fails_in_its_capture_forgets_its_graph_pool_too(monkeypatc
 def test_a_release_waits_for_another_threads_start(monkeypatch) -> None:
     """A shutdown in one thread while another thread's engine starts: forgetting the pool in the middle
     of that start would put its graphs in two pools (legal, but vLLM sizes memory for one)."""
-    import threading
-
     platform = _platform(monkeypatch)
     first = vllm_compiled.EngineCompileCaches()
     with vllm_compiled.noted(first):
         platform.get_global_graph_pool()
-    inside, let_end, released = threading.Event(), threading.Event(), threading.Event()
-
-    def start() -> None:
-        with vllm_compiled.noted(vllm_compiled.EngineCompileCaches()):
-            platform.get_global_graph_pool()
-            inside.set()
-            let_end.wait(10)
-
-    starting = threading.Thread(target=start)
-    starting.start()
-    assert inside.wait(10)
-    releasing = threading.Thread(target=lambda: (vllm_compiled.release(first), released.set()))
-    releasing.start()
-    assert not released.wait(0.5), "the pool was forgotten in the middle of another thread's start"
-    let_end.set()
-    assert released.wait(10)
-    starting.join(10)
-    releasing.join(10)
+    assert _waited_for_a_start_in_another_thread(lambda: vllm_compiled.release(first), platform.get_global_graph_pool), \
+        "the pool was forgotten in the middle of another thread's start"
