@@ -25,12 +25,12 @@ A fifth, seen on the H200 (2026-12-04, vLLM 0.25.0 with CUDA graphs, torch 2.11)
 pool. vLLM captures every graph into one pool per process, its handle kept on the platform class
 (``Platform.get_global_graph_pool``, vllm/platforms/interface.py:1130-1137 in 0.25.0, the same in 0.27.1;
 read once per engine by compilation/cuda_graph.py:200, compilation/breakable_cudagraph.py:282 and
-v1/worker/gpu/cudagraph_utils.py:139). Once the engine's graphs are
-gone the pool's use count is 0, and torch keeps it until its last block is freed and the cache emptied;
-a capture into it before then fails ``TORCH_INTERNAL_ASSERT(it->second->use_count > 0)``
-(c10/cuda/CUDACachingAllocator.cpp:2799 in 2.11), so the re-created engine's first capture failed. Whether
-it does depends on when the old engine's last block goes (0.25.1 - 0.33.0 passed the same test), so the
-handle the start made is forgotten here, and the next engine's graphs get a pool of their own.
+v1/worker/gpu/cudagraph_utils.py:139). Once the engine's graphs are gone the pool's use count is 0, and
+torch keeps it until its last block is freed and the cache emptied; a capture into it before then fails
+``TORCH_INTERNAL_ASSERT(it->second->use_count > 0)`` (c10/cuda/CUDACachingAllocator.cpp:2799 in 2.11),
+so the re-created engine's first capture failed. Whether it does depends on when the old engine's last
+block goes (0.25.1 - 0.33.0 passed the same test), so the handle the start made is forgotten here, and
+the next engine's graphs get a pool of their own.
 
 Only what appeared during the engine's start is dropped: a caller's own compiled functions, and a
 graph pool that existed before the start, stay. torch and vLLM are never imported by this module.
@@ -111,9 +111,8 @@ def release(found: EngineCompileCaches) -> int:
         if name in scope:  # unbound, not deleted: torch's own cleanup deletes it when the code dies
             scope[name] = None
     with _STARTS:  # never in the middle of another thread's start: its graphs would land in two pools
-        platform = _platform_class()
-        if found.graph_pool is not None and platform is not None and vars(platform).get(_POOL) is found.graph_pool:
-            setattr(platform, _POOL, None)  # vLLM's own unset value: get_global_graph_pool() makes a new one
+        if found.graph_pool is not None and _graph_pool() is found.graph_pool:
+            setattr(_platform_class(), _POOL, None)  # vLLM's own unset value: get_global_graph_pool() makes a new one
     found.graph_pool = None
     found.hooks.clear()
     found.backends.clear()
