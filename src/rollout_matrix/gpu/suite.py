@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from rollout_matrix.errors import UserError
 from rollout_matrix.evidence.band_status import MODES
 from rollout_matrix.evidence.results import JUNIT, LOG, RunRecord, merge_junit
-from rollout_matrix.gpu import stop, store, syslibs
+from rollout_matrix.gpu import kernels, stop, store, syslibs
 from rollout_matrix.gpu.install import install
 from rollout_matrix.gpu.store import log, manifests
 from rollout_matrix.locks.lockfile import read_lock
@@ -186,6 +186,8 @@ def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = S
     codes: list[int] = []
     try:
         with open(out / LOG, "wb") as logf:
+            if sharing and facts.get("cuda_devices") and described and described.engine == "vllm":
+                facts["kernels_built_before_suite"] = kernels.prebuild(entry, python, environ, logf, log)
             for mode in MODES:  # one process per mode: a leak into the next engine stays in its mode
                 left = timeout - (time.monotonic() - t0)
                 if why := _why_not(codes, left, since):

@@ -1,0 +1,123 @@
+"""Building the kernels a vLLM start would compile, before its suite and outside the GPU lock.
+
+Why: an engine start holds the machine-wide GPU lock alone (tests/engine/gpu_share.py), and the first
+start of a vLLM entry spends most of that in nvcc: FlashInfer builds its sampling kernels just in time
+("flashinfer.jit: Building JIT module sampling; this can take several minutes on first use": 98 s of
+vLLM 0.33.0's 136 s start on the H200, 2026-12-04). Nothing in that build needs the GPU, yet every
+other suite's GPU work waited for it; the fifth hold of 2026-12-04 held the lock alone for 470 s of
+its 889 s. So before the suite, in the entry's venv and home (``suite.caches``: the build lands where
+its engines look), a process that cannot see any GPU builds the same module; the engine then loads it
+as the entry's eager process already did (its start: 10 s).
+
+Where the build lands depends on the target architectures, which FlashInfer reads from the devices
+when it can see them: this process names them instead, as the devices would. ``FLASHINFER_CUDA_ARCH_LIST``
+(FlashInfer 0.4 on, ``flashinfer/compilation_context.py``: ``9.0a`` for a 9.x device) and
+``TORCH_CUDA_ARCH_LIST`` (FlashInfer 0.2-0.3 take torch's ``_get_cuda_arch_flags``, whose detection
+gives ``9.0+PTX``). tests/engine/test_cpu.py checks, per release, that both give the folder and flags
+of a detected H200.
+
+Best effort by design: a release without FlashInfer, or one whose build fails or outlasts
+``PREBUILD_TIMEOUT_S``, only says so in the log, and its engine builds the module itself as before.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+PREBUILD_TIMEOUT_S = 420
+"""FlashInfer's sampling build took 80-100 s of an engine start on the H200 with three suites on its
+16 cores (2026-12-03/04); four times that is a build that will not end."""
+
+SCRIPT = r"""
+import json, sys, time
+t0 = time.monotonic()
+def say(**fields):
+    print("PREBUILT " + json.dumps(fields), flush=True)
+try:
+    import flashinfer.sampling as sampling
+except Exception as exc:
+    say(built=False, why=f"flashinfer.sampling does not import: {type(exc).__name__}: {exc}"[:300])
+    sys.exit(0)
+get = getattr(sampling, "get_sampling_module", None)
+if get is None:
+    say(built=False, why="this flashinfer has no flashinfer.sampling.get_sampling_module")
+    sys.exit(0)
+get()
+try:
+    from flashinfer.jit import env
+    where = str(getattr(env, "FLASHINFER_JIT_DIR", ""))
+except Exception:
+    where = ""
+say(built=True, module="sampling", seconds=round(time.monotonic() - t0, 1), where=where)
+"""
+"""Run in the entry's venv; its last ``PREBUILT {json}`` line is the outcome."""
+
+
+def arch_environment(capabilities: list[str]) -> dict[str, str] | None:
+    """The variables that name ``capabilities`` (``nvidia-smi --query-gpu=compute_cap``: ``["9.0"]``)
+    as FlashInfer and torch would detect them on those devices, with every GPU hidden; None where
+    FlashInfer releases name them differently (10.x and later: ``0.5`` says ``12.0a``, ``0.6`` ``12.0f``)."""
+    archs = sorted({c.strip() for c in capabilities if c.strip()}, key=lambda c: tuple(int(p) for p in c.split(".")))
+    if not archs or any(int(a.split(".")[0]) >= 10 for a in archs):
+        return None
+    flashinfer = [f"{a}a" if a.startswith("9.") else a for a in archs]
+    return {"CUDA_VISIBLE_DEVICES": "", "FLASHINFER_CUDA_ARCH_LIST": " ".join(flashinfer),
+            "TORCH_CUDA_ARCH_LIST": ";".join([*archs[:-1], archs[-1] + "+PTX"])}
+
+
+def capabilities() -> list[str]:
+    """The machine's GPUs' compute capabilities from the driver (no CUDA context is made)."""
+    try:
+        done = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in done.stdout.splitlines() if line.strip()] if done.returncode == 0 else []
+
+
+def prebuild(entry: str, python: Path, environ: dict[str, str], logf: IO[bytes], log: Callable[[str], None],
+             found: list[str] | None = None, timeout: float = PREBUILD_TIMEOUT_S) -> dict:
+    """Build FlashInfer's sampling module for ``entry`` (a vLLM release) with ``python`` and the
+    suite's ``environ``; its output goes to ``logf``, one line on what happened to ``log``. ``found``:
+    the GPUs' compute capabilities (default: the driver's). Returns what happened, for run.json:
+    ``{"built": bool, "seconds": float, ...}`` with ``why`` when it did not build.
+
+    Only the standard library here: tests/engine imports this module in every release's environment."""
+    caps = capabilities() if found is None else found
+    arch = arch_environment(caps)
+    if arch is None:
+        outcome = {"built": False, "seconds": 0.0,
+                   "why": f"no GPU of a known architecture ({', '.join(caps) or 'nvidia-smi names none'})"}
+        log(f"{entry}: kernels not built before the suite: {outcome['why']}")
+        return outcome
+    logf.write(f"\n===== {entry}: FlashInfer's sampling kernels, built before the suite =====\n".encode())
+    logf.flush()
+    t0 = time.monotonic()
+    proc = subprocess.Popen([str(python), "-c", SCRIPT], env={**environ, **arch}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        output, _ = proc.communicate()
+        output += f"\n[killed after {timeout:.0f}s]\n".encode()
+    logf.write(output)
+    logf.flush()
+    seconds = round(time.monotonic() - t0, 1)
+    said = [line for line in output.decode(errors="replace").splitlines() if line.startswith("PREBUILT ")]
+    outcome = json.loads(said[-1].removeprefix("PREBUILT ")) if said else {
+        "built": False, "why": f"the build exited {proc.returncode} (its output is in the suite's log)"}
+    outcome["seconds"] = seconds
+    if outcome["built"]:
+        log(f"{entry}: FlashInfer's sampling kernels built in {seconds}s before the suite, no GPU lock held "
+            f"({outcome.get('where') or 'flashinfer names no folder'})")
+    else:
+        log(f"{entry}: kernels not built before the suite ({seconds}s): {outcome['why']}; its first engine "
+            "start builds them")
+    return outcome
