@@ -30,9 +30,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-PREBUILD_TIMEOUT_S = 420
+PREBUILD_TIMEOUT_S = 300
 """FlashInfer's sampling build took 80-100 s of an engine start on the H200 with three suites on its
-16 cores (2026-12-03/04); four times that is a build that will not end."""
+16 cores (2026-12-03/04), and 60-115 s on this project's 2-core CPU machine; three times that is a build
+that will not end, and the most a hung build can delay its suite."""
 
 SCRIPT = r"""
 import json, sys, time
