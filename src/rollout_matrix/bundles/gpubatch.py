@@ -63,8 +63,9 @@ END_MARGIN_S = 120
 SUITE_S = {"sglang": 700, "vllm": 500}
 """One suite (both modes) while three share the H200: SGLang 599-774 s, vLLM 396-442 s (2026-12-03,
 fifth hold); SGLang 0.5.5.post3 546 s, vLLM 0.11.2 518 s and 0.12.0 437 s (2026-12-04; SGLang 0.5.6 and
-0.5.10 took 374 s and 322 s for graphs alone). Engine starts take turns on the GPU lock, so a fourth
-suite would mostly wait."""
+0.5.10 took 374 s and 322 s for graphs alone; in the fifth hold SGLang 0.5.10 and 0.5.10.post1 572 s and
+600 s, vLLM 0.16.0 420 s, and vLLM 0.25.0 184 s while no other suite ran). Engine starts take turns on
+the GPU lock, so a fourth suite would mostly wait."""
 PARALLEL = 3
 """Suites at a time (``gpuenv pipeline --parallel auto`` on the H200)."""
 
