@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from rollout_matrix.gpu.kernels import arch_environment
+from rollout_matrix.gpu.kernels import build_environment
 
 PROBE = r"""
 import json, sys
@@ -39,26 +39,24 @@ else:
 print(json.dumps(seen))
 """
 
-NAMED = ("FLASHINFER_CUDA_ARCH_LIST", "TORCH_CUDA_ARCH_LIST")
-
-
-def _probe(how: str, extra: dict[str, str]) -> dict:
-    environ = {k: v for k, v in os.environ.items() if k not in NAMED}
-    done = subprocess.run([sys.executable, "-c", PROBE, how], env={**environ, "CUDA_VISIBLE_DEVICES": "", **extra},
+def _probe(how: str, environ: dict[str, str]) -> dict:
+    done = subprocess.run([sys.executable, "-c", PROBE, how], env={**environ, "CUDA_VISIBLE_DEVICES": ""},
                           capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_kernels_built_before_the_suite_land_where_an_h200_engine_looks(detection) -> None:
+    """Both processes get this environment as it is (a machine may name architectures for all its
+    processes, as the H200's does with TORCH_CUDA_ARCH_LIST); the build adds what it does not name."""
     if detection.engine != "vllm":
         pytest.skip("vLLM-only: gpuenv builds kernels ahead only for vLLM's FlashInfer sampler")
     if importlib.util.find_spec("flashinfer") is None:
         pytest.skip("this release's environment has no FlashInfer: its engines build no FlashInfer kernels")
-    ahead = arch_environment(["9.0"])
+    ahead = build_environment(dict(os.environ), ["9.0"])
     assert ahead is not None
-    built = _probe("named", {k: ahead[k] for k in NAMED})
-    looked = _probe("h200", {})
+    built = _probe("named", ahead)
+    looked = _probe("h200", dict(os.environ))
     assert built == looked
     assert any("compute_90" in flag for flag in built["torch_flags"]), built
     assert "noarch" not in built["folder"], built

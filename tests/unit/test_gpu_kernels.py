@@ -9,17 +9,20 @@ import io
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from rollout_matrix.gpu import stop, store, suite
 from rollout_matrix.gpu.kernels import arch_environment, prebuild
 
 SAMPLING_BUILDS = """
 import json, os, pathlib
 def get_sampling_module():
     seen = {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "FLASHINFER_CUDA_ARCH_LIST", "TORCH_CUDA_ARCH_LIST")}
+    seen["pgid"] = os.getpgid(0)
     pathlib.Path(os.environ["HOME"], "built.json").write_text(json.dumps(seen))
     print("ninja: building sampling")
 """
@@ -41,23 +44,29 @@ def suite_environ(tmp_path: Path, packages: Path | None) -> dict[str, str]:
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     environ = {**os.environ, "HOME": str(home), "CUDA_VISIBLE_DEVICES": "0"}
-    environ.pop("PYTHONPATH", None)
+    for name in ("PYTHONPATH", "FLASHINFER_CUDA_ARCH_LIST", "TORCH_CUDA_ARCH_LIST"):
+        environ.pop(name, None)
     if packages is not None:
         environ["PYTHONPATH"] = str(packages)
     return environ
 
 
-def run(tmp_path: Path, packages: Path | None, found: list[str], timeout: float = 60) -> tuple[dict, list[str], str]:
+def run(tmp_path: Path, packages: Path | None, found: list[str], timeout: float = 60, **over: object,
+        ) -> tuple[dict, list[str], str]:
     said: list[str] = []
     logf = io.BytesIO()
-    outcome = prebuild("vllm-0.25.0", Path(sys.executable), suite_environ(tmp_path, packages), logf, said.append,
-                       found=found, timeout=timeout)
+    environ = {**suite_environ(tmp_path, packages), **over.pop("environ", {})}
+    outcome = prebuild("vllm-0.25.0", Path(sys.executable), environ, logf, said.append, found=found,
+                       timeout=timeout, **over)
     return outcome, said, logf.getvalue().decode()
 
 
 def test_the_build_runs_with_every_gpu_hidden_and_the_architecture_named(tmp_path: Path) -> None:
-    outcome, said, log = run(tmp_path, stand_in(tmp_path / "pkgs", SAMPLING_BUILDS), ["9.0"])
+    groups: list[int] = []
+    outcome, said, log = run(tmp_path, stand_in(tmp_path / "pkgs", SAMPLING_BUILDS), ["9.0"],
+                             started=lambda pgid, argv: groups.append(pgid))
     seen = json.loads((tmp_path / "home" / "built.json").read_text())
+    assert groups == [seen.pop("pgid")], "the caller is told the build's own process group"
     assert seen == {"CUDA_VISIBLE_DEVICES": "", "FLASHINFER_CUDA_ARCH_LIST": "9.0a", "TORCH_CUDA_ARCH_LIST": "9.0+PTX"}
     assert outcome["built"] is True and outcome["module"] == "sampling"
     assert outcome["where"] == "/cache/flashinfer/0.6.13/90a/cached_ops"
@@ -96,7 +105,49 @@ def test_a_build_past_its_limit_is_killed_and_the_suite_goes_on(tmp_path: Path) 
     assert "its first engine start builds them" in said[0]
 
 
-@pytest.mark.parametrize("found", [[], ["10.0"], ["9.0", "12.0"]])
+def test_an_architecture_the_machine_names_already_is_the_one_built_for(tmp_path: Path) -> None:
+    """The H200's environment sets TORCH_CUDA_ARCH_LIST=9.0a for every process: its engines build with
+    that, so the build ahead must too."""
+    run(tmp_path, stand_in(tmp_path / "pkgs", SAMPLING_BUILDS), ["9.0"], environ={"TORCH_CUDA_ARCH_LIST": "9.0a"})
+    seen = json.loads((tmp_path / "home" / "built.json").read_text())
+    assert seen["TORCH_CUDA_ARCH_LIST"] == "9.0a" and seen["FLASHINFER_CUDA_ARCH_LIST"] == "9.0a"
+    assert seen["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_gpuenv_stop_ends_a_build_under_way_and_no_mode_starts_after_it(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(store, "ROOT", tmp_path / "machine")
+    out = store._dirs()["results"] / "vllm-0.25.0"
+    out.mkdir(parents=True)
+    since = time.time()
+    hangs = "import time\ndef get_sampling_module():\n    time.sleep(120)\n"
+    groups: list[int] = []
+    done: dict = {}
+
+    def started(pgid: int, argv: list[str]) -> None:
+        groups.append(pgid)
+        stop.record(out, pgid, argv)
+
+    def build() -> None:  # as run_suite: the build, then no mode once stopped, then the marker goes
+        done["outcome"], done["said"], _ = run(tmp_path, stand_in(tmp_path / "pkgs", hangs), ["9.0"], timeout=100,
+                                               started=started)
+        done["why_not"] = suite._why_not([], 1000.0, since)
+        (out / stop.RUNNING).unlink()
+
+    builder = threading.Thread(target=build)
+    builder.start()
+    deadline = time.monotonic() + 30
+    while not (out / stop.RUNNING).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)  # the build's interpreter is up and inside get_sampling_module
+    t0 = time.monotonic()
+    assert stop.stop(grace=20) == ["vllm-0.25.0"]
+    builder.join(timeout=30)
+    assert not builder.is_alive() and time.monotonic() - t0 < 10, "SIGINT ended the build, not the grace"
+    assert done["outcome"]["built"] is False and len(groups) == 1
+    assert done["why_not"] == "the batch is being stopped"
+
+
+@pytest.mark.parametrize("found", [[], ["10.0"], ["9.0", "12.0"], ["N/A"], ["9"]])
 def test_no_build_where_the_architecture_is_unknown_or_named_differently_by_releases(
         tmp_path: Path, found: list[str]) -> None:
     outcome, said, log = run(tmp_path, stand_in(tmp_path / "pkgs", SAMPLING_BUILDS), found)

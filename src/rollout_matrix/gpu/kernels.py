@@ -22,11 +22,13 @@ Best effort by design: a release without FlashInfer, or one whose build fails or
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO
 
@@ -63,13 +65,29 @@ say(built=True, module="sampling", seconds=round(time.monotonic() - t0, 1), wher
 def arch_environment(capabilities: list[str]) -> dict[str, str] | None:
     """The variables that name ``capabilities`` (``nvidia-smi --query-gpu=compute_cap``: ``["9.0"]``)
     as FlashInfer and torch would detect them on those devices, with every GPU hidden; None where
-    FlashInfer releases name them differently (10.x and later: ``0.5`` says ``12.0a``, ``0.6`` ``12.0f``)."""
-    archs = sorted({c.strip() for c in capabilities if c.strip()}, key=lambda c: tuple(int(p) for p in c.split(".")))
-    if not archs or any(int(a.split(".")[0]) >= 10 for a in archs):
+    FlashInfer releases name them differently (10.x and later: ``0.5`` says ``12.0a``, ``0.6`` ``12.0f``)
+    or the driver said something else than ``MAJOR.MINOR``."""
+    try:
+        archs = sorted({c.strip() for c in capabilities if c.strip()},
+                       key=lambda c: tuple(int(p) for p in c.split(".", 1)))
+    except ValueError:
+        return None
+    if not archs or any(int(a.split(".")[0]) >= 10 or "." not in a for a in archs):
         return None
     flashinfer = [f"{a}a" if a.startswith("9.") else a for a in archs]
     return {"CUDA_VISIBLE_DEVICES": "", "FLASHINFER_CUDA_ARCH_LIST": " ".join(flashinfer),
             "TORCH_CUDA_ARCH_LIST": ";".join([*archs[:-1], archs[-1] + "+PTX"])}
+
+
+def build_environment(environ: Mapping[str, str], capabilities: list[str]) -> dict[str, str] | None:
+    """The pre-build's environment: the suite's ``environ``, every GPU hidden, and the architectures
+    named where ``environ`` does not name them already. A variable the machine sets (the H200's
+    environment has ``TORCH_CUDA_ARCH_LIST=9.0a``, 2026-12-04) is what its engines build with, so it
+    stays. None: see ``arch_environment``."""
+    arch = arch_environment(capabilities)
+    if arch is None:
+        return None
+    return {**environ, **{k: v for k, v in arch.items() if k not in environ}, "CUDA_VISIBLE_DEVICES": ""}
 
 
 def capabilities() -> list[str]:
@@ -83,42 +101,53 @@ def capabilities() -> list[str]:
 
 
 def prebuild(entry: str, python: Path, environ: dict[str, str], logf: IO[bytes], log: Callable[[str], None],
-             found: list[str] | None = None, timeout: float = PREBUILD_TIMEOUT_S) -> dict:
+             found: list[str] | None = None, timeout: float = PREBUILD_TIMEOUT_S,
+             started: Callable[[int, list[str]], object] | None = None) -> dict:
     """Build FlashInfer's sampling module for ``entry`` (a vLLM release) with ``python`` and the
     suite's ``environ``; its output goes to ``logf``, one line on what happened to ``log``. ``found``:
-    the GPUs' compute capabilities (default: the driver's). Returns what happened, for run.json:
+    the GPUs' compute capabilities (default: the driver's). ``started(pgid, argv)`` is told of the build's
+    process group (``gpuenv stop`` finds it there). Returns what happened, for run.json:
     ``{"built": bool, "seconds": float, ...}`` with ``why`` when it did not build.
 
     Only the standard library here: tests/engine imports this module in every release's environment."""
     caps = capabilities() if found is None else found
-    arch = arch_environment(caps)
-    if arch is None:
-        outcome = {"built": False, "seconds": 0.0,
-                   "why": f"no GPU of a known architecture ({', '.join(caps) or 'nvidia-smi names none'})"}
-        log(f"{entry}: kernels not built before the suite: {outcome['why']}")
-        return outcome
+    env = build_environment(environ, caps)
+    if env is None:
+        return _said(entry, log, {"built": False, "seconds": 0.0,
+                                  "why": f"no GPU of a known architecture ({', '.join(caps) or 'nvidia-smi names none'})"})
     logf.write(f"\n===== {entry}: FlashInfer's sampling kernels, built before the suite =====\n".encode())
     logf.flush()
     t0 = time.monotonic()
-    proc = subprocess.Popen([str(python), "-c", SCRIPT], env={**environ, **arch}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    argv = [str(python), "-c", SCRIPT]
+    try:
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    except OSError as exc:
+        return _said(entry, log, {"built": False, "seconds": 0.0, "why": f"{python} could not start: {exc}"})
+    if started is not None:
+        started(proc.pid, argv)
     try:
         output, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         output, _ = proc.communicate()
         output += f"\n[killed after {timeout:.0f}s]\n".encode()
     logf.write(output)
     logf.flush()
-    seconds = round(time.monotonic() - t0, 1)
     said = [line for line in output.decode(errors="replace").splitlines() if line.startswith("PREBUILT ")]
     outcome = json.loads(said[-1].removeprefix("PREBUILT ")) if said else {
         "built": False, "why": f"the build exited {proc.returncode} (its output is in the suite's log)"}
-    outcome["seconds"] = seconds
+    outcome["seconds"] = round(time.monotonic() - t0, 1)
+    return _said(entry, log, outcome)
+
+
+def _said(entry: str, log: Callable[[str], None], outcome: dict) -> dict:
+    """``outcome``, told in one line of the pipeline's log."""
     if outcome["built"]:
-        log(f"{entry}: FlashInfer's sampling kernels built in {seconds}s before the suite, no GPU lock held "
-            f"({outcome.get('where') or 'flashinfer names no folder'})")
+        log(f"{entry}: FlashInfer's sampling kernels built in {outcome['seconds']}s before the suite, no GPU "
+            f"lock held ({outcome.get('where') or 'flashinfer names no folder'})")
     else:
-        log(f"{entry}: kernels not built before the suite ({seconds}s): {outcome['why']}; its first engine "
-            "start builds them")
+        log(f"{entry}: kernels not built before the suite ({outcome['seconds']}s): {outcome['why']}; its "
+            "first engine start builds them")
     return outcome

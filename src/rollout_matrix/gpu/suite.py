@@ -187,7 +187,7 @@ def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = S
     try:
         with open(out / LOG, "wb") as logf:
             if sharing and facts.get("cuda_devices") and described and described.engine == "vllm":
-                facts["kernels_built_before_suite"] = kernels.prebuild(entry, python, environ, logf, log)
+                facts["kernels_built_before_suite"] = _prebuild(entry, python, environ, logf, out)
             for mode in MODES:  # one process per mode: a leak into the next engine stays in its mode
                 left = timeout - (time.monotonic() - t0)
                 if why := _why_not(codes, left, since):
@@ -215,6 +215,17 @@ def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = S
     return code
 
 
+def _prebuild(entry: str, python: Path, environ: dict[str, str], logf: Any, out: Path) -> dict:
+    """``kernels.prebuild``, best effort: whatever goes wrong there is a line of the log, never the suite's
+    end; ``gpuenv stop`` meanwhile finds the build's process group as it finds a mode's."""
+    try:
+        return kernels.prebuild(entry, python, environ, logf, log,
+                                started=lambda pgid, argv: stop.record(out, pgid, argv))
+    except Exception as exc:  # an engine start builds the kernels itself anyway
+        log(f"{entry}: kernels not built before the suite: {type(exc).__name__}: {exc}")
+        return {"built": False, "seconds": 0.0, "why": f"{type(exc).__name__}: {exc}"}
+
+
 MODES_ENV = "ROLLOUT_MATRIX_ENGINE_MODES"
 """The engine modes (``MODES``) one pytest process of tests/engine runs (tests/engine/conftest.py)."""
 MIN_MODE_S = 60
@@ -229,10 +240,10 @@ lock (up to 190 s seen while three suites start engines), anything longer is a h
 def _why_not(codes: list[int], left: float, since: float) -> str:
     """Why the next mode's process is not started after the processes that ended with ``codes`` ("":
     it is), with ``left`` seconds of the suite's limit and the suite started at ``since``."""
-    if not codes:
-        return ""
     if stop.requested(since):
         return "the batch is being stopped"
+    if not codes:
+        return ""
     if codes[-1] in (3, 4):  # pytest's internal and usage errors: the next process meets them too
         return f"pytest could not run (exit {codes[-1]})"
     return f"{left:.0f}s left of the suite's limit" if left < MIN_MODE_S else ""
