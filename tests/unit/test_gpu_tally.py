@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rollout_matrix.gpu import store, tally, waiting
+from rollout_matrix.gpu import kernels, store, tally, waiting
 
 ROOT = Path(__file__).resolve().parents[2]
 HOLD = ROOT / "gpu-results" / "history" / "2026-12-03h-hold"
@@ -83,3 +83,17 @@ def test_a_mode_whose_junit_is_written_reads_as_exiting_not_as_running_again(res
     (the eager header never came). The line said "running graphs" after graphs' result, read as a rerun."""
     shutil.copytree(ROOT / "gpu-results" / "history" / "2026-12-04-hold" / "sglang-0.5.6", results / "sglang-0.5.6")
     assert tally.lines() == ["sglang-0.5.6: graphs: 25 passed, 5 skipped; the graphs process still exiting"]
+
+
+def test_a_suite_building_its_kernels_says_so_until_its_first_mode_starts(results: Path) -> None:
+    """Before a vLLM suite that shares the GPU, gpuenv builds FlashInfer's kernels (gpu/kernels.py) for up
+    to minutes: the line says that, not that nothing started; once the graphs header follows, the mode."""
+    folder = results / "vllm-9.9.9"
+    folder.mkdir()
+    log = folder / "pytest.log"
+    with log.open("wb") as logf:  # what kernels.prebuild writes there, from a build that cannot start
+        kernels.prebuild("vllm-9.9.9", folder / "no-python", {}, logf, lambda line: None, found=["9.0"])
+    assert tally.lines() == ["vllm-9.9.9: building FlashInfer's kernels before the suite"]
+    with log.open("a") as more:
+        more.write("\n===== vllm-9.9.9: ROLLOUT_MATRIX_ENGINE_MODES=graphs =====\n")
+    assert tally.lines() == ["vllm-9.9.9: running graphs: so far nothing reported"]

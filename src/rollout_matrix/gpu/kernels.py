@@ -60,6 +60,8 @@ except Exception:
 say(built=True, module="sampling", seconds=round(time.monotonic() - t0, 1), where=where)
 """
 """Run in the entry's venv; its last ``PREBUILT {json}`` line is the outcome."""
+LOG_HEADER = "FlashInfer's sampling kernels, built before the suite"
+"""What the suite's log says above the build's output (gpu/tally.py reads it: the suite is building)."""
 
 
 def arch_environment(capabilities: list[str]) -> dict[str, str] | None:
@@ -115,7 +117,7 @@ def prebuild(entry: str, python: Path, environ: dict[str, str], logf: IO[bytes],
     if env is None:
         return _said(entry, log, {"built": False, "seconds": 0.0,
                                   "why": f"no GPU of a known architecture ({', '.join(caps) or 'nvidia-smi names none'})"})
-    logf.write(f"\n===== {entry}: FlashInfer's sampling kernels, built before the suite =====\n".encode())
+    logf.write(f"\n===== {entry}: {LOG_HEADER} =====\n".encode())
     logf.flush()
     t0 = time.monotonic()
     argv = [str(python), "-c", SCRIPT]
