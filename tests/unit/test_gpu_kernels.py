@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from rollout_matrix.gpu import stop, store, suite
-from rollout_matrix.gpu.kernels import arch_environment, prebuild
+from rollout_matrix.gpu.kernels import arch_environment, build_environment, prebuild
 
 SAMPLING_BUILDS = """
 import json, os, pathlib
@@ -158,6 +158,6 @@ def test_no_build_where_the_architecture_is_unknown_or_named_differently_by_rele
 
 def test_several_architectures_are_named_in_order_with_ptx_for_the_newest() -> None:
     # torch's own detection sorts the devices' capabilities and adds +PTX to the last one
-    assert arch_environment(["8.6", "8.0", "8.6"]) == {
+    assert build_environment({}, ["8.6", "8.0", "8.6"]) == {
         "CUDA_VISIBLE_DEVICES": "", "FLASHINFER_CUDA_ARCH_LIST": "8.0 8.6", "TORCH_CUDA_ARCH_LIST": "8.0;8.6+PTX"}
     assert arch_environment(["9.0", "8.9"])["TORCH_CUDA_ARCH_LIST"] == "8.9;9.0+PTX"

@@ -10,14 +10,16 @@ its engines look), a process that cannot see any GPU builds the same module; the
 as the entry's eager process already did (its start: 10 s).
 
 Where the build lands depends on the target architectures, which FlashInfer reads from the devices
-when it can see them: this process names them instead, as the devices would. ``FLASHINFER_CUDA_ARCH_LIST``
+when it can see them: this process names them instead, as the devices would, unless the machine's
+environment names them already (its engines build with that too). ``FLASHINFER_CUDA_ARCH_LIST``
 (FlashInfer 0.4 on, ``flashinfer/compilation_context.py``: ``9.0a`` for a 9.x device) and
 ``TORCH_CUDA_ARCH_LIST`` (FlashInfer 0.2-0.3 take torch's ``_get_cuda_arch_flags``, whose detection
-gives ``9.0+PTX``). tests/engine/test_cpu.py checks, per release, that both give the folder and flags
-of a detected H200.
+gives ``9.0+PTX``). tests/engine/test_prebuilt_kernels.py checks, per release, that the build's
+environment gives the folder and flags of a detected H200.
 
-Best effort by design: a release without FlashInfer, or one whose build fails or outlasts
-``PREBUILD_TIMEOUT_S``, only says so in the log, and its engine builds the module itself as before.
+Best effort by design: a release without FlashInfer, or a build that fails, outlasts
+``PREBUILD_TIMEOUT_S`` or is stopped (``gpuenv stop`` finds its process group), or anything else that
+goes wrong here, only says so in the log, and the engine builds the module itself as before.
 """
 
 from __future__ import annotations
@@ -38,8 +40,7 @@ PREBUILD_TIMEOUT_S = 300
 that will not end, and the most a hung build can delay its suite."""
 
 SCRIPT = r"""
-import json, sys, time
-t0 = time.monotonic()
+import json, sys
 def say(**fields):
     print("PREBUILT " + json.dumps(fields), flush=True)
 try:
@@ -57,7 +58,7 @@ try:
     where = str(getattr(env, "FLASHINFER_JIT_DIR", ""))
 except Exception:
     where = ""
-say(built=True, module="sampling", seconds=round(time.monotonic() - t0, 1), where=where)
+say(built=True, module="sampling", where=where)
 """
 """Run in the entry's venv; its last ``PREBUILT {json}`` line is the outcome."""
 LOG_HEADER = "FlashInfer's sampling kernels, built before the suite"
@@ -66,18 +67,18 @@ LOG_HEADER = "FlashInfer's sampling kernels, built before the suite"
 
 def arch_environment(capabilities: list[str]) -> dict[str, str] | None:
     """The variables that name ``capabilities`` (``nvidia-smi --query-gpu=compute_cap``: ``["9.0"]``)
-    as FlashInfer and torch would detect them on those devices, with every GPU hidden; None where
-    FlashInfer releases name them differently (10.x and later: ``0.5`` says ``12.0a``, ``0.6`` ``12.0f``)
-    or the driver said something else than ``MAJOR.MINOR``."""
+    as FlashInfer and torch would detect them on those devices; None where FlashInfer releases name them
+    differently (10.x and later: ``0.5`` says ``12.0a``, ``0.6`` ``12.0f``) or the driver said something
+    else than ``MAJOR.MINOR``."""
     try:
-        archs = sorted({c.strip() for c in capabilities if c.strip()},
-                       key=lambda c: tuple(int(p) for p in c.split(".", 1)))
+        parsed = sorted({tuple(int(p) for p in c.strip().split(".")) for c in capabilities if c.strip()})
     except ValueError:
         return None
-    if not archs or any(int(a.split(".")[0]) >= 10 or "." not in a for a in archs):
+    if not parsed or any(len(v) != 2 or v[0] >= 10 for v in parsed):
         return None
+    archs = [f"{major}.{minor}" for major, minor in parsed]
     flashinfer = [f"{a}a" if a.startswith("9.") else a for a in archs]
-    return {"CUDA_VISIBLE_DEVICES": "", "FLASHINFER_CUDA_ARCH_LIST": " ".join(flashinfer),
+    return {"FLASHINFER_CUDA_ARCH_LIST": " ".join(flashinfer),
             "TORCH_CUDA_ARCH_LIST": ";".join([*archs[:-1], archs[-1] + "+PTX"])}
 
 
@@ -89,7 +90,7 @@ def build_environment(environ: Mapping[str, str], capabilities: list[str]) -> di
     arch = arch_environment(capabilities)
     if arch is None:
         return None
-    return {**environ, **{k: v for k, v in arch.items() if k not in environ}, "CUDA_VISIBLE_DEVICES": ""}
+    return {**arch, **environ, "CUDA_VISIBLE_DEVICES": ""}
 
 
 def capabilities() -> list[str]:
@@ -109,23 +110,35 @@ def prebuild(entry: str, python: Path, environ: dict[str, str], logf: IO[bytes],
     suite's ``environ``; its output goes to ``logf``, one line on what happened to ``log``. ``found``:
     the GPUs' compute capabilities (default: the driver's). ``started(pgid, argv)`` is told of the build's
     process group (``gpuenv stop`` finds it there). Returns what happened, for run.json:
-    ``{"built": bool, "seconds": float, ...}`` with ``why`` when it did not build.
+    ``{"built": bool, "seconds": float, ...}`` with ``why`` when it did not build; never raises.
 
     Only the standard library here: tests/engine imports this module in every release's environment."""
+    try:
+        outcome = _build(entry, python, environ, logf, found, timeout, started)
+    except Exception as exc:  # best effort: the engine's first start builds the kernels itself anyway
+        outcome = {"built": False, "seconds": 0.0, "why": f"{type(exc).__name__}: {exc}"}
+    if outcome["built"]:
+        log(f"{entry}: FlashInfer's sampling kernels built in {outcome['seconds']}s before the suite, no GPU "
+            f"lock held ({outcome.get('where') or 'flashinfer names no folder'})")
+    else:
+        log(f"{entry}: kernels not built before the suite ({outcome['seconds']}s): {outcome['why']}; its "
+            "first engine start builds them")
+    return outcome
+
+
+def _build(entry: str, python: Path, environ: dict[str, str], logf: IO[bytes], found: list[str] | None,
+           timeout: float, started: Callable[[int, list[str]], object] | None) -> dict:
+    """``prebuild``'s work, which may raise."""
     caps = capabilities() if found is None else found
     env = build_environment(environ, caps)
     if env is None:
-        return _said(entry, log, {"built": False, "seconds": 0.0,
-                                  "why": f"no GPU of a known architecture ({', '.join(caps) or 'nvidia-smi names none'})"})
+        return {"built": False, "seconds": 0.0,
+                "why": f"no GPU of a known architecture ({', '.join(caps) or 'nvidia-smi names none'})"}
     logf.write(f"\n===== {entry}: {LOG_HEADER} =====\n".encode())
     logf.flush()
     t0 = time.monotonic()
     argv = [str(python), "-c", SCRIPT]
-    try:
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    except OSError as exc:
-        return _said(entry, log, {"built": False, "seconds": 0.0, "why": f"{python} could not start: {exc}"})
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     if started is not None:
         started(proc.pid, argv)
     try:
@@ -141,15 +154,4 @@ def prebuild(entry: str, python: Path, environ: dict[str, str], logf: IO[bytes],
     outcome = json.loads(said[-1].removeprefix("PREBUILT ")) if said else {
         "built": False, "why": f"the build exited {proc.returncode} (its output is in the suite's log)"}
     outcome["seconds"] = round(time.monotonic() - t0, 1)
-    return _said(entry, log, outcome)
-
-
-def _said(entry: str, log: Callable[[str], None], outcome: dict) -> dict:
-    """``outcome``, told in one line of the pipeline's log."""
-    if outcome["built"]:
-        log(f"{entry}: FlashInfer's sampling kernels built in {outcome['seconds']}s before the suite, no GPU "
-            f"lock held ({outcome.get('where') or 'flashinfer names no folder'})")
-    else:
-        log(f"{entry}: kernels not built before the suite ({outcome['seconds']}s): {outcome['why']}; its "
-            "first engine start builds them")
     return outcome

@@ -188,7 +188,8 @@ def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = S
     try:
         with open(out / LOG, "wb") as logf:
             if sharing and facts.get("cuda_devices") and described and described.engine == "vllm":
-                facts["kernels_built_before_suite"] = _prebuild(entry, python, environ, logf, out)
+                facts["kernels_built_before_suite"] = kernels.prebuild(
+                    entry, python, environ, logf, log, started=lambda pgid, argv: stop.record(out, pgid, argv))
             modes_t0 = time.monotonic()  # the build has a limit of its own: ``timeout`` is the modes'
             for mode in MODES:  # one process per mode: a leak into the next engine stays in its mode
                 left = timeout - (time.monotonic() - modes_t0)
@@ -215,17 +216,6 @@ def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = S
             (out / stop.RUNNING).unlink(missing_ok=True)
     log(f"{entry}: pytest exited {code} after {run.seconds}s")
     return code
-
-
-def _prebuild(entry: str, python: Path, environ: dict[str, str], logf: Any, out: Path) -> dict:
-    """``kernels.prebuild``, best effort: whatever goes wrong there is a line of the log, never the suite's
-    end; ``gpuenv stop`` meanwhile finds the build's process group as it finds a mode's."""
-    try:
-        return kernels.prebuild(entry, python, environ, logf, log,
-                                started=lambda pgid, argv: stop.record(out, pgid, argv))
-    except Exception as exc:  # an engine start builds the kernels itself anyway
-        log(f"{entry}: kernels not built before the suite: {type(exc).__name__}: {exc}")
-        return {"built": False, "seconds": 0.0, "why": f"{type(exc).__name__}: {exc}"}
 
 
 MODES_ENV = "ROLLOUT_MATRIX_ENGINE_MODES"
