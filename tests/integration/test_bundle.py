@@ -145,6 +145,12 @@ def test_a_second_bundle_skips_the_chunks_the_first_one_shipped(tmp_path: Path, 
     assert Manifest.from_json((tmp_path / "two" / "part-000" / MANIFEST).read_text()).entries.keys() == {entry.name}
 
 
+STAMP_SCRIPT = ("import json, os, sys, time\nt0 = time.time(); time.sleep(float(sys.argv[1]))\n"
+                "open(os.path.join(os.environ['ROLLOUT_MATRIX_RESULTS'], sys.argv[2]), 'w').write("
+                "json.dumps([t0, time.time()]))\nsys.exit(int(sys.argv[3]))\n")
+"""``stamp.py SECONDS NAME CODE``: sleeps, writes its start and end time to NAME, exits CODE."""
+
+
 def test_pipeline_runs_steps_side_by_side_and_fails_when_one_fails(tmp_path: Path, locked: Matrix,
                                                                    machine: Path) -> None:
     """``pipeline --parallel 2`` on the receiving side's code: two steps overlap in time, a failing
@@ -155,10 +161,7 @@ def test_pipeline_runs_steps_side_by_side_and_fails_when_one_fails(tmp_path: Pat
     entry = locked.get("tiny-2.31.0")
     tiny_bundle(locked, tmp_path)
     checkout = locked.path.parent
-    stamp = ("import json, os, sys, time\nt0 = time.time(); time.sleep(float(sys.argv[1]))\n"
-             "open(os.path.join(os.environ['ROLLOUT_MATRIX_RESULTS'], sys.argv[2]), 'w').write("
-             "json.dumps([t0, time.time()]))\nsys.exit(int(sys.argv[3]))\n")
-    (checkout / "stamp.py").write_text(stamp)
+    (checkout / "stamp.py").write_text(STAMP_SCRIPT)
     steps = [f"{entry.name}=stamp.py 3 a.json 0", f"{entry.name}=stamp.py 3 b.json 0", f"{entry.name}=stamp.py 0 c.json 7"]
     code = pipeline.pipeline(steps, pipeline.Plan(parallel=2, wait=5), [])
     results = machine / "results" / entry.name
@@ -168,6 +171,26 @@ def test_pipeline_runs_steps_side_by_side_and_fails_when_one_fails(tmp_path: Pat
     with pytest.raises(UserError, match=r"not in matrix\.yaml: tiny-2\.31"):
         pipeline.pipeline(["tiny-2.31"], pipeline.Plan(wait=600), [])
     assert pipeline.pipeline([f"{entry.name}=stamp.py 0 d.json 0"], pipeline.Plan(), []) == 0
+
+
+def test_steps_beyond_the_places_prepare_and_wait_without_using_the_gpu(
+        tmp_path: Path, locked: Matrix, machine: Path, capsys: pytest.CaptureFixture) -> None:
+    """``--parallel 2 --ahead 1``: three steps start together, two scripts run at once and never three;
+    the third is ready (venv built) while both places are taken and says so, then runs once one frees."""
+    import json
+
+    entry = locked.get("tiny-2.31.0")
+    tiny_bundle(locked, tmp_path)
+    (locked.path.parent / "stamp.py").write_text(STAMP_SCRIPT)
+    steps = [f"{entry.name}=stamp.py 2 {name}.json 0" for name in ("a", "b", "c")]
+    assert pipeline.pipeline(steps, pipeline.Plan(parallel=2, ahead=1, wait=5), []) == 0
+    results = machine / "results" / entry.name
+    spans = [json.loads((results / f"{name}.json").read_text()) for name in ("a", "b", "c")]
+    for t, _ in spans:
+        assert sum(1 for s0, s1 in spans if s0 <= t < s1) <= 2, f"three steps used the GPU at once: {spans}"
+    said = capsys.readouterr().out
+    assert f"{entry.name}: ready, waiting for a place on the GPU (all 2 taken)" in said
+    assert "1 more may prepare meanwhile" in said
 
 
 def test_steps_read_a_copy_of_the_checkout_that_a_new_call_cannot_change(tmp_path: Path, locked: Matrix,

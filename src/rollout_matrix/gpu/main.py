@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parallel", type=_parallel, default=1,
                    help="steps at a time, sharing the GPU (default 1; auto: 3 where the driver reports memory per "
                         "process, see `probe`, else 1)")
+    p.add_argument("--ahead", type=int, default=Plan.ahead, choices=range(0, 9), metavar="N",
+                   help=f"steps that may build their venvs and kernels while the GPU's places are taken (default "
+                        f"{Plan.ahead}, 0-8; only with --parallel above 1)")
     p.add_argument("--memory-fraction", type=float, default=None,
                    help="each suite's engines' share of GPU memory (default 0.4 alone, 0.8/N with --parallel N)")
     p.add_argument("--suite-timeout", type=_positive, default=SUITE_TIMEOUT_S, help="seconds one suite may run")
@@ -114,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.parallel = auto_parallel()
             plan = Plan(wait=args.wait, parallel=args.parallel, memory_fraction=args.memory_fraction,
                         suite_timeout=args.suite_timeout, script_timeout=args.script_timeout,
-                        keep_envs=args.keep_envs)
+                        keep_envs=args.keep_envs, ahead=args.ahead)
             if args.memory_fraction is not None and not 0.02 <= args.memory_fraction <= 0.95:
                 raise UserError(f"--memory-fraction {args.memory_fraction}: give a fraction between 0.02 and 0.95")
             check_steps(args.entries)
@@ -122,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.background:
                 logfile = store._dirs()["logs"] / "pipeline.log"
                 cmd = [sys.executable, "-m", "rollout_matrix.gpuenv", "pipeline", *args.entries, "--wait",
-                       str(args.wait), "--parallel", str(args.parallel), "--suite-timeout", str(args.suite_timeout),
+                       str(args.wait), "--parallel", str(args.parallel), "--ahead", str(args.ahead),
+                       "--suite-timeout", str(args.suite_timeout),
                        "--script-timeout", str(args.script_timeout),
                        *(["--memory-fraction", str(args.memory_fraction)] if args.memory_fraction is not None else []),
                        *(["--keep-envs"] if args.keep_envs else []),

@@ -18,12 +18,10 @@ from rollout_matrix.errors import UserError
 from rollout_matrix.evidence.results import RUN_JSON, RunRecord
 from rollout_matrix.gpu import disk, stop, store, waiting
 from rollout_matrix.gpu.lockenv import STAMP
+from rollout_matrix.gpu.places import Places
 from rollout_matrix.gpu.snapshot import frozen_checkout
 from rollout_matrix.gpu.store import complete, log, manifests
 from rollout_matrix.gpu.suite import SUITE_TIMEOUT_S, matrix_entry, query, run_script, run_suite
-
-STOPPED = 3
-"""A step's code when ``gpuenv stop`` came before it started."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +34,12 @@ class Plan:
     suite_timeout: int = SUITE_TIMEOUT_S
     script_timeout: int = 300
     keep_envs: bool = False
+    ahead: int = 2
+    """Steps that may prepare (venv, kernels) beyond the ``parallel`` places on the GPU, when suites share
+    it (places.py). None alone: a suite or a benchmark by itself gets the machine's cores too."""
+
+    def workers(self) -> int:
+        return self.parallel + (self.ahead if self.parallel > 1 else 0)
 
     def fraction(self) -> float:
         """Each suite's share of the GPU: the suite's own default alone, less when several run at once,
@@ -106,22 +110,22 @@ def check_received(steps: list[str]) -> None:
                         "the bundle that carries them first")
 
 
-def _run_step(step: str, plan: Plan, pytest_args: list[str], board: disk.Board) -> int:
+def _run_step(step: str, plan: Plan, pytest_args: list[str], board: disk.Board, places: Places) -> int:
     entry, _, command = step.partition("=")
     deadline = time.monotonic() + plan.wait
     while not complete(entry) and time.monotonic() < deadline and not stop.requested():
         time.sleep(2)
     if stop.requested():
         log(f"{step}: not started, the batch was stopped (gpuenv stop)")
-        return STOPPED
+        return stop.STOPPED
     try:
         if complete(entry) and not (store._dirs()["envs"] / entry / STAMP).is_file():
             need = disk.build_need(manifests()[entry].entries[entry])
             disk.wait_for_room(entry, need, lambda: board.others_running(step), stop.requested)
         board.start(step)  # from here another step waiting for disk sees this one as able to free some
         if command:
-            return run_script(entry, command, plan.script_timeout)
-        return run_suite(entry, pytest_args, plan.suite_timeout, plan.sharing())
+            return run_script(entry, command, plan.script_timeout, places)
+        return run_suite(entry, pytest_args, plan.suite_timeout, plan.sharing(), places)
     except UserError as exc:
         message = str(exc)
         log(message if message.startswith(f"{entry}: ") else f"{entry}: {message}")  # the entry named once
@@ -132,11 +136,11 @@ def _run_step(step: str, plan: Plan, pytest_args: list[str], board: disk.Board) 
 
 
 def pipeline(steps: list[str], plan: Plan, pytest_args: list[str]) -> int:
-    """Run the steps in order, ``plan.parallel`` at a time: ``ENTRY`` waits for the entry's chunks,
-    installs its venv and runs the suite; ``ENTRY=SCRIPT ARGS`` runs a script in that venv (see
-    :func:`run_script`). Several suites at once share the GPU through a lock (their engine starts one
-    at a time, everything else together; tests/engine/gpu_share.py) and each gets ``plan.fraction()``
-    of its memory. Returns 0 when every step passed, else 1."""
+    """Run the steps in order, ``plan.parallel`` at a time on the GPU (``plan.ahead`` more preparing):
+    ``ENTRY`` waits for the entry's chunks, installs its venv and runs the suite; ``ENTRY=SCRIPT ARGS``
+    runs a script in that venv (see :func:`run_script`). Several suites at once share the GPU through a
+    lock (their engine starts one at a time, everything else together; tests/engine/gpu_share.py) and
+    each gets ``plan.fraction()`` of its memory. Returns 0 when every step passed, else 1."""
     check_steps(steps)
     check_received(steps)
     stop.clear()
@@ -145,10 +149,13 @@ def pipeline(steps: list[str], plan: Plan, pytest_args: list[str]) -> int:
     log(f"disk: {disk.free_bytes() / disk.GiB:.1f} GiB free under {store.ROOT}"
         + ("" if plan.keep_envs else "; each venv is removed once its entry's steps have ended"))
     if plan.parallel > 1:
-        log(f"{plan.parallel} steps at a time, each suite's engines at {plan.fraction()} of the GPU")
-    with frozen_checkout() as copy, ThreadPoolExecutor(max_workers=plan.parallel) as pool:
+        log(f"{plan.parallel} steps at a time on the GPU, each suite's engines at {plan.fraction()} of it; "
+            f"{plan.workers() - plan.parallel} more may prepare meanwhile")
+    places = Places(plan.parallel)
+    with frozen_checkout() as copy, ThreadPoolExecutor(max_workers=plan.workers()) as pool:
         log(f"the steps read a copy of the checkout that later calls do not touch: {copy}")
-        codes = dict(zip(steps, pool.map(lambda step: _run_step(step, plan, pytest_args, board), steps), strict=True))
+        codes = dict(zip(steps, pool.map(lambda step: _run_step(step, plan, pytest_args, board, places), steps),
+                         strict=True))
     failed = [step for step, code in codes.items() if code != 0]
     waiting.ended(failed)
     log(f"pipeline done: {len(steps) - len(failed)} of {len(steps)} steps passed"

@@ -22,6 +22,8 @@ from rollout_matrix.gpu import store
 from rollout_matrix.gpu.store import log
 
 RUNNING = "running.json"
+STOPPED = 3
+"""A step's code when ``gpuenv stop`` came before it started."""
 STOP_FLAG = "stop-requested"
 
 

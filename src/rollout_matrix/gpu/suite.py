@@ -21,6 +21,7 @@ from rollout_matrix.evidence.band_status import MODES
 from rollout_matrix.evidence.results import JUNIT, LOG, RunRecord, merge_junit
 from rollout_matrix.gpu import kernels, stop, store, syslibs
 from rollout_matrix.gpu.install import install
+from rollout_matrix.gpu.places import Places, held
 from rollout_matrix.gpu.store import log, manifests
 from rollout_matrix.locks.lockfile import read_lock
 
@@ -153,11 +154,12 @@ JUnit is cut at ``EXIT_GRACE_S`` anyway."""
 
 
 def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = SUITE_TIMEOUT_S,
-              sharing: dict[str, str] | None = None) -> int:
+              sharing: dict[str, str] | None = None, places: Places | None = None) -> int:
     """tests/engine in the entry's venv: JUnit, log and run.json under ``results/<entry>/``.
 
     ``sharing``: the environment that lets this suite share the GPU with suites running at the same
-    time (the lock file and each suite's memory fraction; tests/engine/gpu_share.py)."""
+    time (the lock file and each suite's memory fraction; tests/engine/gpu_share.py). ``places``: the
+    batch's places on the GPU; the venv and the kernel build come before one is taken (places.py)."""
     d = store._dirs()
     env = install(entry)
     manifest = manifests()[entry]
@@ -190,13 +192,15 @@ def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = S
             if sharing and facts.get("cuda_devices") and described and described.engine == "vllm":
                 facts["kernels_built_before_suite"] = kernels.prebuild(
                     entry, python, environ, logf, log, started=lambda pgid, argv: stop.record(out, pgid, argv))
-            modes_t0 = time.monotonic()  # the build has a limit of its own: ``timeout`` is the modes'
-            for mode in MODES:  # one process per mode: a leak into the next engine stays in its mode
-                left = timeout - (time.monotonic() - modes_t0)
-                if why := _why_not(codes, left, since):
-                    log(f"{entry}: {mode} not run: {why}")
-                    break
-                codes.append(_pytest(entry, python, out, mode, {**environ, MODES_ENV: mode}, pytest_args, logf, left))
+            with held(places, entry, logf):
+                modes_t0 = time.monotonic()  # the build and the wait have limits of their own: ``timeout`` is the modes'
+                for mode in MODES:  # one process per mode: a leak into the next engine stays in its mode
+                    left = timeout - (time.monotonic() - modes_t0)
+                    if why := _why_not(codes, left, since):  # a stop while waiting for a place is seen here
+                        log(f"{entry}: {mode} not run: {why}")
+                        break
+                    codes.append(_pytest(entry, python, out, mode, {**environ, MODES_ENV: mode}, pytest_args, logf,
+                                         left))
         merge_junit([mode_junit(out, mode) for mode in MODES], out / JUNIT)
     finally:
         code = suite_exit_code(codes)
@@ -283,10 +287,11 @@ def _pytest(entry: str, python: Path, out: Path, mode: str, environ: dict[str, s
     return code
 
 
-def run_script(entry: str, command: str, timeout: int = 300) -> int:
+def run_script(entry: str, command: str, timeout: int = 300, places: Places | None = None) -> int:
     """``python SCRIPT ARGS`` (``command``) in the entry's venv; output and exit code under
     ``results/<entry>/scripts.log`` (diagnostics or benchmarks next to the suite). ``timeout``: the
-    script's own limit (``pipeline --script-timeout``); a benchmark budgets itself to fit it."""
+    script's own limit (``pipeline --script-timeout``); a benchmark budgets itself to fit it. It runs in
+    one of ``places`` (the venv is built before), and not at all when the batch is stopped meanwhile."""
     env = install(entry)
     out = store._dirs()["results"] / entry
     out.mkdir(parents=True, exist_ok=True)
@@ -294,8 +299,11 @@ def run_script(entry: str, command: str, timeout: int = 300) -> int:
     environ = {**os.environ, **libs, **bytecode(), **caches(env), "PYTHONPATH": str(store.CHECKOUT / "src"),
                "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "PATH": f"{env / 'bin'}:{os.environ.get('PATH', '')}",
                "ROLLOUT_MATRIX_RESULTS": str(out), "ROLLOUT_MATRIX_SCRIPT_TIMEOUT": str(timeout)}
-    t0 = time.monotonic()
-    with open(out / "scripts.log", "ab") as logf:
+    with open(out / "scripts.log", "ab") as logf, held(places, entry, logf) as granted:
+        if not granted:
+            log(f"{entry}: python {command} not run: the batch is being stopped")
+            return stop.STOPPED
+        t0 = time.monotonic()
         logf.write(f"$ python {command}\n".encode())
         logf.flush()
         argv = [str(env / "bin" / "python"), *command.split()]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rollout_matrix.evidence.band_status import MODES
 from rollout_matrix.evidence.results import LOG, RUN_JSON
-from rollout_matrix.gpu import kernels, store
+from rollout_matrix.gpu import kernels, places, store
 from rollout_matrix.gpu.suite import MODES_ENV, mode_junit
 
 _VERDICT = re.compile(r"(?<![\w-])(PASSED|FAILED|ERROR|SKIPPED)(?![\w-])")
@@ -48,6 +48,8 @@ def _running_from_log(path: Path, finished: set[str]) -> str:
         return f"log unreadable ({exc.strerror})"
     headers = list(_MODE_HEADER.finditer(text))
     if not headers:
+        if places.LOG_HEADER in text:  # written after the kernel build
+            return places.LOG_HEADER
         return "building FlashInfer's kernels before the suite" if kernels.LOG_HEADER in text else "no mode started yet"
     if headers[-1].group(1) in finished:
         return f"the {headers[-1].group(1)} process still exiting"
