@@ -193,7 +193,7 @@ def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = S
                 facts["kernels_built_before_suite"] = kernels.prebuild(
                     entry, python, environ, logf, log, started=lambda pgid, argv: stop.record(out, pgid, argv))
             with held(places, entry, logf):
-                modes_t0 = time.monotonic()  # the build and the wait have limits of their own: ``timeout`` is the modes'
+                modes_t0 = time.monotonic()  # the build has its own limit, a wait ends with a suite: ``timeout`` is the modes'
                 for mode in MODES:  # one process per mode: a leak into the next engine stays in its mode
                     left = timeout - (time.monotonic() - modes_t0)
                     if why := _why_not(codes, left, since):  # a stop while waiting for a place is seen here

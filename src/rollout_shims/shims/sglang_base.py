@@ -30,6 +30,7 @@ from rollout_shims.processes import OwnedProcesses
 from rollout_shims.sharing import SGLANG_LOADER
 from rollout_shims.shims.sglang_failure import ended_child, scheduler_died_at_start
 from rollout_shims.shims.sglang_groups import SGLangGroups
+from rollout_shims.shims.sglang_pause import PAUSE_LOADER
 from rollout_shims.shims.sglang_preload import children_can_preload
 from rollout_shims.shims.sglang_weights import SGLangWeights
 from rollout_shims.symbols import Symbol, required_problems, unavailable_features
@@ -90,6 +91,8 @@ class SGLangEngine(SGLangGroups, SGLangWeights, RolloutEngine):
     """Config key -> ``ServerArgs`` keyword rules (a band whose field was renamed swaps its rule)."""
     OFFLOAD_KEEPS_WEIGHTS: ClassVar[bool] = False
     """Whether released weights come back on onload (a host copy, 0.5.3+); reported in info.details."""
+    _custom_loaders: tuple[str, ...] = ()  # the engine's custom_weight_loader list (set at start)
+    _pause_waits = False  # the schedulers ran sglang_pause.synchronize_before_pause
     RAW_LOGPROB_ENV: ClassVar[tuple[str, ...]] = ()
     """Environment variables that would silently turn the logprobs this class reports into raw ones:
     the shim refuses to start when one is set (the band lists the names its releases read)."""
@@ -167,9 +170,15 @@ class SGLangEngine(SGLangGroups, SGLangWeights, RolloutEngine):
         kwargs = engine_kwargs(cls.ARG_RULES, SGLANG_FIXED, config, fields, release)
         if "offload" in unavailable_features(cls.SYMBOLS):
             kwargs["enable_memory_saver"] = False
-        if "custom_weight_loader" in fields:  # 0.4.8+: shared weights load, then the scheduler syncs
-            kwargs["custom_weight_loader"] = [SGLANG_LOADER]
+        if "custom_weight_loader" in fields:  # 0.4.8+
+            kwargs["custom_weight_loader"] = cls.custom_loaders()
         return kwargs
+
+    @classmethod
+    def custom_loaders(cls) -> list[str]:
+        """What the schedulers may run for the shim: shared weights load, then the scheduler syncs
+        (sharing.py); with no host copy of the weights, a release waits for the device (sglang_pause.py)."""
+        return [SGLANG_LOADER, *(() if cls.OFFLOAD_KEEPS_WEIGHTS else (PAUSE_LOADER,))]
 
     @classmethod
     def server_args_fields(cls, server_args_cls: Any) -> set[str]:

@@ -17,6 +17,7 @@ from typing import Any
 from rollout_shims.checkpoint import checkpoint_names
 from rollout_shims.errors import EngineRequestError, UnsupportedFeatureError
 from rollout_shims.sharing import SGLANG_LOADER, SharedBucket
+from rollout_shims.shims.sglang_pause import PAUSE_LOADER
 from rollout_shims.symbols import unavailable_features
 
 log = logging.getLogger("rollout_shims")
@@ -72,7 +73,7 @@ class SGLangWeights:
 
         # 0.4.8+: through the shim's loader, which waits for the copies before the trainer reuses its
         # buffer (rollout_shims.sharing.synchronize_reads); older releases load with their own.
-        loader = SGLANG_LOADER if SGLANG_LOADER in (getattr(self, "_custom_loaders", None) or ()) else None
+        loader = SGLANG_LOADER if SGLANG_LOADER in self._custom_loaders else None
         request = UpdateWeightsFromTensorReqInput(
             serialized_named_tensors=self._tensor_payloads(bucket), load_format=loader, flush_cache=False)
         return self._loop.run_until_complete(self._engine.tokenizer_manager.update_weights_from_tensor(request, None))
@@ -107,6 +108,11 @@ class SGLangWeights:
                 "(install sglang[srt,torch_memory_saver]): " + "; ".join(why)
             )
         self._settle()  # the scheduler asserts it is idle
+        if PAUSE_LOADER in self._custom_loaders and not self._pause_waits:
+            # once per engine, each scheduler: torch_memory_saver's pause waits for the device (sglang_pause.py)
+            answered("SGLang could not run the shim's hook before releasing memory",
+                     self._call("update_weights_from_tensor", [], load_format=PAUSE_LOADER, flush_cache=False))
+            self._pause_waits = True
         self._call("release_memory_occupation")
 
     def _onload(self) -> None:
