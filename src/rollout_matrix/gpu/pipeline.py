@@ -36,7 +36,7 @@ class Plan:
     keep_envs: bool = False
     ahead: int = 2
     """Steps that may prepare (venv, kernels) beyond the ``parallel`` places on the GPU, when suites share
-    it (places.py). None alone: a suite or a benchmark by itself gets the machine's cores too."""
+    it (places.py). Unused with one place: a suite or a benchmark run alone keeps the machine's cores."""
 
     def workers(self) -> int:
         return self.parallel + (self.ahead if self.parallel > 1 else 0)
