@@ -90,10 +90,23 @@ def test_suites_start_as_their_entries_complete_and_share_three_places() -> None
     came every 8.4 s; four vLLM suites of 450 s complete after parts 58, 65, 105 and 111 (.gpu/e1's
     order). The first three start as they complete (592.2, 651.0, 987.0 s); the fourth waits for the
     first place to free (592.2 + 450 = 1042.2 s) and ends at 1492.2 s."""
-    times = {"start_s": 105, "seconds_per_part": 8.4, "suite_s": {"vllm": 450, "sglang": 700}, "parallel": 3}
+    times = {"start_s": 105, "seconds_per_part": 8.4, "suite_s": {"vllm": 450, "sglang": 700},
+             "prepare_s": {"vllm": 0, "sglang": 0}, "parallel": 3}
     assert suites_end([58, 65, 105, 111], ["vllm"] * 4, **times) == pytest.approx(1492.2)
     assert suites_end([10], ["sglang"], **times) == pytest.approx(105 + 84 + 700)
     assert suites_end([10, 10], ["vllm", "vllm"], **{**times, "parallel": 1}) == pytest.approx(189 + 900)
+
+
+def test_an_entry_prepares_while_the_places_are_taken() -> None:
+    """The sixth hold of 2026-12-04 as the model sees it with preparation apart: three vLLM entries
+    complete after parts 53, 60, 66 and prepare 130 s each before their modes (480 s); sglang-0.5.1,
+    complete after part 84, prepares (35 s) while they run and takes the first place to free."""
+    times = {"start_s": 52, "seconds_per_part": 5.6, "suite_s": {"vllm": 480, "sglang": 600},
+             "prepare_s": {"vllm": 130, "sglang": 35}}
+    first_free = 52 + 53 * 5.6 + 130 + 480
+    assert suites_end([53, 60, 66, 84], ["vllm"] * 3 + ["sglang"], **times) == pytest.approx(first_free + 600)
+    ready_late = 52 + 300 * 5.6 + 35  # a place is free by then: it waits only for its own preparation
+    assert suites_end([53, 300], ["vllm", "sglang"], **times) == pytest.approx(ready_late + 600)
 
 
 def test_holds_take_entries_across_lines_while_every_suite_still_ends_in_time() -> None:

@@ -60,29 +60,34 @@ START_S = 105
 """Held time at the first call's reply, the machine's start included (105 s on 2026-12-03, fifth hold)."""
 END_MARGIN_S = 120
 """Kept free at the end of a hold: the last ``collect`` and the give-back."""
-SUITE_S = {"sglang": 700, "vllm": 500}
-"""One suite (both modes) while three share the H200: SGLang 599-774 s, vLLM 396-442 s (2026-12-03,
-fifth hold); SGLang 0.5.5.post3 546 s, vLLM 0.11.2 518 s and 0.12.0 437 s (2026-12-04; SGLang 0.5.6 and
-0.5.10 took 374 s and 322 s for graphs alone; in the fifth hold SGLang 0.5.10 and 0.5.10.post1 572 s and
-600 s, vLLM 0.16.0 420 s, and vLLM 0.25.0 184 s while no other suite ran). Engine starts take turns on
-the GPU lock, so a fourth suite would mostly wait."""
+SUITE_S = {"sglang": 700, "vllm": 480}
+"""One suite's modes (what holds a place) while three share the H200: SGLang 567-611 s, vLLM 417-480 s
+(2026-12-04, sixth hold, from each mode's start to the suite's end). Whole steps before places were
+taken for the modes only: SGLang 599-774 s, vLLM 396-442 s (2026-12-03, fifth hold); SGLang 0.5.10 and
+0.5.10.post1 572 s and 600 s, vLLM 0.16.0 420 s, vLLM 0.25.0 184 s while no other suite ran (2026-12-04,
+fifth). Engine starts take turns on the GPU lock, so a fourth suite would mostly wait."""
+PREPARE_S = {"sglang": 35, "vllm": 130}
+"""What a step does before it takes a place (gpu/places.py), while other suites run: its wheels
+reassembled and its venv (35-46 s), and for vLLM FlashInfer's kernels (89-101 s; 2026-12-04, sixth hold)."""
 PARALLEL = 3
 """Suites at a time (``gpuenv pipeline --parallel auto`` on the H200)."""
 
 
 def suites_end(ready_parts: list[int], engines: list[str], *, start_s: float = START_S,
                seconds_per_part: float = SECONDS_PER_PART, suite_s: dict[str, float] | None = None,
-               parallel: int = PARALLEL) -> float:
+               prepare_s: dict[str, float] | None = None, parallel: int = PARALLEL) -> float:
     """When the last suite ends, in seconds of the hold, for entries that complete after
-    ``ready_parts[i]`` parts: ``pipeline`` starts each entry's suite, in order, once its last part has
-    arrived and one of ``parallel`` places is free. Why: suites run while later parts still travel, so a
-    hold can carry more parts than fit before the first suite would start."""
+    ``ready_parts[i]`` parts: ``pipeline`` prepares each entry once its last part has arrived, whether or
+    not a place is free, and starts its modes, in order, once it is prepared and one of ``parallel``
+    places is free. Why: suites run while later parts still travel, so a hold can carry more parts than
+    fit before the first suite would start."""
     suite_s = suite_s or SUITE_S
+    prepare_s = PREPARE_S if prepare_s is None else prepare_s
     free = [0.0] * parallel
     end = 0.0
     for part, engine in zip(ready_parts, engines, strict=True):
         place = min(range(parallel), key=free.__getitem__)
-        start = max(start_s + part * seconds_per_part, free[place])
+        start = max(start_s + part * seconds_per_part + prepare_s[engine], free[place])
         free[place] = start + suite_s[engine]
         end = max(end, free[place])
     return end
