@@ -336,6 +336,34 @@ def test_tensor_parallel_2(model_dir: Path, backend: str, engine, reference) -> 
             engine.update_weights(bf16_weights(reference))
 
 
+BUSY_CYCLES = 2_000_000_000
+"""About a second of one H200 SM (1.98 GHz) spinning: ``torch.cuda._sleep``'s unit is clock cycles."""
+
+
+def test_offload_while_another_process_keeps_the_gpu_busy(engine, reference, record_property) -> None:
+    """A colocated trainer may still be computing when the RL loop calls offload(). SGLang up to 0.5.2
+    unmaps the weights' memory right after queuing copies out of it; while another process's kernel
+    runs, those copies wait their turn, and without the shim's hook (rollout_shims/shims/sglang_pause.py)
+    they read unmapped memory and the scheduler dies at onload (sglang-0.5.2, 2026-12-04). Here this
+    process keeps the GPU busy while the engine offloads; after onload and a push it must serve the
+    pushed weights. Late in the file: an engine that dies here takes only the shutdown test with it."""
+    import time
+
+    import torch
+
+    if DEVICE == "cuda":
+        torch.cuda._sleep(BUSY_CYCLES)  # queued: returns at once, the GPU spins while the engine releases
+    t0 = time.monotonic()
+    engine.offload()
+    record_property("offload_seconds_while_busy", round(time.monotonic() - t0, 2))
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+    engine.onload()
+    engine.update_weights(bf16_weights(reference))
+    for prompt, completion in zip(prompts(), engine.generate(prompts(), GREEDY), strict=True):
+        check_teacher_forced(reference, prompt, completion)
+
+
 def test_shutdown_spares_processes_the_engine_did_not_start(engine, record_property) -> None:
     """Next to last: SGLang's own Engine.shutdown would SIGKILL both bystanders."""
     engine.shutdown()
