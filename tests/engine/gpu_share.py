@@ -115,6 +115,11 @@ def start_deadline(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+def _clock(seconds: float) -> str:
+    """``HH:MM:SS.s`` of a ``time.time()``, in the machine's local time (the pipeline log's clock)."""
+    return time.strftime("%H:%M:%S", time.localtime(seconds)) + f".{int(seconds * 10) % 10}"
+
+
 class GpuShare:
     """This process's side of the machine-wide lock (one file description, converted between modes:
     ``flock`` conflicts between two descriptions of one process, so a process must never hold two)."""
@@ -139,7 +144,11 @@ class GpuShare:
         """Seconds this process held the lock exclusively: every other suite's GPU work waited meanwhile."""
         self.starts = 0
         """Exclusive holds taken (``starting``): engine starts, retries inside one counted once."""
+        self.alone: list[tuple[float, float]] = []
+        """The exclusive holds as wall-clock spans (``time.time()``): with every suite's, a hold's logs
+        give the lock's timeline, its idle gaps included (whether a fourth place would help)."""
         self._alone_since = 0.0
+        self._alone_wall = 0.0
 
     @property
     def active(self) -> bool:
@@ -151,16 +160,18 @@ class GpuShare:
         start = time.monotonic()
         if self._mode == fcntl.LOCK_EX:
             self.held_alone += start - self._alone_since
+            self.alone.append((self._alone_wall, time.time()))
         fcntl.flock(self._fd, mode)
-        self._alone_since = time.monotonic()
+        self._alone_since, self._alone_wall = time.monotonic(), time.time()
         self.waited += self._alone_since - start
         self._mode = mode
 
     def summary(self) -> str:
         """One line of what sharing cost this process and the others: what ``pytest_sessionfinish`` prints,
         so a hold's logs say how much of a suite's time went to the lock (issue 19's throughput)."""
+        spans = ", ".join(f"{_clock(a)}-{_clock(b)}" for a, b in self.alone)
         return (f"[share] this process waited {self.waited:.1f}s in all for the GPU lock and held it alone "
-                f"{self.held_alone:.1f}s over {self.starts} engine start(s)")
+                f"{self.held_alone:.1f}s over {self.starts} engine start(s)" + (f" ({spans})" if spans else ""))
 
     @contextlib.contextmanager
     def _held(self, mode: int) -> Iterator[None]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import importlib.util
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -170,6 +171,7 @@ def test_the_time_held_alone_and_waited_is_counted(tmp_path: Path) -> None:
     suite out, and how many starts that took."""
     lock = tmp_path / "gpu.lock"
     share = gpu_share.GpuShare(str(lock))
+    before = time.time()
     with share.starting():
         time.sleep(0.3)
     with share.using():
@@ -187,6 +189,13 @@ def test_the_time_held_alone_and_waited_is_counted(tmp_path: Path) -> None:
     assert share.waited >= 0.3
     line = share.summary()
     assert line.startswith("[share] this process waited") and "over 1 engine start(s)" in line
+    ((began, ended),) = share.alone  # the one exclusive hold, as a wall-clock span
+    assert before <= began and 0.3 <= ended - began < 1.0
+    span = re.search(r" \((\d\d:\d\d:\d\d\.\d)-(\d\d:\d\d:\d\d\.\d)\)$", line)
+    assert span, line
+    day = time.strftime("%Y-%m-%d ", time.localtime(before))
+    clock = [time.mktime(time.strptime(day + t[:8], "%Y-%m-%d %H:%M:%S")) + int(t[9]) / 10 for t in span.groups()]
+    assert abs(clock[0] - began) < 0.2 and abs(clock[1] - ended) < 0.2  # tenths, in the log's local time
 
 
 def test_alone_on_a_gpu_nothing_is_counted() -> None:
