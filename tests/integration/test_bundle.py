@@ -193,6 +193,25 @@ def test_steps_beyond_the_places_prepare_and_wait_without_using_the_gpu(
     assert "1 more may prepare meanwhile" in said
 
 
+def test_a_suite_stopped_before_it_gets_a_place_runs_no_mode(
+        tmp_path: Path, locked: Matrix, machine: Path, capsys: pytest.CaptureFixture) -> None:
+    """A `gpuenv stop` that comes while a suite builds its venv and every place is taken: the suite gives
+    up its wait and starts no mode, which would use the GPU without a place."""
+    from rollout_matrix.gpu import places, stop, suite
+
+    entry = locked.get("tiny-2.31.0")
+    tiny_bundle(locked, tmp_path)
+    board = places.Places(1)
+    with board.held("another-entry"):
+        stop._flag().parent.mkdir(parents=True, exist_ok=True)
+        stop._flag().touch()  # before the suite starts: what a stop during its venv build leaves
+        suite.run_suite(entry.name, [], places=board)
+    said = capsys.readouterr().out
+    assert f"{entry.name}: graphs not run: the batch was stopped while it waited for a place" in said
+    text = (machine / "results" / entry.name / "pytest.log").read_text()
+    assert places.LOG_HEADER in text and suite.MODES_ENV not in text, text
+
+
 def test_steps_read_a_copy_of_the_checkout_that_a_new_call_cannot_change(tmp_path: Path, locked: Matrix,
                                                                         machine: Path) -> None:
     """The device tool copies the working tree again at every call; on 2026-12-03 a suite lost a file it

@@ -192,11 +192,12 @@ def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = S
             if sharing and facts.get("cuda_devices") and described and described.engine == "vllm":
                 facts["kernels_built_before_suite"] = kernels.prebuild(
                     entry, python, environ, logf, log, started=lambda pgid, argv: stop.record(out, pgid, argv))
-            with held(places, entry, logf):
+            with held(places, entry, logf) as granted:
                 modes_t0 = time.monotonic()  # the build has its own limit, a wait ends with a suite: ``timeout`` is the modes'
                 for mode in MODES:  # one process per mode: a leak into the next engine stays in its mode
                     left = timeout - (time.monotonic() - modes_t0)
-                    if why := _why_not(codes, left, since):  # a stop while waiting for a place is seen here
+                    why = _why_not(codes, left, since) if granted else "the batch was stopped while it waited for a place"
+                    if why:
                         log(f"{entry}: {mode} not run: {why}")
                         break
                     codes.append(_pytest(entry, python, out, mode, {**environ, MODES_ENV: mode}, pytest_args, logf,
