@@ -13,10 +13,9 @@ from typing import Any
 
 import pytest
 from packaging.version import Version
+from test_shims_groups import sglang_engine as shims_groups_engine
 
-from rollout_shims.api import EngineInfo, RolloutEngine
 from rollout_shims.bands import band_for
-from rollout_shims.config import RolloutConfig
 from rollout_shims.sharing import SGLANG_LOADER
 from rollout_shims.shims import sglang_weights, shim_class
 from rollout_shims.shims.sglang_pause import PAUSE_LOADER, synchronize_before_pause, wait_before_pause
@@ -101,14 +100,9 @@ class FakeEngine:
 
 
 def sglang_engine(release: str, fake: FakeEngine) -> Any:
-    band = band_for("sglang", Version(release))
-    assert band is not None
-    cls = shim_class(band.shim)
-    eng = cls.__new__(cls)
-    config = RolloutConfig.from_dict({"model_dir": "/nonexistent-model"})
-    RolloutEngine.__init__(eng, config, EngineInfo("sglang", release, band.shim, False, "g", "qwen2", 1, "x"))
-    eng._engine, eng._dead, eng._in_call, eng._pushed = fake, None, False, False
-    eng._custom_loaders = tuple(cls.custom_loaders())  # what start-up sets from engine_kwargs
+    """test_shims_groups' shim with a fake Engine, and the loaders start-up would have registered."""
+    eng = shims_groups_engine(release, fake)
+    eng._custom_loaders = tuple(type(eng).custom_loaders())  # what start-up sets from engine_kwargs
     return eng
 
 
