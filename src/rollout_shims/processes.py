@@ -12,6 +12,12 @@ process-wide service, not the engine's: it is never taken (stopping it leaks sha
 The watch thread reports an owned process that ends while nobody asked it to: an engine whose
 scheduler was SIGKILLed (out of memory, a driver fault) sends no signal, and the caller would wait
 for its reply forever.
+
+A process has ended once its exit status can be read. A CUDA process whose main thread has ended
+shows as a zombie while its other threads still tear down, and has no status until the last one ends
+(H200, 2026-12-04: sglang 0.4.8 and 0.4.10.post2, the scheduler that hit an exception was reported as
+"ended (exit status unknown)" instead of "exited with code 1"). So a zombie without a status counts as
+still ending for up to :data:`ENDING_GRACE_S`.
 """
 
 from __future__ import annotations
@@ -20,11 +26,15 @@ import contextlib
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 SERVICE_MARKERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
 """Command-line fragments of process-wide helpers that an engine start may spawn but does not own."""
+ENDING_GRACE_S = 10.0
+"""How long a zombie whose threads still tear down may go without an exit status before it counts as
+ended with an unknown one (a thread stuck in the driver must not hide the failure for ever)."""
 
 
 def describe_exit(code: int | None) -> str:
@@ -74,6 +84,7 @@ class OwnedProcesses:
         self._before = before
         self._owned: dict[int, Any] = {}
         self._names: dict[int, str] = {}
+        self._ending: dict[int, float] = {}  # pid -> when it was first seen a zombie without a status
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -111,17 +122,35 @@ class OwnedProcesses:
 
     def ended(self) -> tuple[int, int | None] | None:
         """The first owned process that has ended, with its exit status while it can still be read
-        (None once another waiter reaped it: SGLang's own watchdog polls its children too)."""
+        (None once another waiter reaped it: SGLang's own watchdog polls its children too, or when it
+        stayed a zombie without a status for :data:`ENDING_GRACE_S`)."""
         import psutil
 
         for pid, proc in list(self._owned.items()):
             try:
-                gone = proc.status() == psutil.STATUS_ZOMBIE or not proc.is_running()
+                zombie = proc.status() == psutil.STATUS_ZOMBIE
+                gone = not proc.is_running()
             except psutil.NoSuchProcess:
-                gone = True
+                zombie, gone = False, True
             if gone:
                 return pid, peek_exit(pid)
+            if not zombie:
+                continue
+            code = peek_exit(pid)
+            if code is not None:
+                return pid, code
+            first = self._ending.setdefault(pid, time.monotonic())
+            if time.monotonic() - first >= ENDING_GRACE_S:
+                return pid, None
         return None
+
+    def wait_ended(self, timeout: float, interval: float = 0.1) -> tuple[int, int | None] | None:
+        """:meth:`ended`, polled for up to ``timeout`` seconds: a child that has just reported its
+        failure is usually still ending."""
+        deadline = time.monotonic() + timeout
+        while (found := self.ended()) is None and time.monotonic() < deadline:
+            time.sleep(interval)
+        return found
 
     def watch(self, on_exit: Callable[[int, str], None], interval: float = 0.5) -> None:
         """Call ``on_exit(pid, how)`` (from a daemon thread) for the first owned process that ends

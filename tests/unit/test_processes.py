@@ -113,6 +113,73 @@ def test_ended_reads_the_exit_status_until_another_waiter_reaps_the_child(spawne
     assert not gone_or_alive(other)
 
 
+LEADER_ENDS_FIRST = r"""
+import ctypes, os, platform, sys, threading, time
+def last_thread():
+    time.sleep(float(sys.argv[1]))
+    os._exit(1)
+threading.Thread(target=last_thread).start()
+# SYS_exit ends the main thread alone, as a CUDA process's does while its driver threads still tear down
+ctypes.CDLL(None).syscall({"x86_64": 60, "aarch64": 93}[platform.machine()], 0)
+"""
+"""A child whose main thread ends at once and whose process ends with code 1 ``argv[1]`` seconds later."""
+
+
+def _leader_ended(spawned, last_thread_s: float) -> subprocess.Popen:
+    """A child of LEADER_ENDS_FIRST, returned once it shows as a zombie that has no exit status yet."""
+    from rollout_shims.processes import peek_exit
+
+    child = spawned([sys.executable, "-c", LEADER_ENDS_FIRST, str(last_thread_s)])
+    deadline = time.monotonic() + 10
+    while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE
+    assert peek_exit(child.pid) is None, "the kernel already gives a status: this test shows nothing"
+    return child
+
+
+def test_a_zombie_whose_other_threads_still_run_is_reported_once_its_exit_status_can_be_read(spawned) -> None:
+    """H200, 2026-12-04 (sglang 0.4.8 graphs, 0.4.10.post2 eager): a scheduler that hit an exception
+    was reported as "ended (exit status unknown)": its main thread had ended, its CUDA threads had not."""
+    owned = OwnedProcesses.start_watching()
+    child = _leader_ended(spawned, 1.5)
+    owned.capture()
+    reports: list[tuple[int, str]] = []
+    owned.watch(lambda pid, how: reports.append((pid, how)), interval=0.05)
+    time.sleep(0.5)
+    assert reports == []  # still ending
+    deadline = time.monotonic() + 10
+    while not reports and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert reports == [(child.pid, "exited with code 1")]
+    assert child.wait() == 1
+
+
+def test_a_zombie_that_never_gets_an_exit_status_is_reported_after_the_grace(spawned, monkeypatch) -> None:
+    """A thread stuck in the driver must not hide the failure: after the grace, the status is unknown."""
+    import rollout_shims.processes as processes
+
+    monkeypatch.setattr(processes, "ENDING_GRACE_S", 0.3)
+    owned = OwnedProcesses.start_watching()
+    child = _leader_ended(spawned, 30)
+    owned.capture()
+    t0 = time.monotonic()
+    found = owned.wait_ended(5, interval=0.05)
+    assert found == (child.pid, None)
+    assert 0.3 <= time.monotonic() - t0 < 3
+
+
+def test_a_sigquit_failure_waits_for_the_reporting_child_to_end(spawned, engine_log) -> None:
+    """The scheduler SIGQUITs the caller and then ends, its threads a second or more after its main
+    thread: the failure names it and its exit code rather than "the engine reported a failure"."""
+    owned = OwnedProcesses.start_watching()
+    child = _leader_ended(spawned, 1.0)
+    owned.capture()
+    name = owned.name(child.pid).removeprefix("sglang::")
+    failure = _sglang_engine_after_sigquit(owned, engine_log)._failed()
+    assert (failure.process, failure.how) == (name, "exited with code 1")
+
+
 @pytest.fixture
 def engine_log():
     log = EngineLog("info")

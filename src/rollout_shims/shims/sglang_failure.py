@@ -18,9 +18,14 @@ from rollout_shims.processes import OwnedProcesses, describe_exit
 _SCHEDULER_DIED = re.compile(r"scheduler died during initialization \(exit code: (-?\d+|None)\)")
 
 
-def ended_child(owned: OwnedProcesses, log: EngineLog) -> tuple[str, str] | None:
-    """The engine process that has ended and how, or None while all still run: the one SGLang's
-    watchdog named, else the first owned one that ended.
+REPORTER_ENDS_S = 5.0
+"""How long a SIGQUIT's failure waits for the child that sent it to end, so that the error can name it
+and its exit status (a CUDA process's threads take a second or more to tear down)."""
+
+
+def ended_child(owned: OwnedProcesses, log: EngineLog, wait: float = REPORTER_ENDS_S) -> tuple[str, str] | None:
+    """The engine process that has ended and how, or None while all still run ``wait`` seconds on: the
+    one SGLang's watchdog named, else the first owned one that ended.
 
     When the watchdog sees a SIGKILLed scheduler before the shim's thread, its SIGQUIT marks the engine
     dead and it has reaped the child, so the exit status is read back from its log line (H200,
@@ -29,7 +34,7 @@ def ended_child(owned: OwnedProcesses, log: EngineLog) -> tuple[str, str] | None
     reported = next((pid for pid in crashed if pid in owned.pids), None)
     if reported is not None:  # a second child may have ended since: the reported one is the cause
         pid, code = reported, crashed[reported]
-    elif (ended := owned.ended()) is not None:
+    elif (ended := owned.wait_ended(wait)) is not None:
         pid, code = ended
     else:
         return None
