@@ -47,6 +47,39 @@ def test_no_more_steps_hold_a_place_than_there_are_places(machine: Path) -> None
     assert time.monotonic() - t0 >= 0.85  # five 0.3 s holds through two places take three rounds
 
 
+def test_places_go_to_the_steps_in_the_order_they_became_ready(machine: Path) -> None:
+    """Seventh hold of 2026-12-04: vllm-0.10.0, ready first, lost two freed places to later steps."""
+    board = places.Places(1)
+    order: list[str] = []
+    release = threading.Event()
+
+    def holder() -> None:
+        with board.held("holder", poll=0.05):
+            release.wait(30)
+
+    def step(name: str) -> None:
+        with board.held(name, poll=0.05) as granted:
+            assert granted
+            order.append(name)
+            time.sleep(0.05)
+
+    holders = [threading.Thread(target=holder)]
+    for t in holders:
+        t.start()
+    while board.free:
+        time.sleep(0.01)
+    names = [f"step-{i}" for i in range(6)]
+    waiters = []
+    for name in names:
+        waiters.append(threading.Thread(target=step, args=(name,)))
+        waiters[-1].start()
+        time.sleep(0.1)  # each waits (and polls) before the next one asks
+    release.set()
+    for t in holders + waiters:
+        t.join(timeout=30)
+    assert order == names
+
+
 def test_a_waiting_step_says_so_until_its_first_mode_starts(machine: Path, capsys: pytest.CaptureFixture) -> None:
     board = places.Places(1)
     folder = store._dirs()["results"] / "sglang-9.9.9"
@@ -99,7 +132,8 @@ def test_a_stop_reaches_a_step_still_waiting_and_it_takes_no_place(machine: Path
     stop.clear()
     with board.held("c", poll=0.05) as again:  # the stopped waiter gave back nothing it did not take
         assert again
-        assert not board._free.acquire(blocking=False), "a place was released twice"
+        assert board.free == 0, "a place was released twice"
+    assert board.free == 1
 
 
 def _enter_and_leave(board: places.Places, entry: str, logf: IO[bytes] | None = None) -> bool:
