@@ -75,10 +75,19 @@ def test_the_build_runs_with_every_gpu_hidden_and_the_architecture_named(tmp_pat
     assert "no GPU lock held" in said[0]
 
 
-def test_without_flashinfer_nothing_is_built_and_the_log_says_the_engine_will(tmp_path: Path) -> None:
+def test_without_flashinfer_nothing_is_built_and_the_log_says_there_is_none(tmp_path: Path) -> None:
+    """Seventh hold of 2026-12-04: vLLM 0.10's environments have no FlashInfer, and the log said "its
+    first engine start builds them", which no start would."""
     outcome, said, _ = run(tmp_path, None, ["9.0"])
-    assert outcome["built"] is False
-    assert "flashinfer.sampling does not import" in outcome["why"]
+    assert outcome["built"] is False and outcome["absent"] is True
+    assert said == ["vllm-0.25.0: no FlashInfer in this environment: no kernels to build before the suite"]
+
+
+def test_a_flashinfer_that_does_not_import_is_told_apart_from_none(tmp_path: Path) -> None:
+    broken = "import flashinfer_missing_dependency\n"
+    outcome, said, _ = run(tmp_path, stand_in(tmp_path / "pkgs", broken), ["9.0"])
+    assert outcome["built"] is False and "absent" not in outcome
+    assert "flashinfer.sampling does not import: ModuleNotFoundError" in outcome["why"]
     assert said[0].endswith("its first engine start builds them")
 
 
