@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from engine_busy import keep_busy, spin_allowed
 from gpu_memory import sharing_needs_per_process, used_bytes
 from gpu_share import LOCKING_PRELUDE, SHARE, engine_config
 from teacher_forcing import (
@@ -49,7 +50,8 @@ def engine(model_dir: Path, backend: str, mode: str):
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
     baseline, how = used_bytes()
     t0 = time.monotonic()
-    eng = SHARE.start(create_engine, engine_config(model_dir, backend, mode))
+    with spin_allowed(backend):  # test_offload_waits_for_gpu_work_queued_just_before_it
+        eng = SHARE.start(create_engine, engine_config(model_dir, backend, mode))
     with SHARE.using():
         first = eng.generate(prompts(), GREEDY)  # the greedy outputs a re-created engine must repeat
     print(f"[engine] {eng.info.shim} {mode}: started in {time.monotonic() - t0:.1f}s "
@@ -336,28 +338,22 @@ def test_tensor_parallel_2(model_dir: Path, backend: str, engine, reference) -> 
             engine.update_weights(bf16_weights(reference))
 
 
-BUSY_CYCLES = 2_000_000_000
-"""About a second of one H200 SM (1.98 GHz) spinning: ``torch.cuda._sleep``'s unit is clock cycles."""
-
-
-def test_offload_while_another_process_keeps_the_gpu_busy(engine, reference, record_property) -> None:
-    """A colocated trainer may still be computing when the RL loop calls offload(). SGLang up to 0.5.2
-    unmaps the weights' memory right after queuing copies out of it; while another process's kernel
-    runs, those copies wait their turn, and without the shim's hook (rollout_shims/shims/sglang_pause.py)
-    they read unmapped memory and the scheduler dies at onload (sglang-0.5.2, 2026-12-04). Here this
-    process keeps the GPU busy while the engine offloads; after onload and a push it must serve the
-    pushed weights. Late in the file: an engine that dies here takes only the shutdown test with it."""
+def test_offload_waits_for_gpu_work_queued_just_before_it(engine, reference, record_property) -> None:
+    """The engine's GPU may still be busy when the RL loop calls offload(). SGLang up to 0.5.2 unmaps the
+    weights' memory right after queuing copies out of it; without the shim's hook (sglang_pause.py)
+    those copies read unmapped memory and the scheduler dies at onload (sglang-0.5.2, 2026-12-04). Here
+    a second of work is queued in the engine's own stream (engine_busy.py) just before offload: the
+    release must wait for it, and after onload and a push the engine must serve the pushed weights.
+    Late in the file: an engine that dies here takes only the shutdown test with it."""
     import time
 
-    import torch
-
-    if DEVICE == "cuda":
-        torch.cuda._sleep(BUSY_CYCLES)  # queued: returns at once, the GPU spins while the engine releases
+    where = keep_busy(engine, DEVICE)
     t0 = time.monotonic()
     engine.offload()
-    record_property("offload_seconds_while_busy", round(time.monotonic() - t0, 2))
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
+    seconds = time.monotonic() - t0
+    record_property("offload_seconds_behind_busy_work", round(seconds, 2))
+    if where == "scheduler":  # a release that did not wait would have taken milliseconds (seventh hold)
+        assert seconds >= 0.5, f"offload took {seconds:.2f}s behind a second of the scheduler's work: it did not wait"
     engine.onload()
     engine.update_weights(bf16_weights(reference))
     for prompt, completion in zip(prompts(), engine.generate(prompts(), GREEDY), strict=True):

@@ -38,3 +38,22 @@ def test_after_the_shims_loader_every_pause_of_this_release_waits_for_the_device
     adapter = TorchMemorySaverAdapter.create(enable=True)
     adapter.pause("weights")
     assert events == ["synchronize", "pause weights"]
+
+
+def test_the_suites_busy_loader_is_registered_and_imported_where_the_scheduler_imports_it(detection, shim) -> None:
+    """test_gpu.py's offload test queues work in the scheduler through a loader of its own
+    (engine_busy.py): the engine it starts must allow that loader, and SGLang's dispatch must find it."""
+    if detection.engine != "sglang":
+        pytest.skip("SGLang-only: vLLM's engine runs in the suite's process, where the work is queued directly")
+    from engine_busy import SPIN_LOADER, spin, spin_allowed
+    from sglang.srt.server_args import ServerArgs
+
+    if "custom_weight_loader" not in shim.server_args_fields(ServerArgs):
+        pytest.skip(f"SGLang {detection.release} has no custom_weight_loader hook (0.4.8+): the offload test skips")
+    from sglang.srt.utils import dynamic_import
+
+    with spin_allowed("sglang"):
+        assert shim.custom_loaders()[-1] == SPIN_LOADER
+        assert shim.custom_loaders()[:-1] == [loader for loader in shim.custom_loaders() if loader != SPIN_LOADER]
+    assert SPIN_LOADER not in shim.custom_loaders()  # users' engines never get it
+    assert dynamic_import(SPIN_LOADER) is spin
