@@ -44,18 +44,28 @@ def spin_allowed(backend: str) -> Iterator[None]:
         yield
 
 
-def keep_busy(engine: Any, device: str) -> str:
-    """Queue the work on the stream the engine's copies use; returns where it went ("scheduler",
-    "this process"), or "nowhere" without a GPU (the CPU dry run). Skips where it cannot be queued."""
+def keep_busy(engine: Any, device: str) -> float:
+    """Queue the work on the stream the engine's copies use; returns the seconds the offload after it
+    must take at least (0 where the figure would say nothing). Skips where the work cannot be queued.
+
+    The bound (half the spin) holds where a release's offload must wait for the device: SGLang 0.4.8 -
+    0.5.2 through the shim's pause hook, 0.5.3 - 0.5.20 through their blocking host copy. Not for 0.5.21+,
+    where the work goes in a weight-update session whose end may itself wait for the device, nor for
+    vLLM, whose engine here shares the suite's process and stream (it waited: 1.6-6.5 s on 2026-12-04)."""
     if device != "cuda":
-        return "nowhere"
+        return 0.0  # the CPU dry run: nothing to queue
     if engine.info.backend != "sglang":
         import torch
 
         torch.cuda._sleep(BUSY_CYCLES)  # queued: returns at once
-        return "this process"
+        return 0.0
     if SPIN_LOADER not in getattr(engine, "_custom_loaders", ()):
         pytest.skip(f"SGLang {engine.info.release} has no custom_weight_loader hook (0.4.8+): no way to queue "
                     "work in its scheduler, and no way for the shim to make its release wait (docs/shims.md)")
-    engine._call("update_weights_from_tensor", [], load_format=SPIN_LOADER, flush_cache=False)
-    return "scheduler"
+    from rollout_shims.shims.sglang_weights import answered
+
+    session = getattr(engine, "_weight_session", None)  # 0.5.21+ refuse a load outside one
+    with session() if session is not None else contextlib.nullcontext():
+        answered("SGLang would not run the suite's busy loader",
+                 engine._call("update_weights_from_tensor", [], load_format=SPIN_LOADER, flush_cache=False))
+    return 0.0 if session is not None else 0.5

@@ -347,13 +347,13 @@ def test_offload_waits_for_gpu_work_queued_just_before_it(engine, reference, rec
     Late in the file: an engine that dies here takes only the shutdown test with it."""
     import time
 
-    where = keep_busy(engine, DEVICE)
+    at_least = keep_busy(engine, DEVICE)
     t0 = time.monotonic()
     engine.offload()
     seconds = time.monotonic() - t0
     record_property("offload_seconds_behind_busy_work", round(seconds, 2))
-    if where == "scheduler":  # a release that did not wait would have taken milliseconds (seventh hold)
-        assert seconds >= 0.5, f"offload took {seconds:.2f}s behind a second of the scheduler's work: it did not wait"
+    # a release that does not wait takes milliseconds (0.02-0.04 s in the seventh hold of 2026-12-04)
+    assert seconds >= at_least, f"offload took {seconds:.2f}s behind a second of the engine's own work: it did not wait"
     engine.onload()
     engine.update_weights(bf16_weights(reference))
     for prompt, completion in zip(prompts(), engine.generate(prompts(), GREEDY), strict=True):

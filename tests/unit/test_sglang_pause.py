@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
@@ -94,6 +95,14 @@ class FakeEngine:
     def release_memory_occupation(self, tags=None) -> None:
         self.calls.append(("release",))
 
+    def begin_weight_update(self) -> tuple[bool, str]:  # 0.5.21+
+        self.calls.append(("begin",))
+        return True, "Success"
+
+    def end_weight_update(self) -> tuple[bool, str]:
+        self.calls.append(("end",))
+        return True, "Success"
+
     def resume_memory_occupation(self, tags=None) -> None:
         self.calls.append(("resume",))
 
@@ -127,3 +136,48 @@ def test_a_band_that_keeps_a_host_copy_releases_without_it(installed: None) -> N
     eng = sglang_engine("0.5.3", fake)
     eng.offload()
     assert [c[0] for c in fake.calls] == ["flush", "release"]
+
+
+@pytest.fixture
+def engine_busy(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """tests/engine/engine_busy.py: how the GPU suite queues work in the scheduler before an offload."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "engine"))
+    return importlib.import_module("engine_busy")
+
+
+class RefusingEngine(FakeEngine):
+    def update_weights_from_tensor(self, named_tensors, load_format=None, flush_cache=True) -> tuple[bool, str]:
+        super().update_weights_from_tensor(named_tensors, load_format, flush_cache)
+        return False, "must run between begin_weight_update() and end_weight_update()"
+
+
+@pytest.mark.parametrize(("release", "calls", "at_least"), [
+    ("0.4.8", ["tensors"], 0.5), ("0.5.2", ["tensors"], 0.5), ("0.5.3", ["tensors"], 0.5),
+    ("0.5.23", ["begin", "tensors", "end"], 0.0),  # inside a session, whose end may wait for the device
+])
+def test_the_suite_queues_its_work_through_its_own_loader_and_says_what_offload_must_wait(
+        release: str, calls: list[str], at_least: float, engine_busy: ModuleType) -> None:
+    fake = FakeEngine()
+    with engine_busy.spin_allowed("sglang"):
+        eng = sglang_engine(release, fake)
+    assert eng._custom_loaders[-1] == engine_busy.SPIN_LOADER
+    assert engine_busy.keep_busy(eng, "cuda") == at_least
+    assert [c[0] for c in fake.calls] == calls
+    assert fake.calls[calls.index("tensors")] == ("tensors", [], engine_busy.SPIN_LOADER, False)
+
+
+def test_a_refused_busy_load_fails_the_test_instead_of_timing_nothing(engine_busy: ModuleType) -> None:
+    from rollout_shims.errors import EngineRequestError
+
+    with engine_busy.spin_allowed("sglang"):
+        eng = sglang_engine("0.5.20", RefusingEngine())
+    with pytest.raises(EngineRequestError, match="busy loader"):
+        engine_busy.keep_busy(eng, "cuda")
+
+
+def test_a_release_without_the_hook_skips_and_users_engines_never_get_the_loader(engine_busy: ModuleType) -> None:
+    eng = sglang_engine("0.4.7.post1", FakeEngine())
+    eng._custom_loaders = ()  # 0.4.5.post3 - 0.4.7.post1: no custom_weight_loader field, nothing registered
+    with pytest.raises(pytest.skip.Exception, match="no custom_weight_loader hook"):
+        engine_busy.keep_busy(eng, "cuda")
+    assert engine_busy.SPIN_LOADER not in sglang_engine("0.5.2", FakeEngine())._custom_loaders
