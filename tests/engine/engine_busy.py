@@ -61,7 +61,7 @@ def keep_busy(engine: Any, device: str) -> float:
         return 0.0
     if SPIN_LOADER not in getattr(engine, "_custom_loaders", ()):
         pytest.skip(f"SGLang {engine.info.release} has no custom_weight_loader hook (0.4.8+): no way to queue "
-                    "work in its scheduler, and no way for the shim to make its release wait (docs/shims.md)")
+                    "work in its scheduler (the shim's wait comes through the schedulers' process target there)")
     from rollout_shims.shims.sglang_weights import answered
 
     session = getattr(engine, "_weight_session", None)  # 0.5.21+ refuse a load outside one

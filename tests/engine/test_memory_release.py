@@ -7,9 +7,11 @@ does (``dynamic_import``), and the order of the device's synchronisation and the
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
-from rollout_shims.shims.sglang_pause import PAUSE_LOADER
+from rollout_shims.shims.sglang_pause import PAUSE_LOADER, run_scheduler_waiting_before_pause
 
 
 def test_after_the_shims_loader_every_pause_of_this_release_waits_for_the_device(detection, shim,
@@ -22,8 +24,8 @@ def test_after_the_shims_loader_every_pause_of_this_release_waits_for_the_device
     from sglang.srt.server_args import ServerArgs
 
     if "custom_weight_loader" not in shim.server_args_fields(ServerArgs):
-        pytest.skip(f"SGLang {detection.release} has no custom_weight_loader hook (0.4.8+): the shim cannot run "
-                    "code in its scheduler, and its offload keeps the race (docs/shims.md)")
+        pytest.skip(f"SGLang {detection.release} has no custom_weight_loader hook (0.4.8+): the schedulers' "
+                    "process target waits instead (the next test)")
     assert PAUSE_LOADER in shim.custom_loaders()
     import torch
     import torch_memory_saver
@@ -57,3 +59,43 @@ def test_the_suites_busy_loader_is_registered_and_imported_where_the_scheduler_i
         assert shim.custom_loaders()[:-1] == [loader for loader in shim.custom_loaders() if loader != SPIN_LOADER]
     assert SPIN_LOADER not in shim.custom_loaders()  # users' engines never get it
     assert dynamic_import(SPIN_LOADER) is spin
+
+
+def test_without_the_hook_the_schedulers_start_through_the_shims_target(detection, shim, monkeypatch) -> None:
+    """0.4.5.post3 - 0.4.7.post1 have no ``custom_weight_loader``: while the engine starts, the shim swaps the
+    schedulers' process target in the release's engine module. Checked against this release's own engine
+    module (its launch must read that name when it starts a scheduler) and torch_memory_saver."""
+    if detection.engine != "sglang":
+        pytest.skip("SGLang-only: vLLM's sleep is another code path")
+    from sglang.srt.server_args import ServerArgs
+
+    if "custom_weight_loader" in shim.server_args_fields(ServerArgs) or shim.OFFLOAD_KEEPS_WEIGHTS:
+        pytest.skip(f"SGLang {detection.release} runs the shim's loader hook instead (0.4.8+) or keeps a host copy")
+    import inspect
+
+    import torch
+    import torch_memory_saver
+
+    try:
+        from sglang.srt.entrypoints import engine as engine_module
+    except Exception as exc:  # e.g. 0.4.7.post1's quantization layers import vLLM's ops without CUDA
+        pytest.skip(f"sglang.srt.entrypoints.engine does not import here ({type(exc).__name__}: {exc}); the GPU run checks it")
+    launch = inspect.getsource(engine_module)
+    assert "target=run_scheduler_process" in launch, "the launch no longer reads the module's name"
+    original = engine_module.run_scheduler_process
+    eng = shim.__new__(shim)
+    with eng._start_patch(engine_module):
+        assert engine_module.run_scheduler_process is run_scheduler_waiting_before_pause
+    assert engine_module.run_scheduler_process is original
+    events: list[str] = []
+    saver = torch_memory_saver.TorchMemorySaver
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *args, **kwargs: events.append("synchronize"))
+    monkeypatch.setattr(saver, "pause", lambda self: events.append("pause"))  # no GPU to unmap
+    scheduler = type(sys)("sglang.srt.managers.scheduler")  # the real one needs a GPU to import on some releases
+    scheduler.run_scheduler_process = lambda *args: events.append(f"scheduler {args}")
+    monkeypatch.setitem(sys.modules, "sglang.srt.managers.scheduler", scheduler)
+    run_scheduler_waiting_before_pause("server_args", "port_args")
+    from sglang.srt.torch_memory_saver_adapter import TorchMemorySaverAdapter
+
+    TorchMemorySaverAdapter.create(enable=True).pause()
+    assert events == ["scheduler ('server_args', 'port_args')", "synchronize", "pause"]

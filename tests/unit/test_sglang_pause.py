@@ -78,6 +78,54 @@ def test_only_bands_without_a_host_copy_of_the_weights_register_it(release: str,
     assert SGLANG_LOADER in loaders and (PAUSE_LOADER in loaders) is waits
 
 
+def test_schedulers_of_releases_without_the_hook_start_through_the_shims_target(
+        device: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """0.4.5.post3 - 0.4.7.post1: the process target SGLang pickles for each scheduler wraps the pause
+    of torch_memory_saver's class, then runs SGLang's own run_scheduler_process with the same arguments."""
+    import pickle
+
+    from rollout_shims.shims.sglang_pause import run_scheduler_waiting_before_pause, schedulers_wait_before_pause
+
+    ran: list[tuple] = []
+    tms = ModuleType("torch_memory_saver")
+    tms.TorchMemorySaver = saver_class(device)  # type: ignore[attr-defined]  # 0.0.5 / 0.0.6: a class SGLang instantiates
+    scheduler = ModuleType("sglang.srt.managers.scheduler")
+    scheduler.run_scheduler_process = lambda *args, **kwargs: ran.append((args, kwargs)) or "ran"  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torch_memory_saver", tms)
+    monkeypatch.setitem(sys.modules, "sglang.srt.managers.scheduler", scheduler)
+    engine_module = ModuleType("sglang.srt.entrypoints.engine")
+    engine_module.run_scheduler_process = scheduler.run_scheduler_process  # type: ignore[attr-defined]
+    with schedulers_wait_before_pause(engine_module) as swapped:
+        assert swapped and engine_module.run_scheduler_process is run_scheduler_waiting_before_pause
+        target = pickle.loads(pickle.dumps(engine_module.run_scheduler_process))  # what spawn sends
+    assert engine_module.run_scheduler_process is scheduler.run_scheduler_process  # put back after the start
+    assert target("server_args", "port_args", 0, tp_rank=1) == "ran"
+    assert ran == [(("server_args", "port_args", 0), {"tp_rank": 1})]
+    tms.TorchMemorySaver().pause()
+    assert device == ["synchronize", "pause None"]
+
+
+def test_an_engine_module_without_the_target_is_left_alone() -> None:
+    from rollout_shims.shims.sglang_pause import schedulers_wait_before_pause
+
+    engine_module = ModuleType("sglang.srt.entrypoints.engine")
+    with schedulers_wait_before_pause(engine_module) as swapped:
+        assert not swapped and not hasattr(engine_module, "run_scheduler_process")
+
+
+@pytest.mark.parametrize(("release", "swaps"), [("0.4.5.post3", True), ("0.4.7.post1", True), ("0.4.8", False),
+                                               ("0.5.2", False), ("0.5.23", False)])
+def test_only_bands_without_the_loader_hook_swap_the_schedulers_target(release: str, swaps: bool) -> None:
+    band = band_for("sglang", Version(release))
+    assert band is not None
+    engine_module = ModuleType("sglang.srt.entrypoints.engine")
+    engine_module.run_scheduler_process = original = object()  # type: ignore[attr-defined]
+    eng = shim_class(band.shim).__new__(shim_class(band.shim))
+    with eng._start_patch(engine_module):
+        assert (engine_module.run_scheduler_process is not original) is swaps
+    assert engine_module.run_scheduler_process is original
+
+
 class FakeEngine:
     """SGLang's Engine at the boundary: the calls offload/onload make, in order."""
 

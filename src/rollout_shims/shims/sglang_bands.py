@@ -53,6 +53,7 @@ from rollout_shims.errors import UnsupportedFeatureError
 from rollout_shims.mapping import SGLANG_ARGS, ArgRule, _graph_bs
 from rollout_shims.sharing import SharedBucket
 from rollout_shims.shims.sglang_base import ENGINE_PY, TMS_PY, SGLangEngine, _sym
+from rollout_shims.shims.sglang_pause import schedulers_wait_before_pause
 from rollout_shims.shims.sglang_weights import answered
 from rollout_shims.symbols import Symbol
 
@@ -110,6 +111,11 @@ class SGLang0453(SGLang048):
         _sym(ENGINE_PY, "Engine.resume_memory_occupation"),
         _sym(TMS_PY, "TorchMemorySaver", dist="torch_memory_saver", feature="offload"),
     )
+
+    def _start_patch(self, engine_module: Any) -> contextlib.AbstractContextManager:
+        """No ``custom_weight_loader`` before 0.4.8: the schedulers' own process target makes the pause
+        of a release wait for the device (sglang_pause.py)."""
+        return schedulers_wait_before_pause(engine_module)
 
 
 class SGLang044(SGLang0453):

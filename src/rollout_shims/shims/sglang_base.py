@@ -134,7 +134,7 @@ class SGLangEngine(SGLangGroups, SGLangWeights, RolloutEngine):
         try:
             try:
                 preload = children_can_preload() if kwargs.get("enable_memory_saver") else contextlib.nullcontext()
-                with preload as added:
+                with preload as added, self._start_patch(engine_module):
                     self.info.details["ld_library_path_for_children"] = added
                     engine.__init__(**kwargs)
             finally:
@@ -173,6 +173,10 @@ class SGLangEngine(SGLangGroups, SGLangWeights, RolloutEngine):
         if "custom_weight_loader" in fields:  # 0.4.8+
             kwargs["custom_weight_loader"] = cls.custom_loaders()
         return kwargs
+
+    def _start_patch(self, engine_module: Any) -> contextlib.AbstractContextManager:
+        """What the release's engine module must read differently while the engine starts (none here)."""
+        return contextlib.nullcontext()
 
     @classmethod
     def custom_loaders(cls) -> list[str]:

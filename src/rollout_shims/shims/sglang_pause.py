@@ -15,12 +15,18 @@ and passed that hold, which fits a race. From 0.5.3 the shim keeps a host copy o
 So before its first offload the shim has each scheduler run :func:`synchronize_before_pause` through
 SGLang's ``custom_weight_loader`` hook (0.4.8+; an ``update_weights_from_tensor`` with no tensors):
 torch_memory_saver's ``pause`` then waits for the device first, one ``torch.cuda.synchronize()`` per
-release. SGLang 0.4.5.post3 - 0.4.7.post1 have no such hook; their offload keeps the race.
+release. SGLang 0.4.5.post3 - 0.4.7.post1 have no such hook, and run the same release code
+(scheduler.py:2178-2187 in 0.4.7.post1): while their engine starts, the shim hands SGLang
+:func:`run_scheduler_waiting_before_pause` as the schedulers' process target
+(:func:`schedulers_wait_before_pause`), which wraps the pause the same way and then runs SGLang's own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
+from types import ModuleType
 from typing import Any
 
 PATCHED = "_rollout_shims_waits_for_the_device"
@@ -55,3 +61,34 @@ def wait_before_pause(saver_class: type) -> bool:
 
 PAUSE_LOADER = f"{__name__}.synchronize_before_pause"
 """Its import path, as SGLang's ``custom_weight_loader`` and ``load_format`` name it."""
+
+
+def run_scheduler_waiting_before_pause(*args: Any, **kwargs: Any) -> Any:
+    """SGLang's ``run_scheduler_process`` (same arguments), in a scheduler whose torch_memory_saver pause
+    waits for the device first. The process target SGLang pickles by name for its spawned schedulers
+    (engine.py:523 in 0.4.5.post3, :702 in 0.4.7.post1), so it runs in the scheduler process."""
+    try:
+        import torch_memory_saver
+    except ImportError:  # no memory saver: no release, nothing to wait for
+        pass
+    else:
+        wait_before_pause(torch_memory_saver.TorchMemorySaver)  # the class SGLang's adapter instantiates
+    from sglang.srt.managers.scheduler import run_scheduler_process
+
+    return run_scheduler_process(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def schedulers_wait_before_pause(engine_module: ModuleType) -> Iterator[bool]:
+    """While SGLang's engine starts (before 0.4.8, which have no loader hook): its schedulers run
+    :func:`run_scheduler_waiting_before_pause`. Yields False, changing nothing, where the release's
+    engine module names no ``run_scheduler_process`` (its launch would not read it)."""
+    original = getattr(engine_module, "run_scheduler_process", None)
+    if original is None:
+        yield False
+        return
+    engine_module.run_scheduler_process = run_scheduler_waiting_before_pause
+    try:
+        yield True
+    finally:
+        engine_module.run_scheduler_process = original
