@@ -120,37 +120,38 @@ class OwnedProcesses:
             self._owned[child.pid] = child
             self._names[child.pid] = name
 
-    def ended(self) -> tuple[int, int | None] | None:
+    def ended(self, grace: float | None = None) -> tuple[int, int | None] | None:
         """The first owned process that has ended, with its exit status while it can still be read
         (None once another waiter reaped it: SGLang's own watchdog polls its children too, or when it
-        stayed a zombie without a status for :data:`ENDING_GRACE_S`)."""
+        stayed a zombie without a status for ``grace`` seconds, default :data:`ENDING_GRACE_S`)."""
         import psutil
 
+        grace = ENDING_GRACE_S if grace is None else grace
         for pid, proc in list(self._owned.items()):
             try:
                 zombie = proc.status() == psutil.STATUS_ZOMBIE
                 gone = not proc.is_running()
             except psutil.NoSuchProcess:
                 zombie, gone = False, True
-            if gone:
-                return pid, peek_exit(pid)
+            if gone:  # reaped by another waiter (its status is theirs), or the pid is someone else's now
+                return pid, None
             if not zombie:
                 continue
             code = peek_exit(pid)
             if code is not None:
                 return pid, code
             first = self._ending.setdefault(pid, time.monotonic())
-            if time.monotonic() - first >= ENDING_GRACE_S:
+            if time.monotonic() - first >= grace:
                 return pid, None
         return None
 
     def wait_ended(self, timeout: float, interval: float = 0.1) -> tuple[int, int | None] | None:
-        """:meth:`ended`, polled for up to ``timeout`` seconds: a child that has just reported its
-        failure is usually still ending."""
+        """:meth:`ended`, polled for up to ``timeout`` seconds (a child that has just reported its
+        failure is usually still ending); at the end a zombie still without a status counts too."""
         deadline = time.monotonic() + timeout
         while (found := self.ended()) is None and time.monotonic() < deadline:
             time.sleep(interval)
-        return found
+        return found if found is not None else self.ended(grace=0.0)
 
     def watch(self, on_exit: Callable[[int, str], None], interval: float = 0.5) -> None:
         """Call ``on_exit(pid, how)`` (from a daemon thread) for the first owned process that ends

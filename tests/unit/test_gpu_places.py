@@ -70,10 +70,13 @@ def test_places_go_to_the_steps_in_the_order_they_became_ready(machine: Path) ->
         time.sleep(0.01)
     names = [f"step-{i}" for i in range(6)]
     waiters = []
-    for name in names:
+    for i, name in enumerate(names):
         waiters.append(threading.Thread(target=step, args=(name,)))
         waiters[-1].start()
-        time.sleep(0.1)  # each waits (and polls) before the next one asks
+        deadline = time.monotonic() + 30
+        while len(board._queue) < i + 1 and time.monotonic() < deadline:  # in line before the next asks
+            time.sleep(0.01)
+        time.sleep(0.1)  # and has polled at least once
     release.set()
     for t in holders + waiters:
         t.join(timeout=30)
@@ -134,6 +137,27 @@ def test_a_stop_reaches_a_step_still_waiting_and_it_takes_no_place(machine: Path
         assert again
         assert board.free == 0, "a place was released twice"
     assert board.free == 1
+
+
+def test_a_step_that_fails_while_it_waits_leaves_the_line(machine: Path) -> None:
+    """A wait that raises (its log's disk full) must not leave its ticket at the head of the line,
+    where every later step would wait for ever with a place free."""
+    board = places.Places(1)
+
+    class FullDisk:
+        def write(self, data: bytes) -> int:
+            raise OSError(28, "No space left on device")
+
+    with board.held("a") as first:
+        assert first
+        with pytest.raises(OSError, match="No space left"):
+            _enter_and_leave(board, "b", FullDisk())  # type: ignore[arg-type]
+    later: list[bool] = []
+    waiter = threading.Thread(target=lambda: later.append(_enter_and_leave(board, "c")), daemon=True)
+    waiter.start()
+    waiter.join(timeout=10)
+    assert later == [True], "the next step never got the free place"
+    assert board.free == 1 and not board._queue
 
 
 def _enter_and_leave(board: places.Places, entry: str, logf: IO[bytes] | None = None) -> bool:

@@ -142,7 +142,7 @@ def test_a_zombie_whose_other_threads_still_run_is_reported_once_its_exit_status
     """H200, 2026-12-04 (sglang 0.4.8 graphs, 0.4.10.post2 eager): a scheduler that hit an exception
     was reported as "ended (exit status unknown)": its main thread had ended, its CUDA threads had not."""
     owned = OwnedProcesses.start_watching()
-    child = _leader_ended(spawned, 1.5)
+    child = _leader_ended(spawned, 3.0)
     owned.capture()
     reports: list[tuple[int, str]] = []
     owned.watch(lambda pid, how: reports.append((pid, how)), interval=0.05)
@@ -169,11 +169,32 @@ def test_a_zombie_that_never_gets_an_exit_status_is_reported_after_the_grace(spa
     assert 0.3 <= time.monotonic() - t0 < 3
 
 
+def test_a_sigquit_whose_reporter_is_still_ending_when_the_wait_runs_out_names_it(spawned, engine_log) -> None:
+    from rollout_shims.shims.sglang_failure import ended_child
+
+    owned = OwnedProcesses.start_watching()
+    child = _leader_ended(spawned, 30)
+    owned.capture()
+    assert ended_child(owned, engine_log, wait=0.3) == (owned.name(child.pid).removeprefix("sglang::"),
+                                                         "reported a failure (SIGQUIT), then exited")
+
+
+def test_a_sigquit_whose_sender_lives_on_costs_only_the_wait(spawned, engine_log) -> None:
+    from rollout_shims.shims.sglang_failure import ended_child
+
+    owned = OwnedProcesses.start_watching()
+    spawned()
+    owned.capture()
+    t0 = time.monotonic()
+    assert ended_child(owned, engine_log, wait=0.3) is None
+    assert time.monotonic() - t0 < 3
+
+
 def test_a_sigquit_failure_waits_for_the_reporting_child_to_end(spawned, engine_log) -> None:
     """The scheduler SIGQUITs the caller and then ends, its threads a second or more after its main
     thread: the failure names it and its exit code rather than "the engine reported a failure"."""
     owned = OwnedProcesses.start_watching()
-    child = _leader_ended(spawned, 1.0)
+    child = _leader_ended(spawned, 2.5)
     owned.capture()
     name = owned.name(child.pid).removeprefix("sglang::")
     failure = _sglang_engine_after_sigquit(owned, engine_log)._failed()

@@ -37,6 +37,7 @@ class Places:
         self.count = count
         self._free = count
         self._queue: deque[object] = deque()  # the waiting steps' tickets, first come first
+        self._holding: set[object] = set()  # the tickets that hold a place
         self._changed = threading.Condition()
 
     @property
@@ -48,43 +49,45 @@ class Places:
         """Under the condition: a place for ``ticket`` if one is free and no step asked before it."""
         if self._free and self._queue[0] is ticket:
             self._queue.popleft()
+            self._holding.add(ticket)
             self._free -= 1
             self._changed.notify_all()  # the next in line may take a place that is still free
             return True
         return False
 
+    @contextlib.contextmanager
+    def held(self, entry: str, logf: IO[bytes] | None = None, poll: float = POLL_S) -> Iterator[bool]:
+        """Yields True with a place held, or False when the batch was stopped while this step waited
+        (then nothing may use the GPU). A wait is said in the pipeline log and in ``logf``. A step that
+        fails while it waits leaves the line (a ticket left at its head would hold every later step)."""
+        ticket = object()
+        try:
+            with self._changed:
+                self._queue.append(ticket)
+                granted = self._take(ticket)
+            if not granted:
+                t0 = time.monotonic()
+                if logf is not None:
+                    logf.write(f"\n===== {entry}: {LOG_HEADER} =====\n".encode())
+                    logf.flush()
+                log(f"{entry}: {LOG_HEADER} (all {self.count} taken)")
+                if granted := self._wait(ticket, poll):
+                    log(f"{entry}: a place on the GPU after {time.monotonic() - t0:.0f}s of waiting")
+            yield granted
+        finally:
+            with self._changed:
+                if ticket in self._queue:
+                    self._queue.remove(ticket)
+                if ticket in self._holding:
+                    self._holding.remove(ticket)
+                    self._free += 1
+                self._changed.notify_all()
+
     def _wait(self, ticket: object, poll: float) -> bool:
         with self._changed:
             while not (granted := self._take(ticket)) and not stop.requested():
                 self._changed.wait(poll)
-            if not granted:
-                self._queue.remove(ticket)
-                self._changed.notify_all()
             return granted
-
-    @contextlib.contextmanager
-    def held(self, entry: str, logf: IO[bytes] | None = None, poll: float = POLL_S) -> Iterator[bool]:
-        """Yields True with a place held, or False when the batch was stopped while this step waited
-        (then nothing may use the GPU). A wait is said in the pipeline log and in ``logf``."""
-        ticket = object()
-        with self._changed:
-            self._queue.append(ticket)
-            granted = self._take(ticket)
-        if not granted:
-            t0 = time.monotonic()
-            if logf is not None:
-                logf.write(f"\n===== {entry}: {LOG_HEADER} =====\n".encode())
-                logf.flush()
-            log(f"{entry}: {LOG_HEADER} (all {self.count} taken)")
-            if granted := self._wait(ticket, poll):
-                log(f"{entry}: a place on the GPU after {time.monotonic() - t0:.0f}s of waiting")
-        try:
-            yield granted
-        finally:
-            if granted:
-                with self._changed:
-                    self._free += 1
-                    self._changed.notify_all()
 
 
 def held(places: Places | None, entry: str, logf: IO[bytes] | None = None) -> contextlib.AbstractContextManager[bool]:

@@ -24,8 +24,9 @@ and its exit status (a CUDA process's threads take a second or more to tear down
 
 
 def ended_child(owned: OwnedProcesses, log: EngineLog, wait: float = REPORTER_ENDS_S) -> tuple[str, str] | None:
-    """The engine process that has ended and how, or None while all still run ``wait`` seconds on: the
-    one SGLang's watchdog named, else the first owned one that ended.
+    """The engine process that has ended and how: the one SGLang's watchdog named, else the first owned
+    one that ended within ``wait`` seconds (or is a zombie by then); None when none has. The wait is what
+    a SIGQUIT whose sender lives on costs before the error is raised.
 
     When the watchdog sees a SIGKILLed scheduler before the shim's thread, its SIGQUIT marks the engine
     dead and it has reaped the child, so the exit status is read back from its log line (H200,
