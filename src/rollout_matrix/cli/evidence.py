@@ -34,6 +34,25 @@ def cmd_report(args: argparse.Namespace, matrix: Matrix) -> int:
     return 0
 
 
+def cmd_gpu_lock(args: argparse.Namespace, matrix: Matrix) -> int:
+    from datetime import datetime
+
+    from rollout_matrix.evidence.lock_share import lines, timeline
+
+    try:
+        tl = timeline(Path(args.results))
+    except (ValueError, OSError, KeyError) as exc:
+        raise UserError(f"gpu-lock {args.results}: {exc}; pass a folder of <entry>/run.json and pytest.log, "
+                        "e.g. the gpu-results/ a hold's collect brought back") from None
+    try:
+        day = tl.start.date()
+        splits = [datetime.combine(day, datetime.strptime(s, "%H:%M:%S").time()) for s in args.split]
+    except ValueError:
+        raise UserError(f"gpu-lock --split {' '.join(args.split)}: give times as HH:MM:SS") from None
+    print("\n".join(lines(tl, splits)))
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("record", help="promote local results/<entry> runs into the committed evidence",
                        description="Copies each run (junit.xml, run.json, pytest.log) into cpu-results/<entry> or "
@@ -49,3 +68,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="refuse (exit 7, nothing written) when committed evidence is rejected, instead of a "
                         "warning and an 'evidence rejected' note")
     p.set_defaults(handler=cmd_report)
+
+    p = sub.add_parser("gpu-lock", help="how a hold's suites shared the GPU lock, from their [share] lines",
+                       description="Reads RESULTS/<entry>/run.json and pytest.log (a hold's collected results, or "
+                                   "gpu-results/) and prints each suite process's lock waits, then the share of the "
+                                   "window (first suite's start to last one's end) the lock was held alone, and of "
+                                   "each round between --split times. Bad input: exit 2.")
+    p.add_argument("results", metavar="RESULTS", help="a folder of <entry>/ result folders")
+    p.add_argument("--split", nargs="*", default=[], metavar="HH:MM:SS",
+                   help="times that start a new round (e.g. when the second round's suites began)")
+    p.set_defaults(handler=cmd_gpu_lock)
