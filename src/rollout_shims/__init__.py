@@ -1,4 +1,4 @@
-"""rollout_shims: one rollout-engine API over SGLang 0.4.4 – 0.5.2 and vLLM 0.8.5 / 0.22.
+"""rollout_shims: one rollout-engine API over SGLang 0.4.4 – 0.5.23 and vLLM 0.8.5 – 0.34 (matrix.yaml lists each release).
 
 ``import rollout_shims`` is light on purpose (packaging and pyyaml only): detection reads package
 metadata, and the engines (and torch) are imported only inside :func:`create_engine`.
