@@ -35,7 +35,6 @@ class Places:
 
     def __init__(self, count: int) -> None:
         self.count = count
-        self._free = count
         self._queue: deque[object] = deque()  # the waiting steps' tickets, first come first
         self._holding: set[object] = set()  # the tickets that hold a place
         self._changed = threading.Condition()
@@ -43,14 +42,13 @@ class Places:
     @property
     def free(self) -> int:
         with self._changed:
-            return self._free
+            return self.count - len(self._holding)
 
     def _take(self, ticket: object) -> bool:
         """Under the condition: a place for ``ticket`` if one is free and no step asked before it."""
-        if self._free and self._queue[0] is ticket:
+        if len(self._holding) < self.count and self._queue[0] is ticket:
             self._queue.popleft()
             self._holding.add(ticket)
-            self._free -= 1
             self._changed.notify_all()  # the next in line may take a place that is still free
             return True
         return False
@@ -78,9 +76,7 @@ class Places:
             with self._changed:
                 if ticket in self._queue:
                     self._queue.remove(ticket)
-                if ticket in self._holding:
-                    self._holding.remove(ticket)
-                    self._free += 1
+                self._holding.discard(ticket)
                 self._changed.notify_all()
 
     def _wait(self, ticket: object, poll: float) -> bool:
