@@ -1,5 +1,5 @@
 """``rollout-matrix gpu-lock``: a hold's suites' ``[share]`` lines put together into the GPU lock's
-timeline (evidence/lock_share.py). The logs here are written as tests/engine's GpuShare.summary and
+timeline (gpu/lock_share.py). The logs here are written as tests/engine's GpuShare.summary and
 gpuenv's mode headers write them; the figures are worked out by hand in each test."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from rollout_matrix.evidence.lock_share import lines, timeline
+from rollout_matrix.gpu.lock_share import lines, timeline
 
 
 def suite(root: Path, entry: str, started: str, seconds: float, shares: list[tuple[str, str]]) -> None:

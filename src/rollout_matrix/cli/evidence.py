@@ -37,7 +37,7 @@ def cmd_report(args: argparse.Namespace, matrix: Matrix) -> int:
 def cmd_gpu_lock(args: argparse.Namespace, matrix: Matrix) -> int:
     from datetime import datetime
 
-    from rollout_matrix.evidence.lock_share import lines, timeline
+    from rollout_matrix.gpu.lock_share import lines, timeline
 
     try:
         tl = timeline(Path(args.results))

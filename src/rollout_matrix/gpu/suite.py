@@ -225,6 +225,8 @@ def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = S
 
 MODES_ENV = "ROLLOUT_MATRIX_ENGINE_MODES"
 """The engine modes (``MODES``) one pytest process of tests/engine runs (tests/engine/conftest.py)."""
+MODE_HEADER = re.compile(rf"^=+ \S+: {re.escape(MODES_ENV)}=(\w+) =+$", re.MULTILINE)
+"""The line :func:`_pytest` writes into the suite's log above a mode's output; group 1 is the mode."""
 MIN_MODE_S = 60
 """A mode's process is not started with less time left than this (it could not start an engine)."""
 INTERRUPTED, NO_TESTS = 2, 5  # pytest's exit codes: a session cut short; nothing collected

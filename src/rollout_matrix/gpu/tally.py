@@ -15,11 +15,10 @@ from pathlib import Path
 from rollout_matrix.evidence.band_status import MODES
 from rollout_matrix.evidence.results import LOG, RUN_JSON
 from rollout_matrix.gpu import kernels, places, store
-from rollout_matrix.gpu.suite import MODES_ENV, mode_junit
+from rollout_matrix.gpu.suite import MODE_HEADER, mode_junit
 
 _VERDICT = re.compile(r"(?<![\w-])(PASSED|FAILED|ERROR|SKIPPED)(?![\w-])")
 _SUMMARY = re.compile(r"^(?:FAILED|ERROR) \S+::")  # pytest's short summary repeats a failure
-_MODE_HEADER = re.compile(rf"^=+ \S+: {re.escape(MODES_ENV)}=(\w+) =+$", re.MULTILINE)  # suite.py's
 
 
 def _mode_from_junit(path: Path) -> str:
@@ -46,7 +45,7 @@ def _running_from_log(path: Path, finished: set[str]) -> str:
         text = path.read_text(errors="replace")
     except OSError as exc:
         return f"log unreadable ({exc.strerror})"
-    headers = list(_MODE_HEADER.finditer(text))
+    headers = list(MODE_HEADER.finditer(text))
     if not headers:
         if places.LOG_HEADER in text:  # written after the kernel build
             return places.LOG_HEADER

@@ -1,5 +1,7 @@
 """How a hold's suites shared the GPU lock, read back from their logs (issue 19's throughput figure).
 
+Read here, on the CPU machine, from the results ``collect`` brought back (or the committed ones).
+
 Why: an engine start holds tests/engine's GPU lock alone (gpu_share.py), so while one starts, every
 other suite's GPU work waits. Each suite process ends its log with one ``[share]`` line: the seconds it
 waited for the lock, the seconds it held it alone, and (from 2026-12-04) each exclusive hold's
@@ -17,10 +19,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from rollout_matrix.gpu.suite import MODE_HEADER
+
 SHARE = re.compile(r"\[share\] this process waited (?P<waited>[\d.]+)s in all for the GPU lock and held it alone "
                    r"(?P<alone>[\d.]+)s over (?P<starts>\d+) engine start\(s\)(?: \((?P<spans>[^)]*)\))?")
 SPAN = re.compile(r"(\d\d:\d\d:\d\d(?:\.\d+)?)-(\d\d:\d\d:\d\d(?:\.\d+)?)")
-MODE = re.compile(r"ROLLOUT_MATRIX_ENGINE_MODES=(\w+)")
 
 
 @dataclass
@@ -61,7 +64,7 @@ def suite_processes(log: Path, entry: str, day: datetime) -> list[SuiteProcess]:
     """The ``[share]`` lines of one suite's pytest.log, each with the mode of the section it ends."""
     found, mode = [], "?"
     for line in log.read_text(errors="replace").splitlines():
-        if line.startswith("=====") and (m := MODE.search(line)):
+        if m := MODE_HEADER.match(line):
             mode = m.group(1)
         elif m := SHARE.search(line):
             spans = [(_at(day, a), _at(day, b)) for a, b in SPAN.findall(m.group("spans") or "")]
