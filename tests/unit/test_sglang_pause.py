@@ -120,7 +120,8 @@ def test_only_bands_without_the_loader_hook_swap_the_schedulers_target(release: 
     assert band is not None
     engine_module = ModuleType("sglang.srt.entrypoints.engine")
     engine_module.run_scheduler_process = original = object()  # type: ignore[attr-defined]
-    eng = shim_class(band.shim).__new__(shim_class(band.shim))
+    cls = shim_class(band.shim)
+    eng = cls.__new__(cls)
     with eng._start_patch(engine_module):
         assert (engine_module.run_scheduler_process is not original) is swaps
     assert engine_module.run_scheduler_process is original
