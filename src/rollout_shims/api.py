@@ -18,6 +18,7 @@ from rollout_shims.config import RolloutConfig
 from rollout_shims.errors import EngineFailedError, EngineStateError, UnsupportedFeatureError
 from rollout_shims.outputs import int_list
 from rollout_shims.sharing import SharedBucket
+from rollout_shims.stops import end_at_stop_tokens
 from rollout_shims.weight_group import DEFAULT_GROUP_NAME, GroupBucket, check_group_args
 
 log = logging.getLogger("rollout_shims")
@@ -35,6 +36,9 @@ class SamplingParams:
 
     ``temperature == 0`` means greedy. ``top_k == -1`` and ``top_p == 1.0`` switch those filters
     off. ``seed`` is per request (vLLM); SGLang up to 0.5.2 has no per-request seed and refuses it.
+    A sequence ends at its first token of ``stop_token_ids`` (kept as its last token, finish reason
+    ``"stop"``) on every engine; ``ignore_eos`` turns off only the model's own end of sequence
+    (stops.py: SGLang would ignore the stop tokens too).
     """
 
     max_new_tokens: int = 128
@@ -126,6 +130,9 @@ class RolloutEngine(ABC):
             raise ValueError("a prompt is empty (after removing rollout.padding tokens)")
         params = self._with_eos(params)
         completions = self._generate(cleaned, params)
+        if params.stop_token_ids:
+            stop = frozenset(params.stop_token_ids)
+            completions = [end_at_stop_tokens(c, stop) for c in completions]
         if self.config.print_outputs:
             for prompt, c in zip(cleaned, completions, strict=True):
                 log.info("[%s] prompt=%s output=%s finish=%s text=%r", self.info.group_name, prompt,

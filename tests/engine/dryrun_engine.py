@@ -76,9 +76,9 @@ class StandInEngine(RolloutEngine):
 
         out = []
         for i, prompt in enumerate(prompts):
-            ids, lps = list(prompt), []
+            ids, lps, finish = list(prompt), [], "length"
             generator = torch.Generator().manual_seed(params.seed if params.seed is not None else i)
-            for _ in range(params.max_new_tokens):
+            for step in range(params.max_new_tokens):
                 with torch.no_grad():
                     logits = self._model(torch.tensor([ids])).logits[0, -1].float()
                 if params.temperature == 0:
@@ -89,9 +89,19 @@ class StandInEngine(RolloutEngine):
                 scale = 1.0 if self.info.logprob_semantics.startswith("raw") or params.temperature == 0 else params.temperature
                 lps.append(float(torch.log_softmax(logits / scale, -1)[token]))
                 ids.append(token)
+                if step + 1 < params.max_new_tokens and self._ends(token, params):  # the length is checked first
+                    finish = "stop"
+                    break
             new = ids[len(prompt):]
-            out.append(Completion(new, lps if params.logprobs else None, "length"))
+            out.append(Completion(new, lps if params.logprobs else None, finish))
         return out
+
+    def _ends(self, token: int, params: SamplingParams) -> bool:
+        """As the engine stood in for ends a sequence: vLLM at a stop token whatever ``ignore_eos``
+        says, SGLang only without it (rollout_shims/stops.py); the model's EOS only without it."""
+        if params.ignore_eos:
+            return BACKEND == "vllm" and token in params.stop_token_ids
+        return token in params.stop_token_ids or token == self._model.config.eos_token_id
 
     def _update_weights(self, named_tensors: list[tuple[str, Any]]) -> None:
         state = {n: t.float() for n, t in named_tensors}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from typing import Any
 
 import psutil
 
@@ -60,3 +61,12 @@ def sharing_needs_per_process(how: str) -> None:
     if how != "per-process" and os.environ.get("ROLLOUT_MATRIX_GPU_LOCK"):
         raise AssertionError("other suites share this GPU, and the driver reports no per-process memory: "
                              "run the suites one at a time (gpuenv pipeline without --parallel)")
+
+
+def engine_memory(engine: Any) -> int:
+    """What the engine holds now: this process tree's GPU memory less what it held before the engine
+    (``engine.baseline_used``, set by the suite's fixture; per process where the driver reports it,
+    so other suites on the GPU do not count)."""
+    used, how = used_bytes()
+    sharing_needs_per_process(how)
+    return used - engine.baseline_used

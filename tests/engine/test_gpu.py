@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 from engine_busy import keep_busy, spin_allowed
-from gpu_memory import sharing_needs_per_process, used_bytes
+from gpu_memory import engine_memory, used_bytes
 from gpu_share import LOCKING_PRELUDE, SHARE, engine_config
 from teacher_forcing import (
     DEVICE,
+    EOS,
     GREEDY,
     GREEDY_IDS,
     NEW_SEED,
@@ -28,11 +29,11 @@ from teacher_forcing import (
     TOL,
     TOL_SAMPLED,
     bf16_weights,
+    check_and_compare,
     check_as_if_pushed,
     check_restored,
     check_teacher_forced,
     exact,
-    parting_gap,
     prompts,
     reference_logits,
 )
@@ -119,12 +120,25 @@ def test_sampled_logprobs_follow_the_documented_semantics(engine, reference, tem
         assert other > tolerance, "raw and scaled logprobs are too close here to tell which one the engine returns"
 
 
-def engine_memory(engine) -> int:
-    """What the engine holds now: this process tree's GPU memory less what it held before the engine
-    (per process where the driver reports it, so other suites on the GPU do not count)."""
-    used, how = used_bytes()
-    sharing_needs_per_process(how)
-    return used - engine.baseline_used
+def test_a_stop_token_ends_the_sequence_and_says_so(engine, reference) -> None:
+    """RL code tells a finished rollout from a cut one by its finish reason. Tokens the greedy run chose
+    mid-way become stop tokens: a sequence must end at its first one (kept), say "stop", and follow
+    the reference up to there; with ``ignore_eos`` too (SGLang then ignores stop tokens: stops.py)."""
+    free = engine.generate(prompts(), GREEDY)
+    stop = {c.token_ids[NEW_TOKENS // 2] for c in free} | {EOS}  # EOS, the model's own, counts either way
+    stopped = 0
+    for ignore_eos in (True, False):
+        out = engine.generate(prompts(), SamplingParams(**{**GREEDY.__dict__, "stop_token_ids": tuple(stop),
+                                                            "ignore_eos": ignore_eos}))
+        for prompt, c in zip(prompts(), out, strict=True):
+            check_teacher_forced(reference, prompt, c)
+            ends = [i for i, token in enumerate(c.token_ids) if token in stop]
+            if ends:  # the first stop token is the last token
+                assert ends == [len(c.token_ids) - 1] and c.finish_reason == "stop", (ignore_eos, c)
+            else:
+                assert (len(c.token_ids), c.finish_reason) == (NEW_TOKENS, "length"), (ignore_eos, c)
+            stopped += bool(ends)
+    assert stopped, "no sequence met a stop token: the test proved nothing"
 
 
 def test_offload_frees_most_memory_and_onload_restores_outputs(engine, reference) -> None:
@@ -206,7 +220,7 @@ def test_flush_cache_keeps_outputs(engine, reference, record_property) -> None:
     before = engine.generate(prompts(), GREEDY)
     engine.flush_cache()
     after = engine.generate(prompts(), GREEDY)
-    _check_and_compare(engine, reference, before, after, "flush", record_property)
+    check_and_compare(engine, reference, before, after, "flush", record_property)
 
 
 def test_flush_after_onload_serves_the_reference(engine, reference, record_property) -> None:
@@ -221,19 +235,7 @@ def test_flush_after_onload_serves_the_reference(engine, reference, record_prope
     after_onload = engine.generate(prompts(), GREEDY)
     engine.flush_cache()
     after_flush = engine.generate(prompts(), GREEDY)
-    _check_and_compare(engine, reference, after_onload, after_flush, "onload-flush", record_property)
-
-
-def _check_and_compare(engine, reference, first, second, what: str, record_property) -> None:
-    for prompt, a, b in zip(prompts(), first, second, strict=True):
-        check_teacher_forced(reference, prompt, a)
-        check_teacher_forced(reference, prompt, b)
-    gaps = [parting_gap(reference, p, a.token_ids, b.token_ids) for p, a, b in zip(prompts(), first, second, strict=True)]
-    parted = [g for g in gaps if g is not None]
-    print(f"[{what}] {engine.info.shim} {engine.mode}: {len(parted)} of {len(gaps)} greedy sequences parted"
-          + (f", at reference gaps {', '.join(f'{g:.4f}' for g in parted)} (near-ties: <= {TOL})" if parted else ""))
-    record_property(f"{what}_parted", len(parted))
-    assert all(g <= TOL for g in parted), gaps
+    check_and_compare(engine, reference, after_onload, after_flush, "onload-flush", record_property)
 
 
 def test_info_names_what_runs(engine, detection) -> None:

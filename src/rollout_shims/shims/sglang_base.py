@@ -313,6 +313,10 @@ class SGLangEngine(SGLangGroups, SGLangWeights, RolloutEngine):
             "ignore_eos": params.ignore_eos,
         }
         if params.stop_token_ids:
+            if params.ignore_eos and self.config.detokenize:
+                raise UnsupportedFeatureError(
+                    "SGLang ignores stop_token_ids while ignore_eos is set, and with detokenize: true the shim "
+                    "cannot cut the text at the stop token; set detokenize: false or ignore_eos: false")
             sp["stop_token_ids"] = list(params.stop_token_ids)
         return sp
 
