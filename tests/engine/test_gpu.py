@@ -9,6 +9,7 @@ recorded as JUnit properties.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -123,18 +124,20 @@ def test_sampled_logprobs_follow_the_documented_semantics(engine, reference, tem
 def test_a_stop_token_ends_the_sequence_and_says_so(engine, reference) -> None:
     """RL code tells a finished rollout from a cut one by its finish reason. Tokens the greedy run chose
     mid-way become stop tokens: a sequence must end at its first one (kept), say "stop", and follow
-    the reference up to there; with ``ignore_eos`` too (SGLang then ignores stop tokens: stops.py)."""
+    the reference up to there; with ``ignore_eos`` too (SGLang then ignores stop tokens: stops.py).
+    Without ``ignore_eos`` the model's own EOS (its config.json) ends it too, where the greedy run has it."""
     free = engine.generate(prompts(), GREEDY)
-    stop = {c.token_ids[NEW_TOKENS // 2] for c in free} | {EOS}  # EOS, the model's own, counts either way
+    stop = {c.token_ids[NEW_TOKENS // 2] for c in free} - {EOS}
     stopped = 0
     for ignore_eos in (True, False):
-        out = engine.generate(prompts(), SamplingParams(**{**GREEDY.__dict__, "stop_token_ids": tuple(stop),
-                                                            "ignore_eos": ignore_eos}))
-        for prompt, c in zip(prompts(), out, strict=True):
+        params = dataclasses.replace(GREEDY, stop_token_ids=tuple(stop), ignore_eos=ignore_eos)
+        ends_at = stop if ignore_eos else stop | {EOS}
+        for prompt, c in zip(prompts(), engine.generate(prompts(), params), strict=True):
             check_teacher_forced(reference, prompt, c)
-            ends = [i for i, token in enumerate(c.token_ids) if token in stop]
-            if ends:  # the first stop token is the last token
-                assert ends == [len(c.token_ids) - 1] and c.finish_reason == "stop", (ignore_eos, c)
+            ends = [i for i, token in enumerate(c.token_ids) if token in ends_at]
+            if ends:  # the first is the last token; an EOS at the length limit keeps the engine's word
+                eos_at_limit = c.token_ids[-1] == EOS and len(c.token_ids) == NEW_TOKENS
+                assert ends == [len(c.token_ids) - 1] and (c.finish_reason == "stop" or eos_at_limit), (ignore_eos, c)
             else:
                 assert (len(c.token_ids), c.finish_reason) == (NEW_TOKENS, "length"), (ignore_eos, c)
             stopped += bool(ends)
