@@ -11,9 +11,16 @@ finished answer from a truncated one.
   ``_check_token_based_finish``, :1856-1858 in 0.5.23), so the sequence ran on to ``max_new_tokens``.
   Here it is cut at the stop token. The tokens before it are the ones a stopped sequence would have
   (each token depends only on those before it); SGLang spent the decode steps after it for nothing.
-* A stop token that is the last token ``max_new_tokens`` allows: vLLM V1 and SGLang check the length
-  first and say ``"length"``, vLLM V0 (0.8.5 - 0.10.0 without a tokenizer) the token first and says
-  ``"stop"``. Here it is ``"stop"``: the sequence ended where its caller asked it to.
+* A stop token that is the last token ``max_new_tokens`` allows: vLLM V1 and SGLang up to 0.5.2 (read
+  in 0.4.7.post1 and 0.5.2) check the length first and say ``"length"``; vLLM V0 (0.8.5 - 0.10.0
+  without a tokenizer) and SGLang 0.5.23 (``update_finish_state``, :2030-2036: "Stop token/EOS beats
+  the length cap") check the token first and say ``"stop"``. Here it is ``"stop"``: the sequence
+  ended where its caller asked it to. The text of such a sequence (``detokenize: true``) keeps the
+  stop token's text, which a stop the engine makes itself trims.
+
+Left as the engine reports them: an ``"abort"`` (its tokens end where the engine stopped), and SGLang
+0.5.x's ``"stop"`` for a NaN in the logits ("NaN happened", schedule_batch.py:737 in 0.5.2), which
+under ``ignore_eos`` may come after a stop token it ran past.
 
 The model's own end-of-sequence token is not known here (only the engine reads it from the
 checkpoint), so an EOS at the length limit keeps the engine's word; ``rollout.eos`` makes it a stop

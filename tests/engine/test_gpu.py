@@ -121,27 +121,33 @@ def test_sampled_logprobs_follow_the_documented_semantics(engine, reference, tem
         assert other > tolerance, "raw and scaled logprobs are too close here to tell which one the engine returns"
 
 
-def test_a_stop_token_ends_the_sequence_and_says_so(engine, reference) -> None:
+def test_a_stop_token_ends_the_sequence_and_says_so(engine, reference, record_property) -> None:
     """RL code tells a finished rollout from a cut one by its finish reason. Tokens the greedy run chose
-    mid-way become stop tokens: a sequence must end at its first one (kept), say "stop", and follow
-    the reference up to there; with ``ignore_eos`` too (SGLang then ignores stop tokens: stops.py).
-    Without ``ignore_eos`` the model's own EOS (its config.json) ends it too, where the greedy run has it."""
-    free = engine.generate(prompts(), GREEDY)
-    stop = {c.token_ids[NEW_TOKENS // 2] for c in free} - {EOS}
-    stopped = 0
-    for ignore_eos in (True, False):
+    become stop tokens: a sequence must end at its first one (kept), say "stop", and follow the
+    reference up to there. Mid-way ones with ``ignore_eos`` (SGLang then ignores stop tokens and the
+    shim cuts: stops.py) and without (then the model's own EOS, id 2 in its config.json, ends it too);
+    last ones, found nowhere earlier, at the length limit (vLLM V1 and SGLang 0.5.2 say "length")."""
+    free = [c.token_ids for c in engine.generate(prompts(), GREEDY)]
+    mid = {ids[NEW_TOKENS // 2] for ids in free} - {EOS}
+    last = {ids[-1] for ids in free} - {t for ids in free for t in ids[:-1]} - {EOS}
+    seen = {}
+    for name, stop, ignore_eos in (("mid", mid, True), ("mid-eos", mid, False), ("last", last, True)):
         params = dataclasses.replace(GREEDY, stop_token_ids=tuple(stop), ignore_eos=ignore_eos)
         ends_at = stop if ignore_eos else stop | {EOS}
-        for prompt, c in zip(prompts(), engine.generate(prompts(), params), strict=True):
+        out = engine.generate(prompts(), params)
+        for prompt, c in zip(prompts(), out, strict=True):
             check_teacher_forced(reference, prompt, c)
             ends = [i for i, token in enumerate(c.token_ids) if token in ends_at]
             if ends:  # the first is the last token; an EOS at the length limit keeps the engine's word
                 eos_at_limit = c.token_ids[-1] == EOS and len(c.token_ids) == NEW_TOKENS
-                assert ends == [len(c.token_ids) - 1] and (c.finish_reason == "stop" or eos_at_limit), (ignore_eos, c)
+                assert ends == [len(c.token_ids) - 1] and (c.finish_reason == "stop" or eos_at_limit), (name, c)
             else:
-                assert (len(c.token_ids), c.finish_reason) == (NEW_TOKENS, "length"), (ignore_eos, c)
-            stopped += bool(ends)
-    assert stopped, "no sequence met a stop token: the test proved nothing"
+                assert (len(c.token_ids), c.finish_reason) == (NEW_TOKENS, "length"), (name, c)
+        seen[name] = sum(c.finish_reason == "stop" and c.token_ids[-1] in stop for c in out)
+        record_property(f"stopped_{name}", seen[name])
+    print(f"[stop] {engine.info.shim} {engine.mode}: ended at a stop token (of 6): {seen}")
+    assert seen["mid"], "no sequence met a mid-way stop token with ignore_eos: the cut was not tried"
+    assert seen["last"] or not last, "no sequence ended at a stop token at the length limit"
 
 
 def test_offload_frees_most_memory_and_onload_restores_outputs(engine, reference) -> None:

@@ -46,6 +46,12 @@ def test_a_sequence_that_ran_past_its_stop_token_ends_there() -> None:
     assert out == [Completion([5, 7, 9], [-1.0, -2.0, -3.0], "stop")]
 
 
+def test_the_earliest_of_several_stop_tokens_ends_it() -> None:
+    ran_on = Completion([5, 11, 9, 11], None, "length")
+    out = generate([ran_on], SamplingParams(max_new_tokens=4, ignore_eos=True, stop_token_ids=[9, 11]))
+    assert out == [Completion([5, 11], None, "stop")]
+
+
 def test_a_stop_token_at_the_length_limit_is_a_stop() -> None:
     out = generate([Completion([5, 7, 9], None, "length")], SamplingParams(max_new_tokens=3, stop_token_ids=[9]))
     assert out == [Completion([5, 7, 9], None, "stop")]
@@ -56,6 +62,7 @@ def test_a_stop_token_at_the_length_limit_is_a_stop() -> None:
     Completion([5, 9], None, "stop"),  # stopped where asked (vLLM; SGLang without ignore_eos)
     Completion([5, 6], None, "stop"),  # the model's own end of sequence, which only the engine knows
     Completion([9, 5], None, "abort"),  # an aborted request is reported as the engine aborted it
+    Completion([9, 5, 9], None, "stop"),  # the engine's own stop is trusted (SGLang's NaN stop: stops.py)
 ])
 def test_a_completion_that_ended_as_asked_is_left_as_the_engine_gave_it(answer: Completion) -> None:
     assert generate([answer], SamplingParams(stop_token_ids=[9])) == [answer]
@@ -75,6 +82,8 @@ def test_rollout_eos_ends_a_sequence_unless_eos_is_ignored() -> None:
 def test_text_is_never_cut_without_a_tokenizer() -> None:
     with pytest.raises(ValueError, match="no tokenizer"):
         end_at_stop_tokens(Completion([1, 2, 3], None, "length", "abc"), frozenset({2}))
+    at_limit = end_at_stop_tokens(Completion([1, 2, 3], [-1.0, -2.0, -3.0], "length", "abc"), frozenset({3}))
+    assert at_limit == Completion([1, 2, 3], [-1.0, -2.0, -3.0], "stop", "abc")  # nothing to cut
 
 
 @pytest.mark.parametrize("cls", [SGLang044, SGLang0521])
