@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from gpu_share import SHARE
-from teacher_forcing import EOS
+from teacher_forcing import CONTEXT, EOS
 
 from rollout_shims.detect import Detection, detect, installed_versions
 from rollout_shims.shims import shim_class
@@ -167,7 +167,7 @@ def gpu(cuda_devices: int) -> int:
 
 
 MODEL_KW = dict(vocab_size=1024, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=CONTEXT,
                 bos_token_id=1, eos_token_id=EOS, tie_word_embeddings=False, initializer_range=0.1)
 
 

@@ -78,7 +78,7 @@ class StandInEngine(RolloutEngine):
         for i, prompt in enumerate(prompts):
             ids, lps, finish = list(prompt), [], "length"
             generator = torch.Generator().manual_seed(params.seed if params.seed is not None else i)
-            for step in range(params.max_new_tokens):
+            for step in range(min(params.max_new_tokens, self._room() - len(prompt))):
                 with torch.no_grad():
                     logits = self._model(torch.tensor([ids])).logits[0, -1].float()
                 if params.temperature == 0:
@@ -95,6 +95,12 @@ class StandInEngine(RolloutEngine):
             new = ids[len(prompt):]
             out.append(Completion(new, lps if params.logprobs else None, finish))
         return out
+
+    def _room(self) -> int:
+        """Prompt + completion at most: vLLM fills the context; SGLang, through the shim, two tokens less
+        (its scheduler's cap: rollout_shims/context.py)."""
+        context = self._model.config.max_position_embeddings
+        return context if BACKEND == "vllm" else context - 2
 
     def _ends(self, token: int, params: SamplingParams) -> bool:
         """As the engine stood in for ends a sequence: vLLM at a stop token whatever ``ignore_eos``

@@ -27,6 +27,8 @@ a run): greedy max 0.065-0.072, sampled max 0.060-0.114 at T=1 and 0.094-0.134 a
 NEW_TOKENS = 16
 EOS = 2
 """The tiny model's own end of sequence (``eos_token_id`` in conftest.py's ``MODEL_KW``)."""
+CONTEXT = 2048
+"""The tiny model's context length (``max_position_embeddings`` in conftest.py's ``MODEL_KW``)."""
 NEW_SEED = 1
 """The new model of the weight-transfer tests (shared, broadcast): the one the in-process test
 pushes, so every path is held to the same reference with the same TOL. It was seed 3 until

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from engine_busy import keep_busy, spin_allowed
 from gpu_memory import engine_memory, used_bytes
 from gpu_share import LOCKING_PRELUDE, SHARE, engine_config
 from teacher_forcing import (
+    CONTEXT,
     DEVICE,
     EOS,
     GREEDY,
@@ -148,6 +150,20 @@ def test_a_stop_token_ends_the_sequence_and_says_so(engine, reference, record_pr
     print(f"[stop] {engine.info.shim} {engine.mode}: ended at a stop token (of 6): {seen}")
     assert seen["mid"], "no sequence met a mid-way stop token with ignore_eos: the cut was not tried"
     assert seen["last"] or not last, "no sequence ended at a stop token at the length limit"
+
+
+def test_a_prompt_near_the_context_ends_there_and_the_call_goes_on(engine, reference) -> None:
+    """RL batches mix prompt lengths and multi-turn rollouts grow to the context: one prompt whose
+    completion would pass it must end at the context ("length"), the rest of the batch as asked.
+    SGLang refused the whole call (context.py); vLLM fills the context, SGLang stops 1-2 tokens short."""
+    rng = random.Random(11)
+    long = [rng.randrange(3, 1024) for _ in range(CONTEXT - 24)]
+    batch = [long, *prompts()[:2]]
+    out = engine.generate(batch, dataclasses.replace(GREEDY, max_new_tokens=48))
+    assert out[0].finish_reason == "length" and 22 <= len(out[0].token_ids) <= 24, (len(out[0].token_ids), out[0])
+    assert [(len(c.token_ids), c.finish_reason) for c in out[1:]] == [(48, "length")] * 2
+    for prompt, completion in zip(batch, out, strict=True):
+        check_teacher_forced(reference, prompt, completion)
 
 
 def test_offload_frees_most_memory_and_onload_restores_outputs(engine, reference) -> None:

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 from rollout_shims.api import Completion, EngineInfo, RolloutEngine, SamplingParams
 from rollout_shims.config import RolloutConfig
+from rollout_shims.context import capped_completions, sglang_room
 from rollout_shims.detect import Detection
 from rollout_shims.engine_log import EngineLog
 from rollout_shims.errors import EngineFailedError, EngineRequestError, EngineStateError, UnsupportedFeatureError
@@ -302,9 +303,7 @@ class SGLangEngine(SGLangGroups, SGLangWeights, RolloutEngine):
     # ----- the API ----------------------------------------------------------------------------
     def _sampling_params(self, params: SamplingParams) -> dict[str, Any]:
         if params.seed is not None:
-            raise UnsupportedFeatureError(
-                "SGLang <= 0.5.2 has no per-request seed (SamplingParams.seed); leave it None"
-            )
+            raise UnsupportedFeatureError("SGLang <= 0.5.2 has no per-request seed (SamplingParams.seed); leave it None")
         sp: dict[str, Any] = {
             "max_new_tokens": params.max_new_tokens,
             "temperature": params.temperature,
@@ -313,10 +312,9 @@ class SGLangEngine(SGLangGroups, SGLangWeights, RolloutEngine):
             "ignore_eos": params.ignore_eos,
         }
         if params.stop_token_ids:
-            if params.ignore_eos and self.config.detokenize:
-                raise UnsupportedFeatureError(
-                    "SGLang ignores stop_token_ids while ignore_eos is set, and with detokenize: true the shim "
-                    "cannot cut the text at the stop token; set detokenize: false or ignore_eos: false")
+            if params.ignore_eos and self.config.detokenize:  # SGLang would run past them; text cannot be cut (stops.py)
+                raise UnsupportedFeatureError("SGLang ignores stop_token_ids while ignore_eos is set, and with detokenize: "
+                                              "true the shim cannot cut the text; set detokenize: false or ignore_eos: false")
             sp["stop_token_ids"] = list(params.stop_token_ids)
         return sp
 
@@ -325,8 +323,11 @@ class SGLangEngine(SGLangGroups, SGLangWeights, RolloutEngine):
         return params.logprobs or (self.config.detokenize and not self.OUTPUT_IDS_WITH_TEXT)
 
     def _generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
-        outs = self._call("generate", input_ids=prompts, sampling_params=self._sampling_params(params),
-                          return_logprob=self._needs_logprobs(params))
+        sp: dict[str, Any] | list[dict[str, Any]] = self._sampling_params(params)
+        caps = capped_completions(prompts, params.max_new_tokens, sglang_room(self._engine))
+        if caps is not None:  # a long prompt would have SGLang refuse the whole call (context.py)
+            sp = [{**sp, "max_new_tokens": cap} for cap in caps]
+        outs = self._call("generate", input_ids=prompts, sampling_params=sp, return_logprob=self._needs_logprobs(params))
         if isinstance(outs, dict):
             outs = [outs]
         return [self._completion(o, params) for o in outs]
