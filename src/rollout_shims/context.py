@@ -5,15 +5,20 @@ generates until prompt + completion reach C and says ``"length"`` (``v1/core/sch
 0.9.2; it refuses only a prompt longer than C, ``v1/engine/processor.py:391-418``). SGLang's tokenizer
 manager refuses the **whole call** as soon as one prompt + ``max_new_tokens`` reaches C
 (``_validate_one_request``, ``managers/tokenizer_manager.py:463-488`` in 0.5.2; ``_validate_token_len``
-:523-535 in 0.4.7.post1; :1353-1375 in 0.5.23, where it must exceed C), so one long prompt cost the
+:523-537 in 0.4.7.post1; :1353-1378 in 0.5.23, where it must exceed C), so one long prompt cost the
 whole batch. On SGLang the shim therefore caps ``max_new_tokens`` per request at C - 1 - prompt, the
-most that check lets through; SGLang's scheduler may cap it once more (at C - 2 - prompt in 0.5.2:
+most that check lets through (0.5.23 also counts EAGLE's reserved tokens, :1335, none without
+speculative decoding); SGLang's scheduler may cap it once more (at C - 2 - prompt in 0.5.2:
 ``max_req_len - prompt - 1`` with ``max_req_len = C - 1``, ``scheduler.py:1263-1270``,
-``tp_worker.py:151-154``). The sequence then ends ``"length"`` as on vLLM, a token or two shorter.
+``tp_worker.py:151-155``). The sequence then ends ``"length"`` as on vLLM, a token or two shorter.
 
-Left to the engine: prompts that leave no room at all (C - 1 tokens or more on SGLang, which then
-refuses the call as vLLM does for more than C), and SGLang's abort of a prompt of C - 6 tokens or more
-(``max_req_input_len``, ``scheduler.py:1238-1247`` in 0.5.2), reported as that request's ``"abort"``.
+A prompt SGLang cannot take at all is refused before anything is sent, naming it: SGLang's scheduler
+rejects a prompt of ``max_req_input_len`` tokens or more (C - 6 in 0.5.2: ``tp_worker.py:155``,
+``scheduler.py:1238-1247``), and its tokenizer manager then fails the whole call with the
+rejection's message (``_wait_one_response``, ``tokenizer_manager.py:690-697`` in 0.5.2) while the
+requests already sent keep running. ``max_req_input_len`` is what the scheduler reported at start
+(``entrypoints/engine.py:870`` in 0.5.2, :792 in 0.4.7.post1, :1355-1399 in 0.5.23). vLLM refuses a
+prompt longer than C itself.
 """
 
 from __future__ import annotations
@@ -31,9 +36,19 @@ def capped_completions(prompts: Sequence[Sequence[int]], max_new_tokens: int, ro
     return None if all(cap == max_new_tokens for cap in caps) else caps
 
 
-def sglang_room(engine: Any) -> int:
-    """The most tokens (prompt + ``max_new_tokens``) SGLang's tokenizer manager accepts in one request:
-    its context length less one (``context_len``, set in every release's ``TokenizerManager.__init__``);
-    no limit where an engine has none to read."""
-    context = getattr(getattr(engine, "tokenizer_manager", None), "context_len", None)
-    return context - 1 if isinstance(context, int) else NO_LIMIT
+def sglang_requests(engine: Any, release: str, prompts: Sequence[Sequence[int]],
+                    sampling_params: dict[str, Any]) -> dict[str, Any] | list[dict[str, Any]]:
+    """The ``sampling_params`` argument of SGLang's ``Engine.generate`` for ``prompts``: one dict, or one
+    per request where a request's ``max_new_tokens`` must be capped. Raises ValueError, before anything
+    reaches the engine, for a prompt SGLang's scheduler would reject (it would fail the whole call)."""
+    manager = getattr(engine, "tokenizer_manager", None)
+    context, longest = getattr(manager, "context_len", None), getattr(manager, "max_req_input_len", None)
+    if isinstance(longest, int):
+        over = [(i, len(p)) for i, p in enumerate(prompts) if len(p) >= longest]
+        if over:
+            where = ", ".join(f"prompt {i} has {n}" for i, n in over)
+            raise ValueError(f"{where} tokens; SGLang {release} takes at most {longest - 1} in a request "
+                             f"(its context of {context} tokens less what its scheduler keeps): shorten it")
+    room = context - 1 if isinstance(context, int) else NO_LIMIT
+    caps = capped_completions(prompts, sampling_params["max_new_tokens"], room)
+    return sampling_params if caps is None else [{**sampling_params, "max_new_tokens": cap} for cap in caps]

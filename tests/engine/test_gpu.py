@@ -164,6 +164,13 @@ def test_a_prompt_near_the_context_ends_there_and_the_call_goes_on(engine, refer
     assert [(len(c.token_ids), c.finish_reason) for c in out[1:]] == [(48, "length")] * 2
     for prompt, completion in zip(batch, out, strict=True):
         check_teacher_forced(reference, prompt, completion)
+    longer = [*long, *long[:20]]  # C - 4 tokens: SGLang's scheduler rejects C - 6 and more (context.py)
+    if engine.info.backend == "sglang":
+        with pytest.raises(ValueError, match="takes at most"):
+            engine.generate([longer, *prompts()[:2]], GREEDY)
+    else:
+        (cut,) = engine.generate([longer], GREEDY)
+        assert (len(cut.token_ids), cut.finish_reason) == (4, "length"), cut
 
 
 def test_offload_frees_most_memory_and_onload_restores_outputs(engine, reference) -> None:

@@ -1,6 +1,8 @@
 """A request longer than the context allows (rollout_shims/context.py), through the SGLang shim's
-``generate``. ``TokenizerManagerCheck`` refuses a call as SGLang 0.5.2's tokenizer manager does
-(``_validate_one_request``: any prompt + max_new_tokens >= the context length refuses the call)."""
+``generate``. ``SGLang052Limits`` answers as SGLang 0.5.2 does: its tokenizer manager refuses the
+whole call when any prompt + max_new_tokens reaches the context length (``_validate_one_request``),
+its scheduler rejects a prompt of ``max_req_input_len`` tokens or more (context - 6) and caps a
+completion at context - 2 - prompt tokens."""
 
 from __future__ import annotations
 
@@ -9,19 +11,16 @@ from typing import Any
 
 import pytest
 
-from rollout_shims import Completion, RolloutConfig, SamplingParams
-from rollout_shims.context import NO_LIMIT, capped_completions, sglang_room
+from rollout_shims import RolloutConfig, SamplingParams
+from rollout_shims.context import capped_completions
 from rollout_shims.shims.sglang_bands import SGLang044, SGLang051, SGLang0521
 
 CONTEXT = 100
 
 
-class TokenizerManagerCheck:
-    """``Engine.generate`` of an SGLang whose context holds ``CONTEXT`` tokens: every request gets as
-    many tokens as it asked for, and one that does not fit refuses the whole call."""
-
-    def __init__(self) -> None:
-        self.tokenizer_manager = SimpleNamespace(context_len=CONTEXT)
+class SGLang052Limits:
+    def __init__(self, **manager: Any) -> None:
+        self.tokenizer_manager = SimpleNamespace(**{"context_len": CONTEXT, "max_req_input_len": CONTEXT - 6, **manager})
         self.asked: list[Any] = []
 
     def generate(self, input_ids: list[list[int]], sampling_params: Any, return_logprob: bool) -> list[dict]:
@@ -30,42 +29,54 @@ class TokenizerManagerCheck:
         for ids, sp in zip(input_ids, per_request, strict=True):
             if sp["max_new_tokens"] + len(ids) >= CONTEXT:
                 raise ValueError("Requested token count exceeds the model's maximum context length")
-        return [{"output_ids": [7] * sp["max_new_tokens"], "meta_info": {"finish_reason": {"type": "length"}}}
-                for sp in per_request]
+            if len(ids) >= CONTEXT - 6:
+                raise ValueError("Input length exceeds the maximum allowed length")
+        return [{"output_ids": [7] * min(sp["max_new_tokens"], CONTEXT - 2 - len(ids)),
+                 "meta_info": {"finish_reason": {"type": "length"}}} for ids, sp in zip(input_ids, per_request, strict=True)]
 
 
-def sglang(cls: type) -> Any:
+def sglang(cls: type, engine: Any = None, **config: Any) -> Any:
     eng = cls.__new__(cls)
-    eng.config = RolloutConfig.from_dict({"model_dir": "/m"})
-    eng._engine, eng._dead, eng._in_call = TokenizerManagerCheck(), None, False
+    eng.config = RolloutConfig.from_dict({"model_dir": "/m", **config})
+    eng.info = SimpleNamespace(release="0.5.2")
+    eng._engine, eng._dead, eng._in_call = engine or SGLang052Limits(), None, False
     return eng
 
 
 @pytest.mark.parametrize("cls", [SGLang044, SGLang051, SGLang0521])
 def test_one_long_prompt_ends_at_the_context_and_the_call_goes_on(cls: type) -> None:
     eng = sglang(cls)
-    out = eng._generate([[1] * 90, [1] * 5, [1] * 98], SamplingParams(max_new_tokens=20))
-    assert [len(c.token_ids) for c in out] == [9, 20, 1]  # 90 + 9 = 99 = CONTEXT - 1; the last has no room
-    assert {c.finish_reason for c in out} == {"length"}
-    assert [sp["max_new_tokens"] for sp in eng._engine.asked[0]] == [9, 20, 1]
-    assert all(sp["temperature"] == 1.0 for sp in eng._engine.asked[0])  # the rest of each request as asked
+    out = eng._generate([[1] * 90, [1] * 5, [1] * 93], SamplingParams(max_new_tokens=20, temperature=0.5))
+    assert [len(c.token_ids) for c in out] == [8, 20, 5]  # 90 + 8 = 93 + 5 = 98: context - 2, SGLang's own cap
+    assert [sp["max_new_tokens"] for sp in eng._engine.asked[0]] == [9, 20, 6]  # context - 1 - prompt
+    assert all(sp["temperature"] == 0.5 for sp in eng._engine.asked[0])  # the rest of each request as asked
+
+
+def test_each_request_keeps_its_seed() -> None:
+    eng = sglang(SGLang0521, sglang={"deterministic_inference": True})
+    eng._generate([[1] * 90, [1] * 5], SamplingParams(max_new_tokens=20, seed=3))
+    assert [sp["sampling_seed"] for sp in eng._engine.asked[0]] == [3, 3]
 
 
 def test_requests_that_fit_go_as_one_set_of_sampling_params() -> None:
     eng = sglang(SGLang051)
-    out = eng._generate([[1] * 79, [1] * 5], SamplingParams(max_new_tokens=20))
-    assert out == [Completion([7] * 20, None, "length"), Completion([7] * 20, None, "length")]
+    assert [len(c.token_ids) for c in eng._generate([[1] * 78, [1] * 5], SamplingParams(max_new_tokens=20))] == [20, 20]
     assert isinstance(eng._engine.asked[0], dict)
 
 
-def test_a_prompt_with_no_room_is_left_to_the_engine_to_refuse() -> None:
+def test_a_prompt_the_scheduler_would_reject_is_refused_before_anything_is_sent() -> None:
     eng = sglang(SGLang051)
-    with pytest.raises(ValueError, match="context length"):
-        eng._generate([[1] * 99], SamplingParams(max_new_tokens=4))
+    with pytest.raises(ValueError, match=r"prompt 1 has 94 tokens; SGLang 0.5.2 takes at most 93 in a request"):
+        eng._generate([[1] * 5, [1] * 94], SamplingParams(max_new_tokens=4))
+    assert eng._engine.asked == []
 
 
-def test_caps_and_room() -> None:
+def test_without_the_limits_to_read_nothing_changes() -> None:
+    eng = sglang(SGLang051, SimpleNamespace(generate=SGLang052Limits().generate))
+    with pytest.raises(ValueError, match="maximum context length"):  # SGLang's own refusal, as before
+        eng._generate([[1] * 90], SamplingParams(max_new_tokens=20))
+
+
+def test_caps() -> None:
     assert capped_completions([[1] * 3, [1] * 4], 5, room=9) is None
-    assert capped_completions([[1] * 3, [1] * 6], 5, room=9) == [5, 3]
-    assert sglang_room(TokenizerManagerCheck()) == CONTEXT - 1
-    assert sglang_room(SimpleNamespace()) == NO_LIMIT  # an engine without a tokenizer manager to read
+    assert capped_completions([[1] * 3, [1] * 6, [1] * 9], 5, room=9) == [5, 3, 1]

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from rollout_shims.api import Completion, EngineInfo, RolloutEngine, SamplingParams
 from rollout_shims.config import RolloutConfig
-from rollout_shims.context import capped_completions, sglang_room
+from rollout_shims.context import sglang_requests
 from rollout_shims.detect import Detection
 from rollout_shims.engine_log import EngineLog
 from rollout_shims.errors import EngineFailedError, EngineRequestError, EngineStateError, UnsupportedFeatureError
@@ -323,10 +323,8 @@ class SGLangEngine(SGLangGroups, SGLangWeights, RolloutEngine):
         return params.logprobs or (self.config.detokenize and not self.OUTPUT_IDS_WITH_TEXT)
 
     def _generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
-        sp: dict[str, Any] | list[dict[str, Any]] = self._sampling_params(params)
-        caps = capped_completions(prompts, params.max_new_tokens, sglang_room(self._engine))
-        if caps is not None:  # a long prompt would have SGLang refuse the whole call (context.py)
-            sp = [{**sp, "max_new_tokens": cap} for cap in caps]
+        # one dict per request where a long prompt would have SGLang refuse the whole call (context.py)
+        sp = sglang_requests(self._engine, self.info.release, prompts, self._sampling_params(params))
         outs = self._call("generate", input_ids=prompts, sampling_params=sp, return_logprob=self._needs_logprobs(params))
         if isinstance(outs, dict):
             outs = [outs]
