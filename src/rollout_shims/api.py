@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Literal
 from rollout_shims.config import RolloutConfig
 from rollout_shims.errors import EngineFailedError, EngineStateError, UnsupportedFeatureError
 from rollout_shims.outputs import int_list
+from rollout_shims.prompts import check_prompts, vocabulary_size
 from rollout_shims.sharing import SharedBucket
 from rollout_shims.stops import end_at_stop_tokens
 from rollout_shims.weight_group import DEFAULT_GROUP_NAME, GroupBucket, check_group_args
@@ -108,6 +109,7 @@ class RolloutEngine(ABC):
     def __init__(self, config: RolloutConfig, info: EngineInfo) -> None:
         self.config = config
         self.info = info
+        self._vocabulary = vocabulary_size(config.model_dir)
         self._offloaded = False
         self._closed = False
         self._weights_lost = False
@@ -126,8 +128,7 @@ class RolloutEngine(ABC):
                 f"generate: {self.info.backend} {self.info.release} does not keep the weights across "
                 "offload(), and none were pushed since onload(); call update_weights() first")
         cleaned = [self._strip_padding(p) for p in prompts]
-        if any(not p for p in cleaned):
-            raise ValueError("a prompt is empty (after removing rollout.padding tokens)")
+        check_prompts(cleaned, self._vocabulary)  # an id past the embedding table would kill the engine
         params = self._with_eos(params)
         completions = self._generate(cleaned, params)
         if params.stop_token_ids:

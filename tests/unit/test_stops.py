@@ -10,29 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from scripted_engine import ScriptedEngine
 
-from rollout_shims import Completion, EngineInfo, RolloutConfig, SamplingParams, UnsupportedFeatureError
-from rollout_shims.api import RolloutEngine
+from rollout_shims import Completion, RolloutConfig, SamplingParams, UnsupportedFeatureError
 from rollout_shims.shims.sglang_bands import SGLang044, SGLang0521
 from rollout_shims.stops import end_at_stop_tokens
-
-
-class ScriptedEngine(RolloutEngine):
-    def __init__(self, config: RolloutConfig, answers: list[Completion]) -> None:
-        super().__init__(config, EngineInfo("scripted", "0", "scripted", False, config.group_name,
-                                             config.model_arch, 1, "none"))
-        self.answers = answers
-        self.asked: list[SamplingParams] = []
-
-    def _generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
-        self.asked.append(params)
-        return self.answers[: len(prompts)]
-
-    def _update_weights(self, named_tensors: Any) -> None: ...
-    def _offload(self) -> None: ...
-    def _onload(self) -> None: ...
-    def _flush_cache(self) -> None: ...
-    def _shutdown(self) -> None: ...
 
 
 def generate(answers: list[Completion], params: SamplingParams, **config: Any) -> list[Completion]:

@@ -1,0 +1,49 @@
+"""Checks on prompts before they reach an engine: a bad token id must fail the call, not the engine.
+
+Why: with ``detokenize: false`` (the default) neither engine checks prompt ids against the model's
+vocabulary. vLLM compares them with its tokenizer's largest id, so only when it has one (V0:
+``engine/llm_engine.py:1984-1988`` in 0.9.2, ``if tokenizer is not None``; V1:
+``v1/engine/processor.py:387-389``). SGLang checks no input id even with a tokenizer: 0.5.2 has a
+function for it (``TokenizerManager._validate_input_ids_in_vocab``,
+``managers/tokenizer_manager.py:507-513``) that nothing calls, 0.4.7.post1 none, and 0.5.23 checks only
+``token_ids_logprob`` (:1513-1531). An id outside the embedding table (a tokenizer that does not match
+the model, a -1 padding id inside a prompt) then indexes past it on the GPU: a device-side assert, after
+which the CUDA context is lost, the engine's, and with vLLM at TP=1 that of the caller's own process,
+trainer included. Checked here with ``min``/``max`` per prompt (C loops): 0.74 ms for 256 prompts of 64
+tokens, 17 ms for 256 of 2048 (timeit, the CI machine), against the seconds of prefill such a batch costs
+on the GPU.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def vocabulary_size(model_dir: str) -> int | None:
+    """Rows of the model's embedding table, from ``config.json`` in ``model_dir`` (``vocab_size``, or
+    ``text_config.vocab_size`` for the multimodal configs that nest it); None when it cannot be read,
+    and then nothing is checked (a hub id instead of a folder, a config without the key)."""
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    size = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
+    return size if isinstance(size, int) and size > 0 else None
+
+
+def check_prompts(prompts: Sequence[Sequence[int]], vocabulary: int | None) -> None:
+    """Raise ValueError naming the first prompt that is empty or holds an id outside ``[0, vocabulary)``."""
+    for i, prompt in enumerate(prompts):
+        if not prompt:
+            raise ValueError(f"prompt {i} is empty (after removing rollout.padding tokens)")
+        if vocabulary is None:
+            continue
+        low, high = min(prompt), max(prompt)
+        if low < 0 or high >= vocabulary:
+            bad = low if low < 0 else high
+            raise ValueError(
+                f"prompt {i} holds token id {bad}, outside the model's vocabulary of {vocabulary} ids (0 to "
+                f"{vocabulary - 1}; config.json): a tokenizer that does not match the model, or a padding id "
+                "inside the prompt (rollout.padding strips it only at both ends); the engine was not called")
