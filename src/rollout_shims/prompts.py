@@ -29,8 +29,11 @@ def vocabulary_size(model_dir: str) -> int | None:
         config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    size = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
-    return size if isinstance(size, int) and size > 0 else None
+    if not isinstance(config, dict):
+        return None
+    nested = config.get("text_config")
+    size = config.get("vocab_size") or (nested.get("vocab_size") if isinstance(nested, dict) else None)
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
 
 
 def check_prompts(prompts: Sequence[Sequence[int]], vocabulary: int | None) -> None:

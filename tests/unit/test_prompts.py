@@ -55,6 +55,8 @@ def test_an_empty_prompt_is_named(tmp_path) -> None:
     ({"vocab_size": 151936}, 151936),
     ({"text_config": {"vocab_size": 262208}}, 262208),  # multimodal configs nest it
     ({"hidden_size": 8}, None),
+    ([1, 2], None),  # not a config
+    ({"text_config": "x", "vocab_size": None}, None),
     (None, None),  # no config.json: a hub id, not a folder
 ])
 def test_the_table_size_comes_from_config_json(tmp_path, config, size) -> None:
