@@ -110,6 +110,8 @@ class RolloutEngine(ABC):
         self.config = config
         self.info = info
         self._vocabulary = vocabulary_size(config.model_dir)
+        if self._vocabulary is None:
+            log.info("no vocab_size in %s/config.json: prompt ids are not checked against the model", config.model_dir)
         self._offloaded = False
         self._closed = False
         self._weights_lost = False

@@ -7,11 +7,12 @@ vocabulary. vLLM compares them with its tokenizer's largest id, so only when it 
 function for it (``TokenizerManager._validate_input_ids_in_vocab``,
 ``managers/tokenizer_manager.py:507-513``) that nothing calls, 0.4.7.post1 none, and 0.5.23 checks only
 ``token_ids_logprob`` (:1513-1531). An id outside the embedding table (a tokenizer that does not match
-the model, a -1 padding id inside a prompt) then indexes past it on the GPU: a device-side assert, after
-which the CUDA context is lost, the engine's, and with vLLM at TP=1 that of the caller's own process,
-trainer included. Checked here with ``min``/``max`` per prompt (C loops): 0.74 ms for 256 prompts of 64
-tokens, 17 ms for 256 of 2048 (timeit, the CI machine), against the seconds of prefill such a batch costs
-on the GPU.
+the model, a -1 padding id inside a prompt) then indexes past it on the GPU: at TP=1 a device-side assert
+(``F.embedding``), after which the CUDA context is lost, the engine's, and with vLLM that of the caller's
+own process, trainer included; at TP>1 the embedding masks ids outside each rank's rows and the model
+answers silently from zeros. (Ids up to the table's padding to 64 rows read padding rows.) Checked here
+with ``min``/``max`` per prompt (C loops): 0.74 ms for 256 prompts of 64 tokens, 17 ms for 256 of 2048
+(timeit, the CI machine), against the seconds of prefill such a batch costs on the GPU.
 """
 
 from __future__ import annotations
@@ -23,16 +24,17 @@ from pathlib import Path
 
 def vocabulary_size(model_dir: str) -> int | None:
     """Rows of the model's embedding table, from ``config.json`` in ``model_dir`` (``vocab_size``, or
-    ``text_config.vocab_size`` for the multimodal configs that nest it); None when it cannot be read,
+    first ``text_config.vocab_size`` where a multimodal config nests one, as the engines read it: vLLM
+    ``config.py:1123-1124`` in 0.9.2, SGLang ``configs/model_config.py:291`` in 0.5.2); None when it cannot be read,
     and then nothing is checked (a hub id instead of a folder, a config without the key)."""
     try:
         config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(config, dict):
         return None
-    nested = config.get("text_config")
-    size = config.get("vocab_size") or (nested.get("vocab_size") if isinstance(nested, dict) else None)
+    nested = config.get("text_config")  # the engines read the text model's (hf_text_config) first
+    size = nested.get("vocab_size") if isinstance(nested, dict) and "vocab_size" in nested else config.get("vocab_size")
     return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
 
 

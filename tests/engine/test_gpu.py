@@ -176,9 +176,9 @@ def test_a_prompt_near_the_context_ends_there_and_the_call_goes_on(engine, refer
 def test_an_id_outside_the_vocabulary_is_refused_and_the_engine_serves_on(engine, reference) -> None:
     """An id past the embedding table would index past it on the GPU: a device-side assert, the CUDA
     context lost (the engine's; with vLLM at TP=1 the suite's own). The shim refuses it (prompts.py)."""
-    bad = [*prompts()[0], 1024]  # the tiny model's vocabulary is 0-1023 (conftest.py's MODEL_KW)
-    with pytest.raises(ValueError, match="outside the model's vocabulary"):
-        engine.generate([prompts()[1], bad], GREEDY)
+    for bad in ([*prompts()[0], 1024], [-1, *prompts()[0]]):  # vocabulary 0-1023 (MODEL_KW); a -1 pad id
+        with pytest.raises(ValueError, match="outside the model's vocabulary"):
+            engine.generate([prompts()[1], bad], GREEDY)
     for prompt, completion in zip(prompts(), engine.generate(prompts(), GREEDY), strict=True):
         check_teacher_forced(reference, prompt, completion)
 

@@ -49,6 +49,8 @@ def test_padding_at_the_ends_is_stripped_before_the_check(tmp_path) -> None:
 def test_an_empty_prompt_is_named(tmp_path) -> None:
     with pytest.raises(ValueError, match="prompt 1 is empty"):
         engine(tmp_path, None).generate([[3], []], SamplingParams())
+    with pytest.raises(ValueError, match="prompt 0 is empty"):  # nothing but padding
+        engine(tmp_path, None, padding=0).generate([[0, 0]], SamplingParams())
 
 
 @pytest.mark.parametrize(("config", "size"), [
@@ -56,6 +58,8 @@ def test_an_empty_prompt_is_named(tmp_path) -> None:
     ({"text_config": {"vocab_size": 262208}}, 262208),  # multimodal configs nest it
     ({"hidden_size": 8}, None),
     ([1, 2], None),  # not a config
+    ({"vocab_size": 32000, "text_config": {"vocab_size": 32064}}, 32064),  # the text model's, as the engines read it
+    ({"vocab_size": True}, None),
     ({"text_config": "x", "vocab_size": None}, None),
     (None, None),  # no config.json: a hub id, not a folder
 ])
