@@ -114,6 +114,7 @@ def lines(tl: Timeline, splits: list[datetime] = ()) -> list[str]:
         out.append(f"window {tl.start:%H:%M:%S}-{tl.end:%H:%M:%S} ({tl.seconds:.0f} s): lock held alone "
                    f"{held:.1f} s ({held / tl.seconds:.0%})")
     waited = sum(p.waited for p in tl.processes)
+    overlaps = tl.overlaps()
     out.append(f"{len(tl.processes)} suite processes waited {waited:.1f} s for the lock in all; "
-               + (f"exclusive spans overlap: {tl.overlaps()}" if tl.overlaps() else "no exclusive spans overlap"))
+               + (f"exclusive spans overlap: {overlaps}" if overlaps else "no exclusive spans overlap"))
     return out
