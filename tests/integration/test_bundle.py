@@ -439,11 +439,23 @@ def test_a_pipeline_on_a_machine_without_the_bundle_is_refused_at_once(tmp_path:
         assert refused.stderr.count("\n") == 1 and f"no bundle on this machine lists {entry.name}" in refused.stderr
         assert "none, a fresh machine" in refused.stderr and "part-000" in refused.stderr
     tiny_bundle(locked, tmp_path, receive=False)
-    later = shutil.copytree(sorted((tmp_path / "bundle").iterdir())[-1], tmp_path / "copy")  # receive moves chunks
-    fresh = run_gpuenv(checkout, tmp_path / "fresh-machine", "receive", str(later))  # part-000 went to a lost one
-    assert fresh.returncode == 0 and not any(later.iterdir()), "its chunks are kept there all the same"
-    assert fresh.stdout.splitlines()[-1].endswith("it is a fresh one (the last may have been taken back, and its "
+    empty = run_gpuenv(checkout, tmp_path / "fresh-machine", "status")
+    assert empty.stdout.splitlines()[-1].endswith("it is a fresh one (the last may have been taken back, and its "
                                                   "state with it); send part-000 and start the pipeline again")
+    # part-000 went to a lost machine; the chunks after it came to this one, as parts 001-003 (a part is a
+    # folder of chunks; receive moves them, so these are copies)
+    chunks = sorted(c for p in sorted((tmp_path / "bundle").iterdir())[1:] for c in p.iterdir())
+    assert len(chunks) >= 3, "the test needs three chunks after part-000"
+    later = [tmp_path / "lost" / f"part-00{n}" for n in (1, 2, 3)]
+    for n, chunk in enumerate(chunks):
+        later[min(n, 2)].mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(chunk, later[min(n, 2)] / chunk.name)
+    for part in (later[2], later[0], later[1]):
+        fresh = run_gpuenv(checkout, tmp_path / "fresh-machine", "receive", str(part))
+        assert fresh.returncode == 0 and not any(part.iterdir()), "its chunks are kept there all the same"
+    assert fresh.stdout.splitlines()[-1].endswith(
+        "send part-000 and start the pipeline again; kept here: part-001 - part-003, so go on from the first "
+        "part not among them"), fresh.stdout
     first = gpuenv("receive", str(tmp_path / "bundle" / "part-000"))  # the manifest only
     assert first.returncode == 0
     chunks = len(json.loads((tmp_path / "bundle" / "part-000" / "bundle.json").read_text())["chunks"])

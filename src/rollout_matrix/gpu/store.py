@@ -62,13 +62,15 @@ def receive(parts: list[Path]) -> None:
             problems.append(f"{part}: no such part folder (was it named in carry?)")
             log(problems[-1])
             continue
-        moved = 0
+        moved, refused = 0, len(problems)
         for item in sorted(part.iterdir()):
             try:
                 moved += _receive_item(item, d, hashes)
             except UserError as exc:
                 problems.append(str(exc))
                 log(f"{part.name}: refused: {exc}")
+        if len(problems) == refused:  # whole: nothing of it has to come again
+            _note_received(part.name)
         log(f"{part.name}: {moved} new chunks")
     status()
     if problems:
@@ -192,8 +194,45 @@ def status() -> None:
         log(f"complete: {', '.join(done) or 'none'}"
             + ("; still missing chunks: " + ", ".join(f"{name} {n}" for n, name in sorted(waiting)) if waiting else ""))
     else:  # chunks kept, but a hold that goes on here waits for entries this machine cannot name
+        kept = _received_before_a_manifest()
         log("no bundle's part-000 received on this machine: it is a fresh one (the last may have been taken "
-            "back, and its state with it); send part-000 and start the pipeline again")
+            "back, and its state with it); send part-000 and start the pipeline again"
+            + (f"; kept here: {kept}, so go on from the first part not among them" if kept else ""))
+
+
+RECEIVED = "received-parts"
+"""The names of the parts received here, one a line: on a fresh machine, what came before part-000."""
+
+
+def _note_received(name: str) -> None:
+    path = ROOT / RECEIVED
+    names = set(path.read_text(encoding="utf-8").split()) if path.is_file() else set()
+    if name not in names:
+        write_atomic(path, "".join(f"{n}\n" for n in sorted(names | {name})))
+
+
+def _received_before_a_manifest() -> str:
+    """The parts received here, their runs of numbers joined ("part-001 - part-009, part-012"), or "".
+
+    Why: a hold's first message sends part-000 beside parts 001-009, and when the call carrying part-000
+    is the one that finds no machine (2026-12-04, ninth hold), the others start one and arrive first.
+    Their chunks are kept, so only part-000 has to be sent again; the line used to say only that.
+    """
+    path = ROOT / RECEIVED
+    names = sorted(set(path.read_text(encoding="utf-8").split())) if path.is_file() else []
+    runs: list[list[str]] = []
+    for name in names:
+        stem, _, number = name.rpartition("-")
+        if runs and number.isdigit() and _follows(runs[-1][-1], stem, int(number)):
+            runs[-1].append(name)
+        else:
+            runs.append([name])
+    return ", ".join(run[0] if len(run) == 1 else f"{run[0]} - {run[-1]}" for run in runs)
+
+
+def _follows(previous: str, stem: str, number: int) -> bool:
+    prev_stem, _, prev_number = previous.rpartition("-")
+    return prev_stem == stem and prev_number.isdigit() and int(prev_number) + 1 == number
 
 
 def complete(entry: str) -> bool:
