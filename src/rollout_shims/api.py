@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from rollout_shims.checkpoint import checkpoint_shapes
 from rollout_shims.config import RolloutConfig
 from rollout_shims.errors import EngineFailedError, EngineStateError, UnsupportedFeatureError
 from rollout_shims.outputs import int_list
@@ -21,6 +22,7 @@ from rollout_shims.prompts import check_prompts, vocabulary_size
 from rollout_shims.sharing import SharedBucket
 from rollout_shims.stops import end_at_stop_tokens
 from rollout_shims.weight_group import DEFAULT_GROUP_NAME, GroupBucket, check_group_args
+from rollout_shims.weight_names import check_pushed, tensor_shape
 
 log = logging.getLogger("rollout_shims")
 
@@ -110,6 +112,8 @@ class RolloutEngine(ABC):
         self.config = config
         self.info = info
         self._vocabulary = vocabulary_size(config.model_dir)
+        self._checkpoint = checkpoint_shapes(config.model_dir) if config.check_weight_names else None
+        """Name -> shape of ``model_dir``'s tensors: what a push is checked against (None: no check)."""
         if self._vocabulary is None:
             log.info("no vocab_size in %s/config.json: prompt ids are not checked against the model", config.model_dir)
         self._offloaded = False
@@ -145,7 +149,9 @@ class RolloutEngine(ABC):
     def update_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
         """Load new weights in place (HF parameter names), then drop the prefix cache."""
         self._require_ready("update_weights")
-        self._update_weights(list(named_tensors))
+        named = list(named_tensors)
+        check_pushed("update_weights", ((n, tensor_shape(t)) for n, t in named), self._checkpoint)
+        self._update_weights(named)
         self._weights_lost = False
 
     def update_weights_from(self, handles: SharedBucket | Iterable[SharedBucket]) -> None:
@@ -164,6 +170,7 @@ class RolloutEngine(ABC):
             if bucket.ranks != ranks:
                 raise ValueError(f"update_weights_from: bucket {bucket.index} was shared for {bucket.ranks} "
                                  f"engine rank(s), this engine has {ranks}: share_weights(..., ranks={ranks})")
+            self._check_bucket("update_weights_from", bucket.index, bucket.names, bucket.shapes, bucket.share_names)
 
         self._load_buckets("update_weights_from", handles, SharedBucket, "rollout_shims.share_weights", check,
                            self._update_weights_from)
@@ -207,6 +214,8 @@ class RolloutEngine(ABC):
             if bucket.group_name not in self._weight_groups:
                 raise ValueError(f"update_weights_from_group: bucket {bucket.index} comes over group "
                                  f"{bucket.group_name!r}, which this engine has not joined: init_weight_group first")
+            self._check_bucket("update_weights_from_group", bucket.index, bucket.names, bucket.shapes,
+                               bucket.share_names)
 
         self._load_buckets("update_weights_from_group", buckets, GroupBucket, "rollout_shims.WeightGroup.broadcast",
                            check, self._update_weights_from_group)
@@ -272,6 +281,17 @@ class RolloutEngine(ABC):
         if taken:
             self._flush_cache()
             self._weights_lost = False
+
+    def _check_bucket(self, what: str, index: int, names: Sequence[str], shapes: Sequence[Sequence[int]] | None,
+                      share_names: Sequence[str] | None) -> None:
+        """A bucket's names and shapes against the checkpoint (:mod:`rollout_shims.weight_names`), and on
+        the first bucket of a share that names all its tensors, every name before anything is loaded."""
+        before = ("nothing was loaded" if index == 0 else "bucket 0 of this push was loaded" if index == 1
+                  else f"buckets 0-{index - 1} of this push were loaded")
+        if share_names is not None:
+            check_pushed(what, ((n, None) for n in share_names), self._checkpoint, before)
+        check_pushed(f"{what}: bucket {index}", zip(names, shapes or [None] * len(names), strict=True),
+                     self._checkpoint, before)
 
     def _require_open(self, what: str) -> None:
         if self._failure is not None:

@@ -1,7 +1,9 @@
-"""The tensor names a model directory holds, read from its safetensors headers (no torch import).
+"""The tensors a model directory holds (names and shapes), read from its safetensors headers (no
+torch import, no tensor data read).
 
-Used to tell whether an ``update_weights()`` push covers the whole model: after an onload that lost
-the weights, a partial push would leave the rest of the model as garbage.
+Used to tell whether an ``update_weights()`` push covers the whole model (after an onload that lost
+the weights, a partial push would leave the rest of the model as garbage), and to check a push's
+names and shapes before any of it is loaded (:mod:`rollout_shims.weight_names`).
 """
 
 from __future__ import annotations
@@ -11,13 +13,13 @@ import struct
 from pathlib import Path
 
 
-def checkpoint_names(model_dir: str | Path) -> frozenset[str] | None:
-    """Every tensor name in ``model_dir``'s ``*.safetensors`` files, or None when there are none
-    (a ``.bin`` checkpoint) or a header cannot be read."""
+def checkpoint_shapes(model_dir: str | Path) -> dict[str, tuple[int, ...]] | None:
+    """Every tensor of ``model_dir``'s ``*.safetensors`` files, name -> shape, or None when there are
+    none (a ``.bin`` checkpoint, or only a ``config.json`` for dummy weights) or a header cannot be read."""
     files = sorted(Path(model_dir).glob("*.safetensors"))
     if not files:
         return None
-    names: set[str] = set()
+    shapes: dict[str, tuple[int, ...]] = {}
     for file in files:
         try:
             with open(file, "rb") as fh:
@@ -25,7 +27,15 @@ def checkpoint_names(model_dir: str | Path) -> frozenset[str] | None:
                 if size > 100 << 20:  # a header of over 100 MiB is not a safetensors header
                     return None
                 header = json.loads(fh.read(size))
-        except (OSError, struct.error, ValueError):
+            for name, info in header.items():
+                if name != "__metadata__":
+                    shapes[name] = tuple(int(n) for n in info["shape"])
+        except (OSError, struct.error, ValueError, TypeError, KeyError, AttributeError):
             return None
-        names.update(k for k in header if k != "__metadata__")
-    return frozenset(names)
+    return shapes
+
+
+def checkpoint_names(model_dir: str | Path) -> frozenset[str] | None:
+    """Every tensor name in ``model_dir``'s ``*.safetensors`` files, or None as for :func:`checkpoint_shapes`."""
+    shapes = checkpoint_shapes(model_dir)
+    return None if shapes is None else frozenset(shapes)

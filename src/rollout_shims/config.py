@@ -14,8 +14,10 @@ The keys follow RLinf's ``rollout:`` section (see ``docs/shims.md``). Where each
   ``config.json``), ``padding`` (stripped from both ends of every prompt), ``eos`` (added to the
   stop tokens of every request unless ``ignore_eos``), ``validate_weight`` / ``validate_save_dir``
   (a greedy validation run at start-up, its result written as JSON), ``print_outputs`` (each
-  completion logged), ``rollout_backend`` (which engine to use when both are installed) and
-  ``force_shim`` (run a shim on a release outside its band, at your own risk).
+  completion logged), ``check_weight_names`` (a weight push whose names or shapes the checkpoint in
+  ``model_dir`` lacks is refused before any tensor is loaded), ``rollout_backend`` (which engine to
+  use when both are installed) and ``force_shim`` (run a shim on a release outside its band, at your
+  own risk).
 """
 
 from __future__ import annotations
@@ -121,6 +123,7 @@ class RolloutConfig:
     validate_weight: bool = _opt(False, None, "load real weights and run a validation generation")
     validate_save_dir: str | None = _opt(None, None, "where the validation result is written")
     print_outputs: bool = _opt(False, None, "shim: log every completion")
+    check_weight_names: bool = _opt(True, None, "shim: check pushed weights' names and shapes against model_dir")
     max_running_requests: int = _opt(64, POSITIVE, "max concurrent requests")
     cuda_graph_max_bs: int = _opt(128, POSITIVE, "largest CUDA-graph batch")
     force_shim: str | None = _opt(None, None, "shim to use outside the supported bands (at your own risk)")

@@ -120,6 +120,8 @@ SHIM_KEYS: dict[str, str] = {
     "validate_weight": "also: run a greedy validation generation at start-up",
     "validate_save_dir": "the validation result is written there as JSON",
     "print_outputs": "every completion is logged (logger 'rollout_shims', INFO)",
+    "check_weight_names": "a weight push naming a tensor model_dir's checkpoint lacks, or of another shape, "
+    "is refused before any tensor is loaded",
     "force_shim": "use this shim even outside its release band",
     "sglang.attention_backend": "(vLLM shims: not used)",
     "sglang.decode_log_interval": "(vLLM shims: not used)",

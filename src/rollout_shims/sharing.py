@@ -60,6 +60,9 @@ class SharedBucket:
     device: str
     """Where the buffer lives in the trainer's process (``cuda:0``, ``cpu``)."""
     payloads: tuple[bytes, ...] = field(repr=False)
+    shapes: tuple[tuple[int, ...], ...] | None = field(default=None, repr=False)
+    """Each named tensor's shape, in the order of ``names`` (None from a sharer that sent none), so the
+    engine checks names and shapes against the model before it opens anything."""
     share_names: tuple[str, ...] | None = field(default=None, repr=False)
     """On the first bucket only: every name of the whole share, when :func:`share_weights` got a
     collection (a dict, a list) rather than a one-pass iterator; None otherwise. An engine whose
@@ -213,6 +216,7 @@ def _bucket(index: int, last: bool, entries: list[tuple[str, Any]], data: int, b
         payloads = tuple(bytes(ForkingPickler.dumps(entries)) for _ in range(ranks))
     return SharedBucket(index=index, last=last, names=tuple(n for n, _ in entries), nbytes=data,
                         device=str(buffer.device), payloads=payloads,
+                        shapes=tuple(tuple(int(n) for n in t.shape) for _, t in entries),
                         share_names=share_names if index == 0 else None)
 
 

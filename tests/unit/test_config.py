@@ -50,7 +50,8 @@ DEFAULTS = {
     "vllm": {"attention_backend": "FLASH_ATTN", "enable_chunked_prefill": True, "enable_prefix_caching": True,
              "enable_flash_infer_sampler": True},
     "tensor_parallel_size": 1, "pipeline_parallel_size": 1, "validate_weight": False, "validate_save_dir": None,
-    "print_outputs": False, "max_running_requests": 64, "cuda_graph_max_bs": 128, "force_shim": None,
+    "print_outputs": False, "check_weight_names": True, "max_running_requests": 64, "cuda_graph_max_bs": 128,
+    "force_shim": None,
 }
 
 
