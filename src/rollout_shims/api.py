@@ -134,6 +134,8 @@ class RolloutEngine(ABC):
                 f"generate: {self.info.backend} {self.info.release} does not keep the weights across "
                 "offload(), and none were pushed since onload(); call update_weights() first")
         cleaned = [self._strip_padding(p) for p in prompts]
+        if not cleaned:  # a batch filtered down to nothing: SGLang raises "input_ids cannot be empty"
+            return []
         check_prompts(cleaned, self._vocabulary)  # an id past the embedding table would kill the engine
         params = self._with_eos(params)
         completions = self._generate(cleaned, params)

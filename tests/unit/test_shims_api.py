@@ -74,6 +74,16 @@ def test_padding_is_stripped_from_both_ends_only() -> None:
         eng.generate([[0, 0]], SamplingParams())
 
 
+def test_an_empty_batch_gives_no_completions_without_asking_the_engine() -> None:
+    """A batch filtered down to nothing (dynamic sampling, a data-parallel rank with no prompts): vLLM
+    returns an empty list, SGLang raises "input_ids cannot be empty." (`managers/io_struct.py:197-198` in 0.5.2)."""
+    class Refusing(EchoEngine):
+        def _generate(self, prompts, params):
+            raise AssertionError("the engine was asked for an empty batch")
+
+    assert Refusing(cfg()).generate([], SamplingParams()) == []
+
+
 def test_prompts_are_untouched_without_padding() -> None:
     eng = EchoEngine(cfg())
     assert eng.generate([[0, 1, 0]], SamplingParams())[0].token_ids == [0, 1, 0]
