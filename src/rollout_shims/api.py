@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from rollout_shims.checkpoint import checkpoint_shapes
 from rollout_shims.config import RolloutConfig
 from rollout_shims.errors import EngineFailedError, EngineStateError, UnsupportedFeatureError
 from rollout_shims.outputs import int_list
@@ -22,7 +21,7 @@ from rollout_shims.prompts import check_prompts, vocabulary_size
 from rollout_shims.sharing import SharedBucket
 from rollout_shims.stops import end_at_stop_tokens
 from rollout_shims.weight_group import DEFAULT_GROUP_NAME, GroupBucket, check_group_args
-from rollout_shims.weight_names import check_pushed, tensor_shape
+from rollout_shims.weight_names import check_bucket, check_pushed, checkpoint_to_check, tensor_shape
 
 log = logging.getLogger("rollout_shims")
 
@@ -112,8 +111,10 @@ class RolloutEngine(ABC):
         self.config = config
         self.info = info
         self._vocabulary = vocabulary_size(config.model_dir)
-        self._checkpoint = checkpoint_shapes(config.model_dir) if config.check_weight_names else None
+        self._checkpoint = checkpoint_to_check(config, info.backend)
         """Name -> shape of ``model_dir``'s tensors: what a push is checked against (None: no check)."""
+        self._push_cut: str | None = None
+        """Why generate() refuses: a push was cut short after some of its buckets were loaded."""
         if self._vocabulary is None:
             log.info("no vocab_size in %s/config.json: prompt ids are not checked against the model", config.model_dir)
         self._offloaded = False
@@ -133,6 +134,8 @@ class RolloutEngine(ABC):
             raise EngineStateError(
                 f"generate: {self.info.backend} {self.info.release} does not keep the weights across "
                 "offload(), and none were pushed since onload(); call update_weights() first")
+        if self._push_cut:
+            raise EngineStateError(f"generate: {self._push_cut}; push the whole model again first")
         cleaned = [self._strip_padding(p) for p in prompts]
         if not cleaned:  # a batch filtered down to nothing: SGLang raises "input_ids cannot be empty"
             return []
@@ -155,6 +158,7 @@ class RolloutEngine(ABC):
         check_pushed("update_weights", ((n, tensor_shape(t)) for n, t in named), self._checkpoint)
         self._update_weights(named)
         self._weights_lost = False
+        self._push_cut = None
 
     def update_weights_from(self, handles: SharedBucket | Iterable[SharedBucket]) -> None:
         """Load weights another process shared with :func:`rollout_shims.share_weights`, then drop
@@ -172,7 +176,7 @@ class RolloutEngine(ABC):
             if bucket.ranks != ranks:
                 raise ValueError(f"update_weights_from: bucket {bucket.index} was shared for {bucket.ranks} "
                                  f"engine rank(s), this engine has {ranks}: share_weights(..., ranks={ranks})")
-            self._check_bucket("update_weights_from", bucket.index, bucket.names, bucket.shapes, bucket.share_names)
+            check_bucket("update_weights_from", bucket, self._checkpoint)
 
         self._load_buckets("update_weights_from", handles, SharedBucket, "rollout_shims.share_weights", check,
                            self._update_weights_from)
@@ -216,8 +220,7 @@ class RolloutEngine(ABC):
             if bucket.group_name not in self._weight_groups:
                 raise ValueError(f"update_weights_from_group: bucket {bucket.index} comes over group "
                                  f"{bucket.group_name!r}, which this engine has not joined: init_weight_group first")
-            self._check_bucket("update_weights_from_group", bucket.index, bucket.names, bucket.shapes,
-                               bucket.share_names)
+            check_bucket("update_weights_from_group", bucket, self._checkpoint)
 
         self._load_buckets("update_weights_from_group", buckets, GroupBucket, "rollout_shims.WeightGroup.broadcast",
                            check, self._update_weights_from_group)
@@ -268,32 +271,28 @@ class RolloutEngine(ABC):
         """One bucket or an iterable of them, handed to ``load`` lazily (the next is pulled only after
         the last is loaded), each of ``kind`` and passing ``check``; the prefix cache dropped after
         any was loaded (the update paths from another process: shared, broadcast)."""
-        taken = 0
+        taken = loaded = 0
 
         def checked() -> Iterator[Any]:
-            nonlocal taken
+            nonlocal taken, loaded
             for bucket in [given] if isinstance(given, kind) else given:
                 if not isinstance(bucket, kind):
                     raise ValueError(f"{what}: got {type(bucket).__name__}, not a {kind.__name__} from {source}")
                 check(bucket)
                 taken += 1
                 yield bucket
+                loaded += 1  # the engine asks for the next bucket once this one is in
 
-        load(checked())
+        try:
+            load(checked())
+        except BaseException:
+            if loaded:  # a refused or failed bucket after loaded ones: never serve that mix
+                self._push_cut = f"{what} failed after {loaded} bucket(s) were loaded, the model is part new, part old"
+            raise
         if taken:
             self._flush_cache()
             self._weights_lost = False
-
-    def _check_bucket(self, what: str, index: int, names: Sequence[str], shapes: Sequence[Sequence[int]] | None,
-                      share_names: Sequence[str] | None) -> None:
-        """A bucket's names and shapes against the checkpoint (:mod:`rollout_shims.weight_names`), and on
-        the first bucket of a share that names all its tensors, every name before anything is loaded."""
-        before = ("nothing was loaded" if index == 0 else "bucket 0 of this push was loaded" if index == 1
-                  else f"buckets 0-{index - 1} of this push were loaded")
-        if share_names is not None:
-            check_pushed(what, ((n, None) for n in share_names), self._checkpoint, before)
-        check_pushed(f"{what}: bucket {index}", zip(names, shapes or [None] * len(names), strict=True),
-                     self._checkpoint, before)
+            self._push_cut = None
 
     def _require_open(self, what: str) -> None:
         if self._failure is not None:

@@ -15,7 +15,7 @@ The keys follow RLinf's ``rollout:`` section (see ``docs/shims.md``). Where each
   stop tokens of every request unless ``ignore_eos``), ``validate_weight`` / ``validate_save_dir``
   (a greedy validation run at start-up, its result written as JSON), ``print_outputs`` (each
   completion logged), ``check_weight_names`` (a weight push whose names or shapes the checkpoint in
-  ``model_dir`` lacks is refused before any tensor is loaded), ``rollout_backend`` (which engine to
+  ``model_dir`` lacks is refused, docs/shims.md), ``rollout_backend`` (which engine to
   use when both are installed) and ``force_shim`` (run a shim on a release outside its band, at your
   own risk).
 """

@@ -121,7 +121,7 @@ SHIM_KEYS: dict[str, str] = {
     "validate_save_dir": "the validation result is written there as JSON",
     "print_outputs": "every completion is logged (logger 'rollout_shims', INFO)",
     "check_weight_names": "a weight push naming a tensor model_dir's checkpoint lacks, or of another shape, "
-    "is refused before any tensor is loaded",
+    "is refused (before any tensor is loaded where the push names all its tensors up front)",
     "force_shim": "use this shim even outside its release band",
     "sglang.attention_backend": "(vLLM shims: not used)",
     "sglang.decode_log_interval": "(vLLM shims: not used)",

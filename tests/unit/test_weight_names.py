@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from scripted_engine import ScriptedEngine
 
-from rollout_shims import RolloutConfig
+from rollout_shims import Completion, RolloutConfig, SamplingParams
 from rollout_shims.checkpoint import checkpoint_shapes
+from rollout_shims.errors import EngineStateError
 from rollout_shims.sharing import SharedBucket
 from rollout_shims.weight_group import GroupBucket
 
@@ -127,7 +128,7 @@ def test_a_shape_that_differs_is_refused_naming_both(model_dir: Path) -> None:
     pushed = the_model()
     pushed[0] = ("model.embed_tokens.weight", Tensor(72, 16))
     with pytest.raises(ValueError, match=r"^update_weights: 'model\.embed_tokens\.weight' has shape \[72, 16\], the "
-                                         r"model's is \[64, 16\] \(its checkpoint\); nothing was loaded"):
+                                         r"model's is \[64, 16\] \(its checkpoint\); nothing was loaded; push tensors"):
         eng.update_weights(pushed)
     assert eng.loaded == []
 
@@ -152,15 +153,76 @@ def test_a_share_that_names_everything_is_checked_whole_before_its_first_bucket(
     assert eng.loaded == names
 
 
-def test_a_one_pass_share_is_checked_bucket_by_bucket_and_says_what_was_loaded(model_dir: Path) -> None:
+def test_a_one_pass_share_is_checked_bucket_by_bucket_and_the_mix_is_never_served(model_dir: Path) -> None:
+    """A share from a one-pass iterator names its tensors bucket by bucket: a bad bucket after good ones
+    is refused, saying what was loaded, and generate() refuses the part new, part old model until a
+    whole push comes."""
     names = [name for name, _ in the_model()]
     buckets = [shared(0, False, names[:1], [(64, 16)]), shared(1, False, names[1:2], [(16, 16)]),
                shared(2, True, names[2:], [(32, 16), (15,)])]
     eng = engine(model_dir)
+    eng.answers = [Completion([7], None, "length")]
     with pytest.raises(ValueError, match=r"^update_weights_from: bucket 2: 'model\.norm\.weight' has shape \[15\], "
                                          r"the model's is \[16\] \(its checkpoint\); buckets 0-1 of this push were loaded"):
         eng.update_weights_from(buckets)
     assert eng.loaded == names[:2]
+    with pytest.raises(EngineStateError, match=r"^generate: update_weights_from failed after 2 bucket\(s\) were loaded, "
+                                               r"the model is part new, part old; push the whole model again first$"):
+        eng.generate([[1, 2]], SamplingParams())
+    eng.update_weights(the_model())
+    assert eng.generate([[1, 2]], SamplingParams())[0].token_ids == [7]
+
+
+def test_a_bad_first_bucket_leaves_the_model_as_it_was(model_dir: Path) -> None:
+    eng = engine(model_dir)
+    eng.answers = [Completion([7], None, "length")]
+    with pytest.raises(ValueError, match="nothing was loaded"):
+        eng.update_weights_from([shared(0, True, ["module.model.norm.weight"], [(16,)])])
+    assert eng.generate([[1, 2]], SamplingParams())[0].token_ids == [7]
+
+
+def test_a_bucket_whose_shapes_do_not_match_its_names_is_refused(model_dir: Path) -> None:
+    eng = engine(model_dir)
+    with pytest.raises(ValueError, match=r"^update_weights_from: bucket 0 names 2 tensors but gives 0 shapes"):
+        eng.update_weights_from(shared(0, True, ["model.norm.weight", "model.embed_tokens.weight"], []))
+    assert eng.loaded == []
+
+
+def test_a_one_element_tensor_may_be_a_scalar_and_back(tmp_path: Path) -> None:
+    """FP8 per-tensor scales are saved as [] or [1]; vLLM's default loader takes either for the other."""
+    write_safetensors(tmp_path / "model.safetensors", {"a.weight_scale": [], "a.input_scale": [1], "a.weight": [4, 4]})
+    eng = engine(tmp_path)
+    eng.update_weights([("a.weight_scale", Tensor(1)), ("a.input_scale", Tensor()), ("a.weight", Tensor(4, 4))])
+    assert len(eng.loaded) == 3
+    with pytest.raises(ValueError, match=r"'a\.weight_scale' has shape \[2\], the model's is \[\]"):
+        eng.update_weights([("a.weight_scale", Tensor(2))])
+
+
+def test_a_wrong_name_is_named_before_a_wrong_shape(model_dir: Path) -> None:
+    pushed = [("model.embed_tokens.weight", Tensor(72, 16)), ("module.model.norm.weight", Tensor(16))]
+    with pytest.raises(ValueError, match=r"'module\.model\.norm\.weight' is not a tensor"):
+        engine(model_dir).update_weights(pushed)
+
+
+def test_an_unmerged_adapter_is_told_to_merge(model_dir: Path) -> None:
+    with pytest.raises(ValueError, match=r"'model\.layers\.0\.self_attn\.q_proj\.base_layer\.weight' is not a tensor.*"
+                                         r"merge the LoRA adapters into the weights first"):
+        engine(model_dir).update_weights([("model.layers.0.self_attn.q_proj.base_layer.weight", Tensor(16, 16))])
+
+
+def test_a_multimodal_model_is_not_checked_where_the_engine_maps_its_names(model_dir: Path) -> None:
+    """vLLM takes a Qwen2.5-VL's tensors as ``model.language_model.*`` (transformers 4.52+) or as the
+    checkpoint's ``model.*``; SGLang skips the layout its model does not use, so it is checked there."""
+    (model_dir / "config.json").write_text(json.dumps({"architectures": ["Qwen2_5_VLForConditionalGeneration"]}))
+    renamed = [("model.language_model.norm.weight", Tensor(16))]
+    mapping = ScriptedEngine(RolloutConfig.from_dict({"model_dir": str(model_dir)}), [], backend="vllm")
+    mapping.update_weights(renamed)
+    assert mapping.loaded == ["model.language_model.norm.weight"]
+    with pytest.raises(ValueError, match="is not a tensor of the model's checkpoint"):
+        engine(model_dir).update_weights(renamed)
+    (model_dir / "config.json").write_text(json.dumps({"architectures": ["Qwen2ForCausalLM"]}))
+    with pytest.raises(ValueError, match="is not a tensor of the model's checkpoint"):
+        ScriptedEngine(RolloutConfig.from_dict({"model_dir": str(model_dir)}), [], backend="vllm").update_weights(renamed)
 
 
 def test_a_broadcast_bucket_is_checked_before_it_is_received(model_dir: Path) -> None:
