@@ -79,7 +79,7 @@ class StandInEngine(RolloutEngine):
             if BACKEND == "sglang" and len(prompt) >= self._room() - 4:  # SGLang's max_req_input_len, C - 6
                 raise ValueError(f"prompt {i} has {len(prompt)} tokens; SGLang takes at most {self._room() - 5}")
             ids, lps, finish = list(prompt), [], "length"
-            generator = torch.Generator().manual_seed(params.seed if params.seed is not None else i)
+            generator = torch.Generator().manual_seed(params.seed + i if params.seed is not None else i)  # seeds.py
             for step in range(min(params.max_new_tokens, self._room() - len(prompt))):
                 with torch.no_grad():
                     logits = self._model(torch.tensor([ids])).logits[0, -1].float()

@@ -52,10 +52,10 @@ def test_one_long_prompt_ends_at_the_context_and_the_call_goes_on(cls: type) -> 
     assert all(sp["temperature"] == 0.5 for sp in eng._engine.asked[0])  # the rest of each request as asked
 
 
-def test_each_request_keeps_its_seed() -> None:
+def test_each_capped_request_keeps_its_own_seed() -> None:
     eng = sglang(SGLang0521, sglang={"deterministic_inference": True})
     eng._generate([[1] * 90, [1] * 5], SamplingParams(max_new_tokens=20, seed=3))
-    assert [sp["sampling_seed"] for sp in eng._engine.asked[0]] == [3, 3]
+    assert [(sp["max_new_tokens"], sp["sampling_seed"]) for sp in eng._engine.asked[0]] == [(9, 3), (20, 4)]  # seed + i
 
 
 def test_requests_that_fit_go_as_one_set_of_sampling_params() -> None:

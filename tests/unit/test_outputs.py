@@ -19,7 +19,7 @@ import pytest
 from rollout_shims import Completion, RolloutConfig, SamplingParams
 from rollout_shims.outputs import float_list, int_list, sampled_logprobs
 from rollout_shims.shims.vllm_bands import VLLM025
-from rollout_shims.shims.vllm_base import has_flat_logprobs
+from rollout_shims.shims.vllm_sampling import has_flat_logprobs
 
 
 def old_ids(values: Any) -> list[int]:

@@ -107,20 +107,6 @@ def test_sglang_seed_is_refused_where_it_would_be_ignored() -> None:
     assert "sampling_seed" not in _sglang_params(SGLang053, seed=None)
 
 
-@pytest.mark.parametrize(("release", "seed", "fits"), [
-    ("0.5.6.post2", 2**31 - 1, True), ("0.5.6.post2", 2**31, False), ("0.5.3", -(2**31) - 1, False),
-    ("0.5.7", 2**31, True), ("0.5.23", 2**63 - 1, True), ("0.5.23", 2**63, False),
-])
-def test_sglang_seed_must_fit_the_schedulers_seed_tensor(release: str, seed: int, fits: bool) -> None:
-    # int32 seeds up to 0.5.6.post2, int64 from 0.5.7 (sampling_batch_info.py); out of range kills the scheduler
-    on = {"deterministic_inference": True}
-    if fits:
-        assert _sglang_params(SGLang053, seed=seed, release=release, sglang=on)["sampling_seed"] == seed
-    else:
-        with pytest.raises(UnsupportedFeatureError, match="does not fit"):
-            _sglang_params(SGLang053, seed=seed, release=release, sglang=on)
-
-
 @pytest.mark.parametrize("name", ["RETURN_ORIGINAL_LOGPROB", "SGLANG_RETURN_ORIGINAL_LOGPROB"])
 def test_sglang_refuses_an_environment_that_makes_logprobs_raw(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     monkeypatch.setenv(name, "1")

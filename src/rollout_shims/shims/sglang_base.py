@@ -28,6 +28,7 @@ from rollout_shims.mapping import SGLANG_ARGS, SGLANG_FIXED, ArgRule, engine_kwa
 from rollout_shims.multicast import turn_off_multicast
 from rollout_shims.outputs import int_list
 from rollout_shims.processes import OwnedProcesses
+from rollout_shims.seeds import spread_seed
 from rollout_shims.sharing import SGLANG_LOADER
 from rollout_shims.shims.sglang_failure import ended_child, scheduler_died_at_start
 from rollout_shims.shims.sglang_groups import SGLangGroups
@@ -323,8 +324,9 @@ class SGLangEngine(SGLangGroups, SGLangWeights, RolloutEngine):
         return params.logprobs or (self.config.detokenize and not self.OUTPUT_IDS_WITH_TEXT)
 
     def _generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
-        # one dict per request where a long prompt would have SGLang refuse the whole call (context.py)
-        sp = sglang_requests(self._engine, self.info.release, prompts, self._sampling_params(params))
+        # one dict per request where a long prompt is capped (context.py) or the call's seed spread (seeds.py)
+        sp = spread_seed(sglang_requests(self._engine, self.info.release, prompts, self._sampling_params(params)),
+                         len(prompts), "sampling_seed")
         outs = self._call("generate", input_ids=prompts, sampling_params=sp, return_logprob=self._needs_logprobs(params))
         if isinstance(outs, dict):
             outs = [outs]

@@ -32,6 +32,7 @@ from rollout_shims.outputs import int_list, sampled_logprobs
 from rollout_shims.sharing import SharedBucket
 from rollout_shims.shims import vllm_compiled, vllm_import_constants, vllm_memory
 from rollout_shims.shims.vllm_groups import TORCH_GROUP_SYMBOLS, VLLMGroups
+from rollout_shims.shims.vllm_sampling import vllm_sampling_params
 from rollout_shims.shims.vllm_worker import (
     load_shared_in_worker,
     load_weights_in_worker,
@@ -52,14 +53,6 @@ log = logging.getLogger("rollout_shims")
 
 def _sym(path: str, qualname: str, *params: str) -> Symbol:
     return Symbol(dist="vllm", path=path, qualname=qualname, params=params)
-
-
-def has_flat_logprobs(params_cls: Any) -> bool:
-    """Whether vLLM's ``SamplingParams`` (a msgspec Struct) has ``flat_logprobs`` (0.12+, vLLM PR 28914):
-    logprobs then come back as ``FlatLogprobs``, a few flat lists per sequence instead of a dict and a
-    ``Logprob`` object per token, which vLLM builds and the shim reads at a fraction of the cost
-    (rollout_shims/outputs.py). Asked by field, so a release that has it uses it."""
-    return "flat_logprobs" in getattr(params_cls, "__struct_fields__", ())
 
 
 def flashinfer_version() -> Version | None:
@@ -271,15 +264,9 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
 
     # ----- the API ----------------------------------------------------------------------------
     def _generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
-        from vllm import SamplingParams as VLLMSamplingParams
         from vllm.inputs import TokensPrompt
 
-        sp = VLLMSamplingParams(
-            n=1, max_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
-            top_k=params.top_k, stop_token_ids=list(params.stop_token_ids), ignore_eos=params.ignore_eos,
-            logprobs=0 if params.logprobs else None, seed=params.seed, detokenize=self.config.detokenize,
-            **({"flat_logprobs": True} if params.logprobs and has_flat_logprobs(VLLMSamplingParams) else {}),
-        )
+        sp = vllm_sampling_params(params, len(prompts), self.config.detokenize)
         outs = self._llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], sp, use_tqdm=False)
         return [self._completion(o.outputs[0], params) for o in outs]
 
