@@ -37,9 +37,9 @@ class SamplingParams:
     """Per-call sampling settings, mapped onto each engine's own sampling parameters.
 
     ``temperature == 0`` means greedy. ``top_k == -1`` and ``top_p == 1.0`` switch those filters
-    off. ``seed`` is the call's: request ``i`` is sampled with ``seed + i`` (seeds.py: a repeated prompt
-    gets independent samples, the call stays reproducible); SGLang up to 0.5.2 has no per-request
-    seed and refuses it, 0.5.3+ applies it only in deterministic inference.
+    off. ``seed`` is the call's: each request is sampled with its own seed derived from it (seeds.py:
+    a repeated prompt gets independent samples, the call stays reproducible); SGLang up to 0.5.2 has
+    no per-request seed and refuses it, 0.5.3+ refuses it outside deterministic inference.
     A sequence ends at its first token of ``stop_token_ids`` (kept as its last token, finish reason
     ``"stop"``) on every engine; ``ignore_eos`` turns off only the model's own end of sequence
     (stops.py: SGLang would ignore the stop tokens too).

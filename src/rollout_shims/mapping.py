@@ -127,7 +127,7 @@ SHIM_KEYS: dict[str, str] = {
     "sglang.decode_log_interval": "(vLLM shims: not used)",
     "sglang.use_torch_compile": "(vLLM shims: not used)",
     "sglang.torch_compile_max_bs": "(vLLM shims: not used)",
-    "sglang.deterministic_inference": "(vLLM shims: not used; vLLM takes SamplingParams.seed as is)",
+    "sglang.deterministic_inference": "(vLLM shims: not used; vLLM applies the request seeds derived from SamplingParams.seed)",
     "vllm.attention_backend": "(SGLang shims: not used)",
     "vllm.enable_chunked_prefill": "(SGLang shims: not used; SGLang always chunks prefill)",
     "vllm.enable_prefix_caching": "(SGLang shims: not used; SGLang's radix cache is always on)",

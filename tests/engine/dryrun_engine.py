@@ -34,6 +34,7 @@ from rollout_shims.bands import Band
 from rollout_shims.config import RolloutConfig
 from rollout_shims.detect import Detection
 from rollout_shims.errors import EngineStateError
+from rollout_shims.seeds import request_seeds
 
 BACKEND = os.environ.get("DRYRUN_BACKEND", "vllm")
 KEEPS = os.environ.get("DRYRUN_KEEPS_WEIGHTS", "1") == "1"
@@ -74,12 +75,12 @@ class StandInEngine(RolloutEngine):
     def _generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
         import torch
 
-        out = []
+        out, seeds = [], request_seeds(params.seed, len(prompts))  # as both engine shims seed requests
         for i, prompt in enumerate(prompts):
             if BACKEND == "sglang" and len(prompt) >= self._room() - 4:  # SGLang's max_req_input_len, C - 6
                 raise ValueError(f"prompt {i} has {len(prompt)} tokens; SGLang takes at most {self._room() - 5}")
             ids, lps, finish = list(prompt), [], "length"
-            generator = torch.Generator().manual_seed(params.seed + i if params.seed is not None else i)  # seeds.py
+            generator = torch.Generator().manual_seed(seeds[i] if seeds is not None else i)
             for step in range(min(params.max_new_tokens, self._room() - len(prompt))):
                 with torch.no_grad():
                     logits = self._model(torch.tensor([ids])).logits[0, -1].float()

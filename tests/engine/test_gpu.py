@@ -124,9 +124,9 @@ def test_sampled_logprobs_follow_the_documented_semantics(engine, reference, tem
 
 
 def test_a_seeded_call_is_reproducible_and_its_repeated_prompts_differ(engine) -> None:
-    """RL samples a group per prompt by repeating it in the batch (GRPO). One seed for the call: request i
-    is seeded with seed + i (seeds.py), so the group's completions differ (the same seed for each would
-    give the same completion: every advantage zero) and the same call gives the same completions."""
+    """RL samples a group per prompt by repeating it in the batch (GRPO). One seed for the call, a seed
+    per request derived from it (seeds.py), so the group's completions differ (the same seed for each
+    would give the same completion: every advantage zero) and the same call gives the same completions."""
     if engine.info.backend == "sglang":
         pytest.skip("SGLang applies a seed only with rollout.sglang.deterministic_inference, which the suite's "
                     "engine does not set (0.5.3+; older releases have no per-request seed)")

@@ -13,6 +13,7 @@ import pytest
 
 from rollout_shims import RolloutConfig, SamplingParams
 from rollout_shims.context import capped_completions
+from rollout_shims.seeds import request_seeds
 from rollout_shims.shims.sglang_bands import SGLang044, SGLang051, SGLang0521
 
 CONTEXT = 100
@@ -55,7 +56,9 @@ def test_one_long_prompt_ends_at_the_context_and_the_call_goes_on(cls: type) -> 
 def test_each_capped_request_keeps_its_own_seed() -> None:
     eng = sglang(SGLang0521, sglang={"deterministic_inference": True})
     eng._generate([[1] * 90, [1] * 5], SamplingParams(max_new_tokens=20, seed=3))
-    assert [(sp["max_new_tokens"], sp["sampling_seed"]) for sp in eng._engine.asked[0]] == [(9, 3), (20, 4)]  # seed + i
+    asked = eng._engine.asked[0]
+    assert [sp["max_new_tokens"] for sp in asked] == [9, 20]
+    assert [sp["sampling_seed"] for sp in asked] == request_seeds(3, 2)  # seeds.py, tested there
 
 
 def test_requests_that_fit_go_as_one_set_of_sampling_params() -> None:

@@ -1,5 +1,6 @@
-"""A call's seed spread over its requests (rollout_shims/seeds.py): request i is sampled with seed + i, so
-a prompt repeated in the batch (a GRPO group) gets independent samples and the call stays reproducible.
+"""A call's seed spread over its requests (rollout_shims/seeds.py): request i is sampled with the i-th number
+of a SplitMix64 stream from the call's seed, so a prompt repeated in the batch (a GRPO group) gets
+independent samples and the call stays reproducible.
 Through each engine base's ``_generate``, against stand-ins for ``vllm.SamplingParams`` / ``LLM.generate``
 and SGLang's ``Engine.generate`` that record what they are given."""
 
@@ -12,16 +13,28 @@ from typing import Any
 import pytest
 
 from rollout_shims import RolloutConfig, SamplingParams
-from rollout_shims.errors import UnsupportedFeatureError
 from rollout_shims.seeds import request_seeds, spread_seed
 from rollout_shims.shims.sglang_bands import SGLang0521
 from rollout_shims.shims.vllm_bands import VLLM025
 
+# SplitMix64 started at 0: its first outputs as published with the algorithm (Steele, Lea, Flood 2014;
+# also the seeding example of xoshiro's reference code), cut to their top 31 bits.
+SPLITMIX64_FROM_0 = [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F]
 
-def test_request_seeds() -> None:
+
+def test_request_seeds_are_splitmix64_from_the_calls_seed() -> None:
     assert request_seeds(None, 3) is None
-    assert request_seeds(10, 3) == [10, 11, 12]
-    assert request_seeds(-1, 2) == [-1, 0]
+    assert request_seeds(0, 3) == [n >> 33 for n in SPLITMIX64_FROM_0]
+    assert request_seeds(0, 3) == request_seeds(0, 3) == request_seeds(2**64, 3)  # 64 bits of the seed
+
+
+def test_nearby_calls_share_no_seed_and_every_seed_fits_every_engine() -> None:
+    """Calls seeded 0-99 of 256 requests each: no seed twice (``seed + i`` would share 255 of 256 with the
+    next call); all in [0, 2**31): SGLang's int32 seed tensor, and never vLLM's -1 ("no seed")."""
+    seen = [seed for call in range(100) for seed in request_seeds(call, 256)]
+    assert len(set(seen)) == len(seen)
+    odd = [seed for call in (-1, -(2**63), 2**64 - 1, 10**30) for seed in request_seeds(call, 64)]
+    assert all(0 <= seed < 2**31 for seed in seen + odd)
 
 
 def test_spread_seed_leaves_a_call_without_a_seed_as_one_dict() -> None:
@@ -32,12 +45,13 @@ def test_spread_seed_leaves_a_call_without_a_seed_as_one_dict() -> None:
 
 
 def test_spread_seed_gives_each_request_its_own_and_keeps_the_rest() -> None:
-    assert spread_seed({"max_new_tokens": 4, "sampling_seed": 7}, 3, "sampling_seed") == [
-        {"max_new_tokens": 4, "sampling_seed": 7}, {"max_new_tokens": 4, "sampling_seed": 8},
-        {"max_new_tokens": 4, "sampling_seed": 9}]
-    capped = [{"max_new_tokens": 4, "sampling_seed": 7}, {"max_new_tokens": 2, "sampling_seed": 7}]
-    assert spread_seed(capped, 2, "sampling_seed") == [{"max_new_tokens": 4, "sampling_seed": 7},
-                                                      {"max_new_tokens": 2, "sampling_seed": 8}]
+    one, two, three = request_seeds(0, 3)
+    assert spread_seed({"max_new_tokens": 4, "sampling_seed": 0}, 3, "sampling_seed") == [
+        {"max_new_tokens": 4, "sampling_seed": one}, {"max_new_tokens": 4, "sampling_seed": two},
+        {"max_new_tokens": 4, "sampling_seed": three}]
+    capped = [{"max_new_tokens": 4, "sampling_seed": 0}, {"max_new_tokens": 2, "sampling_seed": 0}]
+    assert spread_seed(capped, 2, "sampling_seed") == [{"max_new_tokens": 4, "sampling_seed": one},
+                                                      {"max_new_tokens": 2, "sampling_seed": two}]
 
 
 # ----- vLLM: one SamplingParams per request when the call has a seed ---------------------------------------
@@ -75,10 +89,12 @@ def vllm(monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 def test_vllm_seeds_each_request_of_a_seeded_call(vllm: Any) -> None:
-    vllm._generate([[1, 2]] * 3, SamplingParams(temperature=1.0, seed=40))
+    vllm._generate([[1, 2]] * 3, SamplingParams(temperature=1.0, seed=0))
     asked = vllm.asked[-1]
-    assert [sp.seed for sp in asked] == [40, 41, 42]
+    assert [sp.seed for sp in asked] == [n >> 33 for n in SPLITMIX64_FROM_0]
     assert all(sp.temperature == 1.0 and sp.max_tokens == 128 for sp in asked)  # the rest as asked
+    vllm._generate([[1, 2]] * 3, SamplingParams(temperature=1.0, seed=-1))  # -1 would be "no seed" to vLLM
+    assert all(isinstance(sp.seed, int) and sp.seed >= 0 for sp in vllm.asked[-1])
 
 
 def test_vllm_takes_one_set_of_params_without_a_seed(vllm: Any) -> None:
@@ -103,25 +119,15 @@ def sglang(release: str) -> Any:
 
 def test_sglang_seeds_each_request_of_a_seeded_call() -> None:
     eng = sglang("0.5.23")
-    eng._generate([[1, 2]] * 3, SamplingParams(max_new_tokens=4, seed=7))
-    assert [sp["sampling_seed"] for sp in eng.asked[-1]] == [7, 8, 9]
+    eng._generate([[1, 2]] * 3, SamplingParams(max_new_tokens=4, seed=0))
+    assert [sp["sampling_seed"] for sp in eng.asked[-1]] == [n >> 33 for n in SPLITMIX64_FROM_0]
     assert all(sp["max_new_tokens"] == 4 for sp in eng.asked[-1])
 
 
-@pytest.mark.parametrize(("release", "seed", "prompts", "fits"), [
-    ("0.5.6.post2", 2**31 - 2, 2, True), ("0.5.6.post2", 2**31 - 2, 3, False),  # int32: the last request's seed
-    ("0.5.6.post2", 2**31, 1, False), ("0.5.3", -(2**31), 1, True), ("0.5.3", -(2**31) - 1, 1, False),
-    ("0.5.7", 2**31, 4, True), ("0.5.23", 2**63 - 1, 1, True), ("0.5.23", 2**63 - 1, 2, False),
-])
-def test_sglang_seeds_must_fit_the_schedulers_seed_tensor(release: str, seed: int, prompts: int, fits: bool) -> None:
-    """int32 seeds up to 0.5.6.post2, int64 from 0.5.7 (sampling_batch_info.py); out of range kills the scheduler."""
-    eng = sglang(release)
-    if fits:
-        eng._generate([[1, 2]] * prompts, SamplingParams(max_new_tokens=4, seed=seed))
-        got = eng.asked[-1] if isinstance(eng.asked[-1], list) else [eng.asked[-1]]
-        assert [sp["sampling_seed"] for sp in got] == [seed + i for i in range(prompts)]
-    else:
-        with pytest.raises(UnsupportedFeatureError, match=rf"SamplingParams.seed={seed} \(request i takes seed \+ i, "
-                                                          rf"up to {seed + prompts - 1}\) does not fit"):
-            eng._generate([[1, 2]] * prompts, SamplingParams(max_new_tokens=4, seed=seed))
-        assert eng.asked == []
+@pytest.mark.parametrize("seed", [2**31, -(2**31) - 1, 2**63, -1])
+def test_sglang_takes_any_seed_its_int32_tensor_could_not(seed: int) -> None:
+    """int32 seeds up to 0.5.6.post2 (sampling_batch_info.py): a call seed out of that range used to be
+    refused (out of range kills the scheduler); the per-request seeds derived from it always fit."""
+    eng = sglang("0.5.6.post2")
+    eng._generate([[1, 2]] * 2, SamplingParams(max_new_tokens=4, seed=seed))
+    assert all(0 <= sp["sampling_seed"] < 2**31 for sp in eng.asked[-1])

@@ -47,7 +47,7 @@ from typing import Any, ClassVar
 
 from packaging.version import Version
 
-from rollout_shims.api import Completion, SamplingParams
+from rollout_shims.api import SamplingParams
 from rollout_shims.config import RolloutConfig
 from rollout_shims.errors import UnsupportedFeatureError
 from rollout_shims.mapping import SGLANG_ARGS, ArgRule, _graph_bs
@@ -166,7 +166,8 @@ class SGLang053(SGLang051):
       with ``enable_deterministic_inference`` (sampling_batch_info.py:99-105): without it a seed would
       be ignored silently, so the shim refuses it then. The scheduler puts the seeds in an int32
       tensor up to 0.5.6.post2 and an int64 one from 0.5.7; a seed out of range raises there and kills
-      the scheduler (only 0.5.22+ check the range in the request), so the shim checks it first.
+      the scheduler (only 0.5.22+ check the range in the request): the seeds the shim derives per
+      request (seeds.py) have 31 bits.
     """
 
     SHIM: ClassVar[str] = "sglang-0.5.3"
@@ -196,18 +197,6 @@ class SGLang053(SGLang051):
         kwargs["enable_weights_cpu_backup"] = bool(kwargs.get("enable_memory_saver"))
         return kwargs
 
-    def _generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
-        if params.seed is not None and self.config.sglang.deterministic_inference:
-            # request i is seeded with seed + i (seeds.py): the last one must fit the seed tensor too
-            bits = 32 if Version(self.info.release) < Version("0.5.7") else 64  # int32 / int64 seed tensor
-            low, high = int(params.seed), int(params.seed) + max(len(prompts), 1) - 1
-            if not -(2 ** (bits - 1)) <= low <= high < 2 ** (bits - 1):
-                raise UnsupportedFeatureError(
-                    f"SamplingParams.seed={low} (request i takes seed + i, up to {high}) does not fit SGLang "
-                    f"{self.info.release}'s int{bits} seed tensor (it would kill the scheduler): use a seed in "
-                    f"[-2**{bits - 1}, 2**{bits - 1} - {len(prompts)}]")
-        return super()._generate(prompts, params)
-
     def _sampling_params(self, params: SamplingParams) -> dict[str, Any]:
         sp = super()._sampling_params(dataclasses.replace(params, seed=None))
         deterministic = self.config.sglang.deterministic_inference
@@ -216,14 +205,14 @@ class SGLang053(SGLang051):
                 self._warned_default_seed = True
                 log.warning("sglang.deterministic_inference without SamplingParams.seed: SGLang seeds every "
                             "request with 42, so repeated prompts give identical completions (pass "
-                            "SamplingParams.seed: request i is then seeded with seed + i)")
+                            "SamplingParams.seed: each request then gets its own seed)")
             return sp
         if not deterministic:
             raise UnsupportedFeatureError(
                 "SGLang applies SamplingParams.seed only in deterministic inference: set "
                 "rollout.sglang.deterministic_inference: true (otherwise the seed would be ignored)"
             )
-        sp["sampling_seed"] = int(params.seed)  # the first request's; spread over the others (seeds.py)
+        sp["sampling_seed"] = int(params.seed)  # the call's; each request gets its own from it (seeds.py)
         return sp
 
     def _onload(self) -> None:

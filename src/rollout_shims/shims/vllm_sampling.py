@@ -19,7 +19,8 @@ def has_flat_logprobs(params_cls: Any) -> bool:
 
 def vllm_sampling_params(params: SamplingParams, count: int, detokenize: bool) -> Any:
     """What ``LLM.generate`` takes as ``sampling_params`` for ``count`` prompts: one ``SamplingParams``,
-    or a list of them (request ``i`` seeded with ``seed + i``) when the call has a seed."""
+    or a list of them (each request with its own seed, :func:`rollout_shims.seeds.request_seeds`) when
+    the call has a seed."""
     from vllm import SamplingParams as VLLMSamplingParams
 
     def made(seed: int | None) -> Any:
