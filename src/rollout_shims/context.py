@@ -17,8 +17,13 @@ rejects a prompt of ``max_req_input_len`` tokens or more (C - 6 in 0.5.2: ``tp_w
 ``scheduler.py:1238-1247``), and its tokenizer manager then fails the whole call with the
 rejection's message (``_wait_one_response``, ``tokenizer_manager.py:690-697`` in 0.5.2) while the
 requests already sent keep running. ``max_req_input_len`` is what the scheduler reported at start
-(``entrypoints/engine.py:870`` in 0.5.2, :792 in 0.4.7.post1, :1355-1399 in 0.5.23). vLLM refuses a
-prompt longer than C itself.
+(``entrypoints/engine.py:870`` in 0.5.2, :792 in 0.4.7.post1, :1355-1399 in 0.5.23).
+
+On vLLM the shim refuses, before anything is sent, a prompt of C tokens or more (no room for a token):
+vLLM refuses it itself, but 0.9.2 adds a call's requests one by one and leaves those before the refused
+one queued (``entrypoints/llm.py:1494-1503``, no abort), so the next call returned their completions
+with its own, one list misaligned with its prompts; 0.33 aborts them (``entrypoints/common/offline.py:547-566``)
+and refuses C tokens too (``v1/engine/input_processor.py:574-602``), where 0.9.2 refused only more than C.
 """
 
 from __future__ import annotations
@@ -52,3 +57,15 @@ def sglang_requests(engine: Any, release: str, prompts: Sequence[Sequence[int]],
     room = context - 1 if isinstance(context, int) else NO_LIMIT
     caps = capped_completions(prompts, sampling_params["max_new_tokens"], room)
     return sampling_params if caps is None else [{**sampling_params, "max_new_tokens": cap} for cap in caps]
+
+
+def refuse_past_context(prompts: Sequence[Sequence[int]], context: Any, release: str) -> None:
+    """vLLM: ValueError naming every prompt of ``context`` tokens or more (see the module docstring);
+    nothing when the context length is unknown."""
+    if not isinstance(context, int) or isinstance(context, bool):
+        return
+    over = [(i, len(p)) for i, p in enumerate(prompts) if len(p) >= context]
+    if over:
+        where = ", ".join(f"prompt {i} has {n}" for i, n in over)
+        raise ValueError(f"{where} tokens; vLLM {release} takes at most {context - 1} in a request (its context "
+                         f"of {context} tokens, one left for the completion): shorten it")

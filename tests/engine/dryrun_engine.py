@@ -79,6 +79,8 @@ class StandInEngine(RolloutEngine):
         for i, prompt in enumerate(prompts):
             if BACKEND == "sglang" and len(prompt) >= self._room() - 4:  # SGLang's max_req_input_len, C - 6
                 raise ValueError(f"prompt {i} has {len(prompt)} tokens; SGLang takes at most {self._room() - 5}")
+            if BACKEND == "vllm" and len(prompt) >= self._room():  # the vLLM shim: no room for a token (context.py)
+                raise ValueError(f"prompt {i} has {len(prompt)} tokens; vLLM takes at most {self._room() - 1}")
             ids, lps, finish = list(prompt), [], "length"
             generator = torch.Generator().manual_seed(seeds[i] if seeds is not None else i)
             for step in range(min(params.max_new_tokens, self._room() - len(prompt))):

@@ -174,7 +174,8 @@ def test_a_stop_token_ends_the_sequence_and_says_so(engine, reference, record_pr
 def test_a_prompt_near_the_context_ends_there_and_the_call_goes_on(engine, reference) -> None:
     """RL batches mix prompt lengths and multi-turn rollouts grow to the context: one prompt whose
     completion would pass it must end at the context ("length"), the rest of the batch as asked.
-    SGLang refused the whole call (context.py); vLLM fills the context, SGLang stops 1-2 tokens short."""
+    SGLang refused the whole call (context.py); vLLM fills the context, SGLang stops 1-2 tokens short.
+    A prompt the engine cannot take is refused before anything is sent, and the next call is its own."""
     rng = random.Random(11)
     long = [rng.randrange(3, 1024) for _ in range(CONTEXT - 24)]
     batch = [long, *prompts()[:2]]
@@ -190,6 +191,15 @@ def test_a_prompt_near_the_context_ends_there_and_the_call_goes_on(engine, refer
     else:
         (cut,) = engine.generate([longer], GREEDY)
         assert (len(cut.token_ids), cut.finish_reason) == (4, "length"), cut
+    # A prompt with no room left, in the middle of a batch: refused, naming it, with nothing left queued
+    # (vLLM 0.9.2 kept the requests before it and gave them to the next call: context.py).
+    past = [*long, *long[:25]]  # C + 1 tokens
+    with pytest.raises(ValueError, match=f"prompt 1 has {CONTEXT + 1} tokens"):
+        engine.generate([prompts()[0], past, prompts()[1]], GREEDY)
+    after = engine.generate(prompts()[:2], GREEDY)
+    assert len(after) == 2
+    for prompt, completion in zip(prompts()[:2], after, strict=True):
+        check_teacher_forced(reference, prompt, completion)
 
 
 def test_an_id_outside_the_vocabulary_is_refused_and_the_engine_serves_on(engine, reference) -> None:

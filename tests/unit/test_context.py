@@ -13,6 +13,7 @@ import pytest
 
 from rollout_shims import RolloutConfig, SamplingParams
 from rollout_shims.context import capped_completions
+from rollout_shims.errors import EngineRequestError
 from rollout_shims.seeds import request_seeds
 from rollout_shims.shims.sglang_bands import SGLang044, SGLang051, SGLang0521
 
@@ -83,3 +84,65 @@ def test_without_the_limits_to_read_nothing_changes() -> None:
 def test_caps() -> None:
     assert capped_completions([[1] * 3, [1] * 4], 5, room=9) is None
     assert capped_completions([[1] * 3, [1] * 6, [1] * 9], 5, room=9) == [5, 3, 1]
+
+
+# ----- vLLM: a prompt with no room left is refused before anything is sent -------------------------------
+class VLLM092Queue:
+    """``LLM.generate`` as vLLM 0.9.2 runs it (``entrypoints/llm.py``): requests added one by one, a prompt
+    longer than the context refused when its turn comes, those added before it left queued, and every
+    finished request returned by the next call, sorted by request id."""
+
+    def __init__(self) -> None:
+        self.llm_engine = SimpleNamespace(model_config=SimpleNamespace(max_model_len=CONTEXT))
+        self.queued: list[list[int]] = []
+        self.sent: list[list[list[int]]] = []
+
+    def generate(self, prompts: list[dict], sp: Any, use_tqdm: bool) -> list[Any]:
+        self.sent.append([p["prompt_token_ids"] for p in prompts])
+        for prompt in prompts:
+            if len(prompt["prompt_token_ids"]) > CONTEXT:
+                raise ValueError("The decoder prompt is longer than the maximum model length")
+            self.queued.append(prompt["prompt_token_ids"])
+        done, self.queued = self.queued, []
+        return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=[len(p)], logprobs=None, finish_reason="length",
+                                                         text="")]) for p in done]
+
+
+def vllm(queue: Any) -> Any:
+    from rollout_shims.shims.vllm_bands import VLLM025
+
+    eng = VLLM025.__new__(VLLM025)
+    eng.config = RolloutConfig.from_dict({"model_dir": "/m"})
+    eng.info = SimpleNamespace(release="0.9.2")
+    eng._llm = queue
+    return eng
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    from types import ModuleType
+
+    module, inputs = ModuleType("vllm"), ModuleType("vllm.inputs")
+    module.SamplingParams = lambda **kwargs: SimpleNamespace(**kwargs)  # type: ignore[attr-defined]
+    inputs.TokensPrompt = lambda prompt_token_ids: {"prompt_token_ids": prompt_token_ids}  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    monkeypatch.setitem(sys.modules, "vllm.inputs", inputs)
+
+
+@pytest.mark.parametrize("length", [CONTEXT, CONTEXT + 1])
+def test_vllm_a_prompt_with_no_room_is_refused_and_the_next_call_gets_only_its_own(fake_vllm, length: int) -> None:
+    queue = VLLM092Queue()
+    eng = vllm(queue)
+    with pytest.raises(ValueError, match=rf"^prompt 1 has {length} tokens; vLLM 0.9.2 takes at most {CONTEXT - 1} "):
+        eng._generate([[1] * 5, [1] * length, [1] * 7], SamplingParams(max_new_tokens=4))
+    assert queue.sent == [] and queue.queued == []
+    assert [c.token_ids for c in eng._generate([[1] * 3, [1] * 99], SamplingParams(max_new_tokens=4))] == [[3], [99]]
+
+
+def test_vllm_completions_that_are_not_the_calls_own_are_refused(fake_vllm) -> None:
+    """Had requests of an earlier call been left queued, their completions would come first."""
+    queue = VLLM092Queue()
+    queue.queued.append([1] * 9)
+    with pytest.raises(EngineRequestError, match="vLLM returned 2 completions for 1 prompts"):
+        vllm(queue)._generate([[1] * 3], SamplingParams(max_new_tokens=4))

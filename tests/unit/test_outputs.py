@@ -175,6 +175,7 @@ def vllm_engine(flat: bool) -> VLLM025:
     """The shim around an ``LLM.generate`` that answers as vLLM does for the parameters it gets."""
     eng = VLLM025.__new__(VLLM025)
     eng.config = RolloutConfig.from_dict({"model_dir": "/m"})
+    eng.info = SimpleNamespace(release="0.25.0")
 
     def generate(prompts: list[dict], sp: Any, use_tqdm: bool) -> list[Any]:
         want = sp.logprobs is not None

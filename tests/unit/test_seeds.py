@@ -75,6 +75,7 @@ def vllm(monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setitem(sys.modules, "vllm.inputs", inputs)
     eng = VLLM025.__new__(VLLM025)
     eng.config = RolloutConfig.from_dict({"model_dir": "/m"})
+    eng.info = SimpleNamespace(release="0.25.0")
     eng.asked = []
 
     def generate(prompts: list[dict], sp: Any, use_tqdm: bool) -> list[Any]:

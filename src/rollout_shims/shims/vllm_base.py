@@ -24,6 +24,7 @@ from packaging.version import InvalidVersion, Version
 
 from rollout_shims.api import Completion, EngineInfo, RolloutEngine, SamplingParams
 from rollout_shims.config import RolloutConfig
+from rollout_shims.context import refuse_past_context
 from rollout_shims.detect import Detection
 from rollout_shims.errors import EngineRequestError, UnsupportedFeatureError
 from rollout_shims.mapping import VLLM_ARGS, VLLM_FIXED, engine_kwargs
@@ -266,8 +267,12 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
     def _generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
         from vllm.inputs import TokensPrompt
 
+        model_config = getattr(getattr(self._llm, "llm_engine", None), "model_config", None)
+        refuse_past_context(prompts, getattr(model_config, "max_model_len", None), self.info.release)  # context.py
         sp = vllm_sampling_params(params, len(prompts), self.config.detokenize)
         outs = self._llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], sp, use_tqdm=False)
+        if len(outs) != len(prompts):  # requests a failed call left queued (context.py): never mix them in
+            raise EngineRequestError(f"vLLM returned {len(outs)} completions for {len(prompts)} prompts")
         return [self._completion(o.outputs[0], params) for o in outs]
 
     def _completion(self, out: Any, params: SamplingParams) -> Completion:
