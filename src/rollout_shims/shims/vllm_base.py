@@ -272,7 +272,8 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
         sp = vllm_sampling_params(params, len(prompts), self.config.detokenize)
         outs = self._llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], sp, use_tqdm=False)
         if len(outs) != len(prompts):  # requests a failed call left queued (context.py): never mix them in
-            raise EngineRequestError(f"vLLM returned {len(outs)} completions for {len(prompts)} prompts")
+            raise EngineRequestError(f"vLLM returned {len(outs)} completions for {len(prompts)} prompts: requests an "
+                                     "earlier failed call left queued came back with them (drained now): call again")
         return [self._completion(o.outputs[0], params) for o in outs]
 
     def _completion(self, out: Any, params: SamplingParams) -> Completion:
