@@ -108,15 +108,18 @@ class RolloutEngine(ABC):
 
     SHIM: ClassVar[str] = ""
     """The shim name of the band a class serves, as in ``bands.yaml`` (the registry's key)."""
+    MAPS_MULTIMODAL_NAMES: ClassVar[bool] = False
+    """Whether the engine also takes a multimodal model's tensors under names its checkpoint does not
+    use (vLLM's ``hf_to_vllm_mapper``): pushes to such a model are then not checked (weight_names.py)."""
 
     def __init__(self, config: RolloutConfig, info: EngineInfo) -> None:
         self.config = config
         self.info = info
         self._vocabulary = vocabulary_size(config.model_dir)
-        self._checkpoint = checkpoint_to_check(config, info.backend)
+        self._checkpoint = checkpoint_to_check(config, self.MAPS_MULTIMODAL_NAMES, info.backend)
         """Name -> shape of ``model_dir``'s tensors: what a push is checked against (None: no check)."""
-        self._push_cut: str | None = None
-        """Why generate() refuses: a push was cut short after some of its buckets were loaded."""
+        self._partial_push: str | None = None
+        """Why generate() refuses: a push failed after the engine had been handed some of it."""
         if self._vocabulary is None:
             log.info("no vocab_size in %s/config.json: prompt ids are not checked against the model", config.model_dir)
         self._offloaded = False
@@ -136,8 +139,8 @@ class RolloutEngine(ABC):
             raise EngineStateError(
                 f"generate: {self.info.backend} {self.info.release} does not keep the weights across "
                 "offload(), and none were pushed since onload(); call update_weights() first")
-        if self._push_cut:
-            raise EngineStateError(f"generate: {self._push_cut}; push the whole model again first")
+        if self._partial_push:
+            raise EngineStateError(f"generate: {self._partial_push}; push the whole model again first")
         cleaned = [self._strip_padding(p) for p in prompts]
         if not cleaned:  # a batch filtered down to nothing: SGLang raises "input_ids cannot be empty"
             return []
@@ -158,9 +161,15 @@ class RolloutEngine(ABC):
         self._require_ready("update_weights")
         named = list(named_tensors)
         check_pushed("update_weights", ((n, tensor_shape(t)) for n, t in named), self._checkpoint)
-        self._update_weights(named)
+        try:
+            self._update_weights(named)
+        except UnsupportedFeatureError:  # refused before anything was sent
+            raise
+        except BaseException:  # vLLM loads tensor by tensor and raises midway: never serve that mix
+            self._partial_push = "update_weights failed in the engine, which may hold part of the push"
+            raise
         self._weights_lost = False
-        self._push_cut = None
+        self._partial_push = None
 
     def update_weights_from(self, handles: SharedBucket | Iterable[SharedBucket]) -> None:
         """Load weights another process shared with :func:`rollout_shims.share_weights`, then drop
@@ -273,28 +282,27 @@ class RolloutEngine(ABC):
         """One bucket or an iterable of them, handed to ``load`` lazily (the next is pulled only after
         the last is loaded), each of ``kind`` and passing ``check``; the prefix cache dropped after
         any was loaded (the update paths from another process: shared, broadcast)."""
-        taken = loaded = 0
+        taken = 0
 
         def checked() -> Iterator[Any]:
-            nonlocal taken, loaded
+            nonlocal taken
             for bucket in [given] if isinstance(given, kind) else given:
                 if not isinstance(bucket, kind):
                     raise ValueError(f"{what}: got {type(bucket).__name__}, not a {kind.__name__} from {source}")
                 check(bucket)
                 taken += 1
                 yield bucket
-                loaded += 1  # the engine asks for the next bucket once this one is in
 
         try:
             load(checked())
         except BaseException:
-            if loaded:  # a refused or failed bucket after loaded ones: never serve that mix
-                self._push_cut = f"{what} failed after {loaded} bucket(s) were loaded, the model is part new, part old"
+            if taken:  # the engine had been handed buckets, maybe loaded part of one: never serve that mix
+                self._partial_push = f"{what} failed after {taken} bucket(s) reached the engine, which may hold part of the push"
             raise
         if taken:
             self._flush_cache()
             self._weights_lost = False
-            self._push_cut = None
+            self._partial_push = None
 
     def _require_open(self, what: str) -> None:
         if self._failure is not None:

@@ -48,24 +48,19 @@ def sglang_requests(engine: Any, release: str, prompts: Sequence[Sequence[int]],
     reaches the engine, for a prompt SGLang's scheduler would reject (it would fail the whole call)."""
     manager = getattr(engine, "tokenizer_manager", None)
     context, longest = getattr(manager, "context_len", None), getattr(manager, "max_req_input_len", None)
-    if isinstance(longest, int):
-        over = [(i, len(p)) for i, p in enumerate(prompts) if len(p) >= longest]
-        if over:
-            where = ", ".join(f"prompt {i} has {n}" for i, n in over)
-            raise ValueError(f"{where} tokens; SGLang {release} takes at most {longest - 1} in a request "
-                             f"(its context of {context} tokens less what its scheduler keeps): shorten it")
+    refuse_long_prompts(prompts, longest, f"SGLang {release}",
+                        f"its context of {context} tokens less what its scheduler keeps")
     room = context - 1 if isinstance(context, int) else NO_LIMIT
     caps = capped_completions(prompts, sampling_params["max_new_tokens"], room)
     return sampling_params if caps is None else [{**sampling_params, "max_new_tokens": cap} for cap in caps]
 
 
-def refuse_past_context(prompts: Sequence[Sequence[int]], context: Any, release: str) -> None:
-    """vLLM: ValueError naming every prompt of ``context`` tokens or more (see the module docstring);
-    nothing when the context length is unknown."""
-    if not isinstance(context, int) or isinstance(context, bool):
+def refuse_long_prompts(prompts: Sequence[Sequence[int]], limit: Any, engine: str, why: str) -> None:
+    """ValueError naming every prompt of ``limit`` tokens or more, before anything is sent (see the module
+    docstring); nothing when the limit is unknown. SGLang's limit is ``max_req_input_len``, vLLM's C."""
+    if not isinstance(limit, int) or isinstance(limit, bool):
         return
-    over = [(i, len(p)) for i, p in enumerate(prompts) if len(p) >= context]
+    over = [(i, len(p)) for i, p in enumerate(prompts) if len(p) >= limit]
     if over:
         where = ", ".join(f"prompt {i} has {n}" for i, n in over)
-        raise ValueError(f"{where} tokens; vLLM {release} takes at most {context - 1} in a request (its context "
-                         f"of {context} tokens, one left for the completion): shorten it")
+        raise ValueError(f"{where} tokens; {engine} takes at most {limit - 1} in a request ({why}): shorten it")

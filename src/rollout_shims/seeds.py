@@ -8,7 +8,8 @@ prompt by repeating it in the batch (GRPO, RLOO: the API has no ``n``), and a gr
 completions has no spread: every advantage is zero and the step learns nothing, silently.
 
 Why a stream and not ``seed + i``: calls seeded ``s`` and ``s + 1`` would share all but one seed (a
-group sampled over two calls, a retried step, would repeat completions); vLLM turns a seed of -1 into
+group sampled over two calls, a retried step, would repeat completions; from a stream, two calls share
+a seed only by chance, about n1 * n2 / 2**31 for n1 and n2 requests); vLLM turns a seed of -1 into
 "no seed" (``sampling_params.py``) and ``torch.Generator.manual_seed`` overflows outside 64 bits, which
 ends a V1 engine core; SGLang keeps seeds in an int32 tensor up to 0.5.6.post2 (a seed out of range
 kills the scheduler). SplitMix64 (Steele, Lea and Flood, 2014) maps nearby seeds to unrelated streams,
@@ -39,12 +40,11 @@ def request_seeds(seed: int | None, count: int) -> list[int] | None:
     return [_splitmix64(start + (i + 1) * _GOLDEN) >> 33 for i in range(count)]
 
 
-def spread_seed(sampling_params: dict[str, Any] | list[dict[str, Any]], count: int,
-                key: str) -> dict[str, Any] | list[dict[str, Any]]:
-    """SGLang's ``sampling_params`` argument (one dict, or one per request) with ``key`` (the call's seed,
-    where set) replaced in request ``i``'s dict by its seed; unchanged when no dict holds ``key``."""
-    per_request = sampling_params if isinstance(sampling_params, list) else [sampling_params] * count
-    if not per_request or key not in per_request[0]:
+def with_sampling_seeds(sampling_params: dict[str, Any] | list[dict[str, Any]],
+                        seeds: list[int] | None) -> dict[str, Any] | list[dict[str, Any]]:
+    """SGLang's ``sampling_params`` argument (one dict, or one per request) with request ``i``'s seed as
+    its ``sampling_seed`` (one dict per request); unchanged when the call has no seeds."""
+    if seeds is None:
         return sampling_params
-    seeds = request_seeds(int(per_request[0][key]), count) or []
-    return [{**sp, key: seed} for sp, seed in zip(per_request, seeds, strict=True)]
+    per_request = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(seeds)
+    return [{**sp, "sampling_seed": seed} for sp, seed in zip(per_request, seeds, strict=True)]

@@ -40,11 +40,6 @@ engines skip it or tie it to the embedding)."""
 
 OPT_OUT = "set rollout.check_weight_names: false if this engine's model takes these names"
 
-MAPS_MULTIMODAL_NAMES = frozenset({"vllm"})
-"""Engines that take a multimodal model's tensors under names its checkpoint does not use (see
-:func:`multimodal_architecture`); SGLang skips the layout its model does not load (``qwen2_5_vl.py:975-978``
-in 0.5.23), so pushes to it are checked."""
-
 ADAPTER_PARTS = (".lora_A.", ".lora_B.", ".base_layer.", ".lora_embedding_A", ".lora_embedding_B")
 """Parts of the names of an unmerged PEFT model: no engine loads them as weights."""
 
@@ -73,12 +68,14 @@ def tensor_shape(tensor: Any) -> tuple[int, ...] | None:
         return None
 
 
-def checkpoint_to_check(config: RolloutConfig, backend: str) -> dict[str, tuple[int, ...]] | None:
+def checkpoint_to_check(config: RolloutConfig, maps_multimodal_names: bool, backend: str
+                        ) -> dict[str, tuple[int, ...]] | None:
     """What an engine checks pushes against: ``model_dir``'s name -> shape, or None for no check (turned
-    off, no safetensors, or a multimodal model on an engine that maps its names, logged)."""
+    off, no safetensors, or a multimodal model on an engine that maps its names, logged). SGLang skips
+    the layout its model does not load (``qwen2_5_vl.py:975-978`` in 0.5.23), so pushes to it are checked."""
     if not config.check_weight_names:
         return None
-    if backend in MAPS_MULTIMODAL_NAMES and (arch := multimodal_architecture(config.model_dir)):
+    if maps_multimodal_names and (arch := multimodal_architecture(config.model_dir)):
         log.info("%s: pushed weight names are not checked (%s takes this model's names in two layouts)", arch, backend)
         return None
     return checkpoint_shapes(config.model_dir)

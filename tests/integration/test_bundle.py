@@ -454,8 +454,8 @@ def test_a_pipeline_on_a_machine_without_the_bundle_is_refused_at_once(tmp_path:
         fresh = run_gpuenv(checkout, tmp_path / "fresh-machine", "receive", str(part))
         assert fresh.returncode == 0 and not any(part.iterdir()), "its chunks are kept there all the same"
     assert fresh.stdout.splitlines()[-1].endswith(
-        "send part-000 and start the pipeline again; kept here: part-001 - part-003, so go on from the first "
-        "part not among them"), fresh.stdout
+        "send part-000 and start the pipeline again; kept here: lost/part-001 - lost/part-003, so go on from the "
+        "first part not among them"), fresh.stdout
     first = gpuenv("receive", str(tmp_path / "bundle" / "part-000"))  # the manifest only
     assert first.returncode == 0
     chunks = len(json.loads((tmp_path / "bundle" / "part-000" / "bundle.json").read_text())["chunks"])

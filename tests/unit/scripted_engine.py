@@ -11,8 +11,8 @@ from rollout_shims.api import RolloutEngine
 
 
 class ScriptedEngine(RolloutEngine):
-    def __init__(self, config: RolloutConfig, answers: list[Completion], backend: str = "scripted") -> None:
-        super().__init__(config, EngineInfo(backend, "0", "scripted", False, config.group_name,
+    def __init__(self, config: RolloutConfig, answers: list[Completion]) -> None:
+        super().__init__(config, EngineInfo("scripted", "0", "scripted", False, config.group_name,
                                              config.model_arch, 1, "none"))
         self.answers = answers
         self.asked: list[SamplingParams] = []

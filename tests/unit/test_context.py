@@ -93,7 +93,6 @@ class VLLM092Queue:
     finished request returned by the next call, sorted by request id."""
 
     def __init__(self) -> None:
-        self.llm_engine = SimpleNamespace(model_config=SimpleNamespace(max_model_len=CONTEXT))
         self.queued: list[list[int]] = []
         self.sent: list[list[list[int]]] = []
 
@@ -114,7 +113,7 @@ def vllm(queue: Any) -> Any:
     eng = VLLM025.__new__(VLLM025)
     eng.config = RolloutConfig.from_dict({"model_dir": "/m"})
     eng.info = SimpleNamespace(release="0.9.2")
-    eng._llm = queue
+    eng._llm, eng._context = queue, CONTEXT  # what the shim reads at start from llm_engine.model_config
     return eng
 
 

@@ -7,13 +7,14 @@ and SGLang's ``Engine.generate`` that record what they are given."""
 from __future__ import annotations
 
 import sys
+from itertools import pairwise
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
 
 from rollout_shims import RolloutConfig, SamplingParams
-from rollout_shims.seeds import request_seeds, spread_seed
+from rollout_shims.seeds import request_seeds, with_sampling_seeds
 from rollout_shims.shims.sglang_bands import SGLang0521
 from rollout_shims.shims.vllm_bands import VLLM025
 
@@ -28,30 +29,25 @@ def test_request_seeds_are_splitmix64_from_the_calls_seed() -> None:
     assert request_seeds(0, 3) == request_seeds(0, 3) == request_seeds(2**64, 3)  # 64 bits of the seed
 
 
-def test_nearby_calls_share_no_seed_and_every_seed_fits_every_engine() -> None:
-    """Calls seeded 0-99 of 256 requests each: no seed twice (``seed + i`` would share 255 of 256 with the
-    next call); all in [0, 2**31): SGLang's int32 seed tensor, and never vLLM's -1 ("no seed")."""
-    seen = [seed for call in range(100) for seed in request_seeds(call, 256)]
-    assert len(set(seen)) == len(seen)
+def test_nearby_calls_do_not_share_their_seeds_and_every_seed_fits_every_engine() -> None:
+    """Calls seeded s and s + 1, 256 requests each, for s in 0-99: no seed in both (``seed + i`` shares 255
+    of 256; a stream shares one only by chance, about 256 * 256 / 2**31 = 3e-5 a pair); no seed twice
+    in a call; all in [0, 2**31): SGLang's int32 seed tensor, and never vLLM's -1 ("no seed")."""
+    calls = [request_seeds(s, 256) for s in range(101)]
+    assert all(len(set(c)) == 256 for c in calls)
+    assert not any(set(a) & set(b) for a, b in pairwise(calls))
     odd = [seed for call in (-1, -(2**63), 2**64 - 1, 10**30) for seed in request_seeds(call, 64)]
-    assert all(0 <= seed < 2**31 for seed in seen + odd)
+    assert all(0 <= seed < 2**31 for call in calls for seed in call) and all(0 <= seed < 2**31 for seed in odd)
 
 
-def test_spread_seed_leaves_a_call_without_a_seed_as_one_dict() -> None:
+def test_sglang_params_get_a_seed_per_request_and_keep_the_rest() -> None:
     sp = {"max_new_tokens": 4}
-    assert spread_seed(sp, 3, "sampling_seed") is sp
-    capped = [{"max_new_tokens": 4}, {"max_new_tokens": 2}]
-    assert spread_seed(capped, 2, "sampling_seed") is capped
-
-
-def test_spread_seed_gives_each_request_its_own_and_keeps_the_rest() -> None:
-    one, two, three = request_seeds(0, 3)
-    assert spread_seed({"max_new_tokens": 4, "sampling_seed": 0}, 3, "sampling_seed") == [
-        {"max_new_tokens": 4, "sampling_seed": one}, {"max_new_tokens": 4, "sampling_seed": two},
-        {"max_new_tokens": 4, "sampling_seed": three}]
-    capped = [{"max_new_tokens": 4, "sampling_seed": 0}, {"max_new_tokens": 2, "sampling_seed": 0}]
-    assert spread_seed(capped, 2, "sampling_seed") == [{"max_new_tokens": 4, "sampling_seed": one},
-                                                      {"max_new_tokens": 2, "sampling_seed": two}]
+    assert with_sampling_seeds(sp, None) is sp  # no seed: one dict for the call, as before
+    assert with_sampling_seeds(sp, [5, 6]) == [{"max_new_tokens": 4, "sampling_seed": 5},
+                                               {"max_new_tokens": 4, "sampling_seed": 6}]
+    capped = [{"max_new_tokens": 4}, {"max_new_tokens": 2}]  # context.py's per-request caps
+    assert with_sampling_seeds(capped, [5, 6]) == [{"max_new_tokens": 4, "sampling_seed": 5},
+                                                   {"max_new_tokens": 2, "sampling_seed": 6}]
 
 
 # ----- vLLM: one SamplingParams per request when the call has a seed ---------------------------------------

@@ -166,8 +166,8 @@ def test_a_one_pass_share_is_checked_bucket_by_bucket_and_the_mix_is_never_serve
                                          r"the model's is \[16\] \(its checkpoint\); buckets 0-1 of this push were loaded"):
         eng.update_weights_from(buckets)
     assert eng.loaded == names[:2]
-    with pytest.raises(EngineStateError, match=r"^generate: update_weights_from failed after 2 bucket\(s\) were loaded, "
-                                               r"the model is part new, part old; push the whole model again first$"):
+    with pytest.raises(EngineStateError, match=r"^generate: update_weights_from failed after 2 bucket\(s\) reached the "
+                                               r"engine, which may hold part of the push; push the whole model again first$"):
         eng.generate([[1, 2]], SamplingParams())
     eng.update_weights(the_model())
     assert eng.generate([[1, 2]], SamplingParams())[0].token_ids == [7]
@@ -210,19 +210,23 @@ def test_an_unmerged_adapter_is_told_to_merge(model_dir: Path) -> None:
         engine(model_dir).update_weights([("model.layers.0.self_attn.q_proj.base_layer.weight", Tensor(16, 16))])
 
 
+class MapsMultimodalNames(ScriptedEngine):
+    MAPS_MULTIMODAL_NAMES = True  # as VLLMEngine: hf_to_vllm_mapper
+
+
 def test_a_multimodal_model_is_not_checked_where_the_engine_maps_its_names(model_dir: Path) -> None:
     """vLLM takes a Qwen2.5-VL's tensors as ``model.language_model.*`` (transformers 4.52+) or as the
     checkpoint's ``model.*``; SGLang skips the layout its model does not use, so it is checked there."""
     (model_dir / "config.json").write_text(json.dumps({"architectures": ["Qwen2_5_VLForConditionalGeneration"]}))
     renamed = [("model.language_model.norm.weight", Tensor(16))]
-    mapping = ScriptedEngine(RolloutConfig.from_dict({"model_dir": str(model_dir)}), [], backend="vllm")
+    mapping = MapsMultimodalNames(RolloutConfig.from_dict({"model_dir": str(model_dir)}), [])
     mapping.update_weights(renamed)
     assert mapping.loaded == ["model.language_model.norm.weight"]
     with pytest.raises(ValueError, match="is not a tensor of the model's checkpoint"):
         engine(model_dir).update_weights(renamed)
     (model_dir / "config.json").write_text(json.dumps({"architectures": ["Qwen2ForCausalLM"]}))
     with pytest.raises(ValueError, match="is not a tensor of the model's checkpoint"):
-        ScriptedEngine(RolloutConfig.from_dict({"model_dir": str(model_dir)}), [], backend="vllm").update_weights(renamed)
+        MapsMultimodalNames(RolloutConfig.from_dict({"model_dir": str(model_dir)}), []).update_weights(renamed)
 
 
 def test_a_broadcast_bucket_is_checked_before_it_is_received(model_dir: Path) -> None:
@@ -238,3 +242,25 @@ def test_a_broadcast_bucket_is_checked_before_it_is_received(model_dir: Path) ->
     eng.update_weights_from_group(GroupBucket(index=0, last=True, group_name="g", names=("model.norm.weight",),
                                               dtypes=("bfloat16",), shapes=((16,),), nbytes=32))
     assert eng.loaded == ["model.norm.weight"]
+
+
+class FailsMidway(ScriptedEngine):
+    """As vLLM's load_weights: tensor by tensor, raising at an unknown one (the check turned off)."""
+
+    def _update_weights(self, named_tensors):
+        for name, _ in named_tensors:
+            if name.startswith("unknown"):
+                raise KeyError(name)
+            self.loaded.append(name)
+
+
+def test_an_engine_that_fails_midway_leaves_generate_refusing_until_a_push_succeeds(model_dir: Path) -> None:
+    eng = FailsMidway(RolloutConfig.from_dict({"model_dir": str(model_dir), "check_weight_names": False}),
+                      [Completion([7], None, "length")])
+    with pytest.raises(KeyError):
+        eng.update_weights([*the_model()[:2], ("unknown.weight", Tensor(1))])
+    assert len(eng.loaded) == 2
+    with pytest.raises(EngineStateError, match="update_weights failed in the engine, which may hold part of the push"):
+        eng.generate([[1, 2]], SamplingParams())
+    eng.update_weights(the_model())
+    assert eng.generate([[1, 2]], SamplingParams())[0].token_ids == [7]

@@ -62,15 +62,15 @@ def receive(parts: list[Path]) -> None:
             problems.append(f"{part}: no such part folder (was it named in carry?)")
             log(problems[-1])
             continue
-        moved, refused = 0, len(problems)
+        moved, problems_before = 0, len(problems)
         for item in sorted(part.iterdir()):
             try:
                 moved += _receive_item(item, d, hashes)
             except UserError as exc:
                 problems.append(str(exc))
                 log(f"{part.name}: refused: {exc}")
-        if len(problems) == refused:  # whole: nothing of it has to come again
-            _note_received(part.name)
+        if len(problems) == problems_before:  # whole: nothing of it has to come again
+            _note_received(f"{part.parent.name}/{part.name}")
         log(f"{part.name}: {moved} new chunks")
     status()
     if problems:
@@ -194,14 +194,16 @@ def status() -> None:
         log(f"complete: {', '.join(done) or 'none'}"
             + ("; still missing chunks: " + ", ".join(f"{name} {n}" for n, name in sorted(waiting)) if waiting else ""))
     else:  # chunks kept, but a hold that goes on here waits for entries this machine cannot name
-        kept = _received_before_a_manifest()
+        kept = _kept_parts()
         log("no bundle's part-000 received on this machine: it is a fresh one (the last may have been taken "
             "back, and its state with it); send part-000 and start the pipeline again"
             + (f"; kept here: {kept}, so go on from the first part not among them" if kept else ""))
 
 
 RECEIVED = "received-parts"
-"""The names of the parts received here, one a line: on a fresh machine, what came before part-000."""
+"""The parts received here as ``BUNDLE/part-NNN`` (the bundle's folder name), one a line: on a fresh
+machine, what came before part-000, named with its bundle so that another bundle's parts are not
+taken for it."""
 
 
 def _note_received(name: str) -> None:
@@ -211,8 +213,9 @@ def _note_received(name: str) -> None:
         write_atomic(path, "".join(f"{n}\n" for n in sorted(names | {name})))
 
 
-def _received_before_a_manifest() -> str:
-    """The parts received here, their runs of numbers joined ("part-001 - part-009, part-012"), or "".
+def _kept_parts() -> str:
+    """The parts received here, their runs of numbers joined ("hold-4/part-001 - hold-4/part-009,
+    hold-4/part-012"), or "".
 
     Why: a hold's first message sends part-000 beside parts 001-009, and when the call carrying part-000
     is the one that finds no machine (2026-12-04, ninth hold), the others start one and arrive first.

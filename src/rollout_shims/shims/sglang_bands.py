@@ -212,8 +212,7 @@ class SGLang053(SGLang051):
                 "SGLang applies SamplingParams.seed only in deterministic inference: set "
                 "rollout.sglang.deterministic_inference: true (otherwise the seed would be ignored)"
             )
-        sp["sampling_seed"] = int(params.seed)  # the call's; each request gets its own from it (seeds.py)
-        return sp
+        return sp  # each request's sampling_seed comes from the call's seed in _generate (seeds.py)
 
     def _onload(self) -> None:
         # enable_weights_cpu_backup: resume copies the weights (pushed ones too) back from host memory.

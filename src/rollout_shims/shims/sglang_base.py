@@ -28,7 +28,7 @@ from rollout_shims.mapping import SGLANG_ARGS, SGLANG_FIXED, ArgRule, engine_kwa
 from rollout_shims.multicast import turn_off_multicast
 from rollout_shims.outputs import int_list
 from rollout_shims.processes import OwnedProcesses
-from rollout_shims.seeds import spread_seed
+from rollout_shims.seeds import request_seeds, with_sampling_seeds
 from rollout_shims.sharing import SGLANG_LOADER
 from rollout_shims.shims.sglang_failure import ended_child, scheduler_died_at_start
 from rollout_shims.shims.sglang_groups import SGLangGroups
@@ -325,8 +325,8 @@ class SGLangEngine(SGLangGroups, SGLangWeights, RolloutEngine):
 
     def _generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
         # one dict per request where a long prompt is capped (context.py) or the call's seed spread (seeds.py)
-        sp = spread_seed(sglang_requests(self._engine, self.info.release, prompts, self._sampling_params(params)),
-                         len(prompts), "sampling_seed")
+        sp = with_sampling_seeds(sglang_requests(self._engine, self.info.release, prompts, self._sampling_params(params)),
+                                 request_seeds(params.seed, len(prompts)))
         outs = self._call("generate", input_ids=prompts, sampling_params=sp, return_logprob=self._needs_logprobs(params))
         if isinstance(outs, dict):
             outs = [outs]

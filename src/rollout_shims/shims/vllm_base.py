@@ -24,7 +24,7 @@ from packaging.version import InvalidVersion, Version
 
 from rollout_shims.api import Completion, EngineInfo, RolloutEngine, SamplingParams
 from rollout_shims.config import RolloutConfig
-from rollout_shims.context import refuse_past_context
+from rollout_shims.context import refuse_long_prompts
 from rollout_shims.detect import Detection
 from rollout_shims.errors import EngineRequestError, UnsupportedFeatureError
 from rollout_shims.mapping import VLLM_ARGS, VLLM_FIXED, engine_kwargs
@@ -84,6 +84,8 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
     ATTENTION: ClassVar[dict[str, Attention]] = {}
     FLASHINFER_SAMPLER_WORKS: ClassVar[SpecifierSet] = SpecifierSet()
     """FlashInfer versions whose sampler API this vLLM release calls correctly."""
+    _context: int | None = None  # vLLM's max_model_len, read at start (context.py)
+    MAPS_MULTIMODAL_NAMES = True  # hf_to_vllm_mapper: models/qwen2_5_vl.py:829-836 in 0.9.2 (weight_names.py)
     LOGPROBS_MODE: ClassVar[str] = "raw_logprobs"
     """Passed as ``EngineArgs.logprobs_mode`` wherever the release has that field (0.10.0 and later):
     raw is the one mode whose meaning no release changed (``processed_logprobs`` is "after penalties"
@@ -126,6 +128,10 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
         kwargs = self.engine_kwargs(config, detection.release)
         vllm_memory.refuse_a_new_engine_while_memory_is_held(detection.release)
         self._llm = self._start(kwargs)
+        self._context = getattr(getattr(self._llm.llm_engine, "model_config", None), "max_model_len", None)
+        if not isinstance(self._context, int):  # then too-long prompts are vLLM's to refuse (context.py)
+            log.warning("vLLM %s: no llm_engine.model_config.max_model_len: prompts are not checked against the "
+                        "context", detection.release)
         try:  # the engine works without it; only a sleep disturbed by another process would then fail
             self._llm.collective_rpc(tolerate_allocations_elsewhere_during_sleep)
         except Exception as exc:
@@ -267,8 +273,8 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
     def _generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
         from vllm.inputs import TokensPrompt
 
-        model_config = getattr(getattr(self._llm, "llm_engine", None), "model_config", None)
-        refuse_past_context(prompts, getattr(model_config, "max_model_len", None), self.info.release)  # context.py
+        refuse_long_prompts(prompts, self._context, f"vLLM {self.info.release}",  # context.py
+                            f"its context of {self._context} tokens, one left for the completion")
         sp = vllm_sampling_params(params, len(prompts), self.config.detokenize)
         outs = self._llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], sp, use_tqdm=False)
         if len(outs) != len(prompts):  # requests a failed call left queued (context.py): never mix them in

@@ -23,7 +23,7 @@ def vllm_sampling_params(params: SamplingParams, count: int, detokenize: bool) -
     the call has a seed."""
     from vllm import SamplingParams as VLLMSamplingParams
 
-    def made(seed: int | None) -> Any:
+    def params_for(seed: int | None) -> Any:
         return VLLMSamplingParams(
             n=1, max_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
             top_k=params.top_k, stop_token_ids=list(params.stop_token_ids), ignore_eos=params.ignore_eos,
@@ -32,4 +32,4 @@ def vllm_sampling_params(params: SamplingParams, count: int, detokenize: bool) -
         )
 
     seeds = request_seeds(params.seed, count)
-    return made(None) if seeds is None else [made(seed) for seed in seeds]
+    return params_for(None) if seeds is None else [params_for(seed) for seed in seeds]
