@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from rollout_shims.checkpoint import checkpoint_shapes
 from rollout_shims.config import RolloutConfig
 from rollout_shims.errors import EngineFailedError, EngineStateError, UnsupportedFeatureError
 from rollout_shims.outputs import int_list
@@ -116,7 +117,9 @@ class RolloutEngine(ABC):
         self.config = config
         self.info = info
         self._vocabulary = vocabulary_size(config.model_dir)
-        self._checkpoint = checkpoint_to_check(config, self.MAPS_MULTIMODAL_NAMES, info.backend)
+        self._tensors = checkpoint_shapes(config.model_dir)
+        """Name -> shape of ``model_dir``'s tensors, read once (None: no safetensors there)."""
+        self._checkpoint = checkpoint_to_check(config, self._tensors, self.MAPS_MULTIMODAL_NAMES, info.backend)
         """Name -> shape of ``model_dir``'s tensors: what a push is checked against (None: no check)."""
         self._partial_push: str | None = None
         """Why generate() refuses: a push failed after the engine had been handed some of it."""

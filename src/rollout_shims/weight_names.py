@@ -22,8 +22,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rollout_shims.checkpoint import checkpoint_shapes
-
 if TYPE_CHECKING:
     from rollout_shims.config import RolloutConfig
     from rollout_shims.sharing import SharedBucket
@@ -68,17 +66,18 @@ def tensor_shape(tensor: Any) -> tuple[int, ...] | None:
         return None
 
 
-def checkpoint_to_check(config: RolloutConfig, maps_multimodal_names: bool, backend: str
-                        ) -> dict[str, tuple[int, ...]] | None:
-    """What an engine checks pushes against: ``model_dir``'s name -> shape, or None for no check (turned
-    off, no safetensors, or a multimodal model on an engine that maps its names, logged). SGLang skips
-    the layout its model does not load (``qwen2_5_vl.py:975-978`` in 0.5.23), so pushes to it are checked."""
+def checkpoint_to_check(config: RolloutConfig, tensors: dict[str, tuple[int, ...]] | None, maps_multimodal_names: bool,
+                        backend: str) -> dict[str, tuple[int, ...]] | None:
+    """What an engine checks pushes against: ``tensors`` (``model_dir``'s name -> shape), or None for no
+    check (turned off, no safetensors, or a multimodal model on an engine that maps its names, logged).
+    SGLang skips the layout its model does not load (``qwen2_5_vl.py:975-978`` in 0.5.23), so pushes to
+    it are checked."""
     if not config.check_weight_names:
         return None
     if maps_multimodal_names and (arch := multimodal_architecture(config.model_dir)):
         log.info("%s: pushed weight names are not checked (%s takes this model's names in two layouts)", arch, backend)
         return None
-    return checkpoint_shapes(config.model_dir)
+    return tensors
 
 
 def check_bucket(what: str, bucket: SharedBucket | GroupBucket, checkpoint: Mapping[str, tuple[int, ...]] | None) -> None:

@@ -3,7 +3,7 @@ bucket by bucket), released and resumed with torch_memory_saver, and reloaded fr
 where SGLang loses them.
 
 A mixin of :class:`rollout_shims.shims.sglang_base.SGLangEngine`, which owns the engine and its
-state (``_engine``, ``_loop``, ``_call``, ``config``, ``_pushed``, ``_weights_lost``); band
+state (``_engine``, ``_loop``, ``_call``, ``config``, ``_pushed``, ``_weights_lost``, ``_tensors``); band
 subclasses override its hooks (``_tensor_payloads``, ``_onload``) like the engine's own.
 """
 
@@ -14,7 +14,6 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from rollout_shims.checkpoint import checkpoint_names
 from rollout_shims.errors import EngineRequestError, UnsupportedFeatureError
 from rollout_shims.sharing import SGLANG_LOADER, SharedBucket
 from rollout_shims.shims.sglang_pause import PAUSE_LOADER
@@ -28,7 +27,7 @@ class SGLangWeights:
 
     def _update_weights(self, named_tensors: list[tuple[str, Any]]) -> None:
         if self._weights_lost:
-            names = checkpoint_names(self.config.model_dir)
+            names = None if self._tensors is None else self._tensors.keys()
             if names is None or not names <= {n for n, _ in named_tensors}:
                 # A partial push onto released weights would leave the rest of the model garbage.
                 log.warning("update_weights after onload() pushes only part of the model: reloading "
@@ -94,7 +93,7 @@ class SGLangWeights:
         """After an onload() that lost the weights: a share that does not name every checkpoint
         tensor (or names none, from a one-pass iterator) would leave the rest garbage, so
         ``model_dir`` is reloaded first (as :meth:`_update_weights` does for a partial push)."""
-        names = checkpoint_names(self.config.model_dir)
+        names = None if self._tensors is None else self._tensors.keys()
         if names is None or share_names is None or not names <= set(share_names):
             log.warning("update_weights_from after onload(): the share does not name every tensor of the model; "
                         "reloading %s first", self.config.model_dir)
