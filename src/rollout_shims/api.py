@@ -117,14 +117,14 @@ class RolloutEngine(ABC):
         self.config = config
         self.info = info
         self._vocabulary = vocabulary_size(config.model_dir)
+        if self._vocabulary is None:
+            log.info("no vocab_size in %s/config.json: prompt ids are not checked against the model", config.model_dir)
         self._tensors = checkpoint_shapes(config.model_dir)
         """Name -> shape of ``model_dir``'s tensors, read once (None: no safetensors there)."""
         self._checkpoint = checkpoint_to_check(config, self._tensors, self.MAPS_MULTIMODAL_NAMES, info.backend)
         """Name -> shape of ``model_dir``'s tensors: what a push is checked against (None: no check)."""
         self._partial_push: str | None = None
         """Why generate() refuses: a push failed after the engine had been handed some of it."""
-        if self._vocabulary is None:
-            log.info("no vocab_size in %s/config.json: prompt ids are not checked against the model", config.model_dir)
         self._offloaded = False
         self._closed = False
         self._weights_lost = False

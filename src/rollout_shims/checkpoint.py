@@ -1,5 +1,5 @@
-"""The tensors a model directory holds (names and shapes), read from its safetensors headers (no
-torch import, no tensor data read).
+"""What a model directory holds: its tensors (names and shapes, read from its safetensors headers: no
+torch import, no tensor data read) and its ``config.json``.
 
 Used to tell whether an ``update_weights()`` push covers the whole model (after an onload that lost
 the weights, a partial push would leave the rest of the model as garbage), and to check a push's
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
+from typing import Any
 
 
 def checkpoint_shapes(model_dir: str | Path) -> dict[str, tuple[int, ...]] | None:
@@ -35,7 +36,11 @@ def checkpoint_shapes(model_dir: str | Path) -> dict[str, tuple[int, ...]] | Non
     return shapes
 
 
-def checkpoint_names(model_dir: str | Path) -> frozenset[str] | None:
-    """Every tensor name in ``model_dir``'s ``*.safetensors`` files, or None as for :func:`checkpoint_shapes`."""
-    shapes = checkpoint_shapes(model_dir)
-    return None if shapes is None else frozenset(shapes)
+def config_json(model_dir: str | Path) -> dict[str, Any] | None:
+    """``model_dir``'s ``config.json`` as a mapping, or None when it is absent, unreadable or not a
+    mapping (a hub id instead of a folder): then what is read from it is not checked."""
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return config if isinstance(config, dict) else None

@@ -17,9 +17,9 @@ with ``min``/``max`` per prompt (C loops): 0.74 ms for 256 prompts of 64 tokens,
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from pathlib import Path
+
+from rollout_shims.checkpoint import config_json
 
 
 def vocabulary_size(model_dir: str) -> int | None:
@@ -27,11 +27,8 @@ def vocabulary_size(model_dir: str) -> int | None:
     first ``text_config.vocab_size`` where a multimodal config nests one, as the engines read it: vLLM
     ``config.py:1123-1124`` in 0.9.2, SGLang ``configs/model_config.py:291`` in 0.5.2); None when it cannot be read,
     and then nothing is checked (a hub id instead of a folder, a config without the key)."""
-    try:
-        config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return None
-    if not isinstance(config, dict):
+    config = config_json(model_dir)
+    if config is None:
         return None
     nested = config.get("text_config")  # the engines read the text model's (hf_text_config) first
     size = nested.get("vocab_size") if isinstance(nested, dict) and "vocab_size" in nested else config.get("vocab_size")

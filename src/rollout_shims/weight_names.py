@@ -15,12 +15,13 @@ trainer's names (``module.`` of DDP and FSDP1, ``_orig_mod.`` of ``torch.compile
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from rollout_shims.checkpoint import config_json
 
 if TYPE_CHECKING:
     from rollout_shims.config import RolloutConfig
@@ -47,11 +48,8 @@ def multimodal_architecture(model_dir: str | Path) -> str | None:
     tensor names vLLM maps between two layouts (``hf_to_vllm_mapper``: ``model.language_model.*`` /
     ``model.visual.*`` of transformers 4.52+ and ``model.*`` / ``visual.*`` of the original checkpoints;
     ``models/qwen2_5_vl.py:829-836`` in 0.9.2), so the checkpoint's names are not the only ones it takes."""
-    try:
-        config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    names = config.get("architectures") if isinstance(config, dict) else None
+    config = config_json(model_dir)
+    names = config.get("architectures") if config is not None else None
     found = [a for a in names if isinstance(a, str) and a.endswith("ForConditionalGeneration")] \
         if isinstance(names, list) else []
     return found[0] if found else None
