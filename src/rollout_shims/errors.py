@@ -37,6 +37,11 @@ class EngineStateError(RolloutShimsError, RuntimeError):
     were released by ``offload()`` and must be pushed again with ``update_weights()``)."""
 
 
+class GpuMemoryError(RolloutShimsError, RuntimeError):
+    """The engine's GPUs have less memory free than ``gpu_memory_utilization`` asks for; the message
+    says how much is free and the largest setting that fits. Nothing was started."""
+
+
 class EngineRequestError(RolloutShimsError, RuntimeError):
     """The engine refused a request (weights it could not load, a cache flush while busy)."""
 

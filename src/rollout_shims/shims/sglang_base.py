@@ -32,6 +32,7 @@ from rollout_shims.seeds import request_seeds, with_sampling_seeds
 from rollout_shims.sharing import SGLANG_LOADER
 from rollout_shims.shims.sglang_failure import ended_child, scheduler_died_at_start
 from rollout_shims.shims.sglang_groups import SGLangGroups
+from rollout_shims.shims.sglang_memory import start_fraction
 from rollout_shims.shims.sglang_pause import PAUSE_LOADER
 from rollout_shims.shims.sglang_preload import children_can_preload
 from rollout_shims.shims.sglang_weights import SGLangWeights
@@ -111,6 +112,7 @@ class SGLangEngine(SGLangGroups, SGLangWeights, RolloutEngine):
             raise EngineStateError("SGLang's Engine installs signal handlers: create it in the main thread")
         self.preflight()
         kwargs = self.engine_kwargs(config, detection.release)
+        kwargs["mem_fraction_static"] = start_fraction(config, self.info.details)  # a share of the whole GPU
         self._custom_loaders = tuple(kwargs.get("custom_weight_loader") or ())
         # The scheduler and detokenizer inherit os.environ (rollout_shims/multicast.py says why).
         self.info.details["multicast_env_changed"] = turn_off_multicast()
@@ -350,13 +352,10 @@ class SGLangEngine(SGLangGroups, SGLangWeights, RolloutEngine):
         )
 
     def _settle(self) -> None:
-        """Return once SGLang's scheduler is idle (a flush succeeded). Requests that follow a
-        ``generate()`` at once can find it still holding the finished requests (``FLUSH_WAIT_S``), and
-        some of its handlers assert idleness instead of answering: ``release_memory_occupation``
-        (weight_updater.py:203-205 in 0.5.17) and every weight load sent with ``flush_cache=True``
-        ("Cache flush failed after updating weights", :103-108), an AssertionError that ends the
-        scheduler. The engine is driven from one thread, so nothing arrives between this flush and the
-        request it clears the way for."""
+        """Return once SGLang's scheduler is idle (a flush succeeded): right after ``generate()`` it can
+        still hold the finished requests (``FLUSH_WAIT_S``), and handlers that assert idleness end it
+        (``release_memory_occupation``, weight_updater.py:203-205 in 0.5.17; weight loads with
+        ``flush_cache=True``, :103-108). Driven from one thread, nothing arrives in between."""
         self._flush_cache()
 
     def _flush_cache(self) -> None:
