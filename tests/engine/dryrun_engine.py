@@ -3,7 +3,9 @@
 Why: GPU minutes are scarce (30 a session), and a crash a CPU could have found wastes them. This
 plugin puts a stand-in engine behind ``rollout_shims.create_engine``: a ``transformers`` Qwen2 on the
 CPU that generates greedy and sampled tokens with logprobs, updates weights (also from another
-process, through shared memory), offloads, flushes and shuts down, and counts the memory it "holds".
+process, through shared memory), offloads, flushes and shuts down, and counts the memory it "holds" on
+a stand-in GPU of 140 GiB, sized as the engine it stands in for sizes itself (SGLang through the shim's own
+start code).
 Everything of the GPU tests then runs for real up to the engine: fixtures, modes, the GPU-sharing
 lock, teacher-forced checks, JUnit properties, and the weight group (over gloo, the CPU standing in for
 both GPUs of test_update_weights_over_nccl).
@@ -29,25 +31,59 @@ from packaging.specifiers import SpecifierSet
 import rollout_shims
 import rollout_shims.detect
 import rollout_shims.factory
+import rollout_shims.shims.sglang_memory
 from rollout_shims.api import Completion, EngineInfo, RolloutEngine, SamplingParams
 from rollout_shims.bands import Band
 from rollout_shims.config import RolloutConfig
 from rollout_shims.detect import Detection
+from rollout_shims.device_memory import DeviceMemory
 from rollout_shims.errors import EngineStateError
 from rollout_shims.seeds import request_seeds
+from rollout_shims.shims.sglang_memory import start_fraction
 
 BACKEND = os.environ.get("DRYRUN_BACKEND", "vllm")
 KEEPS = os.environ.get("DRYRUN_KEEPS_WEIGHTS", "1") == "1"
-FAKE_KV_BYTES = 8 << 30
-"""What a started stand-in engine 'holds' besides its weights (the KV cache it would have)."""
+FAKE_TOTAL = 140 << 30
+"""The stand-in GPU's memory."""
 CONTEXT_BYTES = 500 << 20
 """What stays after offload (a CUDA context)."""
+ACTIVATION_BYTES = 2 << 30
+"""What SGLang allocates beyond its share (activations, CUDA graphs)."""
 
 _held: dict[int, int] = {}
+"""Bytes the stand-in GPU holds, by holder: every holder is of this process tree."""
 
 
 def _used_bytes() -> tuple[int, str]:
     return sum(_held.values()), "per-process"
+
+
+def _device_memory() -> tuple[int, int]:
+    return FAKE_TOTAL - sum(_held.values()), FAKE_TOTAL
+
+
+class _Held:
+    """What ``gpu_memory.hold`` gives in the dry run: stand-in GPU memory, given back when it goes."""
+
+    def __init__(self, nbytes: int) -> None:
+        _held[id(self)] = nbytes
+
+    def __del__(self) -> None:
+        _held.pop(id(self), None)
+
+
+def _footprint(config: RolloutConfig, details: dict[str, Any]) -> int:
+    """What the engine stood in for holds once started, beside what the stand-in GPU holds already:
+    vLLM its share of the whole GPU (or its refusal), SGLang the static share the shim's own start code
+    gives it of the memory free now (rollout_shims/shims/sglang_memory.py), its activations on top."""
+    free, total = _device_memory()
+    share = int(config.gpu_memory_utilization * total)
+    if BACKEND == "vllm":
+        if free < share:
+            raise ValueError(f"Free memory on device ({free} B) on startup is less than desired GPU memory "
+                             f"utilization ({share} B)")
+        return CONTEXT_BYTES + share
+    return CONTEXT_BYTES + ACTIVATION_BYTES + int(start_fraction(config, details) * free)
 
 
 class StandInEngine(RolloutEngine):
@@ -70,7 +106,8 @@ class StandInEngine(RolloutEngine):
         self._model = Qwen2ForCausalLM.from_pretrained(config.model_dir, torch_dtype=torch.bfloat16).float().eval()
         self._backup: dict[str, Any] | None = None
         self._pushed = False
-        _held[id(self)] = CONTEXT_BYTES + FAKE_KV_BYTES
+        self._footprint = _footprint(config, self.info.details)
+        _held[id(self)] = self._footprint
 
     def _generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
         import torch
@@ -157,7 +194,7 @@ class StandInEngine(RolloutEngine):
         _held[id(self)] = CONTEXT_BYTES
 
     def _onload(self) -> None:
-        _held[id(self)] = CONTEXT_BYTES + FAKE_KV_BYTES
+        _held[id(self)] = self._footprint
         if KEEPS or not self._pushed:
             self._model.load_state_dict(self._backup)
         else:
@@ -196,6 +233,10 @@ rollout_shims.detect = _detect
 _detect_module.detect = _detect
 _detect_module.installed_versions = lambda: {BACKEND: "0.0.0"}
 gpu_memory.used_bytes = _used_bytes
+gpu_memory.device_memory = _device_memory
+gpu_memory.hold = _Held
+gpu_memory.release_held = lambda: None
+rollout_shims.shims.sglang_memory.device_memory = lambda ordinals: [DeviceMemory(*_device_memory()) for _ in ordinals]
 os.environ.setdefault("ROLLOUT_MATRIX_ENTRY", f"{BACKEND}-0.0.0")
 
 

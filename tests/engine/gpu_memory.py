@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from typing import Any
 
 import psutil
@@ -70,3 +71,52 @@ def engine_memory(engine: Any) -> int:
     used, how = used_bytes()
     sharing_needs_per_process(how)
     return used - engine.baseline_used
+
+
+OTHERS_SHARE = 0.25
+"""Of the GPU's memory, what the suite holds while its engine starts, as a colocated trainer would."""
+OTHERS_MARGIN = 8 << 30
+"""Free memory kept beyond the engine's share while it starts: room for what engines allocate beyond it
+(SGLang's activations and CUDA graphs took up to 4.4 GiB, H200, 2026-12-04)."""
+
+
+def device_memory() -> tuple[int, int]:
+    """(free, total) bytes of the suite's GPU, device-wide."""
+    import torch
+
+    return torch.cuda.mem_get_info()
+
+
+def hold(nbytes: int) -> Any:
+    """``nbytes`` of GPU memory held by this process until the returned object goes."""
+    import torch
+
+    return torch.empty(nbytes, dtype=torch.uint8, device="cuda") if nbytes else None
+
+
+def release_held() -> None:
+    import torch
+
+    torch.cuda.empty_cache()
+
+
+def started_beside_other_memory(create: Callable[[dict], Any], fraction: float) -> Callable[[dict], Any]:
+    """``create`` wrapped so that the engine starts while this process holds up to ``OTHERS_SHARE`` of the
+    GPU (as much as leaves the engine its share and ``OTHERS_MARGIN``), given back once it has started.
+    Call it inside the GPU lock's start (``SHARE.start``): no other suite starts or tests meanwhile. The
+    engine gets ``memory_at_start = (total, others)``: the GPU's bytes, and those other processes and this
+    one held when it started (test_the_engine_takes_its_share_of_the_whole_gpu_beside_other_memory)."""
+
+    def start(config: dict) -> Any:
+        free, total = device_memory()
+        nbytes = max(0, min(int(OTHERS_SHARE * total), free - int(fraction * total) - OTHERS_MARGIN))
+        held = hold(nbytes)
+        try:
+            engine = create(config)
+        finally:
+            del held
+            release_held()
+        engine.memory_at_start = (total, total - free + nbytes)
+        return engine
+
+    return start
