@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -178,3 +178,13 @@ def fake_index():
     index = FakeIndex()
     yield index
     index.close()
+
+
+@pytest.fixture
+def environment() -> Iterator[None]:
+    """os.environ as it was before the test, put back after it: the shims write into it directly, as they
+    do for the engines they start."""
+    before = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(before)

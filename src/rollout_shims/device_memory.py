@@ -12,6 +12,7 @@ scheduler's own context is not in what SGLang reads.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -70,20 +71,24 @@ def gib(nbytes: float) -> str:
 def device_memory(ordinals: Sequence[int]) -> list[DeviceMemory]:
     """Free and total bytes of each GPU (ordinals as this process's children number them)."""
     try:
-        proc = subprocess.run([sys.executable, "-I", "-c", PROBE, *map(str, ordinals)], capture_output=True,
-                              text=True, timeout=PROBE_TIMEOUT_S, check=False)
-    except subprocess.TimeoutExpired:
-        raise ProbeFailed(f"the CUDA driver did not answer within {PROBE_TIMEOUT_S} s") from None
+        proc = subprocess.Popen([sys.executable, "-I", "-c", PROBE, *map(str, ordinals)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
     except OSError as exc:
         raise ProbeFailed(f"the probe could not start: {exc}") from None
+    try:
+        out, err = proc.communicate(timeout=PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # a child stuck inside the driver may not even die: it is not waited for past a few seconds
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.communicate(timeout=5)
+        raise ProbeFailed(f"the CUDA driver did not answer within {PROBE_TIMEOUT_S} s") from None
     if proc.returncode != 0:
-        lines = proc.stderr.strip().splitlines()
+        lines = err.strip().splitlines()
         raise ProbeFailed(lines[-1] if lines else f"the probe exited with code {proc.returncode}")
     try:
-        rows = json.loads(proc.stdout)
-        memory = [DeviceMemory(free=int(free), total=int(total)) for free, total in rows]
+        memory = [DeviceMemory(free=int(free), total=int(total)) for free, total in json.loads(out)]
     except (ValueError, TypeError) as exc:
-        raise ProbeFailed(f"the probe printed {proc.stdout.strip()[:200]!r}: {exc}") from None
+        raise ProbeFailed(f"the probe printed {out.strip()[:200]!r}: {exc}") from None
     if len(memory) != len(ordinals):
         raise ProbeFailed(f"the probe read {len(memory)} GPU(s), {len(ordinals)} asked for")
     return memory

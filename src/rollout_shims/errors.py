@@ -37,9 +37,9 @@ class EngineStateError(RolloutShimsError, RuntimeError):
     were released by ``offload()`` and must be pushed again with ``update_weights()``)."""
 
 
-class GpuMemoryError(RolloutShimsError, RuntimeError):
-    """The engine's GPUs have less memory free than ``gpu_memory_utilization`` asks for; the message
-    says how much is free and the largest setting that fits. Nothing was started."""
+class GpuMemoryError(RolloutShimsError, ValueError):
+    """The engine's GPUs have less memory free than ``gpu_memory_utilization`` asks for, on either engine
+    (a ``ValueError``, as vLLM's own refusal is); the message says how much is free and what to change."""
 
 
 class EngineRequestError(RolloutShimsError, RuntimeError):

@@ -51,7 +51,8 @@ def _graph_bs(value: int, cfg: RolloutConfig) -> int:
 
 SGLANG_ARGS: tuple[ArgRule, ...] = (
     ArgRule("model_dir", "model_path"),
-    ArgRule("gpu_memory_utilization", "mem_fraction_static"),
+    ArgRule("gpu_memory_utilization", "mem_fraction_static",
+            note="the start passes f x T / F instead: a share of the whole GPU (shims/sglang_memory.py)"),
     ArgRule("enforce_eager", "disable_cuda_graph"),
     ArgRule("disable_log_stats", "log_level", lambda v, c: "error" if v else "info",
             "true: only errors (SGLang Engine's own default); false: info, incl. decode stats"),

@@ -26,6 +26,8 @@ import logging
 import os
 from collections.abc import MutableMapping
 
+from packaging.version import Version
+
 log = logging.getLogger("rollout_shims")
 
 NO_MULTICAST: dict[str, str] = {
@@ -53,3 +55,20 @@ def turn_off_multicast(environ: MutableMapping[str, str] | None = None) -> dict[
                 log.warning("%s=%s would turn NVLink multicast on; the shim sets %s=%s (rollout_shims/multicast.py "
                             "says why)", name, before, name, value)
     return changed
+
+
+RAY_COPY_ENV = "VLLM_RAY_EXTRA_ENV_VARS_TO_COPY"
+
+
+def ray_workers_keep_multicast_off(release: str) -> None:
+    """vLLM's Ray workers start from the Ray cluster's environment plus what vLLM copies to them (a local
+    cluster that vLLM starts inherits os.environ anyway). From 0.17 vLLM copies NCCL_* and every name in
+    ``VLLM_RAY_EXTRA_ENV_VARS_TO_COPY`` (``vllm/ray/ray_env.py:36-44`` in 0.34.0): the shim adds
+    NO_MULTICAST's names there. Up to 0.16 it copies VLLM_* only (``executor/ray_distributed_executor.py:337-343``
+    in 0.8.5.post1, ``ray/ray_env.py`` in 0.16.0): a cluster started beforehand must carry them itself."""
+    names = [n for n in os.environ.get(RAY_COPY_ENV, "").split(",") if n]
+    os.environ[RAY_COPY_ENV] = ",".join(dict.fromkeys([*names, *NO_MULTICAST]))
+    if Version(release) < Version("0.17"):
+        log.warning("vLLM %s copies only VLLM_* variables to Ray workers: a Ray cluster started before the engine "
+                    "must have %s set itself (rollout_shims/multicast.py says why)", release,
+                    ", ".join(f"{k}={v}" for k, v in NO_MULTICAST.items()))

@@ -58,7 +58,7 @@ def _used_bytes() -> tuple[int, str]:
     return sum(_held.values()), "per-process"
 
 
-def _device_memory() -> tuple[int, int]:
+def _free_and_total() -> tuple[int, int]:
     return FAKE_TOTAL - sum(_held.values()), FAKE_TOTAL
 
 
@@ -76,7 +76,7 @@ def _footprint(config: RolloutConfig, details: dict[str, Any]) -> int:
     """What the engine stood in for holds once started, beside what the stand-in GPU holds already:
     vLLM its share of the whole GPU (or its refusal), SGLang the static share the shim's own start code
     gives it of the memory free now (rollout_shims/shims/sglang_memory.py), its activations on top."""
-    free, total = _device_memory()
+    free, total = _free_and_total()
     share = int(config.gpu_memory_utilization * total)
     if BACKEND == "vllm":
         if free < share:
@@ -233,10 +233,10 @@ rollout_shims.detect = _detect
 _detect_module.detect = _detect
 _detect_module.installed_versions = lambda: {BACKEND: "0.0.0"}
 gpu_memory.used_bytes = _used_bytes
-gpu_memory.device_memory = _device_memory
+gpu_memory.free_and_total = _free_and_total
 gpu_memory.hold = _Held
 gpu_memory.release_held = lambda: None
-rollout_shims.shims.sglang_memory.device_memory = lambda ordinals: [DeviceMemory(*_device_memory()) for _ in ordinals]
+rollout_shims.shims.sglang_memory.device_memory = lambda ordinals: [DeviceMemory(*_free_and_total()) for _ in ordinals]
 os.environ.setdefault("ROLLOUT_MATRIX_ENTRY", f"{BACKEND}-0.0.0")
 
 

@@ -80,7 +80,7 @@ OTHERS_MARGIN = 8 << 30
 (SGLang's activations and CUDA graphs took up to 4.4 GiB, H200, 2026-12-04)."""
 
 
-def device_memory() -> tuple[int, int]:
+def free_and_total() -> tuple[int, int]:
     """(free, total) bytes of the suite's GPU, device-wide."""
     import torch
 
@@ -108,7 +108,7 @@ def started_beside_other_memory(create: Callable[[dict], Any], fraction: float) 
     one held when it started (test_the_engine_takes_its_share_of_the_whole_gpu_beside_other_memory)."""
 
     def start(config: dict) -> Any:
-        free, total = device_memory()
+        free, total = free_and_total()
         nbytes = max(0, min(int(OTHERS_SHARE * total), free - int(fraction * total) - OTHERS_MARGIN))
         held = hold(nbytes)
         try:

@@ -313,12 +313,15 @@ def test_flush_after_onload_serves_the_reference(engine, reference, record_prope
 
 GIB = 1 << 30
 BELOW_SHARE = 1 * GIB
-ABOVE_SHARE = 5 * GIB
+ABOVE_SHARE = 6 * GIB
 """How far an engine's memory may lie from its share f x T of the GPU. On the H200 (2026-12-03/04, f = 0.27,
 T = 139.8 GiB, committed gpu-results, ``[offload] ... of Y GiB``) vLLM held f x T - 0.01 to + 0.77 GiB in
 every release (its CUDA context), SGLang started alone f x T + 1.95 to + 4.38 GiB (activations and CUDA
 graphs, beyond its share; a test process's context counts in both). SGLang started beside other suites
 held 5.6 - 16.2 GiB less than its share (its own reading of the fraction)."""
+TELLS_APART = 8 * GIB
+"""The least f x others for which the test says anything: SGLang's own reading, short of the share by that
+and then up to 4.4 GiB over, would fall below ``BELOW_SHARE`` with 2.6 GiB to spare."""
 
 
 def test_the_engine_takes_its_share_of_the_whole_gpu_beside_other_memory(engine, record_property) -> None:
@@ -337,7 +340,7 @@ def test_the_engine_takes_its_share_of_the_whole_gpu_beside_other_memory(engine,
           f"shim: {engine.info.details.get('gpu_memory')}")
     record_property("engine_gib_after_start", round(held / GIB, 2))
     record_property("others_gib_at_start", round(others / GIB, 2))
-    if share - memory_fraction() * (total - others) < BELOW_SHARE + ABOVE_SHARE:
+    if memory_fraction() * others < TELLS_APART:
         pytest.skip(f"others held only {others / GIB:.2f} GiB at the start: both readings of the fraction fit")
     assert share - BELOW_SHARE <= held <= share + ABOVE_SHARE, (
         f"the engine holds {held / GIB:.2f} GiB, its share is {share / GIB:.2f} GiB of the GPU's whole memory "

@@ -8,23 +8,19 @@ process it starts inherits) and stops there. The check of the installed engine's
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-import sys
-import types
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from fake_engines import StopAtEngine, install_fake_engines
 from packaging.version import Version
 
 from rollout_shims import RolloutConfig
 from rollout_shims.bands import band_for, load_bands
 from rollout_shims.detect import Detection
-from rollout_shims.multicast import NO_MULTICAST, turn_off_multicast
+from rollout_shims.multicast import NO_MULTICAST, RAY_COPY_ENV, turn_off_multicast
 from rollout_shims.shims import SHIMS
-from rollout_shims.shims.vllm_base import RAY_COPY_ENV
 from rollout_shims.weight_group import NCCL_CUMEM, default_cumem
 
 
@@ -47,69 +43,14 @@ def test_nccl_cumem_is_0_unless_the_environment_sets_it() -> None:
     assert default_cumem(env) == "1" and env == {NCCL_CUMEM: "1"}
 
 
-class StopAtEngine(Exception):
-    """Raised by the fake engine once it has recorded the environment it was started in."""
-
-
-def _module(name: str, **attrs: Any) -> types.ModuleType:
-    module = types.ModuleType(name)
-    module.__dict__.update(attrs)
-    return module
-
-
-@dataclasses.dataclass
-class ServerArgs:
-    model_path: str = ""
-    enable_memory_saver: bool = False
-    device: str = "cuda"
-
-
-@dataclasses.dataclass
-class EngineArgs:
-    model: str = ""
-    enable_sleep_mode: bool = False
-    tensor_parallel_size: int = 1
-    distributed_executor_backend: str | None = None
-
-
-@pytest.fixture
-def environment():
-    """os.environ as it was before the test (the shims write into it, as they do for their engines)."""
-    before = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(before)
-
-
 def fake_engines(monkeypatch, seen: list[dict[str, str]]) -> None:
-    def started(*args: Any, **kwargs: Any) -> None:
+    """Fake engines that record the environment they were started in, then stop the start."""
+
+    def started(**kwargs: Any) -> None:
         seen.append(dict(os.environ))
         raise StopAtEngine
 
-    class Engine:
-        def __init__(self, **kwargs: Any) -> None:
-            started()
-
-        def shutdown(self) -> None:
-            pass
-
-    class LLM:
-        def __init__(self, **kwargs: Any) -> None:
-            started()
-
-    fields = SimpleNamespace(fields=lambda cls: dataclasses.fields(cls))  # msgspec.structs (SGLang 0.5.20+)
-    modules = {
-        "sglang": _module("sglang"), "sglang.srt": _module("sglang.srt"),
-        "sglang.srt.server_args": _module("sglang.srt.server_args", ServerArgs=ServerArgs),
-        "sglang.srt.entrypoints.engine": _module("sglang.srt.entrypoints.engine", Engine=Engine),
-        "msgspec": _module("msgspec", structs=fields),
-        "vllm": _module("vllm", LLM=LLM), "vllm.engine": _module("vllm.engine"),
-        "vllm.engine.arg_utils": _module("vllm.engine.arg_utils", EngineArgs=EngineArgs),
-    }
-    modules["sglang.srt.entrypoints"] = _module("sglang.srt.entrypoints", engine=modules["sglang.srt.entrypoints.engine"])
-    for name, module in modules.items():
-        monkeypatch.setitem(sys.modules, name, module)
-    monkeypatch.setattr("rollout_shims.symbols.problem", lambda symbol: None)
+    install_fake_engines(monkeypatch, started)
 
 
 @pytest.mark.parametrize("name", sorted(SHIMS))

@@ -23,27 +23,28 @@ def gpu(free_gib: float, total_gib: float = 80) -> DeviceMemory:
 
 
 def test_alone_on_the_gpu_the_fraction_is_passed_as_it_is() -> None:
-    assert static_fraction(0.5, [gpu(80)]) == pytest.approx(0.5)
+    assert static_fraction(0.5, 80 * GIB, 80 * GIB) == pytest.approx(0.5)
 
 
 def test_beside_other_memory_sglang_gets_the_share_of_the_whole_gpu() -> None:
     # 30 GiB held elsewhere: 50 free; a share of 40 GiB is 0.8 of what SGLang will see free
-    assert static_fraction(0.5, [gpu(50)]) == pytest.approx(0.8)
-    assert static_fraction(0.5, [gpu(50)]) * 50 * GIB == pytest.approx(0.5 * 80 * GIB)
+    assert static_fraction(0.5, 80 * GIB, 50 * GIB) == pytest.approx(0.8)
+    assert static_fraction(0.5, 80 * GIB, 50 * GIB) * 50 * GIB == pytest.approx(0.5 * 80 * GIB)
 
 
-def test_with_several_gpus_the_one_with_least_free_memory_sets_it() -> None:
+def test_with_several_gpus_the_one_with_least_free_memory_sets_it(monkeypatch: pytest.MonkeyPatch) -> None:
     # SGLang sizes every rank from the smallest free memory (its distributed minimum): 40 of 45
-    assert static_fraction(0.5, [gpu(60), gpu(45)]) == pytest.approx(40 / 45)
+    monkeypatch.setattr(sglang_memory, "device_memory", lambda ordinals: [gpu(60), gpu(45)])
+    assert start_fraction(config(tensor_parallel_size=2), {}) == pytest.approx(40 / 45)
 
 
 def test_exactly_enough_free_memory_gives_all_of_it() -> None:
-    assert static_fraction(0.5, [gpu(40)]) == pytest.approx(1.0)
+    assert static_fraction(0.5, 80 * GIB, 40 * GIB) == pytest.approx(1.0)
 
 
 def test_less_free_than_the_share_is_refused_in_one_line_with_the_setting_that_fits() -> None:
     with pytest.raises(GpuMemoryError) as caught:
-        static_fraction(0.5, [gpu(30)])
+        static_fraction(0.5, 80 * GIB, 30 * GIB)
     message = str(caught.value)
     assert "\n" not in message
     assert "0.5 of the GPU's 80.00 GiB is 40.00 GiB" in message
@@ -53,7 +54,7 @@ def test_less_free_than_the_share_is_refused_in_one_line_with_the_setting_that_f
 
 def test_with_hardly_anything_free_only_freeing_memory_is_suggested() -> None:
     with pytest.raises(GpuMemoryError, match=r"hold 76\.00 GiB\): free GPU memory before the engine starts$"):
-        static_fraction(0.1, [gpu(4)])
+        static_fraction(0.1, 80 * GIB, 4 * GIB)
 
 
 def config(**keys: object) -> RolloutConfig:

@@ -17,7 +17,7 @@ import pytest
 from rollout_shims import Completion, EngineInfo, RolloutConfig, SamplingParams, UnsupportedFeatureError
 from rollout_shims.api import VALIDATION_PROMPTS, RolloutEngine
 from rollout_shims.errors import EngineRequestError
-from rollout_shims.shims import sglang_base, sglang_weights, vllm_memory
+from rollout_shims.shims import sglang_flush, sglang_weights, vllm_memory
 from rollout_shims.shims.sglang_bands import SGLang044, SGLang048, SGLang051
 from rollout_shims.shims.vllm_bands import VLLM085
 
@@ -261,7 +261,7 @@ def test_sglang_refused_reload_names_the_folder_and_sglangs_message() -> None:
 
 
 def test_sglang_flush_refused_past_the_wait_is_one_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sglang_base, "FLUSH_WAIT_S", 0.05)
+    monkeypatch.setattr(sglang_flush, "FLUSH_WAIT_S", 0.05)
     eng = busy_sglang(busy=10**9)
     with pytest.raises(EngineRequestError, match="refused to flush the cache for 0s: requests were still running"):
         eng._flush_cache()

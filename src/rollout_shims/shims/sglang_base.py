@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -23,7 +22,7 @@ from rollout_shims.config import RolloutConfig
 from rollout_shims.context import sglang_requests
 from rollout_shims.detect import Detection
 from rollout_shims.engine_log import EngineLog
-from rollout_shims.errors import EngineFailedError, EngineRequestError, EngineStateError, UnsupportedFeatureError
+from rollout_shims.errors import EngineFailedError, EngineStateError, UnsupportedFeatureError
 from rollout_shims.mapping import SGLANG_ARGS, SGLANG_FIXED, ArgRule, engine_kwargs
 from rollout_shims.multicast import turn_off_multicast
 from rollout_shims.outputs import int_list
@@ -31,6 +30,7 @@ from rollout_shims.processes import OwnedProcesses
 from rollout_shims.seeds import request_seeds, with_sampling_seeds
 from rollout_shims.sharing import SGLANG_LOADER
 from rollout_shims.shims.sglang_failure import ended_child, scheduler_died_at_start
+from rollout_shims.shims.sglang_flush import SGLangFlush
 from rollout_shims.shims.sglang_groups import SGLangGroups
 from rollout_shims.shims.sglang_memory import start_fraction
 from rollout_shims.shims.sglang_pause import PAUSE_LOADER
@@ -47,20 +47,11 @@ TMS_PY = "torch_memory_saver/__init__.py"
 FINISH_REASONS = {"stop": "stop", "length": "length", "abort": "abort"}
 """SGLang ``meta_info["finish_reason"]["type"]`` -> Completion.finish_reason."""
 
-FLUSH_WAIT_S = 30.0
-"""How long ``flush_cache()`` asks again while SGLang refuses it. The scheduler flushes only when fully
-idle, and right after ``generate()`` returned it often is not yet: the finished requests stay in its
-running batch until its next loop turn (sglang-0.5.17 on the H200, 2026-12-03: "Cache not flushed
-because there are pending requests. #queue-req: 0, #running-req: 6", then success=False). slime asks
-again the same way; newer SGLang defers a flush itself, but only through the tokenizer manager's
-``flush_cache(timeout_s)``, which ``Engine.flush_cache()`` does not pass."""
-
-
 def _sym(path: str, qualname: str, *params: str, dist: str = "sglang", feature: str | None = None) -> Symbol:
     return Symbol(dist=dist, path=path, qualname=qualname, params=params, feature=feature)
 
 
-class SGLangEngine(SGLangGroups, SGLangWeights, RolloutEngine):
+class SGLangEngine(SGLangGroups, SGLangWeights, SGLangFlush, RolloutEngine):
     """SGLang's offline ``Engine`` behind the common API (shared behaviour of all bands)."""
 
     LOGPROB_SEMANTICS: ClassVar[str] = (
@@ -350,24 +341,6 @@ class SGLangEngine(SGLangGroups, SGLangWeights, RolloutEngine):
             finish_reason=FINISH_REASONS.get(kind, "abort"),  # type: ignore[arg-type]
             text=out.get("text") if self.config.detokenize else None,
         )
-
-    def _settle(self) -> None:
-        """Return once SGLang's scheduler is idle (a flush succeeded): right after ``generate()`` it can
-        still hold the finished requests (``FLUSH_WAIT_S``), and handlers that assert idleness end it
-        (``release_memory_occupation``, weight_updater.py:203-205 in 0.5.17; weight loads with
-        ``flush_cache=True``, :103-108). Driven from one thread, nothing arrives in between."""
-        self._flush_cache()
-
-    def _flush_cache(self) -> None:
-        deadline = time.monotonic() + FLUSH_WAIT_S
-        pause = 0.005
-        while getattr(self._call("flush_cache"), "success", True) is False:
-            if time.monotonic() >= deadline:
-                raise EngineRequestError(
-                    f"SGLang refused to flush the cache for {FLUSH_WAIT_S:.0f}s: requests were still running; "
-                    "flush only when no generate() is in flight (e.g. from another thread)")
-            time.sleep(pause)
-            pause = min(2 * pause, 0.25)
 
     # ----- shutdown that kills only what the engine started ------------------------------------
     def _shutdown(self) -> None:

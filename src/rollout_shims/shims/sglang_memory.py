@@ -3,30 +3,30 @@
 What each engine does with the same fraction f (T: the GPU's total memory; F: what is free when the
 engine starts, T less what other processes hold, a colocated trainer or another engine):
 
-* vLLM gives the engine f × T for weights, KV cache, activations and CUDA graphs, and refuses to start
-  when less than that is free (V1: ``v1/worker/gpu_worker.py:141-152`` in 0.9.2,
-  ``v1/worker/utils.py:724-725, 761-770`` in 0.33.0; V0 budgets the same without the refusal,
-  ``worker/worker.py:260-263`` in 0.9.2).
+* vLLM gives the engine f × T for weights, KV cache and activations, and CUDA graphs where it estimates
+  them (0.33.0 ``v1/worker/gpu_worker.py:717-756``; 0.9.2 captures them after sizing the KV cache,
+  ``:266-267``), and refuses to start when less than f × T is free (V1: ``v1/worker/gpu_worker.py:141-153``
+  in 0.9.2, ``v1/worker/utils.py:724-725, 761-770`` in 0.33.0; V0 budgets the same without refusing,
+  ``worker/worker.py:260-263`` in 0.9.2). The vLLM shim turns that refusal into :class:`GpuMemoryError`.
 * SGLang gives weights and KV cache f × F: ``rest_memory = available - total_gpu_memory * (1 -
   mem_fraction_static)``, where ``total_gpu_memory`` is the memory free before the weights load
   (``model_executor/model_runner.py:483, 832-835`` in 0.4.7.post1, ``:665, 1123-1132`` in 0.5.2;
-  ``distributed/bootstrap.py:207`` and ``mem_cache/kv_cache_configurator.py:3007`` in 0.5.23).
-  Its own definition is f × T: "(model weights + KV cache pool) / GPU memory capacity"
-  (``server_args.py:264`` in 0.4.7.post1, ``:455`` in 0.5.2, ``arg_groups/memory_hook.py:60`` in 0.5.23). Activations and
-  CUDA graphs take what is left, beyond the fraction.
+  ``distributed/bootstrap.py:207`` and ``mem_cache/kv_cache_configurator.py:3007`` in 0.5.23), although
+  it defines the fraction as f × T ("(model weights + KV cache pool) / GPU memory capacity",
+  ``server_args.py:264`` in 0.4.7.post1, ``:455`` in 0.5.2, ``arg_groups/memory_hook.py:60`` in 0.5.23).
+  Activations and CUDA graphs take what is left, beyond the fraction. So an engine that started beside
+  other memory came out smaller, by an amount that depended on what had started before it (the H200
+  figures are in docs/shims.md).
 
-So beside other processes an SGLang engine came out smaller, by how much depending on what had started
-before it: on the H200 (2026-12-03/04; committed gpu-results, ``[offload] ... freed X of Y GiB``) the
-suites' config (f = 0.27 of 139.8 GiB: 37.7 GiB) held 37.7 - 38.5 GiB on all 22 vLLM releases and 21.6 -
-42.1 GiB on the 19 SGLang ones, 5.6 - 16.2 GiB short in the 19 of 38 engines that started beside another
-suite.
-
-The shim reads F just before the start (device_memory.py, the smallest over the engine's GPUs, as SGLang
+The shim reads F just before the start (device_memory.py; the smallest over the engine's GPUs, as SGLang
 takes it) and passes ``mem_fraction_static = f × T / F``: weights and KV cache take f × T whatever else
-holds memory, as SGLang defines it and as on vLLM. Where less than f × T is free it refuses, as vLLM
-does. What stays different: SGLang's activations and CUDA graphs come on top (1.9 - 4.4 GiB with the
-suites' tiny model on the H200), vLLM's within f × T. Where the driver cannot be read the fraction goes
-to SGLang as it is, with a warning.
+holds memory, as SGLang defines it and as on vLLM. With less than f × T free it refuses, as vLLM does.
+What stays different: SGLang's activations and CUDA graphs come on top of f × T; SGLang 0.4.7.post1
+(0.5.2 no longer) takes 0.9 of the fraction for a multimodal model (``model_runner.py:401-402``); and
+memory another process frees while SGLang starts (between this read and SGLang's own) goes to SGLang
+in proportion, where it used to leave the engine smaller. vLLM asks the same of that window: memory
+freed during its profiling fails its start ("Error in memory profiling"). Where the driver cannot be
+read, the fraction goes to SGLang as it is, with a warning.
 """
 
 from __future__ import annotations
@@ -34,11 +34,10 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from rollout_shims.config import RolloutConfig
-from rollout_shims.device_memory import DeviceMemory, ProbeFailed, device_memory, gib
+from rollout_shims.device_memory import ProbeFailed, device_memory, gib
 from rollout_shims.errors import GpuMemoryError
 
 log = logging.getLogger("rollout_shims")
@@ -49,14 +48,13 @@ CUDA graphs there. The suites' engines used up to 4.4 GiB of it (H200, tiny mode
 long prefill chunks uses more."""
 
 
-def static_fraction(fraction: float, memory: Sequence[DeviceMemory]) -> float:
-    """SGLang's ``mem_fraction_static`` that gives weights and KV cache ``fraction`` of the GPU's whole
-    memory (the smallest GPU's, with the least free: SGLang sizes every rank from that one)."""
-    total = min(m.total for m in memory)
-    free = min(m.free for m in memory)
+def static_fraction(fraction: float, total: int, free: int) -> float:
+    """SGLang's ``mem_fraction_static`` that gives weights and KV cache ``fraction`` of ``total`` bytes
+    when ``free`` bytes are free at its start (the least free of the engine's GPUs: SGLang sizes every
+    rank from that one)."""
     budget = fraction * total
     if free < budget:
-        fits = math.floor(max(free - ROOM_BYTES, 0) / total * 100) / 100
+        fits = math.floor(max(free - ROOM_BYTES, 0) / total * 100) / 100  # a setting that leaves room, not a warning
         lower = f"lower it to {fits} or less, or " if fits > 0 else ""
         raise GpuMemoryError(
             f"rollout.gpu_memory_utilization: {fraction} of the GPU's {gib(total)} GiB is {gib(budget)} GiB for "
@@ -77,8 +75,8 @@ def start_fraction(config: RolloutConfig, details: dict[str, Any]) -> float:
                     "at its start rather than of the GPU's whole memory", exc, fraction)
         details["gpu_memory"] = {"utilization": fraction, "mem_fraction_static": fraction, "unread": str(exc)}
         return fraction
-    static = static_fraction(fraction, memory)
     total, free = min(m.total for m in memory), min(m.free for m in memory)
+    static = static_fraction(fraction, total, free)
     room = free - fraction * total
     details["gpu_memory"] = {"utilization": fraction, "mem_fraction_static": static, "total_gib": float(gib(total)),
                              "free_gib_at_start": float(gib(free)), "read_seconds": round(time.monotonic() - began, 3)}

@@ -26,9 +26,9 @@ from rollout_shims.api import Completion, EngineInfo, RolloutEngine, SamplingPar
 from rollout_shims.config import RolloutConfig
 from rollout_shims.context import refuse_long_prompts
 from rollout_shims.detect import Detection
-from rollout_shims.errors import EngineRequestError, UnsupportedFeatureError
+from rollout_shims.errors import EngineRequestError, GpuMemoryError, UnsupportedFeatureError
 from rollout_shims.mapping import VLLM_ARGS, VLLM_FIXED, engine_kwargs
-from rollout_shims.multicast import NO_MULTICAST, turn_off_multicast
+from rollout_shims.multicast import ray_workers_keep_multicast_off, turn_off_multicast
 from rollout_shims.outputs import int_list, sampled_logprobs
 from rollout_shims.sharing import SharedBucket
 from rollout_shims.shims import vllm_compiled, vllm_import_constants, vllm_memory
@@ -45,8 +45,10 @@ from rollout_shims.symbols import Symbol, required_problems
 from rollout_shims.weight_group import NCCL_CUMEM, default_cumem
 
 LLM_PY = "vllm/entrypoints/llm.py"
-RAY_COPY_ENV = "VLLM_RAY_EXTRA_ENV_VARS_TO_COPY"
 FLASHINFER_DISTS = ("flashinfer-python", "flashinfer")
+MEMORY_REFUSED = "Free memory on device"
+"""How vLLM's refusal to start with less free memory than ``gpu_memory_utilization`` asks begins (V1 up to 0.33:
+``v1/worker/gpu_worker.py:143-153`` in 0.9.2, ``v1/worker/utils.py:761-770`` in 0.33.0)."""
 FINISH_REASONS = {"stop": "stop", "length": "length", "abort": "abort"}
 
 log = logging.getLogger("rollout_shims")
@@ -124,7 +126,7 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
         multicast = turn_off_multicast()  # TP > 1 workers inherit os.environ (rollout_shims/multicast.py)
         default_cumem()  # what a weight group's trainer must match (weight_group.py)
         if config.distributed_executor_backend == "ray" and config.tensor_parallel_size * config.pipeline_parallel_size > 1:
-            self._ray_workers_keep_multicast_off(detection.release)
+            ray_workers_keep_multicast_off(detection.release)
         kwargs = self.engine_kwargs(config, detection.release)
         vllm_memory.refuse_a_new_engine_while_memory_is_held(detection.release)
         self._llm = self._start(kwargs)
@@ -170,22 +172,10 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
             except Exception:
                 log.warning("vLLM %s: releasing what the failed start allocated failed too", self.info.release,
                             exc_info=True)
+            if isinstance(exc, ValueError) and str(exc).startswith(MEMORY_REFUSED):  # the SGLang shim's error too
+                raise GpuMemoryError(f"rollout.gpu_memory_utilization: vLLM {self.info.release} did not start: {exc}") from exc
             raise
         return llm
-
-    @staticmethod
-    def _ray_workers_keep_multicast_off(release: str) -> None:
-        """Ray workers start from the Ray cluster's environment plus what vLLM copies to them (a local
-        cluster that vLLM starts inherits os.environ anyway). From 0.17 vLLM copies NCCL_* and every name
-        in ``VLLM_RAY_EXTRA_ENV_VARS_TO_COPY`` (``vllm/ray/ray_env.py:36-44`` in 0.34.0): the shim adds
-        NO_MULTICAST's names there. Up to 0.16 it copies VLLM_* only (``executor/ray_distributed_executor.py:337-343``
-        in 0.8.5.post1, ``ray/ray_env.py`` in 0.16.0): a cluster started beforehand must carry them itself."""
-        names = [n for n in os.environ.get(RAY_COPY_ENV, "").split(",") if n]
-        os.environ[RAY_COPY_ENV] = ",".join(dict.fromkeys([*names, *NO_MULTICAST]))
-        if Version(release) < Version("0.17"):
-            log.warning("vLLM %s copies only VLLM_* variables to Ray workers: a Ray cluster started before the engine "
-                        "must have %s set itself (rollout_shims/multicast.py says why)", release,
-                        ", ".join(f"{k}={v}" for k, v in NO_MULTICAST.items()))
 
     def _after_start(self) -> None:
         """Band hook, run once the engine is up (e.g. to repair what a release leaves fragile)."""
