@@ -22,7 +22,7 @@ from rollout_shims.config import RolloutConfig
 from rollout_shims.context import sglang_requests
 from rollout_shims.detect import Detection
 from rollout_shims.engine_log import EngineLog
-from rollout_shims.errors import EngineFailedError, EngineStateError, UnsupportedFeatureError
+from rollout_shims.errors import EngineFailedError, UnsupportedFeatureError
 from rollout_shims.mapping import SGLANG_ARGS, SGLANG_FIXED, ArgRule, engine_kwargs
 from rollout_shims.multicast import turn_off_multicast
 from rollout_shims.outputs import int_list
@@ -35,6 +35,7 @@ from rollout_shims.shims.sglang_groups import SGLangGroups
 from rollout_shims.shims.sglang_memory import start_fraction
 from rollout_shims.shims.sglang_pause import PAUSE_LOADER
 from rollout_shims.shims.sglang_preload import children_can_preload
+from rollout_shims.shims.sglang_thread import in_its_thread
 from rollout_shims.shims.sglang_weights import SGLangWeights
 from rollout_shims.symbols import Symbol, required_problems, unavailable_features
 from rollout_shims.weight_group import NCCL_CUMEM, default_cumem
@@ -99,8 +100,7 @@ class SGLangEngine(SGLangGroups, SGLangWeights, SGLangFlush, RolloutEngine):
             details={"offload_keeps_weights": self.OFFLOAD_KEEPS_WEIGHTS},
         )
         super().__init__(config, info)
-        if threading.current_thread() is not threading.main_thread():
-            raise EngineStateError("SGLang's Engine installs signal handlers: create it in the main thread")
+        in_its_thread("creating the engine")
         self.preflight()
         kwargs = self.engine_kwargs(config, detection.release)
         kwargs["mem_fraction_static"] = start_fraction(config, self.info.details)  # a share of the whole GPU
@@ -281,6 +281,7 @@ class SGLangEngine(SGLangGroups, SGLangWeights, SGLangFlush, RolloutEngine):
         """``self._engine.<method>(...)`` (or ``method(...)`` when given a function that runs the
         engine's loop), turned into :class:`EngineFailedError` when a process of the engine dies
         before or during the call (SGLang itself would wait for the reply forever)."""
+        in_its_thread(method if isinstance(method, str) else "the call")
         self._in_call = True
         try:
             if self._dead is not None:
