@@ -30,6 +30,7 @@ from rollout_shims.errors import EngineRequestError, GpuMemoryError, Unsupported
 from rollout_shims.mapping import VLLM_ARGS, VLLM_FIXED, engine_kwargs
 from rollout_shims.multicast import ray_workers_keep_multicast_off, turn_off_multicast
 from rollout_shims.outputs import int_list, sampled_logprobs
+from rollout_shims.random_state import random_state_kept
 from rollout_shims.sharing import SharedBucket
 from rollout_shims.shims import vllm_compiled, vllm_import_constants, vllm_memory
 from rollout_shims.shims.vllm_groups import TORCH_GROUP_SYMBOLS, VLLMGroups
@@ -159,8 +160,8 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
         self._caller_distributed = _distributed_initialized()
         self._compiled, self._imported = vllm_compiled.EngineCompileCaches(), set[str]()  # released with the engine
         try:
-            with vllm_compiled.noted(self._compiled), vllm_import_constants.noted(self._imported):
-                llm = LLM(**kwargs)
+            with vllm_compiled.noted(self._compiled), vllm_import_constants.noted(self._imported), random_state_kept():
+                llm = LLM(**kwargs)  # which reseeds the caller's generators (random_state.py)
         except BaseException as exc:
             vllm_memory.clear_frames(exc)
             try:  # the start's own error goes on whatever the clean-up meets (a CUDA error stays sticky)
