@@ -54,10 +54,12 @@ def engine(model_dir: Path, backend: str, mode: str):
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
     baseline, how = used_bytes()
     t0 = time.monotonic()
+    random.seed(CALLER_SEED)  # test_the_engine_start_leaves_the_callers_random_generators
     with spin_allowed(backend):  # test_offload_waits_for_gpu_work_queued_just_before_it
         eng = SHARE.start(started_beside_other_memory(create_engine, memory_fraction()),
                           engine_config(model_dir, backend, mode))
     eng.baseline_used = baseline  # type: ignore[attr-defined]
+    eng.caller_draw = random.random()  # type: ignore[attr-defined]
     with SHARE.using():
         first = eng.generate(prompts(), GREEDY)  # the greedy outputs a re-created engine must repeat
         eng.used_after_start = used_bytes()  # type: ignore[attr-defined]
@@ -345,6 +347,17 @@ def test_the_engine_takes_its_share_of_the_whole_gpu_beside_other_memory(engine,
     assert share - BELOW_SHARE <= held <= share + ABOVE_SHARE, (
         f"the engine holds {held / GIB:.2f} GiB, its share is {share / GIB:.2f} GiB of the GPU's whole memory "
         f"(f x (T - others) would be {memory_fraction() * (total - others) / GIB:.2f})")
+
+
+CALLER_SEED = 20261204
+
+
+def test_the_engine_start_leaves_the_callers_random_generators(engine) -> None:
+    """vLLM's worker, in this process, seeds ``random``, numpy and torch with 0 at its start; SGLang's
+    ``ServerArgs`` draws its seed from ``random``: the caller's generators go on as if neither had run
+    (rollout_shims/random_state.py). Python's is the one checked here: numpy's is drawn from afterwards by
+    vLLM 0.29+ itself (a seed per unseeded request, the start's validation run included)."""
+    assert engine.caller_draw == random.Random(CALLER_SEED).random(), "the engine start moved the caller's generator"
 
 
 def test_info_names_what_runs(engine, detection) -> None:

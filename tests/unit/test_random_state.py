@@ -51,17 +51,18 @@ def test_torchs_cpu_generator_is_put_back() -> None:
     assert torch.initial_seed() == 1234
 
 
-@pytest.mark.parametrize("name", sorted(n for n in SHIMS if n.startswith("vllm")))
-def test_every_vllm_band_keeps_the_callers_generators_across_the_start(name, tmp_path, monkeypatch, environment) -> None:
+@pytest.mark.parametrize("name", sorted(SHIMS))
+def test_every_band_keeps_the_callers_generators_across_the_start(name, tmp_path, monkeypatch, environment) -> None:
+    """vLLM's worker reseeds in the caller's process; SGLang's ServerArgs draws its seed from ``random``."""
     def started(**kwargs: Any) -> None:
-        random.seed(0)  # vLLM's worker, in the caller's process
+        random.seed(0)
         raise StopAtEngine
 
     band = next(b for b in load_bands() if b.shim == name)
     install_fake_engines(monkeypatch, started)
-    config = RolloutConfig.from_dict({"model_dir": str(tmp_path), "rollout_backend": "vllm"})
+    config = RolloutConfig.from_dict({"model_dir": str(tmp_path), "rollout_backend": band.engine})
     random.seed(7)
     with pytest.raises(StopAtEngine):
-        SHIMS[name](config, Detection(engine="vllm", version=band.text.split(",")[0].removeprefix(">="), shim=name,
-                                      band=band))
+        SHIMS[name](config, Detection(engine=band.engine, version=band.text.split(",")[0].removeprefix(">="),
+                                      shim=name, band=band))
     assert random.random() == random.Random(7).random()

@@ -27,6 +27,7 @@ from rollout_shims.mapping import SGLANG_ARGS, SGLANG_FIXED, ArgRule, engine_kwa
 from rollout_shims.multicast import turn_off_multicast
 from rollout_shims.outputs import int_list
 from rollout_shims.processes import OwnedProcesses
+from rollout_shims.random_state import random_state_kept
 from rollout_shims.seeds import request_seeds, with_sampling_seeds
 from rollout_shims.sharing import SGLANG_LOADER
 from rollout_shims.shims.sglang_failure import ended_child, scheduler_died_at_start
@@ -129,7 +130,7 @@ class SGLangEngine(SGLangGroups, SGLangWeights, SGLangFlush, RolloutEngine):
         try:
             try:
                 preload = children_can_preload() if kwargs.get("enable_memory_saver") else contextlib.nullcontext()
-                with preload as added, self._start_patch(engine_module):
+                with preload as added, self._start_patch(engine_module), random_state_kept():  # ServerArgs draws a seed
                     self.info.details["ld_library_path_for_children"] = added
                     engine.__init__(**kwargs)
             finally:
