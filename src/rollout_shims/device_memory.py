@@ -71,8 +71,8 @@ def gib(nbytes: float) -> str:
 def device_memory(ordinals: Sequence[int]) -> list[DeviceMemory]:
     """Free and total bytes of each GPU (ordinals as this process's children number them)."""
     try:
-        proc = subprocess.Popen([sys.executable, "-I", "-c", PROBE, *map(str, ordinals)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen([sys.executable, "-I", "-c", PROBE, *map(str, ordinals)], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     except OSError as exc:
         raise ProbeFailed(f"the probe could not start: {exc}") from None
     try:

@@ -18,6 +18,9 @@ What turns multicast on otherwise, and what the variables do to it:
   (``VLLM_ALLREDUCE_USE_SYMM_MEM``, on by default in 0.34) then sees no multicast pointer and turns
   itself off (``distributed/device_communicators/symm_mem.py:106-109`` in 0.34.0).
 * NVSHMEM (SGLang's DeepEP paths): ``NVSHMEM_DISABLE_NVLS``.
+
+vLLM's Ray workers start from the Ray cluster's environment rather than the caller's:
+:func:`ray_workers_keep_multicast_off` has vLLM copy the variables to them.
 """
 
 from __future__ import annotations

@@ -16,6 +16,12 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
+from rollout_shims import RolloutConfig
+from rollout_shims.bands import load_bands
+from rollout_shims.detect import Detection
+from rollout_shims.device_memory import DeviceMemory
+from rollout_shims.shims import SHIMS
+
 
 class StopAtEngine(Exception):
     """What a ``started`` callback raises once it has recorded what it wanted."""
@@ -44,8 +50,12 @@ class EngineArgs:
     gpu_memory_utilization: float = 0.9
 
 
+GIB = 1 << 30
+
+
 def install_fake_engines(monkeypatch: Any, started: Callable[..., None]) -> None:
-    """Put the fake engine modules in ``sys.modules`` (undone with ``monkeypatch``)."""
+    """Put the fake engine modules in ``sys.modules`` (undone with ``monkeypatch``), and an idle GPU of 80 GiB
+    where the SGLang shim reads the GPU's memory (a test may set another)."""
 
     class Engine:
         def __init__(self, **kwargs: Any) -> None:
@@ -71,3 +81,12 @@ def install_fake_engines(monkeypatch: Any, started: Callable[..., None]) -> None
     for name, module in modules.items():
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setattr("rollout_shims.symbols.problem", lambda symbol: None)
+    monkeypatch.setattr("rollout_shims.shims.sglang_memory.device_memory",
+                        lambda ordinals: [DeviceMemory(free=80 * GIB, total=80 * GIB)] * len(ordinals))
+
+
+def start_band(name: str, config: RolloutConfig) -> Any:
+    """Band ``name``'s shim started on ``config`` as its first release (the engine is whatever is installed)."""
+    band = next(b for b in load_bands() if b.shim == name)
+    release = band.text.split(",")[0].removeprefix(">=")
+    return SHIMS[name](config, Detection(engine=band.engine, version=release, shim=name, band=band))

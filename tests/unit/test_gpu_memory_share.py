@@ -7,12 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from fake_engines import StopAtEngine, install_fake_engines
+from fake_engines import StopAtEngine, install_fake_engines, start_band
 
 import rollout_shims.shims.sglang_memory as sglang_memory
 from rollout_shims import RolloutConfig
-from rollout_shims.bands import load_bands
-from rollout_shims.detect import Detection
 from rollout_shims.device_memory import DeviceMemory
 from rollout_shims.errors import GpuMemoryError
 from rollout_shims.shims import SHIMS
@@ -24,13 +22,11 @@ VLLM_REFUSAL = ("Free memory on device cuda:0 (10.0/80.0 GiB) on startup is less
 
 
 def start(name: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, started: Any) -> None:
-    band = next(b for b in load_bands() if b.shim == name)
     install_fake_engines(monkeypatch, started)
     monkeypatch.setattr(sglang_memory, "device_memory", lambda ordinals: [DeviceMemory(50 * GIB, 80 * GIB)] * len(ordinals))
-    config = RolloutConfig.from_dict({"model_dir": str(tmp_path), "rollout_backend": band.engine,
-                                      "gpu_memory_utilization": 0.5})
-    release = band.text.split(",")[0].removeprefix(">=")  # the band's first release
-    SHIMS[name](config, Detection(engine=band.engine, version=release, shim=name, band=band))
+    engine = "sglang" if name.startswith("sglang") else "vllm"
+    start_band(name, RolloutConfig.from_dict({"model_dir": str(tmp_path), "rollout_backend": engine,
+                                              "gpu_memory_utilization": 0.5}))
 
 
 @pytest.mark.parametrize("name", sorted(n for n in SHIMS if n.startswith("sglang")))

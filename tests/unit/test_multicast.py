@@ -13,11 +13,11 @@ import os
 from typing import Any
 
 import pytest
-from fake_engines import StopAtEngine, install_fake_engines
+from fake_engines import StopAtEngine, install_fake_engines, start_band
 from packaging.version import Version
 
 from rollout_shims import RolloutConfig
-from rollout_shims.bands import band_for, load_bands
+from rollout_shims.bands import band_for
 from rollout_shims.detect import Detection
 from rollout_shims.multicast import NO_MULTICAST, RAY_COPY_ENV, turn_off_multicast
 from rollout_shims.shims import SHIMS
@@ -58,18 +58,15 @@ def test_every_band_starts_its_engine_with_nvlink_multicast_off(name, monkeypatc
     """The engine (and every process it starts, which inherits os.environ) sees NO_MULTICAST, also
     where the caller had turned NCCL's NVLS on; and NCCL_CUMEM_ENABLE=0 where the caller left it unset,
     the value a weight group's trainer gets too (rollout_shims.weight_group.default_cumem)."""
-    band = next(b for b in load_bands() if b.shim == name)
-    release = band.text.split(",")[0].removeprefix(">=")  # the band's first release
     monkeypatch.setenv("NCCL_NVLS_ENABLE", "1")
     monkeypatch.delenv("TORCH_SYMM_MEM_DISABLE_MULTICAST", raising=False)
     monkeypatch.delenv("NVSHMEM_DISABLE_NVLS", raising=False)
     monkeypatch.delenv(NCCL_CUMEM, raising=False)
     seen: list[dict[str, str]] = []
     fake_engines(monkeypatch, seen)
-    detection = Detection(engine=band.engine, version=release, shim=name, band=band)
-    config = RolloutConfig.from_dict({"model_dir": str(tmp_path), "rollout_backend": band.engine})
+    config = RolloutConfig.from_dict({"model_dir": str(tmp_path), "rollout_backend": name.split("-")[0]})
     with pytest.raises(StopAtEngine):
-        SHIMS[name](config, detection)
+        start_band(name, config)  # as the band's first release
     assert [{name: env.get(name) for name in (*NO_MULTICAST, NCCL_CUMEM)} for env in seen] == [
         {**NO_MULTICAST, NCCL_CUMEM: "0"}]
     assert RAY_COPY_ENV not in seen[0]  # the executor is not Ray

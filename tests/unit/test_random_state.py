@@ -9,11 +9,9 @@ import random
 from typing import Any
 
 import pytest
-from fake_engines import StopAtEngine, install_fake_engines
+from fake_engines import StopAtEngine, install_fake_engines, start_band
 
 from rollout_shims import RolloutConfig
-from rollout_shims.bands import load_bands
-from rollout_shims.detect import Detection
 from rollout_shims.random_state import random_state_kept
 from rollout_shims.shims import SHIMS
 
@@ -52,17 +50,26 @@ def test_torchs_cpu_generator_is_put_back() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(SHIMS))
-def test_every_band_keeps_the_callers_generators_across_the_start(name, tmp_path, monkeypatch, environment) -> None:
-    """vLLM's worker reseeds in the caller's process; SGLang's ServerArgs draws its seed from ``random``."""
+def test_no_band_moves_the_callers_generator_when_it_starts(name, tmp_path, monkeypatch, environment) -> None:
+    """vLLM's worker reseeds in the caller's process (put back); SGLang's ServerArgs would draw its seed from
+    ``random`` (the shim gives it one)."""
+    passed_seeds: list[int | None] = []
+
     def started(**kwargs: Any) -> None:
-        random.seed(0)
+        passed_seeds.append(kwargs.get("random_seed"))
+        if name.startswith("vllm"):
+            random.seed(0)  # set_random_seed(0), in the caller's process
+        elif kwargs.get("random_seed") is None:
+            random.randint(0, 1 << 30)  # ServerArgs.__post_init__ (server_args.py:446-447 in 0.5.2)
         raise StopAtEngine
 
-    band = next(b for b in load_bands() if b.shim == name)
     install_fake_engines(monkeypatch, started)
-    config = RolloutConfig.from_dict({"model_dir": str(tmp_path), "rollout_backend": band.engine})
+    engine = "sglang" if name.startswith("sglang") else "vllm"
+    config = RolloutConfig.from_dict({"model_dir": str(tmp_path), "rollout_backend": engine})
     random.seed(7)
-    with pytest.raises(StopAtEngine):
-        SHIMS[name](config, Detection(engine=band.engine, version=band.text.split(",")[0].removeprefix(">="),
-                                      shim=name, band=band))
+    for _ in range(2):
+        with pytest.raises(StopAtEngine):
+            start_band(name, config)
     assert random.random() == random.Random(7).random()
+    if engine == "sglang":  # each engine its own seed, as SGLang drew one per engine
+        assert None not in passed_seeds and passed_seeds[0] != passed_seeds[1]

@@ -38,8 +38,13 @@ def test_with_several_gpus_the_one_with_least_free_memory_sets_it(monkeypatch: p
     assert start_fraction(config(tensor_parallel_size=2), {}) == pytest.approx(40 / 45)
 
 
-def test_exactly_enough_free_memory_gives_all_of_it() -> None:
-    assert static_fraction(0.5, 80 * GIB, 40 * GIB) == pytest.approx(1.0)
+def test_the_share_and_a_gib_of_room_free_give_nearly_all_of_it() -> None:
+    assert static_fraction(0.5, 80 * GIB, 41 * GIB) == pytest.approx(40 / 41)
+
+
+def test_the_share_free_but_no_room_for_activations_is_refused() -> None:
+    with pytest.raises(GpuMemoryError, match=r"its activations need room beyond that, but only 40\.50 GiB are free"):
+        static_fraction(0.5, 80 * GIB, int(40.5 * GIB))
 
 
 def test_less_free_than_the_share_is_refused_in_one_line_with_the_setting_that_fits() -> None:

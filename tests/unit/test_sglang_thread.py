@@ -1,5 +1,6 @@
-"""SGLang's Engine is created and called in the main thread, outside a coroutine (rollout_shims/shims/sglang_thread.py):
-elsewhere the shim refuses before SGLang is asked, naming what was being done. Checked on a shim whose engine
+"""SGLang's Engine is created in the main thread and called outside a coroutine, and from the main thread where the
+release runs the calling thread's loop (rollout_shims/shims/sglang_thread.py): elsewhere the shim refuses before
+SGLang is asked, naming what was being done. Checked on a shim whose engine
 records the calls it gets (no SGLang here)."""
 
 from __future__ import annotations
@@ -53,8 +54,7 @@ def test_a_loop_patched_to_be_entered_again_passes() -> None:
     assert calls == ["flush_cache"]
 
 
-def test_a_call_from_another_thread_is_refused_before_sglang_sees_it() -> None:
-    eng, calls = recording_engine()
+def call_from_another_thread(eng: SGLang051) -> list[BaseException]:
     raised: list[BaseException] = []
 
     def worker() -> None:
@@ -66,9 +66,25 @@ def test_a_call_from_another_thread_is_refused_before_sglang_sees_it() -> None:
     thread = threading.Thread(target=worker)
     thread.start()
     thread.join()
-    assert [str(e) for e in raised] == [
-        "flush_cache: SGLang's Engine lives in the main thread (its signal handlers, its asyncio loop): create and call it there"]
+    return raised
+
+
+def test_a_call_from_another_thread_is_refused_where_sglang_runs_the_calling_threads_loop() -> None:
+    eng, calls = recording_engine()  # an Engine without .loop: get_event_loop() per call (0.5.2)
+    assert [str(e) for e in call_from_another_thread(eng)] == [
+        "flush_cache: SGLang's Engine belongs to the main thread (this release runs the calling thread's asyncio loop: "
+        "call it there)"]
     assert calls == []
+
+
+def test_a_call_from_another_thread_goes_through_where_sglang_keeps_its_own_loop() -> None:
+    eng, calls = recording_engine()
+    eng._engine.loop = asyncio.new_event_loop()  # Engine.loop, set at its creation (0.5.23)
+    try:
+        assert call_from_another_thread(eng) == []
+    finally:
+        eng._engine.loop.close()
+    assert calls == ["flush_cache"]
 
 
 def test_creating_the_engine_in_a_coroutine_is_refused_before_anything_starts(tmp_path) -> None:

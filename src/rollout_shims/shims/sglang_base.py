@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import random
 import signal
 import threading
 from collections.abc import Callable
@@ -27,7 +28,6 @@ from rollout_shims.mapping import SGLANG_ARGS, SGLANG_FIXED, ArgRule, engine_kwa
 from rollout_shims.multicast import turn_off_multicast
 from rollout_shims.outputs import int_list
 from rollout_shims.processes import OwnedProcesses
-from rollout_shims.random_state import random_state_kept
 from rollout_shims.seeds import request_seeds, with_sampling_seeds
 from rollout_shims.sharing import SGLANG_LOADER
 from rollout_shims.shims.sglang_failure import ended_child, scheduler_died_at_start
@@ -36,7 +36,7 @@ from rollout_shims.shims.sglang_groups import SGLangGroups
 from rollout_shims.shims.sglang_memory import start_fraction
 from rollout_shims.shims.sglang_pause import PAUSE_LOADER
 from rollout_shims.shims.sglang_preload import children_can_preload
-from rollout_shims.shims.sglang_thread import in_its_thread
+from rollout_shims.shims.sglang_thread import require_sglang_thread
 from rollout_shims.shims.sglang_weights import SGLangWeights
 from rollout_shims.symbols import Symbol, required_problems, unavailable_features
 from rollout_shims.weight_group import NCCL_CUMEM, default_cumem
@@ -101,10 +101,11 @@ class SGLangEngine(SGLangGroups, SGLangWeights, SGLangFlush, RolloutEngine):
             details={"offload_keeps_weights": self.OFFLOAD_KEEPS_WEIGHTS},
         )
         super().__init__(config, info)
-        in_its_thread("creating the engine")
+        require_sglang_thread("creating the engine")
         self.preflight()
         kwargs = self.engine_kwargs(config, detection.release)
         kwargs["mem_fraction_static"] = start_fraction(config, self.info.details)  # a share of the whole GPU
+        kwargs["random_seed"] = random.SystemRandom().randrange(1 << 30)  # SGLang's own draw takes the caller's random
         self._custom_loaders = tuple(kwargs.get("custom_weight_loader") or ())
         # The scheduler and detokenizer inherit os.environ (rollout_shims/multicast.py says why).
         self.info.details["multicast_env_changed"] = turn_off_multicast()
@@ -130,7 +131,7 @@ class SGLangEngine(SGLangGroups, SGLangWeights, SGLangFlush, RolloutEngine):
         try:
             try:
                 preload = children_can_preload() if kwargs.get("enable_memory_saver") else contextlib.nullcontext()
-                with preload as added, self._start_patch(engine_module), random_state_kept():  # ServerArgs draws a seed
+                with preload as added, self._start_patch(engine_module):
                     self.info.details["ld_library_path_for_children"] = added
                     engine.__init__(**kwargs)
             finally:
@@ -282,7 +283,7 @@ class SGLangEngine(SGLangGroups, SGLangWeights, SGLangFlush, RolloutEngine):
         """``self._engine.<method>(...)`` (or ``method(...)`` when given a function that runs the
         engine's loop), turned into :class:`EngineFailedError` when a process of the engine dies
         before or during the call (SGLang itself would wait for the reply forever)."""
-        in_its_thread(method if isinstance(method, str) else "the call")
+        require_sglang_thread(method if isinstance(method, str) else method.__name__, self._engine)
         self._in_call = True
         try:
             if self._dead is not None:

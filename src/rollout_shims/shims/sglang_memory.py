@@ -20,7 +20,8 @@ engine starts, T less what other processes hold, a colocated trainer or another 
 
 The shim reads F just before the start (device_memory.py; the smallest over the engine's GPUs, as SGLang
 takes it) and passes ``mem_fraction_static = f × T / F``: weights and KV cache take f × T whatever else
-holds memory, as SGLang defines it and as on vLLM. With less than f × T free it refuses, as vLLM does.
+holds memory, as SGLang defines it and as on vLLM. With less than f × T free it refuses, as vLLM does, and
+with less than 1 GiB beyond it too (SGLang's activations need room there).
 What stays different: SGLang's activations and CUDA graphs come on top of f × T; SGLang 0.4.7.post1
 (0.5.2 no longer) takes 0.9 of the fraction for a multimodal model (``model_runner.py:401-402``); and
 memory another process frees while SGLang starts (between this read and SGLang's own) goes to SGLang
@@ -37,7 +38,7 @@ import time
 from typing import Any
 
 from rollout_shims.config import RolloutConfig
-from rollout_shims.device_memory import ProbeFailed, device_memory, gib
+from rollout_shims.device_memory import GIB, ProbeFailed, device_memory, gib
 from rollout_shims.errors import GpuMemoryError
 
 log = logging.getLogger("rollout_shims")
@@ -46,6 +47,9 @@ ROOM_BYTES = 5 << 30
 """Free memory beyond f × T below which a start is warned about: SGLang allocates its activations and
 CUDA graphs there. The suites' engines used up to 4.4 GiB of it (H200, tiny model); a large model with
 long prefill chunks uses more."""
+LEAST_ROOM_BYTES = 1 << 30
+"""Free memory beyond f × T below which a start is refused: with none, SGLang would run out of memory
+capturing its CUDA graphs or at its first large batch (vLLM, whose share holds its activations, would start)."""
 
 
 def static_fraction(fraction: float, total: int, free: int) -> float:
@@ -53,14 +57,14 @@ def static_fraction(fraction: float, total: int, free: int) -> float:
     when ``free`` bytes are free at its start (the least free of the engine's GPUs: SGLang sizes every
     rank from that one)."""
     budget = fraction * total
-    if free < budget:
+    if free < budget + LEAST_ROOM_BYTES:
         fits = math.floor(max(free - ROOM_BYTES, 0) / total * 100) / 100  # a setting that leaves room, not a warning
         lower = f"lower it to {fits} or less, or " if fits > 0 else ""
         raise GpuMemoryError(
             f"rollout.gpu_memory_utilization: {fraction} of the GPU's {gib(total)} GiB is {gib(budget)} GiB for "
-            f"SGLang's weights and KV cache, but only {gib(free)} GiB are free (other processes hold "
-            f"{gib(total - free)} GiB): {lower}free GPU memory before the engine starts")
-    return min(1.0, budget / free)
+            f"SGLang's weights and KV cache, and its activations need room beyond that, but only {gib(free)} GiB "
+            f"are free (other processes hold {gib(total - free)} GiB): {lower}free GPU memory before the engine starts")
+    return budget / free
 
 
 def start_fraction(config: RolloutConfig, details: dict[str, Any]) -> float:
@@ -78,8 +82,8 @@ def start_fraction(config: RolloutConfig, details: dict[str, Any]) -> float:
     total, free = min(m.total for m in memory), min(m.free for m in memory)
     static = static_fraction(fraction, total, free)
     room = free - fraction * total
-    details["gpu_memory"] = {"utilization": fraction, "mem_fraction_static": static, "total_gib": float(gib(total)),
-                             "free_gib_at_start": float(gib(free)), "read_seconds": round(time.monotonic() - began, 3)}
+    details["gpu_memory"] = {"utilization": fraction, "mem_fraction_static": static, "total_gib": round(total / GIB, 2),
+                             "free_gib_at_start": round(free / GIB, 2), "read_seconds": round(time.monotonic() - began, 3)}
     log.info("SGLang: weights and KV cache get %s GiB (%s of %s GiB), %s GiB being free: mem_fraction_static=%.4f",
              gib(fraction * total), fraction, gib(total), gib(free), static)
     if room < ROOM_BYTES:

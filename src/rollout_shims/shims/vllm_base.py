@@ -49,7 +49,8 @@ LLM_PY = "vllm/entrypoints/llm.py"
 FLASHINFER_DISTS = ("flashinfer-python", "flashinfer")
 MEMORY_REFUSED = "Free memory on device"
 """How vLLM's refusal to start with less free memory than ``gpu_memory_utilization`` asks begins (V1 up to 0.33:
-``v1/worker/gpu_worker.py:143-153`` in 0.9.2, ``v1/worker/utils.py:761-770`` in 0.33.0)."""
+``v1/worker/gpu_worker.py:141-153`` in 0.9.2, ``v1/worker/utils.py:761-770`` in 0.33.0), raised in the caller's
+process where vLLM's one worker runs there (TP x PP = 1)."""
 FINISH_REASONS = {"stop": "stop", "length": "length", "abort": "abort"}
 
 log = logging.getLogger("rollout_shims")
