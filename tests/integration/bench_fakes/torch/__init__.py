@@ -9,7 +9,8 @@ from torch import _C as _C
 from torch import cuda, version
 
 __version__ = "0.0.0+fake"
-__all__ = ["Tensor", "bfloat16", "cuda", "device", "float32", "manual_seed", "version"]
+__all__ = ["Tensor", "bfloat16", "cuda", "device", "float32", "get_rng_state", "initial_seed", "manual_seed",
+           "set_rng_state", "version"]
 
 
 class dtype:
@@ -25,9 +26,26 @@ float32 = dtype("float32", 4)
 _default_device = ["cpu"]
 
 
+_seed = [67280421310721]  # torch's default
+
+
 def manual_seed(seed: int) -> None:
     if not isinstance(seed, int):
         raise TypeError(f"manual_seed expected an int, got {type(seed).__name__}")
+    _seed[0] = seed
+
+
+def initial_seed() -> int:
+    return _seed[0]
+
+
+def get_rng_state() -> tuple[int]:
+    """The CPU generator's state (the real one is a uint8 tensor; here its seed)."""
+    return (_seed[0],)
+
+
+def set_rng_state(new_state: tuple[int]) -> None:
+    _seed[0] = new_state[0]
 
 
 class device:

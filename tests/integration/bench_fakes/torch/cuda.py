@@ -10,6 +10,11 @@ def is_available() -> bool:
     return True
 
 
+def is_initialized() -> bool:
+    """False: nothing of the stand-in keeps CUDA state (the shims put no CUDA generator back here)."""
+    return False
+
+
 def synchronize(device: object = None) -> None:
     return None
 

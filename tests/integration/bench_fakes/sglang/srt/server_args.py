@@ -23,3 +23,4 @@ class ServerArgs:
     enable_memory_saver: bool = False
     enable_weights_cpu_backup: bool = False
     device: str | None = None
+    random_seed: int | None = None
