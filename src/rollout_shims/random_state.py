@@ -9,9 +9,11 @@ generators back to seed 0: dropout masks, shuffles and ``torch.randn`` after it 
 seed the run had, and began again each time an engine was created (vLLM warns of it, "this may affect the
 random state of the Python process"; vllm#11953). In 0.33.0 a request without a seed also
 takes its sampling seed from ``numpy.random`` (``v1/worker/gpu/sample/states.py:54-57``), so the
-rollouts of every run repeated too. SGLang seeds only its own processes, from a seed its ``ServerArgs`` would
-draw from the caller's ``random`` (``server_args.py:446-447`` in 0.5.2): the SGLang shim passes one drawn from
-the operating system instead, so the caller's stream is not moved and each engine still gets its own.
+rollouts of every run repeated too. SGLang reseeds only its own processes, but its start draws from the
+caller's ``random`` in the caller's process: the engine's seed (``server_args.py:446-447`` in 0.5.2), an NCCL
+port (``:2597``) and a run name (``entrypoints/engine.py:663``). Its start is kept the same way, and the SGLang
+shim passes a seed drawn from the operating system, so each engine still gets its own (a rewound draw would
+give every engine of a process the same).
 
 The CUDA generators are put back exactly where CUDA had been started before the engine; otherwise they
 get the seed the CPU generator had (what ``torch.manual_seed`` gives both, or torch's default for both).

@@ -353,8 +353,8 @@ CALLER_SEED = 20261204
 
 
 def test_the_engine_start_leaves_the_callers_random_generators(engine) -> None:
-    """vLLM's worker, in this process, seeds ``random``, numpy and torch with 0 at its start; SGLang's
-    ``ServerArgs`` would draw its seed from ``random``: the caller's generators go on as if neither had run
+    """vLLM's worker, in this process, seeds ``random``, numpy and torch with 0 at its start; SGLang's start
+    draws a seed, a port and a run name from ``random``: the caller's generators go on as if neither had run
     (rollout_shims/random_state.py). Python's is the one checked here: numpy's is drawn from afterwards by
     vLLM 0.29+ itself (a seed per unseeded request, the start's validation run included)."""
     assert engine.caller_draw == random.Random(CALLER_SEED).random(), "the engine start moved the caller's generator"

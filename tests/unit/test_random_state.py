@@ -51,16 +51,19 @@ def test_torchs_cpu_generator_is_put_back() -> None:
 
 @pytest.mark.parametrize("name", sorted(SHIMS))
 def test_no_band_moves_the_callers_generator_when_it_starts(name, tmp_path, monkeypatch, environment) -> None:
-    """vLLM's worker reseeds in the caller's process (put back); SGLang's ServerArgs would draw its seed from
-    ``random`` (the shim gives it one)."""
+    """vLLM's worker reseeds in the caller's process, SGLang's start draws from it: both put back, and each
+    SGLang engine still gets a seed of its own."""
     passed_seeds: list[int | None] = []
 
     def started(**kwargs: Any) -> None:
         passed_seeds.append(kwargs.get("random_seed"))
         if name.startswith("vllm"):
             random.seed(0)  # set_random_seed(0), in the caller's process
-        elif kwargs.get("random_seed") is None:
-            random.randint(0, 1 << 30)  # ServerArgs.__post_init__ (server_args.py:446-447 in 0.5.2)
+        else:  # SGLang 0.5.2, in the caller's process (server_args.py:446-447, :2597; entrypoints/engine.py:663)
+            if kwargs.get("random_seed") is None:
+                random.randint(0, 1 << 30)
+            random.randint(100, 1000)
+            random.randint(0, 100000000)
         raise StopAtEngine
 
     install_fake_engines(monkeypatch, started)

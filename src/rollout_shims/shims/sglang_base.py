@@ -28,6 +28,7 @@ from rollout_shims.mapping import SGLANG_ARGS, SGLANG_FIXED, ArgRule, engine_kwa
 from rollout_shims.multicast import turn_off_multicast
 from rollout_shims.outputs import int_list
 from rollout_shims.processes import OwnedProcesses
+from rollout_shims.random_state import random_state_kept
 from rollout_shims.seeds import request_seeds, with_sampling_seeds
 from rollout_shims.sharing import SGLANG_LOADER
 from rollout_shims.shims.sglang_failure import ended_child, scheduler_died_at_start
@@ -105,7 +106,7 @@ class SGLangEngine(SGLangGroups, SGLangWeights, SGLangFlush, RolloutEngine):
         self.preflight()
         kwargs = self.engine_kwargs(config, detection.release)
         kwargs["mem_fraction_static"] = start_fraction(config, self.info.details)  # a share of the whole GPU
-        kwargs["random_seed"] = random.SystemRandom().randrange(1 << 30)  # SGLang's own draw takes the caller's random
+        kwargs["random_seed"] = random.SystemRandom().randrange(1 << 30)  # its own draw would be rewound (random_state.py)
         self._custom_loaders = tuple(kwargs.get("custom_weight_loader") or ())
         # The scheduler and detokenizer inherit os.environ (rollout_shims/multicast.py says why).
         self.info.details["multicast_env_changed"] = turn_off_multicast()
@@ -131,7 +132,8 @@ class SGLangEngine(SGLangGroups, SGLangWeights, SGLangFlush, RolloutEngine):
         try:
             try:
                 preload = children_can_preload() if kwargs.get("enable_memory_saver") else contextlib.nullcontext()
-                with preload as added, self._start_patch(engine_module):
+                # SGLang's own process draws from the caller's random (random_state.py): put it back
+                with preload as added, self._start_patch(engine_module), random_state_kept():
                     self.info.details["ld_library_path_for_children"] = added
                     engine.__init__(**kwargs)
             finally:
