@@ -45,15 +45,20 @@ def tree_pids() -> set[int]:
     return {me.pid, *(p.pid for p in me.children(recursive=True))}
 
 
+def free_and_total() -> tuple[int, int]:
+    """(free, total) bytes of the suite's GPU, device-wide."""
+    import torch
+
+    return torch.cuda.mem_get_info()
+
+
 def used_bytes() -> tuple[int, str]:
     """(bytes, how): the GPU memory of this process tree per the driver, else the device's used memory."""
     rows = _per_process_mib()
     if rows is not None:
         mine = tree_pids()
         return sum(mib for pid, mib in rows.items() if pid in mine) << 20, "per-process"
-    import torch
-
-    free, total = torch.cuda.mem_get_info()
+    free, total = free_and_total()
     return total - free, "device"
 
 
@@ -78,13 +83,6 @@ OTHERS_SHARE = 0.25
 OTHERS_MARGIN = 8 << 30
 """Free memory kept beyond the engine's share while it starts: room for what engines allocate beyond it
 (SGLang's activations and CUDA graphs took up to 4.4 GiB, H200, 2026-12-04)."""
-
-
-def free_and_total() -> tuple[int, int]:
-    """(free, total) bytes of the suite's GPU, device-wide."""
-    import torch
-
-    return torch.cuda.mem_get_info()
 
 
 def hold(nbytes: int) -> Any:

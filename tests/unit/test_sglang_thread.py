@@ -10,6 +10,7 @@ import threading
 from types import SimpleNamespace
 
 import pytest
+from fake_engines import start_band
 
 from rollout_shims import RolloutConfig
 from rollout_shims.errors import EngineStateError
@@ -88,14 +89,10 @@ def test_a_call_from_another_thread_goes_through_where_sglang_keeps_its_own_loop
 
 
 def test_creating_the_engine_in_a_coroutine_is_refused_before_anything_starts(tmp_path) -> None:
-    from rollout_shims.bands import load_bands
-    from rollout_shims.detect import Detection
-
-    band = next(b for b in load_bands() if b.shim == SGLang051.SHIM)
     config = RolloutConfig.from_dict({"model_dir": str(tmp_path)})
 
     async def rollout() -> None:
-        SGLang051(config, Detection(engine="sglang", version="0.5.1", shim=band.shim, band=band))
+        start_band(SGLang051.SHIM, config)  # no SGLang here: anything past the check would fail otherwise
 
     with pytest.raises(EngineStateError, match=r"^creating the engine: SGLang's Engine runs an asyncio loop"):
         asyncio.run(rollout())
