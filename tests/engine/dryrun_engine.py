@@ -31,7 +31,7 @@ from packaging.specifiers import SpecifierSet
 import rollout_shims
 import rollout_shims.detect
 import rollout_shims.factory
-import rollout_shims.shims.sglang_memory
+import rollout_shims.shims.memory_share
 from rollout_shims.api import Completion, EngineInfo, RolloutEngine, SamplingParams
 from rollout_shims.bands import Band
 from rollout_shims.config import RolloutConfig
@@ -39,6 +39,7 @@ from rollout_shims.detect import Detection
 from rollout_shims.device_memory import DeviceMemory
 from rollout_shims.errors import EngineStateError
 from rollout_shims.seeds import request_seeds
+from rollout_shims.shims.memory_share import require_vllm_share
 from rollout_shims.shims.sglang_memory import start_fraction
 
 BACKEND = os.environ.get("DRYRUN_BACKEND", "vllm")
@@ -74,11 +75,12 @@ class _Held:
 
 def _footprint(config: RolloutConfig, details: dict[str, Any]) -> int:
     """What the engine stood in for holds once started, beside what the stand-in GPU holds already:
-    vLLM its share of the whole GPU (or its refusal), SGLang the static share the shim's own start code
+    vLLM its share of the whole GPU (or the shim's refusal), SGLang the static share the shim's own start code
     gives it of the memory free now (rollout_shims/shims/sglang_memory.py), its activations on top."""
     free, total = _free_and_total()
     share = int(config.gpu_memory_utilization * total)
     if BACKEND == "vllm":
+        require_vllm_share(config, details)  # as the vLLM shim does before vLLM starts
         if free < share:
             raise ValueError(f"Free memory on device ({free} B) on startup is less than desired GPU memory "
                              f"utilization ({share} B)")
@@ -236,7 +238,7 @@ gpu_memory.used_bytes = _used_bytes
 gpu_memory.free_and_total = _free_and_total
 gpu_memory.hold = _Held
 gpu_memory.release_held = lambda: None
-rollout_shims.shims.sglang_memory.device_memory = lambda ordinals: [DeviceMemory(*_free_and_total()) for _ in ordinals]
+rollout_shims.shims.memory_share.device_memory = lambda ordinals: [DeviceMemory(*_free_and_total()) for _ in ordinals]
 os.environ.setdefault("ROLLOUT_MATRIX_ENTRY", f"{BACKEND}-0.0.0")
 
 

@@ -19,7 +19,16 @@ from pathlib import Path
 
 import pytest
 from engine_busy import keep_busy, spin_allowed
-from gpu_memory import engine_memory, sharing_needs_per_process, started_beside_other_memory, used_bytes
+from gpu_memory import (
+    engine_memory,
+    free_and_total,
+    hold,
+    release_held,
+    sharing_needs_per_process,
+    started_beside_other_memory,
+    tree_pids,
+    used_bytes,
+)
 from gpu_share import LOCKING_PRELUDE, SHARE, engine_config, memory_fraction
 from teacher_forcing import (
     CONTEXT,
@@ -43,7 +52,7 @@ from teacher_forcing import (
 from trainer_link import Trainer
 
 from rollout_shims import SamplingParams, create_engine
-from rollout_shims.errors import EngineStateError
+from rollout_shims.errors import EngineStateError, GpuMemoryError
 
 pytestmark = pytest.mark.gpu
 
@@ -517,3 +526,45 @@ def test_engine_can_be_created_again_after_shutdown(engine, model_dir: Path, bac
     for prompt, completion in zip(prompts(), out, strict=True):
         check_teacher_forced(reference, prompt, completion)
     assert [c.token_ids for c in out] == engine.first_greedy, "the second engine's greedy outputs differ from the first's"
+
+
+LEFT_FREE = 10 * GIB
+"""What the refusal test leaves free: far below half the GPU, whatever another suite frees meanwhile."""
+
+
+def test_a_start_asking_more_than_is_free_is_refused_before_the_engine_starts(engine, model_dir: Path, backend: str,
+                                                                              mode: str, record_property) -> None:
+    """Runs last, its engine shut down. With this process holding all but ``LEFT_FREE`` of the GPU, a start
+    asking for half of it is refused by the shim before the engine starts (rollout_shims/shims/memory_share.py):
+    one line saying what is free and a setting that fits it, no process started, no memory taken. Left to
+    themselves, vLLM refuses in its worker (the caller gets its own error only at TP x PP = 1) and SGLang in
+    its scheduler process, once both have started."""
+    import re
+    import time
+
+    engine.shutdown()  # (already, unless this test runs alone)
+    with SHARE.starting():  # no other suite's start or test meanwhile
+        free, total = free_and_total()
+        held = hold(max(0, free - LEFT_FREE))
+        try:
+            free_now, _ = free_and_total()
+            processes, (used, how) = tree_pids(), used_bytes()
+            t0 = time.monotonic()
+            with pytest.raises(GpuMemoryError) as caught:
+                create_engine(engine_config(model_dir, backend, mode, gpu_memory_utilization=0.5))
+            seconds = time.monotonic() - t0
+            processes_after, (used_after, _) = tree_pids(), used_bytes()
+        finally:
+            del held
+            release_held()
+    message = str(caught.value)
+    print(f"[refused] {backend} {mode} in {seconds:.2f}s with {free_now / GIB:.2f} GiB free: {message}")
+    record_property("refusal_seconds", round(seconds, 2))
+    assert "\n" not in message
+    read = re.search(r"only ([0-9.]+) GiB are free .*: lower it to ([0-9.]+) or less", message)
+    assert read, f"the refusal names neither what is free nor a setting that fits: {message}"
+    assert abs(float(read[1]) * GIB - free_now) < GIB, f"the refusal read {read[1]} GiB free, this process {free_now / GIB:.2f}"
+    assert 0 < float(read[2]) * total <= free_now, f"{read[2]} of the GPU would not fit in {free_now / GIB:.2f} GiB"
+    assert processes_after == processes, f"the refused start left processes: {processes_after - processes}"
+    sharing_needs_per_process(how)
+    assert used_after - used < GIB // 2, f"the refused start took {(used_after - used) / GIB:.2f} GiB"

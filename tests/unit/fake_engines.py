@@ -55,7 +55,7 @@ GIB = 1 << 30
 
 def install_fake_engines(monkeypatch: Any, started: Callable[..., None]) -> None:
     """Put the fake engine modules in ``sys.modules`` (undone with ``monkeypatch``), and an idle GPU of 80 GiB
-    where the SGLang shim reads the GPU's memory (a test may set another)."""
+    where the shims read the GPU's memory (a test may set another)."""
 
     class Engine:
         def __init__(self, **kwargs: Any) -> None:
@@ -81,7 +81,7 @@ def install_fake_engines(monkeypatch: Any, started: Callable[..., None]) -> None
     for name, module in modules.items():
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setattr("rollout_shims.symbols.problem", lambda symbol: None)
-    monkeypatch.setattr("rollout_shims.shims.sglang_memory.device_memory",
+    monkeypatch.setattr("rollout_shims.shims.memory_share.device_memory",
                         lambda ordinals: [DeviceMemory(free=80 * GIB, total=80 * GIB)] * len(ordinals))
 
 

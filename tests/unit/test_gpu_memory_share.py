@@ -4,14 +4,15 @@ code, run up to fake engines (tests/unit/fake_engines.py) with the GPU's memory 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
 from fake_engines import StopAtEngine, install_fake_engines, start_band
 
-import rollout_shims.shims.sglang_memory as sglang_memory
+import rollout_shims.shims.memory_share as memory_share
 from rollout_shims import RolloutConfig
-from rollout_shims.device_memory import DeviceMemory
+from rollout_shims.device_memory import DeviceMemory, ProbeFailed
 from rollout_shims.errors import GpuMemoryError
 from rollout_shims.shims import SHIMS
 
@@ -21,12 +22,14 @@ VLLM_REFUSAL = ("Free memory on device cuda:0 (10.0/80.0 GiB) on startup is less
 """vLLM 0.33.0's refusal (v1/worker/utils.py:761-770), as a V1 engine in the caller's process raises it."""
 
 
-def start(name: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, started: Any) -> None:
+def start(name: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, started: Any, read: Any = None,
+          **keys: Any) -> Any:
     install_fake_engines(monkeypatch, started)
-    monkeypatch.setattr(sglang_memory, "device_memory", lambda ordinals: [DeviceMemory(50 * GIB, 80 * GIB)] * len(ordinals))
+    monkeypatch.setattr(memory_share, "device_memory",
+                        read or (lambda ordinals: [DeviceMemory(50 * GIB, 80 * GIB)] * len(ordinals)))
     engine = "sglang" if name.startswith("sglang") else "vllm"
-    start_band(name, RolloutConfig.from_dict({"model_dir": str(tmp_path), "rollout_backend": engine,
-                                              "gpu_memory_utilization": 0.5}))
+    return start_band(name, RolloutConfig.from_dict({"model_dir": str(tmp_path), "rollout_backend": engine,
+                                                     "gpu_memory_utilization": 0.5, **keys}))
 
 
 @pytest.mark.parametrize("name", sorted(n for n in SHIMS if n.startswith("sglang")))
@@ -65,3 +68,44 @@ def test_other_vllm_start_errors_pass_as_they_are(name, tmp_path, monkeypatch, e
     with pytest.raises(ValueError, match=r"^The model's max seq len") as caught:
         start(name, tmp_path, monkeypatch, started)
     assert not isinstance(caught.value, GpuMemoryError)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in SHIMS if n.startswith("vllm")))
+def test_every_vllm_band_refuses_less_free_than_its_share_before_vllm_starts(name, tmp_path, monkeypatch,
+                                                                            environment) -> None:
+    """TP=2: vLLM's own refusal would come from a worker process, as "WorkerProc initialization failed".
+    GPU 1 has 30 of 80 GiB free, less than the share of 40: refused before ``LLM`` is made, with the
+    setting that leaves a GiB for the workers' contexts, (30 - 1) / 80 rounded down."""
+    asked: list[list[int]] = []
+    made: list[dict] = []
+
+    def read(ordinals: range) -> list[DeviceMemory]:
+        asked.append(list(ordinals))
+        return [DeviceMemory(60 * GIB, 80 * GIB), DeviceMemory(30 * GIB, 80 * GIB)]
+
+    with pytest.raises(GpuMemoryError) as caught:
+        start(name, tmp_path, monkeypatch, lambda **kwargs: made.append(kwargs), read, tensor_parallel_size=2)
+    assert made == [] and asked == [[0, 1]]
+    assert str(caught.value) == (
+        "rollout.gpu_memory_utilization: 0.5 of the GPU's 80.00 GiB is 40.00 GiB for vLLM's weights, KV cache and "
+        "activations, but only 30.00 GiB are free (other processes hold 50.00 GiB): lower it to 0.36 or less, or "
+        "free GPU memory before the engine starts")
+
+
+@pytest.mark.parametrize("name", ["vllm-0.8.5", "vllm-0.25"])
+def test_vllm_starts_and_checks_for_itself_where_the_driver_cannot_be_read(name, tmp_path, monkeypatch, caplog,
+                                                                           environment) -> None:
+    def unreadable(ordinals: range) -> list[DeviceMemory]:
+        raise ProbeFailed("no CUDA driver here: libcuda.so.1: cannot open shared object file")
+
+    made: list[dict] = []
+
+    def started(**kwargs: Any) -> None:
+        made.append(kwargs)
+        raise StopAtEngine
+
+    with caplog.at_level(logging.WARNING, logger="rollout_shims"), pytest.raises(StopAtEngine):
+        start(name, tmp_path, monkeypatch, started, unreadable)
+    assert [kwargs["gpu_memory_utilization"] for kwargs in made] == [0.5]
+    assert ("GPU memory unreadable (no CUDA driver here: libcuda.so.1: cannot open shared object file): vLLM checks "
+            "its share itself when it starts") in caplog.text

@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-import rollout_shims.shims.sglang_memory as sglang_memory
+import rollout_shims.shims.memory_share as memory_share
 from rollout_shims import RolloutConfig
 from rollout_shims.device_memory import DeviceMemory, ProbeFailed
 from rollout_shims.errors import GpuMemoryError
@@ -34,7 +34,7 @@ def test_beside_other_memory_sglang_gets_the_share_of_the_whole_gpu() -> None:
 
 def test_with_several_gpus_the_one_with_least_free_memory_sets_it(monkeypatch: pytest.MonkeyPatch) -> None:
     # SGLang sizes every rank from the smallest free memory (its distributed minimum): 40 of 45
-    monkeypatch.setattr(sglang_memory, "device_memory", lambda ordinals: [gpu(60), gpu(45)])
+    monkeypatch.setattr(memory_share, "device_memory", lambda ordinals: [gpu(60), gpu(45)])
     assert start_fraction(config(tensor_parallel_size=2), {}) == pytest.approx(40 / 45)
 
 
@@ -73,7 +73,7 @@ def test_the_start_reads_every_gpu_of_the_engine(monkeypatch: pytest.MonkeyPatch
         asked.append(list(ordinals))
         return [gpu(70)] * len(ordinals)
 
-    monkeypatch.setattr(sglang_memory, "device_memory", read)
+    monkeypatch.setattr(memory_share, "device_memory", read)
     details: dict = {}
     assert start_fraction(config(tensor_parallel_size=2, pipeline_parallel_size=2), details) == pytest.approx(40 / 70)
     assert asked == [[0, 1, 2, 3]]
@@ -83,7 +83,7 @@ def test_the_start_reads_every_gpu_of_the_engine(monkeypatch: pytest.MonkeyPatch
 
 def test_little_room_beyond_the_share_is_warned_about(monkeypatch: pytest.MonkeyPatch,
                                                       caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(sglang_memory, "device_memory", lambda ordinals: [gpu(42)])
+    monkeypatch.setattr(memory_share, "device_memory", lambda ordinals: [gpu(42)])
     with caplog.at_level(logging.INFO, logger="rollout_shims"):
         start_fraction(config(), {})
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
@@ -96,7 +96,7 @@ def test_an_unreadable_driver_leaves_sglang_its_own_reading_and_says_so(monkeypa
     def fail(ordinals: range) -> list[DeviceMemory]:
         raise ProbeFailed("cuInit failed: CUDA_ERROR_NO_DEVICE")
 
-    monkeypatch.setattr(sglang_memory, "device_memory", fail)
+    monkeypatch.setattr(memory_share, "device_memory", fail)
     details: dict = {}
     with caplog.at_level(logging.WARNING, logger="rollout_shims"):
         assert start_fraction(config(), details) == 0.5

@@ -7,7 +7,7 @@ engine starts, T less what other processes hold, a colocated trainer or another 
   them (0.33.0 ``v1/worker/gpu_worker.py:717-756``; 0.9.2 captures them after sizing the KV cache,
   ``:266-267``), and refuses to start when less than f × T is free (V1: ``v1/worker/gpu_worker.py:141-153``
   in 0.9.2, ``v1/worker/utils.py:724-725, 761-770`` in 0.33.0; V0 budgets the same without refusing,
-  ``worker/worker.py:260-263`` in 0.9.2). The vLLM shim turns that refusal into :class:`GpuMemoryError`.
+  ``worker/worker.py:260-263`` in 0.9.2). The vLLM shim refuses first (memory_share.py).
 * SGLang gives weights and KV cache f × F: ``rest_memory = available - total_gpu_memory * (1 -
   mem_fraction_static)``, where ``total_gpu_memory`` is the memory free before the weights load
   (``model_executor/model_runner.py:483, 832-835`` in 0.4.7.post1, ``:665, 1123-1132`` in 0.5.2;
@@ -18,7 +18,7 @@ engine starts, T less what other processes hold, a colocated trainer or another 
   other memory came out smaller, by an amount that depended on what had started before it (the H200
   figures are in docs/shims.md).
 
-The shim reads F just before the start (device_memory.py; the smallest over the engine's GPUs, as SGLang
+The shim reads F just before the start (memory_share.py; the smallest over the engine's GPUs, as SGLang
 takes it) and passes ``mem_fraction_static = f × T / F``: weights and KV cache take f × T whatever else
 holds memory, as SGLang defines it and as on vLLM. With less than f × T free it refuses, as vLLM does, and
 with less than 1 GiB beyond it too (SGLang's activations need room there).
@@ -33,13 +33,11 @@ read, the fraction goes to SGLang as it is, with a warning.
 from __future__ import annotations
 
 import logging
-import math
-import time
 from typing import Any
 
 from rollout_shims.config import RolloutConfig
-from rollout_shims.device_memory import GIB, ProbeFailed, device_memory, gib
-from rollout_shims.errors import GpuMemoryError
+from rollout_shims.device_memory import DeviceMemory, gib
+from rollout_shims.shims.memory_share import read_at_start, refusal
 
 log = logging.getLogger("rollout_shims")
 
@@ -50,6 +48,7 @@ long prefill chunks uses more."""
 LEAST_ROOM_BYTES = 1 << 30
 """Free memory beyond f × T below which a start is refused: with none, SGLang would run out of memory
 capturing its CUDA graphs or at its first large batch (vLLM, whose share holds its activations, would start)."""
+NEEDS = "SGLang's weights and KV cache, and its activations need room beyond that"
 
 
 def static_fraction(fraction: float, total: int, free: int) -> float:
@@ -58,34 +57,23 @@ def static_fraction(fraction: float, total: int, free: int) -> float:
     rank from that one)."""
     budget = fraction * total
     if free < budget + LEAST_ROOM_BYTES:
-        fits = math.floor(max(free - ROOM_BYTES, 0) / total * 100) / 100  # a setting that leaves room, not a warning
-        lower = f"lower it to {fits} or less, or " if fits > 0 else ""
-        raise GpuMemoryError(
-            f"rollout.gpu_memory_utilization: {fraction} of the GPU's {gib(total)} GiB is {gib(budget)} GiB for "
-            f"SGLang's weights and KV cache, and its activations need room beyond that, but only {gib(free)} GiB "
-            f"are free (other processes hold {gib(total - free)} GiB): {lower}free GPU memory before the engine starts")
+        raise refusal(fraction, DeviceMemory(free=free, total=total), NEEDS, ROOM_BYTES)  # a setting that leaves room
     return budget / free
 
 
 def start_fraction(config: RolloutConfig, details: dict[str, Any]) -> float:
     """The ``mem_fraction_static`` to start SGLang with now; what was read goes in ``details``."""
     fraction = config.gpu_memory_utilization
-    ordinals = range(config.tensor_parallel_size * config.pipeline_parallel_size)
-    began = time.monotonic()
-    try:
-        memory = device_memory(ordinals)
-    except ProbeFailed as exc:
-        log.warning("GPU memory unreadable (%s): SGLang gets mem_fraction_static=%s, a share of the memory free "
-                    "at its start rather than of the GPU's whole memory", exc, fraction)
-        details["gpu_memory"] = {"utilization": fraction, "mem_fraction_static": fraction, "unread": str(exc)}
+    memory = read_at_start(config, details, f"SGLang gets mem_fraction_static={fraction}, a share of the memory "
+                                            "free at its start rather than of the GPU's whole memory")
+    if memory is None:
+        details["gpu_memory"]["mem_fraction_static"] = fraction
         return fraction
-    total, free = min(m.total for m in memory), min(m.free for m in memory)
-    static = static_fraction(fraction, total, free)
-    room = free - fraction * total
-    details["gpu_memory"] = {"utilization": fraction, "mem_fraction_static": static, "total_gib": round(total / GIB, 2),
-                             "free_gib_at_start": round(free / GIB, 2), "read_seconds": round(time.monotonic() - began, 3)}
+    static = static_fraction(fraction, memory.total, memory.free)
+    details["gpu_memory"]["mem_fraction_static"] = static
     log.info("SGLang: weights and KV cache get %s GiB (%s of %s GiB), %s GiB being free: mem_fraction_static=%.4f",
-             gib(fraction * total), fraction, gib(total), gib(free), static)
+             gib(fraction * memory.total), fraction, gib(memory.total), gib(memory.free), static)
+    room = memory.free - fraction * memory.total
     if room < ROOM_BYTES:
         log.warning("SGLang: only %s GiB stay free beyond gpu_memory_utilization for its activations and CUDA "
                     "graphs; if it runs out of memory, lower gpu_memory_utilization", gib(room))

@@ -33,6 +33,7 @@ from rollout_shims.outputs import int_list, sampled_logprobs
 from rollout_shims.random_state import random_state_kept
 from rollout_shims.sharing import SharedBucket
 from rollout_shims.shims import vllm_compiled, vllm_import_constants, vllm_memory
+from rollout_shims.shims.memory_share import require_vllm_share
 from rollout_shims.shims.vllm_groups import TORCH_GROUP_SYMBOLS, VLLMGroups
 from rollout_shims.shims.vllm_sampling import vllm_sampling_params
 from rollout_shims.shims.vllm_worker import (
@@ -131,6 +132,7 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
             ray_workers_keep_multicast_off(detection.release)
         kwargs = self.engine_kwargs(config, detection.release)
         vllm_memory.refuse_a_new_engine_while_memory_is_held(detection.release)
+        require_vllm_share(config, self.info.details)  # vLLM's own refusal reaches the caller only at TP x PP = 1
         self._llm = self._start(kwargs)
         self._context = getattr(getattr(self._llm.llm_engine, "model_config", None), "max_model_len", None)
         if not isinstance(self._context, int):  # then too-long prompts are vLLM's to refuse (context.py)
