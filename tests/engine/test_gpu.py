@@ -528,6 +528,90 @@ def test_engine_can_be_created_again_after_shutdown(engine, model_dir: Path, bac
     assert [c.token_ids for c in out] == engine.first_greedy, "the second engine's greedy outputs differ from the first's"
 
 
+def _allocator_variable(torch_version: str) -> str:
+    """Where a trainer sets torch's allocator options: torch 2.9 added ``PYTORCH_ALLOC_CONF``, which it
+    reads first (the variable vLLM 0.20.1 - 0.30 did not look at); before it, ``PYTORCH_CUDA_ALLOC_CONF``."""
+    major, minor = (int(part) for part in torch_version.split(".")[:2])
+    return "PYTORCH_ALLOC_CONF" if (major, minor) >= (2, 9) else "PYTORCH_CUDA_ALLOC_CONF"
+
+
+def _set_allocator(conf: str) -> None:
+    import torch
+
+    setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None) or torch.cuda.memory._set_allocator_settings
+    setter(conf)
+
+
+def _new_segment_is_expandable() -> bool | None:
+    """Whether a fresh allocation of this process lands in an expandable segment (None: not reported)."""
+    import torch
+
+    torch.cuda.empty_cache()
+    probe = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+    try:
+        for segment in torch.cuda.memory_snapshot():
+            if segment["address"] <= probe.data_ptr() < segment["address"] + segment["total_size"]:
+                return segment.get("is_expandable")
+        return None
+    finally:
+        del probe
+        torch.cuda.empty_cache()
+
+
+def test_an_engine_started_beside_a_trainer_using_expandable_segments_offloads(engine, model_dir: Path, backend: str,
+                                                                               mode: str, reference) -> None:
+    """Trainers turn on torch's expandable segments (verl, OpenRLHF): vLLM up to 0.20.0 then refused to start,
+    0.20.1 - 0.30 freed nothing at offload when the newer variable held it, and SGLang's memory saver freed
+    nothing (rollout_shims/alloc_conf.py). Runs after the re-created engine: with the setting in the
+    environment and live in this process, as a trainer's, another engine starts, answers as the reference,
+    frees most of its memory at offload and answers again after onload; this process's new allocations
+    are expandable again afterwards."""
+    import torch
+
+    engine.shutdown()  # (already, unless this test runs alone)
+    variable = _allocator_variable(torch.__version__)
+    before = os.environ.get(variable)
+    os.environ[variable] = "expandable_segments:True"
+    cuda = DEVICE == "cuda"
+    try:
+        if cuda:
+            _set_allocator("expandable_segments:True")
+        trainer = torch.ones(1 << 26, device=DEVICE)  # a trainer's tensor, in an expandable segment
+        baseline, _ = used_bytes()
+        third = SHARE.start(create_engine, engine_config(model_dir, backend, mode))
+        try:
+            third.baseline_used = baseline  # type: ignore[attr-defined]
+            with SHARE.using():
+                for prompt, completion in zip(prompts(), third.generate(prompts(), GREEDY), strict=True):
+                    check_teacher_forced(reference, prompt, completion)
+                held = engine_memory(third)
+                third.offload()
+                freed = held - engine_memory(third)
+                changed = {k: v for k, v in third.info.details.items() if k.startswith("alloc_conf_changed")}
+                print(f"[expandable] {third.info.shim} {mode} ({variable}): freed {freed / GIB:.2f} of {held / GIB:.2f} "
+                      f"GiB; shim: {changed}")
+                assert freed > 0.7 * held, f"offload freed {freed / GIB:.2f} of {held / GIB:.2f} GiB"
+                third.onload()
+                for prompt, completion in zip(prompts(), third.generate(prompts(), GREEDY), strict=True):
+                    check_teacher_forced(reference, prompt, completion)
+        finally:
+            with SHARE.using():
+                third.shutdown()
+        assert os.environ[variable] == "expandable_segments:True", "the engine start left the trainer's setting changed"
+        expandable = _new_segment_is_expandable() if cuda else None
+        print(f"[expandable] this process's next allocation is expandable: {expandable}")
+        assert expandable in (True, None), "this process's allocator no longer uses expandable segments"
+        del trainer
+    finally:
+        if before is None:
+            os.environ.pop(variable, None)
+        else:
+            os.environ[variable] = before
+        if cuda:
+            _set_allocator(before or "expandable_segments:False")
+            torch.cuda.empty_cache()
+
+
 LEFT_FREE = 10 * GIB
 """What the refusal test leaves free: far below half the GPU, whatever another suite frees meanwhile."""
 

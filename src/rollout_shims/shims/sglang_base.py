@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from rollout_shims import alloc_conf
 from rollout_shims.api import Completion, EngineInfo, RolloutEngine, SamplingParams
 from rollout_shims.config import RolloutConfig
 from rollout_shims.context import sglang_requests
@@ -133,8 +134,10 @@ class SGLangEngine(SGLangGroups, SGLangWeights, SGLangFlush, RolloutEngine):
             try:
                 preload = children_can_preload() if kwargs.get("enable_memory_saver") else contextlib.nullcontext()
                 # SGLang's own process draws from the caller's random (random_state.py): put it back
-                with preload as added, self._start_patch(engine_module), random_state_kept():
+                with preload as added, self._start_patch(engine_module), random_state_kept(), \
+                        alloc_conf.off_for_engine_processes(self._label) as changed:
                     self.info.details["ld_library_path_for_children"] = added
+                    self.info.details["alloc_conf_changed_for_children"] = changed
                     engine.__init__(**kwargs)
             finally:
                 stop_watch()

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
+from rollout_shims import alloc_conf
 from rollout_shims.api import Completion, EngineInfo, RolloutEngine, SamplingParams
 from rollout_shims.config import RolloutConfig
 from rollout_shims.context import refuse_long_prompts
@@ -163,7 +164,9 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
         self._caller_distributed = _distributed_initialized()
         self._compiled, self._imported = vllm_compiled.EngineCompileCaches(), set[str]()  # released with the engine
         try:
-            with vllm_compiled.noted(self._compiled), vllm_import_constants.noted(self._imported), random_state_kept():
+            with vllm_compiled.noted(self._compiled), vllm_import_constants.noted(self._imported), random_state_kept(), \
+                    alloc_conf.off_for_vllm_start(self.info.release) as changed:
+                self.info.details["alloc_conf_changed_for_start"] = changed
                 llm = LLM(**kwargs)  # which reseeds the caller's generators (random_state.py)
         except BaseException as exc:
             vllm_memory.clear_frames(exc)
