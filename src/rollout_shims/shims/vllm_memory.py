@@ -99,9 +99,9 @@ def refuse_a_new_engine_while_memory_is_held(release: str) -> None:
     left, per_tag = in_use()
     if left:
         raise EngineStateError(
-            f"vLLM {release}: an engine shut down earlier in this process still holds {describe(left, per_tag)} of "
-            f"vLLM's sleep-mode memory, held by: {held_by()}; vLLM allows one sleep-mode engine per process: start "
-            "the new engine in a new process")
+            f"vLLM {release}: another engine of this process (running, or shut down earlier) still holds "
+            f"{describe(left, per_tag)} of vLLM's sleep-mode memory, held by: {held_by()}; vLLM allows one sleep-mode "
+            "engine per process: shut the running one down first, or start the new engine in a new process")
 
 
 def empty_cache() -> None:
