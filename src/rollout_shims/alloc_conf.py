@@ -19,8 +19,10 @@ allocations that expandable segments bypass:
 
 So SGLang's processes start with the flag off in their environment, and vLLM before 0.31, which runs in
 this process, starts with it off in the environment and in torch's live setting; both are put back when
-the start returns, so the caller's own allocations keep their segments. A setting changed at run time
-(``torch.cuda.memory._set_allocator_settings``) without the environment is not seen.
+the start returns. The live setting is read from torch where CUDA has started (its memory snapshot's
+``allocator_settings``, as vLLM 0.31 reads it), else from the environment: a trainer that turned the flag
+off at run time keeps it off. Allocations this process makes in other threads during the start get
+segments without the flag.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from importlib import metadata
 
@@ -98,6 +101,21 @@ def off_in_environment() -> Iterator[list[str]]:
         os.environ.update(before)
 
 
+def live_settings() -> tuple[bool | None, str]:
+    """(flag, whole settings string) of this process's allocator as torch reports them once CUDA has started
+    (None and "" where it does not: CUDA not started, or a torch that reports neither)."""
+    torch = sys.modules.get("torch")
+    try:
+        if torch is None or not torch.cuda.is_initialized():
+            return None, ""
+        settings = torch.cuda.memory._snapshot().get("allocator_settings") or {}
+    except Exception:  # a torch without the snapshot's settings: the environment says it
+        return None, ""
+    flag = settings.get(FLAG)
+    conf = next((settings[name] for name in VARIABLES if isinstance(settings.get(name), str)), "")
+    return (bool(flag) if flag is not None else None), conf
+
+
 def set_live(conf: str) -> None:
     """Give this process's torch allocator a whole settings string (the accelerator-wide setter from torch
     2.9, the CUDA one before it)."""
@@ -127,9 +145,11 @@ def off_for_vllm_start(release: str) -> Iterator[list[str]]:
     if VLLM_KEEPS_THEM_OFF.contains(release, prereleases=True):
         yield []
         return
-    conf = in_effect(installed_torch())
+    live_flag, live_conf = live_settings()
+    env_conf = in_effect(installed_torch())
+    conf = next((c for c in (live_conf, env_conf) if flag_on(c)), f"{FLAG}:True")  # what to put back
     with off_in_environment() as changed:
-        if not flag_on(conf):
+        if not (live_flag if live_flag is not None else flag_on(env_conf)):
             yield changed
             return
         log.info("vLLM %s: its sleep-mode memory pool is allocated with %s off (vLLM %s); this process's "

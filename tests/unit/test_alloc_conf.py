@@ -5,6 +5,8 @@ settings strings, the variables each torch reads, and each band's start through 
 from __future__ import annotations
 
 import os
+import sys
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -149,3 +151,42 @@ def test_every_sglang_band_starts_its_processes_without_expandable_segments(name
     assert inherited == [with_flag_off(TRAINER)]
     assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == TRAINER
     assert live.written == []  # this process's allocator is the trainer's own
+
+
+class CudaStarted:
+    """A stand-in torch whose CUDA has started, reporting ``settings`` in its memory snapshot as torch does
+    (``allocator_settings``: the flag, and in newer releases the last settings string)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, settings: dict[str, Any]) -> None:
+        memory = SimpleNamespace(_snapshot=lambda: {"segments": [], "allocator_settings": settings})
+        monkeypatch.setitem(sys.modules, "torch", SimpleNamespace(cuda=SimpleNamespace(is_initialized=lambda: True,
+                                                                                         memory=memory)))
+
+
+def test_a_trainer_that_turned_the_flag_off_at_run_time_keeps_it_off(clean_alloc_env: pytest.MonkeyPatch) -> None:
+    live = LiveSetting(clean_alloc_env, "2.10.0")
+    clean_alloc_env.setenv("PYTORCH_CUDA_ALLOC_CONF", TRAINER)
+    CudaStarted(clean_alloc_env, {"expandable_segments": False, "PYTORCH_ALLOC_CONF": "expandable_segments:False"})
+    with off_for_vllm_start("0.9.2") as changed:
+        assert changed == ["PYTORCH_CUDA_ALLOC_CONF"]  # vLLM 0.9.2 asserts on the environment all the same
+    assert live.written == []
+
+
+def test_the_live_settings_string_is_what_comes_back(clean_alloc_env: pytest.MonkeyPatch) -> None:
+    """Options the trainer set at run time are in torch's string, not the environment's: they come back."""
+    live = LiveSetting(clean_alloc_env, "2.10.0")
+    clean_alloc_env.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    now = "expandable_segments:True,max_split_size_mb:256"
+    CudaStarted(clean_alloc_env, {"expandable_segments": True, "PYTORCH_ALLOC_CONF": now})
+    with off_for_vllm_start("0.9.2"):
+        pass
+    assert live.written == [with_flag_off(now), now]
+
+
+def test_a_flag_turned_on_at_run_time_is_seen(clean_alloc_env: pytest.MonkeyPatch) -> None:
+    """No variable set, the flag on live (a torch that reports only the flag): off for the start, on after."""
+    live = LiveSetting(clean_alloc_env, "2.6.0")
+    CudaStarted(clean_alloc_env, {"expandable_segments": True})
+    with off_for_vllm_start("0.8.5"):
+        pass
+    assert live.written == ["expandable_segments:False", "expandable_segments:True"]

@@ -5,6 +5,8 @@ code, run up to fake engines (tests/unit/fake_engines.py) with the GPU's memory 
 from __future__ import annotations
 
 import logging
+import sys
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -88,8 +90,8 @@ def test_every_vllm_band_refuses_less_free_than_its_share_before_vllm_starts(nam
     assert made == [] and asked == [[0, 1]]
     assert str(caught.value) == (
         "rollout.gpu_memory_utilization: 0.5 of the GPU's 80.00 GiB is 40.00 GiB for vLLM's weights, KV cache and "
-        "activations, but only 30.00 GiB are free (other processes hold 50.00 GiB): lower it to 0.36 or less, or "
-        "free GPU memory before the engine starts")
+        "activations, but only 30.00 GiB are free (50.00 GiB in use, this process's included): lower it to 0.36 or "
+        "less, or free GPU memory before the engine starts")
 
 
 @pytest.mark.parametrize("name", ["vllm-0.8.5", "vllm-0.25"])
@@ -109,3 +111,56 @@ def test_vllm_starts_and_checks_for_itself_where_the_driver_cannot_be_read(name,
     assert [kwargs["gpu_memory_utilization"] for kwargs in made] == [0.5]
     assert ("GPU memory unreadable (no CUDA driver here: libcuda.so.1: cannot open shared object file): vLLM checks "
             "its share itself when it starts") in caplog.text
+
+
+@pytest.mark.parametrize("name", ["vllm-0.8.5", "vllm-0.25"])
+def test_a_start_short_by_less_than_a_gib_is_left_to_vllm(name, tmp_path, monkeypatch, environment) -> None:
+    """39.5 of 80 GiB free for a share of 40: the probe's own CUDA context (about half a GiB) is in what it
+    read, and an engine in this process makes none; vLLM's own check decides."""
+    made: list[dict] = []
+
+    def started(**kwargs: Any) -> None:
+        made.append(kwargs)
+        raise StopAtEngine
+
+    with pytest.raises(StopAtEngine):
+        start(name, tmp_path, monkeypatch, started, lambda ordinals: [DeviceMemory(int(39.5 * GIB), 80 * GIB)])
+    assert len(made) == 1
+
+
+@pytest.mark.parametrize("name", ["vllm-0.8.5", "vllm-0.25"])
+def test_with_ray_the_gpus_here_are_not_read(name, tmp_path, monkeypatch, environment) -> None:
+    """Ray gives the workers their GPUs, maybe on other machines: this machine's first GPUs, however busy
+    (here 1 of 80 GiB free), say nothing about them."""
+    asked: list[range] = []
+    made: list[dict] = []
+
+    def read(ordinals: range) -> list[DeviceMemory]:
+        asked.append(ordinals)
+        return [DeviceMemory(1 * GIB, 80 * GIB)] * len(ordinals)
+
+    def started(**kwargs: Any) -> None:
+        made.append(kwargs)
+        raise StopAtEngine
+
+    monkeypatch.setattr("rollout_shims.shims.vllm_base.ray_workers_keep_multicast_off", lambda release: None)
+    with pytest.raises(StopAtEngine):
+        start(name, tmp_path, monkeypatch, started, read, tensor_parallel_size=2, distributed_executor_backend="ray")
+    assert asked == [] and len(made) == 1
+
+
+def test_in_this_process_torchs_cached_blocks_are_given_back_before_the_reading(monkeypatch) -> None:
+    """At TP x PP = 1 vLLM's worker runs here and empties torch's cache before it measures: what the cache
+    holds is free to it, so the shim empties it before its own reading, not after."""
+    order: list[str] = []
+    cuda = SimpleNamespace(is_initialized=lambda: True, empty_cache=lambda: order.append("empty_cache"))
+    monkeypatch.setitem(sys.modules, "torch", SimpleNamespace(cuda=cuda))
+
+    def read(ordinals: range) -> list[DeviceMemory]:
+        order.append("read")
+        return [DeviceMemory(50 * GIB, 80 * GIB)]
+
+    monkeypatch.setattr(memory_share, "device_memory", read)
+    config = RolloutConfig.from_dict({"model_dir": "/m", "rollout_backend": "vllm", "gpu_memory_utilization": 0.5})
+    memory_share.require_vllm_share(config, {})
+    assert order == ["empty_cache", "read"]

@@ -53,12 +53,13 @@ def test_less_free_than_the_share_is_refused_in_one_line_with_the_setting_that_f
     message = str(caught.value)
     assert "\n" not in message
     assert "0.5 of the GPU's 80.00 GiB is 40.00 GiB" in message
-    assert "only 30.00 GiB are free (other processes hold 50.00 GiB)" in message
+    assert "only 30.00 GiB are free (50.00 GiB in use, this process's included)" in message
     assert "lower it to 0.31 or less" in message  # (30 - 5 GiB of room) / 80, rounded down
 
 
 def test_with_hardly_anything_free_only_freeing_memory_is_suggested() -> None:
-    with pytest.raises(GpuMemoryError, match=r"hold 76\.00 GiB\): free GPU memory before the engine starts$"):
+    ending = r"76\.00 GiB in use, this process's included\): free GPU memory before the engine starts$"
+    with pytest.raises(GpuMemoryError, match=ending):
         static_fraction(0.1, 80 * GIB, 4 * GIB)
 
 
