@@ -9,8 +9,9 @@ allocations that expandable segments bypass:
   compatible with memory pool" (``cumem.py:147`` in 0.9.2; pytorch#147851). 0.20.1 - 0.30.0 turn the
   flag off while the pool is in use, but read only ``PYTORCH_CUDA_ALLOC_CONF`` (torch 2.9+ also reads
   ``PYTORCH_ALLOC_CONF``, first: set there, the pool runs with the flag on, which a later vLLM's comment
-  says leaves sleep freeing nothing and torch releases with pytorch#148378 refuse) and write the bare flag, which resets the caller's other allocator options (torch parses
-  a settings string whole). From 0.31 vLLM reads both and keeps the rest (``device_allocator/alloc_conf.py``).
+  says leaves sleep freeing nothing and torch releases with pytorch#148378 refuse) and write the bare
+  flag, which resets the caller's other allocator options (torch parses a settings string whole). From
+  0.31 vLLM reads both and keeps the rest (``device_allocator/alloc_conf.py``).
   Read in every release's wheel (2026-12-05). The pool is filled only during the start in the releases
   before 0.31 (``v1/worker/gpu_worker.py:180, 245`` in 0.9.2: weights, KV cache).
 * SGLang's torch_memory_saver takes its memory by hooking ``cudaMalloc`` in the scheduler (``LD_PRELOAD``);

@@ -3,6 +3,7 @@ running one from its log, read from a real hold's results where there are some."
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -97,3 +98,38 @@ def test_a_suite_building_its_kernels_says_so_until_its_first_mode_starts(result
     with log.open("a") as more:
         more.write("\n===== vllm-9.9.9: ROLLOUT_MATRIX_ENGINE_MODES=graphs =====\n")
     assert tally.lines() == ["vllm-9.9.9: running graphs: so far nothing reported"]
+
+
+@pytest.mark.parametrize(("steps", "complete", "ended", "expected"), [
+    # 2026-12-05: sglang-0.5.2 ended, the two 0.4.x entries' parts never sent
+    (["sglang-0.5.2", "sglang-0.4.8", "sglang-0.4.10.post2"], {"sglang-0.5.2"}, {"sglang-0.5.2"}, waiting.IDLE),
+    # a complete entry that has not ended installs its venv or waits for a place: not idle
+    (["a-1", "b-1"], {"a-1", "b-1"}, {"a-1"}, waiting.RUNNING),
+    # a script step's end is not recorded: its complete entry may still run it
+    (["a-1", "a-1=bench.py"], {"a-1"}, {"a-1"}, waiting.RUNNING),
+])
+def test_wait_returns_when_only_missing_parts_could_move_the_pipeline(results: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      steps, complete, ended, expected) -> None:
+    monkeypatch.setattr(store, "complete", lambda entry: entry in complete)
+    waiting.began(steps)  # this process stands in for the pipeline's: alive, not ended
+    for entry in ended:
+        (results / entry).mkdir()
+        (results / entry / "run.json").write_text("{}")
+    assert waiting.wait(0.3, poll=0.05) == expected
+
+
+def test_a_running_step_keeps_wait_waiting(results: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store, "complete", lambda entry: entry == "a-1")
+    waiting.began(["a-1", "b-1"])
+    (results / "a-1").mkdir()
+    (results / "a-1" / "running.json").write_text("{}")
+    assert waiting.wait(0.3, poll=0.05) == waiting.RUNNING
+
+
+def test_a_run_json_from_before_the_pipeline_does_not_count_as_its_end(results: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (results / "a-1").mkdir()
+    (results / "a-1" / "run.json").write_text("{}")
+    os.utime(results / "a-1" / "run.json", (1_000_000_000, 1_000_000_000))  # an earlier pipeline's
+    monkeypatch.setattr(store, "complete", lambda entry: entry == "a-1")
+    waiting.began(["a-1", "b-1"])
+    assert waiting.wait(0.3, poll=0.05) == waiting.RUNNING

@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep-envs", action="store_true",
                    help="keep each venv after its entry's steps (default: removed, the disk holds few at once)")
     p = sub.add_parser("wait", help="block until the background pipeline has ended (exit 0), is gone without ending "
-                                    "(1) or --max seconds passed (3); a call in flight keeps the machine")
+                                    "(1), --max seconds passed (3) or it runs nothing until more parts arrive (4); "
+                                    "a call in flight keeps the machine")
     p.add_argument("--max", type=_positive, default=300, help="seconds at most (default 300; a call may run 600)")
     p = sub.add_parser("inventory", help="what this python3 has installed, for `rollout-matrix bundle --borrow`")
     p.add_argument("out", type=Path, help="the JSON file to write")

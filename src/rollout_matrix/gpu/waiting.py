@@ -33,6 +33,10 @@ GONE = 1
 """``wait``'s code when the pipeline's process is gone without having ended (killed; see its log)."""
 RUNNING = 3
 """``wait``'s code when ``--max`` seconds passed and the pipeline still runs."""
+IDLE = 4
+"""``wait``'s code when the pipeline runs nothing and every step left waits for chunks: only more parts (or
+``stop``) move it. On 2026-12-05 a ``wait --max 240`` sat out its 240 s of device time so, after the one
+entry whose parts had been sent had ended."""
 
 
 def _state_path() -> Path:
@@ -53,7 +57,7 @@ def began(steps: list[str], pid: int | None = None) -> None:
     records its child at once, so a ``wait`` right after it never reads an earlier pipeline's end."""
     pid = os.getpid() if pid is None else pid
     _write({"pid": pid, "start_ticks": _start_ticks(pid), "steps": steps,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "ended": None, "failed": []})
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "began_epoch": time.time(), "ended": None, "failed": []})
 
 
 def ended(failed: list[str]) -> None:
@@ -97,9 +101,31 @@ def _finished_runs(seen: set[Path]) -> None:
         log(f"{run.entry}: exit {run.exit_code} in {run.seconds}s")
 
 
+def idle_steps(state: dict) -> list[str]:
+    """The steps left when none of them can run until more parts arrive: no step is running, and each step
+    that has not ended (an entry step ends with its ``run.json``, written since the pipeline began) lacks
+    chunks of its entry. Empty when something runs or could (a complete entry installs its venv or waits
+    for a place; a script step's end is not recorded, so its entry must lack chunks too)."""
+    results = store._dirs()["results"]
+    if any(results.glob(f"*/{RUNNING_MARKER}")):
+        return []
+    began_at = float(state.get("began_epoch") or 0)
+    left = []
+    for step in state.get("steps", []):
+        entry, is_script, _ = step.partition("=")
+        run = results / entry / RUN_JSON
+        if not is_script and run.is_file() and run.stat().st_mtime >= began_at:
+            continue
+        if store.complete(entry):
+            return []
+        left.append(step)
+    return left
+
+
 def wait(max_seconds: float, poll: float = 5.0) -> int:
     """Block until the pipeline has ended (:data:`ENDED`), its process is gone without ending
-    (:data:`GONE`) or ``max_seconds`` passed (:data:`RUNNING`), logging each entry's end as it comes
+    (:data:`GONE`), it runs nothing and cannot until more parts arrive (:data:`IDLE`) or ``max_seconds``
+    passed (:data:`RUNNING`), logging each entry's end as it comes
     and, before returning, where every entry stands (:mod:`tally`: the next call can follow at once)."""
     state = _read()
     if state is None:
@@ -125,6 +151,9 @@ def _wait(state: dict, max_seconds: float, poll: float) -> int:
             log(f"pipeline (pid {state['pid']}) is gone without ending; its last lines are in "
                 f"{store._dirs()['logs'] / 'pipeline.log'}")
             return GONE
+        if idle := idle_steps(state):
+            log(f"pipeline idle: nothing runs, and {', '.join(idle)} wait(s) for chunks: send their parts, or `stop`")
+            return IDLE
         left = deadline - time.monotonic()
         if left <= 0:
             running = sorted(p.parent.name for p in store._dirs()["results"].glob(f"*/{RUNNING_MARKER}"))
