@@ -22,13 +22,13 @@ from __future__ import annotations
 import gc
 import logging
 import math
-import sys
 import time
 from typing import Any
 
 from rollout_shims.config import RolloutConfig
 from rollout_shims.device_memory import GIB, DeviceMemory, ProbeFailed, device_memory, gib
 from rollout_shims.errors import GpuMemoryError
+from rollout_shims.shims import vllm_memory
 
 log = logging.getLogger("rollout_shims")
 
@@ -74,10 +74,8 @@ def refusal(fraction: float, memory: DeviceMemory, needs: str, room: int) -> Gpu
 def release_cached_memory() -> None:
     """What vLLM's worker does in this process before it measures (TP × PP = 1): this process's garbage
     and torch's cached blocks count as free to it."""
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_initialized():
-        gc.collect()
-        torch.cuda.empty_cache()
+    gc.collect()
+    vllm_memory.empty_cache()  # where this process has used CUDA
 
 
 def require_vllm_share(config: RolloutConfig, details: dict[str, Any]) -> None:
