@@ -415,6 +415,45 @@ def test_wait_holds_the_call_until_the_background_pipeline_ends(tmp_path: Path, 
         gpuenv("stop", "--grace", "5")  # the orphaned step, by the group it recorded
 
 
+def test_receive_and_wait_bring_back_what_finished_in_the_same_call(tmp_path: Path, locked: Matrix,
+                                                                    machine: Path) -> None:
+    """``receive PART --collect OUT`` and ``wait --collect OUT``: each call of a hold brings back the
+    results that changed (a machine lost mid-suite took two suites' results with it on 2026-12-05, its
+    calls having no ``collect``), ``receive`` keeps what is complete as its last line, and a call with
+    nothing new brings back no file."""
+    import json
+    import tarfile
+
+    entry = locked.get("tiny-2.31.0")
+    checkout = locked.path.parent
+    (checkout / "nap.py").write_text("import sys, time\ntime.sleep(float(sys.argv[1]))\n")
+    parts = sorted(tiny_bundle(locked, tmp_path, receive=False).iterdir())
+
+    def gpuenv(*args: str) -> subprocess.CompletedProcess:
+        return run_gpuenv(checkout, machine, *args)
+
+    def archived(out: Path) -> list[str] | None:
+        if not (out / "gpu-results.tgz").exists():
+            return None
+        with tarfile.open(out / "gpu-results.tgz") as tar:
+            return tar.getnames()
+
+    first = gpuenv("receive", str(parts[0]), "--collect", str(tmp_path / "call-1"))
+    assert first.returncode == 0 and first.stdout.splitlines()[-1].endswith(
+        f"still missing chunks: {entry.name} {len(json.loads((parts[0] / MANIFEST).read_text())['chunks'])}"), first.stdout
+    assert archived(tmp_path / "call-1") is not None  # the first collect of a machine always writes
+    assert gpuenv("pipeline", "--background", "--wait", "60", f"{entry.name}=nap.py 0").returncode == 0
+    rest = gpuenv("receive", *(str(p) for p in parts[1:]), "--collect", str(tmp_path / "call-2"))
+    assert rest.returncode == 0 and rest.stdout.splitlines()[-1].endswith(f"complete: {entry.name}"), rest.stdout
+    done = gpuenv("wait", "--max", "120", "--collect", str(tmp_path / "call-3"))
+    assert done.returncode == 0 and "1 of 1 steps passed" in done.stdout, done.stdout
+    names = archived(tmp_path / "call-3")
+    assert names is not None and "gpu-logs/pipeline.log" in names, names
+    again = gpuenv("wait", "--max", "5", "--collect", str(tmp_path / "call-4"))
+    assert again.returncode == 0 and archived(tmp_path / "call-4") is None, again.stdout
+    assert "nothing new" in again.stdout.splitlines()[-1]
+
+
 def test_a_pipeline_on_a_machine_without_the_bundle_is_refused_at_once(tmp_path: Path, locked: Matrix,
                                                                        machine: Path) -> None:
     """A machine that went back comes fresh: a pipeline there, in the foreground or detached, says in one

@@ -50,11 +50,20 @@ def _positive(text: str) -> int:
     return value
 
 
+COLLECT_HELP = "also `collect --if-changed` into OUT (e.g. $OUT), in the same call"
+"""``receive`` and ``wait`` take ``--collect``, so every call of a hold brings back what has finished and
+a machine lost mid-suite takes at most two minutes of results with it. An option of the calls a hold
+makes anyway, not a second command to remember: on 2026-12-05 a hold whose calls lacked that command
+lost two suites' results with the machine (docs/gpu.md)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rollout_matrix.gpuenv", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("receive")
     p.add_argument("parts", nargs="+", type=Path)
+    p.add_argument("--collect", type=Path, metavar="OUT", help=COLLECT_HELP + ", before receiving (the call's "
+                   "last line stays what is complete)")
     sub.add_parser("status")
     sub.add_parser("probe", help="what the machine offers the suites (per-process GPU memory, FFmpeg, cores)")
     p = sub.add_parser("install")
@@ -81,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                                     "(1), --max seconds passed (3) or it runs nothing until more parts arrive (4); "
                                     "a call in flight keeps the machine")
     p.add_argument("--max", type=_positive, default=300, help="seconds at most (default 300; a call may run 600)")
+    p.add_argument("--collect", type=Path, metavar="OUT", help=COLLECT_HELP + ", after waiting")
     p = sub.add_parser("inventory", help="what this python3 has installed, for `rollout-matrix bundle --borrow`")
     p.add_argument("out", type=Path, help="the JSON file to write")
     p = sub.add_parser("collect", help="the results and logs as gpu-results.tgz in OUT")
@@ -103,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("install", "test"):
             check_steps([args.entry])  # before the name becomes a path (envs/<entry>, results/<entry>)
         if args.command == "receive":
+            if args.collect is not None:
+                collect(args.collect, if_changed=True)
             receive(args.parts)
         elif args.command == "status":
             status()
@@ -141,7 +153,10 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 return pipeline(args.entries, plan, pytest_args)
         elif args.command == "wait":
-            return waiting.wait(args.max)
+            code = waiting.wait(args.max)
+            if args.collect is not None:
+                collect(args.collect, if_changed=True)
+            return code
         elif args.command == "inventory":
             found = borrow.inventory(borrow.search_path())
             args.out.write_text(json.dumps(found, indent=1) + "\n")
