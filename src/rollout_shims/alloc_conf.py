@@ -146,18 +146,34 @@ def off_for_vllm_start(release: str) -> Iterator[list[str]]:
     if VLLM_KEEPS_THEM_OFF.contains(release, prereleases=True):
         yield []
         return
-    live_flag, live_conf = live_settings()
-    env_conf = in_effect(installed_torch())
-    conf = next((c for c in (live_conf, env_conf) if flag_on(c)), f"{FLAG}:True")  # what to put back
+    on, conf = live_or_environment()
     with off_in_environment() as changed:
-        if not (live_flag if live_flag is not None else flag_on(env_conf)):
+        if not on:
             yield changed
             return
         log.info("vLLM %s: its sleep-mode memory pool is allocated with %s off (vLLM %s); this process's "
                  "setting is put back once the engine has started", release, FLAG,
                  "refuses them" if Version(release) < Version("0.20.1") else "would reset the other allocator options")
-        set_live(with_flag_off(conf))
-        try:
+        with off_live(conf):
             yield changed
-        finally:
-            set_live(conf)
+
+
+def live_or_environment() -> tuple[bool, str]:
+    """Whether this process's allocator makes expandable segments now (torch's live setting where it reports
+    one, else the environment's), and the whole settings string to put back after :func:`off_live`."""
+    live_flag, live_conf = live_settings()
+    env_conf = in_effect(installed_torch())
+    conf = next((c for c in (live_conf, env_conf) if flag_on(c)), f"{FLAG}:True")
+    return (live_flag if live_flag is not None else flag_on(env_conf)), conf
+
+
+@contextlib.contextmanager
+def off_live(conf: str) -> Iterator[None]:
+    """While inside, this process's allocator makes segments without the flag (blocks of its expandable
+    segments are not handed out either: torch's ``get_free_block`` skips them while the flag is off, for
+    this use); ``conf``, the whole settings string, is put back after, also on an error."""
+    set_live(with_flag_off(conf))
+    try:
+        yield
+    finally:
+        set_live(conf)

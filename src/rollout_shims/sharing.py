@@ -28,14 +28,30 @@ peer-to-peer access.
 CPU tensors (a trainer without a GPU, the CPU tests) travel through shared-memory files (torch's
 ``file_system`` strategy): the default file-descriptor passing needs a connection between the two
 processes, which unrelated processes do not have.
+
+Why buckets are never in expandable segments: trainers turn torch's ``expandable_segments`` on against
+fragmentation, and torch shares memory of such a segment not by a CUDA IPC handle but by file
+descriptors the opening process takes out of the trainer with ``pidfd_getfd``. That needs the right
+to trace the trainer, which containers without ``CAP_SYS_PTRACE`` and sibling processes under Yama's
+default ``ptrace_scope`` lack: "pidfd_getfd: Operation not permitted" in the engine (pytorch#165685,
+an RL trainer's report; "Bad file descriptor" in pytorch#179220), and each opened handle reserves
+9/8 of the GPU's memory in address space (pytorch#186213). So buckets are allocated with the flag off
+in this process's live setting, which torch's allocator honours for exactly this (its ``get_free_block``
+then skips expandable blocks: "since we cannot share expandable memory via IPC, someone might
+temporarily disable it"), and the setting is put back at once (``alloc_conf.off_live``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from rollout_shims import alloc_conf
+
+log = logging.getLogger("rollout_shims")
 
 ALIGN = 256
 """Bytes every tensor's offset in a bucket is rounded up to (any dtype's element size divides it)."""
@@ -154,6 +170,7 @@ def _buckets(items: Iterator[Any], capacity: int, ranks: int, dtype: Any, device
     buffer: Any = None
     entries: list[tuple[str, Any]] = []
     used = data = index = 0
+    plain = _PlainSegments()
     for position, item in enumerate(items):
         name, tensor = _checked(position, item)
         out_dtype = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
@@ -164,7 +181,7 @@ def _buckets(items: Iterator[Any], capacity: int, ranks: int, dtype: Any, device
             index += 1
             _collect(device)
         if buffer is None:
-            buffer = _allocate(max(capacity, _aligned(size)), device or tensor.device)
+            buffer = _allocate(max(capacity, _aligned(size)), device or tensor.device, plain)
         view = buffer[used:used + size].view(out_dtype).view(tensor.shape)
         view.copy_(tensor.detach())
         entries.append((name, view))
@@ -195,13 +212,38 @@ def _checked(position: int, item: Any) -> tuple[str, Any]:
     return name, tensor
 
 
-def _allocate(nbytes: int, device: Any) -> Any:
+def _allocate(nbytes: int, device: Any, plain: _PlainSegments) -> Any:
     import torch
 
     if device.type == "cpu":
         with _file_system_sharing():
             return torch.empty(nbytes, dtype=torch.uint8).share_memory_()
-    return torch.empty(nbytes, dtype=torch.uint8, device=device)
+    with plain():
+        return torch.empty(nbytes, dtype=torch.uint8, device=device)
+
+
+class _PlainSegments:
+    """A share's bucket allocations, out of expandable segments (see the module docstring). Whether this
+    process's allocator has the flag on is read at the first bucket (torch's live setting comes from a
+    memory snapshot: once per share, not per bucket)."""
+
+    def __init__(self) -> None:
+        self._conf: str | None = None  # the settings string to put back; "" when the flag is off
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        if self._conf is None:
+            on, conf = alloc_conf.live_or_environment()
+            self._conf = conf if on else ""
+            if on:
+                log.info("share_weights: buckets are allocated with %s off (torch shares that memory through "
+                         "pidfd_getfd, which engines without the right to trace this process are refused); "
+                         "the rest of this process keeps its setting", alloc_conf.FLAG)
+        if not self._conf:
+            yield
+            return
+        with alloc_conf.off_live(self._conf):
+            yield
 
 
 def _bucket(index: int, last: bool, entries: list[tuple[str, Any]], data: int, buffer: Any, ranks: int,

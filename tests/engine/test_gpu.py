@@ -436,6 +436,38 @@ def test_update_weights_from_another_process(engine, reference, tiny_qwen2, tmp_
         torch.cuda.empty_cache()
 
 
+def test_weights_from_a_trainer_using_expandable_segments(engine, reference, tiny_qwen2, tmp_path: Path,
+                                                          record_property) -> None:
+    """Trainers run with torch's expandable segments on (verl, OpenRLHF), and torch shares that memory
+    through ``pidfd_getfd``, which an engine without the right to trace the trainer is refused
+    (pytorch#165685: containers without CAP_SYS_PTRACE). ``share_weights`` allocates its buckets outside
+    expandable segments: the trainer's weights lie in expandable segments, no bucket does, the engine
+    answers as the new model, and the trainer's next allocation is expandable again."""
+    import torch
+
+    if DEVICE != "cuda":
+        pytest.skip("expandable segments are a setting of torch's CUDA allocator; the dry run shares CPU tensors")
+    new = tiny_qwen2(NEW_SEED)
+    cfg = {"seed": NEW_SEED, "model_kw": tiny_qwen2.__globals__["MODEL_KW"], "device": DEVICE,
+           "bucket_mib": BUCKET_MIB, "report_segments": True}
+    variable = _allocator_variable(torch.__version__)
+    with Trainer("trainer_process.py", cfg, tmp_path, acks=True, env={variable: TRAINER_ALLOCATOR}) as trainer:
+        engine.update_weights_from(trainer.buckets())
+        assert trainer.proc.wait(timeout=60) == 0, trainer.stderr()
+    segments = trainer.done["segments"]
+    weights, buckets = segments["weights"], segments["buckets"]
+    print(f"[ipc-expandable] {engine.info.shim} {engine.mode} ({variable}): allocated bytes before the share {weights}; "
+          f"while each of its {len(buckets)} buckets was shared {buckets}; the trainer's next allocation expandable: "
+          f"{segments['after']}")
+    assert weights["expandable"] > 0, "the trainer's weights are not in expandable segments: this test shows nothing"
+    assert len(buckets) >= 2
+    assert all(b["expandable"] == weights["expandable"] for b in buckets), "a bucket was allocated in an expandable segment"
+    assert all(b["plain"] > weights["plain"] for b in buckets), "no bucket in a segment of its own kind: nothing shared?"
+    assert segments["after"] is True, "the trainer's allocator no longer uses expandable segments after the share"
+    check_as_if_pushed(engine, new, engine.generate(prompts(), GREEDY), record_property, "shared_from_expandable")
+    check_restored(engine, reference)
+
+
 TP2_SCRIPT = LOCKING_PRELUDE + """
 from rollout_shims import SamplingParams, create_engine
 cfg = json.loads(sys.argv[1])

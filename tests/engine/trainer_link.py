@@ -25,12 +25,13 @@ class Trainer:
     """The trainer process, its buckets as they arrive and its final report; a context manager that
     always ends the process (a watchdog kills it after ``timeout`` seconds)."""
 
-    def __init__(self, script: str, cfg: dict, tmp_path: Path, acks: bool, timeout: float = 600) -> None:
+    def __init__(self, script: str, cfg: dict, tmp_path: Path, acks: bool, timeout: float = 600,
+                 env: dict[str, str] | None = None) -> None:
         self.stderr_path = tmp_path / "trainer.stderr"
         self._err = self.stderr_path.open("w")
         self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name(script)), json.dumps(cfg)],
                                      stdin=subprocess.PIPE if acks else None, stdout=subprocess.PIPE,
-                                     stderr=self._err, text=True, env=dict(os.environ))
+                                     stderr=self._err, text=True, env={**os.environ, **(env or {})})
         self._acks = acks
         self._watchdog = threading.Timer(timeout, self.proc.kill)
         self._watchdog.start()

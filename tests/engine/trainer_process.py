@@ -2,7 +2,8 @@
 torch and rollout_shims only (no engine), builds the new model as the ``tiny_qwen2`` fixture does and
 shares its weights bucket by bucket, each on the engine's request. Prints ``BUCKET <pickled bucket>``
 lines, then ``DONE <json>`` (buckets sent, the weights' fingerprint, its peak extra GPU memory, which
-engines it imported). Run as ``python trainer_process.py '<json config>'``."""
+engines it imported; with ``report_segments``, whether the weights, each bucket and an allocation after
+the share lie in expandable segments). Run as ``python trainer_process.py '<json config>'``."""
 
 import base64
 import json
@@ -24,12 +25,38 @@ if cuda:
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
+
+
+def active_bytes() -> dict[str, int]:
+    """Bytes of this process's allocated blocks in expandable segments and in the others."""
+    found = {"expandable": 0, "plain": 0}
+    for segment in torch.cuda.memory_snapshot():
+        kind = "expandable" if segment.get("is_expandable") else "plain"
+        found[kind] += sum(block["size"] for block in segment["blocks"] if block["state"] == "active_allocated")
+    return found
+
+
+def expandable_at(pointer: int) -> bool | None:
+    """Whether the segment holding ``pointer`` is expandable (None: no segment holds it)."""
+    for segment in torch.cuda.memory_snapshot():
+        if segment["address"] <= pointer < segment["address"] + segment["total_size"]:
+            return segment.get("is_expandable")
+    return None
+
+
+report = cfg.get("report_segments") and cuda
+segments: dict = {"weights": active_bytes(), "buckets": []} if report else {}
 sent = 0
 for bucket in share_weights(weights, bucket_mib=cfg["bucket_mib"]):
+    if report:  # the weights and this bucket (and the last, while the engine holds it)
+        segments["buckets"].append(active_bytes())
     print("BUCKET " + base64.b64encode(pickle.dumps(bucket)).decode(), flush=True)
     if sys.stdin.readline().strip() != "loaded":  # the engine asks for the next bucket once this one is in
         sys.exit(f"the engine did not confirm bucket {bucket.index}")
     sent += 1
-print("DONE " + json.dumps({"buckets": sent, "fingerprint": fingerprint,
-                            "peak_extra_bytes": torch.cuda.max_memory_allocated() - before if cuda else None,
+peak = torch.cuda.max_memory_allocated() - before if cuda else None
+if report:  # this process's next allocation, after the share: in an expandable segment again?
+    probe = torch.empty(64 << 20, dtype=torch.uint8, device="cuda")
+    segments["after"] = expandable_at(probe.data_ptr())
+print("DONE " + json.dumps({"buckets": sent, "fingerprint": fingerprint, "peak_extra_bytes": peak, "segments": segments,
                             "engines_imported": sorted(m for m in ("sglang", "vllm") if m in sys.modules)}), flush=True)

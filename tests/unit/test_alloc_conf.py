@@ -190,3 +190,39 @@ def test_a_flag_turned_on_at_run_time_is_seen(clean_alloc_env: pytest.MonkeyPatc
     with off_for_vllm_start("0.8.5"):
         pass
     assert live.written == ["expandable_segments:False", "expandable_segments:True"]
+
+
+def test_share_weights_buckets_are_allocated_with_the_flag_off_and_it_comes_back(
+        clean_alloc_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Bucket allocations of one share (rollout_shims/sharing.py): the flag off live around each, the
+    trainer's whole string back after each, also when the allocation fails; the setting is read once per
+    share (a memory snapshot each time would cost the trainer), and said once."""
+    from rollout_shims import sharing
+
+    live = LiveSetting(clean_alloc_env, "2.10.0")
+    reads: list[int] = []
+    settings = alloc_conf.live_settings
+    clean_alloc_env.setattr(alloc_conf, "live_settings", lambda: reads.append(1) or settings())
+    clean_alloc_env.setenv("PYTORCH_ALLOC_CONF", TRAINER)
+    plain = sharing._PlainSegments()
+    with caplog.at_level("INFO", logger="rollout_shims"):
+        with plain():
+            assert live.written == [with_flag_off(TRAINER)]
+        with pytest.raises(RuntimeError, match="out of memory"), plain():
+            raise RuntimeError("CUDA out of memory")
+    assert live.written == [with_flag_off(TRAINER), TRAINER] * 2
+    assert len(reads) == 1
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("share_weights")]
+    assert len(said) == 1 and "pidfd_getfd" in said[0], said
+
+
+def test_share_weights_leaves_a_trainer_without_the_flag_alone(clean_alloc_env: pytest.MonkeyPatch) -> None:
+    from rollout_shims import sharing
+
+    live = LiveSetting(clean_alloc_env, "2.10.0")
+    clean_alloc_env.setenv("PYTORCH_ALLOC_CONF", "max_split_size_mb:128")
+    plain = sharing._PlainSegments()
+    for _ in range(2):
+        with plain():
+            pass
+    assert live.written == []
