@@ -186,3 +186,18 @@ def test_wheels_are_priced_at_their_stack_s_measured_ratio() -> None:
     (hold,) = batch.holds
     assert hold.ready_parts[-1] == pytest.approx(
         (len(only_128) * 100 * 0.660 + len(only_130) * 100 * 0.776) / 61, abs=1 + 0.005 * len(only_128 | only_130))
+
+
+def test_all_plans_every_installable_release_and_is_not_mixed_with_names(capsys: pytest.CaptureFixture) -> None:
+    """gpu-batch --all: after the targets, every release that installs, each the one its py3.12 lock says it
+    is (a lock is written only for a release that resolves); naming entries too is refused in one line."""
+    from rollout_matrix.bundles.gpubatch import installable
+    from rollout_matrix.cli.main import main
+
+    locked = {p.name.removesuffix("-py3.12.txt") for p in (ROOT / "docker" / "locks").glob("*-py3.12.txt")}
+    matrix = load_matrix(ROOT / "matrix.yaml")
+    assert {e.name for e in installable(matrix)} == locked
+    assert {e.name for e in targets(matrix)} < locked
+    assert main(["--matrix", str(ROOT / "matrix.yaml"), "gpu-batch", "--all", "vllm-0.9.1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "rollout-matrix: error: gpu-batch: give ENTRY names or --all, not both", err

@@ -112,6 +112,12 @@ def targets(matrix: Matrix) -> list[Entry]:
     return [e for e in matrix if e.name in chosen]
 
 
+def installable(matrix: Matrix) -> list[Entry]:
+    """Every entry that installs from PyPI (``gpu-batch --all``: once the targets are proven, GPU truth
+    for each release, not one per band)."""
+    return [e for e in matrix if not e.unavailable]
+
+
 def proven_modes(root: Path) -> dict[str, list[str]]:
     """entry -> the modes in which its committed GPU evidence passed every GPU test."""
     out = {}
@@ -283,12 +289,14 @@ def _size(n: int) -> str:
     return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
 
-def render(batch: Batch, proven: dict[str, list[str]], python: str = "3.12", borrow: str | None = None) -> list[str]:
+def render(batch: Batch, proven: dict[str, list[str]], python: str = "3.12", borrow: str | None = None,
+           asked: str = "target") -> list[str]:
     """The printed plan: a line per CUDA line with an indented line per entry, then the holds, each with
     the command that bundles it and the entries whose locks its working tree keeps (docs/gpu.md), so a
-    hold is carried as planned, not retyped."""
+    hold is carried as planned, not retyped. ``asked`` names the entries planned for (target, installable,
+    named)."""
     if not batch.lines:
-        return ["every target entry has GPU evidence in both modes"]
+        return [f"every {asked} entry has GPU evidence in both modes"]
     out = []
     for line in batch.lines:
         approx = "" if line.exact else "~"

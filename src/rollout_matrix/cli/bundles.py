@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rollout_matrix.errors import UserError
 from rollout_matrix.matrix.model import Matrix
 from rollout_matrix.progress import Reporter
 
@@ -44,9 +45,12 @@ def cmd_syslibs(args: argparse.Namespace, matrix: Matrix) -> int:
 
 def cmd_gpu_batch(args: argparse.Namespace, matrix: Matrix) -> int:
     from rollout_matrix.bundles.bundle import default_cache
-    from rollout_matrix.bundles.gpubatch import cached_or_indexed, plan, proven_modes, render
+    from rollout_matrix.bundles.gpubatch import cached_or_indexed, installable, plan, proven_modes, render
 
-    entries = matrix.select(args.entries) if args.entries else None
+    if args.entries and args.all:
+        raise UserError("gpu-batch: give ENTRY names or --all, not both")
+    entries = matrix.select(args.entries) if args.entries else installable(matrix) if args.all else None
+    asked = "named" if args.entries else "installable" if args.all else "target"
     lent = None
     if args.borrow:
         from rollout_matrix.bundles.borrow import read_inventory
@@ -54,7 +58,7 @@ def cmd_gpu_batch(args: argparse.Namespace, matrix: Matrix) -> int:
         lent = {name: version for name, (version, _) in read_inventory(Path(args.borrow)).items()}
     batch = plan(matrix, args.python, cached_or_indexed(default_cache(), args.python), entries, lent=lent,
                  newest_first=args.newest_first)
-    print("\n".join(render(batch, proven_modes(matrix.path.parent), args.python, args.borrow)))
+    print("\n".join(render(batch, proven_modes(matrix.path.parent), args.python, args.borrow, asked)))
     return 0
 
 
@@ -105,6 +109,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                    "line, with the parts a bundle of each line takes (exact where the wheels are in "
                                    "the bundle cache, else from the index's sizes: ~).")
     p.add_argument("entries", nargs="*", metavar="ENTRY", help="only these (default: the targets)")
+    p.add_argument("--all", action="store_true",
+                   help="every installable entry, not only the targets (once the targets are proven)")
     p.add_argument("--python", default="3.12", help="the GPU machine's Python (default 3.12)")
     p.add_argument("--borrow", metavar="INVENTORY",
                    help="price what the machine has installed at nothing, as `bundle --borrow` ships it (by name "
