@@ -143,7 +143,11 @@ def test_holds_take_entries_across_lines_while_every_suite_still_ends_in_time() 
     assert text[first + 1] == ("  rollout-matrix bundle --python 3.12 --part-mib 61 --out .gpu/hold-1 "
                                "--borrow docker/machines/nvidia-h200.json vllm-0.22.0 vllm-0.24.0")
     assert text[first + 2] == "  keep='vllm-0.22.0|vllm-0.24.0'"
-    assert text[first + 3].startswith("hold 2: ") and text[first + 5] == "  keep='vllm-0.33.0'"
+    assert text[first + 3] == ("  first call, alone: gpuenv receive .gpu/hold-1/part-000; gpuenv pipeline --background "
+                               "--parallel auto vllm-0.22.0 vllm-0.24.0")
+    last = parts(*names[:2]) - 1  # parts are numbered from 000
+    assert text[first + 4].startswith(f"  then: gpuenv receive .gpu/hold-1/part-NNN --collect $OUT for 001-{last:03d}, ")
+    assert text[first + 5].startswith("hold 2: ") and text[first + 7] == "  keep='vllm-0.33.0'"
     assert text[-1].startswith("3 entries in 2 holds")
 
 

@@ -292,9 +292,9 @@ def _size(n: int) -> str:
 def render(batch: Batch, proven: dict[str, list[str]], python: str = "3.12", borrow: str | None = None,
            asked: str = "target") -> list[str]:
     """The printed plan: a line per CUDA line with an indented line per entry, then the holds, each with
-    the command that bundles it and the entries whose locks its working tree keeps (docs/gpu.md), so a
-    hold is carried as planned, not retyped. ``asked`` names the entries planned for (target, installable,
-    named)."""
+    the command that bundles it, the entries whose locks its working tree keeps and the GPU machine's
+    calls (docs/gpu.md), so a hold is carried as planned, not retyped. ``asked`` names the entries
+    planned for (target, installable, named)."""
     if not batch.lines:
         return [f"every {asked} entry has GPU evidence in both modes"]
     out = []
@@ -314,6 +314,11 @@ def render(batch: Batch, proven: dict[str, list[str]], python: str = "3.12", bor
         out.append(f"  rollout-matrix bundle --python {python} --part-mib {PART_MIB} --out .gpu/hold-{number}"
                    + (f" --borrow {borrow}" if borrow else "") + f" {' '.join(names)}")
         out.append(f"  keep='{'|'.join(names)}'")
+        out.append(f"  first call, alone: gpuenv receive .gpu/hold-{number}/part-000; gpuenv pipeline --background "
+                   f"--parallel auto {' '.join(names)}")
+        out.append(f"  then: gpuenv receive .gpu/hold-{number}/part-NNN --collect $OUT for 001-{hold.parts - 1:03d}, "
+                   "ten calls a message; after the last, gpuenv wait --max 240 --collect $OUT, back to back")
     out.append(f"{sum(len(line.entries) for line in batch.lines)} entries in {len(batch.holds)} holds of one H200 "
-               f"(an entry's number: the parts after which it is complete; lines in one hold share few files)")
+               f"(an entry's number: the parts after which it is complete; lines in one hold share few files; "
+               f"gpuenv: PYTHONPATH=src python3 -m rollout_matrix.gpuenv)")
     return out
