@@ -438,6 +438,10 @@ def test_receive_and_wait_bring_back_what_finished_in_the_same_call(tmp_path: Pa
         with tarfile.open(out / "gpu-results.tgz") as tar:
             return tar.getnames()
 
+    (tmp_path / "a-file").write_text("")
+    unwritable = gpuenv("receive", str(parts[0]), "--collect", str(tmp_path / "a-file"))
+    assert unwritable.returncode == 2 and "cannot write gpu-results.tgz" in unwritable.stderr, unwritable.stderr
+    assert "complete: none; still missing chunks" in unwritable.stdout, "the part was not received all the same"
     first = gpuenv("receive", str(parts[0]), "--collect", str(tmp_path / "call-1"))
     assert first.returncode == 0 and first.stdout.splitlines()[-1].endswith(
         f"still missing chunks: {entry.name} {len(json.loads((parts[0] / MANIFEST).read_text())['chunks'])}"), first.stdout

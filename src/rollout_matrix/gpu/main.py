@@ -113,9 +113,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("install", "test"):
             check_steps([args.entry])  # before the name becomes a path (envs/<entry>, results/<entry>)
         if args.command == "receive":
+            unwritten = None
             if args.collect is not None:
-                collect(args.collect, if_changed=True)
+                try:
+                    collect(args.collect, if_changed=True)
+                except UserError as exc:  # the parts are received all the same: nothing is lost
+                    unwritten = exc
             receive(args.parts)
+            if unwritten is not None:
+                raise unwritten
         elif args.command == "status":
             status()
         elif args.command == "probe":
