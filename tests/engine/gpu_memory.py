@@ -62,6 +62,17 @@ def used_bytes() -> tuple[int, str]:
     return total - free, "device"
 
 
+def expandable_at(pointer: int) -> bool | None:
+    """Whether the segment of this process's allocator holding ``pointer`` is expandable (None: no segment
+    holds it, or torch does not say)."""
+    import torch
+
+    for segment in torch.cuda.memory_snapshot():
+        if segment["address"] <= pointer < segment["address"] + segment["total_size"]:
+            return segment.get("is_expandable")
+    return None
+
+
 def sharing_needs_per_process(how: str) -> None:
     """A device-wide figure is meaningless while other suites share the GPU: say so, once, loudly."""
     if how != "per-process" and os.environ.get("ROLLOUT_MATRIX_GPU_LOCK"):

@@ -21,6 +21,7 @@ import pytest
 from engine_busy import keep_busy, spin_allowed
 from gpu_memory import (
     engine_memory,
+    expandable_at,
     free_and_total,
     hold,
     release_held,
@@ -592,10 +593,7 @@ def _new_segment_is_expandable() -> bool | None:
     torch.cuda.empty_cache()
     probe = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
     try:
-        for segment in torch.cuda.memory_snapshot():
-            if segment["address"] <= probe.data_ptr() < segment["address"] + segment["total_size"]:
-                return segment.get("is_expandable")
-        return None
+        return expandable_at(probe.data_ptr())
     finally:
         del probe
         torch.cuda.empty_cache()

@@ -11,6 +11,7 @@ import pickle
 import sys
 
 import torch
+from gpu_memory import expandable_at  # beside this script (its folder is the first on sys.path)
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from rollout_shims import share_weights
@@ -34,14 +35,6 @@ def active_bytes() -> dict[str, int]:
         kind = "expandable" if segment.get("is_expandable") else "plain"
         found[kind] += sum(block["size"] for block in segment["blocks"] if block["state"] == "active_allocated")
     return found
-
-
-def expandable_at(pointer: int) -> bool | None:
-    """Whether the segment holding ``pointer`` is expandable (None: no segment holds it)."""
-    for segment in torch.cuda.memory_snapshot():
-        if segment["address"] <= pointer < segment["address"] + segment["total_size"]:
-            return segment.get("is_expandable")
-    return None
 
 
 report = cfg.get("report_segments") and cuda
