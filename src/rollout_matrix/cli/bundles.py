@@ -49,8 +49,12 @@ def cmd_gpu_batch(args: argparse.Namespace, matrix: Matrix) -> int:
 
     if args.entries and args.all:
         raise UserError("gpu-batch: give ENTRY names or --all, not both")
-    entries = matrix.select(args.entries) if args.entries else installable(matrix) if args.all else None
-    asked = "named" if args.entries else "installable" if args.all else "target"
+    if args.entries:
+        entries, asked = matrix.select(args.entries), "named"
+    elif args.all:
+        entries, asked = installable(matrix), "installable"
+    else:
+        entries, asked = None, "target"
     lent = None
     if args.borrow:
         from rollout_matrix.bundles.borrow import read_inventory
