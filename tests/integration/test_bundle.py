@@ -212,6 +212,33 @@ def test_a_suite_stopped_before_it_gets_a_place_runs_no_mode(
     assert places.LOG_HEADER in text and suite.MODES_ENV not in text, text
 
 
+def test_a_suite_keeps_what_a_script_of_its_entry_wrote_and_drops_an_earlier_suites_files(
+        tmp_path: Path, locked: Matrix, machine: Path) -> None:
+    """A benchmark step may end before its entry's suite starts (its place came first): the suite then
+    clears an earlier suite's files, not the benchmark's ``bench.json`` and ``scripts.log``. And a
+    mode's JUnit left by an earlier run is not merged into this run's junit.xml when the mode writes
+    none this time (here the tiny venv has no pytest: each mode's process exits 1 and writes nothing)."""
+    import json
+
+    from rollout_matrix.gpu import suite
+
+    entry = locked.get("tiny-2.31.0")
+    tiny_bundle(locked, tmp_path)
+    (locked.path.parent / "stamp.py").write_text(STAMP_SCRIPT)
+    assert pipeline.pipeline([f"{entry.name}=stamp.py 0 bench.json 0"], pipeline.Plan(wait=5, keep_envs=True), []) == 0
+    results = machine / "results" / entry.name
+    written = (results / "bench.json").read_text(), (results / "scripts.log").read_text()
+    (results / "junit-eager.xml").write_text(
+        '<testsuite name="earlier"><testcase classname="earlier" name="test_of_an_earlier_run"/></testsuite>')
+    (results / "pytest.log").write_text("an earlier suite's log\n")
+    assert suite.run_suite(entry.name, []) == 1
+    assert ((results / "bench.json").read_text(), (results / "scripts.log").read_text()) == written
+    merged = results / "junit.xml"
+    assert not merged.exists() or "test_of_an_earlier_run" not in merged.read_text()
+    assert "an earlier suite's log" not in (results / "pytest.log").read_text()
+    assert json.loads((results / "run.json").read_text())["exit_code"] == 1
+
+
 def test_steps_read_a_copy_of_the_checkout_that_a_new_call_cannot_change(tmp_path: Path, locked: Matrix,
                                                                         machine: Path) -> None:
     """The device tool copies the working tree again at every call; on 2026-12-03 a suite lost a file it

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from rollout_matrix.errors import UserError
 from rollout_matrix.evidence.band_status import MODES
-from rollout_matrix.evidence.results import JUNIT, LOG, RunRecord, merge_junit
+from rollout_matrix.evidence.results import JUNIT, LOG, RUN_JSON, RunRecord, merge_junit
 from rollout_matrix.gpu import kernels, stop, store, syslibs
 from rollout_matrix.gpu.install import install
 from rollout_matrix.gpu.places import Places, held
@@ -165,8 +165,7 @@ def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = S
     manifest = manifests()[entry]
     record = manifest.entries[entry]
     out = d["results"] / entry
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    clear_suite_outputs(out)
     python = env / "bin" / "python"
     facts = machine_facts(python)
     described = matrix_entry(entry)
@@ -221,6 +220,22 @@ def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = S
             (out / stop.RUNNING).unlink(missing_ok=True)
     log(f"{entry}: pytest exited {code} after {run.seconds}s")
     return code
+
+
+def suite_outputs(out: Path) -> list[Path]:
+    """What a suite writes under ``results/<entry>/``: its log, each mode's JUnit, the merged one, run.json and
+    the marker `gpuenv stop` waits for."""
+    return [out / LOG, *(mode_junit(out, mode) for mode in MODES), out / JUNIT, out / RUN_JSON, out / stop.RUNNING]
+
+
+def clear_suite_outputs(out: Path) -> None:
+    """Remove an earlier suite's files from ``out``, and nothing else. Why not the whole folder: a script
+    step of the same entry (a benchmark's ``bench.json`` and ``scripts.log``) may have written there
+    first, and a batch must lose nothing whatever order its steps run in. Why these files: a JUnit left
+    from a mode that does not run this time would be merged as if it had."""
+    out.mkdir(parents=True, exist_ok=True)
+    for path in suite_outputs(out):
+        path.unlink(missing_ok=True)
 
 
 MODES_ENV = "ROLLOUT_MATRIX_ENGINE_MODES"
