@@ -377,13 +377,13 @@ def test_stop_ends_the_running_step_by_its_recorded_group_and_starts_no_other(
         deadline = time.monotonic() + 120
         while not (results / "first.txt.env").is_file() and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert (results / stop.RUNNING).is_file()
+        assert [m.parent for m in stop.markers()] == [results]
         assert stop.stop(grace=20) == [entry.name]
         runner.join(timeout=60)
         assert codes == [1]
         assert (results / "first.txt").read_text() == "interrupted"
         assert not (results / "second.txt.env").exists(), "a step started after stop"
-        assert not (results / stop.RUNNING).exists()
+        assert stop.markers() == []
         assert outsider.poll() is None, "stop hit a process outside the batch"
     finally:
         outsider.kill()
@@ -399,6 +399,37 @@ def test_stop_ends_the_running_step_by_its_recorded_group_and_starts_no_other(
     for key in ("home", "flashinfer", "xdg", "inductor", "vllm", "triton", "cuda"):
         assert Path(env[key]).is_relative_to(venv), (key, env[key])
     assert stop.stop(grace=1) == []  # nothing left to stop: one line, no error
+
+
+def test_stop_reaches_every_step_of_one_entry_running_side_by_side(tmp_path: Path, locked: Matrix,
+                                                                     machine: Path) -> None:
+    """Two scripts of one entry at once (``--parallel 2``) each record their own process group, so
+    ``gpuenv stop`` interrupts both. With one ``running.json`` per entry, the second step's group replaced
+    the first one's, and the first step ran on through the stop."""
+    import threading
+    import time
+
+    from rollout_matrix.gpu import stop
+
+    entry = locked.get("tiny-2.31.0")
+    tiny_bundle(locked, tmp_path)
+    (locked.path.parent / "sleeper.py").write_text(SLEEPER)
+    results = machine / "results" / entry.name
+    codes: list[int] = []
+    steps = [f"{entry.name}=sleeper.py one.txt", f"{entry.name}=sleeper.py two.txt"]
+    runner = threading.Thread(target=lambda: codes.append(pipeline.pipeline(steps, pipeline.Plan(parallel=2, wait=5), [])))
+    runner.start()
+    deadline = time.monotonic() + 120
+    while len(stop.markers()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(stop.markers()) == 2, "each running step records its own process group"
+    while not all((results / f"{n}.txt.env").is_file() for n in ("one", "two")) and time.monotonic() < deadline:
+        time.sleep(0.2)  # both interpreters are up, their SIGINT handlers set
+    assert stop.stop(grace=20) == [entry.name]
+    runner.join(timeout=60)
+    assert codes == [1]
+    assert [(results / f"{n}.txt").read_text() for n in ("one", "two")] == ["interrupted", "interrupted"]
+    assert stop.markers() == []
 
 
 def test_wait_holds_the_call_until_the_background_pipeline_ends(tmp_path: Path, locked: Matrix,

@@ -283,7 +283,7 @@ def test_collect_if_changed_writes_only_when_a_result_or_the_pipeline_changed(
     assert collected("again") is None
     pipeline.collect(tmp_path / "plain")  # without the option: always written
     assert (tmp_path / "plain" / "gpu-results.tgz").exists()
-    (results / "running.json").write_text('{"pgid": 1}')  # the eager process started
+    (results / "running-1.json").write_text('{"pgid": 1}')  # the eager process started
     assert collected("a-mode-started") is not None
     (machine / "logs" / "pipeline.json").write_text('{"ended": "now"}')
     assert collected("the-pipeline-ended") is not None
@@ -293,11 +293,11 @@ def test_collect_if_changed_writes_only_when_a_result_or_the_pipeline_changed(
 
 def test_a_file_that_goes_while_collect_archives_is_not_a_failure(tmp_path: Path, machine: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """A step removes its running.json when it ends; if that happens while ``collect`` reads the folder,
+    """A step removes its running-<pgid>.json when it ends; if that happens while ``collect`` reads the folder,
     the archive is made again (it was reported as "cannot write ... pass a writable folder")."""
     import tarfile
 
-    marker = machine / "results" / "tiny-2.31.0" / "running.json"
+    marker = machine / "results" / "tiny-2.31.0" / "running-1.json"
     marker.parent.mkdir(parents=True)
     marker.write_text('{"pgid": 1}')
     add = tarfile.TarFile.add
@@ -311,7 +311,7 @@ def test_a_file_that_goes_while_collect_archives_is_not_a_failure(tmp_path: Path
     monkeypatch.setattr(tarfile.TarFile, "add", add_while_the_step_ends)
     pipeline.collect(tmp_path / "out")
     with tarfile.open(tmp_path / "out" / "gpu-results.tgz") as tar:
-        assert "gpu-results/tiny-2.31.0" in tar.getnames() and "gpu-results/tiny-2.31.0/running.json" not in tar.getnames()
+        assert "gpu-results/tiny-2.31.0" in tar.getnames() and "gpu-results/tiny-2.31.0/running-1.json" not in tar.getnames()
 
 
 # -- gpuenv pipeline: misspelt entries at once, failed steps in the exit code ------------------------------

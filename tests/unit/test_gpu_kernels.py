@@ -130,22 +130,24 @@ def test_gpuenv_stop_ends_a_build_under_way_and_no_mode_starts_after_it(tmp_path
     since = time.time()
     hangs = "import time\ndef get_sampling_module():\n    time.sleep(120)\n"
     groups: list[int] = []
+    markers: list[Path] = []
     done: dict = {}
 
     def started(pgid: int, argv: list[str]) -> None:
         groups.append(pgid)
-        stop.record(out, pgid, argv)
+        markers.append(stop.record(out, pgid, argv))
 
     def build() -> None:  # as run_suite: the build, then no mode once stopped, then the marker goes
         done["outcome"], done["said"], _ = run(tmp_path, stand_in(tmp_path / "pkgs", hangs), ["9.0"], timeout=100,
                                                started=started)
         done["why_not"] = suite._why_not([], 1000.0, since)
-        (out / stop.RUNNING).unlink()
+        for marker in markers:
+            marker.unlink()
 
     builder = threading.Thread(target=build)
     builder.start()
     deadline = time.monotonic() + 30
-    while not (out / stop.RUNNING).exists() and time.monotonic() < deadline:
+    while not stop.markers() and time.monotonic() < deadline:
         time.sleep(0.1)
     time.sleep(1.0)  # the build's interpreter is up and inside get_sampling_module
     t0 = time.monotonic()

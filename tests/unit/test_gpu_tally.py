@@ -122,7 +122,7 @@ def test_a_running_step_keeps_wait_waiting(results: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(store, "complete", lambda entry: entry == "a-1")
     waiting.began(["a-1", "b-1"])
     (results / "a-1").mkdir()
-    (results / "a-1" / "running.json").write_text("{}")
+    (results / "a-1" / "running-1.json").write_text("{}")
     assert waiting.wait(0.3, poll=0.05) == waiting.RUNNING
 
 

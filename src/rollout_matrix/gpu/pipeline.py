@@ -189,7 +189,7 @@ def collect(out: Path, if_changed: bool = False) -> None:
     tmp = out / f".gpu-results.tgz.tmp-{os.getpid()}"
     try:
         out.mkdir(parents=True, exist_ok=True)
-        for attempt in range(3):  # a step removes its running.json when it ends: a file may go mid-archive
+        for attempt in range(3):  # a step removes its running-<pgid>.json when it ends: a file may go mid-archive
             try:
                 with tarfile.open(tmp, "w:gz") as tar:
                     tar.add(d["results"], arcname="gpu-results")
@@ -219,7 +219,7 @@ def _result_state(d: dict[str, Path]) -> list[list]:
     """[path, size, mtime_ns] of what ``collect --if-changed`` watches: results but not the logs that
     grow with every test (pytest.log)."""
     watched = [*d["results"].glob("*/junit*.xml"), *d["results"].glob(f"*/{RUN_JSON}"),
-               *d["results"].glob(f"*/{stop.RUNNING}"), d["logs"] / waiting.STATE]
+               *stop.markers(), d["logs"] / waiting.STATE]
     state = []
     for path in sorted(watched):
         with contextlib.suppress(OSError):

@@ -2,8 +2,8 @@
 
 Why: on 2026-12-02 a `pkill -f` whose pattern also matched the device agent's own shell ended the
 call, the machine stopped answering and was given back with every result of the hold on it. A batch
-is stopped here through what it recorded itself: each running step writes its process group (and the
-command it started) to ``results/<entry>/running.json``; ``stop`` sends that group SIGINT, so pytest
+is stopped here through what it recorded itself: each process group a step starts is written (with the
+command) to ``results/<entry>/running-<pgid>.json``; ``stop`` sends each such group SIGINT, so pytest
 ends the way Ctrl-C ends it (JUnit of the tests so far, then run.json from ``run_suite``), and a stop
 flag keeps ``pipeline`` from starting another step. A group that outlives the grace period is
 killed. Nothing is matched by name, so nothing outside the batch can be hit.
@@ -21,7 +21,10 @@ from pathlib import Path
 from rollout_matrix.gpu import store
 from rollout_matrix.gpu.store import log
 
-RUNNING = "running.json"
+MARKERS = "running-*.json"
+"""One marker per process group a step started, named by the group: steps of one entry may run side by
+side (``pipeline --parallel``, two scripts say), and ``stop`` must reach each of them, which a single
+``running.json`` per entry did not (the later step's group replaced the earlier one's)."""
 STOPPED = 3
 """A step's code when ``gpuenv stop`` came before it started."""
 STOP_FLAG = "stop-requested"
@@ -48,11 +51,16 @@ def clear() -> None:
 
 
 def record(out: Path, pgid: int, command: list[str]) -> Path:
-    """A step's process group and command in ``out/running.json``; the step removes it once its
+    """A step's process group and command in ``out/running-<pgid>.json``; the step removes it once its
     results are written (``stop`` waits for that)."""
-    marker = out / RUNNING
+    marker = out / MARKERS.replace("*", str(pgid))
     marker.write_text(json.dumps({"pgid": pgid, "command": command[:4]}))
     return marker
+
+
+def markers() -> list[Path]:
+    """Every step's markers, of every entry."""
+    return sorted(store._dirs()["results"].glob(f"*/{MARKERS}"))
 
 
 def _alive(pgid: int) -> bool:
@@ -77,10 +85,9 @@ def _leader_runs(pgid: int, command: list[str]) -> bool:
 def stop(grace: float = 60.0) -> list[str]:
     """Stop the batch: flag it, SIGINT every recorded group, wait up to ``grace`` seconds for each
     step to write its results, then SIGKILL what is left. Returns the entries it signalled."""
-    d = store._dirs()
     _flag().write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
-    signalled: dict[str, tuple[Path, int]] = {}
-    for marker in sorted(d["results"].glob(f"*/{RUNNING}")):
+    signalled: list[tuple[str, Path, int]] = []
+    for marker in markers():
         try:
             info = json.loads(marker.read_text())
             pgid, command = int(info["pgid"]), [str(a) for a in info["command"]]
@@ -93,15 +100,15 @@ def stop(grace: float = 60.0) -> list[str]:
             continue
         os.killpg(pgid, signal.SIGINT)
         log(f"{entry}: SIGINT sent to process group {pgid}")
-        signalled[entry] = (marker, pgid)
+        signalled.append((entry, marker, pgid))
     deadline = time.monotonic() + grace
-    while any(m.exists() for m, _ in signalled.values()) and time.monotonic() < deadline:
+    while any(m.exists() for _, m, _ in signalled) and time.monotonic() < deadline:
         time.sleep(0.5)
-    for entry, (marker, pgid) in signalled.items():
+    for entry, marker, pgid in signalled:
         if marker.exists() and _alive(pgid):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
             log(f"{entry}: still running after {grace:.0f}s; killed")
     if not signalled:
         log("nothing was running; steps not yet started will be skipped")
-    return list(signalled)
+    return list(dict.fromkeys(entry for entry, _, _ in signalled))

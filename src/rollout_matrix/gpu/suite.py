@@ -186,11 +186,12 @@ def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = S
     started = datetime.now(timezone.utc)
     t0, since = time.monotonic(), time.time()
     codes: list[int] = []
+    markers: list[Path] = []  # one per process group started, for `gpuenv stop` (stop.py)
     try:
         with open(out / LOG, "wb") as logf:
             if sharing and facts.get("cuda_devices") and described and described.engine == "vllm":
                 facts["kernels_built_before_suite"] = kernels.prebuild(
-                    entry, python, environ, logf, log, started=lambda pgid, argv: stop.record(out, pgid, argv))
+                    entry, python, environ, logf, log, started=lambda pgid, argv: markers.append(stop.record(out, pgid, argv)))
             with held(places, entry, logf) as granted:
                 modes_t0 = time.monotonic()  # the build has its own limit, a wait ends with a suite: ``timeout`` is the modes'
                 for mode in MODES:  # one process per mode: a leak into the next engine stays in its mode
@@ -200,11 +201,11 @@ def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = S
                         log(f"{entry}: {mode} not run: {why}")
                         break
                     codes.append(_pytest(entry, python, out, mode, {**environ, MODES_ENV: mode}, pytest_args, logf,
-                                         left))
+                                         left, markers))
         merge_junit([mode_junit(out, mode) for mode in MODES], out / JUNIT)
     finally:
         code = suite_exit_code(codes)
-        try:  # run.json first, then the marker goes: `gpuenv stop` waits for the marker
+        try:  # run.json first, then the markers go: `gpuenv stop` waits for them
             lock = read_lock(store.CHECKOUT / record.lock)
             run = RunRecord(
                 entry=entry, kind="gpu" if facts.get("cuda_devices") else "cpu", environment="bundle",
@@ -217,15 +218,16 @@ def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = S
             )
             run.write(out)
         finally:
-            (out / stop.RUNNING).unlink(missing_ok=True)
+            for marker in markers:
+                marker.unlink(missing_ok=True)
     log(f"{entry}: pytest exited {code} after {run.seconds}s")
     return code
 
 
 def suite_outputs(out: Path) -> list[Path]:
-    """What a suite writes under ``results/<entry>/``: its log, each mode's JUnit, the merged one, run.json and
-    the marker `gpuenv stop` waits for."""
-    return [out / LOG, *(mode_junit(out, mode) for mode in MODES), out / JUNIT, out / RUN_JSON, out / stop.RUNNING]
+    """What a suite writes under ``results/<entry>/`` and leaves there: its log, each mode's JUnit, the merged
+    one and run.json (its ``running-<pgid>.json`` markers go when it ends)."""
+    return [out / LOG, *(mode_junit(out, mode) for mode in MODES), out / JUNIT, out / RUN_JSON]
 
 
 def clear_suite_outputs(out: Path) -> None:
@@ -280,9 +282,10 @@ def suite_exit_code(codes: list[int]) -> int:
 
 
 def _pytest(entry: str, python: Path, out: Path, mode: str, environ: dict[str, str], pytest_args: list[str] | None,
-            logf: Any, timeout: float) -> int:
+            logf: Any, timeout: float, markers: list[Path]) -> int:
     """One pytest process of tests/engine for ``mode``: its JUnit in ``junit-<mode>.xml``, its output
-    appended to the suite's log; ended with its stacks (``stop_with_stacks``) past ``timeout``."""
+    appended to the suite's log; ended with its stacks (``stop_with_stacks``) past ``timeout``. Its
+    process group's marker is added to ``markers`` (the suite removes them once run.json is written)."""
     cmd = [str(python), "-m", "pytest", str(store.CHECKOUT / "tests" / "engine"), "-s", "-v", "-p", "no:cacheprovider",
            f"--junitxml={mode_junit(out, mode)}", "-o", f"junit_suite_name={entry}-{mode}",
            "-o", "junit_family=xunit1", "--rootdir", str(store.CHECKOUT), *(pytest_args or [])]
@@ -292,7 +295,7 @@ def _pytest(entry: str, python: Path, out: Path, mode: str, environ: dict[str, s
     # Own process group: an engine that SIGKILLs its caller's tree takes only pytest with it.
     proc = subprocess.Popen(cmd, cwd=store.CHECKOUT, env=environ, stdout=logf, stderr=subprocess.STDOUT,
                             start_new_session=True)
-    stop.record(out, proc.pid, cmd)  # until run.json is written: `gpuenv stop` waits for it
+    markers.append(stop.record(out, proc.pid, cmd))  # until run.json is written: `gpuenv stop` waits for it
     code = _wait(proc, mode_junit(out, mode), time.monotonic() + timeout)
     if code is None:
         code = stop_with_stacks(proc)

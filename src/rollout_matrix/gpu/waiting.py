@@ -22,7 +22,7 @@ from pathlib import Path
 from rollout_matrix.errors import UserError
 from rollout_matrix.evidence.results import RUN_JSON, RunRecord
 from rollout_matrix.gpu import store, tally
-from rollout_matrix.gpu.stop import RUNNING as RUNNING_MARKER
+from rollout_matrix.gpu.stop import markers
 from rollout_matrix.gpu.store import log
 
 STATE = "pipeline.json"
@@ -107,7 +107,7 @@ def idle_steps(state: dict) -> list[str]:
     chunks of its entry. Empty when something runs or could (a complete entry installs its venv or waits
     for a place; a script step's end is not recorded, so its entry must lack chunks too)."""
     results = store._dirs()["results"]
-    if any(results.glob(f"*/{RUNNING_MARKER}")):
+    if markers():
         return []
     began_at = float(state.get("began_epoch") or 0)
     left = []
@@ -156,7 +156,7 @@ def _wait(state: dict, max_seconds: float, poll: float) -> int:
             return IDLE
         left = deadline - time.monotonic()
         if left <= 0:
-            running = sorted(p.parent.name for p in store._dirs()["results"].glob(f"*/{RUNNING_MARKER}"))
+            running = sorted({p.parent.name for p in markers()})
             log(f"pipeline still running after {max_seconds:.0f}s"
                 + (f": {', '.join(running)}" if running else " (its steps wait for chunks)"))
             return RUNNING
