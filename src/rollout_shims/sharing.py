@@ -38,7 +38,11 @@ an RL trainer's report; "Bad file descriptor" in pytorch#179220), and each opene
 9/8 of the GPU's memory in address space (pytorch#186213). So buckets are allocated with the flag off
 in this process's live setting, which torch's allocator honours for exactly this (its ``get_free_block``
 then skips expandable blocks: "since we cannot share expandable memory via IPC, someone might
-temporarily disable it"), and the setting is put back at once (``alloc_conf.off_live``).
+temporarily disable it"), and the setting is put back at once (``alloc_conf.off_live``). A freed bucket's
+segment stays in torch's cache like any freed memory, and with the flag back on torch may hand its blocks
+to the trainer's later allocations (it skips only expandable blocks while the flag is off, not plain ones
+while it is on); ``torch.cuda.empty_cache()`` after a share returns it. Two threads of one process sharing
+at once would each toggle the one process-wide setting: share from one thread.
 """
 
 from __future__ import annotations

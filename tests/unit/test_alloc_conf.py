@@ -216,6 +216,29 @@ def test_share_weights_buckets_are_allocated_with_the_flag_off_and_it_comes_back
     assert len(said) == 1 and "pidfd_getfd" in said[0], said
 
 
+def test_each_cuda_bucket_of_a_share_is_allocated_while_the_flag_is_off(clean_alloc_env: pytest.MonkeyPatch) -> None:
+    """The wiring in ``sharing._allocate``: torch's ``empty`` for a CUDA bucket runs inside the flag-off
+    block, and the trainer's string is back before the next bucket (a stand-in torch: this venv has none)."""
+    from rollout_shims import sharing
+
+    live = LiveSetting(clean_alloc_env, "2.10.0")
+    clean_alloc_env.setenv("PYTORCH_ALLOC_CONF", TRAINER)
+    seen: list[list[str]] = []
+
+    def empty(nbytes: int, dtype: Any, device: Any = None) -> str:
+        seen.append(list(live.written))  # the live setting as this allocation found it
+        return f"{nbytes} bytes on {device.type}"
+
+    clean_alloc_env.setitem(sys.modules, "torch", SimpleNamespace(
+        uint8="uint8", empty=empty, cuda=SimpleNamespace(is_initialized=lambda: False)))
+    plain = sharing._PlainSegments()
+    cuda = SimpleNamespace(type="cuda")
+    assert [sharing._allocate(64, cuda, plain) for _ in range(2)] == ["64 bytes on cuda"] * 2
+    off = with_flag_off(TRAINER)
+    assert seen == [[off], [off, TRAINER, off]]
+    assert live.written == [off, TRAINER] * 2
+
+
 def test_share_weights_leaves_a_trainer_without_the_flag_alone(clean_alloc_env: pytest.MonkeyPatch) -> None:
     from rollout_shims import sharing
 
