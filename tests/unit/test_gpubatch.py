@@ -151,6 +151,16 @@ def test_holds_take_entries_across_lines_while_every_suite_still_ends_in_time() 
     assert text[-1].startswith("3 entries in 2 holds")
 
 
+def test_a_hold_whose_wheels_the_machine_lends_is_sent_in_its_part_000_alone() -> None:
+    """Every wheel priced at nothing (lent): the bundle is part-000 alone, and the hold's calls say so
+    instead of asking for parts 001-000."""
+    matrix = load_matrix(ROOT / "matrix.yaml")
+    batch = plan(matrix, "3.12", lambda n, v, s: (0, True), [matrix.get("vllm-0.33.0")], proven={})
+    then = [line for line in render(batch, {}) if line.startswith("  then: ")]
+    assert then == ["  then: nothing more to send (part-000 is the whole bundle: the machine lends the rest); "
+                    "gpuenv wait --max 240 --collect $OUT, back to back"]
+
+
 def _deb_sizes(pinned: Path) -> dict[str, int]:
     """sha256 -> size of every package line of a committed .deb set, read here (not with the project's parser)."""
     out = {}

@@ -316,8 +316,10 @@ def render(batch: Batch, proven: dict[str, list[str]], python: str = "3.12", bor
         out.append(f"  keep='{'|'.join(names)}'")
         out.append(f"  first call, alone: gpuenv receive .gpu/hold-{number}/part-000; gpuenv pipeline --background "
                    f"--parallel auto {' '.join(names)}")
+        waits = "gpuenv wait --max 240 --collect $OUT, back to back"
         out.append(f"  then: gpuenv receive .gpu/hold-{number}/part-NNN --collect $OUT for 001-{hold.parts - 1:03d}, "
-                   "ten calls a message; after the last, gpuenv wait --max 240 --collect $OUT, back to back")
+                   f"ten calls a message; after the last, {waits}" if hold.parts > 1 else
+                   f"  then: nothing more to send (part-000 is the whole bundle: the machine lends the rest); {waits}")
     out.append(f"{sum(len(line.entries) for line in batch.lines)} entries in {len(batch.holds)} holds of one H200 "
                f"(an entry's number: the parts after which it is complete; lines in one hold share few files; "
                f"gpuenv: PYTHONPATH=src python3 -m rollout_matrix.gpuenv)")
