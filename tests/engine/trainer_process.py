@@ -48,7 +48,9 @@ for bucket in share_weights(weights, bucket_mib=cfg["bucket_mib"]):
         sys.exit(f"the engine did not confirm bucket {bucket.index}")
     sent += 1
 peak = torch.cuda.max_memory_allocated() - before if cuda else None
-if report:  # this process's next allocation, after the share: in an expandable segment again?
+if report:  # this process's next allocation, after the share: in an expandable segment again? 64 MiB, in
+    # torch's large pool, where no bucket of this test's size (small pool, at most 1 MiB) left a cached plain
+    # segment it could reuse: only the restored setting decides what kind of segment it gets
     probe = torch.empty(64 << 20, dtype=torch.uint8, device="cuda")
     segments["after"] = expandable_at(probe.data_ptr())
 print("DONE " + json.dumps({"buckets": sent, "fingerprint": fingerprint, "peak_extra_bytes": peak, "segments": segments,
