@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from rollout_matrix.bundles.gpubatch import plan, render, suites_end, targets
+from rollout_matrix.bundles.gpubatch import (
+    PACES,
+    PREPARE_ALONE_S,
+    SUITE_ALONE_S,
+    plan,
+    render,
+    suites_end,
+    targets,
+)
 from rollout_matrix.matrix.load import load_matrix
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,6 +117,36 @@ def test_an_entry_prepares_while_the_places_are_taken() -> None:
     assert suites_end([53, 300], ["vllm", "sglang"], **times) == pytest.approx(ready_late + 600)
 
 
+def test_one_suite_at_a_time_each_step_waits_for_its_chunks_and_the_step_before() -> None:
+    """``--parallel 1`` has one worker: an entry complete while the suite before it runs prepares only
+    once that suite ended; one complete later waits for its own last part."""
+    times = {"start_s": 100, "seconds_per_part": 5, "suite_s": {"vllm": 260, "sglang": 230},
+             "prepare_s": {"vllm": 25, "sglang": 35}, "parallel": 1}
+    first = 100 + 40 * 5 + 25 + 260  # 585
+    assert suites_end([40], ["vllm"], **times) == pytest.approx(first)
+    assert suites_end([40, 50], ["vllm", "sglang"], **times) == pytest.approx(first + 35 + 230)  # ready at 350
+    assert suites_end([40, 200], ["vllm", "sglang"], **times) == pytest.approx(100 + 200 * 5 + 35 + 230)
+
+
+def test_the_plan_prints_the_pace_it_was_made_for() -> None:
+    """By default a hold is planned one suite at a time and its pipeline call says ``--parallel 1``; planned
+    for three at once it says ``--parallel auto``; the parts are the same, the hold's end is the one-at-a-time
+    model's."""
+    matrix = load_matrix(ROOT / "matrix.yaml")
+    chosen = [matrix.get(n) for n in ("vllm-0.22.0", "vllm-0.24.0")]
+    sizes = lambda n, v, s: (40 << 20, True)  # noqa: E731
+    alone, together = (plan(matrix, "3.12", sizes, chosen, proven={}, hold_s=10_000, pace=PACES[k]) for k in (1, 3))
+    assert [h.ready_parts for h in alone.holds] == [h.ready_parts for h in together.holds]
+    def first_call(batch) -> str:
+        return next(line for line in render(batch, {}) if line.startswith("  first call"))
+
+    assert first_call(alone).endswith("--parallel 1 vllm-0.22.0 vllm-0.24.0")
+    assert first_call(together).endswith("--parallel auto vllm-0.22.0 vllm-0.24.0")
+    ready = alone.holds[0].ready_parts
+    assert alone.holds[0].end_s == pytest.approx(suites_end(ready, ["vllm"] * 2, suite_s=SUITE_ALONE_S,
+                                                            prepare_s=PREPARE_ALONE_S, parallel=1))
+
+
 def test_holds_take_entries_across_lines_while_every_suite_still_ends_in_time() -> None:
     """Entries go into holds in line order; one joins while the last suite would end by the limit, and
     each hold's parts count the pins its entries share once (an entry's number is the parts after which
@@ -126,14 +164,15 @@ def test_holds_take_entries_across_lines_while_every_suite_still_ends_in_time() 
         return math.ceil(len(set().union(*(pins[e] for e in entries))) * mib * cu130 / 61)
 
     chosen = [matrix.get(n) for n in names]
-    roomy = plan(matrix, "3.12", lambda n, v, s: (mib << 20, True), chosen, proven={}, hold_s=10_000)
+    three = PACES[3]  # three suites at once, the pace SUITE_S and PREPARE_S (suites_end's defaults) describe
+    roomy = plan(matrix, "3.12", lambda n, v, s: (mib << 20, True), chosen, proven={}, hold_s=10_000, pace=three)
     (hold,) = roomy.holds
     assert [e.name for e in hold.entries] == names
     assert hold.ready_parts == [parts(*names[:1]), parts(*names[:2]), parts(*names)]
     two = suites_end(hold.ready_parts[:2], ["vllm"] * 2)
     assert two < hold.end_s  # the third entry's suite ends last: a limit between the two leaves it out
     cut = (two + hold.end_s) / 2
-    tight = plan(matrix, "3.12", lambda n, v, s: (mib << 20, True), chosen, proven={}, hold_s=cut)
+    tight = plan(matrix, "3.12", lambda n, v, s: (mib << 20, True), chosen, proven={}, hold_s=cut, pace=three)
     assert [[e.name for e in h.entries] for h in tight.holds] == [names[:2], names[2:]]
     assert tight.holds[1].ready_parts == [parts(names[2])]
     text = render(tight, {}, "3.12", "docker/machines/nvidia-h200.json")

@@ -71,6 +71,30 @@ PREPARE_S = {"sglang": 35, "vllm": 130}
 reassembled and its venv (35-46 s), and for vLLM FlashInfer's kernels (89-101 s; 2026-12-04, sixth hold)."""
 PARALLEL = 3
 """Suites at a time (``gpuenv pipeline --parallel auto`` on the H200)."""
+SUITE_ALONE_S = {"sglang": 230, "vllm": 260}
+"""One suite, both modes, with the GPU to itself (``--parallel 1``): sglang-0.4.8 225.4 s and 0.4.10.post2
+225.9 s (2026-12-05, third hold, every test of that day); vllm-0.25.0 184 s (2026-12-04, fifth hold) plus
+the engine start per mode the tests since added (vLLM's median start 36.2 s). About what a suite costs
+three at a time (567-611 s for three SGLang suites), so one at a time gives up no throughput, and a
+machine lost mid-hold takes at most the suite in flight: every earlier one was collected."""
+PREPARE_ALONE_S = {"sglang": 35, "vllm": 25}
+"""With one place the pipeline has one worker: a step's wheels and venv come after the previous step ended
+(35-46 s SGLang, 25 s vLLM), and vLLM's FlashInfer kernels are built inside its suite, not before it."""
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How a hold's pipeline runs its suites (``gpuenv pipeline --parallel``), with the seconds measured
+    for that way."""
+
+    parallel: int
+    flag: str  # what ``pipeline --parallel`` is given
+    suite_s: dict[str, float]
+    prepare_s: dict[str, float]
+
+
+PACES = {1: Pace(1, "1", SUITE_ALONE_S, PREPARE_ALONE_S), PARALLEL: Pace(PARALLEL, "auto", SUITE_S, PREPARE_S)}
+"""``gpu-batch --parallel``: one suite at a time (the default since 2026-12-05), or three sharing the GPU."""
 
 
 def suites_end(ready_parts: list[int], engines: list[str], *, start_s: float = START_S,
@@ -79,10 +103,16 @@ def suites_end(ready_parts: list[int], engines: list[str], *, start_s: float = S
     """When the last suite ends, in seconds of the hold, for entries that complete after
     ``ready_parts[i]`` parts: ``pipeline`` prepares each entry once its last part has arrived, whether or
     not a place is free, and starts its modes, in order, once it is prepared and one of ``parallel``
-    places is free. Why: suites run while later parts still travel, so a hold can carry more parts than
-    fit before the first suite would start."""
+    places is free; with one place it runs each step in turn (its chunks, its venv, its suite). Why:
+    suites run while later parts still travel, so a hold can carry more parts than fit before the first
+    suite would start."""
     suite_s = suite_s or SUITE_S
     prepare_s = PREPARE_S if prepare_s is None else prepare_s
+    if parallel == 1:  # one worker: a step waits for its chunks, prepares and runs only after the one before
+        end = 0.0
+        for part, engine in zip(ready_parts, engines, strict=True):
+            end = max(start_s + part * seconds_per_part, end) + prepare_s[engine] + suite_s[engine]
+        return end
     free = [0.0] * parallel
     end = 0.0
     for part, engine in zip(ready_parts, engines, strict=True):
@@ -194,12 +224,13 @@ class Batch:
 
     lines: list[Line]
     holds: list[Hold]
+    pace: Pace = PACES[1]
 
 
 def plan(matrix: Matrix, python: str, size_of: Callable[[str, str, set[str]], tuple[int, bool]],
          entries: Iterable[Entry] | None = None, lent: dict[str, str] | None = None,
          proven: dict[str, list[str]] | None = None, hold_s: float = HOLD_S - END_MARGIN_S,
-         newest_first: bool = False) -> Batch:
+         newest_first: bool = False, pace: Pace = PACES[1]) -> Batch:
     """Entries not yet proven in both modes (of ``entries``, default :func:`targets`), grouped by CUDA line
     in stack order (``newest_first``: the newest line first, the releases most users install, when a
     session has one hold), and packed into holds in that order: an entry joins the current hold while every
@@ -207,7 +238,7 @@ def plan(matrix: Matrix, python: str, size_of: Callable[[str, str, set[str]], tu
     when it cannot end in time: ``render`` says so). ``size_of(name, version, allowed sha256s)`` gives
     a pin's wheel size and whether it is exact. ``lent``: name -> version the machine has installed
     (``bundle --borrow``), priced at nothing from 1 MiB (``borrow.MIN_WHEEL_BYTES``); by name and
-    version, where ``bundle`` decides by the files.
+    version, where ``bundle`` decides by the files. ``pace``: how the hold's suites will run (:data:`PACES`).
     ``proven``: entry -> modes of its committed GPU evidence (default: read from the checkout)."""
     if proven is None:
         proven = proven_modes(matrix.path.parent)
@@ -248,7 +279,8 @@ def plan(matrix: Matrix, python: str, size_of: Callable[[str, str, set[str]], tu
         """``hold`` with ``entry`` last: the earlier entries' parts stay as they were (the bundle's order)."""
         members = [*(hold.entries if hold else ()), entry]
         ready = [*(hold.ready_parts if hold else ()), parts_of(members)]
-        return Hold(members, ready, suites_end(ready, [e.engine for e in members]))
+        return Hold(members, ready, suites_end(ready, [e.engine for e in members], suite_s=pace.suite_s,
+                                               prepare_s=pace.prepare_s, parallel=pace.parallel))
 
     lines = []
     for (stack, torch), members in grouped.items():
@@ -261,7 +293,7 @@ def plan(matrix: Matrix, python: str, size_of: Callable[[str, str, set[str]], tu
             holds[-1] = grown
         else:
             holds.append(joined(None, entry))
-    return Batch(lines, holds)
+    return Batch(lines, holds, pace)
 
 
 def cached_or_indexed(cache: Path, python: str) -> Callable[[str, str, set[str]], tuple[int, bool]]:
@@ -315,7 +347,7 @@ def render(batch: Batch, proven: dict[str, list[str]], python: str = "3.12", bor
                    + (f" --borrow {borrow}" if borrow else "") + f" {' '.join(names)}")
         out.append(f"  keep='{'|'.join(names)}'")
         out.append(f"  first call, alone: gpuenv receive .gpu/hold-{number}/part-000; gpuenv pipeline --background "
-                   f"--parallel auto {' '.join(names)}")
+                   f"--parallel {batch.pace.flag} {' '.join(names)}")
         waits = "gpuenv wait --max 240 --collect $OUT, back to back"
         out.append(f"  then: gpuenv receive .gpu/hold-{number}/part-NNN --collect $OUT for 001-{hold.parts - 1:03d}, "
                    f"ten calls a message; after the last, {waits}" if hold.parts > 1 else

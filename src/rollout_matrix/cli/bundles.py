@@ -45,7 +45,7 @@ def cmd_syslibs(args: argparse.Namespace, matrix: Matrix) -> int:
 
 def cmd_gpu_batch(args: argparse.Namespace, matrix: Matrix) -> int:
     from rollout_matrix.bundles.bundle import default_cache
-    from rollout_matrix.bundles.gpubatch import cached_or_indexed, installable, plan, proven_modes, render
+    from rollout_matrix.bundles.gpubatch import PACES, cached_or_indexed, installable, plan, proven_modes, render
 
     if args.entries and args.all:
         raise UserError("gpu-batch: give ENTRY names or --all, not both")
@@ -61,7 +61,7 @@ def cmd_gpu_batch(args: argparse.Namespace, matrix: Matrix) -> int:
 
         lent = {name: version for name, (version, _) in read_inventory(Path(args.borrow)).items()}
     batch = plan(matrix, args.python, cached_or_indexed(default_cache(), args.python), entries, lent=lent,
-                 newest_first=args.newest_first)
+                 newest_first=args.newest_first, pace=PACES[args.parallel])
     print("\n".join(render(batch, proven_modes(matrix.path.parent), args.python, args.borrow, asked)))
     return 0
 
@@ -121,4 +121,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "and version here; bundle compares the files)")
     p.add_argument("--newest-first", action="store_true",
                    help="plan the newest CUDA line's entries first (default: oldest first, stack order)")
+    p.add_argument("--parallel", type=int, choices=(1, 3), default=1,
+                   help="suites at a time on the GPU, as the hold's pipeline will run them (default 1: each "
+                        "suite alone, collected before the next starts; 3: `pipeline --parallel auto`)")
     p.set_defaults(handler=cmd_gpu_batch)
