@@ -140,8 +140,9 @@ def test_the_plan_prints_the_pace_it_was_made_for() -> None:
     def first_call(batch) -> str:
         return next(line for line in render(batch, {}) if line.startswith("  first call"))
 
-    assert first_call(alone).endswith("--parallel 1 vllm-0.22.0 vllm-0.24.0")
-    assert first_call(together).endswith("--parallel auto vllm-0.22.0 vllm-0.24.0")
+    card = "; nvidia-smi --query-gpu=name --format=csv,noheader"  # which card answered: docs/gpu.md says why
+    assert first_call(alone).endswith(f"--parallel 1 vllm-0.22.0 vllm-0.24.0{card}")
+    assert first_call(together).endswith(f"--parallel auto vllm-0.22.0 vllm-0.24.0{card}")
     ready = alone.holds[0].ready_parts
     assert alone.holds[0].end_s == pytest.approx(suites_end(ready, ["vllm"] * 2, suite_s=SUITE_ALONE_S,
                                                             prepare_s=PREPARE_ALONE_S, parallel=1))
@@ -183,7 +184,7 @@ def test_holds_take_entries_across_lines_while_every_suite_still_ends_in_time() 
                                "--borrow docker/machines/nvidia-h200.json vllm-0.22.0 vllm-0.24.0")
     assert text[first + 2] == "  keep='vllm-0.22.0|vllm-0.24.0'"
     assert text[first + 3] == ("  first call, alone: gpuenv receive .gpu/hold-1/part-000; gpuenv pipeline --background "
-                               "--parallel auto vllm-0.22.0 vllm-0.24.0")
+                               "--parallel auto vllm-0.22.0 vllm-0.24.0; nvidia-smi --query-gpu=name --format=csv,noheader")
     last = parts(*names[:2]) - 1  # parts are numbered from 000
     assert text[first + 4].startswith(f"  then: gpuenv receive .gpu/hold-1/part-NNN --collect $OUT for 001-{last:03d}, ")
     assert text[first + 5].startswith("hold 2: ") and text[first + 7] == "  keep='vllm-0.33.0'"

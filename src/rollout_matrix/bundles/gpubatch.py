@@ -347,7 +347,7 @@ def render(batch: Batch, proven: dict[str, list[str]], python: str = "3.12", bor
                    + (f" --borrow {borrow}" if borrow else "") + f" {' '.join(names)}")
         out.append(f"  keep='{'|'.join(names)}'")
         out.append(f"  first call, alone: gpuenv receive .gpu/hold-{number}/part-000; gpuenv pipeline --background "
-                   f"--parallel {batch.pace.flag} {' '.join(names)}")
+                   f"--parallel {batch.pace.flag} {' '.join(names)}; nvidia-smi --query-gpu=name --format=csv,noheader")
         waits = "gpuenv wait --max 240 --collect $OUT, back to back"
         out.append(f"  then: gpuenv receive .gpu/hold-{number}/part-NNN --collect $OUT for 001-{hold.parts - 1:03d}, "
                    f"ten calls a message; after the last, {waits}" if hold.parts > 1 else
