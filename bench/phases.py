@@ -79,15 +79,18 @@ def metadata(engine: Any) -> dict[str, Any]:
 
 
 def save_small_model(path: Path, seed: int) -> None:
-    """The throughput model (about 155 M parameters), made and saved once per run (phases share it)."""
-    if (path / "config.json").is_file():
+    """The throughput model (about 155 M parameters), made and saved once per run (phases share it). Saved
+    beside ``path`` and renamed into place: a phase killed mid-save leaves no half model for the next one."""
+    if path.is_dir():
         return
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(Qwen2Config(**SMALL, **COMMON)).to(torch.bfloat16)
-    model.save_pretrained(path)
+    partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
+    model.save_pretrained(partial)
+    partial.rename(path)
 
 
 class Prompts:
@@ -128,7 +131,12 @@ class Wrapped:
         self.held.clear()
 
     def restore(self) -> None:
+        """The engine's own method back, and this object lets go of the engine before the shim shuts it down:
+        the shutdown releases vLLM's memory pools, and an ``LLM`` still referenced here would free its tensors
+        into them later (vLLM's device_allocator/cumem.py warns of the abort at teardown, pytorch#145168)."""
         del self.target.generate
+        self.held.clear()
+        self.target = self.original = None
 
 
 class Setting:
@@ -324,6 +332,10 @@ def weights(spec: dict[str, Any]) -> None:
             note(**{f"update_{name}_s": mid, f"update_{name}_gb_s": nbytes / mid / 1e9, f"update_{name}_all_s": times})
             say(f"weights: update_weights from {name} tensors {mid:.3f} s ({nbytes / mid / 1e9:.1f} GB/s), median of "
                 f"{len(times)}")
+        # SGLang pickles a push's tensors (ForkingPickler), and torch moves a CPU tensor's storage into shared
+        # memory as it does: from the second push on, "pinned" tensors are plain shared-memory ones (the first
+        # push also paid that copy). Said, so the figure is not read as a pinned-memory transfer.
+        note(pinned_cpu_still_pinned=f"{sum(t.is_pinned() for _, t in pinned)}/{len(pinned)}")
         greedy = SamplingParams(max_new_tokens=32, temperature=0.0, ignore_eos=True)
         batch = [random.Random(7 + i).choices(range(3, BIG["vocab_size"]), k=spec["prompt_len"]) for i in range(16)]
         before = [c.token_ids for c in engine.generate(batch, greedy)]

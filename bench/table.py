@@ -48,8 +48,10 @@ def weights_row(data: dict[str, Any]) -> str | None:
     def timed(key: str, amount: str) -> str:
         return f"{w[key]:.3f} s ({w[amount]:.1f} GiB)" if key in w and amount in w else "-"
 
+    kept, _, tensors = str(w.get("pinned_cpu_still_pinned", "")).partition("/")
+    unpinned = f" (pinned after: {kept}/{tensors})" if tensors and kept != tensors else ""
     return (f"| {meta['when'][:10]} | {meta['engine']} {meta.get('release', '?')} ({meta.get('shim', '?')}) | "
-            f"{w['update_gpu_gb_s']:.1f} GB/s | {w.get('update_pinned_cpu_gb_s', 0):.1f} GB/s | "
+            f"{w['update_gpu_gb_s']:.1f} GB/s | {w.get('update_pinned_cpu_gb_s', 0):.1f} GB/s{unpinned} | "
             f"{timed('offload_s', 'offload_freed_gib')} | {timed('onload_s', 'onload_restored_gib')} | "
             f"{w.get('greedy_identical_after_loop', '-')} | {starts} |")
 

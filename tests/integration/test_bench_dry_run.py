@@ -86,6 +86,8 @@ def test_the_benchmark_runs_every_phase_for_the_engine_detect_finds(tmp_path: Pa
     assert weights["parameters"] > 1.3e9 and weights["update_gpu_gb_s"] > 0 and weights["update_pinned_cpu_gb_s"] > 0
     assert weights["offload_freed_gib"] > 0 and weights["onload_restored_gib"] > 0
     assert weights["greedy_identical_after_loop"] == "16/16"
+    kept, tensors = map(int, weights["pinned_cpu_still_pinned"].split("/"))
+    assert tensors == weights["tensors"] and kept == (tensors if engine == "vllm" else 0)  # SGLang's pickling unpins
     # What a person watching sees: the plan with seconds per phase first, then progress at least every
     # --progress-s (the engine start of 2.5 s is silent: the parent must say it is still running).
     assert out.splitlines()[1].startswith("plan: 40 s budget")

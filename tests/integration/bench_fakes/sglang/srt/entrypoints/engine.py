@@ -67,6 +67,8 @@ class Engine:
                                    flush_cache: bool = True) -> tuple[bool, str]:
         for _, tensor in named_tensors:
             tensor.numel()
+            if tensor.device.type == "cpu":  # SGLang pickles them (engine.py:1745-1748 in 0.5.23) and torch
+                tensor.pinned = False  # moves a CPU tensor's storage into shared memory, unpinned
         return True, "Success"
 
     def release_memory_occupation(self, tags: list[str] | None = None) -> None:
