@@ -247,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         "phases": {ph.name: {"status": "waiting"} for ph, _ in plan}, "ratios": [], "weights": {},
     })
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # ends the phase and records it (SIGKILL cannot)
+    # gpuenv's script limit sends SIGUSR1 first (gpu/suite.py STACKS_SIGNAL), then kills the group 5 s later
+    signal.signal(signal.SIGUSR1, lambda *_: sys.exit(138))
     try:
         failed = run(args, engine, report, t0)
     except BaseException as exc:

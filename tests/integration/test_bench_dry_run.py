@@ -143,6 +143,28 @@ def test_the_file_is_valid_whenever_the_run_is_killed(tmp_path: Path) -> None:
     assert data["phases"]["graphs"]["status"] == "ok"
 
 
+def test_gpuenvs_script_limit_leaves_the_run_marked_interrupted(tmp_path: Path) -> None:
+    """At its script limit gpuenv asks for stacks (SIGUSR1), waits 5 s, then kills the group
+    (``stop_with_stacks``, run here as it is): the benchmark records that it was interrupted, and what it
+    measured, before the kill."""
+    from rollout_matrix.gpu.suite import stop_with_stacks
+
+    proc = bench(tmp_path, "vllm", "--budget-s", "120", "--max-blocks", "2", "--warmup-share", "0.1",
+                 FAKE_ENGINE_HANG="eager")
+    path = tmp_path / "bench.json"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if path.is_file() and json.loads(path.read_text())["phases"]["eager"].get("status") == "running":
+            break
+        time.sleep(0.1)
+    time.sleep(1)  # the eager engine is starting (its validation call hangs)
+    stop_with_stacks(proc)
+    proc.communicate()
+    data = json.loads(path.read_text())
+    assert data["status"] == "interrupted (SystemExit)", data["status"]
+    assert data["phases"]["graphs"]["status"] == "ok" and len(data["ratios"]) == 2
+
+
 def test_no_engine_is_one_line_and_exit_2(tmp_path: Path) -> None:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     environ["PYTHONPATH"] = str(ROOT / "src")
