@@ -112,6 +112,28 @@ def test_lock_installs_with_require_hashes(locked: Matrix, tmp_path: Path) -> No
     assert installed == read_lock(path).versions
 
 
+def test_a_stand_in_overrides_what_the_release_declares(tmp_path: Path, pypi: None, tiny_engine_matrix) -> None:
+    """A band's ``stand_in`` goes to uv as an override: requests 2.31.0 declares ``idna<4,>=2.5`` (its
+    METADATA), so only an override can lock idna 2.4. The release map's own pin stays what the release
+    declares; the lock is checked against the stand-in, and another stand-in makes the lock stale."""
+    band = ('        awaits: "idna==3.99"\n        stand_in: "idna==2.4"\n        releases:\n'
+            '          "2.31.0": {idna: "3.99"}\n')
+    text = tiny_engine_matrix("3.11").replace('        releases:\n          "2.31.0": {}\n', band)
+    assert "stand_in" in text
+    (tmp_path / "matrix.yaml").write_text(text)
+    matrix = load_matrix(tmp_path / "matrix.yaml")
+    [result] = lock_entries([(matrix.get("tiny-2.31.0"), "3.11")], locks_dir_for(matrix))
+    assert result.ok, result.error
+    lock = read_lock(result.path)
+    assert lock.versions["idna"] == "2.4" and lock.versions["urllib3"] == "2.0.2"
+    assert lock.header.overrides == ("idna==2.4",)
+    assert "# override: idna==2.4\n" in result.path.read_text()
+    assert check_locks(matrix) == []
+    (tmp_path / "matrix.yaml").write_text(text.replace("idna==2.4", "idna==2.3"))
+    [problem] = check_locks(load_matrix(tmp_path / "matrix.yaml"))
+    assert problem.startswith("tiny-2.31.0: lock tiny-2.31.0-py3.11.txt is stale"), problem
+
+
 def test_ctrl_c_during_lock_stops_at_once_and_writes_nothing(tmp_path: Path, pypi: None, tiny_engine_matrix) -> None:
     """SIGINT while uv resolves (here a stand-in uv that sleeps): exit 130 within seconds, the uv
     process gone, and no lock file written, then or later."""

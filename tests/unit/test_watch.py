@@ -216,7 +216,8 @@ def test_an_awaited_pin_not_on_the_index_is_said_on_stderr_only(index, checkout)
     assert proc.stdout.splitlines() == EXPECTED_LINES
     assert "vllm-0.33.2 awaits flashinfer-python==0.7.3: not on the index yet" in proc.stderr
     (engine,) = json.loads((checkout / "found.json").read_text())["engines"]
-    assert engine["awaited"] == [{"entry": "vllm-0.33.2", "awaits": "flashinfer-python==0.7.3", "arrived": False}]
+    assert engine["awaited"] == [{"entry": "vllm-0.33.2", "awaits": "flashinfer-python==0.7.3", "arrived": False,
+                                  "stand_in": None}]
 
 
 def test_an_awaited_project_the_index_does_not_have_at_all_is_not_an_error(index, checkout) -> None:
@@ -264,4 +265,61 @@ def test_awaits_needs_unavailable_beside_it(tmp_path: Path) -> None:
     path = tmp_path / "matrix.yaml"
     proc = list_edited_matrix(path, '        unavailable: "flashinfer-python==0.7.3 is not on the index"\n', "")
     assert proc.returncode == 2, proc.stderr
-    assert f"{path}:34: engines.vllm.bands[3].awaits needs `unavailable` beside it" in proc.stderr  # line 35 less one
+    assert f"{path}:34: engines.vllm.bands[3].awaits needs `unavailable` or `stand_in` beside it" in proc.stderr  # 35 - 1
+
+
+# the awaited band of MATRIX, locked meanwhile with another version of the pin it waits for
+UNAVAILABLE_LINE = '        unavailable: "flashinfer-python==0.7.3 is not on the index"\n'
+STAND_IN_LINE = '        stand_in: "flashinfer-python==0.7.4"\n'
+
+
+@pytest.fixture
+def stand_in_checkout(checkout: Path) -> Path:
+    (checkout / "matrix.yaml").write_text(MATRIX.replace(UNAVAILABLE_LINE, STAND_IN_LINE))
+    return checkout
+
+
+def test_a_stand_in_band_is_installable_and_still_awaits_its_pin(index, stand_in_checkout) -> None:
+    index.add("flashinfer-python", "0.7.4")
+    listed = subprocess.run([sys.executable, "-m", "rollout_matrix.cli", "--matrix", str(stand_in_checkout / "matrix.yaml"),
+                             "list", "--json"], capture_output=True, text=True, check=True, timeout=60)
+    entry = next(e for e in json.loads(listed.stdout) if e["name"] == "vllm-0.33.2")
+    assert (entry["unavailable"], entry["awaits"], entry["stand_in"]) == \
+        (None, "flashinfer-python==0.7.3", "flashinfer-python==0.7.4")
+    proc = watch(stand_in_checkout, index.url)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == EXPECTED_LINES
+    assert ("vllm-0.33.2 awaits flashinfer-python==0.7.3 (flashinfer-python==0.7.4 stands in): not on the index yet"
+            in proc.stderr)
+
+
+def test_write_drops_the_stand_in_on_the_day_its_pin_arrives(index, stand_in_checkout) -> None:
+    index.add("flashinfer-python", "0.7.3")
+    dead = "http://127.0.0.1:9"  # PyPI unreachable: the lock is attempted and fails offline
+    before = (stand_in_checkout / "matrix.yaml").read_text()
+    proc = watch(stand_in_checkout, index.url, "--write", "--engine", "vllm",
+                 env={"https_proxy": dead, "HTTPS_PROXY": dead, "http_proxy": dead, "HTTP_PROXY": dead})
+    assert proc.returncode == 2, proc.stderr  # its lock failed (offline), and says so
+    assert ("vllm-0.33.2: flashinfer-python==0.7.3 is on the index: its band in matrix.yaml is locked with it again, "
+            "its stand-in dropped (vllm-0.33.2)") in proc.stderr
+    after = (stand_in_checkout / "matrix.yaml").read_text()
+    removed = [line for line in before.splitlines() if line not in after.splitlines()]
+    assert removed == ["        # 0.33.2 pins flashinfer-python==0.7.3, which the index",
+                       "        # does not have yet (a test reason)",
+                       '        stand_in: "flashinfer-python==0.7.4"',
+                       '        awaits: "flashinfer-python==0.7.3"']
+    entry = load_matrix(stand_in_checkout / "matrix.yaml").get("vllm-0.33.2")
+    assert (entry.stand_in, entry.awaits, entry.expected_versions()["flashinfer-python"]) == (None, None, "0.7.3")
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    (UNAVAILABLE_LINE + '        awaits: "flashinfer-python==0.7.3"\n', STAND_IN_LINE,
+     "engines.vllm.bands[3].stand_in needs `awaits` beside it"),
+    (UNAVAILABLE_LINE, UNAVAILABLE_LINE + STAND_IN_LINE, "has both `unavailable` and `stand_in`"),
+    (UNAVAILABLE_LINE, '        stand_in: "flashinfer-cubin==0.7.4"\n', "must be another version of the awaited package"),
+    (UNAVAILABLE_LINE, '        stand_in: "flashinfer-python==0.7.3"\n', "must be another version of the awaited package"),
+    (UNAVAILABLE_LINE, '        stand_in: "flashinfer-python>=0.7.4"\n', "must be one exact pin"),
+])
+def test_stand_in_is_another_exact_version_of_the_awaited_pin(tmp_path: Path, old: str, new: str, message: str) -> None:
+    proc = list_edited_matrix(tmp_path / "matrix.yaml", old, new)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr

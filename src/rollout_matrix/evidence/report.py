@@ -76,6 +76,8 @@ class Row:
                for e in (self.cpu, self.gpu) if e is not None and e.note]
         if self.entry.unavailable and self.cpu is None and self.gpu is None:
             out.append(self.entry.unavailable)
+        if self.entry.stand_in:  # every figure on this row is for the release as users must install it today
+            out.append(f"locked with {self.entry.stand_in} standing in for {self.entry.awaits}, which PyPI lacks")
         return out
 
 

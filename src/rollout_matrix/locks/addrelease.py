@@ -98,9 +98,10 @@ def add_release(matrix: Matrix, found: NewRelease) -> tuple[Matrix, Entry]:
 
 
 def make_installable(matrix: Matrix, name: str) -> tuple[Matrix, list[Entry]]:
-    """Remove ``unavailable`` and ``awaits`` from the band of entry ``name``, with the comment lines
-    right above them (they say why it was unavailable); returns the reloaded matrix and the band's
-    entries, installable now. Refuses (UserError, file untouched) an entry that awaits nothing."""
+    """Remove ``unavailable`` (or ``stand_in``) and ``awaits`` from the band of entry ``name``, with the
+    comment lines right above them (they say why); returns the reloaded matrix and the band's entries,
+    installable now with the awaited pin itself. Refuses (UserError, file untouched) an entry that
+    awaits nothing."""
     entry = matrix.entries.get(name)
     if entry is None or not entry.awaits:
         raise UserError(f"{name} awaits no pin in {matrix.path}; nothing to make installable")
@@ -109,7 +110,7 @@ def make_installable(matrix: Matrix, name: str) -> tuple[Matrix, list[Entry]]:
     lines = text.splitlines(keepends=True)
     drop: set[int] = set()
     for key, value in band.value:
-        if isinstance(key, yaml.ScalarNode) and key.value in ("unavailable", "awaits"):
+        if isinstance(key, yaml.ScalarNode) and key.value in ("unavailable", "awaits", "stand_in"):
             last = value.end_mark.line - (1 if value.end_mark.column == 0 else 0)
             drop.update(range(key.start_mark.line, last + 1))
             above = key.start_mark.line - 1
@@ -118,12 +119,12 @@ def make_installable(matrix: Matrix, name: str) -> tuple[Matrix, list[Entry]]:
                 drop.add(above)
                 above -= 1
     members = [e.name for e in matrix if e.engine == entry.engine and e.unavailable == entry.unavailable
-               and e.awaits == entry.awaits]
+               and e.awaits == entry.awaits and e.stand_in == entry.stand_in]
 
     def check(reloaded: Matrix) -> None:
-        if any(reloaded.entries[m].unavailable for m in members if m in reloaded.entries):
-            raise UserError(f"removing `unavailable` from the band of {name} in {matrix.path} did not make it "
-                            "installable; edit it by hand")
+        if any(reloaded.entries[m].unavailable or reloaded.entries[m].stand_in for m in members if m in reloaded.entries):
+            raise UserError(f"removing `unavailable` and `stand_in` from the band of {name} in {matrix.path} did not "
+                            "make it installable with its own pins; edit it by hand")
 
     reloaded = _replace(matrix, "".join(line for i, line in enumerate(lines) if i not in drop), check)
     return reloaded, [reloaded.entries[m] for m in members]

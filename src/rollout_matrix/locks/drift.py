@@ -58,6 +58,7 @@ def drift(entry: Entry, python: str | None, locks_dir: Path) -> list[Change]:
     if not path.is_file():
         raise UserError(f"no lock for {entry.name} at {path}; run `rollout-matrix lock {entry.name}` first")
     lock = read_lock(path)
-    today_text = compile_requirements(entry.requirements(), lock.header.python, None, hashes=False)
+    today_text = compile_requirements(entry.requirements(), lock.header.python, None, hashes=False,
+                                      overrides=entry.overrides())
     today, _ = parse_pins(today_text, f"today's resolution of {entry.name}")
     return diff_versions(lock.versions, today)

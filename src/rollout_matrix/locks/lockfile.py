@@ -141,6 +141,7 @@ class LockHeader:
     uv_version: str
     inputs_hash: str
     body_sha256: str = ""
+    overrides: tuple[str, ...] = ()  # pins that replaced a dependency's own (a band's stand_in)
     index_url: str = INDEX_URL
     format: str = LOCK_FORMAT
 
@@ -151,6 +152,7 @@ class LockHeader:
             f"# lock-format: {self.format}",
             f"# entry: {self.entry}",
             *(f"# requirement: {r}" for r in self.requirements),
+            *(f"# override: {o}" for o in self.overrides),
             f"# python: {self.python}",
             f"# platform: {self.platform}",
             f"# index-url: {self.index_url}",
@@ -195,19 +197,22 @@ def parse_header(text: str, path: Path | str = "<lock>") -> LockHeader:
     """Read the header comment block (up to the first non-comment line)."""
     values: dict[str, str] = {}
     requirements: list[str] = []
+    overrides: list[str] = []
     for line in split_lock(text)[0].splitlines():
         key, sep, value = line[1:].strip().partition(": ")
         if not sep:
             continue
         if key == "requirement":
             requirements.append(value.strip())
+        elif key == "override":
+            overrides.append(value.strip())
         elif key in _HEADER_KEYS:
             values[_HEADER_KEYS[key]] = value.strip()
     missing = sorted(k for k, attr in _HEADER_KEYS.items() if attr not in values)
     if missing:
         raise UserError(f"{path}: not a rollout-matrix lock of format {LOCK_FORMAT} (header lacks "
                         f"{', '.join(missing)}); regenerate it with `rollout-matrix lock`")
-    return LockHeader(requirements=tuple(requirements), **values)
+    return LockHeader(requirements=tuple(requirements), overrides=tuple(overrides), **values)
 
 
 # -- body ---------------------------------------------------------------------------------------------

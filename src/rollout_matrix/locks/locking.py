@@ -86,6 +86,8 @@ def lock_inputs(entry: Entry, python: str | None = None) -> dict[str, object]:
         "platform": PLATFORM,
         "index_url": INDEX_URL,
         "exclude_newer": exclude_newer_source(entry),
+        # only where set: every other lock's hash stays what it was
+        **({"overrides": entry.overrides()} if entry.overrides() else {}),
     }
 
 
@@ -243,7 +245,7 @@ def lock_entry(entry: Entry, python: str | None, locks_dir: Path, uv: str | None
         cutoff = cutoff_for(entry)
         result.exclude_newer = cutoff.everything
         raw = compile_requirements(entry.requirements(), python, cutoff.everything, uv=uv,
-                                   exclude_newer_packages=cutoff.packages)
+                                   exclude_newer_packages=cutoff.packages, overrides=entry.overrides())
         pins = parse_body(raw, f"uv output for {entry.name}")
         versions = {canonicalize_name(p.name): p.version for p in pins}
         problems = content_problems(entry, versions)
@@ -255,6 +257,7 @@ def lock_entry(entry: Entry, python: str | None, locks_dir: Path, uv: str | None
             entry=entry.name, python=python, platform=PLATFORM, exclude_newer=cutoff.everything,
             exclude_newer_package=f"{cutoff.engine_package}={cutoff.engine}",
             exclude_newer_source=exclude_newer_source(entry), requirements=tuple(entry.requirements()),
+            overrides=tuple(entry.overrides()),
             uv_version=uv_version(uv), inputs_hash=inputs_hash(entry, python),
         )
         text = render_lock(header, body)

@@ -134,10 +134,16 @@ def normal_version(version: str) -> str:
             from None
 
 
+def joinable(entry: Entry) -> bool:
+    """Whether a new release may join this entry's band: not one that waits for a pin (``unavailable``,
+    or locked with a ``stand_in`` the new release does not need)."""
+    return not entry.unavailable and not entry.stand_in
+
+
 def joining_entry(entries: list[Entry], torch: str | None) -> Entry | None:
-    """The entry whose band a release pinning ``torch`` joins: the last installable one with that torch
+    """The entry whose band a release pinning ``torch`` joins: the last joinable one with that torch
     (so the last release of its band), None when no band has it."""
-    return next((e for e in reversed(entries) if e.torch == torch and not e.unavailable), None)
+    return next((e for e in reversed(entries) if e.torch == torch and joinable(e)), None)
 
 
 def new_release(matrix: Matrix, engine: str, version: str, index_url: str = INDEX_URL) -> NewRelease:
@@ -163,7 +169,7 @@ def new_release(matrix: Matrix, engine: str, version: str, index_url: str = INDE
 
     shim_band = band_for(engine, Version(version))
     if band is not None:
-        goes_at, goes_where = place_in_band([e for e in entries if e.torch == torch and not e.unavailable], wanted=version)
+        goes_at, goes_where = place_in_band([e for e in entries if e.torch == torch and joinable(e)], wanted=version)
     else:
         goes_at, goes_where = max(e.line for e in entries) + 1, f"after the last {engine} band"
     row, row_shim = (0, "") if shim_band else nearest_band_row(engine, Version(version))

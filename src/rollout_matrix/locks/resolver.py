@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from pathlib import Path
 
 from rollout_matrix.errors import UserError
 from rollout_matrix.locks.lockfile import INDEX_URL, PLATFORM
@@ -59,10 +60,12 @@ def uv_environment() -> dict[str, str]:
 
 def compile_requirements(requirements: list[str], python: str, exclude_newer: str | None,
                          hashes: bool = True, uv: str | None = None,
-                         exclude_newer_packages: dict[str, str] | None = None) -> str:
+                         exclude_newer_packages: dict[str, str] | None = None,
+                         overrides: list[str] | None = None) -> str:
     """``uv pip compile`` the requirements for ``python`` on :data:`PLATFORM` against PyPI only.
 
     ``exclude_newer=None`` resolves as of now (what :mod:`rollout_matrix.locks.drift` compares against).
+    ``overrides`` replace what any package declares for theirs (``--override``: a band's ``stand_in``).
     Returns the requirements text without uv's header; fails with uv's own explanation.
     """
     cmd = [uv or uv_binary(), "pip", "compile", "-", "--no-config", "--no-header", "--quiet",
@@ -74,6 +77,9 @@ def compile_requirements(requirements: list[str], python: str, exclude_newer: st
         for package, date in (exclude_newer_packages or {}).items():
             cmd += ["--exclude-newer-package", f"{package}={date}"]
     with tempfile.TemporaryDirectory(prefix="rollout-matrix-lock-") as cwd:  # no project config to find
+        if overrides:
+            Path(cwd, "overrides.txt").write_text("\n".join(overrides) + "\n")
+            cmd += ["--override", "overrides.txt"]
         proc = _run(cmd, "\n".join(requirements) + "\n", cwd)
     if proc.returncode != 0 and "unexpected argument '--exclude-newer-package'" in proc.stderr:
         raise UserError(f"uv {uv_version(cmd[0])} is too old for locks (no --exclude-newer-package); "
@@ -81,7 +87,8 @@ def compile_requirements(requirements: list[str], python: str, exclude_newer: st
     if proc.returncode != 0:
         detail = " ".join(line.strip().removeprefix("error: ") for line in proc.stderr.splitlines()
                           if line.strip() and not line.startswith("warning:"))
-        raise UserError(f"uv could not resolve {', '.join(requirements)} for Python {python}"
+        also = f" with {', '.join(overrides)} overriding" if overrides else ""
+        raise UserError(f"uv could not resolve {', '.join(requirements)}{also} for Python {python}"
                         f"{f' as of {exclude_newer}' if exclude_newer else ''}: {detail[:1500]}")
     return proc.stdout
 

@@ -33,11 +33,13 @@ from rollout_matrix.matrix.model import Matrix
 
 @dataclass(frozen=True)
 class Awaited:
-    """An unavailable release and the pin it waits for; ``arrived``: the index has that pin now."""
+    """A release waiting for a pin (unavailable, or locked with a stand-in); ``arrived``: the index has
+    that pin now."""
 
     entry: str
     awaits: str
     arrived: bool
+    stand_in: str | None = None
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,10 @@ class EngineWatch:
         if self.prereleases:
             parts.append(f"pre-releases not added: {', '.join(self.prereleases)}")
         for a in self.awaited:
-            parts.append(f"{a.entry} awaits {a.awaits}: " + (
-                "on the index now (--write makes it installable and locks it)" if a.arrived else "not on the index yet"))
+            meanwhile = f" ({a.stand_in} stands in)" if a.stand_in else ""
+            parts.append(f"{a.entry} awaits {a.awaits}{meanwhile}: " + (
+                ("on the index now (--write drops the stand-in and locks it again)" if a.stand_in else
+                 "on the index now (--write makes it installable and locks it)") if a.arrived else "not on the index yet"))
         return f"watch: {self.engine}: " + "; ".join(parts)
 
 
@@ -97,7 +101,8 @@ class WatchResult:
                 "engine": e.engine, "package": e.package, "oldest": e.oldest, "finals": len(e.finals),
                 "prereleases": list(e.prereleases), "yanked": list(e.yanked),
                 "left_out": [{"version": v, "why": why} for v, why in e.left_out],
-                "awaited": [{"entry": a.entry, "awaits": a.awaits, "arrived": a.arrived} for a in e.awaited],
+                "awaited": [{"entry": a.entry, "awaits": a.awaits, "arrived": a.arrived, "stand_in": a.stand_in}
+                            for a in e.awaited],
             } for e in self.engines],
             "missing": [{
                 "engine": m.engine, "version": m.version, "entry": f"{m.engine}-{m.version}", "torch": m.torch,
@@ -161,7 +166,8 @@ def watch_engine(matrix: Matrix, engine: str, index_url: str = INDEX_URL) -> Eng
         missing=tuple(new_release(matrix, engine, str(v), index_url) for v in missing),
         left_out=tuple((str(v), why) for v, why in sorted(left_out.items()) if v in set(finals)),
         prereleases=tuple(str(v) for v in pre), yanked=tuple(str(v) for v in yanked),
-        awaited=tuple(Awaited(e.name, e.awaits, pin_on_index(e.awaits, index_url)) for e in entries if e.awaits),
+        awaited=tuple(Awaited(e.name, e.awaits, pin_on_index(e.awaits, index_url), e.stand_in)
+                      for e in entries if e.awaits),
     )
 
 
@@ -194,7 +200,8 @@ def write_missing(matrix: Matrix, result: WatchResult, progress: Callable[[str],
             continue
         added += freed
         result.written += [e.name for e in freed]
-        progress(f"{awaited.entry}: {awaited.awaits} is on the index: its band in {matrix.path.name} is installable now "
+        now = "locked with it again, its stand-in dropped" if awaited.stand_in else "installable now"
+        progress(f"{awaited.entry}: {awaited.awaits} is on the index: its band in {matrix.path.name} is {now} "
                  f"({', '.join(e.name for e in freed)})")
     for found in result.missing:
         name = f"{found.engine}-{found.version}"

@@ -264,12 +264,9 @@ def _load_gpu_evidence_also(ctx: _Ctx, engine: str, node: yaml.Node, matrix: Mat
     return out
 
 
-def _awaits(ctx: _Ctx, node: yaml.Node, what: str, unavailable: str | None) -> str:
-    """A band's ``awaits``: the one exact pin (``name==version``) the index lacks, whose arrival
-    ``watch`` looks for every day; only beside the ``unavailable`` it would end."""
+def _exact_pin(ctx: _Ctx, node: yaml.Node, what: str) -> str:
+    """One exact pin, ``name==version`` (name canonical), or a one-line error at ``node``."""
     text = ctx.string(node, what, example="flashinfer-python==0.7.3")
-    if unavailable is None:
-        raise ctx.fail(node, f"{what} needs `unavailable` beside it: it names what the band waits for")
     try:
         req = Requirement(text)
     except InvalidRequirement:
@@ -278,6 +275,33 @@ def _awaits(ctx: _Ctx, node: yaml.Node, what: str, unavailable: str | None) -> s
     if req is None or len(specs) != 1 or specs[0].operator != "==" or "*" in specs[0].version or req.extras or req.marker:
         raise ctx.fail(node, f"{what} {text!r} must be one exact pin, like \"flashinfer-python==0.7.3\"")
     return f"{canonicalize_name(req.name)}=={specs[0].version}"
+
+
+def _awaited(ctx: _Ctx, b: dict[str, tuple[yaml.Node, yaml.Node]], what: str,
+             unavailable: str | None) -> tuple[str | None, str | None]:
+    """A band's ``awaits`` and ``stand_in``.
+
+    ``awaits``: the one exact pin the index lacks, whose arrival ``watch`` looks for every day; beside
+    either ``unavailable`` (no lock until it comes) or ``stand_in``: another version of the same package
+    that the lock takes in its place meanwhile (``uv --override``), so the release can be built, tested
+    and proven as users must install it today. The report says so on its row.
+    """
+    awaits = _exact_pin(ctx, b["awaits"][1], f"{what}.awaits") if "awaits" in b else None
+    stand_in = _exact_pin(ctx, b["stand_in"][1], f"{what}.stand_in") if "stand_in" in b else None
+    if awaits and not (unavailable or stand_in):
+        raise ctx.fail(b["awaits"][1], f"{what}.awaits needs `unavailable` or `stand_in` beside it: it names what "
+                                       "the band waits for")
+    if stand_in:
+        node = b["stand_in"][1]
+        if not awaits:
+            raise ctx.fail(node, f"{what}.stand_in needs `awaits` beside it: the pin it stands in for")
+        if unavailable:
+            raise ctx.fail(node, f"{what} has both `unavailable` and `stand_in`; a stand-in makes it installable, "
+                                 "so keep one of them")
+        if stand_in.partition("==")[0] != awaits.partition("==")[0] or stand_in == awaits:
+            raise ctx.fail(node, f"{what}.stand_in {stand_in!r} must be another version of the awaited package "
+                                 f"({awaits.partition('==')[0]})")
+    return awaits, stand_in
 
 
 def _load_engine(ctx: _Ctx, engine: str, node: yaml.Node, stacks: dict[str, Stack],
@@ -300,7 +324,7 @@ def _load_engine(ctx: _Ctx, engine: str, node: yaml.Node, stacks: dict[str, Stac
         band_what = f"{what}.bands[{index}]"
         b = ctx.mapping(band, band_what)
         ctx.keys(b, band_what, {"stack", "releases", "torch"}, {"extra_requirements", "system_packages", "unavailable",
-                                                                  "requirement", "awaits"},
+                                                                  "requirement", "awaits", "stand_in"},
                  band)
         band_template, band_template_node = template, template_node
         if "requirement" in b:  # a band whose install differs (e.g. extras the engine dropped)
@@ -326,7 +350,7 @@ def _load_engine(ctx: _Ctx, engine: str, node: yaml.Node, stacks: dict[str, Stac
             if "system_packages" in b else ()
         system = tuple(dict.fromkeys(engine_system + band_system))  # the engine's, then the band's own
         unavailable = ctx.string(b["unavailable"][1], f"{band_what}.unavailable") if "unavailable" in b else None
-        awaits = _awaits(ctx, b["awaits"][1], f"{band_what}.awaits", unavailable) if "awaits" in b else None
+        awaits, stand_in = _awaited(ctx, b, band_what, unavailable)
         releases = ctx.mapping(b["releases"][1], f"{band_what}.releases")
         if not releases:
             raise ctx.fail(b["releases"][1], f"{band_what}.releases is empty; list at least one release or "
@@ -361,5 +385,6 @@ def _load_engine(ctx: _Ctx, engine: str, node: yaml.Node, stacks: dict[str, Stac
                 exclude_newer=exclude_newer,
                 unavailable=unavailable,
                 awaits=awaits,
+                stand_in=stand_in,
                 line=vkey.start_mark.line + 1,
             )

@@ -46,7 +46,8 @@ class Entry:
     test_requirements: tuple[str, ...] = ()
     exclude_newer: str | None = None
     unavailable: str | None = None  # why this release cannot be installed from the public index today
-    awaits: str | None = None  # with ``unavailable``: the exact pin whose arrival on the index ends it
+    awaits: str | None = None  # with ``unavailable`` or ``stand_in``: the exact pin whose arrival on the index ends it
+    stand_in: str | None = None  # with ``awaits``: the pin locked in its place meanwhile (``uv --override``)
     line: int = 0
 
     @property
@@ -75,6 +76,11 @@ class Entry:
         reqs.extend(self.test_requirements)
         return reqs
 
+    def overrides(self) -> list[str]:
+        """Pins that replace what a dependency declares (``uv pip compile --override``): only a band's
+        ``stand_in``, for an exact pin the index lacks."""
+        return [self.stand_in] if self.stand_in else []
+
     def expected_versions(self) -> dict[str, str]:
         """What a built image must report: engine, torch, torch's CUDA and every pinned package."""
         expected = {canonicalize_name(self.package): self.version}
@@ -82,6 +88,9 @@ class Entry:
             expected["torch"] = self.torch
             expected["torch.cuda"] = self.cuda
         expected.update(dict(self.pins))
+        if self.stand_in:  # the lock holds the stand-in, not the release's own pin of that package
+            name, _, version = self.stand_in.partition("==")
+            expected[name] = version
         return expected
 
     def as_dict(self) -> dict[str, Any]:
@@ -106,6 +115,7 @@ class Entry:
             "readable_tag": self.readable_tag,
             # only where set: the digest of every other entry (its images' content tags) stays what it was
             **({"awaits": self.awaits} if self.awaits else {}),
+            **({"stand_in": self.stand_in} if self.stand_in else {}),
         }
 
     def digest(self) -> str:
