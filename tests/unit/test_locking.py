@@ -240,6 +240,25 @@ def test_content_problems_cuda_of_torch(matrix: Matrix) -> None:
     assert content_problems(entry, versions) == []
 
 
+@pytest.mark.parametrize(("python", "bindings", "refused"), [
+    ("12.6.2.post1", "13.5.0", True),  # vllm-0.34.0's first lock: the compiled cuda-python beside cuda-bindings
+    ("12.6.2.post1", None, False),  # alone it is the only cuda.bindings: nothing overwritten
+    ("12.8.0", "12.8.0", False),  # from 12.8 a metapackage (12 KB) that requires cuda-bindings
+    ("13.4.4", "13.4.4", False),
+])
+def test_a_compiled_cuda_python_beside_cuda_bindings_is_refused(matrix: Matrix, python: str, bindings: str | None,
+                                                               refused: bool) -> None:
+    entry = matrix.get("demo-1.0.0")
+    versions, _ = parse_pins(BODY)
+    versions["cuda-python"] = python
+    if bindings:
+        versions["cuda-bindings"] = bindings
+    problems = content_problems(entry, versions)
+    assert problems == ([f"cuda-python {python} ships cuda.bindings itself and would overwrite cuda-bindings "
+                         f"{bindings}'s files; add \"cuda-python>=12.8\" to the band's extra_requirements"]
+                        if refused else [])
+
+
 def test_diff_versions() -> None:
     changes = diff_versions({"a": "1.0", "b": "2.0", "c": "1"}, {"a": "1.0", "b": "1.9", "d": "3"})
     assert [str(c) for c in changes] == ["b: 2.0 -> 1.9 (downgraded)", "c: 1 -> - (removed)",

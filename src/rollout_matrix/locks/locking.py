@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from rollout_matrix.errors import UserError
 from rollout_matrix.locks.lockfile import (
@@ -169,7 +170,19 @@ def content_problems(entry: Entry, versions: dict[str, str]) -> list[str]:
         got = versions.get(canonicalize_name(name))
         if got != want:
             problems.append(f"{name} is {got or 'missing'} in the lock but matrix.yaml expects {want}")
-    return problems
+    return problems + _overlapping_files(versions)
+
+
+def _overlapping_files(versions: dict[str, str]) -> list[str]:
+    """Packages that would install the same files. cuda-python before 12.8 carries ``cuda/bindings``
+    itself (a 24 MB compiled wheel; from 12.8 it is a metapackage requiring cuda-bindings), so beside
+    cuda-bindings one overwrites the other's modules. A resolver lands there when the newest
+    cuda-bindings has no cuda-python of its version yet (vllm-0.34.0 as of 2026-11-16: 13.5.0)."""
+    python, bindings = versions.get("cuda-python"), versions.get("cuda-bindings")
+    if python and bindings and Version(python) < Version("12.8"):
+        return [f"cuda-python {python} ships cuda.bindings itself and would overwrite cuda-bindings {bindings}'s "
+                f"files; add \"cuda-python>=12.8\" to the band's extra_requirements"]
+    return []
 
 
 def keep_target_hashes(pins: list[Pin], python: str, index_url: str = INDEX_URL) -> list[Pin]:
