@@ -135,11 +135,18 @@ def body(data: dict[str, Any], results: Path | None = None, run_url: str | None 
             seen.append(f"- {engine['engine']} pre-releases, never added: {', '.join(engine['prereleases'])}")
         for item in engine.get("left_out", []):
             seen.append(f"- {engine['engine']} {item['version']} is left out on purpose: {item['why']}")
+    awaited = [a for engine in data.get("engines", []) for a in engine.get("awaited", []) if a.get("arrived")]
     arrived = [f"- `{a['entry']}`: {a['awaits']} reached the index, so its band is no longer `unavailable` "
                "(the band's `unavailable` and `awaits` lines, and the comment above them, are removed)"
-               for engine in data.get("engines", []) for a in engine.get("awaited", []) if a.get("arrived")]
+               for a in awaited if not a.get("stand_in")]
     if arrived:
         lines += ["### Installable now", "", *arrived, ""]
+    published = [f"- `{a['entry']}`: {a['awaits']} reached the index, so its band is locked with it instead of "
+                 f"{a['stand_in']} (the band's `stand_in` and `awaits` lines, and the comment above them, are "
+                 "removed); its evidence made with the stand-in no longer counts until it runs again"
+                 for a in awaited if a.get("stand_in")]
+    if published:
+        lines += ["### Locked as published now", "", *published, ""]
     if seen:
         lines += ["### Seen on the index, not added", "", *seen, ""]
     lines += ["The daily watch rewrites this branch while these releases are missing from main. For a release "

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_watch import MATRIX, VLLM, YANKED, watch
+from test_watch import MATRIX, STAND_IN_LINE, UNAVAILABLE_LINE, VLLM, YANKED, watch
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / ".github" / "scripts" / "watch_pr.py"
@@ -134,3 +134,21 @@ def test_a_band_freed_by_its_awaited_pin_is_in_the_branch_and_said_in_the_body(f
     body = (tmp_path / "body.md").read_text()
     assert ("### Installable now\n\n- `vllm-0.33.2`: flashinfer-python==0.7.3 reached the index, so its band is no "
             "longer `unavailable`") in body
+
+
+def test_a_stand_in_dropped_for_its_arrived_pin_is_said_apart_in_the_body(fake_index, tmp_path: Path) -> None:
+    for version, requires in VLLM.items():
+        fake_index.add("vllm", version, requires)
+    fake_index.add("flashinfer-python", "0.7.3")
+    (tmp_path / "matrix.yaml").write_text(MATRIX.replace(UNAVAILABLE_LINE, STAND_IN_LINE))
+    (tmp_path / "docker" / "locks").mkdir(parents=True)
+    proc = watch(tmp_path, fake_index.url, "--write", "--json", "watch.json",
+                 env={"https_proxy": DEAD, "HTTPS_PROXY": DEAD, "http_proxy": DEAD, "HTTP_PROXY": DEAD})
+    assert proc.returncode == 2, proc.stderr  # the locks fail offline
+    proc = run_script("--watch", str(tmp_path / "watch.json"), "--body", "body.md", cwd=tmp_path,
+                      output=tmp_path / "github_output")
+    assert proc.returncode == 0, proc.stderr
+    body = (tmp_path / "body.md").read_text()
+    assert "### Installable now" not in body
+    assert ("### Locked as published now\n\n- `vllm-0.33.2`: flashinfer-python==0.7.3 reached the index, so its "
+            "band is locked with it instead of flashinfer-python==0.7.4") in body
