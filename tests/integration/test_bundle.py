@@ -239,6 +239,29 @@ def test_a_suite_keeps_what_a_script_of_its_entry_wrote_and_drops_an_earlier_sui
     assert json.loads((results / "run.json").read_text())["exit_code"] == 1
 
 
+def test_one_at_a_time_a_suite_then_a_script_of_its_entry_run_in_that_order_and_keep_both_results(
+        tmp_path: Path, locked: Matrix, machine: Path) -> None:
+    """The next hold's shape (docs/gpu.md): ``--parallel 1`` with an entry's suite named before a
+    benchmark of the same entry. The script starts only after the suite has written its run.json, the
+    suite's files and the script's stay side by side, and the venv goes once the last step ended."""
+    import json
+
+    from rollout_matrix.gpu import suite
+
+    entry = locked.get("tiny-2.31.0")
+    tiny_bundle(locked, tmp_path)
+    (locked.path.parent / "stamp.py").write_text(STAMP_SCRIPT)
+    steps = [entry.name, f"{entry.name}=stamp.py 0 bench.json 0"]
+    assert pipeline.pipeline(steps, pipeline.Plan(parallel=1, wait=5), []) == 1  # the tiny venv has no pytest
+    results = machine / "results" / entry.name
+    run = json.loads((results / "run.json").read_text())
+    assert run["exit_code"] == 1 and (results / "pytest.log").is_file()
+    started, _ = json.loads((results / "bench.json").read_text())
+    assert started >= (results / "run.json").stat().st_mtime
+    assert not (machine / "envs" / entry.name).exists()
+    assert results / "bench.json" not in suite.suite_outputs(results)  # a later suite would leave it
+
+
 def test_steps_read_a_copy_of_the_checkout_that_a_new_call_cannot_change(tmp_path: Path, locked: Matrix,
                                                                         machine: Path) -> None:
     """The device tool copies the working tree again at every call; on 2026-12-03 a suite lost a file it
