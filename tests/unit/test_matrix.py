@@ -159,3 +159,24 @@ def test_cli_list_json_covers_the_matrix():
     row = next(r for r in rows if r["name"] == "vllm-0.8.5.post1")
     assert row["content_tag"].startswith("rollout-matrix:vllm-0.8.5.post1-cu124-")
     assert row["torch"] == "2.6.0" and row["cuda"] == "12.4"
+
+
+def test_a_stand_in_is_expected_from_the_lock_and_the_published_pin_from_an_unlocked_build(tmp_path):
+    """A locked image installs the stand-in; ``--no-lock`` (a site index that has the awaited pin)
+    installs the release as published, and its image is checked for that pin, not for the stand-in."""
+    import json
+    import shutil
+
+    from rollout_matrix.images.options import BuildOptions
+    from rollout_matrix.images.plan import LABEL_PREFIX, plan_build
+
+    shutil.copytree(Path(__file__).resolve().parents[2] / "docker", tmp_path / "docker")  # the build context
+    text = GOOD.replace('        releases:\n          "0.8.5": {}\n',
+                        '        awaits: "flashinfer-python==0.2.2"\n        stand_in: "flashinfer-python==0.2.3"\n'
+                        '        releases:\n          "0.8.5": {flashinfer-python: "0.2.2"}\n')
+    matrix = _load(tmp_path, text)
+    entry = matrix.get("vllm-0.8.5")
+    assert entry.expected_versions()["flashinfer-python"] == "0.2.3"
+    unlocked = plan_build(matrix, entry, BuildOptions(locked=False))
+    assert json.loads(unlocked.labels()[f"{LABEL_PREFIX}.expected"])["flashinfer-python"] == "0.2.2"
+    assert "flashinfer" not in unlocked.requirements_text  # the published requirement, no override

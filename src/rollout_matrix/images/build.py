@@ -100,7 +100,7 @@ def build(plan: BuildPlan, reporter: Reporter, *, force: bool = False) -> BuildR
         # the file, which may have changed since.
         locked = parse_pins(plan.requirements_text, plan.lock_file)[0] if plan.lock_file else None
         with reporter.heartbeat("checking the versions the image reports"):
-            reported = check_image(image_id, plan.entry.name, plan.entry.expected_versions(), locked)
+            reported = check_image(image_id, plan.entry.name, plan.entry.expected_versions(plan.options.locked), locked)
         reporter.line("versions ok: " + ", ".join(f"{k} {v}" for k, v in sorted(reported.items()))
                       + (f"; installed set equals the lock ({len(locked)} packages)" if locked else ""))
         _tag(image_id, list(plan.refs))

@@ -109,7 +109,7 @@ class BuildPlan:
             f"{LABEL_PREFIX}.base-image": self.base_image,
             f"{LABEL_PREFIX}.content-hash": self.content_hash,
             f"{LABEL_PREFIX}.locked": "true" if self.options.locked else "false",
-            f"{LABEL_PREFIX}.expected": json.dumps(e.expected_versions(), sort_keys=True),
+            f"{LABEL_PREFIX}.expected": json.dumps(e.expected_versions(self.options.locked), sort_keys=True),
         }
         revision = _git_revision(self.docker_dir)
         if revision:

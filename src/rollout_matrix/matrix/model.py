@@ -81,14 +81,17 @@ class Entry:
         ``stand_in``, for an exact pin the index lacks."""
         return [self.stand_in] if self.stand_in else []
 
-    def expected_versions(self) -> dict[str, str]:
-        """What a built image must report: engine, torch, torch's CUDA and every pinned package."""
+    def expected_versions(self, locked: bool = True) -> dict[str, str]:
+        """What a built image must report: engine, torch, torch's CUDA and every pinned package.
+
+        ``locked``: the image installs the lock, which holds a band's ``stand_in``; an unlocked build
+        (``--no-lock``, from a site index that has the awaited pin) installs the release as published."""
         expected = {canonicalize_name(self.package): self.version}
         if self.torch:
             expected["torch"] = self.torch
             expected["torch.cuda"] = self.cuda
         expected.update(dict(self.pins))
-        if self.stand_in:  # the lock holds the stand-in, not the release's own pin of that package
+        if self.stand_in and locked:  # the lock holds the stand-in, not the release's own pin of that package
             name, _, version = self.stand_in.partition("==")
             expected[name] = version
         return expected
