@@ -137,13 +137,14 @@ def body(data: dict[str, Any], results: Path | None = None, run_url: str | None 
             seen.append(f"- {engine['engine']} {item['version']} is left out on purpose: {item['why']}")
     awaited = [a for engine in data.get("engines", []) for a in engine.get("awaited", []) if a.get("arrived")]
     arrived = [f"- `{a['entry']}`: {a['awaits']} reached the index, so its band is no longer `unavailable` "
-               "(the band's `unavailable` and `awaits` lines, and the comment above them, are removed)"
+               "(its `unavailable` line and the comment above it are removed; `awaits` becomes `late_pin`, which "
+               "lets the lock take the pin uploaded after the release)"
                for a in awaited if not a.get("stand_in")]
     if arrived:
         lines += ["### Installable now", "", *arrived, ""]
     published = [f"- `{a['entry']}`: {a['awaits']} reached the index, so its band is locked with it instead of "
-                 f"{a['stand_in']} (the band's `stand_in` and `awaits` lines, and the comment above them, are "
-                 "removed); its evidence made with the stand-in no longer counts until it runs again"
+                 f"{a['stand_in']} (its `stand_in` line and the comment above it are removed; `awaits` becomes "
+                 "`late_pin`); its evidence made with the stand-in no longer counts until it runs again"
                  for a in awaited if a.get("stand_in")]
     if published:
         lines += ["### Locked as published now", "", *published, ""]

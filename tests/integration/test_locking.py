@@ -134,6 +134,27 @@ def test_a_stand_in_overrides_what_the_release_declares(tmp_path: Path, pypi: No
     assert problem.startswith("tiny-2.31.0: lock tiny-2.31.0-py3.11.txt is stale"), problem
 
 
+def test_a_late_pin_is_locked_past_the_release_date(tmp_path: Path, pypi: None, tiny_engine_matrix) -> None:
+    """What a band's awaited pin becomes on the day it arrives: requests 2.31.0 was first uploaded
+    2023-05-22 and urllib3 2.0.3 on 2023-06-07, so only ``late_pin`` lets the lock take it; every other
+    package stays as of the release (certifi, the same as without it)."""
+    pinned = '        releases:\n          "2.31.0": {urllib3: "2.0.3"}\n'
+    text = tiny_engine_matrix("3.11").replace('        releases:\n          "2.31.0": {}\n', pinned)
+    (tmp_path / "matrix.yaml").write_text(text)
+    [without] = lock_entries([(load_matrix(tmp_path / "matrix.yaml").get("tiny-2.31.0"), "3.11")], tmp_path / "a")
+    assert not without.ok and "urllib3 is 2.0.2 in the lock but matrix.yaml expects 2.0.3" in without.error
+    (tmp_path / "matrix.yaml").write_text(text.replace(pinned, '        late_pin: "urllib3==2.0.3"\n' + pinned))
+    matrix = load_matrix(tmp_path / "matrix.yaml")
+    [result] = lock_entries([(matrix.get("tiny-2.31.0"), "3.11")], locks_dir_for(matrix))
+    assert result.ok, result.error
+    lock = read_lock(result.path)
+    assert lock.versions["urllib3"] == "2.0.3" and lock.versions["certifi"] == "2023.5.7"
+    assert lock.header.exclude_newer == "2023-05-22T15:12:42Z"
+    assert lock.header.exclude_newer_package.startswith("requests=2023-05-22T15:12:45Z, urllib3=2023-06-07T")
+    assert lock.header.exclude_newer_source.endswith("; urllib3: last upload of urllib3==2.0.3 (it came after the release)")
+    assert check_locks(matrix) == []
+
+
 def test_ctrl_c_during_lock_stops_at_once_and_writes_nothing(tmp_path: Path, pypi: None, tiny_engine_matrix) -> None:
     """SIGINT while uv resolves (here a stand-in uv that sleeps): exit 130 within seconds, the uv
     process gone, and no lock file written, then or later."""

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from rollout_matrix.errors import UserError
+from rollout_matrix.locks.content import content_problems
 from rollout_matrix.locks.drift import Change, diff_versions
 from rollout_matrix.locks.lockfile import (
     PLATFORM,
@@ -27,7 +28,6 @@ from rollout_matrix.locks.lockfile import (
 )
 from rollout_matrix.locks.locking import (
     check_locks,
-    content_problems,
     exclude_newer_source,
     inputs_hash,
     normalize_date,
@@ -180,6 +180,15 @@ def test_dates() -> None:
     assert release_cutoff("demo", [first, wheel], "2025-05-01").everything == "2025-05-01T00:00:00Z"
     assert release_cutoff("demo", [first, wheel], "2025-05-01").engine == "2025-05-02T22:32:04Z"
     assert release_cutoff("demo", [first, wheel], "2025-06-01").engine == "2025-06-01T00:00:00Z"
+
+
+def test_a_late_pin_lets_its_package_past_the_date_and_nothing_else() -> None:
+    first = datetime(2025, 5, 2, 22, 31, 2, tzinfo=timezone.utc)
+    arrived = [datetime(2025, 6, 7, 9, 0, 0, 500000, tzinfo=timezone.utc), datetime(2025, 6, 7, 9, 1, 0, tzinfo=timezone.utc)]
+    cutoff = release_cutoff("demo", [first], late={"Flash_Infer": arrived})
+    assert cutoff.everything == "2025-05-02T22:31:02Z"
+    assert cutoff.packages == {"demo": "2025-05-02T22:31:02Z", "flash-infer": "2025-06-07T09:01:00Z"}
+    assert cutoff.header == "demo=2025-05-02T22:31:02Z, flash-infer=2025-06-07T09:01:00Z"
 
 
 def test_check_locks_fresh(matrix: Matrix) -> None:

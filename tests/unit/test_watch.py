@@ -81,6 +81,11 @@ EXPECTED_LINES = [
 ]
 
 
+LATE_PIN_LINES = ["        # flashinfer-python==0.7.3 reached the index after the release (`watch --write`): the lock lets",
+                  "        # its files past the release's date limit.",
+                  '        late_pin: "flashinfer-python==0.7.3"']
+
+
 @pytest.fixture
 def index(fake_index):
     for version, requires in VLLM.items():
@@ -241,8 +246,10 @@ def test_write_makes_the_band_installable_on_the_day_its_pin_arrives(index, chec
                        "        # does not have yet (a test reason)",
                        '        unavailable: "flashinfer-python==0.7.3 is not on the index"',
                        '        awaits: "flashinfer-python==0.7.3"']
+    assert "\n".join(LATE_PIN_LINES) + "\n" in after
     matrix = load_matrix(checkout / "matrix.yaml")
     assert matrix.get("vllm-0.33.2").unavailable is None and matrix.get("vllm-0.33.2").awaits is None
+    assert matrix.get("vllm-0.33.2").late_pin == "flashinfer-python==0.7.3"  # its lock may take the late files
     assert matrix.get("vllm-0.33.1").unavailable  # the other unavailable band waits for nothing: untouched
     result = json.loads((checkout / "w.json").read_text())
     assert result["written"][0] == "vllm-0.33.2"
@@ -308,8 +315,10 @@ def test_write_drops_the_stand_in_on_the_day_its_pin_arrives(index, stand_in_che
                        "        # does not have yet (a test reason)",
                        '        stand_in: "flashinfer-python==0.7.4"',
                        '        awaits: "flashinfer-python==0.7.3"']
+    assert "\n".join(LATE_PIN_LINES) + "\n" in after
     entry = load_matrix(stand_in_checkout / "matrix.yaml").get("vllm-0.33.2")
     assert (entry.stand_in, entry.awaits, entry.expected_versions()["flashinfer-python"]) == (None, None, "0.7.3")
+    assert entry.late_pin == "flashinfer-python==0.7.3" and entry.overrides() == []
 
 
 @pytest.mark.parametrize(("old", "new", "message"), [
@@ -323,3 +332,14 @@ def test_write_drops_the_stand_in_on_the_day_its_pin_arrives(index, stand_in_che
 def test_stand_in_is_another_exact_version_of_the_awaited_pin(tmp_path: Path, old: str, new: str, message: str) -> None:
     proc = list_edited_matrix(tmp_path / "matrix.yaml", old, new)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("beside", [UNAVAILABLE_LINE, STAND_IN_LINE])
+def test_a_late_pin_is_an_arrived_pin_and_stands_alone(tmp_path: Path, beside: str) -> None:
+    arrived = '        late_pin: "flashinfer-python==0.7.3"\n'
+    proc = list_edited_matrix(tmp_path / "matrix.yaml", UNAVAILABLE_LINE + '        awaits: "flashinfer-python==0.7.3"\n',
+                              beside + arrived)
+    assert proc.returncode == 2 and "has both `late_pin` and" in proc.stderr, proc.stderr
+    proc = list_edited_matrix(tmp_path / "matrix.yaml", UNAVAILABLE_LINE + '        awaits: "flashinfer-python==0.7.3"\n',
+                              arrived)
+    assert proc.returncode == 0, proc.stderr

@@ -1,5 +1,6 @@
 """Write a new release's line into matrix.yaml, under the band it joins, in version order; make a band
-whose awaited pin arrived installable (its ``unavailable`` and ``awaits`` lines go).
+whose awaited pin arrived installable (its ``unavailable`` or ``stand_in`` line goes, ``awaits`` becomes
+``late_pin``).
 
 Why a text edit and not a YAML dump: matrix.yaml is edited by hand and its comments say why each band
 and pin is there; re-serialising the file would drop them. The YAML is only composed (nodes with line
@@ -98,10 +99,12 @@ def add_release(matrix: Matrix, found: NewRelease) -> tuple[Matrix, Entry]:
 
 
 def make_installable(matrix: Matrix, name: str) -> tuple[Matrix, list[Entry]]:
-    """Remove ``unavailable`` (or ``stand_in``) and ``awaits`` from the band of entry ``name``, with the
-    comment lines right above them (they say why); returns the reloaded matrix and the band's entries,
-    installable now with the awaited pin itself. Refuses (UserError, file untouched) an entry that
-    awaits nothing."""
+    """Make the band of entry ``name``, whose awaited pin has arrived, installable with that pin: its
+    ``unavailable`` or ``stand_in`` line goes and ``awaits`` becomes ``late_pin`` (the pin came after
+    the release, so its lock must let that package past the release's date limit), each with the
+    comment lines right above them (they said why it waited), replaced by one that says what happened.
+    Returns the reloaded matrix and the band's entries. Refuses (UserError, file untouched) an entry
+    that awaits nothing."""
     entry = matrix.entries.get(name)
     if entry is None or not entry.awaits:
         raise UserError(f"{name} awaits no pin in {matrix.path}; nothing to make installable")
@@ -111,8 +114,15 @@ def make_installable(matrix: Matrix, name: str) -> tuple[Matrix, list[Entry]]:
     drop: set[int] = set()
     for key, value in band.value:
         if isinstance(key, yaml.ScalarNode) and key.value in ("unavailable", "awaits", "stand_in"):
-            last = value.end_mark.line - (1 if value.end_mark.column == 0 else 0)
-            drop.update(range(key.start_mark.line, last + 1))
+            if key.value == "awaits":
+                indent = " " * key.start_mark.column
+                lines[key.start_mark.line] = (
+                    f"{indent}# {entry.awaits} reached the index after the release (`watch --write`): the lock lets\n"
+                    f"{indent}# its files past the release's date limit.\n"
+                    + lines[key.start_mark.line].replace("awaits:", "late_pin:", 1))
+            else:
+                last = value.end_mark.line - (1 if value.end_mark.column == 0 else 0)
+                drop.update(range(key.start_mark.line, last + 1))
             above = key.start_mark.line - 1
             while above >= 0 and lines[above].strip().startswith("#") \
                     and len(lines[above]) - len(lines[above].lstrip()) == key.start_mark.column:
@@ -122,9 +132,11 @@ def make_installable(matrix: Matrix, name: str) -> tuple[Matrix, list[Entry]]:
                and e.awaits == entry.awaits and e.stand_in == entry.stand_in]
 
     def check(reloaded: Matrix) -> None:
-        if any(reloaded.entries[m].unavailable or reloaded.entries[m].stand_in for m in members if m in reloaded.entries):
-            raise UserError(f"removing `unavailable` and `stand_in` from the band of {name} in {matrix.path} did not "
-                            "make it installable with its own pins; edit it by hand")
+        if any(reloaded.entries[m].unavailable or reloaded.entries[m].stand_in
+               or reloaded.entries[m].late_pin != entry.awaits for m in members if m in reloaded.entries):
+            raise UserError(f"making the band of {name} in {matrix.path} installable with {entry.awaits} did not "
+                            "work as a text edit; edit it by hand (drop `unavailable`/`stand_in`, rename `awaits` "
+                            "to `late_pin`)")
 
     reloaded = _replace(matrix, "".join(line for i, line in enumerate(lines) if i not in drop), check)
     return reloaded, [reloaded.entries[m] for m in members]

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from packaging.utils import canonicalize_name
-from packaging.version import Version
 
 from rollout_matrix.errors import UserError
+from rollout_matrix.locks.content import content_problems
 from rollout_matrix.locks.lockfile import (
     INDEX_URL,
     LOCK_FORMAT,
@@ -70,7 +70,9 @@ def exclude_newer_source(entry: Entry) -> str:
         date = f"matrix.yaml exclude_newer {normalize_date(entry.exclude_newer)}"
     else:
         date = f"first upload of {release}"
-    return f"{date}; {canonicalize_name(entry.package)} itself: last upload of {release}"
+    late = f"; {entry.late_pin.partition('==')[0]}: last upload of {entry.late_pin} (it came after the release)" \
+        if entry.late_pin else ""
+    return f"{date}; {canonicalize_name(entry.package)} itself: last upload of {release}{late}"
 
 
 def lock_inputs(entry: Entry, python: str | None = None) -> dict[str, object]:
@@ -122,17 +124,27 @@ class Cutoff:
     everything: str
     engine_package: str
     engine: str
+    late: tuple[tuple[str, str], ...] = ()  # (package, date): a band's late_pin, allowed to its last upload
 
     @property
     def packages(self) -> dict[str, str]:
-        return {self.engine_package: self.engine}
+        return {self.engine_package: self.engine, **dict(self.late)}
+
+    @property
+    def header(self) -> str:
+        """The lock header's ``exclude-newer-package`` value: ``vllm=DATE``, then any late pin's."""
+        return ", ".join(f"{name}={date}" for name, date in self.packages.items())
 
 
-def release_cutoff(package: str, times: list, override: str | None = None) -> Cutoff:
-    """The :class:`Cutoff` for a release whose files were uploaded at ``times``."""
+def release_cutoff(package: str, times: list, override: str | None = None,
+                   late: dict[str, list] | None = None) -> Cutoff:
+    """The :class:`Cutoff` for a release whose files were uploaded at ``times`` (``late``: a late pin's
+    package -> the upload times of that version's files)."""
     everything = normalize_date(override) if override else format_time(min(times))
     engine = max(format_time(max(times), round_up=True), everything)
-    return Cutoff(everything=everything, engine_package=canonicalize_name(package), engine=engine)
+    allowed = tuple((canonicalize_name(name), max(format_time(max(t), round_up=True), everything))
+                    for name, t in (late or {}).items())
+    return Cutoff(everything=everything, engine_package=canonicalize_name(package), engine=engine, late=allowed)
 
 
 def cutoff_for(entry: Entry, index_url: str = INDEX_URL) -> Cutoff:
@@ -141,48 +153,14 @@ def cutoff_for(entry: Entry, index_url: str = INDEX_URL) -> Cutoff:
     if not times:
         raise UserError(f"{entry.package}=={entry.version} has no files on {index_url}; check the version "
                         f"in matrix.yaml")
-    return release_cutoff(entry.package, times, entry.exclude_newer)
-
-
-# -- checking a lock's content ------------------------------------------------------------------------
-
-
-def _cuda_of_lock(versions: dict[str, str]) -> str | None:
-    """The CUDA major.minor the locked torch wheels bring (from nvidia-cuda-runtime[-cuXX]), if any."""
-    for name, version in versions.items():
-        if re.fullmatch(r"nvidia-cuda-runtime(-cu\d+)?", name):
-            return ".".join(version.split(".")[:2])
-    return None
-
-
-def content_problems(entry: Entry, versions: dict[str, str]) -> list[str]:
-    """What in a lock contradicts matrix.yaml: the engine, torch, pinned packages, torch's CUDA.
-
-    The image is checked for exactly these after the build; finding them in the lock fails earlier.
-    """
-    problems = []
-    for name, want in entry.expected_versions().items():
-        if name == "torch.cuda":
-            got = _cuda_of_lock(versions)
-            if got is not None and got != want:
-                problems.append(f"torch brings CUDA {got} (nvidia-cuda-runtime) but the stack is CUDA {want}")
-            continue
-        got = versions.get(canonicalize_name(name))
-        if got != want:
-            problems.append(f"{name} is {got or 'missing'} in the lock but matrix.yaml expects {want}")
-    return problems + _overlapping_files(versions)
-
-
-def _overlapping_files(versions: dict[str, str]) -> list[str]:
-    """Packages that would install the same files. cuda-python before 12.8 carries ``cuda/bindings``
-    itself (a 24 MB compiled wheel; from 12.8 it is a metapackage requiring cuda-bindings), so beside
-    cuda-bindings one overwrites the other's modules. A resolver lands there when the newest
-    cuda-bindings has no cuda-python of its version yet (vllm-0.34.0 as of 2026-11-16: 13.5.0)."""
-    python, bindings = versions.get("cuda-python"), versions.get("cuda-bindings")
-    if python and bindings and Version(python) < Version("12.8"):
-        return [f"cuda-python {python} ships cuda.bindings itself and would overwrite cuda-bindings {bindings}'s "
-                f"files; add \"cuda-python>=12.8\" to the band's extra_requirements"]
-    return []
+    late = {}
+    if entry.late_pin:
+        name, _, version = entry.late_pin.partition("==")
+        late[name] = upload_times(name, version, index_url)
+        if not late[name]:
+            raise UserError(f"{entry.name}: its band's late_pin {entry.late_pin} has no files on {index_url}; "
+                            "check the pin in matrix.yaml")
+    return release_cutoff(entry.package, times, entry.exclude_newer, late)
 
 
 def keep_target_hashes(pins: list[Pin], python: str, index_url: str = INDEX_URL) -> list[Pin]:
@@ -268,7 +246,7 @@ def lock_entry(entry: Entry, python: str | None, locks_dir: Path, uv: str | None
         body = render_body(keep_target_hashes(pins, python))
         header = LockHeader(
             entry=entry.name, python=python, platform=PLATFORM, exclude_newer=cutoff.everything,
-            exclude_newer_package=f"{cutoff.engine_package}={cutoff.engine}",
+            exclude_newer_package=cutoff.header,
             exclude_newer_source=exclude_newer_source(entry), requirements=tuple(entry.requirements()),
             overrides=tuple(entry.overrides()),
             uv_version=uv_version(uv), inputs_hash=inputs_hash(entry, python),

@@ -8,7 +8,6 @@ from deep inside the build would not say which line to change.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Iterator
@@ -17,11 +16,11 @@ from pathlib import Path
 import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
-from packaging.version import Version
 
 from rollout_matrix.errors import UserError
 from rollout_matrix.matrix import checkout
 from rollout_matrix.matrix.model import Entry, Matrix, Stack
+from rollout_matrix.matrix.reader import MatrixError, Reader
 from rollout_matrix.matrix.repository import check_repository
 
 SCHEMA = 1
@@ -31,96 +30,6 @@ _NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
 _CUDA_RE = re.compile(r"^\d+\.\d+$")
 _PYTHON_RE = re.compile(r"^3\.\d+$")
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}:\d{2}Z)?$")
-_APT_NAME_RE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
-
-
-class MatrixError(UserError):
-    """A problem in matrix.yaml, located by file and line."""
-
-
-# -- YAML with line numbers ---------------------------------------------------------------------------
-
-
-class _Ctx:
-    """Carries the file name so every error can say ``file:line``."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def fail(self, node: yaml.Node | None, message: str) -> MatrixError:
-        line = node.start_mark.line + 1 if node is not None else 1
-        return MatrixError(f"{self.path}:{line}: {message}")
-
-    def mapping(self, node: yaml.Node, what: str) -> dict[str, tuple[yaml.Node, yaml.Node]]:
-        if not isinstance(node, yaml.MappingNode):
-            raise self.fail(node, f"{what} must be a mapping (key: value lines)")
-        out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
-        for key, value in node.value:
-            if not isinstance(key, yaml.ScalarNode):
-                raise self.fail(key, f"{what}: keys must be plain strings")
-            if key.value in out:
-                raise self.fail(key, f"{what}: duplicate key {key.value!r}; remove one of them")
-            out[key.value] = (key, value)
-        return out
-
-    def keys(self, items: dict[str, tuple[yaml.Node, yaml.Node]], what: str, required: set[str],
-             optional: set[str], node: yaml.Node) -> None:
-        allowed = required | optional
-        for name, (key, _) in items.items():
-            if name not in allowed:
-                near = difflib.get_close_matches(name, sorted(allowed), n=1)
-                hint = f"did you mean {near[0]!r}?" if near else f"allowed keys: {', '.join(sorted(allowed))}"
-                raise self.fail(key, f"{what}: unknown key {name!r}; {hint}")
-        for name in sorted(required - set(items)):
-            raise self.fail(node, f"{what}: missing key {name!r}; add it")
-
-    def string(self, node: yaml.Node, what: str, pattern: re.Pattern[str] | None = None,
-               example: str = "") -> str:
-        if not isinstance(node, yaml.ScalarNode) or node.tag.endswith((":null", ":bool")):
-            raise self.fail(node, f"{what} must be a string{f' like {example!r}' if example else ''}")
-        if node.tag.endswith((":float", ":int")) and node.style is None:
-            raise self.fail(node, f"{what} must be quoted (YAML reads {node.value} as a number): "
-                                  f"write \"{node.value}\"")
-        value = str(node.value)
-        if pattern is not None and not pattern.match(value):
-            raise self.fail(node, f"{what} {value!r} is not valid{f'; expected something like {example!r}' if example else ''}")
-        return value
-
-    def version(self, node: yaml.Node, what: str) -> str:
-        value = self.string(node, what, example="0.5.2")
-        try:
-            parsed = Version(value)
-        except ValueError:  # InvalidVersion, or a number past int()'s digit limit
-            raise self.fail(node, f"{what} {value[:40]!r} is not a PEP 440 version; write e.g. \"0.5.2.post1\"") from None
-        if str(parsed) != value:
-            raise self.fail(node, f"{what} {value!r} is not in normal form; write {str(parsed)!r}")
-        return value
-
-    def package_names(self, node: yaml.Node, what: str) -> list[str]:
-        """Distro package names: they reach ``apt-get install`` in the image build, so nothing else."""
-        if not isinstance(node, yaml.SequenceNode) or not node.value:
-            raise self.fail(node, f"{what} must be a non-empty list of distro package names, e.g. [ffmpeg]")
-        out = []
-        for item in node.value:
-            name = self.string(item, f"{what} item")
-            if not _APT_NAME_RE.fullmatch(name):
-                raise self.fail(item, f"{what}: {name!r} is not a Debian/Ubuntu package name "
-                                      "(lower-case letters, digits, + - .), e.g. ffmpeg")
-            out.append(name)
-        return out
-
-    def string_list(self, node: yaml.Node, what: str) -> list[str]:
-        if not isinstance(node, yaml.SequenceNode):
-            raise self.fail(node, f"{what} must be a list of requirement strings")
-        out = []
-        for item in node.value:
-            req = self.string(item, f"{what} item")
-            try:
-                Requirement(req)
-            except InvalidRequirement as exc:
-                raise self.fail(item, f"{what}: {req!r} is not a valid requirement ({exc})") from None
-            out.append(req)
-        return out
 
 
 def load_matrix(path: str | os.PathLike[str] | None = None) -> Matrix:
@@ -132,7 +41,7 @@ def load_matrix(path: str | os.PathLike[str] | None = None) -> Matrix:
                         "checkout or pass --matrix PATH")
     matrix_path = found
     text = _read_text(matrix_path)
-    ctx = _Ctx(matrix_path)
+    ctx = Reader(matrix_path)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
@@ -212,7 +121,7 @@ def _read_text(path: Path) -> str:
                           "save the file as UTF-8") from None
 
 
-def _load_stacks(ctx: _Ctx, node: yaml.Node) -> dict[str, Stack]:
+def _load_stacks(ctx: Reader, node: yaml.Node) -> dict[str, Stack]:
     stacks: dict[str, Stack] = {}
     for name, (_key, value) in ctx.mapping(node, "stacks").items():
         what = f"stacks.{name}"
@@ -228,7 +137,7 @@ def _load_stacks(ctx: _Ctx, node: yaml.Node) -> dict[str, Stack]:
     return stacks
 
 
-def _load_left_out(ctx: _Ctx, engine: str, node: yaml.Node, matrix: Matrix) -> dict[tuple[str, str], str]:
+def _load_left_out(ctx: Reader, engine: str, node: yaml.Node, matrix: Matrix) -> dict[tuple[str, str], str]:
     """An engine's ``left_out: {"VERSION": "why", ...}``: releases deliberately not listed. A release
     cannot be both listed and left out (one of the two would be a mistake)."""
     items = ctx.mapping(node, f"engines.{engine}")
@@ -248,7 +157,7 @@ def _load_left_out(ctx: _Ctx, engine: str, node: yaml.Node, matrix: Matrix) -> d
     return out
 
 
-def _load_gpu_evidence_also(ctx: _Ctx, engine: str, node: yaml.Node, matrix: Matrix) -> dict[str, str]:
+def _load_gpu_evidence_also(ctx: Reader, engine: str, node: yaml.Node, matrix: Matrix) -> dict[str, str]:
     """An engine's ``gpu_evidence_also: {"VERSION": "why", ...}``: listed releases only."""
     items = ctx.mapping(node, f"engines.{engine}")
     if "gpu_evidence_also" not in items:
@@ -264,20 +173,21 @@ def _load_gpu_evidence_also(ctx: _Ctx, engine: str, node: yaml.Node, matrix: Mat
     return out
 
 
-def _exact_pin(ctx: _Ctx, node: yaml.Node, what: str) -> str:
-    """One exact pin, ``name==version`` (name canonical), or a one-line error at ``node``."""
-    text = ctx.string(node, what, example="flashinfer-python==0.7.3")
-    try:
-        req = Requirement(text)
-    except InvalidRequirement:
-        req = None
-    specs = list(req.specifier) if req is not None else []
-    if req is None or len(specs) != 1 or specs[0].operator != "==" or "*" in specs[0].version or req.extras or req.marker:
-        raise ctx.fail(node, f"{what} {text!r} must be one exact pin, like \"flashinfer-python==0.7.3\"")
-    return f"{canonicalize_name(req.name)}=={specs[0].version}"
+def _late_pin(ctx: Reader, b: dict[str, tuple[yaml.Node, yaml.Node]], what: str) -> str | None:
+    """A band's ``late_pin``: an exact pin of its releases that reached the index after them (what
+    ``watch --write`` turns ``awaits`` into on the day it arrives); the lock lets that package's files
+    pass the release's date limit. Alone: the band waits for nothing any more."""
+    if "late_pin" not in b:
+        return None
+    node = b["late_pin"][1]
+    clash = [k for k in ("awaits", "stand_in", "unavailable") if k in b]
+    if clash:
+        raise ctx.fail(node, f"{what} has both `late_pin` and `{clash[0]}`; a late pin is one that arrived, so keep "
+                             "one of them")
+    return ctx.exact_pin(node, f"{what}.late_pin")
 
 
-def _awaited(ctx: _Ctx, b: dict[str, tuple[yaml.Node, yaml.Node]], what: str,
+def _awaited(ctx: Reader, b: dict[str, tuple[yaml.Node, yaml.Node]], what: str,
              unavailable: str | None) -> tuple[str | None, str | None]:
     """A band's ``awaits`` and ``stand_in``.
 
@@ -286,8 +196,8 @@ def _awaited(ctx: _Ctx, b: dict[str, tuple[yaml.Node, yaml.Node]], what: str,
     that the lock takes in its place meanwhile (``uv --override``), so the release can be built, tested
     and proven as users must install it today. The report says so on its row.
     """
-    awaits = _exact_pin(ctx, b["awaits"][1], f"{what}.awaits") if "awaits" in b else None
-    stand_in = _exact_pin(ctx, b["stand_in"][1], f"{what}.stand_in") if "stand_in" in b else None
+    awaits = ctx.exact_pin(b["awaits"][1], f"{what}.awaits") if "awaits" in b else None
+    stand_in = ctx.exact_pin(b["stand_in"][1], f"{what}.stand_in") if "stand_in" in b else None
     if awaits and not (unavailable or stand_in):
         raise ctx.fail(b["awaits"][1], f"{what}.awaits needs `unavailable` or `stand_in` beside it: it names what "
                                        "the band waits for")
@@ -304,7 +214,7 @@ def _awaited(ctx: _Ctx, b: dict[str, tuple[yaml.Node, yaml.Node]], what: str,
     return awaits, stand_in
 
 
-def _load_engine(ctx: _Ctx, engine: str, node: yaml.Node, stacks: dict[str, Stack],
+def _load_engine(ctx: Reader, engine: str, node: yaml.Node, stacks: dict[str, Stack],
                  test_reqs: tuple[str, ...]) -> Iterator[Entry]:
     what = f"engines.{engine}"
     items = ctx.mapping(node, what)
@@ -324,7 +234,8 @@ def _load_engine(ctx: _Ctx, engine: str, node: yaml.Node, stacks: dict[str, Stac
         band_what = f"{what}.bands[{index}]"
         b = ctx.mapping(band, band_what)
         ctx.keys(b, band_what, {"stack", "releases", "torch"}, {"extra_requirements", "system_packages", "unavailable",
-                                                                  "requirement", "awaits", "stand_in"},
+                                                                  "requirement", "awaits", "stand_in",
+                                                                  "late_pin"},
                  band)
         band_template, band_template_node = template, template_node
         if "requirement" in b:  # a band whose install differs (e.g. extras the engine dropped)
@@ -350,6 +261,7 @@ def _load_engine(ctx: _Ctx, engine: str, node: yaml.Node, stacks: dict[str, Stac
             if "system_packages" in b else ()
         system = tuple(dict.fromkeys(engine_system + band_system))  # the engine's, then the band's own
         unavailable = ctx.string(b["unavailable"][1], f"{band_what}.unavailable") if "unavailable" in b else None
+        late_pin = _late_pin(ctx, b, band_what)
         awaits, stand_in = _awaited(ctx, b, band_what, unavailable)
         releases = ctx.mapping(b["releases"][1], f"{band_what}.releases")
         if not releases:
@@ -386,5 +298,6 @@ def _load_engine(ctx: _Ctx, engine: str, node: yaml.Node, stacks: dict[str, Stac
                 unavailable=unavailable,
                 awaits=awaits,
                 stand_in=stand_in,
+                late_pin=late_pin,
                 line=vkey.start_mark.line + 1,
             )

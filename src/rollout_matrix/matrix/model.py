@@ -48,6 +48,7 @@ class Entry:
     unavailable: str | None = None  # why this release cannot be installed from the public index today
     awaits: str | None = None  # with ``unavailable`` or ``stand_in``: the exact pin whose arrival on the index ends it
     stand_in: str | None = None  # with ``awaits``: the pin locked in its place meanwhile (``uv --override``)
+    late_pin: str | None = None  # an awaited pin that arrived after the release: its files pass the date limit
     line: int = 0
 
     @property
@@ -119,6 +120,7 @@ class Entry:
             # only where set: the digest of every other entry (its images' content tags) stays what it was
             **({"awaits": self.awaits} if self.awaits else {}),
             **({"stand_in": self.stand_in} if self.stand_in else {}),
+            **({"late_pin": self.late_pin} if self.late_pin else {}),
         }
 
     def digest(self) -> str:
