@@ -343,3 +343,18 @@ def test_a_late_pin_is_an_arrived_pin_and_stands_alone(tmp_path: Path, beside: s
     proc = list_edited_matrix(tmp_path / "matrix.yaml", UNAVAILABLE_LINE + '        awaits: "flashinfer-python==0.7.3"\n',
                               arrived)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_write_drops_a_stand_in_written_after_awaits_too(index, checkout) -> None:
+    """matrix.yaml's own vllm-0.34.0 band has `stand_in` below `awaits`: the comment that replaces the
+    awaits line must not be taken for one that belongs to the stand-in (the first version dropped both)."""
+    awaits = '        awaits: "flashinfer-python==0.7.3"\n'
+    (checkout / "matrix.yaml").write_text(MATRIX.replace(UNAVAILABLE_LINE + awaits, awaits + STAND_IN_LINE))
+    index.add("flashinfer-python", "0.7.3")
+    dead = "http://127.0.0.1:9"
+    proc = watch(checkout, index.url, "--write", "--engine", "vllm",
+                 env={"https_proxy": dead, "HTTPS_PROXY": dead, "http_proxy": dead, "HTTP_PROXY": dead})
+    assert proc.returncode == 2, proc.stderr  # its lock failed (offline), and says so
+    after = (checkout / "matrix.yaml").read_text()
+    assert "\n".join(LATE_PIN_LINES) + "\n" in after and "stand_in" not in after and "(a test reason)\n" not in after
+    assert load_matrix(checkout / "matrix.yaml").get("vllm-0.33.2").late_pin == "flashinfer-python==0.7.3"

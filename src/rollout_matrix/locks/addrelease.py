@@ -112,14 +112,11 @@ def make_installable(matrix: Matrix, name: str) -> tuple[Matrix, list[Entry]]:
     band = _band_node(yaml.compose(text, Loader=yaml.SafeLoader), entry.engine, entry.version)
     lines = text.splitlines(keepends=True)
     drop: set[int] = set()
+    awaits_at = -1
     for key, value in band.value:
         if isinstance(key, yaml.ScalarNode) and key.value in ("unavailable", "awaits", "stand_in"):
             if key.value == "awaits":
-                indent = " " * key.start_mark.column
-                lines[key.start_mark.line] = (
-                    f"{indent}# {entry.awaits} reached the index after the release (`watch --write`): the lock lets\n"
-                    f"{indent}# its files past the release's date limit.\n"
-                    + lines[key.start_mark.line].replace("awaits:", "late_pin:", 1))
+                awaits_at = key.start_mark.line
             else:
                 last = value.end_mark.line - (1 if value.end_mark.column == 0 else 0)
                 drop.update(range(key.start_mark.line, last + 1))
@@ -128,6 +125,10 @@ def make_installable(matrix: Matrix, name: str) -> tuple[Matrix, list[Entry]]:
                     and len(lines[above]) - len(lines[above].lstrip()) == key.start_mark.column:
                 drop.add(above)
                 above -= 1
+    indent = " " * (len(lines[awaits_at]) - len(lines[awaits_at].lstrip()))
+    lines[awaits_at] = (f"{indent}# {entry.awaits} reached the index after the release (`watch --write`): the lock lets\n"
+                        f"{indent}# its files past the release's date limit.\n"
+                        + lines[awaits_at].replace("awaits:", "late_pin:", 1))
     members = [e.name for e in matrix if e.engine == entry.engine and e.unavailable == entry.unavailable
                and e.awaits == entry.awaits and e.stand_in == entry.stand_in]
 
