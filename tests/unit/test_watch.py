@@ -319,6 +319,8 @@ def test_write_drops_the_stand_in_on_the_day_its_pin_arrives(index, stand_in_che
     entry = load_matrix(stand_in_checkout / "matrix.yaml").get("vllm-0.33.2")
     assert (entry.stand_in, entry.awaits, entry.expected_versions()["flashinfer-python"]) == (None, None, "0.7.3")
     assert entry.late_pin == "flashinfer-python==0.7.3" and entry.overrides() == []
+    newer = load_matrix(stand_in_checkout / "matrix.yaml").get("vllm-0.34.0")  # added by the same --write
+    assert newer.late_pin is None and newer.line < entry.line  # into 0.33.0's band, not the late pin's
 
 
 @pytest.mark.parametrize(("old", "new", "message"), [

@@ -136,8 +136,9 @@ def normal_version(version: str) -> str:
 
 def joinable(entry: Entry) -> bool:
     """Whether a new release may join this entry's band: not one that waits for a pin (``unavailable``,
-    or locked with a ``stand_in`` the new release does not need)."""
-    return not entry.unavailable and not entry.stand_in
+    or locked with a ``stand_in``), nor one whose pin came late (``late_pin``): a new release would
+    inherit what it does not need."""
+    return not (entry.unavailable or entry.stand_in or entry.late_pin)
 
 
 def joining_entry(entries: list[Entry], torch: str | None) -> Entry | None:
