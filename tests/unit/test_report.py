@@ -158,36 +158,13 @@ def test_committed_page_shows_every_committed_evidence_as_the_generator_does(tmp
         assert line in committed, f"docs/compatibility.md is stale for {name}: run `rollout-matrix report`"
 
 
-STAND_IN_MATRIX = """\
-schema: 1
-stacks:
-  cu130:
-    cuda: "13.0"
-    base_image: nvidia/cuda:13.0.1-cudnn-devel-ubuntu24.04
-    python: "3.12"
-engines:
-  vllm:
-    package: vllm
-    requirement: "vllm=={version}"
-    bands:
-      - torch: "2.14.0"
-        stack: cu130
-        releases:
-          "0.33.0": {flashinfer-python: "0.7.2.post1"}
-      - torch: "2.14.0"
-        stack: cu130
-        awaits: "flashinfer-python==0.7.3"
-        stand_in: "flashinfer-python==0.7.4"
-        releases:
-          "0.34.0": {flashinfer-python: "0.7.3"}
-"""
-
-
 def test_a_release_locked_with_a_stand_in_says_so_on_its_row_and_is_not_unavailable(tmp_path: Path) -> None:
-    (tmp_path / "matrix.yaml").write_text(STAND_IN_MATRIX)
+    from test_watch import MATRIX, STAND_IN_LINE, UNAVAILABLE_LINE
+
+    (tmp_path / "matrix.yaml").write_text(MATRIX.replace(UNAVAILABLE_LINE, STAND_IN_LINE))
     rows, written = write_report(load_matrix(tmp_path / "matrix.yaml"), tmp_path / "docs")
-    verdicts = {r.entry.name: r.verdict for r in rows}
-    assert verdicts == {"vllm-0.33.0": NOT_RUN, "vllm-0.34.0": NOT_RUN}
+    by_name = {r.entry.name: r for r in rows}
+    assert (by_name["vllm-0.33.1"].verdict, by_name["vllm-0.33.2"].verdict) == (UNAVAILABLE, NOT_RUN)
     note = "locked with flashinfer-python==0.7.4 standing in for flashinfer-python==0.7.3, which PyPI lacks"
-    assert [r.notes for r in rows] == [[], [note]]
+    assert by_name["vllm-0.33.2"].notes == [note] and by_name["vllm-0.33.0"].notes == []
     assert all(note in page.read_text() for page in written)

@@ -86,6 +86,11 @@ LATE_PIN_LINES = ["        # flashinfer-python==0.7.3 reached the index after th
                   '        late_pin: "flashinfer-python==0.7.3"']
 
 
+DEAD = "http://127.0.0.1:9"
+PYPI_CUT_OFF = {"https_proxy": DEAD, "HTTPS_PROXY": DEAD, "http_proxy": DEAD, "HTTP_PROXY": DEAD}
+"""PyPI unreachable: `--write` attempts the locks, and they fail offline (exit 2)."""
+
+
 @pytest.fixture
 def index(fake_index):
     for version, requires in VLLM.items():
@@ -166,9 +171,8 @@ def test_an_unreachable_index_is_exit_6_in_one_line(fake_index, checkout, broken
 def test_write_adds_lines_in_version_order_and_reports_what_it_could_not_do(index, checkout) -> None:
     # PyPI is made unreachable (a proxy on a closed port) so that locking fails offline, as it would
     # for a release whose pins PyPI lacks; the fake index stays reachable (no_proxy).
-    dead = "http://127.0.0.1:9"
     proc = watch(checkout, index.url, "--write", "--json", "w.json",
-                 env={"https_proxy": dead, "HTTPS_PROXY": dead, "http_proxy": dead, "HTTP_PROXY": dead})
+                 env=PYPI_CUT_OFF)
     assert proc.returncode == 2, proc.stderr
     assert proc.stdout.splitlines() == EXPECTED_LINES
     text = (checkout / "matrix.yaml").read_text().splitlines()
@@ -233,10 +237,9 @@ def test_an_awaited_project_the_index_does_not_have_at_all_is_not_an_error(index
 
 def test_write_makes_the_band_installable_on_the_day_its_pin_arrives(index, checkout) -> None:
     index.add("flashinfer-python", "0.7.3")
-    dead = "http://127.0.0.1:9"  # PyPI unreachable: the lock is attempted and fails offline
     before = (checkout / "matrix.yaml").read_text()
     proc = watch(checkout, index.url, "--write", "--engine", "vllm", "--json", "w.json",
-                 env={"https_proxy": dead, "HTTPS_PROXY": dead, "http_proxy": dead, "HTTP_PROXY": dead})
+                 env=PYPI_CUT_OFF)
     assert proc.returncode == 2, proc.stderr  # its lock failed (offline), and says so
     assert "vllm-0.33.2 awaits flashinfer-python==0.7.3: on the index now" in proc.stderr
     assert "vllm-0.33.2: flashinfer-python==0.7.3 is on the index: its band in matrix.yaml is installable now" in proc.stderr
@@ -302,10 +305,9 @@ def test_a_stand_in_band_is_installable_and_still_awaits_its_pin(index, stand_in
 
 def test_write_drops_the_stand_in_on_the_day_its_pin_arrives(index, stand_in_checkout) -> None:
     index.add("flashinfer-python", "0.7.3")
-    dead = "http://127.0.0.1:9"  # PyPI unreachable: the lock is attempted and fails offline
     before = (stand_in_checkout / "matrix.yaml").read_text()
     proc = watch(stand_in_checkout, index.url, "--write", "--engine", "vllm",
-                 env={"https_proxy": dead, "HTTPS_PROXY": dead, "http_proxy": dead, "HTTP_PROXY": dead})
+                 env=PYPI_CUT_OFF)
     assert proc.returncode == 2, proc.stderr  # its lock failed (offline), and says so
     assert ("vllm-0.33.2: flashinfer-python==0.7.3 is on the index: its band in matrix.yaml is locked with it again, "
             "its stand-in dropped (vllm-0.33.2)") in proc.stderr
@@ -353,9 +355,8 @@ def test_write_drops_a_stand_in_written_after_awaits_too(index, checkout) -> Non
     awaits = '        awaits: "flashinfer-python==0.7.3"\n'
     (checkout / "matrix.yaml").write_text(MATRIX.replace(UNAVAILABLE_LINE + awaits, awaits + STAND_IN_LINE))
     index.add("flashinfer-python", "0.7.3")
-    dead = "http://127.0.0.1:9"
     proc = watch(checkout, index.url, "--write", "--engine", "vllm",
-                 env={"https_proxy": dead, "HTTPS_PROXY": dead, "http_proxy": dead, "HTTP_PROXY": dead})
+                 env=PYPI_CUT_OFF)
     assert proc.returncode == 2, proc.stderr  # its lock failed (offline), and says so
     after = (checkout / "matrix.yaml").read_text()
     assert "\n".join(LATE_PIN_LINES) + "\n" in after and "stand_in" not in after and "(a test reason)\n" not in after
