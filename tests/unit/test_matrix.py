@@ -180,3 +180,11 @@ def test_a_stand_in_is_expected_from_the_lock_and_the_published_pin_from_an_unlo
     unlocked = plan_build(matrix, entry, BuildOptions(locked=False))
     assert json.loads(unlocked.labels()[f"{LABEL_PREFIX}.expected"])["flashinfer-python"] == "0.2.2"
     assert "flashinfer" not in unlocked.requirements_text  # the published requirement, no override
+
+
+def test_a_late_pin_is_expected_in_the_lock_and_the_image(tmp_path):
+    """A late pin lets its package past the release's date; only its own version may come in."""
+    text = GOOD.replace('        releases:\n', '        late_pin: "flashinfer-python==0.2.3"\n        releases:\n')
+    entry = _load(tmp_path, text).get("vllm-0.8.5")
+    assert entry.expected_versions()["flashinfer-python"] == "0.2.3"
+    assert entry.expected_versions(locked=False)["flashinfer-python"] == "0.2.3"

@@ -361,3 +361,18 @@ def test_write_drops_a_stand_in_written_after_awaits_too(index, checkout) -> Non
     after = (checkout / "matrix.yaml").read_text()
     assert "\n".join(LATE_PIN_LINES) + "\n" in after and "stand_in" not in after and "(a test reason)\n" not in after
     assert load_matrix(checkout / "matrix.yaml").get("vllm-0.33.2").late_pin == "flashinfer-python==0.7.3"
+
+
+def test_write_frees_a_band_of_two_releases_once_and_reports_both_written(index, checkout) -> None:
+    index.add("vllm", "0.33.3", ["torch==2.14.0", "flashinfer-python==0.7.3"])
+    index.add("flashinfer-python", "0.7.3")
+    two = '          "0.33.2": {flashinfer-python: "0.7.3"}\n'
+    (checkout / "matrix.yaml").write_text(MATRIX.replace(two, two + '          "0.33.3": {flashinfer-python: "0.7.3"}\n'))
+    proc = watch(checkout, index.url, "--write", "--engine", "vllm", "--json", "w.json", env=PYPI_CUT_OFF)
+    assert proc.returncode == 2, proc.stderr  # the locks fail offline
+    assert "still unavailable" not in proc.stderr
+    result = json.loads((checkout / "w.json").read_text())
+    assert result["written"][:2] == ["vllm-0.33.2", "vllm-0.33.3"]
+    assert not [name for name, _ in result["not_written"] if name.startswith("vllm-0.33.")]
+    matrix = load_matrix(checkout / "matrix.yaml")
+    assert {matrix.get(n).late_pin for n in ("vllm-0.33.2", "vllm-0.33.3")} == {"flashinfer-python==0.7.3"}

@@ -9,10 +9,11 @@ added; a release whose every file is yanked is not one to add. Each missing rele
 new-release's own code (:func:`rollout_matrix.locks.newrelease.new_release`): its torch pin, kernel pins,
 the matrix band it joins and the shim band that would serve it.
 
-A band that is ``unavailable`` because the index lacks one exact pin says so with ``awaits``; the watch
-asks the index for that pin too, and ``--write`` makes the band installable (its ``unavailable`` and
-``awaits`` go) and locks its releases on the day the pin arrives (vLLM 0.34.0 pins flashinfer-python
-0.7.3, which PyPI did not have on 2026-12-03).
+A band waiting for one exact pin the index lacks says which with ``awaits``, beside ``unavailable``
+(no lock) or ``stand_in`` (locked with another version meanwhile: vLLM 0.34.0 pins flashinfer-python
+0.7.3, which PyPI did not have on 2026-12-05). The watch asks the index for that pin too, and on the day
+it arrives ``--write`` drops ``unavailable`` or ``stand_in``, turns ``awaits`` into ``late_pin`` (the
+lock lets that package past the release's date) and locks the band's releases with it.
 """
 
 from __future__ import annotations
@@ -192,6 +193,8 @@ def write_missing(matrix: Matrix, result: WatchResult, progress: Callable[[str],
 
     added = []
     for awaited in result.arrived:
+        if awaited.entry in result.written:  # its band was freed with an earlier release of it
+            continue
         try:
             matrix, freed = make_installable(matrix, awaited.entry)
         except UserError as exc:

@@ -95,6 +95,9 @@ class Entry:
         if self.stand_in and locked:  # the lock holds the stand-in, not the release's own pin of that package
             name, _, version = self.stand_in.partition("==")
             expected[name] = version
+        if self.late_pin:  # its files pass the date limit: the lock must hold exactly that version of them
+            name, _, version = self.late_pin.partition("==")
+            expected[name] = version
         return expected
 
     def as_dict(self) -> dict[str, Any]:
