@@ -69,9 +69,9 @@ class EngineWatch:
             parts.append(f"pre-releases not added: {', '.join(self.prereleases)}")
         for a in self.awaited:
             meanwhile = f" ({a.stand_in} stands in)" if a.stand_in else ""
-            parts.append(f"{a.entry} awaits {a.awaits}{meanwhile}: " + (
-                ("on the index now (--write drops the stand-in and locks it again)" if a.stand_in else
-                 "on the index now (--write makes it installable and locks it)") if a.arrived else "not on the index yet"))
+            write = "drops the stand-in and locks it again" if a.stand_in else "makes it installable and locks it"
+            state = f"on the index now (--write {write})" if a.arrived else "not on the index yet"
+            parts.append(f"{a.entry} awaits {a.awaits}{meanwhile}: {state}")
         return f"watch: {self.engine}: " + "; ".join(parts)
 
 

@@ -92,12 +92,12 @@ class Entry:
             expected["torch"] = self.torch
             expected["torch.cuda"] = self.cuda
         expected.update(dict(self.pins))
-        if self.stand_in and locked:  # the lock holds the stand-in, not the release's own pin of that package
-            name, _, version = self.stand_in.partition("==")
-            expected[name] = version
-        if self.late_pin:  # its files pass the date limit: the lock must hold exactly that version of them
-            name, _, version = self.late_pin.partition("==")
-            expected[name] = version
+        # the lock holds a stand-in, not the release's own pin of that package; a late pin's files pass the
+        # date limit, so only exactly that version of them may come in
+        for pin in (self.stand_in if locked else None, self.late_pin):
+            if pin:
+                name, _, version = pin.partition("==")
+                expected[name] = version
         return expected
 
     def as_dict(self) -> dict[str, Any]:
