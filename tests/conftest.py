@@ -167,6 +167,32 @@ class FakeIndex:
             "yanked": yanked,
         })
 
+    def add_sdist(self, project: str, version: str, build_backend: str, yanked: bool = False) -> None:
+        """One sdist of ``project==version``: a tar.gz whose pyproject.toml names ``build_backend``
+        (``wheel_stub.buildapi``: the layout of a wheel stub, as cuda-tile 1.6.0rc5's on PyPI)."""
+        import hashlib
+        import io
+        import tarfile
+
+        dist = project.replace("-", "_")
+        filename = f"{dist}-{version}.tar.gz"
+        files = {"pyproject.toml": f'[build-system]\nrequires = ["x"]\nbuild-backend = "{build_backend}"\n',
+                 "PKG-INFO": f"Metadata-Version: 2.1\nName: {project}\nVersion: {version}\n"}
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            for name, text in files.items():
+                info = tarfile.TarInfo(f"{dist}-{version}/{name}")
+                info.size = len(text.encode())
+                tar.addfile(info, io.BytesIO(text.encode()))
+        data = buf.getvalue()
+        self.files[filename] = data
+        base = self.url.rsplit("/simple", 1)[0]
+        self.projects.setdefault(project, []).append({
+            "filename": filename, "url": f"{base}/files/{filename}", "size": len(data),
+            "hashes": {"sha256": hashlib.sha256(data).hexdigest()}, "upload-time": "2026-08-06T00:00:00Z",
+            "yanked": yanked,
+        })
+
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()

@@ -63,3 +63,15 @@ def test_write_puts_a_removed_release_back_with_its_committed_locks(pypi: None, 
             (ROOT / "docker" / "locks" / name).read_text()), name
     again = _watch(tmp_path / "matrix.yaml", "--engine", "vllm")
     assert (again.returncode, again.stdout) == (0, "")
+
+
+def test_a_wheel_stub_on_pypi_is_not_an_installable_pin(pypi: None) -> None:
+    """cuda-tile 1.6.0rc5 (pinned by sglang 0.5.18 - 0.5.22) is on PyPI as one 6.9 KB sdist whose build
+    backend downloads the wheel from pypi.nvidia.com; 1.6.0rc7, the stand-in, has real wheels; vLLM 0.34.0's
+    flashinfer-python 0.7.3 had no file at all on 2026-12-05. Written from PyPI's pages, checked by hand."""
+    from rollout_matrix.locks.watch import pin_on_index
+
+    assert pin_on_index("cuda-tile==1.6.0rc5") == "stub"
+    assert pin_on_index("cuda-tile==1.6.0rc7") == "installable"
+    assert pin_on_index("cuda-tile==1.6.0rc6") == "stub"  # the last stub before the wheels began
+    assert pin_on_index("flashinfer-python==0.7.2.post1") == "installable"  # vllm 0.33.0's pin, wheels and sdist

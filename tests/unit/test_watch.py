@@ -226,7 +226,41 @@ def test_an_awaited_pin_not_on_the_index_is_said_on_stderr_only(index, checkout)
     assert "vllm-0.33.2 awaits flashinfer-python==0.7.3: not on the index yet" in proc.stderr
     (engine,) = json.loads((checkout / "found.json").read_text())["engines"]
     assert engine["awaited"] == [{"entry": "vllm-0.33.2", "awaits": "flashinfer-python==0.7.3", "arrived": False,
-                                  "stand_in": None}]
+                                  "stand_in": None, "stub": False}]
+
+
+def test_an_awaited_pin_the_index_has_only_as_a_wheel_stub_has_not_arrived(index, checkout) -> None:
+    # cuda-tile 1.6.0rc5 on PyPI: one sdist whose build backend fetches the wheel from pypi.nvidia.com
+    index.add_sdist("flashinfer-python", "0.7.3", "wheel_stub.buildapi")
+    before = (checkout / "matrix.yaml").read_text()
+    proc = watch(checkout, index.url, "--write", "--engine", "vllm", "--json", "w.json", env=PYPI_CUT_OFF)
+    assert ("vllm-0.33.2 awaits flashinfer-python==0.7.3: on the index only as a wheel stub, which fetches it "
+            "from another index") in proc.stderr, proc.stderr
+    assert "is on the index: its band" not in proc.stderr
+    result = json.loads((checkout / "w.json").read_text())
+    assert result["engines"][0]["awaited"] == [{"entry": "vllm-0.33.2", "awaits": "flashinfer-python==0.7.3",
+                                                "arrived": False, "stand_in": None, "stub": True}]
+    assert "vllm-0.33.2" not in result["written"]
+    after = (checkout / "matrix.yaml").read_text()
+    assert 'awaits: "flashinfer-python==0.7.3"' in after and "late_pin" not in after  # the band still waits
+    assert [line for line in before.splitlines() if line not in after.splitlines()] == []  # nothing of it removed
+
+
+@pytest.mark.parametrize(("files", "arrived"), [
+    ([("sdist", "wheel_stub.buildapi"), ("wheel", None)], True),  # the real wheel joined the stub
+    ([("sdist", "setuptools.build_meta")], True),  # an sdist that builds here
+    ([("sdist", "wheel_stub.buildapi"), ("wheel yanked", None)], False),  # a yanked wheel does not count
+])
+def test_an_awaited_pin_arrives_with_a_file_that_installs_from_the_index(index, checkout, files, arrived) -> None:
+    for kind, backend in files:
+        if kind.startswith("wheel"):
+            index.add("flashinfer-python", "0.7.3", yanked=kind.endswith("yanked"))
+        else:
+            index.add_sdist("flashinfer-python", "0.7.3", backend)
+    proc = watch(checkout, index.url, "--json", "w.json")
+    assert proc.returncode == 0, proc.stderr
+    (awaited,) = json.loads((checkout / "w.json").read_text())["engines"][0]["awaited"]
+    assert (awaited["arrived"], awaited["stub"]) == (arrived, not arrived)
 
 
 def test_an_awaited_project_the_index_does_not_have_at_all_is_not_an_error(index, checkout) -> None:
@@ -376,3 +410,38 @@ def test_write_frees_a_band_of_two_releases_once_and_reports_both_written(index,
     assert not [name for name, _ in result["not_written"] if name.startswith("vllm-0.33.")]
     matrix = load_matrix(checkout / "matrix.yaml")
     assert {matrix.get(n).late_pin for n in ("vllm-0.33.2", "vllm-0.33.3")} == {"flashinfer-python==0.7.3"}
+
+
+def test_the_summary_names_the_releases_of_one_awaited_band_in_one_part() -> None:
+    from rollout_matrix.locks.watch import Awaited, EngineWatch
+
+    stub = [Awaited(f"sglang-0.5.{n}", "cuda-tile==1.6.0rc5", arrived=False, stand_in="cuda-tile==1.6.0rc7", stub=True)
+            for n in (18, 19)]
+    other = Awaited("sglang-0.5.30", "x==1", arrived=True)
+    summary = EngineWatch("sglang", "sglang", "0.4.4", ("0.5.18",), (), (), (), (), (*stub, other)).summary()
+    assert summary == ("watch: sglang: 1 final releases newer than 0.4.4 on the index; 0 missing from matrix.yaml; "
+                       "sglang-0.5.18, sglang-0.5.19 await cuda-tile==1.6.0rc5 (cuda-tile==1.6.0rc7 stands in): "
+                       "on the index only as a wheel stub, which fetches it from another index; "
+                       "sglang-0.5.30 awaits x==1: on the index now (--write makes it installable and locks it)")
+
+
+def test_write_frees_each_band_that_awaits_the_arrived_pin(index, checkout) -> None:
+    # sglang 0.5.18 - 0.5.22: two bands (torch 2.13.0, 2.14.1) await the same cuda-tile pin, alike
+    second_band = ('      - torch: "2.14.0"\n        stack: cu130\n        # 0.33.3 also pins it (a test reason)\n'
+                   f'{UNAVAILABLE_LINE}        awaits: "flashinfer-python==0.7.3"\n'
+                   '        releases:\n          "0.33.3": {flashinfer-python: "0.7.3"}\n')
+    (checkout / "matrix.yaml").write_text(MATRIX + second_band)
+    index.add("flashinfer-python", "0.7.3")
+    proc = watch(checkout, index.url, "--write", "--engine", "vllm", "--json", "w.json", env=PYPI_CUT_OFF)
+    assert proc.returncode == 2, proc.stderr  # the locks fail offline
+    assert "vllm-0.33.2: flashinfer-python==0.7.3 is on the index: its band in matrix.yaml is installable now" \
+        in proc.stderr
+    assert ("vllm-0.33.3: flashinfer-python==0.7.3 is on the index: its band in matrix.yaml is installable now "
+            "(vllm-0.33.3)") in proc.stderr
+    matrix = load_matrix(checkout / "matrix.yaml")
+    for name in ("vllm-0.33.2", "vllm-0.33.3"):
+        e = matrix.get(name)
+        assert (e.unavailable, e.awaits, e.stand_in, e.late_pin) == (None, None, None, "flashinfer-python==0.7.3")
+    text = (checkout / "matrix.yaml").read_text()
+    assert "a test reason)\n" not in text.split('"0.33.2"')[1]  # the second band's comment went with its stand-in
+    assert json.loads((checkout / "w.json").read_text())["written"][:2] == ["vllm-0.33.2", "vllm-0.33.3"]

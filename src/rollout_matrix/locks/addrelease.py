@@ -129,8 +129,10 @@ def make_installable(matrix: Matrix, name: str) -> tuple[Matrix, list[Entry]]:
     lines[awaits_at] = (f"{indent}# {entry.awaits} reached the index after the release (`watch --write`): the lock lets\n"
                         f"{indent}# its files past the release's date limit.\n"
                         + lines[awaits_at].replace("awaits:", "late_pin:", 1))
-    members = [e.name for e in matrix if e.engine == entry.engine and e.unavailable == entry.unavailable
-               and e.awaits == entry.awaits and e.stand_in == entry.stand_in]
+    releases = _get(band, "releases")  # this band's only: another band may await the same pin (cuda-tile)
+    versions = {k.value for k, _ in releases.value if isinstance(k, yaml.ScalarNode)} \
+        if isinstance(releases, yaml.MappingNode) else {entry.version}
+    members = [e.name for e in matrix if e.engine == entry.engine and e.version in versions]
 
     def check(reloaded: Matrix) -> None:
         if any(reloaded.entries[m].unavailable or reloaded.entries[m].stand_in

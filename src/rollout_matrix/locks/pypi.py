@@ -8,8 +8,10 @@ same few hundred projects again and again.
 from __future__ import annotations
 
 import email
+import functools
 import io
 import json
+import tarfile
 import threading
 import urllib.error
 import urllib.request
@@ -171,3 +173,36 @@ def requires_dist(project: str, version: str, index_url: str = INDEX_URL) -> lis
     except (zipfile.BadZipFile, StopIteration, KeyError, ValueError) as exc:
         raise UserError(f"cannot read the METADATA of {wheel.filename} ({exc.__class__.__name__}); retry") from None
     return email.message_from_string(text).get_all("Requires-Dist") or []
+
+
+STUB_SIZE_LIMIT = 1 << 20  # bytes: a wheel stub carries no code (cuda-tile 1.6.0rc5's: 6.9 KB); a larger sdist is real
+
+
+@functools.cache  # the watch asks once per release of a band, for the same file
+def is_wheel_stub(sdist: IndexFile) -> bool:
+    """Whether ``sdist`` is a wheel stub: an sdist whose build backend (``wheel_stub.buildapi``) downloads
+    the real wheel from another index at install time (cuda-tile 1.6.0rc5's fetches pypi.nvidia.com), so
+    it installs nothing from the index it is on. Reads the sdist's ``pyproject.toml``; an sdist above
+    :data:`STUB_SIZE_LIMIT` is not one, and is not downloaded."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the matrix extra's backport
+        import tomli as tomllib  # type: ignore[no-redef]
+
+    if sdist.is_wheel or (sdist.size or 0) > STUB_SIZE_LIMIT:
+        return False
+    request = urllib.request.Request(sdist.url, headers={"User-Agent": "rollout-matrix"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            data = response.read(STUB_SIZE_LIMIT + 1)
+    except (urllib.error.URLError, OSError) as exc:
+        raise RegistryError(f"cannot read {sdist.filename} ({exc}); check the network and retry") from None
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+            member = next((m for m in tar.getmembers() if m.name.count("/") == 1 and m.name.endswith("/pyproject.toml")),
+                          None)
+            text = tar.extractfile(member).read().decode("utf-8") if member is not None else ""  # type: ignore[union-attr]
+        backend = tomllib.loads(text).get("build-system", {}).get("build-backend", "")
+    except (tarfile.TarError, tomllib.TOMLDecodeError, UnicodeDecodeError, EOFError, OSError):
+        return False  # not an sdist this can read: whatever it is, it is not the stub layout
+    return str(backend).split(".", 1)[0] == "wheel_stub"

@@ -11,16 +11,18 @@ the matrix band it joins and the shim band that would serve it.
 
 A band waiting for one exact pin the index lacks says which with ``awaits``, beside ``unavailable``
 (no lock) or ``stand_in`` (locked with another version meanwhile: vLLM 0.34.0 pins flashinfer-python
-0.7.3, which PyPI did not have on 2026-12-05). The watch asks the index for that pin too, and on the day
-it arrives ``--write`` drops ``unavailable`` or ``stand_in``, turns ``awaits`` into ``late_pin`` (the
-lock lets that package past the release's date) and locks the band's releases with it.
+0.7.3, which PyPI did not have on 2026-12-05; sglang 0.5.18 - 0.5.22 pin cuda-tile 1.6.0rc5, which PyPI
+has only as a wheel stub, a file that installs nothing from it). The watch asks the index for that pin
+too, and on the day it arrives (a file that installs from the index) ``--write`` drops ``unavailable``
+or ``stand_in``, turns ``awaits`` into ``late_pin`` (the lock lets that package past the release's date)
+and locks the band's releases with it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from packaging.requirements import Requirement
 from packaging.version import Version
@@ -28,19 +30,20 @@ from packaging.version import Version
 from rollout_matrix.errors import RegistryError, UserError
 from rollout_matrix.locks.lockfile import INDEX_URL
 from rollout_matrix.locks.newrelease import NewRelease, new_release
-from rollout_matrix.locks.pypi import project_files
+from rollout_matrix.locks.pypi import is_wheel_stub, project_files
 from rollout_matrix.matrix.model import Matrix
 
 
 @dataclass(frozen=True)
 class Awaited:
-    """A release waiting for a pin (unavailable, or locked with a stand-in); ``arrived``: the index has
-    that pin now."""
+    """A release waiting for a pin (unavailable, or locked with a stand-in); ``arrived``: the index can
+    install that pin now; ``stub``: the index has it only as a wheel stub, which installs from elsewhere."""
 
     entry: str
     awaits: str
     arrived: bool
     stand_in: str | None = None
+    stub: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,11 +70,16 @@ class EngineWatch:
             parts.append(f"{len(self.yanked)} yanked ({', '.join(self.yanked)})")
         if self.prereleases:
             parts.append(f"pre-releases not added: {', '.join(self.prereleases)}")
+        groups: dict[tuple[str, str | None, bool, bool], list[str]] = {}  # the releases of a band: one part
         for a in self.awaited:
-            meanwhile = f" ({a.stand_in} stands in)" if a.stand_in else ""
-            write = "drops the stand-in and locks it again" if a.stand_in else "makes it installable and locks it"
-            state = f"on the index now (--write {write})" if a.arrived else "not on the index yet"
-            parts.append(f"{a.entry} awaits {a.awaits}{meanwhile}: {state}")
+            groups.setdefault((a.awaits, a.stand_in, a.arrived, a.stub), []).append(a.entry)
+        for (awaits, stand_in, arrived, stub), names in groups.items():
+            meanwhile = f" ({stand_in} stands in)" if stand_in else ""
+            write = "drops the stand-in and locks it again" if stand_in else "makes it installable and locks it"
+            state = (f"on the index now (--write {write})" if arrived
+                     else "on the index only as a wheel stub, which fetches it from another index" if stub
+                     else "not on the index yet")
+            parts.append(f"{', '.join(names)} {'await' if len(names) > 1 else 'awaits'} {awaits}{meanwhile}: {state}")
         return f"watch: {self.engine}: " + "; ".join(parts)
 
 
@@ -102,8 +110,8 @@ class WatchResult:
                 "engine": e.engine, "package": e.package, "oldest": e.oldest, "finals": len(e.finals),
                 "prereleases": list(e.prereleases), "yanked": list(e.yanked),
                 "left_out": [{"version": v, "why": why} for v, why in e.left_out],
-                "awaited": [{"entry": a.entry, "awaits": a.awaits, "arrived": a.arrived, "stand_in": a.stand_in}
-                            for a in e.awaited],
+                "awaited": [{"entry": a.entry, "awaits": a.awaits, "arrived": a.arrived, "stand_in": a.stand_in,
+                             "stub": a.stub} for a in e.awaited],
             } for e in self.engines],
             "missing": [{
                 "engine": m.engine, "version": m.version, "entry": f"{m.engine}-{m.version}", "torch": m.torch,
@@ -131,8 +139,10 @@ def index_versions(package: str, index_url: str = INDEX_URL) -> dict[Version, bo
     return versions
 
 
-def pin_on_index(pin: str, index_url: str = INDEX_URL) -> bool:
-    """Whether the index has a file of the exact pin ``name==version`` that is not yanked."""
+def pin_on_index(pin: str, index_url: str = INDEX_URL) -> Literal["installable", "stub", "absent"]:
+    """Whether the index can install the exact pin ``name==version``: ``installable`` (a wheel, or an
+    sdist that builds here), ``stub`` (its only files are wheel stubs, which fetch the wheel from another
+    index: cuda-tile 1.6.0rc5) or ``absent`` (no file, or every file yanked)."""
     req = Requirement(pin)
     wanted = Version(next(iter(req.specifier)).version)
     try:
@@ -140,8 +150,16 @@ def pin_on_index(pin: str, index_url: str = INDEX_URL) -> bool:
     except RegistryError:  # the index could not be read: exit 6, as for the engines
         raise
     except UserError:  # the project is not on the index at all (404): neither is the pin
-        return False
-    return any(f.version == wanted and not f.yanked for f in files)
+        return "absent"
+    files = tuple(f for f in files if f.version == wanted and not f.yanked)
+    if not files:
+        return "absent"
+    return "stub" if all(is_wheel_stub(f) for f in files) else "installable"
+
+
+def _awaited(entry: str, awaits: str, stand_in: str | None, index_url: str) -> Awaited:
+    state = pin_on_index(awaits, index_url)
+    return Awaited(entry, awaits, arrived=state == "installable", stand_in=stand_in, stub=state == "stub")
 
 
 def watch_engine(matrix: Matrix, engine: str, index_url: str = INDEX_URL) -> EngineWatch:
@@ -167,8 +185,7 @@ def watch_engine(matrix: Matrix, engine: str, index_url: str = INDEX_URL) -> Eng
         missing=tuple(new_release(matrix, engine, str(v), index_url) for v in missing),
         left_out=tuple((str(v), why) for v, why in sorted(left_out.items()) if v in set(finals)),
         prereleases=tuple(str(v) for v in pre), yanked=tuple(str(v) for v in yanked),
-        awaited=tuple(Awaited(e.name, e.awaits, pin_on_index(e.awaits, index_url), e.stand_in)
-                      for e in entries if e.awaits),
+        awaited=tuple(_awaited(e.name, e.awaits, e.stand_in, index_url) for e in entries if e.awaits),
     )
 
 
