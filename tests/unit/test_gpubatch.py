@@ -34,6 +34,10 @@ def test_the_targets_are_the_issue_s_41_entries() -> None:
     # since 2026-12-05 vllm-0.34.0 installs (flashinfer-python 0.7.4 stands in for 0.7.3): the newest
     # release of band vllm-0.25 and of its torch 2.14.0 pair is 0.34.0, no longer 0.33.0
     want = want - {"vllm-0.33.0"} | {"vllm-0.34.0"}
+    # and sglang 0.5.18 - 0.5.22 install (cuda-tile 1.6.0rc7 stands in for the stub of 1.6.0rc5): band
+    # sglang-0.5.20 gets its one release, band sglang-0.5.21 its oldest (0.5.21, also the newest of its
+    # torch 2.13.0 pair), and band sglang-0.5.14's torch 2.13.0 pair its newest (0.5.19)
+    want |= {"sglang-0.5.19", "sglang-0.5.20", "sglang-0.5.21"}
     assert {e.name for e in targets(load_matrix(ROOT / "matrix.yaml"))} == want
 
 

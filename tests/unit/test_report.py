@@ -165,6 +165,7 @@ def test_a_release_locked_with_a_stand_in_says_so_on_its_row_and_is_not_unavaila
     rows, written = write_report(load_matrix(tmp_path / "matrix.yaml"), tmp_path / "docs")
     by_name = {r.entry.name: r for r in rows}
     assert (by_name["vllm-0.33.1"].verdict, by_name["vllm-0.33.2"].verdict) == (UNAVAILABLE, NOT_RUN)
-    note = "locked with flashinfer-python==0.7.4 standing in for flashinfer-python==0.7.3, which PyPI lacks"
+    note = ("locked with flashinfer-python==0.7.4 standing in for flashinfer-python==0.7.3, "
+            "which cannot be installed from PyPI")
     assert by_name["vllm-0.33.2"].notes == [note] and by_name["vllm-0.33.0"].notes == []
     assert all(note in page.read_text() for page in written)

@@ -76,8 +76,9 @@ class Row:
                for e in (self.cpu, self.gpu) if e is not None and e.note]
         if self.entry.unavailable and self.cpu is None and self.gpu is None:
             out.append(self.entry.unavailable)
-        if self.entry.stand_in:  # every figure on this row is for the release as users must install it today
-            out.append(f"locked with {self.entry.stand_in} standing in for {self.entry.awaits}, which PyPI lacks")
+        if self.entry.stand_in:  # every figure on this row is for the release with the stand-in, not as published
+            out.append(f"locked with {self.entry.stand_in} standing in for {self.entry.awaits}, "
+                       "which cannot be installed from PyPI")
         return out
 
 
