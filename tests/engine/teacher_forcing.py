@@ -73,9 +73,10 @@ def bf16_weights(model: Any) -> list:
     return [(n, t.detach().to(torch.bfloat16)) for n, t in model.state_dict().items()]
 
 
-def check_teacher_forced(model: Any, prompt: list[int], completion: Any) -> float:
+def check_teacher_forced(model: Any, prompt: list[int], completion: Any, tol: float = TOL) -> float:
     """Greedy: each chosen token is the reference argmax up to TOL, and the engine's logprobs (raw
-    log_softmax when greedy, for every engine) match the reference's. Returns the max logprob error."""
+    log_softmax when greedy, for every engine) match the reference's within ``tol`` (TOL, or
+    :func:`long_prompt_tol` for a prompt near the context). Returns the max logprob error."""
     import torch
 
     got, best = _reference_logprobs(model, prompt, completion)
@@ -83,8 +84,43 @@ def check_teacher_forced(model: Any, prompt: list[int], completion: Any) -> floa
     if completion.logprobs is None:
         return 0.0
     error = (torch.tensor(completion.logprobs, device=DEVICE) - got).abs().max().item()
-    assert error <= TOL, (completion.logprobs, got)
+    assert error <= tol, (error, tol, completion.logprobs, got)
     return error
+
+
+def bf16_forward_error(model: Any, prompt: list[int], completion: Any) -> float:
+    """How far a plain bf16 forward of the reference's own weights (``transformers``, on the same
+    device) lands from the float32 reference, teacher-forced on the engine's tokens: the rounding of
+    bf16 arithmetic alone on this prompt, no engine involved."""
+    import copy
+
+    import torch
+
+    half = copy.deepcopy(model)
+    for param in half.parameters():  # exact: the reference is bf16 weights upcast. Buffers stay float32,
+        param.data = param.data.to(torch.bfloat16)  # as loading in bf16 leaves them (rotary inv_freq)
+    got, _ = _reference_logprobs(model, prompt, completion)
+    lp = torch.log_softmax(reference_logits(half, prompt, completion.token_ids), dim=-1)
+    chosen = lp.gather(1, torch.tensor(completion.token_ids, device=DEVICE)[:, None])[:, 0]
+    return (chosen - got).abs().max().item()
+
+
+def long_prompt_tol(model: Any, prompt: list[int], completion: Any) -> tuple[float, float]:
+    """(tolerance, bf16 forward error) for a prompt near the context: TOL, or twice the error of a
+    plain bf16 forward on the same tokens where that is more (the engine's error and that forward's
+    are two bf16 roundings of the same sums in different orders, each up to about that size).
+
+    Why not TOL alone: over 2,000 tokens bf16 errs more than over a dozen. Measured on a CPU (torch
+    2.14.0, transformers 5.22.2, 2026-12-05) with the suite's setup (a bf16 checkpoint loaded as the
+    fixtures do, so rotary ``inv_freq`` stays float32), 8 random models of the suite's shape (seeds 0-7)
+    teacher-forced on their float32 greedy tokens: on the long prompt (CONTEXT - 24 tokens, seed 11) a
+    bf16 forward errs 0.057-0.121 (sdpa attention) and 0.080-0.229 (eager attention) from float32; on a
+    short prompt of the suite 0.026-0.080. vllm-0.34.0 in graphs mode (H100) erred 0.1047 on the long
+    prompt and failed TOL; on its first 19 tokens, whose weights and reference logprobs the CPU
+    reproduces exactly, a bf16 forward errs 0.061 (sdpa) / 0.065 (eager). Wrong state errs far more: the
+    same forward with ``inv_freq`` rounded to bf16 (positions off) errs 1.66-2.65 on the 8 models."""
+    noise = bf16_forward_error(model, prompt, completion)
+    return max(TOL, 2 * noise), noise
 
 
 def teacher_forced_error(model: Any, prompt: list[int], completion: Any) -> float:
