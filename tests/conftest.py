@@ -167,23 +167,34 @@ class FakeIndex:
             "yanked": yanked,
         })
 
-    def add_sdist(self, project: str, version: str, build_backend: str, yanked: bool = False) -> None:
-        """One sdist of ``project==version``: a tar.gz whose pyproject.toml names ``build_backend``
-        (``wheel_stub.buildapi``: the layout of a wheel stub, as cuda-tile 1.6.0rc5's on PyPI)."""
+    def add_sdist(self, project: str, version: str, build_backend: str, yanked: bool = False,
+                  layout: str = "tar") -> str:
+        """One sdist of ``project==version`` whose pyproject.toml names ``build_backend``
+        (``wheel_stub.buildapi``: the layout of a wheel stub, as cuda-tile 1.6.0rc5's on PyPI). ``layout``:
+        ``tar`` (NAME-VERSION/... in a tar.gz), ``tar-dot`` (./NAME-VERSION/..., as some tools write)
+        or ``zip``. Returns the file name."""
         import hashlib
         import io
         import tarfile
+        import zipfile
 
         dist = project.replace("-", "_")
-        filename = f"{dist}-{version}.tar.gz"
         files = {"pyproject.toml": f'[build-system]\nrequires = ["x"]\nbuild-backend = "{build_backend}"\n',
                  "PKG-INFO": f"Metadata-Version: 2.1\nName: {project}\nVersion: {version}\n"}
+        top = f"{'./' if layout == 'tar-dot' else ''}{dist}-{version}"
         buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-            for name, text in files.items():
-                info = tarfile.TarInfo(f"{dist}-{version}/{name}")
-                info.size = len(text.encode())
-                tar.addfile(info, io.BytesIO(text.encode()))
+        if layout == "zip":
+            filename = f"{dist}-{version}.zip"
+            with zipfile.ZipFile(buf, "w") as zf:
+                for name, text in files.items():
+                    zf.writestr(f"{top}/{name}", text)
+        else:
+            filename = f"{dist}-{version}.tar.gz"
+            with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+                for name, text in files.items():
+                    info = tarfile.TarInfo(f"{top}/{name}")
+                    info.size = len(text.encode())
+                    tar.addfile(info, io.BytesIO(text.encode()))
         data = buf.getvalue()
         self.files[filename] = data
         base = self.url.rsplit("/simple", 1)[0]
@@ -192,6 +203,7 @@ class FakeIndex:
             "hashes": {"sha256": hashlib.sha256(data).hexdigest()}, "upload-time": "2026-08-06T00:00:00Z",
             "yanked": yanked,
         })
+        return filename
 
     def close(self) -> None:
         self.server.shutdown()

@@ -263,6 +263,30 @@ def test_an_awaited_pin_arrives_with_a_file_that_installs_from_the_index(index, 
     assert (awaited["arrived"], awaited["stub"]) == (arrived, not arrived)
 
 
+@pytest.mark.parametrize("layout", ["tar-dot", "zip"])
+def test_a_wheel_stub_is_recognised_in_other_sdist_layouts(index, checkout, layout) -> None:
+    index.add_sdist("flashinfer-python", "0.7.3", "wheel_stub.buildapi", layout=layout)
+    proc = watch(checkout, index.url)
+    assert proc.returncode == 0, proc.stderr
+    assert "flashinfer-python==0.7.3: on the index only as a wheel stub" in proc.stderr
+
+
+@pytest.mark.parametrize("fault", ["cut off", "gone"])
+def test_an_sdist_that_cannot_be_read_whole_is_exit_6_not_an_arrival(index, checkout, fault) -> None:
+    filename = index.add_sdist("flashinfer-python", "0.7.3", "wheel_stub.buildapi")
+    if fault == "cut off":  # the index lists the whole file's sha256; half of it comes back
+        index.files[filename] = index.files[filename][: len(index.files[filename]) // 2]
+    else:  # listed, but the file answers 404
+        del index.files[filename]
+    before = (checkout / "matrix.yaml").read_text()
+    proc = watch(checkout, index.url, "--write", env=PYPI_CUT_OFF)
+    assert (proc.returncode, proc.stdout) == (6, ""), proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("rollout-matrix: error: ") and filename in last and "retry" in last, last
+    assert "Traceback" not in proc.stderr
+    assert (checkout / "matrix.yaml").read_text() == before
+
+
 def test_an_awaited_project_the_index_does_not_have_at_all_is_not_an_error(index, checkout) -> None:
     proc = watch(checkout, index.url)
     assert proc.returncode == 0, proc.stderr
@@ -412,7 +436,7 @@ def test_write_frees_a_band_of_two_releases_once_and_reports_both_written(index,
     assert {matrix.get(n).late_pin for n in ("vllm-0.33.2", "vllm-0.33.3")} == {"flashinfer-python==0.7.3"}
 
 
-def test_the_summary_names_the_releases_of_one_awaited_band_in_one_part() -> None:
+def test_the_summary_names_the_releases_awaiting_one_pin_in_one_state_in_one_part() -> None:
     from rollout_matrix.locks.watch import Awaited, EngineWatch
 
     stub = [Awaited(f"sglang-0.5.{n}", "cuda-tile==1.6.0rc5", arrived=False, stand_in="cuda-tile==1.6.0rc7", stub=True)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import email
 import functools
+import hashlib
+import http.client
 import io
 import json
 import tarfile
@@ -18,6 +20,7 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import PurePosixPath
 from typing import Any
 
 from packaging.utils import (
@@ -93,7 +96,7 @@ def project_files(project: str, index_url: str = INDEX_URL) -> tuple[IndexFile, 
         if exc.code == 404:
             raise UserError(f"{project} is not on {index_url}; check the package name") from None
         raise RegistryError(f"{url}: HTTP {exc.code}; retry later") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
         # the index could not be read (no route, DNS, TLS, a cut-off answer): exit code 6, as a registry
         raise RegistryError(f"cannot read {url} ({exc}); check the network/proxy (SSL_CERT_FILE)") from None
     files = tuple(
@@ -182,27 +185,51 @@ STUB_SIZE_LIMIT = 1 << 20  # bytes: a wheel stub carries no code (cuda-tile 1.6.
 def is_wheel_stub(sdist: IndexFile) -> bool:
     """Whether ``sdist`` is a wheel stub: an sdist whose build backend (``wheel_stub.buildapi``) downloads
     the real wheel from another index at install time (cuda-tile 1.6.0rc5's fetches pypi.nvidia.com), so
-    it installs nothing from the index it is on. Reads the sdist's ``pyproject.toml``; an sdist above
-    :data:`STUB_SIZE_LIMIT` is not one, and is not downloaded."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10: the matrix extra's backport
-        import tomli as tomllib  # type: ignore[no-redef]
-
+    it installs nothing from the index it is on. Reads the sdist's ``pyproject.toml`` (a tar or zip
+    sdist, checked against the index's sha256: a cut-off download is a registry error, exit 6, never a
+    verdict). An sdist the index says is above :data:`STUB_SIZE_LIMIT` is not one and is not
+    downloaded; one of unknown size is read up to that limit."""
     if sdist.is_wheel or (sdist.size or 0) > STUB_SIZE_LIMIT:
         return False
     request = urllib.request.Request(sdist.url, headers={"User-Agent": "rollout-matrix"})
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             data = response.read(STUB_SIZE_LIMIT + 1)
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         raise RegistryError(f"cannot read {sdist.filename} ({exc}); check the network and retry") from None
+    if len(data) > STUB_SIZE_LIMIT:
+        return False
+    if sdist.sha256 and hashlib.sha256(data).hexdigest() != sdist.sha256:
+        raise RegistryError(f"{sdist.filename} came back with another sha256 than the index lists (a cut-off "
+                            "download?); retry")
+    return _build_backend(sdist.filename, data).split(".", 1)[0] == "wheel_stub"
+
+
+def _build_backend(filename: str, data: bytes) -> str:
+    """The ``build-system.build-backend`` of the sdist ``data``'s top-level ``pyproject.toml`` ("" where
+    it has none, or is not an archive this can read: whatever it is, it is not the stub layout)."""
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
-            member = next((m for m in tar.getmembers() if m.name.count("/") == 1 and m.name.endswith("/pyproject.toml")),
-                          None)
-            text = tar.extractfile(member).read().decode("utf-8") if member is not None else ""  # type: ignore[union-attr]
-        backend = tomllib.loads(text).get("build-system", {}).get("build-backend", "")
-    except (tarfile.TarError, tomllib.TOMLDecodeError, UnicodeDecodeError, EOFError, OSError):
-        return False  # not an sdist this can read: whatever it is, it is not the stub layout
-    return str(backend).split(".", 1)[0] == "wheel_stub"
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the matrix extra's backport
+        import tomli as tomllib  # type: ignore[no-redef]
+
+    def top_level(name: str) -> bool:  # NAME-VERSION/pyproject.toml, with or without a leading ./
+        parts = PurePosixPath(name.removeprefix("./")).parts
+        return len(parts) == 2 and parts[1] == "pyproject.toml"
+
+    raw: bytes | None = None
+    try:
+        if filename.endswith(".zip"):
+            with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                name = next((n for n in zf.namelist() if top_level(n)), None)
+                raw = zf.read(name) if name is not None else None
+        else:
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+                member = next((m for m in tar.getmembers() if m.isfile() and top_level(m.name)), None)
+                handle = tar.extractfile(member) if member is not None else None
+                raw = handle.read() if handle is not None else None
+        system = tomllib.loads(raw.decode("utf-8")).get("build-system") if raw is not None else None
+    except (tarfile.TarError, zipfile.BadZipFile, tomllib.TOMLDecodeError, UnicodeDecodeError, EOFError, OSError):
+        return ""
+    backend = system.get("build-backend") if isinstance(system, dict) else None
+    return backend if isinstance(backend, str) else ""

@@ -70,7 +70,7 @@ class EngineWatch:
             parts.append(f"{len(self.yanked)} yanked ({', '.join(self.yanked)})")
         if self.prereleases:
             parts.append(f"pre-releases not added: {', '.join(self.prereleases)}")
-        groups: dict[tuple[str, str | None, bool, bool], list[str]] = {}  # the releases of a band: one part
+        groups: dict[tuple[str, str | None, bool, bool], list[str]] = {}  # one part per pin and state
         for a in self.awaited:
             groups.setdefault((a.awaits, a.stand_in, a.arrived, a.stub), []).append(a.entry)
         for (awaits, stand_in, arrived, stub), names in groups.items():
@@ -141,8 +141,8 @@ def index_versions(package: str, index_url: str = INDEX_URL) -> dict[Version, bo
 
 def pin_on_index(pin: str, index_url: str = INDEX_URL) -> Literal["installable", "stub", "absent"]:
     """Whether the index can install the exact pin ``name==version``: ``installable`` (a wheel, or an
-    sdist that builds here), ``stub`` (its only files are wheel stubs, which fetch the wheel from another
-    index: cuda-tile 1.6.0rc5) or ``absent`` (no file, or every file yanked)."""
+    sdist that is not a wheel stub), ``stub`` (its only files are wheel stubs, which fetch the wheel from
+    another index: cuda-tile 1.6.0rc5) or ``absent`` (no file, or every file yanked)."""
     req = Requirement(pin)
     wanted = Version(next(iter(req.specifier)).version)
     try:
@@ -154,6 +154,8 @@ def pin_on_index(pin: str, index_url: str = INDEX_URL) -> Literal["installable",
     files = tuple(f for f in files if f.version == wanted and not f.yanked)
     if not files:
         return "absent"
+    if any(f.is_wheel for f in files):  # no sdist needs reading then
+        return "installable"
     return "stub" if all(is_wheel_stub(f) for f in files) else "installable"
 
 
