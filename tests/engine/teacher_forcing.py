@@ -74,13 +74,13 @@ def bf16_weights(model: Any) -> list:
 
 
 def check_teacher_forced(model: Any, prompt: list[int], completion: Any, tol: float = TOL) -> float:
-    """Greedy: each chosen token is the reference argmax up to TOL, and the engine's logprobs (raw
-    log_softmax when greedy, for every engine) match the reference's within ``tol`` (TOL, or
+    """Greedy: each chosen token is the reference argmax up to ``tol``, and the engine's logprobs (raw
+    log_softmax when greedy, for every engine) match the reference's within it (TOL, or
     :func:`long_prompt_tol` for a prompt near the context). Returns the max logprob error."""
     import torch
 
     got, best = _reference_logprobs(model, prompt, completion)
-    assert bool((got >= best - TOL).all()), (completion.token_ids, got, best)
+    assert bool((got >= best - tol).all()), (completion.token_ids, got, best)  # a near-tie within the same noise
     if completion.logprobs is None:
         return 0.0
     error = (torch.tensor(completion.logprobs, device=DEVICE) - got).abs().max().item()
@@ -105,10 +105,16 @@ def bf16_forward_error(model: Any, prompt: list[int], completion: Any) -> float:
     return (chosen - got).abs().max().item()
 
 
+LONG_TOL_MAX = 0.2
+"""The most :func:`long_prompt_tol` allows, however much the bf16 forward errs: twice TOL. A position
+shift of 8 tokens on the long prompt errs 0.446 (CPU, measured in review on 2026-12-05) and must fail."""
+
+
 def long_prompt_tol(model: Any, prompt: list[int], completion: Any) -> tuple[float, float]:
     """(tolerance, bf16 forward error) for a prompt near the context: TOL, or twice the error of a
     plain bf16 forward on the same tokens where that is more (the engine's error and that forward's
-    are two bf16 roundings of the same sums in different orders, each up to about that size).
+    are two bf16 roundings of the same sums in different orders, each up to about that size), at most
+    :data:`LONG_TOL_MAX`.
 
     Why not TOL alone: over 2,000 tokens bf16 errs more than over a dozen. Measured on a CPU (torch
     2.14.0, transformers 5.22.2, 2026-12-05) with the suite's setup (a bf16 checkpoint loaded as the
@@ -120,7 +126,7 @@ def long_prompt_tol(model: Any, prompt: list[int], completion: Any) -> tuple[flo
     reproduces exactly, a bf16 forward errs 0.061 (sdpa) / 0.065 (eager). Wrong state errs far more: the
     same forward with ``inv_freq`` rounded to bf16 (positions off) errs 1.66-2.65 on the 8 models."""
     noise = bf16_forward_error(model, prompt, completion)
-    return max(TOL, 2 * noise), noise
+    return min(max(TOL, 2 * noise), LONG_TOL_MAX), noise
 
 
 def teacher_forced_error(model: Any, prompt: list[int], completion: Any) -> float:
