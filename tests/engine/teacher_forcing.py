@@ -100,8 +100,7 @@ def bf16_forward_error(model: Any, prompt: list[int], completion: Any) -> float:
     for param in half.parameters():  # exact: the reference is bf16 weights upcast. Buffers stay float32,
         param.data = param.data.to(torch.bfloat16)  # as loading in bf16 leaves them (rotary inv_freq)
     got, _ = _reference_logprobs(model, prompt, completion)
-    lp = torch.log_softmax(reference_logits(half, prompt, completion.token_ids), dim=-1)
-    chosen = lp.gather(1, torch.tensor(completion.token_ids, device=DEVICE)[:, None])[:, 0]
+    chosen, _ = _reference_logprobs(half, prompt, completion)
     return (chosen - got).abs().max().item()
 
 

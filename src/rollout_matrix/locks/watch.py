@@ -30,7 +30,7 @@ from packaging.version import Version
 from rollout_matrix.errors import RegistryError, UserError
 from rollout_matrix.locks.lockfile import INDEX_URL
 from rollout_matrix.locks.newrelease import NewRelease, new_release
-from rollout_matrix.locks.pypi import is_wheel_stub, project_files
+from rollout_matrix.locks.pypi import is_wheel_stub, project_files, release_files
 from rollout_matrix.matrix.model import Matrix
 
 
@@ -144,14 +144,12 @@ def pin_on_index(pin: str, index_url: str = INDEX_URL) -> Literal["installable",
     sdist that is not a wheel stub), ``stub`` (its only files are wheel stubs, which fetch the wheel from
     another index: cuda-tile 1.6.0rc5) or ``absent`` (no file, or every file yanked)."""
     req = Requirement(pin)
-    wanted = Version(next(iter(req.specifier)).version)
     try:
-        files = project_files(req.name, index_url)
+        files = [f for f in release_files(req.name, next(iter(req.specifier)).version, index_url) if not f.yanked]
     except RegistryError:  # the index could not be read: exit 6, as for the engines
         raise
     except UserError:  # the project is not on the index at all (404): neither is the pin
         return "absent"
-    files = tuple(f for f in files if f.version == wanted and not f.yanked)
     if not files:
         return "absent"
     if any(f.is_wheel for f in files):  # no sdist needs reading then
