@@ -15,15 +15,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-RATIO_HEAD = ("| date | engine (shim) | mode | setting | shim / direct | 95 % interval | width | ABBA blocks | "
+RATIO_HEAD = ("| date | GPU | engine (shim) | mode | setting | shim / direct | 95 % interval | width | ABBA blocks | "
               "shim work per call | of a shim call | direct tok/s | targets |")
-WEIGHTS_HEAD = ("| date | engine (shim) | update_weights from GPU | from pinned CPU | offload (freed) | onload (back) | "
+WEIGHTS_HEAD = ("| date | GPU | engine (shim) | update_weights from GPU | from pinned CPU | offload (freed) | onload (back) | "
                 "greedy after the RL loop | engine starts: graphs / eager / weights |")
+
+
+def gpu(meta: dict[str, Any]) -> str:
+    """The GPU as the table names it: figures from an H100 and an H200 are not comparable."""
+    return str(meta.get("gpu", "?")).removeprefix("NVIDIA ")
 
 
 def ratio_rows(data: dict[str, Any]) -> list[str]:
     meta, rows = data["meta"], []
-    day = meta["when"][:10]
+    day = f"{meta['when'][:10]} | {gpu(meta)}"
     for r in sorted(data["ratios"], key=lambda r: (r["mode"] != "graphs", r["logprobs"])):
         who = f"{r['engine']} {r['release']} ({r['shim']})"
         setting = "sampling + logprobs" if r["logprobs"] else "sampling"
@@ -50,7 +55,7 @@ def weights_row(data: dict[str, Any]) -> str | None:
 
     kept, _, tensors = str(w.get("pinned_cpu_still_pinned", "")).partition("/")
     unpinned = f" (pinned after: {kept}/{tensors})" if tensors and kept != tensors else ""
-    return (f"| {meta['when'][:10]} | {meta['engine']} {meta.get('release', '?')} ({meta.get('shim', '?')}) | "
+    return (f"| {meta['when'][:10]} | {gpu(meta)} | {meta['engine']} {meta.get('release', '?')} ({meta.get('shim', '?')}) | "
             f"{w['update_gpu_gb_s']:.1f} GB/s | {w.get('update_pinned_cpu_gb_s', 0):.1f} GB/s{unpinned} | "
             f"{timed('offload_s', 'offload_freed_gib')} | {timed('onload_s', 'onload_restored_gib')} | "
             f"{w.get('greedy_identical_after_loop', '-')} | {starts} |")
