@@ -23,11 +23,25 @@ import math
 import random
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 Call = Callable[[list], Any]
+Probe = Callable[[], dict[str, float]]
+"""Counters read right before and right after each timed call, outside the clock (bench/phases.py's
+``Probe``): a call keeps what they rose by, so a slow call can be told apart (CPU time, context
+switches, the host's steal time) from the others."""
+
+
+@dataclass(frozen=True)
+class CallTime:
+    """One timed call of a block."""
+
+    side: str  # "direct" or "shim"
+    seconds: float
+    inner_s: float | None = None  # shim calls: the engine's time inside it
+    counters: dict[str, float] = field(default_factory=dict)  # what the probe's counters rose by (gauges: as read after)
 
 
 @dataclass(frozen=True)
@@ -39,6 +53,7 @@ class Pair:
     shim_first: bool
     inner_s: float  # time the shim's calls spent inside the engine (the rest is the shim's own work)
     calls: int = 1
+    detail: tuple[CallTime, ...] = ()  # every call, in the order run
 
     @property
     def ratio(self) -> float:
@@ -53,10 +68,13 @@ class Pair:
 
 def run_block(direct: Call, shim: Call, inner: Callable[[], float], batches: Sequence[list], shim_first: bool,
               sync: Callable[[], None] = lambda: None, clock: Callable[[], float] = time.perf_counter,
-              release: Callable[[], None] = lambda: None) -> Pair:
+              release: Callable[[], None] = lambda: None, probe: Probe | None = None,
+              gauges: Collection[str] = ()) -> Pair:
     """One ABBA block (``len(batches) == 4``) or one AB pair (2 batches), batch ``k`` for call ``k``.
     ``inner()`` is the engine time of the shim call just made; ``release()`` drops whatever the sides
-    held on to (called once the block's clock has stopped, as the outputs here are)."""
+    held on to (called once the block's clock has stopped, as the outputs here are). ``probe``, read
+    after the sync before a call and after the sync ending it, gives each call's counters (the
+    ``gauges`` among them are kept as read at the end, not differenced)."""
     first, second = ("shim", "direct") if shim_first else ("direct", "shim")
     order = (first, second, second, first) if len(batches) == 4 else (first, second)
     if len(batches) != len(order):
@@ -64,6 +82,7 @@ def run_block(direct: Call, shim: Call, inner: Callable[[], float], batches: Seq
     times = {"direct": 0.0, "shim": 0.0}
     inner_s = 0.0
     held = []
+    detail = []
     try:
         for side, batch in zip(order, batches, strict=True):
             call = shim if side == "shim" else direct
@@ -71,18 +90,23 @@ def run_block(direct: Call, shim: Call, inner: Callable[[], float], batches: Seq
             gc.disable()
             try:
                 sync()
+                before = probe() if probe else {}
                 start = clock()
                 held.append(call(batch))
                 sync()
-                times[side] += clock() - start
+                seconds = clock() - start
+                after = probe() if probe else {}
             finally:
                 gc.enable()
-            if side == "shim":
-                inner_s += inner()
+            times[side] += seconds
+            engine_s = inner() if side == "shim" else None
+            inner_s += engine_s or 0.0
+            counters = {k: v if k in gauges else v - before[k] for k, v in after.items() if k in gauges or k in before}
+            detail.append(CallTime(side, seconds, engine_s, counters))
     finally:
         held.clear()
         release()
-    return Pair(times["direct"], times["shim"], shim_first, inner_s, len(order) // 2)
+    return Pair(times["direct"], times["shim"], shim_first, inner_s, len(order) // 2, tuple(detail))
 
 
 def run_pairs(direct: Call, shim: Call, inner: Callable[[], float], prompts: Callable[[int], list], pairs: int,

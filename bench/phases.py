@@ -31,7 +31,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import noise
 from pairs import Pair, WarmUp, bootstrap, quick_interval, run_block
+from probe import GAUGES, Probe
 
 RECORD_EVERY_S = 30.0
 TARGETS = {"width": 0.04, "ci_low": 0.97, "shim_work_fraction": 0.01}
@@ -178,6 +180,10 @@ def record(engine: Any, mode: str, setting: Setting, blocks: list[Pair], spec: d
         "meets": {"width": est.width <= TARGETS["width"], "ci_low": est.ci_low >= TARGETS["ci_low"],
                   "shim_work_fraction": est.shim_work_fraction <= TARGETS["shim_work_fraction"]},
         "raw": [[round(p.direct_s, 6), round(p.shim_s, 6), p.shim_first, round(p.inner_s, 6)] for p in blocks],
+        # every call: block, side, seconds, engine seconds inside a shim call, what the probe's counters rose by
+        "calls": [[i, c.side, round(c.seconds, 6), None if c.inner_s is None else round(c.inner_s, 6),
+                   {k: round(v, 6) for k, v in c.counters.items()}] for i, p in enumerate(blocks) for c in p.detail],
+        "noise": noise.summary(blocks),
     })
     return out
 
@@ -218,6 +224,7 @@ def measure(engine: Any, wrapped: Wrapped, mode: str, spec: dict[str, Any]) -> N
     warm_until = began + spec["warmup_share"] * max(0.0, deadline - began)
     warm = WarmUp()
     warm_forced = False
+    probe = Probe()
     blocks: dict[bool, list[Pair]] = {False: [], True: []}
     last_round = 0.0
     last_records = time.time()
@@ -236,7 +243,7 @@ def measure(engine: Any, wrapped: Wrapped, mode: str, spec: dict[str, Any]) -> N
         for setting in settings:
             batches = [prompts() for _ in range(4)]
             pair = run_block(setting.direct, setting.shim, lambda: wrapped.inner_s, batches, rng.random() < 0.5,
-                             sync=sync, release=wrapped.release)
+                             sync=sync, release=wrapped.release, probe=probe, gauges=GAUGES)
             done.append((setting, pair))
             if settled:
                 blocks[setting.logprobs].append(pair)
@@ -282,6 +289,7 @@ def measure(engine: Any, wrapped: Wrapped, mode: str, spec: dict[str, Any]) -> N
             say(f"{mode} {setting.name}: ratio {rec['ratio']:.4f} [{rec['ci_low']:.4f}, {rec['ci_high']:.4f}] width "
                 f"{rec['width']:.4f} over {rec['pairs']} ABBA blocks; shim work {rec['shim_work_ms']:.2f} ms per call "
                 f"= {rec['shim_work_fraction']:.2%} of {rec['shim_call_ms']:.0f} ms")
+            say(f"{mode} {setting.name}: noise: {noise.describe(rec['noise'])}")
 
 
 def weights(spec: dict[str, Any]) -> None:

@@ -82,6 +82,18 @@ def test_the_benchmark_runs_every_phase_for_the_engine_detect_finds(tmp_path: Pa
         assert r["ci_low"] <= r["ratio"] <= r["ci_high"] and r["width"] == pytest.approx(r["ci_high"] - r["ci_low"])
         assert 0 < r["shim_work_fraction"] < 1 and set(r["meets"]) == {"width", "ci_low", "shim_work_fraction"}
         assert r["engine"] == engine and r["release"] == DISTS[engine][0][1]
+        # every call kept, in ABBA order, with what the machine did during it (bench/probe.py)
+        assert len(r["calls"]) == 4 * r["pairs"]
+        for block, (direct_s, shim_s, shim_first, _) in enumerate(r["raw"]):
+            calls = [c for c in r["calls"] if c[0] == block]
+            a, b = ("shim", "direct") if shim_first else ("direct", "shim")
+            assert [c[1] for c in calls] == [a, b, b, a]
+            assert sum(c[2] for c in calls if c[1] == "direct") == pytest.approx(direct_s, abs=1e-5)
+            assert sum(c[2] for c in calls if c[1] == "shim") == pytest.approx(shim_s, abs=1e-5)
+            assert all((c[3] is None) == (c[1] == "direct") for c in calls)
+            assert all({"cpu_s", "involuntary_switches", "minor_faults", "steal_s"} <= set(c[4]) for c in calls)
+            assert all(c[4]["cpu_s"] >= 0 and c[4]["steal_s"] >= 0 for c in calls)
+        assert r["noise"]["slow_calls"]["of"] == 4 * r["pairs"] and r["noise"]["twin_call_sd"] is not None
     weights = data["weights"]
     assert weights["parameters"] > 1.3e9 and weights["update_gpu_gb_s"] > 0 and weights["update_pinned_cpu_gb_s"] > 0
     assert weights["offload_freed_gib"] > 0 and weights["onload_restored_gib"] > 0
@@ -94,10 +106,11 @@ def test_the_benchmark_runs_every_phase_for_the_engine_detect_finds(tmp_path: Pa
     assert all(f"  {name}" in out for name in ("graphs   ~", "eager    ~", "weights  ~"))
     assert "no output for 1 s" in out
     assert "graphs logprobs: ratio" in out and "mode    setting" in out
+    assert "graphs logprobs: noise: a call's own spread" in out
     # docs/performance.md's tables come from the file as written.
     table = subprocess.run([sys.executable, str(ROOT / "bench" / "table.py"), str(tmp_path / "bench.json")],
                            capture_output=True, text=True, check=True).stdout.splitlines()
-    rows = [line for line in table if line.startswith(f"| {data['meta']['when'][:10]} | {engine} ")]
+    rows = [line for line in table if line.startswith(f"| {data['meta']['when'][:10]} | Fake GPU (CPU dry run) | {engine} ")]
     assert len(rows) == 5 and sum(" | graphs | " in r for r in rows) == 2 and rows[-1].count("GB/s") == 2
 
 

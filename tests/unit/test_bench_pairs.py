@@ -106,6 +106,29 @@ def test_outputs_are_released_after_the_clock_stops() -> None:
     assert released == [24.0]  # once per block, after the four outputs were dropped
 
 
+def test_each_call_keeps_its_time_and_what_the_probe_counters_rose_by_outside_the_clock() -> None:
+    """The probe is read after the sync before a call and after the one ending it: its own cost is timed on
+    neither side, counters are differenced per call and gauges kept as read at the end."""
+    clock = FakeClock()
+    sides = Sides(clock)
+    reads = []
+
+    def probe() -> dict[str, float]:
+        clock.now += 3.0  # a slow probe: must not reach either side's time
+        reads.append(clock.now)
+        return {"cpu_s": clock.now / 2, "sm_clock_mhz": 1000 + len(reads)}
+
+    pair = run_block(sides.direct, sides.shim, lambda: sides.inner_s, [[0], [1], [2], [3]], True, clock=clock,
+                     probe=probe, gauges={"sm_clock_mhz"})
+    assert (pair.direct_s, pair.shim_s) == (pytest.approx(2.0), pytest.approx(2.4))
+    assert [c.side for c in pair.detail] == ["shim", "direct", "direct", "shim"]
+    assert [c.seconds for c in pair.detail] == pytest.approx([1.2, 1.0, 1.0, 1.2])
+    assert [c.inner_s for c in pair.detail] == [1.0, None, None, 1.0]
+    # cpu_s rose by half of (call + the after-probe's own 3 s); the clock gauge is the after read
+    assert [c.counters["cpu_s"] for c in pair.detail] == pytest.approx([2.1, 2.0, 2.0, 2.1])
+    assert [c.counters["sm_clock_mhz"] for c in pair.detail] == [1002, 1004, 1006, 1008]
+
+
 def test_warm_up_settles_when_the_last_rounds_agree() -> None:
     warm = WarmUp(window=3, tolerance=0.03, min_rounds=2)
     assert [warm.add(s) for s in (9.0, 5.0, 4.2, 4.1, 4.15)] == [False, False, False, False, True]

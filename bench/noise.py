@@ -1,0 +1,87 @@
+"""Where a record's noise comes from: how much one call varies, and what the slow calls had that the
+others had not (pure; unit-tested on the CPU).
+
+Why: the first run of this benchmark's second version (H100, 2026-12-05, docs/performance.md) missed
+the 0.04 width everywhere. The shim's own work was 2-5 ms of 0.5-1.4 s calls, but the blocks' log
+ratios were spread by 0.07-0.21, where the width needs about 0.04: the engine's time for the same
+work varied from call to call by far more than anything the shim does. Which cause (the host taking
+the vCPU away, other processes, a slower CPU, the engine's own state, the GPU's clocks) decides the
+remedy, and the block sums kept until then could not tell. So every call now keeps its own time and
+what the probe's counters (bench/phases.py's ``Probe``) rose by during it, and each record carries
+this summary.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+from pairs import CallTime, Pair
+
+SLOW = 1.10
+"""A call is slow when it took more than this times the median call of its side in the record."""
+
+
+def _sd(xs: Sequence[float]) -> float | None:
+    return statistics.stdev(xs) if len(xs) > 1 else None
+
+
+def twin_call_sd(pairs: Sequence[Pair]) -> float | None:
+    """A call's own spread: the standard deviation of log(time) between the two calls one side makes
+    in one ABBA block, divided by sqrt(2). They do the same work seconds apart, so this is the noise
+    that ABBA cannot cancel; a block's log ratio then spreads by about this much too."""
+    logs = []
+    for p in pairs:
+        for side in ("direct", "shim"):
+            seconds = [c.seconds for c in p.detail if c.side == side]
+            if len(seconds) == 2 and min(seconds) > 0:
+                logs.append(math.log(seconds[0] / seconds[1]))
+    sd = _sd(logs)
+    return None if sd is None else sd / math.sqrt(2)
+
+
+def _mean(calls: list[CallTime], key: str) -> float | None:
+    values = [c.seconds if key == "seconds" else c.counters[key] for c in calls if key == "seconds" or key in c.counters]
+    return statistics.fmean(values) if values else None
+
+
+def summary(pairs: Sequence[Pair]) -> dict[str, Any]:
+    """The record's ``noise``: the blocks' spread, a call's own spread, the slow calls per side, and for
+    every counter its mean over the slow calls against its mean over the rest. Empty when the blocks
+    kept no calls."""
+    calls = [c for p in pairs for c in p.detail]
+    if not calls:
+        return {}
+    medians = {side: statistics.median(c.seconds for c in calls if c.side == side) for side in {c.side for c in calls}}
+    slow = [c for c in calls if c.seconds > SLOW * medians[c.side]]
+    slow_ids = {id(c) for c in slow}
+    rest = [c for c in calls if id(c) not in slow_ids]
+    keys = ["seconds", *sorted({k for c in calls for k in c.counters})]
+    log_ratios = [math.log(p.ratio) for p in pairs if p.direct_s > 0 and p.shim_s > 0]
+
+    def rounded(x: float | None) -> float | None:
+        return None if x is None else float(f"{x:.4g}")
+
+    return {
+        "block_log_ratio_sd": rounded(_sd(log_ratios)),
+        "twin_call_sd": rounded(twin_call_sd(pairs)),
+        "median_call_s": {side: rounded(m) for side, m in sorted(medians.items())},
+        "slow_threshold": SLOW,
+        "slow_calls": {"direct": sum(c.side == "direct" for c in slow), "shim": sum(c.side == "shim" for c in slow),
+                       "of": len(calls)},
+        "slow_vs_rest": {k: [rounded(_mean(slow, k)), rounded(_mean(rest, k))] for k in keys},
+    }
+
+
+def describe(noise: dict[str, Any]) -> str:
+    """One line for the progress output."""
+    if not noise:
+        return "no per-call data"
+    slow = noise["slow_calls"]
+    twin = noise["twin_call_sd"]
+    text = (f"a call's own spread {twin:.1%}" if twin is not None else "a call's own spread -") + \
+        f"; slow calls (> {noise['slow_threshold']:.2f} x median) direct {slow['direct']}, shim {slow['shim']} of {slow['of']}"
+    pairs = [f"{k} {a:.3g} vs {b:.3g}" for k, (a, b) in noise["slow_vs_rest"].items() if a is not None and b is not None]
+    return text + (f"; slow vs rest: {', '.join(pairs)}" if slow["direct"] + slow["shim"] else "")
