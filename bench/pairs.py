@@ -69,12 +69,13 @@ class Pair:
 def run_block(direct: Call, shim: Call, inner: Callable[[], float], batches: Sequence[list], shim_first: bool,
               sync: Callable[[], None] = lambda: None, clock: Callable[[], float] = time.perf_counter,
               release: Callable[[], None] = lambda: None, probe: Probe | None = None,
-              gauges: Collection[str] = ()) -> Pair:
+              gauges: Collection[str] = (), prepare: Callable[[], None] | None = None) -> Pair:
     """One ABBA block (``len(batches) == 4``) or one AB pair (2 batches), batch ``k`` for call ``k``.
     ``inner()`` is the engine time of the shim call just made; ``release()`` drops whatever the sides
     held on to (called once the block's clock has stopped, as the outputs here are). ``probe``, read
     after the sync before a call and after the sync ending it, gives each call's counters (the
-    ``gauges`` among them are kept as read at the end, not differenced)."""
+    ``gauges`` among them are kept as read at the end, not differenced). ``prepare()`` runs before
+    every call, outside the clock (``--flush-cache``: the engine's prefix cache emptied)."""
     first, second = ("shim", "direct") if shim_first else ("direct", "shim")
     order = (first, second, second, first) if len(batches) == 4 else (first, second)
     if len(batches) != len(order):
@@ -86,6 +87,8 @@ def run_block(direct: Call, shim: Call, inner: Callable[[], float], batches: Seq
     try:
         for side, batch in zip(order, batches, strict=True):
             call = shim if side == "shim" else direct
+            if prepare:
+                prepare()
             gc.collect()
             gc.disable()
             try:

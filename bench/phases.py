@@ -169,7 +169,8 @@ def record(engine: Any, mode: str, setting: Setting, blocks: list[Pair], spec: d
     """One ratio record (what docs/performance.md's table is made of)."""
     out: dict[str, Any] = {"engine": engine.info.backend, "release": engine.info.release, "shim": engine.info.shim,
                            "mode": mode, "logprobs": setting.logprobs, "final": final, "pairs": len(blocks),
-                           "batch": spec["batch"], "prompt_len": spec["prompt_len"], "new_tokens": spec["new_tokens"]}
+                           "batch": spec["batch"], "prompt_len": spec["prompt_len"], "new_tokens": spec["new_tokens"],
+                           "flush_cache": spec["flush_cache"]}
     if len(blocks) < 2:
         return {**out, "error": f"{len(blocks)} block(s) measured: an interval needs 2 (the budget ran out)"}
     est = bootstrap(blocks, resamples=resamples, seed=spec["seed"])
@@ -243,7 +244,8 @@ def measure(engine: Any, wrapped: Wrapped, mode: str, spec: dict[str, Any]) -> N
         for setting in settings:
             batches = [prompts() for _ in range(4)]
             pair = run_block(setting.direct, setting.shim, lambda: wrapped.inner_s, batches, rng.random() < 0.5,
-                             sync=sync, release=wrapped.release, probe=probe, gauges=GAUGES)
+                             sync=sync, release=wrapped.release, probe=probe, gauges=GAUGES,
+                             prepare=engine.flush_cache if spec["flush_cache"] else None)
             done.append((setting, pair))
             if settled:
                 blocks[setting.logprobs].append(pair)

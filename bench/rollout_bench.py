@@ -217,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-blocks", type=int, default=0, help="stop a mode after this many blocks per setting (0: budget)")
     p.add_argument("--warmup-share", type=float, default=0.4, help="most of a mode's measuring time warm-up may take")
     p.add_argument("--progress-s", type=float, default=10, help="longest silence before a progress line")
+    p.add_argument("--flush-cache", action="store_true",
+                   help="empty the engine's prefix cache before every timed call, outside the clock (a noise remedy to test)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=Path("bench.json"), help="written as figures arrive (default bench.json)")
     args = p.parse_args(argv)
@@ -276,7 +278,8 @@ def run(args: argparse.Namespace, engine: str, report: Report, t0: float) -> boo
             spec = {"engine": engine, "work": work, "deadline": deadline, "shutdown_s": FIXED_S[engine]["shutdown"],
                     "batch": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
                     "util": args.util, "repeats": args.repeats, "seed": args.seed, "max_blocks": args.max_blocks,
-                    "warmup_share": args.warmup_share, "weights_mode": args.weights_mode}
+                    "warmup_share": args.warmup_share, "weights_mode": args.weights_mode,
+                    "flush_cache": args.flush_cache}
             report.data["phases"][phase.name].update(status="running", share_s=round(share, 1))
             report.write()
             say(f"{phase.name}: {share:.0f} s (until {time.strftime('%H:%M:%S', time.localtime(deadline))})", t0)

@@ -114,6 +114,22 @@ def test_the_benchmark_runs_every_phase_for_the_engine_detect_finds(tmp_path: Pa
     assert len(rows) == 5 and sum(" | graphs | " in r for r in rows) == 2 and rows[-1].count("GB/s") == 2
 
 
+def test_flush_cache_empties_the_prefix_cache_before_every_timed_call_outside_the_clock(tmp_path: Path) -> None:
+    """``--flush-cache`` (a noise remedy to test on the GPU): a flush before each call, none of it timed."""
+    log = tmp_path / "flushes"
+    proc = bench(tmp_path, "vllm", "--budget-s", "30", "--max-blocks", "3", "--warmup-share", "0.1", "--modes", "graphs",
+                 "--skip-weights", "--flush-cache", FAKE_ENGINE_FLUSH_S="0.2", FAKE_ENGINE_FLUSH_LOG=str(log))
+    code, out = finish(proc)
+    assert code == 0, out[-3000:]
+    data = json.loads((tmp_path / "bench.json").read_text())
+    records = [r for r in data["ratios"] if r["final"]]
+    assert len(records) == 2 and all(r["flush_cache"] and r["pairs"] == 3 for r in records)
+    calls = [c for r in records for c in r["calls"]]
+    assert all(c[2] < 0.2 for c in calls)  # the 0.2 s flushes are on neither side's clock
+    rounds = len(data["phases"]["graphs"]["warmup"]["rounds_s"]) + 3
+    assert log.read_text().count("flush") == rounds * 2 * 4  # every call of every round, both settings
+
+
 def test_a_stuck_phase_is_killed_at_its_share_and_the_others_still_run(tmp_path: Path) -> None:
     """Every generate of the CUDA-graph engine blocks (a hung GPU call): that phase is killed when its
     share of the budget (plus a grace) has passed, the file says so, and the phases after it run."""

@@ -19,6 +19,14 @@ def call(eager: bool) -> None:
     time.sleep(float(os.environ.get("FAKE_ENGINE_CALL_S", "0.005")))
 
 
+def flush() -> None:
+    """An emptied prefix cache: takes FAKE_ENGINE_FLUSH_S and leaves a line in FAKE_ENGINE_FLUSH_LOG."""
+    time.sleep(float(os.environ.get("FAKE_ENGINE_FLUSH_S", "0")))
+    if os.environ.get("FAKE_ENGINE_FLUSH_LOG"):
+        with open(os.environ["FAKE_ENGINE_FLUSH_LOG"], "a") as fh:
+            fh.write("flush\n")
+
+
 def tokens(rng: random.Random, n: int, prompt: list[int], greedy: bool) -> list[int]:
     """Random tokens; greedy ones depend on the prompt only, as a real model's do."""
     if greedy:

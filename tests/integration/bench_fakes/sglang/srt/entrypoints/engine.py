@@ -83,6 +83,7 @@ class Engine:
         return True, "Success"
 
     def flush_cache(self) -> SimpleNamespace:
+        _fake.flush()
         return SimpleNamespace(success=True)
 
     def shutdown(self) -> None:
