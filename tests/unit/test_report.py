@@ -169,3 +169,13 @@ def test_a_release_locked_with_a_stand_in_says_so_on_its_row_and_is_not_unavaila
             "which cannot be installed from PyPI")
     assert by_name["vllm-0.33.2"].notes == [note] and by_name["vllm-0.33.0"].notes == []
     assert all(note in page.read_text() for page in written)
+
+
+def test_a_stand_in_that_came_after_the_release_says_so_too(tmp_path: Path) -> None:
+    from test_watch import LATE_STAND_IN_LINES, MATRIX, UNAVAILABLE_LINE
+
+    (tmp_path / "matrix.yaml").write_text(MATRIX.replace(UNAVAILABLE_LINE, LATE_STAND_IN_LINES))
+    rows, _ = write_report(load_matrix(tmp_path / "matrix.yaml"), tmp_path / "docs")
+    row = next(r for r in rows if r.entry.name == "vllm-0.33.2")
+    assert row.notes == ["locked with flashinfer-python==0.7.4 (uploaded after the release) standing in for "
+                         "flashinfer-python==0.7.3, which cannot be installed from PyPI"]

@@ -383,6 +383,43 @@ def test_write_drops_the_stand_in_on_the_day_its_pin_arrives(index, stand_in_che
     assert newer.late_pin is None and newer.line < entry.line  # into 0.33.0's band, not the late pin's
 
 
+LATE_STAND_IN_LINES = STAND_IN_LINE + '        late_pin: "flashinfer-python==0.7.4"\n'
+"""A stand-in that reached the index after the release (sglang 0.4.5.post3's sgl-kernel 0.1.0)."""
+
+
+def test_a_late_stand_in_lets_its_files_past_the_date_of_its_band_only(index, checkout) -> None:
+    from rollout_matrix.locks.locking import exclude_newer_source, inputs_hash
+
+    (checkout / "matrix.yaml").write_text(MATRIX.replace(UNAVAILABLE_LINE, STAND_IN_LINE))
+    on_time = load_matrix(checkout / "matrix.yaml")
+    (checkout / "matrix.yaml").write_text(MATRIX.replace(UNAVAILABLE_LINE, LATE_STAND_IN_LINES))
+    late = load_matrix(checkout / "matrix.yaml")
+    entry = late.get("vllm-0.33.2")
+    assert (entry.awaits, entry.stand_in, entry.late_pin) == ("flashinfer-python==0.7.3", "flashinfer-python==0.7.4",
+                                                              "flashinfer-python==0.7.4")
+    assert entry.overrides() == ["flashinfer-python==0.7.4"] and entry.expected_versions()["flashinfer-python"] == "0.7.4"
+    assert exclude_newer_source(entry).endswith(
+        "; flashinfer-python: last upload of flashinfer-python==0.7.4 (it came after the release)")
+    assert inputs_hash(entry) != inputs_hash(on_time.get("vllm-0.33.2"))  # its lock is another lock
+    for other in on_time:  # every other entry's lock stays what it was
+        if other.name != "vllm-0.33.2" and not other.unavailable:
+            assert inputs_hash(other) == inputs_hash(late.get(other.name)), other.name
+    proc = watch(checkout, index.url)
+    assert proc.returncode == 0, proc.stderr
+    assert "vllm-0.33.2 awaits flashinfer-python==0.7.3 (flashinfer-python==0.7.4 stands in)" in proc.stderr
+
+
+def test_write_drops_a_late_stand_in_with_its_late_pin_on_the_day_the_awaited_pin_arrives(index, checkout) -> None:
+    (checkout / "matrix.yaml").write_text(MATRIX.replace(UNAVAILABLE_LINE, LATE_STAND_IN_LINES))
+    index.add("flashinfer-python", "0.7.3")
+    proc = watch(checkout, index.url, "--write", "--engine", "vllm", env=PYPI_CUT_OFF)
+    assert proc.returncode == 2, proc.stderr  # its lock failed (offline), and says so
+    after = (checkout / "matrix.yaml").read_text()
+    assert "\n".join(LATE_PIN_LINES) + "\n" in after and "0.7.4" not in after
+    entry = load_matrix(checkout / "matrix.yaml").get("vllm-0.33.2")
+    assert (entry.stand_in, entry.awaits, entry.late_pin) == (None, None, "flashinfer-python==0.7.3")
+
+
 @pytest.mark.parametrize(("old", "new", "message"), [
     (UNAVAILABLE_LINE + '        awaits: "flashinfer-python==0.7.3"\n', STAND_IN_LINE,
      "engines.vllm.bands[3].stand_in needs `awaits` beside it"),
@@ -390,6 +427,8 @@ def test_write_drops_the_stand_in_on_the_day_its_pin_arrives(index, stand_in_che
     (UNAVAILABLE_LINE, '        stand_in: "flashinfer-cubin==0.7.4"\n', "must be another version of the awaited package"),
     (UNAVAILABLE_LINE, '        stand_in: "flashinfer-python==0.7.3"\n', "must be another version of the awaited package"),
     (UNAVAILABLE_LINE, '        stand_in: "flashinfer-python>=0.7.4"\n', "must be one exact pin"),
+    (UNAVAILABLE_LINE, STAND_IN_LINE + '        late_pin: "flashinfer-python==0.7.5"\n',
+     "has both `late_pin` and `stand_in`, for different pins"),
 ])
 def test_stand_in_is_another_exact_version_of_the_awaited_pin(tmp_path: Path, old: str, new: str, message: str) -> None:
     proc = list_edited_matrix(tmp_path / "matrix.yaml", old, new)

@@ -100,9 +100,10 @@ def add_release(matrix: Matrix, found: NewRelease) -> tuple[Matrix, Entry]:
 
 def make_installable(matrix: Matrix, name: str) -> tuple[Matrix, list[Entry]]:
     """Make the band of entry ``name``, whose awaited pin has arrived, installable with that pin: its
-    ``unavailable`` or ``stand_in`` line goes and ``awaits`` becomes ``late_pin`` (the pin came after
-    the release, so its lock must let that package past the release's date limit), each with the
-    comment lines right above them (they said why it waited), replaced by one that says what happened.
+    ``unavailable`` or ``stand_in`` line (and a late stand-in's ``late_pin``) goes and ``awaits``
+    becomes ``late_pin`` (the pin came after the release, so its lock must let that package past the
+    release's date limit), each with the comment lines right above them (they said why it waited),
+    replaced by one that says what happened.
     Returns the reloaded matrix and the band's entries. Refuses (UserError, file untouched) an entry
     that awaits nothing."""
     entry = matrix.entries.get(name)
@@ -114,7 +115,7 @@ def make_installable(matrix: Matrix, name: str) -> tuple[Matrix, list[Entry]]:
     drop: set[int] = set()
     awaits_at = -1
     for key, value in band.value:
-        if isinstance(key, yaml.ScalarNode) and key.value in ("unavailable", "awaits", "stand_in"):
+        if isinstance(key, yaml.ScalarNode) and key.value in ("unavailable", "awaits", "stand_in", "late_pin"):
             if key.value == "awaits":
                 awaits_at = key.start_mark.line
             else:

@@ -176,15 +176,21 @@ def _load_gpu_evidence_also(ctx: Reader, engine: str, node: yaml.Node, matrix: M
 def _late_pin(ctx: Reader, b: dict[str, tuple[yaml.Node, yaml.Node]], what: str) -> str | None:
     """A band's ``late_pin``: an exact pin of its releases that reached the index after them (what
     ``watch --write`` turns ``awaits`` into on the day it arrives); the lock lets that package's files
-    pass the release's date limit. Alone: the band waits for nothing any more."""
+    pass the release's date limit. Alone: the band waits for nothing any more. Beside ``stand_in``, and
+    naming that very pin: the stand-in itself came after the release (sgl-kernel 0.1.0, a day after
+    sglang 0.4.5.post3), and the band still awaits its own pin."""
     if "late_pin" not in b:
         return None
     node = b["late_pin"][1]
-    clash = [k for k in ("awaits", "stand_in", "unavailable") if k in b]
+    late = ctx.exact_pin(node, f"{what}.late_pin")
+    if "stand_in" in b and ctx.exact_pin(b["stand_in"][1], f"{what}.stand_in") != late:
+        raise ctx.fail(node, f"{what} has both `late_pin` and `stand_in`, for different pins; beside a stand-in, a late "
+                             "pin can only be that stand-in (one that reached the index after the release)")
+    clash = [k for k in ("awaits", "unavailable") if k in b and "stand_in" not in b]
     if clash:
         raise ctx.fail(node, f"{what} has both `late_pin` and `{clash[0]}`; a late pin is one that arrived, so keep "
                              "one of them")
-    return ctx.exact_pin(node, f"{what}.late_pin")
+    return late
 
 
 def _awaited(ctx: Reader, b: dict[str, tuple[yaml.Node, yaml.Node]], what: str,
