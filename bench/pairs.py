@@ -124,20 +124,32 @@ def run_pairs(direct: Call, shim: Call, inner: Callable[[], float], prompts: Cal
 
 @dataclass
 class WarmUp:
-    """Decides when per-call time has settled: the last ``window`` rounds (a round calls every side
-    and setting once) within ``tolerance`` of each other, after at least ``min_rounds``. Rounds up to
-    and including that point are warm-up (CUDA-graph capture for new shapes, allocator growth, clocks
-    ramping up) and are left out of the estimate."""
+    """Decides when warm-up is over: the last ``window`` rounds (a round calls every side and setting
+    once) within ``tolerance`` of each other, after at least ``min_rounds`` (``settled``), or
+    ``max_rounds`` rounds whatever they were (``capped``). Rounds up to and including that point are
+    warm-up (CUDA-graph capture for new shapes, allocator growth, clocks ramping up) and are left out
+    of the estimate.
+
+    Why a cap: on the H100 (2026-12-05) the one-time costs were all in the first round, in each of the
+    four modes (vLLM graphs 6.80 s then 8.06, 8.03, 8.08; SGLang graphs 7.15 s then 4.35, 4.94, 4.66),
+    while the calls' own noise kept three of them from ever agreeing within 3 %: they waited out their
+    whole warm-up share, 40 % of the measuring time, and measured 4-9 blocks instead of 13."""
 
     window: int = 3
     tolerance: float = 0.03
     min_rounds: int = 2
+    max_rounds: int = 4
     rounds: list[float] = field(default_factory=list)
 
     def add(self, seconds: float) -> bool:
-        """Record one round's time; True once settled."""
+        """Record one round's time; True once warm-up is over (settled or capped)."""
         self.rounds.append(seconds)
-        return self.settled
+        return self.settled or self.capped
+
+    @property
+    def capped(self) -> bool:
+        """``max_rounds`` rounds ran without settling."""
+        return not self.settled and len(self.rounds) >= self.max_rounds
 
     @property
     def settled(self) -> bool:

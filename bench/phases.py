@@ -233,7 +233,7 @@ def measure(engine: Any, wrapped: Wrapped, mode: str, spec: dict[str, Any]) -> N
         f"({deadline - began:.0f} s): warm-up rounds until the round time settles, then ABBA blocks")
     while True:
         now = time.time()
-        settled = warm.settled or warm_forced
+        settled = warm.settled or warm.capped or warm_forced
         if now + last_round > deadline:
             break
         if settled and spec["max_blocks"] and min(len(b) for b in blocks.values()) >= spec["max_blocks"]:
@@ -253,7 +253,8 @@ def measure(engine: Any, wrapped: Wrapped, mode: str, spec: dict[str, Any]) -> N
         calls = sum(p.direct_s + p.shim_s for _, p in done)
         if not settled:
             if warm.add(calls):
-                say(f"{mode}: warm after {len(warm.rounds)} rounds (last {warm.window} within "
+                how = "warm" if warm.settled else f"warm-up ended at its {warm.max_rounds} rounds, not settled:"
+                say(f"{mode}: {how} after {len(warm.rounds)} rounds (last {warm.window} within "
                     f"{warm.spread:.1%}; rounds {', '.join(f'{r:.2f}' for r in warm.rounds)} s)")
             else:
                 spread = f"; last {warm.window} within {warm.spread:.1%}" if warm.spread is not None else ""
@@ -264,8 +265,8 @@ def measure(engine: Any, wrapped: Wrapped, mode: str, spec: dict[str, Any]) -> N
                 else:
                     say(f"{mode}: warm-up round {len(warm.rounds)}: calls {calls:.2f} s{spread}")
             emit("phase", facts={"warmup": {"rounds_s": [round(r, 4) for r in warm.rounds], "settled": warm.settled,
-                                            "forced": warm_forced}})
-            if warm.settled or warm_forced:
+                                            "capped": warm.capped, "forced": warm_forced}})
+            if warm.settled or warm.capped or warm_forced:
                 gc.collect()
                 gc.freeze()  # what exists now is never collected again: gc.collect() between calls stays cheap
             continue

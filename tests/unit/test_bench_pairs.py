@@ -130,12 +130,23 @@ def test_each_call_keeps_its_time_and_what_the_probe_counters_rose_by_outside_th
 
 
 def test_warm_up_settles_when_the_last_rounds_agree() -> None:
-    warm = WarmUp(window=3, tolerance=0.03, min_rounds=2)
+    warm = WarmUp(window=3, tolerance=0.03, min_rounds=2, max_rounds=10)
     assert [warm.add(s) for s in (9.0, 5.0, 4.2, 4.1, 4.15)] == [False, False, False, False, True]
-    assert warm.spread == pytest.approx(4.2 / 4.1 - 1)
+    assert warm.spread == pytest.approx(4.2 / 4.1 - 1) and warm.settled and not warm.capped
     assert not WarmUp(window=2, min_rounds=4).add(1.0)
     slow = WarmUp(window=2, tolerance=0.01, min_rounds=1)
     assert [slow.add(s) for s in (1.0, 1.02, 1.025)] == [False, False, True]
+
+
+def test_warm_up_ends_at_its_round_cap_when_noise_keeps_the_rounds_apart() -> None:
+    """The H100's SGLang graphs rounds (7.15, 4.35, 4.94, 4.66 s): the first round's one-time cost is past,
+    the rest never agree within 3 %; the fourth round ends warm-up instead of the time limit."""
+    warm = WarmUp()
+    assert [warm.add(s) for s in (7.15, 4.35, 4.94, 4.66)] == [False, False, False, True]
+    assert warm.capped and not warm.settled and warm.spread == pytest.approx(4.94 / 4.35 - 1)
+    quiet = WarmUp()  # vLLM graphs (6.80, 8.06, 8.03, 8.08 s): settled at the same round, not capped
+    assert [quiet.add(s) for s in (6.80, 8.06, 8.03, 8.08)] == [False, False, False, True]
+    assert quiet.settled and not quiet.capped
 
 
 def noisy(n: int, sd: float, truth: float, rng: random.Random) -> list[Pair]:
