@@ -130,8 +130,8 @@ class WarmUp:
     warm-up (CUDA-graph capture for new shapes, allocator growth, clocks ramping up) and are left out
     of the estimate.
 
-    Why a cap: on the H100 (2026-12-05) the one-time costs were all in the first round, in each of the
-    four modes (vLLM graphs 6.80 s then 8.06, 8.03, 8.08; SGLang graphs 7.15 s then 4.35, 4.94, 4.66),
+    Why a cap: on the H100 (2026-12-05), in each of the four modes only the first round stood apart, if
+    any did (vLLM graphs 6.80 s then 8.06, 8.03, 8.08; SGLang graphs 7.15 s then 4.35, 4.94, 4.66),
     while the calls' own noise kept three of them from ever agreeing within 3 %: they waited out their
     whole warm-up share, 40 % of the measuring time, and measured 4-9 blocks instead of 13."""
 
