@@ -188,3 +188,16 @@ def test_a_late_pin_is_expected_in_the_lock_and_the_image(tmp_path):
     entry = _load(tmp_path, text).get("vllm-0.8.5")
     assert entry.expected_versions()["flashinfer-python"] == "0.2.3"
     assert entry.expected_versions(locked=False)["flashinfer-python"] == "0.2.3"
+
+
+def test_a_late_stand_in_is_the_locks_alone_and_an_unlocked_build_expects_the_awaited_pin(tmp_path):
+    """sglang 0.4.5.post3's shape: sgl-kernel 0.1.0 stands in, uploaded after the release. A ``--no-lock``
+    build from a site index installs the release as published (0.0.9.post2), and is checked for that."""
+    text = GOOD.replace('        releases:\n          "0.8.5": {}\n',
+                        '        awaits: "flashinfer-python==0.2.2"\n        stand_in: "flashinfer-python==0.2.3"\n'
+                        '        late_pin: "flashinfer-python==0.2.3"\n'
+                        '        releases:\n          "0.8.5": {flashinfer-python: "0.2.2"}\n')
+    entry = _load(tmp_path, text).get("vllm-0.8.5")
+    assert entry.late_pin == entry.stand_in == "flashinfer-python==0.2.3"
+    assert entry.expected_versions()["flashinfer-python"] == "0.2.3"
+    assert entry.expected_versions(locked=False)["flashinfer-python"] == "0.2.2"

@@ -93,8 +93,10 @@ class Entry:
             expected["torch.cuda"] = self.cuda
         expected.update(dict(self.pins))
         # the lock holds a stand-in, not the release's own pin of that package; a late pin's files pass the
-        # date limit, so only exactly that version of them may come in
-        for pin in (self.stand_in if locked else None, self.late_pin):
+        # date limit, so only exactly that version of them may come in. A late pin that is the stand-in (one
+        # uploaded after the release) is the lock's alone: an unlocked build installs the awaited pin.
+        late = None if not locked and self.late_pin == self.stand_in else self.late_pin
+        for pin in (self.stand_in if locked else None, late):
             if pin:
                 name, _, version = pin.partition("==")
                 expected[name] = version
