@@ -29,32 +29,45 @@ def _sd(xs: Sequence[float]) -> float | None:
 
 
 def twin_call_sd(pairs: Sequence[Pair]) -> float | None:
-    """A call's own spread: the standard deviation of log(time) between the two calls one side makes
-    in one ABBA block, divided by sqrt(2). They do the same work seconds apart, so this is the noise
-    that ABBA cannot cancel; a block's log ratio then spreads by about this much too."""
-    logs = []
+    """A call's own spread: from log(first / second) of the two calls one side makes in one ABBA block,
+    which do the same work seconds apart, their standard deviation divided by sqrt(2) (the difference of
+    two calls has twice one call's variance). The opening side's twins are the outer calls (1 and 4),
+    the other side's the inner ones (2 and 3); a drift over the block moves the two kinds' differences
+    by different amounts, so each kind's mean is taken out before pooling (ABBA cancels that drift in
+    the ratio; it is not noise). A block's log ratio then spreads by about this much too."""
+    groups: dict[bool, list[float]] = {True: [], False: []}  # outer twins?
     for p in pairs:
-        for side in ("direct", "shim"):
-            seconds = [c.seconds for c in p.detail if c.side == side]
-            if len(seconds) == 2 and min(seconds) > 0:
-                logs.append(math.log(seconds[0] / seconds[1]))
-    sd = _sd(logs)
-    return None if sd is None else sd / math.sqrt(2)
+        if len(p.detail) != 4:
+            continue
+        for outer, (a, b) in ((True, (p.detail[0], p.detail[3])), (False, (p.detail[1], p.detail[2]))):
+            if a.seconds > 0 and b.seconds > 0:
+                groups[outer].append(math.log(a.seconds / b.seconds))
+    residuals = [x - statistics.fmean(g) for g in groups.values() if g for x in g]
+    dof = len(residuals) - sum(1 for g in groups.values() if g)
+    if dof < 1:
+        return None
+    return math.sqrt(math.fsum(r * r for r in residuals) / dof) / math.sqrt(2)
 
 
 def _mean(calls: list[CallTime], key: str) -> float | None:
-    values = [c.seconds if key == "seconds" else c.counters[key] for c in calls if key == "seconds" or key in c.counters]
+    """The mean of ``key`` over ``calls``: seconds as they are, every counter per second of call (a longer
+    call gathers more of every counter just by lasting longer)."""
+    if key == "seconds":
+        values = [c.seconds for c in calls]
+    else:
+        values = [c.counters[key] / c.seconds for c in calls if key in c.counters and c.seconds > 0]
     return statistics.fmean(values) if values else None
 
 
 def summary(pairs: Sequence[Pair]) -> dict[str, Any]:
-    """The record's ``noise``: the blocks' spread, a call's own spread, the slow calls per side, and for
-    every counter its mean over the slow calls against its mean over the rest. Empty when the blocks
-    kept no calls."""
+    """The record's ``noise``: the blocks' spread, a call's own spread, the slow calls of each side (of
+    its calls), and for every counter its rate over the slow calls against its rate over the rest.
+    Empty when the blocks kept no calls."""
     calls = [c for p in pairs for c in p.detail]
     if not calls:
         return {}
-    medians = {side: statistics.median(c.seconds for c in calls if c.side == side) for side in {c.side for c in calls}}
+    sides = sorted({c.side for c in calls})
+    medians = {side: statistics.median(c.seconds for c in calls if c.side == side) for side in sides}
     slow = [c for c in calls if c.seconds > SLOW * medians[c.side]]
     slow_ids = {id(c) for c in slow}
     rest = [c for c in calls if id(c) not in slow_ids]
@@ -67,10 +80,10 @@ def summary(pairs: Sequence[Pair]) -> dict[str, Any]:
     return {
         "block_log_ratio_sd": rounded(_sd(log_ratios)),
         "twin_call_sd": rounded(twin_call_sd(pairs)),
-        "median_call_s": {side: rounded(m) for side, m in sorted(medians.items())},
+        "median_call_s": {side: rounded(medians[side]) for side in sides},
         "slow_threshold": SLOW,
-        "slow_calls": {"direct": sum(c.side == "direct" for c in slow), "shim": sum(c.side == "shim" for c in slow),
-                       "of": len(calls)},
+        "slow_calls": {side: [sum(c.side == side for c in slow), sum(c.side == side for c in calls)] for side in sides},
+        # seconds; every counter per second of call
         "slow_vs_rest": {k: [rounded(_mean(slow, k)), rounded(_mean(rest, k))] for k in keys},
     }
 
@@ -82,6 +95,7 @@ def describe(noise: dict[str, Any]) -> str:
     slow = noise["slow_calls"]
     twin = noise["twin_call_sd"]
     text = (f"a call's own spread {twin:.1%}" if twin is not None else "a call's own spread -") + \
-        f"; slow calls (> {noise['slow_threshold']:.2f} x median) direct {slow['direct']}, shim {slow['shim']} of {slow['of']}"
+        f"; slow calls (> {noise['slow_threshold']:.2f} x median) " + \
+        ", ".join(f"{side} {n} of {of}" for side, (n, of) in slow.items())
     pairs = [f"{k} {a:.3g} vs {b:.3g}" for k, (a, b) in noise["slow_vs_rest"].items() if a is not None and b is not None]
-    return text + (f"; slow vs rest: {', '.join(pairs)}" if slow["direct"] + slow["shim"] else "")
+    return text + (f"; slow vs rest (counters per second): {', '.join(pairs)}" if any(n for n, _ in slow.values()) else "")

@@ -23,7 +23,7 @@ import math
 import random
 import statistics
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +41,7 @@ class CallTime:
     side: str  # "direct" or "shim"
     seconds: float
     inner_s: float | None = None  # shim calls: the engine's time inside it
-    counters: dict[str, float] = field(default_factory=dict)  # what the probe's counters rose by (gauges: as read after)
+    counters: dict[str, float] = field(default_factory=dict)  # what the probe's counters rose by during it
 
 
 @dataclass(frozen=True)
@@ -69,12 +69,12 @@ class Pair:
 def run_block(direct: Call, shim: Call, inner: Callable[[], float], batches: Sequence[list], shim_first: bool,
               sync: Callable[[], None] = lambda: None, clock: Callable[[], float] = time.perf_counter,
               release: Callable[[], None] = lambda: None, probe: Probe | None = None,
-              gauges: Collection[str] = (), prepare: Callable[[], None] | None = None) -> Pair:
+              prepare: Callable[[], None] | None = None) -> Pair:
     """One ABBA block (``len(batches) == 4``) or one AB pair (2 batches), batch ``k`` for call ``k``.
     ``inner()`` is the engine time of the shim call just made; ``release()`` drops whatever the sides
     held on to (called once the block's clock has stopped, as the outputs here are). ``probe``, read
-    after the sync before a call and after the sync ending it, gives each call's counters (the
-    ``gauges`` among them are kept as read at the end, not differenced). ``prepare()`` runs before
+    after the sync before a call and after the sync ending it, gives each call what its cumulative
+    counters rose by. ``prepare()`` runs before
     every call, outside the clock (``--flush-cache``: the engine's prefix cache emptied)."""
     first, second = ("shim", "direct") if shim_first else ("direct", "shim")
     order = (first, second, second, first) if len(batches) == 4 else (first, second)
@@ -104,7 +104,7 @@ def run_block(direct: Call, shim: Call, inner: Callable[[], float], batches: Seq
             times[side] += seconds
             engine_s = inner() if side == "shim" else None
             inner_s += engine_s or 0.0
-            counters = {k: v if k in gauges else v - before[k] for k, v in after.items() if k in gauges or k in before}
+            counters = {k: v - before[k] for k, v in after.items() if k in before}
             detail.append(CallTime(side, seconds, engine_s, counters))
     finally:
         held.clear()

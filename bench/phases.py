@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import noise
 from pairs import Pair, WarmUp, bootstrap, quick_interval, run_block
-from probe import GAUGES, Probe
+from probe import Probe
 
 RECORD_EVERY_S = 30.0
 TARGETS = {"width": 0.04, "ci_low": 0.97, "shim_work_fraction": 0.01}
@@ -244,7 +244,7 @@ def measure(engine: Any, wrapped: Wrapped, mode: str, spec: dict[str, Any]) -> N
         for setting in settings:
             batches = [prompts() for _ in range(4)]
             pair = run_block(setting.direct, setting.shim, lambda: wrapped.inner_s, batches, rng.random() < 0.5,
-                             sync=sync, release=wrapped.release, probe=probe, gauges=GAUGES,
+                             sync=sync, release=wrapped.release, probe=probe,
                              prepare=engine.flush_cache if spec["flush_cache"] else None)
             done.append((setting, pair))
             if settled:
@@ -253,7 +253,7 @@ def measure(engine: Any, wrapped: Wrapped, mode: str, spec: dict[str, Any]) -> N
         calls = sum(p.direct_s + p.shim_s for _, p in done)
         if not settled:
             if warm.add(calls):
-                how = "warm" if warm.settled else f"warm-up ended at its {warm.max_rounds} rounds, not settled:"
+                how = "warm" if warm.settled else "warm-up capped, not settled,"
                 say(f"{mode}: {how} after {len(warm.rounds)} rounds (last {warm.window} within "
                     f"{warm.spread:.1%}; rounds {', '.join(f'{r:.2f}' for r in warm.rounds)} s)")
             else:
