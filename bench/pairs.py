@@ -74,8 +74,8 @@ def run_block(direct: Call, shim: Call, inner: Callable[[], float], batches: Seq
     ``inner()`` is the engine time of the shim call just made; ``release()`` drops whatever the sides
     held on to (called once the block's clock has stopped, as the outputs here are). ``probe``, read
     after the sync before a call and after the sync ending it, gives each call what its cumulative
-    counters rose by. ``prepare()`` runs before
-    every call, outside the clock (``--flush-cache``: the engine's prefix cache emptied)."""
+    counters rose by. ``prepare()`` runs before every call, outside the clock (``--flush-cache``: the
+    engine's prefix cache emptied)."""
     first, second = ("shim", "direct") if shim_first else ("direct", "shim")
     order = (first, second, second, first) if len(batches) == 4 else (first, second)
     if len(batches) != len(order):
@@ -142,8 +142,13 @@ class WarmUp:
     rounds: list[float] = field(default_factory=list)
 
     def add(self, seconds: float) -> bool:
-        """Record one round's time; True once warm-up is over (settled or capped)."""
+        """Record one round's time; True once warm-up is over."""
         self.rounds.append(seconds)
+        return self.over
+
+    @property
+    def over(self) -> bool:
+        """Settled or capped."""
         return self.settled or self.capped
 
     @property

@@ -233,7 +233,7 @@ def measure(engine: Any, wrapped: Wrapped, mode: str, spec: dict[str, Any]) -> N
         f"({deadline - began:.0f} s): warm-up rounds until the round time settles, then ABBA blocks")
     while True:
         now = time.time()
-        settled = warm.settled or warm.capped or warm_forced
+        settled = warm.over or warm_forced
         if now + last_round > deadline:
             break
         if settled and spec["max_blocks"] and min(len(b) for b in blocks.values()) >= spec["max_blocks"]:
@@ -266,7 +266,7 @@ def measure(engine: Any, wrapped: Wrapped, mode: str, spec: dict[str, Any]) -> N
                     say(f"{mode}: warm-up round {len(warm.rounds)}: calls {calls:.2f} s{spread}")
             emit("phase", facts={"warmup": {"rounds_s": [round(r, 4) for r in warm.rounds], "settled": warm.settled,
                                             "capped": warm.capped, "forced": warm_forced}})
-            if warm.settled or warm.capped or warm_forced:
+            if warm.over or warm_forced:
                 gc.collect()
                 gc.freeze()  # what exists now is never collected again: gc.collect() between calls stays cheap
             continue

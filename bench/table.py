@@ -21,14 +21,15 @@ WEIGHTS_HEAD = ("| date | GPU | engine (shim) | update_weights from GPU | from p
                 "greedy after the RL loop | engine starts: graphs / eager / weights |")
 
 
-def gpu(meta: dict[str, Any]) -> str:
-    """The GPU as the table names it: figures from an H100 and an H200 are not comparable."""
-    return str(meta.get("gpu", "?")).removeprefix("NVIDIA ")
+def when_where(meta: dict[str, Any]) -> str:
+    """A row's first two cells: the run's date and its GPU (figures from an H100 and an H200 are not
+    comparable)."""
+    return f"{meta['when'][:10]} | {str(meta.get('gpu', '?')).removeprefix('NVIDIA ')}"
 
 
 def ratio_rows(data: dict[str, Any]) -> list[str]:
     meta, rows = data["meta"], []
-    day = f"{meta['when'][:10]} | {gpu(meta)}"
+    day = when_where(meta)
     for r in sorted(data["ratios"], key=lambda r: (r["mode"] != "graphs", r["logprobs"])):
         who = f"{r['engine']} {r['release']} ({r['shim']})"
         setting = "sampling + logprobs" if r["logprobs"] else "sampling"
@@ -55,7 +56,7 @@ def weights_row(data: dict[str, Any]) -> str | None:
 
     kept, _, tensors = str(w.get("pinned_cpu_still_pinned", "")).partition("/")
     unpinned = f" (pinned after: {kept}/{tensors})" if tensors and kept != tensors else ""
-    return (f"| {meta['when'][:10]} | {gpu(meta)} | {meta['engine']} {meta.get('release', '?')} ({meta.get('shim', '?')}) | "
+    return (f"| {when_where(meta)} | {meta['engine']} {meta.get('release', '?')} ({meta.get('shim', '?')}) | "
             f"{w['update_gpu_gb_s']:.1f} GB/s | {w.get('update_pinned_cpu_gb_s', 0):.1f} GB/s{unpinned} | "
             f"{timed('offload_s', 'offload_freed_gib')} | {timed('onload_s', 'onload_restored_gib')} | "
             f"{w.get('greedy_identical_after_loop', '-')} | {starts} |")

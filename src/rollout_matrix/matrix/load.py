@@ -186,7 +186,7 @@ def _late_pin(ctx: Reader, b: dict[str, tuple[yaml.Node, yaml.Node]], what: str)
     if "stand_in" in b and ctx.exact_pin(b["stand_in"][1], f"{what}.stand_in") != late:
         raise ctx.fail(node, f"{what} has both `late_pin` and `stand_in`, for different pins; beside a stand-in, a late "
                              "pin can only be that stand-in (one that reached the index after the release)")
-    clash = [k for k in ("awaits", "unavailable") if k in b and "stand_in" not in b]
+    clash = [] if "stand_in" in b else [k for k in ("awaits", "unavailable") if k in b]
     if clash:
         raise ctx.fail(node, f"{what} has both `late_pin` and `{clash[0]}`; a late pin is one that arrived, so keep "
                              "one of them")
