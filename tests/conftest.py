@@ -146,7 +146,6 @@ class FakeIndex:
     def add(self, project: str, version: str, requires: list[str] | tuple[str, ...] = (), yanked: bool = False,
             upload_time: str = "2026-11-16T23:50:58Z") -> None:
         """One release of ``project``: a py3-none-any wheel whose METADATA lists ``requires``."""
-        import hashlib
         import io
         import zipfile
 
@@ -158,7 +157,12 @@ class FakeIndex:
         with zipfile.ZipFile(buf, "w") as zf:
             zf.writestr(f"{dist}/__init__.py", "")
             zf.writestr(f"{dist}-{version}.dist-info/METADATA", metadata)
-        data = buf.getvalue()
+        self._publish(project, filename, buf.getvalue(), yanked, upload_time)
+
+    def _publish(self, project: str, filename: str, data: bytes, yanked: bool, upload_time: str) -> None:
+        """Serve ``data`` as ``filename`` and list it among ``project``'s files, as the JSON API does."""
+        import hashlib
+
         self.files[filename] = data
         base = self.url.rsplit("/simple", 1)[0]
         self.projects.setdefault(project, []).append({
@@ -173,7 +177,6 @@ class FakeIndex:
         (``wheel_stub.buildapi``: the layout of a wheel stub, as cuda-tile 1.6.0rc5's on PyPI). ``layout``:
         ``tar`` (NAME-VERSION/... in a tar.gz), ``tar-dot`` (./NAME-VERSION/..., as some tools write)
         or ``zip``. Returns the file name."""
-        import hashlib
         import io
         import tarfile
         import zipfile
@@ -195,14 +198,7 @@ class FakeIndex:
                     info = tarfile.TarInfo(f"{top}/{name}")
                     info.size = len(text.encode())
                     tar.addfile(info, io.BytesIO(text.encode()))
-        data = buf.getvalue()
-        self.files[filename] = data
-        base = self.url.rsplit("/simple", 1)[0]
-        self.projects.setdefault(project, []).append({
-            "filename": filename, "url": f"{base}/files/{filename}", "size": len(data),
-            "hashes": {"sha256": hashlib.sha256(data).hexdigest()}, "upload-time": "2026-08-06T00:00:00Z",
-            "yanked": yanked,
-        })
+        self._publish(project, filename, buf.getvalue(), yanked, "2026-08-06T00:00:00Z")
         return filename
 
     def close(self) -> None:
