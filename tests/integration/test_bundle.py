@@ -262,6 +262,34 @@ def test_one_at_a_time_a_suite_then_a_script_of_its_entry_run_in_that_order_and_
     assert results / "bench.json" not in suite.suite_outputs(results)  # a later suite would leave it
 
 
+def test_a_script_of_a_vllm_entry_gets_flashinfers_build_first_and_then_runs(
+        tmp_path: Path, locked: Matrix, machine: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """Before a script of a vLLM entry (the benchmark), FlashInfer's sampling kernels are built as before
+    a suite (gpu/kernels.py), so the script's budget is not spent on nvcc: here the tiny entry stands for
+    a vLLM release on a machine reporting one 9.0 GPU, its venv has no FlashInfer, the build says so in
+    one line, and the script runs after it."""
+    import dataclasses
+    import json
+
+    from rollout_matrix.gpu import kernels, suite
+
+    entry = locked.get("tiny-2.31.0")
+    tiny_bundle(locked, tmp_path)
+    real = suite.matrix_entry
+    monkeypatch.setattr(suite, "matrix_entry", lambda name: dataclasses.replace(real(name), engine="vllm"))
+    monkeypatch.setattr(kernels, "capabilities", lambda: ["9.0"])
+    (locked.path.parent / "stamp.py").write_text(STAMP_SCRIPT)
+    capsys.readouterr()
+    assert pipeline.pipeline([f"{entry.name}=stamp.py 0 bench.json 0"], pipeline.Plan(wait=5), []) == 0
+    said = capsys.readouterr().out
+    assert f"{entry.name}: no FlashInfer in this environment: no kernels to build before the script" in said
+    results = machine / "results" / entry.name
+    log = (results / "scripts.log").read_text()
+    assert log.index(f"{kernels.LOG_HEADER} the script") < log.index("$ python stamp.py")
+    assert json.loads((results / "bench.json").read_text())[0] > 0
+    assert not list(results.glob("running-*.json"))  # the build's stop marker went with it
+
+
 def test_steps_read_a_copy_of_the_checkout_that_a_new_call_cannot_change(tmp_path: Path, locked: Matrix,
                                                                         machine: Path) -> None:
     """The device tool copies the working tree again at every call; on 2026-12-03 a suite lost a file it
@@ -304,7 +332,8 @@ def test_a_venv_goes_when_its_entrys_last_step_ends_and_a_full_disk_is_one_line(
         tmp_path: Path, locked: Matrix, machine: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     """The H200's 64 GiB hold few venvs at once (gpu/disk.py): a venv stays while any step of its entry
     runs, goes when the last ends (``--keep-envs`` keeps it), and a build the disk has no room for fails
-    in one line, never filling the disk."""
+    in one line, never filling the disk. What its engines built at run time stays in the entry's home
+    for the next venv of that entry."""
     import json
 
     from rollout_matrix.gpu import disk
@@ -313,16 +342,20 @@ def test_a_venv_goes_when_its_entrys_last_step_ends_and_a_full_disk_is_one_line(
     tiny_bundle(locked, tmp_path)
     (locked.path.parent / "alive.py").write_text(
         "import json, os, sys, time\ntime.sleep(float(sys.argv[1]))\n"
+        "built = os.path.join(os.environ['XDG_CACHE_HOME'], 'kernel.so')\n"
+        "found = os.path.exists(built)\nopen(built, 'w').write('built')\n"
         "open(os.path.join(os.environ['ROLLOUT_MATRIX_RESULTS'], sys.argv[2]), 'w').write("
-        "json.dumps(os.path.isdir(os.path.join(sys.prefix, 'lib'))))\n")
+        "json.dumps([os.path.isdir(os.path.join(sys.prefix, 'lib')), found]))\n")
     env = machine / "envs" / entry.name
     steps = [f"{entry.name}=alive.py 0 short.json", f"{entry.name}=alive.py 3 long.json"]
     assert pipeline.pipeline(steps, pipeline.Plan(parallel=2, wait=5), []) == 0
     results = machine / "results" / entry.name
-    assert json.loads((results / "long.json").read_text()) is True  # its venv outlived the other step
+    assert json.loads((results / "short.json").read_text()) == [True, False]
+    assert json.loads((results / "long.json").read_text()) == [True, True]  # its venv outlived the other step
     assert not env.exists()
     assert pipeline.pipeline(steps[:1], pipeline.Plan(wait=5, keep_envs=True), []) == 0
     assert (env / "bin").is_dir()
+    assert json.loads((results / "short.json").read_text()) == [True, True]  # the build outlived the venv
 
     shutil.rmtree(env)
     monkeypatch.setattr(disk, "free_bytes", lambda path=None: 1 << 30)
@@ -375,7 +408,7 @@ def test_stop_ends_the_running_step_by_its_recorded_group_and_starts_no_other(
     writes its result, as pytest writes JUnit on Ctrl-C), the next step never starts, and a process
     running the very same command outside the batch lives on (nothing is matched by name). The steps
     keep their bytecode in the machine's cache, not in the checkout, and what they build at run time in a home
-    inside their venv."""
+    of their entry's."""
     import json
     import threading
     import time
@@ -415,12 +448,11 @@ def test_stop_ends_the_running_step_by_its_recorded_group_and_starts_no_other(
     assert env["prefix"] == str(machine / "pycache") and not env["no_bytecode"]  # even where the caller's env sets it
     assert list((machine / "pycache").rglob("*.pyc")), "no bytecode was cached"
     assert not list(checkout.rglob("__pycache__"))
-    # run-time builds (flashinfer's JIT reads FLASHINFER_WORKSPACE_BASE, else ~) stay in the entry's venv,
-    # where no other entry reads them and whence they go with it
-    venv = Path(env["venv"])
-    assert venv.parent == machine / "envs" and Path(env["home"]) != Path.home()
+    # run-time builds (flashinfer's JIT reads FLASHINFER_WORKSPACE_BASE, else ~) stay in the entry's own
+    # home, where no other entry reads them
+    assert Path(env["venv"]).parent == machine / "envs" and Path(env["home"]) != Path.home()
     for key in ("home", "flashinfer", "xdg", "inductor", "vllm", "triton", "cuda"):
-        assert Path(env[key]).is_relative_to(venv), (key, env[key])
+        assert Path(env[key]).is_relative_to(machine / "homes" / entry.name), (key, env[key])
     assert stop.stop(grace=1) == []  # nothing left to stop: one line, no error
 
 

@@ -28,7 +28,8 @@ INSTALLED_PER_WHEEL_BYTE = 3.5
 """Installed bytes per byte of wheel: 2.5-3.3 for the 10 entries of the cu130 / torch 2.11 line
 (2026-12-03, the wheels' member sizes against their file sizes); rounded up."""
 HEADROOM = 3 * GiB
-"""Left free beyond a build's own need: logs, bytecode, the engines' compile caches, the archive."""
+"""Left free beyond a build's own need: logs, bytecode, the entries' homes (their engines' compile caches, kept
+until the machine goes back: suite.caches), the archive."""
 
 
 def free_bytes(path: Path | None = None) -> int:

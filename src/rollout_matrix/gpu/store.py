@@ -30,7 +30,7 @@ CHECKOUT = (find_matrix() or Path(__file__).resolve().parents[3] / "matrix.yaml"
 
 
 def _dirs() -> dict[str, Path]:
-    dirs = {k: ROOT / k for k in ("chunks", "manifests", "tools", "wheels", "envs", "results", "logs")}
+    dirs = {k: ROOT / k for k in ("chunks", "manifests", "tools", "wheels", "envs", "homes", "results", "logs")}
     try:
         for d in dirs.values():
             d.mkdir(parents=True, exist_ok=True)

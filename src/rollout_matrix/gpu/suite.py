@@ -14,7 +14,7 @@ import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from rollout_matrix.errors import UserError
 from rollout_matrix.evidence.band_status import MODES
@@ -104,18 +104,25 @@ def bytecode() -> dict[str, str]:
     return {"PYTHONPYCACHEPREFIX": str(store.ROOT / "pycache"), "PYTHONDONTWRITEBYTECODE": ""}
 
 
-def caches(env: Path) -> dict[str, str]:
-    """Where an entry's processes keep what they build at run time: a home of their own inside the venv.
+def caches(entry: str) -> dict[str, str]:
+    """Where an entry's processes keep what they build at run time: a home of their own, one per entry,
+    beside the venvs (``homes/<entry>``).
 
-    Why: on the H200 (2026-12-04) every engine of vllm-0.13.0's eager suite failed to start with "Ninja
-    build failed: .../envs/vllm-0.12.0/.../flashinfer/data/csrc/sampling.cu missing". flashinfer keeps its
-    JIT builds in ``~/.cache/flashinfer/<version>/<arch>/`` (0.5.3 for both releases), and their ninja
-    file names the sources of the venv that built them first: vllm-0.12.0's, removed when its steps had
-    ended. With a home per entry (``HOME`` and ``XDG_CACHE_HOME``, and each library's own variable, which
-    a machine may set for all: flashinfer, vLLM's compile cache, Triton, torch inductor, CUDA's compute
-    cache) entries stay apart as two users' machines are, both modes of one entry share what they
-    built, and it goes with the venv."""
-    home = env / "home"
+    Why one per entry: on the H200 (2026-12-04) every engine of vllm-0.13.0's eager suite failed to start
+    with "Ninja build failed: .../envs/vllm-0.12.0/.../flashinfer/data/csrc/sampling.cu missing".
+    flashinfer keeps its JIT builds in ``~/.cache/flashinfer/<version>/<arch>/`` (0.5.3 for both
+    releases), and their ninja file names the sources of the venv that built them first: vllm-0.12.0's,
+    removed when its steps had ended. With a home per entry (``HOME`` and ``XDG_CACHE_HOME``, and each
+    library's own variable, which a machine may set for all: flashinfer, vLLM's compile cache, Triton,
+    torch inductor, CUDA's compute cache) entries stay apart as two users' machines are, and both modes
+    of one entry share what they built.
+
+    Why beside the venv and not in it: on the H100 (2026-12-05) a second benchmark of vllm-0.34.0 in the
+    same hold, after the first one's venv had gone, built flashinfer's sampling module again: its engine
+    took 202 s to start instead of about 35. The home outlives the venv, and the venv comes back at the
+    same path from the same lock, so what a build names exists again. A home holds a few hundred MiB
+    (disk.HEADROOM counts it)."""
+    home = store._dirs()["homes"] / entry
     cache = home / ".cache"
     cache.mkdir(parents=True, exist_ok=True)
     return {"HOME": str(home), "XDG_CACHE_HOME": str(cache), "FLASHINFER_WORKSPACE_BASE": str(home),
@@ -180,7 +187,7 @@ def run_suite(entry: str, pytest_args: list[str] | None = None, timeout: int = S
             log(f"{entry}: warning: matrix.yaml says it needs the distro packages {', '.join(missing)}, which "
                 "this machine does not have (or cannot tell) and the bundle does not ship; install them, or "
                 "expect failures at import")
-    environ = {**os.environ, **bytecode(), **caches(env), "PYTHONPATH": str(store.CHECKOUT / "src"),
+    environ = {**os.environ, **bytecode(), **caches(entry), "PYTHONPATH": str(store.CHECKOUT / "src"),
                "ROLLOUT_MATRIX_ENTRY": entry, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
                "TRANSFORMERS_OFFLINE": "1", "PATH": f"{env / 'bin'}:{os.environ.get('PATH', '')}", **libs, **(sharing or {})}
     started = datetime.now(timezone.utc)
@@ -317,10 +324,25 @@ def run_script(entry: str, command: str, timeout: int = 300, places: Places | No
     out = store._dirs()["results"] / entry
     out.mkdir(parents=True, exist_ok=True)
     libs, _ = syslibs.environment(manifests()[entry].entries[entry], env, system_packages(matrix_entry(entry)))
-    environ = {**os.environ, **libs, **bytecode(), **caches(env), "PYTHONPATH": str(store.CHECKOUT / "src"),
+    environ = {**os.environ, **libs, **bytecode(), **caches(entry), "PYTHONPATH": str(store.CHECKOUT / "src"),
                "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "PATH": f"{env / 'bin'}:{os.environ.get('PATH', '')}",
                "ROLLOUT_MATRIX_RESULTS": str(out), "ROLLOUT_MATRIX_SCRIPT_TIMEOUT": str(timeout)}
-    with open(out / "scripts.log", "ab") as logf, held(places, entry, logf) as granted:
+    with open(out / "scripts.log", "ab") as logf:
+        if (described := matrix_entry(entry)) and described.engine == "vllm":
+            markers: list[Path] = []
+            kernels.prebuild(entry, env / "bin" / "python", environ, logf, log, before="the script",
+                             started=lambda pgid, argv: markers.append(stop.record(out, pgid, argv)))
+            for done in markers:
+                done.unlink(missing_ok=True)
+        code = _script(entry, command, timeout, places, env, out, environ, logf)
+    log(f"{entry}: python {command} exited {code}")
+    return code
+
+
+def _script(entry: str, command: str, timeout: int, places: Places | None, env: Path, out: Path,
+            environ: dict[str, str], logf: IO[bytes]) -> int:
+    """``run_script``'s script itself, once it has a place; its exit code."""
+    with held(places, entry, logf) as granted:
         if not granted:
             log(f"{entry}: python {command} not run: the batch is being stopped")
             return stop.STOPPED
@@ -340,7 +362,6 @@ def run_script(entry: str, command: str, timeout: int = 300, places: Places | No
         proc.wait()
         logf.write(f"[exit {code} after {time.monotonic() - t0:.0f}s]\n".encode())
     marker.unlink(missing_ok=True)
-    log(f"{entry}: python {command} exited {code}")
     return code
 
 
