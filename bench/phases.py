@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import noise
 from pairs import Pair, WarmUp, bootstrap, quick_interval, run_block
+from plan import Phase, measuring_end
 from probe import Probe
 
 RECORD_EVERY_S = 30.0
@@ -220,8 +221,12 @@ def measure(engine: Any, wrapped: Wrapped, mode: str, spec: dict[str, Any]) -> N
     settings = [Setting(engine, wrapped, lp, spec) for lp in (False, True)]
     prompts = Prompts(spec, salt=1 if mode == "graphs" else 2)
     rng = random.Random(spec["seed"])
-    deadline = spec["deadline"] - spec["shutdown_s"]  # wall clock (time.time), shared with the parent
     began = time.time()
+    later = [Phase(name, fixed) for name, fixed in spec["later"]]
+    # wall clock (time.time), as the parent's
+    deadline = measuring_end(began, spec["end"], spec["shutdown_s"], later, spec["deadline"] - spec["shutdown_s"])
+    # the parent moves its kill time with measure_until
+    emit("phase", facts={"measure_until": round(deadline, 1), "measure_s": round(max(0.0, deadline - began), 1)})
     warm_until = began + spec["warmup_share"] * max(0.0, deadline - began)
     warm = WarmUp()
     warm_forced = False

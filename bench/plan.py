@@ -6,7 +6,9 @@ the phases get time, not counts: every phase has a fixed part (process start and
 start, shutdown; estimated below) and the throughput phases share what is left for measuring. The
 plan is recomputed from the clock at the start of every phase, so a slow engine start shortens the
 measuring of the phases after it instead of pushing the run past its budget, and time a phase did
-not need goes to the next.
+not need goes to the next. Once a phase's engine is up, its own measuring time is computed again
+(``measuring_end``): a start that took longer or shorter than estimated is shared by every measuring
+phase still to come, not charged to the one it happened in.
 
 The fixed parts are estimates for a 1-GPU H200 and the benchmark's default model sizes; the run
 reports what each one really took (``phases.<name>.engine_start_s``), from which these should be
@@ -43,8 +45,17 @@ class Phase:
         return self.name != "weights"
 
 
-def phases(engine: str, modes: list[str], weights: bool) -> list[Phase]:
-    fixed = FIXED_S[engine]
+def fixed_parts(engine: str, overrides: dict[str, float] | None = None) -> dict[str, float]:
+    """The engine's estimated fixed parts (``FIXED_S``), with what the caller measured on its machine
+    (``--fixed-s start_graphs=150``: a cold machine, another GPU) in their place."""
+    unknown = set(overrides or {}) - set(FIXED_S[engine])
+    if unknown:
+        raise ValueError(f"no fixed part named {', '.join(sorted(unknown))} (there are {', '.join(FIXED_S[engine])})")
+    return {**FIXED_S[engine], **(overrides or {})}
+
+
+def phases(fixed: dict[str, float], modes: list[str], weights: bool) -> list[Phase]:
+    """The run's phases in order, each with its fixed part (``fixed``: from :func:`fixed_parts`)."""
     out = [Phase(m, fixed["process"] + fixed[f"start_{m}"] + fixed["shutdown"]) for m in modes]
     return [*out, Phase("weights", fixed["weights"])] if weights else out
 
@@ -65,9 +76,25 @@ def allot(left: list[Phase], remaining_s: float) -> float:
     return first.fixed_s + ((remaining_s - fixed) / len(measuring) if first.measures else 0.0)
 
 
-def budget_plan(engine: str, modes: list[str], weights: bool, budget_s: float) -> list[tuple[Phase, float]]:
+def measuring_end(now: float, end: float, shutdown_s: float, later: list[Phase], planned: float) -> float:
+    """When a measuring phase whose engine came up at ``now`` stops measuring: what is left until ``end``
+    (the budget's end, reserve kept back), less its own shutdown and the fixed parts of the ``later``
+    phases, shared equally with the later phases that measure; or ``planned`` (the end its share gave
+    it) where that is later: a start quicker than its estimate keeps what it saved, as before, and a
+    budget below the estimates is shared in proportion to them (``allot``).
+
+    Why at engine-up: the first start of a vLLM engine on a fresh machine builds FlashInfer's sampling
+    kernels (H100, 2026-12-05: 162 s instead of the 34 s estimated). With the share fixed before the
+    start, CUDA-graph mode had 14 s left and measured no block, while eager, after it, measured its full
+    167 s. Computed here, the 128 s over the estimate cost each of the two modes 64 s."""
+    later_fixed = sum(p.fixed_s for p in later)
+    sharing = 1 + sum(p.measures for p in later)
+    return max(planned, now + max(0.0, end - now - shutdown_s - later_fixed) / sharing)
+
+
+def budget_plan(fixed: dict[str, float], modes: list[str], weights: bool, budget_s: float) -> list[tuple[Phase, float]]:
     """Each phase with the seconds it gets if every earlier one takes exactly its share."""
-    left = phases(engine, modes, weights)
+    left = phases(fixed, modes, weights)
     remaining = budget_s * (1 - RESERVE)
     out = []
     while left:
@@ -78,9 +105,8 @@ def budget_plan(engine: str, modes: list[str], weights: bool, budget_s: float) -
     return out
 
 
-def describe(engine: str, plan: list[tuple[Phase, float]], budget_s: float) -> list[str]:
+def describe(fixed: dict[str, float], plan: list[tuple[Phase, float]], budget_s: float) -> list[str]:
     """The plan as printed at the start of a run."""
-    fixed = FIXED_S[engine]
     lines = [f"plan: {budget_s:.0f} s budget ({RESERVE:.0%} kept back), phases in turn, each in its own process:"]
     for phase, seconds in plan:
         if phase.measures:
@@ -92,7 +118,8 @@ def describe(engine: str, plan: list[tuple[Phase, float]], budget_s: float) -> l
             lines.append(f"  {phase.name:8} ~{seconds:4.0f} s: 1.37 B model made on the GPU, engine start (eager), "
                          "update_weights from GPU and pinned CPU tensors, offload / onload, the RL loop's push")
     total = sum(s for _, s in plan)
-    lines.append(f"  total    ~{total:4.0f} s; the fixed parts are estimates (bench/plan.py), measured ones are reported")
+    lines.append(f"  total    ~{total:4.0f} s; the fixed parts are estimates (bench/plan.py, or --fixed-s), measured "
+                 "ones are reported")
     if any(p.measures and s <= p.fixed_s for p, s in plan):
         lines.append("  warning: the budget does not cover the estimated engine starts: little or no time to measure")
     return lines

@@ -36,13 +36,14 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from phases import TARGETS
-from plan import FIXED_S, RESERVE, allot, budget_plan, describe, phases
+from plan import RESERVE, allot, budget_plan, describe, fixed_parts, phases
 
 HERE = Path(__file__).resolve().parent
 
@@ -128,9 +129,24 @@ class Tree:
                     proc.kill()
 
 
-def run_phase(name: str, spec: dict[str, Any], kill_at: float, report: Report, progress_s: float, t0: float) -> str:
+@dataclass
+class Kill:
+    """When a phase is killed: ``at``, moved to ``after`` seconds past the end of measuring it reports
+    (``measure_until``, computed once its engine is up), but never past ``latest``."""
+
+    at: float
+    latest: float
+    after: float
+
+    def moved(self, facts: dict[str, Any]) -> float:
+        until = facts.get("measure_until")
+        return self.at if until is None else max(self.at, min(until + self.after, self.latest))
+
+
+def run_phase(name: str, spec: dict[str, Any], kill: Kill, report: Report, progress_s: float, t0: float) -> str:
     """``phases.py NAME`` as a child; its lines are passed through, its events go into the report; it
-    is killed (with whatever it started) at ``kill_at``. Returns how it ended."""
+    is killed (with whatever it started) at ``kill.at``, or where the phase's own plan moves that
+    (:class:`Kill`). Returns how it ended."""
     share = spec["deadline"] - time.time()
     cmd = [sys.executable, str(HERE / "phases.py"), name, "--spec", json.dumps(spec)]
     events = Events(Path(spec["work"]) / f"events-{name}.jsonl")
@@ -147,14 +163,14 @@ def run_phase(name: str, spec: dict[str, Any], kill_at: float, report: Report, p
 
     threading.Thread(target=read, daemon=True).start()
     try:
-        return watch(name, proc, tree, lines, events, kill_at, share, report, progress_s, t0)
+        return watch(name, proc, tree, lines, events, kill, share, report, progress_s, t0)
     finally:
         tree.kill()  # whatever the phase left behind, also when this process is interrupted
 
 
-def watch(name: str, proc: subprocess.Popen, tree: Tree, lines: queue.Queue, events: Events, kill_at: float,
+def watch(name: str, proc: subprocess.Popen, tree: Tree, lines: queue.Queue, events: Events, kill: Kill,
           share: float, report: Report, progress_s: float, t0: float) -> str:
-    """Pass the phase's lines through, record its events, say it is alive, kill it at ``kill_at`` (or
+    """Pass the phase's lines through, record its events, say it is alive, kill it at ``kill`` (or
     30 s after it said it is done, should its exit hang)."""
     started = last_out = last_beat = time.time()
     tail: list[str] = []
@@ -179,6 +195,7 @@ def watch(name: str, proc: subprocess.Popen, tree: Tree, lines: queue.Queue, eve
         elif proc.poll() is not None and now - last_out > 5:
             break  # the phase ended; something it started still holds the pipe: stopped below
         done = report.data["phases"][name].get("done")
+        kill_at = kill.moved(report.data["phases"][name])
         if how is None and (now >= kill_at or (done and now - last_out > 30)):
             how = "killed after it finished (its exit hung)" if done else \
                 f"killed after {now - started:.0f} s: past its share of the budget"
@@ -219,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--progress-s", type=float, default=10, help="longest silence before a progress line")
     p.add_argument("--flush-cache", action="store_true",
                    help="empty the engine's prefix cache before every timed call, outside the clock (a noise remedy to test)")
+    p.add_argument("--fixed-s", nargs="+", default=[], metavar="PART=SECONDS",
+                   help="what the plan assumes for a fixed part, measured on this machine (process, start_graphs, "
+                        "start_eager, shutdown, weights; defaults in bench/plan.py)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=Path("bench.json"), help="written as figures arrive (default bench.json)")
     args = p.parse_args(argv)
@@ -229,22 +249,33 @@ def main(argv: list[str] | None = None) -> int:
                             args.repeats > 0), ("--util", args.util, 0 < args.util < 1)):
         if not ok:
             p.error(f"{name} {value}: out of range")
+    overrides = {}
+    for item in args.fixed_s:
+        name, _, value = item.partition("=")
+        try:
+            overrides[name] = float(value)
+        except ValueError:
+            p.error(f"--fixed-s {item}: expected PART=SECONDS, e.g. start_graphs=150")
     t0 = time.time()
     engine = find_engine(args.engine)
     if engine is None:
         return 2
-    plan = budget_plan(engine, args.modes, not args.skip_weights, args.budget_s)
+    try:
+        args.fixed = fixed_parts(engine, overrides)
+    except ValueError as exc:
+        p.error(f"--fixed-s: {exc}")
+    plan = budget_plan(args.fixed, args.modes, not args.skip_weights, args.budget_s)
     print(f"rollout_bench {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(t0))}: {engine}; {args.batch} prompts x "
           f"{args.prompt_len} tokens -> {args.new_tokens} new, T=1.0; ratio = shim / direct throughput; results: "
           f"{args.json}", flush=True)
-    for line in describe(engine, plan, args.budget_s):
+    for line in describe(args.fixed, plan, args.budget_s):
         print(line, flush=True)
     report = Report(args.json, {
         "schema": 2, "status": "running",
         "meta": {"when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t0)), "engine": engine,
-                 "host": os.uname().nodename},
+                 "host": os.uname().nodename, "cpu": cpu_model(), "cpus": os.cpu_count()},
         "args": {k: str(v) for k, v in vars(args).items()}, "targets": TARGETS,
-        "plan": {"budget_s": args.budget_s, "reserve": RESERVE, "fixed_s": FIXED_S[engine],
+        "plan": {"budget_s": args.budget_s, "reserve": RESERVE, "fixed_s": args.fixed,
                  "phases": [{"name": ph.name, "seconds": round(s, 1)} for ph, s in plan]},
         "phases": {ph.name: {"status": "waiting"} for ph, _ in plan}, "ratios": [], "weights": {},
     })
@@ -267,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, engine: str, report: Report, t0: float) -> bool:
     """The phases in turn, each with its share of what is left of the budget; True if one failed."""
     end = t0 + args.budget_s * (1 - RESERVE)
-    left = phases(engine, args.modes, not args.skip_weights)
+    left = phases(args.fixed, args.modes, not args.skip_weights)
     failed = False
     with tempfile.TemporaryDirectory(prefix="rollout-bench-") as work:
         while left:
@@ -275,7 +306,8 @@ def run(args: argparse.Namespace, engine: str, report: Report, t0: float) -> boo
             now = time.time()
             share = allot(left, end - now)
             deadline = now + share
-            spec = {"engine": engine, "work": work, "deadline": deadline, "shutdown_s": FIXED_S[engine]["shutdown"],
+            spec = {"engine": engine, "work": work, "deadline": deadline, "shutdown_s": args.fixed["shutdown"],
+                    "end": end, "later": [(p.name, p.fixed_s) for p in left[1:]],
                     "batch": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
                     "util": args.util, "repeats": args.repeats, "seed": args.seed, "max_blocks": args.max_blocks,
                     "warmup_share": args.warmup_share, "weights_mode": args.weights_mode,
@@ -283,8 +315,13 @@ def run(args: argparse.Namespace, engine: str, report: Report, t0: float) -> boo
             report.data["phases"][phase.name].update(status="running", share_s=round(share, 1))
             report.write()
             say(f"{phase.name}: {share:.0f} s (until {time.strftime('%H:%M:%S', time.localtime(deadline))})", t0)
-            kill_at = min(deadline, t0 + args.budget_s) + min(GRACE_S, args.budget_s / 8)
-            how = run_phase(phase.name, spec, kill_at, report, args.progress_s, t0)
+            grace = min(GRACE_S, args.budget_s / 8)
+            kill_at = min(deadline, t0 + args.budget_s) + grace
+            # a measuring phase computes its end again once its engine is up (plan.measuring_end): never
+            # later than what leaves the later phases their fixed parts
+            latest = min(end - sum(p.fixed_s for p in left[1:]), t0 + args.budget_s) + grace
+            how = run_phase(phase.name, spec, Kill(kill_at, latest, args.fixed["shutdown"] + grace), report,
+                            args.progress_s, t0)
             took = time.time() - now
             report.data["phases"][phase.name].update(status=how, seconds=round(took, 1))
             report.write()
@@ -292,6 +329,17 @@ def run(args: argparse.Namespace, engine: str, report: Report, t0: float) -> boo
             failed |= not how.startswith("ok")
             left = left[1:]
     return failed
+
+
+def cpu_model() -> str:
+    """The host's CPU, from /proc/cpuinfo ("?" elsewhere). Why: the engines' calls here are bound by one
+    CPU thread (vLLM's engine runs in the caller's process, busy 1.0 CPU-second per second of call), and
+    two H100 machines of one day (2026-12-05) gave vLLM 0.34.0's CUDA-graph calls 843 and 1344 ms."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return "?"
 
 
 def find_engine(asked: str | None) -> str | None:

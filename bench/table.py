@@ -15,16 +15,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-RATIO_HEAD = ("| date | GPU | engine (shim) | mode | setting | shim / direct | 95 % interval | width | ABBA blocks | "
+RATIO_HEAD = ("| began (UTC) | GPU | engine (shim) | mode | setting | shim / direct | 95 % interval | width | ABBA blocks | "
               "shim work per call | of a shim call | direct tok/s | targets |")
-WEIGHTS_HEAD = ("| date | GPU | engine (shim) | update_weights from GPU | from pinned CPU | offload (freed) | onload (back) | "
-                "greedy after the RL loop | engine starts: graphs / eager / weights |")
+WEIGHTS_HEAD = ("| began (UTC) | GPU | engine (shim) | update_weights from GPU | from pinned CPU | offload (freed) | "
+                "onload (back) | greedy after the RL loop | engine starts: graphs / eager / weights |")
 
 
 def when_where(meta: dict[str, Any]) -> str:
-    """A row's first two cells: the run's date and its GPU (figures from an H100 and an H200 are not
-    comparable)."""
-    return f"{meta['when'][:10]} | {str(meta.get('gpu', '?')).removeprefix('NVIDIA ')}"
+    """A row's first two cells: when the run began (UTC, to the minute: two runs of one day stay apart)
+    and its GPU (figures from an H100 and an H200 are not comparable)."""
+    return f"{meta['when'][:16]} | {str(meta.get('gpu', '?')).removeprefix('NVIDIA ')}"
 
 
 def ratio_rows(data: dict[str, Any]) -> list[str]:

@@ -7,8 +7,11 @@ import random
 import time
 
 
-def start_delay() -> None:
-    time.sleep(float(os.environ.get("FAKE_ENGINE_START_S", "0")))
+def start_delay(eager: bool) -> None:
+    """FAKE_ENGINE_START_S for every start; FAKE_ENGINE_GRAPHS_START_S instead for a CUDA-graph one
+    (vLLM's first start on a fresh machine builds FlashInfer's kernels)."""
+    graphs = os.environ.get("FAKE_ENGINE_GRAPHS_START_S")
+    time.sleep(float(graphs if graphs is not None and not eager else os.environ.get("FAKE_ENGINE_START_S", "0")))
 
 
 def call(eager: bool) -> None:

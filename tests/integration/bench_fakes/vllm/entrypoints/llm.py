@@ -71,7 +71,7 @@ class LLM:
         self.vocab = config["vocab_size"]
         self.eager = bool(kwargs.get("enforce_eager"))
         self.held = int(kwargs.get("gpu_memory_utilization", 0.9) * torch.cuda.TOTAL)
-        _fake.start_delay()
+        _fake.start_delay(self.eager)
         torch.cuda.book(self.held)
         self.asleep = False
         self.llm_engine = LLMEngine()

@@ -31,7 +31,7 @@ class Engine:
         self.vocab = config["vocab_size"]
         self.eager = self.server_args.disable_cuda_graph
         self.held = int((self.server_args.mem_fraction_static or 0.8) * torch.cuda.TOTAL)
-        _fake.start_delay()
+        _fake.start_delay(self.eager)
         torch.cuda.book(self.held)
         self.released = False
         self.loop = asyncio.new_event_loop()
