@@ -25,14 +25,15 @@ RESERVE = 0.05
 FIXED_S: dict[str, dict[str, float]] = {
     # process start + imports, engine start (weights loaded, KV cache, CUDA graphs), shutdown
     "vllm": {"process": 10, "start_graphs": 40, "start_eager": 25, "shutdown": 5, "weights": 45},
-    "sglang": {"process": 20, "start_graphs": 90, "start_eager": 30, "shutdown": 5, "weights": 75},
+    "sglang": {"process": 20, "start_graphs": 90, "start_eager": 30, "shutdown": 5, "weights": 70},
 }
 """Seconds, per engine. ``weights``: the whole update_weights / offload phase (a 1.37 B model made on
 the GPU and saved, an engine started on it in eager mode, the pushes, offload/onload, the RL loop).
 From the first runs (H100, 2026-12-05, bench/runs/): vLLM 0.34.0 took about 7 s to its engine start,
 34.4 s (graphs) and 19.8 s (eager) to start, 33 s for the whole weights phase; SGLang 0.5.23 about
-16 s to its engine start, 82.2 s and 25.6 s to start. Each rounded up a little; SGLang's weights
-phase has not run yet (its guess stands)."""
+16 s to its engine start, 82.2 s and 25.6 s to start, and (second hold) 66 s for the weights phase.
+Each rounded up a little. A machine's first vLLM start builds FlashInfer's kernels (162 s); gpuenv now
+builds them before the script, and a run elsewhere can pass its own (``--fixed-s``)."""
 
 
 @dataclass(frozen=True)
