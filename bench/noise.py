@@ -49,6 +49,19 @@ def twin_call_sd(pairs: Sequence[Pair]) -> float | None:
     return math.sqrt(math.fsum(r * r for r in residuals) / dof) / math.sqrt(2)
 
 
+def drift(pairs: Sequence[Pair]) -> float | None:
+    """How much longer the record's last third of blocks took than its first third (both sides' calls),
+    minus 1; None under 3 blocks. Why: on the H100 (2026-12-05) SGLang's CUDA-graph blocks grew by
+    30-46 % over a run of fresh prompts, as a prefix cache that has filled and evicts would make them
+    (``--flush-cache`` is the remedy to test), while other records moved either way by chance. ABBA
+    cancels a drift within a block; a drift across the record still widens the interval."""
+    totals = [p.direct_s + p.shim_s for p in pairs]
+    third = len(totals) // 3
+    if third < 1:
+        return None
+    return statistics.fmean(totals[-third:]) / statistics.fmean(totals[:third]) - 1
+
+
 def _mean(calls: list[CallTime], key: str) -> float | None:
     """The mean of ``key`` over ``calls``: seconds as they are, every counter per second of call (a longer
     call gathers more of every counter just by lasting longer)."""
@@ -80,6 +93,7 @@ def summary(pairs: Sequence[Pair]) -> dict[str, Any]:
     return {
         "block_log_ratio_sd": rounded(_sd(log_ratios)),
         "twin_call_sd": rounded(twin_call_sd(pairs)),
+        "drift": rounded(drift(pairs)),
         "median_call_s": {side: rounded(medians[side]) for side in sides},
         "slow_threshold": SLOW,
         "slow_calls": {side: [sum(c.side == side for c in slow), sum(c.side == side for c in calls)] for side in sides},
@@ -94,7 +108,9 @@ def describe(noise: dict[str, Any]) -> str:
         return "no per-call data"
     slow = noise["slow_calls"]
     twin = noise["twin_call_sd"]
+    moved = noise.get("drift")
     text = (f"a call's own spread {twin:.1%}" if twin is not None else "a call's own spread -") + \
+        (f"; last third of blocks {moved:+.0%} against the first" if moved is not None else "") + \
         f"; slow calls (> {noise['slow_threshold']:.2f} x median) " + \
         ", ".join(f"{side} {n} of {of}" for side, (n, of) in slow.items())
     pairs = [f"{k} {a:.3g} vs {b:.3g}" for k, (a, b) in noise["slow_vs_rest"].items() if a is not None and b is not None]
