@@ -116,10 +116,13 @@ def test_the_benchmark_runs_every_phase_for_the_engine_detect_finds(tmp_path: Pa
     assert len(rows) == 5 and sum(" | graphs | " in r for r in rows) == 2 and rows[-1].count("GB/s") == 2
 
 
-def test_flush_cache_empties_the_prefix_cache_before_every_timed_call_outside_the_clock(tmp_path: Path) -> None:
-    """``--flush-cache`` (a noise remedy to test on the GPU): a flush before each call, none of it timed."""
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+def test_flush_cache_empties_the_prefix_cache_before_every_timed_call_outside_the_clock(tmp_path: Path,
+                                                                                       engine: str) -> None:
+    """``--flush-cache`` (a noise remedy to test on the GPU, on both engines next): a flush before each
+    call, none of it timed."""
     log = tmp_path / "flushes"
-    proc = bench(tmp_path, "vllm", "--budget-s", "30", "--max-blocks", "3", "--warmup-share", "0.1", "--modes", "graphs",
+    proc = bench(tmp_path, engine, "--budget-s", "30", "--max-blocks", "3", "--warmup-share", "0.1", "--modes", "graphs",
                  "--skip-weights", "--flush-cache", FAKE_ENGINE_FLUSH_S="0.2", FAKE_ENGINE_FLUSH_LOG=str(log))
     code, out = finish(proc)
     assert code == 0, out[-3000:]
