@@ -226,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-weights", action="store_true", help="no update_weights / offload phase")
     p.add_argument("--weights-mode", default="eager", choices=["graphs", "eager"],
                    help="engine mode of the update_weights / offload phase (eager starts faster)")
+    p.add_argument("--model", default="small", choices=["small", "big"],
+                   help="the throughput phases' random model: small (155 M parameters) or big (1.37 B, as the weights phase)")
     p.add_argument("--batch", type=int, default=256, help="prompts per call")
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=128)
@@ -265,9 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         p.error(f"--fixed-s: {exc}")
     plan = budget_plan(args.fixed, args.modes, not args.skip_weights, args.budget_s)
-    print(f"rollout_bench {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(t0))}: {engine}; {args.batch} prompts x "
-          f"{args.prompt_len} tokens -> {args.new_tokens} new, T=1.0; ratio = shim / direct throughput; results: "
-          f"{args.json}", flush=True)
+    print(f"rollout_bench {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(t0))}: {engine}; {args.model} model, "
+          f"{args.batch} prompts x {args.prompt_len} tokens -> {args.new_tokens} new, T=1.0; ratio = shim / direct "
+          f"throughput; results: {args.json}", flush=True)
     for line in describe(args.fixed, plan, args.budget_s):
         print(line, flush=True)
     report = Report(args.json, {
@@ -311,7 +313,7 @@ def run(args: argparse.Namespace, engine: str, report: Report, t0: float) -> boo
                     "batch": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
                     "util": args.util, "repeats": args.repeats, "seed": args.seed, "max_blocks": args.max_blocks,
                     "warmup_share": args.warmup_share, "weights_mode": args.weights_mode,
-                    "flush_cache": args.flush_cache}
+                    "flush_cache": args.flush_cache, "model": args.model}
             report.data["phases"][phase.name].update(status="running", share_s=round(share, 1))
             report.write()
             say(f"{phase.name}: {share:.0f} s (until {time.strftime('%H:%M:%S', time.localtime(deadline))})", t0)

@@ -32,7 +32,9 @@ def ratio_rows(data: dict[str, Any]) -> list[str]:
     day = when_where(meta)
     for r in sorted(data["ratios"], key=lambda r: (r["mode"] != "graphs", r["logprobs"])):
         who = f"{r['engine']} {r['release']} ({r['shim']})"
-        setting = "sampling + logprobs" if r["logprobs"] else "sampling"
+        setting = ("sampling + logprobs" if r["logprobs"] else "sampling") + \
+            (f" ({r['model']} model)" if r.get("model", "small") != "small" else "") + \
+            (", cache flushed" if r.get("flush_cache") else "")
         if "error" in r:
             rows.append(f"| {day} | {who} | {r['mode']} | {setting} | {r['error']} | | | | | | | |")
             continue

@@ -164,6 +164,23 @@ def test_a_fixed_part_the_plan_does_not_have_is_one_line_and_exit_2(tmp_path: Pa
     assert not (tmp_path / "bench.json").exists()
 
 
+def test_the_big_model_can_be_the_throughput_model_and_the_tables_say_so(tmp_path: Path) -> None:
+    """``--model big`` (the weights phase's 1.37 B shapes) for the throughput calls, a noise remedy to
+    measure: the engine is started on that checkpoint, the records and the table name it."""
+    proc = bench(tmp_path, "sglang", "--budget-s", "30", "--max-blocks", "2", "--warmup-share", "0.1", "--modes", "eager",
+                 "--skip-weights", "--model", "big", "--flush-cache")
+    code, out = finish(proc)
+    assert code == 0, out[-3000:]
+    assert "sglang; big model, 32 prompts x 8 tokens" in out
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert {(r["model"], r["pairs"]) for r in data["ratios"] if r["final"]} == {("big", 2)}
+    # the checkpoint the engine was started on: the weights phase's shapes (24 layers of 2048)
+    assert (data["phases"]["eager"]["model_layers"], data["phases"]["eager"]["model_hidden"]) == (24, 2048)
+    table = subprocess.run([sys.executable, str(ROOT / "bench" / "table.py"), str(tmp_path / "bench.json")],
+                           capture_output=True, text=True, check=True).stdout
+    assert "| eager | sampling (big model), cache flushed |" in table
+
+
 def test_a_stuck_phase_is_killed_at_its_share_and_the_others_still_run(tmp_path: Path) -> None:
     """Every generate of the CUDA-graph engine blocks (a hung GPU call): that phase is killed when its
     share of the budget (plus a grace) has passed, the file says so, and the phases after it run."""
