@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import queue
 import signal
@@ -131,8 +132,11 @@ class Tree:
 
 @dataclass
 class Kill:
-    """When a phase is killed: ``at``, moved to ``after`` seconds past the end of measuring it reports
-    (``measure_until``, computed once its engine is up), but never past ``latest``."""
+    """When a phase is killed: ``at`` (its share's end plus a grace), moved to ``after`` seconds past the
+    end of measuring it reports (``measure_until``, computed once its engine is up), no later than
+    ``latest`` and never earlier than ``at``. Until its engine is up the phase is killed at ``at``: a
+    start longer than the phase's whole share plus the grace is taken for a hung one (with the default
+    budget, vLLM's graphs phase may start for about 250 s), and the later phases keep their shares."""
 
     at: float
     latest: float
@@ -257,7 +261,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             overrides[name] = float(value)
         except ValueError:
-            p.error(f"--fixed-s {item}: expected PART=SECONDS, e.g. start_graphs=150")
+            overrides[name] = math.nan
+        if not 0 <= overrides[name] < math.inf:
+            p.error(f"--fixed-s {item}: expected PART=SECONDS with SECONDS a number >= 0, e.g. start_graphs=150")
     t0 = time.time()
     engine = find_engine(args.engine)
     if engine is None:

@@ -158,10 +158,14 @@ def test_a_slow_cuda_graph_start_costs_both_modes_alike(tmp_path: Path) -> None:
     assert all(r["pairs"] >= 2 for r in data["ratios"] if r["final"]) and len(data["ratios"]) == 4
 
 
-def test_a_fixed_part_the_plan_does_not_have_is_one_line_and_exit_2(tmp_path: Path) -> None:
+def test_a_fixed_part_the_plan_does_not_have_or_a_bad_number_is_one_line_and_exit_2(tmp_path: Path) -> None:
     code, out = finish(bench(tmp_path, "vllm", "--fixed-s", "start_cold=150"))
     assert code == 2 and "error: --fixed-s: no fixed part named start_cold (there are process" in out.splitlines()[-1]
-    assert not (tmp_path / "bench.json").exists()
+    for i, bad in enumerate(("start_graphs=-5", "start_graphs=nan", "start_graphs=inf", "start_graphs=slow")):
+        (tmp_path / str(i)).mkdir()
+        code, out = finish(bench(tmp_path / str(i), "vllm", "--fixed-s", bad))
+        assert code == 2 and f"error: --fixed-s {bad}: expected PART=SECONDS" in out.splitlines()[-1], out
+    assert not list(tmp_path.rglob("bench.json"))
 
 
 def test_the_big_model_can_be_the_throughput_model_and_the_tables_say_so(tmp_path: Path) -> None:

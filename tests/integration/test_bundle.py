@@ -290,6 +290,39 @@ def test_a_script_of_a_vllm_entry_gets_flashinfers_build_first_and_then_runs(
     assert not list(results.glob("running-*.json"))  # the build's stop marker went with it
 
 
+def test_a_stop_during_the_kernel_build_before_a_script_keeps_the_script_from_starting(
+        tmp_path: Path, locked: Matrix, machine: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``gpuenv stop`` while FlashInfer's kernels build before a vLLM entry's script: the build's process
+    group gets the signal, and the script does not start after it (its marker would come after the stop
+    had looked, and nothing would ever stop it)."""
+    import dataclasses
+    import threading
+    import time
+
+    from rollout_matrix.gpu import kernels, stop, suite
+
+    entry = locked.get("tiny-2.31.0")
+    tiny_bundle(locked, tmp_path)
+    real = suite.matrix_entry
+    monkeypatch.setattr(suite, "matrix_entry", lambda name: dataclasses.replace(real(name), engine="vllm"))
+    monkeypatch.setattr(kernels, "capabilities", lambda: ["9.0"])
+    monkeypatch.setattr(kernels, "SCRIPT", "import time\ntime.sleep(120)\n")  # a build that takes its time
+    (locked.path.parent / "stamp.py").write_text(STAMP_SCRIPT)
+    codes: list[int] = []
+    runner = threading.Thread(target=lambda: codes.append(
+        pipeline.pipeline([f"{entry.name}=stamp.py 0 bench.json 0"], pipeline.Plan(wait=5), [])))
+    runner.start()
+    results = machine / "results" / entry.name
+    deadline = time.monotonic() + 120
+    while not stop.markers() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert stop.stop(grace=20) == [entry.name]
+    runner.join(timeout=60)
+    assert codes and codes[0] != 0
+    assert not (results / "bench.json").exists(), "the script started after the stop"
+    assert "$ python stamp.py" not in (results / "scripts.log").read_text()
+
+
 def test_steps_read_a_copy_of_the_checkout_that_a_new_call_cannot_change(tmp_path: Path, locked: Matrix,
                                                                         machine: Path) -> None:
     """The device tool copies the working tree again at every call; on 2026-12-03 a suite lost a file it

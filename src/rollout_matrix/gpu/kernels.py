@@ -162,6 +162,6 @@ def _build(entry: str, python: Path, environ: dict[str, str], logf: IO[bytes], f
     logf.flush()
     said = [line for line in output.decode(errors="replace").splitlines() if line.startswith("PREBUILT ")]
     outcome = json.loads(said[-1].removeprefix("PREBUILT ")) if said else {
-        "built": False, "why": f"the build exited {proc.returncode} (its output is in the suite's log)"}
+        "built": False, "why": f"the build exited {proc.returncode} (its output is in the log of {before})"}
     outcome["seconds"] = round(time.monotonic() - t0, 1)
     return outcome

@@ -320,6 +320,7 @@ def run_script(entry: str, command: str, timeout: int = 300, places: Places | No
     ``results/<entry>/scripts.log`` (diagnostics or benchmarks next to the suite). ``timeout``: the
     script's own limit (``pipeline --script-timeout``); a benchmark budgets itself to fit it. It runs in
     one of ``places`` (the venv is built before), and not at all when the batch is stopped meanwhile."""
+    since = time.time()
     env = install(entry)
     out = store._dirs()["results"] / entry
     out.mkdir(parents=True, exist_ok=True)
@@ -334,6 +335,9 @@ def run_script(entry: str, command: str, timeout: int = 300, places: Places | No
                              started=lambda pgid, argv: markers.append(stop.record(out, pgid, argv)))
             for done in markers:
                 done.unlink(missing_ok=True)
+        if stop.requested(since):  # `gpuenv stop` ended the build: the script must not start after it
+            log(f"{entry}: python {command} not run: the batch was stopped")
+            return stop.STOPPED
         code = _script(entry, command, timeout, places, env, out, environ, logf)
     log(f"{entry}: python {command} exited {code}")
     return code
