@@ -32,6 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import noise
+from models import BIG, COMMON, SMALL, save_model
 from pairs import Pair, WarmUp, bootstrap, quick_interval, run_block
 from plan import Phase, measuring_end
 from probe import Probe
@@ -40,21 +41,6 @@ RECORD_EVERY_S = 30.0
 TARGETS = {"width": 0.04, "ci_low": 0.97, "shim_work_fraction": 0.01}
 """Issue 24's acceptance, per record: interval width, interval low end, shim work / shim call."""
 
-# The throughput model by default: small enough to start in seconds, large enough that the GPU does
-# real work per step.
-SMALL = dict(vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
-             num_attention_heads=16, num_key_value_heads=4)
-# update_weights / offload: about 1.37 B parameters, 2.7 GB in bf16.
-BIG = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=24,
-           num_attention_heads=16, num_key_value_heads=16)
-MODELS = {"small": SMALL, "big": BIG}
-"""The throughput phases' models (``--model``). Why a choice: with the small one each decode step of a
-256-prompt call is a few ms of CPU work for well under that of GPU work (vLLM 0.34.0 graphs: 843-1344
-ms for 128 steps, one CPU busy throughout, H100 2026-12-05), so a call's time is the CPU's, and it
-varied by 5-14 % from call to call. The big one does about nine times the GPU work per step: if the
-noise is the CPU's, it shrinks with the CPU's share of the call (and the shim's share with it)."""
-COMMON = dict(max_position_embeddings=4096, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
-              initializer_range=0.05)
 GIB = 1024**3
 
 
@@ -86,22 +72,6 @@ def metadata(engine: Any) -> dict[str, Any]:
             "torch": torch.__version__, "cuda": torch.version.cuda, "transformers": transformers.__version__,
             "python": platform.python_version(), "engine": engine.info.backend, "release": engine.info.release,
             "shim": engine.info.shim, "engine_details": {k: str(v) for k, v in engine.info.details.items()}}
-
-
-def save_model(path: Path, name: str, seed: int) -> None:
-    """A throughput model (``MODELS[name]``: about 155 M or 1.37 B parameters, random), made on the CPU
-    and saved once per run (phases share it). Saved beside ``path`` and renamed into place: a phase
-    killed mid-save leaves no half model for the next one."""
-    if path.is_dir():
-        return
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(Qwen2Config(**MODELS[name], **COMMON)).to(torch.bfloat16)
-    partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
-    model.save_pretrained(partial)
-    partial.rename(path)
 
 
 class Prompts:
