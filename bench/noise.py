@@ -62,6 +62,15 @@ def drift(pairs: Sequence[Pair]) -> float | None:
     return statistics.fmean(totals[-third:]) / statistics.fmean(totals[:third]) - 1
 
 
+def blocks_for_width(log_ratio_sd: float | None, width: float) -> int | None:
+    """How many blocks a record with this spread of block log ratios needs for a 95 % interval of the
+    ratio ``width`` wide (near 1 the width is about 2 × 1.96 × sd / sqrt(n)). Why: it turns a missed
+    width into the budget that would meet it, or shows that none within reach would."""
+    if log_ratio_sd is None or width <= 0:
+        return None
+    return max(2, math.ceil((2 * 1.96 * log_ratio_sd / width) ** 2))
+
+
 def _mean(calls: list[CallTime], key: str) -> float | None:
     """The mean of ``key`` over ``calls``: seconds as they are, every counter per second of call (a longer
     call gathers more of every counter just by lasting longer)."""
@@ -72,9 +81,10 @@ def _mean(calls: list[CallTime], key: str) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def summary(pairs: Sequence[Pair]) -> dict[str, Any]:
-    """The record's ``noise``: the blocks' spread, a call's own spread, the slow calls of each side (of
-    its calls), and for every counter its rate over the slow calls against its rate over the rest.
+def summary(pairs: Sequence[Pair], width: float = 0.04) -> dict[str, Any]:
+    """The record's ``noise``: the blocks' spread, a call's own spread, the drift, the blocks (and their
+    measuring seconds) a ``width``-wide interval would need at that spread, the slow calls of each side
+    (of its calls), and for every counter its rate over the slow calls against its rate over the rest.
     Empty when the blocks kept no calls."""
     calls = [c for p in pairs for c in p.detail]
     if not calls:
@@ -90,8 +100,14 @@ def summary(pairs: Sequence[Pair]) -> dict[str, Any]:
     def rounded(x: float | None) -> float | None:
         return None if x is None else float(f"{x:.4g}")
 
+    spread = _sd(log_ratios)
+    needed = blocks_for_width(spread, width)
+    block_s = statistics.fmean(p.direct_s + p.shim_s for p in pairs)
     return {
-        "block_log_ratio_sd": rounded(_sd(log_ratios)),
+        "block_log_ratio_sd": rounded(spread),
+        "target_width": width,
+        "blocks_for_width": needed,
+        "seconds_for_width": None if needed is None else round(needed * block_s),
         "twin_call_sd": rounded(twin_call_sd(pairs)),
         "drift": rounded(drift(pairs)),
         "median_call_s": {side: rounded(medians[side]) for side in sides},
@@ -109,8 +125,11 @@ def describe(noise: dict[str, Any]) -> str:
     slow = noise["slow_calls"]
     twin = noise["twin_call_sd"]
     moved = noise.get("drift")
+    needed = noise.get("blocks_for_width")
     text = (f"a call's own spread {twin:.1%}" if twin is not None else "a call's own spread -") + \
         (f"; last third of blocks {moved:+.0%} against the first" if moved is not None else "") + \
+        (f"; a {noise['target_width']} width needs {needed} blocks ({noise['seconds_for_width']} s of this setting's calls)"
+         if needed is not None else "") + \
         f"; slow calls (> {noise['slow_threshold']:.2f} x median) " + \
         ", ".join(f"{side} {n} of {of}" for side, (n, of) in slow.items())
     pairs = [f"{k} {a:.3g} vs {b:.3g}" for k, (a, b) in noise["slow_vs_rest"].items() if a is not None and b is not None]

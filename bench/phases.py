@@ -164,7 +164,7 @@ def record(engine: Any, mode: str, setting: Setting, blocks: list[Pair], spec: d
         # every call: block, side, seconds, engine seconds inside a shim call, what the probe's counters rose by
         "calls": [[i, c.side, round(c.seconds, 6), None if c.inner_s is None else round(c.inner_s, 6),
                    {k: round(v, 6) for k, v in c.counters.items()}] for i, p in enumerate(blocks) for c in p.detail],
-        "noise": noise.summary(blocks),
+        "noise": noise.summary(blocks, TARGETS["width"]),
     })
     return out
 

@@ -11,8 +11,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from noise import describe, drift, summary, twin_call_sd
-from pairs import CallTime, Pair
+from noise import blocks_for_width, describe, drift, summary, twin_call_sd
+from pairs import CallTime, Pair, bootstrap
 
 
 def block(direct: tuple[float, float], shim: tuple[float, float], steal: tuple[float, ...] = (0, 0, 0, 0)) -> Pair:
@@ -84,3 +84,36 @@ def test_a_record_whose_blocks_grow_says_by_how_much_between_its_first_and_last_
     assert noise["drift"] == pytest.approx(0.5) and "last third of blocks +50% against the first" in describe(noise)
     assert drift(pairs[:2]) is None and "last third" not in describe(summary(pairs[:2]))
     assert drift([block((1.0, 1.0), (1.0, 1.0)) for _ in range(9)]) == 0
+
+
+def test_the_blocks_it_asks_for_give_the_width_asked_for_with_the_benchmarks_own_interval() -> None:
+    """A spread of block log ratios of 0.1 (the H100's, 2026-12-05): the number of blocks it says a 0.04
+    width needs, simulated as records and put through bench/pairs.py's bootstrap, gives intervals about
+    0.04 wide; half as many blocks give wider ones."""
+    needed = blocks_for_width(0.1, 0.04)
+    assert needed is not None and 90 <= needed <= 100
+    rng = random.Random(11)
+
+    def widths(n: int) -> list[float]:
+        out = []
+        for record in range(12):
+            pairs = []
+            for _ in range(n):
+                r = math.exp(rng.gauss(0, 0.1))
+                pairs.append(Pair(2.0, 2.0 * r, False, 2.0 * r - 0.01, 2))
+            out.append(bootstrap(pairs, resamples=2000, seed=record).width)
+        return sorted(out)
+
+    assert widths(needed)[6] == pytest.approx(0.04, rel=0.12)
+    assert widths(needed // 2)[6] > 0.05
+    assert blocks_for_width(None, 0.04) is None and blocks_for_width(0.001, 0.04) == 2
+
+
+def test_a_summary_says_what_its_width_would_cost() -> None:
+    rng = random.Random(3)
+    pairs = [block((1.0, 1.0), (math.exp(rng.gauss(0, 0.1)), 1.0)) for _ in range(10)]
+    noise = summary(pairs, width=0.04)
+    assert noise["blocks_for_width"] == blocks_for_width(noise["block_log_ratio_sd"], 0.04)
+    block_s = sum(p.direct_s + p.shim_s for p in pairs) / len(pairs)
+    assert noise["seconds_for_width"] == round(noise["blocks_for_width"] * block_s)
+    assert f"a 0.04 width needs {noise['blocks_for_width']} blocks" in describe(noise)
