@@ -69,7 +69,8 @@ say(built=True, module="sampling", where=where)
 """
 """Run in the entry's venv; its last ``PREBUILT {json}`` line is the outcome."""
 LOG_HEADER = "FlashInfer's sampling kernels, built before"
-"""What the suite's log says above the build's output (gpu/tally.py reads it: the suite is building)."""
+"""What the suite's (or the script's) log says above the build's output, followed by what waits for it
+(gpu/tally.py reads it in a suite's log: the suite is building)."""
 
 
 def arch_environment(capabilities: list[str]) -> dict[str, str] | None:

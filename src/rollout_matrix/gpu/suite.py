@@ -324,12 +324,13 @@ def run_script(entry: str, command: str, timeout: int = 300, places: Places | No
     env = install(entry)
     out = store._dirs()["results"] / entry
     out.mkdir(parents=True, exist_ok=True)
-    libs, _ = syslibs.environment(manifests()[entry].entries[entry], env, system_packages(matrix_entry(entry)))
+    described = matrix_entry(entry)
+    libs, _ = syslibs.environment(manifests()[entry].entries[entry], env, system_packages(described))
     environ = {**os.environ, **libs, **bytecode(), **caches(entry), "PYTHONPATH": str(store.CHECKOUT / "src"),
                "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "PATH": f"{env / 'bin'}:{os.environ.get('PATH', '')}",
                "ROLLOUT_MATRIX_RESULTS": str(out), "ROLLOUT_MATRIX_SCRIPT_TIMEOUT": str(timeout)}
     with open(out / "scripts.log", "ab") as logf:
-        if (described := matrix_entry(entry)) and described.engine == "vllm":
+        if described and described.engine == "vllm":
             markers: list[Path] = []
             kernels.prebuild(entry, env / "bin" / "python", environ, logf, log, before="the script",
                              started=lambda pgid, argv: markers.append(stop.record(out, pgid, argv)))
