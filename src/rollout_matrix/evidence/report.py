@@ -77,7 +77,7 @@ class Row:
         if self.entry.unavailable and self.cpu is None and self.gpu is None:
             out.append(self.entry.unavailable)
         if self.entry.stand_in:  # every figure on this row is for the release with the stand-in, not as published
-            late = " (uploaded after the release)" if self.entry.late_pin == self.entry.stand_in else ""
+            late = " (uploaded after the release)" if self.entry.late_stand_in else ""
             out.append(f"locked with {self.entry.stand_in}{late} standing in for {self.entry.awaits}, "
                        "which cannot be installed from PyPI")
         return out

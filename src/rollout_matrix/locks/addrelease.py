@@ -114,7 +114,7 @@ def make_installable(matrix: Matrix, name: str) -> tuple[Matrix, list[Entry]]:
     lines = text.splitlines(keepends=True)
     drop: set[int] = set()
     awaits_at = -1
-    waiting = {"unavailable", "awaits", "stand_in"} | ({"late_pin"} if entry.late_pin == entry.stand_in else set())
+    waiting = {"unavailable", "awaits", "stand_in"} | ({"late_pin"} if entry.late_stand_in else set())
     for key, value in band.value:  # a stand-in's late_pin goes with it (it names the stand-in), no other
         if isinstance(key, yaml.ScalarNode) and key.value in waiting:
             if key.value == "awaits":

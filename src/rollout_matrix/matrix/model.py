@@ -57,6 +57,12 @@ class Entry:
         return f"{self.engine}-{self.version}"
 
     @property
+    def late_stand_in(self) -> bool:
+        """The stand-in itself reached the index after the release (``late_pin`` names it: sgl-kernel
+        0.1.0 for sglang 0.4.5.post3), while the band still awaits its own pin."""
+        return self.stand_in is not None and self.late_pin == self.stand_in
+
+    @property
     def readable_tag(self) -> str:
         """A tag people can read, e.g. ``sglang-0.5.2-cu128``."""
         return f"{self.name}-{self.stack.name}"
@@ -95,7 +101,7 @@ class Entry:
         # the lock holds a stand-in, not the release's own pin of that package; a late pin's files pass the
         # date limit, so only exactly that version of them may come in. A late pin that is the stand-in (one
         # uploaded after the release) is the lock's alone: an unlocked build installs the awaited pin.
-        late = None if not locked and self.late_pin == self.stand_in else self.late_pin
+        late = None if not locked and self.late_stand_in else self.late_pin
         for pin in (self.stand_in if locked else None, late):
             if pin:
                 name, _, version = pin.partition("==")
