@@ -262,22 +262,31 @@ def test_one_at_a_time_a_suite_then_a_script_of_its_entry_run_in_that_order_and_
     assert results / "bench.json" not in suite.suite_outputs(results)  # a later suite would leave it
 
 
+def as_vllm_on_a_90_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tiny entry described as a vLLM release, on a machine whose driver reports one 9.0 GPU: what
+    makes gpuenv build FlashInfer's kernels before its steps."""
+    import dataclasses
+
+    from rollout_matrix.gpu import kernels, suite
+
+    real = suite.matrix_entry
+    monkeypatch.setattr(suite, "matrix_entry", lambda name: dataclasses.replace(real(name), engine="vllm"))
+    monkeypatch.setattr(kernels, "capabilities", lambda: ["9.0"])
+
+
 def test_a_script_of_a_vllm_entry_gets_flashinfers_build_first_and_then_runs(
         tmp_path: Path, locked: Matrix, machine: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     """Before a script of a vLLM entry (the benchmark), FlashInfer's sampling kernels are built as before
     a suite (gpu/kernels.py), so the script's budget is not spent on nvcc: here the tiny entry stands for
     a vLLM release on a machine reporting one 9.0 GPU, its venv has no FlashInfer, the build says so in
     one line, and the script runs after it."""
-    import dataclasses
     import json
 
-    from rollout_matrix.gpu import kernels, suite
+    from rollout_matrix.gpu import kernels
 
     entry = locked.get("tiny-2.31.0")
     tiny_bundle(locked, tmp_path)
-    real = suite.matrix_entry
-    monkeypatch.setattr(suite, "matrix_entry", lambda name: dataclasses.replace(real(name), engine="vllm"))
-    monkeypatch.setattr(kernels, "capabilities", lambda: ["9.0"])
+    as_vllm_on_a_90_gpu(monkeypatch)
     (locked.path.parent / "stamp.py").write_text(STAMP_SCRIPT)
     capsys.readouterr()
     assert pipeline.pipeline([f"{entry.name}=stamp.py 0 bench.json 0"], pipeline.Plan(wait=5), []) == 0
@@ -295,17 +304,14 @@ def test_a_stop_during_the_kernel_build_before_a_script_keeps_the_script_from_st
     """``gpuenv stop`` while FlashInfer's kernels build before a vLLM entry's script: the build's process
     group gets the signal, and the script does not start after it (its marker would come after the stop
     had looked, and nothing would ever stop it)."""
-    import dataclasses
     import threading
     import time
 
-    from rollout_matrix.gpu import kernels, stop, suite
+    from rollout_matrix.gpu import kernels, stop
 
     entry = locked.get("tiny-2.31.0")
     tiny_bundle(locked, tmp_path)
-    real = suite.matrix_entry
-    monkeypatch.setattr(suite, "matrix_entry", lambda name: dataclasses.replace(real(name), engine="vllm"))
-    monkeypatch.setattr(kernels, "capabilities", lambda: ["9.0"])
+    as_vllm_on_a_90_gpu(monkeypatch)
     monkeypatch.setattr(kernels, "SCRIPT", "import time\ntime.sleep(120)\n")  # a build that takes its time
     (locked.path.parent / "stamp.py").write_text(STAMP_SCRIPT)
     codes: list[int] = []
