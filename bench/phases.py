@@ -32,6 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import noise
+from affinity import Pinning
 from models import BIG, COMMON, SMALL, save_model
 from pairs import Pair, WarmUp, bootstrap, quick_interval, run_block
 from plan import Phase, measuring_end
@@ -150,7 +151,7 @@ def record(engine: Any, mode: str, setting: Setting, blocks: list[Pair], spec: d
                            "mode": mode, "logprobs": setting.logprobs, "final": final, "pairs": len(blocks),
                            "model": spec["model"], "batch": spec["batch"], "prompt_len": spec["prompt_len"],
                            "new_tokens": spec["new_tokens"],
-                           "flush_cache": spec["flush_cache"]}
+                           "flush_cache": spec["flush_cache"], "pin_cpus": spec["pin_cpus"]}
     if len(blocks) < 2:
         return {**out, "error": f"{len(blocks)} block(s) measured: an interval needs 2 (the budget ran out)"}
     est = bootstrap(blocks, resamples=resamples, seed=spec["seed"])
@@ -169,8 +170,8 @@ def record(engine: Any, mode: str, setting: Setting, blocks: list[Pair], spec: d
     return out
 
 
-def throughput(mode: str, spec: dict[str, Any]) -> None:
-    """One engine in ``mode``; warm-up, then ABBA blocks of both settings in turn until the deadline."""
+def start_engine(mode: str, spec: dict[str, Any]) -> Any:
+    """The throughput engine in ``mode`` on ``spec``'s model (also bench/noise_remedies.py's)."""
     from rollout_shims import create_engine
 
     work = Path(spec["work"])
@@ -190,6 +191,12 @@ def throughput(mode: str, spec: dict[str, Any]) -> None:
     say(f"{mode}: engine up in {started:.1f} s")
     emit("meta", meta=metadata(engine))
     emit("phase", facts={"engine_start_s": round(started, 1)})
+    return engine
+
+
+def throughput(mode: str, spec: dict[str, Any]) -> None:
+    """One engine in ``mode``; warm-up, then ABBA blocks of both settings in turn until the deadline."""
+    engine = start_engine(mode, spec)
     wrapped = Wrapped(engine)
     try:
         measure(engine, wrapped, mode, spec)
@@ -214,6 +221,11 @@ def measure(engine: Any, wrapped: Wrapped, mode: str, spec: dict[str, Any]) -> N
     warm = WarmUp()
     warm_forced = False
     probe = Probe()
+    if spec["pin_cpus"]:
+        pinning = Pinning.for_tree()
+        pinning.pin()  # for the rest of the phase: the process ends after its engine
+        emit("phase", facts={"pinned": pinning.describe()})
+        say(f"{mode}: CPUs pinned ({pinning.source}): {pinning.describe()['plan']}")
     blocks: dict[bool, list[Pair]] = {False: [], True: []}
     last_round = 0.0
     last_records = time.time()

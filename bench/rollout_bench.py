@@ -242,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--progress-s", type=float, default=10, help="longest silence before a progress line")
     p.add_argument("--flush-cache", action="store_true",
                    help="empty the engine's prefix cache before every timed call, outside the clock (a noise remedy to test)")
+    p.add_argument("--pin-cpus", action="store_true",
+                   help="hold each of the engine's processes on CPUs of its own while measuring (a noise remedy to test)")
     p.add_argument("--fixed-s", nargs="+", default=[], metavar="PART=SECONDS",
                    help="what the plan assumes for a fixed part, measured on this machine (process, start_graphs, "
                         "start_eager, shutdown, weights; defaults in bench/plan.py)")
@@ -319,7 +321,7 @@ def run(args: argparse.Namespace, engine: str, report: Report, t0: float) -> boo
                     "batch": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
                     "util": args.util, "repeats": args.repeats, "seed": args.seed, "max_blocks": args.max_blocks,
                     "warmup_share": args.warmup_share, "weights_mode": args.weights_mode,
-                    "flush_cache": args.flush_cache, "model": args.model}
+                    "flush_cache": args.flush_cache, "pin_cpus": args.pin_cpus, "model": args.model}
             report.data["phases"][phase.name].update(status="running", share_s=round(share, 1))
             report.write()
             say(f"{phase.name}: {share:.0f} s (until {time.strftime('%H:%M:%S', time.localtime(deadline))})", t0)

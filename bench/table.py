@@ -34,7 +34,7 @@ def ratio_rows(data: dict[str, Any]) -> list[str]:
         who = f"{r['engine']} {r['release']} ({r['shim']})"
         setting = ("sampling + logprobs" if r["logprobs"] else "sampling") + \
             (f" ({r['model']} model)" if r.get("model", "small") != "small" else "") + \
-            (", cache flushed" if r.get("flush_cache") else "")
+            (", cache flushed" if r.get("flush_cache") else "") + (", CPUs pinned" if r.get("pin_cpus") else "")
         if "error" in r:
             rows.append(f"| {day} | {who} | {r['mode']} | {setting} | {r['error']} | | | | | | | |")
             continue

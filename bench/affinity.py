@@ -1,0 +1,120 @@
+"""Holding each process of the benchmark's tree on CPUs of its own: a noise remedy under test.
+
+Why: on the H100 (2026-12-05) the same call on the same engine varied by 5-14 % from one call to the
+next, with the process tree busy about one CPU-second per second in slow and quick calls alike, and no
+steal, preemption or GPU clock cap to explain it (bench/probe.py). A slow call did more work, or ran
+on a slower or colder CPU. One cause the probes cannot see is the scheduler moving the engine's
+threads between vCPUs, each move leaving warm caches behind; holding every process on CPUs of its own
+removes that, and bench/noise_remedies.py measures whether it narrows a call's spread.
+
+The CPUs are the ones this process may use, those near the GPU first where the machine says which
+(``/sys/bus/pci/devices/<gpu>/local_cpulist``); ``pin()`` gives every thread of a process its
+process's CPUs, ``unpin()`` gives each thread back the set it had (threads started while pinned get
+their process's original set). Linux only (``os.sched_setaffinity`` on thread ids).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+PER_PROCESS = 2
+"""CPUs per process: the tree was busy about one CPU-second per second, and a second CPU keeps a
+helper thread (an engine's output or NCCL thread) from queueing behind the hot one."""
+
+
+def parse_cpulist(text: str) -> set[int]:
+    """Linux's CPU list format: ``0-7,16-23`` -> {0, ..., 7, 16, ..., 23}."""
+    cpus: set[int] = set()
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        low, _, high = part.partition("-")
+        cpus.update(range(int(low), int(high or low) + 1))
+    return cpus
+
+
+def gpu_local_cpus(sysfs: Path = Path("/sys/bus/pci/devices")) -> set[int] | None:
+    """The CPUs the machine lists as near CUDA device 0, or None where it cannot say (no NVML, a VM that
+    does not expose it)."""
+    with contextlib.suppress(Exception):
+        import pynvml
+
+        pynvml.nvmlInit()
+        first = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(int(first) if first.isdigit() else 0)
+        bus = pynvml.nvmlDeviceGetPciInfo(handle).busId
+        bus = (bus.decode() if isinstance(bus, bytes) else bus).lower()[-12:]  # 00000000:18:00.0 -> 0000:18:00.0
+        return parse_cpulist((sysfs / bus / "local_cpulist").read_text()) or None
+    return None
+
+
+def assign(pids: Sequence[int], cpus: set[int], per: int = PER_PROCESS) -> dict[int, set[int]]:
+    """``per`` CPUs for each process in the order given, without sharing while there are enough, then
+    round again. CPU 0 goes last: it takes more of the machine's interrupts."""
+    if not cpus:
+        raise ValueError("no CPUs to pin to")
+    order = sorted(cpus - {0}) + sorted(cpus & {0})
+    per = max(1, min(per, len(order)))
+    out = {}
+    for i, pid in enumerate(pids):
+        start = (i * per) % len(order)
+        out[pid] = {order[(start + k) % len(order)] for k in range(per)}
+    return out
+
+
+def _threads(pid: int) -> list[int]:
+    try:
+        return [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
+    except OSError:  # the process has ended
+        return []
+
+
+class Pinning:
+    """The process tree's plan, made once (after the engine has started its processes): ``plan`` maps
+    each pid to its CPUs, ``cpus`` is where they came from ("near the GPU" or "allowed")."""
+
+    def __init__(self, pids: Sequence[int], near_gpu: set[int] | None = None, per: int = PER_PROCESS) -> None:
+        allowed = os.sched_getaffinity(0)
+        near = (near_gpu or set()) & allowed
+        self.source = "near the GPU" if len(near) >= per else "allowed"
+        self.plan = assign(pids, near if self.source == "near the GPU" else allowed, per)
+        self.original = {pid: self._mask(pid) for pid in pids}
+        self.saved: dict[tuple[int, int], set[int]] = {}
+
+    @classmethod
+    def for_tree(cls, per: int = PER_PROCESS) -> Pinning:
+        """This process and every process it has started."""
+        import psutil
+
+        me = psutil.Process()
+        return cls([me.pid, *(c.pid for c in me.children(recursive=True))], gpu_local_cpus(), per)
+
+    @staticmethod
+    def _mask(pid: int) -> set[int]:
+        try:
+            return set(os.sched_getaffinity(pid))
+        except OSError:
+            return set()
+
+    def pin(self) -> None:
+        for pid, cpus in self.plan.items():
+            for tid in _threads(pid):
+                with contextlib.suppress(OSError):  # a thread that ended in between
+                    self.saved.setdefault((pid, tid), set(os.sched_getaffinity(tid)))
+                    os.sched_setaffinity(tid, cpus)
+
+    def unpin(self) -> None:
+        for pid in self.plan:
+            for tid in _threads(pid):
+                back = self.saved.get((pid, tid)) or self.original[pid]
+                if back:
+                    with contextlib.suppress(OSError):
+                        os.sched_setaffinity(tid, back)
+        self.saved.clear()
+
+    def describe(self) -> dict[str, object]:
+        """For a record: where the CPUs came from and each process's set."""
+        return {"source": self.source, "plan": {str(pid): sorted(cpus) for pid, cpus in self.plan.items()}}

@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Which remedy narrows the benchmark's intervals: one engine, every condition in each round.
+
+Why: two H100 holds (2026-12-05) missed issue 24's 0.04 width in every record. A call's own spread
+was 5-14 % (``twin_call_sd``), and the probes ruled out the host (no steal, no preemption, no GPU clock
+cap). Remedies cannot be compared across runs: the same vLLM call took 843 ms on one H100 and 1344 ms
+on the next, so a run with a remedy on another machine or hour says nothing about the remedy. Here
+one engine runs them all in the same minutes: each round, in random order, one ABBA block of the
+benchmark's sampling calls (shim and direct, fresh prompts, the gc handling of bench/pairs.py) under
+every condition:
+
+* ``plain``: as bench/rollout_bench.py runs them;
+* ``pinned``: every process of the tree on CPUs of its own during the block (``--pin-cpus``,
+  bench/affinity.py);
+* ``batch64``: a quarter of the prompts per call (``--batch 64``), four times shorter calls.
+
+Per condition: the ratio's interval and bench/noise.py's summary. ``seconds_for_width`` decides: the
+measuring time a 0.04 width needs at the condition's spread, so a shorter call wins only if its
+spread grows by less than the square root of what it saves. ``--flush-cache`` is not a condition
+here: what it would remove is a prefix cache that has filled over minutes and evicts (SGLang's graphs
+blocks grew by 30-46 % over a run), a drift across a whole run that rounds of a few seconds never
+reach; a whole benchmark run with and without it shows that.
+
+    PYTHONPATH=src python bench/noise_remedies.py --mode graphs --measure-s 150 --json remedies.json
+
+Needs torch, transformers and the engine (the one ``detect()`` finds); the JSON is rewritten after
+every round, so a run that is killed leaves what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import noise
+from affinity import Pinning
+from pairs import Pair, bootstrap, run_block
+from phases import TARGETS, Prompts, Setting, Wrapped, metadata, say, start_engine, sync
+from probe import Probe
+from rollout_bench import Report, find_engine
+
+CONDITIONS = ("plain", "pinned", "batch64")
+
+
+def summarize(blocks: list[Pair], prompts: int, seed: int) -> dict[str, Any]:
+    """One condition: its ratio and interval (where there are two blocks) and the noise summary."""
+    out: dict[str, Any] = {"blocks": len(blocks), "prompts_per_call": prompts}
+    if len(blocks) >= 2:
+        est = bootstrap(blocks, resamples=2000, seed=seed)
+        out.update(ratio=est.ratio, ci_low=est.ci_low, ci_high=est.ci_high, width=est.width,
+                   shim_call_ms=est.shim_call_ms, shim_work_fraction=est.shim_work_fraction)
+    out["noise"] = noise.summary(blocks, TARGETS["width"])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--mode", choices=["graphs", "eager"], default="graphs")
+    p.add_argument("--measure-s", type=float, default=150, help="seconds of rounds after the engine is up")
+    p.add_argument("--warmup-rounds", type=int, default=2, help="first rounds not counted")
+    p.add_argument("--conditions", nargs="+", choices=CONDITIONS, default=list(CONDITIONS))
+    p.add_argument("--model", choices=["small", "big"], default="small")
+    p.add_argument("--batch", type=int, default=256, help="prompts per call (batch64: a quarter of it)")
+    p.add_argument("--prompt-len", type=int, default=64)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--util", type=float, default=0.5, help="gpu_memory_utilization")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=Path("remedies.json"))
+    args = p.parse_args(argv)
+    if args.measure_s <= 0 or args.batch < 4 or args.warmup_rounds < 0:
+        p.error("--measure-s must be > 0, --batch >= 4, --warmup-rounds >= 0")
+    engine_name = find_engine(None)
+    if engine_name is None:
+        return 2
+    os.environ.setdefault("ROLLOUT_BENCH_EVENTS", str(args.json.with_suffix(".events")))
+    report = Report(args.json, {"schema": 1, "status": "starting", "args": {k: str(v) for k, v in vars(args).items()},
+                                "meta": {"when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}})
+    data = report.data
+    with tempfile.TemporaryDirectory(prefix="rollout-remedies-") as work:
+        spec = {"engine": engine_name, "work": work, "model": args.model, "seed": args.seed, "util": args.util,
+                "batch": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens}
+        start = time.perf_counter()
+        engine = start_engine(args.mode, spec)
+        data["engine_start_s"] = round(time.perf_counter() - start, 1)
+        data["meta"].update(metadata(engine))
+        wrapped = Wrapped(engine)
+        try:
+            measure(engine, wrapped, spec, args, report)
+        finally:
+            wrapped.restore()
+            engine.shutdown()
+    data["status"] = "complete"
+    report.write()
+    sys.stdout.flush()
+    os._exit(0)  # an engine's exit handlers have hung at interpreter exit before (bench/phases.py)
+
+
+def measure(engine: Any, wrapped: Wrapped, spec: dict[str, Any], args: argparse.Namespace, report: Report) -> None:
+    data = report.data
+    setting = Setting(engine, wrapped, False, spec)
+    prompts = {"full": Prompts(spec, salt=11), "batch64": Prompts({**spec, "batch": max(1, spec["batch"] // 4)}, salt=12)}
+    rng = random.Random(args.seed)
+    probe = Probe()
+    pinning = Pinning.for_tree()
+    data["pinning"] = pinning.describe()
+    blocks: dict[str, list[Pair]] = {c: [] for c in args.conditions}
+    sizes: dict[str, int] = {}
+    conditions = list(args.conditions)
+    end = time.time() + args.measure_s
+    rounds = 0
+    last_round = 0.0
+    say(f"remedies ({args.mode}): rounds of {', '.join(conditions)} for {args.measure_s:.0f} s; CPUs for pinned "
+        f"({pinning.source}): {data['pinning']['plan']}")
+    while time.time() + last_round < end:
+        began = time.perf_counter()
+        rng.shuffle(conditions)
+        for condition in conditions:
+            batches = [prompts["batch64" if condition == "batch64" else "full"]() for _ in range(4)]
+            sizes[condition] = len(batches[0])
+            if condition == "pinned":
+                pinning.pin()
+            try:
+                pair = run_block(setting.direct, setting.shim, lambda: wrapped.inner_s, batches, rng.random() < 0.5,
+                                 sync=sync, release=wrapped.release, probe=probe)
+            finally:
+                if condition == "pinned":
+                    pinning.unpin()
+            if rounds >= args.warmup_rounds:
+                blocks[condition].append(pair)
+        rounds += 1
+        last_round = time.perf_counter() - began
+        if rounds == args.warmup_rounds:
+            gc.collect()
+            gc.freeze()  # as the benchmark after its warm-up
+        data.update(status="running", rounds=rounds, round_s=round(last_round, 2),
+                    conditions={c: summarize(b, sizes.get(c, 0), args.seed) for c, b in blocks.items()})
+        report.write()
+        say(f"round {rounds}{' (warm-up)' if rounds <= args.warmup_rounds else ''} {last_round:.1f} s; blocks' spread, "
+            "a call's: " + "; ".join(f"{c} {spread(s, 'block_log_ratio_sd')} {spread(s, 'twin_call_sd')}"
+                                    for c, s in data["conditions"].items()))
+    for condition, summary in data.get("conditions", {}).items():
+        interval = (f"ratio {summary['ratio']:.4f} [{summary['ci_low']:.4f}, {summary['ci_high']:.4f}], "
+                    if "ratio" in summary else "")
+        say(f"{condition}: {summary['blocks']} blocks, {interval}{noise.describe(summary['noise'])}")
+
+
+def spread(summary: dict[str, Any], key: str) -> str:
+    value = summary["noise"].get(key)
+    return "-" if value is None else f"{value:.3f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

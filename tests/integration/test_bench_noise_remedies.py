@@ -1,0 +1,78 @@
+"""CPU dry run of bench/noise_remedies.py on the stand-in engines (the GPU hold runs it as written here).
+
+The script, bench/phases.py's engine start and calls, bench/affinity.py and rollout_shims run for real;
+tests/integration/bench_fakes stands in for torch, transformers and the engine, found by ``detect()``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_bench_dry_run import ROOT, finish, site
+
+pytestmark = pytest.mark.bench
+
+SCRIPT = ROOT / "bench" / "noise_remedies.py"
+
+
+def remedies(tmp_path: Path, engine: str, *args: str, **env: str) -> subprocess.Popen:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "FAKE_ENGINE_"))}
+    environ.update(PYTHONPATH=f"{site(tmp_path, engine)}{os.pathsep}{ROOT / 'src'}", **env)
+    return subprocess.Popen([sys.executable, str(SCRIPT), "--json", str(tmp_path / "out" / "remedies.json"),
+                             "--batch", "32", "--prompt-len", "8", "--new-tokens", "16", *args], cwd=tmp_path, env=environ,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+def test_every_condition_gets_blocks_in_every_round_and_the_file_says_what_each_needs(tmp_path: Path, engine: str) -> None:
+    code, out = finish(remedies(tmp_path, engine, "--measure-s", "6", "--warmup-rounds", "1",
+                                FAKE_ENGINE_START_S="0.5", FAKE_ENGINE_CALL_S="0.02"))
+    assert code == 0, out[-3000:]
+    data = json.loads((tmp_path / "out" / "remedies.json").read_text())
+    assert data["status"] == "complete" and data["meta"]["engine"] == engine
+    assert data["meta"]["gpu"] == "Fake GPU (CPU dry run)" and data["engine_start_s"] >= 0.5
+    counted = data["rounds"] - 1
+    assert counted >= 3, out[-2000:]
+    assert set(data["conditions"]) == {"plain", "pinned", "batch64"}
+    for name, c in data["conditions"].items():
+        assert c["blocks"] == counted, name
+        assert c["ci_low"] <= c["ratio"] <= c["ci_high"] and 0 < c["shim_work_fraction"] < 1
+        assert c["noise"]["blocks_for_width"] >= 2 and c["noise"]["seconds_for_width"] is not None
+    # the prompts the calls were given: a quarter of --batch 32 for batch64
+    assert {c: v["prompts_per_call"] for c, v in data["conditions"].items()} == {"plain": 32, "pinned": 32, "batch64": 8}
+    # the CPUs for the pinned blocks are this machine's (bench/affinity.py's own tests check pin and unpin)
+    assert data["pinning"]["source"] == "allowed"  # no NVML here
+    assert all(set(cpus) <= os.sched_getaffinity(0) for cpus in data["pinning"]["plan"].values())
+    assert "remedies (graphs): rounds of" in out and "plain: " in out and "blocks, ratio" in out
+
+
+def test_the_tables_of_a_record_name_pinned_cpus_and_the_benchmark_pins_while_measuring(tmp_path: Path) -> None:
+    from tests.integration.test_bench_dry_run import bench
+
+    proc = bench(tmp_path, "sglang", "--budget-s", "30", "--max-blocks", "2", "--warmup-share", "0.1", "--modes", "eager",
+                 "--skip-weights", "--pin-cpus")
+    code, out = finish(proc)
+    assert code == 0, out[-3000:]
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert {(r["pin_cpus"], r["pairs"]) for r in data["ratios"] if r["final"]} == {(True, 2)}
+    plan = data["phases"]["eager"]["pinned"]["plan"]
+    assert all(set(cpus) <= os.sched_getaffinity(0) for cpus in plan.values())
+    assert "eager: CPUs pinned (allowed)" in out
+    table = subprocess.run([sys.executable, str(ROOT / "bench" / "table.py"), str(tmp_path / "bench.json")],
+                           capture_output=True, text=True, check=True).stdout
+    assert "| eager | sampling, CPUs pinned |" in table
+
+
+def test_no_engine_installed_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    environ["PYTHONPATH"] = str(ROOT / "src")
+    run = subprocess.run([sys.executable, str(SCRIPT), "--json", str(tmp_path / "r.json")], cwd=tmp_path, env=environ,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and run.stderr.strip().startswith("rollout_bench: error:"), run.stderr
+    assert not (tmp_path / "r.json").exists()

@@ -1,0 +1,70 @@
+"""bench/affinity.py on this machine's own processes: the plan, and pin / unpin on real threads."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+from affinity import Pinning, assign, parse_cpulist
+
+
+def test_cpu_lists_read_as_linux_writes_them() -> None:
+    assert parse_cpulist("0-3,8,10-11\n") == {0, 1, 2, 3, 8, 10, 11}
+    assert parse_cpulist("5") == {5}
+
+
+def test_each_process_gets_its_own_cpus_while_there_are_enough_and_cpu_0_last() -> None:
+    assert assign([10, 11, 12], set(range(8)), per=2) == {10: {1, 2}, 11: {3, 4}, 12: {5, 6}}
+    # more processes than pairs: round again rather than fail
+    assert assign([10, 11, 12], {0, 1, 2, 3}, per=2) == {10: {1, 2}, 11: {3, 0}, 12: {1, 2}}
+    assert assign([10], {4}, per=2) == {10: {4}}
+    with pytest.raises(ValueError, match="no CPUs"):
+        assign([10], set())
+
+
+def _threads_masks(pid: int) -> dict[int, set[int]]:
+    return {int(t.name): os.sched_getaffinity(int(t.name)) for t in Path(f"/proc/{pid}/task").iterdir()}
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning is only visible with two CPUs or more")
+def test_pin_holds_every_thread_of_a_process_and_unpin_gives_each_its_set_back() -> None:
+    allowed = os.sched_getaffinity(0)
+    # a child with a second thread, and a third it starts a second later (while pinned)
+    code = ("import threading, time\n"
+            "threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+            "time.sleep(1.0)\n"
+            "threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+            "time.sleep(30)\n")
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        time.sleep(0.5)
+        assert len(_threads_masks(child.pid)) == 2
+        pinning = Pinning([child.pid], per=1)
+        (planned,) = pinning.plan.values()
+        assert len(planned) == 1 and planned < allowed and pinning.source == "allowed"
+        pinning.pin()
+        assert set(map(frozenset, _threads_masks(child.pid).values())) == {frozenset(planned)}
+        time.sleep(1.0)
+        masks = _threads_masks(child.pid)
+        assert len(masks) == 3 and all(m == planned for m in masks.values())  # the new thread inherited the pin
+        pinning.unpin()
+        assert all(m == allowed for m in _threads_masks(child.pid).values())
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_cpus_near_the_gpu_are_preferred_where_the_machine_names_enough_of_them() -> None:
+    allowed = os.sched_getaffinity(0)
+    me = os.getpid()
+    near = {max(allowed)}
+    assert Pinning([me], near_gpu=near, per=1).plan == {me: near}
+    assert Pinning([me], near_gpu=near, per=1).source == "near the GPU"
+    assert Pinning([me], near_gpu={10_000}, per=1).source == "allowed"  # none of them is ours
