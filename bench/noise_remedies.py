@@ -10,8 +10,7 @@ benchmark's sampling calls (shim and direct, fresh prompts, the gc handling of b
 every condition:
 
 * ``plain``: as bench/rollout_bench.py runs them;
-* ``pinned``: every process of the tree on CPUs of its own during the block (``--pin-cpus``,
-  bench/affinity.py);
+* ``pinned``: every process of the tree on CPUs of its own during the block (bench/affinity.py);
 * ``batch64``: a quarter of the prompts per call (``--batch 64``), four times shorter calls.
 
 Per condition: the ratio's interval and bench/noise.py's summary. ``seconds_for_width`` decides: the
@@ -43,8 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import noise
 from affinity import Pinning
-from pairs import Pair, bootstrap, run_block
-from phases import TARGETS, Prompts, Setting, Wrapped, metadata, say, start_engine, sync
+from calls import Prompts, Setting, Wrapped, sync
+from pairs import Pair, estimate, run_block
+from phases import TARGETS, as_measured, metadata, say, start_engine
 from probe import Probe
 from rollout_bench import Report, find_engine
 
@@ -55,10 +55,11 @@ def summarize(blocks: list[Pair], prompts: int, seed: int) -> dict[str, Any]:
     """One condition: its ratio and interval (where there are two blocks) and the noise summary."""
     out: dict[str, Any] = {"blocks": len(blocks), "prompts_per_call": prompts}
     if len(blocks) >= 2:
-        est = bootstrap(blocks, resamples=2000, seed=seed)
+        est = estimate(blocks, resamples=2000, seed=seed)
         out.update(ratio=est.ratio, ci_low=est.ci_low, ci_high=est.ci_high, width=est.width,
-                   shim_call_ms=est.shim_call_ms, shim_work_fraction=est.shim_work_fraction)
+                   shim_call_ms=est.shim_call_ms, shim_work_fraction=est.shim_work_fraction, level=est.level, mean=est.mean)
     out["noise"] = noise.summary(blocks, TARGETS["width"])
+    out.update(as_measured(blocks))
     return out
 
 

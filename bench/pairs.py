@@ -8,7 +8,8 @@ own fresh prompts, with the garbage collector off during the calls. ABBA cancels
 linear over the block (clocks warming or throttling, a cache filling up); fresh prompts for every
 call keep the second call of a block from finding the first one's prompts in the prefix cache (the
 first version gave both sides of a pair the same prompts, and random order turned that cache hit
-into noise). The ratio's interval comes from resampling blocks (``bootstrap``).
+into noise). The ratio and its interval come from the blocks' log ratios (``estimate``: Hodges-Lehmann
+with the signed-rank interval, bench/hodges_lehmann.py; the mean with a bootstrap interval beside it).
 
 The outputs of every call are kept until the block ends and released after the clock stopped, on
 both sides: freeing an engine's outputs is the engine's cost whoever drops them (a direct caller
@@ -26,6 +27,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from hodges_lehmann import hodges_lehmann
 
 Call = Callable[[list], Any]
 Probe = Callable[[], dict[str, float]]
@@ -173,8 +176,8 @@ class WarmUp:
 
 @dataclass(frozen=True)
 class Estimate:
-    ratio: float  # geometric mean of the block ratios
-    ci_low: float
+    ratio: float  # Hodges-Lehmann estimate of the block ratios (bench/hodges_lehmann.py)
+    ci_low: float  # its Wilcoxon signed-rank interval
     ci_high: float
     pairs: int  # blocks
     min_ratio: float
@@ -185,6 +188,8 @@ class Estimate:
     direct_call_ms: float = 0.0
     shim_work_fraction: float = 0.0  # shim_work_ms / shim_call_ms
     order_ratio: float | None = None  # ratio of shim-first blocks / ratio of direct-first blocks (1: no order effect)
+    level: float = 0.95  # the interval's exact level for blocks symmetric about the truth (under 6 blocks: less)
+    mean: dict[str, float] = field(default_factory=dict)  # geometric mean of the block ratios, its bootstrap interval
 
 
 def geometric_mean(xs: Sequence[float]) -> float:
@@ -199,23 +204,33 @@ def quick_interval(pairs: Sequence[Pair]) -> tuple[float, float, float]:
     return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
 
 
-def bootstrap(pairs: Sequence[Pair], resamples: int = 10_000, level: float = 0.95, seed: int = 0) -> Estimate:
-    """Percentile bootstrap of the geometric mean ratio over blocks (ratios multiply, so logs average)."""
-    if len(pairs) < 2:
+def bootstrap_mean(logs: Sequence[float], resamples: int = 10_000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``logs``, exponentiated (ratios multiply, so logs average)."""
+    if len(logs) < 2:
         raise ValueError("a confidence interval needs at least two pairs")
-    logs = [math.log(p.ratio) for p in pairs]
     n = len(logs)
     rng = random.Random(seed)
     stats = sorted(math.fsum(rng.choices(logs, k=n)) / n for _ in range(resamples))
     tail = (1 - level) / 2
-    low = math.exp(stats[int(tail * (resamples - 1))])
-    high = math.exp(stats[math.ceil((1 - tail) * (resamples - 1))])
+    return math.exp(stats[int(tail * (resamples - 1))]), math.exp(stats[math.ceil((1 - tail) * (resamples - 1))])
+
+
+def estimate(pairs: Sequence[Pair], resamples: int = 10_000, level: float = 0.95, seed: int = 0) -> Estimate:
+    """The record's figures: the Hodges-Lehmann ratio and its signed-rank interval (the record's ``ratio``,
+    ``ci_low``, ``ci_high``), the geometric mean with its bootstrap interval beside it (``mean``), and the
+    per-call times. bench/hodges_lehmann.py says why the first."""
+    if len(pairs) < 2:
+        raise ValueError("a confidence interval needs at least two pairs")
+    logs = [math.log(p.ratio) for p in pairs]
+    centre, low, high, achieved = hodges_lehmann(logs, level)
+    mean_low, mean_high = bootstrap_mean(logs, resamples, level, seed)
     ratios = [p.ratio for p in pairs]
+    mean = {"ratio": geometric_mean(ratios), "ci_low": mean_low, "ci_high": mean_high, "width": mean_high - mean_low}
     work = statistics.median(p.shim_work_s for p in pairs) * 1000
     shim_call = statistics.median(p.shim_s / p.calls for p in pairs) * 1000
     direct_call = statistics.median(p.direct_s / p.calls for p in pairs) * 1000
     firsts = [p.ratio for p in pairs if p.shim_first]
     seconds = [p.ratio for p in pairs if not p.shim_first]
     order = geometric_mean(firsts) / geometric_mean(seconds) if firsts and seconds else None
-    return Estimate(geometric_mean(ratios), low, high, n, min(ratios), max(ratios), work, high - low, shim_call,
-                    direct_call, work / shim_call, order)
+    return Estimate(math.exp(centre), math.exp(low), math.exp(high), len(pairs), min(ratios), max(ratios), work,
+                    math.exp(high) - math.exp(low), shim_call, direct_call, work / shim_call, order, achieved, mean)

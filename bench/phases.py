@@ -32,15 +32,20 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import noise
-from affinity import Pinning
-from models import BIG, COMMON, SMALL, save_model
-from pairs import Pair, WarmUp, bootstrap, quick_interval, run_block
+from calls import Prompts, Setting, Wrapped, sync
+from models import BIG, COMMON, save_model
+from pairs import Pair, WarmUp, estimate, quick_interval, run_block
 from plan import Phase, measuring_end
 from probe import Probe
 
 RECORD_EVERY_S = 30.0
 TARGETS = {"width": 0.04, "ci_low": 0.97, "shim_work_fraction": 0.01}
 """Issue 24's acceptance, per record: interval width, interval low end, shim work / shim call."""
+
+BATCH = 64
+"""Prompts per throughput call. 256 until the third H100 hold (2026-12-05): on one engine in the same
+minutes (bench/noise_remedies.py), a quarter of the prompts gave calls 1.8-2.2 times shorter with a
+spread no larger, so a 0.04 width needed 49-56 s of calls instead of 278-457 s."""
 
 GIB = 1024**3
 
@@ -59,12 +64,6 @@ def say(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def sync() -> None:
-    import torch
-
-    torch.cuda.synchronize()
-
-
 def metadata(engine: Any) -> dict[str, Any]:
     import torch
     import transformers
@@ -75,75 +74,6 @@ def metadata(engine: Any) -> dict[str, Any]:
             "shim": engine.info.shim, "engine_details": {k: str(v) for k, v in engine.info.details.items()}}
 
 
-class Prompts:
-    """Fresh random prompts for every call: no two calls share a prefix, so nothing hits the cache."""
-
-    def __init__(self, spec: dict[str, Any], salt: int) -> None:
-        self.rng = random.Random(spec["seed"] * 1_000_003 + salt)
-        self.tokens = range(3, SMALL["vocab_size"])
-        self.batch, self.length = spec["batch"], spec["prompt_len"]
-
-    def __call__(self) -> list[list[int]]:
-        return [self.rng.choices(self.tokens, k=self.length) for _ in range(self.batch)]
-
-
-class Wrapped:
-    """The engine method the shim calls (vLLM ``LLM.generate``, SGLang ``Engine.generate``), replaced on
-    the instance by a timed version that also keeps its outputs until :meth:`release`; direct calls
-    use the original bound method, so they pay no wrapper."""
-
-    def __init__(self, engine: Any) -> None:
-        self.target = engine._llm if engine.info.backend == "vllm" else engine._engine
-        self.original = type(self.target).generate.__get__(self.target)
-        self.inner_s = 0.0
-        self.held: list[Any] = []
-
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                out = self.original(*args, **kwargs)
-            finally:
-                self.inner_s = time.perf_counter() - start
-            self.held.append(out)
-            return out
-
-        self.target.generate = timed
-
-    def release(self) -> None:
-        self.held.clear()
-
-    def restore(self) -> None:
-        """The engine's own method back, and this object lets go of the engine before the shim shuts it down:
-        the shutdown releases vLLM's memory pools, and an ``LLM`` still referenced here would free its tensors
-        into them later (vLLM's device_allocator/cumem.py warns of the abort at teardown, pytorch#145168)."""
-        del self.target.generate
-        self.held.clear()
-        self.target = self.original = None
-
-
-class Setting:
-    """Sampling, or sampling + per-token logprobs: the shim call and the direct call a user would write."""
-
-    def __init__(self, engine: Any, wrapped: Wrapped, logprobs: bool, spec: dict[str, Any]) -> None:
-        from rollout_shims import SamplingParams
-
-        self.logprobs, self.name = logprobs, "logprobs" if logprobs else "sampling"
-        params = SamplingParams(max_new_tokens=spec["new_tokens"], temperature=1.0, ignore_eos=True, logprobs=logprobs)
-        self.shim = lambda batch: engine.generate(batch, params)
-        original = wrapped.original
-        if engine.info.backend == "vllm":
-            from vllm import SamplingParams as VLLMSamplingParams
-            from vllm.inputs import TokensPrompt
-
-            sp = VLLMSamplingParams(n=1, max_tokens=spec["new_tokens"], temperature=1.0, ignore_eos=True,
-                                    logprobs=0 if logprobs else None, detokenize=False)
-            self.direct = lambda batch: original([TokensPrompt(prompt_token_ids=p) for p in batch], sp, use_tqdm=False)
-        else:
-            sgl = {"max_new_tokens": spec["new_tokens"], "temperature": 1.0, "top_p": 1.0, "top_k": -1,
-                   "ignore_eos": True}
-            self.direct = lambda batch: original(input_ids=batch, sampling_params=sgl, return_logprob=logprobs)
-
-
 def record(engine: Any, mode: str, setting: Setting, blocks: list[Pair], spec: dict[str, Any], final: bool,
            resamples: int = 10_000) -> dict[str, Any]:
     """One ratio record (what docs/performance.md's table is made of)."""
@@ -151,23 +81,31 @@ def record(engine: Any, mode: str, setting: Setting, blocks: list[Pair], spec: d
                            "mode": mode, "logprobs": setting.logprobs, "final": final, "pairs": len(blocks),
                            "model": spec["model"], "batch": spec["batch"], "prompt_len": spec["prompt_len"],
                            "new_tokens": spec["new_tokens"],
-                           "flush_cache": spec["flush_cache"], "pin_cpus": spec["pin_cpus"]}
+                           "flush_cache": spec["flush_cache"]}
     if len(blocks) < 2:
         return {**out, "error": f"{len(blocks)} block(s) measured: an interval needs 2 (the budget ran out)"}
-    est = bootstrap(blocks, resamples=resamples, seed=spec["seed"])
+    est = estimate(blocks, resamples=resamples, seed=spec["seed"])
     tokens = spec["batch"] * spec["new_tokens"]
     out.update(asdict(est))
     out.update({
         "direct_tok_s": tokens / (est.direct_call_ms / 1000), "shim_tok_s": tokens / (est.shim_call_ms / 1000),
         "meets": {"width": est.width <= TARGETS["width"], "ci_low": est.ci_low >= TARGETS["ci_low"],
                   "shim_work_fraction": est.shim_work_fraction <= TARGETS["shim_work_fraction"]},
+        **as_measured(blocks),
+        "noise": noise.summary(blocks, TARGETS["width"]),
+    })
+    return out
+
+
+def as_measured(blocks: list[Pair]) -> dict[str, list[Any]]:
+    """Every block's sums (``raw``) and every call (``calls``), so a record can be analysed again without
+    running it again (the third H100 hold's records were, with the signed-rank interval)."""
+    return {
         "raw": [[round(p.direct_s, 6), round(p.shim_s, 6), p.shim_first, round(p.inner_s, 6)] for p in blocks],
         # every call: block, side, seconds, engine seconds inside a shim call, what the probe's counters rose by
         "calls": [[i, c.side, round(c.seconds, 6), None if c.inner_s is None else round(c.inner_s, 6),
                    {k: round(v, 6) for k, v in c.counters.items()}] for i, p in enumerate(blocks) for c in p.detail],
-        "noise": noise.summary(blocks, TARGETS["width"]),
-    })
-    return out
+    }
 
 
 def start_engine(mode: str, spec: dict[str, Any]) -> Any:
@@ -221,11 +159,6 @@ def measure(engine: Any, wrapped: Wrapped, mode: str, spec: dict[str, Any]) -> N
     warm = WarmUp()
     warm_forced = False
     probe = Probe()
-    if spec["pin_cpus"]:
-        pinning = Pinning.for_tree()
-        pinning.pin()  # for the rest of the phase: the process ends after its engine
-        emit("phase", facts={"pinned": pinning.describe()})
-        say(f"{mode}: CPUs pinned ({pinning.source}): {pinning.describe()['plan']}")
     blocks: dict[bool, list[Pair]] = {False: [], True: []}
     last_round = 0.0
     last_records = time.time()

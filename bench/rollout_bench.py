@@ -7,8 +7,9 @@ budget (``--budget-s``, default 8 minutes) and one process per phase (bench/phas
 * throughput, shim / direct, for sampling and sampling + per-token logprobs, with CUDA graphs (what
   users run) and eager (the worst case for a per-call cost): one engine per mode; ABBA blocks of
   direct and shim calls on that engine, both settings in turn, each call on fresh prompts, after a
-  warm-up that lasts until the time per round settles; the ratio is the geometric mean of the block
-  ratios with a bootstrap 95 % interval (bench/pairs.py), and every record says whether it meets
+  warm-up that lasts until the time per round settles; the ratio is the Hodges-Lehmann estimate of
+  the block ratios with its signed-rank 95 % interval (bench/hodges_lehmann.py; the geometric mean and
+  its bootstrap interval beside it, as ``mean``), and every record says whether it meets
   issue 24's targets (interval width <= 0.04, low end >= 0.97, shim work <= 1 % of a shim call);
 * the shim's own work per call, measured inside the same calls (shim call time minus the time spent
   in the engine method it wraps), and ``shim_work_fraction`` = that / the median shim call;
@@ -43,7 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from phases import TARGETS
+from phases import BATCH, TARGETS
 from plan import RESERVE, allot, budget_plan, describe, fixed_parts, phases
 
 HERE = Path(__file__).resolve().parent
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="engine mode of the update_weights / offload phase (eager starts faster)")
     p.add_argument("--model", default="small", choices=["small", "big"],
                    help="the throughput phases' random model: small (155 M parameters) or big (1.37 B, as the weights phase)")
-    p.add_argument("--batch", type=int, default=256, help="prompts per call")
+    p.add_argument("--batch", type=int, default=BATCH, help=f"prompts per call (default {BATCH})")
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--util", type=float, default=0.5, help="gpu_memory_utilization")
@@ -242,8 +243,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--progress-s", type=float, default=10, help="longest silence before a progress line")
     p.add_argument("--flush-cache", action="store_true",
                    help="empty the engine's prefix cache before every timed call, outside the clock (a noise remedy to test)")
-    p.add_argument("--pin-cpus", action="store_true",
-                   help="hold each of the engine's processes on CPUs of its own while measuring (a noise remedy to test)")
     p.add_argument("--fixed-s", nargs="+", default=[], metavar="PART=SECONDS",
                    help="what the plan assumes for a fixed part, measured on this machine (process, start_graphs, "
                         "start_eager, shutdown, weights; defaults in bench/plan.py)")
@@ -321,7 +320,7 @@ def run(args: argparse.Namespace, engine: str, report: Report, t0: float) -> boo
                     "batch": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
                     "util": args.util, "repeats": args.repeats, "seed": args.seed, "max_blocks": args.max_blocks,
                     "warmup_share": args.warmup_share, "weights_mode": args.weights_mode,
-                    "flush_cache": args.flush_cache, "pin_cpus": args.pin_cpus, "model": args.model}
+                    "flush_cache": args.flush_cache, "model": args.model}
             report.data["phases"][phase.name].update(status="running", share_s=round(share, 1))
             report.write()
             say(f"{phase.name}: {share:.0f} s (until {time.strftime('%H:%M:%S', time.localtime(deadline))})", t0)

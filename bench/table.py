@@ -15,6 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from phases import BATCH
+
 RATIO_HEAD = ("| began (UTC) | GPU | engine (shim) | mode | setting | shim / direct | 95 % interval | width | ABBA blocks | "
               "shim work per call | of a shim call | direct tok/s | targets |")
 WEIGHTS_HEAD = ("| began (UTC) | GPU | engine (shim) | update_weights from GPU | from pinned CPU | offload (freed) | "
@@ -34,13 +38,16 @@ def ratio_rows(data: dict[str, Any]) -> list[str]:
         who = f"{r['engine']} {r['release']} ({r['shim']})"
         setting = ("sampling + logprobs" if r["logprobs"] else "sampling") + \
             (f" ({r['model']} model)" if r.get("model", "small") != "small" else "") + \
-            (", cache flushed" if r.get("flush_cache") else "") + (", CPUs pinned" if r.get("pin_cpus") else "")
+            (", cache flushed" if r.get("flush_cache") else "") + \
+            (f", {r['batch']} prompts" if r.get("batch", BATCH) != BATCH else "")
         if "error" in r:
             rows.append(f"| {day} | {who} | {r['mode']} | {setting} | {r['error']} | | | | | | | |")
             continue
         meets = ", ".join(k for k, ok in r["meets"].items() if not ok)
+        # records before the signed-rank interval (2026-12-05, third hold) carry the mean and its bootstrap
+        how = "" if "mean" in r else " mean, bootstrap"
         rows.append(f"| {day} | {who} | {r['mode']} | {setting} | {r['ratio']:.4f} | [{r['ci_low']:.4f}, "
-                    f"{r['ci_high']:.4f}] | {r['width']:.4f} | {r['pairs']} | {r['shim_work_ms']:.2f} ms | "
+                    f"{r['ci_high']:.4f}]{how} | {r['width']:.4f} | {r['pairs']} | {r['shim_work_ms']:.2f} ms | "
                     f"{r['shim_work_fraction']:.2%} | {r['direct_tok_s']:,.0f} | "
                     f"{'all met' if not meets else 'missed: ' + meets}{'' if r['final'] else ' (provisional)'} |")
     return rows

@@ -182,7 +182,7 @@ def test_the_big_model_can_be_the_throughput_model_and_the_tables_say_so(tmp_pat
     assert (data["phases"]["eager"]["model_layers"], data["phases"]["eager"]["model_hidden"]) == (24, 2048)
     table = subprocess.run([sys.executable, str(ROOT / "bench" / "table.py"), str(tmp_path / "bench.json")],
                            capture_output=True, text=True, check=True).stdout
-    assert "| eager | sampling (big model), cache flushed |" in table
+    assert "| eager | sampling (big model), cache flushed, 32 prompts |" in table
 
 
 def test_a_stuck_phase_is_killed_at_its_share_and_the_others_still_run(tmp_path: Path) -> None:

@@ -44,29 +44,13 @@ def test_every_condition_gets_blocks_in_every_round_and_the_file_says_what_each_
         assert c["blocks"] == counted, name
         assert c["ci_low"] <= c["ratio"] <= c["ci_high"] and 0 < c["shim_work_fraction"] < 1
         assert c["noise"]["blocks_for_width"] >= 2 and c["noise"]["seconds_for_width"] is not None
+        assert len(c["raw"]) == counted and len(c["calls"]) == 4 * counted  # kept for analysing it again
     # the prompts the calls were given: a quarter of --batch 32 for batch64
     assert {c: v["prompts_per_call"] for c, v in data["conditions"].items()} == {"plain": 32, "pinned": 32, "batch64": 8}
     # the CPUs for the pinned blocks are this machine's (bench/affinity.py's own tests check pin and unpin)
     assert data["pinning"]["source"] == "allowed"  # no NVML here
     assert all(set(cpus) <= os.sched_getaffinity(0) for cpus in data["pinning"]["plan"].values())
     assert "remedies (graphs): rounds of" in out and "plain: " in out and "blocks, ratio" in out
-
-
-def test_the_tables_of_a_record_name_pinned_cpus_and_the_benchmark_pins_while_measuring(tmp_path: Path) -> None:
-    from tests.integration.test_bench_dry_run import bench
-
-    proc = bench(tmp_path, "sglang", "--budget-s", "30", "--max-blocks", "2", "--warmup-share", "0.1", "--modes", "eager",
-                 "--skip-weights", "--pin-cpus")
-    code, out = finish(proc)
-    assert code == 0, out[-3000:]
-    data = json.loads((tmp_path / "bench.json").read_text())
-    assert {(r["pin_cpus"], r["pairs"]) for r in data["ratios"] if r["final"]} == {(True, 2)}
-    plan = data["phases"]["eager"]["pinned"]["plan"]
-    assert all(set(cpus) <= os.sched_getaffinity(0) for cpus in plan.values())
-    assert "eager: CPUs pinned (allowed)" in out
-    table = subprocess.run([sys.executable, str(ROOT / "bench" / "table.py"), str(tmp_path / "bench.json")],
-                           capture_output=True, text=True, check=True).stdout
-    assert "| eager | sampling, CPUs pinned |" in table
 
 
 def test_no_engine_installed_is_one_line_and_exit_2(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 from noise import blocks_for_width, describe, drift, summary, twin_call_sd
-from pairs import CallTime, Pair, bootstrap
+from pairs import CallTime, Pair, estimate
 
 
 def block(direct: tuple[float, float], shim: tuple[float, float], steal: tuple[float, ...] = (0, 0, 0, 0)) -> Pair:
@@ -88,7 +88,7 @@ def test_a_record_whose_blocks_grow_says_by_how_much_between_its_first_and_last_
 
 def test_the_blocks_it_asks_for_give_the_width_asked_for_with_the_benchmarks_own_interval() -> None:
     """A spread of block log ratios of 0.1 (the H100's, 2026-12-05): the number of blocks it says a 0.04
-    width needs, simulated as records and put through bench/pairs.py's bootstrap, gives intervals about
+    width needs, simulated as records and put through bench/pairs.py's estimate, gives intervals about
     0.04 wide; half as many blocks give wider ones."""
     needed = blocks_for_width(0.1, 0.04)
     assert needed is not None and 90 <= needed <= 100
@@ -101,7 +101,7 @@ def test_the_blocks_it_asks_for_give_the_width_asked_for_with_the_benchmarks_own
             for _ in range(n):
                 r = math.exp(rng.gauss(0, 0.1))
                 pairs.append(Pair(2.0, 2.0 * r, False, 2.0 * r - 0.01, 2))
-            out.append(bootstrap(pairs, resamples=2000, seed=record).width)
+            out.append(estimate(pairs, resamples=2000, seed=record).width)
         return sorted(out)
 
     assert widths(needed)[6] == pytest.approx(0.04, rel=0.12)

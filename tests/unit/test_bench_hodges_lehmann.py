@@ -1,0 +1,92 @@
+"""bench/hodges_lehmann.py: the signed-rank distribution against published tables, and the record's interval
+on simulated records whose machine changes speed for seconds at a time, as the H100's did (2026-12-05)."""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+from hodges_lehmann import cut, hodges_lehmann, signed_rank_cdf, walsh_averages
+from pairs import Pair, estimate
+
+
+def test_the_signed_rank_distribution_matches_the_published_table() -> None:
+    # Wilcoxon signed-rank tables (e.g. Hollander & Wolfe): n = 10, P(T <= 8) = 0.0244, P(T <= 9) = 0.0322;
+    # n = 20, two-sided 5 % critical value 52 (P(T <= 52) = 0.0242)
+    cdf10 = signed_rank_cdf(10)
+    assert cdf10[8] == pytest.approx(0.0244, abs=5e-5) and cdf10[9] == pytest.approx(0.0322, abs=5e-5)
+    assert cdf10[-1] == 1.0 and all(cdf10[t] + cdf10[54 - t] == pytest.approx(1.0) for t in range(54))  # symmetric
+    assert cut(20)[0] == 52 and signed_rank_cdf(20)[52] == pytest.approx(0.0242, abs=5e-5)
+    # hence the textbook interval of 10 observations: the 9th to the 47th of the 55 pairwise averages
+    c, level = cut(10)
+    assert (c, round(level, 4)) == (8, 0.9512)
+
+
+def test_under_six_blocks_the_interval_is_the_whole_range_and_says_its_level() -> None:
+    assert cut(5) == (0, pytest.approx(1 - 2 / 32))
+    assert cut(6)[0] == 0 and cut(6)[1] >= 0.95
+    centre, low, high, level = hodges_lehmann([0.0, 0.3, -0.1])
+    assert (low, high) == (-0.1, 0.3) and centre == pytest.approx(0.05) and level == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="at least two"):
+        hodges_lehmann([0.1])
+
+
+def test_the_normal_approximation_above_60_blocks_agrees_with_the_exact_count() -> None:
+    for n in (61, 80):
+        exact = signed_rank_cdf(n)
+        c, level = cut(n)
+        exact_c = max(t for t in range(len(exact)) if exact[t] <= 0.025)
+        assert abs(c - exact_c) <= 1 and level == pytest.approx(1 - 2 * exact[c], abs=0.002)
+
+
+def test_the_estimate_is_the_median_of_the_pairwise_averages() -> None:
+    assert walsh_averages([3.0, 1.0]) == [1.0, 2.0, 3.0]
+    assert hodges_lehmann([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 10.0])[0] == 0.0  # one wild block does not move it
+
+
+def speed_changing_records(runs: int, blocks: int, truth: float, seed: int) -> list[list[Pair]]:
+    """ABBA blocks of 0.4 s calls on a machine that switches between three speeds (1, 1.25 and 1.5 times as
+    slow) at random, staying about 2 s (5 calls) at each, the opening side random per block; the shim's
+    calls do 1 / ``truth`` times the work. What the H100's calls looked like (bench/runs/2026-12-05-h100-3)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(runs):
+        now, speed, change = 0.0, 1.0, rng.expovariate(0.5)
+        record = []
+        for _ in range(blocks):
+            shim_first = rng.random() < 0.5
+            totals = {"direct": 0.0, "shim": 0.0}
+            for side in (("shim", "direct", "direct", "shim") if shim_first else ("direct", "shim", "shim", "direct")):
+                while now >= change:
+                    speed, change = rng.choice((1.0, 1.25, 1.5)), change + rng.expovariate(0.5)
+                seconds = 0.4 * speed * (1 / truth if side == "shim" else 1.0) * (1 + rng.gauss(0, 0.02))
+                totals[side] += seconds
+                now += seconds
+            record.append(Pair(totals["direct"], totals["shim"], shim_first, totals["shim"] - 0.002, 2))
+        out.append(record)
+    return out
+
+
+def test_on_a_machine_that_changes_speed_the_interval_keeps_its_coverage_and_is_narrower_than_the_means() -> None:
+    records = speed_changing_records(200, 40, truth=0.99, seed=5)
+    logs = [math.log(p.ratio) for p in records[0] + records[1] + records[2]]
+    m = statistics.fmean(logs)
+    kurtosis = statistics.fmean([(x - m) ** 4 for x in logs]) / statistics.pvariance(logs) ** 2
+    assert kurtosis > 4  # heavy-tailed, as the H100's blocks (normal: 3)
+    covered = {"signed rank": 0, "mean": 0}
+    widths: dict[str, list[float]] = {"signed rank": [], "mean": []}
+    for i, record in enumerate(records):
+        est = estimate(record, resamples=500, seed=i)
+        covered["signed rank"] += est.ci_low <= 0.99 <= est.ci_high
+        covered["mean"] += est.mean["ci_low"] <= 0.99 <= est.mean["ci_high"]
+        widths["signed rank"].append(est.width)
+        widths["mean"].append(est.mean["width"])
+    assert 180 <= covered["signed rank"] <= 198, covered
+    assert statistics.median(widths["signed rank"]) < 0.75 * statistics.median(widths["mean"]), widths
