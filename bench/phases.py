@@ -42,6 +42,14 @@ RECORD_EVERY_S = 30.0
 TARGETS = {"width": 0.04, "ci_low": 0.97, "shim_work_fraction": 0.01}
 """Issue 24's acceptance, per record: interval width, interval low end, shim work / shim call."""
 
+
+def interval_meets(width: float, ci_low: float, level: float) -> dict[str, bool]:
+    """The interval's two targets. One that covers less than 95 % (under 6 blocks the signed-rank interval
+    is the whole range: 2 blocks cover 50 %) meets neither, however narrow."""
+    full = level >= 0.95 - 1e-9
+    return {"width": full and width <= TARGETS["width"], "ci_low": full and ci_low >= TARGETS["ci_low"]}
+
+
 BATCH = 64
 """Prompts per throughput call. 256 until the third H100 hold (2026-12-05): on one engine in the same
 minutes (bench/noise_remedies.py), a quarter of the prompts gave calls 1.8-2.2 times shorter with a
@@ -89,7 +97,7 @@ def record(engine: Any, mode: str, setting: Setting, blocks: list[Pair], spec: d
     out.update(asdict(est))
     out.update({
         "direct_tok_s": tokens / (est.direct_call_ms / 1000), "shim_tok_s": tokens / (est.shim_call_ms / 1000),
-        "meets": {"width": est.width <= TARGETS["width"], "ci_low": est.ci_low >= TARGETS["ci_low"],
+        "meets": {**interval_meets(est.width, est.ci_low, est.level),
                   "shim_work_fraction": est.shim_work_fraction <= TARGETS["shim_work_fraction"]},
         **as_measured(blocks),
         "noise": noise.summary(blocks, TARGETS["width"]),

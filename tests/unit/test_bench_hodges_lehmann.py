@@ -90,3 +90,32 @@ def test_on_a_machine_that_changes_speed_the_interval_keeps_its_coverage_and_is_
         widths["mean"].append(est.mean["width"])
     assert 180 <= covered["signed rank"] <= 198, covered
     assert statistics.median(widths["signed rank"]) < 0.75 * statistics.median(widths["mean"]), widths
+
+
+def test_an_interval_that_covers_less_than_95_percent_meets_no_target_however_narrow() -> None:
+    from phases import interval_meets
+
+    two = estimate([Pair(1.0, 1.001, True, 1.0, 2), Pair(1.0, 1.002, False, 1.0, 2)])
+    assert two.level == pytest.approx(0.5) and two.width < 0.002
+    assert interval_meets(two.width, two.ci_low, two.level) == {"width": False, "ci_low": False}
+    assert interval_meets(0.03, 0.98, cut(6)[1]) == {"width": True, "ci_low": True}
+    assert interval_meets(0.05, 0.96, 0.96) == {"width": False, "ci_low": False}
+
+
+def test_the_table_estimates_an_older_record_again_from_its_blocks_and_says_so() -> None:
+    from table import ratio_rows
+
+    rng = random.Random(2)
+    raw = [[1.0, math.exp(rng.gauss(0, 0.01)), i % 2 == 0, 0.99] for i in range(30)]
+    logs = [math.log(d / s) for d, s, *_ in raw]
+    old = {"engine": "vllm", "release": "0.34.0", "shim": "vllm-0.25", "mode": "graphs", "logprobs": False,
+           "final": True, "pairs": 30, "batch": 64, "ratio": 0.5, "ci_low": 0.4, "ci_high": 0.6, "width": 0.2,
+           "shim_work_ms": 1.0, "shim_work_fraction": 0.002, "direct_tok_s": 1.0, "raw": raw,
+           "meets": {"width": False, "ci_low": False, "shim_work_fraction": True}}
+    data = {"meta": {"when": "2026-12-05 15:03:07 UTC", "gpu": "NVIDIA H100 80GB HBM3"}, "ratios": [old]}
+    (as_written,) = ratio_rows(data)
+    (again,) = ratio_rows(data, again=True)
+    assert "| 0.5000 | [0.4000, 0.6000] mean, bootstrap | 0.2000 |" in as_written and "missed: width, ci_low" in as_written
+    centre, low, high, _ = hodges_lehmann(logs)
+    assert f"| {math.exp(centre):.4f} | [{math.exp(low):.4f}, {math.exp(high):.4f}] signed rank, again |" in again
+    assert again.endswith("| all met |")
