@@ -1,11 +1,12 @@
-"""Holding each process of the benchmark's tree on CPUs of its own: a noise remedy under test.
+"""Holding each process of the benchmark's tree on CPUs of its own: bench/noise_remedies.py's ``pinned``.
 
 Why: on the H100 (2026-12-05) the same call on the same engine varied by 5-14 % from one call to the
 next, with the process tree busy about one CPU-second per second in slow and quick calls alike, and no
 steal, preemption or GPU clock cap to explain it (bench/probe.py). A slow call did more work, or ran
 on a slower or colder CPU. One cause the probes cannot see is the scheduler moving the engine's
 threads between vCPUs, each move leaving warm caches behind; holding every process on CPUs of its own
-removes that, and bench/noise_remedies.py measures whether it narrows a call's spread.
+removes that, and bench/noise_remedies.py measures whether it narrows a call's spread. On the H100
+(2026-12-05, third hold) it did not, on either engine, so the benchmark itself does not pin.
 
 The CPUs are the ones this process may use, those near the GPU first where the machine says which
 (``/sys/bus/pci/devices/<gpu>/local_cpulist``); ``pin()`` gives every thread of a process its

@@ -11,7 +11,8 @@ every condition:
 
 * ``plain``: as bench/rollout_bench.py runs them;
 * ``pinned``: every process of the tree on CPUs of its own during the block (bench/affinity.py);
-* ``batch64``: a quarter of the prompts per call (``--batch 64``), four times shorter calls.
+* ``batch64``: a quarter of the prompts per call (64 of ``--batch 256``, the benchmark's default since
+  this comparison: its calls were 1.8-2.2 times shorter on the H100, 2026-12-05).
 
 Per condition: the ratio's interval and bench/noise.py's summary. ``seconds_for_width`` decides: the
 measuring time a 0.04 width needs at the condition's spread, so a shorter call wins only if its
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup-rounds", type=int, default=2, help="first rounds not counted")
     p.add_argument("--conditions", nargs="+", choices=CONDITIONS, default=list(CONDITIONS))
     p.add_argument("--model", choices=["small", "big"], default="small")
-    p.add_argument("--batch", type=int, default=256, help="prompts per call (batch64: a quarter of it)")
+    p.add_argument("--batch", type=int, default=256,
+                   help="prompts per call (batch64: a quarter of it; 256, the benchmark's former default)")
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--util", type=float, default=0.5, help="gpu_memory_utilization")
