@@ -10,13 +10,14 @@ ratios) is nearly as efficient as the mean under normal noise (95 %) and far mor
 on the 57-block record of that hold its interval was 0.036 and 0.045 wide where the mean's was 0.051
 and 0.060.
 
-Why its interval can be trusted: it is exact, not asymptotic, for blocks whose log ratios are
-independent and symmetric about the true one, and the benchmark makes them symmetric by design:
+Why its interval can be trusted: it is exact (up to ``EXACT_UP_TO`` blocks, without ties; the normal
+approximation above never claims more) for blocks whose log ratios are independent and symmetric about
+the true one, and the benchmark makes them symmetric by design:
 which side opens a block is random, so a change of speed inside a block pushes its ratio up or down
 with equal chance. tests/unit/test_bench_hodges_lehmann.py checks its coverage on simulated records
 with such changes of speed, and on normal noise. What it does not see is a cost of the shim that
-only some blocks show (a rare pause); the record keeps the mean and its bootstrap interval beside it
-(``mean``), and a mean outside this interval says the blocks are skewed.
+only some blocks show (a rare pause): the record keeps the mean and its bootstrap interval beside it
+(``mean``), and the low-end target asks both intervals (bench/phases.py's ``interval_meets``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from functools import lru_cache
 
 EXACT_UP_TO = 60
 """Blocks up to which the signed-rank distribution is counted exactly (about 110,000 additions at 60);
-above, its normal approximation with continuity correction, which is within 0.002 of the exact level there."""
+above, its normal approximation with continuity correction: its cut is the exact one or one less (a wider
+interval, never a narrower one), and the level it reports is within 0.002 of the exact level."""
 
 
 @lru_cache(maxsize=256)

@@ -43,11 +43,15 @@ TARGETS = {"width": 0.04, "ci_low": 0.97, "shim_work_fraction": 0.01}
 """Issue 24's acceptance, per record: interval width, interval low end, shim work / shim call."""
 
 
-def interval_meets(width: float, ci_low: float, level: float) -> dict[str, bool]:
+def interval_meets(width: float, ci_low: float, level: float, mean_ci_low: float) -> dict[str, bool]:
     """The interval's two targets. One that covers less than 95 % (under 6 blocks the signed-rank interval
-    is the whole range: 2 blocks cover 50 %) meets neither, however narrow."""
+    is the whole range: 2 blocks cover 50 %) meets neither, however narrow. The low end must hold for the
+    mean's interval too: a cost of the shim that only some blocks carry (a rare pause) moves the mean and
+    not the Hodges-Lehmann estimate, and a review's simulation passed a true 3.4 % cost on the signed-rank
+    low end alone in 92 of 200 records."""
     full = level >= 0.95 - 1e-9
-    return {"width": full and width <= TARGETS["width"], "ci_low": full and ci_low >= TARGETS["ci_low"]}
+    return {"width": full and width <= TARGETS["width"],
+            "ci_low": full and min(ci_low, mean_ci_low) >= TARGETS["ci_low"]}
 
 
 BATCH = 64
@@ -97,7 +101,7 @@ def record(engine: Any, mode: str, setting: Setting, blocks: list[Pair], spec: d
     out.update(asdict(est))
     out.update({
         "direct_tok_s": tokens / (est.direct_call_ms / 1000), "shim_tok_s": tokens / (est.shim_call_ms / 1000),
-        "meets": {**interval_meets(est.width, est.ci_low, est.level),
+        "meets": {**interval_meets(est.width, est.ci_low, est.level, est.mean["ci_low"]),
                   "shim_work_fraction": est.shim_work_fraction <= TARGETS["shim_work_fraction"]},
         **as_measured(blocks),
         "noise": noise.summary(blocks, TARGETS["width"]),

@@ -41,7 +41,7 @@ def signed_rank(r: dict[str, Any]) -> dict[str, Any]:
     logs = [math.log(direct / shim) for direct, shim, *_ in r["raw"]]
     centre, low, high, level = hodges_lehmann(logs)
     ratio, ci_low, ci_high = math.exp(centre), math.exp(low), math.exp(high)
-    meets = {**r["meets"], **interval_meets(ci_high - ci_low, ci_low, level)}
+    meets = {**r["meets"], **interval_meets(ci_high - ci_low, ci_low, level, r["ci_low"])}  # as written: the mean's
     return {**r, "ratio": ratio, "ci_low": ci_low, "ci_high": ci_high, "width": ci_high - ci_low, "meets": meets,
             "level": level, "reestimated": True}
 
