@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_bench_dry_run import ROOT, finish, site
+from .test_bench_dry_run import ROOT, finish, site
 
 pytestmark = pytest.mark.bench
 
