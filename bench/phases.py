@@ -221,7 +221,7 @@ def measure(engine: Any, wrapped: Wrapped, mode: str, spec: dict[str, Any]) -> N
             text = f"{setting.name} {pair.ratio:.4f}"
             if len(got) > 1:
                 ratio, low, high = quick_interval(got)
-                text += f" (all {len(got)}: {ratio:.4f} [{low:.4f}, {high:.4f}] width {high - low:.4f})"
+                text += f" (all {len(got)}, mean: {ratio:.4f} [{low:.4f}, {high:.4f}] width {high - low:.4f})"
             parts.append(text)
         say(f"{mode}: block ratios {'; '.join(parts)}; round {last_round:.1f} s")
         if time.time() - last_records > RECORD_EVERY_S:

@@ -4,21 +4,22 @@
     python bench/table.py bench/runs/*-h200/*/bench.json
     python bench/table.py --signed-rank bench/runs/*/*/bench.json   # older records estimated again from their blocks
 
-Rows come straight from each file's ``ratios`` and ``weights`` (nothing recomputed), so the tables
-in the docs can always be regenerated from the committed evidence.
+Rows come straight from each file's ``ratios`` and ``weights`` (nothing recomputed, except with
+``--signed-rank``: records written before the signed-rank interval, estimated again from their own
+``raw`` blocks and marked so), so the tables in the docs can always be regenerated from the committed
+evidence.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import math
 
 from hodges_lehmann import hodges_lehmann
 from phases import BATCH, interval_meets
