@@ -234,9 +234,11 @@ def measure(engine: Any, wrapped: Wrapped, mode: str, spec: dict[str, Any]) -> N
         if "error" in rec:
             say(f"{mode} {setting.name}: {rec['error']}")
         else:
+            mean = rec["mean"]
             say(f"{mode} {setting.name}: ratio {rec['ratio']:.4f} [{rec['ci_low']:.4f}, {rec['ci_high']:.4f}] width "
-                f"{rec['width']:.4f} over {rec['pairs']} ABBA blocks; shim work {rec['shim_work_ms']:.2f} ms per call "
-                f"= {rec['shim_work_fraction']:.2%} of {rec['shim_call_ms']:.0f} ms")
+                f"{rec['width']:.4f} (signed rank, covers {rec['level']:.1%}; mean {mean['ratio']:.4f} "
+                f"[{mean['ci_low']:.4f}, {mean['ci_high']:.4f}]) over {rec['pairs']} ABBA blocks; shim work "
+                f"{rec['shim_work_ms']:.2f} ms per call = {rec['shim_work_fraction']:.2%} of {rec['shim_call_ms']:.0f} ms")
             say(f"{mode} {setting.name}: noise: {noise.describe(rec['noise'])}")
 
 

@@ -108,6 +108,7 @@ def test_the_benchmark_runs_every_phase_for_the_engine_detect_finds(tmp_path: Pa
     assert all(f"  {name}" in out for name in ("graphs   ~", "eager    ~", "weights  ~"))
     assert "no output for 1 s" in out
     assert "graphs logprobs: ratio" in out and "mode    setting" in out
+    assert "(signed rank, covers 75.0%; mean " in out  # 3 blocks: the whole range of the pairwise averages
     assert "graphs logprobs: noise: a call's own spread" in out
     # docs/performance.md's tables come from the file as written.
     table = subprocess.run([sys.executable, str(ROOT / "bench" / "table.py"), str(tmp_path / "bench.json")],
