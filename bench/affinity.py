@@ -21,6 +21,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from probe import nvml_index
+
 PER_PROCESS = 2
 """CPUs per process: the tree was busy about one CPU-second per second, and a second CPU keeps a
 helper thread (an engine's output or NCCL thread) from queueing behind the hot one."""
@@ -44,8 +46,7 @@ def gpu_local_cpus(sysfs: Path = Path("/sys/bus/pci/devices")) -> set[int] | Non
         import pynvml
 
         pynvml.nvmlInit()
-        first = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(int(first) if first.isdigit() else 0)
+        handle = pynvml.nvmlDeviceGetHandleByIndex(nvml_index())
         bus = pynvml.nvmlDeviceGetPciInfo(handle).busId
         bus = (bus.decode() if isinstance(bus, bytes) else bus).lower()[-12:]  # 00000000:18:00.0 -> 0000:18:00.0
         return parse_cpulist((sysfs / bus / "local_cpulist").read_text()) or None

@@ -40,7 +40,7 @@ def _nonvoluntary_switches(pid: int) -> dict[int, int]:
     return out
 
 
-def _nvml_index() -> int:
+def nvml_index() -> int:
     """NVML numbers every GPU; CUDA's device 0 is the first of CUDA_VISIBLE_DEVICES where that is set."""
     first = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip()
     return int(first) if first.isdigit() else 0
@@ -63,7 +63,7 @@ class Probe:
             import pynvml
 
             pynvml.nvmlInit()
-            self.nvml = (pynvml, pynvml.nvmlDeviceGetHandleByIndex(_nvml_index()))
+            self.nvml = (pynvml, pynvml.nvmlDeviceGetHandleByIndex(nvml_index()))
 
     def steal_s(self) -> float | None:
         try:
