@@ -53,12 +53,34 @@ def gpu_local_cpus(sysfs: Path = Path("/sys/bus/pci/devices")) -> set[int] | Non
     return None
 
 
-def assign(pids: Sequence[int], cpus: set[int], per: int = PER_PROCESS) -> dict[int, set[int]]:
+def cores(cpus: set[int], sysfs: Path = Path("/sys/devices/system/cpu")) -> list[list[int]]:
+    """``cpus`` grouped by physical core, as the kernel lists each one's SMT siblings
+    (``cpuN/topology/thread_siblings_list``); a CPU whose list cannot be read is a core of its own.
+    Why: two threads of one core share its execution units, so two busy processes on siblings slow each
+    other down, and a VM's vCPUs may come as sibling pairs (the runs record which: ``meta.cpu_cores``)."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for cpu in sorted(cpus):
+        try:
+            siblings = parse_cpulist((sysfs / f"cpu{cpu}" / "topology" / "thread_siblings_list").read_text()) & cpus
+        except (OSError, ValueError):
+            siblings = set()
+        key = tuple(sorted(siblings | {cpu}))
+        groups.setdefault(key, []).append(cpu)
+    return sorted(groups.values())
+
+
+def assign(pids: Sequence[int], cpus: set[int], per: int = PER_PROCESS,
+           groups: list[list[int]] | None = None) -> dict[int, set[int]]:
     """``per`` CPUs for each process in the order given, without sharing while there are enough, then
-    round again. CPU 0 goes last: it takes more of the machine's interrupts."""
+    round again. CPUs are handed out core by core (``groups``, from :func:`cores`; each CPU a core of its
+    own without them), so with two threads per core and ``per`` = 2 each process gets a whole core and
+    no two processes share one. CPU 0's core goes last: it takes more of the machine's interrupts."""
     if not cpus:
         raise ValueError("no CPUs to pin to")
-    order = sorted(cpus - {0}) + sorted(cpus & {0})
+    groups = [sorted(set(g) & cpus) for g in (groups or [[c] for c in sorted(cpus)])]
+    groups = [g for g in groups if g]
+    order = [c for g in sorted(groups, key=lambda g: (0 in g, g)) for c in g]
+    order += sorted(cpus - set(order))
     per = max(1, min(per, len(order)))
     out = {}
     for i, pid in enumerate(pids):
@@ -82,7 +104,8 @@ class Pinning:
         allowed = os.sched_getaffinity(0)
         near = (near_gpu or set()) & allowed
         self.source = "near the GPU" if len(near) >= per else "allowed"
-        self.plan = assign(pids, near if self.source == "near the GPU" else allowed, per)
+        chosen = near if self.source == "near the GPU" else allowed
+        self.plan = assign(pids, chosen, per, cores(chosen))
         self.original = {pid: self._mask(pid) for pid in pids}
         self.saved: dict[tuple[int, int], set[int]] = {}
 

@@ -81,6 +81,71 @@ def _mean(calls: list[CallTime], key: str) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+def speed_adjusted(pairs: Sequence[Pair], width: float = 0.04) -> dict[str, Any] | None:
+    """How much of the calls' spread the CPU gauge (bench/gauge.py) explains, and what taking it out
+    would leave; None unless every call of at least 3 blocks kept a gauge.
+
+    Each call's speed is the geometric mean of the gauge read before and after it. Within each side
+    (the shim's calls may all be longer by its cost, the gauge's not), log call time is regressed on
+    log gauge; ``slope`` near 1 and a high ``correlation`` say the calls slow down as the gauge does.
+    Every call is then moved to the record's mean gauge (log time minus slope x its log gauge's
+    distance from the mean), the blocks' log ratios are made again from the moved calls: their
+    geometric mean is ``ratio``, and their spread gives ``blocks_for_width`` as the record's own.
+    ``before_after_correlation``: whether the CPU's speed holds over a call (the two reads agree) or
+    changes within it.
+
+    A diagnostic, not the estimate: the slope is fitted on the same calls it adjusts, so the spread is
+    a little optimistic. Which side a block opens with is random, so taking out a term the side does
+    not set moves no ratio on average; a separate run must confirm any estimator built on it."""
+    if len(pairs) < 3 or not all(p.detail and all(c.gauge_s and min(c.gauge_s) > 0 and c.seconds > 0 for c in p.detail)
+                                 for p in pairs):
+        return None
+    blocks = list(pairs)
+    calls = [c for p in blocks for c in p.detail]
+    speed = {id(c): (math.log(c.gauge_s[0]) + math.log(c.gauge_s[1])) / 2 for c in calls}
+    xs, ys = [], []
+    for side in {c.side for c in calls}:
+        mine = [c for c in calls if c.side == side]
+        x_mean = statistics.fmean(speed[id(c)] for c in mine)
+        y_mean = statistics.fmean(math.log(c.seconds) for c in mine)
+        xs += [speed[id(c)] - x_mean for c in mine]
+        ys += [math.log(c.seconds) - y_mean for c in mine]
+    sxx, syy = math.fsum(x * x for x in xs), math.fsum(y * y for y in ys)
+    if sxx <= 0 or syy <= 0:
+        return None
+    sxy = math.fsum(x * y for x, y in zip(xs, ys, strict=True))
+    slope = sxy / sxx
+    centre = statistics.fmean(speed.values())
+
+    def moved(c: CallTime) -> float:
+        return c.seconds * math.exp(-slope * (speed[id(c)] - centre))
+
+    log_ratios = [math.log(sum(moved(c) for c in p.detail if c.side == "direct") /
+                           sum(moved(c) for c in p.detail if c.side == "shim")) for p in blocks]
+    befores = [math.log(c.gauge_s[0]) for c in calls]
+    afters = [math.log(c.gauge_s[1]) for c in calls]
+    spread = _sd(log_ratios)
+    return {
+        "calls": len(calls),
+        "median_gauge_ms": float(f"{statistics.median(math.exp(v) for v in speed.values()) * 1000:.4g}"),
+        "correlation": round(sxy / math.sqrt(sxx * syy), 3),
+        "slope": round(slope, 3),
+        "before_after_correlation": _correlation(befores, afters),
+        "ratio": round(math.exp(statistics.fmean(log_ratios)), 4),
+        "block_log_ratio_sd": None if spread is None else float(f"{spread:.4g}"),
+        "blocks_for_width": blocks_for_width(spread, width),
+    }
+
+
+def _correlation(a: Sequence[float], b: Sequence[float]) -> float | None:
+    ma, mb = statistics.fmean(a), statistics.fmean(b)
+    saa = math.fsum((x - ma) ** 2 for x in a)
+    sbb = math.fsum((y - mb) ** 2 for y in b)
+    if saa <= 0 or sbb <= 0:
+        return None
+    return round(math.fsum((x - ma) * (y - mb) for x, y in zip(a, b, strict=True)) / math.sqrt(saa * sbb), 3)
+
+
 def summary(pairs: Sequence[Pair], width: float = 0.04) -> dict[str, Any]:
     """The record's ``noise``: the blocks' spread, a call's own spread, the drift, the blocks (and their
     measuring seconds) a ``width``-wide interval would need at that spread, the slow calls of each side
@@ -115,6 +180,7 @@ def summary(pairs: Sequence[Pair], width: float = 0.04) -> dict[str, Any]:
         "slow_calls": {side: [sum(c.side == side for c in slow), sum(c.side == side for c in calls)] for side in sides},
         # seconds; every counter per second of call
         "slow_vs_rest": {k: [rounded(_mean(slow, k)), rounded(_mean(rest, k))] for k in keys},
+        "gauge": speed_adjusted(pairs, width),
     }
 
 
@@ -133,4 +199,10 @@ def describe(noise: dict[str, Any]) -> str:
         f"; slow calls (> {noise['slow_threshold']:.2f} x median) " + \
         ", ".join(f"{side} {n} of {of}" for side, (n, of) in slow.items())
     pairs = [f"{k} {a:.3g} vs {b:.3g}" for k, (a, b) in noise["slow_vs_rest"].items() if a is not None and b is not None]
-    return text + (f"; slow vs rest (counters per second): {', '.join(pairs)}" if any(n for n, _ in slow.values()) else "")
+    text += f"; slow vs rest (counters per second): {', '.join(pairs)}" if any(n for n, _ in slow.values()) else ""
+    speed = noise.get("gauge")
+    if speed:
+        text += (f"; CPU gauge {speed['median_gauge_ms']} ms, call time against it r {speed['correlation']:+.2f} "
+                 f"(slope {speed['slope']:.2f}), its reads before and after a call r {speed['before_after_correlation']}; "
+                 f"taken out, a {noise['target_width']} width would need {speed['blocks_for_width']} blocks")
+    return text

@@ -35,6 +35,9 @@ Probe = Callable[[], dict[str, float]]
 """Counters read right before and right after each timed call, outside the clock (bench/phases.py's
 ``Probe``): a call keeps what they rose by, so a slow call can be told apart (CPU time, context
 switches, the host's steal time) from the others."""
+Gauge = Callable[[], float]
+"""Seconds a fixed piece of CPU work takes right now (bench/gauge.py), read right before and right after
+each timed call, outside the clock: how fast the CPU ran around that call."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class CallTime:
     seconds: float
     inner_s: float | None = None  # shim calls: the engine's time inside it
     counters: dict[str, float] = field(default_factory=dict)  # what the probe's counters rose by during it
+    gauge_s: tuple[float, float] | None = None  # the gauge read just before and just after it
 
 
 @dataclass(frozen=True)
@@ -72,13 +76,14 @@ class Pair:
 def run_block(direct: Call, shim: Call, inner: Callable[[], float], batches: Sequence[list], shim_first: bool,
               sync: Callable[[], None] = lambda: None, clock: Callable[[], float] = time.perf_counter,
               release: Callable[[], None] = lambda: None, probe: Probe | None = None,
-              prepare: Callable[[], None] | None = None) -> Pair:
+              prepare: Callable[[], None] | None = None, gauge: Gauge | None = None) -> Pair:
     """One ABBA block (``len(batches) == 4``) or one AB pair (2 batches), batch ``k`` for call ``k``.
     ``inner()`` is the engine time of the shim call just made; ``release()`` drops whatever the sides
     held on to (called once the block's clock has stopped, as the outputs here are). ``probe``, read
     after the sync before a call and after the sync ending it, gives each call what its cumulative
     counters rose by. ``prepare()`` runs before every call, outside the clock (``--flush-cache``: the
-    engine's prefix cache emptied)."""
+    engine's prefix cache emptied). ``gauge``, read before the probe ahead of a call and after the probe
+    behind it (its work is in no counter), gives each call how fast the CPU ran around it."""
     first, second = ("shim", "direct") if shim_first else ("direct", "shim")
     order = (first, second, second, first) if len(batches) == 4 else (first, second)
     if len(batches) != len(order):
@@ -96,19 +101,21 @@ def run_block(direct: Call, shim: Call, inner: Callable[[], float], batches: Seq
             gc.disable()
             try:
                 sync()
+                speed_before = gauge() if gauge else 0.0
                 before = probe() if probe else {}
                 start = clock()
                 held.append(call(batch))
                 sync()
                 seconds = clock() - start
                 after = probe() if probe else {}
+                speed_after = gauge() if gauge else 0.0
             finally:
                 gc.enable()
             times[side] += seconds
             engine_s = inner() if side == "shim" else None
             inner_s += engine_s or 0.0
             counters = {k: v - before[k] for k, v in after.items() if k in before}
-            detail.append(CallTime(side, seconds, engine_s, counters))
+            detail.append(CallTime(side, seconds, engine_s, counters, (speed_before, speed_after) if gauge else None))
     finally:
         held.clear()
         release()

@@ -31,6 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import gauge
 import noise
 from calls import Prompts, Setting, Wrapped, sync
 from models import BIG, COMMON, save_model
@@ -114,9 +115,12 @@ def as_measured(blocks: list[Pair]) -> dict[str, list[Any]]:
     running it again (the third H100 hold's records were, with the signed-rank interval)."""
     return {
         "raw": [[round(p.direct_s, 6), round(p.shim_s, 6), p.shim_first, round(p.inner_s, 6)] for p in blocks],
-        # every call: block, side, seconds, engine seconds inside a shim call, what the probe's counters rose by
+        # every call: block, side, seconds, engine seconds inside a shim call, what the probe's counters rose by,
+        # the CPU gauge's seconds just before and just after it
         "calls": [[i, c.side, round(c.seconds, 6), None if c.inner_s is None else round(c.inner_s, 6),
-                   {k: round(v, 6) for k, v in c.counters.items()}] for i, p in enumerate(blocks) for c in p.detail],
+                   {k: round(v, 6) for k, v in c.counters.items()},
+                   None if c.gauge_s is None else [round(g, 7) for g in c.gauge_s]]
+                  for i, p in enumerate(blocks) for c in p.detail],
     }
 
 
@@ -189,7 +193,7 @@ def measure(engine: Any, wrapped: Wrapped, mode: str, spec: dict[str, Any]) -> N
         for setting in settings:
             batches = [prompts() for _ in range(4)]
             pair = run_block(setting.direct, setting.shim, lambda: wrapped.inner_s, batches, rng.random() < 0.5,
-                             sync=sync, release=wrapped.release, probe=probe,
+                             sync=sync, release=wrapped.release, probe=probe, gauge=gauge.read,
                              prepare=engine.flush_cache if spec["flush_cache"] else None)
             done.append((setting, pair))
             if settled:

@@ -44,6 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from affinity import cores
 from phases import BATCH, TARGETS
 from plan import RESERVE, allot, budget_plan, describe, fixed_parts, phases
 
@@ -282,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     report = Report(args.json, {
         "schema": 2, "status": "running",
         "meta": {"when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t0)), "engine": engine,
-                 "host": os.uname().nodename, "cpu": cpu_model(), "cpus": os.cpu_count()},
+                 "host": os.uname().nodename, "cpu": cpu_model(), "cpus": os.cpu_count(),
+                 "cpu_cores": cores(os.sched_getaffinity(0))},
         "args": {k: str(v) for k, v in vars(args).items()}, "targets": TARGETS,
         "plan": {"budget_s": args.budget_s, "reserve": RESERVE, "fixed_s": args.fixed,
                  "phases": [{"name": ph.name, "seconds": round(s, 1)} for ph, s in plan]},

@@ -73,6 +73,7 @@ def test_the_benchmark_runs_every_phase_for_the_engine_detect_finds(tmp_path: Pa
     assert data["status"] == "complete"
     assert data["meta"]["engine"] == engine and data["meta"]["gpu"] == "Fake GPU (CPU dry run)"
     assert data["meta"]["cpus"] == os.cpu_count() and data["meta"]["cpu"] not in ("", "?")  # Linux: /proc/cpuinfo
+    assert sorted(c for core in data["meta"]["cpu_cores"] for c in core) == sorted(os.sched_getaffinity(0))
     assert data["meta"]["shim"] == ("vllm-0.25" if engine == "vllm" else "sglang-0.5.14")
     assert {name: p["status"] for name, p in data["phases"].items()} == {"graphs": "ok", "eager": "ok", "weights": "ok"}
     assert all(p["engine_start_s"] >= 2.5 for name, p in data["phases"].items() if name != "weights")
@@ -94,8 +95,9 @@ def test_the_benchmark_runs_every_phase_for_the_engine_detect_finds(tmp_path: Pa
             assert all((c[3] is None) == (c[1] == "direct") for c in calls)
             assert all({"cpu_s", "involuntary_switches", "minor_faults", "steal_s"} <= set(c[4]) for c in calls)
             assert all(c[4]["cpu_s"] >= 0 and c[4]["steal_s"] >= 0 for c in calls)
+            assert all(len(c[5]) == 2 and 0 < min(c[5]) < 0.05 for c in calls)  # the CPU gauge, before and after
         assert [of for _, of in r["noise"]["slow_calls"].values()] == [2 * r["pairs"]] * 2
-        assert r["noise"]["twin_call_sd"] is not None
+        assert r["noise"]["twin_call_sd"] is not None and r["noise"]["gauge"]["calls"] == 4 * r["pairs"]
     weights = data["weights"]
     assert weights["parameters"] > 1.3e9 and weights["update_gpu_gb_s"] > 0 and weights["update_pinned_cpu_gb_s"] > 0
     assert weights["offload_freed_gib"] > 0 and weights["onload_restored_gib"] > 0

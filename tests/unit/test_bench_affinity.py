@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from affinity import Pinning, assign, parse_cpulist
+from affinity import Pinning, assign, cores, parse_cpulist
 
 
 def test_cpu_lists_read_as_linux_writes_them() -> None:
@@ -27,6 +27,35 @@ def test_each_process_gets_its_own_cpus_while_there_are_enough_and_cpu_0_last() 
     assert assign([10], {4}, per=2) == {10: {4}}
     with pytest.raises(ValueError, match="no CPUs"):
         assign([10], set())
+
+
+def sysfs_with_siblings(root: Path, pairs: list[tuple[int, int]]) -> Path:
+    """A /sys/devices/system/cpu as a kernel writes it for SMT pairs (each CPU lists itself and its sibling)."""
+    for a, b in pairs:
+        for cpu in (a, b):
+            (root / f"cpu{cpu}" / "topology").mkdir(parents=True)
+            (root / f"cpu{cpu}" / "topology" / "thread_siblings_list").write_text(f"{min(a, b)},{max(a, b)}\n")
+    return root
+
+
+@pytest.mark.parametrize("pairs", [[(0, 4), (1, 5), (2, 6), (3, 7)], [(0, 1), (2, 3), (4, 5), (6, 7)]],
+                         ids=["n and n+4", "2k and 2k+1"])
+def test_with_two_threads_a_core_each_process_gets_a_whole_core_and_none_shares_one(tmp_path: Path, pairs) -> None:
+    groups = cores(set(range(8)), sysfs_with_siblings(tmp_path, pairs))
+    assert sorted(map(tuple, groups)) == sorted(pairs)
+    plan = assign([10, 11, 12], set(range(8)), per=2, groups=groups)
+    assert all(tuple(sorted(cpus)) in pairs for cpus in plan.values()), plan
+    assert len({frozenset(c) for c in plan.values()}) == 3
+    assert all(0 not in cpus for cpus in plan.values())  # CPU 0's core last
+    # the old plan, a CPU at a time, put two processes on one core where siblings are 2k and 2k+1
+    old = assign([10, 11, 12], set(range(8)), per=2)
+    assert old == {10: {1, 2}, 11: {3, 4}, 12: {5, 6}}
+
+
+def test_cores_keeps_to_the_cpus_given_and_reads_a_missing_list_as_a_core_of_its_own(tmp_path: Path) -> None:
+    root = sysfs_with_siblings(tmp_path, [(0, 2), (1, 3)])
+    assert cores({1, 2, 3}, root) == [[1, 3], [2]]  # 2's sibling 0 is not ours
+    assert cores({5, 6}, root) == [[5], [6]]  # no topology files at all
 
 
 def _threads_masks(pid: int) -> dict[int, set[int]]:

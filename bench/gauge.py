@@ -1,0 +1,41 @@
+"""How fast this CPU runs Python right now: a fixed piece of interpreter work, timed just before and
+just after each timed call, outside the clock (bench/pairs.py's ``run_block``).
+
+Why: on the H100s (2026-12-05) the same call varied by about 10 % from one call to the next, at call
+lengths from 0.36 s to 1.6 s alike, with the process tree busy one CPU-second per second in slow
+and quick calls, and no steal, preemption or GPU clock cap to explain it (bench/probe.py). The
+engines' decode loops are Python and kernel launches on the CPU, so a CPU that runs slower for a
+while (its clock, a busy sibling thread, another tenant's load on the host) makes a call slower by
+as much. If the gauge read around a call tracks that call's speed, the spread it explains can be
+taken out of the blocks (bench/noise.py's ``gauge`` summary says how much it would narrow them); if
+it does not, the speed changes happen where the gauge cannot see (another core, the GPU).
+
+The work is pure interpreter (integer arithmetic in a loop, no allocation that grows), about a
+millisecond; the median of three reads keeps one interrupt from setting the value.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+LOOPS = 20_000
+"""Iterations of the loop: about 1 ms on a 2-3 GHz server core under CPython 3.11-3.12."""
+
+
+def _work(loops: int) -> int:
+    total = 0
+    for i in range(loops):
+        total = (total + i * i) & 0xFFFF
+    return total
+
+
+def read(loops: int = LOOPS, repeats: int = 3, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Seconds the work took, the median of ``repeats`` runs."""
+    times = []
+    for _ in range(repeats):
+        start = clock()
+        _work(loops)
+        times.append(clock() - start)
+    return statistics.median(times)
