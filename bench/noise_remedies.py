@@ -11,8 +11,15 @@ every condition:
 
 * ``plain``: as bench/rollout_bench.py runs them;
 * ``pinned``: every process of the tree on CPUs of its own during the block (bench/affinity.py);
-* ``batch64``: a quarter of the prompts per call (64 of ``--batch 256``, the benchmark's default since
-  this comparison: its calls were 1.8-2.2 times shorter on the H100, 2026-12-05).
+* ``quarter_prompts``: a quarter of ``--batch`` per call (called ``batch64`` in the runs of the third
+  and fourth H100 holds, when ``--batch`` was 256 and 64): its calls were 1.8-2.2 times shorter in
+  graphs mode, and as long in eager mode, whose decode steps are kernel launches whatever the batch;
+* ``quarter_tokens``: a quarter of ``--new-tokens`` per call, a quarter of the decode steps in either
+  mode. A shorter generation loses nothing the benchmark is for: the shim's work per token is the
+  same share of a call, and its work per call a larger one.
+
+Every call also keeps the CPU gauge read around it (bench/gauge.py), so each condition's noise
+summary says how much of its spread the CPU's speed explains.
 
 Per condition: the ratio's interval and bench/noise.py's summary. ``seconds_for_width`` decides: the
 measuring time a 0.04 width needs at the condition's spread, so a shorter call wins only if its
@@ -21,7 +28,10 @@ here: what it would remove is a prefix cache that has filled over minutes and ev
 blocks grew by 30-46 % over a run), a drift across a whole run that rounds of a few seconds never
 reach; a whole benchmark run with and without it shows that.
 
-    PYTHONPATH=src python bench/noise_remedies.py --mode graphs --measure-s 150 --json remedies.json
+    PYTHONPATH=src python bench/noise_remedies.py --mode graphs eager --measure-s 150 --json remedies.json
+
+Several modes run one after another, each in a process of its own (an engine per process, as the
+benchmark's phases), each writing ``remedies-<mode>.json`` beside ``--json``.
 
 Needs torch, transformers and the engine (the one ``detect()`` finds); the JSON is rewritten after
 every round, so a run that is killed leaves what it measured.
@@ -33,28 +43,46 @@ import argparse
 import gc
 import os
 import random
+import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import gauge
 import noise
-from affinity import Pinning
+from affinity import Pinning, cores
 from calls import Prompts, Setting, Wrapped, sync
 from pairs import Pair, estimate, run_block
 from phases import TARGETS, as_measured, metadata, say, start_engine
 from probe import Probe
-from rollout_bench import Report, find_engine
-
-CONDITIONS = ("plain", "pinned", "batch64")
+from rollout_bench import Report, cpu_model, find_engine
 
 
-def summarize(blocks: list[Pair], prompts: int, seed: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Condition:
+    """What a condition changes: pinning during its block, and the share of prompts and new tokens kept."""
+
+    pinned: bool = False
+    prompts_share: int = 1  # a call gets batch // prompts_share prompts
+    tokens_share: int = 1  # and new_tokens // tokens_share new tokens
+
+
+CONDITIONS = {
+    "plain": Condition(),
+    "pinned": Condition(pinned=True),
+    "quarter_prompts": Condition(prompts_share=4),
+    "quarter_tokens": Condition(tokens_share=4),
+}
+
+
+def summarize(blocks: list[Pair], spec: dict[str, Any], seed: int) -> dict[str, Any]:
     """One condition: its ratio and interval (where there are two blocks) and the noise summary."""
-    out: dict[str, Any] = {"blocks": len(blocks), "prompts_per_call": prompts}
+    out: dict[str, Any] = {"blocks": len(blocks), "prompts_per_call": spec["batch"], "new_tokens": spec["new_tokens"]}
     if len(blocks) >= 2:
         est = estimate(blocks, resamples=2000, seed=seed)
         out.update(ratio=est.ratio, ci_low=est.ci_low, ci_high=est.ci_high, width=est.width,
@@ -66,27 +94,31 @@ def summarize(blocks: list[Pair], prompts: int, seed: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--mode", choices=["graphs", "eager"], default="graphs")
+    p.add_argument("--mode", nargs="+", choices=["graphs", "eager"], default=["graphs"],
+                   help="one or more, each in a process of its own")
     p.add_argument("--measure-s", type=float, default=150, help="seconds of rounds after the engine is up")
     p.add_argument("--warmup-rounds", type=int, default=2, help="first rounds not counted")
-    p.add_argument("--conditions", nargs="+", choices=CONDITIONS, default=list(CONDITIONS))
+    p.add_argument("--conditions", nargs="+", choices=list(CONDITIONS), default=["plain", "quarter_tokens"])
     p.add_argument("--model", choices=["small", "big"], default="small")
-    p.add_argument("--batch", type=int, default=256,
-                   help="prompts per call (batch64: a quarter of it; 256, the benchmark's former default)")
+    p.add_argument("--batch", type=int, default=64, help="prompts per call (quarter_prompts: a quarter of it)")
     p.add_argument("--prompt-len", type=int, default=64)
-    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=128, help="new tokens per prompt (quarter_tokens: a quarter)")
     p.add_argument("--util", type=float, default=0.5, help="gpu_memory_utilization")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=Path("remedies.json"))
     args = p.parse_args(argv)
-    if args.measure_s <= 0 or args.batch < 4 or args.warmup_rounds < 0:
-        p.error("--measure-s must be > 0, --batch >= 4, --warmup-rounds >= 0")
+    if args.measure_s <= 0 or args.batch < 4 or args.new_tokens < 4 or args.warmup_rounds < 0:
+        p.error("--measure-s must be > 0, --batch and --new-tokens >= 4, --warmup-rounds >= 0")
     engine_name = find_engine(None)
     if engine_name is None:
         return 2
+    if len(args.mode) > 1:
+        return each_mode(args)
+    args.mode = args.mode[0]
     os.environ.setdefault("ROLLOUT_BENCH_EVENTS", str(args.json.with_suffix(".events")))
     report = Report(args.json, {"schema": 1, "status": "starting", "args": {k: str(v) for k, v in vars(args).items()},
-                                "meta": {"when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}})
+                                "meta": {"when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "cpu": cpu_model(),
+                                         "cpu_cores": cores(os.sched_getaffinity(0))}})
     data = report.data
     with tempfile.TemporaryDirectory(prefix="rollout-remedies-") as work:
         spec = {"engine": engine_name, "work": work, "model": args.model, "seed": args.seed, "util": args.util,
@@ -107,16 +139,32 @@ def main(argv: list[str] | None = None) -> int:
     os._exit(0)  # an engine's exit handlers have hung at interpreter exit before (bench/phases.py)
 
 
+def each_mode(args: argparse.Namespace) -> int:
+    """Every mode in a child process of its own, one after another; the worst exit code."""
+    worst = 0
+    for mode in args.mode:
+        out = args.json.with_name(f"{args.json.stem}-{mode}{args.json.suffix}")
+        child = [sys.executable, str(Path(__file__).resolve()), "--mode", mode, "--measure-s", str(args.measure_s),
+                 "--warmup-rounds", str(args.warmup_rounds), "--conditions", *args.conditions, "--model", args.model,
+                 "--batch", str(args.batch), "--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens),
+                 "--util", str(args.util), "--seed", str(args.seed), "--json", str(out)]
+        say(f"{mode}: {out}")
+        sys.stdout.flush()
+        worst = max(worst, subprocess.run(child, check=False).returncode)
+    return worst
+
+
 def measure(engine: Any, wrapped: Wrapped, spec: dict[str, Any], args: argparse.Namespace, report: Report) -> None:
     data = report.data
-    setting = Setting(engine, wrapped, False, spec)
-    prompts = {"full": Prompts(spec, salt=11), "batch64": Prompts({**spec, "batch": max(1, spec["batch"] // 4)}, salt=12)}
+    specs = {name: {**spec, "batch": max(1, spec["batch"] // c.prompts_share),
+                    "new_tokens": max(1, spec["new_tokens"] // c.tokens_share)} for name, c in CONDITIONS.items()}
+    settings = {name: Setting(engine, wrapped, False, specs[name]) for name in args.conditions}
+    prompts = {name: Prompts(specs[name], salt=11 + i) for i, name in enumerate(args.conditions)}
     rng = random.Random(args.seed)
     probe = Probe()
     pinning = Pinning.for_tree()
     data["pinning"] = pinning.describe()
     blocks: dict[str, list[Pair]] = {c: [] for c in args.conditions}
-    sizes: dict[str, int] = {}
     conditions = list(args.conditions)
     end = time.time() + args.measure_s
     rounds = 0
@@ -127,15 +175,15 @@ def measure(engine: Any, wrapped: Wrapped, spec: dict[str, Any], args: argparse.
         began = time.perf_counter()
         rng.shuffle(conditions)
         for condition in conditions:
-            batches = [prompts["batch64" if condition == "batch64" else "full"]() for _ in range(4)]
-            sizes[condition] = len(batches[0])
-            if condition == "pinned":
+            batches = [prompts[condition]() for _ in range(4)]
+            setting, pinned = settings[condition], CONDITIONS[condition].pinned
+            if pinned:
                 pinning.pin()
             try:
                 pair = run_block(setting.direct, setting.shim, lambda: wrapped.inner_s, batches, rng.random() < 0.5,
-                                 sync=sync, release=wrapped.release, probe=probe)
+                                 sync=sync, release=wrapped.release, probe=probe, gauge=gauge.read)
             finally:
-                if condition == "pinned":
+                if pinned:
                     pinning.unpin()
             if rounds >= args.warmup_rounds:
                 blocks[condition].append(pair)
@@ -145,7 +193,7 @@ def measure(engine: Any, wrapped: Wrapped, spec: dict[str, Any], args: argparse.
             gc.collect()
             gc.freeze()  # as the benchmark after its warm-up
         data.update(status="running", rounds=rounds, round_s=round(last_round, 2),
-                    conditions={c: summarize(b, sizes.get(c, 0), args.seed) for c, b in blocks.items()})
+                    conditions={c: summarize(b, specs[c], args.seed) for c, b in blocks.items()})
         report.write()
         say(f"round {rounds}{' (warm-up)' if rounds <= args.warmup_rounds else ''} {last_round:.1f} s; blocks' spread, "
             "a call's: " + "; ".join(f"{c} {spread(s, 'block_log_ratio_sd')} {spread(s, 'twin_call_sd')}"

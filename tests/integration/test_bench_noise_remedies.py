@@ -32,25 +32,45 @@ def remedies(tmp_path: Path, engine: str, *args: str, **env: str) -> subprocess.
 @pytest.mark.parametrize("engine", ["vllm", "sglang"])
 def test_every_condition_gets_blocks_in_every_round_and_the_file_says_what_each_needs(tmp_path: Path, engine: str) -> None:
     code, out = finish(remedies(tmp_path, engine, "--measure-s", "6", "--warmup-rounds", "1",
+                                "--conditions", "plain", "pinned", "quarter_prompts", "quarter_tokens",
                                 FAKE_ENGINE_START_S="0.5", FAKE_ENGINE_CALL_S="0.02"))
     assert code == 0, out[-3000:]
     data = json.loads((tmp_path / "out" / "remedies.json").read_text())
     assert data["status"] == "complete" and data["meta"]["engine"] == engine
     assert data["meta"]["gpu"] == "Fake GPU (CPU dry run)" and data["engine_start_s"] >= 0.5
+    assert sorted(c for core in data["meta"]["cpu_cores"] for c in core) == sorted(os.sched_getaffinity(0))
     counted = data["rounds"] - 1
     assert counted >= 3, out[-2000:]
-    assert set(data["conditions"]) == {"plain", "pinned", "batch64"}
+    assert set(data["conditions"]) == {"plain", "pinned", "quarter_prompts", "quarter_tokens"}
     for name, c in data["conditions"].items():
         assert c["blocks"] == counted, name
         assert c["ci_low"] <= c["ratio"] <= c["ci_high"] and 0 < c["shim_work_fraction"] < 1
         assert c["noise"]["blocks_for_width"] >= 2 and c["noise"]["seconds_for_width"] is not None
         assert len(c["raw"]) == counted and len(c["calls"]) == 4 * counted  # kept for analysing it again
-    # the prompts the calls were given: a quarter of --batch 32 for batch64
-    assert {c: v["prompts_per_call"] for c, v in data["conditions"].items()} == {"plain": 32, "pinned": 32, "batch64": 8}
+        # every call kept the CPU gauge read around it, and the summary says what it explains
+        assert all(len(call[5]) == 2 and 0 < min(call[5]) < 0.05 for call in c["calls"]), name
+        assert c["noise"]["gauge"]["calls"] == 4 * counted and -1 <= c["noise"]["gauge"]["correlation"] <= 1
+    # what each condition's calls were given: a quarter of --batch 32, or of --new-tokens 16
+    assert {c: (v["prompts_per_call"], v["new_tokens"]) for c, v in data["conditions"].items()} == {
+        "plain": (32, 16), "pinned": (32, 16), "quarter_prompts": (8, 16), "quarter_tokens": (32, 4)}
     # the CPUs for the pinned blocks are this machine's (bench/affinity.py's own tests check pin and unpin)
     assert data["pinning"]["source"] == "allowed"  # no NVML here
     assert all(set(cpus) <= os.sched_getaffinity(0) for cpus in data["pinning"]["plan"].values())
     assert "remedies (graphs): rounds of" in out and "plain: " in out and "blocks, ratio" in out
+    assert "CPU gauge" in out
+
+
+def test_several_modes_run_one_after_another_each_with_a_file_of_its_own(tmp_path: Path) -> None:
+    code, out = finish(remedies(tmp_path, "vllm", "--mode", "graphs", "eager", "--measure-s", "3", "--warmup-rounds", "1",
+                                FAKE_ENGINE_START_S="0.2", FAKE_ENGINE_CALL_S="0.01"))
+    assert code == 0, out[-3000:]
+    assert not (tmp_path / "out" / "remedies.json").exists()
+    for mode in ("graphs", "eager"):
+        data = json.loads((tmp_path / "out" / f"remedies-{mode}.json").read_text())
+        assert data["status"] == "complete" and data["args"]["mode"] == mode
+        assert set(data["conditions"]) == {"plain", "quarter_tokens"}  # the default pair
+        assert all(c["blocks"] >= 1 for c in data["conditions"].values())
+    assert out.index("remedies (graphs)") < out.index("remedies (eager)")
 
 
 def test_no_engine_installed_is_one_line_and_exit_2(tmp_path: Path) -> None:
