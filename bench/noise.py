@@ -100,8 +100,7 @@ def speed_adjusted(pairs: Sequence[Pair], width: float = 0.04) -> dict[str, Any]
     if len(pairs) < 3 or not all(p.detail and all(c.gauge_s and min(c.gauge_s) > 0 and c.seconds > 0 for c in p.detail)
                                  for p in pairs):
         return None
-    blocks = list(pairs)
-    calls = [c for p in blocks for c in p.detail]
+    calls = [c for p in pairs for c in p.detail]
     speed = {id(c): (math.log(c.gauge_s[0]) + math.log(c.gauge_s[1])) / 2 for c in calls}
     xs, ys = [], []
     for side in {c.side for c in calls}:
@@ -110,25 +109,24 @@ def speed_adjusted(pairs: Sequence[Pair], width: float = 0.04) -> dict[str, Any]
         y_mean = statistics.fmean(math.log(c.seconds) for c in mine)
         xs += [speed[id(c)] - x_mean for c in mine]
         ys += [math.log(c.seconds) - y_mean for c in mine]
-    sxx, syy = math.fsum(x * x for x in xs), math.fsum(y * y for y in ys)
-    if sxx <= 0 or syy <= 0:
+    sxx = math.fsum(x * x for x in xs)
+    if sxx <= 0:
         return None
-    sxy = math.fsum(x * y for x, y in zip(xs, ys, strict=True))
-    slope = sxy / sxx
+    slope = math.fsum(x * y for x, y in zip(xs, ys, strict=True)) / sxx
     centre = statistics.fmean(speed.values())
 
     def moved(c: CallTime) -> float:
         return c.seconds * math.exp(-slope * (speed[id(c)] - centre))
 
     log_ratios = [math.log(sum(moved(c) for c in p.detail if c.side == "direct") /
-                           sum(moved(c) for c in p.detail if c.side == "shim")) for p in blocks]
+                           sum(moved(c) for c in p.detail if c.side == "shim")) for p in pairs]
     befores = [math.log(c.gauge_s[0]) for c in calls]
     afters = [math.log(c.gauge_s[1]) for c in calls]
     spread = _sd(log_ratios)
     return {
         "calls": len(calls),
         "median_gauge_ms": float(f"{statistics.median(math.exp(v) for v in speed.values()) * 1000:.4g}"),
-        "correlation": round(sxy / math.sqrt(sxx * syy), 3),
+        "correlation": _correlation(xs, ys),
         "slope": round(slope, 3),
         "before_after_correlation": _correlation(befores, afters),
         "ratio": round(math.exp(statistics.fmean(log_ratios)), 4),
@@ -202,7 +200,7 @@ def describe(noise: dict[str, Any]) -> str:
     text += f"; slow vs rest (counters per second): {', '.join(pairs)}" if any(n for n, _ in slow.values()) else ""
     speed = noise.get("gauge")
     if speed:
-        text += (f"; CPU gauge {speed['median_gauge_ms']} ms, call time against it r {speed['correlation']:+.2f} "
+        text += (f"; CPU gauge {speed['median_gauge_ms']} ms, call time against it r {speed['correlation']} "
                  f"(slope {speed['slope']:.2f}), its reads before and after a call r {speed['before_after_correlation']}; "
                  f"taken out, a {noise['target_width']} width would need {speed['blocks_for_width']} blocks")
     return text
