@@ -172,6 +172,9 @@ def measure(engine: Any, wrapped: Wrapped, spec: dict[str, Any], args: argparse.
     say(f"remedies ({args.mode}): rounds of {', '.join(conditions)} for {args.measure_s:.0f} s; CPUs for pinned "
         f"({pinning.source}): {data['pinning']['plan']}")
     while time.time() + last_round < end:
+        if rounds == args.warmup_rounds:
+            gc.collect()
+            gc.freeze()  # as the benchmark after its warm-up (before the first counted round, none or not)
         began = time.perf_counter()
         rng.shuffle(conditions)
         for condition in conditions:
@@ -189,9 +192,6 @@ def measure(engine: Any, wrapped: Wrapped, spec: dict[str, Any], args: argparse.
                 blocks[condition].append(pair)
         rounds += 1
         last_round = time.perf_counter() - began
-        if rounds == args.warmup_rounds:
-            gc.collect()
-            gc.freeze()  # as the benchmark after its warm-up
         data.update(status="running", rounds=rounds, round_s=round(last_round, 2),
                     conditions={c: summarize(b, specs[c], args.seed) for c, b in blocks.items()})
         report.write()
