@@ -71,21 +71,28 @@ def cores(cpus: set[int], sysfs: Path = Path("/sys/devices/system/cpu")) -> list
 
 def assign(pids: Sequence[int], cpus: set[int], per: int = PER_PROCESS,
            groups: list[list[int]] | None = None) -> dict[int, set[int]]:
-    """``per`` CPUs for each process in the order given, without sharing while there are enough, then
-    round again. CPUs are handed out core by core (``groups``, from :func:`cores`; each CPU a core of its
-    own without them), so with two threads per core and ``per`` = 2 each process gets a whole core and
-    no two processes share one. CPU 0's core goes last: it takes more of the machine's interrupts."""
+    """At least ``per`` CPUs for each process in the order given, in whole cores (``groups``, from
+    :func:`cores`; each CPU a core of its own without them), without sharing while there are enough,
+    then round again. With two threads a core and ``per`` = 2 each process gets one core, and no two
+    processes share one, however the cores are numbered or sized. CPU 0's core goes last: it takes
+    more of the machine's interrupts."""
     if not cpus:
         raise ValueError("no CPUs to pin to")
-    groups = [sorted(set(g) & cpus) for g in (groups or [[c] for c in sorted(cpus)])]
-    groups = [g for g in groups if g]
-    order = [c for g in sorted(groups, key=lambda g: (0 in g, g)) for c in g]
-    order += sorted(cpus - set(order))
-    per = max(1, min(per, len(order)))
-    out = {}
-    for i, pid in enumerate(pids):
-        start = (i * per) % len(order)
-        out[pid] = {order[(start + k) % len(order)] for k in range(per)}
+    whole = [sorted(set(g) & cpus) for g in (groups or [])]
+    listed = {c for g in whole for c in g}
+    whole = [g for g in whole if g] + [[c] for c in sorted(cpus - listed)]
+    order = sorted(whole, key=lambda g: (0 in g, g))
+    want = min(per, len(cpus))
+    out: dict[int, set[int]] = {}
+    at = 0
+    for pid in pids:
+        mine: set[int] = set()
+        for _ in range(len(order)):
+            if len(mine) >= want:
+                break
+            mine.update(order[at % len(order)])
+            at += 1
+        out[pid] = mine
     return out
 
 

@@ -11,7 +11,13 @@ taken out of the blocks (bench/noise.py's ``gauge`` summary says how much it wou
 it does not, the speed changes happen where the gauge cannot see (another core, the GPU).
 
 The work is pure interpreter (integer arithmetic in a loop, no allocation that grows), about a
-millisecond; the median of three reads keeps one interrupt from setting the value.
+millisecond, read once before and once after a call: 2 ms per call outside the clock, a little over
+1 % of the shortest calls measured (0.15 s). One read, not the median of several: a preemption or a
+busy sibling thread during it is part of what it is there to see.
+
+For SGLang the gauge reads the benchmark process's CPU, not that of the engine's scheduler, a child
+process on a CPU of its own; vLLM (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) runs its engine in the
+benchmark's process, on the thread the gauge runs on.
 """
 
 from __future__ import annotations
@@ -31,8 +37,8 @@ def _work(loops: int) -> int:
     return total
 
 
-def read(loops: int = LOOPS, repeats: int = 3, clock: Callable[[], float] = time.perf_counter) -> float:
-    """Seconds the work took, the median of ``repeats`` runs."""
+def read(loops: int = LOOPS, repeats: int = 1, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Seconds the work took (the median of ``repeats`` runs)."""
     times = []
     for _ in range(repeats):
         start = clock()

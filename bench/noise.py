@@ -13,6 +13,7 @@ this summary.
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Sequence
@@ -82,57 +83,72 @@ def _mean(calls: list[CallTime], key: str) -> float | None:
 
 
 def speed_adjusted(pairs: Sequence[Pair], width: float = 0.04) -> dict[str, Any] | None:
-    """How much of the calls' spread the CPU gauge (bench/gauge.py) explains, and what taking it out
-    would leave; None unless every call of at least 3 blocks kept a gauge.
+    """How much of the blocks' spread the CPU gauge (bench/gauge.py) explains, and what taking it out
+    would leave; None unless at least 4 blocks have both sides and every call kept a gauge.
 
-    Each call's speed is the geometric mean of the gauge read before and after it. Within each side
-    (the shim's calls may all be longer by its cost, the gauge's not), log call time is regressed on
-    log gauge; ``slope`` near 1 and a high ``correlation`` say the calls slow down as the gauge does.
-    Every call is then moved to the record's mean gauge (log time minus slope x its log gauge's
-    distance from the mean), the blocks' log ratios are made again from the moved calls: their
-    geometric mean is ``ratio``, and their spread gives ``blocks_for_width`` as the record's own.
-    ``before_after_correlation``: whether the CPU's speed holds over a call (the two reads agree) or
-    changes within it.
+    A call's speed is the mean log of the gauge read before and after it. What can move a block's log
+    ratio is the difference in speed between its sides, so per block ``g`` = mean log gauge of the
+    direct calls minus that of the shim calls, and the block's log ratio is regressed on ``g``
+    (``slope``, ``correlation``). A drift over the record is in both sides of a block alike and leaves
+    ``g`` alone. Each block's log ratio is then moved by ``slope`` x its ``g``: ``ratio`` is their
+    geometric mean, their spread (over n - 2 degrees of freedom, the slope being fitted on them) gives
+    ``blocks_for_width``. That is the covariate adjustment of a randomised trial: which side opens a
+    block is random, so the sides' true speed gap is 0 on average, and taking it out block by block
+    moves no ratio, only narrows it. It holds only if the gauge reads the same for both sides at the
+    same speed; ``side_gap`` (the mean ``g``) and ``side_gap_z`` (it over its standard error) say
+    whether it does: a ``side_gap_z`` beyond about 4 means the gauge reads one side differently, and
+    the adjusted ratio is off by about ``slope`` x ``side_gap``.
 
-    A diagnostic, not the estimate: the slope is fitted on the same calls it adjusts, so the spread is
-    a little optimistic. Which side a block opens with is random, so taking out a term the side does
-    not set moves no ratio on average; a separate run must confirm any estimator built on it."""
-    if len(pairs) < 3 or not all(p.detail and all(c.gauge_s and min(c.gauge_s) > 0 and c.seconds > 0 for c in p.detail)
-                                 for p in pairs):
+    Where calls are partly GPU-bound (CUDA graphs), a slower CPU lengthens only the CPU part, so a
+    slope under 1 is expected; the gauge's own read noise pulls it down too. ``change_over_call_sd``
+    and ``change_between_calls_sd`` say whether the CPU's speed holds over a call: the spread of log
+    (after / before) across one call, against log (next before / after) across the milliseconds
+    between two calls of a block (the gauge's read noise and little else).
+
+    A diagnostic, not the estimate: a separate run must confirm any estimator built on it."""
+    def complete(p: Pair) -> bool:
+        return {c.side for c in p.detail} == {"direct", "shim"} and all(
+            c.gauge_s and min(c.gauge_s) > 0 and c.seconds > 0 for c in p.detail)
+
+    if len(pairs) < 4 or not all(complete(p) for p in pairs):
         return None
+
+    def speed(c: CallTime) -> float:
+        return (math.log(c.gauge_s[0]) + math.log(c.gauge_s[1])) / 2
+
+    gaps = [statistics.fmean(speed(c) for c in p.detail if c.side == "direct") -
+            statistics.fmean(speed(c) for c in p.detail if c.side == "shim") for p in pairs]
+    logs = [math.log(p.direct_s / p.shim_s) for p in pairs]
+    g_mean, l_mean = statistics.fmean(gaps), statistics.fmean(logs)
+    sgg = math.fsum((g - g_mean) ** 2 for g in gaps)
+    if sgg <= 0:
+        return None
+    slope = math.fsum((g - g_mean) * (x - l_mean) for g, x in zip(gaps, logs, strict=True)) / sgg
+    moved = [x - slope * g for g, x in zip(gaps, logs, strict=True)]
+    m_mean = statistics.fmean(moved)
+    spread = math.sqrt(math.fsum((x - m_mean) ** 2 for x in moved) / (len(moved) - 2))
+    gap_se = math.sqrt(sgg / (len(gaps) - 1) / len(gaps))
+    over = [math.log(c.gauge_s[1] / c.gauge_s[0]) for p in pairs for c in p.detail]
+    between = [math.log(b.gauge_s[0] / a.gauge_s[1]) for p in pairs for a, b in itertools.pairwise(p.detail)]
     calls = [c for p in pairs for c in p.detail]
-    speed = {id(c): (math.log(c.gauge_s[0]) + math.log(c.gauge_s[1])) / 2 for c in calls}
-    xs, ys = [], []
-    for side in {c.side for c in calls}:
-        mine = [c for c in calls if c.side == side]
-        x_mean = statistics.fmean(speed[id(c)] for c in mine)
-        y_mean = statistics.fmean(math.log(c.seconds) for c in mine)
-        xs += [speed[id(c)] - x_mean for c in mine]
-        ys += [math.log(c.seconds) - y_mean for c in mine]
-    sxx = math.fsum(x * x for x in xs)
-    if sxx <= 0:
-        return None
-    slope = math.fsum(x * y for x, y in zip(xs, ys, strict=True)) / sxx
-    centre = statistics.fmean(speed.values())
-
-    def moved(c: CallTime) -> float:
-        return c.seconds * math.exp(-slope * (speed[id(c)] - centre))
-
-    log_ratios = [math.log(sum(moved(c) for c in p.detail if c.side == "direct") /
-                           sum(moved(c) for c in p.detail if c.side == "shim")) for p in pairs]
-    befores = [math.log(c.gauge_s[0]) for c in calls]
-    afters = [math.log(c.gauge_s[1]) for c in calls]
-    spread = _sd(log_ratios)
     return {
         "calls": len(calls),
-        "median_gauge_ms": float(f"{statistics.median(math.exp(v) for v in speed.values()) * 1000:.4g}"),
-        "correlation": _correlation(xs, ys),
+        "median_gauge_ms": float(f"{statistics.median(math.exp(speed(c)) for c in calls) * 1000:.4g}"),
+        "side_gap": round(g_mean, 4),
+        "side_gap_z": round(g_mean / gap_se, 2),
         "slope": round(slope, 3),
-        "before_after_correlation": _correlation(befores, afters),
-        "ratio": round(math.exp(statistics.fmean(log_ratios)), 4),
-        "block_log_ratio_sd": None if spread is None else float(f"{spread:.4g}"),
+        "correlation": _correlation(gaps, logs),
+        "change_over_call_sd": _rounded_sd(over),
+        "change_between_calls_sd": _rounded_sd(between),
+        "ratio": round(math.exp(m_mean), 4),
+        "block_log_ratio_sd": float(f"{spread:.4g}"),
         "blocks_for_width": blocks_for_width(spread, width),
     }
+
+
+def _rounded_sd(xs: Sequence[float]) -> float | None:
+    sd = _sd(xs)
+    return None if sd is None else float(f"{sd:.4g}")
 
 
 def _correlation(a: Sequence[float], b: Sequence[float]) -> float | None:
@@ -200,7 +216,8 @@ def describe(noise: dict[str, Any]) -> str:
     text += f"; slow vs rest (counters per second): {', '.join(pairs)}" if any(n for n, _ in slow.values()) else ""
     speed = noise.get("gauge")
     if speed:
-        text += (f"; CPU gauge {speed['median_gauge_ms']} ms, call time against it r {speed['correlation']} "
-                 f"(slope {speed['slope']:.2f}), its reads before and after a call r {speed['before_after_correlation']}; "
+        text += (f"; CPU gauge {speed['median_gauge_ms']} ms, block log ratio against the sides' gauge gap: r "
+                 f"{speed['correlation']}, slope {speed['slope']:.2f}; the gauge's change over a call "
+                 f"{speed['change_over_call_sd']} against {speed['change_between_calls_sd']} between calls; "
                  f"taken out, a {noise['target_width']} width would need {speed['blocks_for_width']} blocks")
     return text

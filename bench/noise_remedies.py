@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def each_mode(args: argparse.Namespace) -> int:
-    """Every mode in a child process of its own, one after another; the worst exit code."""
+    """Every mode in a child process of its own, one after another; the worst exit code (a child killed by a
+    signal counts as 128 + its number, never as 0)."""
     worst = 0
     for mode in args.mode:
         out = args.json.with_name(f"{args.json.stem}-{mode}{args.json.suffix}")
@@ -150,7 +151,8 @@ def each_mode(args: argparse.Namespace) -> int:
                  "--util", str(args.util), "--seed", str(args.seed), "--json", str(out)]
         say(f"{mode}: {out}")
         sys.stdout.flush()
-        worst = max(worst, subprocess.run(child, check=False).returncode)
+        code = subprocess.run(child, check=False).returncode
+        worst = max(worst, code if code >= 0 else 128 - code)  # killed by signal N: 128 + N, as a shell says
     return worst
 
 

@@ -52,6 +52,13 @@ def test_with_two_threads_a_core_each_process_gets_a_whole_core_and_none_shares_
     assert old == {10: {1, 2}, 11: {3, 4}, 12: {5, 6}}
 
 
+def test_cores_of_mixed_sizes_are_still_handed_out_whole() -> None:
+    """A set with a lone CPU among sibling pairs (CPU 1's sibling not ours): a process that needs a
+    second CPU takes a whole core, never half of one another process gets."""
+    plan = assign([10, 11], set(range(1, 8)), per=2, groups=[[1], [2, 6], [3, 7], [4], [5]])
+    assert plan == {10: {1, 2, 6}, 11: {3, 7}}
+
+
 def test_cores_keeps_to_the_cpus_given_and_reads_a_missing_list_as_a_core_of_its_own(tmp_path: Path) -> None:
     root = sysfs_with_siblings(tmp_path, [(0, 2), (1, 3)])
     assert cores({1, 2, 3}, root) == [[1, 3], [2]]  # 2's sibling 0 is not ours

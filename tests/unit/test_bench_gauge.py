@@ -12,8 +12,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 import gauge
-from noise import blocks_for_width, speed_adjusted, summary
-from pairs import CallTime, Pair, estimate, run_block
+from noise import speed_adjusted, summary
+from pairs import CallTime, Pair, run_block
 
 
 def test_the_gauge_reads_slower_when_the_interpreter_runs_slower() -> None:
@@ -40,23 +40,27 @@ def test_the_gauge_is_the_median_of_its_repeats() -> None:
     assert math.isclose(gauge.read(loops=10, repeats=3, clock=lambda: next(ticks)), 0.002)
 
 
-def simulated(blocks: int, gauge_tracks: bool, seed: int = 1, ratio: float = 0.99) -> list[Pair]:
+def simulated(blocks: int, gauge_tracks: bool, seed: int = 1, ratio: float = 0.99, shim_gauge: float = 1.0,
+              trend: float = 0.0) -> list[Pair]:
     """ABBA blocks with a random opener. Every call runs at a speed of its own (log-normal, sd 0.10 with
-    a little persistence from call to call, as on the H100s); its time is 0.4 s / speed (the shim's side
-    1 / ``ratio`` times longer) with 2 % of its own noise. The gauge around it reads 1 ms / speed with 3 %
-    noise where it tracks the speed, or 1 ms / a speed of its own where it does not."""
+    a little persistence from call to call, as on the H100s), plus ``trend`` x the block's place in the
+    record (a drift); its time is 0.4 s / speed (the shim's side 1 / ``ratio`` times longer) with 2 % of
+    its own noise. The gauge around it reads 1 ms / speed with 3 % noise where it tracks the speed (the
+    shim's reads ``shim_gauge`` times longer), or 1 ms / (the drift alone) where it does not."""
     rng = random.Random(seed)
     level = 0.0
     out = []
-    for _ in range(blocks):
+    for block in range(blocks):
         shim_first = rng.random() < 0.5
         order = ["shim", "direct", "direct", "shim"] if shim_first else ["direct", "shim", "shim", "direct"]
+        drift = trend * block / blocks
         calls = []
         for side in order:
             level = 0.3 * level + rng.gauss(0, 0.10)
-            seconds = 0.4 * math.exp(-level + rng.gauss(0, 0.02)) / (ratio if side == "shim" else 1.0)
-            seen = level if gauge_tracks else rng.gauss(0, 0.10)
-            reads = tuple(0.001 * math.exp(-seen + rng.gauss(0, 0.03)) for _ in range(2))
+            seconds = 0.4 * math.exp(-level - drift + rng.gauss(0, 0.02)) / (ratio if side == "shim" else 1.0)
+            seen = level + drift if gauge_tracks else drift
+            bias = shim_gauge if side == "shim" else 1.0
+            reads = tuple(0.001 * bias * math.exp(-seen + rng.gauss(0, 0.03)) for _ in range(2))
             calls.append(CallTime(side, seconds, seconds - 0.001 if side == "shim" else None, {}, reads))
         direct = sum(c.seconds for c in calls if c.side == "direct")
         shim = sum(c.seconds for c in calls if c.side == "shim")
@@ -69,40 +73,71 @@ def test_a_gauge_that_tracks_the_calls_speed_explains_their_spread() -> None:
     plain = summary(pairs)
     speed = plain["gauge"]
     assert speed["correlation"] > 0.9 and 0.8 < speed["slope"] < 1.2, speed
-    assert speed["before_after_correlation"] > 0.8  # the same speed on both sides of a call
-    assert math.isclose(speed["median_gauge_ms"], 1.0, rel_tol=0.1)
-    # what is left is the calls' own 2 % and the gauge's 3 % over two reads: about 0.03 a block, against
-    # 0.07-0.08 before, so under half the spread and under a quarter of the blocks
+    # the speed holds over a call and changes between calls here: over a call only the reads' noise
+    # (0.03 x sqrt 2) is left, between calls the change of speed too
+    assert 0.03 < speed["change_over_call_sd"] < 0.06 and speed["change_between_calls_sd"] > 2 * speed["change_over_call_sd"]
+    # what is left is the calls' own 2 % and the gauge's 3 % over eight reads a side: about 0.03 a block,
+    # against 0.07-0.08 before, so under half the spread and under a quarter of the blocks
     assert 0.02 < speed["block_log_ratio_sd"] < 0.04, speed
     assert speed["block_log_ratio_sd"] < 0.5 * plain["block_log_ratio_sd"], (speed, plain["block_log_ratio_sd"])
     assert speed["blocks_for_width"] < plain["blocks_for_width"] / 4
-    assert speed["blocks_for_width"] == blocks_for_width(speed["block_log_ratio_sd"], 0.04)
+    assert abs(speed["side_gap_z"]) < 3  # a gauge blind to the side
 
 
 def test_a_gauge_that_does_not_track_them_explains_nothing() -> None:
     pairs = simulated(60, gauge_tracks=False)
     plain = summary(pairs)
     speed = plain["gauge"]
-    assert abs(speed["correlation"]) < 0.2, speed
+    assert abs(speed["correlation"]) < 0.3, speed
     assert speed["block_log_ratio_sd"] > 0.9 * plain["block_log_ratio_sd"]
 
 
-def test_taking_the_speed_out_keeps_the_shims_cost_where_it_was() -> None:
-    """The shim's 1 % stays in the blocks: the speed term is the same for both sides on average. 200
-    blocks at about 0.03 a block: a standard error of 0.002."""
-    pairs = simulated(200, gauge_tracks=True, seed=5, ratio=0.99)
+def test_a_drift_both_sides_share_is_not_taken_for_the_gauge_explaining_the_blocks() -> None:
+    """A record whose calls and gauge slow down together by 30 % from first block to last, and nothing
+    more: ABBA already cancels that inside each block, so there is nothing left for the gauge to explain."""
+    pairs = simulated(60, gauge_tracks=False, trend=0.3)
+    plain = summary(pairs)
+    speed = plain["gauge"]
+    assert abs(speed["correlation"]) < 0.3, speed
+    assert speed["block_log_ratio_sd"] > 0.9 * plain["block_log_ratio_sd"]
+
+
+def test_taking_the_speed_out_narrows_the_ratio_across_records_not_only_its_own_spread() -> None:
+    """What the adjusted spread promises, checked from outside: over 30 records of 200 blocks each, the
+    adjusted ratios scatter about the true 0.99 by about 0.002 (0.03 a block over sqrt 200), the plain
+    geometric means by three times that, and none of the adjusted ones is off by more than 3.5 of its
+    standard errors."""
+    adjusted, plain = [], []
+    for seed in range(30):
+        pairs = simulated(200, gauge_tracks=True, seed=100 + seed, ratio=0.99)
+        speed = speed_adjusted(pairs)
+        assert speed is not None and abs(speed["side_gap_z"]) < 3.5, speed
+        adjusted.append(math.log(speed["ratio"] / 0.99))
+        plain.append(statistics.fmean(math.log(p.direct_s / p.shim_s) for p in pairs) - math.log(0.99))
+        assert abs(adjusted[-1]) < 3.5 * speed["block_log_ratio_sd"] / math.sqrt(200), (seed, speed)
+    assert abs(statistics.fmean(adjusted)) < 0.0015  # no bias
+    assert statistics.pstdev(adjusted) < 0.0035 and statistics.pstdev(plain) > 2 * statistics.pstdev(adjusted)
+
+
+def test_a_gauge_that_reads_one_side_differently_is_flagged() -> None:
+    """A gauge 5 % slower after the shim's calls (the shim's leftovers, say) would move the adjusted
+    ratio by about slope x 5 %; ``side_gap_z`` shows it, beyond the 3.5 a side-blind gauge stayed within in
+    the 30 records above."""
+    pairs = simulated(200, gauge_tracks=True, seed=5, ratio=0.99, shim_gauge=1.05)
     speed = speed_adjusted(pairs)
-    assert speed is not None and abs(speed["ratio"] - 0.99) < 0.006, speed
-    assert abs(estimate(pairs, resamples=200, seed=0).ratio - 0.99) < 0.02  # the plain estimate, at its own spread
+    assert speed is not None and abs(speed["side_gap"] + math.log(1.05)) < 0.01  # direct minus shim, in log
+    assert speed["side_gap_z"] < -4, speed
 
 
-def test_records_without_gauges_or_with_too_few_blocks_have_no_gauge_summary() -> None:
+def test_records_without_gauges_with_too_few_blocks_or_a_side_missing_have_no_gauge_summary() -> None:
     pairs = simulated(10, gauge_tracks=True)
     stripped = [Pair(p.direct_s, p.shim_s, p.shim_first, p.inner_s, p.calls,
                      tuple(CallTime(c.side, c.seconds, c.inner_s, c.counters) for c in p.detail)) for p in pairs]
     assert summary(stripped)["gauge"] is None
-    assert speed_adjusted(pairs[:2]) is None
-    assert speed_adjusted(pairs[:3]) is not None
+    assert speed_adjusted(pairs[:3]) is None
+    assert speed_adjusted(pairs[:4]) is not None
+    one_sided = Pair(1.0, 0.0, False, 0.0, 2, tuple(c for c in pairs[0].detail if c.side == "direct"))
+    assert speed_adjusted([*pairs[:5], one_sided]) is None
 
 
 def test_run_block_reads_the_gauge_around_every_call_outside_its_clock() -> None:
