@@ -65,18 +65,19 @@ from rollout_bench import Report, cpu_model, find_engine
 
 @dataclass(frozen=True)
 class Condition:
-    """What a condition changes: pinning during its block, and the share of prompts and new tokens kept."""
+    """What a condition changes: pinning during its block, and the fraction of ``--batch`` (prompts) and
+    of ``--new-tokens`` (tokens) its calls get."""
 
     pinned: bool = False
-    prompts_share: int = 1  # a call gets batch // prompts_share prompts
-    tokens_share: int = 1  # and new_tokens // tokens_share new tokens
+    prompts: float = 1.0
+    tokens: float = 1.0
 
 
 CONDITIONS = {
     "plain": Condition(),
     "pinned": Condition(pinned=True),
-    "quarter_prompts": Condition(prompts_share=4),
-    "quarter_tokens": Condition(tokens_share=4),
+    "quarter_prompts": Condition(prompts=0.25),
+    "quarter_tokens": Condition(tokens=0.25),
 }
 
 
@@ -158,8 +159,8 @@ def each_mode(args: argparse.Namespace) -> int:
 
 def measure(engine: Any, wrapped: Wrapped, spec: dict[str, Any], args: argparse.Namespace, report: Report) -> None:
     data = report.data
-    specs = {name: {**spec, "batch": max(1, spec["batch"] // c.prompts_share),
-                    "new_tokens": max(1, spec["new_tokens"] // c.tokens_share)} for name, c in CONDITIONS.items()}
+    specs = {name: {**spec, "batch": max(1, round(spec["batch"] * c.prompts)),
+                    "new_tokens": max(1, round(spec["new_tokens"] * c.tokens))} for name, c in CONDITIONS.items()}
     settings = {name: Setting(engine, wrapped, False, specs[name]) for name in args.conditions}
     prompts = {name: Prompts(specs[name], salt=11 + i) for i, name in enumerate(args.conditions)}
     rng = random.Random(args.seed)
