@@ -12,8 +12,8 @@ it does not, the speed changes happen where the gauge cannot see (another core, 
 
 The work is pure interpreter (integer arithmetic in a loop, no allocation that grows), about a
 millisecond, read once before and once after a call: 2 ms per call outside the clock, a little over
-1 % of the shortest calls expected (about 0.15 s, at a quarter of the new tokens). One read, not the median of several: a preemption or a
-busy sibling thread during it is part of what it is there to see.
+1 % of the shortest calls expected (about 0.15 s, at a quarter of the new tokens). One read, not the
+median of several: a preemption or a busy sibling thread during it is part of what it is there to see.
 
 For SGLang the gauge reads the benchmark process's CPU, not that of the engine's scheduler, a child
 process on a CPU of its own; vLLM (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) runs its engine in the
