@@ -3,6 +3,7 @@
 
     python bench/table.py bench/runs/*-h200/*/bench.json
     python bench/table.py --signed-rank bench/runs/*/*/bench.json   # older records estimated again from their blocks
+    python bench/table.py --remedies bench/runs/*/*/remedies*.json   # bench/noise_remedies.py's conditions
 
 Rows come straight from each file's ``ratios`` and ``weights`` (nothing recomputed, except with
 ``--signed-rank``: records written before the signed-rank interval, estimated again from their own
@@ -26,6 +27,9 @@ from phases import BATCH, interval_meets
 
 RATIO_HEAD = ("| began (UTC) | GPU | engine (shim) | mode | setting | shim / direct | 95 % interval | width | ABBA blocks | "
               "shim work per call | of a shim call | direct tok/s | targets |")
+REMEDIES_HEAD = ("| began (UTC) | GPU | engine | mode | condition | prompts x new tokens | blocks | median direct call | "
+                 "blocks' spread | a call's own spread | a 0.04 width needs | gauge gap against block: r, slope, side z | "
+                 "with the gauge out, 0.04 needs |")
 WEIGHTS_HEAD = ("| began (UTC) | GPU | engine (shim) | update_weights from GPU | from pinned CPU | offload (freed) | "
                 "onload (back) | greedy after the RL loop | engine starts: graphs / eager / weights |")
 
@@ -73,6 +77,37 @@ def ratio_rows(data: dict[str, Any], again: bool = False) -> list[str]:
     return rows
 
 
+def remedies_rows(data: dict[str, Any]) -> list[str]:
+    """One row per condition of a bench/noise_remedies.py file, as written. Files from before the gauge
+    (2026-12-05, fourth hold) have no gauge cells, and name a quarter of the prompts ``batch64``."""
+    meta, args, rows = data["meta"], data["args"], []
+    for name, c in data.get("conditions", {}).items():
+        n = c.get("noise", {})
+        direct = n.get("median_call_s", {}).get("direct")
+        needs = (f"{n['blocks_for_width']} blocks, {n['seconds_for_width']} s"
+                 if n.get("blocks_for_width") is not None else "-")
+        g = n.get("gauge") or {}
+        gauge = f"{g['correlation']}, {g['slope']:.2f}, {g['side_gap_z']:+.1f}" if g else "-"
+        adjusted = f"{g['blocks_for_width']} blocks" if g else "-"
+        call = "-" if direct is None else f"{direct:.3f} s"
+        rows.append(f"| {when_where(meta)} | {meta.get('engine', '?')} {meta.get('release', '?')} | {args['mode']} | "
+                    f"{name} | {c['prompts_per_call']} x {c.get('new_tokens', args['new_tokens'])} | {c['blocks']} | "
+                    f"{call} | {spread(n, 'block_log_ratio_sd')} | {spread(n, 'twin_call_sd')} | {needs} | {gauge} | "
+                    f"{adjusted} |")
+    return rows
+
+
+def spread(noise: dict[str, Any], key: str) -> str:
+    return "-" if noise.get(key) is None else f"{noise[key]:.3f}"
+
+
+def table(head: str, rows: list[str]) -> None:
+    print(head)
+    print("|" + "---|" * head.count(" | ") + "---|")
+    for row in rows:
+        print(row)
+
+
 def weights_row(data: dict[str, Any]) -> str | None:
     w, meta, phases = data["weights"], data["meta"], data["phases"]
     if "update_gpu_gb_s" not in w:
@@ -96,27 +131,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("files", nargs="+", type=Path)
     p.add_argument("--signed-rank", action="store_true",
                    help="estimate records from before the signed-rank interval again from their blocks (marked so)")
+    p.add_argument("--remedies", action="store_true", help="the files are bench/noise_remedies.py's: one row per condition")
     args = p.parse_args(argv)
     runs = []
     for path in args.files:
         try:
             runs.append(json.loads(path.read_text()))
         except (OSError, ValueError) as exc:
-            print(f"table: error: {path}: {exc}; pass bench.json files written by bench/rollout_bench.py",
-                  file=sys.stderr)
+            print(f"table: error: {path}: {exc}; pass JSON files written by bench/rollout_bench.py "
+                  "(or bench/noise_remedies.py, with --remedies)", file=sys.stderr)
             return 2
-    print(RATIO_HEAD)
-    print("|" + "---|" * RATIO_HEAD.count(" | ") + "---|")
-    for data in runs:
-        for row in ratio_rows(data, args.signed_rank):
-            print(row)
+        if "conditions" in runs[-1] and not args.remedies:
+            print(f"table: error: {path} is bench/noise_remedies.py's; pass --remedies", file=sys.stderr)
+            return 2
+        if "conditions" not in runs[-1] and args.remedies:
+            print(f"table: error: {path} is not bench/noise_remedies.py's; leave out --remedies", file=sys.stderr)
+            return 2
+    if args.remedies:
+        table(REMEDIES_HEAD, [row for data in runs for row in remedies_rows(data)])
+        return 0
+    table(RATIO_HEAD, [row for data in runs for row in ratio_rows(data, args.signed_rank)])
     print()
-    print(WEIGHTS_HEAD)
-    print("|" + "---|" * WEIGHTS_HEAD.count(" | ") + "---|")
-    for data in runs:
-        row = weights_row(data)
-        if row:
-            print(row)
+    table(WEIGHTS_HEAD, [row for data in runs if (row := weights_row(data))])
     return 0
 
 

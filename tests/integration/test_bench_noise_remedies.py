@@ -60,6 +60,11 @@ def test_every_condition_gets_blocks_in_every_round_and_the_file_says_what_each_
     assert all(set(cpus) <= os.sched_getaffinity(0) for cpus in data["pinning"]["plan"].values())
     assert "remedies (graphs): rounds of" in out and "plain: " in out and "blocks, ratio" in out
     assert "CPU gauge" in out
+    # docs/performance.md's remedies table from the same file: the gauge's cells filled
+    table = [sys.executable, str(ROOT / "bench" / "table.py"), "--remedies", str(tmp_path / "out" / "remedies.json")]
+    made = subprocess.run(table, capture_output=True, text=True, timeout=60, check=True)
+    row = next(line for line in made.stdout.splitlines() if "| quarter_tokens | 32 x 4 |" in line)
+    assert row.startswith(f"| {data['meta']['when'][:16]} | Fake GPU (CPU dry run) | {engine} ") and not row.endswith("| - |")
 
 
 def test_several_modes_run_one_after_another_each_with_a_file_of_its_own(tmp_path: Path) -> None:
