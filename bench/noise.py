@@ -25,6 +25,16 @@ SLOW = 1.10
 """A call is slow when it took more than this times the median call of its side in the record."""
 
 
+def rounded(x: float | None) -> float | None:
+    """Four significant digits, as every figure of a noise summary is written."""
+    return None if x is None else float(f"{x:.4g}")
+
+
+def cell(noise: dict[str, Any], key: str) -> str:
+    """A summary's spread for a table or a progress line: three decimals, "-" where it has none."""
+    return "-" if noise.get(key) is None else f"{noise[key]:.3f}"
+
+
 def _sd(xs: Sequence[float]) -> float | None:
     return statistics.stdev(xs) if len(xs) > 1 else None
 
@@ -133,22 +143,17 @@ def speed_adjusted(pairs: Sequence[Pair], width: float = 0.04) -> dict[str, Any]
     calls = [c for p in pairs for c in p.detail]
     return {
         "calls": len(calls),
-        "median_gauge_ms": float(f"{statistics.median(math.exp(speed(c)) for c in calls) * 1000:.4g}"),
+        "median_gauge_ms": rounded(statistics.median(math.exp(speed(c)) for c in calls) * 1000),
         "side_gap": round(g_mean, 4),
         "side_gap_z": round(g_mean / gap_se, 2),
         "slope": round(slope, 3),
         "correlation": _correlation(gaps, logs),
-        "change_over_call_sd": _rounded_sd(over),
-        "change_between_calls_sd": _rounded_sd(between),
+        "change_over_call_sd": rounded(_sd(over)),
+        "change_between_calls_sd": rounded(_sd(between)),
         "ratio": round(math.exp(m_mean), 4),
-        "block_log_ratio_sd": float(f"{spread:.4g}"),
+        "block_log_ratio_sd": rounded(spread),
         "blocks_for_width": blocks_for_width(spread, width),
     }
-
-
-def _rounded_sd(xs: Sequence[float]) -> float | None:
-    sd = _sd(xs)
-    return None if sd is None else float(f"{sd:.4g}")
 
 
 def _correlation(a: Sequence[float], b: Sequence[float]) -> float | None:
@@ -175,9 +180,6 @@ def summary(pairs: Sequence[Pair], width: float = 0.04) -> dict[str, Any]:
     rest = [c for c in calls if id(c) not in slow_ids]
     keys = ["seconds", *sorted({k for c in calls for k in c.counters})]
     log_ratios = [math.log(p.ratio) for p in pairs if p.direct_s > 0 and p.shim_s > 0]
-
-    def rounded(x: float | None) -> float | None:
-        return None if x is None else float(f"{x:.4g}")
 
     spread = _sd(log_ratios)
     needed = blocks_for_width(spread, width)

@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     if engine_name is None:
         return 2
     if len(args.mode) > 1:
-        return each_mode(args)
+        return each_mode(args, sys.argv[1:] if argv is None else argv)
     args.mode = args.mode[0]
     os.environ.setdefault("ROLLOUT_BENCH_EVENTS", str(args.json.with_suffix(".events")))
     report = Report(args.json, {"schema": 1, "status": "starting", "args": {k: str(v) for k, v in vars(args).items()},
@@ -140,16 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     os._exit(0)  # an engine's exit handlers have hung at interpreter exit before (bench/phases.py)
 
 
-def each_mode(args: argparse.Namespace) -> int:
-    """Every mode in a child process of its own, one after another; the worst exit code (a child killed by a
-    signal counts as 128 + its number, never as 0)."""
+def each_mode(args: argparse.Namespace, argv: list[str]) -> int:
+    """Every mode in a child process of its own, one after another, given this call's own arguments with
+    its ``--mode`` and ``--json`` after them (argparse keeps an option's last value); the worst exit code
+    (a child killed by a signal counts as 128 + its number, never as 0)."""
     worst = 0
     for mode in args.mode:
         out = args.json.with_name(f"{args.json.stem}-{mode}{args.json.suffix}")
-        child = [sys.executable, str(Path(__file__).resolve()), "--mode", mode, "--measure-s", str(args.measure_s),
-                 "--warmup-rounds", str(args.warmup_rounds), "--conditions", *args.conditions, "--model", args.model,
-                 "--batch", str(args.batch), "--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens),
-                 "--util", str(args.util), "--seed", str(args.seed), "--json", str(out)]
+        child = [sys.executable, str(Path(__file__).resolve()), *argv, "--mode", mode, "--json", str(out)]
         say(f"{mode}: {out}")
         sys.stdout.flush()
         code = subprocess.run(child, check=False).returncode
@@ -198,18 +196,14 @@ def measure(engine: Any, wrapped: Wrapped, spec: dict[str, Any], args: argparse.
         data.update(status="running", rounds=rounds, round_s=round(last_round, 2),
                     conditions={c: summarize(b, specs[c], args.seed) for c, b in blocks.items()})
         report.write()
+        spreads = "; ".join(f"{c} {noise.cell(s['noise'], 'block_log_ratio_sd')} {noise.cell(s['noise'], 'twin_call_sd')}"
+                            for c, s in data["conditions"].items())
         say(f"round {rounds}{' (warm-up)' if rounds <= args.warmup_rounds else ''} {last_round:.1f} s; blocks' spread, "
-            "a call's: " + "; ".join(f"{c} {spread(s, 'block_log_ratio_sd')} {spread(s, 'twin_call_sd')}"
-                                    for c, s in data["conditions"].items()))
+            f"a call's: {spreads}")
     for condition, summary in data.get("conditions", {}).items():
         interval = (f"ratio {summary['ratio']:.4f} [{summary['ci_low']:.4f}, {summary['ci_high']:.4f}], "
                     if "ratio" in summary else "")
         say(f"{condition}: {summary['blocks']} blocks, {interval}{noise.describe(summary['noise'])}")
-
-
-def spread(summary: dict[str, Any], key: str) -> str:
-    value = summary["noise"].get(key)
-    return "-" if value is None else f"{value:.3f}"
 
 
 if __name__ == "__main__":

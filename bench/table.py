@@ -23,6 +23,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from hodges_lehmann import hodges_lehmann
+from noise import cell
 from phases import BATCH, interval_meets
 
 RATIO_HEAD = ("| began (UTC) | GPU | engine (shim) | mode | setting | shim / direct | 95 % interval | width | ABBA blocks | "
@@ -92,13 +93,9 @@ def remedies_rows(data: dict[str, Any]) -> list[str]:
         call = "-" if direct is None else f"{direct:.3f} s"
         rows.append(f"| {when_where(meta)} | {meta.get('engine', '?')} {meta.get('release', '?')} | {args['mode']} | "
                     f"{name} | {c['prompts_per_call']} x {c.get('new_tokens', args['new_tokens'])} | {c['blocks']} | "
-                    f"{call} | {spread(n, 'block_log_ratio_sd')} | {spread(n, 'twin_call_sd')} | {needs} | {gauge} | "
+                    f"{call} | {cell(n, 'block_log_ratio_sd')} | {cell(n, 'twin_call_sd')} | {needs} | {gauge} | "
                     f"{adjusted} |")
     return rows
-
-
-def spread(noise: dict[str, Any], key: str) -> str:
-    return "-" if noise.get(key) is None else f"{noise[key]:.3f}"
 
 
 def table(head: str, rows: list[str]) -> None:

@@ -75,6 +75,7 @@ def test_several_modes_run_one_after_another_each_with_a_file_of_its_own(tmp_pat
     for mode in ("graphs", "eager"):
         data = json.loads((tmp_path / "out" / f"remedies-{mode}.json").read_text())
         assert data["status"] == "complete" and data["args"]["mode"] == mode
+        assert (data["args"]["batch"], data["args"]["new_tokens"], data["args"]["measure_s"]) == ("32", "16", "3.0")
         assert set(data["conditions"]) == {"plain", "quarter_tokens"}  # the default pair
         assert all(c["blocks"] >= 1 for c in data["conditions"].values())
     assert out.index("remedies (graphs)") < out.index("remedies (eager)")
