@@ -13,27 +13,41 @@ SMALL = dict(vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hid
 # update_weights / offload: about 1.37 B parameters, 2.7 GB in bf16.
 BIG = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=24,
            num_attention_heads=16, num_key_value_heads=16)
-MODELS = {"small": SMALL, "big": BIG}
+# Qwen2.5-7B's shapes: about 7.6 B parameters, 15.2 GB in bf16, the size most RL recipes roll out.
+SEVEN_B = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+               num_attention_heads=28, num_key_value_heads=4)
+MODELS = {"small": SMALL, "big": BIG, "7b": SEVEN_B}
 """The throughput phases' models (``--model``). Why a choice: with the small one each decode step of a
-256-prompt call is a few ms of CPU work for well under that of GPU work (vLLM 0.34.0 graphs: 843-1344
-ms for 128 steps, one CPU busy throughout, H100 2026-12-05), so a call's time is the CPU's, and it
-varied by 5-14 % from call to call. The big one does about nine times the GPU work per step: if the
-noise is the CPU's, it shrinks with the CPU's share of the call (and the shim's share with it)."""
+64-prompt call is about 3-4.5 ms of CPU work for well under a millisecond of GPU work (vLLM 0.34.0
+graphs, H100, five holds of 2026-12-05), so a call's time is the CPU's, and the lent machines' CPUs
+change speed: a call's own spread was 9-18 %, in either mode, at any call length. The big one reads
+about nine times the weights per step, still less than the CPU's part. The 7b one reads 15 GB per
+step, about 4.5 ms on an H100's memory: the first whose GPU work is as long as the CPU's, so the
+CPU's speed can hide behind it (and the shim's share of a call shrinks with it)."""
+CONFIG_ONLY = frozenset({"7b"})
+"""Models saved as config.json alone: the engine makes their random weights itself, on the GPU (the
+shim's ``validate_weight: false``, load_format ``dummy``). 7.6 B parameters made and written on the
+CPU would take minutes of a GPU hold and 15 GB of its disk; random weights are all a throughput
+phase needs (ignore_eos fixes every call's length)."""
 COMMON = dict(max_position_embeddings=4096, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
               initializer_range=0.05)
 
 
 def save_model(path: Path, name: str, seed: int) -> None:
-    """A throughput model (``MODELS[name]``: about 155 M or 1.37 B parameters, random), made on the CPU
-    and saved once per run (phases share it). Saved beside ``path`` and renamed into place: a phase
-    killed mid-save leaves no half model for the next one."""
+    """A throughput model (``MODELS[name]``), saved once per run (phases share it): random weights made
+    on the CPU, or for ``CONFIG_ONLY`` models the config alone, in bf16 as the others. Saved beside
+    ``path`` and renamed into place: a phase killed mid-save leaves no half model for the next one."""
     if path.is_dir():
         return
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2Config
 
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(Qwen2Config(**MODELS[name], **COMMON)).to(torch.bfloat16)
     partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
-    model.save_pretrained(partial)
+    if name in CONFIG_ONLY:
+        Qwen2Config(**MODELS[name], **COMMON, torch_dtype="bfloat16").save_pretrained(partial)
+    else:
+        import torch
+        from transformers import Qwen2ForCausalLM
+
+        torch.manual_seed(seed)
+        Qwen2ForCausalLM(Qwen2Config(**MODELS[name], **COMMON)).to(torch.bfloat16).save_pretrained(partial)
     partial.rename(path)

@@ -30,8 +30,11 @@ reach; a whole benchmark run with and without it shows that.
 
     PYTHONPATH=src python bench/noise_remedies.py --mode graphs eager --measure-s 150 --json remedies.json
 
-Several modes run one after another, each in a process of its own (an engine per process, as the
-benchmark's phases), each writing ``remedies-<mode>.json`` beside ``--json``.
+Several modes or models run one after another, each in a process of its own (an engine per process, as
+the benchmark's phases), each writing ``remedies-<mode>.json`` beside ``--json`` (``remedies-<model>-<mode>.json``
+for a model other than ``small``). A model is not a condition: it is fixed when the engine starts.
+``--model 7b`` asks whether calls whose GPU work is as long as their CPU work (bench/models.py) keep
+less of the CPU's noise.
 
 Needs torch, transformers and the engine (the one ``detect()`` finds); the JSON is rewritten after
 every round, so a run that is killed leaves what it measured.
@@ -57,6 +60,7 @@ import gauge
 import noise
 from affinity import Pinning, cores
 from calls import Prompts, Setting, Wrapped, sync
+from models import MODELS
 from pairs import Pair, estimate, run_block
 from phases import TARGETS, as_measured, metadata, say, start_engine
 from probe import Probe
@@ -100,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--measure-s", type=float, default=150, help="seconds of rounds after the engine is up")
     p.add_argument("--warmup-rounds", type=int, default=2, help="first rounds not counted")
     p.add_argument("--conditions", nargs="+", choices=list(CONDITIONS), default=["plain", "quarter_tokens"])
-    p.add_argument("--model", choices=["small", "big"], default="small")
+    p.add_argument("--model", nargs="+", choices=list(MODELS), default=["small"],
+                   help="one or more (each mode of each in a process of its own); bench/models.py")
     p.add_argument("--batch", type=int, default=64, help="prompts per call (quarter_prompts: a quarter of it)")
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=128, help="new tokens per prompt (quarter_tokens: a quarter)")
@@ -113,9 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     engine_name = find_engine(None)
     if engine_name is None:
         return 2
-    if len(args.mode) > 1:
-        return each_mode(args, sys.argv[1:] if argv is None else argv)
-    args.mode = args.mode[0]
+    if len(args.mode) > 1 or len(args.model) > 1:
+        return each_run(args, sys.argv[1:] if argv is None else argv)
+    args.mode, args.model = args.mode[0], args.model[0]
     os.environ.setdefault("ROLLOUT_BENCH_EVENTS", str(args.json.with_suffix(".events")))
     report = Report(args.json, {"schema": 1, "status": "starting", "args": {k: str(v) for k, v in vars(args).items()},
                                 "meta": {"when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "cpu": cpu_model(),
@@ -140,18 +145,20 @@ def main(argv: list[str] | None = None) -> int:
     os._exit(0)  # an engine's exit handlers have hung at interpreter exit before (bench/phases.py)
 
 
-def each_mode(args: argparse.Namespace, argv: list[str]) -> int:
-    """Every mode in a child process of its own, one after another, given this call's own arguments with
-    its ``--mode`` and ``--json`` after them (argparse keeps an option's last value); the worst exit code
-    (a child killed by a signal counts as 128 + its number, never as 0)."""
+def each_run(args: argparse.Namespace, argv: list[str]) -> int:
+    """Every mode of every model in a child process of its own, one after another, given this call's own
+    arguments with its ``--model``, ``--mode`` and ``--json`` after them (argparse keeps an option's last
+    value); the worst exit code (a child killed by a signal counts as 128 + its number, never as 0)."""
     worst = 0
-    for mode in args.mode:
-        out = args.json.with_name(f"{args.json.stem}-{mode}{args.json.suffix}")
-        child = [sys.executable, str(Path(__file__).resolve()), *argv, "--mode", mode, "--json", str(out)]
-        say(f"{mode}: {out}")
-        sys.stdout.flush()
-        code = subprocess.run(child, check=False).returncode
-        worst = max(worst, code if code >= 0 else 128 - code)  # killed by signal N: 128 + N, as a shell says
+    for model in args.model:
+        for mode in args.mode:
+            name = mode if model == "small" else f"{model}-{mode}"
+            out = args.json.with_name(f"{args.json.stem}-{name}{args.json.suffix}")
+            child = [sys.executable, str(Path(__file__).resolve()), *argv, "--model", model, "--mode", mode, "--json", str(out)]
+            say(f"{name}: {out}")
+            sys.stdout.flush()
+            code = subprocess.run(child, check=False).returncode
+            worst = max(worst, code if code >= 0 else 128 - code)  # killed by signal N: 128 + N, as a shell says
     return worst
 
 

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gauge
 import noise
 from calls import Prompts, Setting, Wrapped, sync
-from models import BIG, COMMON, save_model
+from models import BIG, COMMON, CONFIG_ONLY, save_model
 from pairs import Pair, WarmUp, estimate, quick_interval, run_block
 from plan import Phase, measuring_end
 from probe import Probe
@@ -59,6 +59,10 @@ BATCH = 64
 """Prompts per throughput call. 256 until the third H100 hold (2026-12-05): on one engine in the same
 minutes (bench/noise_remedies.py), a quarter of the prompts gave calls 1.8-2.2 times shorter with a
 spread no larger, so a 0.04 width needed 49-56 s of calls instead of 278-457 s."""
+NEW_TOKENS = 128
+"""New tokens per prompt of a throughput call. A quarter of them (the fifth hold) did not buy the
+blocks it promised in the remedies script: in the whole benchmark a 0.04 width needed as many
+seconds of calls as at 128 (docs/performance.md)."""
 
 GIB = 1024**3
 
@@ -133,11 +137,12 @@ def start_engine(mode: str, spec: dict[str, Any]) -> Any:
     save_model(model_dir, spec["model"], spec["seed"])
     config = json.loads((model_dir / "config.json").read_text())
     emit("phase", facts={"model": spec["model"], "model_layers": config["num_hidden_layers"],
-                         "model_hidden": config["hidden_size"]})
+                         "model_hidden": config["hidden_size"], "weights_made_by_engine": spec["model"] in CONFIG_ONLY})
     say(f"{mode}: starting {spec['engine']} ({'CUDA graphs' if mode == 'graphs' else 'eager'})")
     start = time.perf_counter()
     engine = create_engine({
-        "rollout_backend": spec["engine"], "model_dir": str(model_dir), "validate_weight": True,
+        "rollout_backend": spec["engine"], "model_dir": str(model_dir),
+        "validate_weight": spec["model"] not in CONFIG_ONLY,
         "gpu_memory_utilization": spec["util"], "enforce_eager": mode == "eager",
         "max_running_requests": spec["batch"], "cuda_graph_max_bs": spec["batch"], "disable_log_stats": True,
     })

@@ -45,7 +45,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from affinity import cores
-from phases import BATCH, TARGETS
+from models import MODELS
+from phases import BATCH, NEW_TOKENS, TARGETS
 from plan import RESERVE, allot, budget_plan, describe, fixed_parts, phases
 
 HERE = Path(__file__).resolve().parent
@@ -232,11 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-weights", action="store_true", help="no update_weights / offload phase")
     p.add_argument("--weights-mode", default="eager", choices=["graphs", "eager"],
                    help="engine mode of the update_weights / offload phase (eager starts faster)")
-    p.add_argument("--model", default="small", choices=["small", "big"],
-                   help="the throughput phases' random model: small (155 M parameters) or big (1.37 B, as the weights phase)")
+    p.add_argument("--model", default="small", choices=list(MODELS),
+                   help="the throughput phases' random model: small (155 M parameters), big (1.37 B, as the weights phase) "
+                        "or 7b (Qwen2.5-7B's shapes, weights made by the engine)")
     p.add_argument("--batch", type=int, default=BATCH, help=f"prompts per call (default {BATCH})")
     p.add_argument("--prompt-len", type=int, default=64)
-    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=NEW_TOKENS, help=f"new tokens per prompt (default {NEW_TOKENS})")
     p.add_argument("--util", type=float, default=0.5, help="gpu_memory_utilization")
     p.add_argument("--repeats", type=int, default=3, help="update_weights repeats (median)")
     p.add_argument("--max-blocks", type=int, default=0, help="stop a mode after this many blocks per setting (0: budget)")

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from hodges_lehmann import hodges_lehmann
 from noise import cell
-from phases import BATCH, interval_meets
+from phases import BATCH, NEW_TOKENS, interval_meets
 
 RATIO_HEAD = ("| began (UTC) | GPU | engine (shim) | mode | setting | shim / direct | 95 % interval | width | ABBA blocks | "
               "shim work per call | of a shim call | direct tok/s | targets |")
@@ -61,7 +61,8 @@ def ratio_rows(data: dict[str, Any], again: bool = False) -> list[str]:
         setting = ("sampling + logprobs" if r["logprobs"] else "sampling") + \
             (f" ({r['model']} model)" if r.get("model", "small") != "small" else "") + \
             (", cache flushed" if r.get("flush_cache") else "") + \
-            (f", {r['batch']} prompts" if r.get("batch", BATCH) != BATCH else "")
+            (f", {r['batch']} prompts" if r.get("batch", BATCH) != BATCH else "") + \
+            (f", {r['new_tokens']} new tokens" if r.get("new_tokens", NEW_TOKENS) != NEW_TOKENS else "")
         if "error" in r:
             rows.append(f"| {day} | {who} | {r['mode']} | {setting} | {r['error']} | | | | | | | |")
             continue
@@ -91,7 +92,8 @@ def remedies_rows(data: dict[str, Any]) -> list[str]:
         gauge = f"{g['correlation']}, {g['slope']:.2f}, {g['side_gap_z']:+.1f}" if g else "-"
         adjusted = f"{g['blocks_for_width']} blocks" if g else "-"
         call = "-" if direct is None else f"{direct:.3f} s"
-        rows.append(f"| {when_where(meta)} | {meta.get('engine', '?')} {meta.get('release', '?')} | {args['mode']} | "
+        model = "" if args.get("model", "small") == "small" else f" ({args['model']} model)"
+        rows.append(f"| {when_where(meta)} | {meta.get('engine', '?')} {meta.get('release', '?')} | {args['mode']}{model} | "
                     f"{name} | {c['prompts_per_call']} x {c.get('new_tokens', args['new_tokens'])} | {c['blocks']} | "
                     f"{call} | {cell(n, 'block_log_ratio_sd')} | {cell(n, 'twin_call_sd')} | {needs} | {gauge} | "
                     f"{adjusted} |")

@@ -171,21 +171,26 @@ def test_a_fixed_part_the_plan_does_not_have_or_a_bad_number_is_one_line_and_exi
     assert not list(tmp_path.rglob("bench.json"))
 
 
-def test_the_big_model_can_be_the_throughput_model_and_the_tables_say_so(tmp_path: Path) -> None:
-    """``--model big`` (the weights phase's 1.37 B shapes) for the throughput calls, a noise remedy to
-    measure: the engine is started on that checkpoint, the records and the table name it."""
-    proc = bench(tmp_path, "sglang", "--budget-s", "30", "--max-blocks", "2", "--warmup-share", "0.1", "--modes", "eager",
-                 "--skip-weights", "--model", "big", "--flush-cache")
+@pytest.mark.parametrize(("engine", "model", "layers", "hidden", "made_by_engine"),
+                         [("sglang", "big", 24, 2048, False), ("vllm", "7b", 28, 3584, True)])
+def test_a_bigger_model_can_be_the_throughput_model_and_the_tables_say_so(
+        tmp_path: Path, engine: str, model: str, layers: int, hidden: int, made_by_engine: bool) -> None:
+    """``--model big`` (the weights phase's 1.37 B shapes) or ``7b`` (Qwen2.5-7B's, a config whose random
+    weights the engine makes) for the throughput calls, a noise remedy to measure: the engine is started
+    on that model, the records and the table name it. The stand-ins refuse a folder without weights
+    unless told ``dummy``, as the real loaders do."""
+    proc = bench(tmp_path, engine, "--budget-s", "30", "--max-blocks", "2", "--warmup-share", "0.1", "--modes", "eager",
+                 "--skip-weights", "--model", model, "--flush-cache")
     code, out = finish(proc)
     assert code == 0, out[-3000:]
-    assert "sglang; big model, 32 prompts x 8 tokens" in out
+    assert f"{engine}; {model} model, 32 prompts x 8 tokens" in out
     data = json.loads((tmp_path / "bench.json").read_text())
-    assert {(r["model"], r["pairs"]) for r in data["ratios"] if r["final"]} == {("big", 2)}
-    # the checkpoint the engine was started on: the weights phase's shapes (24 layers of 2048)
-    assert (data["phases"]["eager"]["model_layers"], data["phases"]["eager"]["model_hidden"]) == (24, 2048)
+    assert {(r["model"], r["pairs"]) for r in data["ratios"] if r["final"]} == {(model, 2)}
+    eager = data["phases"]["eager"]
+    assert (eager["model_layers"], eager["model_hidden"], eager["weights_made_by_engine"]) == (layers, hidden, made_by_engine)
     table = subprocess.run([sys.executable, str(ROOT / "bench" / "table.py"), str(tmp_path / "bench.json")],
                            capture_output=True, text=True, check=True).stdout
-    assert "| eager | sampling (big model), cache flushed, 32 prompts |" in table
+    assert f"| eager | sampling ({model} model), cache flushed, 32 prompts, 16 new tokens |" in table
 
 
 def test_a_stuck_phase_is_killed_at_its_share_and_the_others_still_run(tmp_path: Path) -> None:

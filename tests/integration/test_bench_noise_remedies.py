@@ -81,6 +81,26 @@ def test_several_modes_run_one_after_another_each_with_a_file_of_its_own(tmp_pat
     assert out.index("remedies (graphs)") < out.index("remedies (eager)")
 
 
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+def test_a_7b_model_is_a_config_the_engine_fills_with_random_weights_beside_the_small_one(tmp_path: Path, engine: str) -> None:
+    # the stand-ins refuse a folder without weights unless told "dummy", as vLLM's and SGLang's loaders do
+    code, out = finish(remedies(tmp_path, engine, "--model", "small", "7b", "--measure-s", "2", "--warmup-rounds", "1",
+                                FAKE_ENGINE_START_S="0.2", FAKE_ENGINE_CALL_S="0.01"))
+    assert code == 0, out[-3000:]
+    small = json.loads((tmp_path / "out" / "remedies-graphs.json").read_text())
+    seven = json.loads((tmp_path / "out" / "remedies-7b-graphs.json").read_text())
+    assert (small["args"]["model"], seven["args"]["model"]) == ("small", "7b")
+    assert small["status"] == seven["status"] == "complete"
+    assert all(c["blocks"] >= 1 for c in seven["conditions"].values())
+    events = [json.loads(line) for line in (tmp_path / "out" / "remedies-7b-graphs.events").read_text().splitlines()]
+    facts = next(e["facts"] for e in events if e["event"] == "phase" and "model" in e["facts"])
+    assert facts == {"model": "7b", "model_layers": 28, "model_hidden": 3584, "weights_made_by_engine": True}
+    table = [sys.executable, str(ROOT / "bench" / "table.py"), "--remedies", *(str(f) for f in (tmp_path / "out").glob("*.json"))]
+    made = subprocess.run(table, capture_output=True, text=True, timeout=60, check=True)
+    assert sum(" | graphs (7b model) | " in line for line in made.stdout.splitlines()) == 2  # plain, quarter_tokens
+    assert sum(" | graphs | " in line for line in made.stdout.splitlines()) == 2
+
+
 def test_no_engine_installed_is_one_line_and_exit_2(tmp_path: Path) -> None:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     environ["PYTHONPATH"] = str(ROOT / "src")

@@ -5,6 +5,13 @@ from __future__ import annotations
 import os
 import random
 import time
+from pathlib import Path
+
+
+def need_weights(model: str, load_format: str | None) -> None:
+    """As the real loaders: a folder without weights starts only with random ones (``dummy``)."""
+    if load_format != "dummy" and not any(Path(model).glob("*.safetensors")):
+        raise RuntimeError(f"Cannot find any model weights with `{model}`")
 
 
 def start_delay(eager: bool) -> None:

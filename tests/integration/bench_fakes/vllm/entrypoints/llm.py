@@ -63,6 +63,7 @@ class LLM:
             raise AssertionError("CuMem allocator can only be used for one instance per process")
         _instances[0] += 1
         config = json.loads((Path(model) / "config.json").read_text())
+        _fake.need_weights(model, kwargs.get("load_format"))
         header = Path(model) / "model.safetensors"
         names = set()
         if header.is_file() and kwargs.get("load_format") != "dummy":

@@ -28,6 +28,7 @@ class Engine:
     def __init__(self, **kwargs: Any) -> None:
         self.server_args = ServerArgs(**kwargs)
         config = json.loads((Path(self.server_args.model_path) / "config.json").read_text())
+        _fake.need_weights(self.server_args.model_path, self.server_args.load_format)
         self.vocab = config["vocab_size"]
         self.eager = self.server_args.disable_cuda_graph
         self.held = int((self.server_args.mem_fraction_static or 0.8) * torch.cuda.TOTAL)
