@@ -165,6 +165,20 @@ def _correlation(a: Sequence[float], b: Sequence[float]) -> float | None:
     return round(math.fsum((x - ma) * (y - mb) for x, y in zip(a, b, strict=True)) / math.sqrt(saa * sbb), 3)
 
 
+LAGS = (1, 4, 16)
+"""Call distances of ``call_autocorrelation``: the next call, the next block's, four blocks on."""
+
+
+def call_autocorrelation(calls: Sequence[CallTime], medians: dict[str, float]) -> dict[str, float | None]:
+    """For each lag in ``LAGS``: the correlation of a call's log time (over its side's median) with that
+    of the call ``lag`` places later in the record. Why: ABBA cancels a speed that holds over a block. In
+    the 22 records of the third to fifth H100 holds (2026-12-05) it was 0.12-0.70 at lag 1 (half of them
+    over 0.44) and scattered around 0 by lag 16: the CPU's speed held for a few calls, then moved. Near
+    0 at lag 1 would mean every call draws its own."""
+    x = [math.log(c.seconds / medians[c.side]) for c in calls if c.seconds > 0]
+    return {str(lag): rounded(_correlation(x[:-lag], x[lag:])) if len(x) > lag + 2 else None for lag in LAGS}
+
+
 def summary(pairs: Sequence[Pair], width: float = 0.04) -> dict[str, Any]:
     """The record's ``noise``: the blocks' spread, a call's own spread, the drift, the blocks (and their
     measuring seconds) a ``width``-wide interval would need at that spread, the slow calls of each side
@@ -191,6 +205,7 @@ def summary(pairs: Sequence[Pair], width: float = 0.04) -> dict[str, Any]:
         "seconds_for_width": None if needed is None else round(needed * block_s),
         "twin_call_sd": rounded(twin_call_sd(pairs)),
         "drift": rounded(drift(pairs)),
+        "call_autocorrelation": call_autocorrelation(calls, medians),
         "median_call_s": {side: rounded(medians[side]) for side in sides},
         "slow_threshold": SLOW,
         "slow_calls": {side: [sum(c.side == side for c in slow), sum(c.side == side for c in calls)] for side in sides},
@@ -212,6 +227,8 @@ def describe(noise: dict[str, Any]) -> str:
         (f"; last third of blocks {moved:+.0%} against the first" if moved is not None else "") + \
         (f"; a {noise['target_width']} width needs {needed} blocks ({noise['seconds_for_width']} s of this setting's calls)"
          if needed is not None else "") + \
+        (f"; neighbouring calls correlate (lag {', '.join(f'{k}: {v}' for k, v in noise['call_autocorrelation'].items())})"
+         if noise.get("call_autocorrelation") else "") + \
         f"; slow calls (> {noise['slow_threshold']:.2f} x median) " + \
         ", ".join(f"{side} {n} of {of}" for side, (n, of) in slow.items())
     pairs = [f"{k} {a:.3g} vs {b:.3g}" for k, (a, b) in noise["slow_vs_rest"].items() if a is not None and b is not None]

@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from noise import blocks_for_width, describe, drift, summary, twin_call_sd
+from noise import LAGS, blocks_for_width, describe, drift, summary, twin_call_sd
 from pairs import CallTime, Pair, estimate
 
 
@@ -68,6 +68,24 @@ def test_a_calls_own_spread_recovers_the_simulated_one(drift: float) -> None:
         pairs.append(block((t[0], t[3]), (t[1], t[2])))
     assert twin_call_sd(pairs) == pytest.approx(0.1, abs=0.005)
     assert summary(pairs)["block_log_ratio_sd"] == pytest.approx(0.1, abs=0.005)
+
+
+@pytest.mark.parametrize("held", [0.0, 0.6])
+def test_neighbouring_calls_correlate_as_much_as_the_speed_they_share(held: float) -> None:
+    """A CPU speed that keeps ``held`` of itself from one call to the next (AR(1), variance 0.01) under
+    each call's own noise (variance 0.01): the log times correlate by held^lag x 0.01 / 0.02 at each lag,
+    and by about 0 when nothing is held."""
+    rng = random.Random(7)
+    speed, times = 0.0, []
+    for _ in range(12000):
+        speed = held * speed + rng.gauss(0, 0.1 * math.sqrt(1 - held**2))
+        times.append(math.exp(speed + rng.gauss(0, 0.1)))
+    pairs = [block((t[0], t[3]), (t[1], t[2])) for t in zip(*[iter(times)] * 4, strict=True)]
+    got = summary(pairs)["call_autocorrelation"]
+    assert set(got) == {str(lag) for lag in LAGS}
+    for lag in LAGS:
+        assert got[str(lag)] == pytest.approx(held**lag * 0.5, abs=0.03), lag
+    assert "neighbouring calls correlate (lag 1: " in describe(summary(pairs))
 
 
 def test_blocks_without_calls_give_an_empty_summary() -> None:
