@@ -18,12 +18,14 @@ SEVEN_B = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num
                num_attention_heads=28, num_key_value_heads=4)
 MODELS = {"small": SMALL, "big": BIG, "7b": SEVEN_B}
 """The throughput phases' models (``--model``). Why a choice: with the small one each decode step of a
-64-prompt call takes 2.6-4.5 ms, the engine's CPU work, for well under a millisecond of GPU work
-(vLLM 0.34.0 and SGLang 0.5.23, H100, 2026-12-05), so a call's time is the CPU's, and the lent machines' CPUs
+64-prompt call takes 2.6-4.7 ms in CUDA-graph mode, the engine's CPU work, for well under a millisecond
+of GPU work (vLLM 0.34.0 and SGLang 0.5.23, H100, 2026-12-05), so a call's time is the CPU's, and the lent machines' CPUs
 change speed: a call's own spread was 6-18 %, in either mode, at any call length. The big one reads
 about nine times the weights per step, still less than the CPU's part. The 7b one reads 15 GB per
 step, about 4.5 ms on an H100's memory: the first whose GPU work is as long as the CPU's, so the
-CPU's speed can hide behind it (and the shim's share of a call shrinks with it)."""
+CPU's speed can hide behind it (and the shim's share of a call shrinks with it). In CUDA-graph mode
+only: an eager step launches every layer's kernels from the CPU (8.9-11.5 ms for the small one's 8
+layers), and the 7b has 28."""
 CONFIG_ONLY = frozenset({"7b"})
 """Models saved as config.json alone: the engine makes their random weights itself, on the GPU (the
 shim's ``validate_weight: false``, load_format ``dummy``). 7.6 B parameters made and written on the

@@ -166,7 +166,9 @@ def _correlation(a: Sequence[float], b: Sequence[float]) -> float | None:
 
 
 LAGS = (1, 4, 16)
-"""Call distances of ``call_autocorrelation``: the next call, the next block's, four blocks on."""
+"""Places in a record's own calls that ``call_autocorrelation`` looks across: the next call, the same
+place in the next block, four blocks on. Other settings' blocks run between a record's blocks, so
+these are orders of calls, not fixed times."""
 
 
 def call_autocorrelation(calls: Sequence[CallTime], medians: dict[str, float]) -> dict[str, float | None]:
@@ -223,12 +225,12 @@ def describe(noise: dict[str, Any]) -> str:
     twin = noise["twin_call_sd"]
     moved = noise.get("drift")
     needed = noise.get("blocks_for_width")
+    lags = {k: v for k, v in (noise.get("call_autocorrelation") or {}).items() if v is not None}
     text = (f"a call's own spread {twin:.1%}" if twin is not None else "a call's own spread -") + \
         (f"; last third of blocks {moved:+.0%} against the first" if moved is not None else "") + \
         (f"; a {noise['target_width']} width needs {needed} blocks ({noise['seconds_for_width']} s of this setting's calls)"
          if needed is not None else "") + \
-        (f"; neighbouring calls correlate (lag {', '.join(f'{k}: {v}' for k, v in noise['call_autocorrelation'].items())})"
-         if noise.get("call_autocorrelation") else "") + \
+        (f"; neighbouring calls correlate (lag {', '.join(f'{k}: {v}' for k, v in lags.items())})" if lags else "") + \
         f"; slow calls (> {noise['slow_threshold']:.2f} x median) " + \
         ", ".join(f"{side} {n} of {of}" for side, (n, of) in slow.items())
     pairs = [f"{k} {a:.3g} vs {b:.3g}" for k, (a, b) in noise["slow_vs_rest"].items() if a is not None and b is not None]

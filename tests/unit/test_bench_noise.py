@@ -88,6 +88,16 @@ def test_neighbouring_calls_correlate_as_much_as_the_speed_they_share(held: floa
     assert "neighbouring calls correlate (lag 1: " in describe(summary(pairs))
 
 
+def test_a_record_too_short_for_a_lag_has_none_for_it_and_the_line_leaves_it_out() -> None:
+    rng = random.Random(3)
+    pairs = [block((rng.uniform(0.9, 1.1), rng.uniform(0.9, 1.1)), (rng.uniform(0.9, 1.1), rng.uniform(0.9, 1.1)))
+             for _ in range(4)]  # 16 calls: lag 16 has no pair of calls
+    noise = summary(pairs)
+    assert noise["call_autocorrelation"]["16"] is None and noise["call_autocorrelation"]["1"] is not None
+    line = describe(noise)
+    assert "neighbouring calls correlate (lag 1: " in line and "16: " not in line and "None" not in line
+
+
 def test_blocks_without_calls_give_an_empty_summary() -> None:
     assert summary([Pair(1.0, 1.0, False, 0.99, 2)]) == {}
     assert describe({}) == "no per-call data"
