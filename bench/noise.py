@@ -178,7 +178,7 @@ def call_autocorrelation(calls: Sequence[CallTime], medians: dict[str, float]) -
     over 0.44) and scattered around 0 by lag 16: the CPU's speed held for a few calls, then moved. Near
     0 at lag 1 would mean every call draws its own."""
     x = [math.log(c.seconds / medians[c.side]) for c in calls if c.seconds > 0]
-    return {str(lag): rounded(_correlation(x[:-lag], x[lag:])) if len(x) > lag + 2 else None for lag in LAGS}
+    return {str(lag): _correlation(x[:-lag], x[lag:]) if len(x) > lag + 2 else None for lag in LAGS}
 
 
 def summary(pairs: Sequence[Pair], width: float = 0.04) -> dict[str, Any]:

@@ -136,13 +136,14 @@ def start_engine(mode: str, spec: dict[str, Any]) -> Any:
     model_dir = work / f"throughput-{spec['model']}"
     save_model(model_dir, spec["model"], spec["seed"])
     config = json.loads((model_dir / "config.json").read_text())
+    made_by_engine = spec["model"] in CONFIG_ONLY
     emit("phase", facts={"model": spec["model"], "model_layers": config["num_hidden_layers"],
-                         "model_hidden": config["hidden_size"], "weights_made_by_engine": spec["model"] in CONFIG_ONLY})
+                         "model_hidden": config["hidden_size"], "weights_made_by_engine": made_by_engine})
     say(f"{mode}: starting {spec['engine']} ({'CUDA graphs' if mode == 'graphs' else 'eager'})")
     start = time.perf_counter()
     engine = create_engine({
         "rollout_backend": spec["engine"], "model_dir": str(model_dir),
-        "validate_weight": spec["model"] not in CONFIG_ONLY,
+        "validate_weight": not made_by_engine,
         "gpu_memory_utilization": spec["util"], "enforce_eager": mode == "eager",
         "max_running_requests": spec["batch"], "cuda_graph_max_bs": spec["batch"], "disable_log_stats": True,
     })

@@ -52,6 +52,11 @@ def signed_rank(r: dict[str, Any]) -> dict[str, Any]:
             "level": level, "reestimated": True}
 
 
+def model_note(model: str) -> str:
+    """What a row says of its throughput model: nothing for the default (small) one."""
+    return "" if model == "small" else f" ({model} model)"
+
+
 def ratio_rows(data: dict[str, Any], again: bool = False) -> list[str]:
     """``again``: records from before the signed-rank interval are estimated again from their blocks."""
     meta, rows = data["meta"], []
@@ -59,7 +64,7 @@ def ratio_rows(data: dict[str, Any], again: bool = False) -> list[str]:
     for r in sorted(data["ratios"], key=lambda r: (r["mode"] != "graphs", r["logprobs"])):
         who = f"{r['engine']} {r['release']} ({r['shim']})"
         setting = ("sampling + logprobs" if r["logprobs"] else "sampling") + \
-            (f" ({r['model']} model)" if r.get("model", "small") != "small" else "") + \
+            model_note(r.get("model", "small")) + \
             (", cache flushed" if r.get("flush_cache") else "") + \
             (f", {r['batch']} prompts" if r.get("batch", BATCH) != BATCH else "") + \
             (f", {r['new_tokens']} new tokens" if r.get("new_tokens", NEW_TOKENS) != NEW_TOKENS else "")
@@ -92,8 +97,8 @@ def remedies_rows(data: dict[str, Any]) -> list[str]:
         gauge = f"{g['correlation']}, {g['slope']:.2f}, {g['side_gap_z']:+.1f}" if g else "-"
         adjusted = f"{g['blocks_for_width']} blocks" if g else "-"
         call = "-" if direct is None else f"{direct:.3f} s"
-        model = "" if args.get("model", "small") == "small" else f" ({args['model']} model)"
-        rows.append(f"| {when_where(meta)} | {meta.get('engine', '?')} {meta.get('release', '?')} | {args['mode']}{model} | "
+        rows.append(f"| {when_where(meta)} | {meta.get('engine', '?')} {meta.get('release', '?')} | "
+                    f"{args['mode']}{model_note(args.get('model', 'small'))} | "
                     f"{name} | {c['prompts_per_call']} x {c.get('new_tokens', args['new_tokens'])} | {c['blocks']} | "
                     f"{call} | {cell(n, 'block_log_ratio_sd')} | {cell(n, 'twin_call_sd')} | {needs} | {gauge} | "
                     f"{adjusted} |")
