@@ -45,7 +45,10 @@ def save_model(path: Path, name: str, seed: int) -> None:
 
     partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
     if name in CONFIG_ONLY:
-        Qwen2Config(**MODELS[name], **COMMON, torch_dtype="bfloat16").save_pretrained(partial)
+        # architectures as a model's save_pretrained writes it: without it SGLang 0.5.23 fails its start and
+        # vLLM 0.34.0 guesses Qwen2Model (H100, 2026-12-05)
+        config = Qwen2Config(**MODELS[name], **COMMON, torch_dtype="bfloat16", architectures=["Qwen2ForCausalLM"])
+        config.save_pretrained(partial)
     else:
         import torch
         from transformers import Qwen2ForCausalLM

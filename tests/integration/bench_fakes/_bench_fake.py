@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
@@ -12,6 +13,14 @@ def need_weights(model: str, load_format: str | None) -> None:
     """As the real loaders: a folder without weights starts only with random ones (``dummy``)."""
     if load_format != "dummy" and not any(Path(model).glob("*.safetensors")):
         raise RuntimeError(f"Cannot find any model weights with `{model}`")
+
+
+def need_architectures(model: str) -> None:
+    """As SGLang 0.5.23: a config.json without ``architectures`` fails its start (``hf_config.architectures[0]``:
+    TypeError, seen on an H100 on 2026-12-05). vLLM 0.34.0 starts, but guesses ``Qwen2Model`` from the model type."""
+    config = json.loads((Path(model) / "config.json").read_text())
+    if not config.get("architectures"):
+        raise TypeError("'NoneType' object is not subscriptable")
 
 
 def start_delay(eager: bool) -> None:

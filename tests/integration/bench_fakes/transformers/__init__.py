@@ -24,7 +24,8 @@ class Qwen2Config:
         self.__dict__.update(kwargs)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", **self.__dict__}
+        """As the real one: ``architectures`` only where it was given (a model's save_pretrained sets it)."""
+        return {"model_type": "qwen2", **self.__dict__}
 
     def save_pretrained(self, save_directory: str | Path) -> None:
         Path(save_directory).mkdir(parents=True, exist_ok=True)
@@ -66,6 +67,7 @@ class Qwen2ForCausalLM:
     def save_pretrained(self, save_directory: str | Path) -> None:
         """config.json and a safetensors header naming every tensor (the data itself is left out)."""
         out = Path(save_directory)
+        self.config.architectures = [type(self).__name__]  # as the real save_pretrained
         self.config.save_pretrained(out)
         header, offset = {}, 0
         for name, t in self._params.items():
