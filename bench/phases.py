@@ -35,7 +35,7 @@ import gauge
 import noise
 from calls import Prompts, Setting, Wrapped, sync
 from models import BIG, COMMON, CONFIG_ONLY, save_model
-from pairs import Pair, WarmUp, estimate, quick_interval, run_block
+from pairs import Pair, WarmUp, estimate, narrow_enough, quick_interval, run_block
 from plan import Phase, measuring_end
 from probe import Probe
 
@@ -192,6 +192,10 @@ def measure(engine: Any, wrapped: Wrapped, mode: str, spec: dict[str, Any]) -> N
         if now + last_round > deadline:
             break
         if settled and spec["max_blocks"] and min(len(b) for b in blocks.values()) >= spec["max_blocks"]:
+            break
+        if settled and narrow_enough(list(blocks.values()), spec["stop_width"]):
+            say(f"{mode}: every setting's interval is within {spec['stop_width']} after "
+                f"{min(len(b) for b in blocks.values())} blocks: the rest of this mode's time goes to the next phases")
             break
         round_start = time.perf_counter()
         rng.shuffle(settings)

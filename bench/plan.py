@@ -24,7 +24,7 @@ RESERVE = 0.05
 
 FIXED_S: dict[str, dict[str, float]] = {
     # process start + imports, engine start (weights loaded, KV cache, CUDA graphs), shutdown
-    "vllm": {"process": 10, "start_graphs": 40, "start_eager": 25, "shutdown": 5, "weights": 45},
+    "vllm": {"process": 10, "start_graphs": 70, "start_eager": 25, "shutdown": 5, "weights": 45},
     "sglang": {"process": 20, "start_graphs": 90, "start_eager": 30, "shutdown": 5, "weights": 70},
 }
 """Seconds, per engine. ``weights``: the whole update_weights / offload phase (a 1.37 B model made on
@@ -33,7 +33,9 @@ From the first runs (H100, 2026-12-05, bench/runs/): vLLM 0.34.0 took about 7 s 
 34.4 s (graphs) and 19.8 s (eager) to start, 33 s for the whole weights phase; SGLang 0.5.23 about
 16 s to its engine start, 82.2 s and 25.6 s to start, and (second hold) 66 s for the weights phase.
 Each rounded up a little. A machine's first vLLM start builds FlashInfer's kernels (162 s); gpuenv now
-builds them before the script, and a run elsewhere can pass its own (``--fixed-s``)."""
+builds them before the script, and a run elsewhere can pass its own (``--fixed-s``). With the 7b
+model (the default since the sixth hold), CUDA-graph starts took 66.7 s on vLLM (torch.compile's
+cache empty, as on every fresh machine; 31-34 s with it filled) and 73-79 s on SGLang."""
 
 
 @dataclass(frozen=True)

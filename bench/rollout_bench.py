@@ -233,15 +233,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-weights", action="store_true", help="no update_weights / offload phase")
     p.add_argument("--weights-mode", default="eager", choices=["graphs", "eager"],
                    help="engine mode of the update_weights / offload phase (eager starts faster)")
-    p.add_argument("--model", default="small", choices=list(MODELS),
-                   help="the throughput phases' random model: small (155 M parameters), big (1.37 B, as the weights phase) "
-                        "or 7b (Qwen2.5-7B's shapes, weights made by the engine)")
+    p.add_argument("--model", default="7b", choices=list(MODELS),
+                   help="the throughput phases' random model: 7b (default; Qwen2.5-7B's shapes, weights made by the engine, "
+                        "15 GB of GPU memory), small (155 M parameters) or big (1.37 B, as the weights phase)")
     p.add_argument("--batch", type=int, default=BATCH, help=f"prompts per call (default {BATCH})")
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=NEW_TOKENS, help=f"new tokens per prompt (default {NEW_TOKENS})")
     p.add_argument("--util", type=float, default=0.5, help="gpu_memory_utilization")
     p.add_argument("--repeats", type=int, default=3, help="update_weights repeats (median)")
     p.add_argument("--max-blocks", type=int, default=0, help="stop a mode after this many blocks per setting (0: budget)")
+    p.add_argument("--stop-width", type=float, default=0.02, help="stop a mode once every setting's interval is this narrow "
+                   "(at least 12 blocks; 0: never); its time goes to the next phases")
     p.add_argument("--warmup-share", type=float, default=0.4, help="most of a mode's measuring time warm-up may take")
     p.add_argument("--progress-s", type=float, default=10, help="longest silence before a progress line")
     p.add_argument("--flush-cache", action="store_true",
@@ -256,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
                             args.progress_s > 0), ("--warmup-share", args.warmup_share, 0 <= args.warmup_share <= 1),
                             ("--batch", args.batch, args.batch > 0), ("--new-tokens", args.new_tokens, args.new_tokens > 0),
                             ("--prompt-len", args.prompt_len, args.prompt_len > 0), ("--repeats", args.repeats,
-                            args.repeats > 0), ("--util", args.util, 0 < args.util < 1)):
+                            args.repeats > 0), ("--util", args.util, 0 < args.util < 1),
+                            ("--stop-width", args.stop_width, args.stop_width >= 0)):
         if not ok:
             p.error(f"{name} {value}: out of range")
     overrides = {}
@@ -323,7 +326,7 @@ def run(args: argparse.Namespace, engine: str, report: Report, t0: float) -> boo
                     "end": end, "later": [(p.name, p.fixed_s) for p in left[1:]],
                     "batch": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
                     "util": args.util, "repeats": args.repeats, "seed": args.seed, "max_blocks": args.max_blocks,
-                    "warmup_share": args.warmup_share, "weights_mode": args.weights_mode,
+                    "stop_width": args.stop_width, "warmup_share": args.warmup_share, "weights_mode": args.weights_mode,
                     "flush_cache": args.flush_cache, "model": args.model}
             report.data["phases"][phase.name].update(status="running", share_s=round(share, 1))
             report.write()

@@ -143,8 +143,9 @@ def test_a_slow_cuda_graph_start_costs_both_modes_alike(tmp_path: Path) -> None:
     FlashInfer's kernels built inside it), and that mode measured nothing while eager, after it, measured
     its full share. Here the plan is told the stand-ins' starts (``--fixed-s``), the graphs engine then
     takes 12 s more, and both modes still measure about as long, each from the moment its engine is up
-    (plan.measuring_end), neither killed."""
-    proc = bench(tmp_path, "vllm", "--budget-s", "40", "--skip-weights", "--warmup-share", "0.1",
+    (plan.measuring_end), neither killed. Neither stops early (``--stop-width 0``): the stand-ins' steady
+    calls would reach any width long before the share ends."""
+    proc = bench(tmp_path, "vllm", "--budget-s", "40", "--skip-weights", "--warmup-share", "0.1", "--stop-width", "0",
                  "--fixed-s", "process=2", "start_graphs=1", "start_eager=1", "shutdown=1",
                  FAKE_ENGINE_GRAPHS_START_S="12", FAKE_ENGINE_START_S="0.5", FAKE_ENGINE_CALL_S="0.02")
     code, out = finish(proc)
@@ -159,6 +160,24 @@ def test_a_slow_cuda_graph_start_costs_both_modes_alike(tmp_path: Path) -> None:
     assert 0.6 < graphs["measure_s"] / eager["measure_s"] < 1.4, (graphs, eager)
     assert data["plan"]["fixed_s"]["start_graphs"] == 1.0
     assert all(r["pairs"] >= 2 for r in data["ratios"] if r["final"]) and len(data["ratios"]) == 4
+
+
+def test_a_mode_that_is_precise_enough_stops_and_leaves_its_time_to_the_next(tmp_path: Path) -> None:
+    """``--stop-width``: once both settings' intervals are that narrow over 12 blocks, the mode stops
+    measuring; the next phase's share is then made from the time left, so it gets what the first did
+    not use. (The stand-ins' ratios vary far less than 1.0, so both modes stop at 12 blocks.)"""
+    proc = bench(tmp_path, "vllm", "--budget-s", "60", "--skip-weights", "--warmup-share", "0.1", "--stop-width", "1",
+                 "--fixed-s", "process=2", "start_graphs=1", "start_eager=1", "shutdown=1",
+                 FAKE_ENGINE_START_S="0.5", FAKE_ENGINE_CALL_S="0.01")
+    code, out = finish(proc)
+    assert code == 0, out[-3000:]
+    data = json.loads((tmp_path / "bench.json").read_text())
+    graphs, eager = data["phases"]["graphs"], data["phases"]["eager"]
+    assert {(r["mode"], r["pairs"]) for r in data["ratios"]} == {("graphs", 12), ("eager", 12)}
+    assert "graphs: every setting's interval is within 1.0 after 12 blocks" in out
+    assert graphs["seconds"] < graphs["share_s"] - 10, graphs
+    assert eager["share_s"] > graphs["share_s"] + 10, (graphs, eager)
+    assert data["seconds"] < 40
 
 
 def test_a_fixed_part_the_plan_does_not_have_or_a_bad_number_is_one_line_and_exit_2(tmp_path: Path) -> None:

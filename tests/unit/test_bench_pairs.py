@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from pairs import Pair, WarmUp, estimate, geometric_mean, quick_interval, run_block, run_pairs
+from pairs import Pair, WarmUp, estimate, geometric_mean, narrow_enough, quick_interval, run_block, run_pairs
 
 
 class FakeClock:
@@ -177,3 +178,21 @@ def test_geometric_mean_and_too_few_pairs() -> None:
     assert geometric_mean([0.5, 2.0]) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="at least two pairs"):
         estimate([Pair(1, 1, True, 1)])
+
+
+def blocks_with_log_ratios(logs: list[float]) -> list[Pair]:
+    return [Pair(direct_s=math.exp(x), shim_s=1.0, shim_first=i % 2 == 0, inner_s=1.0) for i, x in enumerate(logs)]
+
+
+def test_a_mode_may_stop_once_every_setting_is_as_narrow_as_asked_over_twelve_blocks() -> None:
+    """The textbook interval for 12 blocks: the 14th smallest and 14th largest of the 78 pairwise averages
+    (the signed-rank table's critical value for n = 12 at 5 %, two-sided, is 13)."""
+    rng = random.Random(3)
+    logs = [rng.gauss(0, 0.01) for _ in range(12)]
+    walsh = sorted((a + b) / 2 for i, a in enumerate(logs) for b in logs[i:])
+    width = math.exp(walsh[-14]) - math.exp(walsh[13])
+    steady = blocks_with_log_ratios([0.0] * 12)
+    assert narrow_enough([blocks_with_log_ratios(logs), steady], width * 1.001)
+    assert not narrow_enough([blocks_with_log_ratios(logs), steady], width * 0.999)  # one setting too wide
+    assert not narrow_enough([blocks_with_log_ratios(logs[:11]), steady], 1.0)  # eleven blocks: too few, however narrow
+    assert not narrow_enough([steady, steady], 0)  # 0: never stop early
