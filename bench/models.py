@@ -25,8 +25,8 @@ change speed: a call's own spread was 6-18 %, in either mode, at any call length
 about nine times the weights per step, still less than the CPU's part. The 7b one reads 15 GB per
 step, about 4.5 ms on an H100's memory: the first whose GPU work is as long as the CPU's, so the
 CPU's speed can hide behind it (and the shim's share of a call shrinks with it). So it did, in
-CUDA-graph mode: a call's own spread was 0.4-0.9 % on both engines, against 7-9 % for the small one
-on the same machine minutes later (H100, 2026-12-05, sixth hold). An eager step launches every
+CUDA-graph mode: at 64 x 128 a call's own spread was 0.4-0.9 % on both engines, against 7.4 % for
+the small one on vLLM on the same machine minutes later (H100, 2026-12-05, sixth hold). An eager step launches every
 layer's kernels from the CPU (8.9-11.5 ms for the small one's 8 layers), and the 7b has 28."""
 CONFIG_ONLY = frozenset({"7b"})
 """Models saved as config.json alone: the engine makes their random weights itself, on the GPU (the

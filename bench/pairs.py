@@ -219,9 +219,10 @@ blocks is exact but says little about how the spread was sampled."""
 def narrow_enough(settings: Sequence[Sequence[Pair]], width: float) -> bool:
     """Whether every setting's signed-rank interval is ``width`` wide or narrower, over at least
     ``STOP_MIN_BLOCKS`` blocks (``width`` 0: never). The rule looks at the width alone, never at the
-    ratio: where the ratio lands plays no part in when a mode stops. Why: with the 7b model in CUDA-graph
-    mode the 64 x 128 calls' interval was 0.003-0.007 wide after 5-21 blocks (H100, 2026-12-05), and
-    the minutes left are worth more to the eager phase."""
+    ratio: where the ratio lands plays no part in when a mode stops (what it may cost in coverage:
+    docs/performance.md). Why: with the 7b model in CUDA-graph mode the 64 x 128 calls' interval was
+    0.003-0.007 wide after 5-21 blocks (H100, 2026-12-05), and the minutes left are worth more to the
+    eager phase."""
     if width <= 0 or min(len(b) for b in settings) < STOP_MIN_BLOCKS:
         return False
     for blocks in settings:

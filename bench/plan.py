@@ -34,8 +34,9 @@ From the first runs (H100, 2026-12-05, bench/runs/): vLLM 0.34.0 took about 7 s 
 16 s to its engine start, 82.2 s and 25.6 s to start, and (second hold) 66 s for the weights phase.
 Each rounded up a little. A machine's first vLLM start builds FlashInfer's kernels (162 s); gpuenv now
 builds them before the script, and a run elsewhere can pass its own (``--fixed-s``). With the 7b
-model (the default since the sixth hold), CUDA-graph starts took 66.7 s on vLLM (torch.compile's
-cache empty, as on every fresh machine; 31-34 s with it filled) and 73-79 s on SGLang."""
+model (the default since the sixth hold), CUDA-graph starts took 66.7 s on vLLM as the machine's
+first vLLM process (31.2 s for a later one) and 72.9 s on SGLang; the benchmark's first start is
+a fresh machine's first."""
 
 
 @dataclass(frozen=True)

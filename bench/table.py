@@ -53,7 +53,7 @@ def signed_rank(r: dict[str, Any]) -> dict[str, Any]:
 
 
 def model_note(model: str) -> str:
-    """What a row says of its throughput model: nothing for the default (small) one."""
+    """What a row says of its throughput model: nothing for the small one (every record before the 7b)."""
     return "" if model == "small" else f" ({model} model)"
 
 

@@ -77,6 +77,9 @@ def test_the_benchmark_runs_every_phase_for_the_engine_detect_finds(tmp_path: Pa
     assert data["meta"]["shim"] == ("vllm-0.25" if engine == "vllm" else "sglang-0.5.14")
     assert {name: p["status"] for name, p in data["phases"].items()} == {"graphs": "ok", "eager": "ok", "weights": "ok"}
     assert all(p["engine_start_s"] >= 2.5 for name, p in data["phases"].items() if name != "weights")
+    # the default throughput model: Qwen2.5-7B's shapes, a config the engine fills with random weights
+    assert all((p["model"], p["model_layers"], p["weights_made_by_engine"]) == ("7b", 28, True)
+               for name, p in data["phases"].items() if name != "weights")
     records = {(r["mode"], r["logprobs"]): r for r in data["ratios"]}
     assert set(records) == {(m, lp) for m in ("graphs", "eager") for lp in (False, True)}
     for r in records.values():
@@ -191,13 +194,13 @@ def test_a_fixed_part_the_plan_does_not_have_or_a_bad_number_is_one_line_and_exi
 
 
 @pytest.mark.parametrize(("engine", "model", "layers", "hidden", "made_by_engine"),
-                         [("sglang", "big", 24, 2048, False), ("vllm", "7b", 28, 3584, True)])
-def test_a_bigger_model_can_be_the_throughput_model_and_the_tables_say_so(
+                         [("sglang", "big", 24, 2048, False), ("vllm", "small", 8, 1024, False)])
+def test_another_model_can_be_the_throughput_model_and_the_tables_say_so(
         tmp_path: Path, engine: str, model: str, layers: int, hidden: int, made_by_engine: bool) -> None:
-    """``--model big`` (the weights phase's 1.37 B shapes) or ``7b`` (Qwen2.5-7B's, a config whose random
-    weights the engine makes) for the throughput calls, a noise remedy to measure: the engine is started
-    on that model, the records and the table name it. The stand-ins refuse a folder without weights
-    unless told ``dummy``, as the real loaders do."""
+    """``--model big`` (the weights phase's 1.37 B shapes) or ``small`` (155 M, the default until the sixth
+    hold) instead of the default 7b: made on the CPU and saved with their weights, and the engine is
+    started on them as on a checkpoint (validated, not ``dummy``); the records name the model, and the
+    table names any but the small one."""
     proc = bench(tmp_path, engine, "--budget-s", "30", "--max-blocks", "2", "--warmup-share", "0.1", "--modes", "eager",
                  "--skip-weights", "--model", model, "--flush-cache")
     code, out = finish(proc)
@@ -209,7 +212,8 @@ def test_a_bigger_model_can_be_the_throughput_model_and_the_tables_say_so(
     assert (eager["model_layers"], eager["model_hidden"], eager["weights_made_by_engine"]) == (layers, hidden, made_by_engine)
     table = subprocess.run([sys.executable, str(ROOT / "bench" / "table.py"), str(tmp_path / "bench.json")],
                            capture_output=True, text=True, check=True).stdout
-    assert f"| eager | sampling ({model} model), cache flushed, 32 prompts, 16 new tokens |" in table
+    note = "" if model == "small" else f" ({model} model)"
+    assert f"| eager | sampling{note}, cache flushed, 32 prompts, 16 new tokens |" in table
 
 
 def test_a_stuck_phase_is_killed_at_its_share_and_the_others_still_run(tmp_path: Path) -> None:
