@@ -191,11 +191,12 @@ def measure(engine: Any, wrapped: Wrapped, mode: str, spec: dict[str, Any]) -> N
         settled = warm.over or warm_forced
         if now + last_round > deadline:
             break
-        if settled and spec["max_blocks"] and min(len(b) for b in blocks.values()) >= spec["max_blocks"]:
+        measured = min(len(b) for b in blocks.values())
+        if settled and spec["max_blocks"] and measured >= spec["max_blocks"]:
             break
         if settled and narrow_enough(list(blocks.values()), spec["stop_width"]):
-            say(f"{mode}: every setting's interval is within {spec['stop_width']} after "
-                f"{min(len(b) for b in blocks.values())} blocks: the rest of this mode's time goes to the next phases")
+            say(f"{mode}: every setting's interval is within {spec['stop_width']} after {measured} blocks: "
+                "the rest of this mode's time goes to the next phases")
             break
         round_start = time.perf_counter()
         rng.shuffle(settings)

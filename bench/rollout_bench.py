@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from affinity import cores
 from models import MODELS
+from pairs import STOP_MIN_BLOCKS
 from phases import BATCH, NEW_TOKENS, TARGETS
 from plan import RESERVE, allot, budget_plan, describe, fixed_parts, phases
 
@@ -243,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="update_weights repeats (median)")
     p.add_argument("--max-blocks", type=int, default=0, help="stop a mode after this many blocks per setting (0: budget)")
     p.add_argument("--stop-width", type=float, default=0.02, help="stop a mode once every setting's interval is this narrow "
-                   "(at least 12 blocks; 0: never); its time goes to the next phases")
+                   f"(at least {STOP_MIN_BLOCKS} blocks; 0: never); its time goes to the next phases")
     p.add_argument("--warmup-share", type=float, default=0.4, help="most of a mode's measuring time warm-up may take")
     p.add_argument("--progress-s", type=float, default=10, help="longest silence before a progress line")
     p.add_argument("--flush-cache", action="store_true",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import time
@@ -15,10 +14,9 @@ def need_weights(model: str, load_format: str | None) -> None:
         raise RuntimeError(f"Cannot find any model weights with `{model}`")
 
 
-def need_architectures(model: str) -> None:
+def need_architectures(config: dict) -> None:
     """As SGLang 0.5.23: a config.json without ``architectures`` fails its start (``hf_config.architectures[0]``:
     TypeError, seen on an H100 on 2026-12-05). vLLM 0.34.0 starts, but guesses ``Qwen2Model`` from the model type."""
-    config = json.loads((Path(model) / "config.json").read_text())
     if not config.get("architectures"):
         raise TypeError("'NoneType' object is not subscriptable")
 

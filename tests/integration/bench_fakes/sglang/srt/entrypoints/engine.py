@@ -29,7 +29,7 @@ class Engine:
         self.server_args = ServerArgs(**kwargs)
         config = json.loads((Path(self.server_args.model_path) / "config.json").read_text())
         _fake.need_weights(self.server_args.model_path, self.server_args.load_format)
-        _fake.need_architectures(self.server_args.model_path)
+        _fake.need_architectures(config)
         self.vocab = config["vocab_size"]
         self.eager = self.server_args.disable_cuda_graph
         self.held = int((self.server_args.mem_fraction_static or 0.8) * torch.cuda.TOTAL)
