@@ -16,7 +16,13 @@ every condition:
   graphs mode, and as long in eager mode, whose decode steps are kernel launches whatever the batch;
 * ``quarter_tokens``: a quarter of ``--new-tokens`` per call, a quarter of the decode steps in either
   mode. A shorter generation loses nothing the benchmark is for: the shim's work per token is the
-  same share of a call, and its work per call a larger one.
+  same share of a call, and its work per call a larger one;
+* ``prompts_x4``, ``prompts_x16``: four and sixteen times ``--batch`` per call (the engine is started
+  for the largest batch of the conditions named). Why: an eager decode step launches every kernel from
+  the CPU, as many for 16 sequences as for 64, so an eager call's time and noise are the CPU's; a
+  larger batch adds GPU work (the 7b's weights times every sequence) and little launching, and from
+  some batch on the GPU's work is the longer one, as it is for the 7b's CUDA-graph steps at 64
+  (docs/performance.md, the sixth H100 hold). The step time against the batch says where that is.
 
 Every call also keeps the CPU gauge read around it (bench/gauge.py), so each condition's noise
 summary says how much of its spread the CPU's speed explains.
@@ -64,13 +70,14 @@ from models import MODELS
 from pairs import Pair, estimate, run_block
 from phases import TARGETS, as_measured, metadata, say, start_engine
 from probe import Probe
-from rollout_bench import Report, cpu_model, find_engine
+from report import Report
+from rollout_bench import cpu_model, find_engine
 
 
 @dataclass(frozen=True)
 class Condition:
-    """What a condition changes: pinning during its block, and the fraction of ``--batch`` (prompts) and
-    of ``--new-tokens`` (tokens) its calls get."""
+    """What a condition changes: pinning during its block, and the factors on ``--batch`` (prompts) and on
+    ``--new-tokens`` (tokens) for its calls."""
 
     pinned: bool = False
     prompts: float = 1.0
@@ -82,7 +89,15 @@ CONDITIONS = {
     "pinned": Condition(pinned=True),
     "quarter_prompts": Condition(prompts=0.25),
     "quarter_tokens": Condition(tokens=0.25),
+    "prompts_x4": Condition(prompts=4),
+    "prompts_x16": Condition(prompts=16),
 }
+
+
+def condition_specs(spec: dict[str, Any], conditions: list[str]) -> dict[str, dict[str, Any]]:
+    """Each condition's calls: ``spec``'s prompts and new tokens times its factors (at least one of each)."""
+    return {name: {**spec, "batch": max(1, round(spec["batch"] * CONDITIONS[name].prompts)),
+                   "new_tokens": max(1, round(spec["new_tokens"] * CONDITIONS[name].tokens))} for name in conditions}
 
 
 def summarize(blocks: list[Pair], spec: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -106,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--conditions", nargs="+", choices=list(CONDITIONS), default=["plain", "quarter_tokens"])
     p.add_argument("--model", nargs="+", choices=list(MODELS), default=["small"],
                    help="one or more (each mode of each in a process of its own); bench/models.py")
-    p.add_argument("--batch", type=int, default=64, help="prompts per call (quarter_prompts: a quarter of it)")
+    p.add_argument("--batch", type=int, default=64,
+                   help="prompts per call (quarter_prompts, prompts_x4, prompts_x16: a quarter, 4 and 16 times it)")
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=128, help="new tokens per prompt (quarter_tokens: a quarter)")
     p.add_argument("--util", type=float, default=0.5, help="gpu_memory_utilization")
@@ -129,13 +145,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="rollout-remedies-") as work:
         spec = {"engine": engine_name, "work": work, "model": args.model, "seed": args.seed, "util": args.util,
                 "batch": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens}
+        specs = condition_specs(spec, args.conditions)
+        spec["max_batch"] = max(s["batch"] for s in specs.values())
         start = time.perf_counter()
         engine = start_engine(args.mode, spec)
         data["engine_start_s"] = round(time.perf_counter() - start, 1)
+        data["engine_max_batch"] = spec["max_batch"]  # its max_running_requests and largest CUDA graph
         data["meta"].update(metadata(engine))
         wrapped = Wrapped(engine)
         try:
-            measure(engine, wrapped, spec, args, report)
+            measure(engine, wrapped, specs, args, report)
         finally:
             wrapped.restore()
             engine.shutdown()
@@ -162,10 +181,9 @@ def each_run(args: argparse.Namespace, argv: list[str]) -> int:
     return worst
 
 
-def measure(engine: Any, wrapped: Wrapped, spec: dict[str, Any], args: argparse.Namespace, report: Report) -> None:
+def measure(engine: Any, wrapped: Wrapped, specs: dict[str, dict[str, Any]], args: argparse.Namespace,
+            report: Report) -> None:
     data = report.data
-    specs = {name: {**spec, "batch": max(1, round(spec["batch"] * c.prompts)),
-                    "new_tokens": max(1, round(spec["new_tokens"] * c.tokens))} for name, c in CONDITIONS.items()}
     settings = {name: Setting(engine, wrapped, False, specs[name]) for name in args.conditions}
     prompts = {name: Prompts(specs[name], salt=11 + i) for i, name in enumerate(args.conditions)}
     rng = random.Random(args.seed)

@@ -129,7 +129,9 @@ def as_measured(blocks: list[Pair]) -> dict[str, list[Any]]:
 
 
 def start_engine(mode: str, spec: dict[str, Any]) -> Any:
-    """The throughput engine in ``mode`` on ``spec``'s model (also bench/noise_remedies.py's)."""
+    """The throughput engine in ``mode`` on ``spec``'s model (also bench/noise_remedies.py's), sized for calls of
+    ``spec["max_batch"]`` prompts (``batch`` where not given): an engine given more than its max_running_requests
+    does not refuse them, it runs the rest in a second wave, and a call would time two."""
     from rollout_shims import create_engine
 
     work = Path(spec["work"])
@@ -141,11 +143,12 @@ def start_engine(mode: str, spec: dict[str, Any]) -> Any:
                          "model_hidden": config["hidden_size"], "weights_made_by_engine": made_by_engine})
     say(f"{mode}: starting {spec['engine']} ({'CUDA graphs' if mode == 'graphs' else 'eager'})")
     start = time.perf_counter()
+    largest = spec.get("max_batch", spec["batch"])
     engine = create_engine({
         "rollout_backend": spec["engine"], "model_dir": str(model_dir),
         "validate_weight": not made_by_engine,
         "gpu_memory_utilization": spec["util"], "enforce_eager": mode == "eager",
-        "max_running_requests": spec["batch"], "cuda_graph_max_bs": spec["batch"], "disable_log_stats": True,
+        "max_running_requests": largest, "cuda_graph_max_bs": largest, "disable_log_stats": True,
     })
     started = time.perf_counter() - start
     say(f"{mode}: engine up in {started:.1f} s")

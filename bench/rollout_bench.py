@@ -49,6 +49,7 @@ from models import MODELS
 from pairs import STOP_MIN_BLOCKS
 from phases import BATCH, NEW_TOKENS, TARGETS
 from plan import RESERVE, allot, budget_plan, describe, fixed_parts, phases
+from report import Events, Report
 
 HERE = Path(__file__).resolve().parent
 
@@ -57,56 +58,8 @@ GRACE_S = 45.0
 an eighth of the budget when that is less."""
 
 
-class Report:
-    """bench.json, rewritten whole after every change (write to a temporary file, then rename)."""
-
-    def __init__(self, path: Path, data: dict[str, Any]) -> None:
-        self.path, self.data = path, data
-        self.write()
-
-    def write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1) + "\n")
-        os.replace(tmp, self.path)
-
-    def event(self, phase: str, event: dict[str, Any]) -> None:
-        kind = event.get("event")
-        if kind == "meta":
-            self.data["meta"].update({k: v for k, v in event["meta"].items() if k not in self.data["meta"]})
-        elif kind == "phase":
-            self.data["phases"][phase].update(event["facts"])
-        elif kind == "record":
-            rec = event["record"]
-            key = (rec["mode"], rec["logprobs"])
-            self.data["ratios"] = [r for r in self.data["ratios"] if (r["mode"], r["logprobs"]) != key] + [rec]
-        elif kind == "weights":
-            self.data["weights"].update(event["weights"])
-        self.write()
-
-
 def say(message: str, t0: float) -> None:
     print(f"[bench +{time.time() - t0:5.0f}s] {message}", flush=True)
-
-
-class Events:
-    """The JSON lines a phase appends to its events file, read as they complete."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.offset = path, 0
-        path.write_text("")
-
-    def new(self) -> list[dict[str, Any]]:
-        with open(self.path, "rb") as fh:
-            fh.seek(self.offset)
-            chunk = fh.read()
-        complete = chunk[: chunk.rfind(b"\n") + 1]
-        self.offset += len(complete)
-        out = []
-        for line in complete.splitlines():
-            with contextlib.suppress(ValueError):
-                out.append(json.loads(line))
-        return out
 
 
 class Tree:
@@ -238,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="the throughput phases' random model: 7b (default; Qwen2.5-7B's shapes, weights made by the engine, "
                         "15 GB of GPU memory), small (155 M parameters) or big (1.37 B, as the weights phase)")
     p.add_argument("--batch", type=int, default=BATCH, help=f"prompts per call (default {BATCH})")
+    p.add_argument("--eager-batch", type=int, help="prompts per eager call (default: --batch); bench/noise_remedies.py's "
+                   "prompts_x16 measures whether more sequences hide eager's CPU-bound steps behind the GPU's work")
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=NEW_TOKENS, help=f"new tokens per prompt (default {NEW_TOKENS})")
     p.add_argument("--util", type=float, default=0.5, help="gpu_memory_utilization")
@@ -255,9 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=Path("bench.json"), help="written as figures arrive (default bench.json)")
     args = p.parse_args(argv)
+    args.eager_batch = args.batch if args.eager_batch is None else args.eager_batch
     for name, value, ok in (("--budget-s", args.budget_s, args.budget_s > 0), ("--progress-s", args.progress_s,
                             args.progress_s > 0), ("--warmup-share", args.warmup_share, 0 <= args.warmup_share <= 1),
-                            ("--batch", args.batch, args.batch > 0), ("--new-tokens", args.new_tokens, args.new_tokens > 0),
+                            ("--batch", args.batch, args.batch > 0), ("--eager-batch", args.eager_batch, args.eager_batch > 0),
+                            ("--new-tokens", args.new_tokens, args.new_tokens > 0),
                             ("--prompt-len", args.prompt_len, args.prompt_len > 0), ("--repeats", args.repeats,
                             args.repeats > 0), ("--util", args.util, 0 < args.util < 1),
                             ("--stop-width", args.stop_width, args.stop_width >= 0)):
@@ -282,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--fixed-s: {exc}")
     plan = budget_plan(args.fixed, args.modes, not args.skip_weights, args.budget_s)
     print(f"rollout_bench {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(t0))}: {engine}; {args.model} model, "
-          f"{args.batch} prompts x {args.prompt_len} tokens -> {args.new_tokens} new, T=1.0; ratio = shim / direct "
+          f"{args.batch} prompts{f' ({args.eager_batch} eager)' if args.eager_batch != args.batch else ''} x "
+          f"{args.prompt_len} tokens -> {args.new_tokens} new, T=1.0; ratio = shim / direct "
           f"throughput; results: {args.json}", flush=True)
     for line in describe(args.fixed, plan, args.budget_s):
         print(line, flush=True)
@@ -325,10 +283,10 @@ def run(args: argparse.Namespace, engine: str, report: Report, t0: float) -> boo
             deadline = now + share
             spec = {"engine": engine, "work": work, "deadline": deadline, "shutdown_s": args.fixed["shutdown"],
                     "end": end, "later": [(p.name, p.fixed_s) for p in left[1:]],
-                    "batch": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
-                    "util": args.util, "repeats": args.repeats, "seed": args.seed, "max_blocks": args.max_blocks,
-                    "stop_width": args.stop_width, "warmup_share": args.warmup_share, "weights_mode": args.weights_mode,
-                    "flush_cache": args.flush_cache, "model": args.model}
+                    "batch": args.eager_batch if phase.name == "eager" else args.batch, "prompt_len": args.prompt_len,
+                    "new_tokens": args.new_tokens, "util": args.util, "repeats": args.repeats, "seed": args.seed,
+                    "max_blocks": args.max_blocks, "stop_width": args.stop_width, "warmup_share": args.warmup_share,
+                    "weights_mode": args.weights_mode, "flush_cache": args.flush_cache, "model": args.model}
             report.data["phases"][phase.name].update(status="running", share_s=round(share, 1))
             report.write()
             say(f"{phase.name}: {share:.0f} s (until {time.strftime('%H:%M:%S', time.localtime(deadline))})", t0)

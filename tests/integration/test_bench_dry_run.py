@@ -183,6 +183,36 @@ def test_a_mode_that_is_precise_enough_stops_and_leaves_its_time_to_the_next(tmp
     assert data["seconds"] < 40
 
 
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+def test_eager_calls_can_have_more_prompts_and_their_engine_is_sized_for_them(tmp_path: Path, engine: str) -> None:
+    """``--eager-batch``: the eager phase's calls get that many prompts and its engine that max_running_requests.
+    The stand-ins take FAKE_ENGINE_CALL_S per wave of at most that many prompts, as the real engines queue
+    the rest: an eager engine sized for ``--batch`` would time 16 waves a call."""
+    proc = bench(tmp_path, engine, "--batch", "8", "--eager-batch", "128", "--budget-s", "40", "--max-blocks", "2",
+                 "--warmup-share", "0.1", "--skip-weights", "--fixed-s", "process=2", "start_graphs=1", "start_eager=1",
+                 "shutdown=1", FAKE_ENGINE_START_S="0.2", FAKE_ENGINE_CALL_S="0.05")
+    code, out = finish(proc)
+    assert code == 0, out[-3000:]
+    assert "8 prompts (128 eager) x 8 tokens -> 16 new" in out.splitlines()[0]
+    data = json.loads((tmp_path / "bench.json").read_text())
+    records = {(r["mode"], r["logprobs"]): r for r in data["ratios"]}
+    assert {key: r["batch"] for key, r in records.items()} == {
+        ("graphs", False): 8, ("graphs", True): 8, ("eager", False): 128, ("eager", True): 128}
+    for key, r in records.items():
+        direct = sorted(c[2] for c in r["calls"] if c[1] == "direct")
+        assert 0.05 <= direct[len(direct) // 2] < 0.09, (key, direct)  # one wave of 0.05 s
+    table = subprocess.run([sys.executable, str(ROOT / "bench" / "table.py"), str(tmp_path / "bench.json")],
+                           capture_output=True, text=True, check=True).stdout
+    assert table.count(" | eager | sampling (7b model), 128 prompts, 16 new tokens | ") == 1
+    assert table.count(" | graphs | sampling (7b model), 8 prompts, 16 new tokens | ") == 1
+
+
+def test_an_eager_batch_below_one_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    code, out = finish(bench(tmp_path, "vllm", "--eager-batch", "0"))
+    assert code == 2 and out.splitlines()[-1].endswith("error: --eager-batch 0: out of range"), out
+    assert not (tmp_path / "bench.json").exists()
+
+
 def test_a_fixed_part_the_plan_does_not_have_or_a_bad_number_is_one_line_and_exit_2(tmp_path: Path) -> None:
     code, out = finish(bench(tmp_path, "vllm", "--fixed-s", "start_cold=150"))
     assert code == 2 and "error: --fixed-s: no fixed part named start_cold (there are process" in out.splitlines()[-1]

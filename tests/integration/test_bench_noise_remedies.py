@@ -67,6 +67,23 @@ def test_every_condition_gets_blocks_in_every_round_and_the_file_says_what_each_
     assert row.startswith(f"| {data['meta']['when'][:16]} | Fake GPU (CPU dry run) | {engine} ") and not row.endswith("| - |")
 
 
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+def test_larger_batches_get_an_engine_sized_for_them_so_each_call_is_one_wave(tmp_path: Path, engine: str) -> None:
+    # the stand-ins take FAKE_ENGINE_CALL_S per wave of at most max_num_seqs / max_running_requests prompts, as the
+    # real engines queue what is over: an engine sized for --batch alone would time 16 waves in a prompts_x16 call
+    code, out = finish(remedies(tmp_path, engine, "--mode", "eager", "--batch", "8", "--measure-s", "4",
+                                "--warmup-rounds", "1", "--conditions", "plain", "prompts_x4", "prompts_x16",
+                                FAKE_ENGINE_START_S="0.2", FAKE_ENGINE_CALL_S="0.05"))
+    assert code == 0, out[-3000:]
+    data = json.loads((tmp_path / "out" / "remedies.json").read_text())
+    assert data["status"] == "complete" and data["engine_max_batch"] == 128
+    assert {c: v["prompts_per_call"] for c, v in data["conditions"].items()} == {"plain": 8, "prompts_x4": 32, "prompts_x16": 128}
+    for name, c in data["conditions"].items():
+        assert c["blocks"] >= 1, name
+        direct = sorted(call[2] for call in c["calls"] if call[1] == "direct")
+        assert 0.05 <= direct[len(direct) // 2] < 0.09, (name, direct)  # one wave of 0.05 s, not two or sixteen
+
+
 def test_several_modes_run_one_after_another_each_with_a_file_of_its_own(tmp_path: Path) -> None:
     code, out = finish(remedies(tmp_path, "vllm", "--mode", "graphs", "eager", "--measure-s", "3", "--warmup-rounds", "1",
                                 FAKE_ENGINE_START_S="0.2", FAKE_ENGINE_CALL_S="0.01"))

@@ -28,12 +28,15 @@ def start_delay(eager: bool) -> None:
     time.sleep(float(graphs if graphs is not None and not eager else os.environ.get("FAKE_ENGINE_START_S", "0")))
 
 
-def call(eager: bool) -> None:
-    """One generate call's "GPU time"; blocks for good when this engine's mode is the one to hang."""
+def call(eager: bool, prompts: int = 1, limit: int | None = None) -> None:
+    """One generate call's "GPU time": FAKE_ENGINE_CALL_S for each wave of at most ``limit`` prompts (the
+    engine's max_num_seqs / max_running_requests: the real ones queue the rest and run it after, they
+    never refuse it); blocks for good when this engine's mode is the one to hang."""
     if os.environ.get("FAKE_ENGINE_HANG") == ("eager" if eager else "graphs"):
         while True:
             time.sleep(60)
-    time.sleep(float(os.environ.get("FAKE_ENGINE_CALL_S", "0.005")))
+    waves = -(-prompts // limit) if limit else 1
+    time.sleep(waves * float(os.environ.get("FAKE_ENGINE_CALL_S", "0.005")))
 
 
 def flush() -> None:

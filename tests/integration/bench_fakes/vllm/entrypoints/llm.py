@@ -71,6 +71,7 @@ class LLM:
             names = set(json.loads(raw[8: 8 + int.from_bytes(raw[:8], "little")]))
         self.vocab = config["vocab_size"]
         self.eager = bool(kwargs.get("enforce_eager"))
+        self.max_num_seqs = kwargs.get("max_num_seqs")
         self.held = int(kwargs.get("gpu_memory_utilization", 0.9) * torch.cuda.TOTAL)
         _fake.start_delay(self.eager)
         torch.cuda.book(self.held)
@@ -101,7 +102,7 @@ class LLM:
                 else:
                     logprobs = [{t: Logprob(-self._rng.random(), 1)} for t in new]
             out.append(RequestOutput(str(i), list(ids), [CompletionOutput(0, "", new, None, logprobs, "length")]))
-        _fake.call(self.eager)
+        _fake.call(self.eager, len(prompts), self.max_num_seqs)
         return out
 
     def sleep(self, level: int = 1) -> None:

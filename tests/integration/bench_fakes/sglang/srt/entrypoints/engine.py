@@ -62,7 +62,7 @@ class Engine:
             if return_logprob:
                 meta["output_token_logprobs"] = [(-self._rng.random(), t, None) for t in new]
             out.append({"output_ids": new, "meta_info": meta})
-        _fake.call(self.eager)
+        _fake.call(self.eager, len(batch), self.server_args.max_running_requests)
         return out[0] if single else out
 
     def update_weights_from_tensor(self, named_tensors: list[tuple[str, Any]], load_format: str | None = None,
