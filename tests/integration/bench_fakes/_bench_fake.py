@@ -29,14 +29,16 @@ def start_delay(eager: bool) -> None:
 
 
 def call(eager: bool, prompts: int = 1, limit: int | None = None) -> None:
-    """One generate call's "GPU time": FAKE_ENGINE_CALL_S for each wave of at most ``limit`` prompts (the
-    engine's max_num_seqs / max_running_requests: the real ones queue the rest and run it after, they
-    never refuse it); blocks for good when this engine's mode is the one to hang."""
+    """One generate call's "GPU time": FAKE_ENGINE_CALL_S (FAKE_ENGINE_EAGER_CALL_S instead for an eager engine,
+    where given) for each wave of at most ``limit`` prompts (the engine's max_num_seqs / max_running_requests:
+    the real ones queue the rest and run it after, they never refuse it); blocks for good when this engine's
+    mode is the one to hang."""
     if os.environ.get("FAKE_ENGINE_HANG") == ("eager" if eager else "graphs"):
         while True:
             time.sleep(60)
     waves = -(-prompts // limit) if limit else 1
-    time.sleep(waves * float(os.environ.get("FAKE_ENGINE_CALL_S", "0.005")))
+    eager_s = os.environ.get("FAKE_ENGINE_EAGER_CALL_S") if eager else None
+    time.sleep(waves * float(eager_s if eager_s is not None else os.environ.get("FAKE_ENGINE_CALL_S", "0.005")))
 
 
 def flush() -> None:
