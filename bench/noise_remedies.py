@@ -23,6 +23,8 @@ every condition:
   larger batch adds GPU work (the 7b's weights times every sequence) and little launching, and from
   some batch on the GPU's work is the longer one, as it is for the 7b's CUDA-graph steps at 64
   (docs/performance.md, the sixth H100 hold). The step time against the batch says where that is.
+  The seventh hold measured it: the 7b's eager steps grew from 14-23 ms at 64 to 34-43 ms at 1024,
+  and a call's spread did not fall (0.07 at 64, 0.10-0.11 at 1024, the GPU at its power limit).
 
 Every call also keeps the CPU gauge read around it (bench/gauge.py), so each condition's noise
 summary says how much of its spread the CPU's speed explains.

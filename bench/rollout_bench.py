@@ -191,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="the throughput phases' random model: 7b (default; Qwen2.5-7B's shapes, weights made by the engine, "
                         "15 GB of GPU memory), small (155 M parameters) or big (1.37 B, as the weights phase)")
     p.add_argument("--batch", type=int, default=BATCH, help=f"prompts per call (default {BATCH})")
-    p.add_argument("--eager-batch", type=int, help="prompts per eager call (default: --batch); bench/noise_remedies.py's "
-                   "prompts_x16 measures whether more sequences hide eager's CPU-bound steps behind the GPU's work")
+    p.add_argument("--eager-batch", type=int, help="prompts per eager call (default: --batch); not a noise remedy: "
+                   "16 times the prompts left eager calls as noisy (docs/performance.md, the seventh H100 hold)")
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=NEW_TOKENS, help=f"new tokens per prompt (default {NEW_TOKENS})")
     p.add_argument("--util", type=float, default=0.5, help="gpu_memory_utilization")
