@@ -13,14 +13,21 @@ bucket's worth of GPU memory); if it is fast, SGLang's own work is the cost.
     python3 bench/host_copy.py --json host_copy.json     # torch and a GPU; no engine
     python3 bench/host_copy.py --device cpu              # a dry run: no pinning, copies within host memory
 
-Each figure is the median of ``--repeats`` (GB/s = the model's bytes / seconds).
+Each figure is the median of ``--repeats`` (GB/s = the model's bytes / seconds, for the copies; an
+``_arrive`` time is pickling, passing and mapping, not a transfer, and has none). What to compare:
+SGLang's medians (its 2nd and 3rd pushes) found the tensors already in shared memory, so they match
+``queue_shared_*`` (the steady state), and its first push matches ``queue_pinned_*`` (every repeat
+pins a fresh copy first, outside the clock, so each pays the move). The child maps the shared memory
+afresh for every push, so its copy pays page faults the parent's ``to_gpu_from_shared`` does not.
+The JSON is rewritten after every figure, so a step that fails leaves the ones before it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
+import queue
+import resource
 import statistics
 import sys
 import time
@@ -66,7 +73,7 @@ def receiver(inbox: Any, outbox: Any, device: str) -> None:
             torch.empty_like(t, device=device).copy_(t, non_blocking=True)
         sync(device)
         outbox.put((arrived, time.perf_counter() - start))
-        del named, item
+        del named, item, t
 
 
 def sync(device: str) -> None:
@@ -74,6 +81,27 @@ def sync(device: str) -> None:
 
     if device != "cpu":
         torch.cuda.synchronize()
+
+
+def answer(outbox: Any, child: Any, timeout_s: float) -> Any:
+    """The child's next message; a ``RuntimeError`` naming its exit code as soon as it is gone."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return outbox.get(timeout=1)
+        except queue.Empty:
+            if not child.is_alive():
+                raise RuntimeError(f"the receiving process ended (exit code {child.exitcode})") from None
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the receiving process did not answer in {timeout_s:.0f} s") from None
+
+
+def cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return "unknown"
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
 
 
 def timed(work: Any, device: str, repeats: int) -> list[float]:
@@ -89,7 +117,7 @@ def timed(work: Any, device: str, repeats: int) -> list[float]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cuda", help="cuda (default) or cpu for a dry run")
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cuda (GPU 0; default) or cpu for a dry run")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", type=Path, help="write the figures here too")
     args = p.parse_args(argv)
@@ -98,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import torch.multiprocessing as mp
 
+    # every tensor in shared memory is an open file while it is passed: 291 per model, up to three
+    # models' worth at once; a soft limit of 1024 leaves too little beside CUDA's own
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     dev, gpu = args.device, args.device != "cpu"
     if gpu and not torch.cuda.is_available():
         print("host_copy: no CUDA device visible to torch; run with a GPU, or --device cpu for a dry run",
@@ -108,15 +140,21 @@ def main(argv: list[str] | None = None) -> int:
     pageable = [(n, torch.empty(s, dtype=torch.bfloat16).fill_(1)) for n, s in shapes]
     nbytes = sum(t.numel() * t.element_size() for _, t in pageable)
     out: dict[str, Any] = {"torch": torch.__version__, "device": torch.cuda.get_device_name() if gpu else "cpu",
-                           "cpu": platform.processor() or platform.machine(), "tensors": len(shapes),
+                           "cpu": cpu_model(), "tensors": len(shapes),
                            "parameters": sum(t.numel() for _, t in pageable), "bytes": nbytes,
                            "made_s": round(time.perf_counter() - start, 2), "repeats": args.repeats}
 
-    def note(name: str, seconds: list[float]) -> None:
+    def save() -> None:
+        if args.json:
+            args.json.write_text(json.dumps(out, indent=1) + "\n")
+
+    def note(name: str, seconds: list[float], transfer: bool = True) -> None:
         mid = statistics.median(seconds)
-        out[name] = {"s": round(mid, 4), "gb_s": round(nbytes / mid / 1e9, 2), "all_s": [round(s, 4) for s in seconds]}
-        print(f"host_copy: {name:28} {mid:8.4f} s  {nbytes / mid / 1e9:7.2f} GB/s  (all: "
-              f"{', '.join(f'{s:.4f}' for s in seconds)})", flush=True)
+        out[name] = {"s": round(mid, 4), **({"gb_s": round(nbytes / mid / 1e9, 2)} if transfer else {}),
+                     "all_s": [round(s, 4) for s in seconds]}
+        rate = f"{nbytes / mid / 1e9:7.2f} GB/s" if transfer else " " * 12
+        print(f"host_copy: {name:28} {mid:8.4f} s  {rate}  (all: {', '.join(f'{s:.4f}' for s in seconds)})", flush=True)
+        save()
 
     print(f"host_copy: {out['tensors']} tensors, {out['parameters'] / 1e9:.2f} B parameters, {nbytes / 1e9:.2f} GB "
           f"bf16, made in {out['made_s']} s; torch {out['torch']} on {out['device']}", flush=True)
@@ -136,8 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             pin_s.append(time.perf_counter() - start)
         note("pin_memory", pin_s)
         note("to_gpu_from_pinned", timed(lambda: copy_from(pinned), dev, args.repeats))
-    else:
-        pinned = [(n, t.clone()) for n, t in pageable]
+        del pinned
     note("to_gpu_from_pageable", timed(lambda: copy_from(pageable), dev, args.repeats))
     share_s, shared = [], []
     for _ in range(args.repeats):
@@ -148,31 +185,48 @@ def main(argv: list[str] | None = None) -> int:
     note("move_into_shared_memory", share_s)
     note("to_gpu_from_shared", timed(lambda: copy_from(shared), dev, args.repeats))
 
+    def push(source: str) -> list[tuple[str, Any]]:
+        """What a push of ``source`` hands the queue: a fresh pinned copy each time (made outside the
+        clock, so every push pays the move into shared memory, as a trainer's first push to SGLang
+        does), the tensors already in shared memory, or the ones on the GPU (passed as CUDA IPC handles)."""
+        if source == "pinned":
+            return [(n, t.pin_memory() if gpu else t.clone()) for n, t in pageable]
+        return shared if source == "shared" else on_gpu
+
     ctx = mp.get_context("spawn")
     inbox, outbox = ctx.Queue(), ctx.Queue()
     child = ctx.Process(target=receiver, args=(inbox, outbox, dev), daemon=True)
     child.start()
-    outbox.get(timeout=120)
-    sources = [("pinned", pinned), ("shared", shared), *([("gpu", on_gpu)] if gpu else [])]
-    for source, named in sources:  # gpu: CUDA IPC handles, the path a push staged on the GPU takes
-        arrive_s, copy_s, total_s = [], [], []
-        for _ in range(args.repeats):
-            start, wall = time.perf_counter(), time.time()
-            inbox.put(named)  # pickled in the queue's feeder thread: storages moved into shared memory there
-            arrived, copied = outbox.get(timeout=300)
-            total_s.append(time.perf_counter() - start)
-            arrive_s.append(arrived - wall)
-            copy_s.append(copied)
-        note(f"queue_{source}_arrive", arrive_s)
-        note(f"queue_{source}_child_copy", copy_s)
-        note(f"queue_{source}_total", total_s)
-        if gpu and source != "gpu":
-            out[f"queue_{source}_still_pinned"] = f"{sum(t.is_pinned() for _, t in named)}/{len(named)}"
-            print(f"host_copy: after the queue, {out[f'queue_{source}_still_pinned']} of its tensors still pinned")
-    inbox.put(None)
-    child.join(timeout=60)
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=1) + "\n")
+    try:
+        answer(outbox, child, 120)
+        for source in ["pinned", "shared", *(["gpu"] if gpu else [])]:
+            arrive_s, copy_s, total_s = [], [], []
+            for _ in range(args.repeats):
+                named = push(source)
+                start, wall = time.perf_counter(), time.time()
+                inbox.put(named)  # pickled in the queue's feeder thread: storages moved into shared memory there
+                arrived, copied = answer(outbox, child, 300)
+                total_s.append(time.perf_counter() - start)
+                arrive_s.append(arrived - wall)
+                copy_s.append(copied)
+            note(f"queue_{source}_arrive", arrive_s, transfer=False)
+            note(f"queue_{source}_child_copy", copy_s)
+            note(f"queue_{source}_total", total_s)
+            if gpu and source == "pinned":
+                out["queue_pinned_still_pinned"] = f"{sum(t.is_pinned() for _, t in named)}/{len(named)}"
+                print(f"host_copy: after the queue, {out['queue_pinned_still_pinned']} of a pinned push's tensors "
+                      "still pinned", flush=True)
+                save()
+            del named
+    except RuntimeError as exc:
+        out["error"] = str(exc)
+        save()
+        print(f"host_copy: {exc}; the figures before it are kept{' in ' + str(args.json) if args.json else ''}",
+              file=sys.stderr)
+        return 1
+    finally:
+        inbox.put(None)
+        child.join(timeout=60)
     return 0
 
 
