@@ -37,6 +37,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from models import BIG
+from probe import cpu_model
 
 Shapes = list[tuple[str, tuple[int, ...]]]
 
@@ -65,15 +66,14 @@ def receiver(inbox: Any, outbox: Any, device: str) -> None:
     import torch
 
     outbox.put(("ready", torch.ones(1, device=device).item()))  # CUDA initialised outside the clock
-    while (item := inbox.get()) is not None:
-        named = item
+    while (named := inbox.get()) is not None:
         arrived = time.time()
         start = time.perf_counter()
         for _, t in named:
             torch.empty_like(t, device=device).copy_(t, non_blocking=True)
         sync(device)
         outbox.put((arrived, time.perf_counter() - start))
-        del named, item, t
+        del named, t  # the push's tensors released before the next one arrives
 
 
 def sync(device: str) -> None:
@@ -94,14 +94,6 @@ def answer(outbox: Any, child: Any, timeout_s: float) -> Any:
                 raise RuntimeError(f"the receiving process ended (exit code {child.exitcode})") from None
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the receiving process did not answer in {timeout_s:.0f} s") from None
-
-
-def cpu_model() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return "unknown"
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
 
 
 def timed(work: Any, device: str, repeats: int) -> list[float]:

@@ -71,9 +71,9 @@ from calls import Prompts, Setting, Wrapped, sync
 from models import MODELS
 from pairs import Pair, estimate, run_block
 from phases import TARGETS, as_measured, metadata, say, start_engine
-from probe import Probe
+from probe import Probe, cpu_model
 from report import Report
-from rollout_bench import cpu_model, find_engine
+from rollout_bench import find_engine
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ from models import MODELS
 from pairs import STOP_MIN_BLOCKS
 from phases import BATCH, NEW_TOKENS, TARGETS
 from plan import RESERVE, allot, budget_plan, describe, fixed_parts, phases
+from probe import cpu_model
 from report import Events, Report
 
 HERE = Path(__file__).resolve().parent
@@ -304,17 +305,6 @@ def run(args: argparse.Namespace, engine: str, report: Report, t0: float) -> boo
             failed |= not how.startswith("ok")
             left = left[1:]
     return failed
-
-
-def cpu_model() -> str:
-    """The host's CPU, from /proc/cpuinfo ("?" elsewhere). Why: the engines' calls here are bound by one
-    CPU thread (vLLM's engine runs in the caller's process, busy 1.0 CPU-second per second of call), and
-    two H100 machines of one day (2026-12-05) gave vLLM 0.34.0's CUDA-graph calls 843 and 1344 ms."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    return "?"
 
 
 def find_engine(asked: str | None) -> str | None:
