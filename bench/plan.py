@@ -120,7 +120,8 @@ def describe(fixed: dict[str, float], plan: list[tuple[Phase, float]], budget_s:
                          f"shutdown ~{fixed['shutdown']:.0f} s")
         else:
             lines.append(f"  {phase.name:8} ~{seconds:4.0f} s: 1.37 B model made on the GPU, engine start (eager), "
-                         "update_weights from GPU and pinned CPU tensors, offload / onload, the RL loop's push")
+                         "update_weights from GPU, pinned CPU via the GPU and pinned CPU tensors, offload / onload, "
+                         "the RL loop's push")
     total = sum(s for _, s in plan)
     lines.append(f"  total    ~{total:4.0f} s; the fixed parts are estimates (bench/plan.py, or --fixed-s), measured "
                  "ones are reported")

@@ -31,8 +31,8 @@ RATIO_HEAD = ("| began (UTC) | GPU | engine (shim) | mode | setting | shim / dir
 REMEDIES_HEAD = ("| began (UTC) | GPU | engine | mode | condition | prompts x new tokens | blocks | median direct call | "
                  "blocks' spread | a call's own spread | a 0.04 width needs | gauge gap against block: r, slope, side z | "
                  "with the gauge out, 0.04 needs |")
-WEIGHTS_HEAD = ("| began (UTC) | GPU | engine (shim) | update_weights from GPU | from pinned CPU | offload (freed) | "
-                "onload (back) | greedy after the RL loop | engine starts: graphs / eager / weights |")
+WEIGHTS_HEAD = ("| began (UTC) | GPU | engine (shim) | update_weights from GPU | from pinned CPU | from pinned CPU via the GPU | "
+                "offload (freed) | onload (back) | greedy after the RL loop | engine starts: graphs / eager / weights |")
 
 
 def when_where(meta: dict[str, Any]) -> str:
@@ -124,8 +124,10 @@ def weights_row(data: dict[str, Any]) -> str | None:
 
     kept, _, tensors = str(w.get("pinned_cpu_still_pinned", "")).partition("/")
     unpinned = f" (pinned after: {kept}/{tensors})" if tensors and kept != tensors else ""
+    # Runs made before the weights phase had this push: no figure, "-".
+    via_gpu = f"{w['update_pinned_cpu_via_gpu_gb_s']:.1f} GB/s" if "update_pinned_cpu_via_gpu_gb_s" in w else "-"
     return (f"| {when_where(meta)} | {meta['engine']} {meta.get('release', '?')} ({meta.get('shim', '?')}) | "
-            f"{w['update_gpu_gb_s']:.1f} GB/s | {w.get('update_pinned_cpu_gb_s', 0):.1f} GB/s{unpinned} | "
+            f"{w['update_gpu_gb_s']:.1f} GB/s | {w.get('update_pinned_cpu_gb_s', 0):.1f} GB/s{unpinned} | {via_gpu} | "
             f"{timed('offload_s', 'offload_freed_gib')} | {timed('onload_s', 'onload_restored_gib')} | "
             f"{w.get('greedy_identical_after_loop', '-')} | {starts} |")
 

@@ -103,6 +103,7 @@ def test_the_benchmark_runs_every_phase_for_the_engine_detect_finds(tmp_path: Pa
         assert r["noise"]["twin_call_sd"] is not None and r["noise"]["gauge"]["calls"] == 4 * r["pairs"]  # 4 blocks or more
     weights = data["weights"]
     assert weights["parameters"] > 1.3e9 and weights["update_gpu_gb_s"] > 0 and weights["update_pinned_cpu_gb_s"] > 0
+    assert weights["update_pinned_cpu_via_gpu_gb_s"] > 0 and len(weights["update_pinned_cpu_via_gpu_all_s"]) == 3
     assert weights["offload_freed_gib"] > 0 and weights["onload_restored_gib"] > 0
     assert weights["greedy_identical_after_loop"] == "16/16"
     kept, tensors = map(int, weights["pinned_cpu_still_pinned"].split("/"))
@@ -119,7 +120,7 @@ def test_the_benchmark_runs_every_phase_for_the_engine_detect_finds(tmp_path: Pa
     table = subprocess.run([sys.executable, str(ROOT / "bench" / "table.py"), str(tmp_path / "bench.json")],
                            capture_output=True, text=True, check=True).stdout.splitlines()
     rows = [line for line in table if line.startswith(f"| {data['meta']['when'][:16]} | Fake GPU (CPU dry run) | {engine} ")]
-    assert len(rows) == 5 and sum(" | graphs | " in r for r in rows) == 2 and rows[-1].count("GB/s") == 2
+    assert len(rows) == 5 and sum(" | graphs | " in r for r in rows) == 2 and rows[-1].count("GB/s") == 3  # GPU, pinned, via GPU
 
 
 @pytest.mark.parametrize("engine", ["vllm", "sglang"])

@@ -81,6 +81,7 @@ class Tensor:
 
     def to(self, *args: Any, **kwargs: Any) -> Tensor:
         new_dtype, new_device = kwargs.pop("dtype", self.dtype), kwargs.pop("device", self.device.type)
+        kwargs.pop("non_blocking", None), kwargs.pop("copy", None)  # a fake copy is never asynchronous
         if kwargs:
             raise TypeError(f"to() got unexpected keyword arguments {sorted(kwargs)}")
         for arg in args:

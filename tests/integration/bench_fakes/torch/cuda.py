@@ -31,6 +31,10 @@ def empty_cache() -> None:
     return None
 
 
+def ipc_collect() -> None:
+    return None
+
+
 def book(nbytes: int) -> None:
     """For the fake engines: memory taken (positive) or given back (negative)."""
     _used[0] = max(0, _used[0] + int(nbytes))
