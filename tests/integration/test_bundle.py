@@ -580,6 +580,7 @@ def test_receive_and_wait_bring_back_what_finished_in_the_same_call(tmp_path: Pa
     checkout = locked.path.parent
     (checkout / "nap.py").write_text("import sys, time\ntime.sleep(float(sys.argv[1]))\n")
     parts = sorted(tiny_bundle(locked, tmp_path, receive=False).iterdir())
+    assert [p.name for p in parts] == ["part-000", "part-001"]
 
     def gpuenv(*args: str) -> subprocess.CompletedProcess:
         return run_gpuenv(checkout, machine, *args)
@@ -596,7 +597,8 @@ def test_receive_and_wait_bring_back_what_finished_in_the_same_call(tmp_path: Pa
     assert "complete: none; still missing chunks" in unwritable.stdout, "the part was not received all the same"
     first = gpuenv("receive", str(parts[0]), "--collect", str(tmp_path / "call-1"))
     assert first.returncode == 0 and first.stdout.splitlines()[-1].endswith(
-        f"still missing chunks: {entry.name} {len(json.loads((parts[0] / MANIFEST).read_text())['chunks'])}"), first.stdout
+        f"still missing chunks: {entry.name} {len(json.loads((parts[0] / MANIFEST).read_text())['chunks'])} "
+        "(in part-001)"), first.stdout  # which part to send next: the tiny bundle's one after part-000
     assert archived(tmp_path / "call-1") is not None  # the first collect of a machine always writes
     assert gpuenv("pipeline", "--background", "--wait", "60", f"{entry.name}=nap.py 0").returncode == 0
     rest = gpuenv("receive", *(str(p) for p in parts[1:]), "--collect", str(tmp_path / "call-2"))
@@ -654,9 +656,12 @@ def test_a_pipeline_on_a_machine_without_the_bundle_is_refused_at_once(tmp_path:
     first = gpuenv("receive", str(tmp_path / "bundle" / "part-000"))  # the manifest only
     assert first.returncode == 0
     chunks = len(json.loads((tmp_path / "bundle" / "part-000" / "bundle.json").read_text())["chunks"])
-    assert chunks and first.stdout.splitlines()[-1].endswith(f"complete: none; still missing chunks: {entry.name} {chunks}")
+    parts = sorted((tmp_path / "bundle").iterdir())
+    assert [p.name for p in parts] == ["part-000", "part-001"]
+    assert chunks and first.stdout.splitlines()[-1].endswith(
+        f"complete: none; still missing chunks: {entry.name} {chunks} (in part-001)")  # which part to send next
     assert pipeline.check_received([f"{entry.name}=nap.py 0"]) is None  # the chunks may follow
-    rest = gpuenv("receive", *(str(p) for p in sorted((tmp_path / "bundle").iterdir())[1:]))
+    rest = gpuenv("receive", *(str(p) for p in parts[1:]))
     assert rest.returncode == 0 and rest.stdout.splitlines()[-1].endswith(f"complete: {entry.name}")
 
 

@@ -187,12 +187,13 @@ def status() -> None:
         log(f"{name}: {len(need) - len(missing)}/{len(need)} chunks"
             f"{', venv ready' if ready else ''}")
         if missing:
-            waiting.append((len(missing), name))
+            waiting.append((len(missing), name, _parts_holding(manifest, missing)))
         else:
             done.append(name)
     if done or waiting:
         log(f"complete: {', '.join(done) or 'none'}"
-            + ("; still missing chunks: " + ", ".join(f"{name} {n}" for n, name in sorted(waiting)) if waiting else ""))
+            + ("; still missing chunks: " + "; ".join(f"{name} {n} ({parts})" for n, name, parts in sorted(waiting))
+               if waiting else ""))
     else:  # chunks kept, but a hold that goes on here waits for entries this machine cannot name
         kept = _kept_parts()
         log("no bundle's part-000 received on this machine: it is a fresh one (the last may have been taken "
@@ -222,7 +223,28 @@ def _kept_parts() -> str:
     Their chunks are kept, so only part-000 has to be sent again; the line used to say only that.
     """
     path = ROOT / RECEIVED
-    names = sorted(set(path.read_text(encoding="utf-8").split())) if path.is_file() else []
+    return _runs(sorted(set(path.read_text(encoding="utf-8").split())) if path.is_file() else [])
+
+
+def _parts_holding(manifest: Manifest, missing: set[str]) -> str:
+    """Where an entry's missing chunks are: the manifest's parts holding any of them, runs joined ("in
+    part-003, part-007 - part-009"), and how many no part of it holds (a bundle made with ``--after``
+    left those in the earlier bundle's parts).
+
+    Why: a hold sends its next parts by this line alone. A machine may hold many of an entry's chunks
+    already (another entry's bundle brought torch and the CUDA libraries): vllm-0.34.0 after sglang-0.5.23
+    needed 21 of its 44 parts (2026-12-06), and which 21 had to be worked out from the two bundle.json.
+    """
+    holding = [part["name"] for part in manifest.parts if not missing.isdisjoint(part.get("chunks", ()))]
+    elsewhere = len(missing - {c for part in manifest.parts for c in part.get("chunks", ())})
+    where = [f"in {_runs(holding)}"] if holding else []
+    if elsewhere:
+        where.append(f"{elsewhere} in no part of this bundle: send the bundle it was made --after")
+    return "; ".join(where)
+
+
+def _runs(names: list[str]) -> str:
+    """Names with runs of consecutive numbers joined: "hold-4/part-001 - hold-4/part-009, hold-4/part-012"."""
     runs: list[list[str]] = []
     for name in names:
         stem, _, number = name.rpartition("-")
