@@ -264,6 +264,23 @@ def test_a_stuck_phase_is_killed_at_its_share_and_the_others_still_run(tmp_path:
     assert "phase graphs: killed after" in out
 
 
+def test_a_weights_phase_past_its_estimate_takes_from_the_last_modes_measuring(tmp_path: Path) -> None:
+    """The weights phase runs before the last mode and keeps its estimate; one that takes longer (an
+    engine start over the estimate: here 10 s against 1 s planned) is not killed at its share's end plus
+    the grace (8.5 s here) but where the last mode's fixed part would no longer fit, and that mode
+    measures what is left."""
+    proc = bench(tmp_path, "vllm", "--budget-s", "60", "--max-blocks", "2", "--warmup-share", "0.1", "--modes", "eager",
+                 "--fixed-s", "process=2", "start_eager=6", "shutdown=1", "weights=1", FAKE_ENGINE_START_S="10")
+    code, out = finish(proc)
+    assert code == 0, out[-3000:]
+    data = json.loads((tmp_path / "bench.json").read_text())
+    weights, eager = data["phases"]["weights"], data["phases"]["eager"]
+    assert list(data["phases"]) == ["weights", "eager"]
+    assert weights["status"] == "ok" and weights["seconds"] > 1 + 60 / 8, weights
+    assert eager["status"] == "ok" and {(r["mode"], r["final"]) for r in data["ratios"]} == {("eager", True)}
+    assert data["weights"]["greedy_identical_after_loop"] == "16/16"
+
+
 def test_the_file_is_valid_whenever_the_run_is_killed(tmp_path: Path) -> None:
     """gpuenv kills the benchmark's whole process group at its script timeout: what was measured by
     then is in bench.json, which is never half written."""
