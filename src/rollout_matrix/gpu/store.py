@@ -235,8 +235,9 @@ def _parts_holding(manifest: Manifest, missing: set[str]) -> str:
     already (another entry's bundle brought torch and the CUDA libraries): vllm-0.34.0 after sglang-0.5.23
     needed 21 of its 44 parts (2026-12-06), and which 21 had to be worked out from the two bundle.json.
     """
-    holding = [part["name"] for part in manifest.parts if not missing.isdisjoint(part.get("chunks", ()))]
-    elsewhere = len(missing - {c for part in manifest.parts for c in part.get("chunks", ())})
+    where = {c: part["name"] for part in manifest.parts for c in part["chunks"]}  # as bundle.py's progress lines
+    holding = sorted({where[c] for c in missing if c in where})
+    elsewhere = sum(c not in where for c in missing)
     where = [f"in {_runs(holding)}"] if holding else []
     if elsewhere:
         where.append(f"{elsewhere} in no part of this bundle: send the bundle it was made --after")
