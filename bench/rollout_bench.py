@@ -204,8 +204,9 @@ def main(argv: list[str] | None = None) -> int:
                    f"(at least {STOP_MIN_BLOCKS} blocks; 0: never); its time goes to the next phases")
     p.add_argument("--warmup-share", type=float, default=0.4, help="most of a mode's measuring time warm-up may take")
     p.add_argument("--progress-s", type=float, default=10, help="longest silence before a progress line")
-    p.add_argument("--flush-cache", action="store_true",
-                   help="empty the engine's prefix cache before every timed call, outside the clock (a noise remedy to test)")
+    p.add_argument("--flush-cache", action=argparse.BooleanOptionalAction, default=True,
+                   help="empty the engine's prefix cache before every timed call, outside the clock (default; without it "
+                        "SGLang's eager calls slowed by a quarter to a third within a run: docs/performance.md, ninth H100 hold)")
     p.add_argument("--fixed-s", nargs="+", default=[], metavar="PART=SECONDS",
                    help="what the plan assumes for a fixed part, measured on this machine (process, start_graphs, "
                         "start_eager, shutdown, weights; defaults in bench/plan.py)")
