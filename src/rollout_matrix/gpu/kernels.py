@@ -38,6 +38,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO
 
+from rollout_matrix.gpu import kernel_cache
+
 PREBUILD_TIMEOUT_S = 300
 """FlashInfer's sampling build took 80-100 s of an engine start on the H200 with three suites on its
 16 cores (2026-12-03/04), and 60-115 s on this project's 2-core CPU machine; three times that is a build
@@ -119,14 +121,28 @@ def prebuild(entry: str, python: Path, environ: dict[str, str], logf: IO[bytes],
     the GPUs' compute capabilities (default: the driver's). ``started(pgid, argv)`` is told of the build's
     process group (``gpuenv stop`` finds it there). ``before``: what waits for the build, for the log
     (a suite, or a script such as the benchmark, whose budget an engine start spent on nvcc). Returns what happened, for run.json:
-    ``{"built": bool, "seconds": float, ...}`` with ``why`` when it did not build; never raises.
+    ``{"built": bool, "seconds": float, ...}`` with ``why`` when it did not build, and ``carried``
+    (``kernel_cache.freshen``) where the home held FlashInfer builds already; never raises. A build the
+    home holds from another machine counts where it was made from this venv's lock (``kernel_cache``);
+    a build that succeeded is stamped with that lock.
 
     Only the standard library here: tests/engine imports this module in every release's environment."""
+    venv, root = Path(python).parent.parent, kernel_cache.cache_root(environ)
+    carried = kernel_cache.freshen(entry, venv, root)
+    if carried["reused"]:
+        log(f"{entry}: carried FlashInfer build for this lock: {carried['touched']} inputs of the venv dated before "
+            "its outputs")
+    elif carried["builds"]:
+        log(f"{entry}: FlashInfer's builds in this home kept as they are ({carried['why']}): ninja rebuilds what is "
+            "older than its inputs")
     try:
         outcome = _build(entry, python, environ, logf, found, timeout, started, before)
     except Exception as exc:  # best effort: the engine's first start builds the kernels itself anyway
         outcome = {"built": False, "seconds": 0.0, "why": f"{type(exc).__name__}: {exc}"}
+    if carried["builds"]:
+        outcome["carried"] = carried
     if outcome["built"]:
+        kernel_cache.stamp(entry, venv, root)
         log(f"{entry}: FlashInfer's sampling kernels built in {outcome['seconds']}s before {before}, no GPU "
             f"lock held ({outcome.get('where') or 'flashinfer names no folder'})")
     elif outcome.get("absent"):  # vLLM up to 0.11.0 does not install it (its locks)
