@@ -83,6 +83,10 @@ class SGLangConfig:
     deterministic_inference: bool = _opt(
         False, None, "ServerArgs.enable_deterministic_inference (0.5.3+; needed for SamplingParams.seed)"
     )
+    stage_cpu_weights_mib: int = _opt(
+        0, Check(min=0), "shim: update_weights copies CPU tensors to this process's GPU first, at most this many MiB "
+        "at a time (0: off; shims/sglang_staging.py)"
+    )
 
 
 @dataclass(frozen=True)

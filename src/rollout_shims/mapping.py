@@ -129,6 +129,8 @@ SHIM_KEYS: dict[str, str] = {
     "sglang.use_torch_compile": "(vLLM shims: not used)",
     "sglang.torch_compile_max_bs": "(vLLM shims: not used)",
     "sglang.deterministic_inference": "(vLLM shims: not used; vLLM applies the request seeds derived from SamplingParams.seed)",
+    "sglang.stage_cpu_weights_mib": "update_weights copies CPU tensors to this process's GPU, at most this many MiB "
+    "at a time, each bucket loaded before the next is copied (0: off) (vLLM shims: not used; vLLM loads in this process)",
     "vllm.attention_backend": "(SGLang shims: not used)",
     "vllm.enable_chunked_prefill": "(SGLang shims: not used; SGLang always chunks prefill)",
     "vllm.enable_prefix_caching": "(SGLang shims: not used; SGLang's radix cache is always on)",

@@ -273,6 +273,41 @@ def test_update_weights_changes_outputs_to_the_new_reference(engine, reference, 
     torch.cuda.empty_cache()
 
 
+def test_update_weights_stages_pinned_cpu_tensors_on_the_gpu_where_asked(engine, reference, tiny_qwen2,
+                                                                         monkeypatch, record_property) -> None:
+    """``rollout.sglang.stage_cpu_weights_mib`` (SGLang only, off by default), switched on for one push: the
+    pinned CPU tensors (as a trainer that offloads keeps them) reach SGLang as copies on this process's GPU,
+    in loads of at most 1 MiB (this model's 3.4 MB in several), and the engine answers as the pushed
+    weights. The caller's tensors stay where they were. vLLM shims do not read the key: one plain push."""
+    new = tiny_qwen2(3)
+    pushed = [(n, t if DEVICE == "cpu" else t.pin_memory()) for n, t in bf16_weights(new)]
+    loads: list[list[str]] = []
+    call = getattr(engine, "_call", None)
+    if engine.info.backend == "sglang" and call is not None:  # the stand-in of the CPU dry run has none
+        def spy(name, *args, **kwargs):
+            if name == "update_weights_from_tensor" and args and args[0]:
+                loads.append([t.device.type for _, t in args[0]])
+            return call(name, *args, **kwargs)
+
+        monkeypatch.setattr(engine, "_call", spy)
+    asked = engine.config
+    engine.config = dataclasses.replace(asked, sglang=dataclasses.replace(asked.sglang, stage_cpu_weights_mib=1))
+    try:
+        engine.update_weights(pushed)
+    finally:
+        engine.config = asked
+        monkeypatch.undo()
+    record_property("staged_loads", len(loads))
+    print(f"[staging] {engine.info.shim}: {len(loads)} staged load(s) of {len(pushed)} tensors")
+    if loads:
+        assert len(loads) >= 2 and all(device == "cuda" for load in loads for device in load), loads
+    assert all(t.device.type == "cpu" and (DEVICE == "cpu" or t.is_pinned()) for _, t in pushed)
+    new_ref = exact(new)
+    for prompt, completion in zip(prompts(), engine.generate(prompts(), GREEDY), strict=True):
+        check_teacher_forced(new_ref, prompt, completion)
+    check_restored(engine, reference)
+
+
 def test_rl_loop_offload_train_onload_update_weights(engine, reference, tiny_qwen2) -> None:
     """The RL loop: offload, train (here: fill the freed memory), onload, push the trained weights,
     generate. Engines that drop weights on offload must refuse to generate until the push, never

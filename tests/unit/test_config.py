@@ -46,7 +46,7 @@ DEFAULTS = {
     "model_arch": "qwen2.5", "enforce_eager": False, "distributed_executor_backend": "mp",
     "disable_log_stats": False, "detokenize": False, "padding": None, "eos": None, "rollout_backend": "sglang",
     "sglang": {"attention_backend": "triton", "decode_log_interval": 500000, "use_torch_compile": False,
-               "torch_compile_max_bs": 128, "deterministic_inference": False},
+               "torch_compile_max_bs": 128, "deterministic_inference": False, "stage_cpu_weights_mib": 0},
     "vllm": {"attention_backend": "FLASH_ATTN", "enable_chunked_prefill": True, "enable_prefix_caching": True,
              "enable_flash_infer_sampler": True},
     "tensor_parallel_size": 1, "pipeline_parallel_size": 1, "validate_weight": False, "validate_save_dir": None,
@@ -162,7 +162,7 @@ def test_every_problem_is_reported_at_once_one_per_line() -> None:
         "rollout.model_dir: required key is missing",
         "rollout.gpu_memory_utilization: 2 is not <= 1",
         "rollout.sglang.x: unknown key; known keys: attention_backend, decode_log_interval, use_torch_compile, "
-        "torch_compile_max_bs, deterministic_inference",
+        "torch_compile_max_bs, deterministic_inference, stage_cpu_weights_mib",
         "rollout.sglang.attention_backend: 'fa3' is not one of flashinfer, triton",
         "rollout.vllm.enable_flash_infer_sampler: 'no' is not a boolean (true or false)",
         "rollout.tensor_parallel_size: '1' is not an integer",

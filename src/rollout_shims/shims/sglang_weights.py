@@ -16,6 +16,7 @@ from typing import Any
 
 from rollout_shims.errors import EngineRequestError, UnsupportedFeatureError
 from rollout_shims.sharing import SGLANG_LOADER, SharedBucket
+from rollout_shims.shims import sglang_staging as staging
 from rollout_shims.shims.sglang_pause import PAUSE_LOADER
 from rollout_shims.symbols import unavailable_features
 
@@ -34,9 +35,11 @@ class SGLangWeights:
                             "%s first", self.config.model_dir)
                 self._reload_from_disk()
         self._settle()  # the load's own flush (flush_cache=True) is asserted by the scheduler
-        answered("SGLang refused the weights",
-                 self._call("update_weights_from_tensor", named_tensors, load_format=None, flush_cache=True))
-        self._pushed = True
+        for load in staging.loads(named_tensors, self.config.sglang.stage_cpu_weights_mib):  # one, unless staged
+            answered("SGLang refused the weights",
+                     self._call("update_weights_from_tensor", load, load_format=None, flush_cache=True))
+            self._pushed = True
+            del load  # a staged bucket's GPU copies go before the next bucket's are made
 
     def _update_weights_from(self, buckets: Iterator[SharedBucket]) -> None:
         """Each bucket as SGLang's own ``update_weights_from_tensor`` request, whose
