@@ -18,6 +18,8 @@ Needs torch, transformers and the engine; ``PYTHONPATH=src``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import gc
 import json
 import logging
@@ -26,6 +28,7 @@ import platform
 import random
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -66,6 +69,8 @@ blocks it promised in the remedies script: in the whole benchmark a 0.04 width n
 seconds of calls as at 128 (docs/performance.md)."""
 
 GIB = 1024**3
+STAGE_MIB = 512
+"""The shim's staging buckets in the weights phase: a trainer's spare GPU memory, not the whole push."""
 VLLM_FLUSH_LOGGER = "vllm.v1.core.block_pool"
 """Where vLLM (0.34.0) logs "Successfully reset prefix cache" at INFO, once per flush: warnings only
 while the benchmark flushes before every call."""
@@ -266,6 +271,21 @@ def measure(engine: Any, wrapped: Wrapped, mode: str, spec: dict[str, Any]) -> N
             say(f"{mode} {setting.name}: noise: {noise.describe(rec['noise'])}")
 
 
+@contextlib.contextmanager
+def staging(engine: Any, mib: int) -> Iterator[None]:
+    """``rollout.sglang.stage_cpu_weights_mib`` at ``mib`` for the pushes inside (the shim reads it per push);
+    0: the engine's config as it was made."""
+    if not mib:
+        yield
+        return
+    made = engine.config
+    engine.config = dataclasses.replace(made, sglang=dataclasses.replace(made.sglang, stage_cpu_weights_mib=mib))
+    try:
+        yield
+    finally:
+        engine.config = made
+
+
 def weights(spec: dict[str, Any]) -> None:
     """The RL loop on a 1.37 B model: start on dummy weights, push, offload, onload, push, generate."""
     import torch
@@ -306,15 +326,21 @@ def weights(spec: dict[str, Any]) -> None:
     # scheduler receives a CPU tensor in pageable shared memory and copies it at pageable speed (2.3-4.0 GB/s,
     # bench/host_copy.py), its CUDA path runs at 39-61 GB/s. Its price: the pushed tensors' size in this
     # process's GPU memory. It runs before "pinned_cpu", whose SGLang pushes leave the tensors unpinned.
-    pushes = (("gpu", lambda: on_gpu), ("pinned_cpu_via_gpu", lambda: [(n, t.to("cuda", non_blocking=True)) for n, t in pinned]),
-              ("pinned_cpu", lambda: pinned))
+    # "pinned_cpu_staged" (SGLang): the same, done by the shim (rollout.sglang.stage_cpu_weights_mib), a bucket
+    # of STAGE_MIB at a time; vLLM shims do not read the key.
+    pushes = [("gpu", lambda: on_gpu, 0),
+              ("pinned_cpu_via_gpu", lambda: [(n, t.to("cuda", non_blocking=True)) for n, t in pinned], 0),
+              ("pinned_cpu", lambda: pinned, 0)]
+    if spec["engine"] == "sglang":
+        pushes.insert(2, ("pinned_cpu_staged", lambda: pinned, STAGE_MIB))
     try:
-        for name, tensors in pushes:
+        for name, tensors, stage_mib in pushes:
             times = []
             for _ in range(spec["repeats"]):
                 sync()
                 start = time.perf_counter()
-                engine.update_weights(tensors())
+                with staging(engine, stage_mib):
+                    engine.update_weights(tensors())
                 sync()
                 times.append(time.perf_counter() - start)
             mid = sorted(times)[len(times) // 2]

@@ -126,6 +126,8 @@ def weights_row(data: dict[str, Any]) -> str | None:
     unpinned = f" (pinned after: {kept}/{tensors})" if tensors and kept != tensors else ""
     # Runs made before the weights phase had this push: no figure, "-".
     via_gpu = f"{w['update_pinned_cpu_via_gpu_gb_s']:.1f} GB/s" if "update_pinned_cpu_via_gpu_gb_s" in w else "-"
+    if "update_pinned_cpu_staged_gb_s" in w:  # SGLang: the same staging, done by the shim in buckets
+        via_gpu += f" (staged by the shim: {w['update_pinned_cpu_staged_gb_s']:.1f} GB/s)"
     return (f"| {when_where(meta)} | {meta['engine']} {meta.get('release', '?')} ({meta.get('shim', '?')}) | "
             f"{w['update_gpu_gb_s']:.1f} GB/s | {w.get('update_pinned_cpu_gb_s', 0):.1f} GB/s{unpinned} | {via_gpu} | "
             f"{timed('offload_s', 'offload_freed_gib')} | {timed('onload_s', 'onload_restored_gib')} | "

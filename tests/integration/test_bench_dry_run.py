@@ -11,6 +11,7 @@ second vLLM engine in one process, which the stand-in refuses as vLLM 0.33 does)
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -65,8 +66,9 @@ def finish(proc: subprocess.Popen, timeout: float = 150) -> tuple[int, str]:
 
 @pytest.mark.parametrize("engine", ["vllm", "sglang"])
 def test_the_benchmark_runs_every_phase_for_the_engine_detect_finds(tmp_path: Path, engine: str) -> None:
+    loads = tmp_path / "loads"
     proc = bench(tmp_path, engine, "--budget-s", "40", "--max-blocks", "4", "--progress-s", "1",
-                 "--warmup-share", "0.1", FAKE_ENGINE_START_S="2.5")
+                 "--warmup-share", "0.1", FAKE_ENGINE_START_S="2.5", FAKE_ENGINE_LOADS_LOG=str(loads))
     code, out = finish(proc)
     assert code == 0, out[-4000:]
     data = json.loads((tmp_path / "bench.json").read_text())
@@ -108,6 +110,14 @@ def test_the_benchmark_runs_every_phase_for_the_engine_detect_finds(tmp_path: Pa
     assert weights["greedy_identical_after_loop"] == "16/16"
     kept, tensors = map(int, weights["pinned_cpu_still_pinned"].split("/"))
     assert tensors == weights["tensors"] and kept == (tensors if engine == "vllm" else 0)  # SGLang's pickling unpins
+    if engine == "sglang":  # the shim's own staging: 512 MiB buckets of the 2.73 GB, every tensor on the GPU
+        assert weights["update_pinned_cpu_staged_gb_s"] > 0 and len(weights["update_pinned_cpu_staged_all_s"]) == 3
+        pushes = [line.split() for line in loads.read_text().splitlines()]
+        staged = [p for p in pushes if len(p) < tensors]  # the other pushes load every tensor at once
+        assert len(staged) == 3 * math.ceil(weights["bytes"] / (512 << 20)) and all(set(p) == {"cuda"} for p in staged)
+        assert sum(map(len, staged)) == 3 * tensors
+    else:  # vLLM shims do not read rollout.sglang.stage_cpu_weights_mib
+        assert "update_pinned_cpu_staged_gb_s" not in weights
     # What a person watching sees: the plan with seconds per phase first, then progress at least every
     # --progress-s (the engine start of 2.5 s is silent: the parent must say it is still running).
     assert out.splitlines()[1].startswith("plan: 40 s budget")
@@ -120,7 +130,9 @@ def test_the_benchmark_runs_every_phase_for_the_engine_detect_finds(tmp_path: Pa
     table = subprocess.run([sys.executable, str(ROOT / "bench" / "table.py"), str(tmp_path / "bench.json")],
                            capture_output=True, text=True, check=True).stdout.splitlines()
     rows = [line for line in table if line.startswith(f"| {data['meta']['when'][:16]} | Fake GPU (CPU dry run) | {engine} ")]
-    assert len(rows) == 5 and sum(" | graphs | " in r for r in rows) == 2 and rows[-1].count("GB/s") == 3  # GPU, pinned, via GPU
+    assert len(rows) == 5 and sum(" | graphs | " in r for r in rows) == 2  # GPU, pinned, via GPU (and by the shim: SGLang)
+    sglang = engine == "sglang"
+    assert rows[-1].count("GB/s") == (4 if sglang else 3) and ("staged by the shim" in rows[-1]) == sglang
 
 
 @pytest.mark.parametrize("engine", ["vllm", "sglang"])

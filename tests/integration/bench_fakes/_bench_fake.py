@@ -49,6 +49,13 @@ def flush() -> None:
             fh.write("flush\n")
 
 
+def loaded(devices: list[str]) -> None:
+    """A weight load: one line in FAKE_ENGINE_LOADS_LOG naming its tensors' devices, in order."""
+    if os.environ.get("FAKE_ENGINE_LOADS_LOG"):
+        with open(os.environ["FAKE_ENGINE_LOADS_LOG"], "a") as fh:
+            fh.write(" ".join(devices) + "\n")
+
+
 def tokens(rng: random.Random, n: int, prompt: list[int], greedy: bool) -> list[int]:
     """Random tokens; greedy ones depend on the prompt only, as a real model's do."""
     if greedy:

@@ -51,10 +51,10 @@ def set_rng_state(new_state: tuple[int]) -> None:
 class device:
     """``torch.device("cuda")``, also as the context that makes new tensors there."""
 
-    def __init__(self, type: str) -> None:
+    def __init__(self, type: str, index: int | None = None) -> None:
         if type.split(":")[0] not in ("cpu", "cuda"):
             raise RuntimeError(f"Expected one of cpu, cuda device type at start of device string: {type}")
-        self.type = type.split(":")[0]
+        self.type, self.index = type.split(":")[0], index
 
     def __enter__(self) -> device:
         _default_device.append(self.type)

@@ -35,6 +35,19 @@ def ipc_collect() -> None:
     return None
 
 
+def current_device() -> int:
+    return 0
+
+
+class _Stream:
+    def synchronize(self) -> None:
+        return None
+
+
+def current_stream(device: object = None) -> _Stream:
+    return _Stream()
+
+
 def book(nbytes: int) -> None:
     """For the fake engines: memory taken (positive) or given back (negative)."""
     _used[0] = max(0, _used[0] + int(nbytes))

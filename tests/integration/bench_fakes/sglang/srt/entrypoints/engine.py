@@ -71,6 +71,7 @@ class Engine:
             tensor.numel()
             if tensor.device.type == "cpu":  # SGLang pickles them (engine.py:1745-1748 in 0.5.23) and torch
                 tensor.pinned = False  # moves a CPU tensor's storage into shared memory, unpinned
+        _fake.loaded([t.device.type for _, t in named_tensors])
         return True, "Success"
 
     def release_memory_occupation(self, tags: list[str] | None = None) -> None:
