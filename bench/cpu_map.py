@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""How fast each CPU of this machine runs Python, read CPU by CPU, round after round: is a slow CPU a
+place or a moment?
+
+Why: in every eager record of the eighth and ninth H100 holds (2026-12-06) the CPU gauge
+(bench/gauge.py, the same piece of interpreter work before and after each call) read in two modes,
+about 1.4 ms and about 2.2-2.4 ms, in SGLang's benchmark process and in vLLM's alike, and vLLM's eager
+calls after a fast read took a median 0.72-0.76 s against 0.90-0.98 s after a slow one; its process
+was busy the whole of every call. Whether that is the machine's CPUs being of two speeds (a vCPU whose
+hidden SMT sibling another tenant keeps busy, while the scheduler moves the engine's thread between
+vCPUs) or the whole machine slowing for a while decides the remedy: the first is pinning the engine's
+hot thread to a fast CPU (bench/affinity.py), the second has none but more blocks.
+
+This reads the gauge on one CPU at a time, the thread pinned there (``os.sched_setaffinity``), for
+``--per-cpu-s`` seconds, over every CPU this process may use, ``--rounds`` times in turn: a CPU slow
+in every round is a place, a round slow on every CPU is a moment. ``--siblings`` CPUs are then read
+again while a busy process runs on each other CPU in turn: a CPU that slows one of them shares its
+core (the VM may list 16 cores of one thread each, docs/performance.md). Only the standard library; no
+GPU. The JSON is rewritten after every CPU, so a run cut short keeps what it read.
+
+    python3 bench/cpu_map.py --json cpu_map.json                     # about 16 x 3 x 2 s + 2 x 15 x 1 s
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import gauge
+
+SLOW = 1.3
+"""A read this many times the machine's fast mode (its 10th percentile) is a slow one: the two modes
+seen on the H100s were about 1.4 and 2.2-2.4 ms, 1.6-1.7 times apart."""
+
+
+def current_cpu() -> int:
+    """The CPU this thread last ran on: field 39 of ``/proc/thread-self/stat`` (Python has no sched_getcpu)."""
+    stat = Path("/proc/thread-self/stat").read_text()
+    return int(stat[stat.rindex(")") + 2:].split()[36])
+
+
+def reads_on(cpu: int, seconds: float) -> dict[str, Any]:
+    """The gauge read on ``cpu`` alone for ``seconds``: every read (ms) and where the thread ran."""
+    os.sched_setaffinity(0, {cpu})
+    for _ in range(20):  # the first reads after a move pay the move (caches, the new CPU's clock)
+        gauge.read()
+    got, elsewhere = [], 0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        got.append(gauge.read() * 1000)
+        elsewhere += current_cpu() != cpu
+    return {"cpu": cpu, "ms": [round(x, 4) for x in got], "elsewhere": elsewhere}
+
+
+def busy(cpu: int, stop: Any) -> None:
+    """A process keeping ``cpu`` busy with the same kind of work until ``stop`` is set."""
+    os.sched_setaffinity(0, {cpu})
+    while not stop.is_set():
+        gauge.read()
+
+
+def summary(ms: list[float], fast: float) -> dict[str, float]:
+    return {"median_ms": round(statistics.median(ms), 4), "slow_share": round(sum(x > SLOW * fast for x in ms) / len(ms), 4),
+            "reads": len(ms)}
+
+
+def siblings_of(base: int, others: list[int], seconds: float, fast: float) -> dict[str, Any]:
+    """``base``'s reads while each other CPU in turn is kept busy, against ``base`` alone just before."""
+    alone = summary(reads_on(base, seconds)["ms"], fast)
+    beside = {}
+    for other in others:
+        stop = multiprocessing.Event()
+        proc = multiprocessing.Process(target=busy, args=(other, stop), daemon=True)
+        proc.start()
+        try:
+            beside[str(other)] = summary(reads_on(base, seconds)["ms"], fast)
+        finally:
+            stop.set()
+            proc.join(5)
+    slowed = [int(o) for o, s in beside.items() if s["median_ms"] > SLOW * alone["median_ms"]]
+    return {"alone": alone, "beside": beside, "slowed_by": slowed}
+
+
+def write(path: Path | None, data: dict[str, Any]) -> None:
+    if path is not None:
+        part = path.with_suffix(path.suffix + ".part")
+        part.write_text(json.dumps(data, indent=1) + "\n")
+        part.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--per-cpu-s", type=float, default=2.0, help="seconds of reads on each CPU a round (default 2)")
+    p.add_argument("--rounds", type=int, default=3, help="sweeps over every CPU (default 3)")
+    p.add_argument("--siblings", type=int, nargs="*", default=None, metavar="CPU",
+                   help="CPUs to look for a core-sharing sibling of (default: the first two; none: skip)")
+    p.add_argument("--sibling-s", type=float, default=1.0, help="seconds of reads beside each busy CPU (default 1)")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    if args.per_cpu_s <= 0 or args.rounds < 1 or args.sibling_s <= 0:
+        p.error("--per-cpu-s and --sibling-s must be > 0, --rounds >= 1")
+    cpus = sorted(os.sched_getaffinity(0))
+    siblings = cpus[:2] if args.siblings is None else args.siblings
+    if set(siblings) - set(cpus):
+        p.error(f"--siblings {sorted(set(siblings) - set(cpus))}: not a CPU this process may use ({cpus})")
+    data: dict[str, Any] = {"cpus": cpus, "args": {k: v for k, v in vars(args).items() if k != "json"},
+                            "began": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "rounds": []}
+    print(f"cpu_map: {len(cpus)} CPUs x {args.rounds} rounds x {args.per_cpu_s:g} s, then siblings of {siblings}", flush=True)
+    for r in range(args.rounds):
+        sweep = []
+        for cpu in cpus:
+            sweep.append(reads_on(cpu, args.per_cpu_s))
+            data["rounds"] = [*data["rounds"][:r], sweep]
+            write(args.json, data)
+    everything = [x for sweep in data["rounds"] for one in sweep for x in one["ms"]]
+    fast = sorted(everything)[len(everything) // 10]
+    data["fast_ms"] = round(fast, 4)
+    on = {c: [x for sweep in data["rounds"] for one in sweep if one["cpu"] == c for x in one["ms"]] for c in cpus}
+    data["per_cpu"] = {str(c): summary(ms, fast) for c, ms in on.items()}
+    data["per_round"] = [summary([x for one in sweep for x in one["ms"]], fast) for sweep in data["rounds"]]
+    write(args.json, data)
+    print(f"fast mode {fast:.3f} ms; a read over {SLOW * fast:.3f} ms is slow", flush=True)
+    for c in cpus:
+        cells = " ".join(f"{summary(one['ms'], fast)['slow_share']:5.0%}" for sweep in data["rounds"] for one in sweep
+                         if one["cpu"] == c)
+        print(f"  cpu {c:3d}: median {data['per_cpu'][str(c)]['median_ms']:.3f} ms, slow share by round {cells}", flush=True)
+    data["siblings"] = {}
+    for base in siblings:
+        data["siblings"][str(base)] = siblings_of(base, [c for c in cpus if c != base], args.sibling_s, fast)
+        write(args.json, data)
+        print(f"  cpu {base}: slowed by a busy {data['siblings'][str(base)]['slowed_by'] or 'none'}", flush=True)
+    os.sched_setaffinity(0, set(cpus))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
