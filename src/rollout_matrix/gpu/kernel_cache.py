@@ -10,11 +10,15 @@ command changed (``.ninja_log``), or whose deps-log entry is older than it (so t
 would not do): here the inputs are dated back instead, and only where that is true to what they hold.
 
 That is where ``stamp``, after a build, named the lock this venv was made from (its ``.lock-exact``,
-written by gpu/lockenv.py once the venv equalled the lock) and the builds ninja then found up to date
-with it: the same wheels make the same files. ``freshen`` dates back, to just before the output that
-read it, every input of the venv that those builds' deps logs name; nothing outside the venv (a system
-header that changed still rebuilds). Without a matching stamp it changes nothing: ninja decides as
-before.
+written by gpu/lockenv.py once the venv equalled the lock), the builds ninja then found up to date with
+it (the same wheels make the same files), and the inputs from outside the venv (CUDA's and the
+compiler's headers of the machine's image: path, size and time, as one hash), which the machine's own
+packages date long before any build, so ninja would not see them change. ``freshen`` dates back every
+input of the venv that those builds' deps logs name, to 1 s before the earlier of the output's time and
+the time ``.ninja_log`` records for it (ninja 1.12 on records when the command *started*, vLLM 0.34.0's
+lock has ninja 1.13.2, and an nvcc compile takes minutes), then asks ninja whether it would build
+anything. Nothing outside the venv is touched. Without a matching stamp, or where the machine's own
+inputs differ, it changes nothing: ninja decides as before.
 
 Only the standard library: gpu/kernels.py imports this module, and tests/engine imports that one in
 every release's environment.
@@ -22,6 +26,7 @@ every release's environment.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -58,6 +63,22 @@ def _lock_of(venv: Path) -> dict | None:
 
 def _mark(entry: str, venv: Path, made: Mapping) -> dict:
     return {"entry": entry, "venv": str(venv), "lock": made.get("lock"), "lock_sha256": made["lock_sha256"]}
+
+
+def _outside(ninja: str, manifests: list[Path], venv: Path) -> str:
+    """One hash of the inputs ``manifests``' deps logs record outside ``venv``: path, size and time."""
+    inside, seen = venv.resolve(), set()
+    for manifest in manifests:
+        for inputs in recorded(ninja, manifest).values():
+            seen.update(p.resolve() for p in inputs if not p.resolve().is_relative_to(inside))
+    lines = []
+    for path in sorted(seen):
+        try:
+            st = path.stat()
+            lines.append(f"{path} {st.st_size} {st.st_mtime_ns}")
+        except OSError:
+            lines.append(f"{path} missing")
+    return "sha256:" + hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 def _ninja(venv: Path) -> str | None:
@@ -104,9 +125,11 @@ def stamp(entry: str, venv: Path, root: Path) -> int:
     if made is None or ninja is None:
         return 0
     try:
-        done = [str(m.relative_to(root)) for m in builds(root) if up_to_date(ninja, m)]
+        fresh = [m for m in builds(root) if up_to_date(ninja, m)]
+        done = [str(m.relative_to(root)) for m in fresh]
         part = root / f"{STAMP}.{os.getpid()}"  # whole or not at all: a suite and a script may run side by side
-        part.write_text(json.dumps({**_mark(entry, venv, made), "builds": done}, indent=1) + "\n")
+        part.write_text(json.dumps({**_mark(entry, venv, made), "builds": done, "outside": _outside(ninja, fresh, venv)},
+                                   indent=1) + "\n")
         part.replace(root / STAMP)
     except Exception:  # best effort: without a stamp the next machine rebuilds, as before
         return 0
@@ -116,7 +139,7 @@ def stamp(entry: str, venv: Path, root: Path) -> int:
 def recorded(ninja: str, manifest: Path) -> dict[Path, list[Path]]:
     """Each output of ``manifest`` whose deps-log entry ninja calls VALID -> the inputs recorded for it
     (``ninja -t deps``; relative paths are read from the folder ninja runs in)."""
-    done, where = _ninja_in(ninja, manifest, "-t", "deps"), _workdir(manifest)
+    done, where = _ninja_in(ninja, manifest, "-n", "-t", "deps"), _workdir(manifest)  # -n: the logs stay as they are
     found: dict[Path, list[Path]] = {}
     inputs: list[Path] | None = None
     for line in done.stdout.splitlines():
@@ -130,14 +153,32 @@ def recorded(ninja: str, manifest: Path) -> dict[Path, list[Path]]:
     return found
 
 
-def freshen(entry: str, venv: Path, root: Path) -> dict:
-    """Before a build: where ``root``'s stamp names this entry, venv and lock, date every input of the
-    venv that a stamped build recorded back to 1 s before the earliest output that read it, where it is
-    newer than that. Returns ``{"reused": bool, "touched": n, "builds": n, "why": ...}`` (builds: the
-    builds found under ``root``; why: when not reused); never raises."""
-    found = builds(root)
-    outcome = {"reused": False, "touched": 0, "builds": len(found)}
+def logged(manifest: Path) -> dict[Path, int]:
+    """Each output's time as ``.ninja_log`` records it (ns): ninja 1.12 on writes when its command started,
+    and rebuilds an output whose inputs are newer than that. The last line of an output counts."""
+    where, found = _workdir(manifest), {}
     try:
+        lines = (where / ".ninja_log").read_text().splitlines()
+    except OSError:
+        return {}
+    for line in lines:
+        fields = line.split("\t")
+        if len(fields) == 5 and fields[2].isdigit():
+            found[where / fields[3]] = int(fields[2])
+    return found
+
+
+def freshen(entry: str, venv: Path, root: Path) -> dict:
+    """Before a build: where ``root``'s stamp names this entry, venv and lock, and its hash of the inputs
+    outside the venv matches (a stamp written by hand has none), date every input of the venv that a
+    stamped build recorded back to 1 s before the earliest time that counts for an output that read it
+    (its file's or its ``.ninja_log`` line's), where it is newer than that. Returns ``{"reused": bool,
+    "touched": n, "builds": n, "why": ...}``: reused where ninja then finds nothing to build (builds: the
+    builds found under ``root``; why: when not reused); never raises."""
+    outcome: dict = {"reused": False, "touched": 0, "builds": 0}
+    try:
+        found = builds(root)
+        outcome["builds"] = len(found)
         if not found:
             return {**outcome, "why": "no FlashInfer build in this home yet"}
         made = _lock_of(venv)
@@ -157,13 +198,17 @@ def freshen(entry: str, venv: Path, root: Path) -> dict:
         kept = [b for b in found if str(b.relative_to(root)) in stamped.get("builds", [])]
         if not kept:
             return {**outcome, "why": "none of its builds was up to date when it was stamped"}
+        if "outside" in stamped and stamped["outside"] != _outside(ninja, kept, venv):
+            return {**outcome, "why": "the machine's own inputs of its builds (CUDA's or the compiler's headers, "
+                                      "outside the venv) are not those it was built with"}
         inside = venv.resolve()
         before: dict[Path, int] = {}  # input -> the time it must not be later than
         for build in kept:
+            log_times = logged(build)
             for output, inputs in recorded(ninja, build).items():
                 if not output.is_file():
                     continue
-                limit = output.stat().st_mtime_ns - SECOND_NS
+                limit = min(output.stat().st_mtime_ns, log_times.get(output, output.stat().st_mtime_ns)) - SECOND_NS
                 for path in inputs:
                     real = path.resolve()  # ninja reads the file a link names: that is what gets dated
                     if real.is_relative_to(inside) and real.is_file():
@@ -173,6 +218,10 @@ def freshen(entry: str, venv: Path, root: Path) -> dict:
             if path.stat().st_mtime_ns > limit:
                 os.utime(path, ns=(limit, limit))
                 touched += 1
-        return {**outcome, "reused": True, "touched": touched}
+        outcome["touched"] = touched
+        if not all(up_to_date(ninja, b) for b in kept):
+            return {**outcome, "why": "ninja would still build (an input outside the venv newer than the build, "
+                                      "or a changed command)"}
+        return {**outcome, "reused": True}
     except Exception as exc:  # best effort: ninja then rebuilds what it finds newer, as without this
         return {**outcome, "why": f"{type(exc).__name__}: {exc}"}

@@ -133,8 +133,8 @@ def prebuild(entry: str, python: Path, environ: dict[str, str], logf: IO[bytes],
         log(f"{entry}: carried FlashInfer build for this lock: {carried['touched']} inputs of the venv dated before "
             "its outputs")
     elif carried["builds"]:
-        log(f"{entry}: FlashInfer's builds in this home kept as they are ({carried['why']}): ninja rebuilds what is "
-            "older than its inputs")
+        log(f"{entry}: FlashInfer's builds in this home not counted as built ({carried['why']}): ninja rebuilds what "
+            "is older than its inputs")
     try:
         outcome = _build(entry, python, environ, logf, found, timeout, started, before)
     except Exception as exc:  # best effort: the engine's first start builds the kernels itself anyway
