@@ -281,12 +281,13 @@ def test_update_weights_stages_pinned_cpu_tensors_on_the_gpu_where_asked(engine,
     weights. The caller's tensors stay where they were. vLLM shims do not read the key: one plain push."""
     new = tiny_qwen2(3)
     pushed = [(n, t if DEVICE == "cpu" else t.pin_memory()) for n, t in bf16_weights(new)]
-    loads: list[list[str]] = []
+    loads: list[list[tuple[str, int]]] = []
     call = getattr(engine, "_call", None)
-    if engine.info.backend == "sglang" and call is not None:  # the stand-in of the CPU dry run has none
+    spied = engine.info.backend == "sglang" and call is not None  # the stand-in of the CPU dry run has no _call
+    if spied:
         def spy(name, *args, **kwargs):
             if name == "update_weights_from_tensor" and args and args[0]:
-                loads.append([t.device.type for _, t in args[0]])
+                loads.append([(t.device.type, t.numel() * t.element_size()) for _, t in args[0]])
             return call(name, *args, **kwargs)
 
         monkeypatch.setattr(engine, "_call", spy)
@@ -299,8 +300,10 @@ def test_update_weights_stages_pinned_cpu_tensors_on_the_gpu_where_asked(engine,
         monkeypatch.undo()
     record_property("staged_loads", len(loads))
     print(f"[staging] {engine.info.shim}: {len(loads)} staged load(s) of {len(pushed)} tensors")
-    if loads:
-        assert len(loads) >= 2 and all(device == "cuda" for load in loads for device in load), loads
+    if spied:  # several loads, every tensor a copy on the GPU, at most 1 MiB each (no tensor here is larger)
+        assert len(loads) >= 2 and all(device == "cuda" for load in loads for device, _ in load), loads
+        assert all(sum(size for _, size in load) <= 1 << 20 for load in loads), loads
+        assert sum(len(load) for load in loads) == len(pushed)
     assert all(t.device.type == "cpu" and (DEVICE == "cpu" or t.is_pinned()) for _, t in pushed)
     new_ref = exact(new)
     for prompt, completion in zip(prompts(), engine.generate(prompts(), GREEDY), strict=True):

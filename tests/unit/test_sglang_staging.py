@@ -3,6 +3,7 @@ GPU themselves run in tests/engine/test_gpu.py on a GPU; here, which tensors go 
 
 from __future__ import annotations
 
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -38,3 +39,69 @@ def test_off_or_nothing_on_the_cpu_is_one_load_of_the_push_itself(limit_mib: int
     named = [(str(i), tensor(d, 4)) for i, d in enumerate(devices)]
     (only,) = list(loads(named, limit_mib))
     assert only is named
+
+
+class StandInCuda:
+    """What the copy branch asks of ``torch.cuda``, counting the calls that order the copies."""
+
+    def __init__(self, available: bool) -> None:
+        self.available, self.events = available, []
+
+    def is_available(self) -> bool:
+        return self.available
+
+    def current_device(self) -> int:
+        return 3
+
+    def current_stream(self, device: object) -> SimpleNamespace:
+        return SimpleNamespace(synchronize=lambda: self.events.append(("synchronize", device)))
+
+    def ipc_collect(self) -> None:
+        self.events.append(("ipc_collect", None))
+
+
+def stand_in_torch(monkeypatch: pytest.MonkeyPatch, available: bool = True) -> StandInCuda:
+    cuda = StandInCuda(available)
+    torch = SimpleNamespace(cuda=cuda, device=lambda kind, index: f"{kind}:{index}")
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    return cuda
+
+
+def copyable(mib: float) -> SimpleNamespace:
+    """A CPU stand-in whose ``to(device, non_blocking=True)`` gives one on that device, recording the call."""
+    t = tensor("cpu", mib)
+    t.copies = []
+
+    def to(device: str, non_blocking: bool = False) -> SimpleNamespace:
+        t.copies.append((device, non_blocking))
+        copy = tensor("cuda", mib)
+        copy.of = t
+        return copy
+
+    t.to = to
+    return t
+
+
+def test_each_bucket_is_copied_to_the_current_gpu_and_finished_before_it_is_handed_over(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    cuda = stand_in_torch(monkeypatch)
+    a, b, g, c = copyable(0.75), copyable(0.75), tensor("cuda", 8), copyable(0.5)
+    handed = []
+    for load in loads([("a", a), ("b", b), ("g", g), ("c", c)], 1):
+        handed.append([(name, t.device.type, getattr(t, "of", t)) for name, t in load])
+        cuda.events.append(("handed", len(load)))
+    # a alone (a + b = 1.5 MiB > 1), then b with the GPU tensor g and c (0.75 + 0.5 > 1: c alone)
+    assert [[name for name, _, _ in load] for load in handed] == [["a"], ["b", "g"], ["c"]]
+    assert all(device == "cuda" for load in handed for _, device, _ in load)
+    assert [orig for load in handed for _, _, orig in load] == [a, b, g, c]  # copies of the caller's tensors, g itself
+    assert a.copies == b.copies == c.copies == [("cuda:3", True)]
+    each = [("ipc_collect", None), ("synchronize", "cuda:3")]  # the last bucket's handles freed, the copies done
+    assert cuda.events == [*each, ("handed", 1), *each, ("handed", 2), *each, ("handed", 1), ("ipc_collect", None)]
+
+
+def test_staging_without_a_gpu_is_refused_before_any_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rollout_shims.errors import UnsupportedFeatureError
+
+    stand_in_torch(monkeypatch, available=False)
+    with pytest.raises(UnsupportedFeatureError, match=r"stage_cpu_weights_mib .* torch sees none here: set it to 0$"):
+        next(loads([("a", copyable(0.5))], 1))

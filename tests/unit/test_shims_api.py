@@ -320,6 +320,7 @@ def _sglang_0521(scheduler: _Scheduler) -> Any:
     from rollout_shims.shims.sglang_bands import SGLang0521
 
     eng = SGLang0521.__new__(SGLang0521)
+    eng.config = RolloutConfig.from_dict({"model_dir": "/m"})
     eng._weights_lost = False
     eng._pushed = False
     eng._call = scheduler  # type: ignore[method-assign]

@@ -47,25 +47,35 @@ def buckets(named: list[tuple[str, Any]], limit_bytes: int) -> Iterator[list[tup
         yield run
 
 
+def staged(named: list[tuple[str, Any]], limit_mib: int) -> bool:
+    """Whether ``loads`` copies anything: staging on, and a CPU tensor in the push. Where it would and this
+    process sees no GPU, refused (before the engine is asked for anything)."""
+    if limit_mib <= 0 or not any(on_cpu(t) for _, t in named):
+        return False
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UnsupportedFeatureError("update_weights: rollout.sglang.stage_cpu_weights_mib copies CPU tensors to this "
+                                      "process's GPU, and torch sees none here: set it to 0")
+    return True
+
+
 def loads(named: list[tuple[str, Any]], limit_mib: int) -> Iterator[list[tuple[str, Any]]]:
     """What to hand SGLang, one ``update_weights_from_tensor`` each: ``named`` itself where staging is off
     or nothing is on the CPU (the path every SGLang band was proven with), else its buckets with each CPU
     tensor replaced by a copy on this process's current GPU, made when the bucket is asked for and
     finished before it is handed over. A bucket's copies are freed once the next one is asked for, where
     the caller holds no reference to it any more."""
-    if limit_mib <= 0 or not any(on_cpu(t) for _, t in named):
+    if not staged(named, limit_mib):
         yield named
         return
     import torch
 
-    if not torch.cuda.is_available():
-        raise UnsupportedFeatureError("update_weights: rollout.sglang.stage_cpu_weights_mib copies CPU tensors to this "
-                                      "process's GPU, and torch sees none here: set it to 0")
     device = torch.device("cuda", torch.cuda.current_device())
     for run in buckets(named, limit_mib * MIB):
         torch.cuda.ipc_collect()  # the schedulers have released the last bucket's handles: its memory can go
-        staged = [(name, t.to(device, non_blocking=True) if on_cpu(t) else t) for name, t in run]
+        copies = [(name, t.to(device, non_blocking=True) if on_cpu(t) else t) for name, t in run]
         torch.cuda.current_stream(device).synchronize()  # the copies are done before a scheduler reads them
-        yield staged
-        del staged
+        yield copies
+        del copies
     torch.cuda.ipc_collect()

@@ -27,6 +27,8 @@ class SGLangWeights:
     """Weight update, offload and onload of :class:`~rollout_shims.shims.sglang_base.SGLangEngine`."""
 
     def _update_weights(self, named_tensors: list[tuple[str, Any]]) -> None:
+        stage_mib = self.config.sglang.stage_cpu_weights_mib
+        staging.staged(named_tensors, stage_mib)  # a refusal comes before any reload or request
         if self._weights_lost:
             names = None if self._tensors is None else self._tensors.keys()
             if names is None or not names <= {n for n, _ in named_tensors}:
@@ -35,11 +37,16 @@ class SGLangWeights:
                             "%s first", self.config.model_dir)
                 self._reload_from_disk()
         self._settle()  # the load's own flush (flush_cache=True) is asserted by the scheduler
-        for load in staging.loads(named_tensors, self.config.sglang.stage_cpu_weights_mib):  # one, unless staged
-            answered("SGLang refused the weights",
-                     self._call("update_weights_from_tensor", load, load_format=None, flush_cache=True))
-            self._pushed = True
-            del load  # a staged bucket's GPU copies go before the next bucket's are made
+        parts = staging.loads(named_tensors, stage_mib)  # one load, unless staged
+        try:
+            for load in parts:
+                answered("SGLang refused the weights",
+                         self._call("update_weights_from_tensor", load, load_format=None, flush_cache=True))
+                self._pushed = True
+                load = None  # a staged bucket's GPU copies go before the next bucket's are made
+        finally:
+            load = None  # after a refusal, the traceback's frames keep no bucket alive: not this one,
+            parts.close()  # nor the generator's
 
     def _update_weights_from(self, buckets: Iterator[SharedBucket]) -> None:
         """Each bucket as SGLang's own ``update_weights_from_tensor`` request, whose
