@@ -64,7 +64,8 @@ def drift(pairs: Sequence[Pair]) -> float | None:
     """How much longer the record's last third of blocks took than its first third (both sides' calls),
     minus 1; None under 3 blocks. Why: on the H100 (2026-12-05) SGLang's CUDA-graph blocks grew by
     30-46 % over a run of fresh prompts, as a prefix cache that has filled and evicts would make them
-    (``--flush-cache`` is the remedy to test), while other records moved either way by chance. ABBA
+    (``--flush-cache``, the benchmark's default since the ninth H100 hold, took SGLang's eager drift from
+    +24-32 % to -3-+1 %), while other records moved either way by chance. ABBA
     cancels a drift within a block; a drift across the record still widens the interval."""
     totals = [p.direct_s + p.shim_s for p in pairs]
     third = len(totals) // 3

@@ -9,7 +9,7 @@ one engine runs them all in the same minutes: each round, in random order, one A
 benchmark's sampling calls (shim and direct, fresh prompts, the gc handling of bench/pairs.py) under
 every condition:
 
-* ``plain``: as bench/rollout_bench.py runs them;
+* ``plain``: as bench/rollout_bench.py runs them, but for its flush before every call (below);
 * ``pinned``: every process of the tree on CPUs of its own during the block (bench/affinity.py);
 * ``quarter_prompts``: a quarter of ``--batch`` per call (called ``batch64`` in the runs of the third
   and fourth H100 holds, when ``--batch`` was 256 and 64): its calls were 1.8-2.2 times shorter in
@@ -34,7 +34,8 @@ measuring time a 0.04 width needs at the condition's spread, so a shorter call w
 spread grows by less than the square root of what it saves. ``--flush-cache`` is not a condition
 here: what it would remove is a prefix cache that has filled over minutes and evicts (SGLang's graphs
 blocks grew by 30-46 % over a run), a drift across a whole run that rounds of a few seconds never
-reach; a whole benchmark run with and without it shows that.
+reach; a whole benchmark run with and without it showed that (SGLang's eager drift of +24 % and +32 %
+went to -3 % and +1 %, the eighth and ninth H100 holds), and the benchmark now flushes by default.
 
     PYTHONPATH=src python bench/noise_remedies.py --mode graphs eager --measure-s 150 --json remedies.json
 
