@@ -32,7 +32,7 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 STAMP = "rollout-matrix-lock.json"
@@ -65,12 +65,11 @@ def _mark(entry: str, venv: Path, made: Mapping) -> dict:
     return {"entry": entry, "venv": str(venv), "lock": made.get("lock"), "lock_sha256": made["lock_sha256"]}
 
 
-def _outside(ninja: str, manifests: list[Path], venv: Path) -> str:
-    """One hash of the inputs ``manifests``' deps logs record outside ``venv``: path, size and time."""
-    inside, seen = venv.resolve(), set()
-    for manifest in manifests:
-        for inputs in recorded(ninja, manifest).values():
-            seen.update(p.resolve() for p in inputs if not p.resolve().is_relative_to(inside))
+def _outside(deps: Iterable[dict[Path, list[Path]]], venv: Path) -> str:
+    """One hash of the inputs that builds' deps logs (``recorded``) name outside ``venv``: path, size and time."""
+    inside = venv.resolve()
+    resolved = {p.resolve() for per_output in deps for inputs in per_output.values() for p in inputs}
+    seen = {p for p in resolved if not p.is_relative_to(inside)}
     lines = []
     for path in sorted(seen):
         try:
@@ -127,9 +126,9 @@ def stamp(entry: str, venv: Path, root: Path) -> int:
     try:
         fresh = [m for m in builds(root) if up_to_date(ninja, m)]
         done = [str(m.relative_to(root)) for m in fresh]
+        outside = _outside((recorded(ninja, m) for m in fresh), venv)
         part = root / f"{STAMP}.{os.getpid()}"  # whole or not at all: a suite and a script may run side by side
-        part.write_text(json.dumps({**_mark(entry, venv, made), "builds": done, "outside": _outside(ninja, fresh, venv)},
-                                   indent=1) + "\n")
+        part.write_text(json.dumps({**_mark(entry, venv, made), "builds": done, "outside": outside}, indent=1) + "\n")
         part.replace(root / STAMP)
     except Exception:  # best effort: without a stamp the next machine rebuilds, as before
         return 0
@@ -198,17 +197,19 @@ def freshen(entry: str, venv: Path, root: Path) -> dict:
         kept = [b for b in found if str(b.relative_to(root)) in stamped.get("builds", [])]
         if not kept:
             return {**outcome, "why": "none of its builds was up to date when it was stamped"}
-        if "outside" in stamped and stamped["outside"] != _outside(ninja, kept, venv):
+        deps = {build: recorded(ninja, build) for build in kept}  # one `ninja -t deps` a build
+        if "outside" in stamped and stamped["outside"] != _outside(deps.values(), venv):
             return {**outcome, "why": "the machine's own inputs of its builds (CUDA's or the compiler's headers, "
                                       "outside the venv) are not those it was built with"}
         inside = venv.resolve()
         before: dict[Path, int] = {}  # input -> the time it must not be later than
-        for build in kept:
+        for build, per_output in deps.items():
             log_times = logged(build)
-            for output, inputs in recorded(ninja, build).items():
+            for output, inputs in per_output.items():
                 if not output.is_file():
                     continue
-                limit = min(output.stat().st_mtime_ns, log_times.get(output, output.stat().st_mtime_ns)) - SECOND_NS
+                made_ns = output.stat().st_mtime_ns
+                limit = min(made_ns, log_times.get(output, made_ns)) - SECOND_NS
                 for path in inputs:
                     real = path.resolve()  # ninja reads the file a link names: that is what gets dated
                     if real.is_relative_to(inside) and real.is_file():
