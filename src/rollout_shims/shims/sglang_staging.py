@@ -15,12 +15,14 @@ copied in buckets of at most that many MiB, and each bucket is loaded by the eng
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 from rollout_shims.errors import UnsupportedFeatureError
 
 MIB = 1 << 20
+Loads = Generator[list[tuple[str, Any]], None, None]
+"""What ``loads`` gives: one ``update_weights_from_tensor`` each; the caller closes it when done."""
 
 
 def on_cpu(tensor: Any) -> bool:
@@ -47,32 +49,34 @@ def buckets(named: list[tuple[str, Any]], limit_bytes: int) -> Iterator[list[tup
         yield run
 
 
-def staged(named: list[tuple[str, Any]], limit_mib: int) -> bool:
-    """Whether ``loads`` copies anything: staging on, and a CPU tensor in the push. Where it would and this
-    process sees no GPU, refused (before the engine is asked for anything)."""
+def loads(named: list[tuple[str, Any]], limit_mib: int) -> Loads:
+    """What to hand SGLang, one ``update_weights_from_tensor`` each: ``named`` itself where staging is off
+    or nothing is on the CPU (the path every SGLang band was proven with), else its buckets with each CPU
+    tensor replaced by a copy on this process's current GPU (``_copied``). Staging where this process sees
+    no GPU is refused here, when the loads are asked for, before the engine is asked for anything."""
     if limit_mib <= 0 or not any(on_cpu(t) for _, t in named):
-        return False
+        return _whole(named)
     import torch
 
     if not torch.cuda.is_available():
         raise UnsupportedFeatureError("update_weights: rollout.sglang.stage_cpu_weights_mib copies CPU tensors to this "
                                       "process's GPU, and torch sees none here: set it to 0")
-    return True
+    return _copied(named, limit_mib * MIB)
 
 
-def loads(named: list[tuple[str, Any]], limit_mib: int) -> Iterator[list[tuple[str, Any]]]:
-    """What to hand SGLang, one ``update_weights_from_tensor`` each: ``named`` itself where staging is off
-    or nothing is on the CPU (the path every SGLang band was proven with), else its buckets with each CPU
-    tensor replaced by a copy on this process's current GPU, made when the bucket is asked for and
-    finished before it is handed over. A bucket's copies are freed once the next one is asked for, where
-    the caller holds no reference to it any more."""
-    if not staged(named, limit_mib):
-        yield named
-        return
+def _whole(named: list[tuple[str, Any]]) -> Loads:
+    """The push as one load; a generator like ``_copied``, so the caller closes either alike."""
+    yield named
+
+
+def _copied(named: list[tuple[str, Any]], limit_bytes: int) -> Loads:
+    """``named``'s buckets with their CPU tensors copied to this process's current GPU, each bucket made when
+    it is asked for and finished before it is handed over. A bucket's copies are freed once the next one is
+    asked for, where the caller holds no reference to it any more."""
     import torch
 
     device = torch.device("cuda", torch.cuda.current_device())
-    for run in buckets(named, limit_mib * MIB):
+    for run in buckets(named, limit_bytes):
         torch.cuda.ipc_collect()  # the schedulers have released the last bucket's handles: its memory can go
         copies = [(name, t.to(device, non_blocking=True) if on_cpu(t) else t) for name, t in run]
         torch.cuda.current_stream(device).synchronize()  # the copies are done before a scheduler reads them

@@ -27,8 +27,8 @@ class SGLangWeights:
     """Weight update, offload and onload of :class:`~rollout_shims.shims.sglang_base.SGLangEngine`."""
 
     def _update_weights(self, named_tensors: list[tuple[str, Any]]) -> None:
-        stage_mib = self.config.sglang.stage_cpu_weights_mib
-        staging.staged(named_tensors, stage_mib)  # a refusal comes before any reload or request
+        # One load, unless staged; staging refused (no GPU here) before any reload or request.
+        parts = staging.loads(named_tensors, self.config.sglang.stage_cpu_weights_mib)
         if self._weights_lost:
             names = None if self._tensors is None else self._tensors.keys()
             if names is None or not names <= {n for n, _ in named_tensors}:
@@ -37,7 +37,6 @@ class SGLangWeights:
                             "%s first", self.config.model_dir)
                 self._reload_from_disk()
         self._settle()  # the load's own flush (flush_cache=True) is asserted by the scheduler
-        parts = staging.loads(named_tensors, stage_mib)  # one load, unless staged
         try:
             for load in parts:
                 answered("SGLang refused the weights",
