@@ -238,10 +238,10 @@ def _parts_holding(manifest: Manifest, missing: set[str]) -> str:
     where = {c: part["name"] for part in manifest.parts for c in part["chunks"]}  # as bundle.py's progress lines
     holding = sorted({where[c] for c in missing if c in where})
     elsewhere = sum(c not in where for c in missing)
-    where = [f"in {_runs(holding)}"] if holding else []
+    said = [f"in {_runs(holding)}"] if holding else []
     if elsewhere:
-        where.append(f"{elsewhere} in no part of this bundle: send the bundle it was made --after")
-    return "; ".join(where)
+        said.append(f"{elsewhere} in no part of this bundle: send the bundle it was made --after")
+    return "; ".join(said)
 
 
 def _runs(names: list[str]) -> str:
