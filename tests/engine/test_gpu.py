@@ -277,9 +277,11 @@ def test_update_weights_stages_pinned_cpu_tensors_on_the_gpu_where_asked(engine,
                                                                          monkeypatch, record_property) -> None:
     """``rollout.sglang.stage_cpu_weights_mib`` (SGLang only, off by default), switched on for one push: the
     pinned CPU tensors (as a trainer that offloads keeps them) reach SGLang as copies on this process's GPU,
-    in loads of at most 1 MiB (this model's 3.4 MB in several), and the engine answers as the pushed
-    weights. The caller's tensors stay where they were. vLLM shims do not read the key: one plain push."""
-    new = tiny_qwen2(3)
+    in loads of at most 1 MiB (this model's 3.4 MB in several), and the engine answers as the same weights
+    pushed plainly (``check_as_if_pushed``): a copy changes no bit. The caller's tensors stay where they
+    were. vLLM shims do not read the key: one plain push. The in-process test's model (NEW_SEED): seed 3's
+    bf16 forward alone errs 0.10 from its reference, which failed this test on its first GPU run."""
+    new = tiny_qwen2(NEW_SEED)
     pushed = [(n, t if DEVICE == "cpu" else t.pin_memory()) for n, t in bf16_weights(new)]
     loads: list[list[tuple[str, int]]] = []
     call = getattr(engine, "_call", None)
@@ -305,9 +307,7 @@ def test_update_weights_stages_pinned_cpu_tensors_on_the_gpu_where_asked(engine,
         assert all(sum(size for _, size in load) <= 1 << 20 for load in loads), loads
         assert sum(len(load) for load in loads) == len(pushed)
     assert all(t.device.type == "cpu" and (DEVICE == "cpu" or t.is_pinned()) for _, t in pushed)
-    new_ref = exact(new)
-    for prompt, completion in zip(prompts(), engine.generate(prompts(), GREEDY), strict=True):
-        check_teacher_forced(new_ref, prompt, completion)
+    check_as_if_pushed(engine, new, engine.generate(prompts(), GREEDY), record_property, "staged")
     check_restored(engine, reference)
 
 
