@@ -13,17 +13,25 @@ hot thread to a fast CPU (bench/affinity.py), the second has none but more block
 
 This reads the gauge on one CPU at a time, the thread pinned there (``os.sched_setaffinity``), for
 ``--per-cpu-s`` seconds, over every CPU this process may use, ``--rounds`` times in turn: a CPU slow
-in every round is a place, a round slow on every CPU is a moment. ``--siblings`` CPUs are then read
-again while a busy process runs on each other CPU in turn: a CPU that slows one of them shares its
-core (the VM may list 16 cores of one thread each, docs/performance.md). Only the standard library; no
-GPU. The JSON is rewritten after every CPU, so a run cut short keeps what it read.
+in every round is a place, a round slow on every CPU is a moment (``verdict`` puts a number on each).
+``--siblings`` CPUs are then read again while a busy process runs on each other CPU in turn: a CPU
+that slows one of them shares its core (the VM may list 16 cores of one thread each,
+docs/performance.md). Only the standard library; no GPU. The JSON is rewritten after every CPU, so a
+run cut short keeps what it read.
 
-    python3 bench/cpu_map.py --json cpu_map.json                     # about 16 x 3 x 2 s + 2 x 15 x 1 s
+Its first runs (H100, 2026-12-06, bench/runs/2026-12-06-h100-3/) found moments: a CPU's slow share in
+one round told nothing of its share in another (r -0.05 and -0.04), and in one round of the idle
+machine every CPU was slow. The sibling test then read each CPU alone once, before all the others,
+and named CPUs as siblings that had only been busy while a slow moment lasted; it now reads alone and
+beside around each busy CPU in ABBA order, as the benchmark does its calls (``siblings_of``).
+
+    python3 bench/cpu_map.py --json cpu_map.json                     # about 16 x 3 x 2 s + 2 x 15 x 2 s
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import multiprocessing
 import os
@@ -73,21 +81,78 @@ def summary(ms: list[float], fast: float) -> dict[str, float]:
             "reads": len(ms)}
 
 
+def beside_busy(base: int, other: int, seconds: float) -> list[float]:
+    """``base``'s reads (ms) for ``seconds`` while a process keeps ``other`` busy."""
+    stop = multiprocessing.Event()
+    proc = multiprocessing.Process(target=busy, args=(other, stop), daemon=True)
+    proc.start()
+    try:
+        return reads_on(base, seconds)["ms"]
+    finally:
+        stop.set()
+        proc.join(5)
+
+
 def siblings_of(base: int, others: list[int], seconds: float, fast: float) -> dict[str, Any]:
-    """``base``'s reads while each other CPU in turn is kept busy, against ``base`` alone just before."""
-    alone = summary(reads_on(base, seconds)["ms"], fast)
-    beside = {}
+    """``base``'s reads while each other CPU in turn is kept busy, against ``base`` alone around them, in
+    ABBA order: alone, beside, beside, alone (``seconds`` / 2 each). A busy CPU slows ``base`` only where
+    both reads beside it are slower than both alone (``SLOW`` times the medians), so one change of the
+    machine's speed anywhere in the four cannot name a sibling. The first runs (2026-12-06) read
+    ``base`` alone once, before all the others, and named every CPU made busy after a slow moment began."""
+    alone_all: list[float] = []
+    beside: dict[str, dict[str, float]] = {}
+    slowed = []
     for other in others:
-        stop = multiprocessing.Event()
-        proc = multiprocessing.Process(target=busy, args=(other, stop), daemon=True)
-        proc.start()
-        try:
-            beside[str(other)] = summary(reads_on(base, seconds)["ms"], fast)
-        finally:
-            stop.set()
-            proc.join(5)
-    slowed = [int(o) for o, s in beside.items() if s["median_ms"] > SLOW * alone["median_ms"]]
-    return {"alone": alone, "beside": beside, "slowed_by": slowed}
+        half = seconds / 2
+        first = reads_on(base, half)["ms"]
+        near = [beside_busy(base, other, half), beside_busy(base, other, half)]
+        last = reads_on(base, half)["ms"]
+        alone_all += first + last
+        beside[str(other)] = {**summary(near[0] + near[1], fast),
+                              "alone_median_ms": round(statistics.median(first + last), 4)}
+        if min(map(statistics.median, near)) > SLOW * max(map(statistics.median, (first, last))):
+            slowed.append(other)
+    return {"alone": summary(alone_all, fast), "beside": beside, "slowed_by": slowed}
+
+
+def _correlation(pairs: list[tuple[float, float]]) -> float | None:
+    """Pearson's r over ``pairs``, or None where either side does not vary (no slow read anywhere)."""
+    if len(pairs) < 3:
+        return None
+    try:
+        return statistics.correlation([a for a, _ in pairs], [b for _, b in pairs])
+    except statistics.StatisticsError:
+        return None
+
+
+PLACE_R = 0.5
+"""A CPU's slow share in one round must foretell its share in another this well (Pearson's r) for slow
+CPUs to be called places: with 16 CPUs, r 0.5 is about two standard errors from none."""
+
+
+def verdict(rounds: list[list[dict[str, Any]]], fast: float) -> dict[str, Any]:
+    """Place or moment, from the slow shares of each CPU's reads in each round (``rounds``: the sweeps in
+    the order they ran, each CPU's reads in the order they ran).
+
+    ``place_r``: how well a CPU's share in one round foretells its share in another (every pair of
+    rounds, every CPU); ``moment_r``: how well one read's share foretells the next one's, on the next
+    CPU a moment later. Slow CPUs are ``places`` where ``place_r`` is at least PLACE_R (pinning the hot
+    thread to a fast CPU would then help), ``moments`` otherwise (more blocks is the only remedy), and
+    ``one speed`` where no share varies."""
+    share = [[summary(one["ms"], fast)["slow_share"] for one in sweep] for sweep in rounds]
+    place = [(a[i], b[i]) for r, a in enumerate(share) for b in share[r + 1:] for i in range(min(len(a), len(b)))]
+    timeline = [x for sweep in share for x in sweep]
+    place_r, moment_r = _correlation(place), _correlation(list(itertools.pairwise(timeline)))
+    if place_r is None and moment_r is None:
+        called = "one speed"
+    else:
+        called = "places" if place_r is not None and place_r >= PLACE_R else "moments"
+    return {"called": called, "place_r": None if place_r is None else round(place_r, 3),
+            "moment_r": None if moment_r is None else round(moment_r, 3)}
+
+
+def _r(r: float | None) -> str:
+    return "-" if r is None else f"{r:.2f}"
 
 
 def write(path: Path | None, data: dict[str, Any]) -> None:
@@ -103,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="sweeps over every CPU (default 3)")
     p.add_argument("--siblings", type=int, nargs="*", default=None, metavar="CPU",
                    help="CPUs to look for a core-sharing sibling of (default: the first two; none: skip)")
-    p.add_argument("--sibling-s", type=float, default=1.0, help="seconds of reads beside each busy CPU (default 1)")
+    p.add_argument("--sibling-s", type=float, default=1.0,
+                   help="seconds of reads beside each busy CPU, and as many alone around them (default 1)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     if args.per_cpu_s <= 0 or args.rounds < 1 or args.sibling_s <= 0:
@@ -127,12 +193,16 @@ def main(argv: list[str] | None = None) -> int:
     on = {c: [x for sweep in data["rounds"] for one in sweep if one["cpu"] == c for x in one["ms"]] for c in cpus}
     data["per_cpu"] = {str(c): summary(ms, fast) for c, ms in on.items()}
     data["per_round"] = [summary([x for one in sweep for x in one["ms"]], fast) for sweep in data["rounds"]]
+    data["verdict"] = verdict(data["rounds"], fast)
     write(args.json, data)
     print(f"fast mode {fast:.3f} ms; a read over {SLOW * fast:.3f} ms is slow", flush=True)
     for c in cpus:
         cells = " ".join(f"{summary(one['ms'], fast)['slow_share']:5.0%}" for sweep in data["rounds"] for one in sweep
                          if one["cpu"] == c)
         print(f"  cpu {c:3d}: median {data['per_cpu'][str(c)]['median_ms']:.3f} ms, slow share by round {cells}", flush=True)
+    v = data["verdict"]
+    print(f"slow CPUs are {v['called']}: a CPU's share from round to round r {_r(v['place_r'])}, from one read to the "
+          f"next CPU's r {_r(v['moment_r'])} (places from r {PLACE_R})", flush=True)
     data["siblings"] = {}
     for base in siblings:
         data["siblings"][str(base)] = siblings_of(base, [c for c in cpus if c != base], args.sibling_s, fast)

@@ -1,10 +1,13 @@
 """bench/cpu_map.py on this machine's own CPUs: each read happens on the CPU it was pinned to, every CPU
-is read in every round, and the summaries count slow reads as the docstring says."""
+is read in every round, and the summaries count slow reads as the docstring says. Its verdict (place or
+moment) and its sibling test on made-up machines whose truth is known."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import random
 import sys
 from pathlib import Path
 
@@ -29,6 +32,8 @@ def test_every_cpu_is_read_pinned_in_every_round_and_the_file_says_so(tmp_path: 
     assert data["fast_ms"] > 0 and all(s["reads"] > 0 for s in data["per_cpu"].values())
     sib = data["siblings"][str(cpus[0])]
     assert set(sib["beside"]) == {str(c) for c in cpus[1:]} and sib["alone"]["reads"] > 0
+    assert all(b["reads"] > 0 and b["alone_median_ms"] > 0 for b in sib["beside"].values())
+    assert data["verdict"]["called"] in ("places", "moments", "one speed")
     assert os.sched_getaffinity(0) == set(cpus)  # given back
 
 
@@ -41,3 +46,53 @@ def test_a_sibling_outside_the_allowed_cpus_is_one_line_and_exit_2(capsys: pytes
         cpu_map.main(["--siblings", "100000"])
     assert done.value.code == 2
     assert "--siblings [100000]: not a CPU this process may use" in capsys.readouterr().err.splitlines()[-1]
+
+
+def sweeps(speed) -> list[list[dict]]:
+    """Three rounds over 16 CPUs whose reads take ``speed(round, cpu)`` ms (a little noise on each read)."""
+    rng = random.Random(5)
+    return [[{"cpu": c, "ms": [speed(r, c) * rng.uniform(0.97, 1.03) for _ in range(50)]} for c in range(16)]
+            for r in range(3)]
+
+
+def test_cpus_slow_in_every_round_are_places() -> None:
+    got = cpu_map.verdict(sweeps(lambda r, c: 2.2 if c in (3, 8, 13) else 1.4), fast=1.4)
+    assert got["called"] == "places" and got["place_r"] > 0.9
+
+
+def test_rounds_slow_on_every_cpu_are_moments() -> None:
+    got = cpu_map.verdict(sweeps(lambda r, c: 2.2 if r == 2 else 1.4), fast=1.4)
+    assert got["called"] == "moments" and got["moment_r"] > 0.9
+
+
+def test_slow_spells_that_move_between_cpus_are_moments() -> None:
+    """As on the H100 (2026-12-06): each CPU slow in some rounds and not others, in runs of a few reads."""
+    rng = random.Random(11)
+    slow = {(r, c) for r in range(3) for c in range(16) if rng.random() < 0.4}
+    got = cpu_map.verdict(sweeps(lambda r, c: 2.2 if (r, c) in slow else 1.4), fast=1.4)
+    assert got["called"] == "moments" and got["place_r"] < cpu_map.PLACE_R
+
+
+def test_one_speed_everywhere_is_neither() -> None:
+    assert cpu_map.verdict(sweeps(lambda r, c: 1.4), fast=1.4)["called"] == "one speed"
+
+
+def test_a_change_of_speed_anywhere_in_the_four_reads_names_no_sibling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The machine slows (or speeds up) once, between any two of the sixteen reads of four busy CPUs:
+    no busy CPU is a sibling, wherever the change falls."""
+    def machine(at: int, factor: float):
+        count = itertools.count()
+        return lambda: [1.4 * (factor if next(count) >= at else 1.0)] * 10
+
+    for at, factor in itertools.product(range(1, 16), (1.6, 1 / 1.6)):
+        timed = machine(at, factor)
+        monkeypatch.setattr(cpu_map, "reads_on", lambda cpu, s, timed=timed: {"cpu": cpu, "ms": timed()})
+        monkeypatch.setattr(cpu_map, "beside_busy", lambda base, other, s, timed=timed: timed())
+        assert cpu_map.siblings_of(0, [1, 2, 3, 4], 1.0, fast=1.4)["slowed_by"] == [], (at, factor)
+
+
+def test_a_busy_cpu_that_slows_every_read_beside_it_is_a_sibling(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cpu_map, "reads_on", lambda cpu, s: {"cpu": cpu, "ms": [1.4] * 10})
+    monkeypatch.setattr(cpu_map, "beside_busy", lambda base, other, s: [2.3 if other == 9 else 1.45] * 10)
+    got = cpu_map.siblings_of(1, [0, 2, 9, 15], 1.0, fast=1.4)
+    assert got["slowed_by"] == [9] and got["beside"]["9"]["alone_median_ms"] == 1.4
