@@ -16,8 +16,11 @@ This reads the gauge on one CPU at a time, the thread pinned there (``os.sched_s
 in every round is a place, a round slow on every CPU is a moment (``verdict`` puts a number on each).
 ``--siblings`` CPUs are then read again while a busy process runs on each other CPU in turn: a CPU
 that slows one of them shares its core (the VM may list 16 cores of one thread each,
-docs/performance.md). Only the standard library; no GPU. The JSON is rewritten after every CPU, so a
-run cut short keeps what it read.
+docs/performance.md). ``--together`` CPUs are last read at the same time, one process on each: where
+they slow down together (``together_verdict``: ``shared``), a meter on a CPU of its own would see the
+engine's CPU speed during a call, and the blocks could be corrected by it; where each has moments of
+its own (``own``), nothing outside the engine's thread can. Only the standard library; no GPU. The
+JSON is rewritten after every CPU, so a run cut short keeps what it read.
 
 Its first runs (H100, 2026-12-06, bench/runs/2026-12-06-h100-3/) found moments: a CPU's slow share in
 one round told nothing of its share in another (r -0.05 and -0.04), and in one round of the idle
@@ -25,7 +28,7 @@ machine every CPU was slow. The sibling test then read each CPU alone once, befo
 and named CPUs as siblings that had only been busy while a slow moment lasted; it now reads alone and
 beside around each busy CPU in ABBA order, as the benchmark does its calls (``siblings_of``).
 
-    python3 bench/cpu_map.py --json cpu_map.json                     # about 16 x 3 x 2 s + 2 x 15 x 2 s
+    python3 bench/cpu_map.py --json cpu_map.json      # about 16 x 3 x 2 s + 2 x 15 x 2 s + 20 s
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import multiprocessing
 import os
 import statistics
@@ -151,6 +155,59 @@ def verdict(rounds: list[list[dict[str, Any]]], fast: float) -> dict[str, Any]:
             "moment_r": None if moment_r is None else round(moment_r, 3)}
 
 
+WINDOW_S = 0.25
+"""The reads of ``together`` are compared window by window: short enough to see a moment of a second
+or two (the H100's calls' lag-1 correlation faded by the fourth call, about 3 s), long enough for
+about 150 reads in each."""
+
+
+def _timed_reads(cpu: int, start_at: float, seconds: float, out: Any) -> None:
+    """A child of ``together``: from ``start_at`` (``time.monotonic``, one clock for every process) on,
+    the gauge read pinned on ``cpu`` for ``seconds``; puts (cpu, [(time, ms), ...]) on ``out``."""
+    os.sched_setaffinity(0, {cpu})
+    while time.monotonic() < start_at:
+        time.sleep(0.001)
+    got = []
+    while (now := time.monotonic()) < start_at + seconds:
+        got.append((now - start_at, gauge.read() * 1000))
+    out.put((cpu, got))
+
+
+def together(cpus: list[int], seconds: float) -> dict[str, Any]:
+    """The gauge read on ``cpus`` at the same time, one process pinned on each: the median read of each
+    CPU in each ``WINDOW_S`` window, and how those medians move together (``together_verdict``)."""
+    out: Any = multiprocessing.Queue()
+    start_at = time.monotonic() + 0.5  # every child started and pinned before the first read
+    procs = [multiprocessing.Process(target=_timed_reads, args=(c, start_at, seconds, out), daemon=True) for c in cpus]
+    for proc in procs:
+        proc.start()
+    got = dict(out.get(timeout=seconds + 60) for _ in procs)  # before join: a full pipe would block the child
+    for proc in procs:
+        proc.join(5)
+    windows: dict[int, list[float | None]] = {}
+    for cpu in cpus:
+        buckets: list[list[float]] = [[] for _ in range(max(1, int(seconds / WINDOW_S)))]
+        for t, ms in got[cpu]:
+            buckets[min(int(t / WINDOW_S), len(buckets) - 1)].append(ms)
+        windows[cpu] = [round(statistics.median(b), 4) if b else None for b in buckets]
+    return {"window_s": WINDOW_S, "windows": {str(c): w for c, w in windows.items()}, **together_verdict(windows)}
+
+
+def together_verdict(windows: dict[int, list[float | None]]) -> dict[str, Any]:
+    """Do the CPUs slow down together? Pearson's r of the windows' log median reads, for every pair of
+    CPUs. ``shared`` where the median pair's r is at least PLACE_R: then a meter on another CPU sees the
+    engine's CPU speed during a call, and the blocks could be corrected by it; ``own`` where it is
+    not: each CPU's moments are its own, and nothing outside the engine's thread can see them."""
+    pairs: dict[str, float | None] = {}
+    for a, b in itertools.combinations(sorted(windows), 2):
+        both = [(math.log(x), math.log(y)) for x, y in zip(windows[a], windows[b], strict=True) if x and y]
+        pairs[f"{a}-{b}"] = None if (r := _correlation(both)) is None else round(r, 3)
+    known = sorted(r for r in pairs.values() if r is not None)
+    median = statistics.median(known) if known else None
+    called = "one speed" if median is None else ("shared" if median >= PLACE_R else "own")
+    return {"pairs_r": pairs, "median_r": None if median is None else round(median, 3), "called": called}
+
+
 def _r(r: float | None) -> str:
     return "-" if r is None else f"{r:.2f}"
 
@@ -170,14 +227,20 @@ def main(argv: list[str] | None = None) -> int:
                    help="CPUs to look for a core-sharing sibling of (default: the first two; none: skip)")
     p.add_argument("--sibling-s", type=float, default=1.0,
                    help="seconds of reads beside each busy CPU, and as many alone around them (default 1)")
+    p.add_argument("--together", type=int, nargs="*", default=None, metavar="CPU",
+                   help="CPUs read at the same time, to tell moments the CPUs share from each one's own "
+                        "(default: the first, middle and last; none: skip)")
+    p.add_argument("--together-s", type=float, default=20.0, help="seconds of reads at the same time (default 20)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    if args.per_cpu_s <= 0 or args.rounds < 1 or args.sibling_s <= 0:
-        p.error("--per-cpu-s and --sibling-s must be > 0, --rounds >= 1")
+    if args.per_cpu_s <= 0 or args.rounds < 1 or args.sibling_s <= 0 or args.together_s < 2 * WINDOW_S:
+        p.error(f"--per-cpu-s and --sibling-s must be > 0, --rounds >= 1, --together-s >= {2 * WINDOW_S:g}")
     cpus = sorted(os.sched_getaffinity(0))
     siblings = cpus[:2] if args.siblings is None else args.siblings
-    if set(siblings) - set(cpus):
-        p.error(f"--siblings {sorted(set(siblings) - set(cpus))}: not a CPU this process may use ({cpus})")
+    side = sorted({cpus[0], cpus[len(cpus) // 2], cpus[-1]}) if args.together is None else sorted(set(args.together))
+    for flag, asked in (("--siblings", siblings), ("--together", side)):
+        if set(asked) - set(cpus):
+            p.error(f"{flag} {sorted(set(asked) - set(cpus))}: not a CPU this process may use ({cpus})")
     data: dict[str, Any] = {"cpus": cpus, "args": {k: v for k, v in vars(args).items() if k != "json"},
                             "began": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "rounds": []}
     print(f"cpu_map: {len(cpus)} CPUs x {args.rounds} rounds x {args.per_cpu_s:g} s, then siblings of {siblings}", flush=True)
@@ -208,6 +271,12 @@ def main(argv: list[str] | None = None) -> int:
         data["siblings"][str(base)] = siblings_of(base, [c for c in cpus if c != base], args.sibling_s, fast)
         write(args.json, data)
         print(f"  cpu {base}: slowed by a busy {data['siblings'][str(base)]['slowed_by'] or 'none'}", flush=True)
+    if len(side) >= 2:
+        data["together"] = {"cpus": side, **together(side, args.together_s)}
+        write(args.json, data)
+        t = data["together"]
+        print(f"cpus {side} read at once for {args.together_s:g} s: their moments are {t['called']} (median r "
+              f"{_r(t['median_r'])} over {len(t['pairs_r'])} pairs, {WINDOW_S:g} s windows)", flush=True)
     os.sched_setaffinity(0, set(cpus))
     return 0
 

@@ -22,7 +22,7 @@ def test_every_cpu_is_read_pinned_in_every_round_and_the_file_says_so(tmp_path: 
     cpus = sorted(os.sched_getaffinity(0))
     out = tmp_path / "cpu_map.json"
     assert cpu_map.main(["--per-cpu-s", "0.1", "--rounds", "2", "--siblings", str(cpus[0]), "--sibling-s", "0.1",
-                         "--json", str(out)]) == 0
+                         "--together", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["cpus"] == cpus and len(data["rounds"]) == 2 and len(data["per_round"]) == 2
     for sweep in data["rounds"]:
@@ -34,6 +34,7 @@ def test_every_cpu_is_read_pinned_in_every_round_and_the_file_says_so(tmp_path: 
     assert set(sib["beside"]) == {str(c) for c in cpus[1:]} and sib["alone"]["reads"] > 0
     assert all(b["reads"] > 0 and b["alone_median_ms"] > 0 for b in sib["beside"].values())
     assert data["verdict"]["called"] in ("places", "moments", "one speed")
+    assert "together" not in data  # --together with no CPU: skipped
     assert os.sched_getaffinity(0) == set(cpus)  # given back
 
 
@@ -96,3 +97,34 @@ def test_a_busy_cpu_that_slows_every_read_beside_it_is_a_sibling(monkeypatch: py
     monkeypatch.setattr(cpu_map, "beside_busy", lambda base, other, s: [2.3 if other == 9 else 1.45] * 10)
     got = cpu_map.siblings_of(1, [0, 2, 9, 15], 1.0, fast=1.4)
     assert got["slowed_by"] == [9] and got["beside"]["9"]["alone_median_ms"] == 1.4
+
+
+def test_cpus_read_at_once_give_one_median_per_window_on_one_clock() -> None:
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    if len(cpus) < 2:
+        pytest.skip("one CPU: nothing to read at the same time")
+    got = cpu_map.together(cpus, 1.0)
+    assert set(got["windows"]) == {str(c) for c in cpus} and list(got["pairs_r"]) == [f"{cpus[0]}-{cpus[1]}"]
+    for medians in got["windows"].values():  # 1 s in 0.25 s windows, each with reads in it
+        assert len(medians) == 4 and all(m is not None and m > 0 for m in medians)
+    assert got["called"] in ("shared", "own", "one speed")
+
+
+def test_cpus_that_slow_down_together_share_their_moments() -> None:
+    rng = random.Random(3)
+    machine = [rng.choice((1.4, 2.3)) for _ in range(80)]  # the whole machine's speed, window by window
+    windows = {c: [m * rng.uniform(0.97, 1.03) for m in machine] for c in (0, 7, 15)}
+    got = cpu_map.together_verdict(windows)
+    assert got["called"] == "shared" and got["median_r"] > 0.9 and len(got["pairs_r"]) == 3
+
+
+def test_cpus_each_with_moments_of_their_own_do_not() -> None:
+    rng = random.Random(4)
+    windows = {c: [rng.choice((1.4, 2.3)) * rng.uniform(0.97, 1.03) for _ in range(80)] for c in (0, 7, 15)}
+    got = cpu_map.together_verdict(windows)
+    assert got["called"] == "own" and abs(got["median_r"]) < cpu_map.PLACE_R
+
+
+def test_a_window_without_reads_is_left_out_of_the_pair() -> None:
+    windows = {0: [1.4, None, 2.3, 1.4, 2.3], 1: [1.4, 2.3, 2.3, 1.45, 2.2]}
+    assert cpu_map.together_verdict(windows)["called"] == "shared"
