@@ -598,7 +598,7 @@ def test_receive_and_wait_bring_back_what_finished_in_the_same_call(tmp_path: Pa
     first = gpuenv("receive", str(parts[0]), "--collect", str(tmp_path / "call-1"))
     assert first.returncode == 0 and first.stdout.splitlines()[-1].endswith(
         f"still missing chunks: {entry.name} {len(json.loads((parts[0] / MANIFEST).read_text())['chunks'])} "
-        "(in part-001)"), first.stdout  # which part to send next: the tiny bundle's one after part-000
+        f"(in {parts[0].parent.name}/part-001)"), first.stdout  # what to send next: the tiny bundle's part after 000
     assert archived(tmp_path / "call-1") is not None  # the first collect of a machine always writes
     assert gpuenv("pipeline", "--background", "--wait", "60", f"{entry.name}=nap.py 0").returncode == 0
     rest = gpuenv("receive", *(str(p) for p in parts[1:]), "--collect", str(tmp_path / "call-2"))
@@ -659,7 +659,7 @@ def test_a_pipeline_on_a_machine_without_the_bundle_is_refused_at_once(tmp_path:
     parts = sorted((tmp_path / "bundle").iterdir())
     assert [p.name for p in parts] == ["part-000", "part-001"]
     assert chunks and first.stdout.splitlines()[-1].endswith(
-        f"complete: none; still missing chunks: {entry.name} {chunks} (in part-001)")  # which part to send next
+        f"complete: none; still missing chunks: {entry.name} {chunks} (in bundle/part-001)")  # what to send next
     assert pipeline.check_received([f"{entry.name}=nap.py 0"]) is None  # the chunks may follow
     rest = gpuenv("receive", *(str(p) for p in parts[1:]))
     assert rest.returncode == 0 and rest.stdout.splitlines()[-1].endswith(f"complete: {entry.name}")

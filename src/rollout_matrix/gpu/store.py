@@ -10,11 +10,13 @@ call time (``store.ROOT``), so one assignment (a test's) moves the whole machine
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from rollout_matrix.atomic import write_atomic
@@ -91,6 +93,7 @@ def _receive_item(item: Path, d: dict[str, Path], hashes: dict[str, str]) -> int
         text = item.read_text(encoding="utf-8")
         name = hashlib.sha256(text.encode()).hexdigest()[:16]
         write_atomic(d["manifests"] / f"{name}.json", text)
+        _note_folder(manifest, item.resolve().parent.parent.name)
         hashes.update(manifest.tools_sha256)
         return 0
     if item.suffix == ".whl":
@@ -179,6 +182,7 @@ def status() -> None:
     Why the last line: a hold makes a call per part and reads only its last line (``receive ... | tail -1``),
     which used to be the last entry's count, and on a machine that had replaced a lost one, a chunk count."""
     done, waiting = [], []
+    folders = _bundle_folders()
     for name, manifest in sorted(manifests().items()):
         record = manifest.entries[name]
         need = {c for f in [*record.files, *record.debs] for c in f.chunks}
@@ -187,7 +191,7 @@ def status() -> None:
         log(f"{name}: {len(need) - len(missing)}/{len(need)} chunks"
             f"{', venv ready' if ready else ''}")
         if missing:
-            waiting.append((len(missing), name, _parts_holding(manifest, missing)))
+            waiting.append((len(missing), name, _parts_holding(manifest, missing, _stored_manifests(), folders)))
         else:
             done.append(name)
     if done or waiting:
@@ -226,21 +230,57 @@ def _kept_parts() -> str:
     return _runs(sorted(set(path.read_text(encoding="utf-8").split())) if path.is_file() else [])
 
 
-def _parts_holding(manifest: Manifest, missing: set[str]) -> str:
+FOLDERS = "bundle-folders.json"
+"""Each received bundle's folder name (``.gpu/sgl/part-000`` -> ``sgl``), by its manifest's ``created``:
+the parts a ``receive`` line asks for are named as the sender keeps them."""
+
+
+def _note_folder(manifest: Manifest, folder: str) -> None:
+    folders = _bundle_folders()
+    if folder and folders.get(manifest.created) != folder:
+        write_atomic(ROOT / FOLDERS, json.dumps({**folders, manifest.created: folder}, indent=1, sort_keys=True) + "\n")
+
+
+def _bundle_folders() -> dict[str, str]:
+    path = ROOT / FOLDERS
+    try:
+        found = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except ValueError:  # cut short: the parts are then named without their folder, nothing else changes
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _parts_holding(manifest: Manifest, missing: set[str], others: Iterable[Manifest] = (),
+                   folders: dict[str, str] | None = None) -> str:
     """Where an entry's missing chunks are: the manifest's parts holding any of them, runs joined ("in
-    part-003, part-007 - part-009"), and how many no part of it holds (a bundle made with ``--after``
-    left those in the earlier bundle's parts).
+    sgl/part-003, sgl/part-007 - sgl/part-009", each part with its bundle's folder where ``folders``
+    knows it), then those ``others`` (the other bundles received here) hold, and how many no bundle
+    received here holds (a bundle made with ``--after`` left those in the earlier bundle's parts).
 
     Why: a hold sends its next parts by this line alone. A machine may hold many of an entry's chunks
     already (another entry's bundle brought torch and the CUDA libraries): vllm-0.34.0 after sglang-0.5.23
     needed 21 of its 44 parts (2026-12-06), and which 21 had to be worked out from the two bundle.json.
+    With two bundles in a hold, "part-001 - part-016" alone did not say whose (2026-12-06, the tenth hold).
     """
-    where = {c: part["name"] for part in manifest.parts for c in part["chunks"]}  # as bundle.py's progress lines
+    folders = folders or {}
+
+    def named(bundle: Manifest) -> dict[str, str]:
+        folder = folders.get(bundle.created)
+        return {c: f"{folder}/{part['name']}" if folder else part["name"] for part in bundle.parts for c in part["chunks"]}
+
+    where = named(manifest)
     holding = sorted({where[c] for c in missing if c in where})
-    elsewhere = sum(c not in where for c in missing)
+    rest = {c for c in missing if c not in where}
+    elsewhere: dict[str, str] = {}
+    for other in others:
+        if other.created != manifest.created:
+            elsewhere.update({c: n for c, n in named(other).items() if c in rest and c not in elsewhere})
     said = [f"in {_runs(holding)}"] if holding else []
     if elsewhere:
-        said.append(f"{elsewhere} in no part of this bundle: send the bundle it was made --after")
+        said.append(f"{len(elsewhere)} in {_runs(sorted(set(elsewhere.values())))}")
+    if len(rest) > len(elsewhere):
+        said.append(f"{len(rest) - len(elsewhere)} in no part of "
+                    f"{'this bundle' if not elsewhere else 'a bundle received here'}: send the bundle it was made --after")
     return "; ".join(said)
 
 
