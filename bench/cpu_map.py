@@ -9,7 +9,7 @@ calls after a fast read took a median 0.72-0.76 s against 0.90-0.98 s after a sl
 was busy the whole of every call. Whether that is the machine's CPUs being of two speeds (a vCPU whose
 hidden SMT sibling another tenant keeps busy, while the scheduler moves the engine's thread between
 vCPUs) or the whole machine slowing for a while decides the remedy: the first is pinning the engine's
-hot thread to a fast CPU (bench/affinity.py), the second has none but more blocks.
+hot thread to a fast CPU (bench/affinity.py), the second not (``--together`` says what might be).
 
 This reads the gauge on one CPU at a time, the thread pinned there (``os.sched_setaffinity``), for
 ``--per-cpu-s`` seconds, over every CPU this process may use, ``--rounds`` times in turn: a CPU slow
@@ -23,12 +23,16 @@ its own (``own``), nothing outside the engine's thread can. Only the standard li
 JSON is rewritten after every CPU, so a run cut short keeps what it read.
 
 Its first runs (H100, 2026-12-06, bench/runs/2026-12-06-h100-3/) found moments: a CPU's slow share in
-one round told nothing of its share in another (r -0.05 and -0.04), and in one round of the idle
-machine every CPU was slow. The sibling test then read each CPU alone once, before all the others,
-and named CPUs as siblings that had only been busy while a slow moment lasted; it now reads alone and
-beside around each busy CPU in ABBA order, as the benchmark does its calls (``siblings_of``).
+one round told nothing of its share in another (``place_icc`` -0.03 and -0.19), and in one round of the idle
+machine 71 % of all reads were slow, against 22-24 % in the other two. The sibling test then read each
+CPU alone once, before all the others, and named CPUs as siblings that had only been busy while a slow
+moment lasted; it now reads alone and beside around each busy CPU in ABBA order, as the benchmark does
+its calls (``siblings_of``).
 
     python3 bench/cpu_map.py --json cpu_map.json      # about 16 x 3 x 2 s + 2 x 15 x 2 s + 20 s
+
+Exit 0; 1 where a reader of ``--together`` failed (the line says which; the rest is in the JSON); 2
+for bad arguments.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import json
 import math
 import multiprocessing
 import os
+import queue
 import statistics
 import sys
 import time
@@ -101,8 +106,10 @@ def siblings_of(base: int, others: list[int], seconds: float, fast: float) -> di
     """``base``'s reads while each other CPU in turn is kept busy, against ``base`` alone around them, in
     ABBA order: alone, beside, beside, alone (``seconds`` / 2 each). A busy CPU slows ``base`` only where
     both reads beside it are slower than both alone (``SLOW`` times the medians), so one change of the
-    machine's speed anywhere in the four cannot name a sibling. The first runs (2026-12-06) read
-    ``base`` alone once, before all the others, and named every CPU made busy after a slow moment began."""
+    machine's speed anywhere in the four cannot name a sibling; a slow spell that covers both reads
+    beside and neither alone (about ``seconds`` long) still can, for that one CPU: a sibling slows
+    ``base`` in every run, a spell in one. The first runs (2026-12-06) read ``base`` alone once, before
+    all the others, and named every CPU made busy after a slow moment began."""
     alone_all: list[float] = []
     beside: dict[str, dict[str, float]] = {}
     slowed = []
@@ -130,28 +137,52 @@ def _correlation(pairs: list[tuple[float, float]]) -> float | None:
 
 
 PLACE_R = 0.5
-"""A CPU's slow share in one round must foretell its share in another this well (Pearson's r) for slow
-CPUs to be called places: with 16 CPUs, r 0.5 is about two standard errors from none."""
+"""A CPU's slow shares must be its own this much (``place_icc``) for slow CPUs to be called places, and
+CPUs read at the same time must move together this well (Pearson's r) to share their moments: half of
+the spread, about two standard errors from none with 16 CPUs or 80 windows."""
+SOME_SLOW = 0.2
+"""Below this share of slow reads in every CPU's every round (or window), the machine ran at one speed
+and there is nothing to call a place or a moment."""
+MIN_PAIRS = 8
+"""Fewer (CPU, round) pairs, or windows read together, than this decide nothing: ``undecided``."""
+
+
+def place_icc(share: list[list[float]]) -> float | None:
+    """The intraclass correlation of the slow shares ``share[round][cpu]`` with the CPUs as classes
+    (one-way ANOVA, ICC(1)): near 1 where each CPU keeps its share from round to round, near 0 (or
+    below) where a CPU's share in one round says nothing of another. Unlike a correlation between two
+    rounds it is defined where a round is slow or quick on every CPU alike. None without variation or
+    with fewer than 2 rounds."""
+    k, g = len(share), min(map(len, share), default=0)
+    if k < 2 or g < 2:
+        return None
+    means = [statistics.fmean(share[r][c] for r in range(k)) for c in range(g)]
+    grand = statistics.fmean(means)
+    between = k * sum((m - grand) ** 2 for m in means) / (g - 1)
+    within = sum((share[r][c] - means[c]) ** 2 for r in range(k) for c in range(g)) / (g * (k - 1))
+    return None if between + (k - 1) * within == 0 else (between - within) / (between + (k - 1) * within)
 
 
 def verdict(rounds: list[list[dict[str, Any]]], fast: float) -> dict[str, Any]:
     """Place or moment, from the slow shares of each CPU's reads in each round (``rounds``: the sweeps in
     the order they ran, each CPU's reads in the order they ran).
 
-    ``place_r``: how well a CPU's share in one round foretells its share in another (every pair of
-    rounds, every CPU); ``moment_r``: how well one read's share foretells the next one's, on the next
-    CPU a moment later. Slow CPUs are ``places`` where ``place_r`` is at least PLACE_R (pinning the hot
-    thread to a fast CPU would then help), ``moments`` otherwise (more blocks is the only remedy), and
-    ``one speed`` where no share varies."""
+    ``place_icc`` (``place_icc``): how much of the shares' spread is the CPUs' own, kept from round to
+    round; ``moment_r``: how well one read's share foretells the next one's, on the next CPU a moment
+    later. ``one speed`` where no CPU had SOME_SLOW of its reads slow in any round; ``undecided`` with
+    fewer than 2 rounds or MIN_PAIRS (CPU, round) reads; ``places`` where ``place_icc`` is at least
+    PLACE_R (pinning the hot thread to a fast CPU would then help); ``moments`` otherwise (pinning
+    cannot help: ``--together`` says whether a meter on another CPU could)."""
     share = [[summary(one["ms"], fast)["slow_share"] for one in sweep] for sweep in rounds]
-    place = [(a[i], b[i]) for r, a in enumerate(share) for b in share[r + 1:] for i in range(min(len(a), len(b)))]
     timeline = [x for sweep in share for x in sweep]
-    place_r, moment_r = _correlation(place), _correlation(list(itertools.pairwise(timeline)))
-    if place_r is None and moment_r is None:
+    icc, moment_r = place_icc(share), _correlation(list(itertools.pairwise(timeline)))
+    if not timeline or max(timeline) < SOME_SLOW:
         called = "one speed"
+    elif len(share) < 2 or len(timeline) < MIN_PAIRS or icc is None:
+        called = "undecided"
     else:
-        called = "places" if place_r is not None and place_r >= PLACE_R else "moments"
-    return {"called": called, "place_r": None if place_r is None else round(place_r, 3),
+        called = "places" if icc >= PLACE_R else "moments"
+    return {"called": called, "place_icc": None if icc is None else round(icc, 3),
             "moment_r": None if moment_r is None else round(moment_r, 3)}
 
 
@@ -175,15 +206,33 @@ def _timed_reads(cpu: int, start_at: float, seconds: float, out: Any) -> None:
 
 def together(cpus: list[int], seconds: float) -> dict[str, Any]:
     """The gauge read on ``cpus`` at the same time, one process pinned on each: the median read of each
-    CPU in each ``WINDOW_S`` window, and how those medians move together (``together_verdict``)."""
+    CPU in each ``WINDOW_S`` window, and how those medians move together (``together_verdict``). A
+    reader that exits without its reads ends the others and raises RuntimeError naming it."""
     out: Any = multiprocessing.Queue()
     start_at = time.monotonic() + 0.5  # every child started and pinned before the first read
-    procs = [multiprocessing.Process(target=_timed_reads, args=(c, start_at, seconds, out), daemon=True) for c in cpus]
-    for proc in procs:
+    procs = {c: multiprocessing.Process(target=_timed_reads, args=(c, start_at, seconds, out), daemon=True) for c in cpus}
+    for proc in procs.values():
         proc.start()
-    got = dict(out.get(timeout=seconds + 60) for _ in procs)  # before join: a full pipe would block the child
-    for proc in procs:
-        proc.join(5)
+    got: dict[int, list[tuple[float, float]]] = {}
+    deadline = start_at + seconds + 60
+    try:
+        while len(got) < len(cpus):  # read before join: a child blocks on a full pipe until its reads are taken
+            try:
+                cpu, reads = out.get(timeout=1)
+                got[cpu] = reads
+                continue
+            except queue.Empty:
+                pass
+            gone = [c for c, proc in procs.items() if c not in got and proc.exitcode is not None]
+            if gone or time.monotonic() > deadline:
+                why = (f"the reader on cpu {gone[0]} exited with code {procs[gone[0]].exitcode} before its reads came"
+                       if gone else f"no reads from cpus {sorted(set(cpus) - set(got))} within {seconds + 60:g} s")
+                raise RuntimeError(why)
+    finally:
+        for proc in procs.values():
+            if proc.is_alive() and proc.pid is not None and len(got) < len(cpus):
+                proc.terminate()
+            proc.join(5)
     windows: dict[int, list[float | None]] = {}
     for cpu in cpus:
         buckets: list[list[float]] = [[] for _ in range(max(1, int(seconds / WINDOW_S)))]
@@ -195,16 +244,29 @@ def together(cpus: list[int], seconds: float) -> dict[str, Any]:
 
 def together_verdict(windows: dict[int, list[float | None]]) -> dict[str, Any]:
     """Do the CPUs slow down together? Pearson's r of the windows' log median reads, for every pair of
-    CPUs. ``shared`` where the median pair's r is at least PLACE_R: then a meter on another CPU sees the
-    engine's CPU speed during a call, and the blocks could be corrected by it; ``own`` where it is
-    not: each CPU's moments are its own, and nothing outside the engine's thread can see them."""
+    CPUs. ``one speed`` where no window is SLOW times the fastest one's median on any CPU in SOME_SLOW of
+    the windows (nothing moved to follow); ``undecided`` with fewer than MIN_PAIRS windows read on both
+    CPUs of a pair; ``shared`` where the median pair's r is at least PLACE_R: then a meter on another
+    CPU sees the engine's CPU speed during a call, and the blocks could be corrected by it; ``own``
+    where it is not: each CPU's moments are its own, and nothing outside the engine's thread sees them."""
     pairs: dict[str, float | None] = {}
+    enough = True
     for a, b in itertools.combinations(sorted(windows), 2):
         both = [(math.log(x), math.log(y)) for x, y in zip(windows[a], windows[b], strict=True) if x and y]
+        enough &= len(both) >= MIN_PAIRS
         pairs[f"{a}-{b}"] = None if (r := _correlation(both)) is None else round(r, 3)
     known = sorted(r for r in pairs.values() if r is not None)
     median = statistics.median(known) if known else None
-    called = "one speed" if median is None else ("shared" if median >= PLACE_R else "own")
+    moved = False
+    for medians in windows.values():
+        seen = [m for m in medians if m]
+        moved |= bool(seen) and sum(m > SLOW * min(seen) for m in seen) >= SOME_SLOW * len(seen)
+    if not moved:
+        called = "one speed"
+    elif not enough or median is None:
+        called = "undecided"
+    else:
+        called = "shared" if median >= PLACE_R else "own"
     return {"pairs_r": pairs, "median_r": None if median is None else round(median, 3), "called": called}
 
 
@@ -233,14 +295,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--together-s", type=float, default=20.0, help="seconds of reads at the same time (default 20)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    if args.per_cpu_s <= 0 or args.rounds < 1 or args.sibling_s <= 0 or args.together_s < 2 * WINDOW_S:
-        p.error(f"--per-cpu-s and --sibling-s must be > 0, --rounds >= 1, --together-s >= {2 * WINDOW_S:g}")
+    if args.per_cpu_s <= 0 or args.rounds < 1 or args.sibling_s <= 0:
+        p.error("--per-cpu-s and --sibling-s must be > 0, --rounds >= 1")
     cpus = sorted(os.sched_getaffinity(0))
     siblings = cpus[:2] if args.siblings is None else args.siblings
     side = sorted({cpus[0], cpus[len(cpus) // 2], cpus[-1]}) if args.together is None else sorted(set(args.together))
     for flag, asked in (("--siblings", siblings), ("--together", side)):
         if set(asked) - set(cpus):
             p.error(f"{flag} {sorted(set(asked) - set(cpus))}: not a CPU this process may use ({cpus})")
+    if args.together and len(side) < 2:
+        p.error(f"--together {side}: name at least two CPUs to read at the same time")
+    if len(side) >= 2 and args.together_s < MIN_PAIRS * WINDOW_S:
+        p.error(f"--together-s {args.together_s:g}: at least {MIN_PAIRS * WINDOW_S:g} s ({MIN_PAIRS} windows of {WINDOW_S:g} s)")
     data: dict[str, Any] = {"cpus": cpus, "args": {k: v for k, v in vars(args).items() if k != "json"},
                             "began": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "rounds": []}
     print(f"cpu_map: {len(cpus)} CPUs x {args.rounds} rounds x {args.per_cpu_s:g} s, then siblings of {siblings}", flush=True)
@@ -264,21 +330,30 @@ def main(argv: list[str] | None = None) -> int:
                          if one["cpu"] == c)
         print(f"  cpu {c:3d}: median {data['per_cpu'][str(c)]['median_ms']:.3f} ms, slow share by round {cells}", flush=True)
     v = data["verdict"]
-    print(f"slow CPUs are {v['called']}: a CPU's share from round to round r {_r(v['place_r'])}, from one read to the "
-          f"next CPU's r {_r(v['moment_r'])} (places from r {PLACE_R})", flush=True)
+    print(f"slow CPUs: {v['called']} (a CPU's own part of the slow shares (ICC) {_r(v['place_icc'])}, one read "
+          f"to the next CPU's r {_r(v['moment_r'])}; places from {PLACE_R})", flush=True)
     data["siblings"] = {}
-    for base in siblings:
+    for base in siblings if len(cpus) > 1 else []:
         data["siblings"][str(base)] = siblings_of(base, [c for c in cpus if c != base], args.sibling_s, fast)
         write(args.json, data)
         print(f"  cpu {base}: slowed by a busy {data['siblings'][str(base)]['slowed_by'] or 'none'}", flush=True)
+    if len(cpus) == 1:
+        print(f"one CPU ({cpus[0]}): no sibling to look for, nothing to read at the same time", flush=True)
+    code = 0
     if len(side) >= 2:
-        data["together"] = {"cpus": side, **together(side, args.together_s)}
+        try:
+            data["together"] = {"cpus": side, **together(side, args.together_s)}
+        except RuntimeError as exc:
+            data["together"] = {"cpus": side, "error": str(exc)}
+            print(f"cpus {side} read at once: {exc}; what was read before is in the JSON", file=sys.stderr, flush=True)
+            code = 1
+        else:
+            t = data["together"]
+            print(f"cpus {side} read at once for {args.together_s:g} s: {t['called']} (median r "
+                  f"{_r(t['median_r'])} over {len(t['pairs_r'])} pairs, {WINDOW_S:g} s windows)", flush=True)
         write(args.json, data)
-        t = data["together"]
-        print(f"cpus {side} read at once for {args.together_s:g} s: their moments are {t['called']} (median r "
-              f"{_r(t['median_r'])} over {len(t['pairs_r'])} pairs, {WINDOW_S:g} s windows)", flush=True)
     os.sched_setaffinity(0, set(cpus))
-    return 0
+    return code
 
 
 if __name__ == "__main__":

@@ -174,7 +174,7 @@ def transfer_gap(first: list[Any], second: list[Any]) -> float:
 
 
 def check_as_if_pushed(engine: Any, new: Any, after: list[Any], record_property: Any, how: str) -> None:
-    """After weights came another way (``how``: shared, broadcast), ``after`` (greedy outputs) must be
+    """After weights came another way (``how``: shared, broadcast, staged), ``after`` (greedy outputs) must be
     what the same weights pushed in-process give (the path the in-process test proves against its
     reference): equal outputs mean the transfer is exact, whatever the kernels' distance to the
     reference; unequal ones, that the engine holds other weights (not applied, corrupted). Then the

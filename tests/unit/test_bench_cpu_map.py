@@ -9,6 +9,7 @@ import json
 import os
 import random
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,7 @@ def test_every_cpu_is_read_pinned_in_every_round_and_the_file_says_so(tmp_path: 
     sib = data["siblings"][str(cpus[0])]
     assert set(sib["beside"]) == {str(c) for c in cpus[1:]} and sib["alone"]["reads"] > 0
     assert all(b["reads"] > 0 and b["alone_median_ms"] > 0 for b in sib["beside"].values())
-    assert data["verdict"]["called"] in ("places", "moments", "one speed")
+    assert data["verdict"] == cpu_map.verdict(data["rounds"], data["fast_ms"])  # the verdict of these reads
     assert "together" not in data  # --together with no CPU: skipped
     assert os.sched_getaffinity(0) == set(cpus)  # given back
 
@@ -58,12 +59,12 @@ def sweeps(speed) -> list[list[dict]]:
 
 def test_cpus_slow_in_every_round_are_places() -> None:
     got = cpu_map.verdict(sweeps(lambda r, c: 2.2 if c in (3, 8, 13) else 1.4), fast=1.4)
-    assert got["called"] == "places" and got["place_r"] > 0.9
+    assert got["called"] == "places" and got["place_icc"] > 0.9
 
 
 def test_rounds_slow_on_every_cpu_are_moments() -> None:
     got = cpu_map.verdict(sweeps(lambda r, c: 2.2 if r == 2 else 1.4), fast=1.4)
-    assert got["called"] == "moments" and got["moment_r"] > 0.9
+    assert got["called"] == "moments" and got["place_icc"] < 0 and got["moment_r"] > 0.9
 
 
 def test_slow_spells_that_move_between_cpus_are_moments() -> None:
@@ -71,7 +72,7 @@ def test_slow_spells_that_move_between_cpus_are_moments() -> None:
     rng = random.Random(11)
     slow = {(r, c) for r in range(3) for c in range(16) if rng.random() < 0.4}
     got = cpu_map.verdict(sweeps(lambda r, c: 2.2 if (r, c) in slow else 1.4), fast=1.4)
-    assert got["called"] == "moments" and got["place_r"] < cpu_map.PLACE_R
+    assert got["called"] == "moments" and got["place_icc"] < cpu_map.PLACE_R
 
 
 def test_one_speed_everywhere_is_neither() -> None:
@@ -99,15 +100,66 @@ def test_a_busy_cpu_that_slows_every_read_beside_it_is_a_sibling(monkeypatch: py
     assert got["slowed_by"] == [9] and got["beside"]["9"]["alone_median_ms"] == 1.4
 
 
-def test_cpus_read_at_once_give_one_median_per_window_on_one_clock() -> None:
+def test_cpus_read_at_once_give_one_median_per_window_on_one_clock(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     cpus = sorted(os.sched_getaffinity(0))[:2]
     if len(cpus) < 2:
         pytest.skip("one CPU: nothing to read at the same time")
-    got = cpu_map.together(cpus, 1.0)
-    assert set(got["windows"]) == {str(c) for c in cpus} and list(got["pairs_r"]) == [f"{cpus[0]}-{cpus[1]}"]
-    for medians in got["windows"].values():  # 1 s in 0.25 s windows, each with reads in it
-        assert len(medians) == 4 and all(m is not None and m > 0 for m in medians)
-    assert got["called"] in ("shared", "own", "one speed")
+    out = tmp_path / "cpu_map.json"
+    assert cpu_map.main(["--per-cpu-s", "0.05", "--rounds", "2", "--siblings", "--together", *map(str, cpus),
+                         "--together-s", "2", "--json", str(out)]) == 0
+    got = json.loads(out.read_text())["together"]
+    assert got["cpus"] == cpus and set(got["windows"]) == {str(c) for c in cpus}
+    assert list(got["pairs_r"]) == [f"{cpus[0]}-{cpus[1]}"]
+    for medians in got["windows"].values():  # 2 s in 0.25 s windows; a loaded machine may starve one or two
+        assert len(medians) == 8 and sum(m is not None and m > 0 for m in medians) >= 6, medians
+    assert got == {"cpus": cpus, "window_s": cpu_map.WINDOW_S, "windows": got["windows"],
+                   **cpu_map.together_verdict({int(c): w for c, w in got["windows"].items()})}
+    assert f"cpus {cpus} read at once for 2 s: {got['called']} (median r" in capsys.readouterr().out
+
+
+def test_a_reader_that_dies_is_named_and_the_others_are_ended(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    if len(cpus) < 2:
+        pytest.skip("one CPU: nothing to read at the same time")
+    real = cpu_map._timed_reads
+
+    def dies_on_the_second(cpu, start_at, seconds, out):
+        if cpu == cpus[1]:
+            os._exit(3)
+        real(cpu, start_at, 30.0, out)  # would read for 30 s: ended, not waited for
+
+    monkeypatch.setattr(cpu_map, "_timed_reads", dies_on_the_second)
+    out = tmp_path / "cpu_map.json"
+    t0 = time.monotonic()
+    assert cpu_map.main(["--per-cpu-s", "0.05", "--rounds", "1", "--siblings", "--together", *map(str, cpus),
+                         "--together-s", "2", "--json", str(out)]) == 1
+    assert time.monotonic() - t0 < 20
+    why = f"the reader on cpu {cpus[1]} exited with code 3 before its reads came"
+    assert json.loads(out.read_text())["together"] == {"cpus": cpus, "error": why}
+    assert why in capsys.readouterr().err
+
+
+def test_one_cpu_is_read_without_siblings_or_company(monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    monkeypatch.setattr(cpu_map.os, "sched_getaffinity", lambda pid: {cpu})
+    assert cpu_map.main(["--per-cpu-s", "0.05", "--rounds", "2"]) == 0
+    assert f"one CPU ({cpu}): no sibling to look for" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--together", "0"], "--together [0]: name at least two CPUs"),
+    (["--together-s", "1"], "--together-s 1: at least 2 s"),
+])
+def test_too_little_to_read_together_is_one_line_and_exit_2(args: list[str], says: str,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(cpu_map.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    with pytest.raises(SystemExit) as done:
+        cpu_map.main(args)
+    assert done.value.code == 2 and says in capsys.readouterr().err.splitlines()[-1]
 
 
 def test_cpus_that_slow_down_together_share_their_moments() -> None:
@@ -126,5 +178,19 @@ def test_cpus_each_with_moments_of_their_own_do_not() -> None:
 
 
 def test_a_window_without_reads_is_left_out_of_the_pair() -> None:
-    windows = {0: [1.4, None, 2.3, 1.4, 2.3], 1: [1.4, 2.3, 2.3, 1.45, 2.2]}
+    windows = {0: [1.4, None, 2.3, 1.4, 2.3] * 3, 1: [1.4, 2.3, 2.3, 1.45, 2.2] * 3}
     assert cpu_map.together_verdict(windows)["called"] == "shared"
+
+
+def test_one_round_or_a_quiet_machine_decides_nothing() -> None:
+    slow_places = lambda r, c: 2.2 if c in (3, 8) else 1.4  # noqa: E731
+    assert cpu_map.verdict(sweeps(slow_places)[:1], fast=1.4)["called"] == "undecided"
+    assert cpu_map.verdict(sweeps(lambda r, c: 1.4 if (r + c) % 7 else 1.5), fast=1.4)["called"] == "one speed"
+
+
+def test_cpus_that_never_move_are_one_speed_together() -> None:
+    rng = random.Random(6)
+    windows = {c: [1.4 * rng.uniform(0.97, 1.03) for _ in range(80)] for c in (0, 7)}
+    assert cpu_map.together_verdict(windows)["called"] == "one speed"
+    short = {c: [1.4, 2.3, 1.4, 2.3] for c in (0, 7)}
+    assert cpu_map.together_verdict(short)["called"] == "undecided"
