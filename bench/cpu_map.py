@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import multiprocessing
 import os
@@ -53,6 +52,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gauge
+import noise
+from report import Report
 
 SLOW = 1.3
 """A read this many times the machine's fast mode (its 10th percentile) is a slow one: the two modes
@@ -113,8 +114,8 @@ def siblings_of(base: int, others: list[int], seconds: float, fast: float) -> di
     alone_all: list[float] = []
     beside: dict[str, dict[str, float]] = {}
     slowed = []
+    half = seconds / 2
     for other in others:
-        half = seconds / 2
         first = reads_on(base, half)["ms"]
         near = [beside_busy(base, other, half), beside_busy(base, other, half)]
         last = reads_on(base, half)["ms"]
@@ -127,13 +128,9 @@ def siblings_of(base: int, others: list[int], seconds: float, fast: float) -> di
 
 
 def _correlation(pairs: list[tuple[float, float]]) -> float | None:
-    """Pearson's r over ``pairs``, or None where either side does not vary (no slow read anywhere)."""
-    if len(pairs) < 3:
-        return None
-    try:
-        return statistics.correlation([a for a, _ in pairs], [b for _, b in pairs])
-    except statistics.StatisticsError:
-        return None
+    """Pearson's r over ``pairs`` (``noise.correlation``, not rounded), or None under 3 pairs or where
+    either side does not vary (no slow read anywhere)."""
+    return None if len(pairs) < 3 else noise.correlation([a for a, _ in pairs], [b for _, b in pairs], digits=None)
 
 
 PLACE_R = 0.5
@@ -274,13 +271,6 @@ def _r(r: float | None) -> str:
     return "-" if r is None else f"{r:.2f}"
 
 
-def write(path: Path | None, data: dict[str, Any]) -> None:
-    if path is not None:
-        part = path.with_suffix(path.suffix + ".part")
-        part.write_text(json.dumps(data, indent=1) + "\n")
-        part.replace(path)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--per-cpu-s", type=float, default=2.0, help="seconds of reads on each CPU a round (default 2)")
@@ -309,13 +299,19 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--together-s {args.together_s:g}: at least {MIN_PAIRS * WINDOW_S:g} s ({MIN_PAIRS} windows of {WINDOW_S:g} s)")
     data: dict[str, Any] = {"cpus": cpus, "args": {k: v for k, v in vars(args).items() if k != "json"},
                             "began": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "rounds": []}
+    report = Report(args.json, data) if args.json is not None else None  # rewritten whole, atomically
+
+    def write() -> None:
+        if report is not None:
+            report.write()
+
     print(f"cpu_map: {len(cpus)} CPUs x {args.rounds} rounds x {args.per_cpu_s:g} s, then siblings of {siblings}", flush=True)
     for r in range(args.rounds):
         sweep = []
         for cpu in cpus:
             sweep.append(reads_on(cpu, args.per_cpu_s))
             data["rounds"] = [*data["rounds"][:r], sweep]
-            write(args.json, data)
+            write()
     everything = [x for sweep in data["rounds"] for one in sweep for x in one["ms"]]
     fast = sorted(everything)[len(everything) // 10]
     data["fast_ms"] = round(fast, 4)
@@ -323,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     data["per_cpu"] = {str(c): summary(ms, fast) for c, ms in on.items()}
     data["per_round"] = [summary([x for one in sweep for x in one["ms"]], fast) for sweep in data["rounds"]]
     data["verdict"] = verdict(data["rounds"], fast)
-    write(args.json, data)
+    write()
     print(f"fast mode {fast:.3f} ms; a read over {SLOW * fast:.3f} ms is slow", flush=True)
     for c in cpus:
         cells = " ".join(f"{summary(one['ms'], fast)['slow_share']:5.0%}" for sweep in data["rounds"] for one in sweep
@@ -335,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     data["siblings"] = {}
     for base in siblings if len(cpus) > 1 else []:
         data["siblings"][str(base)] = siblings_of(base, [c for c in cpus if c != base], args.sibling_s, fast)
-        write(args.json, data)
+        write()
         print(f"  cpu {base}: slowed by a busy {data['siblings'][str(base)]['slowed_by'] or 'none'}", flush=True)
     if len(cpus) == 1:
         print(f"one CPU ({cpus[0]}): no sibling to look for, nothing to read at the same time", flush=True)
@@ -351,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
             t = data["together"]
             print(f"cpus {side} read at once for {args.together_s:g} s: {t['called']} (median r "
                   f"{_r(t['median_r'])} over {len(t['pairs_r'])} pairs, {WINDOW_S:g} s windows)", flush=True)
-        write(args.json, data)
+        write()
     os.sched_setaffinity(0, set(cpus))
     return code
 

@@ -148,7 +148,7 @@ def speed_adjusted(pairs: Sequence[Pair], width: float = 0.04) -> dict[str, Any]
         "side_gap": round(g_mean, 4),
         "side_gap_z": round(g_mean / gap_se, 2),
         "slope": round(slope, 3),
-        "correlation": _correlation(gaps, logs),
+        "correlation": correlation(gaps, logs),
         "change_over_call_sd": rounded(_sd(over)),
         "change_between_calls_sd": rounded(_sd(between)),
         "ratio": round(math.exp(m_mean), 4),
@@ -157,13 +157,16 @@ def speed_adjusted(pairs: Sequence[Pair], width: float = 0.04) -> dict[str, Any]
     }
 
 
-def _correlation(a: Sequence[float], b: Sequence[float]) -> float | None:
+def correlation(a: Sequence[float], b: Sequence[float], digits: int | None = 3) -> float | None:
+    """Pearson's r of ``a`` and ``b`` (rounded to ``digits``; None: as computed), or None where either
+    does not vary. bench/cpu_map.py's verdicts use it too."""
     ma, mb = statistics.fmean(a), statistics.fmean(b)
     saa = math.fsum((x - ma) ** 2 for x in a)
     sbb = math.fsum((y - mb) ** 2 for y in b)
     if saa <= 0 or sbb <= 0:
         return None
-    return round(math.fsum((x - ma) * (y - mb) for x, y in zip(a, b, strict=True)) / math.sqrt(saa * sbb), 3)
+    r = math.fsum((x - ma) * (y - mb) for x, y in zip(a, b, strict=True)) / math.sqrt(saa * sbb)
+    return r if digits is None else round(r, digits)
 
 
 LAGS = (1, 4, 16)
@@ -179,7 +182,7 @@ def call_autocorrelation(calls: Sequence[CallTime], medians: dict[str, float]) -
     over 0.44) and scattered around 0 by lag 16: the CPU's speed held for a few calls, then moved. Near
     0 at lag 1 would mean every call draws its own."""
     x = [math.log(c.seconds / medians[c.side]) for c in calls if c.seconds > 0]
-    return {str(lag): _correlation(x[:-lag], x[lag:]) if len(x) > lag + 2 else None for lag in LAGS}
+    return {str(lag): correlation(x[:-lag], x[lag:]) if len(x) > lag + 2 else None for lag in LAGS}
 
 
 def summary(pairs: Sequence[Pair], width: float = 0.04) -> dict[str, Any]:
