@@ -162,8 +162,13 @@ _warned: set[Path] = set()
 
 def manifests() -> dict[str, Manifest]:
     """Entry name -> the newest manifest that lists it."""
+    return _newest(_stored_manifests())
+
+
+def _newest(stored: Iterable[Manifest]) -> dict[str, Manifest]:
+    """Entry name -> the newest of ``stored`` that lists it."""
     found: dict[str, tuple[str, Manifest]] = {}
-    for manifest in _stored_manifests():
+    for manifest in stored:
         for name in manifest.entries:
             if name not in found or manifest.created > found[name][0]:
                 found[name] = (manifest.created, manifest)
@@ -182,8 +187,8 @@ def status() -> None:
     Why the last line: a hold makes a call per part and reads only its last line (``receive ... | tail -1``),
     which used to be the last entry's count, and on a machine that had replaced a lost one, a chunk count."""
     done, waiting = [], []
-    folders = _bundle_folders()
-    for name, manifest in sorted(manifests().items()):
+    stored, folders = _stored_manifests(), _bundle_folders()
+    for name, manifest in sorted(_newest(stored).items()):
         record = manifest.entries[name]
         need = {c for f in [*record.files, *record.debs] for c in f.chunks}
         missing = set(missing_chunks(manifest, name))
@@ -191,7 +196,7 @@ def status() -> None:
         log(f"{name}: {len(need) - len(missing)}/{len(need)} chunks"
             f"{', venv ready' if ready else ''}")
         if missing:
-            waiting.append((len(missing), name, _parts_holding(manifest, missing, _stored_manifests(), folders)))
+            waiting.append((len(missing), name, _parts_holding(manifest, missing, stored, folders)))
         else:
             done.append(name)
     if done or waiting:
