@@ -30,6 +30,10 @@ moment lasted; it now reads alone and beside around each busy CPU in ABBA order,
 its calls (``siblings_of``).
 
     python3 bench/cpu_map.py --json cpu_map.json      # about 16 x 3 x 2 s + 2 x 15 x 2 s + 20 s
+    python3 bench/cpu_map.py --rounds 1 --per-cpu-s 0.5 --no-siblings --together-s 30   # the reads at once, mostly
+
+``--siblings`` and ``--together`` alone name their default CPUs; ``--no-siblings`` and ``--no-together``
+skip those parts.
 
 Exit 0; 1 where a reader of ``--together`` failed (the line says which; the rest is in the JSON); 2
 for bad arguments.
@@ -276,24 +280,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-cpu-s", type=float, default=2.0, help="seconds of reads on each CPU a round (default 2)")
     p.add_argument("--rounds", type=int, default=3, help="sweeps over every CPU (default 3)")
     p.add_argument("--siblings", type=int, nargs="*", default=None, metavar="CPU",
-                   help="CPUs to look for a core-sharing sibling of (default: the first two; none: skip)")
+                   help="CPUs to look for a core-sharing sibling of (default, or the flag alone: the first two)")
+    p.add_argument("--no-siblings", action="store_true", help="skip the sibling test")
     p.add_argument("--sibling-s", type=float, default=1.0,
                    help="seconds of reads beside each busy CPU, and as many alone around them (default 1)")
     p.add_argument("--together", type=int, nargs="*", default=None, metavar="CPU",
                    help="CPUs read at the same time, to tell moments the CPUs share from each one's own "
-                        "(default: the first, middle and last; none: skip)")
+                        "(default, or the flag alone: the first, middle and last)")
+    p.add_argument("--no-together", action="store_true", help="skip the reads at the same time")
     p.add_argument("--together-s", type=float, default=20.0, help="seconds of reads at the same time (default 20)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     if args.per_cpu_s <= 0 or args.rounds < 1 or args.sibling_s <= 0:
         p.error("--per-cpu-s and --sibling-s must be > 0, --rounds >= 1")
     cpus = sorted(os.sched_getaffinity(0))
-    siblings = cpus[:2] if args.siblings is None else args.siblings
-    side = sorted({cpus[0], cpus[len(cpus) // 2], cpus[-1]}) if args.together is None else sorted(set(args.together))
+    # The flag alone means its default: on 2026-12-06 `--together` alone, read as "no CPUs", skipped the
+    # very reads a hold had been planned for. Skipping is said with --no-siblings / --no-together.
+    for flag in ("siblings", "together"):
+        if getattr(args, f"no_{flag}") and getattr(args, flag) is not None:
+            p.error(f"--{flag} and --no-{flag}: give one of them")
+    siblings = [] if args.no_siblings else args.siblings or cpus[:2]
+    side = [] if args.no_together else sorted(set(args.together or {cpus[0], cpus[len(cpus) // 2], cpus[-1]}))
     for flag, asked in (("--siblings", siblings), ("--together", side)):
         if set(asked) - set(cpus):
             p.error(f"{flag} {sorted(set(asked) - set(cpus))}: not a CPU this process may use ({cpus})")
-    if args.together and len(side) < 2:
+    if not args.no_together and len(side) < 2 and len(cpus) > 1:
         p.error(f"--together {side}: name at least two CPUs to read at the same time")
     if len(side) >= 2 and args.together_s < MIN_PAIRS * WINDOW_S:
         p.error(f"--together-s {args.together_s:g}: at least {MIN_PAIRS * WINDOW_S:g} s ({MIN_PAIRS} windows of {WINDOW_S:g} s)")

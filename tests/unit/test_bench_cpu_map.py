@@ -23,7 +23,7 @@ def test_every_cpu_is_read_pinned_in_every_round_and_the_file_says_so(tmp_path: 
     cpus = sorted(os.sched_getaffinity(0))
     out = tmp_path / "cpu_map.json"
     assert cpu_map.main(["--per-cpu-s", "0.1", "--rounds", "2", "--siblings", str(cpus[0]), "--sibling-s", "0.1",
-                         "--together", "--json", str(out)]) == 0
+                         "--no-together", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["cpus"] == cpus and len(data["rounds"]) == 2 and len(data["per_round"]) == 2
     for sweep in data["rounds"]:
@@ -35,7 +35,7 @@ def test_every_cpu_is_read_pinned_in_every_round_and_the_file_says_so(tmp_path: 
     assert set(sib["beside"]) == {str(c) for c in cpus[1:]} and sib["alone"]["reads"] > 0
     assert all(b["reads"] > 0 and b["alone_median_ms"] > 0 for b in sib["beside"].values())
     assert data["verdict"] == cpu_map.verdict(data["rounds"], data["fast_ms"])  # the verdict of these reads
-    assert "together" not in data  # --together with no CPU: skipped
+    assert "together" not in data  # --no-together: skipped
     assert os.sched_getaffinity(0) == set(cpus)  # given back
 
 
@@ -106,7 +106,7 @@ def test_cpus_read_at_once_give_one_median_per_window_on_one_clock(tmp_path: Pat
     if len(cpus) < 2:
         pytest.skip("one CPU: nothing to read at the same time")
     out = tmp_path / "cpu_map.json"
-    assert cpu_map.main(["--per-cpu-s", "0.05", "--rounds", "2", "--siblings", "--together", *map(str, cpus),
+    assert cpu_map.main(["--per-cpu-s", "0.05", "--rounds", "2", "--no-siblings", "--together", *map(str, cpus),
                          "--together-s", "2", "--json", str(out)]) == 0
     got = json.loads(out.read_text())["together"]
     assert got["cpus"] == cpus and set(got["windows"]) == {str(c) for c in cpus}
@@ -133,12 +133,37 @@ def test_a_reader_that_dies_is_named_and_the_others_are_ended(tmp_path: Path, mo
     monkeypatch.setattr(cpu_map, "_timed_reads", dies_on_the_second)
     out = tmp_path / "cpu_map.json"
     t0 = time.monotonic()
-    assert cpu_map.main(["--per-cpu-s", "0.05", "--rounds", "1", "--siblings", "--together", *map(str, cpus),
+    assert cpu_map.main(["--per-cpu-s", "0.05", "--rounds", "1", "--no-siblings", "--together", *map(str, cpus),
                          "--together-s", "2", "--json", str(out)]) == 1
     assert time.monotonic() - t0 < 20
     why = f"the reader on cpu {cpus[1]} exited with code 3 before its reads came"
     assert json.loads(out.read_text())["together"] == {"cpus": cpus, "error": why}
     assert why in capsys.readouterr().err
+
+
+def test_a_flag_alone_means_its_default_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On 2026-12-06 `--together` alone read as "no CPUs" and skipped the reads a GPU hold had been planned
+    for; the flag alone now asks for what no flag gives, and only --no-together skips."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one CPU: no sibling to look for, nothing to read at the same time")
+    asked: dict[str, list] = {}
+    monkeypatch.setattr(cpu_map, "together", lambda side, seconds: asked.setdefault("together", []).append(side) or {
+        "window_s": cpu_map.WINDOW_S, "windows": {}, "pairs_r": {}, "median_r": None, "called": "undecided"})
+    monkeypatch.setattr(cpu_map, "siblings_of", lambda base, others, seconds, fast: asked.setdefault(
+        "siblings", []).append(base) or {"slowed_by": []})
+    quick = ["--per-cpu-s", "0.02", "--rounds", "1"]
+    for flags in ([], ["--siblings", "--together"], ["--no-siblings", "--no-together"]):
+        assert cpu_map.main([*quick, *flags]) == 0
+    default_siblings, default_side = asked["siblings"][:2], asked["together"][0]
+    assert len(default_side) >= 2 and len(default_siblings) == 2
+    assert asked == {"siblings": default_siblings * 2, "together": [default_side] * 2}  # and nothing for --no-*
+
+
+def test_a_flag_and_its_no_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        cpu_map.main(["--together", "--no-together"])
+    assert done.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith("--together and --no-together: give one of them")
 
 
 def test_one_cpu_is_read_without_siblings_or_company(monkeypatch: pytest.MonkeyPatch,
