@@ -12,6 +12,8 @@ that travels in ``part-000``. Everything lives under ``$ROLLOUT_MATRIX_GPU_ROOT`
     python3 -m rollout_matrix.gpuenv collect [--if-changed] $OUT      # results as one tar.gz
     python3 -m rollout_matrix.gpuenv stop                             # end the batch, keep its results
     python3 -m rollout_matrix.gpuenv inventory FILE                   # what it has installed (bundle --borrow)
+    python3 -m rollout_matrix.gpuenv pack-homes $OUT                  # the engines' run-time builds, in pieces
+    python3 -m rollout_matrix.gpuenv seed-homes .gpu/homes            # ...into the next machine's homes
 
 Checks, in order: each chunk's sha256 (its name) on arrival; the committed lock's sha256 against the
 one the bundle was made from; each reassembled payload's sha256; each wheel's members (name, mode,
@@ -30,7 +32,7 @@ from pathlib import Path
 
 from rollout_matrix.bundles import borrow
 from rollout_matrix.errors import UserError
-from rollout_matrix.gpu import stop, store, waiting
+from rollout_matrix.gpu import homes, stop, store, waiting
 from rollout_matrix.gpu.install import install
 from rollout_matrix.gpu.pipeline import REFRESH_S, Plan, auto_parallel, check_received, check_steps, collect, pipeline, probe
 from rollout_matrix.gpu.snapshot import frozen_checkout
@@ -98,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--if-changed", action="store_true",
                    help="write nothing unless a result or the pipeline's state changed since the last collect, "
                         f"or {REFRESH_S} s passed (a call that brings back no file costs less device time)")
+    p = sub.add_parser("pack-homes", help="each entry's run-time builds (JIT, Triton, inductor, FlashInfer) as "
+                                          "home-<entry>.tgz.NN pieces in OUT, for seed-homes on the next machine")
+    p.add_argument("out", type=Path)
+    p.add_argument("entries", nargs="*", help="the entries whose homes to pack (default: every home here)")
+    p = sub.add_parser("seed-homes", help="unpack pack-homes' pieces into the entries' homes, before the pipeline")
+    p.add_argument("pieces", nargs="+", type=Path, help="home-<entry>.tgz.NN files, or folders of them")
     p = sub.add_parser("stop", help="end the running steps as Ctrl-C would (their results are written) and start "
                                     "no more; never by a process-name pattern")
     p.add_argument("--grace", type=float, default=60.0, help="seconds a step gets to write its results (default 60)")
@@ -169,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{len(found['distributions'])} distributions of {sys.executable} written to {args.out}")
         elif args.command == "collect":
             collect(args.out, args.if_changed)
+        elif args.command == "pack-homes":
+            homes.pack(args.out, args.entries)
+        elif args.command == "seed-homes":
+            homes.seed(args.pieces)
         elif args.command == "stop":
             stop.stop(args.grace)
     except UserError as exc:

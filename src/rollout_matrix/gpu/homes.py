@@ -1,0 +1,227 @@
+"""What an entry's engines built at run time, carried to the next GPU machine: ``pack-homes`` / ``seed-homes``.
+
+Why: every hold starts on a fresh machine, and each engine builds again what the last one built. On
+the H100 (2026-12-06) SGLang 0.5.23's CUDA-graph engine started in 93.2 s with an empty home and in
+54.1 s in a home where its suite had just built 57 JIT kernels (``.cache/sglang/jit``) and its Triton
+kernels; FlashInfer's sampling build for vLLM takes 97.5-157 s (gpu/kernel_cache.py). The benchmark has
+8 minutes per engine (issue 24), and what its engine starts take is lost to its blocks.
+
+``pack`` writes each home's build caches (``CACHES``, files' times kept) as ``home-<entry>.tgz.NN``,
+pieces of at most ``PIECE_MIB``: the device tool brings back at most 8 files of 16 MiB, 64 MiB in all,
+a call. ``seed`` unpacks the pieces of each archive, in order, into ``homes/<entry>`` (gpu/suite.py's
+``caches`` points every library there) before the pipeline starts: regular files and folders under
+``CACHES`` only, nothing absolute, no ``..``, no links; a file already there is replaced.
+
+Whether a carried build counts is the library's decision: SGLang's JIT leaves re-hash the files they
+were built from, Triton and torch inductor key their entries by source, options and GPU, so a cache
+from another GPU kind or release is only missed. FlashInfer's ninja goes by file times:
+gpu/kernel_cache.py dates the venv's inputs back where the home's stamp names the same lock.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import tarfile
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+
+from rollout_matrix.errors import UserError
+from rollout_matrix.gpu import store
+from rollout_matrix.gpu.store import log
+
+CACHES = (".cache/sglang", ".cache/vllm", ".cache/flashinfer", ".cache/torchinductor", ".triton", ".nv")
+"""The folders of a home (gpu/suite.py's ``caches``) that hold run-time builds; nothing else is carried."""
+PIECE_MIB = 15
+"""A piece's size: under the 16 MiB a file may have to come back from the device tool."""
+CALL_MIB = 56
+"""What ``pack`` writes at most, all homes together: the device tool brings back 64 MiB a call, and the
+call's ``gpu-results.tgz`` comes with it."""
+MIB = 1 << 20
+PIECE = re.compile(r"^home-(?P<entry>[A-Za-z0-9][A-Za-z0-9._+-]*)\.tgz\.(?P<n>\d{2,})$")
+"""``home-<entry>.tgz.NN``: the archive's entry and the piece's place in it."""
+
+
+class _Pieces(io.RawIOBase):
+    """A file to write that goes to ``stem.00``, ``stem.01``... ``piece`` bytes each."""
+
+    def __init__(self, stem: Path, piece: int) -> None:
+        self.stem, self.piece, self.written = stem, piece, []
+        self._fh: io.BufferedWriter | None = None
+        self._left = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # type: ignore[override]
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):
+            if self._fh is None or self._left == 0:
+                self._next()
+            take = min(self._left, len(view) - done)
+            assert self._fh is not None
+            self._fh.write(view[done:done + take])
+            self._left -= take
+            done += take
+        return done
+
+    def _next(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+        path = self.stem.with_name(f"{self.stem.name}.{len(self.written):02d}")
+        self._fh, self._left = open(path, "wb"), self.piece  # noqa: SIM115 -- closed by the next piece or close()
+        self.written.append(path)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        super().close()
+
+
+class _Joined(io.RawIOBase):
+    """The pieces read one after another as one stream."""
+
+    def __init__(self, pieces: list[Path]) -> None:
+        self._paths: Iterator[Path] = iter(pieces)
+        self._fh: io.BufferedReader | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        while True:
+            if self._fh is None:
+                path = next(self._paths, None)
+                if path is None:
+                    return 0
+                self._fh = open(path, "rb")  # noqa: SIM115 -- closed at its end or by close()
+            got = self._fh.readinto(buffer)
+            if got:
+                return got
+            self._fh.close()
+            self._fh = None
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+        super().close()
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def pack(out: Path, entries: list[str] | None = None, piece_mib: int = PIECE_MIB, call_mib: int = CALL_MIB) -> list[Path]:
+    """Each home's ``CACHES`` (every home, or ``entries``') as ``out/home-<entry>.tgz.NN``; a home whose
+    pieces would take the pack past ``call_mib`` is not written (the line says so, and how to pack it
+    alone). Returns the pieces written."""
+    homes = store._dirs()["homes"]
+    names = entries or sorted(p.name for p in homes.iterdir() if p.is_dir())
+    missing = [e for e in names if not (homes / e).is_dir()]
+    if missing:
+        raise UserError(f"no home here for {', '.join(missing)} (homes: "
+                        f"{', '.join(sorted(p.name for p in homes.iterdir())) or 'none'}); an entry's home is made "
+                        "when its steps run")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"pack-homes {out}: cannot write there ({exc.strerror}); pass a writable folder, e.g. $OUT") from None
+    written: list[Path] = []
+    total = 0
+    for entry in names:
+        home = homes / entry
+        held = [c for c in CACHES if (home / c).is_dir()]
+        if not held:
+            log(f"{entry}: nothing built in its home yet ({', '.join(CACHES)}): nothing packed")
+            continue
+        stem = out / f"home-{entry}.tgz"
+        pieces = _Pieces(stem, piece_mib * MIB)
+        with tarfile.open(fileobj=pieces, mode="w|gz") as tar:
+            for cache in held:
+                tar.add(home / cache, arcname=cache, filter=lambda info: info if info.isfile() or info.isdir() else None)
+        pieces.close()
+        size = sum(p.stat().st_size for p in pieces.written)
+        sizes = ", ".join(f"{c} {_size(home / c) / MIB:.1f} MiB" for c in held)
+        if total + size > call_mib * MIB:
+            for p in pieces.written:
+                p.unlink()
+            log(f"{entry}: not packed: its {size / MIB:.1f} MiB would take this call past {call_mib} MiB ({sizes}); "
+                f"pack it in a call of its own: pack-homes OUT {entry}")
+            continue
+        total += size
+        written += pieces.written
+        log(f"{entry}: {sizes} -> {stem.name}.00{f' - .{len(pieces.written) - 1:02d}' if len(pieces.written) > 1 else ''} "
+            f"({size / MIB:.1f} MiB)")
+    return written
+
+
+def _archives(paths: list[Path]) -> dict[str, list[Path]]:
+    """Pieces by entry, in order; a name that is not a piece, or a piece missing between two, is refused."""
+    found: dict[str, dict[int, Path]] = {}
+    for path in paths:
+        for piece in sorted(path.iterdir()) if path.is_dir() else [path]:
+            named = PIECE.match(piece.name)
+            if named is None or not piece.is_file():
+                raise UserError(f"{piece}: not a piece of a home (home-<entry>.tgz.NN, as pack-homes writes them)")
+            found.setdefault(named["entry"], {})[int(named["n"])] = piece
+    archives = {}
+    for entry, numbered in found.items():
+        gaps = sorted(set(range(max(numbered) + 1)) - numbered.keys())
+        if gaps:
+            raise UserError(f"home-{entry}.tgz: piece {', '.join(f'.{n:02d}' for n in gaps)} missing; carry every "
+                            "piece pack-homes wrote for it")
+        archives[entry] = [numbered[n] for n in sorted(numbered)]
+    return archives
+
+
+def _refusal(member: tarfile.TarInfo) -> str | None:
+    """Why ``member`` may not be unpacked into a home, or None."""
+    path = PurePosixPath(member.name)
+    if path.is_absolute() or ".." in path.parts:
+        return "a path outside the home"
+    if not (member.isfile() or member.isdir()):
+        return "not a file or a folder"
+    if not any(path == PurePosixPath(c) or PurePosixPath(c) in path.parents for c in CACHES):
+        return f"outside the build caches ({', '.join(CACHES)})"
+    return None
+
+
+def seed(paths: list[Path]) -> dict[str, Counter]:
+    """Unpack each archive's pieces (files, or folders of them) into its entry's home, after checking
+    every member (``_refusal``): an archive with one refused member, or one that does not read whole,
+    unpacks nothing. Returns, per entry, the files unpacked per cache folder."""
+    archives = _archives(paths)
+    if not archives:
+        raise UserError("no piece named: give the home-<entry>.tgz.NN files pack-homes wrote (or their folder)")
+    homes = store._dirs()["homes"]
+    done: dict[str, Counter] = {}
+    for entry, pieces in sorted(archives.items()):
+        where = f"home-{entry}.tgz ({len(pieces)} piece{'s' if len(pieces) > 1 else ''})"
+        try:
+            with tarfile.open(fileobj=_Joined(pieces), mode="r|gz") as tar:
+                for member in tar:
+                    why = _refusal(member)
+                    if why:
+                        raise UserError(f"{where}: {member.name}: {why}; nothing of it unpacked")
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise UserError(f"{where}: does not read whole ({exc}); carry the pieces as pack-homes wrote them") from None
+        home = homes / entry
+        counts: Counter = Counter()
+        with tarfile.open(fileobj=_Joined(pieces), mode="r|gz") as tar:
+            for member in tar:
+                target = home / member.name
+                if member.isfile() and (target.is_dir() and not target.is_symlink()):
+                    shutil.rmtree(target)
+                elif member.isfile() and (target.exists() or target.is_symlink()):
+                    target.unlink()
+                tar.extract(member, home, set_attrs=True, filter="data")
+                if member.isfile():
+                    counts[next(c for c in CACHES if PurePosixPath(c) in PurePosixPath(member.name).parents)] += 1
+        done[entry] = counts
+        log(f"{entry}: home seeded from {where}: " + (", ".join(f"{c} {n} files" for c, n in sorted(counts.items()))
+                                                       or "no files"))
+    return done

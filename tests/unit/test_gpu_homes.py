@@ -1,0 +1,158 @@
+"""An entry's run-time builds carried from one GPU machine to the next (gpu/homes.py): what
+``pack-homes`` writes on one machine, ``seed-homes`` puts back on another, byte for byte and with the
+files' times (FlashInfer's ninja decides by them, gpu/kernel_cache.py), and nothing else."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from rollout_matrix.errors import UserError
+from rollout_matrix.gpu import homes, store
+
+REPO = Path(__file__).resolve().parents[2]
+OLD_NS = 1_700_000_000 * 10**9  # a build's time, long before the copy
+
+
+def machine(monkeypatch: pytest.MonkeyPatch, root: Path) -> Path:
+    monkeypatch.setattr(store, "ROOT", root)
+    return root / "homes"
+
+
+def build(home: Path, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        path = home / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        os.utime(path, ns=(OLD_NS, OLD_NS))
+
+
+def tree(home: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p.relative_to(home)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(home.rglob("*")) if p.is_file()}
+
+
+def test_a_home_packed_here_is_seeded_there_byte_for_byte_with_its_times(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    first = machine(monkeypatch, tmp_path / "first")
+    jit = os.urandom(3 * homes.MIB)  # random: gzip leaves it as large, so it spans pieces of 1 MiB
+    build(first / "sglang-0.5.23", {".cache/sglang/jit/sm90a/kv/deps-1/kv.so": jit,
+                                    ".triton/cache/ABC/kernel.cubin": b"cubin",
+                                    ".cache/torchinductor/fx/graph": b"graph",
+                                    ".config/pip/pip.conf": b"not a build"})
+    os.chmod(first / "sglang-0.5.23/.cache/sglang/jit/sm90a/kv/deps-1/kv.so", 0o755)
+    build(first / "vllm-0.34.0", {".cache/flashinfer/0.7.4/90a/rollout-matrix-lock.json": b"{}"})
+    out = tmp_path / "out"
+    pieces = homes.pack(out, piece_mib=1)
+    sgl = sorted(out.glob("home-sglang-0.5.23.tgz.*"))
+    assert len(sgl) >= 3 and all(p.stat().st_size <= homes.MIB for p in sgl)
+    assert sorted(pieces) == sorted(out.iterdir())
+
+    second = machine(monkeypatch, tmp_path / "second")
+    build(second / "sglang-0.5.23", {".triton/cache/ABC/kernel.cubin": b"stale"})  # replaced
+    done = homes.seed([out])
+    assert done["sglang-0.5.23"] == {".cache/sglang": 1, ".triton": 1, ".cache/torchinductor": 1}
+    assert done["vllm-0.34.0"] == {".cache/flashinfer": 1}
+    want = tree(first / "sglang-0.5.23")
+    del want[".config/pip/pip.conf"]  # not a build cache: not carried
+    assert tree(second / "sglang-0.5.23") == want
+    assert os.access(second / "sglang-0.5.23/.cache/sglang/jit/sm90a/kv/deps-1/kv.so", os.X_OK)
+    assert tree(second / "vllm-0.34.0") == tree(first / "vllm-0.34.0")
+
+
+def test_links_and_other_files_are_left_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = machine(monkeypatch, tmp_path / "first")
+    build(first / "e", {".triton/cache/a": b"a"})
+    (first / "e/.triton/cache/link").symlink_to("/etc/passwd")
+    homes.pack(tmp_path / "out")
+    with tarfile.open(tmp_path / "out/home-e.tgz.00") as tar:
+        assert sorted(tar.getnames()) == [".triton", ".triton/cache", ".triton/cache/a"]
+
+
+def test_a_home_past_the_calls_limit_is_named_and_left_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    first = machine(monkeypatch, tmp_path / "first")
+    build(first / "a-small", {".triton/x": b"x"})
+    build(first / "b-large", {".cache/vllm/blob": os.urandom(2 * homes.MIB)})
+    written = homes.pack(tmp_path / "out", call_mib=1)
+    assert [p.name for p in written] == ["home-a-small.tgz.00"] and sorted(os.listdir(tmp_path / "out")) == [
+        "home-a-small.tgz.00"]
+    said = capsys.readouterr().out
+    assert "b-large: not packed" in said and "in a call of its own: pack-homes OUT b-large" in said
+
+
+def archive(path: Path, members: list[tuple[tarfile.TarInfo, bytes]]) -> None:
+    with tarfile.open(path, "w:gz") as tar:
+        for info, data in members:
+            info.size = len(data) if info.isfile() else 0
+            tar.addfile(info, io.BytesIO(data) if info.isfile() else None)
+
+
+def member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, link
+    return info
+
+
+@pytest.mark.parametrize(("bad", "why"), [
+    (member("/etc/cron.d/x"), "a path outside the home"),
+    (member(".triton/../../escape"), "a path outside the home"),
+    (member(".triton/link", tarfile.SYMTYPE, "/etc/passwd"), "not a file or a folder"),
+    (member(".bashrc"), "outside the build caches"),
+])
+def test_an_archive_with_one_refused_member_unpacks_nothing(bad: tarfile.TarInfo, why: str, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    there = machine(monkeypatch, tmp_path / "there")
+    piece = tmp_path / "home-e.tgz.00"
+    archive(piece, [(member(".triton/good"), b"good"), (bad, b"bad")])
+    with pytest.raises(UserError, match=rf"home-e.tgz \(1 piece\): {re.escape(bad.name)}: {why}.*; nothing of it unpacked"):
+        homes.seed([piece])
+    assert not (there / "e").exists()
+
+
+def test_a_missing_piece_or_a_stranger_is_refused_before_anything_is_unpacked(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    machine(monkeypatch, tmp_path / "there")
+    for name in ("home-e.tgz.00", "home-e.tgz.02"):
+        (tmp_path / name).write_bytes(b"")
+    with pytest.raises(UserError, match=r"home-e.tgz: piece .01 missing"):
+        homes.seed([tmp_path / "home-e.tgz.00", tmp_path / "home-e.tgz.02"])
+    (tmp_path / "notes.txt").write_text("")
+    with pytest.raises(UserError, match=r"notes\.txt: not a piece of a home"):
+        homes.seed([tmp_path / "notes.txt"])
+
+
+def test_a_cut_archive_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    there = machine(monkeypatch, tmp_path / "there")
+    whole = tmp_path / "whole.tgz"
+    archive(whole, [(member(".triton/a"), os.urandom(100_000))])
+    (tmp_path / "home-e.tgz.00").write_bytes(whole.read_bytes()[:50_000])
+    with pytest.raises(UserError, match=r"home-e.tgz \(1 piece\): does not read whole"):
+        homes.seed([tmp_path / "home-e.tgz.00"])
+    assert not (there / "e").exists()
+
+
+def test_the_commands_say_what_they_did_and_refuse_in_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "ROLLOUT_MATRIX_GPU_ROOT": str(tmp_path / "first"), "PYTHONPATH": str(REPO / "src")}
+    build(tmp_path / "first/homes/sglang-0.5.23", {".cache/sglang/jit/k.so": b"so"})
+
+    def gpuenv(*args: str, root: str = "first") -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "rollout_matrix.gpuenv", *args], capture_output=True, text=True,
+                              env={**env, "ROLLOUT_MATRIX_GPU_ROOT": str(tmp_path / root)}, check=False)
+
+    packed = gpuenv("pack-homes", str(tmp_path / "out"))
+    assert packed.returncode == 0, packed.stderr
+    assert "sglang-0.5.23: .cache/sglang 0.0 MiB -> home-sglang-0.5.23.tgz.00" in packed.stdout
+    seeded = gpuenv("seed-homes", str(tmp_path / "out"), root="second")
+    assert seeded.returncode == 0, seeded.stderr
+    assert "sglang-0.5.23: home seeded from home-sglang-0.5.23.tgz (1 piece): .cache/sglang 1 files" in seeded.stdout
+    assert (tmp_path / "second/homes/sglang-0.5.23/.cache/sglang/jit/k.so").read_bytes() == b"so"
+    refused = gpuenv("pack-homes", str(tmp_path / "out"), "vllm-0.34.0")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert refused.stderr.startswith("gpuenv: error: no home here for vllm-0.34.0 (homes: sglang-0.5.23)")
