@@ -59,9 +59,8 @@ import gauge
 import noise
 from report import Report
 
-SLOW = 1.3
-"""A read this many times the machine's fast mode (its 10th percentile) is a slow one: the two modes
-seen on the H100s were about 1.4 and 2.2-2.4 ms, 1.6-1.7 times apart."""
+SLOW = gauge.SLOW_READ
+"""A read this many times the machine's fast mode (``gauge.fast_mode``) is a slow one."""
 
 
 def current_cpu() -> int:
@@ -324,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             data["rounds"] = [*data["rounds"][:r], sweep]
             write()
     everything = [x for sweep in data["rounds"] for one in sweep for x in one["ms"]]
-    fast = sorted(everything)[len(everything) // 10]
+    fast = gauge.fast_mode(everything)
     data["fast_ms"] = round(fast, 4)
     on = {c: [x for sweep in data["rounds"] for one in sweep if one["cpu"] == c for x in one["ms"]] for c in cpus}
     data["per_cpu"] = {str(c): summary(ms, fast) for c, ms in on.items()}

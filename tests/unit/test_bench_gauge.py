@@ -12,7 +12,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 import gauge
-from noise import speed_adjusted, summary
+from hodges_lehmann import hodges_lehmann
+from noise import describe, one_speed, speed_adjusted, summary
 from pairs import CallTime, Pair, run_block
 
 
@@ -139,6 +140,76 @@ def test_records_without_gauges_with_too_few_blocks_or_a_side_missing_have_no_ga
     assert speed_adjusted(pairs[:4]) is not None
     one_sided = Pair(1.0, 0.0, False, 0.0, 2, tuple(c for c in pairs[0].detail if c.side == "direct"))
     assert speed_adjusted([*pairs[:5], one_sided]) is None
+
+
+def call(side: str, seconds: float, before_ms: float, after_ms: float) -> CallTime:
+    return CallTime(side, seconds, seconds - 0.001 if side == "shim" else None, {}, (before_ms / 1000, after_ms / 1000))
+
+
+def abba(reads: list[tuple[float, float]], times: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)) -> Pair:
+    sides = ("direct", "shim", "shim", "direct")
+    calls = tuple(call(side, t, *r) for side, t, r in zip(sides, times, reads, strict=True))
+    return Pair(times[0] + times[3], times[1] + times[2], False, times[1] + times[2] - 0.002, 2, calls)
+
+
+def test_one_speed_keeps_the_blocks_whose_every_read_is_fast_or_every_one_slow() -> None:
+    fast, slow = (1.0, 1.0), (2.0, 2.0)
+    pairs = [abba([fast] * 4), abba([slow] * 4), abba([fast, fast, (1.0, 2.0), slow]), abba([fast, slow, slow, slow]),
+             abba([slow] * 4, (2.0, 2.1, 2.0, 2.0))]
+    got = one_speed(pairs)
+    assert got is not None and (got["blocks"], got["of"]) == (3, 5)
+    assert got["level"] < 0.95 and got["ci_low"] <= got["ratio"] <= got["ci_high"]  # 3 blocks: a wide, weak interval
+    assert one_speed(pairs[:1] + pairs[2:4])["ratio"] is None  # one block at one speed: no interval
+    no_gauge = [Pair(p.direct_s, p.shim_s, p.shim_first, p.inner_s, p.calls,
+                     tuple(CallTime(c.side, c.seconds, c.inner_s, c.counters) for c in p.detail)) for p in pairs]
+    assert one_speed(no_gauge) is None and summary(no_gauge)["one_speed"] is None
+
+
+def moments(blocks: int, seed: int, ratio: float = 0.99, switch_s: float = 5.0) -> list[Pair]:
+    """ABBA blocks of 0.7 s calls on a CPU of two speeds (the slow one 1.7 times slower, as the H100s'
+    gauge modes), which switches at random, every ``switch_s`` seconds on average (about half the blocks
+    then see one speed throughout, as in vLLM's eager records), also in the middle of
+    a call (that call then takes the time of each speed's share); the shim's calls 1 / ``ratio`` times
+    longer, 3 % of noise per call. The gauge reads the speed at each call's start and end, with 3 % noise."""
+    rng = random.Random(seed)
+    slow_state, now, out = rng.random() < 0.5, 0.0, []
+    next_switch = rng.expovariate(1 / switch_s)
+    for _ in range(blocks):
+        shim_first = rng.random() < 0.5
+        order = ["shim", "direct", "direct", "shim"] if shim_first else ["direct", "shim", "shim", "direct"]
+        calls = []
+        for side in order:
+            work = 0.7 * rng.lognormvariate(0, 0.03) / (ratio if side == "shim" else 1.0)  # seconds at the fast speed
+            before = 1.7 if slow_state else 1.0
+            seconds = 0.0
+            while work > 0:
+                factor = 1.7 if slow_state else 1.0
+                span = min(work * factor, next_switch - now)
+                seconds, now, work = seconds + span, now + span, work - span / factor
+                if now >= next_switch:
+                    slow_state, next_switch = not slow_state, now + rng.expovariate(1 / switch_s)
+            after = 1.7 if slow_state else 1.0
+            calls.append(call(side, seconds, before * rng.lognormvariate(0, 0.03), after * rng.lognormvariate(0, 0.03)))
+        direct = sum(c.seconds for c in calls if c.side == "direct")
+        shim = sum(c.seconds for c in calls if c.side == "shim")
+        out.append(Pair(direct, shim, shim_first, shim - 0.002, 2, tuple(calls)))
+    return out
+
+
+def test_blocks_at_one_speed_narrow_the_interval_and_keep_it_on_the_truth() -> None:
+    """Where the spread is CPU moments that start or end inside blocks (what vLLM's eager records showed),
+    the one-speed blocks alone give a narrower interval that still covers the true ratio."""
+    narrower = covered = 0
+    for seed in range(20):
+        pairs = moments(40, seed=200 + seed)
+        got = one_speed(pairs)
+        assert got is not None and 8 <= got["blocks"] < 40, got
+        everything = summary(pairs)
+        _, low, high, _ = hodges_lehmann([math.log(p.ratio) for p in pairs])
+        narrower += got["width"] < math.exp(high) - math.exp(low)
+        covered += got["ci_low"] <= 0.99 <= got["ci_high"]
+        assert f"blocks at one CPU speed alone: {got['ratio']:.4f}" in describe(everything)
+    assert narrower >= 17 and covered >= 17, (narrower, covered)
 
 
 def test_run_block_reads_the_gauge_around_every_call_outside_its_clock() -> None:
