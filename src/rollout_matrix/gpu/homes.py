@@ -2,7 +2,7 @@
 
 Why: every hold starts on a fresh machine, and each engine builds again what the last one built. On
 the H100 (2026-12-06) SGLang 0.5.23's CUDA-graph engine started in 93.2 s with an empty home and in
-54.1 s in a home where its suite had just built 57 JIT kernels (``.cache/sglang/jit``) and its Triton
+54.1 s in a home where its suite had just built its five JIT kernels (``.cache/sglang/jit``) and its Triton
 kernels; FlashInfer's sampling build for vLLM takes 97.5-157 s (gpu/kernel_cache.py). The benchmark has
 8 minutes per engine (issue 24), and what its engine starts take is lost to its blocks.
 
