@@ -172,8 +172,9 @@ def one_speed(pairs: Sequence[Pair]) -> dict[str, Any] | None:
     of the blocks; the one-speed blocks alone gave a narrower interval in 5 of the 6 records (0.0963 to
     0.0396, 0.0254 to 0.0235; 0.0977 to 0.1033 the one wider). A CPU moment that starts or ends inside
     a block moves one side and not the other. Which blocks count depends only on reads outside the
-    clock, which the shim's work inside it does not move (``side_gap_z`` of the gauge summary says
-    whether the reads see the sides alike), so the selection keeps the estimate unbiased. The rule was
+    clock, so the selection keeps the estimate unbiased as long as the CPU's changes of speed do not
+    depend on which side ran: the read after a shim call is taken on the same thread right after the
+    shim's work (``side_gap_z`` of the gauge summary says whether the reads see the sides alike). The rule was
     found on those six records: a diagnostic until a run it has not seen confirms it. Meaningless for
     SGLang, whose gauge reads the benchmark's process, not the scheduler's."""
     calls = [c for p in pairs for c in p.detail]

@@ -198,9 +198,13 @@ def moments(blocks: int, seed: int, ratio: float = 0.99, switch_s: float = 5.0) 
 
 def test_blocks_at_one_speed_narrow_the_interval_and_keep_it_on_the_truth() -> None:
     """Where the spread is CPU moments that start or end inside blocks (what vLLM's eager records showed),
-    the one-speed blocks alone give a narrower interval that still covers the true ratio."""
+    the one-speed blocks alone give a narrower interval that still covers the true ratio about as often
+    as 95 % says, and their ratio is not pulled off it: over 40 records the mean log error is within
+    about 3 standard errors (0.006 / sqrt 40) of 0. A rule that kept the half of the blocks nearest the
+    median would be narrower too, but cover the truth in about 4 of 5 records."""
     narrower = covered = 0
-    for seed in range(20):
+    errors = []
+    for seed in range(40):
         pairs = moments(40, seed=200 + seed)
         got = one_speed(pairs)
         assert got is not None and 8 <= got["blocks"] < 40, got
@@ -208,8 +212,10 @@ def test_blocks_at_one_speed_narrow_the_interval_and_keep_it_on_the_truth() -> N
         _, low, high, _ = hodges_lehmann([math.log(p.ratio) for p in pairs])
         narrower += got["width"] < math.exp(high) - math.exp(low)
         covered += got["ci_low"] <= 0.99 <= got["ci_high"]
+        errors.append(math.log(got["ratio"] / 0.99))
         assert f"blocks at one CPU speed alone: {got['ratio']:.4f}" in describe(everything)
-    assert narrower >= 17 and covered >= 17, (narrower, covered)
+    assert narrower >= 36 and covered >= 36, (narrower, covered)
+    assert abs(statistics.fmean(errors)) < 0.003, statistics.fmean(errors)
 
 
 def test_run_block_reads_the_gauge_around_every_call_outside_its_clock() -> None:

@@ -78,13 +78,63 @@ def test_links_and_other_files_are_left_behind(tmp_path: Path, monkeypatch: pyte
 def test_a_home_past_the_calls_limit_is_named_and_left_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     first = machine(monkeypatch, tmp_path / "first")
-    build(first / "a-small", {".triton/x": b"x"})
-    build(first / "b-large", {".cache/vllm/blob": os.urandom(2 * homes.MIB)})
+    build(first / "a-small", {".triton/x": os.urandom(homes.MIB // 2)})  # random: gzip leaves it as large
+    build(first / "b-fits-alone", {".cache/vllm/blob": os.urandom(homes.MIB * 6 // 10)})  # 0.6 alone, 1.1 with a
+    build(first / "c-never-fits", {".cache/vllm/blob": os.urandom(2 * homes.MIB)})
     written = homes.pack(tmp_path / "out", call_mib=1)
-    assert [p.name for p in written] == ["home-a-small.tgz.00"] and sorted(os.listdir(tmp_path / "out")) == [
-        "home-a-small.tgz.00"]
+    assert [p.name for p in written] == ["home-a-small.tgz.00"] and os.listdir(tmp_path / "out") == ["home-a-small.tgz.00"]
     said = capsys.readouterr().out
-    assert "b-large: not packed" in said and "in a call of its own: pack-homes OUT b-large" in said
+    assert "b-fits-alone: not packed" in said and "in a call of its own: pack-homes OUT b-fits-alone" in said
+    assert "c-never-fits: not packed" in said and "more than one call brings back: nothing of it can come back" in said
+
+
+def test_no_more_pieces_than_a_call_brings_back_beside_its_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    first = machine(monkeypatch, tmp_path / "first")
+    for n in range(homes.CALL_PIECES + 1):
+        build(first / f"e{n}", {".triton/x": b"x"})
+    written = homes.pack(tmp_path / "out", ["e0", "e0", *(f"e{n}" for n in range(1, homes.CALL_PIECES + 1))])
+    assert [p.name for p in written] == [f"home-e{n}.tgz.00" for n in range(homes.CALL_PIECES)]  # e0 once
+    assert f"e{homes.CALL_PIECES}: not packed" in capsys.readouterr().out
+
+
+def test_sub_second_times_come_back_rounded_down_never_later(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tar writes sub-second times as decimal fractions; one that came back nanoseconds later than the
+    build's record would make ninja build it again (gpu/kernel_cache.py)."""
+    first = machine(monkeypatch, tmp_path / "first")
+    build(first / "e", {f".cache/flashinfer/{n}.o": b"o" for n in range(50)})
+    for n in range(50):
+        os.utime(first / f"e/.cache/flashinfer/{n}.o", ns=(OLD_NS + 123_456_789 * n % 10**9,) * 2)
+    homes.pack(tmp_path / "out")
+    second = machine(monkeypatch, tmp_path / "second")
+    homes.seed([tmp_path / "out"])
+    for n in range(50):
+        was = (first / f"e/.cache/flashinfer/{n}.o").stat().st_mtime_ns
+        assert (second / f"e/.cache/flashinfer/{n}.o").stat().st_mtime_ns == was // 10**9 * 10**9 <= was
+
+
+def test_whatever_stands_in_the_way_is_replaced_and_nothing_is_written_through_a_link(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = machine(monkeypatch, tmp_path / "first")
+    build(first / "e", {".triton/cache/k/a.cubin": b"a", ".triton/cache/k/b.cubin": b"b",
+                        ".cache/sglang/jit/x.so": b"x", ".nv/ComputeCache/index": b"i"})
+    homes.pack(tmp_path / "out")
+    second = machine(monkeypatch, tmp_path / "second")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim").write_text("keep")
+    home = second / "e"
+    (home / ".triton/cache/k").mkdir(parents=True)
+    (home / ".triton/cache/k/a.cubin").symlink_to(outside / "victim")  # a link where a file goes
+    (home / ".triton/cache/k/b.cubin").mkdir()  # a folder where a file goes
+    (home / ".cache").mkdir()
+    (home / ".cache/sglang").write_text("a file where a folder goes")
+    (home / ".nv").symlink_to(outside)  # a link where a folder goes
+    homes.seed([tmp_path / "out"])
+    assert tree(home) == tree(first / "e")
+    assert not any(p.is_symlink() for p in home.rglob("*"))
+    assert sorted(os.listdir(outside)) == ["victim"] and (outside / "victim").read_text() == "keep"
+    assert not [p for p in second.iterdir() if p.name.startswith(".seeding")]  # the staging folder is gone
 
 
 def archive(path: Path, members: list[tuple[tarfile.TarInfo, bytes]]) -> None:
@@ -105,6 +155,7 @@ def member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.
     (member(".triton/../../escape"), "a path outside the home"),
     (member(".triton/link", tarfile.SYMTYPE, "/etc/passwd"), "not a file or a folder"),
     (member(".bashrc"), "outside the build caches"),
+    (member(".triton"), "outside the build caches"),  # a file in place of a whole cache folder
 ])
 def test_an_archive_with_one_refused_member_unpacks_nothing(bad: tarfile.TarInfo, why: str, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
@@ -123,6 +174,8 @@ def test_a_missing_piece_or_a_stranger_is_refused_before_anything_is_unpacked(tm
         (tmp_path / name).write_bytes(b"")
     with pytest.raises(UserError, match=r"home-e.tgz: piece .01 missing"):
         homes.seed([tmp_path / "home-e.tgz.00", tmp_path / "home-e.tgz.02"])
+    with pytest.raises(UserError, match=r"gone: no such file or folder here; carry the pieces"):
+        homes.seed([tmp_path / "gone"])
     (tmp_path / "notes.txt").write_text("")
     with pytest.raises(UserError, match=r"notes\.txt: not a piece of a home"):
         homes.seed([tmp_path / "notes.txt"])

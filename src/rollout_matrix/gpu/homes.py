@@ -3,14 +3,15 @@
 Why: every hold starts on a fresh machine, and each engine builds again what the last one built. On
 the H100 (2026-12-06) SGLang 0.5.23's CUDA-graph engine started in 93.2 s with an empty home and in
 54.1 s in a home where its suite had just built its five JIT kernels (``.cache/sglang/jit``) and its Triton
-kernels; FlashInfer's sampling build for vLLM takes 97.5-157 s (gpu/kernel_cache.py). The benchmark has
+kernels; FlashInfer's sampling build for vLLM took 97.5-157 s in the holds before it was carried (docs/gpu.md). The benchmark has
 8 minutes per engine (issue 24), and what its engine starts take is lost to its blocks.
 
 ``pack`` writes each home's build caches (``CACHES``, files' times kept) as ``home-<entry>.tgz.NN``,
 pieces of at most ``PIECE_MIB``: the device tool brings back at most 8 files of 16 MiB, 64 MiB in all,
 a call. ``seed`` unpacks the pieces of each archive, in order, into ``homes/<entry>`` (gpu/suite.py's
 ``caches`` points every library there) before the pipeline starts: regular files and folders under
-``CACHES`` only, nothing absolute, no ``..``, no links; a file already there is replaced.
+``CACHES`` only, nothing absolute, no ``..``, no links; unpacked whole beside the home first, then
+moved in, replacing what stands in the way (a file, a folder, a link) without writing through a link.
 
 Whether a carried build counts is the library's decision: SGLang's JIT leaves re-hash the files they
 were built from, Triton and torch inductor key their entries by source, options and GPU, so a cache
@@ -21,6 +22,7 @@ gpu/kernel_cache.py dates the venv's inputs back where the home's stamp names th
 from __future__ import annotations
 
 import io
+import os
 import re
 import shutil
 import tarfile
@@ -38,7 +40,12 @@ PIECE_MIB = 15
 """A piece's size: under the 16 MiB a file may have to come back from the device tool."""
 CALL_MIB = 56
 """What ``pack`` writes at most, all homes together: the device tool brings back 64 MiB a call, and the
-call's ``gpu-results.tgz`` comes with it."""
+call's ``gpu-results.tgz`` comes with it. The way back in is narrower: ``seed`` needs every piece of an
+entry in one call, beside the working tree (3-28 MiB) and a bundle's part, in the 64 MiB a call may
+carry, so an entry of more than about 30 MiB packed has to go in a call of its own."""
+CALL_PIECES = 7
+"""Pieces ``pack`` writes at most: the device tool brings back 8 files a call, one of them the call's
+``gpu-results.tgz``."""
 MIB = 1 << 20
 PIECE = re.compile(r"^home-(?P<entry>[A-Za-z0-9][A-Za-z0-9._+-]*)\.tgz\.(?P<n>\d{2,})$")
 """``home-<entry>.tgz.NN``: the archive's entry and the piece's place in it."""
@@ -117,10 +124,13 @@ def _size(path: Path) -> int:
 
 def pack(out: Path, entries: list[str] | None = None, piece_mib: int = PIECE_MIB, call_mib: int = CALL_MIB) -> list[Path]:
     """Each home's ``CACHES`` (every home, or ``entries``') as ``out/home-<entry>.tgz.NN``; a home whose
-    pieces would take the pack past ``call_mib`` is not written (the line says so, and how to pack it
-    alone). Returns the pieces written."""
+    pieces would take the pack past ``call_mib`` or ``CALL_PIECES`` is not written (the line says so, and
+    whether it fits a call of its own). Files' times are written in whole seconds, rounded down: tar
+    keeps sub-second times as decimal fractions, and a time that came back a few nanoseconds later than
+    its build's record would make ninja build it again (gpu/kernel_cache.py). Returns the pieces written."""
     homes = store._dirs()["homes"]
-    names = entries or sorted(p.name for p in homes.iterdir() if p.is_dir())
+    names = list(dict.fromkeys(entries)) if entries else sorted(
+        p.name for p in homes.iterdir() if p.is_dir() and not p.name.startswith("."))  # .seeding-*: seed's own
     missing = [e for e in names if not (homes / e).is_dir()]
     if missing:
         raise UserError(f"no home here for {', '.join(missing)} (homes: "
@@ -142,15 +152,18 @@ def pack(out: Path, entries: list[str] | None = None, piece_mib: int = PIECE_MIB
         pieces = _Pieces(stem, piece_mib * MIB)
         with tarfile.open(fileobj=pieces, mode="w|gz") as tar:
             for cache in held:
-                tar.add(home / cache, arcname=cache, filter=lambda info: info if info.isfile() or info.isdir() else None)
+                tar.add(home / cache, arcname=cache, filter=_kept)
         pieces.close()
         size = sum(p.stat().st_size for p in pieces.written)
         sizes = ", ".join(f"{c} {_size(home / c) / MIB:.1f} MiB" for c in held)
-        if total + size > call_mib * MIB:
+        if total + size > call_mib * MIB or len(written) + len(pieces.written) > CALL_PIECES:
             for p in pieces.written:
                 p.unlink()
-            log(f"{entry}: not packed: its {size / MIB:.1f} MiB would take this call past {call_mib} MiB ({sizes}); "
-                f"pack it in a call of its own: pack-homes OUT {entry}")
+            alone = size <= call_mib * MIB and len(pieces.written) <= CALL_PIECES
+            log(f"{entry}: not packed: its {size / MIB:.1f} MiB in {len(pieces.written)} pieces ({sizes}) would take "
+                f"this call past {call_mib} MiB or {CALL_PIECES} pieces; " +
+                (f"pack it in a call of its own: pack-homes OUT {entry}" if alone else
+                 "more than one call brings back: nothing of it can come back"))
             continue
         total += size
         written += pieces.written
@@ -159,10 +172,22 @@ def pack(out: Path, entries: list[str] | None = None, piece_mib: int = PIECE_MIB
     return written
 
 
+def _kept(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+    """``pack``'s filter: files and folders only (links and devices stay behind), times in whole seconds
+    rounded down."""
+    if not (info.isfile() or info.isdir()):
+        return None
+    info.mtime = int(info.mtime)
+    return info
+
+
 def _archives(paths: list[Path]) -> dict[str, list[Path]]:
     """Pieces by entry, in order; a name that is not a piece, or a piece missing between two, is refused."""
     found: dict[str, dict[int, Path]] = {}
     for path in paths:
+        if not path.exists():
+            raise UserError(f"{path}: no such file or folder here; carry the pieces (e.g. the folder .gpu/homes) "
+                            "in this call")
         for piece in sorted(path.iterdir()) if path.is_dir() else [path]:
             named = PIECE.match(piece.name)
             if named is None or not piece.is_file():
@@ -185,9 +210,30 @@ def _refusal(member: tarfile.TarInfo) -> str | None:
         return "a path outside the home"
     if not (member.isfile() or member.isdir()):
         return "not a file or a folder"
-    if not any(path == PurePosixPath(c) or PurePosixPath(c) in path.parents for c in CACHES):
+    inside = any(PurePosixPath(c) in path.parents for c in CACHES)  # a file must lie in a cache folder
+    if not (inside or (member.isdir() and path in {PurePosixPath(c) for c in CACHES})):
         return f"outside the build caches ({', '.join(CACHES)})"
     return None
+
+
+def _merge(staged: Path, home: Path) -> None:
+    """Move what ``staged`` holds into ``home``, folder by folder: whatever stands where a folder goes
+    (a file, a link) is replaced by the folder, whatever stands where a file goes (a folder, a link) by
+    the file. Nothing is written through a link: a cache folder of the home that is a link becomes a
+    folder of its own."""
+    for top, folders, files in os.walk(staged):
+        root = Path(top)
+        target_root = home / root.relative_to(staged)
+        for name in folders:
+            target = target_root / name
+            if target.is_symlink() or (target.exists() and not target.is_dir()):
+                target.unlink()
+            target.mkdir(exist_ok=True)
+        for name in files:
+            target = target_root / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            (root / name).replace(target)  # a file or a link there is replaced, not written through
 
 
 def seed(paths: list[Path]) -> dict[str, Counter]:
@@ -210,17 +256,23 @@ def seed(paths: list[Path]) -> dict[str, Counter]:
         except (tarfile.TarError, EOFError, OSError) as exc:
             raise UserError(f"{where}: does not read whole ({exc}); carry the pieces as pack-homes wrote them") from None
         home = homes / entry
+        staged = homes / f".seeding-{entry}"  # unpacked whole first, beside the home: one filesystem, so moved
         counts: Counter = Counter()
-        with tarfile.open(fileobj=_Joined(pieces), mode="r|gz") as tar:
-            for member in tar:
-                target = home / member.name
-                if member.isfile() and (target.is_dir() and not target.is_symlink()):
-                    shutil.rmtree(target)
-                elif member.isfile() and (target.exists() or target.is_symlink()):
-                    target.unlink()
-                tar.extract(member, home, set_attrs=True, filter="data")
-                if member.isfile():
-                    counts[next(c for c in CACHES if PurePosixPath(c) in PurePosixPath(member.name).parents)] += 1
+        try:
+            shutil.rmtree(staged, ignore_errors=True)
+            staged.mkdir()
+            with tarfile.open(fileobj=_Joined(pieces), mode="r|gz") as tar:
+                for member in tar:
+                    tar.extract(member, staged, set_attrs=True, filter="data")
+                    if member.isfile():
+                        counts[next(c for c in CACHES if PurePosixPath(c) in PurePosixPath(member.name).parents)] += 1
+            home.mkdir(exist_ok=True)
+            _merge(staged, home)
+        except (tarfile.TarError, OSError) as exc:
+            raise UserError(f"{where}: cannot unpack it into {home} ({exc}); remove what stands in the way there "
+                            "and seed again") from None
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
         done[entry] = counts
         log(f"{entry}: home seeded from {where}: " + (", ".join(f"{c} {n} files" for c, n in sorted(counts.items()))
                                                        or "no files"))
