@@ -232,6 +232,7 @@ def test_an_id_outside_the_vocabulary_is_refused_and_the_engine_serves_on(engine
         check_teacher_forced(reference, prompt, completion)
 
 
+@pytest.mark.usefixtures("restores_engine")
 def test_offload_frees_most_memory_and_onload_restores_outputs(engine, reference) -> None:
     """Plain offload/onload on weights that are still the checkpoint's: the outputs afterwards follow
     the checkpoint again (bands that drop weights on offload reload them from model_dir). Checked
@@ -257,6 +258,7 @@ def test_offload_frees_most_memory_and_onload_restores_outputs(engine, reference
         check_teacher_forced(reference, prompt, completion)
 
 
+@pytest.mark.usefixtures("restores_engine")
 def test_update_weights_changes_outputs_to_the_new_reference(engine, reference, tiny_qwen2) -> None:
     import torch
 
@@ -273,6 +275,7 @@ def test_update_weights_changes_outputs_to_the_new_reference(engine, reference, 
     torch.cuda.empty_cache()
 
 
+@pytest.mark.usefixtures("restores_engine")
 def test_update_weights_stages_pinned_cpu_tensors_on_the_gpu_where_asked(engine, reference, tiny_qwen2,
                                                                          monkeypatch, record_property) -> None:
     """``rollout.sglang.stage_cpu_weights_mib`` (SGLang only, off by default), switched on for one push: the
@@ -311,6 +314,7 @@ def test_update_weights_stages_pinned_cpu_tensors_on_the_gpu_where_asked(engine,
     check_restored(engine, reference)
 
 
+@pytest.mark.usefixtures("restores_engine")
 def test_rl_loop_offload_train_onload_update_weights(engine, reference, tiny_qwen2) -> None:
     """The RL loop: offload, train (here: fill the freed memory), onload, push the trained weights,
     generate. Engines that drop weights on offload must refuse to generate until the push, never
@@ -352,6 +356,7 @@ def test_flush_cache_keeps_outputs(engine, reference, record_property) -> None:
     check_and_compare(engine, reference, before, after, "flush", record_property)
 
 
+@pytest.mark.usefixtures("restores_engine")
 def test_flush_after_onload_serves_the_reference(engine, reference, record_property) -> None:
     """offload() releases the KV cache; the prefix cache must not outlive it pointing at released or
     remapped memory. Prompts are generated (cached), the engine goes through offload/onload, and the
@@ -425,6 +430,7 @@ BUCKET_MIB = 0.25
 embeddings, lm_head) are larger than one."""
 
 
+@pytest.mark.usefixtures("restores_engine")
 def test_update_weights_from_another_process(engine, reference, tiny_qwen2, tmp_path: Path, caplog,
                                              record_property) -> None:
     """The update RL frameworks run: a trainer process on the same GPU (torch only, no engine
@@ -481,6 +487,7 @@ def test_update_weights_from_another_process(engine, reference, tiny_qwen2, tmp_
         torch.cuda.empty_cache()
 
 
+@pytest.mark.usefixtures("restores_engine")
 def test_weights_from_a_trainer_using_expandable_segments(engine, reference, tiny_qwen2, tmp_path: Path,
                                                           record_property) -> None:
     """Trainers run with torch's expandable segments on (verl, OpenRLHF), and torch shares that memory
@@ -548,6 +555,7 @@ def test_tensor_parallel_2(model_dir: Path, backend: str, engine, reference) -> 
             engine.update_weights(bf16_weights(reference))
 
 
+@pytest.mark.usefixtures("restores_engine")
 def test_offload_waits_for_gpu_work_queued_just_before_it(engine, reference, record_property) -> None:
     """The engine's GPU may still be busy when the RL loop calls offload(). SGLang up to 0.5.2 unmaps the
     weights' memory right after queuing copies out of it; without the shim's hook (sglang_pause.py)

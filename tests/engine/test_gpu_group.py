@@ -63,6 +63,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.usefixtures("restores_engine")
 def test_update_weights_over_nccl(engine, reference, tiny_qwen2, tmp_path: Path, caplog, record_property) -> None:
     """The update disaggregated RL runs: a trainer process on the other GPU (torch only, no engine
     imported) joins the engine's weight group as rank 0 and broadcasts a new model's weights bucket by
