@@ -209,3 +209,92 @@ def test_the_commands_say_what_they_did_and_refuse_in_one_line(tmp_path: Path) -
     refused = gpuenv("pack-homes", str(tmp_path / "out"), "vllm-0.34.0")
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1
     assert refused.stderr.startswith("gpuenv: error: no home here for vllm-0.34.0 (homes: sglang-0.5.23)")
+
+
+def test_what_a_killed_seed_left_is_ignored_by_pack_and_cleared_by_the_next_seed(tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    first = machine(monkeypatch, tmp_path / "first")
+    build(first / "e", {".triton/a": b"a"})
+    build(first / "f", {".triton/b": b"b"})
+    build(first / ".seeding-e", {".triton/junk": b"half of an earlier seed"})
+    assert [p.name for p in homes.pack(tmp_path / "out")] == ["home-e.tgz.00", "home-f.tgz.00"]
+    second = machine(monkeypatch, tmp_path / "second")
+    build(second / ".seeding-e", {".triton/junk": b"left by a killed seed"})
+    (second / ".seeding-f").write_text("a file in the staging folder's place")
+    homes.seed([tmp_path / "out"])
+    assert sorted(os.listdir(second)) == ["e", "f"] and tree(second / "e") == tree(first / "e")
+
+
+def test_a_failed_seed_leaves_no_staging_folder_and_says_so_in_one_line(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    first = machine(monkeypatch, tmp_path / "first")
+    build(first / "e", {".triton/a": b"a"})
+    homes.pack(tmp_path / "out")
+    second = machine(monkeypatch, tmp_path / "second")
+
+    def full_disk(staged: Path, home: Path) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(homes, "_merge", full_disk)
+    with pytest.raises(UserError, match=r"home-e.tgz \(1 piece\): cannot unpack it into .*No space left on device"):
+        homes.seed([tmp_path / "out"])
+    assert os.listdir(second) == ["e"] and not os.listdir(second / "e")
+
+
+@pytest.mark.parametrize("linked", ["", ".cache"])
+def test_a_home_or_its_cache_folder_that_is_a_link_is_not_written_through(linked: str, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    first = machine(monkeypatch, tmp_path / "first")
+    build(first / "e", {".cache/vllm/a": b"a"})
+    homes.pack(tmp_path / "out")
+    second = machine(monkeypatch, tmp_path / "second")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    link = second / "e" / linked if linked else second / "e"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(elsewhere)
+    with pytest.raises(UserError, match=r"is a link; seed-homes writes into the home's own folders only"):
+        homes.seed([tmp_path / "out"])
+    assert not os.listdir(elsewhere)
+
+
+def test_a_cache_folder_that_is_a_link_is_not_packed_nor_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    first = machine(monkeypatch, tmp_path / "first")
+    build(tmp_path / "kernels", {"k.cubin": b"k"})
+    build(first / "e", {".cache/sglang/jit/x.so": b"x"})
+    (first / "e/.triton").symlink_to(tmp_path / "kernels")
+    homes.pack(tmp_path / "out")
+    assert ".triton" not in capsys.readouterr().out
+    with tarfile.open(tmp_path / "out/home-e.tgz.00") as tar:
+        assert not [n for n in tar.getnames() if n.startswith(".triton")]
+
+
+def test_a_home_of_more_pieces_than_a_call_brings_back_can_never_come_back(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    first = machine(monkeypatch, tmp_path / "first")
+    build(first / "e", {".cache/vllm/blob": os.urandom(3 * homes.MIB)})
+    monkeypatch.setattr(homes, "CALL_PIECES", 2)
+    assert homes.pack(tmp_path / "out", piece_mib=1) == [] and not os.listdir(tmp_path / "out")
+    assert "e: not packed" in (said := capsys.readouterr().out) and "nothing of it can come back" in said
+
+
+def test_a_home_too_large_to_seed_beside_a_part_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    first = machine(monkeypatch, tmp_path / "first")
+    build(first / "e", {".cache/vllm/blob": os.urandom(homes.MIB)})
+    monkeypatch.setattr(homes, "SEED_MIB", 0)
+    assert len(homes.pack(tmp_path / "out")) == 1
+    assert "more than 0 MiB: seed it in a call of its own" in capsys.readouterr().out
+
+
+def test_a_pack_that_cannot_write_leaves_no_piece_and_says_so_in_one_line(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    first = machine(monkeypatch, tmp_path / "first")
+    build(first / "e", {".cache/vllm/blob": os.urandom(3 * homes.MIB)})
+    out = tmp_path / "out"
+    (out / "home-e.tgz.02").mkdir(parents=True)  # the third piece cannot be opened
+    with pytest.raises(UserError, match=r"pack-homes: cannot pack e's home into .*out"):
+        homes.pack(out, piece_mib=1)
+    assert os.listdir(out) == ["home-e.tgz.02"]  # the two written before it are gone again

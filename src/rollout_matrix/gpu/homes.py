@@ -11,7 +11,8 @@ pieces of at most ``PIECE_MIB``: the device tool brings back at most 8 files of 
 a call. ``seed`` unpacks the pieces of each archive, in order, into ``homes/<entry>`` (gpu/suite.py's
 ``caches`` points every library there) before the pipeline starts: regular files and folders under
 ``CACHES`` only, nothing absolute, no ``..``, no links; unpacked whole beside the home first, then
-moved in, replacing what stands in the way (a file, a folder, a link) without writing through a link.
+moved in, replacing what stands in the way (a file, a folder, a link) without writing through a link; a
+home, or its ``.cache``, that is a link is refused (what it names lies outside the home).
 
 Whether a carried build counts is the library's decision: SGLang's JIT leaves re-hash the files they
 were built from, Triton and torch inductor key their entries by source, options and GPU, so a cache
@@ -21,6 +22,7 @@ gpu/kernel_cache.py dates the venv's inputs back where the home's stamp names th
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -43,6 +45,8 @@ CALL_MIB = 56
 call's ``gpu-results.tgz`` comes with it. The way back in is narrower: ``seed`` needs every piece of an
 entry in one call, beside the working tree (3-28 MiB) and a bundle's part, in the 64 MiB a call may
 carry, so an entry of more than about 30 MiB packed has to go in a call of its own."""
+SEED_MIB = 30
+"""What one entry's pieces may hold to be seeded beside the working tree and a bundle's part (``CALL_MIB``)."""
 CALL_PIECES = 7
 """Pieces ``pack`` writes at most: the device tool brings back 8 files a call, one of them the call's
 ``gpu-results.tgz``."""
@@ -144,21 +148,25 @@ def pack(out: Path, entries: list[str] | None = None, piece_mib: int = PIECE_MIB
     total = 0
     for entry in names:
         home = homes / entry
-        held = [c for c in CACHES if (home / c).is_dir()]
+        held = [c for c in CACHES if (home / c).is_dir() and not (home / c).is_symlink()]  # tar would drop a link
         if not held:
             log(f"{entry}: nothing built in its home yet ({', '.join(CACHES)}): nothing packed")
             continue
         stem = out / f"home-{entry}.tgz"
         pieces = _Pieces(stem, piece_mib * MIB)
-        with tarfile.open(fileobj=pieces, mode="w|gz") as tar:
-            for cache in held:
-                tar.add(home / cache, arcname=cache, filter=_kept)
+        try:
+            with tarfile.open(fileobj=pieces, mode="w|gz") as tar:
+                for cache in held:
+                    tar.add(home / cache, arcname=cache, filter=_kept)
+        except (OSError, tarfile.TarError) as exc:
+            _remove(pieces)
+            raise UserError(f"pack-homes: cannot pack {entry}'s home into {out} ({exc}); free the folder or pass "
+                            "another, e.g. $OUT") from None
         pieces.close()
         size = sum(p.stat().st_size for p in pieces.written)
         sizes = ", ".join(f"{c} {_size(home / c) / MIB:.1f} MiB" for c in held)
         if total + size > call_mib * MIB or len(written) + len(pieces.written) > CALL_PIECES:
-            for p in pieces.written:
-                p.unlink()
+            _remove(pieces)
             alone = size <= call_mib * MIB and len(pieces.written) <= CALL_PIECES
             log(f"{entry}: not packed: its {size / MIB:.1f} MiB in {len(pieces.written)} pieces ({sizes}) would take "
                 f"this call past {call_mib} MiB or {CALL_PIECES} pieces; " +
@@ -168,8 +176,16 @@ def pack(out: Path, entries: list[str] | None = None, piece_mib: int = PIECE_MIB
         total += size
         written += pieces.written
         log(f"{entry}: {sizes} -> {stem.name}.00{f' - .{len(pieces.written) - 1:02d}' if len(pieces.written) > 1 else ''} "
-            f"({size / MIB:.1f} MiB)")
+            f"({size / MIB:.1f} MiB)" + (f"; more than {SEED_MIB} MiB: seed it in a call of its own, beside no bundle "
+                                         "part" if size > SEED_MIB * MIB else ""))
     return written
+
+
+def _remove(pieces: _Pieces) -> None:
+    """The pieces written so far, removed: a home not packed leaves nothing in OUT to be carried by mistake."""
+    pieces.close()
+    for path in pieces.written:
+        path.unlink(missing_ok=True)
 
 
 def _kept(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
@@ -236,6 +252,14 @@ def _merge(staged: Path, home: Path) -> None:
             (root / name).replace(target)  # a file or a link there is replaced, not written through
 
 
+def _clear(path: Path) -> None:
+    """``path`` gone, whatever it is (a staging folder a killed seed left, or a file or link in its place)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
 def seed(paths: list[Path]) -> dict[str, Counter]:
     """Unpack each archive's pieces (files, or folders of them) into its entry's home, after checking
     every member (``_refusal``): an archive with one refused member, or one that does not read whole,
@@ -256,10 +280,14 @@ def seed(paths: list[Path]) -> dict[str, Counter]:
         except (tarfile.TarError, EOFError, OSError) as exc:
             raise UserError(f"{where}: does not read whole ({exc}); carry the pieces as pack-homes wrote them") from None
         home = homes / entry
+        for folder in (home, home / ".cache"):  # what a link here names lies outside the home: not written into
+            if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+                raise UserError(f"{where}: {folder} is {'a link' if folder.is_symlink() else 'not a folder'}; "
+                                "seed-homes writes into the home's own folders only: remove it and seed again")
         staged = homes / f".seeding-{entry}"  # unpacked whole first, beside the home: one filesystem, so moved
         counts: Counter = Counter()
         try:
-            shutil.rmtree(staged, ignore_errors=True)
+            _clear(staged)
             staged.mkdir()
             with tarfile.open(fileobj=_Joined(pieces), mode="r|gz") as tar:
                 for member in tar:
@@ -272,7 +300,8 @@ def seed(paths: list[Path]) -> dict[str, Counter]:
             raise UserError(f"{where}: cannot unpack it into {home} ({exc}); remove what stands in the way there "
                             "and seed again") from None
         finally:
-            shutil.rmtree(staged, ignore_errors=True)
+            with contextlib.suppress(OSError):  # what cannot go is named by the next seed's _clear
+                _clear(staged)
         done[entry] = counts
         log(f"{entry}: home seeded from {where}: " + (", ".join(f"{c} {n} files" for c, n in sorted(counts.items()))
                                                        or "no files"))
