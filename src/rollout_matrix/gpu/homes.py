@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import tarfile
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -261,9 +262,10 @@ def _clear(path: Path) -> None:
 
 
 def seed(paths: list[Path]) -> dict[str, Counter]:
-    """Unpack each archive's pieces (files, or folders of them) into its entry's home, after checking
-    every member (``_refusal``): an archive with one refused member, or one that does not read whole,
-    unpacks nothing. Returns, per entry, the files unpacked per cache folder."""
+    """Unpack each archive's pieces (files, or folders of them) into its entry's home, every member
+    checked (``_refusal``) as it is unpacked into a staging folder beside the home: an archive with one
+    refused member, or one that does not read whole, leaves the home as it was. Returns, per entry, the
+    files unpacked per cache folder."""
     archives = _archives(paths)
     if not archives:
         raise UserError("no piece named: give the home-<entry>.tgz.NN files pack-homes wrote (or their folder)")
@@ -271,14 +273,6 @@ def seed(paths: list[Path]) -> dict[str, Counter]:
     done: dict[str, Counter] = {}
     for entry, pieces in sorted(archives.items()):
         where = f"home-{entry}.tgz ({len(pieces)} piece{'s' if len(pieces) > 1 else ''})"
-        try:
-            with tarfile.open(fileobj=_Joined(pieces), mode="r|gz") as tar:
-                for member in tar:
-                    why = _refusal(member)
-                    if why:
-                        raise UserError(f"{where}: {member.name}: {why}; nothing of it unpacked")
-        except (tarfile.TarError, EOFError, OSError) as exc:
-            raise UserError(f"{where}: does not read whole ({exc}); carry the pieces as pack-homes wrote them") from None
         home = homes / entry
         for folder in (home, home / ".cache"):  # what a link here names lies outside the home: not written into
             if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
@@ -289,11 +283,17 @@ def seed(paths: list[Path]) -> dict[str, Counter]:
         try:
             _clear(staged)
             staged.mkdir()
-            with tarfile.open(fileobj=_Joined(pieces), mode="r|gz") as tar:
-                for member in tar:
-                    tar.extract(member, staged, set_attrs=True, filter="data")
-                    if member.isfile():
-                        counts[next(c for c in CACHES if PurePosixPath(c) in PurePosixPath(member.name).parents)] += 1
+            try:
+                with tarfile.open(fileobj=_Joined(pieces), mode="r|gz") as tar:
+                    for member in tar:
+                        why = _refusal(member)
+                        if why:
+                            raise UserError(f"{where}: {member.name}: {why}; nothing of it unpacked")
+                        tar.extract(member, staged, set_attrs=True, filter="data")
+                        if member.isfile():
+                            counts[next(c for c in CACHES if PurePosixPath(c) in PurePosixPath(member.name).parents)] += 1
+            except (tarfile.TarError, EOFError, zlib.error) as exc:  # the staging folder goes below: nothing moved in
+                raise UserError(f"{where}: does not read whole ({exc}); carry the pieces as pack-homes wrote them") from None
             home.mkdir(exist_ok=True)
             _merge(staged, home)
         except (tarfile.TarError, OSError) as exc:
