@@ -191,6 +191,22 @@ def test_a_cut_archive_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert not (there / "e").exists()
 
 
+def test_an_archive_damaged_in_its_middle_is_refused_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tarfile's streaming gzip read a stream damaged in its middle as a shorter archive (4 files of
+    10 unpacked, exit 0); gzip's CRC over the whole stream says it is damaged."""
+    first = machine(monkeypatch, tmp_path / "first")
+    build(first / "e", {f".cache/flashinfer/{n}.o": os.urandom(50_000) for n in range(10)})
+    homes.pack(tmp_path / "out")
+    piece = tmp_path / "out/home-e.tgz.00"
+    data = bytearray(piece.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 200] = bytes(b ^ 0xFF for b in data[len(data) // 2:len(data) // 2 + 200])
+    piece.write_bytes(bytes(data))
+    there = machine(monkeypatch, tmp_path / "there")
+    with pytest.raises(UserError, match=r"home-e.tgz \(1 piece\): does not read whole"):
+        homes.seed([piece])
+    assert os.listdir(there) == []
+
+
 def test_the_commands_say_what_they_did_and_refuse_in_one_line(tmp_path: Path) -> None:
     env = {**os.environ, "ROLLOUT_MATRIX_GPU_ROOT": str(tmp_path / "first"), "PYTHONPATH": str(REPO / "src")}
     build(tmp_path / "first/homes/sglang-0.5.23", {".cache/sglang/jit/k.so": b"so"})

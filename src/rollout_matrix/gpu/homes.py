@@ -23,6 +23,7 @@ gpu/kernel_cache.py dates the venv's inputs back where the home's stamp names th
 from __future__ import annotations
 
 import contextlib
+import gzip
 import io
 import os
 import re
@@ -284,15 +285,20 @@ def seed(paths: list[Path]) -> dict[str, Counter]:
             _clear(staged)
             staged.mkdir()
             try:
-                with tarfile.open(fileobj=_Joined(pieces), mode="r|gz") as tar:
-                    for member in tar:
-                        why = _refusal(member)
-                        if why:
-                            raise UserError(f"{where}: {member.name}: {why}; nothing of it unpacked")
-                        tar.extract(member, staged, set_attrs=True, filter="data")
-                        if member.isfile():
-                            counts[next(c for c in CACHES if PurePosixPath(c) in PurePosixPath(member.name).parents)] += 1
-            except (tarfile.TarError, EOFError, zlib.error) as exc:  # the staging folder goes below: nothing moved in
+                # gzip's own reader, read to its end, checks the stream's CRC and length: tarfile's "r|gz"
+                # took a stream damaged in its middle for a shorter archive and unpacked 4 files of 10.
+                with gzip.GzipFile(fileobj=_Joined(pieces)) as stream:
+                    with tarfile.open(fileobj=stream, mode="r|") as tar:
+                        for member in tar:
+                            why = _refusal(member)
+                            if why:
+                                raise UserError(f"{where}: {member.name}: {why}; nothing of it unpacked")
+                            tar.extract(member, staged, set_attrs=True, filter="data")
+                            if member.isfile():
+                                counts[next(c for c in CACHES if PurePosixPath(c) in PurePosixPath(member.name).parents)] += 1
+                    while stream.read(MIB):
+                        pass
+            except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:  # nothing moved in yet
                 raise UserError(f"{where}: does not read whole ({exc}); carry the pieces as pack-homes wrote them") from None
             home.mkdir(exist_ok=True)
             _merge(staged, home)
