@@ -175,10 +175,11 @@ def one_speed(pairs: Sequence[Pair]) -> dict[str, Any] | None:
     clock, so the selection keeps the estimate unbiased as long as the CPU's changes of speed do not
     depend on which side ran: the read after a shim call is taken on the same thread right after the
     shim's work (``side_gap_z`` of the gauge summary says whether the reads see the sides alike). The rule was
-    found on those six records, and the first run it had not seen refuted it: vLLM's two eager records of
-    the twelfth H100 hold gave one-speed intervals wider than the whole record's (0.0458 to 0.0524, 0.0554
-    to 0.0608; docs/performance.md). So it is a diagnostic, not an estimator: kept in every record, so
-    that the records stay comparable. Meaningless for SGLang, whose gauge reads the benchmark's process,
+    found on those six records, and the first run it had not seen did not confirm it: in vLLM's two eager
+    records of the twelfth H100 hold the one-speed blocks spread less again, but not enough to make up for
+    leaving half the blocks out, and their intervals were wider than the whole record's (0.0458 to 0.0524,
+    0.0554 to 0.0608; docs/performance.md). So it is a diagnostic, not an estimator: kept in every record,
+    so that the records stay comparable. Meaningless for SGLang, whose gauge reads the benchmark's process,
     not the scheduler's."""
     calls = [c for p in pairs for c in p.detail]
     if not calls or not all(c.gauge_s and min(c.gauge_s) > 0 for c in calls):
