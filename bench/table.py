@@ -4,6 +4,7 @@
     python bench/table.py bench/runs/*-h200/*/bench.json
     python bench/table.py --signed-rank bench/runs/*/*/bench.json   # older records estimated again from their blocks
     python bench/table.py --remedies bench/runs/*/*/remedies*.json   # bench/noise_remedies.py's conditions
+    python bench/table.py --would-stop 0.04 bench/runs/*/*/bench.json   # when --stop-width 0.04 would have ended each mode
 
 Rows come straight from each file's ``ratios`` and ``weights`` (nothing recomputed, except with
 ``--signed-rank``: records written before the signed-rank interval, estimated again from their own
@@ -24,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from hodges_lehmann import hodges_lehmann
 from noise import cell
+from pairs import STOP_MIN_BLOCKS, Pair, narrow_enough
 from phases import BATCH, NEW_TOKENS, interval_meets
 
 RATIO_HEAD = ("| began (UTC) | GPU | engine (shim) | mode | setting | shim / direct | 95 % interval | width | ABBA blocks | "
@@ -31,6 +33,8 @@ RATIO_HEAD = ("| began (UTC) | GPU | engine (shim) | mode | setting | shim / dir
 REMEDIES_HEAD = ("| began (UTC) | GPU | engine | mode | condition | prompts x new tokens | blocks | median direct call | "
                  "blocks' spread | a call's own spread | a 0.04 width needs | gauge gap against block: r, slope, side z | "
                  "with the gauge out, 0.04 needs |")
+STOP_HEAD = ("| began (UTC) | GPU | engine | mode | blocks | widths at the end (sampling / logprobs) | "
+             "`--stop-width {width}` would have ended it after | calls until then | calls measured |")
 WEIGHTS_HEAD = ("| began (UTC) | GPU | engine (shim) | update_weights from GPU | from pinned CPU | from pinned CPU via the GPU | "
                 "offload (freed) | onload (back) | greedy after the RL loop | engine starts: graphs / eager / weights |")
 
@@ -105,6 +109,41 @@ def remedies_rows(data: dict[str, Any]) -> list[str]:
     return rows
 
 
+def would_stop(settings: list[list[Pair]], width: float) -> int | None:
+    """The block after which ``--stop-width width`` would have ended a mode whose settings measured these
+    blocks: the first count, from STOP_MIN_BLOCKS on, at which every setting's first blocks pass
+    bench/pairs.py's own stop rule (``narrow_enough``); None where no count up to the fewest blocks does."""
+    fewest = min(len(blocks) for blocks in settings)
+    return next((n for n in range(STOP_MIN_BLOCKS, fewest + 1) if narrow_enough([b[:n] for b in settings], width)), None)
+
+
+def calls_s(settings: list[list[Pair]], blocks: int) -> float:
+    """Seconds of every setting's calls in its first ``blocks`` blocks."""
+    return sum(p.direct_s + p.shim_s for pairs in settings for p in pairs[:blocks])
+
+
+def stop_rows(data: dict[str, Any], width: float) -> list[str]:
+    """One row per mode of a bench.json: when ``--stop-width width`` would have ended it, from its records'
+    ``raw`` blocks, and the seconds of both settings' calls until then against all it measured. Where the
+    width first came under the target, not where the interval ended, is what a budget has to pay for."""
+    meta, rows = data["meta"], []
+    for mode in ("graphs", "eager"):
+        records = sorted((r for r in data["ratios"] if r["mode"] == mode and len(r.get("raw", ())) >= 2),
+                         key=lambda r: r["logprobs"])
+        if not records:
+            continue
+        settings = [[Pair(direct, shim, first, inner) for direct, shim, first, inner in r["raw"]] for r in records]
+        stop = would_stop(settings, width)
+        fewest = min(len(b) for b in settings)
+
+        ended = "not within its blocks" if stop is None else f"{stop} blocks"
+        until = "-" if stop is None else f"{calls_s(settings, stop):.0f} s"
+        widths = " / ".join(f"{r['width']:.4f}" for r in records)
+        rows.append(f"| {when_where(meta)} | {meta['engine']} {meta.get('release', '?')} | {mode} | {fewest} | "
+                    f"{widths} | {ended} | {until} | {calls_s(settings, fewest):.0f} s |")
+    return rows
+
+
 def table(head: str, rows: list[str]) -> None:
     print(head)
     print("|" + "---|" * head.count(" | ") + "---|")
@@ -140,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--signed-rank", action="store_true",
                    help="estimate records from before the signed-rank interval again from their blocks (marked so)")
     p.add_argument("--remedies", action="store_true", help="the files are bench/noise_remedies.py's: one row per condition")
+    p.add_argument("--would-stop", type=float, metavar="WIDTH",
+                   help="one row per mode: after how many blocks --stop-width WIDTH would have ended it")
     args = p.parse_args(argv)
     runs = []
     for path in args.files:
@@ -155,8 +196,15 @@ def main(argv: list[str] | None = None) -> int:
         if "conditions" not in runs[-1] and args.remedies:
             print(f"table: error: {path} is not bench/noise_remedies.py's; leave out --remedies", file=sys.stderr)
             return 2
+    if args.would_stop is not None and not 0 < args.would_stop < 1:
+        print(f"table: error: --would-stop {args.would_stop}: give an interval width between 0 and 1, e.g. 0.04",
+              file=sys.stderr)
+        return 2
     if args.remedies:
         table(REMEDIES_HEAD, [row for data in runs for row in remedies_rows(data)])
+        return 0
+    if args.would_stop is not None:
+        table(STOP_HEAD.format(width=args.would_stop), [row for data in runs for row in stop_rows(data, args.would_stop)])
         return 0
     table(RATIO_HEAD, [row for data in runs for row in ratio_rows(data, args.signed_rank)])
     print()

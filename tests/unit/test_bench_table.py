@@ -3,6 +3,7 @@ the other kind refused in one line."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,3 +34,35 @@ def test_a_file_of_the_other_kind_is_refused_in_one_line_with_exit_2() -> None:
         run = table(*args)
         assert run.returncode == 2 and not run.stdout, (args, run.stdout)
         assert len(run.stderr.strip().splitlines()) == 1 and run.stderr.strip().endswith(fix), run.stderr
+
+
+def test_would_stop_finds_the_block_each_live_run_stopped_at_from_its_records_alone() -> None:
+    """Every committed run whose log says `--stop-width` ended a mode ("every setting's interval is within W
+    after N blocks", printed by the run as it measured): the table, from the bench.json's blocks alone,
+    says the same N for that W."""
+    said = re.compile(r"\] (graphs|eager): every setting's interval is within ([0-9.]+) after (\d+) blocks")
+    checked = 0
+    for log in sorted((ROOT / "bench" / "runs").glob("*/*/bench.log")):
+        for mode, width, blocks in said.findall(log.read_text()):
+            run = table("--would-stop", width, str(log.with_name("bench.json")))
+            assert run.returncode == 0, run.stderr
+            row = next(line for line in run.stdout.splitlines() if f" | {mode} | " in line)
+            assert f"| {blocks} blocks |" in row, (log, row)
+            checked += 1
+    assert checked >= 9  # the eighth to twelfth H100 holds' CUDA-graph phases
+
+
+def test_would_stop_says_so_where_the_width_never_came_and_counts_the_seconds_measured() -> None:
+    """The twelfth hold's vLLM eager phase: 51 blocks, final widths 0.0458 and 0.0554; a width it never
+    reached is said so, and the seconds measured are its calls' (docs/performance.md: 246 s)."""
+    run = table("--would-stop", "0.01", str(ROOT / "bench" / "runs" / "2026-12-06-h100-5" / "vllm-0.34.0" / "bench.json"))
+    assert run.returncode == 0, run.stderr
+    eager = next(line for line in run.stdout.splitlines() if " | eager | " in line)
+    assert "| 51 | 0.0458 / 0.0554 | not within its blocks | - | 246 s |" in eager
+
+
+def test_a_width_that_is_no_width_is_refused_in_one_line_with_exit_2() -> None:
+    for width in ("0", "4", "-0.04"):
+        run = table("--would-stop", width, str(THIRD / "vllm-0.34.0-b64" / "bench.json"))
+        assert run.returncode == 2 and not run.stdout, (width, run.stdout)
+        assert len(run.stderr.strip().splitlines()) == 1 and "e.g. 0.04" in run.stderr, run.stderr
