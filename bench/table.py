@@ -135,7 +135,6 @@ def stop_rows(data: dict[str, Any], width: float) -> list[str]:
         settings = [[Pair(direct, shim, first, inner) for direct, shim, first, inner in r["raw"]] for r in records]
         stop = would_stop(settings, width)
         fewest = min(len(b) for b in settings)
-
         ended = "not within its blocks" if stop is None else f"{stop} blocks"
         until = "-" if stop is None else f"{calls_s(settings, stop):.0f} s"
         widths = " / ".join(f"{r['width']:.4f}" for r in records)
@@ -196,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         if "conditions" not in runs[-1] and args.remedies:
             print(f"table: error: {path} is not bench/noise_remedies.py's; leave out --remedies", file=sys.stderr)
             return 2
+    if args.would_stop is not None and args.remedies:
+        print("table: error: --would-stop reads bench/rollout_bench.py's records, not --remedies files: give one of them",
+              file=sys.stderr)
+        return 2
     if args.would_stop is not None and not 0 < args.would_stop < 1:
         print(f"table: error: --would-stop {args.would_stop}: give an interval width between 0 and 1, e.g. 0.04",
               file=sys.stderr)

@@ -66,3 +66,5 @@ def test_a_width_that_is_no_width_is_refused_in_one_line_with_exit_2() -> None:
         run = table("--would-stop", width, str(THIRD / "vllm-0.34.0-b64" / "bench.json"))
         assert run.returncode == 2 and not run.stdout, (width, run.stdout)
         assert len(run.stderr.strip().splitlines()) == 1 and "e.g. 0.04" in run.stderr, run.stderr
+    both = table("--would-stop", "0.04", "--remedies", str(THIRD / "vllm-0.34.0" / "remedies.json"))
+    assert both.returncode == 2 and not both.stdout and both.stderr.strip().endswith("give one of them"), both.stderr
