@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from probe import nvml_index
@@ -150,3 +150,62 @@ class Pinning:
     def describe(self) -> dict[str, object]:
         """For a record: where the CPUs came from and each process's set."""
         return {"source": self.source, "plan": {str(pid): sorted(cpus) for pid, cpus in self.plan.items()}}
+
+
+class FastestCpu:
+    """bench/noise_remedies.py's ``fastest``: before a block, the calling thread reads the CPU gauge on
+    every CPU it may use and stays on the one that read fastest for the block; after it, the thread gets
+    its own set back.
+
+    Why: the eleventh H100 hold (2026-12-06, bench/cpu_map.py ``--together``) found that each vCPU has slow
+    spells of its own, 0.5 s up to the whole 30 s read, while others run at full speed (one CPU slow all
+    30 s, another 17 % of it), and vLLM's eager blocks whose calls saw their CPU's speed change spread
+    0.12-0.17 against 0.04-0.09 for those that did not. Holding a CPU fixed (``pinned``) did not help:
+    that CPU has its spells too. Choosing, just before each block, a CPU that is fast now keeps the
+    block on one speed as long as spells outlast a block (about 5 s). It moves only the calling thread:
+    the engine's for vLLM (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), not SGLang's scheduler, a process of its
+    own. The choice uses reads taken before the block, outside its clock, for both sides alike.
+    """
+
+    def __init__(self, cpus: set[int] | None = None, reads: int = 2,
+                 read: Callable[[], float] | None = None) -> None:
+        import gauge
+
+        self.cpus = sorted(cpus if cpus is not None else os.sched_getaffinity(0))
+        if not self.cpus:
+            raise ValueError("no CPUs to choose from")
+        self.reads = reads
+        self.read = read or gauge.read
+        self.saved: set[int] | None = None
+        self.chosen: list[tuple[int, float]] = []  # each block's CPU and its fastest read, in seconds
+
+    def hold(self) -> int:
+        """Read every CPU (the thread moved onto each in turn), then stay on the fastest; its number."""
+        self.saved = set(os.sched_getaffinity(0))
+        seconds: dict[int, float] = {}
+        for cpu in self.cpus:
+            with contextlib.suppress(OSError):  # a CPU taken offline since: not a choice
+                os.sched_setaffinity(0, {cpu})
+                seconds[cpu] = min(self.read() for _ in range(self.reads))
+        if not seconds:
+            self.release()
+            raise OSError(f"none of CPUs {self.cpus} could be read")
+        cpu = min(seconds, key=seconds.__getitem__)
+        os.sched_setaffinity(0, {cpu})
+        self.chosen.append((cpu, seconds[cpu]))
+        return cpu
+
+    def release(self) -> None:
+        """The thread's own set back."""
+        if self.saved:
+            os.sched_setaffinity(0, self.saved)
+        self.saved = None
+
+    def describe(self) -> dict[str, object]:
+        """For a record: the CPUs read, and how often each was chosen."""
+        counts: dict[str, int] = {}
+        for cpu, _ in self.chosen:
+            counts[str(cpu)] = counts.get(str(cpu), 0) + 1
+        return {"cpus": self.cpus, "reads_per_cpu": self.reads, "chosen": counts,
+                "chosen_read_ms_median": round(1000 * sorted(s for _, s in self.chosen)[len(self.chosen) // 2], 4)
+                if self.chosen else None}

@@ -11,6 +11,11 @@ every condition:
 
 * ``plain``: as bench/rollout_bench.py runs them, but for its flush before every call (below);
 * ``pinned``: every process of the tree on CPUs of its own during the block (bench/affinity.py);
+* ``fastest``: just before the block, the benchmark's thread reads the CPU gauge on every CPU it may
+  use and runs the block on the one that read fastest (bench/affinity.py's ``FastestCpu``). Each vCPU
+  has slow spells of its own, lasting from under a second to half a minute (the eleventh H100 hold),
+  so a CPU fast now is likely fast for the next few seconds. It moves vLLM's engine, which runs on
+  that thread; for SGLang it moves only the benchmark's side of the calls, not the scheduler;
 * ``quarter_prompts``: a quarter of ``--batch`` per call (called ``batch64`` in the runs of the third
   and fourth H100 holds, when ``--batch`` was 256 and 64): its calls were 1.8-2.2 times shorter in
   graphs mode, and as long in eager mode, whose decode steps are kernel launches whatever the batch;
@@ -67,7 +72,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gauge
 import noise
-from affinity import Pinning, cores
+from affinity import FastestCpu, Pinning, cores
 from calls import Prompts, Setting, Wrapped, sync
 from models import MODELS
 from pairs import Pair, estimate, run_block
@@ -79,10 +84,12 @@ from rollout_bench import find_engine
 
 @dataclass(frozen=True)
 class Condition:
-    """What a condition changes: pinning during its block, and the factors on ``--batch`` (prompts) and on
+    """What a condition changes: pinning during its block (the whole tree, or the calling thread on the
+    CPU that reads fastest just before it), and the factors on ``--batch`` (prompts) and on
     ``--new-tokens`` (tokens) for its calls."""
 
     pinned: bool = False
+    fastest: bool = False
     prompts: float = 1.0
     tokens: float = 1.0
 
@@ -90,6 +97,7 @@ class Condition:
 CONDITIONS = {
     "plain": Condition(),
     "pinned": Condition(pinned=True),
+    "fastest": Condition(fastest=True),
     "quarter_prompts": Condition(prompts=0.25),
     "quarter_tokens": Condition(tokens=0.25),
     "prompts_x4": Condition(prompts=4),
@@ -193,6 +201,7 @@ def measure(engine: Any, wrapped: Wrapped, specs: dict[str, dict[str, Any]], arg
     probe = Probe()
     pinning = Pinning.for_tree()
     data["pinning"] = pinning.describe()
+    fastest = FastestCpu()
     blocks: dict[str, list[Pair]] = {c: [] for c in args.conditions}
     conditions = list(args.conditions)
     end = time.time() + args.measure_s
@@ -208,19 +217,25 @@ def measure(engine: Any, wrapped: Wrapped, specs: dict[str, dict[str, Any]], arg
         rng.shuffle(conditions)
         for condition in conditions:
             batches = [prompts[condition]() for _ in range(4)]
-            setting, pinned = settings[condition], CONDITIONS[condition].pinned
-            if pinned:
+            setting, how = settings[condition], CONDITIONS[condition]
+            if how.pinned:
                 pinning.pin()
+            if how.fastest:
+                fastest.hold()
             try:
                 pair = run_block(setting.direct, setting.shim, lambda: wrapped.inner_s, batches, rng.random() < 0.5,
                                  sync=sync, release=wrapped.release, probe=probe, gauge=gauge.read)
             finally:
-                if pinned:
+                if how.fastest:
+                    fastest.release()
+                if how.pinned:
                     pinning.unpin()
             if rounds >= args.warmup_rounds:
                 blocks[condition].append(pair)
         rounds += 1
         last_round = time.perf_counter() - began
+        if "fastest" in conditions:
+            data["fastest"] = fastest.describe()
         data.update(status="running", rounds=rounds, round_s=round(last_round, 2),
                     conditions={c: summarize(b, specs[c], args.seed) for c, b in blocks.items()})
         report.write()

@@ -32,7 +32,7 @@ def remedies(tmp_path: Path, engine: str, *args: str, **env: str) -> subprocess.
 @pytest.mark.parametrize("engine", ["vllm", "sglang"])
 def test_every_condition_gets_blocks_in_every_round_and_the_file_says_what_each_needs(tmp_path: Path, engine: str) -> None:
     code, out = finish(remedies(tmp_path, engine, "--measure-s", "6", "--warmup-rounds", "1",
-                                "--conditions", "plain", "pinned", "quarter_prompts", "quarter_tokens",
+                                "--conditions", "plain", "pinned", "fastest", "quarter_prompts", "quarter_tokens",
                                 FAKE_ENGINE_START_S="0.5", FAKE_ENGINE_CALL_S="0.02"))
     assert code == 0, out[-3000:]
     data = json.loads((tmp_path / "out" / "remedies.json").read_text())
@@ -41,7 +41,7 @@ def test_every_condition_gets_blocks_in_every_round_and_the_file_says_what_each_
     assert sorted(c for core in data["meta"]["cpu_cores"] for c in core) == sorted(os.sched_getaffinity(0))
     counted = data["rounds"] - 1
     assert counted >= 3, out[-2000:]
-    assert set(data["conditions"]) == {"plain", "pinned", "quarter_prompts", "quarter_tokens"}
+    assert set(data["conditions"]) == {"plain", "pinned", "fastest", "quarter_prompts", "quarter_tokens"}
     for name, c in data["conditions"].items():
         assert c["blocks"] == counted, name
         assert c["ci_low"] <= c["ratio"] <= c["ci_high"] and 0 < c["shim_work_fraction"] < 1
@@ -54,10 +54,14 @@ def test_every_condition_gets_blocks_in_every_round_and_the_file_says_what_each_
         assert speed["blocks_for_width"] >= 2 and speed["change_over_call_sd"] is not None
     # what each condition's calls were given: a quarter of --batch 32, or of --new-tokens 16
     assert {c: (v["prompts_per_call"], v["new_tokens"]) for c, v in data["conditions"].items()} == {
-        "plain": (32, 16), "pinned": (32, 16), "quarter_prompts": (8, 16), "quarter_tokens": (32, 4)}
+        "plain": (32, 16), "pinned": (32, 16), "fastest": (32, 16), "quarter_prompts": (8, 16), "quarter_tokens": (32, 4)}
     # the CPUs for the pinned blocks are this machine's (bench/affinity.py's own tests check pin and unpin)
     assert data["pinning"]["source"] == "allowed"  # no NVML here
     assert all(set(cpus) <= os.sched_getaffinity(0) for cpus in data["pinning"]["plan"].values())
+    # fastest: a CPU chosen before every one of its blocks, warm-up rounds included, among this machine's
+    assert data["fastest"]["cpus"] == sorted(os.sched_getaffinity(0))
+    assert sum(data["fastest"]["chosen"].values()) == data["rounds"]
+    assert {int(c) for c in data["fastest"]["chosen"]} <= os.sched_getaffinity(0)
     assert "remedies (graphs): rounds of" in out and "plain: " in out and "blocks, ratio" in out
     assert "CPU gauge" in out
     # docs/performance.md's remedies table from the same file: the gauge's cells filled

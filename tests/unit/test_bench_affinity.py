@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from affinity import Pinning, assign, cores, parse_cpulist
+from affinity import FastestCpu, Pinning, assign, cores, parse_cpulist
 
 
 def test_cpu_lists_read_as_linux_writes_them() -> None:
@@ -104,3 +104,50 @@ def test_cpus_near_the_gpu_are_preferred_where_the_machine_names_enough_of_them(
     assert Pinning([me], near_gpu=near, per=1).plan == {me: near}
     assert Pinning([me], near_gpu=near, per=1).source == "near the GPU"
     assert Pinning([me], near_gpu={10_000}, per=1).source == "allowed"  # none of them is ours
+
+
+def test_fastest_cpu_holds_the_thread_on_the_cpu_that_read_fastest_and_gives_its_set_back() -> None:
+    """The reads are a stand-in that knows which CPU it runs on (the thread's one allowed CPU while it is
+    read there): the last CPU reads fastest, so the block runs there, and after it the thread's set is back."""
+    allowed = os.sched_getaffinity(0)
+    if len(allowed) < 2:
+        pytest.skip(f"one CPU allowed here ({sorted(allowed)}): nothing to choose between")
+    cpus = sorted(allowed)
+    seen: list[set[int]] = []
+
+    def read() -> float:
+        here = os.sched_getaffinity(0)
+        seen.append(here)
+        (cpu,) = here
+        return 0.002 - 0.001 * (cpu == cpus[-1])
+
+    fastest = FastestCpu(read=read)
+    assert fastest.hold() == cpus[-1]
+    assert os.sched_getaffinity(0) == {cpus[-1]}  # the block runs there
+    assert seen == [{c} for c in cpus for _ in range(2)]  # every CPU read twice, on that CPU alone
+    fastest.release()
+    assert os.sched_getaffinity(0) == allowed
+    assert fastest.describe()["chosen"] == {str(cpus[-1]): 1}
+
+
+def test_fastest_cpu_leaves_a_cpu_that_another_process_keeps_busy() -> None:
+    """Real reads (bench/gauge.py's work, made about 10 ms long) against a process spinning on the first CPU:
+    sharing it, the thread reads slower there than on a CPU of its own, and the block goes elsewhere."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        pytest.skip(f"one CPU allowed here ({allowed}): nothing to choose between")
+    busy = allowed[0]
+    spin = subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{busy}}})\nwhile True: pass"])
+    try:
+        time.sleep(0.3)
+        import gauge
+
+        chosen = [FastestCpu(reads=3, read=lambda: gauge.read(loops=200_000)) for _ in range(3)]
+        picks = []
+        for fastest in chosen:
+            picks.append(fastest.hold())
+            fastest.release()
+        assert picks.count(busy) == 0, picks
+    finally:
+        spin.kill()
+        spin.wait()
