@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""How much noise the CPU alone puts into an ABBA block, under three ways of choosing its CPU: the gauge
+read for a block's length, its four quarters taken as the four calls of an ABBA block.
+
+Why: on the lent H100 VMs the blocks of vLLM's eager calls spread by 0.09-0.15 (log ratio), and the
+blocks whose calls saw their CPU change speed spread two to three times more than those that did not
+(docs/performance.md, the eleventh and twelfth holds). Each vCPU's slow spells are its own
+(bench/cpu_map.py ``--together``: ``own``), lasting 0.5-30 s. ``noise_remedies.py``'s ``fastest``
+condition runs each block on the CPU that reads fastest just before it (affinity.FastestCpu); whether
+that can help depends only on the CPUs: does a CPU fast now stay so for a block? This asks that of the
+machine without an engine, in a minute or two, with the same work the gauge times. The true ratio of
+every block here is 1, so the spread of the blocks' log ratios is the CPU's share of a benchmark
+block's noise, per condition:
+
+* ``free``: every CPU allowed, where the scheduler puts the thread (the benchmark as it runs);
+* ``fixed``: one CPU, the fastest at the start, for the whole run (``noise_remedies.py``'s ``pinned``);
+* ``fastest``: the CPU that reads fastest just before each block.
+
+Each round runs one block of each, in random order. Only the standard library; no GPU. The JSON is
+rewritten after every round, so a run cut short keeps what it read.
+
+    python3 bench/cpu_blocks.py --seconds 150 --block-s 2.4 --json cpu_blocks.json
+
+Exit 0; 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import gauge
+from affinity import FastestCpu
+from report import Report
+
+CONDITIONS = ("free", "fixed", "fastest")
+
+
+def block(seconds: float) -> list[tuple[float, float]]:
+    """The gauge read without a pause for ``seconds``: each read's start (seconds into the block) and its time."""
+    start = time.perf_counter()
+    out = []
+    while (now := time.perf_counter() - start) < seconds:
+        out.append((now, gauge.read()))
+    return out
+
+
+def abba_log_ratio(reads: list[tuple[float, float]], seconds: float) -> float | None:
+    """The block as an ABBA block: its quarters by time are the calls A, B, B, A, each as long as its
+    reads' mean; log(A's mean / B's mean), as bench/pairs.py's ratio is direct / shim. None for a
+    quarter without reads."""
+    quarters: list[list[float]] = [[], [], [], []]
+    for at, took in reads:
+        quarters[min(int(4 * at / seconds), 3)].append(took)
+    if not all(quarters):
+        return None
+    a = statistics.fmean(quarters[0]) + statistics.fmean(quarters[3])
+    b = statistics.fmean(quarters[1]) + statistics.fmean(quarters[2])
+    return math.log(a / b)
+
+
+def summarize(blocks: list[dict[str, Any]], fast: float) -> dict[str, Any]:
+    """One condition: the spread of its blocks' log ratios (what it would add to a benchmark block's),
+    and the share of its blocks whose every read was fast or every one slow (one speed)."""
+    logs = [b["log_ratio"] for b in blocks if b["log_ratio"] is not None]
+    line = gauge.SLOW_READ * fast
+    one_speed = [len({ms / 1000 > line for ms in b["ms"]}) == 1 for b in blocks]
+    return {"blocks": len(blocks), "log_ratio_sd": round(statistics.stdev(logs), 5) if len(logs) > 1 else None,
+            "one_speed_share": round(sum(one_speed) / len(one_speed), 3) if one_speed else None,
+            "slow_read_share": round(statistics.fmean(ms / 1000 > line for b in blocks for ms in b["ms"]), 3)
+            if blocks else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=150, help="how long to run rounds (default 150)")
+    p.add_argument("--block-s", type=float, default=2.4,
+                   help="a block's length: four of vLLM's eager calls of 64 x 32 tokens took about 2.4 s (default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=Path("cpu_blocks.json"))
+    args = p.parse_args(argv)
+    if args.seconds <= 0 or args.block_s <= 0:
+        p.error("--seconds and --block-s must be > 0")
+    allowed = set(os.sched_getaffinity(0))
+    report = Report(args.json, {"args": {k: str(v) for k, v in vars(args).items()}, "cpus": sorted(allowed),
+                                "began": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
+    data = report.data
+    rng = random.Random(args.seed)
+    fastest = FastestCpu(allowed)
+    fixed = fastest.hold()  # the CPU fastest at the start, kept by ``fixed``
+    fastest.release()
+    fastest.chosen.clear()
+    data["fixed_cpu"] = fixed
+    blocks: dict[str, list[dict[str, Any]]] = {c: [] for c in CONDITIONS}
+    end = time.perf_counter() + args.seconds
+    while time.perf_counter() + len(CONDITIONS) * args.block_s < end:
+        for condition in rng.sample(CONDITIONS, len(CONDITIONS)):
+            if condition == "fixed":
+                os.sched_setaffinity(0, {fixed})
+            elif condition == "fastest":
+                fastest.hold()
+            reads = block(args.block_s)
+            os.sched_setaffinity(0, allowed)
+            blocks[condition].append({"ms": [round(took * 1000, 4) for _, took in reads],
+                                      "log_ratio": abba_log_ratio(reads, args.block_s)})
+        every = [ms / 1000 for bs in blocks.values() for b in bs for ms in b["ms"]]
+        data["fast_ms"] = round(gauge.fast_mode(every) * 1000, 4)
+        data["conditions"] = {c: summarize(bs, data["fast_ms"] / 1000) for c, bs in blocks.items()}
+        data["fastest"] = fastest.describe()
+        data["blocks"] = blocks
+        report.write()
+        print("  ".join(f"{c}: sd {s['log_ratio_sd']}, one speed {s['one_speed_share']}"
+                        for c, s in data["conditions"].items()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
