@@ -165,6 +165,11 @@ class FastestCpu:
     block on one speed as long as spells outlast a block (about 5 s). It moves only the calling thread:
     the engine's for vLLM (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), not SGLang's scheduler, a process of its
     own. The choice uses reads taken before the block, outside its clock, for both sides alike.
+
+    What it found: bench/cpu_blocks.py on an H100 VM (2026-12-06, bench/runs/2026-12-06-h100-6/) read
+    blocks on the CPU chosen so slow twice as often as where the scheduler put the thread, and spread
+    1.8 times as much; a CPU that reads fast for two milliseconds is not fast for the next seconds.
+    Kept for bench/noise_remedies.py on other machines.
     """
 
     def __init__(self, cpus: set[int] | None = None, reads: int = 2,

@@ -14,8 +14,10 @@ every condition:
 * ``fastest``: just before the block, the benchmark's thread reads the CPU gauge on every CPU it may
   use and runs the block on the one that read fastest (bench/affinity.py's ``FastestCpu``). Each vCPU
   has slow spells of its own, lasting from under a second to half a minute (the eleventh H100 hold),
-  so a CPU fast now is likely fast for the next few seconds. It moves vLLM's engine, which runs on
-  that thread; for SGLang it moves only the benchmark's side of the calls, not the scheduler;
+  so a CPU fast now might be fast for the next few seconds. It moves vLLM's engine, which runs on
+  that thread; for SGLang it moves only the benchmark's side of the calls, not the scheduler.
+  bench/cpu_blocks.py found that premise false on an H100 VM (2026-12-06): blocks on the CPU chosen
+  so spread 1.8 times as much as where the scheduler put the thread; kept for other machines;
 * ``quarter_prompts``: a quarter of ``--batch`` per call (called ``batch64`` in the runs of the third
   and fourth H100 holds, when ``--batch`` was 256 and 64): its calls were 1.8-2.2 times shorter in
   graphs mode, and as long in eager mode, whose decode steps are kernel launches whatever the batch;
