@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -166,37 +167,51 @@ class FastestCpu:
     the engine's for vLLM (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), not SGLang's scheduler, a process of its
     own. The choice uses reads taken before the block, outside its clock, for both sides alike.
 
-    What it found: bench/cpu_blocks.py on an H100 VM (2026-12-06, bench/runs/2026-12-06-h100-6/) read
-    blocks on the CPU chosen so slow twice as often as where the scheduler put the thread, and spread
-    1.8 times as much; a CPU that reads fast for two milliseconds is not fast for the next seconds.
-    Kept for bench/noise_remedies.py on other machines.
+    What it found: bench/cpu_blocks.py on an H100 VM (2026-12-06, bench/runs/2026-12-06-h100-6/) saw no
+    sign that it helps: blocks on the CPU chosen so spread 1.8 times as much as where the scheduler put
+    the thread, not significant over 23 blocks (bootstrap 95 % interval 0.87-3.3), with the probe, the
+    move and the choice not yet told apart. Kept for bench/noise_remedies.py.
     """
 
     def __init__(self, cpus: set[int] | None = None, reads: int = 2,
-                 read: Callable[[], float] | None = None) -> None:
+                 read: Callable[[], float] | None = None, rng: random.Random | None = None) -> None:
         import gauge
 
         self.cpus = sorted(cpus if cpus is not None else os.sched_getaffinity(0))
         if not self.cpus:
             raise ValueError("no CPUs to choose from")
+        if reads < 1:
+            raise ValueError(f"reads must be at least 1, not {reads}")
         self.reads = reads
         self.read = read or gauge.read
+        self.rng = rng or random.Random(0)
         self.saved: set[int] | None = None
         self.chosen: list[tuple[int, float]] = []  # each block's CPU and its fastest read, in seconds
 
-    def hold(self) -> int:
-        """Read every CPU (the thread moved onto each in turn), then stay on the fastest; its number."""
-        self.saved = set(os.sched_getaffinity(0))
+    def probe(self) -> dict[int, float]:
+        """Every CPU's fastest of ``reads`` reads, the thread moved onto each in turn, in a new random order
+        each time (a CPU probed last needs no move to be chosen). The thread is left on the last CPU read:
+        the caller sets its affinity after."""
         seconds: dict[int, float] = {}
-        for cpu in self.cpus:
+        for cpu in self.rng.sample(self.cpus, len(self.cpus)):
             with contextlib.suppress(OSError):  # a CPU taken offline since: not a choice
                 os.sched_setaffinity(0, {cpu})
                 seconds[cpu] = min(self.read() for _ in range(self.reads))
         if not seconds:
-            self.release()
             raise OSError(f"none of CPUs {self.cpus} could be read")
-        cpu = min(seconds, key=seconds.__getitem__)
-        os.sched_setaffinity(0, {cpu})
+        return seconds
+
+    def hold(self) -> int:
+        """Read every CPU, then stay on the fastest; its number. Whatever goes wrong, the thread gets its set
+        back before the error goes on."""
+        self.saved = set(os.sched_getaffinity(0))
+        try:
+            seconds = self.probe()
+            cpu = min(seconds, key=seconds.__getitem__)
+            os.sched_setaffinity(0, {cpu})
+        except BaseException:
+            self.release()
+            raise
         self.chosen.append((cpu, seconds[cpu]))
         return cpu
 

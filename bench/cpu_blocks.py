@@ -13,13 +13,25 @@ every block here is 1, so the spread of the blocks' log ratios is the CPU's shar
 block's noise, per condition:
 
 * ``free``: every CPU allowed, where the scheduler puts the thread (the benchmark as it runs);
-* ``fixed``: one CPU, the fastest at the start, for the whole run (``noise_remedies.py``'s ``pinned``);
-* ``fastest``: the CPU that reads fastest just before each block.
+* ``fixed``: the same CPU (the fastest at the start) for each of its blocks, like ``noise_remedies.py``'s
+  ``pinned``; between them the thread is elsewhere;
+* ``fastest``: the CPU that reads fastest just before each block;
+* ``probed``: the same reads of every CPU just before the block, then every CPU allowed again (the
+  probe's cost without a choice or a move);
+* ``moved``: the same reads, then a CPU drawn at random (the move's cost without the choice).
 
-Each round runs one block of each, in random order. Only the standard library; no GPU. The JSON is
+``fastest`` against ``moved`` is the choice, ``moved`` against ``probed`` the move, ``probed`` against
+``free`` the probe. Each round runs one block of each, in random order, and each block's A side (its
+first and last quarter, or its middle two) is drawn at random, as the benchmark draws which side
+opens a block, so a cost at a block's start widens the spread as it would there. Only the standard library; no GPU. The JSON is
 rewritten after every round, so a run cut short keeps what it read.
 
     python3 bench/cpu_blocks.py --seconds 150 --block-s 2.4 --json cpu_blocks.json
+
+Its first run (an H100 VM, 2026-12-06, bench/runs/2026-12-06-h100-6/, with ``free``, ``fixed`` and
+``fastest`` only, A always outside) gave ``fastest`` a spread of 0.088 against 0.050 (``free``): no
+sign that choosing helps, but with 23 blocks not a significant difference either, and the probe, the
+move and the choice could not be told apart; hence ``probed``, ``moved`` and the random A side.
 
 Exit 0; 2 for bad arguments.
 """
@@ -42,7 +54,7 @@ import gauge
 from affinity import FastestCpu
 from report import Report
 
-CONDITIONS = ("free", "fixed", "fastest")
+CONDITIONS = ("free", "fixed", "fastest", "probed", "moved")
 
 
 def block(seconds: float) -> list[tuple[float, float]]:
@@ -54,18 +66,18 @@ def block(seconds: float) -> list[tuple[float, float]]:
     return out
 
 
-def abba_log_ratio(reads: list[tuple[float, float]], seconds: float) -> float | None:
-    """The block as an ABBA block: its quarters by time are the calls A, B, B, A, each as long as its
-    reads' mean; log(A's mean / B's mean), as bench/pairs.py's ratio is direct / shim. None for a
-    quarter without reads."""
+def abba_log_ratio(reads: list[tuple[float, float]], seconds: float, a_outside: bool = True) -> float | None:
+    """The block as an ABBA block: its quarters by time are the calls A, B, B, A (``a_outside``) or B, A,
+    A, B, each as long as its reads' mean; log(A's mean / B's mean), as bench/pairs.py's ratio is direct
+    / shim. None for a quarter without reads."""
     quarters: list[list[float]] = [[], [], [], []]
     for at, took in reads:
         quarters[min(int(4 * at / seconds), 3)].append(took)
     if not all(quarters):
         return None
-    a = statistics.fmean(quarters[0]) + statistics.fmean(quarters[3])
-    b = statistics.fmean(quarters[1]) + statistics.fmean(quarters[2])
-    return math.log(a / b)
+    outer = statistics.fmean(quarters[0]) + statistics.fmean(quarters[3])
+    inner = statistics.fmean(quarters[1]) + statistics.fmean(quarters[2])
+    return math.log(outer / inner) if a_outside else math.log(inner / outer)
 
 
 def summarize(blocks: list[dict[str, Any]], fast: float) -> dict[str, Any]:
@@ -80,6 +92,30 @@ def summarize(blocks: list[dict[str, Any]], fast: float) -> dict[str, Any]:
             if blocks else None}
 
 
+def against_free(blocks: dict[str, list[dict[str, Any]]], resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Each condition's spread over ``free``'s, with a percentile bootstrap 95 % interval (the blocks of
+    each condition resampled on their own): with a few dozen heavy-tailed blocks a ratio of 1.8 can still
+    be chance, and this says whether it is."""
+    def sd(logs: list[float]) -> float:
+        return statistics.stdev(logs) if len(logs) > 1 else math.nan
+
+    logs = {c: [b["log_ratio"] for b in bs if b["log_ratio"] is not None] for c, bs in blocks.items()}
+    base = logs.get("free", [])
+    if len(base) < 3 or sd(base) == 0:
+        return {}
+    rng = random.Random(seed)
+    out: dict[str, Any] = {}
+    for condition, mine in logs.items():
+        if condition == "free" or len(mine) < 3:
+            continue
+        ratios = sorted(sd(rng.choices(mine, k=len(mine))) / (sd(rng.choices(base, k=len(base))) or math.nan)
+                        for _ in range(resamples))
+        ratios = [r for r in ratios if not math.isnan(r)]
+        out[condition] = {"ratio": round(sd(mine) / sd(base), 3),
+                          "ci95": [round(ratios[int(0.025 * len(ratios))], 3), round(ratios[int(0.975 * len(ratios)) - 1], 3)]}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=150, help="how long to run rounds (default 150)")
@@ -90,33 +126,50 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.seconds <= 0 or args.block_s <= 0:
         p.error("--seconds and --block-s must be > 0")
+    if args.seconds < len(CONDITIONS) * args.block_s:
+        p.error(f"--seconds {args.seconds:g} is shorter than one round ({len(CONDITIONS)} blocks of --block-s {args.block_s:g})")
     allowed = set(os.sched_getaffinity(0))
     report = Report(args.json, {"args": {k: str(v) for k, v in vars(args).items()}, "cpus": sorted(allowed),
                                 "began": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
     data = report.data
     rng = random.Random(args.seed)
-    fastest = FastestCpu(allowed)
+    fastest = FastestCpu(allowed, rng=random.Random(args.seed + 1))
     fixed = fastest.hold()  # the CPU fastest at the start, kept by ``fixed``
     fastest.release()
     fastest.chosen.clear()
+    cpus = sorted(allowed)
     data["fixed_cpu"] = fixed
     blocks: dict[str, list[dict[str, Any]]] = {c: [] for c in CONDITIONS}
     end = time.perf_counter() + args.seconds
     while time.perf_counter() + len(CONDITIONS) * args.block_s < end:
         for condition in rng.sample(CONDITIONS, len(CONDITIONS)):
-            if condition == "fixed":
-                os.sched_setaffinity(0, {fixed})
-            elif condition == "fastest":
-                fastest.hold()
-            reads = block(args.block_s)
-            os.sched_setaffinity(0, allowed)
-            blocks[condition].append({"ms": [round(took * 1000, 4) for _, took in reads],
-                                      "log_ratio": abba_log_ratio(reads, args.block_s)})
+            cpu = None
+            try:
+                if condition == "fixed":
+                    cpu = fixed
+                elif condition == "fastest":
+                    cpu = fastest.hold()
+                elif condition in ("probed", "moved"):
+                    fastest.probe()
+                    cpu = rng.choice(cpus) if condition == "moved" else None
+                os.sched_setaffinity(0, {cpu} if cpu is not None else allowed)
+                reads = block(args.block_s)
+            finally:
+                os.sched_setaffinity(0, allowed)
+            a_outside = rng.random() < 0.5
+            quarters = [0, 0, 0, 0]
+            for at, _ in reads:
+                quarters[min(int(4 * at / args.block_s), 3)] += 1
+            blocks[condition].append({"cpu": cpu, "a_outside": a_outside, "quarter_reads": quarters,
+                                      "ms": [round(took * 1000, 4) for _, took in reads],
+                                      "log_ratio": abba_log_ratio(reads, args.block_s, a_outside)})
         every = [ms / 1000 for bs in blocks.values() for b in bs for ms in b["ms"]]
         data["fast_ms"] = round(gauge.fast_mode(every) * 1000, 4)
         data["conditions"] = {c: summarize(bs, data["fast_ms"] / 1000) for c, bs in blocks.items()}
+        data["spread_against_free"] = against_free(blocks, seed=args.seed)
         data["fastest"] = fastest.describe()
         data["blocks"] = blocks
+        data["ended"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
         report.write()
         print("  ".join(f"{c}: sd {s['log_ratio_sd']}, one speed {s['one_speed_share']}"
                         for c, s in data["conditions"].items()), flush=True)

@@ -16,8 +16,8 @@ every condition:
   has slow spells of its own, lasting from under a second to half a minute (the eleventh H100 hold),
   so a CPU fast now might be fast for the next few seconds. It moves vLLM's engine, which runs on
   that thread; for SGLang it moves only the benchmark's side of the calls, not the scheduler.
-  bench/cpu_blocks.py found that premise false on an H100 VM (2026-12-06): blocks on the CPU chosen
-  so spread 1.8 times as much as where the scheduler put the thread; kept for other machines;
+  bench/cpu_blocks.py saw no sign on an H100 VM (2026-12-06) that it helps: blocks on the CPU chosen
+  so spread 1.8 times as much as where the scheduler put the thread (not significant over 23 blocks);
 * ``quarter_prompts``: a quarter of ``--batch`` per call (called ``batch64`` in the runs of the third
   and fourth H100 holds, when ``--batch`` was 256 and 64): its calls were 1.8-2.2 times shorter in
   graphs mode, and as long in eager mode, whose decode steps are kernel launches whatever the batch;
@@ -203,7 +203,7 @@ def measure(engine: Any, wrapped: Wrapped, specs: dict[str, dict[str, Any]], arg
     probe = Probe()
     pinning = Pinning.for_tree()
     data["pinning"] = pinning.describe()
-    fastest = FastestCpu()
+    fastest = FastestCpu(rng=random.Random(args.seed))
     blocks: dict[str, list[Pair]] = {c: [] for c in args.conditions}
     conditions = list(args.conditions)
     end = time.time() + args.measure_s
@@ -220,11 +220,11 @@ def measure(engine: Any, wrapped: Wrapped, specs: dict[str, dict[str, Any]], arg
         for condition in conditions:
             batches = [prompts[condition]() for _ in range(4)]
             setting, how = settings[condition], CONDITIONS[condition]
-            if how.pinned:
-                pinning.pin()
-            if how.fastest:
-                fastest.hold()
             try:
+                if how.pinned:
+                    pinning.pin()
+                if how.fastest:
+                    fastest.hold()
                 pair = run_block(setting.direct, setting.shim, lambda: wrapped.inner_s, batches, rng.random() < 0.5,
                                  sync=sync, release=wrapped.release, probe=probe, gauge=gauge.read)
             finally:

@@ -128,9 +128,12 @@ def stop_rows(data: dict[str, Any], width: float) -> list[str]:
     width first came under the target, not where the interval ended, is what a budget has to pay for."""
     meta, rows = data["meta"], []
     for mode in ("graphs", "eager"):
-        records = sorted((r for r in data["ratios"] if r["mode"] == mode and len(r.get("raw", ())) >= 2),
-                         key=lambda r: r["logprobs"])
+        records = sorted((r for r in data["ratios"] if r["mode"] == mode), key=lambda r: r["logprobs"])
         if not records:
+            continue
+        if any(len(r.get("raw", ())) < 2 for r in records):  # the live rule needs every setting's blocks
+            rows.append(f"| {when_where(meta)} | {meta['engine']} {meta.get('release', '?')} | {mode} | | | "
+                        "blocks not recorded for every setting | | |")
             continue
         settings = [[Pair(direct, shim, first, inner) for direct, shim, first, inner in r["raw"]] for r in records]
         stop = would_stop(settings, width)
@@ -207,7 +210,10 @@ def main(argv: list[str] | None = None) -> int:
         table(REMEDIES_HEAD, [row for data in runs for row in remedies_rows(data)])
         return 0
     if args.would_stop is not None:
-        table(STOP_HEAD.format(width=args.would_stop), [row for data in runs for row in stop_rows(data, args.would_stop)])
+        rows = [row for data in runs for row in stop_rows(data, args.would_stop)]
+        table(STOP_HEAD.format(width=args.would_stop), rows)
+        if not rows:
+            print("table: no mode in these files has ratio records", file=sys.stderr)
         return 0
     table(RATIO_HEAD, [row for data in runs for row in ratio_rows(data, args.signed_rank)])
     print()

@@ -113,41 +113,64 @@ def test_fastest_cpu_holds_the_thread_on_the_cpu_that_read_fastest_and_gives_its
     if len(allowed) < 2:
         pytest.skip(f"one CPU allowed here ({sorted(allowed)}): nothing to choose between")
     cpus = sorted(allowed)
-    seen: list[set[int]] = []
+    seen: list[int] = []
 
     def read() -> float:
-        here = os.sched_getaffinity(0)
-        seen.append(here)
-        (cpu,) = here
+        (cpu,) = os.sched_getaffinity(0)
+        seen.append(cpu)
         return 0.002 - 0.001 * (cpu == cpus[-1])
 
     fastest = FastestCpu(read=read)
-    assert fastest.hold() == cpus[-1]
-    assert os.sched_getaffinity(0) == {cpus[-1]}  # the block runs there
-    assert seen == [{c} for c in cpus for _ in range(2)]  # every CPU read twice, on that CPU alone
-    fastest.release()
-    assert os.sched_getaffinity(0) == allowed
-    assert fastest.describe()["chosen"] == {str(cpus[-1]): 1}
+    try:
+        assert fastest.hold() == cpus[-1]
+        assert os.sched_getaffinity(0) == {cpus[-1]}  # the block runs there
+        assert sorted(seen) == [c for c in cpus for _ in range(2)]  # every CPU read twice, on that CPU alone
+        fastest.release()
+        assert os.sched_getaffinity(0) == allowed
+        assert fastest.describe()["chosen"] == {str(cpus[-1]): 1}
+    finally:
+        os.sched_setaffinity(0, allowed)
 
 
-def test_fastest_cpu_leaves_a_cpu_that_another_process_keeps_busy() -> None:
-    """Real reads (bench/gauge.py's work, made about 10 ms long) against a process spinning on the first CPU:
-    sharing it, the thread reads slower there than on a CPU of its own, and the block goes elsewhere."""
+def test_fastest_cpu_gives_the_thread_its_set_back_when_a_read_fails() -> None:
+    allowed = os.sched_getaffinity(0)
+
+    def read() -> float:
+        raise KeyboardInterrupt
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            FastestCpu(read=read).hold()
+        assert os.sched_getaffinity(0) == allowed
+    finally:
+        os.sched_setaffinity(0, allowed)
+    with pytest.raises(ValueError, match="at least 1"):
+        FastestCpu(reads=0)
+
+
+def test_fastest_cpu_leaves_a_cpu_that_other_processes_keep_busy() -> None:
+    """Real reads (bench/gauge.py's work, made about 10 ms long) against three processes spinning on the
+    first CPU: sharing it four ways, the thread reads several times slower there than on any other CPU,
+    even one busy with the rest of the machine's work, and the block goes elsewhere."""
     allowed = sorted(os.sched_getaffinity(0))
     if len(allowed) < 2:
         pytest.skip(f"one CPU allowed here ({allowed}): nothing to choose between")
     busy = allowed[0]
-    spin = subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{busy}}})\nwhile True: pass"])
+    spin = f"import os, sys\nos.sched_setaffinity(0, {{{busy}}})\nprint('pinned', flush=True)\nwhile True: pass"
+    spinners = [subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE, text=True) for _ in range(3)]
     try:
-        time.sleep(0.3)
+        for spinner in spinners:  # each is on the busy CPU before any read
+            assert spinner.stdout is not None and spinner.stdout.readline().strip() == "pinned"
         import gauge
 
-        chosen = [FastestCpu(reads=3, read=lambda: gauge.read(loops=200_000)) for _ in range(3)]
         picks = []
-        for fastest in chosen:
+        for _ in range(3):
+            fastest = FastestCpu(reads=3, read=lambda: gauge.read(loops=200_000))
             picks.append(fastest.hold())
             fastest.release()
         assert picks.count(busy) == 0, picks
     finally:
-        spin.kill()
-        spin.wait()
+        os.sched_setaffinity(0, set(allowed))
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()

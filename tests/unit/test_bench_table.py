@@ -3,6 +3,7 @@ the other kind refused in one line."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -68,3 +69,18 @@ def test_a_width_that_is_no_width_is_refused_in_one_line_with_exit_2() -> None:
         assert len(run.stderr.strip().splitlines()) == 1 and "e.g. 0.04" in run.stderr, run.stderr
     both = table("--would-stop", "0.04", "--remedies", str(THIRD / "vllm-0.34.0" / "remedies.json"))
     assert both.returncode == 2 and not both.stdout and both.stderr.strip().endswith("give one of them"), both.stderr
+
+
+def test_would_stop_judges_no_mode_one_of_whose_settings_kept_no_blocks(tmp_path: Path) -> None:
+    """The live rule needs every setting's interval narrow: a mode whose logprobs record lost its blocks is
+    not judged on its sampling blocks alone."""
+    data = json.loads((ROOT / "bench" / "runs" / "2026-12-06-h100-5" / "vllm-0.34.0" / "bench.json").read_text())
+    for r in data["ratios"]:
+        if r["mode"] == "eager" and r["logprobs"]:
+            del r["raw"]
+    cut = tmp_path / "bench.json"
+    cut.write_text(json.dumps(data))
+    run = table("--would-stop", "0.05", str(cut))
+    assert run.returncode == 0, run.stderr
+    eager = next(line for line in run.stdout.splitlines() if " | eager | " in line)
+    assert "blocks not recorded for every setting" in eager and "blocks |" not in eager
