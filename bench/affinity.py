@@ -19,9 +19,12 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import statistics
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import gauge
 from probe import nvml_index
 
 PER_PROCESS = 2
@@ -175,8 +178,6 @@ class FastestCpu:
 
     def __init__(self, cpus: set[int] | None = None, reads: int = 2,
                  read: Callable[[], float] | None = None, rng: random.Random | None = None) -> None:
-        import gauge
-
         self.cpus = sorted(cpus if cpus is not None else os.sched_getaffinity(0))
         if not self.cpus:
             raise ValueError("no CPUs to choose from")
@@ -223,9 +224,7 @@ class FastestCpu:
 
     def describe(self) -> dict[str, object]:
         """For a record: the CPUs read, and how often each was chosen."""
-        counts: dict[str, int] = {}
-        for cpu, _ in self.chosen:
-            counts[str(cpu)] = counts.get(str(cpu), 0) + 1
-        return {"cpus": self.cpus, "reads_per_cpu": self.reads, "chosen": counts,
-                "chosen_read_ms_median": round(1000 * sorted(s for _, s in self.chosen)[len(self.chosen) // 2], 4)
+        counts = Counter(str(cpu) for cpu, _ in self.chosen)
+        return {"cpus": self.cpus, "reads_per_cpu": self.reads, "chosen": dict(counts),
+                "chosen_read_ms_median": round(1000 * statistics.median_high(s for _, s in self.chosen), 4)
                 if self.chosen else None}

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""How much noise the CPU alone puts into an ABBA block, under three ways of choosing its CPU: the gauge
+"""How much noise the CPU alone puts into an ABBA block, under five ways of choosing its CPU: the gauge
 read for a block's length, its four quarters taken as the four calls of an ABBA block.
 
 Why: on the lent H100 VMs the blocks of vLLM's eager calls spread by 0.09-0.15 (log ratio), and the
@@ -23,8 +23,8 @@ block's noise, per condition:
 ``fastest`` against ``moved`` is the choice, ``moved`` against ``probed`` the move, ``probed`` against
 ``free`` the probe. Each round runs one block of each, in random order, and each block's A side (its
 first and last quarter, or its middle two) is drawn at random, as the benchmark draws which side
-opens a block, so a cost at a block's start widens the spread as it would there. Only the standard library; no GPU. The JSON is
-rewritten after every round, so a run cut short keeps what it read.
+opens a block, so a cost at a block's start widens the spread as it would there. Only the standard
+library; no GPU. The JSON is rewritten after every round, so a run cut short keeps what it read.
 
     python3 bench/cpu_blocks.py --seconds 150 --block-s 2.4 --json cpu_blocks.json
 
@@ -66,17 +66,23 @@ def block(seconds: float) -> list[tuple[float, float]]:
     return out
 
 
+def quarters(reads: list[tuple[float, float]], seconds: float) -> list[list[float]]:
+    """The reads' times in the block's four quarters by their start (a ``seconds``-long block)."""
+    out: list[list[float]] = [[], [], [], []]
+    for at, took in reads:
+        out[min(int(4 * at / seconds), 3)].append(took)
+    return out
+
+
 def abba_log_ratio(reads: list[tuple[float, float]], seconds: float, a_outside: bool = True) -> float | None:
     """The block as an ABBA block: its quarters by time are the calls A, B, B, A (``a_outside``) or B, A,
     A, B, each as long as its reads' mean; log(A's mean / B's mean), as bench/pairs.py's ratio is direct
     / shim. None for a quarter without reads."""
-    quarters: list[list[float]] = [[], [], [], []]
-    for at, took in reads:
-        quarters[min(int(4 * at / seconds), 3)].append(took)
-    if not all(quarters):
+    q = quarters(reads, seconds)
+    if not all(q):
         return None
-    outer = statistics.fmean(quarters[0]) + statistics.fmean(quarters[3])
-    inner = statistics.fmean(quarters[1]) + statistics.fmean(quarters[2])
+    outer = statistics.fmean(q[0]) + statistics.fmean(q[3])
+    inner = statistics.fmean(q[1]) + statistics.fmean(q[2])
     return math.log(outer / inner) if a_outside else math.log(inner / outer)
 
 
@@ -134,9 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     data = report.data
     rng = random.Random(args.seed)
     fastest = FastestCpu(allowed, rng=random.Random(args.seed + 1))
-    fixed = fastest.hold()  # the CPU fastest at the start, kept by ``fixed``
-    fastest.release()
-    fastest.chosen.clear()
+    try:
+        first = fastest.probe()
+    finally:
+        os.sched_setaffinity(0, allowed)
+    fixed = min(first, key=first.__getitem__)  # the CPU fastest at the start, kept by ``fixed``
     cpus = sorted(allowed)
     data["fixed_cpu"] = fixed
     blocks: dict[str, list[dict[str, Any]]] = {c: [] for c in CONDITIONS}
@@ -157,10 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 os.sched_setaffinity(0, allowed)
             a_outside = rng.random() < 0.5
-            quarters = [0, 0, 0, 0]
-            for at, _ in reads:
-                quarters[min(int(4 * at / args.block_s), 3)] += 1
-            blocks[condition].append({"cpu": cpu, "a_outside": a_outside, "quarter_reads": quarters,
+            blocks[condition].append({"cpu": cpu, "a_outside": a_outside,
+                                      "quarter_reads": [len(q) for q in quarters(reads, args.block_s)],
                                       "ms": [round(took * 1000, 4) for _, took in reads],
                                       "log_ratio": abba_log_ratio(reads, args.block_s, a_outside)})
         every = [ms / 1000 for bs in blocks.values() for b in bs for ms in b["ms"]]

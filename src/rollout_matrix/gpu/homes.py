@@ -221,6 +221,12 @@ def _archives(paths: list[Path]) -> dict[str, list[Path]]:
     return archives
 
 
+def _cache_of(name: str) -> str | None:
+    """The cache folder (``CACHES``) a member named ``name`` lies in, or None."""
+    parents = PurePosixPath(name).parents
+    return next((c for c in CACHES if PurePosixPath(c) in parents), None)
+
+
 def _refusal(member: tarfile.TarInfo) -> str | None:
     """Why ``member`` may not be unpacked into a home, or None."""
     path = PurePosixPath(member.name)
@@ -228,7 +234,7 @@ def _refusal(member: tarfile.TarInfo) -> str | None:
         return "a path outside the home"
     if not (member.isfile() or member.isdir()):
         return "not a file or a folder"
-    inside = any(PurePosixPath(c) in path.parents for c in CACHES)  # a file must lie in a cache folder
+    inside = _cache_of(member.name) is not None  # a file must lie in a cache folder
     if not (inside or (member.isdir() and path in {PurePosixPath(c) for c in CACHES})):
         return f"outside the build caches ({', '.join(CACHES)})"
     return None
@@ -295,7 +301,7 @@ def seed(paths: list[Path]) -> dict[str, Counter]:
                                 raise UserError(f"{where}: {member.name}: {why}; nothing of it unpacked")
                             tar.extract(member, staged, set_attrs=True, filter="data")
                             if member.isfile():
-                                counts[next(c for c in CACHES if PurePosixPath(c) in PurePosixPath(member.name).parents)] += 1
+                                counts[_cache_of(member.name)] += 1
                     while stream.read(MIB):
                         pass
             except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:  # nothing moved in yet
