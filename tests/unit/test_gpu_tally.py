@@ -100,6 +100,43 @@ def test_a_suite_building_its_kernels_says_so_until_its_first_mode_starts(result
     assert tally.lines() == ["vllm-9.9.9: running graphs: so far nothing reported"]
 
 
+BENCH_HOLD = ROOT / "bench" / "runs" / "2026-12-06-h100-7"
+VLLM_STEPS = ("vllm-0.34.0-eager", "vllm-0.34.0", "vllm-0.34.0-2")
+"""That hold's three vLLM benchmarks, one ``scripts.log`` on the machine, split into a log per run."""
+
+
+def _scripts_log(folder: Path, runs: tuple[str, ...], cut_last_exit: bool = False) -> None:
+    text = "".join((BENCH_HOLD / run / "bench.log").read_text() for run in runs)
+    if cut_last_exit:
+        text = text[:text.rindex("[exit ")]
+    folder.mkdir(exist_ok=True)
+    (folder / "scripts.log").write_text(text)
+
+
+def test_benchmark_steps_are_told_by_their_exit_lines_not_as_a_missing_suite(results: Path) -> None:
+    """2026-12-06: three benchmarks ran on vllm-0.34.0 (exit 0 after 91, 179 and 176 s, as its log and
+    the pipeline's say); `wait` said "no suite output yet". A step whose exit line has not come is running."""
+    _scripts_log(results / "vllm-0.34.0", VLLM_STEPS)
+    assert tally.lines() == ["vllm-0.34.0: scripts: rollout_bench.py exit 0 after 91s, rollout_bench.py exit 0 "
+                             "after 179s, rollout_bench.py exit 0 after 176s"]
+    _scripts_log(results / "vllm-0.34.0", VLLM_STEPS, cut_last_exit=True)
+    assert tally.lines() == ["vllm-0.34.0: scripts: rollout_bench.py exit 0 after 91s, rollout_bench.py exit 0 "
+                             "after 179s, rollout_bench.py running"]
+
+
+def test_an_entry_with_a_suite_and_a_script_says_both(results: Path) -> None:
+    """A suite's modes first, then the scripts; a log with only FlashInfer's build says none started yet."""
+    shutil.copytree(HOLD / "sglang-0.5.5.post3", results / "sglang-0.5.5.post3")
+    _scripts_log(results / "sglang-0.5.5.post3", VLLM_STEPS[:1])
+    (results / "vllm-9.9.9").mkdir()
+    with (results / "vllm-9.9.9" / "scripts.log").open("wb") as logf:  # what run_script writes first
+        kernels.prebuild("vllm-9.9.9", results / "no-python", {}, logf, lambda line: None, found=["9.0"])
+    assert tally.lines() == [
+        "sglang-0.5.5.post3: graphs: 25 passed, 5 skipped; eager: 13 passed, 1 failed "
+        "(test_update_weights_from_another_process[eager]), 2 skipped; scripts: rollout_bench.py exit 0 after 91s",
+        "vllm-9.9.9: scripts: none started yet"]
+
+
 @pytest.mark.parametrize(("steps", "complete", "ended", "expected"), [
     # 2026-12-05: sglang-0.5.2 ended, the two 0.4.x entries' parts never sent
     (["sglang-0.5.2", "sglang-0.4.8", "sglang-0.4.10.post2"], {"sglang-0.5.2"}, {"sglang-0.5.2"}, waiting.IDLE),

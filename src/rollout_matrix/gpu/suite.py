@@ -251,6 +251,9 @@ MODES_ENV = "ROLLOUT_MATRIX_ENGINE_MODES"
 """The engine modes (``MODES``) one pytest process of tests/engine runs (tests/engine/conftest.py)."""
 MODE_HEADER = re.compile(rf"^=+ \S+: {re.escape(MODES_ENV)}=(\w+) =+$", re.MULTILINE)
 """The line :func:`_pytest` writes into the suite's log above a mode's output; group 1 is the mode."""
+SCRIPTS_LOG = "scripts.log"
+"""What an entry's ``ENTRY=SCRIPT`` steps print, with ``$ python ...`` before and ``[exit N after Ns]`` after
+each (gpu/tally.py reads them back)."""
 MIN_MODE_S = 60
 """A mode's process is not started with less time left than this (it could not start an engine)."""
 INTERRUPTED, NO_TESTS = 2, 5  # pytest's exit codes: a session cut short; nothing collected
@@ -317,7 +320,7 @@ def _pytest(entry: str, python: Path, out: Path, mode: str, environ: dict[str, s
 
 def run_script(entry: str, command: str, timeout: int = 300, places: Places | None = None) -> int:
     """``python SCRIPT ARGS`` (``command``) in the entry's venv; output and exit code under
-    ``results/<entry>/scripts.log`` (diagnostics or benchmarks next to the suite). ``timeout``: the
+    ``results/<entry>/scripts.log`` (``SCRIPTS_LOG``; diagnostics or benchmarks next to the suite). ``timeout``: the
     script's own limit (``pipeline --script-timeout``); a benchmark budgets itself to fit it. It runs in
     one of ``places`` (the venv is built before), and not at all when the batch is stopped meanwhile."""
     since = time.time()
@@ -329,7 +332,7 @@ def run_script(entry: str, command: str, timeout: int = 300, places: Places | No
     environ = {**os.environ, **libs, **bytecode(), **caches(entry), "PYTHONPATH": str(store.CHECKOUT / "src"),
                "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "PATH": f"{env / 'bin'}:{os.environ.get('PATH', '')}",
                "ROLLOUT_MATRIX_RESULTS": str(out), "ROLLOUT_MATRIX_SCRIPT_TIMEOUT": str(timeout)}
-    with open(out / "scripts.log", "ab") as logf:
+    with open(out / SCRIPTS_LOG, "ab") as logf:
         if described and described.engine == "vllm":
             markers: list[Path] = []
             kernels.prebuild(entry, env / "bin" / "python", environ, logf, log, before="the script",

@@ -15,9 +15,11 @@ from pathlib import Path
 from rollout_matrix.evidence.band_status import MODES
 from rollout_matrix.evidence.results import LOG, RUN_JSON
 from rollout_matrix.gpu import kernels, places, store
-from rollout_matrix.gpu.suite import MODE_HEADER, mode_junit
+from rollout_matrix.gpu.suite import MODE_HEADER, SCRIPTS_LOG, mode_junit
 
 _VERDICT = re.compile(r"(?<![\w-])(PASSED|FAILED|ERROR|SKIPPED)(?![\w-])")
+_SCRIPT = re.compile(r"^\$ python (\S+)|^\[exit (-?\d+) after (\d+)s\]$", re.MULTILINE)
+"""suite.py's ``run_script`` lines in ``scripts.log``: the command a step starts, and its end."""
 _SUMMARY = re.compile(r"^(?:FAILED|ERROR) \S+::")  # pytest's short summary repeats a failure
 
 
@@ -59,17 +61,44 @@ def _running_from_log(path: Path, finished: set[str]) -> str:
     return f"running {headers[-1].group(1)}: so far {counts or 'nothing reported'}"
 
 
+def _scripts_from_log(path: Path) -> str:
+    """The entry's ``ENTRY=SCRIPT`` steps in the order they ran: each script's exit code and seconds,
+    or that it is running (started, no exit line yet)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        return f"scripts: log unreadable ({exc.strerror})"
+    steps: list[str] = []
+    script = None
+    for match in _SCRIPT.finditer(text):
+        if match.group(1):
+            if script:  # a start after a start: the first one's exit line never came
+                steps.append(f"{script} ended unreported")
+            script = Path(match.group(1)).name
+        elif script:
+            steps.append(f"{script} exit {match.group(2)} after {match.group(3)}s")
+            script = None
+    if script:
+        steps.append(f"{script} running")
+    return "scripts: " + (", ".join(steps) or "none started yet")
+
+
 def entry_line(folder: Path) -> str:
-    """One entry's state: each finished mode from its JUnit file, the running one from the log."""
+    """One entry's state: each finished mode from its JUnit file, the running one from the log, then
+    its scripts (a benchmark's pipeline step has no suite: 2026-12-06's `wait` said "no suite output
+    yet" of entries whose benchmarks had all ended)."""
     finished = [mode for mode in MODES if mode_junit(folder, mode).is_file()]
     parts = [f"{mode}: {_mode_from_junit(mode_junit(folder, mode))}" for mode in finished]
+    scripts = (folder / SCRIPTS_LOG).is_file()
     if len(parts) < len(MODES):
         if (folder / RUN_JSON).is_file():
             parts.append(f"ended with {len(MODES) - len(parts)} of {len(MODES)} modes unreported")
         elif (folder / LOG).is_file():
             parts.append(_running_from_log(folder / LOG, set(finished)))
-        elif not parts:
+        elif not parts and not scripts:
             parts.append("no suite output yet")
+    if scripts:
+        parts.append(_scripts_from_log(folder / SCRIPTS_LOG))
     return f"{folder.name}: " + "; ".join(parts)
 
 
