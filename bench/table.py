@@ -198,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         if "conditions" not in runs[-1] and args.remedies:
             print(f"table: error: {path} is not bench/noise_remedies.py's; leave out --remedies", file=sys.stderr)
             return 2
+    runs.sort(key=lambda data: data.get("meta", {}).get("when", ""))  # rows in the order the runs began, not the
+    # files' (a glob puts a hold's `sglang-0.5.23-2/` before its `sglang-0.5.23/`)
     if args.would_stop is not None and args.remedies:
         print("table: error: --would-stop reads bench/rollout_bench.py's records, not --remedies files: give one of them",
               file=sys.stderr)

@@ -84,3 +84,18 @@ def test_would_stop_judges_no_mode_one_of_whose_settings_kept_no_blocks(tmp_path
     assert run.returncode == 0, run.stderr
     eager = next(line for line in run.stdout.splitlines() if " | eager | " in line)
     assert "blocks not recorded for every setting" in eager and "blocks |" not in eager
+
+
+def test_rows_follow_the_runs_began_whatever_the_order_of_the_files() -> None:
+    """bench/runs/2026-12-06-h100-7 holds two SGLang runs (12:30 in sglang-0.5.23/, 12:34 in sglang-0.5.23-2/,
+    which a glob lists first): each of the two tables lists 12:30 first, given the files in either order."""
+    hold = ROOT / "bench" / "runs" / "2026-12-06-h100-7"
+    files = [str(hold / "sglang-0.5.23-2" / "bench.json"), str(hold / "sglang-0.5.23" / "bench.json")]
+    outputs = []
+    for order in (files, files[::-1]):
+        run = table(*order)
+        assert run.returncode == 0, run.stderr
+        began = [line.split(" | ")[0].removeprefix("| ") for line in run.stdout.splitlines() if line.startswith("| 2026")]
+        assert began == ["2026-12-06 12:30"] * 4 + ["2026-12-06 12:34"] * 4 + ["2026-12-06 12:30", "2026-12-06 12:34"]
+        outputs.append(run.stdout)
+    assert outputs[0] == outputs[1]
