@@ -115,13 +115,18 @@ def _scripts_log(folder: Path, runs: tuple[str, ...], cut_last_exit: bool = Fals
 
 def test_benchmark_steps_are_told_by_their_exit_lines_not_as_a_missing_suite(results: Path) -> None:
     """2026-12-06: three benchmarks ran on vllm-0.34.0 (exit 0 after 91, 179 and 176 s, as its log and
-    the pipeline's say); `wait` said "no suite output yet". A step whose exit line has not come is running."""
+    the pipeline's say); `wait` said "no suite output yet". A step whose exit line has not come is running,
+    or ended unreported where another step started after it."""
     _scripts_log(results / "vllm-0.34.0", VLLM_STEPS)
     assert tally.lines() == ["vllm-0.34.0: scripts: rollout_bench.py exit 0 after 91s, rollout_bench.py exit 0 "
                              "after 179s, rollout_bench.py exit 0 after 176s"]
     _scripts_log(results / "vllm-0.34.0", VLLM_STEPS, cut_last_exit=True)
     assert tally.lines() == ["vllm-0.34.0: scripts: rollout_bench.py exit 0 after 91s, rollout_bench.py exit 0 "
                              "after 179s, rollout_bench.py running"]
+    killed = (BENCH_HOLD / VLLM_STEPS[0] / "bench.log").read_text()  # a machine lost mid-script, a new pipeline
+    (results / "vllm-0.34.0" / "scripts.log").write_text(killed[:killed.rindex("[exit ")] +
+                                                        (BENCH_HOLD / VLLM_STEPS[1] / "bench.log").read_text())
+    assert tally.lines() == ["vllm-0.34.0: scripts: rollout_bench.py ended unreported, rollout_bench.py exit 0 after 179s"]
 
 
 def test_an_entry_with_a_suite_and_a_script_says_both(results: Path) -> None:
