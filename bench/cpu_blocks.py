@@ -91,7 +91,7 @@ def summarize(blocks: list[dict[str, Any]], fast: float) -> dict[str, Any]:
     and the share of its blocks whose every read was fast or every one slow (one speed)."""
     logs = [b["log_ratio"] for b in blocks if b["log_ratio"] is not None]
     line = gauge.SLOW_READ * fast
-    one_speed = [len({ms / 1000 > line for ms in b["ms"]}) == 1 for b in blocks]
+    one_speed = [gauge.at_one_speed((ms / 1000 for ms in b["ms"]), line) for b in blocks]
     return {"blocks": len(blocks), "log_ratio_sd": round(statistics.stdev(logs), 5) if len(logs) > 1 else None,
             "one_speed_share": round(sum(one_speed) / len(one_speed), 3) if one_speed else None,
             "slow_read_share": round(statistics.fmean(ms / 1000 > line for b in blocks for ms in b["ms"]), 3)

@@ -23,7 +23,7 @@ benchmark's process, on the thread the gauge runs on.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 LOOPS = 20_000
 """Iterations of the loop: about 1 ms on a 2-3 GHz server core under CPython 3.11-3.12."""
@@ -51,3 +51,10 @@ def fast_mode(reads: Sequence[float]) -> float:
     times above it, and a tenth of them is never all slow (bench/cpu_map.py's runs)."""
     ordered = sorted(reads)
     return ordered[len(ordered) // 10]
+
+
+def at_one_speed(reads: Iterable[float], line: float) -> bool:
+    """Every read on the same side of ``line`` (``SLOW_READ`` x a fast mode): all fast, or all slow. The
+    one rule noise.one_speed (a benchmark block's calls) and bench/cpu_blocks.py (a block of reads alone)
+    apply, so their one-speed shares compare."""
+    return len({took > line for took in reads}) == 1

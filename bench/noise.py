@@ -185,7 +185,7 @@ def one_speed(pairs: Sequence[Pair]) -> dict[str, Any] | None:
     if not calls or not all(c.gauge_s and min(c.gauge_s) > 0 for c in calls):
         return None
     line = gauge.SLOW_READ * gauge.fast_mode([x for c in calls for x in c.gauge_s])
-    kept = [p for p in pairs if len({x > line for c in p.detail for x in c.gauge_s}) == 1]
+    kept = [p for p in pairs if gauge.at_one_speed((x for c in p.detail for x in c.gauge_s), line)]
     out: dict[str, Any] = {"blocks": len(kept), "of": len(pairs), "ratio": None, "ci_low": None, "ci_high": None,
                            "width": None, "level": None}
     if len(kept) >= 2:
