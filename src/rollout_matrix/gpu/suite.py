@@ -253,7 +253,10 @@ MODE_HEADER = re.compile(rf"^=+ \S+: {re.escape(MODES_ENV)}=(\w+) =+$", re.MULTI
 """The line :func:`_pytest` writes into the suite's log above a mode's output; group 1 is the mode."""
 SCRIPTS_LOG = "scripts.log"
 """What an entry's ``ENTRY=SCRIPT`` steps print, with ``$ python ...`` before and ``[exit N after Ns]`` after
-each (gpu/tally.py reads them back)."""
+each (:func:`_script` writes them)."""
+SCRIPT_LINE = re.compile(r"^\$ python (\S+)|^\[exit (-?\d+) after (\d+)s\]$", re.MULTILINE)
+"""Those two lines in ``SCRIPTS_LOG``: group 1 the script a step starts, groups 2 and 3 its exit code and
+seconds (gpu/tally.py reads them back)."""
 MIN_MODE_S = 60
 """A mode's process is not started with less time left than this (it could not start an engine)."""
 INTERRUPTED, NO_TESTS = 2, 5  # pytest's exit codes: a session cut short; nothing collected

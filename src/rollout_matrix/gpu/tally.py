@@ -15,11 +15,9 @@ from pathlib import Path
 from rollout_matrix.evidence.band_status import MODES
 from rollout_matrix.evidence.results import LOG, RUN_JSON
 from rollout_matrix.gpu import kernels, places, store
-from rollout_matrix.gpu.suite import MODE_HEADER, SCRIPTS_LOG, mode_junit
+from rollout_matrix.gpu.suite import MODE_HEADER, SCRIPT_LINE, SCRIPTS_LOG, mode_junit
 
 _VERDICT = re.compile(r"(?<![\w-])(PASSED|FAILED|ERROR|SKIPPED)(?![\w-])")
-_SCRIPT = re.compile(r"^\$ python (\S+)|^\[exit (-?\d+) after (\d+)s\]$", re.MULTILINE)
-"""suite.py's ``run_script`` lines in ``scripts.log``: the command a step starts, and its end."""
 _SUMMARY = re.compile(r"^(?:FAILED|ERROR) \S+::")  # pytest's short summary repeats a failure
 
 
@@ -70,7 +68,7 @@ def _scripts_from_log(path: Path) -> str:
         return f"scripts: log unreadable ({exc.strerror})"
     steps: list[str] = []
     script = None
-    for match in _SCRIPT.finditer(text):
+    for match in SCRIPT_LINE.finditer(text):
         if match.group(1):
             if script:  # a start after a start: the first one's exit line never came
                 steps.append(f"{script} ended unreported")
