@@ -145,7 +145,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         os.sched_setaffinity(0, allowed)
     fixed = min(first, key=first.__getitem__)  # the CPU fastest at the start, kept by ``fixed``
-    cpus = sorted(allowed)
     data["fixed_cpu"] = fixed
     blocks: dict[str, list[dict[str, Any]]] = {c: [] for c in CONDITIONS}
     end = time.perf_counter() + args.seconds
@@ -159,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                     cpu = fastest.hold()
                 elif condition in ("probed", "moved"):
                     fastest.probe()
-                    cpu = rng.choice(cpus) if condition == "moved" else None
+                    cpu = rng.choice(fastest.cpus) if condition == "moved" else None
                 os.sched_setaffinity(0, {cpu} if cpu is not None else allowed)
                 reads = block(args.block_s)
             finally:
