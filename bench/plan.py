@@ -118,9 +118,11 @@ def budget_plan(fixed: dict[str, float], modes: list[str], weights: bool, budget
     return out
 
 
-def describe(fixed: dict[str, float], plan: list[tuple[Phase, float]], budget_s: float) -> list[str]:
-    """The plan as printed at the start of a run."""
-    lines = [f"plan: {budget_s:.0f} s budget ({RESERVE:.0%} kept back), phases in turn, each in its own process:"]
+def describe(fixed: dict[str, float], plan: list[tuple[Phase, float]], budget_s: float, spent_s: float = 0.0) -> list[str]:
+    """The plan as printed at the start of a run: for ``budget_s``, of which ``spent_s`` went before the
+    plan (the CPU check, bench/cpu_check.py)."""
+    before = f" less {spent_s:.0f} s of CPU check" if spent_s else ""
+    lines = [f"plan: {budget_s:.0f} s budget{before} ({RESERVE:.0%} kept back), phases in turn, each in its own process:"]
     for phase, seconds in plan:
         if phase.measures:
             start = fixed["process"] + fixed[f"start_{phase.name}"]

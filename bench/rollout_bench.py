@@ -45,6 +45,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import cpu_check
 from affinity import cores
 from models import MODELS
 from pairs import STOP_MIN_BLOCKS
@@ -210,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fixed-s", nargs="+", default=[], metavar="PART=SECONDS",
                    help="what the plan assumes for a fixed part, measured on this machine (process, start_graphs, "
                         "start_eager, shutdown, weights; defaults in bench/plan.py)")
+    p.add_argument("--cpu-check-s", type=float, default=cpu_check.SECONDS,
+                   help=f"seconds of the CPU check before the engines start, taken from the budget (default "
+                        f"{cpu_check.SECONDS:g}; 0: none): how steady this machine's CPU is over an eager block "
+                        "(bench/cpu_check.py)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=Path("bench.json"), help="written as figures arrive (default bench.json)")
     args = p.parse_args(argv)
@@ -220,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
                             ("--new-tokens", args.new_tokens, args.new_tokens > 0),
                             ("--prompt-len", args.prompt_len, args.prompt_len > 0), ("--repeats", args.repeats,
                             args.repeats > 0), ("--util", args.util, 0 < args.util < 1),
-                            ("--stop-width", args.stop_width, args.stop_width >= 0)):
+                            ("--stop-width", args.stop_width, args.stop_width >= 0),
+                            ("--cpu-check-s", args.cpu_check_s, 0 <= args.cpu_check_s < args.budget_s / 4)):
         if not ok:
             p.error(f"{name} {value}: out of range")
     overrides = {}
@@ -240,18 +246,23 @@ def main(argv: list[str] | None = None) -> int:
         args.fixed = fixed_parts(engine, overrides)
     except ValueError as exc:
         p.error(f"--fixed-s: {exc}")
-    plan = budget_plan(args.fixed, args.modes, not args.skip_weights, args.budget_s)
     print(f"rollout_bench {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(t0))}: {engine}; {args.model} model, "
           f"{args.batch} prompts{f' ({args.eager_batch} eager)' if args.eager_batch != args.batch else ''} x "
           f"{args.prompt_len} tokens -> {args.new_tokens} new, T=1.0; ratio = shim / direct "
           f"throughput; results: {args.json}", flush=True)
-    for line in describe(args.fixed, plan, args.budget_s):
+    checked = None
+    if args.cpu_check_s:
+        checked = cpu_check.check(args.cpu_check_s, width=TARGETS["width"], seed=args.seed)
+        say(cpu_check.describe(checked), t0)
+    spent = time.time() - t0 if checked else 0.0  # the plan shares what the check left of the budget
+    plan = budget_plan(args.fixed, args.modes, not args.skip_weights, args.budget_s - spent)
+    for line in describe(args.fixed, plan, args.budget_s, spent):
         print(line, flush=True)
     report = Report(args.json, {
         "schema": 2, "status": "running",
         "meta": {"when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t0)), "engine": engine,
                  "host": os.uname().nodename, "cpu": cpu_model(), "cpus": os.cpu_count(),
-                 "cpu_cores": cores(os.sched_getaffinity(0))},
+                 "cpu_cores": cores(os.sched_getaffinity(0)), "cpu_check": checked},
         "args": {k: str(v) for k, v in vars(args).items()}, "targets": TARGETS,
         "plan": {"budget_s": args.budget_s, "reserve": RESERVE, "fixed_s": args.fixed,
                  "phases": [{"name": ph.name, "seconds": round(s, 1)} for ph, s in plan]},

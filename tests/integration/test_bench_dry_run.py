@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -41,8 +42,9 @@ def site(tmp_path: Path, engine: str) -> Path:
     return where
 
 
-SMALL = ("--batch", "32", "--prompt-len", "8", "--new-tokens", "16")
-"""Fewer tokens than on the GPU (256 x 64 -> 128): the same code paths, at a cost a CI machine can carry."""
+SMALL = ("--batch", "32", "--prompt-len", "8", "--new-tokens", "16", "--cpu-check-s", "0")
+"""Fewer tokens than on the GPU (256 x 64 -> 128): the same code paths, at a cost a CI machine can carry.
+No CPU check but where a test asks for one (a later ``--cpu-check-s`` wins): its blocks are seconds long."""
 
 
 def bench(tmp_path: Path, engine: str, *args: str, **env: str) -> subprocess.Popen:
@@ -68,7 +70,7 @@ def finish(proc: subprocess.Popen, timeout: float = 150) -> tuple[int, str]:
 def test_the_benchmark_runs_every_phase_for_the_engine_detect_finds(tmp_path: Path, engine: str) -> None:
     loads = tmp_path / "loads"
     proc = bench(tmp_path, engine, "--budget-s", "40", "--max-blocks", "4", "--progress-s", "1",
-                 "--warmup-share", "0.1", FAKE_ENGINE_START_S="2.5", FAKE_ENGINE_LOADS_LOG=str(loads))
+                 "--warmup-share", "0.1", "--cpu-check-s", "5", FAKE_ENGINE_START_S="2.5", FAKE_ENGINE_LOADS_LOG=str(loads))
     code, out = finish(proc)
     assert code == 0, out[-4000:]
     data = json.loads((tmp_path / "bench.json").read_text())
@@ -120,7 +122,12 @@ def test_the_benchmark_runs_every_phase_for_the_engine_detect_finds(tmp_path: Pa
         assert "update_pinned_cpu_staged_gb_s" not in weights
     # What a person watching sees: the plan with seconds per phase first, then progress at least every
     # --progress-s (the engine start of 2.5 s is silent: the parent must say it is still running).
-    assert out.splitlines()[1].startswith("plan: 40 s budget")
+    # The CPU check first (two blocks of 2.4 s: --cpu-check-s 5), in the record and taken from the budget.
+    check = data["meta"]["cpu_check"]
+    assert check["blocks"] == 2 and check["block_s"] == 2.4 and check["log_ratio_sd"] >= 0
+    assert check["eager_blocks_for_width"] >= 2 and 0 < check["fast_ms"] <= check["median_ms"]
+    assert "CPU check: 2 blocks of 2.4 s of the CPU alone spread " in out.splitlines()[1]
+    assert re.match(r"plan: 40 s budget less [45] s of CPU check \(5% kept back\)", out.splitlines()[2])
     assert all(f"  {name}" in out for name in ("graphs   ~", "eager    ~", "weights  ~"))
     assert "no output for 1 s" in out
     assert "graphs logprobs: ratio" in out and "mode    setting" in out
@@ -130,9 +137,12 @@ def test_the_benchmark_runs_every_phase_for_the_engine_detect_finds(tmp_path: Pa
     table = subprocess.run([sys.executable, str(ROOT / "bench" / "table.py"), str(tmp_path / "bench.json")],
                            capture_output=True, text=True, check=True).stdout.splitlines()
     rows = [line for line in table if line.startswith(f"| {data['meta']['when'][:16]} | Fake GPU (CPU dry run) | {engine} ")]
-    assert len(rows) == 5 and sum(" | graphs | " in r for r in rows) == 2  # GPU, pinned, via GPU (and by the shim: SGLang)
-    sglang = engine == "sglang"
-    assert rows[-1].count("GB/s") == (4 if sglang else 3) and ("staged by the shim" in rows[-1]) == sglang
+    assert len(rows) == 6 and sum(" | graphs | " in r for r in rows) == 2
+    sglang = engine == "sglang"  # GPU, pinned, via GPU (and by the shim: SGLang)
+    assert rows[4].count("GB/s") == (4 if sglang else 3) and ("staged by the shim" in rows[4]) == sglang
+    # the CPU table: the check's spread beside the eager records' own (the gauge's median, their blocks' spread)
+    cells = rows[5].split(" | ")
+    assert cells[2:4] == [f"{engine} (7b model)", f"{check['log_ratio_sd']:.3f}"] and cells[4].count(" ms") == 2
 
 
 @pytest.mark.parametrize("engine", ["vllm", "sglang"])
