@@ -35,6 +35,9 @@ REMEDIES_HEAD = ("| began (UTC) | GPU | engine | mode | condition | prompts x ne
                  "with the gauge out, 0.04 needs |")
 STOP_HEAD = ("| began (UTC) | GPU | engine | mode | blocks | widths at the end (sampling / logprobs) | "
              "`--stop-width {width}` would have ended it after | calls until then | calls measured |")
+CPU_HEAD = ("| began (UTC) | GPU | engine | CPU check before the engines: blocks' spread | CPU gauge during eager "
+            "calls: median (sampling / logprobs) | eager blocks' spread (sampling / logprobs) | eager widths (sampling / "
+            "logprobs) |")
 WEIGHTS_HEAD = ("| began (UTC) | GPU | engine (shim) | update_weights from GPU | from pinned CPU | from pinned CPU via the GPU | "
                 "offload (freed) | onload (back) | greedy after the RL loop | engine starts: graphs / eager / weights |")
 
@@ -153,6 +156,26 @@ def table(head: str, rows: list[str]) -> None:
         print(row)
 
 
+def cpu_row(data: dict[str, Any]) -> str | None:
+    """What the run's CPU was like beside what eager mode made of it: the CPU check (bench/cpu_check.py,
+    before any engine; "-" for runs before it), the gauge read around the eager calls, and the eager
+    records' block spread and width. None for a run without eager records."""
+    eager = sorted((r for r in data["ratios"] if r["mode"] == "eager" and "error" not in r), key=lambda r: r["logprobs"])
+    if not eager:
+        return None
+    check = (data["meta"].get("cpu_check") or {}).get("log_ratio_sd")
+
+    def both(cells: list[str]) -> str:
+        return " / ".join(cells)
+
+    gauge = both([f"{g['median_gauge_ms']:.2f} ms" if (g := r.get("noise", {}).get("gauge")) else "-" for r in eager])
+    spread = both([cell(r.get("noise", {}), "block_log_ratio_sd") for r in eager])
+    widths = both([f"{r['width']:.4f}" for r in eager])
+    engine = data["meta"]["engine"] + model_note(eager[0].get("model", "small"))
+    return (f"| {when_where(data['meta'])} | {engine} | {'-' if check is None else f'{check:.3f}'} | "
+            f"{gauge} | {spread} | {widths} |")
+
+
 def weights_row(data: dict[str, Any]) -> str | None:
     w, meta, phases = data["weights"], data["meta"], data["phases"]
     if "update_gpu_gb_s" not in w:
@@ -220,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     table(RATIO_HEAD, [row for data in runs for row in ratio_rows(data, args.signed_rank)])
     print()
     table(WEIGHTS_HEAD, [row for data in runs if (row := weights_row(data))])
+    print()
+    table(CPU_HEAD, [row for data in runs if (row := cpu_row(data))])
     return 0
 
 

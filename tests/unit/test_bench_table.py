@@ -96,6 +96,25 @@ def test_rows_follow_the_runs_began_whatever_the_order_of_the_files() -> None:
         run = table(*order)
         assert run.returncode == 0, run.stderr
         began = [line.split(" | ")[0].removeprefix("| ") for line in run.stdout.splitlines() if line.startswith("| 2026")]
-        assert began == ["2026-12-06 12:30"] * 4 + ["2026-12-06 12:34"] * 4 + ["2026-12-06 12:30", "2026-12-06 12:34"]
+        assert began == ["2026-12-06 12:30"] * 4 + ["2026-12-06 12:34"] * 4 + ["2026-12-06 12:30", "2026-12-06 12:34"] * 2
         outputs.append(run.stdout)
     assert outputs[0] == outputs[1]
+
+
+def test_the_cpu_table_sets_a_steady_machines_eager_blocks_beside_a_noisy_ones() -> None:
+    """SGLang 0.5.23's full runs of the thirteenth H100 hold (12:30, a CPU that ran steady) and the fourteenth
+    (14:02): one CPU row each, with the gauge's median and the eager records' spread and width as written;
+    no CPU check in either (runs before it show "-")."""
+    runs = ROOT / "bench" / "runs"
+    files = [runs / hold / "sglang-0.5.23" / "bench.json" for hold in ("2026-12-06-h100-7", "2026-12-06-h100-8")]
+    run = table(*map(str, files))
+    assert run.returncode == 0, run.stderr
+    head = next(i for i, line in enumerate(run.stdout.splitlines()) if "CPU check before the engines" in line)
+    rows = [line.split(" | ") for line in run.stdout.splitlines()[head + 2:head + 4]]
+    assert [r[0] for r in rows] == ["| 2026-12-06 12:30", "| 2026-12-06 14:02"]
+    assert [r[2:4] for r in rows] == [["sglang (7b model)", "-"]] * 2
+    steady, noisy = ([float(x) for x in r[5].split(" / ")] for r in rows)
+    assert max(steady) < 0.01 and min(noisy) > 0.05  # eager blocks' spread: 0.004 / 0.006 against 0.112 / 0.070
+    assert rows[0][4] == "1.12 ms / 1.11 ms" and rows[1][4] == "2.00 ms / 2.15 ms"
+    widths = [float(x) for x in rows[1][6].rstrip(" |").split(" / ")]
+    assert min(widths) > 0.04
