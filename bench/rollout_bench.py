@@ -225,10 +225,12 @@ def main(argv: list[str] | None = None) -> int:
                             ("--new-tokens", args.new_tokens, args.new_tokens > 0),
                             ("--prompt-len", args.prompt_len, args.prompt_len > 0), ("--repeats", args.repeats,
                             args.repeats > 0), ("--util", args.util, 0 < args.util < 1),
-                            ("--stop-width", args.stop_width, args.stop_width >= 0),
-                            ("--cpu-check-s", args.cpu_check_s, 0 <= args.cpu_check_s < args.budget_s / 4)):
+                            ("--stop-width", args.stop_width, args.stop_width >= 0)):
         if not ok:
             p.error(f"{name} {value}: out of range")
+    if not 0 <= args.cpu_check_s <= args.budget_s / 4:
+        p.error(f"--cpu-check-s {args.cpu_check_s:g}: give 0 (no check) up to a quarter of --budget-s "
+                f"({args.budget_s / 4:g} s); the check's seconds are taken from the budget")
     overrides = {}
     for item in args.fixed_s:
         name, _, value = item.partition("=")
@@ -250,28 +252,31 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.batch} prompts{f' ({args.eager_batch} eager)' if args.eager_batch != args.batch else ''} x "
           f"{args.prompt_len} tokens -> {args.new_tokens} new, T=1.0; ratio = shim / direct "
           f"throughput; results: {args.json}", flush=True)
-    checked = None
-    if args.cpu_check_s:
-        checked = cpu_check.check(args.cpu_check_s, width=TARGETS["width"], seed=args.seed)
-        say(cpu_check.describe(checked), t0)
-    spent = time.time() - t0 if checked else 0.0  # the plan shares what the check left of the budget
-    plan = budget_plan(args.fixed, args.modes, not args.skip_weights, args.budget_s - spent)
-    for line in describe(args.fixed, plan, args.budget_s, spent):
-        print(line, flush=True)
     report = Report(args.json, {
         "schema": 2, "status": "running",
         "meta": {"when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t0)), "engine": engine,
                  "host": os.uname().nodename, "cpu": cpu_model(), "cpus": os.cpu_count(),
-                 "cpu_cores": cores(os.sched_getaffinity(0)), "cpu_check": checked},
+                 "cpu_cores": cores(os.sched_getaffinity(0)), "cpu_check": None},
         "args": {k: str(v) for k, v in vars(args).items()}, "targets": TARGETS,
-        "plan": {"budget_s": args.budget_s, "reserve": RESERVE, "fixed_s": args.fixed,
-                 "phases": [{"name": ph.name, "seconds": round(s, 1)} for ph, s in plan]},
-        "phases": {ph.name: {"status": "waiting"} for ph, _ in plan}, "ratios": [], "weights": {},
-    })
+        "plan": {"budget_s": args.budget_s, "reserve": RESERVE, "fixed_s": args.fixed, "phases": []},
+        "phases": {ph.name: {"status": "waiting"} for ph in phases(args.fixed, args.modes, not args.skip_weights)},
+        "ratios": [], "weights": {},
+    })  # written before the CPU check: a run killed at any point leaves a valid file
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # ends the phase and records it (SIGKILL cannot)
     # gpuenv's script limit sends SIGUSR1 first (gpu/suite.py STACKS_SIGNAL), then kills the group 5 s later
     signal.signal(signal.SIGUSR1, lambda *_: sys.exit(138))
     try:
+        spent = 0.0
+        if args.cpu_check_s:
+            report.data["meta"]["cpu_check"] = checked = cpu_check.check(args.cpu_check_s, width=TARGETS["width"],
+                                                                         seed=args.seed)
+            say(cpu_check.describe(checked), t0)
+            spent = time.time() - t0  # the plan shares what the check left of the budget
+        plan = budget_plan(args.fixed, args.modes, not args.skip_weights, args.budget_s - spent)
+        for line in describe(args.fixed, plan, args.budget_s, spent):
+            print(line, flush=True)
+        report.data["plan"]["phases"] = [{"name": ph.name, "seconds": round(s, 1)} for ph, s in plan]
+        report.write()
         failed = run(args, engine, report, t0)
     except BaseException as exc:
         report.data["status"] = f"interrupted ({type(exc).__name__})"

@@ -366,3 +366,28 @@ def test_no_engine_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("rollout_bench: error: no rollout engine")
     assert not (tmp_path / "b.json").exists()
+
+
+def test_a_cpu_check_longer_than_a_quarter_of_the_budget_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    code, out = finish(bench(tmp_path, "vllm", "--budget-s", "40", "--cpu-check-s", "11"))
+    assert code == 2 and out.splitlines()[-1].endswith(
+        "error: --cpu-check-s 11: give 0 (no check) up to a quarter of --budget-s (10 s); the check's seconds "
+        "are taken from the budget"), out
+    assert not (tmp_path / "bench.json").exists()
+
+
+def test_a_run_stopped_during_its_cpu_check_leaves_a_valid_file_marked_interrupted(tmp_path: Path) -> None:
+    """The file is written before the check (20 s by default), so gpuenv's limit or a kill then still
+    leaves one: no check, no plan, every phase waiting."""
+    from rollout_matrix.gpu.suite import stop_with_stacks
+
+    proc = bench(tmp_path, "vllm", "--budget-s", "120", "--cpu-check-s", "20")
+    path = tmp_path / "bench.json"
+    deadline = time.time() + 30
+    while time.time() < deadline and not path.is_file():
+        time.sleep(0.1)
+    stop_with_stacks(proc)
+    proc.communicate()
+    data = json.loads(path.read_text())
+    assert data["status"] == "interrupted (SystemExit)" and data["meta"]["cpu_check"] is None
+    assert data["plan"]["phases"] == [] and {p["status"] for p in data["phases"].values()} == {"waiting"}
