@@ -219,15 +219,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=Path("bench.json"), help="written as figures arrive (default bench.json)")
     args = p.parse_args(argv)
     args.eager_batch = args.batch if args.eager_batch is None else args.eager_batch
-    for name, value, ok in (("--budget-s", args.budget_s, args.budget_s > 0), ("--progress-s", args.progress_s,
-                            args.progress_s > 0), ("--warmup-share", args.warmup_share, 0 <= args.warmup_share <= 1),
-                            ("--batch", args.batch, args.batch > 0), ("--eager-batch", args.eager_batch, args.eager_batch > 0),
-                            ("--new-tokens", args.new_tokens, args.new_tokens > 0),
-                            ("--prompt-len", args.prompt_len, args.prompt_len > 0), ("--repeats", args.repeats,
-                            args.repeats > 0), ("--util", args.util, 0 < args.util < 1),
-                            ("--stop-width", args.stop_width, args.stop_width >= 0)):
-        if not ok:
-            p.error(f"{name} {value}: out of range")
+    for name, value, ok, allowed in (
+            ("--budget-s", args.budget_s, args.budget_s > 0, "above 0"),
+            ("--progress-s", args.progress_s, args.progress_s > 0, "above 0"),
+            ("--warmup-share", args.warmup_share, 0 <= args.warmup_share <= 1, "0 to 1"),
+            ("--batch", args.batch, args.batch > 0, "at least 1"),
+            ("--eager-batch", args.eager_batch, args.eager_batch > 0, "at least 1"),
+            ("--new-tokens", args.new_tokens, args.new_tokens > 0, "at least 1"),
+            ("--prompt-len", args.prompt_len, args.prompt_len > 0, "at least 1"),
+            ("--repeats", args.repeats, args.repeats > 0, "at least 1"),
+            ("--util", args.util, 0 < args.util < 1, "between 0 and 1, both excluded"),
+            ("--stop-width", args.stop_width, args.stop_width >= 0, "0 (never stop early) or above")):
+        if not (ok and math.isfinite(value)):
+            p.error(f"{name} {value:g}: out of range ({allowed})")
     if not 0 <= args.cpu_check_s <= args.budget_s / 4:
         p.error(f"--cpu-check-s {args.cpu_check_s:g}: give 0 (no check) up to a quarter of --budget-s "
                 f"({args.budget_s / 4:g} s); the check's seconds are taken from the budget")

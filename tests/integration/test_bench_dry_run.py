@@ -239,9 +239,16 @@ def test_eager_calls_can_have_more_prompts_and_their_engine_is_sized_for_them(tm
     assert table.count(" | graphs | sampling (7b model), cache flushed, 8 prompts, 16 new tokens | ") == 1
 
 
-def test_an_eager_batch_below_one_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    code, out = finish(bench(tmp_path, "vllm", "--eager-batch", "0"))
-    assert code == 2 and out.splitlines()[-1].endswith("error: --eager-batch 0: out of range"), out
+@pytest.mark.parametrize(("option", "bad", "allowed"), [
+    ("--eager-batch", "0", "at least 1"), ("--batch", "-3", "at least 1"), ("--new-tokens", "0", "at least 1"),
+    ("--budget-s", "inf", "above 0"), ("--budget-s", "0", "above 0"), ("--progress-s", "nan", "above 0"),
+    ("--warmup-share", "1.5", "0 to 1"), ("--util", "1", "between 0 and 1, both excluded"),
+    ("--stop-width", "-0.01", "0 (never stop early) or above")])
+def test_an_option_out_of_its_range_is_one_line_naming_the_range_and_exit_2(
+        tmp_path: Path, option: str, bad: str, allowed: str) -> None:
+    """Each option's line says what it takes, so the fix needs no trip to --help; nothing is written."""
+    code, out = finish(bench(tmp_path, "vllm", option, bad))
+    assert code == 2 and out.splitlines()[-1].endswith(f"error: {option} {bad}: out of range ({allowed})"), out
     assert not (tmp_path / "bench.json").exists()
 
 
