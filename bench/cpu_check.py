@@ -13,8 +13,8 @@ record keeps it (``meta.cpu_check``), so a table of records can show which kind 
 had without reading it off the results it is meant to explain. It measures the main process's CPU:
 vLLM's engine runs there (``VLLM_ENABLE_V1_MULTIPROCESSING=0``); SGLang's scheduler runs in a child
 on the same machine. A hint, not a rule, and of the minute it runs in: on 2026-12-06 17:20 it read
-0.016 and the eager blocks three minutes later spread 0.072-0.096, the CPU having changed within the
-run (docs/performance.md, the fifteenth H100 hold).
+0.016 and the eager blocks three minutes later spread 0.072-0.096, the CPU apparently having changed
+within the run (docs/performance.md, the fifteenth H100 hold).
 """
 
 from __future__ import annotations
