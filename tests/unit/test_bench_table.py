@@ -118,3 +118,21 @@ def test_the_cpu_table_sets_a_steady_machines_eager_blocks_beside_a_noisy_ones()
     assert rows[0][4] == "1.12 ms / 1.11 ms" and rows[1][4] == "2.00 ms / 2.15 ms"
     widths = [float(x) for x in rows[1][6].rstrip(" |").split(" / ")]
     assert min(widths) > 0.04
+
+
+def test_a_low_end_missed_through_the_mean_alone_names_the_means_low_end() -> None:
+    """The sixteenth H100 hold's second vLLM run (19:06): its eager sampling record shows a signed-rank interval
+    whose low end clears 0.97, yet misses ``ci_low``, because the mean's bootstrap interval (one far block) does
+    not. Its row names that low end, read here from the record itself; the logprobs record beside it, which met
+    both, names nothing."""
+    data = json.loads((ROOT / "bench" / "runs" / "2026-12-06-h100-10" / "vllm-0.34.0-2" / "bench.json").read_text())
+    eager = {r["logprobs"]: r for r in data["ratios"] if r["mode"] == "eager"}
+    assert eager[False]["ci_low"] >= 0.97 > eager[False]["mean"]["ci_low"] and eager[True]["meets"]["ci_low"]
+    run = table(str(ROOT / "bench" / "runs" / "2026-12-06-h100-10" / "vllm-0.34.0-2" / "bench.json"))
+    assert run.returncode == 0, run.stderr
+    rows = {line.split(" | ")[4]: line for line in run.stdout.splitlines() if " | eager | " in line}
+    sampling = next(line for setting, line in rows.items() if not setting.startswith("sampling + logprobs"))
+    logprobs = next(line for setting, line in rows.items() if setting.startswith("sampling + logprobs"))
+    assert sampling.endswith(f"| missed: ci_low (the mean's: {eager[False]['mean']['ci_low']:.4f}) |")
+    assert f"[{eager[False]['ci_low']:.4f}, " in sampling
+    assert logprobs.endswith("| all met |")
