@@ -5,12 +5,14 @@ adds to a benchmark block's.
 
 Why: eager calls launch every kernel from the CPU, and on the lent H100 VMs the CPU's speed decided
 whether eager records could meet the 0.04 width at all (docs/performance.md, "What removes the
-noise"). On the one machine whose CPU ran steady (2026-12-06, 12:21) blocks of the CPU alone spread
+noise"). On the first machine whose CPU ran steady (2026-12-06, 12:21) blocks of the CPU alone spread
 0.007 and the eager records' blocks 0.003-0.013: every target met in 12 blocks. On the next one
 (14:02) they spread 0.077 and the eager records' blocks 0.058-0.112: every eager record missed its
-width in the 8 minutes. The check says so at the start of a run, from the CPU alone, and the run's
-record keeps it (``meta.cpu_check``), so a table of records can show which kind of machine each
-had without reading it off the results it is meant to explain. It measures the main process's CPU:
+width in the 8 minutes. On the second steady one (18:48) this check read 0.004-0.008 before four
+runs, whose eager blocks spread 0.004-0.016 but for one record with two far blocks. The check says
+so at the start of a run, from the CPU alone, and the run's record keeps it (``meta.cpu_check``), so
+a table of records can show which kind of machine each had without reading it off the results it is
+meant to explain. It measures the main process's CPU:
 vLLM's engine runs there (``VLLM_ENABLE_V1_MULTIPROCESSING=0``); SGLang's scheduler runs in a child
 on the same machine. A hint, not a rule, and of the minute it runs in: on 2026-12-06 17:20 it read
 0.016 and the eager blocks three minutes later spread 0.072-0.096, the CPU apparently having changed
