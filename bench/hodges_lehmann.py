@@ -17,7 +17,7 @@ which side opens a block is random, so a change of speed inside a block pushes i
 with equal chance. tests/unit/test_bench_hodges_lehmann.py checks its coverage on simulated records
 with such changes of speed, and on normal noise. What it does not see is a cost of the shim that
 only some blocks show (a rare pause): the record keeps the mean and its bootstrap interval beside it
-(``mean``), and the low-end target asks both intervals (bench/phases.py's ``interval_meets``).
+(``mean``), and the low-end target asks both intervals (bench/targets.py's ``interval_meets``).
 """
 
 from __future__ import annotations

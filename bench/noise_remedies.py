@@ -78,10 +78,11 @@ from affinity import FastestCpu, Pinning, cores
 from calls import Prompts, Setting, Wrapped, sync
 from models import MODELS
 from pairs import Pair, estimate, run_block
-from phases import TARGETS, as_measured, metadata, say, start_engine
+from phases import as_measured, metadata, say, start_engine
 from probe import Probe, cpu_model
 from report import Report
 from rollout_bench import find_engine
+from targets import TARGETS
 
 
 @dataclass(frozen=True)

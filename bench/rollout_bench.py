@@ -49,10 +49,11 @@ import cpu_check
 from affinity import cores
 from models import MODELS
 from pairs import STOP_MIN_BLOCKS
-from phases import BATCH, NEW_TOKENS, TARGETS
+from phases import BATCH, NEW_TOKENS
 from plan import RESERVE, allot, budget_plan, describe, fixed_parts, phases
 from probe import cpu_model
 from report import Events, Report
+from targets import TARGETS, mean_low_end_missed
 
 HERE = Path(__file__).resolve().parent
 
@@ -359,8 +360,10 @@ def summary(data: dict[str, Any], t0: float) -> None:
             print(f"{r['mode']:7} {setting:9} {r['error']}")
             continue
         meets = " ".join("ok" if r["meets"][k] else "NO" for k in ("width", "ci_low", "shim_work_fraction"))
+        mean_low = mean_low_end_missed(r)
         print(f"{r['mode']:7} {setting:9} {r['ratio']:7.4f} [{r['ci_low']:.4f}, {r['ci_high']:.4f}] {r['width']:6.4f} "
-              f"{r['pairs']:6d} {r['shim_work_ms']:6.2f} ms {r['shim_work_fraction']:7.2%}  {meets}")
+              f"{r['pairs']:6d} {r['shim_work_ms']:6.2f} ms {r['shim_work_fraction']:7.2%}  {meets}"
+              + ("" if mean_low is None else f" (low end: the mean's {mean_low:.4f})"))
     for key, value in data["weights"].items():
         if not key.endswith("_all_s"):
             print(f"  {key:30} {value:.3f}" if isinstance(value, float) else f"  {key:30} {value}")

@@ -104,7 +104,7 @@ def test_on_a_machine_that_changes_speed_the_interval_keeps_its_coverage_and_is_
 
 
 def test_an_interval_that_covers_less_than_95_percent_meets_no_target_however_narrow() -> None:
-    from phases import interval_meets
+    from targets import interval_meets
 
     two = estimate([Pair(1.0, 1.001, True, 1.0, 2), Pair(1.0, 1.002, False, 1.0, 2)])
     assert two.level == pytest.approx(0.5) and two.width < 0.002
@@ -116,7 +116,7 @@ def test_an_interval_that_covers_less_than_95_percent_meets_no_target_however_na
 def test_a_cost_only_some_blocks_carry_fails_the_low_end_through_the_mean() -> None:
     """The shim pauses in one block of ten (its calls 35 % longer there): a true throughput ratio of about
     0.97. The Hodges-Lehmann interval hardly moves; the mean's does, and the low end needs both."""
-    from phases import interval_meets
+    from targets import interval_meets
 
     passed = {"signed rank alone": 0, "both": 0}
     for i, record in enumerate(speed_changing_records(60, 57, truth=1.0, seed=9)):

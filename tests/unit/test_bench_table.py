@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 TABLE = ROOT / "bench" / "table.py"
 THIRD = ROOT / "bench" / "runs" / "2026-12-05-h100-3"
@@ -136,3 +138,19 @@ def test_a_low_end_missed_through_the_mean_alone_names_the_means_low_end() -> No
     assert sampling.endswith(f"| missed: ci_low (the mean's: {eager[False]['mean']['ci_low']:.4f}) |")
     assert f"[{eager[False]['ci_low']:.4f}, " in sampling
     assert logprobs.endswith("| all met |")
+
+
+def test_the_runs_own_summary_names_the_means_low_end_beside_the_miss(capsys: pytest.CaptureFixture[str]) -> None:
+    """The same record through the summary a run prints when it ends: the eager sampling line says NO for the
+    low end and names the mean's low end, read from the record; the lines that met every target add nothing."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import rollout_bench
+
+    data = json.loads((ROOT / "bench" / "runs" / "2026-12-06-h100-10" / "vllm-0.34.0-2" / "bench.json").read_text())
+    rollout_bench.summary(data, t0=0.0)
+    lines = capsys.readouterr().out.splitlines()
+    mean_low = next(r["mean"]["ci_low"] for r in data["ratios"] if r["mode"] == "eager" and not r["logprobs"])
+    eager_sampling = next(line for line in lines if line.startswith("eager   sampling"))
+    assert eager_sampling.endswith(f"ok NO ok (low end: the mean's {mean_low:.4f})")
+    others = [line for line in lines if line.split()[:1] in (["graphs"], ["eager"]) and line != eager_sampling]
+    assert len(others) == 3 and all(line.endswith("ok ok ok") for line in others)
