@@ -27,7 +27,7 @@ from hodges_lehmann import hodges_lehmann
 from noise import cell
 from pairs import STOP_MIN_BLOCKS, Pair, narrow_enough
 from phases import BATCH, NEW_TOKENS
-from targets import interval_meets, mean_low_end_missed
+from targets import covers_95, interval_meets, mean_low_end_missed
 
 RATIO_HEAD = ("| began (UTC) | GPU | engine (shim) | mode | setting | shim / direct | 95 % interval | width | ABBA blocks | "
               "shim work per call | of a shim call | direct tok/s | targets |")
@@ -91,7 +91,7 @@ def ratio_rows(data: dict[str, Any], again: bool = False) -> list[str]:
         meets = ", ".join(missed(r, k) for k, ok in r["meets"].items() if not ok)
         # records before the signed-rank interval (2026-12-05, third hold) carry the mean and its bootstrap
         how = (" signed rank, again" if r.get("reestimated") else "" if "mean" in r else " mean, bootstrap") + \
-            (f", covers {r['level']:.0%}" if r.get("level", 1.0) < 0.95 else "")
+            (f", covers {r['level']:.0%}" if not covers_95(r.get("level", 1.0)) else "")
         rows.append(f"| {day} | {who} | {r['mode']} | {setting} | {r['ratio']:.4f} | [{r['ci_low']:.4f}, "
                     f"{r['ci_high']:.4f}]{how} | {r['width']:.4f} | {r['pairs']} | {r['shim_work_ms']:.2f} ms | "
                     f"{r['shim_work_fraction']:.2%} | {r['direct_tok_s']:,.0f} | "

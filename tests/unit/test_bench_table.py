@@ -14,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 TABLE = ROOT / "bench" / "table.py"
 THIRD = ROOT / "bench" / "runs" / "2026-12-05-h100-3"
+SIXTEENTH_VLLM_2 = ROOT / "bench" / "runs" / "2026-12-06-h100-10" / "vllm-0.34.0-2" / "bench.json"
 
 
 def table(*args: str) -> subprocess.CompletedProcess[str]:
@@ -127,10 +128,10 @@ def test_a_low_end_missed_through_the_mean_alone_names_the_means_low_end() -> No
     whose low end clears 0.97, yet misses ``ci_low``, because the mean's bootstrap interval (one far block) does
     not. Its row names that low end, read here from the record itself; the logprobs record beside it, which met
     both, names nothing."""
-    data = json.loads((ROOT / "bench" / "runs" / "2026-12-06-h100-10" / "vllm-0.34.0-2" / "bench.json").read_text())
+    data = json.loads(SIXTEENTH_VLLM_2.read_text())
     eager = {r["logprobs"]: r for r in data["ratios"] if r["mode"] == "eager"}
     assert eager[False]["ci_low"] >= 0.97 > eager[False]["mean"]["ci_low"] and eager[True]["meets"]["ci_low"]
-    run = table(str(ROOT / "bench" / "runs" / "2026-12-06-h100-10" / "vllm-0.34.0-2" / "bench.json"))
+    run = table(str(SIXTEENTH_VLLM_2))
     assert run.returncode == 0, run.stderr
     rows = {line.split(" | ")[4]: line for line in run.stdout.splitlines() if " | eager | " in line}
     sampling = next(line for setting, line in rows.items() if not setting.startswith("sampling + logprobs"))
@@ -146,7 +147,7 @@ def test_the_runs_own_summary_names_the_means_low_end_beside_the_miss(capsys: py
     sys.path.insert(0, str(ROOT / "bench"))
     import rollout_bench
 
-    data = json.loads((ROOT / "bench" / "runs" / "2026-12-06-h100-10" / "vllm-0.34.0-2" / "bench.json").read_text())
+    data = json.loads(SIXTEENTH_VLLM_2.read_text())
     rollout_bench.summary(data, t0=0.0)
     lines = capsys.readouterr().out.splitlines()
     mean_low = next(r["mean"]["ci_low"] for r in data["ratios"] if r["mode"] == "eager" and not r["logprobs"])
