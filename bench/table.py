@@ -36,9 +36,9 @@ REMEDIES_HEAD = ("| began (UTC) | GPU | engine | mode | condition | prompts x ne
                  "with the gauge out, 0.04 needs |")
 STOP_HEAD = ("| began (UTC) | GPU | engine | mode | blocks | widths at the end (sampling / logprobs) | "
              "`--stop-width {width}` would have ended it after | calls until then | calls measured |")
-CPU_HEAD = ("| began (UTC) | GPU | engine | CPU check before the engines: blocks' spread | CPU gauge during eager "
-            "calls: median (sampling / logprobs) | eager blocks' spread (sampling / logprobs) | eager widths (sampling / "
-            "logprobs) |")
+CPU_HEAD = ("| began (UTC) | GPU | engine | CPU check before the engines: blocks' spread | eager warm-up (its last 3 "
+            "rounds' spread) | CPU gauge during eager calls: median (sampling / logprobs) | eager blocks' spread (sampling / "
+            "logprobs) | eager widths (sampling / logprobs) |")
 WEIGHTS_HEAD = ("| began (UTC) | GPU | engine (shim) | update_weights from GPU | from pinned CPU | from pinned CPU via the GPU | "
                 "offload (freed) | onload (back) | greedy after the RL loop | engine starts: graphs / eager / weights |")
 
@@ -72,6 +72,35 @@ def missed(r: dict[str, Any], target: str) -> str:
     return target if mean_low is None else f"ci_low (the mean's: {mean_low:.4f})"
 
 
+def warmup_facts(data: dict[str, Any], mode: str) -> dict[str, Any] | None:
+    """The mode's warm-up as the phase wrote it (round times, settled), None for runs without it."""
+    warmup = data.get("phases", {}).get(mode, {}).get("warmup")
+    return warmup if isinstance(warmup, dict) and warmup.get("rounds_s") else None
+
+
+def warmup_unsettled(data: dict[str, Any], mode: str) -> bool:
+    """Whether the mode's warm-up ended before its round times settled (capped at its rounds, or out of its
+    share of time): its blocks may then carry calls that were still speeding up, which ABBA order cancels
+    only where the change is linear over a block. Runs without the phase's warm-up facts say nothing."""
+    warmup = warmup_facts(data, mode)
+    return warmup is not None and warmup.get("settled") is False
+
+
+def warmup_cell(data: dict[str, Any], mode: str) -> str:
+    """How far apart the warm-up's last 3 rounds were (slowest over fastest, minus 1; ``pairs.WarmUp`` settles
+    within 3 %) and whether they settled: the mode's own CPU, read just before its blocks, where the CPU
+    check reads the machine minutes earlier. "-" for runs without warm-up facts."""
+    warmup = warmup_facts(data, mode)
+    if warmup is None:
+        return "-"
+    rounds = warmup["rounds_s"]
+    settled = "settled" if warmup.get("settled") else "not settled"
+    if len(rounds) < 3:
+        return f"{settled} ({len(rounds)} round{'s' if len(rounds) > 1 else ''})"
+    last = rounds[-3:]
+    return f"{settled} ({max(last) / min(last) - 1:.1%})"
+
+
 def ratio_rows(data: dict[str, Any], again: bool = False) -> list[str]:
     """``again``: records from before the signed-rank interval are estimated again from their blocks."""
     meta, rows = data["meta"], []
@@ -82,7 +111,8 @@ def ratio_rows(data: dict[str, Any], again: bool = False) -> list[str]:
             model_note(r.get("model", "small")) + \
             (", cache flushed" if r.get("flush_cache") else "") + \
             (f", {r['batch']} prompts" if r.get("batch", BATCH) != BATCH else "") + \
-            (f", {r['new_tokens']} new tokens" if r.get("new_tokens", NEW_TOKENS) != NEW_TOKENS else "")
+            (f", {r['new_tokens']} new tokens" if r.get("new_tokens", NEW_TOKENS) != NEW_TOKENS else "") + \
+            (", warm-up not settled" if warmup_unsettled(data, r["mode"]) else "")
         if "error" in r:
             rows.append(f"| {day} | {who} | {r['mode']} | {setting} | {r['error']} | | | | | | | |")
             continue
@@ -166,8 +196,8 @@ def table(head: str, rows: list[str]) -> None:
 
 def cpu_row(data: dict[str, Any]) -> str | None:
     """What the run's CPU was like beside what eager mode made of it: the CPU check (bench/cpu_check.py,
-    before any engine; "-" for runs before it), the gauge read around the eager calls, and the eager
-    records' block spread and width. None for a run without eager records."""
+    before any engine; "-" for runs before it), the eager warm-up's last rounds, the gauge read around the
+    eager calls, and the eager records' block spread and width. None for a run without eager records."""
     eager = sorted((r for r in data["ratios"] if r["mode"] == "eager" and "error" not in r), key=lambda r: r["logprobs"])
     if not eager:
         return None
@@ -181,7 +211,7 @@ def cpu_row(data: dict[str, Any]) -> str | None:
     widths = both([f"{r['width']:.4f}" for r in eager])
     engine = data["meta"]["engine"] + model_note(eager[0].get("model", "small"))
     return (f"| {when_where(data['meta'])} | {engine} | {'-' if check is None else f'{check:.3f}'} | "
-            f"{gauge} | {spread} | {widths} |")
+            f"{warmup_cell(data, 'eager')} | {gauge} | {spread} | {widths} |")
 
 
 def weights_row(data: dict[str, Any]) -> str | None:

@@ -140,9 +140,12 @@ def test_the_benchmark_runs_every_phase_for_the_engine_detect_finds(tmp_path: Pa
     assert len(rows) == 6 and sum(" | graphs | " in r for r in rows) == 2
     sglang = engine == "sglang"  # GPU, pinned, via GPU (and by the shim: SGLang)
     assert rows[4].count("GB/s") == (4 if sglang else 3) and ("staged by the shim" in rows[4]) == sglang
-    # the CPU table: the check's spread beside the eager records' own (the gauge's median, their blocks' spread)
+    # the CPU table: the check's spread and the eager warm-up beside the eager records' own (the gauge's median,
+    # their blocks' spread)
     cells = rows[5].split(" | ")
-    assert cells[2:4] == [f"{engine} (7b model)", f"{check['log_ratio_sd']:.3f}"] and cells[4].count(" ms") == 2
+    assert cells[2:4] == [f"{engine} (7b model)", f"{check['log_ratio_sd']:.3f}"] and cells[5].count(" ms") == 2
+    warm = data["phases"]["eager"]["warmup"]
+    assert re.fullmatch(r"(not )?settled \(\d+\.\d%\)", cells[4]) and cells[4].startswith("not ") != warm["settled"]
 
 
 @pytest.mark.parametrize("engine", ["vllm", "sglang"])

@@ -116,11 +116,28 @@ def test_the_cpu_table_sets_a_steady_machines_eager_blocks_beside_a_noisy_ones()
     rows = [line.split(" | ") for line in run.stdout.splitlines()[head + 2:head + 4]]
     assert [r[0] for r in rows] == ["| 2026-12-06 12:30", "| 2026-12-06 14:02"]
     assert [r[2:4] for r in rows] == [["sglang (7b model)", "-"]] * 2
-    steady, noisy = ([float(x) for x in r[5].split(" / ")] for r in rows)
+    steady, noisy = ([float(x) for x in r[6].split(" / ")] for r in rows)
     assert max(steady) < 0.01 and min(noisy) > 0.05  # eager blocks' spread: 0.004 / 0.006 against 0.112 / 0.070
-    assert rows[0][4] == "1.12 ms / 1.11 ms" and rows[1][4] == "2.00 ms / 2.15 ms"
-    widths = [float(x) for x in rows[1][6].rstrip(" |").split(" / ")]
+    assert rows[0][5] == "1.12 ms / 1.11 ms" and rows[1][5] == "2.00 ms / 2.15 ms"
+    widths = [float(x) for x in rows[1][7].rstrip(" |").split(" / ")]
     assert min(widths) > 0.04
+
+
+def test_the_cpu_table_gives_the_eager_warm_ups_last_rounds_and_whether_they_settled() -> None:
+    """The same two runs' eager warm-ups, as their logs wrote them: the steady machine's rounds 6.84, 5.46, 5.47,
+    5.45 s settled (the last three 0.5 % apart); the noisy one's 9.80, 8.24, 7.66, 8.50 s were capped unsettled
+    (10.9 %). And the note each record of an unsettled mode carries in the results table."""
+    runs = ROOT / "bench" / "runs"
+    files = [runs / hold / "sglang-0.5.23" / "bench.json" for hold in ("2026-12-06-h100-7", "2026-12-06-h100-8")]
+    run = table(*map(str, files))
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    head = next(i for i, line in enumerate(lines) if "CPU check before the engines" in line)
+    assert lines[head].split(" | ")[4] == "eager warm-up (its last 3 rounds' spread)"
+    assert [line.split(" | ")[4] for line in lines[head + 2:head + 4]] == ["settled (0.5%)", "not settled (10.9%)"]
+    for mode in ("eager", "graphs"):  # the noisy run's graphs warm-up was capped too: 2.95, 2.81, 2.81, 2.70 s
+        rows = [line for line in lines if f" | sglang 0.5.23 (sglang-0.5.21) | {mode} | " in line]
+        assert [("warm-up not settled" in row) for row in rows] == [False, False, True, True]
 
 
 def test_a_low_end_missed_through_the_mean_alone_names_the_means_low_end() -> None:
