@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from hodges_lehmann import hodges_lehmann
 from noise import cell
-from pairs import STOP_MIN_BLOCKS, Pair, narrow_enough
+from pairs import STOP_MIN_BLOCKS, Pair, WarmUp, narrow_enough
 from phases import BATCH, NEW_TOKENS
 from targets import covers_95, interval_meets, mean_low_end_missed
 
@@ -87,17 +87,17 @@ def warmup_unsettled(data: dict[str, Any], mode: str) -> bool:
 
 
 def warmup_cell(data: dict[str, Any], mode: str) -> str:
-    """How far apart the warm-up's last 3 rounds were (slowest over fastest, minus 1; ``pairs.WarmUp`` settles
-    within 3 %) and whether they settled: the mode's own CPU, read just before its blocks, where the CPU
-    check reads the machine minutes earlier. "-" for runs without warm-up facts."""
+    """How far apart the warm-up's last rounds were (the ``WarmUp.window`` it judges; slowest over fastest,
+    minus 1; it settles within ``WarmUp.tolerance``) and whether they settled: the mode's own CPU, read just
+    before its blocks, where the CPU check reads the machine minutes earlier. "-" for runs without warm-up facts."""
     warmup = warmup_facts(data, mode)
     if warmup is None:
         return "-"
     rounds = warmup["rounds_s"]
     settled = "settled" if warmup.get("settled") else "not settled"
-    if len(rounds) < 3:
+    if len(rounds) < WarmUp.window:
         return f"{settled} ({len(rounds)} round{'s' if len(rounds) > 1 else ''})"
-    last = rounds[-3:]
+    last = rounds[-WarmUp.window:]
     return f"{settled} ({max(last) / min(last) - 1:.1%})"
 
 
