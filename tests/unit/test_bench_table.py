@@ -15,6 +15,9 @@ ROOT = Path(__file__).resolve().parents[2]
 TABLE = ROOT / "bench" / "table.py"
 THIRD = ROOT / "bench" / "runs" / "2026-12-05-h100-3"
 SIXTEENTH_VLLM_2 = ROOT / "bench" / "runs" / "2026-12-06-h100-10" / "vllm-0.34.0-2" / "bench.json"
+STEADY_AND_NOISY_SGLANG = [ROOT / "bench" / "runs" / hold / "sglang-0.5.23" / "bench.json"
+                           for hold in ("2026-12-06-h100-7", "2026-12-06-h100-8")]
+"""SGLang 0.5.23's full runs of the thirteenth H100 hold (a CPU that ran steady) and the fourteenth (a noisy one)."""
 
 
 def table(*args: str) -> subprocess.CompletedProcess[str]:
@@ -108,9 +111,7 @@ def test_the_cpu_table_sets_a_steady_machines_eager_blocks_beside_a_noisy_ones()
     """SGLang 0.5.23's full runs of the thirteenth H100 hold (12:30, a CPU that ran steady) and the fourteenth
     (14:02): one CPU row each, with the gauge's median and the eager records' spread and width as written;
     no CPU check in either (runs before it show "-")."""
-    runs = ROOT / "bench" / "runs"
-    files = [runs / hold / "sglang-0.5.23" / "bench.json" for hold in ("2026-12-06-h100-7", "2026-12-06-h100-8")]
-    run = table(*map(str, files))
+    run = table(*map(str, STEADY_AND_NOISY_SGLANG))
     assert run.returncode == 0, run.stderr
     head = next(i for i, line in enumerate(run.stdout.splitlines()) if "CPU check before the engines" in line)
     rows = [line.split(" | ") for line in run.stdout.splitlines()[head + 2:head + 4]]
@@ -127,9 +128,7 @@ def test_the_cpu_table_gives_the_eager_warm_ups_last_rounds_and_whether_they_set
     """The same two runs' eager warm-ups, as their logs wrote them: the steady machine's rounds 6.84, 5.46, 5.47,
     5.45 s settled (the last three 0.5 % apart); the noisy one's 9.80, 8.24, 7.66, 8.50 s were capped unsettled
     (10.9 %). And the note each record of an unsettled mode carries in the results table."""
-    runs = ROOT / "bench" / "runs"
-    files = [runs / hold / "sglang-0.5.23" / "bench.json" for hold in ("2026-12-06-h100-7", "2026-12-06-h100-8")]
-    run = table(*map(str, files))
+    run = table(*map(str, STEADY_AND_NOISY_SGLANG))
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     head = next(i for i, line in enumerate(lines) if "CPU check before the engines" in line)
