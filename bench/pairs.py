@@ -168,11 +168,8 @@ class WarmUp:
 
     @property
     def settled(self) -> bool:
-        r = self.rounds
-        if len(r) < max(self.min_rounds, self.window):
-            return False
-        last = r[-self.window:]
-        return max(last) / min(last) - 1 <= self.tolerance
+        spread = self.spread
+        return len(self.rounds) >= self.min_rounds and spread is not None and spread <= self.tolerance
 
     @property
     def spread(self) -> float | None:

@@ -87,18 +87,18 @@ def warmup_unsettled(data: dict[str, Any], mode: str) -> bool:
 
 
 def warmup_cell(data: dict[str, Any], mode: str) -> str:
-    """How far apart the warm-up's last rounds were (the ``WarmUp.window`` it judges; slowest over fastest,
-    minus 1; it settles within ``WarmUp.tolerance``) and whether they settled: the mode's own CPU, read just
+    """How far apart the warm-up's last rounds were (``WarmUp.spread``, over the window it judges; it settles
+    within ``WarmUp.tolerance``) and whether they settled: the mode's own CPU, read just
     before its blocks, where the CPU check reads the machine minutes earlier. "-" for runs without warm-up facts."""
     warmup = warmup_facts(data, mode)
     if warmup is None:
         return "-"
     rounds = warmup["rounds_s"]
     settled = "settled" if warmup.get("settled") else "not settled"
-    if len(rounds) < WarmUp.window:
+    spread = WarmUp(rounds=list(rounds)).spread
+    if spread is None:
         return f"{settled} ({len(rounds)} round{'s' if len(rounds) > 1 else ''})"
-    last = rounds[-WarmUp.window:]
-    return f"{settled} ({max(last) / min(last) - 1:.1%})"
+    return f"{settled} ({spread:.1%})"
 
 
 def ratio_rows(data: dict[str, Any], again: bool = False) -> list[str]:
