@@ -178,7 +178,7 @@ def measure(engine: Any, wrapped: Wrapped, mode: str, spec: dict[str, Any]) -> N
     # the parent moves its kill time with measure_until
     emit("phase", facts={"measure_until": round(deadline, 1), "measure_s": round(max(0.0, deadline - began), 1)})
     warm_until = began + spec["warmup_share"] * max(0.0, deadline - began)
-    warm = WarmUp()
+    warm = WarmUp(max_rounds=spec["warmup_max_rounds"])
     warm_forced = False
     probe = Probe()
     blocks: dict[bool, list[Pair]] = {False: [], True: []}
@@ -212,12 +212,14 @@ def measure(engine: Any, wrapped: Wrapped, mode: str, spec: dict[str, Any]) -> N
         last_round = time.perf_counter() - round_start
         calls = sum(p.direct_s + p.shim_s for _, p in done)
         if not settled:
-            if warm.add(calls):
+            warm.add(calls)
+            spread = f"last {warm.window} within {warm.spread:.1%}" if warm.spread is not None else ""
+            if warm.over:
                 how = "warm" if warm.settled else "warm-up capped, not settled,"
-                say(f"{mode}: {how} after {len(warm.rounds)} rounds (last {warm.window} within "
-                    f"{warm.spread:.1%}; rounds {', '.join(f'{r:.2f}' for r in warm.rounds)} s)")
+                say(f"{mode}: {how} after {len(warm.rounds)} rounds ({spread + '; ' if spread else ''}rounds "
+                    f"{', '.join(f'{r:.2f}' for r in warm.rounds)} s)")
             else:
-                spread = f"; last {warm.window} within {warm.spread:.1%}" if warm.spread is not None else ""
+                spread = f"; {spread}" if spread else ""
                 if time.time() > warm_until:
                     warm_forced = True
                     say(f"{mode}: warm-up stopped at its time limit after {len(warm.rounds)} rounds, not settled"

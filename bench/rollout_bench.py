@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cpu_check
 from affinity import cores
 from models import MODELS
-from pairs import STOP_MIN_BLOCKS
+from pairs import STOP_MIN_BLOCKS, WarmUp
 from phases import BATCH, NEW_TOKENS
 from plan import RESERVE, allot, budget_plan, describe, fixed_parts, phases
 from probe import cpu_model
@@ -205,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stop-width", type=float, default=0.02, help="stop a mode once every setting's interval is this narrow "
                    f"(at least {STOP_MIN_BLOCKS} blocks; 0: never); its time goes to the next phases")
     p.add_argument("--warmup-share", type=float, default=0.4, help="most of a mode's measuring time warm-up may take")
+    p.add_argument("--warmup-max-rounds", type=int, default=WarmUp.max_rounds,
+                   help=f"most warm-up rounds before measuring whether or not they settled (default {WarmUp.max_rounds}); "
+                        "--warmup-share still bounds their time")
     p.add_argument("--progress-s", type=float, default=10, help="longest silence before a progress line")
     p.add_argument("--flush-cache", action=argparse.BooleanOptionalAction, default=True,
                    help="empty the engine's prefix cache before every timed call, outside the clock (default; without it "
@@ -224,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             ("--budget-s", args.budget_s, args.budget_s > 0, "above 0"),
             ("--progress-s", args.progress_s, args.progress_s > 0, "above 0"),
             ("--warmup-share", args.warmup_share, 0 <= args.warmup_share <= 1, "0 to 1"),
+            ("--warmup-max-rounds", args.warmup_max_rounds, args.warmup_max_rounds > 0, "at least 1"),
             ("--batch", args.batch, args.batch > 0, "at least 1"),
             ("--eager-batch", args.eager_batch, args.eager_batch > 0, "at least 1"),
             ("--new-tokens", args.new_tokens, args.new_tokens > 0, "at least 1"),
@@ -310,6 +314,7 @@ def run(args: argparse.Namespace, engine: str, report: Report, t0: float) -> boo
                     "batch": args.eager_batch if phase.name == "eager" else args.batch, "prompt_len": args.prompt_len,
                     "new_tokens": args.new_tokens, "util": args.util, "repeats": args.repeats, "seed": args.seed,
                     "max_blocks": args.max_blocks, "stop_width": args.stop_width, "warmup_share": args.warmup_share,
+                    "warmup_max_rounds": args.warmup_max_rounds,
                     "weights_mode": args.weights_mode, "flush_cache": args.flush_cache, "model": args.model}
             report.data["phases"][phase.name].update(status="running", share_s=round(share, 1))
             report.write()

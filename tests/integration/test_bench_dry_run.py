@@ -252,7 +252,8 @@ def test_eager_calls_can_have_more_prompts_and_their_engine_is_sized_for_them(tm
 @pytest.mark.parametrize(("option", "bad", "allowed"), [
     ("--eager-batch", "0", "at least 1"), ("--batch", "-3", "at least 1"), ("--new-tokens", "0", "at least 1"),
     ("--budget-s", "inf", "above 0"), ("--budget-s", "0", "above 0"), ("--progress-s", "nan", "above 0"),
-    ("--warmup-share", "1.5", "0 to 1"), ("--util", "1", "between 0 and 1, both excluded"),
+    ("--warmup-share", "1.5", "0 to 1"), ("--warmup-max-rounds", "0", "at least 1"),
+    ("--util", "1", "between 0 and 1, both excluded"),
     ("--stop-width", "-0.01", "0 (never stop early) or above")])
 def test_an_option_out_of_its_range_is_one_line_naming_the_range_and_exit_2(
         tmp_path: Path, option: str, bad: str, allowed: str) -> None:
@@ -292,6 +293,22 @@ def test_another_model_can_be_the_throughput_model_and_the_tables_say_so(
     table = subprocess.run([sys.executable, str(ROOT / "bench" / "table.py"), str(tmp_path / "bench.json")],
                            capture_output=True, text=True, check=True).stdout
     assert f"| eager | sampling{note}, cache flushed, 32 prompts, 16 new tokens{warm_note(data, 'eager')} |" in table
+
+
+def test_warmup_max_rounds_caps_the_warm_up_at_that_many_rounds_and_the_file_says_so(tmp_path: Path) -> None:
+    """``--warmup-max-rounds 1``: one round can never settle (that takes three within 3 %), so the mode
+    measures after it, capped, while --warmup-share 1 would have allowed the whole measuring time; the
+    file keeps the option and the one round."""
+    proc = bench(tmp_path, "vllm", "--budget-s", "30", "--max-blocks", "2", "--warmup-share", "1", "--modes", "eager",
+                 "--skip-weights", "--warmup-max-rounds", "1")
+    code, out = finish(proc)
+    assert code == 0, out[-3000:]
+    data = json.loads((tmp_path / "bench.json").read_text())
+    warmup = data["phases"]["eager"]["warmup"]
+    assert (len(warmup["rounds_s"]), warmup["capped"], warmup["settled"], warmup["forced"]) == (1, True, False, False)
+    assert data["args"]["warmup_max_rounds"] == "1"
+    assert {(r["mode"], r["pairs"]) for r in data["ratios"] if r["final"]} == {("eager", 2)}
+    assert "eager: warm-up capped, not settled, after 1 rounds" in out
 
 
 def test_a_stuck_phase_is_killed_at_its_share_and_the_others_still_run(tmp_path: Path) -> None:
