@@ -213,19 +213,18 @@ def measure(engine: Any, wrapped: Wrapped, mode: str, spec: dict[str, Any]) -> N
         calls = sum(p.direct_s + p.shim_s for _, p in done)
         if not settled:
             warm.add(calls)
-            spread = f"last {warm.window} within {warm.spread:.1%}" if warm.spread is not None else ""
+            # how far apart the last rounds are, once there are that many (a cap below three has none)
+            spread = [f"last {warm.window} within {warm.spread:.1%}"] if warm.spread is not None else []
             if warm.over:
                 how = "warm" if warm.settled else "warm-up capped, not settled,"
-                say(f"{mode}: {how} after {len(warm.rounds)} rounds ({spread + '; ' if spread else ''}rounds "
-                    f"{', '.join(f'{r:.2f}' for r in warm.rounds)} s)")
+                rounds = f"rounds {', '.join(f'{r:.2f}' for r in warm.rounds)} s"
+                say(f"{mode}: {how} after {len(warm.rounds)} rounds ({'; '.join([*spread, rounds])})")
+            elif time.time() > warm_until:
+                warm_forced = True
+                say(f"{mode}: warm-up stopped at its time limit after {len(warm.rounds)} rounds, "
+                    f"{'; '.join(['not settled', *spread])}; measuring anyway")
             else:
-                spread = f"; {spread}" if spread else ""
-                if time.time() > warm_until:
-                    warm_forced = True
-                    say(f"{mode}: warm-up stopped at its time limit after {len(warm.rounds)} rounds, not settled"
-                        f"{spread}; measuring anyway")
-                else:
-                    say(f"{mode}: warm-up round {len(warm.rounds)}: calls {calls:.2f} s{spread}")
+                say(f"{mode}: warm-up round {len(warm.rounds)}: {'; '.join([f'calls {calls:.2f} s', *spread])}")
             emit("phase", facts={"warmup": {"rounds_s": [round(r, 4) for r in warm.rounds], "settled": warm.settled,
                                             "capped": warm.capped, "forced": warm_forced}})
             if warm.over or warm_forced:
