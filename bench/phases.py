@@ -212,10 +212,10 @@ def measure(engine: Any, wrapped: Wrapped, mode: str, spec: dict[str, Any]) -> N
         last_round = time.perf_counter() - round_start
         calls = sum(p.direct_s + p.shim_s for _, p in done)
         if not settled:
-            warm.add(calls)
+            over = warm.add(calls)
             # how far apart the last rounds are, once there are that many (a cap below three has none)
             spread = [f"last {warm.window} within {warm.spread:.1%}"] if warm.spread is not None else []
-            if warm.over:
+            if over:
                 how = "warm" if warm.settled else "warm-up capped, not settled,"
                 rounds = f"rounds {', '.join(f'{r:.2f}' for r in warm.rounds)} s"
                 say(f"{mode}: {how} after {len(warm.rounds)} rounds ({'; '.join([*spread, rounds])})")
@@ -227,7 +227,7 @@ def measure(engine: Any, wrapped: Wrapped, mode: str, spec: dict[str, Any]) -> N
                 say(f"{mode}: warm-up round {len(warm.rounds)}: {'; '.join([f'calls {calls:.2f} s', *spread])}")
             emit("phase", facts={"warmup": {"rounds_s": [round(r, 4) for r in warm.rounds], "settled": warm.settled,
                                             "capped": warm.capped, "forced": warm_forced}})
-            if warm.over or warm_forced:
+            if over or warm_forced:
                 gc.collect()
                 gc.freeze()  # what exists now is never collected again: gc.collect() between calls stays cheap
             continue
