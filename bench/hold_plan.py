@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""Which benchmark runs a GPU hold can still finish, from the device time left (pure, but for the CLI).
+
+    python bench/hold_plan.py --left 1439          # the plan, the parts in call order, the pipeline command
+    python bench/hold_plan.py --left 1439 --no-homes   # the homes were not seeded: vLLM builds its kernels first
+
+Why: a session has 30 minutes of device time, and every call that gets no machine costs 15-180 s of
+it. On 2026-12-07 two sessions spent theirs on 29 refusals, cutting the plan by hand before each call
+from a table in docs/gpu.md; a hold that starts with too little time left ends mid-run and gives no
+record. So the plan is computed here, from times measured on the H200 (docs/gpu.md, twenty-fifth
+session), and a plan that cannot finish is refused (exit 3: stop calling).
+
+The plans, most useful first (issue 24 wants both engines x both modes x two settings): both engines'
+full runs; SGLang's full run, then vLLM's full run shortened or its CUDA-graph mode alone; both
+engines' CUDA-graph mode alone (every H200 CUDA-graph record met its targets in 12 blocks, so this buys
+four settings of a second day, where SGLang's full run alone buys two and an eager phase that has not
+met its width on the H200); SGLang's full run alone (its parts only); SGLang's CUDA-graph mode alone.
+The first that fits the time left is the plan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+# Measured on the H200 (docs/gpu.md, 2026-12-06, twenty-fifth session), seconds of device time.
+START_S = 41.0
+"""The first call: the machine's start, seeding the homes, both part-000s, the pipeline started."""
+PART_S = 4.8
+"""One later call carrying one part of about 61 MiB."""
+VENV_S = {"sglang": 29.0, "vllm": 20.0}
+"""An entry's venv made from its received parts, before its first script."""
+RUN_UNDER_BUDGET_S = 20.0
+"""A run ends this much before its ``--budget-s`` or later (480: 452 and 450 s; an eager-only 200: 180 s)."""
+HOMELESS_S = {"sglang": 0.0, "vllm": 125.0}
+"""Without a seeded home, gpuenv builds vLLM's FlashInfer sampling kernels before its script (124.2 s).
+The slower engine starts come out of the run's own budget."""
+COLLECT_S = 90.0
+"""The last collecting call and ``give_back``, with room for a slow one."""
+
+FULL_MAX, FULL_MIN = 480, 240
+"""A full run's budget: 480 keeps it within 8 minutes; under 240 the eager phase gets under a minute."""
+GRAPHS_MAX, GRAPHS_MIN = 200, 160
+"""A CUDA-graph-only run's budget: 12 blocks of both settings on the H200 fit in 160."""
+GRAPHS_ONLY = "--modes graphs --skip-weights --cpu-check-s 10"
+SCRIPT_GRACE_S = 60
+"""``--script-timeout`` is the longest budget plus this (docs/performance.md: budget plus one 45 s grace)."""
+RESULTS = "/tmp/rollout-matrix/results"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One benchmark run: an engine, its budget, whether it is the CUDA-graph mode alone."""
+
+    engine: str
+    budget_s: int
+    graphs_only: bool = False
+
+    def step(self, entry: str) -> str:
+        """The ``gpuenv pipeline`` step for this run of ``entry``."""
+        extra = f" {GRAPHS_ONLY}" if self.graphs_only else ""
+        return (f"{entry}=bench/rollout_bench.py --budget-s {self.budget_s}{extra} --new-tokens 32 "
+                f"--json {RESULTS}/{entry}/bench.json")
+
+    def describe(self) -> str:
+        return f"{self.engine} {'CUDA-graph mode alone' if self.graphs_only else 'full'} at --budget-s {self.budget_s}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    runs: tuple[Run, ...]
+    seconds: float
+    """Estimated device time, from the first call to ``give_back``."""
+
+    @property
+    def engines(self) -> tuple[str, ...]:
+        return tuple(run.engine for run in self.runs)
+
+
+def hold_seconds(runs: tuple[Run, ...], parts: dict[str, int], homes: bool) -> float:
+    """Device time a hold of ``runs`` takes: the start, one call a part beyond each part-000, the venvs,
+    the runs, collecting. ``parts`` counts each engine's bundle (vLLM's is built ``--after`` SGLang's)."""
+    engines = {run.engine for run in runs}
+    seconds = START_S + COLLECT_S + sum((parts[e] - 1) * PART_S + VENV_S[e] for e in engines)
+    if not homes:
+        seconds += sum(HOMELESS_S[e] for e in engines)
+    return seconds + sum(run.budget_s - RUN_UNDER_BUDGET_S for run in runs)
+
+
+def _widest(fixed: tuple[Run, ...], engines: tuple[str, ...], graphs_only: bool, low: int, high: int, left: float,
+            parts: dict[str, int], homes: bool) -> Plan | None:
+    """``fixed`` plus one run of each of ``engines`` (``graphs_only`` or full), all at the largest budget
+    in [low, high] that fits ``left``; None if even ``low`` does not."""
+    def runs(budget: int) -> tuple[Run, ...]:
+        return fixed + tuple(Run(engine, budget, graphs_only) for engine in engines)
+
+    spare = left - hold_seconds(runs(0), parts, homes)
+    budget = min(high, int(spare // len(engines)))
+    if budget < low:
+        return None
+    return Plan(runs(budget), hold_seconds(runs(budget), parts, homes))
+
+
+def plan(left: float, parts: dict[str, int], homes: bool = True) -> Plan | None:
+    """The most useful plan that finishes within ``left`` seconds of device time, or None (stop calling)."""
+    sglang_full = (Run("sglang", FULL_MAX),)
+    candidates = (
+        lambda: _widest(sglang_full, ("vllm",), False, FULL_MAX, FULL_MAX, left, parts, homes),
+        lambda: _widest(sglang_full, ("vllm",), False, FULL_MIN, FULL_MAX, left, parts, homes),
+        lambda: _widest(sglang_full, ("vllm",), True, GRAPHS_MIN, GRAPHS_MAX, left, parts, homes),
+        lambda: _widest((), ("sglang", "vllm"), True, GRAPHS_MIN, GRAPHS_MAX, left, parts, homes),
+        lambda: _widest((), ("sglang",), False, FULL_MIN, FULL_MAX, left, parts, homes),
+        lambda: _widest((), ("sglang",), True, GRAPHS_MIN, GRAPHS_MAX, left, parts, homes),
+    )
+    for candidate in candidates:
+        chosen = candidate()
+        if chosen is not None:
+            return chosen
+    return None
+
+
+def call_order(bundles: dict[str, Path], engines: tuple[str, ...]) -> list[Path]:
+    """The parts after each part-000, one a call. vLLM's bundle is made ``--after`` SGLang's and needs
+    chunks of SGLang's last part, so that part goes last when both are shipped."""
+    sglang = sorted(bundles["sglang"].glob("part-*"))[1:]
+    if "vllm" not in engines:
+        return sglang
+    return sglang[:-1] + sorted(bundles["vllm"].glob("part-*"))[1:] + sglang[-1:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--left", type=float, required=True, help="device seconds left (the status tool's budget_left_s)")
+    parser.add_argument("--no-homes", dest="homes", action="store_false", help="the homes are not seeded")
+    parser.add_argument("--sglang", type=Path, default=Path(".gpu/sgl"), help="SGLang's bundle folder")
+    parser.add_argument("--vllm", type=Path, default=Path(".gpu/vllm-after"), help="vLLM's bundle, built --after SGLang's")
+    parser.add_argument("--entries", default="sglang-0.5.23,vllm-0.34.0", help="the two matrix entries, SGLang's first")
+    args = parser.parse_args(argv)
+    bundles = {"sglang": args.sglang, "vllm": args.vllm}
+    parts = {engine: len(list(folder.glob("part-*"))) for engine, folder in bundles.items()}
+    for engine, count in parts.items():
+        if count == 0:
+            print(f"hold_plan: no part-* in {bundles[engine]}: build the bundle (docs/gpu.md) or pass --{engine}",
+                  file=sys.stderr)
+            return 2
+    chosen = plan(args.left, parts, args.homes)
+    if chosen is None:
+        print(f"hold_plan: no run finishes in {args.left:.0f} s of device time: stop calling", file=sys.stderr)
+        return 3
+    entries = dict(zip(("sglang", "vllm"), args.entries.split(","), strict=True))
+    print(f"plan: {'; '.join(run.describe() for run in chosen.runs)} "
+          f"(about {chosen.seconds:,.0f} s of device time; {args.left:,.0f} s left)")
+    first = [str(bundles[e] / "part-000") for e in ("sglang", "vllm") if e in chosen.engines]
+    print("first call carries: " + " ".join(first + ([".gpu/homes"] if args.homes else [])))
+    later = call_order(bundles, chosen.engines)
+    print(f"then {len(later)} calls, one part each: " + " ".join(str(p) for p in later))
+    timeout = max(run.budget_s for run in chosen.runs) + SCRIPT_GRACE_S
+    steps = " ".join(f'"{run.step(entries[run.engine])}"' for run in chosen.runs)
+    print(f"pipeline: $G pipeline --background --parallel 1 --keep-envs --script-timeout {timeout} {steps}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
