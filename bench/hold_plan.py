@@ -8,7 +8,8 @@ Why: a session has 30 minutes of device time, and every call that gets no machin
 it. On 2026-12-07 two sessions spent theirs on 29 refusals, cutting the plan by hand before each call
 from a table in docs/gpu.md; a hold that starts with too little time left ends mid-run and gives no
 record. So the plan is computed here, from times measured on the H200 (docs/gpu.md, twenty-fifth
-session), and a plan that cannot finish is refused (exit 3: stop calling).
+session), and a plan that cannot finish is refused (exit 3: stop calling). Exit 2: bad input (a
+bundle folder without parts, ``--entries`` not two names); 0: a plan was printed.
 
 The plans, most useful first (issue 24 wants both engines x both modes x two settings): both engines'
 full runs; SGLang's full run, then vLLM's full run shortened or its CUDA-graph mode alone; both
@@ -89,33 +90,43 @@ def hold_seconds(runs: tuple[Run, ...], parts: dict[str, int], homes: bool) -> f
     return seconds + sum(run.budget_s - RUN_UNDER_BUDGET_S for run in runs)
 
 
-def _widest(fixed: tuple[Run, ...], engines: tuple[str, ...], graphs_only: bool, low: int, high: int, left: float,
-            parts: dict[str, int], homes: bool) -> Plan | None:
-    """``fixed`` plus one run of each of ``engines`` (``graphs_only`` or full), all at the largest budget
-    in [low, high] that fits ``left``; None if even ``low`` does not."""
-    def runs(budget: int) -> tuple[Run, ...]:
-        return fixed + tuple(Run(engine, budget, graphs_only) for engine in engines)
+@dataclass(frozen=True)
+class Shape:
+    """A kind of plan: ``before`` (fixed runs), then one run of each of ``engines``, all at one budget
+    in [low, high] (``graphs_only`` or full), as wide as the time left allows."""
 
-    spare = left - hold_seconds(runs(0), parts, homes)
-    budget = min(high, int(spare // len(engines)))
-    if budget < low:
-        return None
-    return Plan(runs(budget), hold_seconds(runs(budget), parts, homes))
+    before: tuple[Run, ...]
+    engines: tuple[str, ...]
+    graphs_only: bool
+    low: int
+    high: int
+
+    def widest(self, left: float, parts: dict[str, int], homes: bool) -> Plan | None:
+        """This shape at the largest budget that fits ``left``; None if even ``low`` does not."""
+        def runs(budget: int) -> tuple[Run, ...]:
+            return self.before + tuple(Run(engine, budget, self.graphs_only) for engine in self.engines)
+
+        spare = left - hold_seconds(runs(0), parts, homes)
+        budget = min(self.high, int(spare // len(self.engines)))
+        if budget < self.low:
+            return None
+        return Plan(runs(budget), hold_seconds(runs(budget), parts, homes))
+
+
+SHAPES = (
+    Shape((Run("sglang", FULL_MAX),), ("vllm",), False, FULL_MIN, FULL_MAX),  # both full, vLLM's shortened if need be
+    Shape((Run("sglang", FULL_MAX),), ("vllm",), True, GRAPHS_MIN, GRAPHS_MAX),
+    Shape((), ("sglang", "vllm"), True, GRAPHS_MIN, GRAPHS_MAX),
+    Shape((), ("sglang",), False, FULL_MIN, FULL_MAX),
+    Shape((), ("sglang",), True, GRAPHS_MIN, GRAPHS_MAX),
+)
+"""The plans, most useful first (the module's docstring says why in this order)."""
 
 
 def plan(left: float, parts: dict[str, int], homes: bool = True) -> Plan | None:
     """The most useful plan that finishes within ``left`` seconds of device time, or None (stop calling)."""
-    sglang_full = (Run("sglang", FULL_MAX),)
-    candidates = (
-        lambda: _widest(sglang_full, ("vllm",), False, FULL_MAX, FULL_MAX, left, parts, homes),
-        lambda: _widest(sglang_full, ("vllm",), False, FULL_MIN, FULL_MAX, left, parts, homes),
-        lambda: _widest(sglang_full, ("vllm",), True, GRAPHS_MIN, GRAPHS_MAX, left, parts, homes),
-        lambda: _widest((), ("sglang", "vllm"), True, GRAPHS_MIN, GRAPHS_MAX, left, parts, homes),
-        lambda: _widest((), ("sglang",), False, FULL_MIN, FULL_MAX, left, parts, homes),
-        lambda: _widest((), ("sglang",), True, GRAPHS_MIN, GRAPHS_MAX, left, parts, homes),
-    )
-    for candidate in candidates:
-        chosen = candidate()
+    for shape in SHAPES:
+        chosen = shape.widest(left, parts, homes)
         if chosen is not None:
             return chosen
     return None
@@ -138,6 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vllm", type=Path, default=Path(".gpu/vllm-after"), help="vLLM's bundle, built --after SGLang's")
     parser.add_argument("--entries", default="sglang-0.5.23,vllm-0.34.0", help="the two matrix entries, SGLang's first")
     args = parser.parse_args(argv)
+    names = args.entries.split(",")
+    if len(names) != 2 or not all(names):
+        print(f"hold_plan: --entries {args.entries!r}: give two entries, SGLang's first (sglang-0.5.23,vllm-0.34.0)",
+              file=sys.stderr)
+        return 2
+    entries = dict(zip(("sglang", "vllm"), names, strict=True))
     bundles = {"sglang": args.sglang, "vllm": args.vllm}
     parts = {engine: len(list(folder.glob("part-*"))) for engine, folder in bundles.items()}
     for engine, count in parts.items():
@@ -149,7 +166,6 @@ def main(argv: list[str] | None = None) -> int:
     if chosen is None:
         print(f"hold_plan: no run finishes in {args.left:.0f} s of device time: stop calling", file=sys.stderr)
         return 3
-    entries = dict(zip(("sglang", "vllm"), args.entries.split(","), strict=True))
     print(f"plan: {'; '.join(run.describe() for run in chosen.runs)} "
           f"(about {chosen.seconds:,.0f} s of device time; {args.left:,.0f} s left)")
     first = [str(bundles[e] / "part-000") for e in ("sglang", "vllm") if e in chosen.engines]

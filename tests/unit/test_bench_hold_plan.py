@@ -106,3 +106,10 @@ def test_too_little_time_is_one_line_and_exit_3(tmp_path: Path) -> None:
 def test_a_missing_bundle_names_the_fix(tmp_path: Path) -> None:
     done = run_cli(tmp_path, "--left", "1500")  # no bundle folders at all
     assert done.returncode == 2 and "build the bundle" in done.stderr
+
+
+def test_entries_other_than_two_are_one_line_and_exit_2(tmp_path: Path) -> None:
+    bundles(tmp_path)
+    done = run_cli(tmp_path, "--left", "1500", "--entries", "sglang-0.5.23")
+    assert done.returncode == 2 and done.stdout == "" and done.stderr.count("\n") == 1
+    assert "give two entries" in done.stderr
