@@ -22,6 +22,7 @@ The first that fits the time left is the plan.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,11 +67,14 @@ class Run:
                 f"--json {RESULTS}/{entry}/bench.json")
 
     def describe(self) -> str:
+        """The run in a few words, for the plan's first line."""
         return f"{self.engine} {'CUDA-graph mode alone' if self.graphs_only else 'full'} at --budget-s {self.budget_s}"
 
 
 @dataclass(frozen=True)
 class Plan:
+    """The runs of one hold, in pipeline order, and the device time they are estimated to take."""
+
     runs: tuple[Run, ...]
     seconds: float
     """Estimated device time, from the first call to ``give_back``."""
@@ -133,8 +137,9 @@ def plan(left: float, parts: dict[str, int], homes: bool = True) -> Plan | None:
 
 
 def call_order(bundles: dict[str, Path], engines: tuple[str, ...]) -> list[Path]:
-    """The parts after each part-000, one a call. vLLM's bundle is made ``--after`` SGLang's and needs
-    chunks of SGLang's last part, so that part goes last when both are shipped."""
+    """The parts after each part-000, one a call. Both bundles need chunks of SGLang's last part (vLLM's
+    is made ``--after`` SGLang's), so sending it last keeps either entry from completing, and its
+    benchmark's CPU check from starting, while parts are still being received."""
     sglang = sorted(bundles["sglang"].glob("part-*"))[1:]
     if "vllm" not in engines:
         return sglang
@@ -149,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vllm", type=Path, default=Path(".gpu/vllm-after"), help="vLLM's bundle, built --after SGLang's")
     parser.add_argument("--entries", default="sglang-0.5.23,vllm-0.34.0", help="the two matrix entries, SGLang's first")
     args = parser.parse_args(argv)
+    if not math.isfinite(args.left):
+        print(f"hold_plan: --left {args.left}: give the device seconds left as a number", file=sys.stderr)
+        return 2
     names = args.entries.split(",")
     if len(names) != 2 or not all(names):
         print(f"hold_plan: --entries {args.entries!r}: give two entries, SGLang's first (sglang-0.5.23,vllm-0.34.0)",

@@ -52,6 +52,13 @@ def test_the_rows_of_the_table_worked_out_by_hand() -> None:
     assert sglang_then_vllm is not None
     assert [(r.engine, r.graphs_only) for r in sglang_then_vllm.runs] == [("sglang", False), ("vllm", False)]
     assert 300 <= sglang_then_vllm.runs[1].budget_s < 480
+    graphs_after = plan(1100, PARTS)  # below about 1,100 s: vLLM's CUDA-graph mode alone after SGLang's full run
+    assert graphs_after is not None
+    sglang, vllm = graphs_after.runs
+    assert (sglang.engine, sglang.budget_s, sglang.graphs_only) == ("sglang", 480, False)
+    assert vllm.engine == "vllm" and vllm.graphs_only
+    sglang_graphs = plan(560, PARTS)  # the 510-600 s row: SGLang's CUDA-graph mode alone
+    assert sglang_graphs is not None and sglang_graphs.engines == ("sglang",) and sglang_graphs.runs[0].graphs_only
     alone = plan(704, PARTS)  # 05:28: SGLang alone, its 44 parts
     assert alone is not None and alone.engines == ("sglang",) and not alone.runs[0].graphs_only
     assert plan(434, PARTS) is None  # the twenty-sixth session stopped here: nothing fitted
@@ -108,8 +115,10 @@ def test_a_missing_bundle_names_the_fix(tmp_path: Path) -> None:
     assert done.returncode == 2 and "build the bundle" in done.stderr
 
 
-def test_entries_other_than_two_are_one_line_and_exit_2(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("args", "cause"), [(("--entries", "sglang-0.5.23"), "give two entries"),
+                                             (("--left", "nan"), "as a number")])
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: tuple[str, ...], cause: str) -> None:
     bundles(tmp_path)
-    done = run_cli(tmp_path, "--left", "1500", "--entries", "sglang-0.5.23")
+    done = run_cli(tmp_path, "--left", "1500", *args)  # a later --left wins
     assert done.returncode == 2 and done.stdout == "" and done.stderr.count("\n") == 1
-    assert "give two entries" in done.stderr
+    assert cause in done.stderr
