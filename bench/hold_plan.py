@@ -9,7 +9,7 @@ it. On 2026-12-07 two sessions spent theirs on 29 refusals, cutting the plan by 
 from a table in docs/gpu.md; a hold that starts with too little time left ends mid-run and gives no
 record. So the plan is computed here, from times measured on the H200 (docs/gpu.md, twenty-fifth
 session), and a plan that cannot finish is refused (exit 3: stop calling). Exit 2: bad input (a
-bundle folder without parts, ``--entries`` not two names); 0: a plan was printed.
+bundle folder without parts, ``--entries`` not two names, ``--left`` not a number); 0: a plan was printed.
 
 The plans, most useful first (issue 24 wants both engines x both modes x two settings): both engines'
 full runs; SGLang's full run, then vLLM's full run shortened or its CUDA-graph mode alone; both
@@ -136,14 +136,19 @@ def plan(left: float, parts: dict[str, int], homes: bool = True) -> Plan | None:
     return None
 
 
-def call_order(bundles: dict[str, Path], engines: tuple[str, ...]) -> list[Path]:
+def list_parts(bundles: dict[str, Path]) -> dict[str, list[Path]]:
+    """Each engine's bundle parts, in order (part-000 first): read once, counted and shipped from this."""
+    return {engine: sorted(folder.glob("part-*")) for engine, folder in bundles.items()}
+
+
+def call_order(parts: dict[str, list[Path]], engines: tuple[str, ...]) -> list[Path]:
     """The parts after each part-000, one a call. Both bundles need chunks of SGLang's last part (vLLM's
     is made ``--after`` SGLang's), so sending it last keeps either entry from completing, and its
     benchmark's CPU check from starting, while parts are still being received."""
-    sglang = sorted(bundles["sglang"].glob("part-*"))[1:]
+    sglang = parts["sglang"][1:]
     if "vllm" not in engines:
         return sglang
-    return sglang[:-1] + sorted(bundles["vllm"].glob("part-*"))[1:] + sglang[-1:]
+    return sglang[:-1] + parts["vllm"][1:] + sglang[-1:]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,21 +169,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     entries = dict(zip(("sglang", "vllm"), names, strict=True))
     bundles = {"sglang": args.sglang, "vllm": args.vllm}
-    parts = {engine: len(list(folder.glob("part-*"))) for engine, folder in bundles.items()}
-    for engine, count in parts.items():
-        if count == 0:
+    listed = list_parts(bundles)
+    for engine, found in listed.items():
+        if not found:
             print(f"hold_plan: no part-* in {bundles[engine]}: build the bundle (docs/gpu.md) or pass --{engine}",
                   file=sys.stderr)
             return 2
-    chosen = plan(args.left, parts, args.homes)
+    chosen = plan(args.left, {engine: len(found) for engine, found in listed.items()}, args.homes)
     if chosen is None:
         print(f"hold_plan: no run finishes in {args.left:.0f} s of device time: stop calling", file=sys.stderr)
         return 3
     print(f"plan: {'; '.join(run.describe() for run in chosen.runs)} "
           f"(about {chosen.seconds:,.0f} s of device time; {args.left:,.0f} s left)")
-    first = [str(bundles[e] / "part-000") for e in ("sglang", "vllm") if e in chosen.engines]
+    first = [str(listed[e][0]) for e in ("sglang", "vllm") if e in chosen.engines]
     print("first call carries: " + " ".join(first + ([".gpu/homes"] if args.homes else [])))
-    later = call_order(bundles, chosen.engines)
+    later = call_order(listed, chosen.engines)
     print(f"then {len(later)} calls, one part each: " + " ".join(str(p) for p in later))
     timeout = max(run.budget_s for run in chosen.runs) + SCRIPT_GRACE_S
     steps = " ".join(f'"{run.step(entries[run.engine])}"' for run in chosen.runs)

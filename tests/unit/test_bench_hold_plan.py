@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from hold_plan import Plan, call_order, plan
+from hold_plan import Plan, call_order, list_parts, plan
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
@@ -81,11 +81,11 @@ def bundles(root: Path) -> dict[str, Path]:
 
 
 def test_vllms_parts_come_before_sglangs_last(tmp_path: Path) -> None:
-    folders = bundles(tmp_path)
-    both = call_order(folders, ("sglang", "vllm"))
+    listed = list_parts(bundles(tmp_path))
+    both = call_order(listed, ("sglang", "vllm"))
     assert len(both) == 44 + 17 - 2 and both[-1].name == "part-043" and both[-1].parent.name == "sgl"
     assert [p.parent.name for p in both[42:-1]] == ["vllm-after"] * 16
-    assert all(p.parent.name == "sgl" for p in call_order(folders, ("sglang",)))
+    assert all(p.parent.name == "sgl" for p in call_order(listed, ("sglang",)))
 
 
 def run_cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
