@@ -49,7 +49,6 @@ GRAPHS_MAX, GRAPHS_MIN = 200, 160
 GRAPHS_ONLY = "--modes graphs --skip-weights --cpu-check-s 10"
 SCRIPT_GRACE_S = 60
 """``--script-timeout`` is the longest budget plus this (docs/performance.md: budget plus one 45 s grace)."""
-RESULTS = "/tmp/rollout-matrix/results"
 
 
 @dataclass(frozen=True)
@@ -63,8 +62,7 @@ class Run:
     def step(self, entry: str) -> str:
         """The ``gpuenv pipeline`` step for this run of ``entry``."""
         extra = f" {GRAPHS_ONLY}" if self.graphs_only else ""
-        return (f"{entry}=bench/rollout_bench.py --budget-s {self.budget_s}{extra} --new-tokens 32 "
-                f"--json {RESULTS}/{entry}/bench.json")
+        return f"{entry}=bench/rollout_bench.py --budget-s {self.budget_s}{extra} --new-tokens 32"
 
     def describe(self) -> str:
         """The run in a few words, for the plan's first line."""

@@ -12,6 +12,38 @@ import os
 from pathlib import Path
 from typing import Any
 
+RESULTS_ENV = "ROLLOUT_MATRIX_RESULTS"
+"""Set by gpuenv for a pipeline script (gpu/suite.py ``run_script``): ``results/<entry>/``, the one folder
+``gpuenv collect`` brings back from the GPU machine."""
+
+
+def destination(requested: Path | None, name: str) -> tuple[Path, str | None]:
+    """Where a run writes its file, and a warning line where gpuenv will not bring it back.
+
+    Why: on 2026-12-07 two eager-only runs of a hold wrote their bench.json under a second results
+    folder of their own, which ``collect`` never looked in, and their records were lost with the machine.
+    So without ``--json`` a run under gpuenv writes into ``$ROLLOUT_MATRIX_RESULTS``, at the first free
+    name (``bench.json``, then ``bench-2.json``, ...: a second run of the entry in the same hold keeps the
+    first one's record), and elsewhere into ``./name``. An explicit path is kept as given (the user may
+    fetch it some other way), with the warning when gpuenv runs the script and the path is outside the
+    collected folder."""
+    results = os.environ.get(RESULTS_ENV)
+    if requested is None:
+        return (free(Path(results) / name) if results else Path(name)), None
+    if results and not requested.resolve().is_relative_to(Path(results).resolve()):
+        return requested, (f"warning: --json {requested} is outside {results}, the folder `gpuenv collect` brings "
+                           f"back, so this run's record stays on the GPU machine; leave --json out to write it there")
+    return requested, None
+
+
+def free(path: Path) -> Path:
+    """``path`` if nothing is there yet, else the first of ``stem-2.suffix``, ``stem-3.suffix``, ... that is free."""
+    n, candidate = 1, path
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate
+
 
 class Report:
     """bench.json, rewritten whole after every change (write to a temporary file, then rename)."""

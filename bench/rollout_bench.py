@@ -52,7 +52,7 @@ from pairs import STOP_MIN_BLOCKS, WarmUp
 from phases import BATCH, NEW_TOKENS
 from plan import RESERVE, allot, budget_plan, describe, fixed_parts, phases
 from probe import cpu_model
-from report import Events, Report
+from report import Events, Report, destination
 from targets import TARGETS, mean_low_end_missed
 
 HERE = Path(__file__).resolve().parent
@@ -220,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
                         f"{cpu_check.SECONDS:g}; 0: none): how steady this machine's CPU is over an eager block "
                         "(bench/cpu_check.py)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, default=Path("bench.json"), help="written as figures arrive (default bench.json)")
+    p.add_argument("--json", type=Path, help="written as figures arrive (default: bench.json; under gpuenv, the first "
+                   "free bench.json, bench-2.json, ... in the folder its collect brings back)")
     args = p.parse_args(argv)
     args.eager_batch = args.batch if args.eager_batch is None else args.eager_batch
     for name, value, ok, allowed in (
@@ -249,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
             overrides[name] = math.nan
         if not 0 <= overrides[name] < math.inf:
             p.error(f"--fixed-s {item}: expected PART=SECONDS with SECONDS a number >= 0, e.g. start_graphs=150")
+    args.json, warning = destination(args.json, "bench.json")
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     t0 = time.time()
     engine = find_engine(args.engine)
     if engine is None:

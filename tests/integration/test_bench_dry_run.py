@@ -47,10 +47,12 @@ SMALL = ("--batch", "32", "--prompt-len", "8", "--new-tokens", "16", "--cpu-chec
 No CPU check but where a test asks for one (a later ``--cpu-check-s`` wins): its blocks are seconds long."""
 
 
-def bench(tmp_path: Path, engine: str, *args: str, **env: str) -> subprocess.Popen:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "FAKE_ENGINE_"))}
+def bench(tmp_path: Path, engine: str, *args: str, json_arg: bool = True, **env: str) -> subprocess.Popen:
+    """The benchmark on the stand-ins, writing ``tmp_path/bench.json`` (``json_arg=False``: no ``--json``)."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "FAKE_ENGINE_", "ROLLOUT_MATRIX_"))}
     environ.update(PYTHONPATH=f"{site(tmp_path, engine)}{os.pathsep}{ROOT / 'src'}", **env)
-    return subprocess.Popen([sys.executable, str(BENCH), "--json", str(tmp_path / "bench.json"), *SMALL, *args],
+    where = ("--json", str(tmp_path / "bench.json")) if json_arg else ()
+    return subprocess.Popen([sys.executable, str(BENCH), *where, *SMALL, *args],
                             cwd=tmp_path,
                             env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -425,3 +427,44 @@ def test_a_run_stopped_during_its_cpu_check_leaves_a_valid_file_marked_interrupt
     data = json.loads(path.read_text())
     assert data["status"] == "interrupted (SystemExit)" and data["meta"]["cpu_check"] is None
     assert data["plan"]["phases"] == [] and {p["status"] for p in data["phases"].values()} == {"waiting"}
+
+
+def started(proc: subprocess.Popen, path: Path) -> tuple[dict, str]:
+    """``path`` as the run first writes it (before its CPU check), and the run's output once it is stopped there."""
+    deadline = time.time() + 30
+    while time.time() < deadline and not path.is_file():
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert path.is_file(), out[-3000:]
+    return json.loads(path.read_text()), out
+
+
+def test_under_gpuenv_a_run_without_json_writes_where_collect_looks_and_a_second_keeps_the_first(
+        tmp_path: Path) -> None:
+    """gpuenv gives a script ``ROLLOUT_MATRIX_RESULTS`` (results/<entry>/, the folder ``collect`` brings
+    back). Two eager-only runs of a hold on 2026-12-07 wrote elsewhere and their records were lost; a second
+    run of an entry with the same ``--json`` would have overwritten the first's."""
+    results = tmp_path / "results" / "vllm-0.34.0"
+    results.mkdir(parents=True)
+    first, out = started(bench(tmp_path, "vllm", "--budget-s", "120", "--cpu-check-s", "20", json_arg=False,
+                               ROLLOUT_MATRIX_RESULTS=str(results)), results / "bench.json")
+    assert f"results: {results / 'bench.json'}" in out and "warning" not in out
+    kept = (results / "bench.json").read_bytes()
+    (tmp_path / "again").mkdir()  # a folder of its own for the stand-ins' copy
+    second, out = started(bench(tmp_path / "again", "vllm", "--budget-s", "120", "--cpu-check-s", "20", json_arg=False,
+                                ROLLOUT_MATRIX_RESULTS=str(results)), results / "bench-2.json")
+    assert (results / "bench.json").read_bytes() == kept  # the first run's record, untouched
+    assert f"results: {results / 'bench-2.json'}" in out and first["meta"]["when"] <= second["meta"]["when"]
+    assert sorted(p.name for p in results.glob("bench*.json")) == ["bench-2.json", "bench.json"]
+    assert not (tmp_path / "bench.json").exists() and not (tmp_path / "again" / "bench.json").exists()
+
+
+def test_under_gpuenv_a_json_outside_the_collected_folder_is_written_with_a_warning_saying_so(tmp_path: Path) -> None:
+    results = tmp_path / "results" / "sglang-0.5.23"
+    results.mkdir(parents=True)
+    data, out = started(bench(tmp_path, "sglang", "--budget-s", "120", "--cpu-check-s", "20",
+                              ROLLOUT_MATRIX_RESULTS=str(results)), tmp_path / "bench.json")
+    assert data["meta"]["engine"] == "sglang" and not list(results.iterdir())
+    warning = next(line for line in out.splitlines() if line.startswith("warning: "))
+    assert str(tmp_path / "bench.json") in warning and str(results) in warning and "leave --json out" in warning
