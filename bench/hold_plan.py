@@ -3,6 +3,7 @@
 
     python bench/hold_plan.py --left 1439          # the plan, the parts in call order, the pipeline command
     python bench/hold_plan.py --left 1439 --no-homes   # the homes were not seeded: vLLM builds its kernels first
+    python bench/hold_plan.py --left 665 --warm sglang  # after the plan's runs: one eager-only run, in one call
 
 Why: a session has 30 minutes of device time, and every call that gets no machine costs 15-180 s of
 it. On 2026-12-07 two sessions spent theirs on 29 refusals, cutting the plan by hand before each call
@@ -17,6 +18,11 @@ engines' CUDA-graph mode alone (every H200 CUDA-graph record met its targets in 
 four settings of a second day, where SGLang's full run alone buys two and an eager phase that has not
 met its width on the H200); SGLang's full run alone (its parts only); SGLang's CUDA-graph mode alone.
 The first that fits the time left is the plan.
+
+Runs ended by their stop rule give time back (2026-12-07: both full runs took 243 s less than their
+budgets). ``--warm ENGINE`` spends it: on the machine still warm from the plan's runs, venvs kept, one
+eager-only run of ENGINE (eager is the mode whose width the noisy CPUs miss), started and collected in
+one call, as wide as the time left and the call's limit allow.
 """
 
 from __future__ import annotations
@@ -47,6 +53,16 @@ FULL_MAX, FULL_MIN = 480, 240
 GRAPHS_MAX, GRAPHS_MIN = 200, 160
 """A CUDA-graph-only run's budget: 12 blocks of both settings on the H200 fit in 160."""
 GRAPHS_ONLY = "--modes graphs --skip-weights --cpu-check-s 10"
+EAGER_ONLY = "--modes eager --skip-weights"
+EAGER_MIN = 150
+"""An eager-only run's least budget: its CPU check (19 s), an eager engine start (18-27 s with seeded homes),
+its warm-up, and the 6 blocks a setting that make an interval cover 95 % (SGLang's eager blocks about 6 s)."""
+WARM_CALL_S = 25.0
+"""An eager-only run on the warm machine costs its budget plus this: the pipeline's start, vLLM's FlashInfer
+check, collecting, ``give_back`` (2026-12-07: 346 s of device time at --budget-s 400, the run ended by its
+stop rule at 332 s; 224 s at 225, ended at 208)."""
+CALL_LIMIT_S = 590
+"""One device call's wall time (the device's limit is 600): the warm run, its grace and the wait share it."""
 SCRIPT_GRACE_S = 60
 """``--script-timeout`` is the longest budget plus this (docs/performance.md: budget plus one 45 s grace)."""
 
@@ -58,15 +74,18 @@ class Run:
     engine: str
     budget_s: int
     graphs_only: bool = False
+    eager_only: bool = False
 
     def step(self, entry: str) -> str:
-        """The ``gpuenv pipeline`` step for this run of ``entry``."""
-        extra = f" {GRAPHS_ONLY}" if self.graphs_only else ""
+        """The ``gpuenv pipeline`` step for this run of ``entry`` (no ``--json``: under gpuenv the benchmark
+        writes into the folder ``collect`` brings back, a second run of the entry beside the first)."""
+        extra = f" {GRAPHS_ONLY}" if self.graphs_only else f" {EAGER_ONLY}" if self.eager_only else ""
         return f"{entry}=bench/rollout_bench.py --budget-s {self.budget_s}{extra} --new-tokens 32"
 
     def describe(self) -> str:
         """The run in a few words, for the plan's first line."""
-        return f"{self.engine} {'CUDA-graph mode alone' if self.graphs_only else 'full'} at --budget-s {self.budget_s}"
+        what = "CUDA-graph mode alone" if self.graphs_only else "eager mode alone" if self.eager_only else "full"
+        return f"{self.engine} {what} at --budget-s {self.budget_s}"
 
 
 @dataclass(frozen=True)
@@ -134,6 +153,15 @@ def plan(left: float, parts: dict[str, int], homes: bool = True) -> Plan | None:
     return None
 
 
+def warm_plan(left: float, engine: str) -> Plan | None:
+    """One eager-only run of ``engine`` on a machine still warm from the plan's runs (venvs kept), in one
+    call, or None when even ``EAGER_MIN`` does not fit (stop calling)."""
+    budget = int(min(FULL_MAX, left - WARM_CALL_S, CALL_LIMIT_S - SCRIPT_GRACE_S - 10))
+    if budget < EAGER_MIN:
+        return None
+    return Plan((Run(engine, budget, eager_only=True),), budget + WARM_CALL_S)
+
+
 def list_parts(bundles: dict[str, Path]) -> dict[str, list[Path]]:
     """Each engine's bundle parts, in order (part-000 first): read once, counted and shipped from this."""
     return {engine: sorted(folder.glob("part-*")) for engine, folder in bundles.items()}
@@ -156,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sglang", type=Path, default=Path(".gpu/sgl"), help="SGLang's bundle folder")
     parser.add_argument("--vllm", type=Path, default=Path(".gpu/vllm-after"), help="vLLM's bundle, built --after SGLang's")
     parser.add_argument("--entries", default="sglang-0.5.23,vllm-0.34.0", help="the two matrix entries, SGLang's first")
+    parser.add_argument("--warm", choices=("sglang", "vllm"), help="the plan's runs are over and the machine is still "
+                        "warm, venvs kept: one eager-only run of this engine, in one call")
     args = parser.parse_args(argv)
     if not math.isfinite(args.left):
         print(f"hold_plan: --left {args.left}: give the device seconds left as a number", file=sys.stderr)
@@ -166,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     entries = dict(zip(("sglang", "vllm"), names, strict=True))
+    if args.warm:
+        return print_warm(args.left, args.warm, entries[args.warm])
     bundles = {"sglang": args.sglang, "vllm": args.vllm}
     listed = list_parts(bundles)
     for engine, found in listed.items():
@@ -186,6 +218,21 @@ def main(argv: list[str] | None = None) -> int:
     timeout = max(run.budget_s for run in chosen.runs) + SCRIPT_GRACE_S
     steps = " ".join(f'"{run.step(entries[run.engine])}"' for run in chosen.runs)
     print(f"pipeline: $G pipeline --background --parallel 1 --keep-envs --script-timeout {timeout} {steps}")
+    return 0
+
+
+def print_warm(left: float, engine: str, entry: str) -> int:
+    """``--warm``: the run and the one call that starts it and collects it; exit 3 when nothing fits."""
+    chosen = warm_plan(left, engine)
+    if chosen is None:
+        print(f"hold_plan: no eager-only run of at least {EAGER_MIN} s fits in {left:.0f} s of device time: "
+              "give the machine back", file=sys.stderr)
+        return 3
+    run = chosen.runs[0]
+    limit = run.budget_s + SCRIPT_GRACE_S
+    print(f"plan: {run.describe()} on the warm machine (about {chosen.seconds:,.0f} s of device time; {left:,.0f} s left)")
+    print(f"call (timeout {limit + 10}): $G pipeline --background --parallel 1 --keep-envs --script-timeout {limit} "
+          f'"{run.step(entry)}" 2>&1 | tail -1; timeout {limit + 5} $G wait --max {limit} --collect $OUT 2>&1 | tail -4')
     return 0
 
 

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from hold_plan import Plan, call_order, list_parts, plan
+from hold_plan import CALL_LIMIT_S, WARM_CALL_S, Plan, call_order, list_parts, plan, warm_plan
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
@@ -122,3 +122,36 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: tuple[str, ...],
     done = run_cli(tmp_path, "--left", "1500", *args)  # a later --left wins
     assert done.returncode == 2 and done.stdout == "" and done.stderr.count("\n") == 1
     assert cause in done.stderr
+
+
+def test_the_time_the_stop_rules_gave_back_on_2026_12_07_buys_an_eager_only_run_that_fits_one_call() -> None:
+    """The twenty-ninth session's hold: 665 s left after both full runs, then 319 s after SGLang's
+    eager-only run; each run took at most its budget (332 s at 400, 208 s at 225) plus about 14 s."""
+    first = warm_plan(665, "sglang")
+    assert first is not None and first.runs[0].eager_only and first.runs[0].budget_s == 480
+    assert first.seconds <= 665 and first.runs[0].budget_s + 60 + 10 <= CALL_LIMIT_S  # run, grace, wait: one call
+    second = warm_plan(319, "vllm")
+    assert second is not None and second.runs[0].budget_s >= 225 and second.seconds <= 319
+    assert warm_plan(150, "vllm") is None  # not even the least eager-only run
+    for budget, ran, measured in ((400, 332, 346), (225, 208, 224)):  # the run's seconds, the device time it took
+        estimate = warm_plan(budget + WARM_CALL_S, "sglang")  # the least time left that buys this budget
+        assert estimate is not None and estimate.runs[0].budget_s == budget
+        assert estimate.seconds >= measured  # never optimistic...
+        assert measured - ran <= WARM_CALL_S  # ...even for a run that lasts its whole budget
+
+
+@pytest.mark.parametrize("left", range(100, 1801, 13))
+def test_a_warm_run_never_outgrows_the_time_left_or_one_call(left: int) -> None:
+    chosen = warm_plan(left, "sglang")
+    if chosen is not None:
+        assert chosen.seconds <= left and chosen.runs[0].budget_s + 60 + 10 <= CALL_LIMIT_S
+
+
+def test_warm_prints_one_call_that_starts_the_run_and_collects_it(tmp_path: Path) -> None:
+    done = run_cli(tmp_path, "--left", "665", "--warm", "vllm")  # no bundle folders: none is needed
+    assert done.returncode == 0, done.stderr
+    call = next(line for line in done.stdout.splitlines() if line.startswith("call (timeout 550): "))
+    assert '"vllm-0.34.0=bench/rollout_bench.py --budget-s 480 --modes eager --skip-weights' in call
+    assert "--keep-envs" in call and "--collect $OUT" in call and "--json" not in call
+    late = run_cli(tmp_path, "--left", "170", "--warm", "vllm")
+    assert late.returncode == 3 and late.stdout == "" and "give the machine back" in late.stderr
