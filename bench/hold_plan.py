@@ -9,8 +9,9 @@ Why: a session has 30 minutes of device time, and every call that gets no machin
 it. On 2026-12-07 two sessions spent theirs on 29 refusals, cutting the plan by hand before each call
 from a table in docs/gpu.md; a hold that starts with too little time left ends mid-run and gives no
 record. So the plan is computed here, from times measured on the H200 (docs/gpu.md, twenty-fifth
-session), and a plan that cannot finish is refused (exit 3: stop calling). Exit 2: bad input (a
-bundle folder without parts, ``--entries`` not two names, ``--left`` not a number); 0: a plan was printed.
+session), and a plan that cannot finish is refused (exit 3: stop calling; with ``--warm``: give the
+machine back). Exit 2: bad input (a bundle folder without parts, not asked for with ``--warm``;
+``--entries`` not two names; ``--left`` not a number); 0: a plan was printed.
 
 The plans, most useful first (issue 24 wants both engines x both modes x two settings): both engines'
 full runs; SGLang's full run, then vLLM's full run shortened or its CUDA-graph mode alone; both
@@ -22,7 +23,8 @@ The first that fits the time left is the plan.
 Runs ended by their stop rule give time back (2026-12-07: both full runs took 243 s less than their
 budgets). ``--warm ENGINE`` spends it: on the machine still warm from the plan's runs, venvs kept, one
 eager-only run of ENGINE (eager is the mode whose width the noisy CPUs miss), started and collected in
-one call, as wide as the time left and the call's limit allow.
+one call, as wide as the time left and the call's limit allow. ENGINE must be one the plan ran: its
+venv is on the machine, and no part is sent again.
 """
 
 from __future__ import annotations
@@ -61,20 +63,28 @@ WARM_CALL_S = 25.0
 """An eager-only run on the warm machine costs its budget plus this: the pipeline's start, vLLM's FlashInfer
 check, collecting, ``give_back`` (2026-12-07: 346 s of device time at --budget-s 400, the run ended by its
 stop rule at 332 s; 224 s at 225, ended at 208)."""
-CALL_LIMIT_S = 590
-"""One device call's wall time (the device's limit is 600): the warm run, its grace and the wait share it."""
+CALL_LIMIT_S = 600
+"""One device call's wall time at most: the warm run (its budget plus ``SCRIPT_GRACE_S``), the wait after it
+and the call's own start share it."""
+WAIT_SLACK_S = 5
+"""The warm call's ``timeout`` around ``wait`` is the script's limit plus this, and the call's limit plus twice this."""
 SCRIPT_GRACE_S = 60
 """``--script-timeout`` is the longest budget plus this (docs/performance.md: budget plus one 45 s grace)."""
 
 
 @dataclass(frozen=True)
 class Run:
-    """One benchmark run: an engine, its budget, whether it is the CUDA-graph mode alone."""
+    """One benchmark run: an engine, its budget, and whether it measures one mode alone (the CUDA-graph mode,
+    or the eager mode; neither: both modes and the weights)."""
 
     engine: str
     budget_s: int
     graphs_only: bool = False
     eager_only: bool = False
+
+    def __post_init__(self) -> None:
+        if self.graphs_only and self.eager_only:
+            raise ValueError("a run measures the CUDA-graph mode alone or the eager mode alone, not both")
 
     def step(self, entry: str) -> str:
         """The ``gpuenv pipeline`` step for this run of ``entry`` (no ``--json``: under gpuenv the benchmark
@@ -156,7 +166,7 @@ def plan(left: float, parts: dict[str, int], homes: bool = True) -> Plan | None:
 def warm_plan(left: float, engine: str) -> Plan | None:
     """One eager-only run of ``engine`` on a machine still warm from the plan's runs (venvs kept), in one
     call, or None when even ``EAGER_MIN`` does not fit (stop calling)."""
-    budget = int(min(FULL_MAX, left - WARM_CALL_S, CALL_LIMIT_S - SCRIPT_GRACE_S - 10))
+    budget = int(min(FULL_MAX, left - WARM_CALL_S, CALL_LIMIT_S - SCRIPT_GRACE_S - 2 * WAIT_SLACK_S))
     if budget < EAGER_MIN:
         return None
     return Plan((Run(engine, budget, eager_only=True),), budget + WARM_CALL_S)
@@ -185,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vllm", type=Path, default=Path(".gpu/vllm-after"), help="vLLM's bundle, built --after SGLang's")
     parser.add_argument("--entries", default="sglang-0.5.23,vllm-0.34.0", help="the two matrix entries, SGLang's first")
     parser.add_argument("--warm", choices=("sglang", "vllm"), help="the plan's runs are over and the machine is still "
-                        "warm, venvs kept: one eager-only run of this engine, in one call")
+                        "warm, venvs kept: one eager-only run of this engine (one the plan ran), in one call")
     args = parser.parse_args(argv)
     if not math.isfinite(args.left):
         print(f"hold_plan: --left {args.left}: give the device seconds left as a number", file=sys.stderr)
@@ -231,8 +241,9 @@ def print_warm(left: float, engine: str, entry: str) -> int:
     run = chosen.runs[0]
     limit = run.budget_s + SCRIPT_GRACE_S
     print(f"plan: {run.describe()} on the warm machine (about {chosen.seconds:,.0f} s of device time; {left:,.0f} s left)")
-    print(f"call (timeout {limit + 10}): $G pipeline --background --parallel 1 --keep-envs --script-timeout {limit} "
-          f'"{run.step(entry)}" 2>&1 | tail -1; timeout {limit + 5} $G wait --max {limit} --collect $OUT 2>&1 | tail -4')
+    print(f"call (timeout {limit + 2 * WAIT_SLACK_S}): $G pipeline --background --parallel 1 --keep-envs --script-timeout "
+          f'{limit} "{run.step(entry)}" 2>&1 | tail -1; timeout {limit + WAIT_SLACK_S} $G wait --max {limit} --collect $OUT '
+          "2>&1 | tail -4")
     return 0
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_ENV = "ROLLOUT_MATRIX_RESULTS"
-"""Set by gpuenv for a pipeline script (gpu/suite.py ``run_script``): ``results/<entry>/``, the one folder
-``gpuenv collect`` brings back from the GPU machine."""
+"""Set by gpuenv for a pipeline script (gpu/suite.py ``run_script``): the entry's ``results/<entry>/``.
+``gpuenv collect`` brings back ``results/`` (every entry's folder) and nothing else from the GPU machine."""
 
 
 def destination(requested: Path | None, name: str) -> tuple[Path, str | None]:
@@ -24,15 +24,17 @@ def destination(requested: Path | None, name: str) -> tuple[Path, str | None]:
     folder of their own, which ``collect`` never looked in, and their records were lost with the machine.
     So without ``--json`` a run under gpuenv writes into ``$ROLLOUT_MATRIX_RESULTS``, at the first free
     name (``bench.json``, then ``bench-2.json``, ...: a second run of the entry in the same hold keeps the
-    first one's record), and elsewhere into ``./name``. An explicit path is kept as given (the user may
-    fetch it some other way), with the warning when gpuenv runs the script and the path is outside the
-    collected folder."""
+    first one's record; gpuenv runs an entry's steps one after another, so two never pick the same name),
+    and elsewhere into ``./name``. An explicit path is kept as given (the user may fetch it some other
+    way), with the warning when gpuenv runs the script and the path is outside the collected ``results/``."""
     results = os.environ.get(RESULTS_ENV)
     if requested is None:
         return (free(Path(results) / name) if results else Path(name)), None
-    if results and not requested.resolve().is_relative_to(Path(results).resolve()):
-        return requested, (f"warning: --json {requested} is outside {results}, the folder `gpuenv collect` brings "
-                           f"back, so this run's record stays on the GPU machine; leave --json out to write it there")
+    collected = Path(results).resolve().parent if results else None
+    if collected is not None and not requested.resolve().is_relative_to(collected):
+        return requested, (f"warning: --json {requested} ({requested.resolve()}) is outside {collected}, the folder "
+                           f"`gpuenv collect` brings back, so this run's record stays on the GPU machine; leave --json "
+                           f"out to write it into {results}")
     return requested, None
 
 

@@ -27,15 +27,18 @@ def test_under_gpuenv_the_default_is_the_first_free_name_in_the_collected_folder
     assert destination(None, "bench.json") == (tmp_path / "bench-3.json", None)
 
 
-@pytest.mark.parametrize("inside", [True, False])
-def test_under_gpuenv_a_given_path_is_kept_and_warned_about_only_outside(monkeypatch, tmp_path: Path, inside: bool) -> None:
+@pytest.mark.parametrize(("given", "collected"), [
+    ("results/vllm-0.34.0/eager.json", True), ("results/sglang-0.5.23/bench.json", True),  # collect takes all of results/
+    ("results2/vllm-0.34.0/bench.json", False), ("bench.json", False)])
+def test_under_gpuenv_a_given_path_is_kept_and_warned_about_only_outside_results(
+        monkeypatch, tmp_path: Path, given: str, collected: bool) -> None:
     results = tmp_path / "results" / "vllm-0.34.0"
     monkeypatch.setenv(RESULTS_ENV, str(results))
-    given = results / "eager.json" if inside else tmp_path / "results2" / "vllm-0.34.0" / "bench.json"
-    path, warning = destination(given, "bench.json")
-    assert path == given
-    if inside:
+    monkeypatch.chdir(tmp_path)  # a relative --json is read from the working folder, as the benchmark would
+    path, warning = destination(Path(given), "bench.json")
+    assert path == Path(given)
+    if collected:
         assert warning is None
     else:
         assert warning is not None and warning.count("\n") == 0
-        assert str(given) in warning and str(results) in warning and "leave --json out" in warning
+        assert str(tmp_path / given) in warning and str(results) in warning and "leave --json out" in warning
