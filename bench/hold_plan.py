@@ -172,6 +172,14 @@ def warm_plan(left: float, engine: str) -> Plan | None:
     return Plan((Run(engine, budget, eager_only=True),), budget + WARM_CALL_S)
 
 
+def pipeline_command(runs: tuple[Run, ...], entries: dict[str, str]) -> tuple[str, int]:
+    """The ``gpuenv pipeline`` command for ``runs`` (``entries``: engine -> matrix entry), and its script limit:
+    the longest budget plus ``SCRIPT_GRACE_S``."""
+    limit = max(run.budget_s for run in runs) + SCRIPT_GRACE_S
+    steps = " ".join(f'"{run.step(entries[run.engine])}"' for run in runs)
+    return f"$G pipeline --background --parallel 1 --keep-envs --script-timeout {limit} {steps}", limit
+
+
 def list_parts(bundles: dict[str, Path]) -> dict[str, list[Path]]:
     """Each engine's bundle parts, in order (part-000 first): read once, counted and shipped from this."""
     return {engine: sorted(folder.glob("part-*")) for engine, folder in bundles.items()}
@@ -207,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     entries = dict(zip(("sglang", "vllm"), names, strict=True))
     if args.warm:
-        return print_warm(args.left, args.warm, entries[args.warm])
+        return print_warm(args.left, args.warm, entries)
     bundles = {"sglang": args.sglang, "vllm": args.vllm}
     listed = list_parts(bundles)
     for engine, found in listed.items():
@@ -225,25 +233,22 @@ def main(argv: list[str] | None = None) -> int:
     print("first call carries: " + " ".join(first + ([".gpu/homes"] if args.homes else [])))
     later = call_order(listed, chosen.engines)
     print(f"then {len(later)} calls, one part each: " + " ".join(str(p) for p in later))
-    timeout = max(run.budget_s for run in chosen.runs) + SCRIPT_GRACE_S
-    steps = " ".join(f'"{run.step(entries[run.engine])}"' for run in chosen.runs)
-    print(f"pipeline: $G pipeline --background --parallel 1 --keep-envs --script-timeout {timeout} {steps}")
+    print(f"pipeline: {pipeline_command(chosen.runs, entries)[0]}")
     return 0
 
 
-def print_warm(left: float, engine: str, entry: str) -> int:
+def print_warm(left: float, engine: str, entries: dict[str, str]) -> int:
     """``--warm``: the run and the one call that starts it and collects it; exit 3 when nothing fits."""
     chosen = warm_plan(left, engine)
     if chosen is None:
         print(f"hold_plan: no eager-only run of at least {EAGER_MIN} s fits in {left:.0f} s of device time: "
               "give the machine back", file=sys.stderr)
         return 3
-    run = chosen.runs[0]
-    limit = run.budget_s + SCRIPT_GRACE_S
-    print(f"plan: {run.describe()} on the warm machine (about {chosen.seconds:,.0f} s of device time; {left:,.0f} s left)")
-    print(f"call (timeout {limit + 2 * WAIT_SLACK_S}): $G pipeline --background --parallel 1 --keep-envs --script-timeout "
-          f'{limit} "{run.step(entry)}" 2>&1 | tail -1; timeout {limit + WAIT_SLACK_S} $G wait --max {limit} --collect $OUT '
-          "2>&1 | tail -4")
+    command, limit = pipeline_command(chosen.runs, entries)
+    print(f"plan: {chosen.runs[0].describe()} on the warm machine (about {chosen.seconds:,.0f} s of device time; "
+          f"{left:,.0f} s left)")
+    print(f"call (timeout {limit + 2 * WAIT_SLACK_S}): {command} 2>&1 | tail -1; "
+          f"timeout {limit + WAIT_SLACK_S} $G wait --max {limit} --collect $OUT 2>&1 | tail -4")
     return 0
 
 

@@ -68,6 +68,13 @@ def finish(proc: subprocess.Popen, timeout: float = 150) -> tuple[int, str]:
     return proc.returncode, out
 
 
+def wait_for(path: Path, seconds: float = 30) -> None:
+    """Until the run has written ``path`` (it does before its CPU check), or ``seconds`` have passed."""
+    deadline = time.time() + seconds
+    while time.time() < deadline and not path.is_file():
+        time.sleep(0.1)
+
+
 def warm_note(data: dict, mode: str) -> str:
     """The note a mode's rows carry where its warm-up did not settle: the stand-ins' short runs (``--warmup-share
     0.1``) may end warm-up either way, so the rows are checked against what the file says happened."""
@@ -419,9 +426,7 @@ def test_a_run_stopped_during_its_cpu_check_leaves_a_valid_file_marked_interrupt
 
     proc = bench(tmp_path, "vllm", "--budget-s", "120", "--cpu-check-s", "20")
     path = tmp_path / "bench.json"
-    deadline = time.time() + 30
-    while time.time() < deadline and not path.is_file():
-        time.sleep(0.1)
+    wait_for(path)
     stop_with_stacks(proc)
     proc.communicate()
     data = json.loads(path.read_text())
@@ -431,9 +436,7 @@ def test_a_run_stopped_during_its_cpu_check_leaves_a_valid_file_marked_interrupt
 
 def started(proc: subprocess.Popen, path: Path) -> tuple[dict, str]:
     """``path`` as the run first writes it (before its CPU check), and the run's output once it is stopped there."""
-    deadline = time.time() + 30
-    while time.time() < deadline and not path.is_file():
-        time.sleep(0.1)
+    wait_for(path)
     os.killpg(proc.pid, signal.SIGTERM)
     out, _ = proc.communicate(timeout=30)
     assert path.is_file(), out[-3000:]
