@@ -67,7 +67,12 @@ CALL_LIMIT_S = 600
 """One device call's wall time at most: the warm run (its budget plus ``SCRIPT_GRACE_S``), the wait after it
 and the call's own start share it."""
 WAIT_SLACK_S = 5
-"""The warm call's ``timeout`` around ``wait`` is the script's limit plus this, and the call's limit plus twice this."""
+"""The warm call's ``timeout`` around ``wait`` is the wait's ``--max`` plus this, and the call's limit plus twice this."""
+CALL_OVERHEAD_S = 15
+"""Device time a call costs beyond its command's wall time: its start, the files' return, the pause before it
+(2026-12-07: the warm call ran 386 s and the hold grew by 398 s). The warm call's limit plus this stays within
+the time left, so the hold cannot end under a run before ``wait`` collects it (the machine goes back at the end
+of the device time, taking whatever ``wait`` had not brought back)."""
 SCRIPT_GRACE_S = 60
 """``--script-timeout`` is the longest budget plus this (docs/performance.md: budget plus one 45 s grace)."""
 
@@ -245,10 +250,11 @@ def print_warm(left: float, engine: str, entries: dict[str, str]) -> int:
               "give the machine back", file=sys.stderr)
         return 3
     command, limit = pipeline_command(chosen.runs, entries)
+    wait = min(limit, int(left) - CALL_OVERHEAD_S - 2 * WAIT_SLACK_S)  # never past the time left: see CALL_OVERHEAD_S
     print(f"plan: {chosen.runs[0].describe()} on the warm machine (about {chosen.seconds:,.0f} s of device time; "
           f"{left:,.0f} s left)")
-    print(f"call (timeout {limit + 2 * WAIT_SLACK_S}): {command} 2>&1 | tail -1; "
-          f"timeout {limit + WAIT_SLACK_S} $G wait --max {limit} --collect $OUT 2>&1 | tail -4")
+    print(f"call (timeout {wait + 2 * WAIT_SLACK_S}): {command} 2>&1 | tail -1; "
+          f"timeout {wait + WAIT_SLACK_S} $G wait --max {wait} --collect $OUT 2>&1 | tail -4")
     return 0
 
 
