@@ -73,6 +73,9 @@ CALL_OVERHEAD_S = 15
 (2026-12-07: the warm call ran 386 s and the hold grew by 398 s). The warm call's limit plus this stays within
 the time left, so the hold cannot end under a run before ``wait`` collects it (the machine goes back at the end
 of the device time, taking whatever ``wait`` had not brought back)."""
+BEFORE_SCRIPT_S = 10
+"""What the warm call spends before the benchmark's clock starts: the pipeline's start and vLLM's FlashInfer
+check (2026-12-07: 3.7 s with the kernels already on the machine, 9.8-10.0 s from the carried home)."""
 SCRIPT_GRACE_S = 60
 """``--script-timeout`` is the longest budget plus this (docs/performance.md: budget plus one 45 s grace)."""
 
@@ -171,10 +174,16 @@ def plan(left: float, parts: dict[str, int], homes: bool = True) -> Plan | None:
 def warm_plan(left: float, engine: str) -> Plan | None:
     """One eager-only run of ``engine`` on a machine still warm from the plan's runs (venvs kept), in one
     call, or None when even ``EAGER_MIN`` does not fit (stop calling)."""
-    budget = int(min(FULL_MAX, left - WARM_CALL_S, CALL_LIMIT_S - SCRIPT_GRACE_S - 2 * WAIT_SLACK_S))
+    budget = int(min(FULL_MAX, warm_wait(left) - BEFORE_SCRIPT_S, CALL_LIMIT_S - SCRIPT_GRACE_S - 2 * WAIT_SLACK_S))
     if budget < EAGER_MIN:
         return None
     return Plan((Run(engine, budget, eager_only=True),), budget + WARM_CALL_S)
+
+
+def warm_wait(left: float) -> int:
+    """The longest ``wait --max`` the warm call may print: the call (the wait plus twice ``WAIT_SLACK_S``)
+    and ``CALL_OVERHEAD_S`` stay within the time left. The run's budget leaves ``BEFORE_SCRIPT_S`` of it."""
+    return int(left) - CALL_OVERHEAD_S - 2 * WAIT_SLACK_S
 
 
 def pipeline_command(runs: tuple[Run, ...], entries: dict[str, str]) -> tuple[str, int]:
@@ -250,7 +259,7 @@ def print_warm(left: float, engine: str, entries: dict[str, str]) -> int:
               "give the machine back", file=sys.stderr)
         return 3
     command, limit = pipeline_command(chosen.runs, entries)
-    wait = min(limit, int(left) - CALL_OVERHEAD_S - 2 * WAIT_SLACK_S)  # never past the time left: see CALL_OVERHEAD_S
+    wait = min(limit, warm_wait(left))
     print(f"plan: {chosen.runs[0].describe()} on the warm machine (about {chosen.seconds:,.0f} s of device time; "
           f"{left:,.0f} s left)")
     print(f"call (timeout {wait + 2 * WAIT_SLACK_S}): {command} 2>&1 | tail -1; "

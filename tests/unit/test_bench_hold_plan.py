@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from hold_plan import CALL_OVERHEAD_S, WARM_CALL_S, Plan, call_order, list_parts, plan, warm_plan
+from hold_plan import BEFORE_SCRIPT_S, CALL_OVERHEAD_S, WARM_CALL_S, Plan, call_order, list_parts, plan, warm_plan
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
@@ -24,6 +24,11 @@ def rank(chosen: Plan | None) -> int:
     if chosen is None:
         return 0
     return sum(2 if run.graphs_only else 4 for run in chosen.runs)
+
+
+def budget_of(chosen: Plan | None) -> int | None:
+    """The budget of a warm plan's one run, or None where nothing fits."""
+    return None if chosen is None else chosen.runs[0].budget_s
 
 
 def test_the_twenty_fifth_sessions_hold_gets_both_full_runs_and_is_not_underestimated() -> None:
@@ -137,8 +142,9 @@ def test_the_time_the_stop_rules_gave_back_on_2026_12_07_buys_an_eager_only_run_
     assert warm_plan(150, "vllm") is None  # not even the least eager-only run
     # each run's budget, its seconds, and the device time it took
     for budget, ran, measured in ((400, 332, 346), (225, 208, 224), (400, 377, 398)):
-        estimate = warm_plan(budget + WARM_CALL_S, "sglang")  # the least time left that buys this budget
-        assert estimate is not None and estimate.runs[0].budget_s == budget
+        least = next(left for left in range(budget, budget + 200) if budget_of(warm_plan(left, "sglang")) == budget)
+        estimate = warm_plan(least, "sglang")  # the least time left that buys this budget
+        assert estimate is not None and estimate.seconds <= least
         assert measured - ran <= WARM_CALL_S  # what the call cost beyond its run: never optimistic
 
 
@@ -159,7 +165,7 @@ def test_a_warm_run_never_outgrows_the_time_left_or_one_device_call(tmp_path: Pa
         r"^call \(timeout (\d+)\)", r"--script-timeout (\d+) ", r"; timeout (\d+) \$G wait", r"wait --max (\d+) "))
     budget = chosen.runs[0].budget_s
     assert script >= budget + 45  # the benchmark's own worst case: its budget plus one grace
-    assert budget <= most <= script and most < waits < timeout <= 600
+    assert budget + BEFORE_SCRIPT_S <= most <= script and most < waits < timeout <= 600
     assert timeout + CALL_OVERHEAD_S <= left  # 2026-12-07: the printed call at 455 s left would have run to 500
 
 
