@@ -151,9 +151,8 @@ def test_the_time_the_stop_rules_gave_back_on_2026_12_07_buys_an_eager_only_run_
 @pytest.mark.parametrize("left", [*range(150, 1801, 97), 1800])
 def test_a_warm_run_never_outgrows_the_time_left_or_one_device_call(tmp_path: Path, left: int) -> None:
     """The device runs a call for 600 s at most, and the hold ends with the device time: the printed call,
-    with what a call costs beyond its wall time, must fit both, and its wait must outlast the benchmark's
-    budget (the benchmark ends within it: it keeps 5 % back, 23-28 s at these budgets, more than vLLM's
-    FlashInfer check of 4-10 s before it)."""
+    with what a call costs beyond its wall time, must fit both, and its wait must outlast the run: the
+    benchmark's budget (it ends within it) and what the call spends before the benchmark's clock starts."""
     chosen = warm_plan(left, "sglang")
     done = run_cli(tmp_path, "--left", str(left), "--warm", "sglang")
     if chosen is None:
