@@ -24,7 +24,7 @@ import argparse
 import ast
 import json
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,10 +51,11 @@ class Cell:
     missed: list[str] = field(default_factory=list)
     """The day of each counted record that missed (a day as often as it missed)."""
 
-    def missed_cell(self) -> str:
-        """The misses by day, in one table cell: ``2026-12-06 ×2, 2026-12-07``."""
-        days = sorted(set(self.missed))
-        return ", ".join(day if self.missed.count(day) == 1 else f"{day} ×{self.missed.count(day)}" for day in days) or "-"
+
+
+def tally(labels: list[str]) -> str:
+    """Repeated labels once each, sorted, with how often where more than once: ``2026-12-06 ×2, 2026-12-07``."""
+    return ", ".join(label if n == 1 else f"{label} ×{n}" for label, n in sorted(Counter(labels).items()))
 
 
 def setting_name(logprobs: bool) -> str:
@@ -123,9 +124,8 @@ def read(runs: list[dict[str, Any]], gpu: str) -> tuple[dict[tuple[str, str, boo
 def report(cells: dict[tuple[str, str, bool], Cell], counted: list[str], left_out: list[str], gpu: str) -> int:
     """Print the table and what is missing; the exit code."""
     missing = []
-    by_day = ", ".join(f"{run} ×{counted.count(run)}" if counted.count(run) > 1 else run for run in sorted(set(counted)))
     print(f"Issue 24's acceptance on the {gpu}, from {len(counted)} runs as written (both modes and the weights phase, "
-          f"--budget-s and the run within {LIMIT_S:.0f} s): {by_day or 'none'}")
+          f"--budget-s and the run within {LIMIT_S:.0f} s): {tally(counted) or 'none'}")
     if left_out:
         print(f"left out ({len(left_out)}):")
         for line in left_out:
@@ -138,7 +138,7 @@ def report(cells: dict[tuple[str, str, bool], Cell], counted: list[str], left_ou
             for logprobs in SETTINGS:
                 cell = cells.get((engine, mode, logprobs), Cell())
                 days = ", ".join(sorted(cell.met)) or "-"
-                print(f"| {engine} | {mode} | {setting_name(logprobs)} | {days} | {cell.missed_cell()} |")
+                print(f"| {engine} | {mode} | {setting_name(logprobs)} | {days} | {tally(cell.missed) or '-'} |")
                 if len(cell.met) < DAYS:
                     missing.append(f"{engine} {mode} {setting_name(logprobs)}: met on {len(cell.met)} "
                                    f"day{'' if len(cell.met) == 1 else 's'} of the {DAYS} needed")
