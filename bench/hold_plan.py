@@ -4,6 +4,7 @@
     python bench/hold_plan.py --left 1439          # the plan, the parts in call order, the pipeline command
     python bench/hold_plan.py --left 1439 --no-homes   # the homes were not seeded: vLLM builds its kernels first
     python bench/hold_plan.py --left 665 --warm sglang  # after the plan's runs: one eager-only run, in one call
+    python bench/hold_plan.py --left 1439 --card any    # a first call that starts the runs on whatever card comes
 
 Why: a session has 30 minutes of device time, and every call that gets no machine costs 15-180 s of
 it. On 2026-12-07 two sessions spent theirs on 29 refusals, cutting the plan by hand before each call
@@ -26,6 +27,15 @@ budgets). ``--warm ENGINE`` spends it: on the machine still warm from the plan's
 eager-only run of ENGINE (eager is the mode whose width the noisy CPUs miss), started and collected in
 one call, as wide as the time left and the call's limit allow. ENGINE must be one the plan ran: its
 venv is on the machine, and no part is sent again.
+
+The first call is printed whole. A call naming ``nvidia-h200`` may be answered by an H100 (the device tool
+lends either unless the work cannot fit 78 GiB, and it may not be asked for an H200 only to match the
+issue's card), and an H100 run buys issue 24 nothing more (``bench/acceptance.py --gpu H100``: every cell is
+met on two days). So the first call reads ``nvidia-smi`` and seeds, receives and starts the pipeline only on
+the card ``--card`` names (H200 by default); on another it says so and leaves the machine to be given back,
+at about 30 s of device time where a run would have spent the hold. Sessions typed the first call by hand
+(with this guard the thirty-first session's last call and every call of the thirty-second, both 2026-12-07,
+two of which an H100 answered); printed, it carries the plan's own parts and pipeline.
 """
 
 from __future__ import annotations
@@ -79,6 +89,9 @@ BEFORE_SCRIPT_S = 10
 check (2026-12-07: 3.7 s with the kernels already on the machine, 9.8-10.0 s from the carried home)."""
 SCRIPT_GRACE_S = 60
 """``--script-timeout`` is the longest budget plus this (docs/performance.md: budget plus one 45 s grace)."""
+FIRST_CALL_TIMEOUT_S = 120
+"""The first call's limit: the homes and both part-000s arrive and the pipeline starts in the background
+(the twenty-fifth session's first call cost 41 s of device time, ``START_S``, the machine's start included)."""
 
 
 @dataclass(frozen=True)
@@ -194,6 +207,20 @@ def pipeline_command(runs: tuple[Run, ...], entries: dict[str, str]) -> tuple[st
     return f"$G pipeline --background --parallel 1 --keep-envs --script-timeout {limit} {steps}", limit
 
 
+def first_call_command(first: list[str], homes: bool, pipeline: str, card: str) -> str:
+    """The first call's command: seed the homes, receive each part-000 and start ``pipeline``, only where the
+    card's name holds ``card`` (``any``: on every card). It prints the card and the time first, so a call that
+    started nothing still says what it found."""
+    steps = (["$G seed-homes .gpu/homes 2>&1 | tail -2"] if homes else []) + \
+        [f"$G receive {part} 2>&1 | tail -1" for part in first] + [f"{pipeline} 2>&1 | tail -1"]
+    head = 'export PYTHONPATH=src; G="python3 -m rollout_matrix.gpuenv"; ' \
+        'GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader); echo "$GPU"; date; '
+    if card == "any":
+        return head + "; ".join(steps)
+    return (head + f'case "$GPU" in *{card}*) ' + "; ".join(steps) +
+            f';; *) echo "not an {card}: pipeline not started; give the machine back";; esac')
+
+
 def list_parts(bundles: dict[str, Path]) -> dict[str, list[Path]]:
     """Each engine's bundle parts, in order (part-000 first): read once, counted and shipped from this."""
     return {engine: sorted(folder.glob("part-*")) for engine, folder in bundles.items()}
@@ -218,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--entries", default="sglang-0.5.23,vllm-0.34.0", help="the two matrix entries, SGLang's first")
     parser.add_argument("--warm", choices=("sglang", "vllm"), help="the plan's runs are over and the machine is still "
                         "warm, venvs kept: one eager-only run of this engine (one the plan ran), in one call")
+    parser.add_argument("--card", default="H200", help="start the runs only on a card whose name holds this "
+                        "(letters and digits; 'any' for every card)")
     args = parser.parse_args(argv)
     if not math.isfinite(args.left):
         print(f"hold_plan: --left {args.left}: give the device seconds left as a number", file=sys.stderr)
@@ -225,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     names = args.entries.split(",")
     if len(names) != 2 or not all(names):
         print(f"hold_plan: --entries {args.entries!r}: give two entries, SGLang's first (sglang-0.5.23,vllm-0.34.0)",
+              file=sys.stderr)
+        return 2
+    if not args.card.isalnum() or not args.card.isascii():
+        print(f"hold_plan: --card {args.card!r}: give letters and digits of the card's name (H200), or any",
               file=sys.stderr)
         return 2
     entries = dict(zip(("sglang", "vllm"), names, strict=True))
@@ -247,7 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     print("first call carries: " + " ".join(first + ([".gpu/homes"] if args.homes else [])))
     later = call_order(listed, chosen.engines)
     print(f"then {len(later)} calls, one part each: " + " ".join(str(p) for p in later))
-    print(f"pipeline: {pipeline_command(chosen.runs, entries)[0]}")
+    pipeline = pipeline_command(chosen.runs, entries)[0]
+    print(f"pipeline: {pipeline}")
+    print(f"first call (timeout {FIRST_CALL_TIMEOUT_S}): {first_call_command(first, args.homes, pipeline, args.card)}")
     return 0
 
 
