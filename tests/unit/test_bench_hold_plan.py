@@ -195,6 +195,11 @@ def fake_machine(root: Path, card: str) -> dict[str, str]:
     return {"PATH": f"{bin_dir}:/usr/bin:/bin"}
 
 
+def gpuenv_calls(root: Path) -> list[list[str]]:
+    """The fake ``python3``'s calls, each its arguments (``-m rollout_matrix.gpuenv VERB ...``)."""
+    return [call.strip("\n").split("\n") for call in (root / "calls.log").read_text().split("---\n") if call.strip()]
+
+
 def first_call(tmp_path: Path, left: str, *args: str) -> str:
     """The printed first call's command."""
     done = run_cli(tmp_path, "--left", left, *args)
@@ -216,7 +221,7 @@ def test_the_first_call_starts_the_runs_only_on_the_card_named(tmp_path: Path, c
     if not starts:  # 2026-12-07: two H100s answered calls naming nvidia-h200, and were given back at once
         assert not log.exists() and "not an H200: pipeline not started" in done.stdout
         return
-    calls = [c.strip("\n").split("\n") for c in log.read_text().split("---\n") if c.strip()]
+    calls = gpuenv_calls(tmp_path)
     assert [c[2] for c in calls] == ["seed-homes", "receive", "receive", "pipeline"]
     assert calls[1][3].endswith("sgl/part-000") and calls[2][3].endswith("vllm-after/part-000")
     # each benchmark step reaches gpuenv as one argument, as the printed pipeline line has it
@@ -229,7 +234,7 @@ def test_any_card_starts_them_and_a_plan_without_vllm_receives_sglangs_part_only
     command = first_call(tmp_path, "900", "--card", "any", "--no-homes")  # SGLang's full run alone
     subprocess.run(["bash", "-c", command], cwd=tmp_path, env=fake_machine(tmp_path, "NVIDIA H100 80GB HBM3"), check=True,
                    capture_output=True)
-    calls = [c.strip("\n").split("\n") for c in (tmp_path / "calls.log").read_text().split("---\n") if c.strip()]
+    calls = gpuenv_calls(tmp_path)
     assert [c[2] for c in calls] == ["receive", "pipeline"]
     assert calls[0][3] == str(tmp_path / "sgl" / "part-000") and not any("vllm-0.34.0=" in arg for arg in calls[1])
 
