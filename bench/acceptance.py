@@ -52,7 +52,6 @@ class Cell:
     """The day of each counted record that missed (a day as often as it missed)."""
 
 
-
 def tally(labels: list[str]) -> str:
     """Repeated labels once each, sorted, with how often where more than once: ``2026-12-06 ×2, 2026-12-07``."""
     return ", ".join(label if n == 1 else f"{label} ×{n}" for label, n in sorted(Counter(labels).items()))

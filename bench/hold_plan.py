@@ -89,6 +89,8 @@ BEFORE_SCRIPT_S = 10
 check (2026-12-07: 3.7 s with the kernels already on the machine, 9.8-10.0 s from the carried home)."""
 SCRIPT_GRACE_S = 60
 """``--script-timeout`` is the longest budget plus this (docs/performance.md: budget plus one 45 s grace)."""
+HOMES = ".gpu/homes"
+"""The seeded engine homes (docs/gpu.md): the first call carries them and seeds the machine from them."""
 FIRST_CALL_TIMEOUT_S = 120
 """The first call's limit: the homes and both part-000s arrive and the pipeline starts in the background
 (the twenty-fifth session's first call cost 41 s of device time, ``START_S``, the machine's start included)."""
@@ -211,7 +213,7 @@ def first_call_command(first: list[str], homes: bool, pipeline: str, card: str) 
     """The first call's command: seed the homes, receive each part-000 and start ``pipeline``, only where the
     card's name holds ``card`` (``any``: on every card). It prints the card and the time first, so a call that
     started nothing still says what it found."""
-    steps = (["$G seed-homes .gpu/homes 2>&1 | tail -2"] if homes else []) + \
+    steps = ([f"$G seed-homes {HOMES} 2>&1 | tail -2"] if homes else []) + \
         [f"$G receive {part} 2>&1 | tail -1" for part in first] + [f"{pipeline} 2>&1 | tail -1"]
     head = 'export PYTHONPATH=src; G="python3 -m rollout_matrix.gpuenv"; ' \
         'GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader); echo "$GPU"; date; '
@@ -277,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"plan: {'; '.join(run.describe() for run in chosen.runs)} "
           f"(about {chosen.seconds:,.0f} s of device time; {args.left:,.0f} s left)")
     first = [str(listed[e][0]) for e in ("sglang", "vllm") if e in chosen.engines]
-    print("first call carries: " + " ".join(first + ([".gpu/homes"] if args.homes else [])))
+    print("first call carries: " + " ".join(first + ([HOMES] if args.homes else [])))
     later = call_order(listed, chosen.engines)
     print(f"then {len(later)} calls, one part each: " + " ".join(str(p) for p in later))
     pipeline = pipeline_command(chosen.runs, entries)[0]
