@@ -43,13 +43,21 @@ def full_runs() -> list[dict[str, Any]]:
     return [json.loads((FIRST_H200 / entry / "bench.json").read_text()) for entry in ("sglang-0.5.23", "vllm-0.34.0")]
 
 
+def judged_as(record: dict[str, Any], met: bool) -> None:
+    """Give a record the interval of one that meets its width and low end, or of one that misses both, and the
+    ``meets`` the benchmark would write beside it (acceptance.py judges the figures, not ``meets``)."""
+    low, high = (0.99, 1.02) if met else (0.95, 1.03)
+    record.update(ci_low=low, ci_high=high, width=high - low, level=0.95, meets={t: met for t in record["meets"]})
+    record["mean"] = {**record["mean"], "ci_low": low}
+
+
 def on_another_day(run: dict[str, Any], day: str, eager_met: bool) -> dict[str, Any]:
-    """A copy of a run dated ``day``; its eager records judged met or missed as ``eager_met`` says."""
+    """A copy of a run dated ``day``; its eager records meeting every target or missing as ``eager_met`` says."""
     again = copy.deepcopy(run)
     again["meta"]["when"] = day + again["meta"]["when"][10:]
     for record in again["ratios"]:
         if record["mode"] == "eager":
-            record["meets"] = {target: eager_met for target in record["meets"]}
+            judged_as(record, eager_met)
     return again
 
 
@@ -135,6 +143,33 @@ def test_a_record_that_is_not_final_or_failed_does_not_meet_its_cell() -> None:
         record = run["ratios"][0]
         assert cells[(record["engine"], record["mode"], record["logprobs"])].met == {"2026-12-06"}
     assert verdict(first + second) == NOT_MET
+
+
+def test_a_record_is_judged_from_its_figures_not_from_the_meets_it_was_written_with() -> None:
+    first = full_runs()
+    second = [on_another_day(r, "2026-12-08", eager_met=True) for r in first]
+    record = second[1]["ratios"][0]
+    assert all(record["meets"].values())
+    record.update(ci_high=record["ci_low"] + 0.05, width=0.05)  # wider than 0.04; ``meets`` still says met
+    cells, _, _ = read(first + second, "H200")
+    assert cells[(record["engine"], record["mode"], record["logprobs"])].met == {"2026-12-06"}
+    assert cells[(record["engine"], "eager", record["logprobs"])].met == {"2026-12-08"}
+
+
+@pytest.mark.parametrize(("spread", "met"), [(0.001, True), (0.08, False)])
+def test_a_record_written_before_the_signed_rank_interval_is_judged_on_its_blocks(spread: float, met: bool) -> None:
+    # 2026-12-05's records carry no ``level`` and judged their ``width`` on the mean's bootstrap interval: their
+    # blocks decide now. Eight blocks alternating 1 +- spread: within 0.002 of 1 meets both ends; +-8 % cannot.
+    first = full_runs()
+    second = [on_another_day(r, "2026-12-08", eager_met=True) for r in first]
+    record = second[0]["ratios"][0]
+    for key in ("level", "mean"):
+        record.pop(key)
+    record.update(ci_low=0.99, ci_high=1.01, width=0.02, meets={t: True for t in record["meets"]},
+                  raw=[[1.0 + (spread if i % 2 else -spread), 1.0, bool(i % 3), 1.0] for i in range(8)])
+    cells, _, _ = read(first + second, "H200")
+    days = cells[(record["engine"], record["mode"], record["logprobs"])].met
+    assert days == ({"2026-12-06", "2026-12-08"} if met else {"2026-12-06"})
 
 
 def test_bad_input_is_refused_in_one_line_with_exit_2(tmp_path: Path) -> None:
