@@ -34,7 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from table import signed_rank
-from targets import TARGETS, interval_meets
+from targets import record_meets
 
 ENGINES = ("sglang", "vllm")
 MODES = ("graphs", "eager")
@@ -103,8 +103,7 @@ def judged(record: dict[str, Any]) -> dict[str, bool]:
         interval, mean_low = record, record["mean"]["ci_low"]
     else:
         interval, mean_low = signed_rank(record), record["ci_low"]
-    return {**interval_meets(interval["width"], interval["ci_low"], interval["level"], mean_low),
-            "shim_work_fraction": record["shim_work_fraction"] <= TARGETS["shim_work_fraction"]}
+    return record_meets(interval["width"], interval["ci_low"], interval["level"], mean_low, record["shim_work_fraction"])
 
 
 def meets_every_target(record: dict[str, Any]) -> bool:
