@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -243,3 +244,19 @@ def test_a_card_name_the_shell_would_read_as_a_pattern_is_refused(tmp_path: Path
     bundles(tmp_path)
     done = run_cli(tmp_path, "--left", "1500", "--card", "H*")
     assert done.returncode == 2 and done.stdout == "" and done.stderr.count("\n") == 1 and "--card" in done.stderr
+
+
+
+def test_a_reader_that_has_left_ends_it_quietly(tmp_path: Path) -> None:
+    """`hold_plan.py --left N | head -1` once head has its line: the pipe is closed before the plan is written.
+    Before, each print after that left a BrokenPipeError traceback and the exit said 1 or 120."""
+    bundles(tmp_path)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has already left
+    try:
+        done = subprocess.run([sys.executable, str(BENCH / "hold_plan.py"), "--sglang", str(tmp_path / "sgl"),
+                               "--vllm", str(tmp_path / "vllm-after"), "--left", "1800"],
+                              stdout=write_end, stderr=subprocess.PIPE, check=False)
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (0, b"")
