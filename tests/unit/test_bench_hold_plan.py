@@ -246,7 +246,6 @@ def test_a_card_name_the_shell_would_read_as_a_pattern_is_refused(tmp_path: Path
     assert done.returncode == 2 and done.stdout == "" and done.stderr.count("\n") == 1 and "--card" in done.stderr
 
 
-
 def test_a_reader_that_has_left_ends_it_quietly(tmp_path: Path) -> None:
     """`hold_plan.py --left N | head -1` once head has its line: the pipe is closed before the plan is written.
     Before, each print after that left a BrokenPipeError traceback and the exit said 1 or 120."""
