@@ -98,9 +98,14 @@ def test_vllms_parts_come_before_sglangs_last(tmp_path: Path) -> None:
     assert all(p.parent.name == "sgl" for p in call_order(listed, ("sglang",)))
 
 
+def cli_command(root: Path, *args: str) -> list[str]:
+    """hold_plan.py as a user runs it, on the bundle folders under ``root``."""
+    return [sys.executable, str(BENCH / "hold_plan.py"), "--sglang", str(root / "sgl"), "--vllm", str(root / "vllm-after"),
+            *args]
+
+
 def run_cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, str(BENCH / "hold_plan.py"), "--sglang", str(root / "sgl"), "--vllm", str(root / "vllm-after")]
-    return subprocess.run([*command, *args], capture_output=True, text=True, check=False)
+    return subprocess.run(cli_command(root, *args), capture_output=True, text=True, check=False)
 
 
 def test_the_command_prints_a_pipeline_gpuenv_can_run(tmp_path: Path) -> None:
@@ -253,9 +258,7 @@ def test_a_reader_that_has_left_ends_it_quietly(tmp_path: Path) -> None:
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader has already left
     try:
-        done = subprocess.run([sys.executable, str(BENCH / "hold_plan.py"), "--sglang", str(tmp_path / "sgl"),
-                               "--vllm", str(tmp_path / "vllm-after"), "--left", "1800"],
-                              stdout=write_end, stderr=subprocess.PIPE, check=False)
+        done = subprocess.run(cli_command(tmp_path, "--left", "1800"), stdout=write_end, stderr=subprocess.PIPE, check=False)
     finally:
         os.close(write_end)
     assert (done.returncode, done.stderr) == (0, b"")
