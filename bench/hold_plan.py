@@ -42,10 +42,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from pipe_exit import run_and_exit
 
 # Measured on the H200 (docs/gpu.md, 2026-12-06, twenty-fifth session), seconds of device time.
 START_S = 41.0
@@ -305,16 +308,5 @@ def print_warm(left: float, engine: str, entries: dict[str, str]) -> int:
     return 0
 
 
-def run_and_exit() -> None:
-    """``main``, where a reader that leaves early (``hold_plan.py ... | head -1``) ends it quietly, exit 0."""
-    try:
-        code = main()
-        sys.stdout.flush()  # a pipe closed after the last print breaks here, still inside the try
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's own flush raises nothing
-        code = 0
-    sys.exit(code)
-
-
 if __name__ == "__main__":
-    run_and_exit()
+    run_and_exit(main)

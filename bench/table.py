@@ -27,6 +27,7 @@ from hodges_lehmann import hodges_lehmann
 from noise import cell
 from pairs import STOP_MIN_BLOCKS, Pair, WarmUp, narrow_enough
 from phases import BATCH, NEW_TOKENS
+from pipe_exit import run_and_exit
 from targets import covers_95, interval_meets, mean_low_end_missed
 
 RATIO_HEAD = ("| began (UTC) | GPU | engine (shim) | mode | setting | shim / direct | 95 % interval | width | ABBA blocks | "
@@ -287,4 +288,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_and_exit(main)

@@ -15,6 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 from acceptance import NOT_MET, OK, read, report
+from closed_pipe import into_a_closed_pipe
 
 ROOT = Path(__file__).resolve().parents[2]
 ACCEPTANCE = ROOT / "bench" / "acceptance.py"
@@ -181,3 +182,9 @@ def test_bad_input_is_refused_in_one_line_with_exit_2(tmp_path: Path) -> None:
         assert run.returncode == 2
         assert run.stdout == ""
         assert run.stderr.count("\n") == 1 and path in run.stderr and fix in run.stderr
+
+
+def test_a_reader_that_has_left_ends_it_quietly() -> None:
+    """`acceptance.py ... | head -1` once head has its line. Before, the print raised BrokenPipeError: a traceback, exit 1."""
+    done = into_a_closed_pipe([sys.executable, str(ACCEPTANCE), *RECORDS])
+    assert (done.returncode, done.stderr) == (0, b"")

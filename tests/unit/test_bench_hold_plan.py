@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
+from closed_pipe import into_a_closed_pipe
 from hold_plan import BEFORE_SCRIPT_S, CALL_OVERHEAD_S, WARM_CALL_S, Plan, call_order, list_parts, plan, warm_plan
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
@@ -255,10 +255,5 @@ def test_a_reader_that_has_left_ends_it_quietly(tmp_path: Path) -> None:
     """`hold_plan.py --left N | head -1` once head has its line: the pipe is closed before the plan is written.
     Before, each print after that left a BrokenPipeError traceback and the exit said 1 or 120."""
     bundles(tmp_path)
-    read_end, write_end = os.pipe()
-    os.close(read_end)  # the reader has already left
-    try:
-        done = subprocess.run(cli_command(tmp_path, "--left", "1800"), stdout=write_end, stderr=subprocess.PIPE, check=False)
-    finally:
-        os.close(write_end)
+    done = into_a_closed_pipe(cli_command(tmp_path, "--left", "1800"))
     assert (done.returncode, done.stderr) == (0, b"")

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from closed_pipe import into_a_closed_pipe
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLE = ROOT / "bench" / "table.py"
@@ -171,3 +172,9 @@ def test_the_runs_own_summary_names_the_means_low_end_beside_the_miss(capsys: py
     assert eager_sampling.endswith(f"ok NO ok (low end: the mean's {mean_low:.4f})")
     others = [line for line in lines if line.split()[:1] in (["graphs"], ["eager"]) and line != eager_sampling]
     assert len(others) == 3 and all(line.endswith("ok ok ok") for line in others)
+
+
+def test_a_reader_that_has_left_ends_it_quietly() -> None:
+    """`table.py ... | head -1` once head has its line. Before, the print raised BrokenPipeError: a traceback, exit 1."""
+    done = into_a_closed_pipe([sys.executable, str(TABLE), *(str(p) for p in THIRD.glob("*/bench.json"))])
+    assert (done.returncode, done.stderr) == (0, b"")
