@@ -17,7 +17,8 @@ meets every target; a cell needs ``DAYS`` such days. Each record is judged again
 bench/targets.py, not by the ``meets`` it was written with, so a record written under an older rule (the
 2026-12-05 ones judged their low end on the mean's interval alone) is read as the tables read it.
 
-Exit codes: 0 every cell is met, 1 some cell is not (the lines after the table say which), 2 bad input.
+Exit codes: 0 every cell is met, 1 some cell is not (the lines after the table say which), 2 bad input;
+0 also where the reader of stdout left before the report was written (``| head -1``, bench/pipe_exit.py).
 """
 
 from __future__ import annotations
