@@ -2,7 +2,8 @@
 """Which benchmark runs a GPU hold can still finish, from the device time left (pure, but for the CLI).
 
     python bench/hold_plan.py --left 1439          # the plan, the parts in call order, the pipeline command
-    python bench/hold_plan.py --left 1439 --no-homes   # the homes were not seeded: vLLM builds its kernels first
+    python bench/hold_plan.py --left 1439 --no-homes   # do not seed .gpu/homes (without pieces there, none are):
+                                                       # vLLM builds its kernels first
     python bench/hold_plan.py --left 665 --warm sglang  # after the plan's runs: one eager-only run, in one call
     python bench/hold_plan.py --left 1439 --card any    # a first call that starts the runs on whatever card comes
 
@@ -93,8 +94,20 @@ BEFORE_SCRIPT_S = 10
 check (2026-12-07: 3.7 s with the kernels already on the machine, 9.8-10.0 s from the carried home)."""
 SCRIPT_GRACE_S = 60
 """``--script-timeout`` is the longest budget plus this (docs/performance.md: budget plus one 45 s grace)."""
-HOMES = ".gpu/homes"
-"""The seeded engine homes (docs/gpu.md): the first call carries them and seeds the machine from them."""
+HOMES = Path(".gpu/homes")
+"""The engine homes' pieces (``home-<entry>.tgz.NN``, written by ``gpuenv pack-homes``, docs/gpu.md): the first
+call carries them and seeds the machine from them. ``.gpu/`` is not committed, so a fresh checkout has none:
+the plan is then made without them, and the hold's last call packs them again."""
+HOME_PIECES = "home-*.tgz.*"
+GPUENV = "PYTHONPATH=src python3 -m rollout_matrix.gpuenv"
+RECEIVE_CALL = GPUENV + " receive {part} 2>&1 | tail -1 | cut -c1-80"
+"""A later call, one part: its last line says what arrived and which entry is complete (cut: a long one)."""
+WAIT_CALL_TIMEOUT_S = 600
+WAIT_CALL = "PYTHONPATH=src timeout 590 python3 -m rollout_matrix.gpuenv wait --max 470 --collect $OUT 2>&1 | tail -6"
+"""The calls after the parts, until ``wait`` says the pipeline has ended (exit 0; 3 while it runs): each within
+the device tool's 600 s a call, its results collected at the end (the twenty-fifth session's, as run)."""
+PACK_CALL = GPUENV + " pack-homes $OUT 2>&1 | tail -3"
+"""The last call: the homes' pieces come back, for ``--homes`` of the next hold."""
 FIRST_CALL_TIMEOUT_S = 120
 """The first call's limit: the homes and both part-000s arrive and the pipeline starts in the background
 (the twenty-fifth session's first call cost 41 s of device time, ``START_S``, the machine's start included)."""
@@ -213,11 +226,16 @@ def pipeline_command(runs: tuple[Run, ...], entries: dict[str, str]) -> tuple[st
     return f"$G pipeline --background --parallel 1 --keep-envs --script-timeout {limit} {steps}", limit
 
 
-def first_call_command(first: list[str], homes: bool, pipeline: str, card: str) -> str:
+def seeded(homes: Path) -> bool:
+    """Whether ``homes`` holds pieces to seed (none in a fresh checkout)."""
+    return homes.is_dir() and any(homes.glob(HOME_PIECES))
+
+
+def first_call_command(first: list[str], homes: Path | None, pipeline: str, card: str) -> str:
     """The first call's command: seed the homes, receive each part-000 and start ``pipeline``, only where the
     card's name holds ``card`` (``any``: on every card). It prints the card and the time first, so a call that
     started nothing still says what it found."""
-    steps = ([f"$G seed-homes {HOMES} 2>&1 | tail -2"] if homes else []) + \
+    steps = ([f"$G seed-homes {homes} 2>&1 | tail -2"] if homes else []) + \
         [f"$G receive {part} 2>&1 | tail -1" for part in first] + [f"{pipeline} 2>&1 | tail -1"]
     head = 'export PYTHONPATH=src; G="python3 -m rollout_matrix.gpuenv"; ' \
         'GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader); echo "$GPU"; date; '
@@ -245,7 +263,9 @@ def call_order(parts: dict[str, list[Path]], engines: tuple[str, ...]) -> list[P
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--left", type=float, required=True, help="device seconds left (the status tool's budget_left_s)")
-    parser.add_argument("--no-homes", dest="homes", action="store_false", help="the homes are not seeded")
+    parser.add_argument("--homes", type=Path, default=HOMES, help="the homes' pieces to seed (planned without them "
+                        "where the folder holds none)")
+    parser.add_argument("--no-homes", dest="seed", action="store_false", help="do not seed the homes")
     parser.add_argument("--sglang", type=Path, default=Path(".gpu/sgl"), help="SGLang's bundle folder")
     parser.add_argument("--vllm", type=Path, default=Path(".gpu/vllm-after"), help="vLLM's bundle, built --after SGLang's")
     parser.add_argument("--entries", default="sglang-0.5.23,vllm-0.34.0", help="the two matrix entries, SGLang's first")
@@ -276,19 +296,26 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hold_plan: no part-* in {bundles[engine]}: build the bundle (docs/gpu.md) or pass --{engine}",
                   file=sys.stderr)
             return 2
-    chosen = plan(args.left, {engine: len(found) for engine, found in listed.items()}, args.homes)
+    homes = args.homes if args.seed and seeded(args.homes) else None
+    chosen = plan(args.left, {engine: len(found) for engine, found in listed.items()}, homes is not None)
     if chosen is None:
         print(f"hold_plan: no run finishes in {args.left:.0f} s of device time: stop calling", file=sys.stderr)
         return 3
     print(f"plan: {'; '.join(run.describe() for run in chosen.runs)} "
           f"(about {chosen.seconds:,.0f} s of device time; {args.left:,.0f} s left)")
     first = [str(listed[e][0]) for e in ("sglang", "vllm") if e in chosen.engines]
-    print("first call carries: " + " ".join(first + ([HOMES] if args.homes else [])))
+    if args.seed and homes is None:
+        print(f"homes: no {HOME_PIECES} in {args.homes} (a fresh checkout has none): planned without them, vLLM builds "
+              "its kernels first; keep the last call's pieces in it for the next hold")
+    print("first call carries: " + " ".join(first + ([str(homes)] if homes else [])))
     later = call_order(listed, chosen.engines)
     print(f"then {len(later)} calls, one part each: " + " ".join(str(p) for p in later))
     pipeline = pipeline_command(chosen.runs, entries)[0]
     print(f"pipeline: {pipeline}")
-    print(f"first call (timeout {FIRST_CALL_TIMEOUT_S}): {first_call_command(first, args.homes, pipeline, args.card)}")
+    print(f"first call (timeout {FIRST_CALL_TIMEOUT_S}): {first_call_command(first, homes, pipeline, args.card)}")
+    print(f"each part's call (timeout 60): {RECEIVE_CALL.format(part='PART')}")
+    print(f"then, until the pipeline has ended (timeout {WAIT_CALL_TIMEOUT_S}): {WAIT_CALL}")
+    print(f"last call (timeout 60): {PACK_CALL}")
     return 0
 
 

@@ -80,13 +80,17 @@ def test_without_the_homes_vllm_costs_its_kernel_build() -> None:
     assert seeded.runs[1].budget_s == 480 and bare.runs[1].budget_s < 480
 
 
-def bundles(root: Path) -> dict[str, Path]:
-    """Empty part files, as many as the real bundles have: the plan counts them."""
+def bundles(root: Path, homes: bool = True) -> dict[str, Path]:
+    """Empty part files, as many as the real bundles have: the plan counts them. With ``homes``, a piece of a
+    home too (named as ``gpuenv pack-homes`` names them), for the first call to seed."""
     folders = {"sglang": root / "sgl", "vllm": root / "vllm-after"}
     for engine, folder in folders.items():
         folder.mkdir()
         for n in range(PARTS[engine]):
             (folder / f"part-{n:03d}").touch()
+    (root / "homes").mkdir()
+    if homes:
+        (root / "homes" / "home-vllm-0.34.0.tgz.00").touch()
     return folders
 
 
@@ -99,9 +103,9 @@ def test_vllms_parts_come_before_sglangs_last(tmp_path: Path) -> None:
 
 
 def cli_command(root: Path, *args: str) -> list[str]:
-    """hold_plan.py as a user runs it, on the bundle folders under ``root``."""
+    """hold_plan.py as a user runs it, on the bundle folders and the homes under ``root``."""
     return [sys.executable, str(BENCH / "hold_plan.py"), "--sglang", str(root / "sgl"), "--vllm", str(root / "vllm-after"),
-            *args]
+            "--homes", str(root / "homes"), *args]
 
 
 def run_cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -229,6 +233,7 @@ def test_the_first_call_starts_the_runs_only_on_the_card_named(tmp_path: Path, c
         return
     calls = gpuenv_calls(tmp_path)
     assert [c[2] for c in calls] == ["seed-homes", "receive", "receive", "pipeline"]
+    assert calls[0][3] == str(tmp_path / "homes")
     assert calls[1][3].endswith("sgl/part-000") and calls[2][3].endswith("vllm-after/part-000")
     # each benchmark step reaches gpuenv as one argument, as the printed pipeline line has it
     assert "sglang-0.5.23=bench/rollout_bench.py --budget-s 480 --new-tokens 32" in calls[3]
@@ -257,3 +262,25 @@ def test_a_reader_that_has_left_ends_it_quietly(tmp_path: Path) -> None:
     bundles(tmp_path)
     done = into_a_closed_pipe(cli_command(tmp_path, "--left", "1800"))
     assert (done.returncode, done.stderr) == (0, b"")
+
+
+def test_a_checkout_without_homes_is_planned_without_them_and_told_so(tmp_path: Path) -> None:
+    """.gpu/ is not committed: a fresh checkout has no homes to seed (the thirty-fifth session's had none), and
+    a plan that seeds them would carry a folder that is not there and leave out vLLM's kernel build."""
+    with_homes, without = tmp_path / "with", tmp_path / "without"
+    for root, homes in ((with_homes, True), (without, False)):
+        root.mkdir()
+        bundles(root, homes)
+    seeded, bare = run_cli(with_homes, "--left", "1800"), run_cli(without, "--left", "1800")
+    assert seeded.returncode == bare.returncode == 0, bare.stderr
+    assert "homes: no home-*.tgz.*" in bare.stdout and "homes:" not in seeded.stdout
+
+    def device_seconds(stdout: str) -> int:
+        return int(re.search(r"about ([\d,]+) s of device time", stdout)[1].replace(",", ""))
+
+    assert device_seconds(bare.stdout) > device_seconds(seeded.stdout)
+    assert "seed-homes" in first_call(with_homes, "1800") and "seed-homes" not in first_call(without, "1800")
+    carries = {root: next(line for line in run.stdout.splitlines() if line.startswith("first call carries: "))
+               for root, run in ((with_homes, seeded), (without, bare))}
+    assert carries[with_homes].split()[-1] == str(with_homes / "homes")
+    assert str(without / "homes") not in carries[without].split()
