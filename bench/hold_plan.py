@@ -13,7 +13,8 @@ from a table in docs/gpu.md; a hold that starts with too little time left ends m
 record. So the plan is computed here, from times measured on the H200 (docs/gpu.md, twenty-fifth
 session), and a plan that cannot finish is refused (exit 3: stop calling; with ``--warm``: give the
 machine back). Exit 2: bad input (a bundle folder without parts, not asked for with ``--warm``;
-``--entries`` not two names; ``--left`` not a number); 0: a plan was printed.
+a homes folder ``gpuenv seed-homes`` would refuse; ``--entries`` not two names; ``--left`` not a number);
+0: a plan was printed.
 
 The plans, most useful first (issue 24 wants both engines x both modes x two settings, from full runs:
 bench/acceptance.py counts no other): both engines' full runs; SGLang's full run, then vLLM's full run
@@ -50,6 +51,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pipe_exit import run_and_exit
+
+from rollout_matrix.errors import UserError
+from rollout_matrix.gpu.homes import archives
 
 # Measured on the H200 (docs/gpu.md, 2026-12-06, twenty-fifth session), seconds of device time.
 START_S = 41.0
@@ -98,15 +102,17 @@ HOMES = Path(".gpu/homes")
 """The engine homes' pieces (``home-<entry>.tgz.NN``, written by ``gpuenv pack-homes``, docs/gpu.md): the first
 call carries them and seeds the machine from them. ``.gpu/`` is not committed, so a fresh checkout has none:
 the plan is then made without them, and the hold's last call packs them again."""
-HOME_PIECES = "home-*.tgz.*"
-GPUENV = "PYTHONPATH=src python3 -m rollout_matrix.gpuenv"
-RECEIVE_CALL = GPUENV + " receive {part} 2>&1 | tail -1 | cut -c1-80"
+GPUENV = "python3 -m rollout_matrix.gpuenv"
+"""Every printed call runs gpuenv so, from the checkout's root on the machine (``PYTHONPATH=src``)."""
+RECEIVE_CALL = f"PYTHONPATH=src {GPUENV} receive {{part}} 2>&1 | tail -1 | cut -c1-80"
 """A later call, one part: its last line says what arrived and which entry is complete (cut: a long one)."""
-WAIT_CALL_TIMEOUT_S = 600
-WAIT_CALL = "PYTHONPATH=src timeout 590 python3 -m rollout_matrix.gpuenv wait --max 470 --collect $OUT 2>&1 | tail -6"
+WAIT_MAX_S = 470
+"""A later ``wait``'s ``--max``: the twenty-fifth session's, as run, leaving the rest of the call for collecting."""
+WAIT_CALL = f"PYTHONPATH=src timeout {CALL_LIMIT_S - 2 * WAIT_SLACK_S} {GPUENV} wait --max {WAIT_MAX_S} " \
+    "--collect $OUT 2>&1 | tail -6"
 """The calls after the parts, until ``wait`` says the pipeline has ended (exit 0; 3 while it runs): each within
-the device tool's 600 s a call, its results collected at the end (the twenty-fifth session's, as run)."""
-PACK_CALL = GPUENV + " pack-homes $OUT 2>&1 | tail -3"
+the device tool's limit a call (``CALL_LIMIT_S``, with the warm call's slack), its results collected at the end."""
+PACK_CALL = f"PYTHONPATH=src {GPUENV} pack-homes $OUT 2>&1 | tail -3"
 """The last call: the homes' pieces come back, for ``--homes`` of the next hold."""
 FIRST_CALL_TIMEOUT_S = 120
 """The first call's limit: the homes and both part-000s arrive and the pipeline starts in the background
@@ -227,8 +233,10 @@ def pipeline_command(runs: tuple[Run, ...], entries: dict[str, str]) -> tuple[st
 
 
 def seeded(homes: Path) -> bool:
-    """Whether ``homes`` holds pieces to seed (none in a fresh checkout)."""
-    return homes.is_dir() and any(homes.glob(HOME_PIECES))
+    """Whether ``homes`` holds pieces to seed (none in a fresh checkout). A folder ``gpuenv seed-homes`` would
+    refuse on the machine (a file that is not a piece, a piece missing) raises its UserError here, before a call
+    carries it: the first call runs on past a refused seed, and the hold would pay the kernel build unplanned."""
+    return homes.is_dir() and any(homes.iterdir()) and bool(archives([homes]))
 
 
 def first_call_command(first: list[str], homes: Path | None, pipeline: str, card: str) -> str:
@@ -237,7 +245,7 @@ def first_call_command(first: list[str], homes: Path | None, pipeline: str, card
     started nothing still says what it found."""
     steps = ([f"$G seed-homes {homes} 2>&1 | tail -2"] if homes else []) + \
         [f"$G receive {part} 2>&1 | tail -1" for part in first] + [f"{pipeline} 2>&1 | tail -1"]
-    head = 'export PYTHONPATH=src; G="python3 -m rollout_matrix.gpuenv"; ' \
+    head = f'export PYTHONPATH=src; G="{GPUENV}"; ' \
         'GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader); echo "$GPU"; date; '
     if card == "any":
         return head + "; ".join(steps)
@@ -296,7 +304,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hold_plan: no part-* in {bundles[engine]}: build the bundle (docs/gpu.md) or pass --{engine}",
                   file=sys.stderr)
             return 2
-    homes = args.homes if args.seed and seeded(args.homes) else None
+    try:
+        homes = args.homes if args.seed and seeded(args.homes) else None
+    except UserError as error:
+        print(f"hold_plan: {error}; or plan without them (--no-homes)", file=sys.stderr)
+        return 2
     chosen = plan(args.left, {engine: len(found) for engine, found in listed.items()}, homes is not None)
     if chosen is None:
         print(f"hold_plan: no run finishes in {args.left:.0f} s of device time: stop calling", file=sys.stderr)
@@ -305,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(about {chosen.seconds:,.0f} s of device time; {args.left:,.0f} s left)")
     first = [str(listed[e][0]) for e in ("sglang", "vllm") if e in chosen.engines]
     if args.seed and homes is None:
-        print(f"homes: no {HOME_PIECES} in {args.homes} (a fresh checkout has none): planned without them, vLLM builds "
+        print(f"homes: no home-<entry>.tgz.NN in {args.homes} (a fresh checkout has none): planned without them, vLLM builds "
               "its kernels first; keep the last call's pieces in it for the next hold")
     print("first call carries: " + " ".join(first + ([str(homes)] if homes else [])))
     later = call_order(listed, chosen.engines)
@@ -314,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pipeline: {pipeline}")
     print(f"first call (timeout {FIRST_CALL_TIMEOUT_S}): {first_call_command(first, homes, pipeline, args.card)}")
     print(f"each part's call (timeout 60): {RECEIVE_CALL.format(part='PART')}")
-    print(f"then, until the pipeline has ended (timeout {WAIT_CALL_TIMEOUT_S}): {WAIT_CALL}")
+    print(f"then, until the pipeline has ended (timeout {CALL_LIMIT_S}): {WAIT_CALL}")
     print(f"last call (timeout 60): {PACK_CALL}")
     return 0
 

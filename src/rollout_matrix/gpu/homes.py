@@ -199,8 +199,9 @@ def _kept(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
     return info
 
 
-def _archives(paths: list[Path]) -> dict[str, list[Path]]:
-    """Pieces by entry, in order; a name that is not a piece, or a piece missing between two, is refused."""
+def archives(paths: list[Path]) -> dict[str, list[Path]]:
+    """Pieces by entry, in order; a name that is not a piece, or a piece missing between two, is refused.
+    bench/hold_plan.py checks a hold's homes folder with it before the first call carries it."""
     found: dict[str, dict[int, Path]] = {}
     for path in paths:
         if not path.exists():
@@ -211,14 +212,14 @@ def _archives(paths: list[Path]) -> dict[str, list[Path]]:
             if named is None or not piece.is_file():
                 raise UserError(f"{piece}: not a piece of a home (home-<entry>.tgz.NN, as pack-homes writes them)")
             found.setdefault(named["entry"], {})[int(named["n"])] = piece
-    archives = {}
+    ordered = {}
     for entry, numbered in found.items():
         gaps = sorted(set(range(max(numbered) + 1)) - numbered.keys())
         if gaps:
             raise UserError(f"home-{entry}.tgz: piece {', '.join(f'.{n:02d}' for n in gaps)} missing; carry every "
                             "piece pack-homes wrote for it")
-        archives[entry] = [numbered[n] for n in sorted(numbered)]
-    return archives
+        ordered[entry] = [numbered[n] for n in sorted(numbered)]
+    return ordered
 
 
 def _cache_of(name: str) -> str | None:
@@ -273,12 +274,12 @@ def seed(paths: list[Path]) -> dict[str, Counter]:
     checked (``_refusal``) as it is unpacked into a staging folder beside the home: an archive with one
     refused member, or one that does not read whole, leaves the home as it was. Returns, per entry, the
     files unpacked per cache folder."""
-    archives = _archives(paths)
-    if not archives:
+    found = archives(paths)
+    if not found:
         raise UserError("no piece named: give the home-<entry>.tgz.NN files pack-homes wrote (or their folder)")
     homes = store._dirs()["homes"]
     done: dict[str, Counter] = {}
-    for entry, pieces in sorted(archives.items()):
+    for entry, pieces in sorted(found.items()):
         where = f"home-{entry}.tgz ({len(pieces)} piece{'s' if len(pieces) > 1 else ''})"
         home = homes / entry
         for folder in (home, home / ".cache"):  # what a link here names lies outside the home: not written into
