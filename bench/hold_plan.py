@@ -7,6 +7,9 @@
     python bench/hold_plan.py --left 665 --warm sglang  # after the plan's runs: one eager-only run, in one call
     python bench/hold_plan.py --left 1439 --card any    # a first call that starts the runs on whatever card comes
 
+It runs in the project's environment (the README's set-up): it reads the homes folder with
+``rollout_matrix.gpu.homes``, as ``gpuenv seed-homes`` reads it on the machine.
+
 Why: a session has 30 minutes of device time, and every call that gets no machine costs 15-180 s of
 it. On 2026-12-07 two sessions spent theirs on 29 refusals, cutting the plan by hand before each call
 from a table in docs/gpu.md; a hold that starts with too little time left ends mid-run and gives no
