@@ -239,7 +239,7 @@ def seeded(homes: Path) -> bool:
     """Whether ``homes`` holds pieces to seed (none in a fresh checkout). A folder ``gpuenv seed-homes`` would
     refuse on the machine (a file that is not a piece, a piece missing) raises its UserError here, before a call
     carries it: the first call runs on past a refused seed, and the hold would pay the kernel build unplanned."""
-    return homes.is_dir() and any(homes.iterdir()) and bool(archives([homes]))
+    return homes.is_dir() and bool(archives([homes]))
 
 
 def first_call_command(first: list[str], homes: Path | None, pipeline: str, card: str) -> str:
