@@ -118,7 +118,9 @@ def share_weights(named_tensors: Mapping[str, Any] | Iterable[tuple[str, Any]], 
     if dtype is not None and not isinstance(dtype, torch.dtype):
         raise ValueError(f"share_weights: dtype={dtype!r} is not a torch.dtype")
     items = named_tensors.items() if isinstance(named_tensors, Mapping) else named_tensors
-    share_names = tuple(name for name, _ in items) if isinstance(items, Collection) else None
+    # a list's names now (the check that item N is a pair comes first); an iterator's as it is read
+    share_names = (tuple(named_tensor("share_weights", i, item)[0] for i, item in enumerate(items))
+                   if isinstance(items, Collection) else None)
     capacity = _aligned(int(bucket_mib * 2**20))
     return _buckets(iter(items), capacity, ranks, dtype, None if device is None else torch.device(device),
                     share_names)

@@ -199,7 +199,9 @@ class WeightGroup:
         if self._group is None:
             raise ValueError("WeightGroup.broadcast: the group was destroyed; create a new WeightGroup")
         items = named_tensors.items() if isinstance(named_tensors, Mapping) else named_tensors
-        share_names = tuple(name for name, _ in items) if isinstance(items, Collection) else None
+        # a list's names now (the check that item N is a pair comes first); an iterator's as it is read
+        share_names = (tuple(named_tensor("WeightGroup.broadcast", i, item)[0] for i, item in enumerate(items))
+                       if isinstance(items, Collection) else None)
         return self._buckets(iter(items), int(bucket_mib * 2**20), dtype, share_names)
 
     def destroy(self) -> None:

@@ -281,6 +281,8 @@ def test_items_that_are_not_named_tensors_are_refused(torch: Any) -> None:
         list(share_weights([("a", torch.zeros(2)), ("b", [1.0, 2.0])], bucket_mib=1))
     with pytest.raises(ValueError, match="item 0 is not a"):
         list(share_weights([torch.zeros(2)], bucket_mib=1))
+    with pytest.raises(ValueError, match=r"item 1 is not a \(name, tensor\) pair"):  # not "too many values to unpack"
+        share_weights([("a", torch.zeros(2)), ("b", torch.zeros(2), "bf16")], bucket_mib=1)
 
 
 # ----- the engine's side: what RolloutEngine.update_weights_from checks --------------------------------

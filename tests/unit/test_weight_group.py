@@ -274,6 +274,8 @@ def test_broadcast_refuses_bad_arguments_and_items_in_one_line(torch: Any) -> No
         next(group.broadcast([torch.zeros(2)]))
     with pytest.raises(ValueError, match=r"item 1 \('b'\) is not a \(str, torch\.Tensor\) pair"):
         list(group.broadcast([("a", torch.zeros(1)), ("b", [1.0])]))
+    with pytest.raises(ValueError, match=r"item 0 is not a \(name, tensor\) pair"):  # not "too many values to unpack"
+        group.broadcast([torch.zeros(3)])
     assert list(group.broadcast({})) == []
     group._group = None
     with pytest.raises(ValueError, match="the group was destroyed"):
