@@ -6,12 +6,10 @@ keeping text out of the hot path is what makes SGLang and vLLM interchangeable h
 
 from __future__ import annotations
 
-import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from rollout_shims.checkpoint import checkpoint_shapes
@@ -27,11 +25,6 @@ from rollout_shims.weight_names import check_bucket, check_pushed, checkpoint_to
 log = logging.getLogger("rollout_shims")
 
 FinishReason = Literal["stop", "length", "abort"]
-
-VALIDATION_PROMPTS: tuple[tuple[int, ...], ...] = ((1, 2, 3, 4), (10, 20, 30), (5,), (7, 7, 7, 7, 7, 7))
-"""Fixed token prompts of the start-up validation run (``validate_weight``): token ids, not text,
-because the engine may run without a tokenizer; small ids exist in every vocabulary."""
-
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -335,26 +328,6 @@ class RolloutEngine(ABC):
         if eos is None or params.ignore_eos or eos in params.stop_token_ids:
             return params
         return SamplingParams(**{**asdict(params), "stop_token_ids": (*params.stop_token_ids, eos)})
-
-    def run_validation(self) -> list[Completion]:
-        """The ``validate_weight`` start-up check: greedy 32 tokens on fixed prompts, logged and,
-        with ``validate_save_dir``, written to ``validation-<backend>-<release>.json`` there so
-        runs on different releases can be compared."""
-        params = SamplingParams(max_new_tokens=32, temperature=0.0, logprobs=True)
-        completions = self.generate([list(p) for p in VALIDATION_PROMPTS], params)
-        for prompt, c in zip(VALIDATION_PROMPTS, completions, strict=True):
-            log.info("[%s] validation %s -> %s", self.info.group_name, list(prompt), c.token_ids)
-        if self.config.validate_save_dir:
-            out = Path(self.config.validate_save_dir)
-            out.mkdir(parents=True, exist_ok=True)
-            target = out / f"validation-{self.info.backend}-{self.info.release}.json"
-            payload = {
-                "info": asdict(self.info),
-                "prompts": [list(p) for p in VALIDATION_PROMPTS],
-                "completions": [asdict(c) for c in completions],
-            }
-            target.write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
-        return completions
 
     # ----- what an engine base class provides ----------------------------------------------
     @abstractmethod

@@ -8,6 +8,7 @@ from rollout_shims.api import RolloutEngine
 from rollout_shims.config import RolloutConfig
 from rollout_shims.detect import Detection, detect
 from rollout_shims.shims import shim_class
+from rollout_shims.validation import run_validation
 
 
 def resolve(config: RolloutConfig) -> tuple[Detection, type]:
@@ -29,7 +30,7 @@ def create_engine(config: RolloutConfig | dict[str, Any]) -> RolloutEngine:
     engine: RolloutEngine = cls(config, detection)
     if config.validate_weight:
         try:
-            engine.run_validation()
+            run_validation(engine)
         except BaseException:
             engine.shutdown()
             raise

@@ -41,6 +41,7 @@ from rollout_shims.errors import EngineStateError
 from rollout_shims.seeds import request_seeds
 from rollout_shims.shims.memory_share import require_vllm_share
 from rollout_shims.shims.sglang_memory import start_fraction
+from rollout_shims.validation import run_validation
 
 BACKEND = os.environ.get("DRYRUN_BACKEND", "vllm")
 KEEPS = os.environ.get("DRYRUN_KEEPS_WEIGHTS", "1") == "1"
@@ -217,7 +218,7 @@ def _create_engine(config: RolloutConfig | dict[str, Any]) -> RolloutEngine:
         raise EngineStateError("the dry run stands in for one GPU")
     engine = StandInEngine(config)
     if config.validate_weight:
-        engine.run_validation()
+        run_validation(engine)
     return engine
 
 

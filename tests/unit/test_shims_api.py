@@ -15,11 +15,12 @@ from typing import Any
 import pytest
 
 from rollout_shims import Completion, EngineInfo, RolloutConfig, SamplingParams, UnsupportedFeatureError
-from rollout_shims.api import VALIDATION_PROMPTS, RolloutEngine
-from rollout_shims.errors import EngineRequestError
+from rollout_shims.api import RolloutEngine
+from rollout_shims.errors import EngineRequestError, EngineStateError
 from rollout_shims.shims import sglang_flush, sglang_weights, vllm_memory
 from rollout_shims.shims.sglang_bands import SGLang044, SGLang048, SGLang051
 from rollout_shims.shims.vllm_bands import VLLM085
+from rollout_shims.validation import VALIDATION_PROMPTS, run_validation
 
 
 class EchoEngine(RolloutEngine):
@@ -126,13 +127,28 @@ def test_shutdown_once_and_context_manager() -> None:
 
 def test_validation_run_writes_its_result(tmp_path: Path) -> None:
     eng = EchoEngine(cfg(validate_weight=True, validate_save_dir=str(tmp_path / "v"), group_name="G"))
-    out = eng.run_validation()
+    out = run_validation(eng)
     assert len(out) == len(VALIDATION_PROMPTS)
     params = eng.calls[0][1][1]
     assert (params.temperature, params.max_new_tokens, params.logprobs) == (0.0, 32, True)
     data = json.loads((tmp_path / "v" / "validation-echo-0.json").read_text())
     assert data["info"]["group_name"] == "G"
     assert data["completions"][0]["token_ids"] == [4, 3, 2, 1]
+
+
+@pytest.mark.parametrize(("padding", "left_out"), [(7, (7, 7, 7, 7, 7, 7)), (5, (5,)), (4, (1, 2, 3, 4))])
+def test_validation_leaves_out_a_prompt_the_padding_id_would_change(tmp_path: Path, padding: int,
+                                                                    left_out: tuple[int, ...]) -> None:
+    """generate() strips rollout.padding from both ends of a prompt: a validation prompt of padding ids
+    only was emptied and refused, which ended the engine's start; one ending in it was run shortened,
+    so the saved results of two configs stopped being comparable."""
+    eng = EchoEngine(cfg(validate_weight=True, validate_save_dir=str(tmp_path), padding=padding))
+    out = run_validation(eng)
+    kept = [list(p) for p in VALIDATION_PROMPTS if p != left_out]
+    assert len(kept) == len(VALIDATION_PROMPTS) - 1
+    assert eng.calls[0][1][0] == kept  # the prompts the engine got, unchanged
+    data = json.loads((tmp_path / "validation-echo-0.json").read_text())
+    assert data["prompts"] == kept and len(out) == len(kept)
 
 
 def test_print_outputs_logs_each_completion(caplog: pytest.LogCaptureFixture) -> None:
@@ -258,6 +274,55 @@ def test_sglang_refused_reload_names_the_folder_and_sglangs_message() -> None:
     with pytest.raises(EngineRequestError, match=r"SGLang could not reload .*: no config\.json there$"):
         eng._reload_from_disk()
     assert eng._engine.requests == ["flush"]  # settled first: the reload's own flush is asserted
+
+
+class ReleasingScheduler(BusyScheduler):
+    """SGLang 0.5.2's release and resume (SchedulerUpdateWeightsMixin): release adds the offload tags,
+    resume removes them, so a resume without a release in between raises in the scheduler (KeyError),
+    which ends it; ``update_weights_from_disk`` answers as ``disk`` says."""
+
+    def __init__(self) -> None:
+        super().__init__(busy=0)
+        self.offload_tags: set[str] = set()
+        self.disk = (False, "Failed to load: No such file")
+
+    def release_memory_occupation(self) -> None:
+        self.requests.append("release")
+        self.offload_tags |= {"weights", "kv_cache"}
+
+    def resume_memory_occupation(self) -> None:
+        self.requests.append("resume")
+        for tag in ("weights", "kv_cache"):
+            self.offload_tags.remove(tag)
+
+    def update_weights_from_disk(self, model_dir, load_format=None):
+        self.requests.append("disk")
+        return self.disk
+
+
+def test_sglang_052_onload_whose_reload_fails_leaves_the_memory_back_and_asks_for_a_push(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """SGLang up to 0.5.2 reloads ``model_dir`` after the resume. When that reload was refused, the
+    shim still counted the engine as offloaded: generate() said "call onload() first", and that
+    second onload() resumed again, which ends SGLang's scheduler. The memory is back after the first
+    resume, so the engine is onloaded, its weights lost until a push, and a second onload() is a no-op."""
+    monkeypatch.setattr(sglang_weights, "unavailable_features", lambda symbols: {})  # no SGLang installed here
+    eng = SGLang051.__new__(SGLang051)
+    RolloutEngine.__init__(eng, RolloutConfig.from_dict({"model_dir": str(tmp_path), "validate_weight": True}),
+                           EngineInfo("sglang", "0.5.2", "sglang-0.5.1", False, "g", "qwen2", 1, "raw"))
+    eng._engine, eng._dead, eng._in_call, eng._loop = ReleasingScheduler(), None, False, None
+    eng._pushed, eng._custom_loaders = False, ()
+    eng.offload()
+    with pytest.raises(EngineRequestError, match=r"^onload\(\): the memory is back but the weights are not "
+                                                 r"\(SGLang could not reload .*: Failed to load: No such file\); "
+                                                 r"generate\(\) refuses until update_weights\(\)"):
+        eng.onload()
+    with pytest.raises(EngineStateError, match=r"call update_weights\(\) first"):
+        eng.generate([[1, 2]], SamplingParams())
+    eng.onload()  # nothing to bring back: a second resume would end the scheduler
+    eng._engine.disk = (True, "Succeeded")
+    eng.update_weights([("w", [0.0])])  # no checkpoint to compare with: reloaded first, then pushed
+    assert [r for r in eng._engine.requests if r != "flush"] == ["release", "resume", "disk", "disk", "update"]
 
 
 def test_sglang_flush_refused_past_the_wait_is_one_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -786,6 +851,35 @@ def test_vllm_shutdown_keeps_no_reference_to_the_engine_core_while_it_releases(m
     eng._shutdown()
     assert eng.info.details["sleep_memory_left_after_shutdown_mib"] == 0
     assert allocator.pointer_to_data == {}
+
+
+def test_vllm_shutdown_releases_the_memory_when_the_engine_core_fails_to_stop(monkeypatch, caplog) -> None:
+    """An engine that hit a CUDA error may raise from its core's shutdown. The shim's shutdown then
+    stopped there: the model stayed in the sleep-mode pool, a second shutdown() did nothing (the
+    engine counts as closed), so every later engine in the process was refused; inside ``with
+    create_engine(...)`` the core's error also replaced the one that ended the block."""
+    import sys
+
+    from rollout_shims.shims.vllm_bands import VLLM012
+
+    allocator = SimpleNamespace(pointer_to_data={}, allocator_and_pools={})
+    monkeypatch.setitem(sys.modules, "vllm.device_allocator.cumem",
+                        SimpleNamespace(CuMemAllocator=SimpleNamespace(instance=allocator)))
+
+    def fails() -> None:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    core = SimpleNamespace(model=_Weights(allocator), shutdown=fails)
+    eng = VLLM012.__new__(VLLM012)
+    RolloutEngine.__init__(eng, cfg(rollout_backend="vllm"),
+                           EngineInfo("vllm", "0.12.0", "vllm-0.12", False, "g", "qwen2", 1, "processed"))
+    eng._llm = SimpleNamespace(llm_engine=SimpleNamespace(engine_core=core), collective_rpc=lambda f: None)
+    del core
+    with pytest.raises(KeyError, match="the caller's own error"), caplog.at_level("WARNING", "rollout_shims"), eng:
+        raise KeyError("the caller's own error")
+    assert allocator.pointer_to_data == {}
+    assert eng.info.details["sleep_memory_left_after_shutdown_mib"] == 0
+    assert "stopping the engine core failed (RuntimeError: CUDA error: an illegal memory access" in caplog.text
 
 
 def test_a_new_engine_is_not_refused_for_blocks_only_torchs_cache_still_holds(monkeypatch) -> None:

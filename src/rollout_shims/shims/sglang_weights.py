@@ -3,8 +3,9 @@ bucket by bucket), released and resumed with torch_memory_saver, and reloaded fr
 where SGLang loses them.
 
 A mixin of :class:`rollout_shims.shims.sglang_base.SGLangEngine`, which owns the engine and its
-state (``_engine``, ``_loop``, ``_call``, ``config``, ``_pushed``, ``_weights_lost``, ``_tensors``); band
-subclasses override its hooks (``_tensor_payloads``, ``_onload``) like the engine's own.
+state (``_engine``, ``_loop``, ``_call``, ``config``, ``_pushed``, ``_weights_lost``, ``_tensors``,
+``_offloaded``); band subclasses override its hooks (``_tensor_payloads``, ``_onload``) like the
+engine's own.
 """
 
 from __future__ import annotations
@@ -133,10 +134,17 @@ class SGLangWeights:
         is marked as lost, and generate() refuses until the next update_weights().
         """
         self._call("resume_memory_occupation")
+        # The memory is back whatever the reload does: a second resume would kill the scheduler
+        # (it removes the offload tags and the stashed state that the first resume consumed).
+        self._offloaded = False
+        self._weights_lost = True  # resumed weights are zeroed until a reload or a push
         if self._pushed or self.config.validate_weight is False:
-            self._weights_lost = True
-        else:
+            return
+        try:
             self._reload_from_disk()
+        except EngineRequestError as e:
+            raise EngineRequestError(f"onload(): the memory is back but the weights are not ({e}); generate() "
+                                     "refuses until update_weights() pushes the whole model") from e
 
     def _reload_from_disk(self) -> None:
         # load_format "auto": an engine started on dummy weights would otherwise look for a dummy loader

@@ -324,7 +324,11 @@ class VLLMEngine(VLLMGroups, RolloutEngine):
         if llm is not None:
             with contextlib.suppress(Exception):  # best effort: a failed engine may not answer
                 llm.collective_rpc(release_runner_in_worker)
-            _stop_engine_core(llm)
+            try:
+                _stop_engine_core(llm)
+            except Exception as e:  # a failed engine's core may not stop; its text only (a kept error keeps the core)
+                log.warning("vLLM %s: stopping the engine core failed (%s); releasing its memory anyway",
+                            self.info.release, f"{type(e).__name__}: {e}")
             del llm
         left, per_tag = self._release_engine_memory()
         self.info.details["sleep_memory_left_after_shutdown_mib"] = round(left / 2**20, 1)
