@@ -169,6 +169,15 @@ def test_list_missing_warns_when_the_registry_cannot_be_asked():
     assert "warning: cannot ask the registry of 127.0.0.1:5999/nothing-here" in proc.stderr
 
 
+@pytest.mark.parametrize("missing", [[], ["--missing"]])
+def test_list_stops_at_a_site_option_that_concerns_every_entry(missing):
+    """A misspelt stack in --base-image made every entry "not buildable": `list --missing --json` printed
+    [] and exited 0, so the images workflow built nothing and showed green; the table said "(no lock)"."""
+    proc = run_cli("list", *missing, "--json", "--base-image", "cu999=debian:bookworm")
+    assert "--base-image names stack cu999, which matrix.yaml does not define" in _one_line_error(proc)
+    assert proc.stdout == ""
+
+
 def test_a_failing_suite_exits_1_and_names_its_results(tmp_path, test_base, cleanup_images):
     matrix_file = write_fixture_checkout(tmp_path, repository="rm-test-red", base=test_base, releases={"1.16.0": {}})
     engine_tests = tmp_path / "tests" / "engine"

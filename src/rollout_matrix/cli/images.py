@@ -37,7 +37,7 @@ def _options(args: argparse.Namespace) -> BuildOptions:
 
 def cmd_list(args: argparse.Namespace, matrix: Matrix) -> int:
     from rollout_matrix.images.build import find_existing
-    from rollout_matrix.images.plan import plan_build
+    from rollout_matrix.images.plan import NotBuildable, plan_build
 
     options = _options(args)
     rows = []
@@ -45,7 +45,7 @@ def cmd_list(args: argparse.Namespace, matrix: Matrix) -> int:
         row = entry.as_dict()
         try:
             plan = plan_build(matrix, entry, options)
-        except UserError as exc:  # unavailable release or missing lock: listed, but not buildable
+        except NotBuildable as exc:  # unavailable release or missing lock: listed, but not buildable
             row.update(content_tag=None, problem=str(exc))
             if args.missing:
                 print(f"{entry.name}: not buildable here: {exc}", file=sys.stderr)

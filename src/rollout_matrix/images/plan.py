@@ -131,6 +131,12 @@ class BuildPlan:
         return buf
 
 
+class NotBuildable(UserError):
+    """This entry, and only it, cannot be built here (a release marked unavailable, a missing lock):
+    ``list`` shows such an entry as not buildable, where any other error (a bad site option, an
+    incomplete checkout) concerns every entry and stops the command."""
+
+
 def plan_build(matrix: Matrix, entry: Entry, options: BuildOptions, purpose: str = "build") -> BuildPlan:
     """Resolve the options against the entry; fails early (before any download) on a missing lock.
 
@@ -150,14 +156,14 @@ def plan_build(matrix: Matrix, entry: Entry, options: BuildOptions, purpose: str
     lock_file: Path | None = None
     if entry.unavailable and options.locked:
         if purpose == "build":
-            raise UserError(f"{entry.name} cannot be built from the public index ({entry.unavailable}); "
+            raise NotBuildable(f"{entry.name} cannot be built from the public index ({entry.unavailable}); "
                             "build it with --no-lock and --index-url pointing at a mirror that has those files")
-        raise UserError(f"{entry.name} is unavailable ({entry.unavailable}): there is no image to {purpose} unless "
+        raise NotBuildable(f"{entry.name} is unavailable ({entry.unavailable}): there is no image to {purpose} unless "
                         "your site built one with --no-lock from its own index (then pass --no-lock here too)")
     if options.locked:
         lock_file = lock_path(entry, python, locks_dir_for(matrix))
         if not lock_file.is_file():
-            raise UserError(
+            raise NotBuildable(
                 f"no lock for {entry.name} on Python {python} ({lock_file}); run "
                 f"`rollout-matrix lock {entry.name} --python {python}` or build with --no-lock"
             )
