@@ -155,9 +155,12 @@ def test_a_late_pin_is_locked_past_the_release_date(tmp_path: Path, pypi: None, 
     assert check_locks(matrix) == []
 
 
-def test_ctrl_c_during_lock_stops_at_once_and_writes_nothing(tmp_path: Path, pypi: None, tiny_engine_matrix) -> None:
-    """SIGINT while uv resolves (here a stand-in uv that sleeps): exit 130 within seconds, the uv
-    process gone, and no lock file written, then or later."""
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_during_lock_stops_at_once_and_writes_nothing(tmp_path: Path, pypi: None, tiny_engine_matrix,
+                                                             stop: str) -> None:
+    """SIGINT (Ctrl-C) or SIGTERM (CI cancelling the job) while uv resolves (here a stand-in uv that
+    sleeps): exit 130 within seconds, the uv process gone, and no lock file written, then or later.
+    SIGTERM once ended the command at once (exit 143), before any cleanup."""
     import os
     import signal
     import time
@@ -176,7 +179,7 @@ def test_ctrl_c_during_lock_stops_at_once_and_writes_nothing(tmp_path: Path, pyp
         time.sleep(0.2)
     uv_pid = int(marker.read_text())
     sent = time.monotonic()
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, stop))
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert time.monotonic() - sent < 10

@@ -4,7 +4,7 @@ Every subcommand is a thin layer over the Python API the nox sessions use too, i
 group (images, locks, bundles, evidence); this one parses and dispatches. The checkout is the
 working directory's (the nearest matrix.yaml at or above it), named on stderr first; user errors are
 printed as one line (``rollout-matrix: error: ...``) with their class's exit code (docs/ci.md), Ctrl-C
-exits 130.
+and SIGTERM exit 130.
 """
 
 from __future__ import annotations
@@ -45,8 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.pytest_args = pytest_args
     # A shell that starts us in the background ignores SIGINT for its children; Ctrl-C (or kill -INT)
-    # must still stop us cleanly, so take the default Python handler back.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # must still stop us cleanly, so take the default Python handler back. SIGTERM (CI cancelling a
+    # job, `timeout`, `kill`) stops us the same way: its default would skip every cleanup.
+    previous = {sig: signal.signal(sig, handler) for sig, handler in
+                ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, _interrupt))}
     quiet_libraries()
     try:
         matrix = load_matrix(args.matrix)
@@ -67,6 +69,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `rollout-matrix list | head`: the reader left; not an error
         sys.stderr.close()
         return 0
+    finally:
+        for sig, handler in previous.items():  # a caller's own (main() also runs inside tests and nox)
+            signal.signal(sig, handler)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM as Ctrl-C: the cleanups of an interrupted command run, and it exits 130."""
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
