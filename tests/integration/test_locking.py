@@ -188,3 +188,51 @@ def test_ctrl_c_during_lock_stops_at_once_and_writes_nothing(tmp_path: Path, pyp
     with pytest.raises(ProcessLookupError):
         os.kill(uv_pid, 0)
     assert not (tmp_path / "docker" / "locks").exists() or not list((tmp_path / "docker" / "locks").iterdir())
+
+
+def _lock_cli(matrix_file: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "rollout_matrix.cli", "--matrix", str(matrix_file), "lock", *args],
+                          env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=300)
+
+
+def test_an_unreachable_index_exits_6_as_documented(tmp_path: Path, tiny_engine_matrix) -> None:
+    """docs/ci.md: 6 is "registry or index unreachable"; a lock whose index did not answer exited 2."""
+    (tmp_path / "matrix.yaml").write_text(tiny_engine_matrix("3.11"))
+    proc = _lock_cli(tmp_path / "matrix.yaml", "tiny-2.31.0", env={
+        "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "no_proxy": "", "NO_PROXY": "",
+        "UV_CACHE_DIR": str(tmp_path / "uv-cache")})
+    assert proc.returncode == 6, proc.stderr
+    assert "1 of 1 locks failed (tiny-2.31.0 (py3.11))" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "docker" / "locks").exists() or not list((tmp_path / "docker" / "locks").iterdir())
+
+
+def test_lock_all_skips_unavailable_releases_as_lock_alone_does(tmp_path: Path, pypi: None, tiny_engine_matrix) -> None:
+    """docs/locks.md: "`rollout-matrix lock all` is safe to run at any time". `all` took in the releases
+    matrix.yaml marks unavailable, failed on them and exited 2, where `lock` alone skips them."""
+    text = tiny_engine_matrix("3.11").replace(
+        '        torch: none  # a CPU-only stand-in engine: it pins no torch\n',
+        '        torch: none  # a CPU-only stand-in engine: it pins no torch\n'
+        '        releases:\n          "2.30.0": {}\n        unavailable: "a reason"\n      - stack: cpu\n'
+        '        torch: none\n', 1)
+    (tmp_path / "matrix.yaml").write_text(text)
+    proc = _lock_cli(tmp_path / "matrix.yaml", "all")
+    assert proc.returncode == 0, proc.stderr
+    assert "tiny-2.30.0: skipped, a reason" in proc.stdout
+    assert [p.name for p in (tmp_path / "docker" / "locks").iterdir()] == ["tiny-2.31.0-py3.11.txt"]
+
+
+def test_a_lock_that_cannot_be_written_is_one_line_and_leaves_nothing(tmp_path: Path, pypi: None,
+                                                                      tiny_engine_matrix) -> None:
+    """A full disk or a read-only checkout: an OSError traceback, and a ``.tmp`` file left in docker/locks."""
+    (tmp_path / "matrix.yaml").write_text(tiny_engine_matrix("3.11"))
+    (tmp_path / "docker").mkdir()
+    (tmp_path / "docker" / "locks").write_text("not a folder")  # (tests run as root: no chmod can refuse)
+    proc = _lock_cli(tmp_path / "matrix.yaml", "tiny-2.31.0")
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"cannot write {tmp_path / 'docker' / 'locks' / 'tiny-2.31.0-py3.11.txt'}" in proc.stdout  # its line
+    assert (tmp_path / "docker" / "locks").read_text() == "not a folder"
+    assert sorted(p.name for p in (tmp_path / "docker").iterdir()) == ["locks"]
+

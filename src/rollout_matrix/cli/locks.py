@@ -17,7 +17,7 @@ def cmd_lock(args: argparse.Namespace, matrix: Matrix) -> int:
     from rollout_matrix.locks.lockfile import check_python, locks_dir_for
     from rollout_matrix.locks.locking import LockResult, check_locks, lock_entries, lock_pythons
 
-    entries = matrix.select(args.entries) if args.entries else None
+    entries = matrix.select(args.entries) if args.entries and args.entries != ["all"] else None  # all: as none
     if args.check:
         problems = check_locks(matrix, entries, args.python)
         for line in problems:
@@ -43,9 +43,13 @@ def cmd_lock(args: argparse.Namespace, matrix: Matrix) -> int:
     reporter.line(f"resolving {len(todo)} lock(s), {args.jobs} at a time")
     with reporter.heartbeat(lambda: f"resolving: {len(done)} of {len(todo)} lock(s) done"):
         results = lock_entries(todo, locks_dir_for(matrix), progress=finished, jobs=args.jobs)
-    failed = [f"{r.entry} (py{r.python})" for r in results if not r.ok]
+    failed = [r for r in results if not r.ok]
     if failed:
-        raise UserError(f"{len(failed)} of {len(results)} locks failed ({', '.join(failed)}); see the lines above")
+        codes = {r.exit_code for r in failed}  # one cause for all (6: the index unreachable) keeps its code
+        error = UserError(f"{len(failed)} of {len(results)} locks failed "
+                          f"({', '.join(f'{r.entry} (py{r.python})' for r in failed)}); see the lines above")
+        error.exit_code = codes.pop() if len(codes) == 1 else UserError.exit_code
+        raise error
     reporter.line(f"{len(results)} locks up to date")
     return 0
 

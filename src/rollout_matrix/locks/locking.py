@@ -26,6 +26,7 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
+from rollout_matrix.atomic import write_atomic
 from rollout_matrix.errors import UserError
 from rollout_matrix.locks.content import content_problems
 from rollout_matrix.locks.lockfile import (
@@ -202,6 +203,8 @@ class LockResult:
     packages: int = 0
     changed: bool = False
     error: str | None = None
+    exit_code: int = UserError.exit_code
+    """The failure's class's exit code (6: the index could not be read), for the command's own."""
 
     def summary(self) -> str:
         """One line for the CLI."""
@@ -257,14 +260,17 @@ def lock_entry(entry: Entry, python: str | None, locks_dir: Path, uv: str | None
         if result.changed:
             if cancel is not None and cancel.is_set():
                 raise Cancelled
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(text)
-            tmp.replace(path)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(path, text)  # a full disk or a read-only checkout leaves the old lock, nothing else
+            except OSError as exc:
+                raise UserError(f"cannot write {path} ({exc.strerror or exc}); {path.parent} must be a writable "
+                                "folder with free space: fix that, then lock again") from None
         result.packages = len(pins)
         result.ok = True
     except UserError as exc:
         result.error = str(exc)
+        result.exit_code = exc.exit_code
         if "No solution found" in result.error:
             result.error += (f"; if a required version is not on PyPI the entry cannot be locked; if it was "
                              f"uploaded after the release, set exclude_newer for {entry.name} in matrix.yaml")
