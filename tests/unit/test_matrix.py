@@ -75,6 +75,10 @@ def _load(tmp_path: Path, text: str):
         ("    package: vllm", "    packge: vllm", 9, "unknown key 'packge'; did you mean 'package'?"),
         ('          "0.8.5": {}', '          "0.8.5": {}\n          "0.8.5": {}', 16, "duplicate key '0.8.5'"),
         ('    requirement: "vllm=={version}"', '    requirement: "vllm==0.8.5"', 10, "must contain {version}"),
+        # a brace other than {version}: str.format raised KeyError or ValueError, a traceback from every command
+        ('    requirement: "vllm=={version}"', '    requirement: "vllm=={version}; python_version >= {py}"', 10,
+         "requirement gives 'vllm==0.8.5; python_version >= {py}'"),
+        ('    requirement: "vllm=={version}"', '    requirement: "vllm=={version}{"', 10, "requirement gives 'vllm==0.8.5{'"),
         ('          "0.8.5": {}', '          "0.8.5": {torch: "two"}', 15, "is not a PEP 440 version"),
         ("schema: 1", "schema: 2", 1, "schema 2 is not supported"),
         ('    python: "3.10"', '    python: "python3"', 6, "is not valid; expected something like '3.10'"),

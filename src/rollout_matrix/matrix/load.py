@@ -284,11 +284,12 @@ def _load_engine(ctx: Reader, engine: str, node: yaml.Node, stacks: dict[str, St
                                                    _DATE_RE, "2025-05-03T00:00:00Z")
                         continue
                     pins[canonicalize_name(pkg)] = ctx.version(pval, f"{engine} {version}: {pkey.value}")
-            requirement = band_template.format(version=version)
+            requirement = band_template.replace("{version}", version)  # not format(): a stray { is bad input
             try:
                 Requirement(requirement)
             except InvalidRequirement as exc:
-                raise ctx.fail(band_template_node, f"requirement gives {requirement!r}: {exc}") from None
+                why = str(exc).splitlines()[0]  # packaging adds the requirement and a caret on lines of their own
+                raise ctx.fail(band_template_node, f"requirement gives {requirement!r}: {why}; fix the requirement") from None
             yield Entry(
                 engine=engine,
                 package=package,
