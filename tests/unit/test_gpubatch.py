@@ -268,3 +268,17 @@ def test_all_plans_every_installable_release_and_is_not_mixed_with_names(capsys:
     assert main(["--matrix", str(ROOT / "matrix.yaml"), "gpu-batch", "--all", "vllm-0.9.1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "rollout-matrix: error: gpu-batch: give ENTRY names or --all, not both", err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["sglang-0.4.4"], "sglang-0.4.4 is unavailable (sgl-kernel 0.0.x is no longer on PyPI): it has no lock"),
+    (["--python", "3.9", "sglang-0.4.10"], "no lock for sglang-0.4.10 on Python 3.9 ("),
+])
+def test_a_named_entry_without_a_lock_is_one_line(capsys: pytest.CaptureFixture, args: list[str], message: str) -> None:
+    """An unavailable release, or a Python no lock was written for: a FileNotFoundError traceback."""
+    from rollout_matrix.cli.main import main
+
+    assert main(["--matrix", str(ROOT / "matrix.yaml"), "gpu-batch", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"rollout-matrix: error: {message}"), err
+

@@ -28,6 +28,7 @@ from packaging.version import Version
 
 from rollout_matrix.bundles import borrow
 from rollout_matrix.bundles.syslibset import entry_sets
+from rollout_matrix.errors import UserError
 from rollout_matrix.evidence.band_status import MODES, gpu_modes
 from rollout_matrix.evidence.committed import committed
 from rollout_matrix.evidence.results import JUNIT, PASSED
@@ -214,6 +215,12 @@ def parts_for(payload_bytes: float) -> int:
 def lock_files(matrix: Matrix, entry: Entry, python: str) -> dict[str, tuple[str, str]]:
     """sha256 -> (name, version) of every file the entry's lock allows, per pin (any of its hashes)."""
     path = lock_path(entry, python, locks_dir_for(matrix))
+    if entry.unavailable:
+        raise UserError(f"{entry.name} is unavailable ({entry.unavailable}): it has no lock, so no bundle can carry "
+                        "it to a GPU; leave it out")
+    if not path.is_file():
+        raise UserError(f"no lock for {entry.name} on Python {python} ({path}); run "
+                        f"`rollout-matrix lock {entry.name} --python {python}` or plan for another --python")
     pins = parse_body(split_lock(path.read_text())[1], path)
     return {h.removeprefix("sha256:"): (p.name, p.version) for p in pins for h in p.hashes}
 
