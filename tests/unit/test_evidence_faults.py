@@ -125,6 +125,36 @@ def test_record_cli_refuses_in_one_line_with_exit_7_and_a_missing_folder_with_2(
     assert tree(checkout) == before
 
 
+def test_record_of_several_runs_records_the_good_ones_and_names_the_bad(run: Path, checkout: Path) -> None:
+    """`record --replace results/*/` (docs/ci.md, the GPU workflow) stopped at the first bad run: the
+    runs after it were never tried, those before it were recorded. Each run is tried; the command then
+    fails naming the bad ones, with their class's code."""
+    bad = run.parent / "sglang-0.5.3"
+    shutil.copytree(run, bad)
+    set_field(bad, entry="../docs")
+    proc = subprocess.run([sys.executable, "-m", "rollout_matrix.cli", "record", str(bad), str(run)],
+                          capture_output=True, text=True, cwd=checkout, timeout=120)
+    assert proc.returncode == EvidenceError.exit_code, proc.stderr
+    assert proc.stderr.splitlines()[1:] == [
+        f"rollout-matrix: error: {bad}/run.json: entry '../docs' is not an entry name (ENGINE-VERSION as "
+        "`rollout-matrix list` shows them)",
+        f"rollout-matrix: error: 1 of 2 runs not recorded ({bad}: see the lines above); the others were"]
+    assert proc.stdout == f"{ENTRY}: gpu run, passed -> gpu-results/{ENTRY}\n"
+    assert (checkout / "gpu-results" / ENTRY / "run.json").read_bytes() == (run / "run.json").read_bytes()
+
+
+@pytest.mark.parametrize("out", ["", " "])
+def test_report_with_an_empty_out_writes_nothing(checkout: Path, out: str) -> None:
+    """`report --out "$UNSET"` wrote the committed docs/ pages, as if --out had not been given."""
+    before = tree(checkout)
+    proc = subprocess.run([sys.executable, "-m", "rollout_matrix.cli", "report", "--out", out],
+                          capture_output=True, text=True, cwd=checkout, timeout=120)
+    assert proc.returncode == UserError.exit_code, proc.stderr
+    assert proc.stderr.splitlines()[1] == ("rollout-matrix: error: --out is empty; pass a directory, or leave --out "
+                                           "out to write the committed docs/ pages")
+    assert tree(checkout) == before
+
+
 # -- record: regular files only, within their limits -----------------------------------------------------------
 
 

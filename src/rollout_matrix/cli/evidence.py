@@ -14,9 +14,23 @@ def cmd_record(args: argparse.Namespace, matrix: Matrix) -> int:
     from rollout_matrix.evidence.committed import record
 
     root = matrix.path.parent
-    for run in args.runs:
-        dest, evidence = record(Path(run), root, matrix.entries, replace=args.replace)
+    failed: list[tuple[str, UserError]] = []
+    for run in args.runs:  # each run on its own (`record results/*/`): a bad one keeps none of the others out
+        try:
+            dest, evidence = record(Path(run), root, matrix.entries, replace=args.replace)
+        except UserError as exc:
+            if len(args.runs) == 1:
+                raise
+            print(f"rollout-matrix: error: {exc}", file=sys.stderr)
+            failed.append((run, exc))
+            continue
         print(f"{evidence.entry}: {evidence.kind} run, {evidence.verdict} -> {dest.relative_to(root)}")
+    if failed:
+        codes = {exc.exit_code for _, exc in failed}  # one kind of failure keeps its code (7: the evidence)
+        error = UserError(f"{len(failed)} of {len(args.runs)} runs not recorded ({', '.join(run for run, _ in failed)}: "
+                          "see the lines above); the others were")
+        error.exit_code = codes.pop() if len(codes) == 1 else UserError.exit_code
+        raise error
     return 0
 
 
@@ -24,7 +38,9 @@ def cmd_report(args: argparse.Namespace, matrix: Matrix) -> int:
     """Failing releases do not fail the command: the test jobs already did; this one only reports."""
     from rollout_matrix.evidence.report import rejected, summary_line, write_report
 
-    out = Path(args.out) if args.out else matrix.path.parent / "docs"
+    if args.out is not None and not args.out.strip():  # an unset $VAR: never the committed pages by default
+        raise UserError("--out is empty; pass a directory, or leave --out out to write the committed docs/ pages")
+    out = Path(args.out) if args.out is not None else matrix.path.parent / "docs"
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file; pass a directory (compatibility.md and .html go inside it)")
     rows, written = write_report(matrix, out, strict=args.strict)
