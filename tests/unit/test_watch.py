@@ -168,6 +168,21 @@ def test_an_unreachable_index_is_exit_6_in_one_line(fake_index, checkout, broken
     assert ("retry later" if broken == "HTTP 503" else "check the network") in line
 
 
+@pytest.mark.parametrize(("where", "message"), [
+    ("a-folder", "is a directory; pass a file path"),
+    ("no-such-folder/found.json", "its folder no-such-folder does not exist"),
+])
+def test_a_json_path_no_file_can_go_to_is_one_line_before_the_index_is_asked(checkout, where: str,
+                                                                             message: str) -> None:
+    """`watch --json DIR` read the whole index, then ended in an IsADirectoryError traceback. The index
+    here does not answer: asked, it would make the exit 6."""
+    (checkout / "a-folder").mkdir()
+    proc = watch(checkout, "http://127.0.0.1:9/simple", "--json", where)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines()[1] == f"rollout-matrix: error: --json {where}: {message}" + (
+        ", e.g. a-folder/watch.json" if where == "a-folder" else "; create it or pass another path")
+
+
 def test_write_adds_lines_in_version_order_and_reports_what_it_could_not_do(index, checkout) -> None:
     # PyPI is made unreachable (a proxy on a closed port) so that locking fails offline, as it would
     # for a release whose pins PyPI lacks; the fake index stays reachable (no_proxy).

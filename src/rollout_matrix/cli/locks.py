@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from rollout_matrix.atomic import write_atomic
 from rollout_matrix.errors import UserError
 from rollout_matrix.locks.lockfile import INDEX_URL
 from rollout_matrix.matrix.model import Matrix
@@ -100,6 +101,7 @@ def cmd_watch(args: argparse.Namespace, matrix: Matrix) -> int:
     """stdout: one line per release matrix.yaml lacks, nothing when none; everything else on stderr."""
     from rollout_matrix.locks.watch import line, watch, write_missing
 
+    json_out = _json_target(args.json) if args.json else None  # before the index is asked: nothing lost
     result = watch(matrix, args.index_url, args.engine or None)
     for found in result.missing:
         print(line(found), flush=True)
@@ -111,12 +113,25 @@ def cmd_watch(args: argparse.Namespace, matrix: Matrix) -> int:
         write_missing(matrix, result, reporter.line, jobs=args.jobs)
         failed = [f"{name} not added" for name, _ in result.not_written]
         failed += [f"lock of {r['entry']} (py{r['python']}) failed" for r in result.locks if not r["ok"]]
-    if args.json:
-        Path(args.json).write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+    if json_out is not None:
+        try:
+            write_atomic(json_out, json.dumps(result.as_dict(), indent=2) + "\n")
+        except OSError as exc:
+            raise UserError(f"--json {json_out}: cannot be written ({exc.strerror or exc}); pass a writable path") from None
     if failed:
         raise UserError(f"{'; '.join(failed)} (see the lines above): mark a release that cannot be installed "
                         "`unavailable` in its own band, or list it under its engine's `left_out`, with the reason")
     return 0
+
+
+def _json_target(value: str) -> Path:
+    """``watch --json``'s file, refused in one line where no file can go."""
+    path = Path(value)
+    if path.is_dir():
+        raise UserError(f"--json {value}: is a directory; pass a file path, e.g. {path / 'watch.json'}")
+    if not path.parent.is_dir():
+        raise UserError(f"--json {value}: its folder {path.parent} does not exist; create it or pass another path")
+    return path
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
