@@ -178,6 +178,20 @@ def test_list_stops_at_a_site_option_that_concerns_every_entry(missing):
     assert proc.stdout == ""
 
 
+def test_list_names_why_an_entry_is_not_buildable_and_missing_refuses_without_a_build_context(tmp_path,
+                                                                                              tiny_engine_matrix):
+    """A checkout of matrix.yaml alone (no docker/ build files) still lists its entries, each saying why no
+    image tag can be made (the table said "(no lock)" for any reason); `list --missing`, which must look
+    the images up by that tag, fails in one line rather than answer "none missing"."""
+    (tmp_path / "matrix.yaml").write_text(tiny_engine_matrix("3.11"))
+    listed = run_cli("--matrix", str(tmp_path / "matrix.yaml"), "list")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[1].split()[-3:] == ["(no", "build", "context)"]
+    missing = run_cli("--matrix", str(tmp_path / "matrix.yaml"), "list", "--missing", "--json")
+    assert f"{tmp_path / 'docker' / 'Dockerfile'} is missing; run from a complete checkout" in _one_line_error(missing)
+    assert missing.stdout == ""
+
+
 def test_a_failing_suite_exits_1_and_names_its_results(tmp_path, test_base, cleanup_images):
     matrix_file = write_fixture_checkout(tmp_path, repository="rm-test-red", base=test_base, releases={"1.16.0": {}})
     engine_tests = tmp_path / "tests" / "engine"

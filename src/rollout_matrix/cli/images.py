@@ -37,16 +37,20 @@ def _options(args: argparse.Namespace) -> BuildOptions:
 
 def cmd_list(args: argparse.Namespace, matrix: Matrix) -> int:
     from rollout_matrix.images.build import find_existing
-    from rollout_matrix.images.plan import NotBuildable, plan_build
+    from rollout_matrix.images.plan import NO_CONTEXT, NotBuildable, plan_build
 
     options = _options(args)
     rows = []
+    labels: dict[str, str] = {}  # entry -> why it is not buildable, for the table
     for entry in matrix:
         row = entry.as_dict()
         try:
             plan = plan_build(matrix, entry, options)
-        except NotBuildable as exc:  # unavailable release or missing lock: listed, but not buildable
+        except NotBuildable as exc:  # listed, but not buildable
+            if args.missing and exc.label == NO_CONTEXT:
+                raise  # no image can be looked up: "none missing" would be a lie
             row.update(content_tag=None, problem=str(exc))
+            labels[entry.name] = f"({exc.label})"
             if args.missing:
                 print(f"{entry.name}: not buildable here: {exc}", file=sys.stderr)
                 continue
@@ -61,7 +65,7 @@ def cmd_list(args: argparse.Namespace, matrix: Matrix) -> int:
         return 0
     header = ("entry", "torch", "cuda", "python", "base image", "image tag")
     table = [header] + [(r["name"], r["torch"] or "-", r["cuda"], r["python"], r["base_image"],
-                         (r["content_tag"] or ("(unavailable)" if r["unavailable"] else "(no lock)")).split(":", 1)[-1])
+                         (r["content_tag"] or labels[r["name"]]).split(":", 1)[-1])
                         for r in rows]
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
     for row in table:

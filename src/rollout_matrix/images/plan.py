@@ -131,10 +131,18 @@ class BuildPlan:
         return buf
 
 
+NO_CONTEXT = "no build context"
+"""``list``'s label for a checkout without docker/'s build files: no entry's content tag can be made."""
+
+
 class NotBuildable(UserError):
-    """This entry, and only it, cannot be built here (a release marked unavailable, a missing lock):
-    ``list`` shows such an entry as not buildable, where any other error (a bad site option, an
-    incomplete checkout) concerns every entry and stops the command."""
+    """The entry cannot be built here, for a reason ``list`` shows in its table (``label``): a release
+    marked unavailable, a missing lock, a checkout without the build context. Any other error (a bad
+    site option) concerns every entry and stops ``list`` too."""
+
+    def __init__(self, message: str, label: str) -> None:
+        super().__init__(message)
+        self.label = label
 
 
 def plan_build(matrix: Matrix, entry: Entry, options: BuildOptions, purpose: str = "build") -> BuildPlan:
@@ -152,20 +160,22 @@ def plan_build(matrix: Matrix, entry: Entry, options: BuildOptions, purpose: str
     docker_dir = matrix.path.parent / "docker"
     for name in CONTEXT_FILES:
         if not (docker_dir / name).is_file():
-            raise UserError(f"{docker_dir / name} is missing; run from a complete checkout")
+            raise NotBuildable(f"{docker_dir / name} is missing; run from a complete checkout", NO_CONTEXT)
     lock_file: Path | None = None
     if entry.unavailable and options.locked:
         if purpose == "build":
             raise NotBuildable(f"{entry.name} cannot be built from the public index ({entry.unavailable}); "
-                            "build it with --no-lock and --index-url pointing at a mirror that has those files")
+                               "build it with --no-lock and --index-url pointing at a mirror that has those files",
+                               "unavailable")
         raise NotBuildable(f"{entry.name} is unavailable ({entry.unavailable}): there is no image to {purpose} unless "
-                        "your site built one with --no-lock from its own index (then pass --no-lock here too)")
+                           "your site built one with --no-lock from its own index (then pass --no-lock here too)",
+                           "unavailable")
     if options.locked:
         lock_file = lock_path(entry, python, locks_dir_for(matrix))
         if not lock_file.is_file():
             raise NotBuildable(
                 f"no lock for {entry.name} on Python {python} ({lock_file}); run "
-                f"`rollout-matrix lock {entry.name} --python {python}` or build with --no-lock"
+                f"`rollout-matrix lock {entry.name} --python {python}` or build with --no-lock", "no lock"
             )
         requirements = lock_file.read_text()
     else:
