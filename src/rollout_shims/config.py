@@ -25,15 +25,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import re
 import reprlib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from rollout_shims.config_yaml import load_yaml
 from rollout_shims.errors import ConfigError
 
 SECTION = "rollout"
@@ -135,6 +133,9 @@ class RolloutConfig:
     @classmethod
     def from_dict(cls, section: Any) -> RolloutConfig:
         """Validate the mapping found under ``rollout:`` (not the whole document)."""
+        if isinstance(section, dict) and isinstance(section.get(SECTION), dict):
+            raise ConfigError([f"{SECTION}: got the whole document (its '{SECTION}:' key holds the section); pass "
+                               f"doc[{SECTION!r}], or read the file with RolloutConfig.from_file / from_yaml"])
         problems: list[str] = []
         cfg = _build(cls, section, SECTION, problems)
         if cfg is not None:
@@ -178,94 +179,6 @@ class RolloutConfig:
         return dataclasses.asdict(self)
 
 
-MAX_DEPTH = 64
-MAX_ALIASES = 50
-_FLOAT_12 = re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses what a hand-edited config never needs and an attacker could use:
-    duplicate keys (the last one would win silently), more than :data:`MAX_ALIASES` aliases (a
-    467-byte alias bomb expanded to gigabytes), nesting deeper than :data:`MAX_DEPTH` (Python's
-    recursion limit). It also reads ``5e-1`` as the number YAML 1.2 says it is."""
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._depth = 0
-        self._aliases = 0
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            self._aliases += 1
-            if self._aliases > MAX_ALIASES:
-                raise _Refused(self.peek_event().start_mark, f"more than {MAX_ALIASES} aliases (*name); "
-                               "write the values out")
-        self._depth += 1
-        try:
-            if self._depth > MAX_DEPTH:
-                raise _Refused(self.peek_event().start_mark, f"nested deeper than {MAX_DEPTH} levels")
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):  # `? [a, b]`: a list or mapping as a key
-                raise _Refused(key_node.start_mark, "a key must be a plain name, not a list or mapping; write "
-                               "key: value")
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise _Refused(key_node.start_mark, f"duplicate key {key!r} (first at line {seen[key]}); "
-                               "keep one of them")
-            seen[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep=deep)
-
-
-    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
-        _check_digits(node)
-        return super().construct_yaml_int(node)
-
-    def construct_yaml_float(self, node: yaml.ScalarNode) -> float:
-        _check_digits(node)
-        return super().construct_yaml_float(node)
-
-
-MAX_NUMBER_CHARS = 64
-"""No setting needs a number this long; a 5000-digit one would stop int() itself (its digit limit)."""
-
-
-def _check_digits(node: yaml.ScalarNode) -> None:
-    if len(node.value) > MAX_NUMBER_CHARS:
-        raise _Refused(node.start_mark, f"a number of {len(node.value)} characters; write a value in range")
-
-
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789"))
-_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
-_Loader.add_constructor("tag:yaml.org,2002:float", _Loader.construct_yaml_float)
-
-
-class _Refused(Exception):
-    def __init__(self, mark: Any, why: str) -> None:
-        super().__init__(why)
-        self.line = mark.line + 1 if mark is not None else 1
-        self.why = why
-
-
-def load_yaml(text: str, source: str = "<yaml>") -> Any:
-    """Parse a config document; every refusal is one ``ConfigError`` line naming ``source:line``."""
-    try:
-        return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
-    except _Refused as exc:
-        raise ConfigError([f"{source}:{exc.line}: {exc.why}"]) from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 1
-        raise ConfigError([f"{source}:{line}: the YAML does not parse: {exc.problem}; fix the syntax"]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{source}: the YAML does not parse: {str(exc)[:200]}"]) from None
-
-
 _REPR = reprlib.Repr()
 _REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 4, 4, 40, 40
 
@@ -289,7 +202,7 @@ def _build(cls: type, data: Any, path: str, problems: list[str]) -> Any:
     for key in data:
         if key not in fields:
             name = key if isinstance(key, str) and len(key) <= 80 else _short(key)
-            problems.append(f"{path}.{name}: unknown key{_suggest(name, list(fields))}")
+            problems.append(f"{path}.{name}: unknown key{_nested_hint(name, fields, hints) or _suggest(name, list(fields))}")
     values: dict[str, Any] = {}
     for name, f in fields.items():
         where = f"{path}.{name}"
@@ -338,6 +251,19 @@ def _value_problem(value: Any, hint: Any, check: Check | None) -> str | None:
     if base is str and not value.strip():
         return "an empty string is not allowed"
     return check.problem(value) if check else None
+
+
+def _nested_hint(key: str, fields: dict[str, Any], hints: dict[str, Any]) -> str | None:
+    """Where a key belongs under a section of its own: ``sglang.attention_backend`` written as one key
+    (as docs/shims.md's table spells it), or ``attention_backend`` written outside ``sglang:``/``vllm:``."""
+    head, _, tail = key.partition(".")
+    sections = {name: hint for name, hint in hints.items() if name in fields and dataclasses.is_dataclass(hint)}
+    if tail and head in sections and tail in {f.name for f in dataclasses.fields(sections[head])}:
+        return f"; write it nested: '{head}:' and under it '{tail}: ...'"
+    owners = [name for name, hint in sections.items() if key in {f.name for f in dataclasses.fields(hint)}]
+    if owners:
+        return f"; it belongs under {' or '.join(repr(o + ':') for o in owners)} ('{owners[0]}:' and under it '{key}: ...')"
+    return None
 
 
 def _suggest(key: str, known: list[str]) -> str:

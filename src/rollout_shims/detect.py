@@ -149,7 +149,9 @@ def _forced(engine: str, raw: str, name: str) -> Detection:
         ) from None
     if band.engine != engine:
         raise UnsupportedEngineError(
-            f"forced shim {name!r} is for {band.engine}, but the engine in use is {engine} {raw}"
+            f"forced shim {name!r} is for {band.engine}, but the engine in use is {engine} {raw}; set "
+            f"rollout.rollout_backend: {band.engine} if {band.engine} is installed too, or force a {engine}-* shim "
+            f"(or none: unset {FORCE_ENV} and rollout.force_shim)"
         )
     return Detection(engine=engine, version=raw, shim=name, band=band, forced=True)
 

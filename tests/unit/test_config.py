@@ -145,6 +145,17 @@ def test_the_style_of_the_brief() -> None:
      "(SGLang always starts its own worker processes)"),
     ({"model_dir": "/m", "force_shim": "sglang-0.6"},
      "rollout.force_shim: 'sglang-0.6' is not one of " + ", ".join(shim_names())),
+    # a key where docs/shims.md's table spells it, or outside its section: named with where it goes
+    ({"model_dir": "/m", "sglang.attention_backend": "flashinfer"},
+     "rollout.sglang.attention_backend: unknown key; write it nested: 'sglang:' and under it 'attention_backend: ...'"),
+    ({"model_dir": "/m", "enable_prefix_caching": False},
+     "rollout.enable_prefix_caching: unknown key; it belongs under 'vllm:' ('vllm:' and under it "
+     "'enable_prefix_caching: ...')"),
+    ({"model_dir": "/m", "attention_backend": "triton"},
+     "rollout.attention_backend: unknown key; it belongs under 'sglang:' or 'vllm:'"),
+    # the whole document (create_engine(yaml.safe_load(f))): it said rollout.rollout is unknown, model_dir missing
+    ({"rollout": {"model_dir": "/m"}}, "rollout: got the whole document (its 'rollout:' key holds the section); "
+                                       "pass doc['rollout'], or read the file with RolloutConfig.from_file / from_yaml"),
 ])
 def test_each_error_path(section: object, expected: str) -> None:
     found = problems(section)
@@ -212,11 +223,24 @@ def test_file_faults_are_config_errors_naming_the_path(tmp_path: Path) -> None:
      "<yaml>:5: duplicate key 'decode_log_interval' (first at line 4)"),
     ("rollout: " + "[" * 5000 + "]" * 5000 + "\n", "<yaml>:1: nested deeper than 64 levels"),
     ("rollout:\n  model_dir: [oops\n", "<yaml>:3: the YAML does not parse"),
+    # YAML 1.1 integers that read otherwise than they look: 010 was 8 TP ranks, 1:30 was 90 requests
+    ("rollout:\n  model_dir: /m\n  tensor_parallel_size: 010\n", "<yaml>:3: 010 reads as 8 in YAML 1.1 (octal"),
+    ("rollout:\n  model_dir: /m\n  max_running_requests: 1:30\n", "<yaml>:3: 1:30 reads as 90 in YAML 1.1"),
 ])
 def test_yaml_the_loader_refuses(text: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         RolloutConfig.from_yaml(text)
     assert message in str(info.value) and len(str(info.value).splitlines()) == 1, str(info.value)
+
+
+def test_yaml_merge_keys_merge_and_the_keys_written_beside_them_win() -> None:
+    """`<<: *base` was refused as "the YAML does not parse" (the duplicate-key scan built the `<<` key)."""
+    text = ("base: &base\n  enforce_eager: true\n  tensor_parallel_size: 2\n"
+            "rollout:\n  <<: *base\n  model_dir: /m\n  tensor_parallel_size: 4\n")
+    cfg = RolloutConfig.from_yaml(text)
+    assert (cfg.enforce_eager, cfg.tensor_parallel_size) == (True, 4)
+    assert RolloutConfig.from_yaml("rollout:\n  model_dir: /m\n  tensor_parallel_size: 0x10\n  padding: 0\n"
+                                   ).tensor_parallel_size == 16  # hexadecimal and a plain 0 stay as they look
 
 
 def test_an_alias_bomb_is_refused_at_once() -> None:

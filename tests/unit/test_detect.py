@@ -203,8 +203,11 @@ def test_force_of_unknown_or_foreign_shim_fails(site, monkeypatch: pytest.Monkey
     with pytest.raises(UnsupportedEngineError, match="unknown shim 'sglang-9'"):
         detect(force_shim="sglang-9")
     monkeypatch.setenv(FORCE_ENV, "vllm-0.8.5")
-    with pytest.raises(UnsupportedEngineError, match="is for vllm"):
+    with pytest.raises(UnsupportedEngineError) as err:  # it named the clash, not the way out of it
         detect()
+    assert str(err.value) == (
+        "forced shim 'vllm-0.8.5' is for vllm, but the engine in use is sglang 99.0.0; set rollout.rollout_backend: "
+        f"vllm if vllm is installed too, or force a sglang-* shim (or none: unset {FORCE_ENV} and rollout.force_shim)")
 
 
 def test_both_installed_backend_picks(site) -> None:
