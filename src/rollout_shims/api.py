@@ -7,6 +7,8 @@ keeping text out of the hot path is what makes SGLang and vLLM interchangeable h
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -16,7 +18,7 @@ from rollout_shims.checkpoint import checkpoint_shapes
 from rollout_shims.config import RolloutConfig
 from rollout_shims.errors import EngineFailedError, EngineStateError, UnsupportedFeatureError
 from rollout_shims.outputs import int_list
-from rollout_shims.prompts import check_prompts, vocabulary_size
+from rollout_shims.prompts import check_prompts, prompt_lists, vocabulary_size
 from rollout_shims.sharing import SharedBucket
 from rollout_shims.stops import end_at_stop_tokens
 from rollout_shims.weight_group import DEFAULT_GROUP_NAME, GroupBucket, check_group_args
@@ -49,7 +51,11 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        problems = []
+        if isinstance(self.stop_token_ids, Iterable) and not isinstance(self.stop_token_ids, (str, bytes)):
+            object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))  # a generator is read once
+        problems = _type_problems(self)
+        if problems:  # a wrong type would reach the engine (a NaN temperature, 2.5 tokens, stop ids "12")
+            raise ValueError("\n".join(problems))
         if self.max_new_tokens < 1:
             problems.append(f"max_new_tokens: {self.max_new_tokens} is not >= 1")
         if self.temperature < 0:
@@ -60,7 +66,29 @@ class SamplingParams:
             problems.append(f"top_k: {self.top_k} is neither -1 (off) nor >= 1")
         if problems:
             raise ValueError("\n".join(problems))
-        object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
+
+
+def _type_problems(params: SamplingParams) -> list[str]:
+    """Each field of the wrong type, one line each (numpy's integers and floats count as such)."""
+    problems = []
+    for name in ("max_new_tokens", "top_k", "seed"):
+        value = getattr(params, name)
+        if not (isinstance(value, numbers.Integral) and not isinstance(value, bool)) and (value is not None or name != "seed"):
+            problems.append(f"{name}: {value!r} is not an integer")
+    for name in ("temperature", "top_p"):
+        value = getattr(params, name)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            problems.append(f"{name}: {value!r} is not a finite number")
+    for name in ("ignore_eos", "logprobs"):
+        if not isinstance(getattr(params, name), bool):
+            problems.append(f"{name}: {getattr(params, name)!r} is not true or false")
+    stops = params.stop_token_ids
+    if isinstance(stops, (str, bytes)) or not isinstance(stops, Iterable) or not all(
+            isinstance(t, numbers.Integral) and not isinstance(t, bool) and t >= 0 for t in stops):
+        problems.append(f"stop_token_ids: {stops!r} is not a list of token ids (ints >= 0); "
+                        "one id goes in a list too: [eos_token_id]")
+    return problems
 
 
 @dataclass(frozen=True)
@@ -137,7 +165,7 @@ class RolloutEngine(ABC):
                 "offload(), and none were pushed since onload(); call update_weights() first")
         if self._partial_push:
             raise EngineStateError(f"generate: {self._partial_push}; push the whole model again first")
-        cleaned = [self._strip_padding(p) for p in prompts]
+        cleaned = [self._strip_padding(p) for p in prompt_lists(prompts)]
         if not cleaned:  # a batch filtered down to nothing: SGLang raises "input_ids cannot be empty"
             return []
         check_prompts(cleaned, self._vocabulary)  # an id past the embedding table would kill the engine

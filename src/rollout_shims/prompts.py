@@ -17,7 +17,8 @@ with ``min``/``max`` per prompt (C loops): 0.74 ms for 256 prompts of 64 tokens,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from rollout_shims.checkpoint import config_json
 
@@ -49,3 +50,18 @@ def check_prompts(prompts: Sequence[Sequence[int]], vocabulary: int | None) -> N
                 f"prompt {i} holds token id {bad}, outside the model's vocabulary of {vocabulary} ids (0 to "
                 f"{vocabulary - 1}; config.json): a tokenizer that does not match the model, or a padding id "
                 "inside the prompt (rollout.padding strips it only at both ends); the engine was not called")
+
+
+def prompt_lists(prompts: object) -> list[Any]:
+    """``prompts`` as a list of prompts, each an iterable of token ids, or a one-line ValueError: one
+    flat prompt (``[1, 2, 3]``) or text would otherwise fail deep inside as ``'int' object is not
+    iterable``, or, for a string of digits, be read as one token per digit."""
+    fix = "pass a list of token-id lists, one per request, e.g. [[1, 2, 3]] (tokenize text first)"
+    if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Iterable):
+        raise ValueError(f"generate: prompts is a {type(prompts).__name__}; {fix}")
+    listed = list(prompts)
+    for i, prompt in enumerate(listed):
+        if isinstance(prompt, (str, bytes)) or not isinstance(prompt, Iterable):
+            raise ValueError(f"generate: prompt {i} is a {type(prompt).__name__}, not a list of token ids; {fix}")
+    return listed
+

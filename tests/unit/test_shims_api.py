@@ -67,6 +67,42 @@ def test_sampling_params_validation_reports_all_problems() -> None:
     assert SamplingParams(stop_token_ids=[5, 6]).stop_token_ids == (5, 6)
 
 
+@pytest.mark.parametrize(("kwargs", "problems"), [
+    ({"temperature": float("nan"), "max_new_tokens": 2.5, "logprobs": "no"},
+     ["max_new_tokens: 2.5 is not an integer", "temperature: nan is not a finite number", "logprobs: 'no' is not true or false"]),
+    ({"stop_token_ids": "12"}, ["stop_token_ids: '12' is not a list of token ids (ints >= 0); one id goes in a list too: "
+                                "[eos_token_id]"]),
+    ({"stop_token_ids": 5}, ["stop_token_ids: 5 is not a list of token ids (ints >= 0); one id goes in a list too: "
+                             "[eos_token_id]"]),
+    ({"seed": 1.5, "top_k": True, "top_p": "1"}, ["top_k: True is not an integer", "seed: 1.5 is not an integer",
+                                                  "top_p: '1' is not a finite number"]),
+])
+def test_sampling_params_of_the_wrong_type_are_refused_naming_each_field(kwargs: dict, problems: list[str]) -> None:
+    """Only ranges were checked: a NaN temperature, 2.5 new tokens, the stop ids "12" (read as "1" and "2")
+    or logprobs="no" (truthy) reached the engine; one int for stop_token_ids failed as 'not iterable'."""
+    with pytest.raises(ValueError) as err:
+        SamplingParams(**kwargs)
+    assert str(err.value).splitlines() == problems
+
+
+def test_sampling_params_take_a_generator_of_stop_ids_read_once() -> None:
+    params = SamplingParams(stop_token_ids=(t for t in [7, 8]))
+    assert params.stop_token_ids == (7, 8) and type(params.stop_token_ids[0]) is int
+
+
+@pytest.mark.parametrize(("prompts", "problem"), [
+    ([1, 2, 3], "prompt 0 is a int, not a list of token ids"),
+    (["hello"], "prompt 0 is a str, not a list of token ids"),
+    ("123", "prompts is a str"),
+])
+def test_prompts_of_the_wrong_shape_are_one_line_naming_the_fix(prompts: object, problem: str) -> None:
+    """One flat prompt failed as "'int' object is not iterable", and the text "123" ran as tokens 1, 2, 3."""
+    eng = EchoEngine(cfg())
+    with pytest.raises(ValueError, match=rf"^generate: {problem}; pass a list of token-id lists, one per request"):
+        eng.generate(prompts, SamplingParams())
+    assert eng.calls == []
+
+
 def test_padding_is_stripped_from_both_ends_only() -> None:
     eng = EchoEngine(cfg(padding=0))
     out = eng.generate([[0, 0, 5, 0, 6, 0], [7]], SamplingParams(max_new_tokens=8))
