@@ -236,3 +236,13 @@ def test_a_lock_that_cannot_be_written_is_one_line_and_leaves_nothing(tmp_path: 
     assert (tmp_path / "docker" / "locks").read_text() == "not a folder"
     assert sorted(p.name for p in (tmp_path / "docker").iterdir()) == ["locks"]
 
+
+
+@pytest.mark.parametrize("command", ["lock", "watch"])
+def test_jobs_below_one_is_refused_by_name(tmp_path: Path, tiny_engine_matrix, command: str) -> None:
+    """`--jobs 0` printed "resolving 1 lock(s), 0 at a time" and went on."""
+    (tmp_path / "matrix.yaml").write_text(tiny_engine_matrix("3.11"))
+    proc = subprocess.run([sys.executable, "-m", "rollout_matrix.cli", "--matrix", str(tmp_path / "matrix.yaml"),
+                           command, "--jobs", "0"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1] == f"rollout-matrix {command}: error: argument --jobs: 0: give 1 or more"

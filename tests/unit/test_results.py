@@ -114,7 +114,7 @@ def test_record_promotes_by_kind_and_never_replaces_evidence_with_less(run_suite
     before = (dest / "junit.xml").read_bytes()
 
     bad, code = run_suite(tmp_path / "bad", cpu={"passed": 3}, gpu={"passed": 8, "failed": 1})
-    with pytest.raises(UserError, match=r"failed where the recorded run passed.*--replace"):
+    with pytest.raises(UserError, match=r"its verdict is 'failed' where the recorded run's is 'passed'.*--replace"):
         record(make_run(tmp_path / "results" / "two", bad, code, "gpu"), root, KNOWN)
     fewer, code = run_suite(tmp_path / "fewer", cpu={"passed": 3}, gpu={"passed": 5, "skipped": 5})
     with pytest.raises(UserError, match="passed 5 GPU tests where the recorded run passed 9"):

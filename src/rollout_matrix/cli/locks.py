@@ -124,6 +124,17 @@ def cmd_watch(args: argparse.Namespace, matrix: Matrix) -> int:
     return 0
 
 
+def _at_least_one(value: str) -> int:
+    """``--jobs``: a count of resolutions at a time (argparse names the flag in its one-line error)."""
+    try:
+        jobs = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if jobs < 1:
+        raise argparse.ArgumentTypeError(f"{jobs}: give 1 or more")
+    return jobs
+
+
 def _json_target(value: str) -> Path:
     """``watch --json``'s file, refused in one line where no file can go."""
     path = Path(value)
@@ -139,7 +150,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("entries", nargs="*", metavar="ENTRY", help="entries to lock (default: all)")
     p.add_argument("--check", action="store_true", help="fail if a lock is missing or stale against matrix.yaml")
     p.add_argument("--python", help="lock for this Python only (e.g. 3.12); default: the stack's and matrix.yaml's lock_pythons")
-    p.add_argument("--jobs", type=int, default=2, help="resolutions at a time (default 2)")
+    p.add_argument("--jobs", type=_at_least_one, default=2, help="resolutions at a time (default 2)")
     p.set_defaults(handler=cmd_lock)
 
     p = sub.add_parser("drift", help="packages an unlocked install of ENTRY would get today, against its lock")
@@ -165,5 +176,5 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", action="append", metavar="ENGINE", help="only this engine (repeatable; default: all)")
     p.add_argument("--json", metavar="FILE", help="also write what was found (and written) as JSON, for scripts")
     p.add_argument("--index-url", default=INDEX_URL, help=f"the index's simple API (default {INDEX_URL})")
-    p.add_argument("--jobs", type=int, default=2, help="with --write: lock resolutions at a time (default 2)")
+    p.add_argument("--jobs", type=_at_least_one, default=2, help="with --write: lock resolutions at a time (default 2)")
     p.set_defaults(handler=cmd_watch)

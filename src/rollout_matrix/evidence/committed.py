@@ -105,7 +105,7 @@ _RANK = {PASSED: 3, SKIPPED: 1, FAILED: 1, ERROR: 0, BUILD_FAILED: 0}
 def is_less(new: Evidence, old: Evidence) -> str | None:
     """Why ``new`` would be less evidence than ``old`` (None: it is not)."""
     if _RANK[new.verdict] < _RANK[old.verdict]:
-        return f"it {new.verdict} where the recorded run {old.verdict}"
+        return f"its verdict is '{new.verdict}' where the recorded run's is '{old.verdict}'"
     if new.counts and old.counts and new.counts.passed < old.counts.passed:
         return f"it passed {new.counts.passed} {new.kind.upper()} tests where the recorded run passed {old.counts.passed}"
     return None
