@@ -122,6 +122,10 @@ def test_record_cli_refuses_in_one_line_with_exit_7_and_a_missing_folder_with_2(
                                         "name (ENGINE-VERSION as `rollout-matrix list` shows them)"]
     missing = subprocess.run([*cli, "results/nothing"], capture_output=True, text=True, cwd=checkout, timeout=120)
     assert missing.returncode == UserError.exit_code and "no such results folder" in missing.stderr
+    a_file = subprocess.run([*cli, str(run / "run.json")], capture_output=True, text=True, cwd=checkout, timeout=120)
+    assert a_file.returncode == UserError.exit_code  # it said "no such results folder" of a file that is there
+    assert a_file.stderr.splitlines()[-1] == f"rollout-matrix: error: {run}/run.json: is a file; pass the results " \
+                                             f"folder that holds it ({run})"
     assert tree(checkout) == before
 
 

@@ -132,6 +132,8 @@ def record(source: Path, root: Path, known: Collection[str], replace: bool = Fal
     path; the three files are read as regular files (no links) within :data:`MAX_BYTES` and written to a
     hidden staging folder beside the destination, which replaces the old folder by renames only.
     """
+    if source.is_file():
+        raise UserError(f"{source}: is a file; pass the results folder that holds it ({source.parent})")
     if not source.is_dir():
         raise UserError(f"{source}: no such results folder; pass a folder holding run.json, e.g. "
                            "results/sglang-0.5.2")
