@@ -24,7 +24,9 @@ The receiving side is :mod:`rollout_matrix.gpuenv`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
 import os
 import shutil
 import time
@@ -35,15 +37,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TypeVar
 
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from rollout_matrix.bundles import borrow
+from rollout_matrix.bundles.cache import check_writable, unwritable
 from rollout_matrix.bundles.manifest import BUNDLE_FORMAT, MANIFEST, EntryRecord, FileRecord, Manifest, chunk_payload, pack_parts
 from rollout_matrix.bundles.payload import PAYLOADS, member_digest, sha256_file, zstd_payload
 from rollout_matrix.bundles.sdists import build_wheel, toolkit
 from rollout_matrix.bundles.syslibset import SyslibSet, deb_records, entry_sets
-from rollout_matrix.errors import UserError
+from rollout_matrix.errors import RegistryError, UserError
 from rollout_matrix.locks.lockfile import (
     Pin,
     check_python,
@@ -61,6 +65,7 @@ from rollout_matrix.matrix.model import Entry, Matrix
 TOOLS = ("zstandard==0.23.0",)
 """Wheels the machine needs to unpack ``zstd`` payloads with nothing but its own Python."""
 _CHUNK_READ = 1 << 20
+_T = TypeVar("_T")
 
 
 def default_cache() -> Path:
@@ -100,30 +105,49 @@ def choose_file(pin: Pin, python: str, order: dict) -> Choice:
 
 def fetch(file: IndexFile, cache: Path) -> Path:
     """The index file, downloaded once into the cache and checked against its sha256: on download and
-    again on every reuse (a wheel edited in the cache must never be bundled; it is fetched anew)."""
+    again on every reuse (a wheel edited in the cache must never be bundled; it is fetched anew). A failed
+    download is the index's fault (exit 6, docs/ci.md), an unwritable cache the user's (exit 2); neither leaves a file."""
     target = cache / "files" / file.sha256 / file.filename
     if target.is_file() and not target.is_symlink():
         if sha256_file(target) == file.sha256:
             return target
         target.unlink()
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".part")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        digest = _download(file, tmp)
+        if digest != file.sha256:
+            raise UserError(f"{file.filename}: downloaded sha256 {digest} is not the index's "
+                            f"{file.sha256}; the download was corrupted or tampered with; retry")
+        tmp.replace(target)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):  # nothing left: no .part, no empty files/<sha256>/ folder
+            tmp.unlink(missing_ok=True)
+            tmp.parent.rmdir()  # only when empty: another process may be fetching the same file
+        if isinstance(exc, OSError):  # the cache's: _download made the network's a RegistryError
+            raise unwritable(cache, exc.strerror or str(exc)) from None
+        raise
+    return target
+
+
+def _download(file: IndexFile, tmp: Path) -> str:
+    """Stream ``file`` into ``tmp``, returning its sha256. Only the network's faults become a RegistryError:
+    an ``OSError`` from writing ``tmp`` (a full disk) propagates, so the caller names the cache instead."""
     digest = hashlib.sha256()
     request = urllib.request.Request(file.url, headers={"User-Agent": "rollout-matrix"})
+    with open(tmp, "wb") as out, _from_index(file, lambda: urllib.request.urlopen(request, timeout=120)) as response:
+        while block := _from_index(file, lambda: response.read(_CHUNK_READ)):
+            digest.update(block)
+            out.write(block)
+    return digest.hexdigest()
+
+
+def _from_index(file: IndexFile, action: Callable[[], _T]) -> _T:
+    """``action()``, where no route, DNS, TLS, an HTTP error or a cut-off answer is the index's fault (exit 6)."""
     try:
-        with urllib.request.urlopen(request, timeout=120) as response, open(tmp, "wb") as out:
-            while block := response.read(_CHUNK_READ):
-                digest.update(block)
-                out.write(block)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"download of {file.filename} failed ({exc}); retry") from None
-    if digest.hexdigest() != file.sha256:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"{file.filename}: downloaded sha256 {digest.hexdigest()} is not the index's "
-                        f"{file.sha256}; the download was corrupted or tampered with; retry")
-    tmp.replace(target)
-    return target
+        return action()
+    except (OSError, http.client.HTTPException) as exc:
+        raise RegistryError(f"download of {file.filename} failed ({exc}); check the network/proxy and retry") from None
 
 
 # -- making a bundle ------------------------------------------------------------------------------------
@@ -195,8 +219,8 @@ def make_bundle(matrix: Matrix, entries: Iterable[Entry], python: str, out: Path
     lists travels as a kit and is rebuilt there from them (:mod:`rollout_matrix.bundles.borrow`), when
     the wheel has at least ``borrow_min_bytes``.
 
-    Every input is checked before the first download (options, locks, unavailable entries, ``--after``
-    manifests, the folder, part-000's room for the tools); the parts are written into a hidden folder
+    Every input is checked before the first download (options, the cache, locks, unavailable entries,
+    ``--after`` manifests, the folder, part-000's room for the tools); the parts are written into a hidden folder
     beside ``out`` that is renamed to ``out`` when whole, and removed on any failure.
     """
     check_python(python)
@@ -204,7 +228,7 @@ def make_bundle(matrix: Matrix, entries: Iterable[Entry], python: str, out: Path
         raise UserError(f"--payload {payload!r}: choose one of {', '.join(PAYLOADS)}")
     if not 2 <= part_mib <= MAX_PART_MIB:
         raise UserError(f"--part-mib {part_mib}: a part must hold at least 2 MiB and at most {MAX_PART_MIB} MiB")
-    cache = cache or default_cache()
+    cache = check_writable(cache or default_cache())
     entries = list(entries)
     locks = {e.name: _lock_text_and_pins(matrix, e, python) for e in entries}  # every lock checked first
     sets = {e.name: entry_sets(matrix.path.parent, e.system_packages) if syslibs else [] for e in entries}

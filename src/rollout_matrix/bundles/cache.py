@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from rollout_matrix.errors import UserError
+
 MADE = ("chunks", "zstd", "kits")
 """Folders of files ``bundle`` derives from the downloads."""
 DOWNLOADS = "files"
@@ -28,6 +30,28 @@ class Usage:
     unused_files: int
     """Files no bundle folder links (one link): what ``prune`` may drop."""
     unused_bytes: int
+
+
+def unwritable(cache: Path, why: str) -> UserError:
+    """The one line for a cache ``bundle`` cannot write (exit 2): it names the setting that moves it."""
+    return UserError(f"the bundle cache {cache} cannot be written ({why}); set ROLLOUT_MATRIX_CACHE to a writable "
+                     "folder (default ~/.cache/rollout-matrix)")
+
+
+def check_writable(cache: Path) -> Path:
+    """``cache``, refused before any download when it cannot be made or written: a file in its path, a
+    read-only or missing home (HOME=/nonexistent) failed in the first download, with a traceback. Nothing
+    is created here, so a bundle refused for another reason (a bad --out) leaves no cache behind."""
+    try:
+        blocked = [p for p in (cache / DOWNLOADS, cache / "chunks") if p.exists() and not p.is_dir()]
+        nearest = next(p for p in (cache, *cache.parents) if p.exists())
+        if blocked or not nearest.is_dir():
+            raise unwritable(cache, f"{(blocked or [nearest])[0]} is not a folder")
+        if not os.access(nearest, os.W_OK | os.X_OK):  # root passes, but not on a read-only file system
+            raise unwritable(cache, f"{nearest} is not writable")
+    except OSError as exc:  # e.g. a folder on the way that may not be searched
+        raise unwritable(cache, exc.strerror or str(exc)) from None
+    return cache
 
 
 def _files(folder: Path) -> list[tuple[Path, os.stat_result]]:

@@ -15,13 +15,14 @@ line per package.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rollout_matrix.atomic import write_atomic
 from rollout_matrix.bundles import debian
 from rollout_matrix.bundles.manifest import DebRecord, chunk_payload
-from rollout_matrix.errors import UserError
+from rollout_matrix.errors import UserError, brief
 
 SETS_DIR = Path("docker") / "syslibs"
 HOST_PACKAGES = SETS_DIR / "host-packages.txt"
@@ -133,9 +134,30 @@ def regenerate(checkout: Path, name: str, roots: list[str] | None = None, mirror
     text, digest = debian.packages_index(mirror)
     debs = debian.closure(debian.parse_packages(text), roots, host_packages(checkout))
     pinned = SyslibSet(name, list(roots), debs, mirror=mirror)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, render(pinned, digest))
+    write_set(path, render(pinned, digest))
     return pinned
+
+
+def check_name(name: str, known: Iterable[str]) -> None:
+    """Refuse a ``name`` matrix.yaml's ``system_packages`` do not list, before any download or write.
+
+    Why: the name becomes a file name, so a typo (``ffmpge``) would leave a set no bundle reads, and
+    ``../../x`` would write outside the checkout.
+    """
+    names = sorted(set(known))
+    if name not in names:
+        raise UserError(f"syslibs {brief(name)}: not a system_packages name of matrix.yaml; "
+                        f"choose one of: {', '.join(names) or '(none listed)'}")
+
+
+def write_set(path: Path, text: str) -> None:
+    """Write the set whole or not at all; a read-only checkout is one line, with no ``.tmp`` left."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, text)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be written ({exc.strerror or exc}); run syslibs in a writable "
+                        "checkout") from None
 
 
 def entry_sets(checkout: Path, system_packages: tuple[str, ...]) -> list[SyslibSet]:

@@ -36,8 +36,9 @@ def cmd_bundle_cache(args: argparse.Namespace, matrix: Matrix) -> int:
 
 
 def cmd_syslibs(args: argparse.Namespace, matrix: Matrix) -> int:
-    from rollout_matrix.bundles.syslibset import regenerate, set_path
+    from rollout_matrix.bundles.syslibset import check_name, regenerate, set_path
 
+    check_name(args.name, (name for entry in matrix for name in entry.system_packages))
     pinned = regenerate(matrix.path.parent, args.name, args.roots, args.mirror)
     print(f"{set_path(matrix.path.parent, args.name)}: {len(pinned.debs)} packages, {pinned.bytes / 2**20:.1f} MiB")
     return 0

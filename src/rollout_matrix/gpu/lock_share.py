@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from rollout_matrix.errors import brief
 from rollout_matrix.gpu.suite import MODE_HEADER
 
 SHARE = re.compile(r"\[share\] this process waited (?P<waited>[\d.]+)s in all for the GPU lock and held it alone "
@@ -79,15 +80,52 @@ def timeline(results: Path) -> Timeline:
     are the GPU machine's local clock and run.json's start is UTC: the H200s lent so far run on UTC."""
     processes, starts, ends = [], [], []
     for run in sorted(results.glob("*/run.json")):
-        facts = json.loads(run.read_text())
-        begun = datetime.fromisoformat(facts["started"]).astimezone(timezone.utc).replace(tzinfo=None)
+        begun, ended = run_window(run)
         starts.append(begun)
-        ends.append(begun + timedelta(seconds=float(facts.get("seconds") or 0)))
+        ends.append(ended)
         if (log := run.parent / "pytest.log").is_file():
             processes += suite_processes(log, run.parent.name, begun)
     if not starts:
         raise ValueError(f"no <entry>/run.json under {results}")
     return Timeline(processes, min(starts), max(ends))
+
+
+def run_window(run: Path) -> tuple[datetime, datetime]:
+    """When one suite ran (naive UTC): run.json's ``started`` and ``started`` + ``seconds``.
+
+    Why checked here: a damaged or hand-edited run.json (``[]``, ``{"started": 5}``, no ``started``) gave a
+    TypeError traceback or a bare ``'started'``; a ValueError naming the file and the field is what
+    ``gpu-lock`` turns into its one line with exit 2.
+    """
+    facts = _run_facts(run)
+    started, seconds = facts["started"], facts.get("seconds") or 0
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds < _MAX_SECONDS:
+        raise ValueError(f"{run}: 'seconds' is {brief(seconds)}, not a duration in seconds")
+    try:
+        begun = datetime.fromisoformat(started).astimezone(timezone.utc).replace(tzinfo=None)
+        return begun, begun + timedelta(seconds=seconds)
+    except (ValueError, OverflowError):  # not a time, or one past year 9999
+        raise ValueError(f"{run}: 'started' is {brief(started)}, not an ISO 8601 time such as {_STARTED}") from None
+
+
+def _run_facts(run: Path) -> dict:
+    """run.json as a JSON object whose ``started`` is a string (its form is checked by the caller)."""
+    try:
+        facts = json.loads(run.read_text())
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise ValueError(f"{run}: not a JSON run record ({exc})") from None
+    if not isinstance(facts, dict):
+        raise ValueError(f"{run}: holds {brief(facts)}, not a JSON object with 'started' and 'seconds'")
+    if "started" not in facts:
+        raise ValueError(f"{run}: has no 'started' (the suite's start, e.g. {_STARTED})")
+    if not isinstance(facts["started"], str):
+        raise ValueError(f"{run}: 'started' is {brief(facts['started'])}, not an ISO 8601 time such as {_STARTED}")
+    return facts
+
+
+_STARTED = "2026-12-04T10:00:00+00:00"
+_MAX_SECONDS = 366 * 86400
+"""A suite's run is hours; a larger ``seconds`` (or NaN, which Python's JSON reader accepts) is damage."""
 
 
 def _at(day: datetime, clock: str) -> datetime:

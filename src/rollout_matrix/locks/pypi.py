@@ -16,6 +16,7 @@ import json
 import tarfile
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from packaging.utils import (
 )
 from packaging.version import InvalidVersion, Version
 
-from rollout_matrix.errors import RegistryError, UserError
+from rollout_matrix.errors import RegistryError, UserError, brief
 from rollout_matrix.locks.lockfile import INDEX_URL
 
 _ACCEPT = "application/vnd.pypi.simple.v1+json"
@@ -77,12 +78,28 @@ def file_version(filename: str) -> Version | None:
         return None
 
 
+def check_index_url(index_url: str) -> None:
+    """Refuse an index URL that is not ``http(s)://HOST/...`` as bad input (exit 2), before any request.
+
+    Why: urllib raised ``ValueError: unknown url type`` for ``--index-url not-a-url`` as a traceback, and a
+    malformed URL is the user's to fix, not the index being down (exit 6).
+    """
+    try:
+        parts = urllib.parse.urlsplit(index_url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        parts = urllib.parse.SplitResult("", "", "", "", "")
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UserError(f"--index-url {brief(index_url)}: not an http(s) URL; give the index's simple API, "
+                        f"e.g. {INDEX_URL}")
+
+
 _cache: dict[tuple[str, str], tuple[IndexFile, ...]] = {}
 _lock = threading.Lock()
 
 
 def project_files(project: str, index_url: str = INDEX_URL) -> tuple[IndexFile, ...]:
     """Every file of ``project`` on the index (cached per process)."""
+    check_index_url(index_url)
     key = (index_url, canonicalize_name(project))
     with _lock:
         if key in _cache:
