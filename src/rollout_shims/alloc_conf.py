@@ -52,12 +52,16 @@ other options (``cumem.py:382-428`` in 0.33.0)."""
 
 
 def flag_on(conf: str) -> bool:
-    """Whether a settings string (``"a:1,expandable_segments:True"``) turns expandable segments on."""
+    """Whether a settings string (``"a:1,expandable_segments:True"``) turns expandable segments on. Where
+    it names the flag twice the last one counts, as in torch's parser (its ``parseExpandableSegments``
+    sets the option at each occurrence: c10/cuda/CUDAAllocatorConfig.cpp, c10/core/AllocatorConfig.cpp
+    from 2.9)."""
+    on = False
     for field in conf.split(","):
         name, _, value = field.partition(":")
         if name.strip() == FLAG:
-            return value.strip().lower() in ("true", "1")
-    return False
+            on = value.strip().lower() in ("true", "1")
+    return on
 
 
 def with_flag_off(conf: str) -> str:

@@ -34,6 +34,8 @@ def clean_alloc_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     ("expandable_segments:False", False),
     ("max_split_size_mb:128", False),
     ("", False),
+    ("expandable_segments:True,expandable_segments:False", False),  # torch: the last one counts
+    ("expandable_segments:False,expandable_segments:True", True),
 ])
 def test_the_flag_is_read_field_by_field(conf: str, on: bool) -> None:
     assert flag_on(conf) is on
