@@ -198,3 +198,15 @@ def test_gpu_lock_on_a_malformed_run_json_is_exit_2_naming_file_and_field(tmp_pa
     assert f"gpu-lock {tmp_path}: {run}: {says}" in line
     assert "pass a folder of <entry>/run.json" in line
 
+
+
+def test_gpu_lock_on_a_damaged_share_line_names_the_log_and_its_line(tmp_path: Path) -> None:
+    """A `[share]` line whose span is not a time said only what strptime saw, not which file held it."""
+    run = tmp_path / "vllm-9.0.0" / "run.json"
+    run.parent.mkdir()
+    run.write_text('{"started": "2026-12-04T10:00:00+00:00", "seconds": 60}')
+    (run.parent / "pytest.log").write_text(
+        "collected 3 items\n[share] this process waited 1.5s in all for the GPU lock and held it alone 9.0s over "
+        "1 engine start(s) (10:00:01-29:99:99)\n")
+    line = one_line_error(cli("gpu-lock", str(tmp_path)), UserError.exit_code)
+    assert f"{run.parent / 'pytest.log'}:2: a [share] line that does not read (time data '29:99:99'" in line

@@ -64,13 +64,16 @@ class Timeline:
 def suite_processes(log: Path, entry: str, day: datetime) -> list[SuiteProcess]:
     """The ``[share]`` lines of one suite's pytest.log, each with the mode of the section it ends."""
     found, mode = [], "?"
-    for line in log.read_text(errors="replace").splitlines():
+    for number, line in enumerate(log.read_text(errors="replace").splitlines(), 1):
         if m := MODE_HEADER.match(line):
             mode = m.group(1)
         elif m := SHARE.search(line):
-            spans = [(_at(day, a), _at(day, b)) for a, b in SPAN.findall(m.group("spans") or "")]
-            found.append(SuiteProcess(entry, mode, float(m.group("waited")), float(m.group("alone")),
-                                      int(m.group("starts")), spans))
+            try:
+                spans = [(_at(day, a), _at(day, b)) for a, b in SPAN.findall(m.group("spans") or "")]
+                found.append(SuiteProcess(entry, mode, float(m.group("waited")), float(m.group("alone")),
+                                          int(m.group("starts")), spans))
+            except ValueError as exc:  # a damaged line: name where it is, not only what strptime saw
+                raise ValueError(f"{log}:{number}: a [share] line that does not read ({exc})") from None
     return found
 
 
