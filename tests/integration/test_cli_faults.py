@@ -192,6 +192,14 @@ def test_list_names_why_an_entry_is_not_buildable_and_missing_refuses_without_a_
     assert missing.stdout == ""
 
 
+def test_list_compact_without_json_is_refused():
+    """`list --compact` printed the table as if the flag were not there."""
+    proc = run_cli("list", "--compact")
+    assert _one_line_error(proc) == ("rollout-matrix: error: --compact shapes the --json output; pass --json too, "
+                                     "or leave --compact out")
+    assert proc.stdout == ""
+
+
 def test_a_failing_suite_exits_1_and_names_its_results(tmp_path, test_base, cleanup_images):
     matrix_file = write_fixture_checkout(tmp_path, repository="rm-test-red", base=test_base, releases={"1.16.0": {}})
     engine_tests = tmp_path / "tests" / "engine"

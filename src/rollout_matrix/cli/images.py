@@ -39,6 +39,8 @@ def cmd_list(args: argparse.Namespace, matrix: Matrix) -> int:
     from rollout_matrix.images.build import find_existing
     from rollout_matrix.images.plan import NO_CONTEXT, NotBuildable, plan_build
 
+    if args.compact and not args.json:
+        raise UserError("--compact shapes the --json output; pass --json too, or leave --compact out")
     options = _options(args)
     rows = []
     labels: dict[str, str] = {}  # entry -> why it is not buildable, for the table
