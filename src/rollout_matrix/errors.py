@@ -7,6 +7,8 @@ tell "fix your input" from "the engine is down" from "the build broke" without p
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class UserError(Exception):
     """A problem the user can fix: bad input (matrix.yaml, options, locks, an unknown entry)."""
@@ -51,6 +53,16 @@ class EvidenceError(UserError):
     one, a symbolic link, a file over its size limit."""
 
     exit_code = 7
+
+
+def of_several(message: str, codes: Iterable[int]) -> UserError:
+    """The one error of a command that tried several items (``lock``, ``record``) and failed on some:
+    it exits with their failures' code where they agree (6: the index unreachable; 7: the evidence),
+    else as bad input."""
+    error = UserError(message)
+    agreed = set(codes)
+    error.exit_code = agreed.pop() if len(agreed) == 1 else UserError.exit_code
+    return error
 
 
 def brief(value: object, limit: int = 80) -> str:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from rollout_matrix.errors import UserError
+from rollout_matrix.errors import UserError, of_several
 from rollout_matrix.matrix.model import Matrix
 
 
@@ -26,11 +26,8 @@ def cmd_record(args: argparse.Namespace, matrix: Matrix) -> int:
             continue
         print(f"{evidence.entry}: {evidence.kind} run, {evidence.verdict} -> {dest.relative_to(root)}")
     if failed:
-        codes = {exc.exit_code for _, exc in failed}  # one kind of failure keeps its code (7: the evidence)
-        error = UserError(f"{len(failed)} of {len(args.runs)} runs not recorded ({', '.join(run for run, _ in failed)}: "
-                          "see the lines above); the others were")
-        error.exit_code = codes.pop() if len(codes) == 1 else UserError.exit_code
-        raise error
+        raise of_several(f"{len(failed)} of {len(args.runs)} runs not recorded ({', '.join(run for run, _ in failed)}: "
+                         "see the lines above); the others were", (exc.exit_code for _, exc in failed))
     return 0
 
 

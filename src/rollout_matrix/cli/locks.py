@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from rollout_matrix.atomic import write_atomic
-from rollout_matrix.errors import UserError
+from rollout_matrix.errors import UserError, of_several
 from rollout_matrix.locks.lockfile import INDEX_URL
 from rollout_matrix.matrix.model import Matrix
 from rollout_matrix.progress import Reporter
@@ -46,11 +46,9 @@ def cmd_lock(args: argparse.Namespace, matrix: Matrix) -> int:
         results = lock_entries(todo, locks_dir_for(matrix), progress=finished, jobs=args.jobs)
     failed = [r for r in results if not r.ok]
     if failed:
-        codes = {r.exit_code for r in failed}  # one cause for all (6: the index unreachable) keeps its code
-        error = UserError(f"{len(failed)} of {len(results)} locks failed "
-                          f"({', '.join(f'{r.entry} (py{r.python})' for r in failed)}); see the lines above")
-        error.exit_code = codes.pop() if len(codes) == 1 else UserError.exit_code
-        raise error
+        raise of_several(f"{len(failed)} of {len(results)} locks failed "
+                         f"({', '.join(f'{r.entry} (py{r.python})' for r in failed)}); see the lines above",
+                         (r.exit_code for r in failed))
     reporter.line(f"{len(results)} locks up to date")
     return 0
 
