@@ -118,9 +118,7 @@ def share_weights(named_tensors: Mapping[str, Any] | Iterable[tuple[str, Any]], 
     if dtype is not None and not isinstance(dtype, torch.dtype):
         raise ValueError(f"share_weights: dtype={dtype!r} is not a torch.dtype")
     items = named_tensors.items() if isinstance(named_tensors, Mapping) else named_tensors
-    # a list's names now (the check that item N is a pair comes first); an iterator's as it is read
-    share_names = (tuple(named_tensor("share_weights", i, item)[0] for i, item in enumerate(items))
-                   if isinstance(items, Collection) else None)
+    share_names = names_of("share_weights", items)
     capacity = _aligned(int(bucket_mib * 2**20))
     return _buckets(iter(items), capacity, ranks, dtype, None if device is None else torch.device(device),
                     share_names)
@@ -195,6 +193,14 @@ def _buckets(items: Iterator[Any], capacity: int, ranks: int, dtype: Any, device
         del tensor, item, view  # a source that materialises tensors (FSDP gather) can free each one now
     if buffer is not None:
         yield _bucket(index, True, entries, data, buffer, ranks, share_names)
+
+
+def names_of(where: str, items: Any) -> tuple[str, ...] | None:
+    """The names a collection of ``(name, tensor)`` pairs pushes, each item checked as :func:`named_tensor`
+    checks it; None for an iterator, which is read once, as it is packed (a bucket's ``share_names``)."""
+    if not isinstance(items, Collection):
+        return None
+    return tuple(named_tensor(where, i, item)[0] for i, item in enumerate(items))
 
 
 def named_tensor(where: str, position: int, item: Any) -> tuple[str, Any]:

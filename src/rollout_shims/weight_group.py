@@ -38,12 +38,12 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from rollout_shims.multicast import turn_off_multicast
-from rollout_shims.sharing import DEFAULT_BUCKET_MIB, named_tensor
+from rollout_shims.sharing import DEFAULT_BUCKET_MIB, named_tensor, names_of
 
 DEFAULT_GROUP_NAME = "weight_update_group"
 """SGLang's default name for it (``Engine.update_weights_from_distributed``, 0.4.9+)."""
@@ -199,10 +199,7 @@ class WeightGroup:
         if self._group is None:
             raise ValueError("WeightGroup.broadcast: the group was destroyed; create a new WeightGroup")
         items = named_tensors.items() if isinstance(named_tensors, Mapping) else named_tensors
-        # a list's names now (the check that item N is a pair comes first); an iterator's as it is read
-        share_names = (tuple(named_tensor("WeightGroup.broadcast", i, item)[0] for i, item in enumerate(items))
-                       if isinstance(items, Collection) else None)
-        return self._buckets(iter(items), int(bucket_mib * 2**20), dtype, share_names)
+        return self._buckets(iter(items), int(bucket_mib * 2**20), dtype, names_of("WeightGroup.broadcast", items))
 
     def destroy(self) -> None:
         """Leave the group (this end only; engines leave with ``destroy_weight_group``). Safe twice."""
