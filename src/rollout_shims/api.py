@@ -72,9 +72,9 @@ class SamplingParams:
 def _type_problems(params: SamplingParams) -> list[str]:
     """Each field of the wrong type, one line each (numpy's integers and floats count as such)."""
     problems = []
-    for name in ("max_new_tokens", "top_k", "seed"):
+    for name in ("max_new_tokens", "top_k", *(("seed",) if params.seed is not None else ())):  # None: no seed
         value = getattr(params, name)
-        if not (isinstance(value, numbers.Integral) and not isinstance(value, bool)) and (value is not None or name != "seed"):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             problems.append(f"{name}: {value!r} is not an integer")
     for name in ("temperature", "top_p"):
         value = getattr(params, name)
